@@ -1,0 +1,76 @@
+#pragma once
+// Capability kind "transport": streams to a cluster through a relay.
+//   dial   (client side): one persistent tunnel, one stream per connection.
+//   listen (agent side):  N outbound tunnels; the relay hands streams over them.
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "clusterconnect/result.hpp"
+#include "clusterconnect/stream.hpp"
+
+namespace clusterconnect {
+
+struct RelayEndpoint {
+  // wss://HOST[:PORT]/$hc/PATH  (no query; the action is added by the transport)
+  std::string url;
+  std::string ca_file;              // PEM bundle; empty = system store
+  bool insecure_skip_verify = false;  // dev only; logged as a warning
+};
+
+// Returns the current SAS token ("SharedAccessSignature sr=...") for the
+// endpoint; called before every handshake and before expiry, so rotation
+// needs no restart. Runs on an io thread: must not block.
+using TokenSource = std::function<std::string()>;
+
+struct OpenRequest {
+  // Small metadata carried in the tunnel's OPEN frame (never a credential).
+  std::map<std::string, std::string> metadata;
+};
+
+using OpenHandler = UniqueFunction<void(error_code, StreamPtr, std::string /*reason*/)>;
+
+class TunnelClient {
+ public:
+  virtual ~TunnelClient() = default;
+  // Opens a stream to the cluster; connects (or reconnects) the tunnel first if
+  // needed. On failure `reason` says why (e.g. "no agent connected for cluster demo").
+  virtual void async_open(OpenRequest request, OpenHandler handler) = 0;
+  // Resolves when the tunnel is established (or failed), for start-up reporting.
+  virtual void async_connect(DoneHandler handler) = 0;
+  virtual void close() noexcept = 0;
+};
+
+struct ListenOptions {
+  RelayEndpoint endpoint;
+  TokenSource token;
+  unsigned tunnels = 2;
+  std::chrono::milliseconds backoff_initial{200};
+  std::chrono::milliseconds backoff_max{15000};
+};
+
+struct ListenerStatus {
+  unsigned tunnels_up = 0;
+  unsigned tunnels_wanted = 0;
+};
+
+class TunnelListener {
+ public:
+  virtual ~TunnelListener() = default;
+  virtual ListenerStatus status() const noexcept = 0;
+  virtual void close() noexcept = 0;
+};
+
+using AcceptHandler = std::function<void(StreamPtr stream, const std::map<std::string, std::string>& metadata)>;
+
+class TransportCapability {
+ public:
+  virtual ~TransportCapability() = default;
+  virtual std::shared_ptr<TunnelClient> dial(RelayEndpoint endpoint, TokenSource token) noexcept = 0;
+  virtual std::shared_ptr<TunnelListener> listen(ListenOptions options, AcceptHandler on_stream) noexcept = 0;
+};
+
+}  // namespace clusterconnect

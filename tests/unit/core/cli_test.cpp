@@ -1,0 +1,96 @@
+// The connectedk8s binary as a user runs it: version, plugin list/info,
+// install/remove, and the proxy command's flags coming from its module.
+
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "../../support/test_env.hpp"
+
+namespace fs = std::filesystem;
+using namespace clusterconnect::test;
+
+namespace {
+
+struct Cli {
+  TempDir home;
+  std::string operator()(const std::string& args, int expect_status = 0) const {
+    auto r = run_status(args);
+    INFO(r.output);
+    CHECK(r.status == expect_status);
+    return r.output;
+  }
+  CommandResult run_status(const std::string& args) const {
+    std::string cmd = "env -u CONNECTEDK8S_PLUGIN_PATH HOME=" + quote(home.path().string()) +
+                      " XDG_DATA_HOME=" + quote((home.path() / "data").string()) + " " +
+                      quote((stage_dir() / "bin" / "connectedk8s").string()) + " " + args;
+    return run(cmd);
+  }
+  fs::path user_plugins() const { return home.path() / "data" / "connectedk8s" / "plugins"; }
+};
+
+fs::path test_module(const char* name) { return fs::path(TEST_MODULE_DIR) / (std::string(name) + ".so"); }
+
+}  // namespace
+
+TEST_CASE("connectedk8s --version prints the version", "[cli]") {
+  Cli cli;
+  CHECK_THAT(cli("--version"), Catch::StartsWith("connectedk8s 0."));
+}
+
+TEST_CASE("plugin list shows the four modules, as a table and as JSON", "[cli]") {
+  Cli cli;
+  auto table = cli("plugin list");
+  for (auto name : {"proxy", "kubeconfig", "auth-entra", "tunnel-ws"}) CHECK_THAT(table, Catch::Contains(name));
+  CHECK_THAT(table, Catch::Contains("transport:ws"));
+  auto j = nlohmann::json::parse(cli("plugin list -o json"));
+  CHECK(j["modules"].size() == 4);
+  CHECK(j["refused"].empty());
+  auto info = nlohmann::json::parse(cli("plugin info tunnel-ws -o json"));
+  CHECK(info["capabilities"] == nlohmann::json::array({"transport:ws"}));
+  CHECK_THAT(info["path"].get<std::string>(), Catch::EndsWith("tunnel-ws.so"));
+  CHECK_THAT(cli("plugin info nosuch", 1), Catch::Contains("no module named 'nosuch'"));
+}
+
+TEST_CASE("proxy --help shows flags that come from the proxy module", "[cli]") {
+  Cli cli;
+  auto help = cli("proxy --help");
+  for (auto flag : {"--name", "--resource-group", "--token", "--file", "--port", "--kube-context"})
+    CHECK_THAT(help, Catch::Contains(flag));
+  // Without the module the host has no such command.
+  auto r = cli.run_status("plugin list");
+  REQUIRE(r.status == 0);
+}
+
+TEST_CASE("installing a broken module prints the precise reason and changes nothing", "[cli]") {
+  Cli cli;
+  TempDir tmp;
+  auto text = tmp.path() / "broken.so";
+  std::ofstream(text) << "not a library";
+  CHECK_THAT(cli("plugin install " + quote(text.string()), 1), Catch::Contains("not an ELF shared object"));
+  CHECK_THAT(cli("plugin install " + quote(test_module("testmod_wrong_abi").string()), 1), Catch::Contains("ABI mismatch"));
+  CHECK_THAT(cli("plugin install " + quote(test_module("testmod_missing_alias").string()), 1),
+             Catch::Contains("no entry point"));
+  CHECK_THAT(cli("plugin install " + quote(test_module("testmod_duplicate_capability").string()), 1),
+             Catch::Contains("capability transport:ws is already provided"));
+  CHECK_THAT(cli("plugin install --sha256 00ff " + quote(test_module("testmod_good_extra").string()), 1),
+             Catch::Contains("SHA-256 mismatch"));
+  CHECK_FALSE(fs::exists(cli.user_plugins()));
+}
+
+TEST_CASE("install verifies the hash, refuses to overwrite without --force, and remove undoes it", "[cli]") {
+  Cli cli;
+  auto mod = test_module("testmod_good_extra");
+  auto sha = run("sha256sum " + quote(mod.string()) + " | cut -d' ' -f1").output;
+  sha.erase(sha.find_last_not_of("\n") + 1);
+  CHECK_THAT(cli("plugin install --sha256 " + sha + " " + quote(mod.string())), Catch::Contains("installed extra 1.2.3"));
+  CHECK(fs::exists(cli.user_plugins() / "extra.so"));
+  CHECK_THAT(cli("plugin list"), Catch::Contains("credential:static-test"));
+  CHECK_THAT(cli("plugin install " + quote(mod.string()), 1), Catch::Contains("--force"));
+  CHECK_THAT(cli("plugin install --force " + quote(mod.string())), Catch::Contains("installed extra"));
+  CHECK_THAT(cli("plugin remove tunnel-ws", 1), Catch::Contains("was not installed with 'plugin install'"));
+  CHECK_THAT(cli("plugin remove extra"), Catch::Contains("removed extra"));
+  CHECK_FALSE(fs::exists(cli.user_plugins() / "extra.so"));
+}
