@@ -1,0 +1,41 @@
+#pragma once
+// Certificates for the local proxy's listener: a per-user CA kept under the
+// user's config directory and short-lived server certificates it issues.
+// EC P-256 keys; extensions chosen so OpenSSL and Go's crypto/tls (kubectl)
+// both accept the chain.
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "clusterconnect/result.hpp"
+
+namespace clusterconnect::tls {
+
+struct PemPair {
+  std::string cert;  // PEM certificate
+  std::string key;   // PEM PKCS#8 private key
+};
+
+// A self-signed CA (basicConstraints CA:TRUE, pathlen 0; keyCertSign, cRLSign).
+Result<PemPair> create_ca(std::string common_name, int days);
+
+// A server certificate signed by `ca` for the given DNS names and IP addresses
+// (at least one of either). serverAuth only.
+Result<PemPair> issue_server_cert(const PemPair& ca, std::vector<std::string> dns_names,
+                                  std::vector<std::string> ip_addresses, int days);
+
+// Writes `content` to `path` with mode 0600, atomically (temporary file in the
+// same directory, fsync, rename, fsync of the directory). Creates a missing
+// parent directory with mode 0700. On failure the previous file is intact.
+Result<void> write_private_file(const std::filesystem::path& path, const std::string& content);
+
+// Reads the file (at most max_bytes) or fails with a message naming it.
+Result<std::string> read_small_file(const std::filesystem::path& path, std::size_t max_bytes = 1024 * 1024);
+
+// dir/ca.crt and dir/ca.key (0600): reused when present, valid and matching;
+// created (10 years) when missing or expired. A key file readable by others or
+// a file that does not parse is a Failure naming the file, never overwritten.
+Result<PemPair> load_or_create_ca(const std::filesystem::path& dir, std::string common_name);
+
+}  // namespace clusterconnect::tls
