@@ -1,13 +1,54 @@
+#include <exception>
+#include <memory>
+#include <string>
+
+#include "clusterconnect/authenticator.hpp"
+#include "clusterconnect/credential.hpp"
 #include "clusterconnect/plugin.hpp"
+#include "entra_authenticator.hpp"
 
 namespace clusterconnect::entra {
 namespace {
 
 const char* const capabilities[] = {"credential:entra", "authenticator:entra"};
 
-class ThisModule final : public Module {};
+class AuthenticatorFactory final : public AuthenticatorCapability {
+ public:
+  explicit AuthenticatorFactory(HostServices& host) : host_(host) {}
 
-std::unique_ptr<Module> create(HostServices&) noexcept { return std::make_unique<ThisModule>(); }
+  Result<std::shared_ptr<Authenticator>> create(const nlohmann::json& options) noexcept override {
+    try {
+      auto config = parse_authenticator_options(options);
+      if (!config) return fail(config.error());
+      return std::shared_ptr<Authenticator>(std::make_shared<EntraAuthenticator>(host_.io_context(), std::move(*config)));
+    } catch (const std::exception& e) {
+      return fail(std::string("authenticator:entra: ") + e.what());
+    }
+  }
+
+ private:
+  HostServices& host_;
+};
+
+class ThisModule final : public Module {
+ public:
+  explicit ThisModule(HostServices& host) : authenticator_(std::make_shared<AuthenticatorFactory>(host)) {}
+
+  std::shared_ptr<AuthenticatorCapability> authenticator(std::string_view name) noexcept override {
+    return name == "entra" ? authenticator_ : nullptr;
+  }
+
+ private:
+  std::shared_ptr<AuthenticatorFactory> authenticator_;
+};
+
+std::unique_ptr<Module> create(HostServices& host) noexcept {
+  try {
+    return std::make_unique<ThisModule>(host);
+  } catch (...) {
+    return nullptr;
+  }
+}
 
 const PluginDescriptor& descriptor() noexcept {
   static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING, "auth-entra", "0.1.0", "Microsoft Entra ID sign-in and token validation", capabilities,

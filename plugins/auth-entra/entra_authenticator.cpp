@@ -1,0 +1,208 @@
+#include "entra_authenticator.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <cctype>
+#include <cstdlib>
+
+#include "fetch_worker.hpp"
+
+namespace clusterconnect::entra {
+namespace {
+
+AuthOutcome reject(AuthFailure f, std::string message) {
+  AuthOutcome o;
+  o.failure = f;
+  o.message = std::move(message);
+  return o;
+}
+
+std::string trim_authority(std::string a) {
+  while (!a.empty() && a.back() == '/') a.pop_back();
+  return a;
+}
+
+Result<std::vector<std::string>> string_list(const nlohmann::json& options, const char* name) {
+  std::vector<std::string> out;
+  if (!options.contains(name)) return out;
+  const auto& v = options[name];
+  if (v.is_string()) {
+    out.push_back(v.get<std::string>());
+    return out;
+  }
+  if (!v.is_array()) return fail(std::string("option '") + name + "' must be a list of strings");
+  for (const auto& s : v) {
+    if (!s.is_string() || s.get<std::string>().empty()) return fail(std::string("option '") + name + "' must be a list of non-empty strings");
+    out.push_back(s.get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+bool valid_tenant(const std::string& tenant) {
+  if (tenant.empty() || tenant.size() > 253) return false;
+  for (unsigned char c : tenant)
+    if (!std::isalnum(c) && c != '-' && c != '.') return false;
+  return true;
+}
+
+Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& options) {
+  if (!options.is_null() && !options.is_object()) return fail("authenticator:entra options must be a JSON object");
+  const nlohmann::json o = options.is_null() ? nlohmann::json::object() : options;
+  AuthenticatorConfig c;
+  try {
+    auto tenants = string_list(o, "tenants");
+    if (!tenants) return fail(tenants.error());
+    if (tenants->empty()) return fail("authenticator:entra needs 'tenants': the Entra ID tenant IDs whose users may sign in");
+    for (auto& t : *tenants) {
+      if (!valid_tenant(t)) return fail("tenant '" + printable(t) + "' is not a tenant ID or domain name");
+      // Issuers carry tenant IDs in lower case.
+      for (auto& ch : t) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    }
+    c.rules.tenants = std::move(*tenants);
+
+    auto audiences = string_list(o, "audiences");
+    if (!audiences) return fail(audiences.error());
+    c.rules.audiences = audiences->empty() ? std::vector<std::string>{arc_server_app_id} : std::move(*audiences);
+
+    std::string authority = o.value("authority", std::string());
+    if (authority.empty()) {
+      const char* env = std::getenv("AZURE_AUTHORITY_HOST");
+      authority = env && *env ? env : default_authority;
+    }
+    c.rules.authority = trim_authority(authority);
+    c.http.allow_http_loopback = o.value("allow_http_loopback", false);
+    c.http.ca_file = o.value("ca_file", std::string());
+    if (auto ok = check_url_allowed(c.rules.authority + "/", c.http); !ok) return fail("authority: " + ok.error());
+
+    const int skew = o.value("clock_skew_seconds", 300);
+    if (skew < 0 || skew > max_clock_skew_seconds) {
+      return fail("clock_skew_seconds must be between 0 and " + std::to_string(max_clock_skew_seconds));
+    }
+    c.rules.clock_skew = std::chrono::seconds(skew);
+
+    const std::string username_claim = o.value("username_claim", std::string("upn"));
+    if (username_claim == "oid") {
+      c.rules.username_from_oid = true;
+    } else if (username_claim != "upn") {
+      return fail("username_claim must be \"upn\" (upn, else preferred_username, else oid) or \"oid\"");
+    }
+
+    const int interval = o.value("key_refresh_min_interval_seconds", 10);
+    if (interval < 1 || interval > 3600) return fail("key_refresh_min_interval_seconds must be between 1 and 3600");
+    c.key_refresh_min_interval = std::chrono::seconds(interval);
+
+    if (o.contains("group_source")) {
+      return fail("group_source is not supported yet: tokens with a group overage are rejected");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return fail(std::string("authenticator:entra options: ") + e.what());
+  }
+  return c;
+}
+
+JwksCache::Fetch http_fetcher(HttpPolicy policy) {
+  auto client = std::make_shared<HttpClient>(std::move(policy));
+  return [client](const std::string& url) -> Result<std::string> {
+    auto r = client->get(url);
+    if (!r) return fail(r.error());
+    if (r->status != 200) return fail("GET " + url + " answered HTTP " + std::to_string(r->status));
+    return std::move(r->body);
+  };
+}
+
+struct EntraAuthenticator::Shared {
+  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch)
+      : io(io_context),
+        config(std::move(c)),
+        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, std::chrono::hours(24)},
+             fetch ? std::move(fetch) : http_fetcher(config.http)) {}
+
+  asio::io_context& io;
+  AuthenticatorConfig config;
+  JwksCache keys;
+  std::mutex clock_mutex;
+  std::function<std::chrono::system_clock::time_point()> now = [] { return std::chrono::system_clock::now(); };
+
+  std::chrono::system_clock::time_point current_time() {
+    std::lock_guard lock(clock_mutex);
+    return now();
+  }
+
+  AuthOutcome finish(const Jws& jws, const PublicKey& key, const std::string& kid) {
+    if (!verify_rs256(key.get(), jws.signing_input, jws.signature)) {
+      return reject(AuthFailure::bad_signature, "signature does not verify with the tenant's key '" + printable(kid) + "'");
+    }
+    return check_claims(jws, config.rules, current_time());
+  }
+
+  AuthOutcome key_missing(const std::string& tenant, const std::string& kid, const std::string& fetch_error) {
+    if (keys.loaded(tenant)) {
+      return reject(AuthFailure::unknown_key, "signing key '" + printable(kid) + "' is not in tenant " + tenant +
+                                                  "'s current key set (rotated out, or not issued by Entra ID)");
+    }
+    return reject(AuthFailure::keys_unavailable, "signing keys of tenant " + tenant + " are unavailable: " +
+                                                     (fetch_error.empty() ? std::string("not fetched yet") : fetch_error));
+  }
+};
+
+EntraAuthenticator::EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch)
+    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch))), worker_(std::make_unique<FetchWorker>()) {}
+
+EntraAuthenticator::~EntraAuthenticator() = default;
+
+void EntraAuthenticator::set_clock(std::function<std::chrono::system_clock::time_point()> now) {
+  std::lock_guard lock(shared_->clock_mutex);
+  shared_->now = std::move(now);
+}
+
+void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
+  AuthOutcome outcome;
+  try {
+    auto parsed = parse_jws(bearer_token);
+    if (!parsed.ok()) {
+      outcome = reject(parsed.failure, std::move(parsed.message));
+    } else if (outcome = check_algorithm(parsed.jws); outcome.ok()) {
+      std::string tenant;
+      outcome = check_issuer(parsed.jws, shared_->config.rules, tenant);
+      if (outcome.ok()) {
+        const auto& header = parsed.jws.header;
+        const std::string kid = header.contains("kid") && header["kid"].is_string() ? header["kid"].get<std::string>() : "";
+        if (kid.empty()) {
+          outcome = reject(AuthFailure::unknown_key, "token header names no signing key ('kid')");
+        } else if (auto key = shared_->keys.find(tenant, kid); key && !shared_->keys.stale(tenant)) {
+          outcome = shared_->finish(parsed.jws, key, kid);
+        } else if (!key && shared_->keys.loaded(tenant) && !shared_->keys.refresh_due(tenant)) {
+          // Refreshed moments ago: an unknown kid now is not worth a fetch.
+          outcome = shared_->key_missing(tenant, kid, "");
+        } else {
+          FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), tenant, kid,
+                                  handler = std::move(handler)](bool cancelled) mutable {
+            AuthOutcome result;
+            if (cancelled) {
+              result = reject(AuthFailure::keys_unavailable, "signing keys could not be fetched now (shutting down, or too many fetches pending)");
+            } else {
+              std::string fetch_error;
+              if (!shared->keys.find(tenant, kid) || shared->keys.stale(tenant)) {
+                if (auto r = shared->keys.refresh(tenant); !r) fetch_error = r.error();
+              }
+              auto key = shared->keys.find(tenant, kid);
+              result = key ? shared->finish(jws, key, kid) : shared->key_missing(tenant, kid, fetch_error);
+            }
+            asio::post(shared->io, [handler = std::move(handler), result = std::move(result)]() mutable { handler(std::move(result)); });
+          };
+          if (worker_->post(job)) return;
+          // The job was not taken; its handler is still inside it.
+          job(true);
+          return;
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    outcome = reject(AuthFailure::malformed, std::string("token could not be processed: ") + e.what());
+  }
+  handler(std::move(outcome));
+}
+
+}  // namespace clusterconnect::entra

@@ -1,0 +1,65 @@
+#pragma once
+// Capability "authenticator:entra": Entra ID access tokens -> Identity.
+// Parsing and claim rules are in jwt.hpp, keys in jwks.hpp; this file wires
+// them to the host's io_context and a fetch thread.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "clusterconnect/asio_fwd.hpp"
+#include "clusterconnect/authenticator.hpp"
+#include "clusterconnect/result.hpp"
+#include "http_client.hpp"
+#include "jwks.hpp"
+#include "jwt.hpp"
+
+namespace clusterconnect::entra {
+
+class FetchWorker;
+
+inline constexpr const char* arc_server_app_id = "6256c85f-0aad-4d50-b960-e6e9b21efe35";
+inline constexpr const char* default_authority = "https://login.microsoftonline.com";
+inline constexpr int max_clock_skew_seconds = 600;
+
+struct AuthenticatorConfig {
+  ValidationRules rules;
+  HttpPolicy http;
+  std::chrono::seconds key_refresh_min_interval{10};
+};
+
+// Options JSON (all optional but `tenants`):
+//   {"tenants": [tid...], "audiences": [...], "authority": URL,
+//    "allow_http_loopback": false, "clock_skew_seconds": 300,
+//    "username_claim": "upn"|"oid", "ca_file": "", "key_refresh_min_interval_seconds": 10}
+// `authority` defaults to $AZURE_AUTHORITY_HOST, then login.microsoftonline.com.
+Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& options);
+
+class EntraAuthenticator final : public Authenticator {
+ public:
+  // `fetch` serves URLs in tests; by default HTTPS through libcurl.
+  EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch = {});
+  ~EntraAuthenticator() override;
+
+  void async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept override;
+
+  // Test seam: the time the claim checks use.
+  void set_clock(std::function<std::chrono::system_clock::time_point()> now);
+
+ private:
+  struct Shared;
+  std::shared_ptr<Shared> shared_;  // also held by queued fetch jobs
+  std::unique_ptr<FetchWorker> worker_;
+};
+
+// The fetcher the authenticator uses by default: GET, 200 only.
+JwksCache::Fetch http_fetcher(HttpPolicy policy);
+
+// The tenant's name as it appears in issuers and URLs: tenant IDs and
+// verified domain names only.
+bool valid_tenant(const std::string& tenant);
+
+}  // namespace clusterconnect::entra

@@ -1,0 +1,55 @@
+#pragma once
+// Blocking HTTPS for the identity provider (discovery, keys, token
+// endpoint), on libcurl. Control plane only: callers run it on their own
+// thread, never on an io thread.
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include "clusterconnect/result.hpp"
+
+namespace clusterconnect::entra {
+
+struct HttpPolicy {
+  std::string ca_file;               // extra trust anchor file; system store when empty
+  bool allow_http_loopback = false;  // plain http:// only to 127.0.0.0/8, ::1, localhost
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds total_timeout{15000};
+  int max_attempts = 3;  // retries on 429, 5xx and transport errors
+  std::chrono::milliseconds first_backoff{500};
+  std::chrono::seconds max_retry_after{30};
+};
+
+struct HttpResponse {
+  long status = 0;
+  std::string body;
+  std::string content_type;
+};
+
+// Refuses anything but https://, or http:// to a loopback host when the
+// policy allows it. The message says what to change.
+Result<void> check_url_allowed(const std::string& url, const HttpPolicy& policy);
+
+class HttpClient {
+ public:
+  explicit HttpClient(HttpPolicy policy);
+
+  Result<HttpResponse> get(const std::string& url) const;
+  // application/x-www-form-urlencoded POST.
+  Result<HttpResponse> post_form(const std::string& url, const std::string& body) const;
+  Result<HttpResponse> post_json(const std::string& url, const std::string& body) const;
+
+  const HttpPolicy& policy() const noexcept { return policy_; }
+
+ private:
+  Result<HttpResponse> perform(const std::string& url, const std::string* body, const char* content_type) const;
+
+  HttpPolicy policy_;
+};
+
+// Responses larger than this are cut off and fail: discovery documents and
+// key sets are a few KiB.
+constexpr std::size_t max_response_size = 1024 * 1024;
+
+}  // namespace clusterconnect::entra

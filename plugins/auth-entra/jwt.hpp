@@ -1,0 +1,70 @@
+#pragma once
+// JWS compact tokens as Entra ID issues them, and the checks an access token
+// must pass before anyone trusts its claims. Pure functions: no I/O, no keys
+// fetched here (see jwks.hpp), so the relay's management API and the agent
+// share exactly the same rules.
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "clusterconnect/authenticator.hpp"
+
+namespace clusterconnect::entra {
+
+// Entra access tokens with many groups approach 8 KiB; twice that is the most
+// a legitimate one needs, and nothing larger is parsed.
+constexpr std::size_t max_token_size = 16 * 1024;
+
+struct Jws {
+  nlohmann::json header;
+  nlohmann::json payload;
+  std::string signing_input;  // "<header>.<payload>" exactly as received
+  std::string signature;      // decoded bytes
+};
+
+struct ParsedJws {
+  AuthFailure failure = AuthFailure::none;  // not_applicable, malformed
+  std::string message;
+  Jws jws;
+  bool ok() const noexcept { return failure == AuthFailure::none; }
+};
+
+// Splits and decodes a compact JWS. Something that does not even start like
+// a JWT (no JSON header with an `alg`) is not_applicable, so a host can hand
+// it to another authenticator; a JWT that is broken is malformed.
+ParsedJws parse_jws(std::string_view token);
+
+// What an accepted token must look like.
+struct ValidationRules {
+  std::vector<std::string> tenants;    // tenant IDs whose tokens are accepted
+  std::vector<std::string> audiences;  // accepted `aud` values
+  std::string authority;               // e.g. https://login.microsoftonline.com (no trailing '/')
+  std::chrono::seconds clock_skew{300};
+  bool username_from_oid = false;      // user = oid always, instead of upn/preferred_username/oid
+};
+
+// The `alg` check: RS256 only.
+AuthOutcome check_algorithm(const Jws& jws);
+
+// Issuer in v1 or v2 form for one of the configured tenants; on success
+// `tenant` is the configured tenant it names.
+AuthOutcome check_issuer(const Jws& jws, const ValidationRules& rules, std::string& tenant);
+
+// Time window, audience, group overage and the identity mapping. Call only
+// after the signature has been verified.
+AuthOutcome check_claims(const Jws& jws, const ValidationRules& rules, std::chrono::system_clock::time_point now);
+
+// Printable, bounded rendering of an attacker-supplied value (an `alg`, a
+// `kid`, an issuer) for messages.
+std::string printable(std::string_view value, std::size_t max_length = 80);
+
+// v2 issuer for `tenant` under `authority`, and the v1 (sts.windows.net) one.
+std::string v2_issuer(const std::string& authority, const std::string& tenant);
+std::string v1_issuer(const std::string& tenant);
+
+}  // namespace clusterconnect::entra

@@ -1,0 +1,109 @@
+// The authenticator against tokens and keys served by the real test
+// identity provider (oidc-provider dressed as Entra ID).
+
+#include <catch2/catch.hpp>
+
+#include "encoding.hpp"
+#include "entra_authenticator.hpp"
+#include "test_idp.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::entra;
+using clusterconnect::entra::test::TestIdp;
+
+namespace {
+
+std::string client_secret_token(const TestIdp& idp, const std::string& resource) {
+  HttpPolicy policy;
+  policy.allow_http_loopback = true;
+  HttpClient http(policy);
+  const auto& c = idp.state()["clients"]["secret"];
+  auto r = http.post_form(idp.token_endpoint(), form_encode({{"grant_type", "client_credentials"},
+                                                            {"client_id", c["client_id"].get<std::string>()},
+                                                            {"client_secret", c["client_secret"].get<std::string>()},
+                                                            {"scope", resource + "/.default"}}));
+  REQUIRE(r);
+  INFO(r->body);
+  REQUIRE(r->status == 200);
+  return nlohmann::json::parse(r->body)["access_token"].get<std::string>();
+}
+
+struct Validator {
+  asio::io_context io;
+  std::shared_ptr<EntraAuthenticator> auth;
+
+  explicit Validator(const TestIdp& idp, nlohmann::json extra = nlohmann::json::object()) {
+    nlohmann::json options = {{"tenants", {idp.tenant()}}, {"authority", idp.authority()}, {"allow_http_loopback", true},
+                              {"key_refresh_min_interval_seconds", 1}};
+    options.update(extra);
+    auto config = parse_authenticator_options(options);
+    REQUIRE(config);
+    auth = std::make_shared<EntraAuthenticator>(io, std::move(*config));
+  }
+
+  AuthOutcome authenticate(const std::string& token) {
+    std::optional<AuthOutcome> out;
+    auth->async_authenticate(token, [&](AuthOutcome o) { out = std::move(o); });
+    for (int i = 0; i < 3000 && !out; ++i) {
+      io.restart();
+      io.run_for(std::chrono::milliseconds(5));
+      if (!out) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(out);
+    return *out;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("auth-entra/idp: a token the identity provider issued validates", "[auth-entra][idp]") {
+  if (auto why = TestIdp::unavailable()) {
+    WARN("skipped: " << *why);
+    return;
+  }
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path());
+  Validator v(idp);
+
+  auto out = v.authenticate(client_secret_token(idp, arc_server_app_id));
+  INFO(out.message);
+  REQUIRE(out.ok());
+  const std::string app_oid = idp.state()["clients"]["secret"]["oid"];
+  CHECK(out.identity.user == app_oid);  // an application has no upn
+  CHECK(out.identity.uid == app_oid);
+  CHECK(out.identity.extra.at("tid") == std::vector<std::string>{idp.tenant()});
+
+  // A token for some other resource is refused for its audience.
+  auto other = v.authenticate(client_secret_token(idp, "api://some-other-app"));
+  CHECK(other.failure == AuthFailure::wrong_audience);
+
+  // Plain http to the provider needs the explicit flag.
+  auto strict = parse_authenticator_options({{"tenants", {idp.tenant()}}, {"authority", idp.authority()}});
+  CHECK_FALSE(strict);
+}
+
+TEST_CASE("auth-entra/idp: a key rotated at the provider is survived without restart", "[auth-entra][idp]") {
+  if (auto why = TestIdp::unavailable()) {
+    WARN("skipped: " << *why);
+    return;
+  }
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path());
+  Validator v(idp);
+
+  const std::string old_token = client_secret_token(idp, arc_server_app_id);
+  REQUIRE(v.authenticate(old_token).ok());
+
+  auto rotated = idp.admin("rotate-keys");
+  REQUIRE(rotated["kid"] != rotated["previous"]);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the refresh rate limit
+
+  const std::string new_token = client_secret_token(idp, arc_server_app_id);
+  auto fresh = v.authenticate(new_token);
+  INFO(fresh.message);
+  CHECK(fresh.ok());
+
+  auto stale = v.authenticate(old_token);
+  CHECK(stale.failure == AuthFailure::unknown_key);
+  CHECK(stale.message.find(rotated["previous"].get<std::string>()) != std::string::npos);
+}

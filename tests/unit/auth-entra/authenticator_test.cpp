@@ -1,0 +1,298 @@
+// The JWT attack matrix against the authenticator, with keys made here and
+// served through the authenticator's fetch seam.
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <thread>
+
+#include "entra_authenticator.hpp"
+#include "test_tokens.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::entra;
+using clusterconnect::entra::test::rs256_token;
+using clusterconnect::entra::test::TestKey;
+
+namespace {
+
+const std::string tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const std::string other_tenant = "f8cdef31-a31e-4b4a-93e4-5f571e91255a";
+const std::string authority = "https://login.microsoftonline.com";
+const std::string audience = arc_server_app_id;
+
+long long now_s() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+nlohmann::json user_claims() {
+  const long long now = now_s();
+  return {{"aud", audience},
+          {"iss", authority + "/" + tenant + "/v2.0"},
+          {"iat", now - 10},
+          {"nbf", now - 10},
+          {"exp", now + 3600},
+          {"tid", tenant},
+          {"oid", "0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f"},
+          {"sub", "p4hFZn8YQ2xW1tq8Y9Qf7u5d3b1a0c2e4g6i8k0m2o4"},
+          {"upn", "alice@contoso.example"},
+          {"preferred_username", "alice.pref@contoso.example"},
+          {"groups", {"g-1", "g-2"}},
+          {"ver", "2.0"}};
+}
+
+struct Fixture {
+  TestKey key{"key-1"};
+  nlohmann::json jwks = {{"keys", {key.jwk()}}};
+  std::atomic<int> fetches{0};
+  asio::io_context io;
+  std::shared_ptr<EntraAuthenticator> auth;
+
+  explicit Fixture(nlohmann::json options = nullptr) {
+    if (options.is_null()) options = {{"tenants", {tenant}}};
+    auto config = parse_authenticator_options(options);
+    REQUIRE(config);
+    auth = std::make_shared<EntraAuthenticator>(io, std::move(*config), [this](const std::string& url) -> Result<std::string> {
+      ++fetches;
+      if (url == authority + "/" + tenant + "/v2.0/.well-known/openid-configuration") {
+        return nlohmann::json{{"jwks_uri", authority + "/" + tenant + "/discovery/v2.0/keys"}}.dump();
+      }
+      if (url == authority + "/" + tenant + "/discovery/v2.0/keys") return jwks.dump();
+      return fail("HTTP 404 for " + url);
+    });
+  }
+
+  AuthOutcome authenticate(const std::string& token) {
+    std::optional<AuthOutcome> out;
+    auth->async_authenticate(token, [&](AuthOutcome o) { out = std::move(o); });
+    // The fetch thread posts the completion; poll until it arrives.
+    for (int i = 0; i < 1000 && !out; ++i) {
+      io.restart();
+      io.run_for(std::chrono::milliseconds(5));
+      if (!out) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(out);
+    // A rejection says why, and never repeats the credential.
+    if (!out->ok()) {
+      CHECK_FALSE(out->message.empty());
+      if (token.size() > 40) CHECK(out->message.find(token.substr(token.size() - 40)) == std::string::npos);
+      auto dot = token.find('.');
+      if (dot != std::string::npos && dot > 20) CHECK(out->message.find(token.substr(0, dot)) == std::string::npos);
+    }
+    return *out;
+  }
+
+  std::string token(const nlohmann::json& claims) { return rs256_token(key, claims); }
+};
+
+}  // namespace
+
+TEST_CASE("auth-entra: a valid Entra v2 user token yields the user's identity", "[auth-entra][authenticator]") {
+  Fixture f;
+  auto out = f.authenticate(f.token(user_claims()));
+  REQUIRE(out.ok());
+  CHECK(out.identity.user == "alice@contoso.example");
+  CHECK(out.identity.uid == "0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f");
+  CHECK(out.identity.groups == std::vector<std::string>{"g-1", "g-2"});
+  CHECK(out.identity.extra.at("oid") == std::vector<std::string>{"0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f"});
+  CHECK(out.identity.extra.at("tid") == std::vector<std::string>{tenant});
+  CHECK(f.fetches == 2);
+
+  // Keys are cached: the second token needs no fetch and completes inline.
+  std::optional<AuthOutcome> inline_out;
+  f.auth->async_authenticate(f.token(user_claims()), [&](AuthOutcome o) { inline_out = std::move(o); });
+  REQUIRE(inline_out);
+  CHECK(inline_out->ok());
+  CHECK(f.fetches == 2);
+}
+
+TEST_CASE("auth-entra: v1 issuer and the user name fallbacks", "[auth-entra][authenticator]") {
+  Fixture f;
+  auto claims = user_claims();
+  claims["iss"] = "https://sts.windows.net/" + tenant + "/";
+  claims.erase("upn");
+  auto out = f.authenticate(f.token(claims));
+  REQUIRE(out.ok());
+  CHECK(out.identity.user == "alice.pref@contoso.example");
+
+  claims.erase("preferred_username");
+  claims["idtyp"] = "app";
+  out = f.authenticate(f.token(claims));
+  REQUIRE(out.ok());
+  CHECK(out.identity.user == claims["oid"]);
+
+  Fixture by_oid({{"tenants", {tenant}}, {"username_claim", "oid"}});
+  out = by_oid.authenticate(by_oid.token(user_claims()));
+  REQUIRE(out.ok());
+  CHECK(out.identity.user == "0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f");
+}
+
+TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
+  Fixture f;
+  const long long now = now_s();
+
+  SECTION("expired beyond the skew") {
+    auto c = user_claims();
+    c["exp"] = now - 301;
+    auto out = f.authenticate(f.token(c));
+    CHECK(out.failure == AuthFailure::expired);
+    c["exp"] = now - 200;  // within the 300 s default skew
+    CHECK(f.authenticate(f.token(c)).ok());
+  }
+  SECTION("not yet valid") {
+    auto c = user_claims();
+    c["nbf"] = now + 400;
+    CHECK(f.authenticate(f.token(c)).failure == AuthFailure::not_yet_valid);
+  }
+  SECTION("wrong audience") {
+    auto c = user_claims();
+    c["aud"] = "api://" + audience;  // not configured, so not accepted
+    auto out = f.authenticate(f.token(c));
+    CHECK(out.failure == AuthFailure::wrong_audience);
+    CHECK(out.message.find(audience) != std::string::npos);
+  }
+  SECTION("wrong issuer") {
+    auto c = user_claims();
+    c["iss"] = "https://evil.example/" + tenant + "/v2.0";
+    CHECK(f.authenticate(f.token(c)).failure == AuthFailure::wrong_issuer);
+    CHECK(f.fetches == 0);  // no keys fetched on behalf of a foreign issuer
+  }
+  SECTION("wrong tenant") {
+    auto c = user_claims();
+    c["iss"] = authority + "/" + other_tenant + "/v2.0";
+    c["tid"] = other_tenant;
+    CHECK(f.authenticate(f.token(c)).failure == AuthFailure::wrong_issuer);
+    c["iss"] = authority + "/" + tenant + "/v2.0";  // tid disagrees with iss
+    CHECK(f.authenticate(f.token(c)).failure == AuthFailure::wrong_issuer);
+    CHECK(f.fetches == 0);
+  }
+  SECTION("alg none") {
+    nlohmann::json h = {{"alg", "none"}, {"typ", "JWT"}};
+    auto t = test::encode_part(h) + "." + test::encode_part(user_claims()) + ".";
+    CHECK(f.authenticate(t).failure == AuthFailure::disallowed_algorithm);
+  }
+  SECTION("HS256 signed with the public key") {
+    nlohmann::json h = {{"alg", "HS256"}, {"typ", "JWT"}, {"kid", f.key.kid()}};
+    CHECK(f.authenticate(test::hs256_token(f.key.public_pem(), h, user_claims())).failure == AuthFailure::disallowed_algorithm);
+    nlohmann::json jwk = f.key.jwk();
+    CHECK(f.authenticate(test::hs256_token(jwk["n"].get<std::string>(), h, user_claims())).failure == AuthFailure::disallowed_algorithm);
+  }
+  SECTION("other asymmetric algorithms") {
+    for (const char* alg : {"ES256", "PS256", "RS512", "rs256"}) {
+      nlohmann::json h = {{"alg", alg}, {"kid", f.key.kid()}};
+      CHECK(f.authenticate(rs256_token(f.key, user_claims(), h)).failure == AuthFailure::disallowed_algorithm);
+    }
+  }
+  SECTION("unknown kid") {
+    TestKey stranger("key-2");
+    auto out = f.authenticate(rs256_token(stranger, user_claims()));
+    CHECK(out.failure == AuthFailure::unknown_key);
+    CHECK(f.fetches == 2);
+    // A burst of forged kids right after a refresh costs no further fetches.
+    for (int i = 0; i < 5; ++i) {
+      TestKey s("forged-" + std::to_string(i));
+      CHECK(f.authenticate(rs256_token(s, user_claims())).failure == AuthFailure::unknown_key);
+    }
+    CHECK(f.fetches == 2);
+  }
+  SECTION("same kid, different key") {
+    TestKey impostor("key-1");
+    CHECK(f.authenticate(rs256_token(impostor, user_claims())).failure == AuthFailure::bad_signature);
+  }
+  SECTION("tampered payload") {
+    auto t = f.token(user_claims());
+    auto c = user_claims();
+    c["upn"] = "admin@contoso.example";
+    auto first = t.find('.'), second = t.find('.', first + 1);
+    auto forged = t.substr(0, first + 1) + test::encode_part(c) + t.substr(second);
+    CHECK(f.authenticate(forged).failure == AuthFailure::bad_signature);
+  }
+  SECTION("truncated") {
+    auto t = f.token(user_claims());
+    auto second = t.rfind('.');
+    CHECK(f.authenticate(t.substr(0, second)).failure == AuthFailure::malformed);       // no signature part
+    CHECK(f.authenticate(t.substr(0, second + 1)).failure == AuthFailure::bad_signature);  // empty signature
+    for (std::size_t cut : {t.size() - 1, t.size() - 3, second + 10, t.find('.') + 5, t.find('.') + 1}) {
+      auto out = f.authenticate(t.substr(0, cut));
+      CHECK_FALSE(out.ok());
+      CHECK(out.failure != AuthFailure::not_applicable);
+    }
+  }
+  SECTION("oversized") {
+    auto c = user_claims();
+    c["padding"] = std::string(17 * 1024, 'x');
+    auto out = f.authenticate(f.token(c));
+    CHECK(out.failure == AuthFailure::malformed);
+    CHECK(out.message.find("16384") != std::string::npos);
+  }
+  SECTION("group overage") {
+    auto c = user_claims();
+    c.erase("groups");
+    c["_claim_names"] = {{"groups", "src1"}};
+    c["_claim_sources"] = {{"src1", {{"endpoint", "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}}};
+    auto out = f.authenticate(f.token(c));
+    CHECK(out.failure == AuthFailure::group_overage);
+    CHECK(out.message.find("overage") != std::string::npos);
+  }
+  SECTION("duplicate claims") {
+    auto header = test::encode_part({{"alg", "RS256"}, {"kid", f.key.kid()}});
+    auto c = user_claims();
+    c["aud"] = "something-else";
+    std::string dup = c.dump();
+    dup.insert(1, "\"aud\":\"" + audience + "\",");
+    const std::string input = header + "." + base64url_encode(dup);
+    auto t = input + "." + base64url_encode(f.key.sign(input));
+    CHECK(f.authenticate(t).failure == AuthFailure::malformed);
+  }
+  SECTION("missing claims") {
+    for (const char* claim : {"exp", "aud", "iss", "oid"}) {
+      auto c = user_claims();
+      c.erase(claim);
+      CHECK(f.authenticate(f.token(c)).failure == AuthFailure::malformed);
+    }
+  }
+  SECTION("not a JWT at all") {
+    CHECK(f.authenticate("sha256~NotAJwtJustAnOpaqueToken").failure == AuthFailure::not_applicable);
+    CHECK(f.authenticate("").failure == AuthFailure::not_applicable);
+    CHECK(f.authenticate("a.b.c").failure == AuthFailure::not_applicable);
+  }
+}
+
+TEST_CASE("auth-entra: a key rotated at the provider is picked up without restart", "[auth-entra][authenticator]") {
+  Fixture f({{"tenants", {tenant}}, {"key_refresh_min_interval_seconds", 1}});
+  REQUIRE(f.authenticate(f.token(user_claims())).ok());
+  TestKey next("key-2");
+  f.jwks = {{"keys", {next.jwk()}}};
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  auto out = f.authenticate(rs256_token(next, user_claims()));
+  CHECK(out.ok());
+  CHECK(f.fetches == 4);
+  CHECK(f.authenticate(f.token(user_claims())).failure == AuthFailure::unknown_key);
+}
+
+TEST_CASE("auth-entra: keys that cannot be fetched give keys_unavailable", "[auth-entra][authenticator]") {
+  Fixture f;
+  f.jwks = "not a key set";
+  auto out = f.authenticate(f.token(user_claims()));
+  CHECK(out.failure == AuthFailure::keys_unavailable);
+  CHECK(out.message.find("signing keys") != std::string::npos);
+}
+
+TEST_CASE("auth-entra: authenticator options are checked", "[auth-entra][options]") {
+  CHECK_FALSE(parse_authenticator_options(nlohmann::json::object()));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"clock_skew_seconds", 601}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"username_claim", "email"}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {"../evil"}}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://127.0.0.1:1234"}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://idp.example"}, {"allow_http_loopback", true}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"group_source", "graph"}}));
+  auto ok = parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://127.0.0.1:1234/"}, {"allow_http_loopback", true}});
+  REQUIRE(ok);
+  CHECK(ok->rules.authority == "http://127.0.0.1:1234");
+  CHECK(ok->rules.audiences == std::vector<std::string>{audience});
+  CHECK(ok->rules.clock_skew == std::chrono::seconds(300));
+
+  ::setenv("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/", 1);
+  auto env = parse_authenticator_options({{"tenants", {tenant}}});
+  ::unsetenv("AZURE_AUTHORITY_HOST");
+  REQUIRE(env);
+  CHECK(env->rules.authority == "https://login.microsoftonline.us");
+}

@@ -1,0 +1,92 @@
+#include <catch2/catch.hpp>
+#include <thread>
+
+#include "encoding.hpp"
+#include "jwks.hpp"
+#include "test_tokens.hpp"
+
+using namespace clusterconnect::entra;
+using clusterconnect::entra::test::TestKey;
+
+TEST_CASE("auth-entra: base64url decoding is strict", "[auth-entra][encoding]") {
+  CHECK(base64url_decode("aGk") == std::optional<std::string>("hi"));
+  CHECK(base64url_decode("") == std::optional<std::string>(""));
+  CHECK(base64url_encode("hi?>") == "aGk_Pg");
+  CHECK(base64url_decode("aGk_Pg") == std::optional<std::string>("hi?>"));
+  CHECK_FALSE(base64url_decode("aGk="));   // padding
+  CHECK_FALSE(base64url_decode("aG k"));   // whitespace
+  CHECK_FALSE(base64url_decode("aGk/"));   // standard alphabet
+  CHECK_FALSE(base64url_decode("aGl"));    // non-zero unused bits: a second spelling of "hi"
+  CHECK_FALSE(base64url_decode("aGk_P"));  // impossible length
+}
+
+TEST_CASE("auth-entra: JWKS parsing keeps RSA signing keys only", "[auth-entra][jwks]") {
+  TestKey a("a"), b("b");
+  nlohmann::json enc = b.jwk();
+  enc["use"] = "enc";
+  nlohmann::json doc = {{"keys",
+                         {a.jwk(), enc, {{"kty", "EC"}, {"kid", "ec"}, {"crv", "P-256"}, {"x", "AA"}, {"y", "AA"}},
+                          {{"kty", "RSA"}, {"kid", "broken"}, {"n", "!!"}, {"e", "AQAB"}}}}};
+  auto keys = parse_jwks(doc.dump());
+  REQUIRE(keys);
+  CHECK(keys->size() == 1);
+  CHECK(keys->count("a") == 1);
+
+  CHECK_FALSE(parse_jwks("{}"));
+  CHECK_FALSE(parse_jwks("not json"));
+  CHECK_FALSE(parse_jwks(R"({"keys":[]})"));
+}
+
+TEST_CASE("auth-entra: RSA keys under 2048 bits are refused", "[auth-entra][jwks]") {
+  TestKey small("small", 1024);
+  auto j = small.jwk();
+  CHECK_FALSE(rsa_key_from_jwk(j["n"].get<std::string>(), j["e"].get<std::string>()));
+}
+
+TEST_CASE("auth-entra: RS256 verification", "[auth-entra][jwks]") {
+  TestKey a("a"), b("b");
+  auto ja = a.jwk();
+  auto key = rsa_key_from_jwk(ja["n"].get<std::string>(), ja["e"].get<std::string>());
+  REQUIRE(key);
+  const std::string input = "header.payload";
+  const std::string sig = a.sign(input);
+  CHECK(verify_rs256(key->get(), input, sig));
+  CHECK_FALSE(verify_rs256(key->get(), "header.payloaD", sig));
+  CHECK_FALSE(verify_rs256(key->get(), input, b.sign(input)));
+  CHECK_FALSE(verify_rs256(key->get(), input, sig.substr(0, sig.size() - 1)));
+  CHECK_FALSE(verify_rs256(key->get(), input, ""));
+}
+
+TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jwks]") {
+  TestKey a("a"), b("b");
+  nlohmann::json jwks = {{"keys", {a.jwk()}}};
+  int fetches = 0;
+  JwksCache cache({"https://login.example", std::chrono::seconds(1), std::chrono::hours(24)}, [&](const std::string& url) -> clusterconnect::Result<std::string> {
+    ++fetches;
+    if (url == "https://login.example/t1/v2.0/.well-known/openid-configuration") return std::string(R"({"jwks_uri":"https://login.example/t1/keys"})");
+    if (url == "https://login.example/t1/keys") return jwks.dump();
+    return clusterconnect::fail("unexpected URL " + url);
+  });
+  CHECK(cache.refresh_due("t1"));
+  REQUIRE(cache.refresh("t1"));
+  CHECK(fetches == 2);
+  CHECK(cache.find("t1", "a"));
+  CHECK_FALSE(cache.find("t1", "b"));
+
+  jwks = {{"keys", {b.jwk()}}};
+  CHECK_FALSE(cache.refresh_due("t1"));
+  REQUIRE(cache.refresh("t1"));  // rate-limited: no fetch, old set kept
+  CHECK(fetches == 2);
+  CHECK_FALSE(cache.find("t1", "b"));
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CHECK(cache.refresh_due("t1"));
+  REQUIRE(cache.refresh("t1"));
+  CHECK(fetches == 4);
+  CHECK(cache.find("t1", "b"));
+  CHECK_FALSE(cache.find("t1", "a"));  // rotated out
+
+  auto failing = cache.refresh("other");
+  CHECK_FALSE(failing);
+  CHECK(failing.error().find("OpenID configuration") != std::string::npos);
+}
