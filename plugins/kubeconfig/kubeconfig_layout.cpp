@@ -222,14 +222,27 @@ std::optional<Source> index_source(std::string_view text, const YAML::Node& root
   return src;
 }
 
-void append_lines(std::string& out, std::string_view text) {
+void append_lines(std::string& out, std::string_view text, bool crlf) {
   out.append(text);
-  if (!out.empty() && out.back() != '\n') out += '\n';
+  if (!out.empty() && out.back() != '\n') out += crlf ? "\r\n" : "\n";
+}
+
+// Emitted text uses "\n"; a file written with "\r\n" keeps its line ends.
+std::string with_line_ends(std::string text, bool crlf) {
+  if (!crlf) return text;
+  std::string converted;
+  for (char c : text) {
+    if (c == '\n') converted += '\r';
+    converted += c;
+  }
+  return converted;
 }
 
 std::string lay_out(Source* src, const YAML::Node& modified) {
   if (!modified.IsMap() || modified.size() == 0) return emit_yaml(modified);
   std::string out;
+  const std::size_t first_end = src ? src->text.find('\n') : npos;
+  const bool crlf = first_end != npos && first_end > 0 && src->text[first_end - 1] == '\r';
   std::size_t default_dash = 0;  // kubectl writes "- " flush with the key
   if (src) {
     out.append(src->text.substr(0, src->prefix_end));
@@ -251,12 +264,14 @@ std::string lay_out(Source* src, const YAML::Node& modified) {
           break;
         }
     if (section && same_node(section->value, value)) {
-      append_lines(out, src->slice(section->span));
+      append_lines(out, src->slice(section->span), crlf);
       continue;
     }
     if (key.IsScalar() && value.IsSequence() && value.size() > 0 && value.Style() != YAML::EmitterStyle::Flow) {
       const bool splice = section && section->has_items;
-      append_lines(out, splice ? src->slice({section->span.begin, section->header_end}) : emit_key_line(key));
+      append_lines(out, splice ? src->slice({section->span.begin, section->header_end})
+                               : with_line_ends(emit_key_line(key), crlf),
+                   crlf);
       for (const auto& item : value) {
         SourceItem* kept = nullptr;
         if (splice)
@@ -266,11 +281,13 @@ std::string lay_out(Source* src, const YAML::Node& modified) {
               candidate.used = true;
               break;
             }
-        append_lines(out, kept ? src->slice(kept->span) : emit_item(item, splice ? section->dash : default_dash));
+        append_lines(out, kept ? src->slice(kept->span)
+                               : with_line_ends(emit_item(item, splice ? section->dash : default_dash), crlf),
+                     crlf);
       }
       continue;
     }
-    append_lines(out, emit_pair(key, value));
+    append_lines(out, with_line_ends(emit_pair(key, value), crlf), crlf);
   }
   return out;
 }
