@@ -1,15 +1,78 @@
 // clusterconnect-relay: the connectivity service between clients and agents:
 // switches client streams onto agent tunnels.
 
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <exception>
+#include <fstream>
+#include <mutex>
+#include <thread>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
+#include "clusterconnect/certificates.hpp"
 #include "clusterconnect/host/runtime.hpp"
+#include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/version.hpp"
+#include "front_end.hpp"
+#include "relay_config.hpp"
+#include "tunnel_switch.hpp"
 
 using namespace clusterconnect;
+using namespace clusterconnect::relay;
+
+namespace {
+
+struct TlsFiles {
+  std::string cert_pem;
+  std::string key_pem;
+  std::string ca_file;  // for the ready file (dev mode)
+};
+
+// Dev mode: a CA kept in DIR (reused across restarts) and a fresh server
+// certificate for 127.0.0.1, ::1 and localhost.
+TlsFiles make_dev_tls(const std::filesystem::path& dir) {
+  auto ca = tls::load_or_create_ca(dir, "clusterconnect-relay dev CA");
+  if (!ca) throw std::runtime_error("--dev-tls: " + ca.error());
+  auto server = tls::issue_server_cert(ca.value(), {"localhost"}, {"127.0.0.1", "::1"}, 30);
+  if (!server) throw std::runtime_error("--dev-tls: " + server.error());
+  if (auto r = tls::write_private_file(dir / "server.key", server->key); !r) throw std::runtime_error("--dev-tls: " + r.error());
+  if (auto r = tls::write_private_file(dir / "server.crt", server->cert); !r) throw std::runtime_error("--dev-tls: " + r.error());
+  return TlsFiles{server->cert, server->key, std::filesystem::absolute(dir / "ca.crt").string()};
+}
+
+void write_ready_file(const std::string& path, unsigned short port, const std::string& ca_file) {
+  nlohmann::json j{{"port", port}, {"ca_file", ca_file}};
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << j.dump() << "\n";
+    if (!out) throw std::runtime_error("cannot write --ready-file " + path);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+std::pair<std::string, unsigned short> split_listen(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos) throw std::runtime_error("--listen must be ADDRESS:PORT, got '" + s + "'");
+  std::string addr = s.substr(0, colon);
+  if (addr.size() >= 2 && addr.front() == '[' && addr.back() == ']') addr = addr.substr(1, addr.size() - 2);
+  unsigned long port = 0;
+  try {
+    port = std::stoul(s.substr(colon + 1));
+  } catch (...) {
+    port = 70000;
+  }
+  if (port > 65535) throw std::runtime_error("--listen: bad port in '" + s + "'");
+  return {addr, static_cast<unsigned short>(port)};
+}
+
+}  // namespace
 
 int main(int argc, char** argv) try {
   int verbosity = 0;
@@ -22,9 +85,110 @@ int main(int argc, char** argv) try {
   app.add_flag("-v,--verbose", verbose_count, "More log output (repeat for trace)");
   std::string log_format = "text";
   app.add_option("--log-format", log_format, "Log format: text or json")->check(CLI::IsMember({"text", "json"}));
+  std::string config_file, listen, ready_file, dev_tls, cert_file, key_file, public_host;
+  app.add_option("--config", config_file, "Relay configuration file (JSON): clusters, keys, limits")->check(CLI::ExistingFile);
+  app.add_option("--listen", listen, "Listen address ADDRESS:PORT (port 0: any free port); default from the config or 127.0.0.1:8443");
+  app.add_option("--ready-file", ready_file, "When ready, write {\"port\":N,\"ca_file\":\"...\"} to this file");
+  app.add_option("--dev-tls", dev_tls, "Development TLS: keep a self-signed CA in DIR and issue a server certificate for 127.0.0.1/localhost");
+  app.add_option("--cert-file", cert_file, "Server certificate chain (PEM)");
+  app.add_option("--key-file", key_file, "Server private key (PEM)");
+  app.add_option("--public-host", public_host, "HOST[:PORT] clients and agents use (tokens are checked against it); default: the request's Host");
+  std::optional<std::uint32_t> stream_window, tunnel_window;
+  std::optional<std::size_t> max_streams, max_tunnels, max_connections;
+  std::optional<double> drain_timeout, ping_interval, idle_timeout;
+  app.add_option("--stream-window", stream_window, "Per-stream flow-control window in bytes (>= 262144)");
+  app.add_option("--tunnel-window", tunnel_window, "Per-tunnel flow-control window in bytes (>= 16777216)");
+  app.add_option("--max-streams-per-tunnel", max_streams, "Concurrent streams per tunnel");
+  app.add_option("--max-tunnels-per-cluster", max_tunnels, "Agent tunnels per cluster");
+  app.add_option("--max-connections", max_connections, "Open TLS connections");
+  app.add_option("--drain-timeout", drain_timeout, "Seconds to let streams finish after SIGTERM (default 30)");
+  app.add_option("--ping-interval", ping_interval, "Seconds between keepalive PINGs (default 15)");
+  app.add_option("--idle-timeout", idle_timeout, "Seconds without traffic before a tunnel is closed (default 45)");
+  unsigned threads = 2;
+  app.add_option("--threads", threads, "I/O threads")->check(CLI::Range(1u, 256u));
   CLI11_PARSE(app, argc, argv);
-  host::Runtime runtime(logger, 2);
+
+  RelayConfig config = config_file.empty() ? parse_relay_config(nlohmann::json::object(), std::filesystem::current_path())
+                                           : load_relay_config(config_file);
+  if (!listen.empty()) config.listen = listen;
+  if (!cert_file.empty()) config.cert_file = cert_file;
+  if (!key_file.empty()) config.key_file = key_file;
+  if (!public_host.empty()) config.public_host = public_host;
+  auto secs = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
+  if (stream_window) config.limits.stream_window = *stream_window;
+  if (tunnel_window) config.limits.tunnel_window = *tunnel_window;
+  if (max_streams) config.limits.max_streams_per_tunnel = *max_streams;
+  if (max_tunnels) config.limits.max_tunnels_per_cluster = *max_tunnels;
+  if (max_connections) config.limits.max_connections = *max_connections;
+  if (drain_timeout) config.limits.drain_timeout = secs(*drain_timeout);
+  if (ping_interval) config.limits.ping_interval = secs(*ping_interval);
+  if (idle_timeout) config.limits.idle_timeout = secs(*idle_timeout);
+  if (config.clusters.empty()) logger->warn("no clusters configured: every tunnel handshake will get 404");
+
+  TlsFiles tls_files;
+  std::shared_ptr<asio::ssl::context> tls_context;
+  if (!dev_tls.empty()) {
+    tls_files = make_dev_tls(dev_tls);
+    std::printf("dev CA: %s\n", tls_files.ca_file.c_str());
+    std::fflush(stdout);
+    logger->warn("development TLS: clients must trust {}", tls_files.ca_file);
+    auto ctx = tls::make_server_context_pem(tls_files.cert_pem, tls_files.key_pem);
+    if (!ctx) throw std::runtime_error("TLS: " + ctx.error());
+    tls_context = ctx.value();
+  } else {
+    if (config.cert_file.empty() || config.key_file.empty())
+      throw std::runtime_error("TLS is required: give --cert-file and --key-file (or tls in the config), or --dev-tls DIR");
+    auto ctx = tls::make_server_context_files(config.cert_file, config.key_file);
+    if (!ctx) throw std::runtime_error("TLS: " + ctx.error());
+    tls_context = ctx.value();
+  }
+
+  host::Runtime runtime(logger, threads);
   runtime.load_plugins();
+  RelayMetrics metrics;
+  auto tunnel_switch = std::make_shared<TunnelSwitch>(config, metrics, logger);
+  auto [address, port] = split_listen(config.listen);
+  auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, tunnel_switch, metrics, logger);
+  if (!front) throw std::runtime_error(front.error());
+
+  // Shutdown: the signal handler only records the request; the main thread drains.
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool stop_requested = false;
+  asio::signal_set signals(runtime.io_context(), SIGTERM, SIGINT);
+  signals.async_wait([&](error_code ec, int sig) {
+    if (ec) return;
+    logger->info("signal {}: draining", sig);
+    std::lock_guard lock(mutex);
+    stop_requested = true;
+    cv.notify_all();
+  });
+
+  runtime.start();
+  front.value()->set_ready(true);
+  const unsigned short bound = front.value()->port();
+  logger->info("clusterconnect-relay {} listening on {}:{} ({} cluster(s))", CLUSTERCONNECT_VERSION, address, bound,
+               config.clusters.size());
+  std::printf("listening on %s:%u\n", address.c_str(), static_cast<unsigned>(bound));
+  std::fflush(stdout);
+  if (!ready_file.empty()) write_ready_file(ready_file, bound, tls_files.ca_file);
+
+  {
+    std::unique_lock lock(mutex);
+    cv.wait(lock, [&] { return stop_requested; });
+  }
+  front.value()->set_ready(false);
+  front.value()->stop_accepting();
+  tunnel_switch->drain();
+  const auto deadline = std::chrono::steady_clock::now() + config.limits.drain_timeout;
+  while (tunnel_switch->active_streams() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (auto left = tunnel_switch->active_streams(); left > 0)
+    logger->warn("drain timeout: closing {} stream(s) still in flight", left);
+  tunnel_switch->close_all("relay shut down");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // lets the close frames go out
+  runtime.stop();
+  logger->info("relay stopped");
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "clusterconnect-relay: %s\n", e.what());

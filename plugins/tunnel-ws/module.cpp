@@ -1,13 +1,26 @@
 #include "clusterconnect/plugin.hpp"
+#include "ws_transport.hpp"
 
 namespace clusterconnect::tunnel_ws {
 namespace {
 
 const char* const capabilities[] = {"transport:ws"};
 
-class ThisModule final : public Module {};
+class ThisModule final : public Module {
+ public:
+  explicit ThisModule(HostServices& host) : host_(host) {}
+  std::shared_ptr<TransportCapability> transport(std::string_view name) noexcept override {
+    if (name != "ws") return nullptr;
+    if (!transport_) transport_ = std::make_shared<WsTransport>(host_);
+    return transport_;
+  }
 
-std::unique_ptr<Module> create(HostServices&) noexcept { return std::make_unique<ThisModule>(); }
+ private:
+  HostServices& host_;
+  std::shared_ptr<WsTransport> transport_;
+};
+
+std::unique_ptr<Module> create(HostServices& host) noexcept { return std::make_unique<ThisModule>(host); }
 
 const PluginDescriptor& descriptor() noexcept {
   static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING, "tunnel-ws", "0.1.0", "Multiplexed streams over WebSocket/TLS through a relay", capabilities,

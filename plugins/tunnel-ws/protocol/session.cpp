@@ -1,0 +1,797 @@
+#include "session.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <deque>
+#include <map>
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <spdlog/spdlog.h>
+
+namespace clusterconnect::tunnel {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+}  // namespace
+
+struct StreamState {
+  enum class Phase { opening, pending_accept, open, done };
+
+  StreamId id = 0;
+  bool local = false;  // this side opened it
+  Phase phase = Phase::open;
+
+  // Opening (local): completes on ACK or RST; the handle is handed out then.
+  Session::OpenCallback open_cb;
+  TunnelStreamPtr pending_handle;
+  std::unique_ptr<asio::steady_timer> open_timer;
+
+  std::int64_t send_credit = default_stream_window;
+  std::int64_t recv_allowed = default_stream_window;  // what the peer may still send
+  std::size_t recv_unacked = 0;                         // read but not yet returned
+
+  // Received bytes not yet read: at most the stream window.
+  std::deque<std::vector<std::uint8_t>> chunks;
+  std::size_t front_offset = 0;
+  std::size_t buffered = 0;
+
+  bool remote_fin = false;
+  bool local_fin = false;
+  error_code reset_ec;
+  bool waiting = false;  // in the session's list of writers waiting for credit
+
+  asio::mutable_buffer read_buf;
+  IoHandler read_handler;
+  std::vector<asio::const_buffer> write_bufs;
+  IoHandler write_handler;
+  DoneHandler shutdown_handler;
+};
+
+struct Session::Impl {
+  explicit Impl(const asio::any_io_executor& ex) : ping_timer(ex) {}
+
+  std::map<StreamId, std::shared_ptr<StreamState>> streams;
+  StreamId next_local_id = 1;
+  StreamId last_peer_id = 0;
+
+  std::int64_t tunnel_send_credit = default_tunnel_window;
+  std::int64_t tunnel_recv_allowed = default_tunnel_window;
+  std::size_t tunnel_recv_unacked = 0;
+
+  // Unsent messages; frames coalesce into the last one up to max_message_size.
+  std::deque<std::vector<std::uint8_t>> queue;
+  std::size_t queued_bytes = 0;
+  std::vector<std::uint8_t> write_buf;
+  bool writing = false;
+  std::vector<std::shared_ptr<StreamState>> waiting;
+
+  asio::steady_timer ping_timer;
+  Clock::time_point last_rx = Clock::now();
+  std::uint64_t ping_counter = 0;
+
+  bool started = false;
+  bool closed = false;
+  bool goaway_sent = false;
+  bool peer_goaway = false;
+  bool ids_exhausted = false;
+  bool close_when_flushed = false;
+  std::string close_reason;
+};
+
+// ---------------------------------------------------------------------------
+// TunnelStream
+
+TunnelStream::TunnelStream(std::shared_ptr<Session> session, std::shared_ptr<StreamState> state)
+    : session_(std::move(session)), state_(std::move(state)) {}
+
+TunnelStream::~TunnelStream() {
+  try {
+    asio::post(session_->strand_, [session = session_, state = state_] {
+      session->do_reset(state, RstCode::cancel, "stream abandoned", true);
+    });
+  } catch (...) {
+  }
+}
+
+asio::any_io_executor TunnelStream::get_executor() { return session_->strand_; }
+
+void TunnelStream::async_read_some(asio::mutable_buffer buffer, IoHandler handler) {
+  asio::dispatch(session_->strand_, [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
+    self->session_->do_read(self->state_, buffer, std::move(h));
+  });
+}
+
+void TunnelStream::async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) {
+  std::vector<asio::const_buffer> copy(buffers.begin(), buffers.end());
+  asio::dispatch(session_->strand_, [self = shared_from_this(), bufs = std::move(copy), h = std::move(handler)]() mutable {
+    self->session_->do_write(self->state_, std::move(bufs), std::move(h));
+  });
+}
+
+void TunnelStream::async_shutdown_send(DoneHandler handler) {
+  asio::dispatch(session_->strand_, [self = shared_from_this(), h = std::move(handler)]() mutable {
+    self->session_->do_shutdown(self->state_, std::move(h));
+  });
+}
+
+void TunnelStream::reset(std::string_view reason) noexcept { reset(RstCode::cancel, reason); }
+
+void TunnelStream::reset(RstCode code, std::string_view reason) noexcept {
+  try {
+    asio::dispatch(session_->strand_, [session = session_, state = state_, code, r = std::string(reason)]() mutable {
+      session->do_reset(state, code, std::move(r), false);
+    });
+  } catch (...) {
+  }
+}
+
+void TunnelStream::accept() noexcept {
+  try {
+    asio::dispatch(session_->strand_, [session = session_, state = state_] { session->do_accept(state); });
+  } catch (...) {
+  }
+}
+
+StreamId TunnelStream::id() const noexcept { return state_->id; }
+
+std::string TunnelStream::describe() const { return "stream " + std::to_string(state_->id) + " on " + session_->name(); }
+
+// ---------------------------------------------------------------------------
+// Session
+
+std::shared_ptr<Session> Session::create(asio::any_io_executor strand, std::unique_ptr<MessageChannel> channel,
+                                         SessionOptions options, std::shared_ptr<spdlog::logger> logger) {
+  return std::shared_ptr<Session>(new Session(std::move(strand), std::move(channel), std::move(options), std::move(logger)));
+}
+
+Session::Session(asio::any_io_executor strand, std::unique_ptr<MessageChannel> channel, SessionOptions options,
+                 std::shared_ptr<spdlog::logger> logger)
+    : impl_(std::make_unique<Impl>(strand)),
+      strand_(std::move(strand)),
+      channel_(std::move(channel)),
+      options_(std::move(options)),
+      logger_(logger ? std::move(logger) : spdlog::default_logger()) {
+  // Windows can only be raised above the protocol defaults (no negotiation).
+  options_.stream_window = std::clamp<std::uint32_t>(options_.stream_window, default_stream_window, max_window);
+  options_.tunnel_window = std::clamp<std::uint32_t>(options_.tunnel_window, default_tunnel_window, max_window);
+  impl_->next_local_id = options_.role == Role::dialer ? 1 : 2;
+}
+
+Session::~Session() = default;
+
+void Session::start() {
+  // Usable at once: opens issued after start() queue behind it on the strand.
+  usable_.store(true, std::memory_order_relaxed);
+  asio::dispatch(strand_, [self = shared_from_this()] {
+    auto& m = *self->impl_;
+    if (m.started || m.closed) return;
+    m.started = true;
+    m.last_rx = Clock::now();
+    if (self->options_.tunnel_window > default_tunnel_window) {
+      std::uint32_t extra = self->options_.tunnel_window - default_tunnel_window;
+      encode_window(self->out_for(frame_header_size + 4), 0, extra);
+      m.tunnel_recv_allowed += extra;
+    }
+    self->update_usable();
+    self->do_read_message();
+    self->flush();
+    m.ping_timer.expires_after(self->options_.ping_interval);
+    m.ping_timer.async_wait([self](error_code ec) { self->on_ping_timer(ec); });
+  });
+}
+
+void Session::update_usable() {
+  auto& m = *impl_;
+  usable_.store(m.started && !m.closed && !m.goaway_sent && !m.peer_goaway && !m.ids_exhausted, std::memory_order_relaxed);
+}
+
+bool Session::is_peer_id(StreamId id) const noexcept {
+  const bool own_odd = options_.role == Role::dialer;
+  return ((id % 2) == 1) != own_odd;
+}
+
+void Session::async_open(Metadata metadata, OpenCallback callback) {
+  asio::dispatch(strand_, [self = shared_from_this(), md = std::move(metadata), cb = std::move(callback)]() mutable {
+    auto& m = *self->impl_;
+    auto refuse = [&](error_code ec, std::string reason) {
+      asio::post(self->strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, nullptr, std::move(reason)); });
+    };
+    if (m.closed) return refuse(asio::error::not_connected, "tunnel closed: " + m.close_reason);
+    if (m.goaway_sent || m.peer_goaway || m.ids_exhausted) return refuse(asio::error::connection_refused, "tunnel is draining");
+    if (m.streams.size() >= self->options_.max_streams)
+      return refuse(asio::error::no_buffer_space, "too many streams on this tunnel");
+    std::string json = serialize_metadata(md);
+    if (json.size() > max_metadata_size) return refuse(asio::error::message_size, "stream metadata over 4 KiB");
+    const StreamId id = m.next_local_id;
+    if (id > 0xFFFFFFFFu - 2) {
+      m.ids_exhausted = true;
+      self->update_usable();
+    } else {
+      m.next_local_id += 2;
+    }
+
+    auto s = std::make_shared<StreamState>();
+    s->id = id;
+    s->local = true;
+    s->phase = StreamState::Phase::opening;
+    s->open_cb = std::move(cb);
+    s->pending_handle = std::make_shared<TunnelStream>(self, s);
+    m.streams.emplace(id, s);
+    self->active_streams_.fetch_add(1, std::memory_order_relaxed);
+
+    encode_open(self->out_for(frame_header_size + json.size()), id, json);
+    if (self->options_.stream_window > default_stream_window) {
+      std::uint32_t extra = self->options_.stream_window - default_stream_window;
+      encode_window(self->out_for(frame_header_size + 4), id, extra);
+      s->recv_allowed += extra;
+    }
+    s->open_timer = std::make_unique<asio::steady_timer>(self->strand_, self->options_.open_timeout);
+    s->open_timer->async_wait([weak = std::weak_ptr<Session>(self), s](error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || s->phase != StreamState::Phase::opening) return;
+      encode_rst(self->out_for(frame_header_size + 4 + 32), s->id, RstCode::cancel, "open timed out");
+      auto cb = std::move(s->open_cb);
+      s->pending_handle.reset();
+      self->finish_stream(s);
+      self->flush();
+      asio::post(self->strand_, [cb = std::move(cb)]() mutable { cb(asio::error::timed_out, nullptr, "open timed out"); });
+    });
+    self->flush();
+  });
+}
+
+void Session::goaway(std::string reason) {
+  asio::dispatch(strand_, [self = shared_from_this(), reason = std::move(reason)] {
+    auto& m = *self->impl_;
+    if (m.closed || m.goaway_sent) return;
+    m.goaway_sent = true;
+    self->update_usable();
+    encode_goaway(self->out_for(frame_header_size + 4 + reason.size()), GoawayCode::normal, reason);
+    self->flush();
+    self->maybe_close_drained();
+  });
+}
+
+void Session::close(std::string reason) {
+  asio::dispatch(strand_, [self = shared_from_this(), reason = std::move(reason)]() mutable { self->fail(std::move(reason), false); });
+}
+
+// ---------------------------------------------------------------------------
+// Inbound
+
+void Session::do_read_message() {
+  channel_->async_read_message(
+      [self = shared_from_this()](error_code ec, std::span<const std::uint8_t> bytes) { self->on_message(ec, bytes); });
+}
+
+void Session::on_message(error_code ec, std::span<const std::uint8_t> bytes) {
+  auto& m = *impl_;
+  if (m.closed) return;
+  if (ec) {
+    fail("transport: " + ec.message(), false);
+    return;
+  }
+  m.last_rx = Clock::now();
+  std::size_t off = 0;
+  while (off < bytes.size()) {
+    DecodeResult r = decode_frame(bytes.subspan(off));
+    if (r.error != DecodeError::none) {
+      protocol_error(std::string("malformed frame: ") + to_string(r.error));
+      return;
+    }
+    off += r.consumed;
+    if (!on_frame(r.frame) || m.closed) return;
+  }
+  flush();
+  do_read_message();
+}
+
+bool Session::protocol_error(std::string reason) {
+  fail("protocol error: " + reason, true);
+  return false;
+}
+
+bool Session::on_frame(const Frame& f) {
+  auto& m = *impl_;
+  switch (f.type) {
+    case FrameType::open: return on_open(f);
+    case FrameType::data: return on_data(f);
+    case FrameType::window: return on_window(f);
+    case FrameType::fin: return on_fin(f);
+    case FrameType::rst: return on_rst(f);
+    case FrameType::ping: {
+      std::array<std::uint8_t, 8> opaque{};
+      std::memcpy(opaque.data(), f.payload.data(), 8);
+      encode_ping(out_for(frame_header_size + 8), FrameType::pong, opaque);
+      return true;
+    }
+    case FrameType::pong: return true;
+    case FrameType::goaway: {
+      CodeReason cr = code_reason(f);
+      if (!m.peer_goaway) {
+        m.peer_goaway = true;
+        update_usable();
+        logger_->info("{}: peer is going away (code {}): {}", options_.name, cr.code, cr.reason);
+        if (goaway_handler_) goaway_handler_(cr.reason);
+        maybe_close_drained();
+      }
+      return true;
+    }
+  }
+  return protocol_error("unknown frame type");
+}
+
+bool Session::on_open(const Frame& f) {
+  auto& m = *impl_;
+  const StreamId id = f.stream;
+  if (f.flags & flag_ack) {
+    auto it = m.streams.find(id);
+    if (it != m.streams.end() && it->second->local && it->second->phase == StreamState::Phase::opening) {
+      auto s = it->second;
+      s->phase = StreamState::Phase::open;
+      if (s->open_timer) s->open_timer->cancel();
+      auto handle = std::move(s->pending_handle);
+      auto cb = std::move(s->open_cb);
+      asio::post(strand_, [cb = std::move(cb), handle = std::move(handle)]() mutable { cb({}, std::move(handle), {}); });
+      return true;
+    }
+    // An ACK racing our own RST (open timeout) is harmless.
+    if (it == m.streams.end() && !is_peer_id(id) && id < m.next_local_id) return true;
+    return protocol_error("OPEN ACK for stream " + std::to_string(id) + " that is not opening");
+  }
+  if (!is_peer_id(id)) return protocol_error("OPEN with stream id " + std::to_string(id) + " of the wrong parity");
+  if (m.streams.count(id)) return protocol_error("duplicate stream id " + std::to_string(id));
+  if (id <= m.last_peer_id) return protocol_error("stream id reuse: " + std::to_string(id));
+  m.last_peer_id = id;
+  Metadata md;
+  if (!parse_metadata(f.payload, md)) return protocol_error("OPEN metadata is not a JSON object of strings");
+  auto refuse = [&](std::string_view reason) {
+    encode_rst(out_for(frame_header_size + 4 + reason.size()), id, RstCode::refused, reason);
+    return true;
+  };
+  if (m.goaway_sent) return refuse("tunnel is draining");
+  if (m.streams.size() >= options_.max_streams) return refuse("too many streams on this tunnel");
+  if (!incoming_handler_) return refuse("this side accepts no streams");
+  auto s = std::make_shared<StreamState>();
+  s->id = id;
+  s->local = false;
+  s->phase = StreamState::Phase::pending_accept;
+  m.streams.emplace(id, s);
+  active_streams_.fetch_add(1, std::memory_order_relaxed);
+  incoming_handler_(std::make_shared<TunnelStream>(shared_from_this(), s), std::move(md));
+  return true;
+}
+
+bool Session::on_data(const Frame& f) {
+  auto& m = *impl_;
+  const std::size_t n = f.payload.size();
+  if (static_cast<std::int64_t>(n) > m.tunnel_recv_allowed) return protocol_error("DATA beyond the tunnel's credit");
+  auto it = m.streams.find(f.stream);
+  if (it == m.streams.end()) {
+    const bool known = is_peer_id(f.stream) ? f.stream <= m.last_peer_id : f.stream < m.next_local_id;
+    if (!known) return protocol_error("DATA for stream " + std::to_string(f.stream) + " that was never opened");
+    // The stream ended here while these bytes were in flight: drop them, but
+    // the tunnel credit they used must come back.
+    m.tunnel_recv_allowed -= static_cast<std::int64_t>(n);
+    consumed(nullptr, n);
+    return true;
+  }
+  auto s = it->second;
+  if (s->phase == StreamState::Phase::opening) return protocol_error("DATA before OPEN ACK on stream " + std::to_string(f.stream));
+  if (s->remote_fin) return protocol_error("DATA after FIN on stream " + std::to_string(f.stream));
+  if (static_cast<std::int64_t>(n) > s->recv_allowed)
+    return protocol_error("DATA beyond the credit of stream " + std::to_string(f.stream));
+  m.tunnel_recv_allowed -= static_cast<std::int64_t>(n);
+  s->recv_allowed -= static_cast<std::int64_t>(n);
+  s->chunks.emplace_back(f.payload.begin(), f.payload.end());
+  s->buffered += n;
+  if (s->read_handler) complete_read(s);
+  return true;
+}
+
+bool Session::on_window(const Frame& f) {
+  auto& m = *impl_;
+  const std::int64_t inc = window_increment(f);
+  if (f.stream == 0) {
+    if (m.tunnel_send_credit + inc > max_window) return protocol_error("WINDOW overflow on the tunnel");
+    m.tunnel_send_credit += inc;
+    wake_writers();
+    return true;
+  }
+  auto it = m.streams.find(f.stream);
+  if (it == m.streams.end()) {
+    const bool known = is_peer_id(f.stream) ? f.stream <= m.last_peer_id : f.stream < m.next_local_id;
+    if (!known) return protocol_error("WINDOW for stream " + std::to_string(f.stream) + " that was never opened");
+    return true;
+  }
+  auto s = it->second;
+  if (s->send_credit + inc > max_window) return protocol_error("WINDOW overflow on stream " + std::to_string(f.stream));
+  s->send_credit += inc;
+  try_write(s);
+  return true;
+}
+
+bool Session::on_fin(const Frame& f) {
+  auto& m = *impl_;
+  auto it = m.streams.find(f.stream);
+  if (it == m.streams.end()) {
+    const bool known = is_peer_id(f.stream) ? f.stream <= m.last_peer_id : f.stream < m.next_local_id;
+    if (!known) return protocol_error("FIN for stream " + std::to_string(f.stream) + " that was never opened");
+    return true;
+  }
+  auto s = it->second;
+  if (s->phase == StreamState::Phase::opening) return protocol_error("FIN before OPEN ACK on stream " + std::to_string(f.stream));
+  if (s->remote_fin) return protocol_error("second FIN on stream " + std::to_string(f.stream));
+  s->remote_fin = true;
+  if (s->read_handler) complete_read(s);
+  if (s->local_fin) finish_stream(s);
+  return true;
+}
+
+bool Session::on_rst(const Frame& f) {
+  auto& m = *impl_;
+  auto it = m.streams.find(f.stream);
+  if (it == m.streams.end()) return true;  // already gone on this side
+  auto s = it->second;
+  CodeReason cr = code_reason(f);
+  if (s->phase == StreamState::Phase::opening) {
+    auto cb = std::move(s->open_cb);
+    s->pending_handle.reset();
+    finish_stream(s);
+    asio::post(strand_, [cb = std::move(cb), reason = std::move(cr.reason)]() mutable {
+      cb(asio::error::connection_refused, nullptr, reason.empty() ? "stream refused by the peer" : std::move(reason));
+    });
+    return true;
+  }
+  logger_->debug("{}: stream {} reset by peer (code {}): {}", options_.name, f.stream, cr.code, cr.reason);
+  s->reset_ec = asio::error::connection_reset;
+  fail_stream_ops(s, s->reset_ec);
+  discard_buffer(s);
+  finish_stream(s);
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Stream operations
+
+void Session::complete_read(const std::shared_ptr<StreamState>& s) {
+  if (!s->read_handler) return;
+  if (s->buffered > 0) {
+    auto* dst = static_cast<std::uint8_t*>(s->read_buf.data());
+    std::size_t want = std::min(s->read_buf.size(), s->buffered), got = 0;
+    while (got < want) {
+      auto& front = s->chunks.front();
+      std::size_t k = std::min(want - got, front.size() - s->front_offset);
+      std::memcpy(dst + got, front.data() + s->front_offset, k);
+      got += k;
+      s->front_offset += k;
+      if (s->front_offset == front.size()) {
+        s->chunks.pop_front();
+        s->front_offset = 0;
+      }
+    }
+    s->buffered -= got;
+    asio::post(strand_, [h = std::move(s->read_handler), got]() mutable { h({}, got); });
+    consumed(s, got);
+    flush();
+    return;
+  }
+  if (s->reset_ec) {
+    asio::post(strand_, [h = std::move(s->read_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
+  } else if (s->remote_fin) {
+    asio::post(strand_, [h = std::move(s->read_handler)]() mutable { h(asio::error::eof, 0); });
+  }
+}
+
+void Session::consumed(const std::shared_ptr<StreamState>& s, std::size_t n) {
+  auto& m = *impl_;
+  if (m.closed) return;
+  m.tunnel_recv_unacked += n;
+  if (m.tunnel_recv_unacked >= options_.tunnel_window / 4) {
+    auto inc = static_cast<std::uint32_t>(m.tunnel_recv_unacked);
+    encode_window(out_for(frame_header_size + 4), 0, inc);
+    m.tunnel_recv_allowed += inc;
+    m.tunnel_recv_unacked = 0;
+  }
+  if (!s || s->phase == StreamState::Phase::done || s->remote_fin) return;
+  s->recv_unacked += n;
+  if (s->recv_unacked >= options_.stream_window / 4) {
+    auto inc = static_cast<std::uint32_t>(s->recv_unacked);
+    encode_window(out_for(frame_header_size + 4), s->id, inc);
+    s->recv_allowed += inc;
+    s->recv_unacked = 0;
+  }
+}
+
+void Session::discard_buffer(const std::shared_ptr<StreamState>& s) {
+  if (s->buffered == 0) return;
+  std::size_t n = s->buffered;
+  s->chunks.clear();
+  s->front_offset = 0;
+  s->buffered = 0;
+  consumed(nullptr, n);
+  flush();
+}
+
+void Session::do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler) {
+  if (s->read_handler) {
+    asio::post(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, 0); });
+    return;
+  }
+  if (buffer.size() == 0) {
+    asio::post(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
+    return;
+  }
+  s->read_buf = buffer;
+  s->read_handler = std::move(handler);
+  complete_read(s);
+}
+
+void Session::do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler) {
+  error_code ec = s->reset_ec;
+  if (!ec && s->local_fin) ec = asio::error::shut_down;
+  if (!ec && s->write_handler) ec = asio::error::in_progress;
+  if (ec) {
+    asio::post(strand_, [h = std::move(handler), ec]() mutable { h(ec, 0); });
+    return;
+  }
+  s->write_bufs = std::move(buffers);
+  s->write_handler = std::move(handler);
+  try_write(s);
+}
+
+void Session::try_write(const std::shared_ptr<StreamState>& s) {
+  auto& m = *impl_;
+  if (!s->write_handler) return;
+  if (s->reset_ec) {
+    asio::post(strand_, [h = std::move(s->write_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
+    return;
+  }
+  if (s->phase != StreamState::Phase::open) return;  // waits for accept()
+  std::size_t written = 0;
+  auto& bufs = s->write_bufs;
+  std::size_t bi = 0;
+  while (bi < bufs.size()) {
+    if (bufs[bi].size() == 0) {
+      ++bi;
+      continue;
+    }
+    std::size_t remaining = 0;
+    for (std::size_t j = bi; j < bufs.size(); ++j) remaining += bufs[j].size();
+    const auto n = static_cast<std::size_t>(std::min<std::int64_t>(
+        {static_cast<std::int64_t>(remaining), s->send_credit, m.tunnel_send_credit, static_cast<std::int64_t>(max_data_payload)}));
+    if (n == 0 || m.queued_bytes >= options_.send_queue_limit) break;
+    auto& out = out_for(frame_header_size + n);
+    encode_header(out, FrameType::data, 0, s->id, static_cast<std::uint32_t>(n));
+    std::size_t copied = 0;
+    while (copied < n) {
+      auto& b = bufs[bi];
+      std::size_t k = std::min(n - copied, b.size());
+      const auto* p = static_cast<const std::uint8_t*>(b.data());
+      out.insert(out.end(), p, p + k);
+      b += k;
+      copied += k;
+      if (b.size() == 0) ++bi;
+    }
+    s->send_credit -= static_cast<std::int64_t>(n);
+    m.tunnel_send_credit -= static_cast<std::int64_t>(n);
+    written += n;
+  }
+  if (written == 0) {
+    if (!s->waiting) {
+      s->waiting = true;
+      m.waiting.push_back(s);
+    }
+    return;
+  }
+  s->write_bufs.clear();
+  asio::post(strand_, [h = std::move(s->write_handler), written]() mutable { h({}, written); });
+  if (s->shutdown_handler) {
+    encode_fin(out_for(frame_header_size), s->id);
+    s->local_fin = true;
+    asio::post(strand_, [h = std::move(s->shutdown_handler)]() mutable { h({}); });
+    if (s->remote_fin) finish_stream(s);
+  }
+  flush();
+}
+
+void Session::wake_writers() {
+  auto& m = *impl_;
+  if (m.waiting.empty()) return;
+  auto list = std::move(m.waiting);
+  m.waiting.clear();
+  for (auto& s : list) {
+    s->waiting = false;
+    if (m.tunnel_send_credit > 0 && m.queued_bytes < options_.send_queue_limit) {
+      try_write(s);
+    } else if (s->write_handler) {
+      s->waiting = true;
+      m.waiting.push_back(s);
+    }
+  }
+}
+
+void Session::do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler handler) {
+  error_code ec = s->reset_ec;
+  if (!ec && s->shutdown_handler) ec = asio::error::in_progress;
+  if (ec || s->local_fin) {
+    asio::post(strand_, [h = std::move(handler), ec]() mutable { h(ec); });
+    return;
+  }
+  if (s->write_handler || s->phase != StreamState::Phase::open) {
+    s->shutdown_handler = std::move(handler);  // FIN follows the pending write / accept
+    return;
+  }
+  encode_fin(out_for(frame_header_size), s->id);
+  s->local_fin = true;
+  asio::post(strand_, [h = std::move(handler)]() mutable { h({}); });
+  if (s->remote_fin) finish_stream(s);
+  flush();
+}
+
+void Session::do_accept(const std::shared_ptr<StreamState>& s) {
+  if (s->phase != StreamState::Phase::pending_accept || impl_->closed) return;
+  s->phase = StreamState::Phase::open;
+  encode_open_ack(out_for(frame_header_size), s->id);
+  if (options_.stream_window > default_stream_window) {
+    std::uint32_t extra = options_.stream_window - default_stream_window;
+    encode_window(out_for(frame_header_size + 4), s->id, extra);
+    s->recv_allowed += extra;
+  }
+  if (s->write_handler) {
+    try_write(s);
+  } else if (s->shutdown_handler) {
+    auto h = std::move(s->shutdown_handler);
+    do_shutdown(s, std::move(h));
+  }
+  flush();
+}
+
+void Session::do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std::string reason, bool abandoned) {
+  if (s->phase == StreamState::Phase::done) {
+    if (abandoned) discard_buffer(s);
+    return;
+  }
+  if (impl_->closed) return;
+  if (s->phase == StreamState::Phase::opening) return;  // no handle exists yet
+  encode_rst(out_for(frame_header_size + 4 + std::min(reason.size(), max_reason_size)), s->id, code, reason);
+  s->reset_ec = asio::error::operation_aborted;
+  fail_stream_ops(s, s->reset_ec);
+  discard_buffer(s);
+  finish_stream(s);
+  flush();
+}
+
+void Session::fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec) {
+  if (s->read_handler) asio::post(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
+  if (s->write_handler) asio::post(strand_, [h = std::move(s->write_handler), ec]() mutable { h(ec, 0); });
+  if (s->shutdown_handler) asio::post(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
+  s->write_bufs.clear();
+}
+
+void Session::finish_stream(const std::shared_ptr<StreamState>& s) {
+  if (s->phase == StreamState::Phase::done) return;
+  s->phase = StreamState::Phase::done;
+  if (s->open_timer) s->open_timer->cancel();
+  if (impl_->streams.erase(s->id)) active_streams_.fetch_sub(1, std::memory_order_relaxed);
+  maybe_close_drained();
+}
+
+void Session::maybe_close_drained() {
+  auto& m = *impl_;
+  if (m.closed || !(m.goaway_sent || m.peer_goaway) || !m.streams.empty()) return;
+  // Close only once everything queued (the last DATA and FIN) is on the wire.
+  if (m.writing || !m.queue.empty()) {
+    m.close_when_flushed = true;
+    return;
+  }
+  fail("drained after GOAWAY", false);
+}
+
+// ---------------------------------------------------------------------------
+// Outbound
+
+std::vector<std::uint8_t>& Session::out_for(std::size_t frame_size) {
+  auto& m = *impl_;
+  if (m.queue.empty() || m.queue.back().size() + frame_size > max_message_size) {
+    m.queue.emplace_back();
+    m.queue.back().reserve(std::min<std::size_t>(std::max<std::size_t>(frame_size, 16 * 1024), max_message_size));
+  }
+  m.queued_bytes += frame_size;
+  return m.queue.back();
+}
+
+void Session::flush() {
+  auto& m = *impl_;
+  if (m.writing || m.queue.empty() || m.closed) return;
+  m.write_buf = std::move(m.queue.front());
+  m.queue.pop_front();
+  m.writing = true;
+  channel_->async_write_message(asio::buffer(m.write_buf), [self = shared_from_this()](error_code ec) { self->on_write(ec); });
+}
+
+void Session::on_write(error_code ec) {
+  auto& m = *impl_;
+  m.writing = false;
+  m.queued_bytes -= m.write_buf.size();
+  m.write_buf.clear();
+  if (m.closed) return;
+  if (ec) {
+    fail("transport: " + ec.message(), false);
+    return;
+  }
+  wake_writers();
+  flush();
+  if (m.close_when_flushed && !m.writing && m.queue.empty()) fail("drained after GOAWAY", false);
+}
+
+void Session::on_ping_timer(error_code ec) {
+  auto& m = *impl_;
+  if (ec || m.closed) return;
+  auto idle = Clock::now() - m.last_rx;
+  if (idle > options_.idle_timeout) {
+    encode_goaway(out_for(frame_header_size + 4 + 32), GoawayCode::keepalive_timeout, "keepalive timeout");
+    flush();
+    fail("keepalive timeout: nothing received for " +
+             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(idle).count()) + " s",
+         false);
+    return;
+  }
+  std::array<std::uint8_t, 8> opaque{};
+  ++m.ping_counter;
+  for (int i = 0; i < 8; ++i) opaque[i] = static_cast<std::uint8_t>(m.ping_counter >> (56 - 8 * i));
+  encode_ping(out_for(frame_header_size + 8), FrameType::ping, opaque);
+  flush();
+  m.ping_timer.expires_after(options_.ping_interval);
+  m.ping_timer.async_wait([self = shared_from_this()](error_code e) { self->on_ping_timer(e); });
+}
+
+void Session::fail(std::string reason, bool protocol) {
+  auto& m = *impl_;
+  if (m.closed) return;
+  if (protocol) {
+    encode_goaway(out_for(frame_header_size + 4 + std::min(reason.size(), max_reason_size)), GoawayCode::protocol_error, reason);
+    flush();
+    logger_->warn("{}: closing tunnel: {}", options_.name, reason);
+  } else if (reason.rfind("drained", 0) == 0) {
+    logger_->debug("{}: closing tunnel: {}", options_.name, reason);
+  } else {
+    logger_->info("{}: closing tunnel: {}", options_.name, reason);
+  }
+  m.closed = true;
+  m.close_reason = reason;
+  closed_flag_.store(true, std::memory_order_relaxed);
+  update_usable();
+  m.ping_timer.cancel();
+  channel_->close(protocol ? 1002 : 1000, reason);
+
+  auto streams = std::move(m.streams);
+  m.streams.clear();
+  active_streams_.store(0, std::memory_order_relaxed);
+  for (auto& [id, s] : streams) {
+    if (s->open_timer) s->open_timer->cancel();
+    if (s->phase == StreamState::Phase::opening) {
+      auto cb = std::move(s->open_cb);
+      s->pending_handle.reset();
+      asio::post(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable {
+        cb(asio::error::connection_aborted, nullptr, std::move(r));
+      });
+    } else {
+      s->reset_ec = asio::error::connection_reset;
+      fail_stream_ops(s, s->reset_ec);
+    }
+    s->phase = StreamState::Phase::done;
+  }
+  m.waiting.clear();
+  if (auto h = std::move(closed_handler_)) {
+    closed_handler_ = nullptr;
+    h(reason);
+  }
+  incoming_handler_ = nullptr;
+  goaway_handler_ = nullptr;
+}
+
+}  // namespace clusterconnect::tunnel

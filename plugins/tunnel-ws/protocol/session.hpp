@@ -1,0 +1,167 @@
+#pragma once
+// The multiplexing session of the tunnel protocol (docs/tunnel-protocol.md
+// §3-§7), independent of the transport: it reads and writes whole messages
+// through a MessageChannel and runs all its state on one strand. Each stream
+// is a clusterconnect::Stream with credit-based backpressure.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "clusterconnect/stream.hpp"
+#include "frame.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace clusterconnect::tunnel {
+
+// One WebSocket (or a test double). All calls are made on the session's strand.
+class MessageChannel {
+ public:
+  using ReadHandler = UniqueFunction<void(error_code, std::span<const std::uint8_t>)>;
+  virtual ~MessageChannel() = default;
+  // Reads one whole binary message; the bytes are valid during the handler only.
+  virtual void async_read_message(ReadHandler handler) = 0;
+  // Writes one binary message; `message` stays valid until the handler runs.
+  virtual void async_write_message(asio::const_buffer message, DoneHandler handler) = 0;
+  // Closes the transport (best effort, bounded in time); idempotent.
+  virtual void close(std::uint16_t ws_code, std::string reason) noexcept = 0;
+};
+
+enum class Role { dialer, acceptor };
+
+struct SessionOptions {
+  Role role = Role::dialer;
+  std::string name = "tunnel";  // for logs
+  std::uint32_t stream_window = default_stream_window;
+  std::uint32_t tunnel_window = default_tunnel_window;
+  std::size_t max_streams = 4096;
+  std::size_t send_queue_limit = 1024 * 1024;
+  std::chrono::milliseconds ping_interval{15000};
+  std::chrono::milliseconds idle_timeout{45000};
+  std::chrono::milliseconds open_timeout{15000};
+};
+
+class Session;
+struct StreamState;
+
+// A stream of a session, as the rest of the program sees it. Dropping the
+// last reference to an unfinished stream resets it.
+class TunnelStream final : public Stream, public std::enable_shared_from_this<TunnelStream> {
+ public:
+  TunnelStream(std::shared_ptr<Session> session, std::shared_ptr<StreamState> state);
+  ~TunnelStream() override;
+
+  asio::any_io_executor get_executor() override;
+  void async_read_some(asio::mutable_buffer buffer, IoHandler handler) override;
+  void async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) override;
+  void async_shutdown_send(DoneHandler handler) override;
+  void reset(std::string_view reason) noexcept override;
+  std::string describe() const override;
+
+  // For a stream the peer opened: answer OPEN|ACK. Until then the peer waits.
+  void accept() noexcept;
+  void reset(RstCode code, std::string_view reason) noexcept;
+  StreamId id() const noexcept;
+  const std::shared_ptr<Session>& session() const noexcept { return session_; }
+
+ private:
+  std::shared_ptr<Session> session_;
+  std::shared_ptr<StreamState> state_;
+};
+
+using TunnelStreamPtr = std::shared_ptr<TunnelStream>;
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  using OpenCallback = UniqueFunction<void(error_code, TunnelStreamPtr, std::string /*reason*/)>;
+  // A stream the peer opened. Call accept() or reset() on it (now or later).
+  using IncomingHandler = std::function<void(TunnelStreamPtr, Metadata)>;
+  using EventHandler = std::function<void(const std::string& reason)>;
+
+  static std::shared_ptr<Session> create(asio::any_io_executor strand, std::unique_ptr<MessageChannel> channel,
+                                         SessionOptions options, std::shared_ptr<spdlog::logger> logger);
+  ~Session();
+
+  // Handlers are set before start() and called on the strand.
+  void on_incoming(IncomingHandler h) { incoming_handler_ = std::move(h); }
+  void on_goaway(EventHandler h) { goaway_handler_ = std::move(h); }
+  void on_closed(EventHandler h) { closed_handler_ = std::move(h); }
+
+  void start();
+  void async_open(Metadata metadata, OpenCallback callback);
+  // Sends GOAWAY: no new streams either way; closes once the streams are done.
+  void goaway(std::string reason);
+  // Closes the tunnel now; streams are reset.
+  void close(std::string reason);
+
+  asio::any_io_executor get_executor() const { return strand_; }
+  const std::string& name() const noexcept { return options_.name; }
+  // Safe from any thread (for routing decisions and metrics).
+  std::size_t active_streams() const noexcept { return active_streams_.load(std::memory_order_relaxed); }
+  bool usable() const noexcept { return usable_.load(std::memory_order_relaxed); }
+  bool closed() const noexcept { return closed_flag_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class TunnelStream;
+  Session(asio::any_io_executor strand, std::unique_ptr<MessageChannel> channel, SessionOptions options,
+          std::shared_ptr<spdlog::logger> logger);
+
+  // Stream operations, on the strand.
+  void do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler);
+  void do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler);
+  void do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler handler);
+  void do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std::string reason, bool abandoned);
+  void do_accept(const std::shared_ptr<StreamState>& s);
+
+  // Inbound.
+  void do_read_message();
+  void on_message(error_code ec, std::span<const std::uint8_t> bytes);
+  bool on_frame(const Frame& f);  // false: protocol error already handled
+  bool on_open(const Frame& f);
+  bool on_data(const Frame& f);
+  bool on_window(const Frame& f);
+  bool on_fin(const Frame& f);
+  bool on_rst(const Frame& f);
+  bool protocol_error(std::string reason);
+
+  // Outbound.
+  std::vector<std::uint8_t>& out_for(std::size_t frame_size);
+  void flush();
+  void on_write(error_code ec);
+  void try_write(const std::shared_ptr<StreamState>& s);
+  void wake_writers();
+
+  // Lifecycle.
+  void on_ping_timer(error_code ec);
+  void fail(std::string reason, bool protocol);
+  void finish_stream(const std::shared_ptr<StreamState>& s);
+  void complete_read(const std::shared_ptr<StreamState>& s);
+  void consumed(const std::shared_ptr<StreamState>& s, std::size_t n);
+  void discard_buffer(const std::shared_ptr<StreamState>& s);
+  void fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec);
+  void maybe_close_drained();
+  bool is_peer_id(StreamId id) const noexcept;
+  void update_usable();
+
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  asio::any_io_executor strand_;
+  std::unique_ptr<MessageChannel> channel_;
+  SessionOptions options_;
+  std::shared_ptr<spdlog::logger> logger_;
+  IncomingHandler incoming_handler_;
+  EventHandler goaway_handler_;
+  EventHandler closed_handler_;
+  std::atomic<std::size_t> active_streams_{0};
+  std::atomic<bool> usable_{false};
+  std::atomic<bool> closed_flag_{false};
+};
+
+}  // namespace clusterconnect::tunnel

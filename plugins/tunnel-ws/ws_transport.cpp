@@ -1,0 +1,53 @@
+#include "ws_transport.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "clusterconnect/tls_context.hpp"
+#include "clusterconnect/url.hpp"
+
+namespace clusterconnect::tunnel_ws {
+
+Result<DialTarget> make_dial_target(const RelayEndpoint& endpoint, std::string_view action) {
+  auto url = parse_url(endpoint.url);
+  if (!url) return fail("relay URL '" + endpoint.url + "': " + url.error());
+  if (url->scheme != "wss" && url->scheme != "https")
+    return fail("relay URL '" + endpoint.url + "' must use wss:// (the tunnel always uses TLS)");
+  if (url->path.rfind("/$hc/", 0) != 0 || url->path.size() <= 5)
+    return fail("relay URL '" + endpoint.url + "' must have the form wss://HOST/$hc/PATH");
+  DialTarget t;
+  t.host = url->host;
+  t.port = url->port;
+  t.host_header = url->authority();
+  t.target = url->path + "?sb-hc-action=" + std::string(action);
+  return t;
+}
+
+Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const RelayEndpoint& endpoint, spdlog::logger& logger) {
+  if (endpoint.insecure_skip_verify)
+    logger.warn("TLS certificate verification of the relay {} is OFF (insecure_skip_verify): for development only",
+                endpoint.url);
+  tls::ClientOptions o;
+  o.ca_file = endpoint.ca_file;
+  o.insecure_skip_verify = endpoint.insecure_skip_verify;
+  return tls::make_client_context(o);
+}
+
+std::shared_ptr<TunnelClient> WsTransport::dial(RelayEndpoint endpoint, TokenSource token) noexcept {
+  try {
+    return make_client(host_, std::move(endpoint), std::move(token));
+  } catch (const std::exception& e) {
+    host_.logger()->error("tunnel-ws: dial: {}", e.what());
+    return nullptr;
+  }
+}
+
+std::shared_ptr<TunnelListener> WsTransport::listen(ListenOptions options, AcceptHandler on_stream) noexcept {
+  try {
+    return make_listener(host_, std::move(options), std::move(on_stream));
+  } catch (const std::exception& e) {
+    host_.logger()->error("tunnel-ws: listen: {}", e.what());
+    return nullptr;
+  }
+}
+
+}  // namespace clusterconnect::tunnel_ws

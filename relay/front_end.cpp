@@ -1,0 +1,430 @@
+#include "front_end.hpp"
+
+#include "protocol/ws_channel.hpp"
+
+#include <atomic>
+#include <mutex>
+#include <optional>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "clusterconnect/sas_token.hpp"
+#include "clusterconnect/url.hpp"
+#include "clusterconnect/version.hpp"
+
+namespace clusterconnect::relay {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr std::size_t header_limit = 16 * 1024;
+constexpr std::size_t body_limit = 1024 * 1024;
+constexpr auto handshake_timeout = std::chrono::seconds(10);
+constexpr auto idle_timeout = std::chrono::seconds(60);
+
+std::string error_body(std::string_view code, std::string_view message) {
+  return nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump();
+}
+
+std::string_view status_code_name(unsigned status) {
+  switch (status) {
+    case 400: return "BadRequest";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "NotFound";
+    case 429: return "TooManyRequests";
+    case 503: return "ServiceUnavailable";
+    default: return "Error";
+  }
+}
+
+// Query parameters of a request target, decoded ('+' is a space).
+std::map<std::string, std::string> parse_query(std::string_view q) {
+  std::map<std::string, std::string> out;
+  while (!q.empty()) {
+    auto amp = q.find('&');
+    std::string_view kv = q.substr(0, amp);
+    q = amp == std::string_view::npos ? std::string_view{} : q.substr(amp + 1);
+    auto eq = kv.find('=');
+    std::string k(kv.substr(0, eq)), v(eq == std::string_view::npos ? std::string_view{} : kv.substr(eq + 1));
+    for (auto& c : v)
+      if (c == '+') c = ' ';
+    std::string dk, dv;
+    if (percent_decode(k, dk) && percent_decode(v, dv)) out.emplace(std::move(dk), std::move(dv));
+  }
+  return out;
+}
+
+bool offers_subprotocol(std::string_view header) {
+  while (!header.empty()) {
+    auto comma = header.find(',');
+    std::string_view item = header.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (item == tunnel::subprotocol) return true;
+    header = comma == std::string_view::npos ? std::string_view{} : header.substr(comma + 1);
+  }
+  return false;
+}
+
+std::string sas_failure_label(SasError e) {
+  switch (e) {
+    case SasError::missing: return "token_missing";
+    case SasError::malformed: return "token_malformed";
+    case SasError::unknown_key: return "unknown_key";
+    case SasError::bad_signature: return "bad_signature";
+    case SasError::expired: return "token_expired";
+    case SasError::wrong_resource: return "wrong_path";
+    case SasError::none: break;
+  }
+  return "other";
+}
+
+class FrontEndImpl;
+
+class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
+ public:
+  HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front);
+  ~HttpConnection();
+  void run();
+
+ private:
+  void on_tls(error_code ec);
+  void do_read();
+  void on_read(error_code ec);
+  void route();
+  void handle_tunnel();
+  void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster);
+  void handle_management();
+  void respond(unsigned status, std::string content_type, std::string body);
+  void respond_error(unsigned status, std::string_view message) {
+    respond(status, "application/json", error_body(status_code_name(status), message));
+  }
+  void on_write(error_code ec, bool keep_alive);
+  void do_close();
+
+  beast::ssl_stream<beast::tcp_stream> stream_;
+  std::optional<tunnel::WsStream> ws_;
+  std::shared_ptr<FrontEndImpl> front_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> req_;
+  std::shared_ptr<http::response<http::string_body>> res_;
+  std::string peer_;
+};
+
+class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<FrontEndImpl> {
+ public:
+  FrontEndImpl(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
+               std::shared_ptr<TunnelSwitch> sw, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger)
+      : io_(io),
+        acceptor_(asio::make_strand(io)),
+        tls_(std::move(tls)),
+        config_(config),
+        switch_(std::move(sw)),
+        metrics_(metrics),
+        logger_(std::move(logger)) {}
+
+  Result<void> bind(const std::string& address, unsigned short port) {
+    error_code ec;
+    auto addr = asio::ip::make_address(address, ec);
+    if (ec) return fail("--listen: '" + address + "' is not an IP address");
+    tcp::endpoint ep(addr, port);
+    acceptor_.open(ep.protocol(), ec);
+    if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(ep, ec);
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) return fail(address + ":" + std::to_string(port) + ": " + ec.message());
+    port_ = acceptor_.local_endpoint().port();
+    return {};
+  }
+
+  void start() { do_accept(); }
+
+  unsigned short port() const noexcept override { return port_; }
+  void set_management_api(std::shared_ptr<ManagementApi> api) override {
+    std::lock_guard lock(mutex_);
+    api_ = std::move(api);
+  }
+  void set_ready(bool ready) noexcept override { ready_ = ready; }
+  void stop_accepting() noexcept override {
+    try {
+      asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
+        error_code ignored;
+        self->acceptor_.close(ignored);
+      });
+    } catch (...) {
+    }
+  }
+
+  std::shared_ptr<ManagementApi> api() const {
+    std::lock_guard lock(mutex_);
+    return api_;
+  }
+  bool ready() const noexcept { return ready_ && !switch_->draining(); }
+  asio::ssl::context& tls() { return *tls_; }
+  const RelayConfig& config() const { return config_; }
+  TunnelSwitch& tunnel_switch() { return *switch_; }
+  const std::shared_ptr<TunnelSwitch>& switch_ptr() { return switch_; }
+  RelayMetrics& metrics() { return metrics_; }
+  spdlog::logger& log() { return *logger_; }
+  const std::shared_ptr<spdlog::logger>& logger() { return logger_; }
+
+  std::string render_metrics() const {
+    std::string out = switch_->render_tunnel_metrics();
+    out += "# HELP clusterconnect_relay_streams_active Client streams spliced to an agent right now.\n"
+           "# TYPE clusterconnect_relay_streams_active gauge\n"
+           "clusterconnect_relay_streams_active " + std::to_string(metrics_.streams_active.load()) + "\n";
+    out += "# HELP clusterconnect_relay_streams_total Client streams spliced to an agent.\n"
+           "# TYPE clusterconnect_relay_streams_total counter\n"
+           "clusterconnect_relay_streams_total " + std::to_string(metrics_.streams_total.load()) + "\n";
+    out += "# HELP clusterconnect_relay_bytes_total Payload bytes forwarded, by direction.\n"
+           "# TYPE clusterconnect_relay_bytes_total counter\n"
+           "clusterconnect_relay_bytes_total{direction=\"client_to_agent\"} " + std::to_string(metrics_.bytes_client_to_agent.load()) + "\n"
+           "clusterconnect_relay_bytes_total{direction=\"agent_to_client\"} " + std::to_string(metrics_.bytes_agent_to_client.load()) + "\n";
+    out += "# HELP clusterconnect_relay_connections_active TLS connections open.\n"
+           "# TYPE clusterconnect_relay_connections_active gauge\n"
+           "clusterconnect_relay_connections_active " + std::to_string(metrics_.connections_active.load()) + "\n";
+    out += "# HELP clusterconnect_relay_handshake_failures_total Refused tunnel handshakes, by reason.\n"
+           "# TYPE clusterconnect_relay_handshake_failures_total counter\n";
+    for (const auto& [reason, n] : metrics_.handshake_failures())
+      out += "clusterconnect_relay_handshake_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
+    out += "# HELP clusterconnect_relay_open_failures_total Client streams refused, by reason.\n"
+           "# TYPE clusterconnect_relay_open_failures_total counter\n";
+    for (const auto& [reason, n] : metrics_.open_failures())
+      out += "clusterconnect_relay_open_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
+    return out;
+  }
+
+ private:
+  void do_accept() {
+    acceptor_.async_accept(asio::make_strand(io_), [self = shared_from_this()](error_code ec, tcp::socket socket) {
+      if (ec == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
+      if (!ec) {
+        if (static_cast<std::size_t>(self->metrics_.connections_active.load()) >= self->config_.limits.max_connections) {
+          self->logger_->warn("connection limit ({}) reached: refusing a connection", self->config_.limits.max_connections);
+          error_code ignored;
+          socket.close(ignored);
+        } else {
+          std::make_shared<HttpConnection>(std::move(socket), self)->run();
+        }
+      } else {
+        self->logger_->warn("accept: {}", ec.message());
+      }
+      self->do_accept();
+    });
+  }
+
+  asio::io_context& io_;
+  tcp::acceptor acceptor_;
+  std::shared_ptr<asio::ssl::context> tls_;
+  const RelayConfig& config_;
+  std::shared_ptr<TunnelSwitch> switch_;
+  RelayMetrics& metrics_;
+  std::shared_ptr<spdlog::logger> logger_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<ManagementApi> api_;
+  std::atomic<bool> ready_{false};
+  unsigned short port_ = 0;
+};
+
+HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front)
+    : stream_(std::move(socket), front->tls()), front_(std::move(front)) {
+  front_->metrics().connections_active.fetch_add(1);
+}
+
+HttpConnection::~HttpConnection() { front_->metrics().connections_active.fetch_sub(1); }
+
+void HttpConnection::run() {
+  error_code ec;
+  auto& sock = beast::get_lowest_layer(stream_).socket();
+  sock.set_option(tcp::no_delay(true), ec);
+  auto ep = sock.remote_endpoint(ec);
+  if (!ec) peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+  beast::get_lowest_layer(stream_).expires_after(handshake_timeout);
+  stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](error_code e) { self->on_tls(e); });
+}
+
+void HttpConnection::on_tls(error_code ec) {
+  if (ec) {
+    front_->log().debug("TLS handshake with {} failed: {}", peer_, ec.message());
+    front_->metrics().handshake_failure("tls");
+    return;
+  }
+  do_read();
+}
+
+void HttpConnection::do_read() {
+  parser_.emplace();
+  parser_->header_limit(header_limit);
+  parser_->body_limit(body_limit);
+  beast::get_lowest_layer(stream_).expires_after(idle_timeout);
+  http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+}
+
+void HttpConnection::on_read(error_code ec) {
+  if (ec == http::error::end_of_stream) return do_close();
+  if (ec == http::error::header_limit || ec == http::error::body_limit) {
+    req_ = {};
+    return respond_error(ec == http::error::header_limit ? 431 : 413, "request too large");
+  }
+  if (ec) return;  // timeout or a peer gone: nothing to answer
+  req_ = parser_->release();
+  route();
+}
+
+void HttpConnection::route() {
+  std::string_view target = req_.target();
+  std::string_view path = target.substr(0, target.find('?'));
+  if (path.rfind("/$hc/", 0) == 0) return handle_tunnel();
+  if (req_.method() == http::verb::get && path == "/healthz") return respond(200, "text/plain", "ok\n");
+  if (req_.method() == http::verb::get && path == "/readyz") {
+    if (front_->ready()) return respond(200, "text/plain", "ready\n");
+    return respond(503, "text/plain", front_->tunnel_switch().draining() ? "draining\n" : "starting\n");
+  }
+  if (req_.method() == http::verb::get && path == "/metrics")
+    return respond(200, "text/plain; version=0.0.4", front_->render_metrics());
+  handle_management();
+}
+
+void HttpConnection::handle_tunnel() {
+  auto& metrics = front_->metrics();
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    metrics.handshake_failure(label);
+    front_->log().info("tunnel handshake from {} refused ({}): {}", peer_, status, message);
+    respond_error(status, message);
+  };
+  if (!websocket::is_upgrade(req_)) return refuse(400, "not_websocket", "tunnel endpoints take WebSocket upgrades only");
+  std::string_view target = req_.target();
+  auto q = target.find('?');
+  std::string_view raw_path = target.substr(5, q == std::string_view::npos ? std::string_view::npos : q - 5);
+  auto query = parse_query(q == std::string_view::npos ? std::string_view{} : target.substr(q + 1));
+  std::string hc;
+  if (!percent_decode(raw_path, hc)) return refuse(400, "bad_path", "the path is not valid percent-encoding");
+  while (!hc.empty() && hc.back() == '/') hc.pop_back();
+  const auto& config = front_->config();
+  const ClusterEntry* cluster = config.cluster_by_path(hc);
+  if (!cluster) return refuse(404, "not_found", "no hybrid connection at /$hc/" + hc);
+  const std::string action = query.count("sb-hc-action") ? query["sb-hc-action"] : std::string{};
+  if (action != "listen" && action != "connect")
+    return refuse(400, "bad_action", "sb-hc-action must be 'listen' or 'connect'");
+  if (front_->tunnel_switch().draining()) return refuse(503, "draining", "the relay is shutting down; retry");
+
+  std::string token(req_["ServiceBusAuthorization"]);
+  if (token.empty() && query.count("sb-hc-token")) token = query["sb-hc-token"];
+  const std::string host = config.public_host.empty() ? std::string(req_[http::field::host]) : config.public_host;
+  const std::string requested = "https://" + host + "/" + hc;
+  SasVerdict v = verify_sas_token(token, requested, [cluster](std::string_view name) -> std::optional<std::string> {
+    if (const RelayKey* k = cluster->key(name)) return k->secret;
+    return std::nullopt;
+  });
+  if (!v.ok()) return refuse(v.http_status, sas_failure_label(v.error), v.reason);
+  const RelayKey* key = cluster->key(v.key_name);
+  if (!key || !key->has_right(action))
+    return refuse(403, "no_right", "key '" + v.key_name + "' does not grant the '" + action + "' right");
+  if (!offers_subprotocol(req_[http::field::sec_websocket_protocol]))
+    return refuse(400, "no_subprotocol", std::string("Sec-WebSocket-Protocol must offer ") + tunnel::subprotocol);
+  const TunnelSide side = action == "listen" ? TunnelSide::agent : TunnelSide::client;
+  if (side == TunnelSide::agent && !front_->tunnel_switch().may_add_agent(*cluster))
+    return refuse(429, "tunnel_limit", "cluster " + cluster->name + " has its maximum of agent tunnels");
+
+  beast::get_lowest_layer(stream_).expires_never();
+  ws_.emplace(std::move(stream_));
+  websocket::stream_base::timeout t{};
+  t.handshake_timeout = handshake_timeout;
+  t.idle_timeout = websocket::stream_base::none();
+  t.keep_alive_pings = false;
+  ws_->set_option(t);
+  ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    res.set(http::field::sec_websocket_protocol, tunnel::subprotocol);
+    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+  }));
+  ws_->async_accept(req_, [self = shared_from_this(), side, cluster](error_code ec) { self->on_upgraded(ec, side, cluster); });
+}
+
+void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster) {
+  if (ec) {
+    front_->metrics().handshake_failure("upgrade");
+    front_->log().info("WebSocket upgrade from {} failed: {}", peer_, ec.message());
+    return;
+  }
+  tunnel::configure_established(*ws_);
+  auto executor = ws_->get_executor();
+  auto& sw = front_->tunnel_switch();
+  auto options = sw.session_options(side, std::string(side == TunnelSide::agent ? "agent" : "client") + " tunnel " + peer_ +
+                                              " (" + cluster->name + ")");
+  auto session = tunnel::Session::create(executor, std::make_unique<tunnel::WsChannel>(std::move(*ws_)), std::move(options),
+                                         front_->logger());
+  ws_.reset();
+  sw.add_tunnel(side, *cluster, std::move(session));
+}
+
+void HttpConnection::handle_management() {
+  auto api = front_->api();
+  if (!api) return respond_error(404, "no such endpoint: " + std::string(req_.target().substr(0, 200)));
+  ManagementRequest mr;
+  mr.method = std::string(req_.method_string());
+  mr.target = std::string(req_.target());
+  for (const auto& field : req_) {
+    std::string name(field.name_string());
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    auto [it, fresh] = mr.headers.emplace(name, std::string(field.value()));
+    if (!fresh) it->second += ", " + std::string(field.value());
+  }
+  mr.body = std::move(req_.body());
+  api->handle(std::move(mr), [self = shared_from_this()](ManagementResponse r) {
+    asio::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
+      self->respond(r.status, std::move(r.content_type), std::move(r.body));
+    });
+  });
+}
+
+void HttpConnection::respond(unsigned status, std::string content_type, std::string body) {
+  res_ = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
+  res_->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+  res_->set(http::field::content_type, content_type);
+  res_->body() = std::move(body);
+  const bool keep_alive = req_.keep_alive() && status < 500 && status != 413 && status != 431;
+  res_->keep_alive(keep_alive);
+  res_->prepare_payload();
+  beast::get_lowest_layer(stream_).expires_after(idle_timeout);
+  http::async_write(stream_, *res_, [self = shared_from_this(), keep_alive](error_code ec, std::size_t) {
+    self->on_write(ec, keep_alive);
+  });
+}
+
+void HttpConnection::on_write(error_code ec, bool keep_alive) {
+  if (ec) return;
+  if (!keep_alive) return do_close();
+  do_read();
+}
+
+void HttpConnection::do_close() {
+  beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(5));
+  stream_.async_shutdown([self = shared_from_this()](error_code) {
+    error_code ignored;
+    beast::get_lowest_layer(self->stream_).socket().close(ignored);
+  });
+}
+
+}  // namespace
+
+Result<std::shared_ptr<FrontEnd>> FrontEnd::listen(asio::io_context& io, const std::string& address, unsigned short port,
+                                                   std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
+                                                   std::shared_ptr<TunnelSwitch> tunnel_switch, RelayMetrics& metrics,
+                                                   std::shared_ptr<spdlog::logger> logger) {
+  auto fe = std::make_shared<FrontEndImpl>(io, std::move(tls), config, std::move(tunnel_switch), metrics, std::move(logger));
+  if (auto r = fe->bind(address, port); !r) return fail(r.error());
+  fe->start();
+  return std::shared_ptr<FrontEnd>(fe);
+}
+
+}  // namespace clusterconnect::relay

@@ -1,0 +1,41 @@
+#pragma once
+// The relay's TLS front end: tunnel handshakes (/$hc/...), health, metrics,
+// and everything else to the management API. Light header; Beast lives in
+// front_end.cpp only.
+
+#include <memory>
+#include <string>
+
+#include "clusterconnect/asio_fwd.hpp"
+#include "clusterconnect/result.hpp"
+#include "management_api.hpp"
+#include "relay_config.hpp"
+#include "relay_metrics.hpp"
+#include "tunnel_switch.hpp"
+
+namespace boost::asio::ssl {
+class context;
+}
+
+namespace clusterconnect::relay {
+
+class FrontEnd {
+ public:
+  virtual ~FrontEnd() = default;
+
+  // Binds and starts accepting. Port 0 picks an ephemeral port.
+  static Result<std::shared_ptr<FrontEnd>> listen(asio::io_context& io, const std::string& address, unsigned short port,
+                                                  std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
+                                                  std::shared_ptr<TunnelSwitch> tunnel_switch, RelayMetrics& metrics,
+                                                  std::shared_ptr<spdlog::logger> logger);
+
+  virtual unsigned short port() const noexcept = 0;
+  // Requests that are not tunnels or health/metrics go here; until one is
+  // set they get 404 with an ARM-shaped error body.
+  virtual void set_management_api(std::shared_ptr<ManagementApi> api) = 0;
+  virtual void set_ready(bool ready) noexcept = 0;
+  // Stops accepting connections; thread-safe, idempotent.
+  virtual void stop_accepting() noexcept = 0;
+};
+
+}  // namespace clusterconnect::relay

@@ -1,0 +1,191 @@
+#include "relay_config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace clusterconnect::relay {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string trim_slashes(std::string s) {
+  while (!s.empty() && s.front() == '/') s.erase(s.begin());
+  while (!s.empty() && s.back() == '/') s.pop_back();
+  return s;
+}
+
+std::string get_string(const nlohmann::json& j, const char* field, const std::string& where, bool required) {
+  if (!j.contains(field)) {
+    if (required) throw std::runtime_error(where + ": missing \"" + field + "\"");
+    return {};
+  }
+  if (!j[field].is_string()) throw std::runtime_error(where + ": \"" + field + "\" must be a string");
+  return j[field].get<std::string>();
+}
+
+std::string read_secret(const std::filesystem::path& file, const std::string& where) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::runtime_error(where + ": cannot read secret_file " + file.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  if (s.empty()) throw std::runtime_error(where + ": secret_file " + file.string() + " is empty");
+  if (s.size() > 4096) throw std::runtime_error(where + ": secret_file " + file.string() + " is over 4 KiB");
+  return s;
+}
+
+template <class T>
+void read_number(const nlohmann::json& j, const char* field, T& out, const std::string& where) {
+  if (!j.contains(field)) return;
+  if (!j[field].is_number_unsigned()) throw std::runtime_error(where + ": \"" + field + "\" must be a non-negative integer");
+  out = j[field].get<T>();
+}
+
+void read_ms(const nlohmann::json& j, const char* field, std::chrono::milliseconds& out, const std::string& where) {
+  std::uint64_t v = 0;
+  if (!j.contains(field)) return;
+  read_number(j, field, v, where);
+  out = std::chrono::milliseconds(v);
+}
+
+}  // namespace
+
+bool RelayKey::has_right(std::string_view right) const {
+  return std::any_of(rights.begin(), rights.end(), [&](const std::string& r) { return iequals(r, right); });
+}
+
+const RelayKey* ClusterEntry::key(std::string_view key_name) const {
+  for (const auto& k : keys)
+    if (k.name == key_name) return &k;
+  return nullptr;
+}
+
+const RelayKey* ClusterEntry::key_with_right(std::string_view right) const {
+  for (const auto& k : keys)
+    if (k.has_right(right)) return &k;
+  return nullptr;
+}
+
+const ClusterEntry* RelayConfig::cluster_by_path(std::string_view path) const {
+  for (const auto& c : clusters)
+    if (iequals(c.hybrid_connection, path)) return &c;
+  return nullptr;
+}
+
+const ClusterEntry* RelayConfig::cluster_by_name(std::string_view subscription, std::string_view resource_group,
+                                                 std::string_view name) const {
+  for (const auto& c : clusters)
+    if (iequals(c.subscription, subscription) && iequals(c.resource_group, resource_group) && iequals(c.name, name)) return &c;
+  return nullptr;
+}
+
+RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::path& base_dir) {
+  if (!j.is_object()) throw std::runtime_error("relay config: the top level must be a JSON object");
+  RelayConfig c;
+  c.raw = j;
+  c.base_dir = base_dir;
+  if (j.contains("listen")) c.listen = get_string(j, "listen", "relay config", true);
+  c.public_host = get_string(j, "public_host", "relay config", false);
+  if (j.contains("tls")) {
+    const auto& t = j["tls"];
+    if (!t.is_object()) throw std::runtime_error("relay config: \"tls\" must be an object");
+    auto resolve = [&](std::string p) {
+      if (!p.empty() && std::filesystem::path(p).is_relative()) p = (base_dir / p).string();
+      return p;
+    };
+    c.cert_file = resolve(get_string(t, "cert_file", "relay config tls", false));
+    c.key_file = resolve(get_string(t, "key_file", "relay config tls", false));
+  }
+  if (j.contains("limits")) {
+    const auto& l = j["limits"];
+    const std::string where = "relay config limits";
+    if (!l.is_object()) throw std::runtime_error("relay config: \"limits\" must be an object");
+    read_number(l, "stream_window", c.limits.stream_window, where);
+    read_number(l, "tunnel_window", c.limits.tunnel_window, where);
+    read_number(l, "max_streams_per_tunnel", c.limits.max_streams_per_tunnel, where);
+    read_number(l, "max_tunnels_per_cluster", c.limits.max_tunnels_per_cluster, where);
+    read_number(l, "max_connections", c.limits.max_connections, where);
+    read_ms(l, "ping_interval_ms", c.limits.ping_interval, where);
+    read_ms(l, "idle_timeout_ms", c.limits.idle_timeout, where);
+    read_ms(l, "open_timeout_ms", c.limits.open_timeout, where);
+    read_ms(l, "drain_timeout_ms", c.limits.drain_timeout, where);
+  }
+  if (j.contains("management")) c.management = j["management"];
+  if (j.contains("clusters")) {
+    if (!j["clusters"].is_array()) throw std::runtime_error("relay config: \"clusters\" must be an array");
+    for (std::size_t i = 0; i < j["clusters"].size(); ++i) {
+      const auto& cj = j["clusters"][i];
+      const std::string where = "relay config clusters[" + std::to_string(i) + "]";
+      if (!cj.is_object()) throw std::runtime_error(where + ": must be an object");
+      ClusterEntry e;
+      e.raw = cj;
+      e.subscription = get_string(cj, "subscription", where, false);
+      e.resource_group = get_string(cj, "resource_group", where, false);
+      e.name = get_string(cj, "name", where, true);
+      e.hybrid_connection = trim_slashes(get_string(cj, "hybrid_connection", where, true));
+      if (e.hybrid_connection.empty()) throw std::runtime_error(where + ": \"hybrid_connection\" is empty");
+      if (c.cluster_by_path(e.hybrid_connection))
+        throw std::runtime_error(where + ": hybrid_connection \"" + e.hybrid_connection + "\" is used twice");
+      if (cj.contains("keys")) {
+        if (!cj["keys"].is_array()) throw std::runtime_error(where + ": \"keys\" must be an array");
+        for (std::size_t k = 0; k < cj["keys"].size(); ++k) {
+          const auto& kj = cj["keys"][k];
+          const std::string kw = where + ".keys[" + std::to_string(k) + "]";
+          if (!kj.is_object()) throw std::runtime_error(kw + ": must be an object");
+          RelayKey key;
+          key.name = get_string(kj, "name", kw, true);
+          if (kj.contains("rights")) {
+            if (!kj["rights"].is_array()) throw std::runtime_error(kw + ": \"rights\" must be an array of strings");
+            for (const auto& r : kj["rights"]) {
+              if (!r.is_string()) throw std::runtime_error(kw + ": \"rights\" must be an array of strings");
+              key.rights.push_back(r.get<std::string>());
+            }
+          }
+          if (kj.contains("secret") && kj["secret"].is_string()) {
+            key.secret = kj["secret"].get<std::string>();  // inline secrets: tests and demos only
+          } else {
+            std::filesystem::path f = get_string(kj, "secret_file", kw, true);
+            if (f.is_relative()) f = base_dir / f;
+            key.secret_file = f;
+            key.secret = read_secret(f, kw);
+          }
+          if (e.key(key.name)) throw std::runtime_error(kw + ": key name \"" + key.name + "\" is used twice");
+          e.keys.push_back(std::move(key));
+        }
+      }
+      if (cj.contains("role_assignments")) {
+        if (!cj["role_assignments"].is_array()) throw std::runtime_error(where + ": \"role_assignments\" must be an array");
+        for (const auto& rj : cj["role_assignments"]) {
+          if (!rj.is_object()) throw std::runtime_error(where + ": role_assignments entries must be objects");
+          e.role_assignments.push_back({get_string(rj, "principal", where, true), get_string(rj, "role", where, false)});
+        }
+      }
+      c.clusters.push_back(std::move(e));
+    }
+  }
+  return c;
+}
+
+RelayConfig load_relay_config(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error("cannot read relay config " + file.string());
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) throw std::runtime_error("relay config " + file.string() + " is not valid JSON");
+  auto base = std::filesystem::absolute(file).parent_path();
+  try {
+    return parse_relay_config(j, base);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(file.string() + ": " + e.what());
+  }
+}
+
+}  // namespace clusterconnect::relay

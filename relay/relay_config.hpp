@@ -1,0 +1,79 @@
+#pragma once
+// The relay's configuration file (JSON): listener, TLS, limits, and the
+// registry of clusters with their SAS keys and role assignments. Shared with
+// the management API, which mints connect tokens and reads role assignments.
+// Unknown fields are kept in `raw` for the parts that read them.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace clusterconnect::relay {
+
+struct RelayKey {
+  std::string name;
+  std::vector<std::string> rights;  // "listen", "connect", "manage"
+  std::string secret;                // loaded from secret_file (trailing newline trimmed)
+  std::filesystem::path secret_file;
+  bool has_right(std::string_view right) const;
+};
+
+struct ConfiguredRoleAssignment {
+  std::string principal;  // object id of a user, group or application
+  std::string role;
+};
+
+struct ClusterEntry {
+  std::string subscription;
+  std::string resource_group;
+  std::string name;
+  std::string hybrid_connection;  // path after /$hc/, several segments
+  std::vector<RelayKey> keys;
+  std::vector<ConfiguredRoleAssignment> role_assignments;
+  nlohmann::json raw;
+
+  const RelayKey* key(std::string_view key_name) const;
+  // The first key with this right (for minting tokens), or null.
+  const RelayKey* key_with_right(std::string_view right) const;
+};
+
+struct RelayLimits {
+  std::uint32_t stream_window = 256 * 1024;
+  std::uint32_t tunnel_window = 16 * 1024 * 1024;
+  std::size_t max_streams_per_tunnel = 4096;
+  std::size_t max_tunnels_per_cluster = 25;  // as Azure Relay's listeners per hybrid connection
+  std::size_t max_connections = 10000;
+  std::chrono::milliseconds ping_interval{15000};
+  std::chrono::milliseconds idle_timeout{45000};
+  std::chrono::milliseconds open_timeout{15000};
+  std::chrono::milliseconds drain_timeout{30000};
+};
+
+struct RelayConfig {
+  std::string listen = "127.0.0.1:8443";
+  std::string cert_file;
+  std::string key_file;
+  std::string public_host;  // host[:port] clients use; empty = the request's Host
+  std::vector<ClusterEntry> clusters;
+  RelayLimits limits;
+  nlohmann::json management = nlohmann::json::object();
+  nlohmann::json raw = nlohmann::json::object();
+  std::filesystem::path base_dir;  // directory of the config file
+
+  // The cluster whose hybrid connection path is `path` (case-insensitive), or null.
+  const ClusterEntry* cluster_by_path(std::string_view path) const;
+  const ClusterEntry* cluster_by_name(std::string_view subscription, std::string_view resource_group,
+                                      std::string_view name) const;
+};
+
+// Control plane: throws std::runtime_error with a message naming the file and field.
+RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::path& base_dir);
+RelayConfig load_relay_config(const std::filesystem::path& file);
+
+}  // namespace clusterconnect::relay

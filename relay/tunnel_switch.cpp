@@ -1,0 +1,157 @@
+#include "tunnel_switch.hpp"
+
+#include <algorithm>
+#include <map>
+
+#include <spdlog/spdlog.h>
+
+namespace clusterconnect::relay {
+
+TunnelSwitch::TunnelSwitch(const RelayConfig& config, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger)
+    : config_(config), metrics_(metrics), logger_(std::move(logger)) {}
+
+tunnel::SessionOptions TunnelSwitch::session_options(TunnelSide side, const std::string& name) const {
+  tunnel::SessionOptions o;
+  o.role = tunnel::Role::acceptor;
+  o.name = name;
+  o.stream_window = config_.limits.stream_window;
+  o.tunnel_window = config_.limits.tunnel_window;
+  o.max_streams = config_.limits.max_streams_per_tunnel;
+  o.ping_interval = config_.limits.ping_interval;
+  o.idle_timeout = config_.limits.idle_timeout;
+  o.open_timeout = config_.limits.open_timeout;
+  (void)side;
+  return o;
+}
+
+bool TunnelSwitch::may_add_agent(const ClusterEntry& cluster) const {
+  std::lock_guard lock(mutex_);
+  std::size_t n = std::count_if(tunnels_.begin(), tunnels_.end(), [&](const Entry& e) {
+    return e.side == TunnelSide::agent && e.cluster == cluster.name && !e.session.expired();
+  });
+  return n < config_.limits.max_tunnels_per_cluster;
+}
+
+void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session) {
+  std::weak_ptr<TunnelSwitch> weak = shared_from_this();
+  const std::string name = cluster.name;
+  const tunnel::Session* key = session.get();
+  if (side == TunnelSide::client) {
+    session->on_incoming([weak, name](tunnel::TunnelStreamPtr stream, tunnel::Metadata md) {
+      if (auto self = weak.lock()) self->route(name, std::move(stream), std::move(md));
+      else stream->reset(tunnel::RstCode::unavailable, "relay is shutting down");
+    });
+  }
+  // An agent opens no streams towards the relay: the session refuses them.
+  session->on_closed([weak, key](const std::string&) {
+    if (auto self = weak.lock()) self->remove(key);
+  });
+  bool drain_now = false;
+  {
+    std::lock_guard lock(mutex_);
+    tunnels_.push_back(Entry{name, side, session});
+    drain_now = draining_;
+  }
+  logger_->info("{} tunnel for cluster {} is up ({})", side == TunnelSide::agent ? "agent" : "client", name, session->name());
+  session->start();
+  if (drain_now) session->goaway("relay is shutting down");
+}
+
+void TunnelSwitch::remove(const tunnel::Session* session) {
+  std::lock_guard lock(mutex_);
+  tunnels_.erase(std::remove_if(tunnels_.begin(), tunnels_.end(),
+                                [&](const Entry& e) {
+                                  auto s = e.session.lock();
+                                  return !s || s.get() == session;
+                                }),
+                 tunnels_.end());
+}
+
+std::shared_ptr<tunnel::Session> TunnelSwitch::pick_agent(const std::string& cluster) const {
+  std::lock_guard lock(mutex_);
+  std::shared_ptr<tunnel::Session> best;
+  for (const auto& e : tunnels_) {
+    if (e.side != TunnelSide::agent || e.cluster != cluster) continue;
+    auto s = e.session.lock();
+    if (!s || !s->usable()) continue;
+    if (!best || s->active_streams() < best->active_streams()) best = std::move(s);
+  }
+  return best;
+}
+
+void TunnelSwitch::route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata) {
+  if (draining()) {
+    metrics_.open_failure("draining");
+    client->reset(tunnel::RstCode::refused, "relay is draining");
+    return;
+  }
+  auto agent = pick_agent(cluster);
+  if (!agent) {
+    metrics_.open_failure("no_agent");
+    client->reset(tunnel::RstCode::unavailable, "no agent connected for cluster " + cluster);
+    return;
+  }
+  metadata["cluster"] = cluster;
+  agent->async_open(std::move(metadata), [this_metrics = &metrics_, logger = logger_, client, cluster](
+                                             error_code ec, tunnel::TunnelStreamPtr agent_stream, std::string reason) mutable {
+    if (ec) {
+      this_metrics->open_failure("agent_refused");
+      client->reset(tunnel::RstCode::unavailable, "agent for cluster " + cluster + " refused the stream: " + reason);
+      return;
+    }
+    client->accept();
+    splice(std::move(client), std::move(agent_stream), *this_metrics, std::move(logger));
+  });
+}
+
+void TunnelSwitch::drain() {
+  std::vector<std::shared_ptr<tunnel::Session>> sessions;
+  {
+    std::lock_guard lock(mutex_);
+    draining_ = true;
+    for (const auto& e : tunnels_)
+      if (auto s = e.session.lock()) sessions.push_back(std::move(s));
+  }
+  for (auto& s : sessions) s->goaway("relay is shutting down");
+}
+
+bool TunnelSwitch::draining() const {
+  std::lock_guard lock(mutex_);
+  return draining_;
+}
+
+std::int64_t TunnelSwitch::active_streams() const { return metrics_.streams_active.load(); }
+
+void TunnelSwitch::close_all(const std::string& reason) {
+  std::vector<std::shared_ptr<tunnel::Session>> sessions;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& e : tunnels_)
+      if (auto s = e.session.lock()) sessions.push_back(std::move(s));
+  }
+  for (auto& s : sessions) s->close(reason);
+}
+
+std::string TunnelSwitch::render_tunnel_metrics() const {
+  std::map<std::string, std::pair<unsigned, unsigned>> by_cluster;  // agent, client
+  for (const auto& c : config_.clusters) by_cluster[c.name];
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& e : tunnels_) {
+      auto s = e.session.lock();
+      if (!s || s->closed()) continue;
+      auto& p = by_cluster[e.cluster];
+      (e.side == TunnelSide::agent ? p.first : p.second)++;
+    }
+  }
+  std::string out =
+      "# HELP clusterconnect_relay_tunnels Tunnels connected, by cluster and side.\n"
+      "# TYPE clusterconnect_relay_tunnels gauge\n";
+  for (const auto& [name, p] : by_cluster) {
+    out += "clusterconnect_relay_tunnels{cluster=\"" + name + "\",side=\"agent\"} " + std::to_string(p.first) + "\n";
+    out += "clusterconnect_relay_tunnels{cluster=\"" + name + "\",side=\"client\"} " + std::to_string(p.second) + "\n";
+  }
+  return out;
+}
+
+}  // namespace clusterconnect::relay

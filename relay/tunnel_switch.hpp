@@ -1,0 +1,60 @@
+#pragma once
+// The relay's switch: agent tunnels registered per cluster, client streams
+// routed to the least-loaded live agent tunnel and spliced with backpressure.
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "protocol/session.hpp"
+#include "relay_config.hpp"
+#include "relay_metrics.hpp"
+
+namespace clusterconnect::relay {
+
+enum class TunnelSide { agent, client };
+
+class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
+ public:
+  TunnelSwitch(const RelayConfig& config, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger);
+
+  tunnel::SessionOptions session_options(TunnelSide side, const std::string& name) const;
+  // False when the cluster has its maximum of agent tunnels.
+  bool may_add_agent(const ClusterEntry& cluster) const;
+  // Registers and starts a session accepted by the front end.
+  void add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session);
+
+  // GOAWAY on every tunnel; no new streams from then on.
+  void drain();
+  bool draining() const;
+  std::int64_t active_streams() const;
+  void close_all(const std::string& reason);
+
+  // Prometheus lines for the tunnels by cluster.
+  std::string render_tunnel_metrics() const;
+
+ private:
+  struct Entry {
+    std::string cluster;
+    TunnelSide side;
+    std::weak_ptr<tunnel::Session> session;
+  };
+  void route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
+  std::shared_ptr<tunnel::Session> pick_agent(const std::string& cluster) const;
+  void remove(const tunnel::Session* session);
+
+  const RelayConfig& config_;
+  RelayMetrics& metrics_;
+  std::shared_ptr<spdlog::logger> logger_;
+  mutable std::mutex mutex_;
+  std::vector<Entry> tunnels_;
+  bool draining_ = false;
+};
+
+// Copies bytes both ways between two streams until both directions ended;
+// an error on either side resets both. Holds one small buffer per direction
+// beyond the flow-control windows.
+void splice(StreamPtr client, StreamPtr agent, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger);
+
+}  // namespace clusterconnect::relay

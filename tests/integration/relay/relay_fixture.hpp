@@ -1,0 +1,399 @@
+#pragma once
+// A real clusterconnect-relay process (dev TLS, port 0, ready file) plus the
+// tunnel-ws module loaded into a host runtime, and stream helpers: an echo
+// agent and a client that sends pseudo-random bytes and checks the sha256 of
+// what comes back.
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+#include <spdlog/spdlog.h>
+
+#include "clusterconnect/host/runtime.hpp"
+#include "clusterconnect/sas_token.hpp"
+#include "clusterconnect/transport.hpp"
+#include "test_env.hpp"
+
+namespace clusterconnect::test {
+
+inline const std::string demo_path = "clusters/00000000-0000-0000-0000-000000000000/sandbox/demo";
+inline const std::string other_path = "clusters/00000000-0000-0000-0000-000000000000/sandbox/other";
+
+class RelayProcess {
+ public:
+  explicit RelayProcess(std::vector<std::string> extra_args = {}, unsigned short port = 0) : extra_(std::move(extra_args)) {
+    write_file(dir_.path() / "listen.key", "listen-secret\n");
+    write_file(dir_.path() / "connect.key", "connect-secret\n");
+    write_file(dir_.path() / "other.key", "other-secret\n");
+    nlohmann::json cfg = {
+        {"clusters",
+         {{{"subscription", "00000000-0000-0000-0000-000000000000"},
+           {"resource_group", "sandbox"},
+           {"name", "demo"},
+           {"hybrid_connection", demo_path},
+           {"keys",
+            {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", "listen.key"}},
+             {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", "connect.key"}}}}},
+          {{"subscription", "00000000-0000-0000-0000-000000000000"},
+           {"resource_group", "sandbox"},
+           {"name", "other"},
+           {"hybrid_connection", other_path},
+           {"keys", {{{"name", "all"}, {"rights", {"listen", "connect"}}, {"secret_file", "other.key"}}}}}}}};
+    write_file(dir_.path() / "relay.json", cfg.dump(2));
+    start(port);
+  }
+  ~RelayProcess() { stop(SIGTERM); }
+
+  void start(unsigned short port) {
+    std::filesystem::remove(ready_file());
+    std::vector<std::string> args = {(stage_dir() / "bin" / "clusterconnect-relay").string(),
+                                     "--config", (dir_.path() / "relay.json").string(),
+                                     "--dev-tls", (dir_.path() / "tls").string(),
+                                     "--listen", "127.0.0.1:" + std::to_string(port),
+                                     "--ready-file", ready_file().string()};
+    args.insert(args.end(), extra_.begin(), extra_.end());
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open((dir_.path() / "relay.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::ifstream in(ready_file());
+      auto j = nlohmann::json::parse(in, nullptr, false);
+      if (j.is_object() && j.contains("port")) {
+        port_ = j["port"].get<unsigned short>();
+        ca_file_ = j["ca_file"].get<std::string>();
+        return;
+      }
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("relay exited early:\n" + log());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    throw std::runtime_error("relay not ready in 20 s:\n" + log());
+  }
+
+  // Returns the exit status (or -1 when it had to be killed).
+  int stop(int sig, std::chrono::seconds wait = std::chrono::seconds(15)) {
+    if (pid_ <= 0) return -1;
+    ::kill(pid_, sig);
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return -1;
+  }
+
+  unsigned short port() const { return port_; }
+  const std::string& ca_file() const { return ca_file_; }
+  std::string host() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }
+  RelayEndpoint endpoint(const std::string& path = demo_path) const { return RelayEndpoint{url(path), ca_file_, false}; }
+  std::string token(const std::string& key_name, const std::string& secret, const std::string& path = demo_path,
+                    std::chrono::seconds ttl = std::chrono::hours(1)) const {
+    return make_sas_token("http://" + host() + "/" + path, key_name, secret, std::chrono::system_clock::now() + ttl);
+  }
+  std::string listen_token() const { return token("listen", "listen-secret"); }
+  std::string connect_token() const { return token("connect", "connect-secret"); }
+  std::string log() const {
+    std::ifstream in(dir_.path() / "relay.log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+ private:
+  static void write_file(const std::filesystem::path& p, const std::string& s) { std::ofstream(p) << s; }
+  std::filesystem::path ready_file() const { return dir_.path() / "ready.json"; }
+
+  TempDir dir_;
+  std::vector<std::string> extra_;
+  pid_t pid_ = -1;
+  unsigned short port_ = 0;
+  std::string ca_file_;
+};
+
+// A host runtime with the tunnel-ws module loaded from the build's stage.
+class ModuleHost {
+ public:
+  ModuleHost() : runtime_(make_logger(), 2) {
+    auto so = stage_dir() / "lib" / "connectedk8s" / "plugins" / "tunnel-ws.so";
+    if (!runtime_.loader().load_file(so, runtime_)) {
+      std::string why = runtime_.loader().rejections().empty() ? "?" : runtime_.loader().rejections().back().reason;
+      throw std::runtime_error("tunnel-ws not loaded: " + why);
+    }
+    transport_ = runtime_.capabilities().transport("ws");
+    if (!transport_) throw std::runtime_error("no transport:ws capability");
+    runtime_.start();
+  }
+  ~ModuleHost() { runtime_.stop(); }
+  TransportCapability& transport() { return *transport_; }
+  asio::io_context& io() { return runtime_.io_context(); }
+
+ private:
+  static std::shared_ptr<spdlog::logger> make_logger() {
+    auto l = host::make_logger("test", 0, host::LogFormat::text);
+    l->set_level(spdlog::level::warn);
+    return l;
+  }
+  host::Runtime runtime_;
+  std::shared_ptr<TransportCapability> transport_;
+};
+
+// Deterministic pseudo-random bytes (xorshift64*).
+class ByteSource {
+ public:
+  explicit ByteSource(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  void fill(std::uint8_t* p, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (avail_ == 0) {
+        state_ ^= state_ >> 12;
+        state_ ^= state_ << 25;
+        state_ ^= state_ >> 27;
+        word_ = state_ * 0x2545F4914F6CDD1Dull;
+        avail_ = 8;
+      }
+      p[i] = static_cast<std::uint8_t>(word_);
+      word_ >>= 8;
+      --avail_;
+    }
+  }
+
+ private:
+  std::uint64_t state_, word_ = 0;
+  int avail_ = 0;
+};
+
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void update(const void* p, std::size_t n) { EVP_DigestUpdate(ctx_, p, n); }
+  std::string hex() {
+    unsigned char md[32];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_, md, &len);
+    static const char* digits = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+      out += digits[md[i] >> 4];
+      out += digits[md[i] & 15];
+    }
+    return out;
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+// Agent side: echoes ("echo"), or writes forever ("source"), by OPEN metadata.
+class AgentStream : public std::enable_shared_from_this<AgentStream> {
+ public:
+  AgentStream(StreamPtr s, std::atomic<std::uint64_t>* source_bytes) : s_(std::move(s)), source_bytes_(source_bytes) {}
+  void echo() { read(); }
+  void source() {
+    ByteSource(7).fill(buf_.data(), buf_.size());
+    write_forever();
+  }
+
+ private:
+  void read() {
+    s_->async_read_some(asio::buffer(buf_), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (ec == asio::error::eof) {
+        self->s_->async_shutdown_send([self](error_code) {});
+        return;
+      }
+      if (ec) return;
+      self->write(0, n);
+    });
+  }
+  void write(std::size_t off, std::size_t n) {
+    asio::const_buffer b(buf_.data() + off, n - off);
+    s_->async_write_some(std::span<const asio::const_buffer>(&b, 1), [self = shared_from_this(), off, n](error_code ec, std::size_t k) {
+      if (ec) return;
+      if (off + k < n) return self->write(off + k, n);
+      self->read();
+    });
+  }
+  void write_forever() {
+    asio::const_buffer b(buf_.data(), buf_.size());
+    s_->async_write_some(std::span<const asio::const_buffer>(&b, 1), [self = shared_from_this()](error_code ec, std::size_t k) {
+      if (ec) return;
+      self->source_bytes_->fetch_add(k);
+      self->write_forever();
+    });
+  }
+
+  StreamPtr s_;
+  std::atomic<std::uint64_t>* source_bytes_;
+  std::array<std::uint8_t, 64 * 1024> buf_{};
+};
+
+struct Agent {
+  std::atomic<std::uint64_t> source_bytes{0};
+  std::atomic<unsigned> streams{0};
+  AcceptHandler handler() {
+    return [this](StreamPtr s, const std::map<std::string, std::string>& md) {
+      ++streams;
+      auto a = std::make_shared<AgentStream>(std::move(s), &source_bytes);
+      auto it = md.find("mode");
+      if (it != md.end() && it->second == "source") a->source();
+      else a->echo();
+    };
+  }
+};
+
+inline bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
+struct ExchangeResult {
+  error_code ec;
+  std::string what;
+  std::uint64_t sent = 0, received = 0;
+  std::string sent_sha, received_sha;
+};
+
+// Client side: writes `size` pseudo-random bytes then half-closes, while
+// reading back until eof; hashes both directions.
+class Exchange : public std::enable_shared_from_this<Exchange> {
+ public:
+  Exchange(StreamPtr s, std::uint64_t size, std::uint64_t seed, std::function<void(ExchangeResult)> done)
+      : s_(std::move(s)), size_(size), src_(seed), done_(std::move(done)) {}
+  void start() {
+    do_write();
+    do_read();
+  }
+
+ private:
+  void do_write() {
+    if (r_.sent == size_) {
+      s_->async_shutdown_send([self = shared_from_this()](error_code ec) {
+        if (ec) self->error(ec, "shutdown_send");
+        self->writing_ = false;
+        self->maybe_done();
+      });
+      return;
+    }
+    out_len_ = static_cast<std::size_t>(std::min<std::uint64_t>(out_.size(), size_ - r_.sent));
+    src_.fill(out_.data(), out_len_);
+    sent_hash_.update(out_.data(), out_len_);
+    out_off_ = 0;
+    write_some();
+  }
+  void write_some() {
+    asio::const_buffer b(out_.data() + out_off_, out_len_ - out_off_);
+    s_->async_write_some(std::span<const asio::const_buffer>(&b, 1), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (ec) {
+        self->error(ec, "write");
+        self->writing_ = false;
+        return self->maybe_done();
+      }
+      self->out_off_ += n;
+      self->r_.sent += n;
+      if (self->out_off_ < self->out_len_) return self->write_some();
+      self->do_write();
+    });
+  }
+  void do_read() {
+    s_->async_read_some(asio::buffer(in_), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (ec) {
+        if (ec != asio::error::eof) self->error(ec, "read");
+        self->reading_ = false;
+        return self->maybe_done();
+      }
+      self->recv_hash_.update(self->in_.data(), n);
+      self->r_.received += n;
+      self->do_read();
+    });
+  }
+  void error(error_code ec, const char* what) {
+    if (!r_.ec) {
+      r_.ec = ec;
+      r_.what = what;
+    }
+  }
+  void maybe_done() {
+    if (writing_ || reading_) return;
+    r_.sent_sha = sent_hash_.hex();
+    r_.received_sha = recv_hash_.hex();
+    auto d = std::move(done_);
+    d(r_);
+  }
+
+  StreamPtr s_;
+  std::uint64_t size_;
+  ByteSource src_;
+  std::function<void(ExchangeResult)> done_;
+  ExchangeResult r_;
+  Sha256 sent_hash_, recv_hash_;
+  std::array<std::uint8_t, 64 * 1024> out_{}, in_{};
+  std::size_t out_len_ = 0, out_off_ = 0;
+  bool writing_ = true, reading_ = true;
+};
+
+struct OpenResult {
+  error_code ec;
+  StreamPtr stream;
+  std::string reason;
+};
+
+inline OpenResult open_stream(TunnelClient& client, std::map<std::string, std::string> md = {},
+                              std::chrono::seconds limit = std::chrono::seconds(20)) {
+  auto p = std::make_shared<std::promise<OpenResult>>();
+  auto f = p->get_future();
+  client.async_open(OpenRequest{std::move(md)},
+                    [p](error_code ec, StreamPtr s, std::string reason) { p->set_value(OpenResult{ec, std::move(s), std::move(reason)}); });
+  if (f.wait_for(limit) != std::future_status::ready) return OpenResult{asio::error::timed_out, nullptr, "test: open did not complete"};
+  return f.get();
+}
+
+inline ExchangeResult exchange(StreamPtr s, std::uint64_t size, std::uint64_t seed, std::chrono::seconds limit) {
+  auto p = std::make_shared<std::promise<ExchangeResult>>();
+  auto f = p->get_future();
+  std::make_shared<Exchange>(std::move(s), size, seed, [p](ExchangeResult r) { p->set_value(std::move(r)); })->start();
+  if (f.wait_for(limit) != std::future_status::ready) {
+    ExchangeResult r;
+    r.ec = asio::error::timed_out;
+    r.what = "test: exchange did not complete";
+    return r;
+  }
+  return f.get();
+}
+
+}  // namespace clusterconnect::test
