@@ -6,6 +6,7 @@
 #include "clusterconnect/credential.hpp"
 #include "clusterconnect/plugin.hpp"
 #include "entra_authenticator.hpp"
+#include "entra_credential.hpp"
 
 namespace clusterconnect::entra {
 namespace {
@@ -30,9 +31,30 @@ class AuthenticatorFactory final : public AuthenticatorCapability {
   HostServices& host_;
 };
 
+class CredentialFactory final : public CredentialCapability {
+ public:
+  explicit CredentialFactory(HostServices& host) : host_(host) {}
+
+  Result<std::shared_ptr<TokenCredential>> create(const nlohmann::json& options) noexcept override {
+    try {
+      auto config = parse_credential_options(options, host_.cache_dir());
+      if (!config) return fail(config.error());
+      return std::shared_ptr<TokenCredential>(std::make_shared<EntraCredential>(std::move(*config)));
+    } catch (const std::exception& e) {
+      return fail(std::string("credential:entra: ") + e.what());
+    }
+  }
+
+ private:
+  HostServices& host_;
+};
+
 class ThisModule final : public Module {
  public:
-  explicit ThisModule(HostServices& host) : authenticator_(std::make_shared<AuthenticatorFactory>(host)) {}
+  explicit ThisModule(HostServices& host)
+      : authenticator_(std::make_shared<AuthenticatorFactory>(host)), credential_(std::make_shared<CredentialFactory>(host)) {}
+
+  std::shared_ptr<CredentialCapability> credential(std::string_view name) noexcept override { return name == "entra" ? credential_ : nullptr; }
 
   std::shared_ptr<AuthenticatorCapability> authenticator(std::string_view name) noexcept override {
     return name == "entra" ? authenticator_ : nullptr;
@@ -40,6 +62,7 @@ class ThisModule final : public Module {
 
  private:
   std::shared_ptr<AuthenticatorFactory> authenticator_;
+  std::shared_ptr<CredentialFactory> credential_;
 };
 
 std::unique_ptr<Module> create(HostServices& host) noexcept {

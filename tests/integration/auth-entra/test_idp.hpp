@@ -102,13 +102,15 @@ class TestIdp {
   const nlohmann::json& state() const { return state_; }
   std::string log() const { return slurp(dir_ / "idp.log"); }
 
+  // POST /__admin/<path> with a JSON body; GET when `body` is null.
   nlohmann::json admin(const std::string& path, const nlohmann::json& body = nlohmann::json::object()) const {
     HttpPolicy policy;
     policy.allow_http_loopback = true;
     policy.max_attempts = 1;
     policy.total_timeout = std::chrono::seconds(30);
     HttpClient http(policy);
-    auto r = http.post_json(authority() + "/__admin/" + path, body.dump());
+    const std::string url = authority() + "/__admin/" + path;
+    auto r = body.is_null() ? http.get(url) : http.post_json(url, body.dump());
     if (!r) throw std::runtime_error("admin " + path + ": " + r.error());
     auto j = nlohmann::json::parse(r->body, nullptr, false);
     if (r->status != 200) throw std::runtime_error("admin " + path + ": HTTP " + std::to_string(r->status) + " " + r->body);
