@@ -206,7 +206,7 @@ Result<void> merge_entry(YAML::Node& root, const KubeconfigEntry& entry) {
   if (!entry.namespace_.empty()) context["namespace"] = text_scalar(entry.namespace_);
   // Without a namespace of ours, a namespace the user chose for this context
   // (kubectl config set-context --current --namespace=...) survives a restart.
-  if (auto r = upsert(root, "contexts", "context", entry.context, context, {"extensions", "namespace"}); !r)
+  if (auto r = upsert(root, "contexts", "context", entry.context, context, {"namespace", "extensions"}); !r)
     return r;
 
   if (entry.set_current) root["current-context"] = text_scalar(entry.context);

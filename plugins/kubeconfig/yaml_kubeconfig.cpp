@@ -1,6 +1,7 @@
 #include "yaml_kubeconfig.hpp"
 
 #include <exception>
+#include <system_error>
 
 #include "kubeconfig_document.hpp"
 #include "kubeconfig_file.hpp"
@@ -15,7 +16,8 @@ Result<void> YamlKubeconfig::update(const std::filesystem::path& file, bool crea
     if (file.empty() || !file.has_filename()) return fail("cannot update the kubeconfig: no file name was given");
     if (create)
       if (auto made = make_private_directories(file.parent_path()); !made) return fail(prefix + made.error());
-    if (!create && !std::filesystem::exists(file)) return {};
+    std::error_code ec;
+    if (!create && !std::filesystem::exists(file, ec)) return {};  // nothing to remove from
 
     auto lock = KubeconfigLock::acquire(file, options_.lock_timeout, options_.lock_retry_interval);
     if (!lock) return fail(prefix + lock.error());

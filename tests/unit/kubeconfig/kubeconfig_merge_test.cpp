@@ -201,6 +201,19 @@ TEST_CASE("kubeconfig: merging twice with new values replaces the entries", "[ku
   CHECK(root["current-context"].Scalar() == "one");
 }
 
+TEST_CASE("kubeconfig: merging an entry that is already there leaves the file alone", "[kubeconfig]") {
+  TempDir tmp;
+  const fs::path file = tmp.path() / "config";
+  YamlKubeconfig kc(quick_lock());
+  REQUIRE(kc.merge(file, arc_entry()).ok());
+  struct stat first {};
+  ::stat(file.c_str(), &first);
+  REQUIRE(kc.merge(file, arc_entry()).ok());
+  struct stat second {};
+  ::stat(file.c_str(), &second);
+  CHECK(second.st_ino == first.st_ino);  // a rewrite would rename a new inode in
+}
+
 TEST_CASE("kubeconfig: merge removes duplicate entries of the same name", "[kubeconfig]") {
   TempDir tmp;
   const fs::path file = tmp.path() / "config";
