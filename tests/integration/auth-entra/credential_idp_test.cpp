@@ -335,3 +335,88 @@ TEST_CASE("auth-entra/idp: Azure CLI hand-off", "[auth-entra][idp][credential]")
   REQUIRE_FALSE(failed);
   CHECK(failed.error().find("az login") != std::string::npos);
 }
+
+namespace {
+
+struct DeviceFlow {
+  std::promise<DeviceCodePrompt> prompted;
+  std::atomic<int> prompts{0};
+  std::shared_ptr<EntraCredential> cred;
+  std::future<Result<AccessToken>> pending;
+
+  DeviceFlow(const TestIdp& idp, const fs::path& cache_dir) {
+    auto options = base_options(idp);
+    options["method"] = "device-code";
+    options["client_id"] = idp.state()["clients"]["public"]["client_id"];
+    cred = make_credential(options, cache_dir, [this](const DeviceCodePrompt& p) {
+      if (prompts++ == 0) prompted.set_value(p);
+    });
+    pending = std::async(std::launch::async, [this] { return cred->get_token(arc_server_app_id); });
+  }
+
+  DeviceCodePrompt prompt() {
+    auto f = prompted.get_future();
+    REQUIRE(f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+    return f.get();
+  }
+
+  Result<AccessToken> result() {
+    REQUIRE(pending.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+    return pending.get();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("auth-entra/idp: device code declined, slowed down, expired", "[auth-entra][idp][credential]") {
+  REQUIRE_IDP();
+  clusterconnect::test::TempDir dir;
+  // Each section starts its own provider: the last one needs short-lived codes.
+
+  SECTION("declined in the browser") {
+    TestIdp idp(dir.path(), {{"device_interval", 1}});
+    DeviceFlow flow(idp, dir.path() / "cache");
+    auto p = flow.prompt();
+    idp.admin("device/decline", {{"user_code", p.user_code}});
+    auto r = flow.result();
+    REQUIRE_FALSE(r);
+    CHECK(r.error().find("declined") != std::string::npos);
+  }
+  SECTION("slow_down widens the polling interval, then sign-in completes") {
+    TestIdp idp(dir.path(), {{"device_interval", 1}});
+    idp.admin("fail-token-requests", {{"count", 1}, {"status", 400}, {"error", "slow_down"}});
+    const auto start = std::chrono::steady_clock::now();
+    DeviceFlow flow(idp, dir.path() / "cache");
+    auto p = flow.prompt();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the first poll gets slow_down
+    idp.admin("device/complete", {{"user_code", p.user_code}});
+    auto r = flow.result();
+    INFO((r ? std::string() : r.error()));
+    REQUIRE(r);
+    // 1 s to the first poll, then 1 + 5 s to the next.
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::seconds(7));
+  }
+  SECTION("nobody signs in before the code expires") {
+    TestIdp idp(dir.path(), {{"device_interval", 1}, {"device_code_ttl", 3}});
+    DeviceFlow flow(idp, dir.path() / "cache");
+    flow.prompt();
+    auto r = flow.result();
+    REQUIRE_FALSE(r);
+    CHECK(r.error().find("expired") != std::string::npos);
+  }
+}
+
+TEST_CASE("auth-entra/idp: a user with too many groups is refused as group overage", "[auth-entra][idp]") {
+  REQUIRE_IDP();
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path(), {{"users", {{{"id", "bob"}, {"upn", "bob@contoso.example"}, {"name", "Bob"}, {"groups_overage", true}}}},
+                           {"device_interval", 1}});
+  DeviceFlow flow(idp, dir.path() / "cache");
+  auto p = flow.prompt();
+  idp.admin("device/complete", {{"user_code", p.user_code}, {"user", "bob"}});
+  auto r = flow.result();
+  INFO((r ? std::string() : r.error()));
+  REQUIRE(r);
+  auto out = validate(idp, r->token);
+  CHECK(out.failure == AuthFailure::group_overage);
+}
