@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/binary.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <string_view>
 #include <utility>
@@ -141,6 +142,58 @@ std::string tag_class(const YAML::Node& n) {
   return t;
 }
 
+std::string at(const YAML::Mark& m) {
+  return "line " + std::to_string(m.line + 1) + ", column " + std::to_string(m.column + 1);
+}
+
+// Whether the quoted scalar opening at `begin` is closed before the text
+// ends. yaml-cpp 0.7 accepts an unterminated quote at the end of a file
+// where kubectl (go-yaml) refuses the file.
+bool quote_closes(std::string_view text, std::size_t begin) {
+  const char quote = text[begin];
+  for (std::size_t i = begin + 1; i < text.size(); ++i) {
+    if (quote == '"' && text[i] == '\\') {
+      ++i;
+    } else if (text[i] == quote) {
+      if (quote == '\'' && i + 1 < text.size() && text[i + 1] == '\'') {
+        ++i;  // '' is a quote inside a single-quoted scalar
+        continue;
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+// What yaml-cpp lets through but YAML (and kubectl) does not: duplicate keys
+// (kubectl would take the last, yaml-cpp's lookups the first) and quotes left
+// open at the end of the file.
+Result<void> check_strict(std::string_view text, const std::vector<std::size_t>& lines, const YAML::Node& n) {
+  if (n.IsScalar() && n.Tag() == "!") {
+    const YAML::Mark m = n.Mark();
+    if (m.line >= 0 && static_cast<std::size_t>(m.line) < lines.size()) {
+      const std::size_t begin = lines[m.line] + static_cast<std::size_t>(m.column);
+      if (begin < text.size() && (text[begin] == '"' || text[begin] == '\'') && !quote_closes(text, begin))
+        return fail("it is not valid YAML (" + at(m) + ": a quoted string is never closed)");
+    }
+  } else if (n.IsSequence()) {
+    for (const auto& item : n)
+      if (auto r = check_strict(text, lines, item); !r) return r;
+  } else if (n.IsMap()) {
+    std::vector<std::string> seen;
+    for (const auto& kv : n) {
+      if (kv.first.IsScalar()) {
+        if (std::find(seen.begin(), seen.end(), kv.first.Scalar()) != seen.end())
+          return fail("it is not valid YAML (" + at(kv.first.Mark()) + ": duplicate key '" + kv.first.Scalar() + "')");
+        seen.push_back(kv.first.Scalar());
+      }
+      if (auto r = check_strict(text, lines, kv.first); !r) return r;
+      if (auto r = check_strict(text, lines, kv.second); !r) return r;
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<YAML::Node> parse_kubeconfig(const std::string& text) noexcept {
@@ -150,6 +203,11 @@ Result<YAML::Node> parse_kubeconfig(const std::string& text) noexcept {
     if (docs.size() > 1)
       return fail("it holds " + std::to_string(docs.size()) + " YAML documents where a kubeconfig holds one");
     YAML::Node root = docs.front();
+    // yaml-cpp's columns count bytes, but not a UTF-8 byte order mark.
+    std::vector<std::size_t> lines{text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3u : 0u};
+    for (std::size_t i = 0; i < text.size(); ++i)
+      if (text[i] == '\n') lines.push_back(i + 1);
+    if (auto strict = check_strict(text, lines, root); !strict) return fail(strict.error());
     if (root.IsNull()) return YAML::Node();
     if (!root.IsMap()) return fail("it is not a kubeconfig (its top level is not a mapping)");
     for (const char* key : list_keys) {

@@ -276,7 +276,11 @@ TEST_CASE("kubeconfig: a file that is not a kubeconfig is refused and left untou
                           Case{"apiVersion: v1\n  kind: Config\n bad", "not valid YAML (line 2, column"},
                           Case{"- just\n- a list\n", "top level is not a mapping"},
                           Case{"clusters:\n  arc: {server: x}\n", "'clusters' field is not a list"},
-                          Case{"apiVersion: v1\n---\napiVersion: v1\n", "2 YAML documents"});
+                          Case{"apiVersion: v1\n---\napiVersion: v1\n", "2 YAML documents"},
+                          // yaml-cpp accepts both: kubectl refuses the first and reads the
+                          // second as name "b" where yaml-cpp would see "a".
+                          Case{"apiVersion: v1\nkind: \"Config\n", "line 2, column 7: a quoted string is never closed"},
+                          Case{"users:\n- name: a\n  user: {token: x}\n  name: b\n", "line 4, column 3: duplicate key 'name'"});
   TempDir tmp;
   const fs::path file = tmp.path() / "config";
   spit(file, c.content);
