@@ -11,8 +11,9 @@ namespace clusterconnect::kubeconfig {
 
 Result<void> YamlKubeconfig::update(const std::filesystem::path& file, bool create,
                                     const std::function<Result<void>(YAML::Node&)>& change) noexcept {
-  const std::string prefix = "cannot update " + file.string() + ": ";
+  std::string prefix = "cannot update the kubeconfig: ";
   try {
+    prefix = "cannot update " + file.string() + ": ";
     if (file.empty() || !file.has_filename()) return fail("cannot update the kubeconfig: no file name was given");
     if (create)
       if (auto made = make_private_directories(file.parent_path()); !made) return fail(prefix + made.error());
