@@ -79,6 +79,10 @@ struct Session::Impl {
   bool ids_exhausted = false;
   bool close_when_flushed = false;
   std::string close_reason;
+  // After a protocol error: the GOAWAY telling the peer why, written once the
+  // write in flight (if any) completes, then the channel is closed.
+  std::vector<std::uint8_t> final_message;
+  bool channel_closed = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -713,12 +717,34 @@ void Session::flush() {
   channel_->async_write_message(asio::buffer(m.write_buf), [self = shared_from_this()](error_code ec) { self->on_write(ec); });
 }
 
+void Session::write_final_message() {
+  auto& m = *impl_;
+  m.write_buf = std::move(m.final_message);
+  m.final_message.clear();
+  m.writing = true;
+  channel_->async_write_message(asio::buffer(m.write_buf), [self = shared_from_this()](error_code) {
+    self->impl_->writing = false;
+    self->close_channel();
+  });
+}
+
+void Session::close_channel() {
+  auto& m = *impl_;
+  if (m.channel_closed) return;
+  m.channel_closed = true;
+  m.ping_timer.cancel();
+  channel_->close(m.close_reason.rfind("protocol error", 0) == 0 ? 1002 : 1000, m.close_reason);
+}
+
 void Session::on_write(error_code ec) {
   auto& m = *impl_;
   m.writing = false;
   m.queued_bytes -= m.write_buf.size();
   m.write_buf.clear();
-  if (m.closed) return;
+  if (m.closed) {
+    if (!m.final_message.empty()) write_final_message();
+    return;
+  }
   if (ec) {
     fail("transport: " + ec.message(), false);
     return;
@@ -753,8 +779,6 @@ void Session::fail(std::string reason, bool protocol) {
   auto& m = *impl_;
   if (m.closed) return;
   if (protocol) {
-    encode_goaway(out_for(frame_header_size + 4 + std::min(reason.size(), max_reason_size)), GoawayCode::protocol_error, reason);
-    flush();
     logger_->warn("{}: closing tunnel: {}", options_.name, reason);
   } else if (reason.rfind("drained", 0) == 0) {
     logger_->debug("{}: closing tunnel: {}", options_.name, reason);
@@ -766,7 +790,19 @@ void Session::fail(std::string reason, bool protocol) {
   closed_flag_.store(true, std::memory_order_relaxed);
   update_usable();
   m.ping_timer.cancel();
-  channel_->close(protocol ? 1002 : 1000, reason);
+  m.queue.clear();
+  m.queued_bytes = m.writing ? m.write_buf.size() : 0;
+  if (protocol) {
+    encode_goaway(m.final_message, GoawayCode::protocol_error, reason);
+    if (!m.writing) write_final_message();
+    // Bounded: a peer that does not read gets its socket closed anyway.
+    m.ping_timer.expires_after(std::chrono::seconds(5));
+    m.ping_timer.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec) self->close_channel();
+    });
+  } else {
+    close_channel();
+  }
 
   auto streams = std::move(m.streams);
   m.streams.clear();

@@ -135,6 +135,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<std::uint8_t>& out_for(std::size_t frame_size);
   void flush();
   void on_write(error_code ec);
+  void write_final_message();
+  void close_channel();
   void try_write(const std::shared_ptr<StreamState>& s);
   void wake_writers();
 

@@ -1,0 +1,391 @@
+// The mux session over in-memory channels: flow control, half-close, reset,
+// and protocol errors closing only the offending tunnel.
+
+#include <catch2/catch.hpp>
+
+#include <deque>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "protocol/session.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::tunnel;
+using namespace std::chrono_literals;
+
+namespace {
+
+// One end of an in-memory message pipe. Writes go to the peer (or to a
+// capture list when there is none); the test can inject raw messages.
+class MemoryChannel final : public MessageChannel {
+ public:
+  struct State {
+    asio::any_io_executor ex;
+    std::deque<std::vector<std::uint8_t>> inbox;
+    ReadHandler pending;
+    bool closed = false;
+    std::uint16_t close_code = 0;
+    std::string close_reason;
+    std::shared_ptr<State> peer;
+    std::vector<std::vector<std::uint8_t>> captured;
+  };
+
+  explicit MemoryChannel(std::shared_ptr<State> s) : s_(std::move(s)) {}
+
+  static void deliver(const std::shared_ptr<State>& s, std::vector<std::uint8_t> msg) {
+    asio::post(s->ex, [s, msg = std::move(msg)]() mutable {
+      if (s->closed) return;
+      s->inbox.push_back(std::move(msg));
+      pump(s);
+    });
+  }
+
+  void async_read_message(ReadHandler handler) override {
+    s_->pending = std::move(handler);
+    asio::post(s_->ex, [s = s_] { pump(s); });
+  }
+  void async_write_message(asio::const_buffer message, DoneHandler handler) override {
+    std::vector<std::uint8_t> copy(static_cast<const std::uint8_t*>(message.data()),
+                                   static_cast<const std::uint8_t*>(message.data()) + message.size());
+    if (s_->peer) deliver(s_->peer, std::move(copy));
+    else s_->captured.push_back(std::move(copy));
+    asio::post(s_->ex, [h = std::move(handler)]() mutable { h({}); });
+  }
+  void close(std::uint16_t code, std::string reason) noexcept override {
+    if (s_->closed) return;
+    s_->closed = true;
+    s_->close_code = code;
+    s_->close_reason = reason;
+    if (auto p = s_->peer) asio::post(p->ex, [p] {
+        p->closed = true;
+        if (p->pending) {
+          auto h = std::move(p->pending);
+          h(asio::error::eof, {});
+        }
+      });
+    asio::post(s_->ex, [s = s_] {
+      if (s->pending) {
+        auto h = std::move(s->pending);
+        h(asio::error::operation_aborted, {});
+      }
+    });
+  }
+
+ private:
+  static void pump(const std::shared_ptr<State>& s) {
+    if (!s->pending || s->inbox.empty()) return;
+    auto msg = std::move(s->inbox.front());
+    s->inbox.pop_front();
+    auto h = std::move(s->pending);
+    h({}, std::span<const std::uint8_t>(msg.data(), msg.size()));
+  }
+  std::shared_ptr<State> s_;
+};
+
+struct Env {
+  Env() : work(io.get_executor()) {
+    sink_stream = std::make_shared<std::ostringstream>();
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*sink_stream);
+    logger = std::make_shared<spdlog::logger>("session-test", sink);
+    logger->set_level(spdlog::level::debug);
+    thread = std::thread([this] { io.run(); });
+  }
+  ~Env() {
+    work.reset();
+    io.stop();
+    thread.join();
+  }
+  std::string log() {
+    logger->flush();
+    return sink_stream->str();
+  }
+
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work;
+  std::shared_ptr<std::ostringstream> sink_stream;
+  std::shared_ptr<spdlog::logger> logger;
+  std::thread thread;
+};
+
+struct Pair {
+  std::shared_ptr<Session> dialer, acceptor;
+  std::promise<TunnelStreamPtr> accepted;
+};
+
+std::unique_ptr<Pair> make_pair(Env& env, SessionOptions base = {}) {
+  auto p = std::make_unique<Pair>();
+  auto ex = asio::make_strand(env.io);
+  auto a = std::make_shared<MemoryChannel::State>();
+  auto b = std::make_shared<MemoryChannel::State>();
+  a->ex = ex;
+  b->ex = ex;
+  a->peer = b;
+  b->peer = a;
+  SessionOptions d = base, c = base;
+  d.role = Role::dialer;
+  d.name = "dialer";
+  c.role = Role::acceptor;
+  c.name = "acceptor";
+  p->dialer = Session::create(ex, std::make_unique<MemoryChannel>(a), d, env.logger);
+  p->acceptor = Session::create(ex, std::make_unique<MemoryChannel>(b), c, env.logger);
+  auto* raw = p.get();
+  p->acceptor->on_incoming([raw](TunnelStreamPtr s, Metadata) {
+    s->accept();
+    raw->accepted.set_value(std::move(s));
+  });
+  p->dialer->start();
+  p->acceptor->start();
+  return p;
+}
+
+bool wait_for(const std::function<bool()>& pred) {
+  for (int i = 0; i < 500; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return pred();
+}
+
+TunnelStreamPtr open(Session& s, Metadata md = {}) {
+  std::promise<TunnelStreamPtr> p;
+  s.async_open(std::move(md), [&](error_code ec, TunnelStreamPtr st, std::string reason) {
+    INFO(reason);
+    CHECK_FALSE(ec);
+    p.set_value(st);
+  });
+  auto f = p.get_future();
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  return f.get();
+}
+
+// Helpers keep their promise and buffer alive in shared state: a stream may
+// complete an operation after the helper gave up waiting.
+std::pair<error_code, std::size_t> write(Stream& s, const std::vector<std::uint8_t>& data) {
+  auto data_copy = std::make_shared<std::vector<std::uint8_t>>(data);
+  auto p = std::make_shared<std::promise<std::pair<error_code, std::size_t>>>();
+  auto f = p->get_future();
+  asio::const_buffer b(data_copy->data(), data_copy->size());
+  s.async_write_some(std::span<const asio::const_buffer>(&b, 1),
+                     [p, data_copy](error_code ec, std::size_t n) { p->set_value({ec, n}); });
+  if (f.wait_for(2s) != std::future_status::ready) return {asio::error::timed_out, 0};
+  return f.get();
+}
+
+std::pair<error_code, std::string> read(Stream& s, std::size_t max = 1 << 20) {
+  auto p = std::make_shared<std::promise<std::pair<error_code, std::string>>>();
+  auto buf = std::make_shared<std::string>(max, '\0');
+  auto f = p->get_future();
+  s.async_read_some(asio::buffer(*buf), [p, buf](error_code ec, std::size_t n) { p->set_value({ec, buf->substr(0, n)}); });
+  if (f.wait_for(2s) != std::future_status::ready) return {asio::error::timed_out, {}};
+  return f.get();
+}
+
+// A dialer session fed raw bytes by the test.
+struct Victim {
+  std::shared_ptr<MemoryChannel::State> state = std::make_shared<MemoryChannel::State>();
+  std::shared_ptr<Session> session;
+  std::promise<std::string> closed;
+  Victim(Env& env, Role role = Role::dialer) {
+    state->ex = asio::make_strand(env.io);
+    SessionOptions o;
+    o.role = role;
+    o.name = "victim";
+    session = Session::create(state->ex, std::make_unique<MemoryChannel>(state), o, env.logger);
+    session->on_incoming([](TunnelStreamPtr s, Metadata) { s->accept(); });
+    session->on_closed([this](const std::string& r) { closed.set_value(r); });
+    session->start();
+  }
+  void inject(std::vector<std::uint8_t> m) { MemoryChannel::deliver(state, std::move(m)); }
+  std::string wait_closed() {
+    auto f = closed.get_future();
+    if (f.wait_for(5s) != std::future_status::ready) return "(still open)";
+    return f.get();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a stream carries bytes both ways with half-close", "[session]") {
+  Env env;
+  auto p = make_pair(env);
+  auto c = open(*p->dialer, {{"k", "v"}});
+  auto fa = p->accepted.get_future();
+  REQUIRE(fa.wait_for(5s) == std::future_status::ready);
+  auto a = fa.get();
+  std::vector<std::uint8_t> hello{'h', 'e', 'l', 'l', 'o'};
+  CHECK(write(*c, hello).second == 5);
+  CHECK(read(*a).second == "hello");
+  std::promise<error_code> shut;
+  c->async_shutdown_send([&](error_code ec) { shut.set_value(ec); });
+  CHECK_FALSE(shut.get_future().get());
+  CHECK(read(*a).first == asio::error::eof);
+  CHECK(write(*a, hello).second == 5);  // the other direction still works
+  CHECK(read(*c).second == "hello");
+}
+
+TEST_CASE("a write completes only within the peer's credit", "[session]") {
+  Env env;
+  auto p = make_pair(env);
+  auto c = open(*p->dialer);
+  auto a = p->accepted.get_future().get();
+  std::vector<std::uint8_t> big(default_stream_window + 100000, 7);
+  auto [ec, n] = write(*c, big);
+  REQUIRE_FALSE(ec);
+  CHECK(n == default_stream_window);  // everything the window allows, no more
+  // The next write is parked until the reader frees credit.
+  auto more = std::make_shared<std::vector<std::uint8_t>>(10, 1);
+  auto parked = std::make_shared<std::promise<std::size_t>>();
+  auto parked_f = parked->get_future();
+  asio::const_buffer mb(more->data(), more->size());
+  c->async_write_some(std::span<const asio::const_buffer>(&mb, 1), [parked, more](error_code, std::size_t n) { parked->set_value(n); });
+  CHECK(parked_f.wait_for(300ms) == std::future_status::timeout);
+  std::size_t got = 0;
+  while (got < default_stream_window + 10) {
+    auto [rec, s] = read(*a);
+    REQUIRE_FALSE(rec);
+    got += s.size();
+  }
+  REQUIRE(parked_f.wait_for(2s) == std::future_status::ready);
+  CHECK(parked_f.get() == 10);
+  CHECK(got == default_stream_window + 10);
+}
+
+TEST_CASE("reset reaches the peer; a refused open carries the reason", "[session]") {
+  Env env;
+  auto p = make_pair(env);
+  auto c = open(*p->dialer);
+  auto a = p->accepted.get_future().get();
+  a->reset(RstCode::cancel, "bye");
+  CHECK(read(*c).first == asio::error::connection_reset);
+
+  Victim v(env, Role::dialer);  // unrelated; keeps the test honest about independence
+  auto p2 = make_pair(env);
+  p2->acceptor->on_incoming([](TunnelStreamPtr s, Metadata) { s->reset(RstCode::unavailable, "no agent connected for cluster x"); });
+  std::promise<std::pair<error_code, std::string>> pr;
+  p2->dialer->async_open({}, [&](error_code ec, TunnelStreamPtr, std::string reason) { pr.set_value({ec, reason}); });
+  auto [ec, reason] = pr.get_future().get();
+  CHECK(ec == asio::error::connection_refused);
+  CHECK(reason == "no agent connected for cluster x");
+}
+
+TEST_CASE("protocol errors close that tunnel with a logged reason; others live on", "[session]") {
+  Env env;
+  auto healthy = make_pair(env);
+  std::vector<std::uint8_t> m;
+  std::string expect;
+  SECTION("duplicate stream id") {
+    encode_open(m, 2, "{}");
+    encode_open(m, 2, "{}");
+    expect = "duplicate stream id 2";
+  }
+  SECTION("stream id reuse") {
+    encode_open(m, 4, "{}");
+    encode_rst(m, 4, RstCode::cancel, "");
+    encode_open(m, 2, "{}");
+    expect = "stream id reuse: 2";
+  }
+  SECTION("stream id of the wrong parity") {
+    encode_open(m, 3, "{}");
+    expect = "wrong parity";
+  }
+  SECTION("window overflow") {
+    encode_window(m, 0, max_window);
+    expect = "WINDOW overflow on the tunnel";
+  }
+  SECTION("data beyond the stream's credit") {
+    encode_open(m, 2, "{}");
+    std::vector<std::uint8_t> chunk(max_data_payload, 1);
+    for (std::size_t sent = 0; sent < default_stream_window; sent += chunk.size()) encode_data(m, 2, chunk);
+    encode_data(m, 2, std::vector<std::uint8_t>{1});
+    expect = "DATA beyond the credit of stream 2";
+  }
+  SECTION("data for a stream never opened") {
+    encode_data(m, 8, std::vector<std::uint8_t>{1});
+    expect = "never opened";
+  }
+  SECTION("truncated frame") {
+    encode_data(m, 2, std::vector<std::uint8_t>(100, 1));
+    m.resize(m.size() - 1);
+    expect = "truncated frame payload";
+  }
+  SECTION("unknown frame type") {
+    encode_header(m, static_cast<FrameType>(42), 0, 1, 0);
+    expect = "unknown frame type";
+  }
+  SECTION("oversize frame") {
+    encode_header(m, FrameType::data, 0, 2, max_data_payload + 1);
+    m.resize(m.size() + max_data_payload + 1);
+    expect = "frame payload over the limit";
+  }
+  Victim v(env);
+  v.inject(m);
+  const std::string reason = v.wait_closed();
+  CHECK_THAT(reason, Catch::Contains(expect));
+  // The channel closes (1002) once the GOAWAY is written, on the session's strand.
+  CHECK(wait_for([&] { return v.state->closed; }));
+  asio::post(v.state->ex, [] {});
+  std::promise<std::uint16_t> code;
+  asio::post(v.state->ex, [&] { code.set_value(v.state->close_code); });
+  CHECK(code.get_future().get() == 1002);
+  CHECK_THAT(env.log(), Catch::Contains("victim: closing tunnel: protocol error") && Catch::Contains(expect));
+  // The session told the peer why (GOAWAY with protocol_error) before closing.
+  bool goaway = false;
+  std::promise<std::vector<std::vector<std::uint8_t>>> captured;
+  asio::post(v.state->ex, [&] { captured.set_value(v.state->captured); });
+  for (const auto& msg : captured.get_future().get()) {
+    std::size_t off = 0;
+    while (off < msg.size()) {
+      auto r = decode_frame(std::span<const std::uint8_t>(msg).subspan(off));
+      if (r.error != DecodeError::none) break;
+      if (r.frame.type == FrameType::goaway && code_reason(r.frame).code == static_cast<std::uint32_t>(GoawayCode::protocol_error))
+        goaway = true;
+      off += r.consumed;
+    }
+  }
+  CHECK(goaway);
+  // Another tunnel in the same process is unaffected.
+  auto c = open(*healthy->dialer);
+  auto a = healthy->accepted.get_future().get();
+  std::vector<std::uint8_t> x{'x'};
+  CHECK(write(*c, x).second == 1);
+  CHECK(read(*a).second == "x");
+}
+
+TEST_CASE("GOAWAY: no new streams, running ones finish", "[session]") {
+  Env env;
+  auto p = make_pair(env);
+  auto c = open(*p->dialer);
+  auto a = p->accepted.get_future().get();
+  p->acceptor->goaway("shutting down");
+  REQUIRE(wait_for([&] { return !p->dialer->usable(); }));
+  std::promise<std::string> refused;
+  p->dialer->async_open({}, [&](error_code, TunnelStreamPtr, std::string r) { refused.set_value(r); });
+  CHECK(refused.get_future().get() == "tunnel is draining");
+  std::vector<std::uint8_t> x{'x'};
+  CHECK(write(*c, x).second == 1);
+  CHECK(read(*a).second == "x");
+}
+
+TEST_CASE("keepalive: a silent peer is closed after the idle timeout", "[session]") {
+  Env env;
+  auto state = std::make_shared<MemoryChannel::State>();
+  state->ex = asio::make_strand(env.io);
+  SessionOptions o;
+  o.name = "silent";
+  o.ping_interval = 20ms;
+  o.idle_timeout = 100ms;
+  auto s = Session::create(state->ex, std::make_unique<MemoryChannel>(state), o, env.logger);
+  std::promise<std::string> closed;
+  s->on_closed([&](const std::string& r) { closed.set_value(r); });
+  s->start();
+  auto f = closed.get_future();
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  CHECK_THAT(f.get(), Catch::Contains("keepalive timeout"));
+}
