@@ -74,7 +74,9 @@ class TestIdp {
     if (posix_spawnp(&pid_, "node", &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
     posix_spawn_file_actions_destroy(&actions);
     if (pid_ <= 0) throw std::runtime_error("could not start node");
-    for (int i = 0; i < 300 && !std::filesystem::exists(ready); ++i) {
+    // Startup generates RSA keys and a certificate; on a busy 2-core runner
+    // that can take a while.
+    for (int i = 0; i < 1200 && !std::filesystem::exists(ready); ++i) {
       int status = 0;
       if (::waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
@@ -82,16 +84,27 @@ class TestIdp {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (!std::filesystem::exists(ready)) throw std::runtime_error("test IdP did not become ready: " + slurp(log));
-    ready_ = nlohmann::json::parse(slurp(ready));
-    state_ = nlohmann::json::parse(slurp(dir / "idp-state" / "state.json"));
+    if (!std::filesystem::exists(ready)) {
+      stop();  // the destructor does not run when the constructor throws
+      throw std::runtime_error("test IdP did not become ready within 60 s: " + slurp(log));
+    }
+    try {
+      ready_ = nlohmann::json::parse(slurp(ready));
+      state_ = nlohmann::json::parse(slurp(dir / "idp-state" / "state.json"));
+    } catch (...) {
+      stop();
+      throw;
+    }
   }
 
-  ~TestIdp() {
+  ~TestIdp() { stop(); }
+
+  void stop() {
     if (pid_ > 0) {
       ::kill(pid_, SIGTERM);
       int status = 0;
       ::waitpid(pid_, &status, 0);
+      pid_ = -1;
     }
   }
 
