@@ -15,10 +15,16 @@ namespace clusterconnect::test {
 
 inline std::filesystem::path stage_dir() {
   const char* s = std::getenv("CLUSTERCONNECT_STAGE");
+#ifdef CLUSTERCONNECT_TEST_STAGE
+  if (!s) s = CLUSTERCONNECT_TEST_STAGE;
+#endif
   return s ? std::filesystem::path(s) : std::filesystem::current_path() / "stage";
 }
 inline std::filesystem::path source_dir() {
   const char* s = std::getenv("CLUSTERCONNECT_SOURCE");
+#ifdef CLUSTERCONNECT_TEST_SOURCE
+  if (!s) s = CLUSTERCONNECT_TEST_SOURCE;
+#endif
   return s ? std::filesystem::path(s) : std::filesystem::current_path();
 }
 

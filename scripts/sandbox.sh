@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# A local clusterconnect sandbox on loopback: stand-in API server, OIDC identity
+# provider (oidc-provider dressed as Entra ID), clusterconnect-relay and
+# clusterconnect-agent, each on a free port with its state and log under DIR.
+#
+#   scripts/sandbox.sh up DIR [BIN_DIR]   start everything; writes DIR/env.sh
+#   scripts/sandbox.sh down DIR           stop what `up` started (by PID files)
+#
+# After `up`, `source DIR/env.sh` and run `connectedk8s proxy -n demo -g sandbox`.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cmd="${1:-}"
+dir="${2:-}"
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 up|down DIR [BIN_DIR]" >&2; exit 2; }
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+bin="${3:-$root/build/release/stage/bin}"
+fixtures="$root/tests/fixtures"
+
+tenant="72f988bf-86f1-41af-91ab-2d7cd011db47"
+subscription="00000000-0000-0000-0000-00000000c0de"
+management_resource="https://management.azure.com/"
+server_app="6256c85f-0aad-4d50-b960-e6e9b21efe35"
+
+log() { printf 'sandbox: %s\n' "$*" >&2; }
+
+# Prints the last lines of a component's log and fails.
+die_with_log() {
+  local name="$1" msg="$2"
+  log "$msg"
+  if [ -f "$dir/logs/$name.log" ]; then
+    echo "---- last lines of $dir/logs/$name.log ----" >&2
+    tail -n 30 "$dir/logs/$name.log" >&2
+    echo "----" >&2
+  fi
+  exit 1
+}
+
+# start NAME CMD... : runs CMD in the background with its log and PID file.
+start() {
+  local name="$1"; shift
+  "$@" >"$dir/logs/$name.log" 2>&1 &
+  echo $! >"$dir/pids/$name.pid"
+}
+
+# wait_ready NAME FILE [SECONDS]: waits for FILE while NAME is alive.
+wait_ready() {
+  local name="$1" file="$2" limit="${3:-30}" pid
+  pid="$(cat "$dir/pids/$name.pid")"
+  for _ in $(seq 1 $((limit * 10))); do
+    [ -s "$file" ] && return 0
+    kill -0 "$pid" 2>/dev/null || die_with_log "$name" "$name exited before it was ready"
+    sleep 0.1
+  done
+  die_with_log "$name" "$name was not ready within ${limit}s"
+}
+
+json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); const p=process.argv[2].split("."); let x=v; for (const k of p) x=x[k]; console.log(x)' "$1" "$2"; }
+
+down() {
+  [ -d "$dir/pids" ] || return 0
+  local pids=()
+  for f in "$dir"/pids/*.pid; do
+    [ -f "$f" ] || continue
+    local pid; pid="$(cat "$f")"
+    kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+    rm -f "$f"
+  done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && return 0
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+
+up() {
+  down
+  rm -rf "$dir/state" "$dir/logs" "$dir/pids"
+  mkdir -p "$dir/state" "$dir/logs" "$dir/pids"
+  chmod 700 "$dir/state"
+  local s="$dir/state"
+  [ -x "$bin/clusterconnect-relay" ] || { log "no binaries in $bin; build first"; exit 1; }
+  [ -d "$fixtures/node_modules" ] || { log "test fixtures not installed; run scripts/setup.sh"; exit 1; }
+
+  # Certificates for the stand-in API server (its own CA, like a cluster's).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=sandbox cluster CA" \
+    -keyout "$s/apiserver-ca.key" -out "$s/apiserver-ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$s/apiserver.key" -out "$s/apiserver.csr" 2>/dev/null
+  openssl x509 -req -in "$s/apiserver.csr" -CA "$s/apiserver-ca.crt" -CAkey "$s/apiserver-ca.key" -CAcreateserial \
+    -days 2 -out "$s/apiserver.crt" \
+    -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n') 2>/dev/null
+
+  # 1. Identity provider.
+  start idp node "$fixtures/idp/server.js" --port 0 --tenant "$tenant" --ready-file "$s/idp.ready" \
+    --state-dir "$s/idp" --admin
+  wait_ready idp "$s/idp.ready"
+  local authority; authority="$(json "$s/idp.ready" authority)"
+  log "identity provider: $authority (tenant $tenant)"
+
+  # 2. Stand-in API server. The agent's service account may impersonate.
+  local agent_token ci_token
+  agent_token="$(openssl rand -hex 24)"; ci_token="$(openssl rand -hex 24)"
+  printf '%s\n' "$agent_token" >"$s/agent-sa.token"; chmod 600 "$s/agent-sa.token"
+  printf '%s\n' "$ci_token" >"$s/ci-sa.token"; chmod 600 "$s/ci-sa.token"
+  cat >"$s/apiserver-tokens.json" <<JSON
+{"tokens": [
+  {"token": "$agent_token", "user": "system:serviceaccount:clusterconnect:clusterconnect-agent", "uid": "agent-uid",
+   "groups": ["system:serviceaccounts", "system:serviceaccounts:clusterconnect"], "can_impersonate": true},
+  {"token": "$ci_token", "user": "system:serviceaccount:default:ci", "uid": "ci-uid",
+   "groups": ["system:serviceaccounts", "system:serviceaccounts:default"]}
+]}
+JSON
+  chmod 600 "$s/apiserver-tokens.json"
+  start apiserver node "$fixtures/apiserver/server.js" --port 0 --cert "$s/apiserver.crt" --key "$s/apiserver.key" \
+    --ready-file "$s/apiserver.ready" --tokens "$s/apiserver-tokens.json" --log "$dir/logs/apiserver-requests.jsonl"
+  wait_ready apiserver "$s/apiserver.ready"
+  local api_port; api_port="$(json "$s/apiserver.ready" port)"
+  log "stand-in API server: https://127.0.0.1:$api_port"
+
+  # 3. Relay: registry with cluster demo in resource group sandbox.
+  openssl rand -base64 32 | tr -d '\n' >"$s/listen.key"; chmod 600 "$s/listen.key"
+  openssl rand -base64 32 | tr -d '\n' >"$s/connect.key"; chmod 600 "$s/connect.key"
+  local principals; principals="$(node -e '
+    const fs=require("fs"); const d=process.argv[1];
+    const p=JSON.parse(fs.readFileSync(d+"/principals.json","utf8"));
+    console.log(JSON.stringify(p.map(x=>({principal:x.oid, role:"Azure Arc Kubernetes Cluster User"}))))' "$s/idp")"
+  cat >"$s/relay.json" <<JSON
+{"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
+   "hybrid_connection": "clusters/$subscription/sandbox/demo",
+   "keys": [{"name": "listen", "rights": ["listen"], "secret_file": "listen.key"},
+            {"name": "connect", "rights": ["connect"], "secret_file": "connect.key"}],
+   "role_assignments": $principals}],
+ "management": {"tenants": ["$tenant"], "audiences": ["$management_resource"], "authority": "$authority",
+                "allow_http_loopback": true, "token_lifetime_seconds": 3600}}
+JSON
+  start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
+    --ready-file "$s/relay.ready"
+  wait_ready relay "$s/relay.ready"
+  local relay_port relay_ca
+  relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
+  log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
+
+  # 4. Agent: two tunnels, Entra mode, impersonating through the stand-in.
+  start agent "$bin/clusterconnect-agent" \
+    --relay-url "wss://127.0.0.1:$relay_port/\$hc/clusters/$subscription/sandbox/demo" --relay-ca-file "$relay_ca" \
+    --listen-key-name listen --listen-key-file "$s/listen.key" --tunnels 2 --mode both \
+    --tenant "$tenant" --authority "$authority" --allow-http-loopback-authority \
+    --apiserver-url "https://127.0.0.1:$api_port" --apiserver-ca-file "$s/apiserver-ca.crt" \
+    --token-file "$s/agent-sa.token" --health-listen 127.0.0.1:0 --ready-file "$s/agent.ready" \
+    --audit-log "$dir/logs/agent-audit.jsonl"
+  wait_ready agent "$s/agent.ready"
+  log "agent: connected with 2 tunnels (health on port $(json "$s/agent.ready" health_port))"
+
+  # What a user's shell needs for `connectedk8s proxy -n demo -g sandbox`.
+  local sp_client sp_secret
+  sp_client="$(json "$s/idp/clients.json" secret.client_id)"
+  sp_secret="$(json "$s/idp/clients.json" secret.client_secret)"
+  cat >"$dir/env.sh" <<ENV
+# Source this file to use the sandbox: connectedk8s proxy -n demo -g sandbox
+export PATH="$bin:\$PATH"
+export AZURE_TENANT_ID="$tenant"
+export AZURE_CLIENT_ID="$sp_client"
+export AZURE_CLIENT_SECRET="$sp_secret"
+export AZURE_AUTHORITY_HOST="$authority"
+export AZURE_SUBSCRIPTION_ID="$subscription"
+export CONNECTEDK8S_ENDPOINT="https://127.0.0.1:$relay_port"
+export CONNECTEDK8S_CA_FILE="$relay_ca"
+export CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY=1
+export XDG_CONFIG_HOME="$dir/home/config"
+export XDG_CACHE_HOME="$dir/home/cache"
+export SANDBOX_CI_TOKEN="$ci_token"
+ENV
+  chmod 600 "$dir/env.sh"
+  log "ready: source $dir/env.sh"
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down DIR [BIN_DIR]" >&2; exit 2 ;;
+esac
