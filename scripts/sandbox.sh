@@ -7,6 +7,9 @@
 #   scripts/sandbox.sh down DIR           stop what `up` started (by PID files)
 #
 # After `up`, `source DIR/env.sh` and run `connectedk8s proxy -n demo -g sandbox`.
+#
+# SANDBOX_UPSTREAM_URL / SANDBOX_UPSTREAM_CA point the agent at another HTTPS
+# backend instead of the stand-in API server (benchmarks use nginx).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -150,7 +153,8 @@ JSON
     --relay-url "wss://127.0.0.1:$relay_port/\$hc/clusters/$subscription/sandbox/demo" --relay-ca-file "$relay_ca" \
     --listen-key-name listen --listen-key-file "$s/listen.key" --tunnels 2 --mode both \
     --tenant "$tenant" --authority "$authority" --allow-http-loopback-authority \
-    --apiserver-url "https://127.0.0.1:$api_port" --apiserver-ca-file "$s/apiserver-ca.crt" \
+    --apiserver-url "${SANDBOX_UPSTREAM_URL:-https://127.0.0.1:$api_port}" \
+    --apiserver-ca-file "${SANDBOX_UPSTREAM_CA:-$s/apiserver-ca.crt}" \
     --token-file "$s/agent-sa.token" --health-listen 127.0.0.1:0 --ready-file "$s/agent.ready" \
     --audit-log "$dir/logs/agent-audit.jsonl"
   wait_ready agent "$s/agent.ready"
