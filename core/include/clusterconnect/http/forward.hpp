@@ -1,0 +1,110 @@
+#pragma once
+// The HTTP/1.1 forwarding engine shared by the local proxy (inbound = TLS from
+// kubectl, upstream = a tunnel stream) and the agent (inbound = a tunnel
+// stream, upstream = TLS to the API server). Bodies are streamed, never
+// buffered whole; upgraded connections (exec, attach, port-forward) become
+// byte pipes. Free of Beast: the parser lives in core/src/http.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "clusterconnect/asio_fwd.hpp"
+#include "clusterconnect/stream.hpp"
+#include "clusterconnect/unique_function.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace clusterconnect::http {
+
+struct Header {
+  std::string name, value;
+};
+
+// One inbound request as the policy sees it. Hop-by-hop headers (Connection
+// and the headers it names, Keep-Alive, Proxy-Connection, TE, Trailer,
+// Transfer-Encoding, Upgrade) and Content-Length are not in `headers`: the
+// engine owns framing and upgrades and re-adds them when forwarding.
+struct RequestHead {
+  std::string method, target;
+  unsigned version = 11;  // 10 or 11
+  std::vector<Header> headers;
+  bool upgrade = false;      // a WebSocket or SPDY upgrade request (read-only)
+  std::string upgrade_protocol;  // the Upgrade header's value when `upgrade`
+
+  // Header names compare case-insensitively.
+  const std::string* find(std::string_view name) const;
+  std::vector<std::string> all(std::string_view name) const;
+  void set(std::string name, std::string value);  // replaces every occurrence
+  void add(std::string name, std::string value);
+  std::size_t remove(std::string_view name);
+  std::size_t remove_prefix(std::string_view prefix);
+};
+
+// A response the engine writes itself (policy rejection, 502, 431, ...).
+struct Reply {
+  unsigned status = 500;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<Header> headers;
+};
+
+// A Kubernetes metav1 Status body, which kubectl prints as the error message:
+// {"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+//  "message":message,"reason":reason,"code":code}
+Reply status_reply(unsigned code, std::string reason, std::string message);
+
+// What happened to one request, for audit logs and metrics. bytes_in/out are
+// body bytes (request/response), or piped bytes after an upgrade.
+struct ExchangeRecord {
+  std::string method, target, user;
+  std::vector<std::string> groups;
+  unsigned status = 0;
+  std::uint64_t bytes_in = 0, bytes_out = 0;
+  std::chrono::microseconds duration{};
+  bool upgraded = false;
+};
+
+struct Decision {
+  bool forward = true;  // false: `reply` is sent instead
+  Reply reply;
+  std::string user;  // for the ExchangeRecord only
+  std::vector<std::string> groups;
+};
+
+// One per server, shared by all its connections: must be thread-safe.
+class ForwardPolicy {
+ public:
+  virtual ~ForwardPolicy() = default;
+  // Rewrite `head` in place (it is forwarded after done(Decision{forward=true}))
+  // or answer it. `head` stays valid until `done` is called; `done` may be
+  // called from any thread, at most once.
+  virtual void on_request(RequestHead& head, UniqueFunction<void(Decision)> done) = 0;
+  virtual void on_complete(const ExchangeRecord&) noexcept {}
+};
+
+using ConnectHandler = UniqueFunction<void(error_code, StreamPtr, std::string reason)>;
+// Opens a new upstream stream. Called on the session's strand; may complete on
+// any thread. `reason` becomes the 502 message kubectl shows.
+using UpstreamConnector = std::function<void(ConnectHandler)>;
+
+struct Limits {
+  std::size_t header_limit = 64 * 1024;                   // request and response heads
+  std::uint64_t body_limit = 3 * 1024 * 1024 * 1024ull;   // per request body; streamed, never buffered
+  std::chrono::seconds header_timeout{30};  // from the first byte of a request to its end of head
+  std::chrono::seconds idle_timeout{300};   // waiting for the next request on a kept-alive connection
+};
+
+// Serves HTTP/1.1 on `inbound` until it closes; runs on its own strand of `io`.
+// One upstream connection per inbound connection, opened on the first
+// forwarded request and reopened when it closed.
+void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
+           UpstreamConnector connector, Limits limits, std::shared_ptr<spdlog::logger> logger);
+
+}  // namespace clusterconnect::http

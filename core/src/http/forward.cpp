@@ -1,0 +1,903 @@
+// The forwarding engine. The only Beast HTTP translation unit of core.
+//
+// One Session per inbound connection, on its own strand. Per request:
+//   read head -> policy -> (connect upstream) -> two concurrent pumps:
+//     A: request head + body, inbound -> upstream
+//     B: response head(s) + body, upstream -> inbound
+//   -> when both are done: next request, close, or (after 101) two raw pipes.
+// Running A and B concurrently lets an upstream answer early (401, 413,
+// 100-continue) without waiting for the whole request body.
+#include "clusterconnect/http/forward.hpp"
+
+#include <array>
+#include <cstdio>
+#include <limits>
+#include <optional>
+
+#include "clusterconnect/stream_adapter.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/status.hpp>
+#include <spdlog/spdlog.h>
+
+namespace clusterconnect::http {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using Strand = asio::strand<asio::io_context::executor_type>;
+using Clock = std::chrono::steady_clock;
+
+// Body bytes moved per read. Also the granularity of chunk re-encoding: a
+// chunk that arrives is forwarded as soon as it (or this much of it) is read.
+constexpr std::size_t kPumpBuffer = 64 * 1024;
+// Bytes read and dropped while closing, so a client's unread pipelined data
+// does not turn our close into a reset that destroys the response in flight.
+constexpr std::size_t kLingerBytes = 1024 * 1024;
+constexpr auto kLingerTime = std::chrono::seconds(2);
+
+char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (lower(a[i]) != lower(b[i])) return false;
+  return true;
+}
+
+bool istarts_with(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
+// RFC 9110 7.6.1: removed at every hop. Content-Length is not hop-by-hop but
+// the engine re-derives it from the framing it actually uses.
+bool is_hop_by_hop(std::string_view name) {
+  return iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "proxy-connection") ||
+         iequals(name, "te") || iequals(name, "trailer") || iequals(name, "transfer-encoding") ||
+         iequals(name, "upgrade");
+}
+
+// Comma-separated tokens of every Connection header, trimmed.
+template <class Fields>
+void connection_tokens(const Fields& fields, std::vector<std::string_view>& out) {
+  out.clear();
+  for (auto it = fields.find(bhttp::field::connection); it != fields.end() && it->name() == bhttp::field::connection;
+       ++it) {
+    std::string_view v = it->value();
+    while (!v.empty()) {
+      auto comma = v.find(',');
+      std::string_view tok = v.substr(0, comma);
+      while (!tok.empty() && (tok.front() == ' ' || tok.front() == '\t')) tok.remove_prefix(1);
+      while (!tok.empty() && (tok.back() == ' ' || tok.back() == '\t')) tok.remove_suffix(1);
+      if (!tok.empty() && out.size() < 64) out.push_back(tok);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+  }
+}
+
+bool is_http_error(const error_code& ec) {
+  return ec.category() == make_error_code(bhttp::error::end_of_stream).category();
+}
+
+// A parse error (as opposed to the stream ending early).
+bool is_malformed(const error_code& ec) {
+  return is_http_error(ec) && ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message;
+}
+
+bool named_in(std::string_view name, const std::vector<std::string_view>& tokens) {
+  for (auto t : tokens)
+    if (iequals(t, name)) return true;
+  return false;
+}
+
+bool is_token_char(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-': case '.':
+    case '^': case '_': case '`': case '|': case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool valid_name(std::string_view n) {
+  if (n.empty()) return false;
+  for (char c : n)
+    if (!is_token_char(c)) return false;
+  return true;
+}
+
+// Values from a policy must not smuggle a header or a second request.
+bool valid_value(std::string_view v) {
+  for (char c : v)
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  return true;
+}
+
+bool valid_target(std::string_view t) {
+  if (t.empty()) return false;
+  for (char c : t)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+void append_header(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name);
+  out.append(": ");
+  out.append(value);
+  out.append("\r\n");
+}
+
+void append_status_line(std::string& out, unsigned code, std::string_view reason) {
+  out.append("HTTP/1.1 ");
+  out.append(std::to_string(code));
+  out.push_back(' ');
+  out.append(reason);
+  out.append("\r\n");
+}
+
+std::string_view reason_phrase(unsigned code) {
+  auto r = bhttp::obsolete_reason(bhttp::int_to_status(code));
+  return r.empty() ? std::string_view("Unknown") : std::string_view(r.data(), r.size());
+}
+
+// Per upstream connection: the stream, its read buffer and its response
+// parser. Shared with pending operations so a retried or abandoned connection
+// never has its buffers reused underneath an operation still in flight.
+struct Upstream {
+  Upstream(StreamPtr s, asio::any_io_executor ex) : io(std::move(s), std::move(ex)) {}
+  StreamAdapter io;
+  beast::flat_buffer buffer;
+  std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
+  unsigned requests = 0;  // requests sent on it, for the retry rule
+};
+using UpstreamPtr = std::shared_ptr<Upstream>;
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
+          Limits limits, std::shared_ptr<spdlog::logger> logger)
+      : strand_(asio::make_strand(io)),
+        in_(std::move(inbound), strand_),
+        policy_(std::move(policy)),
+        connector_(std::move(connector)),
+        limits_(limits),
+        log_(std::move(logger)),
+        timer_(strand_),
+        a_buf_(new char[kPumpBuffer]),
+        b_buf_(new char[kPumpBuffer]) {
+    peer_ = in_.stream()->describe();
+  }
+
+  void start() {
+    asio::dispatch(strand_, [self = shared_from_this()] { self->wait_request(); });
+  }
+
+ private:
+  // ---- waiting for and reading a request head -------------------------------
+
+  void wait_request() {
+    rec_ = ExchangeRecord{};
+    head_.method.clear();
+    aborting_ = false;
+    req_.emplace();
+    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
+    req_->body_limit(limits_.body_limit);
+    if (in_buf_.size() > 0) {
+      // A pipelined request is already here.
+      arm_timer(limits_.header_timeout);
+      read_request_head();
+      return;
+    }
+    // Wait for the first byte with the idle timeout; the header timeout
+    // starts with it, so a slow sender cannot hold the connection for long.
+    arm_timer(limits_.idle_timeout);
+    in_reading_ = true;
+    in_.async_read_some(in_buf_.prepare(16 * 1024), [self = shared_from_this()](error_code ec, std::size_t n) {
+      self->in_reading_ = false;
+      self->in_buf_.commit(n);
+      if (ec) {
+        self->cancel_timer();
+        if (ec != asio::error::eof) self->log_failure(ec, "read request");
+        return self->close_session();
+      }
+      self->arm_timer(self->limits_.header_timeout);
+      self->read_request_head();
+    });
+  }
+
+  void read_request_head() {
+    in_reading_ = true;
+    bhttp::async_read_header(in_, in_buf_, *req_, [self = shared_from_this()](error_code ec, std::size_t) {
+      self->in_reading_ = false;
+      self->cancel_timer();
+      self->on_request_head(ec);
+    });
+  }
+
+  void on_request_head(error_code ec) {
+    if (ec) {
+      if (ec == bhttp::error::header_limit)
+        return reply_and_close(status_reply(431, "RequestHeaderFieldsTooLarge",
+                                            "request header exceeds the limit of " +
+                                                std::to_string(limits_.header_limit) + " bytes"));
+      if (ec == bhttp::error::body_limit)
+        return reply_and_close(status_reply(
+            413, "RequestEntityTooLarge",
+            "request body exceeds the limit of " + std::to_string(limits_.body_limit) + " bytes"));
+      if (is_malformed(ec))
+        return reply_and_close(status_reply(400, "BadRequest", "malformed HTTP request: " + ec.message()));
+      if (timed_out_) log_failure(ec, "request head timed out");
+      else log_failure(ec, "read request head");
+      return close_session();
+    }
+    auto& m = req_->get();
+    if (m.version() != 10 && m.version() != 11)
+      return reply_and_close(status_reply(400, "BadRequest", "unsupported HTTP version"));
+
+    head_.method.assign(m.method_string());
+    head_.target.assign(m.target());
+    head_.version = m.version();
+    head_.headers.clear();
+    head_.upgrade = false;
+    head_.upgrade_protocol.clear();
+    connection_tokens(m, tokens_);
+    bool upgrade_token = false;
+    for (auto t : tokens_)
+      if (iequals(t, "upgrade")) upgrade_token = true;
+    for (const auto& f : m) {
+      std::string_view name = f.name_string();
+      if (iequals(name, "upgrade") && upgrade_token && head_.version == 11) {
+        std::string_view v = f.value();
+        if (iequals(v, "websocket") || istarts_with(v, "spdy/")) {
+          head_.upgrade = true;
+          head_.upgrade_protocol.assign(v);
+        }
+        continue;
+      }
+      if (is_hop_by_hop(name) || iequals(name, "content-length") || named_in(name, tokens_)) continue;
+      head_.headers.push_back({std::string(name), std::string(f.value())});
+    }
+    req_chunked_ = req_->chunked();
+    req_length_ = req_->content_length() ? *req_->content_length() : 0;
+    req_has_body_ = !req_->is_done();
+    client_keep_alive_ = req_->keep_alive();
+
+    rec_ = ExchangeRecord{};
+    rec_.method = head_.method;
+    rec_.target = head_.target;
+    started_ = Clock::now();
+    retried_ = false;
+
+    try {
+      policy_->on_request(head_, [self = shared_from_this()](Decision d) mutable {
+        asio::dispatch(self->strand_, [self, d = std::move(d)]() mutable { self->on_decision(std::move(d)); });
+      });
+    } catch (const std::exception& e) {
+      log_failure({}, std::string("policy threw: ") + e.what());
+      reply_and_continue(status_reply(500, "InternalError", "request could not be processed"));
+    }
+  }
+
+  void on_decision(Decision d) {
+    rec_.user = std::move(d.user);
+    rec_.groups = std::move(d.groups);
+    if (!d.forward) return reply_and_continue(std::move(d.reply));
+    if (!build_request_wire())
+      return reply_and_continue(status_reply(500, "InternalError", "request headers could not be forwarded"));
+    attempt_request();
+  }
+
+  // The request head as sent upstream: always HTTP/1.1, framing re-derived.
+  bool build_request_wire() {
+    if (!valid_name(head_.method) || !valid_target(head_.target)) return false;
+    req_wire_.clear();
+    req_wire_.append(head_.method);
+    req_wire_.push_back(' ');
+    req_wire_.append(head_.target);
+    req_wire_.append(" HTTP/1.1\r\n");
+    for (const auto& h : head_.headers) {
+      if (!valid_name(h.name) || !valid_value(h.value)) return false;
+      // A policy must not reintroduce framing or hop-by-hop headers.
+      if (is_hop_by_hop(h.name) || iequals(h.name, "content-length")) continue;
+      append_header(req_wire_, h.name, h.value);
+    }
+    if (req_chunked_) append_header(req_wire_, "Transfer-Encoding", "chunked");
+    else if (req_has_body_ || req_->content_length()) append_header(req_wire_, "Content-Length", std::to_string(req_length_));
+    if (head_.upgrade) {
+      append_header(req_wire_, "Connection", "Upgrade");
+      append_header(req_wire_, "Upgrade", head_.upgrade_protocol);
+    }
+    req_wire_.append("\r\n");
+    return true;
+  }
+
+  // ---- upstream connection ----------------------------------------------------
+
+  void attempt_request() {
+    if (up_) return send_request();
+    connector_([self = shared_from_this()](error_code ec, StreamPtr stream, std::string reason) mutable {
+      asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason)]() mutable {
+        self->on_upstream(ec, std::move(stream), std::move(reason));
+      });
+    });
+  }
+
+  void on_upstream(error_code ec, StreamPtr stream, std::string reason) {
+    if (ec || !stream) {
+      if (reason.empty()) reason = "cannot reach the upstream: " + (ec ? ec.message() : std::string("no stream"));
+      log_failure(ec, "connect upstream: " + reason);
+      return reply_and_continue(status_reply(502, "BadGateway", std::move(reason)));
+    }
+    up_ = std::make_shared<Upstream>(std::move(stream), strand_);
+    send_request();
+  }
+
+  void send_request() {
+    ++attempt_;
+    ++up_->requests;
+    req_done_ = res_done_ = false;
+    request_failed_ = false;
+    interim_ = false;
+    response_started_ = false;
+    upgrade_ = false;
+    up_keep_alive_ = true;
+    close_after_ = !client_keep_alive_;
+    read_response_head(up_);
+    if (!req_has_body_ || in_buf_.size() == 0) {
+      // Head alone: the body may wait for 100-continue, and a head that
+      // waits for body bytes would delay the exchange.
+      write_request(up_, true, 0, !req_has_body_);
+    } else {
+      read_request_body(up_, true);
+    }
+  }
+
+  // ---- pump A: request body, inbound -> upstream -----------------------------
+
+  void read_request_body(UpstreamPtr up, bool with_head) {
+    auto& body = req_->get().body();
+    body.data = a_buf_.get();
+    body.size = kPumpBuffer;
+    in_reading_ = true;
+    bhttp::async_read_some(in_, in_buf_, *req_,
+                           [self = shared_from_this(), up = std::move(up), with_head, attempt = attempt_](
+                               error_code ec, std::size_t) mutable {
+                             self->in_reading_ = false;
+                             if (ec == bhttp::error::need_buffer) ec = {};
+                             self->on_request_body(ec, std::move(up), with_head, attempt);
+                           });
+  }
+
+  void on_request_body(error_code ec, UpstreamPtr up, bool with_head, unsigned attempt) {
+    if (aborting_ || attempt != attempt_) return;
+    if (ec) {
+      if (ec == bhttp::error::body_limit)
+        return abort_exchange(status_reply(413, "RequestEntityTooLarge",
+                                           "request body exceeds the limit of " + std::to_string(limits_.body_limit) +
+                                               " bytes"));
+      if (is_malformed(ec))
+        return abort_exchange(status_reply(400, "BadRequest", "malformed request body: " + ec.message()));
+      log_failure(ec, "read request body");
+      return abort_exchange(std::nullopt);
+    }
+    std::size_t n = kPumpBuffer - req_->get().body().size;
+    rec_.bytes_in += n;
+    write_request(std::move(up), with_head, n, req_->is_done());
+  }
+
+  void write_request(UpstreamPtr up, bool with_head, std::size_t n, bool last) {
+    std::size_t k = 0;
+    a_out_.fill(asio::const_buffer());
+    if (with_head) a_out_[k++] = asio::buffer(req_wire_);
+    if (n > 0) {
+      if (req_chunked_) {
+        int len = std::snprintf(a_chunk_, sizeof a_chunk_, "%zx\r\n", n);
+        a_out_[k++] = asio::buffer(a_chunk_, static_cast<std::size_t>(len));
+        a_out_[k++] = asio::buffer(a_buf_.get(), n);
+        a_out_[k++] = asio::buffer("\r\n", 2);
+      } else {
+        a_out_[k++] = asio::buffer(a_buf_.get(), n);
+      }
+    }
+    if (last && req_chunked_) a_out_[k++] = asio::buffer("0\r\n\r\n", 5);
+    if (k == 0) {
+      if (!last) return read_request_body(std::move(up), false);  // only chunk framing was parsed
+      req_done_ = true;
+      return maybe_finish();
+    }
+    auto& io = up->io;
+    asio::async_write(io, a_out_,
+                      [self = shared_from_this(), up = std::move(up), last, attempt = attempt_](error_code ec,
+                                                                                                std::size_t) mutable {
+                        if (self->aborting_ || attempt != self->attempt_) return;
+                        if (ec) {
+                          self->log_failure(ec, "write request upstream");
+                          self->req_done_ = true;
+                          self->request_failed_ = true;
+                          // The upstream answered and went away before
+                          // taking the whole body: the answer stands.
+                          if (self->res_done_) return self->maybe_finish();
+                          // Otherwise pump B sees the broken upstream and
+                          // decides between a retry, a 502 and a reset. A
+                          // body already half sent cannot be retried.
+                          if (self->req_has_body_) up->io.stream()->reset("request write failed");
+                          return;
+                        }
+                        if (!last) return self->read_request_body(std::move(up), false);
+                        self->req_done_ = true;
+                        self->maybe_finish();
+                      });
+  }
+
+  // ---- pump B: response, upstream -> inbound ---------------------------------
+
+  void read_response_head(UpstreamPtr up) {
+    up->parser.emplace();
+    up->parser->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
+    // Watches and logs never end. Not boost::none: Beast 1.74 compares a
+    // Content-Length against an empty optional as "over the limit".
+    up->parser->body_limit(std::numeric_limits<std::uint64_t>::max());
+    if (head_.method == "HEAD") up->parser->skip(true);
+    auto& io = up->io;
+    auto& buffer = up->buffer;
+    auto& parser = *up->parser;
+    bhttp::async_read_header(io, buffer, parser,
+                             [self = shared_from_this(), up = std::move(up), attempt = attempt_](
+                                 error_code ec, std::size_t) mutable {
+                               self->on_response_head(ec, std::move(up), attempt);
+                             });
+  }
+
+  void on_response_head(error_code ec, UpstreamPtr up, unsigned attempt) {
+    if (aborting_ || attempt != attempt_) return;
+    if (ec) return upstream_failed(ec, std::move(up));
+    auto& p = *up->parser;
+    auto& m = p.get();
+    const unsigned status = m.result_int();
+    rec_.status = status;
+    res_chunked_ = false;
+
+    res_wire_.clear();
+    std::string_view reason = m.reason();
+    append_status_line(res_wire_, status, reason.empty() || !valid_value(reason) ? reason_phrase(status) : reason);
+    connection_tokens(m, tokens_);
+    const bool bodiless = (status >= 100 && status < 200) || status == 204 || status == 304 || head_.method == "HEAD";
+    // The framing headers of a 304 or a HEAD response describe the resource,
+    // not this message: they are kept as sent.
+    const bool keep_framing = status == 304 || head_.method == "HEAD";
+    for (const auto& f : m) {
+      std::string_view name = f.name_string();
+      if (iequals(name, "upgrade")) {
+        if (status == 101) append_header(res_wire_, name, f.value());
+        continue;
+      }
+      if (iequals(name, "transfer-encoding") || iequals(name, "content-length")) {
+        if (keep_framing) append_header(res_wire_, name, f.value());
+        continue;
+      }
+      if (is_hop_by_hop(name) || named_in(name, tokens_)) continue;
+      append_header(res_wire_, name, f.value());
+    }
+
+    if (status == 101) {
+      if (!head_.upgrade) return upstream_protocol_error(std::move(up), "upstream switched protocols unasked");
+      append_header(res_wire_, "Connection", "Upgrade");
+      res_wire_.append("\r\n");
+      upgrade_ = true;
+      rec_.upgraded = true;
+      return write_response(std::move(up), true, 0, true);
+    }
+    interim_ = false;
+    if (status >= 100 && status < 200) {
+      // Interim response (100 Continue, 103 Early Hints): relay it and
+      // wait for the final one.
+      res_wire_.append("\r\n");
+      interim_ = true;
+      return write_response(std::move(up), true, 0, false);
+    }
+    up_keep_alive_ = p.keep_alive();
+    if (!bodiless) {
+      if (auto len = p.content_length()) {
+        append_header(res_wire_, "Content-Length", std::to_string(*len));
+      } else if (p.chunked() && head_.version == 11) {
+        append_header(res_wire_, "Transfer-Encoding", "chunked");
+        res_chunked_ = true;
+      } else {
+        // Close-delimited (or chunked to an HTTP/1.0 client): the end of the
+        // body is the end of the connection.
+        close_after_ = true;
+      }
+    }
+    if (close_after_) append_header(res_wire_, "Connection", "close");
+    else if (head_.version == 10) append_header(res_wire_, "Connection", "keep-alive");
+    res_wire_.append("\r\n");
+
+    if (p.is_done()) return write_response(std::move(up), true, 0, true);
+    if (up->buffer.size() > 0) return read_response_body(std::move(up), true);
+    // Nothing of the body is here yet (a watch): the head goes now.
+    write_response(std::move(up), true, 0, false);
+  }
+
+  void read_response_body(UpstreamPtr up, bool with_head) {
+    auto& body = up->parser->get().body();
+    body.data = b_buf_.get();
+    body.size = kPumpBuffer;
+    auto& io = up->io;
+    auto& buffer = up->buffer;
+    auto& parser = *up->parser;
+    bhttp::async_read_some(io, buffer, parser,
+                           [self = shared_from_this(), up = std::move(up), with_head, attempt = attempt_](
+                               error_code ec, std::size_t) mutable {
+                             if (self->aborting_ || attempt != self->attempt_) return;
+                             if (ec == bhttp::error::need_buffer) ec = {};
+                             if (ec) {
+                               // The response is under way: the client can
+                               // only learn of the truncation by a reset.
+                               self->log_failure(ec, "read response body");
+                               return self->abort_exchange(std::nullopt);
+                             }
+                             std::size_t n = kPumpBuffer - up->parser->get().body().size;
+                             self->rec_.bytes_out += n;
+                             self->write_response(std::move(up), with_head, n, up->parser->is_done());
+                           });
+  }
+
+  void write_response(UpstreamPtr up, bool with_head, std::size_t n, bool last) {
+    if (with_head) response_started_ = true;
+    std::size_t k = 0;
+    b_out_.fill(asio::const_buffer());
+    if (with_head) b_out_[k++] = asio::buffer(res_wire_);
+    if (n > 0) {
+      if (res_chunked_) {
+        int len = std::snprintf(b_chunk_, sizeof b_chunk_, "%zx\r\n", n);
+        b_out_[k++] = asio::buffer(b_chunk_, static_cast<std::size_t>(len));
+        b_out_[k++] = asio::buffer(b_buf_.get(), n);
+        b_out_[k++] = asio::buffer("\r\n", 2);
+      } else {
+        b_out_[k++] = asio::buffer(b_buf_.get(), n);
+      }
+    }
+    if (last && res_chunked_ && !interim_) b_out_[k++] = asio::buffer("0\r\n\r\n", 5);
+    if (k == 0) {
+      // Only framing was parsed, or a close-delimited body just ended.
+      if (!last) return read_response_body(std::move(up), false);
+      res_done_ = true;
+      return maybe_finish();
+    }
+    asio::async_write(in_, b_out_,
+                      [self = shared_from_this(), up = std::move(up), last, attempt = attempt_](error_code ec,
+                                                                                                std::size_t) mutable {
+                        if (self->aborting_ || attempt != self->attempt_) return;
+                        if (ec) {
+                          self->log_failure(ec, "write response");
+                          return self->abort_exchange(std::nullopt);
+                        }
+                        if (self->interim_) {
+                          self->interim_ = false;
+                          return self->read_response_head(std::move(up));
+                        }
+                        if (!last) return self->read_response_body(std::move(up), false);
+                        self->res_done_ = true;
+                        self->maybe_finish();
+                      });
+  }
+
+  // Before any response byte reached the client.
+  void upstream_failed(error_code ec, UpstreamPtr up) {
+    log_failure(ec, "read response head");
+    up->io.stream()->reset("upstream failed");
+    if (up_ == up) up_.reset();
+    // A kept-alive upstream may have closed just as the request went out:
+    // retry once on a new connection when nothing of the request could have
+    // been acted on twice (no body, and not the connection's first request).
+    const bool reused = up->requests > 1;
+    if (reused && !retried_ && !req_has_body_ && !response_started_ &&
+        (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+         ec == asio::error::broken_pipe)) {
+      retried_ = true;
+      return attempt_request();
+    }
+    if (ec == bhttp::error::header_limit)
+      return finish_with_reply(status_reply(502, "BadGateway", "upstream response header exceeds the limit"));
+    if (is_malformed(ec))
+      return finish_with_reply(status_reply(502, "BadGateway", "upstream sent an invalid response: " + ec.message()));
+    finish_with_reply(status_reply(502, "BadGateway", "upstream closed the connection before responding"));
+  }
+
+  void upstream_protocol_error(UpstreamPtr up, std::string what) {
+    log_failure({}, what);
+    up->io.stream()->reset(what);
+    if (up_ == up) up_.reset();
+    if (!response_started_) return finish_with_reply(status_reply(502, "BadGateway", what));
+    abort_exchange(std::nullopt);
+  }
+
+  // A reply instead of the upstream's response, mid-exchange. Pump A may still
+  // be reading the request body; the connection closes after the reply then.
+  void finish_with_reply(Reply reply) {
+    ++attempt_;  // stale pump operations stop here
+    if (!req_done_ && req_has_body_) {
+      aborting_ = true;
+      return reply_and_close(std::move(reply));
+    }
+    reply_and_continue(std::move(reply));
+  }
+
+  // The exchange cannot complete. Before the response started, the client
+  // gets `reply` (if any) and a close; after, a reset.
+  void abort_exchange(std::optional<Reply> reply) {
+    aborting_ = true;
+    if (up_) {
+      up_->io.stream()->reset("exchange aborted");
+      up_.reset();
+    }
+    if (reply && !response_started_) return reply_and_close(std::move(*reply));
+    rec_.status = rec_.status ? rec_.status : 499;
+    complete_record();
+    in_.stream()->reset("exchange aborted");
+  }
+
+  // ---- end of an exchange ---------------------------------------------------
+
+  void maybe_finish() {
+    if (!req_done_ || !res_done_) return;
+    if (upgrade_) return start_pipes();
+    complete_record();
+    if (request_failed_) close_after_ = true;
+    if (!up_keep_alive_ || request_failed_) release_upstream();
+    if (close_after_) return close_session();
+    wait_request();
+  }
+
+  void complete_record() {
+    rec_.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_);
+    try {
+      policy_->on_complete(rec_);
+    } catch (...) {
+    }
+  }
+
+  void release_upstream() {
+    if (!up_) return;
+    auto up = std::move(up_);
+    auto s = up->io.stream();
+    s->async_shutdown_send([s](error_code) {});
+  }
+
+  // ---- replies the engine writes itself ---------------------------------------
+
+  void serialize_reply(const Reply& r, bool close) {
+    res_wire_.clear();
+    append_status_line(res_wire_, r.status, reason_phrase(r.status));
+    if (!r.content_type.empty() && valid_value(r.content_type)) append_header(res_wire_, "Content-Type", r.content_type);
+    append_header(res_wire_, "Content-Length", std::to_string(r.body.size()));
+    for (const auto& h : r.headers) {
+      if (!valid_name(h.name) || !valid_value(h.value) || is_hop_by_hop(h.name) || iequals(h.name, "content-length") ||
+          iequals(h.name, "content-type"))
+        continue;
+      append_header(res_wire_, h.name, h.value);
+    }
+    if (close) append_header(res_wire_, "Connection", "close");
+    res_wire_.append("\r\n");
+    if (head_.method != "HEAD") res_wire_.append(r.body);
+  }
+
+  // Answers the current request and keeps the connection when the request
+  // was read completely; otherwise the unread body forces a close.
+  void reply_and_continue(Reply reply) {
+    const bool keep = client_keep_alive_ && req_->is_done() && !aborting_ && !in_reading_;
+    if (!keep) return reply_and_close(std::move(reply));
+    rec_.status = reply.status;
+    serialize_reply(reply, false);
+    asio::async_write(in_, asio::buffer(res_wire_), [self = shared_from_this()](error_code ec, std::size_t) {
+      self->complete_record();
+      if (ec) {
+        self->log_failure(ec, "write reply");
+        return self->close_session();
+      }
+      self->wait_request();
+    });
+  }
+
+  void reply_and_close(Reply reply) {
+    aborting_ = true;
+    rec_.status = reply.status;
+    serialize_reply(reply, true);
+    asio::async_write(in_, asio::buffer(res_wire_), [self = shared_from_this()](error_code ec, std::size_t) {
+      if (!self->rec_.method.empty()) self->complete_record();
+      if (ec) self->log_failure(ec, "write reply");
+      self->close_session();
+    });
+  }
+
+  // ---- closing ----------------------------------------------------------------
+
+  // Half-closes the inbound stream and drains what the client still sends
+  // for a moment, so that our close does not become a reset that discards
+  // the response the client has not read yet.
+  void close_session() {
+    if (closing_) return;
+    closing_ = true;
+    cancel_timer();
+    release_upstream();
+    auto self = shared_from_this();
+    in_.stream()->async_shutdown_send([self](error_code ec) {
+      asio::dispatch(self->strand_, [self, ec] {
+        if (ec || self->in_reading_) return;  // nothing to linger for, or a pump still reads
+        self->timer_.expires_after(kLingerTime);
+        self->timer_.async_wait([self](error_code e) {
+          if (!e) self->in_.stream()->reset("closing");
+        });
+        self->linger();
+      });
+    });
+  }
+
+  void linger() {
+    in_.async_read_some(asio::buffer(a_buf_.get(), kPumpBuffer), [self = shared_from_this()](error_code ec,
+                                                                                             std::size_t n) {
+      self->lingered_ += n;
+      if (ec || self->lingered_ > kLingerBytes) {
+        self->timer_.cancel();
+        return;
+      }
+      self->linger();
+    });
+  }
+
+  // ---- upgraded connections -------------------------------------------------
+
+  void start_pipes() {
+    auto up = up_;
+    up_.reset();  // never reused for another request
+    if (!up) return close_session();
+    pipes_open_ = 2;
+    // Bytes that arrived behind the heads belong to the new protocol.
+    pipe_flush(up, true);
+    pipe_flush(up, false);
+  }
+
+  // inbound -> upstream when `to_upstream`, else upstream -> inbound.
+  void pipe_flush(UpstreamPtr up, bool to_upstream) {
+    beast::flat_buffer& pending = to_upstream ? in_buf_ : up->buffer;
+    if (pending.size() == 0) return pipe_read(std::move(up), to_upstream);
+    auto data = pending.data();
+    auto write = [self = shared_from_this(), up, to_upstream](error_code ec, std::size_t) mutable {
+      if (ec) return self->pipe_failed(ec, std::move(up));
+      (to_upstream ? self->in_buf_ : up->buffer).consume(SIZE_MAX);
+      self->pipe_read(std::move(up), to_upstream);
+    };
+    if (to_upstream) {
+      rec_.bytes_in += data.size();
+      asio::async_write(up->io, data, std::move(write));
+    } else {
+      rec_.bytes_out += data.size();
+      asio::async_write(in_, data, std::move(write));
+    }
+  }
+
+  void pipe_read(UpstreamPtr up, bool to_upstream) {
+    char* buf = to_upstream ? a_buf_.get() : b_buf_.get();
+    auto on_read = [self = shared_from_this(), up, to_upstream, buf](error_code ec, std::size_t n) mutable {
+      if (ec == asio::error::eof) return self->pipe_eof(std::move(up), to_upstream);
+      if (ec) return self->pipe_failed(ec, std::move(up));
+      auto on_write = [self, up, to_upstream](error_code ec, std::size_t) mutable {
+        if (ec) return self->pipe_failed(ec, std::move(up));
+        self->pipe_read(std::move(up), to_upstream);
+      };
+      if (to_upstream) {
+        self->rec_.bytes_in += n;
+        asio::async_write(up->io, asio::buffer(buf, n), std::move(on_write));
+      } else {
+        self->rec_.bytes_out += n;
+        asio::async_write(self->in_, asio::buffer(buf, n), std::move(on_write));
+      }
+    };
+    if (to_upstream) in_.async_read_some(asio::buffer(buf, kPumpBuffer), std::move(on_read));
+    else up->io.async_read_some(asio::buffer(buf, kPumpBuffer), std::move(on_read));
+  }
+
+  void pipe_eof(UpstreamPtr up, bool to_upstream) {
+    auto target = to_upstream ? up->io.stream() : in_.stream();
+    target->async_shutdown_send([self = shared_from_this(), up](error_code ec) mutable {
+      asio::dispatch(self->strand_, [self, up = std::move(up), ec]() mutable {
+        if (ec) return self->pipe_failed(ec, std::move(up));
+        self->pipe_closed(std::move(up));
+      });
+    });
+  }
+
+  void pipe_failed(error_code ec, UpstreamPtr up) {
+    if (pipes_open_ == 0) return;
+    log_failure(ec, "upgraded stream");
+    pipes_open_ = 0;
+    up->io.stream()->reset("peer failed");
+    in_.stream()->reset("peer failed");
+    complete_record();
+  }
+
+  void pipe_closed(UpstreamPtr) {
+    if (pipes_open_ == 0 || --pipes_open_ > 0) return;
+    complete_record();
+    // Both directions ended cleanly; the streams close when released.
+  }
+
+  // ---- timers and logging -----------------------------------------------------
+
+  void arm_timer(std::chrono::seconds after) {
+    timed_out_ = false;
+    timer_.expires_after(after);
+    timer_.async_wait([self = shared_from_this(), gen = ++timer_gen_](error_code ec) {
+      if (ec || gen != self->timer_gen_) return;
+      self->timed_out_ = true;
+      self->in_.stream()->reset("timeout waiting for a request");
+    });
+  }
+
+  void cancel_timer() {
+    ++timer_gen_;
+    timer_.cancel();
+  }
+
+  void log_failure(error_code ec, std::string_view what) {
+    if (!log_ || !log_->should_log(spdlog::level::debug)) return;
+    if (ec) log_->debug("http {}: {}: {}", peer_, what, ec.message());
+    else log_->debug("http {}: {}", peer_, what);
+  }
+
+  Strand strand_;
+  StreamAdapter in_;
+  std::shared_ptr<ForwardPolicy> policy_;
+  UpstreamConnector connector_;
+  Limits limits_;
+  std::shared_ptr<spdlog::logger> log_;
+  asio::steady_timer timer_;
+  std::string peer_;
+
+  beast::flat_buffer in_buf_;
+  std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
+  RequestHead head_;
+  std::vector<std::string_view> tokens_;
+  std::string req_wire_, res_wire_;
+  std::unique_ptr<char[]> a_buf_, b_buf_;
+  std::array<asio::const_buffer, 5> a_out_, b_out_;
+  char a_chunk_[24] = {}, b_chunk_[24] = {};
+
+  UpstreamPtr up_;
+  ExchangeRecord rec_;
+  Clock::time_point started_;
+  std::uint64_t req_length_ = 0;
+  std::size_t lingered_ = 0;
+  unsigned attempt_ = 0;
+  unsigned timer_gen_ = 0;
+  int pipes_open_ = 0;
+  bool req_chunked_ = false, req_has_body_ = false, client_keep_alive_ = true;
+  bool req_done_ = false, res_done_ = false, res_chunked_ = false, interim_ = false;
+  bool response_started_ = false, upgrade_ = false, up_keep_alive_ = true, close_after_ = false;
+  bool request_failed_ = false, retried_ = false, aborting_ = false, closing_ = false;
+  bool in_reading_ = false, timed_out_ = false;
+};
+
+}  // namespace
+
+void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
+           Limits limits, std::shared_ptr<spdlog::logger> logger) {
+  if (!inbound || !policy || !connector) {
+    if (inbound) inbound->reset("forwarding engine misconfigured");
+    return;
+  }
+  std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger))
+      ->start();
+}
+
+}  // namespace clusterconnect::http

@@ -1,0 +1,669 @@
+#include <catch2/catch.hpp>
+
+#include "clusterconnect/certificates.hpp"
+#include "clusterconnect/http/forward.hpp"
+#include "clusterconnect/tls.hpp"
+#include "clusterconnect/tls_context.hpp"
+#include "http_test_support.hpp"
+#include "test_env.hpp"
+
+using namespace clusterconnect;
+using test::Conn;
+using test::Message;
+
+namespace {
+
+std::string chunk(const std::string& data) {
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+  return size + data + "\r\n";
+}
+
+std::string ok(const std::string& body) {
+  return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+         body;
+}
+
+// Serves requests on one upstream connection, answering each with its target.
+void echo_targets(Conn& c, int) {
+  while (auto req = test::read_message(c)) {
+    auto sp = req->start_line.find(' ');
+    c.send(ok(req->start_line.substr(sp + 1, req->start_line.rfind(' ') - sp - 1)));
+  }
+}
+
+struct Rig {
+  std::shared_ptr<test::TestPolicy> policy;
+  std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+  test::IoThreads threads;
+  std::optional<test::Front> front;
+
+  Rig(unsigned short upstream_port, test::TestPolicy::Fn fn = {}, http::Limits limits = {})
+      : policy(std::make_shared<test::TestPolicy>(std::move(fn))) {
+    front.emplace(threads.io, policy, test::tcp_connector(threads.io, upstream_port, calls), limits);
+  }
+  Rig(http::UpstreamConnector connector, test::TestPolicy::Fn fn = {}, http::Limits limits = {})
+      : policy(std::make_shared<test::TestPolicy>(std::move(fn))) {
+    front.emplace(threads.io, policy, std::move(connector), limits);
+  }
+  ~Rig() { front.reset(); }
+  Conn client() { return Conn(threads.io, front->port()); }
+};
+
+}  // namespace
+
+TEST_CASE("policy rewrites reach the upstream and hop-by-hop headers do not", "[http]") {
+  std::mutex mu;
+  std::optional<Message> seen;
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    auto req = test::read_message(c);
+    if (!req) return;
+    {
+      std::lock_guard lock(mu);
+      seen = req;
+    }
+    c.send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Up-Secret\r\n"
+           "X-Up-Secret: s\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\nContent-Length: 2\r\n\r\nok");
+    test::read_message(c);
+  });
+  Rig rig(up.port(), [](http::RequestHead& h) {
+    http::Decision d;
+    CHECK(h.find("authorization"));
+    CHECK_FALSE(h.find("X-Hop"));  // named by Connection: never shown to the policy
+    h.remove("Authorization");
+    CHECK(h.remove_prefix("impersonate-") == 1);
+    h.set("Impersonate-User", "alice");
+    h.add("Impersonate-Group", "g1");
+    h.add("Impersonate-Group", "g2");
+    d.user = "alice";
+    d.groups = {"g1", "g2"};
+    return d;
+  });
+
+  auto client = rig.client();
+  client.send("GET /api/v1/pods?limit=1 HTTP/1.1\r\nHost: cluster\r\nAuthorization: Bearer secret\r\n"
+              "Impersonate-User: mallory\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 300\r\n"
+              "TE: trailers\r\nProxy-Connection: keep-alive\r\nX-Keep: yes\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "ok");
+  CHECK(res->header("x-up"));
+  CHECK_FALSE(res->header("x-up-secret"));
+  CHECK_FALSE(res->header("keep-alive"));
+
+  std::lock_guard lock(mu);
+  REQUIRE(seen);
+  CHECK(seen->start_line == "GET /api/v1/pods?limit=1 HTTP/1.1");
+  CHECK_FALSE(seen->header("authorization"));
+  REQUIRE(seen->header("impersonate-user"));
+  CHECK(*seen->header("impersonate-user") == "alice");
+  CHECK(seen->count("impersonate-user") == 1);
+  CHECK(seen->count("impersonate-group") == 2);
+  CHECK_FALSE(seen->header("x-hop"));
+  CHECK_FALSE(seen->header("keep-alive"));
+  CHECK_FALSE(seen->header("te"));
+  CHECK_FALSE(seen->header("proxy-connection"));
+  CHECK_FALSE(seen->header("connection"));
+  CHECK(*seen->header("x-keep") == "yes");
+  CHECK(*seen->header("host") == "cluster");
+
+  auto records = rig.policy->records(1);
+  REQUIRE(records.size() == 1);
+  CHECK(records[0].user == "alice");
+  CHECK(records[0].groups == std::vector<std::string>{"g1", "g2"});
+  CHECK(records[0].status == 200);
+  CHECK(records[0].method == "GET");
+  CHECK(records[0].target == "/api/v1/pods?limit=1");
+  CHECK(records[0].bytes_out == 2);
+}
+
+TEST_CASE("a policy reply is sent instead of forwarding, as a Kubernetes Status", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  Rig rig(up.port(), [](http::RequestHead& h) {
+    http::Decision d;
+    if (h.target == "/allowed") return d;
+    d.forward = false;
+    d.reply = http::status_reply(401, "Unauthorized", "the token has expired");
+    d.reply.headers.push_back({"WWW-Authenticate", "Bearer"});
+    return d;
+  });
+  auto client = rig.client();
+  client.send("GET /api HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 401);
+  CHECK(*res->header("content-type") == "application/json");
+  CHECK(*res->header("www-authenticate") == "Bearer");
+  CHECK(res->body ==
+        R"({"apiVersion":"v1","code":401,"kind":"Status","message":"the token has expired","metadata":{},"reason":"Unauthorized","status":"Failure"})");
+  CHECK(*rig.calls == 0);
+
+  // The connection stays usable after a reply to a request without a body.
+  client.send("GET /allowed HTTP/1.1\r\nHost: x\r\n\r\n");
+  res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "/allowed");
+
+  // A rejected request whose body was not read ends the connection.
+  client.send("POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n");
+  res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 401);
+  CHECK(*res->header("connection") == "close");
+}
+
+TEST_CASE("keep-alive reuses one upstream connection and pipelined requests answer in order", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+  for (const char* expected : {"/a", "/b", "/c"}) {
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 200);
+    CHECK(res->body == expected);
+    CHECK_FALSE(res->header("connection"));
+  }
+  client.send("GET /d HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->body == "/d");
+  CHECK(*rig.calls == 1);
+  CHECK(up.connections() == 1);
+
+  // Connection: close from the client: answered, then closed.
+  client.send("GET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->body == "/e");
+  CHECK(*res->header("connection") == "close");
+  CHECK(client.at_eof());
+}
+
+TEST_CASE("an upstream that closed a kept-alive connection is reopened", "[http]") {
+  test::ScriptedUpstream up([](Conn& c, int) {
+    if (auto req = test::read_message(c)) c.send(ok("first"));
+    c.close();  // without announcing it
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  for (int i = 0; i < 3; ++i) {
+    client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 200);
+    CHECK(res->body == "first");
+  }
+  CHECK(up.connections() == 3);
+}
+
+TEST_CASE("chunked responses are relayed chunk by chunk as they arrive", "[http]") {
+  test::Latch got_first, got_second;
+  std::atomic<bool> upstream_saw_first{false}, upstream_saw_second{false};
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    c.send(chunk("{\"type\":\"ADDED\"}\n"));
+    upstream_saw_first = got_first.wait();
+    c.send(chunk("{\"type\":\"MODIFIED\"}\n"));
+    upstream_saw_second = got_second.wait();
+    c.send("0\r\n\r\n");
+    test::read_message(c);
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  CHECK(head->status() == 200);
+  REQUIRE(head->chunked);
+  bool failed = false;
+  auto first = test::read_chunk(client, failed);
+  REQUIRE(first);
+  CHECK(*first == "{\"type\":\"ADDED\"}\n");
+  got_first.set();
+  auto second = test::read_chunk(client, failed);
+  REQUIRE(second);
+  CHECK(*second == "{\"type\":\"MODIFIED\"}\n");
+  got_second.set();
+  auto end = test::read_chunk(client, failed);
+  CHECK_FALSE(end);
+  CHECK_FALSE(failed);
+  CHECK(upstream_saw_first);
+  CHECK(upstream_saw_second);
+
+  // The connection is still usable after the chunked response.
+  client.send("GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto records = rig.policy->records(1);
+  CHECK(records[0].bytes_out == std::string("{\"type\":\"ADDED\"}\n{\"type\":\"MODIFIED\"}\n").size());
+}
+
+TEST_CASE("request bodies stream to the upstream before they are complete", "[http]") {
+  const std::size_t total = 5 * 1024 * 1024;
+  std::atomic<std::size_t> received{0};
+  std::string upstream_framing;
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    auto head = test::read_head(c);
+    if (!head) return;
+    upstream_framing = head->header("content-length") ? *head->header("content-length") : "none";
+    std::size_t want = std::stoul(*head->header("content-length"));
+    std::size_t got = std::min(c.buffer.size(), want);
+    c.buffer.erase(0, got);
+    received = got;
+    while (got < want && c.fill()) {
+      std::size_t take = std::min(c.buffer.size(), want - got);
+      c.buffer.erase(0, take);
+      got += take;
+      received = got;
+    }
+    c.send(ok("got " + std::to_string(got)));
+  });
+  http::Limits limits;
+  limits.body_limit = 8 * 1024 * 1024;
+  Rig rig(up.port(), {}, limits);
+  auto client = rig.client();
+  client.send("POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\n"
+              "Content-Type: application/vnd.kubernetes.protobuf\r\nContent-Length: " +
+              std::to_string(total) + "\r\n\r\n");
+  std::string part(1024 * 1024, 'p');
+  client.send(part);
+  // The engine must pass bytes on before the body is complete.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (received < 512 * 1024 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(received >= 512 * 1024);
+  for (int i = 1; i < 5; ++i) client.send(part);
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->body == "got " + std::to_string(total));
+  CHECK(upstream_framing == std::to_string(total));
+  auto records = rig.policy->records(1);
+  CHECK(records[0].bytes_in == total);
+}
+
+TEST_CASE("chunked request bodies keep chunked framing", "[http]") {
+  std::mutex mu;
+  std::optional<Message> seen;
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    auto req = test::read_message(c);
+    if (!req) return;
+    {
+      std::lock_guard lock(mu);
+      seen = req;
+    }
+    c.send(ok("done"));
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("hello ") + chunk("world") +
+              "0\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->body == "done");
+  std::lock_guard lock(mu);
+  REQUIRE(seen);
+  CHECK(seen->chunked);
+  CHECK_FALSE(seen->header("content-length"));
+  CHECK(seen->body == "hello world");
+}
+
+TEST_CASE("request bodies over the limit get 413", "[http]") {
+  std::atomic<std::size_t> upstream_bytes{0};
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    while (c.fill()) upstream_bytes = c.buffer.size();
+  });
+  http::Limits limits;
+  limits.body_limit = 1024 * 1024;
+  Rig rig(up.port(), {}, limits);
+
+  SECTION("declared by Content-Length") {
+    auto client = rig.client();
+    client.send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n");
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 413);
+    CHECK_THAT(res->body, Catch::Contains("1048576"));
+    CHECK(*rig.calls == 0);
+  }
+  SECTION("discovered while streaming a chunked body") {
+    auto client = rig.client();
+    client.send("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    std::string piece(256 * 1024, 'c');
+    for (int i = 0; i < 5; ++i) client.send(chunk(piece));
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 413);
+    CHECK(*res->header("connection") == "close");
+    CHECK(upstream_bytes < 1100 * 1024);
+  }
+}
+
+TEST_CASE("upgrade: 101, then bytes both ways and half-close", "[http]") {
+  std::mutex mu;
+  std::optional<Message> seen;
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    auto req = test::read_message(c);
+    if (!req) return;
+    {
+      std::lock_guard lock(mu);
+      seen = req;
+    }
+    c.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\nhello-from-upstream");
+    // Echo until the client half-closes, then answer and close.
+    for (;;) {
+      if (!c.buffer.empty()) {
+        c.send("echo:" + c.buffer);
+        c.buffer.clear();
+      }
+      if (!c.fill()) break;
+    }
+    if (c.last_error == asio::error::eof) c.send("bye");
+    c.close();
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /api/v1/namespaces/default/pods/p/exec?command=sh&stdin=true HTTP/1.1\r\nHost: x\r\n"
+              "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  CHECK(head->status() == 101);
+  REQUIRE(head->header("upgrade"));
+  CHECK(*head->header("upgrade") == "websocket");
+  CHECK(*head->header("connection") == "Upgrade");
+  CHECK(*head->header("sec-websocket-protocol") == "v5.channel.k8s.io");
+  auto early = client.read_exactly(std::string("hello-from-upstream").size());
+  REQUIRE(early);
+  CHECK(*early == "hello-from-upstream");
+  client.send("ping");
+  auto echo = client.read_exactly(9);
+  REQUIRE(echo);
+  CHECK(*echo == "echo:ping");
+  client.shutdown_send();
+  auto bye = client.read_exactly(3);
+  REQUIRE(bye);
+  CHECK(*bye == "bye");
+  CHECK(client.at_eof());
+
+  std::lock_guard lock(mu);
+  REQUIRE(seen);
+  CHECK(*seen->header("upgrade") == "websocket");
+  CHECK(*seen->header("connection") == "Upgrade");
+  CHECK(*seen->header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ==");
+  auto records = rig.policy->records(1);
+  REQUIRE(records.size() == 1);
+  CHECK(records[0].upgraded);
+  CHECK(records[0].status == 101);
+  CHECK(records[0].bytes_in == 4);
+}
+
+TEST_CASE("SPDY upgrade requests keep their Upgrade header; other upgrades are dropped", "[http]") {
+  std::mutex mu;
+  std::vector<Message> seen;
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    while (auto req = test::read_message(c)) {
+      {
+        std::lock_guard lock(mu);
+        seen.push_back(*req);
+      }
+      c.send(ok("no"));
+    }
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("POST /exec HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+              "X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n");
+  REQUIRE(test::read_message(client));
+  client.send("GET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+              "HTTP2-Settings: AAA\r\n\r\n");
+  REQUIRE(test::read_message(client));
+  std::lock_guard lock(mu);
+  REQUIRE(seen.size() == 2);
+  CHECK(*seen[0].header("upgrade") == "SPDY/3.1");
+  CHECK(*seen[0].header("connection") == "Upgrade");
+  CHECK(*seen[0].header("x-stream-protocol-version") == "v4.channel.k8s.io");
+  CHECK_FALSE(seen[1].header("upgrade"));
+  CHECK_FALSE(seen[1].header("http2-settings"));
+  CHECK_FALSE(seen[1].header("connection"));
+}
+
+TEST_CASE("100-continue is relayed while the request body waits", "[http]") {
+  test::ScriptedUpstream up([](Conn& c, int) {
+    auto head = test::read_head(c);
+    if (!head) return;
+    c.send("HTTP/1.1 100 Continue\r\n\r\n");
+    auto body = c.read_exactly(5);
+    c.send(ok(body ? "body " + *body : "no body"));
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+  auto interim = test::read_head(client);
+  REQUIRE(interim);
+  CHECK(interim->status() == 100);
+  client.send("hello");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "body hello");
+}
+
+TEST_CASE("HEAD and 204/304 responses carry no body and keep the connection", "[http]") {
+  test::ScriptedUpstream up([](Conn& c, int) {
+    while (auto req = test::read_message(c)) {
+      if (req->start_line.rfind("HEAD", 0) == 0)
+        c.send("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: application/json\r\n\r\n");
+      else if (req->start_line.find("/nocontent") != std::string::npos)
+        c.send("HTTP/1.1 204 No Content\r\n\r\n");
+      else
+        c.send("HTTP/1.1 304 Not Modified\r\nETag: \"1\"\r\n\r\n");
+    }
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client, true);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(*res->header("content-length") == "1234");
+  client.send("DELETE /nocontent HTTP/1.1\r\nHost: x\r\n\r\n");
+  res = test::read_message(client, true);
+  REQUIRE(res);
+  CHECK(res->status() == 204);
+  client.send("GET /cached HTTP/1.1\r\nHost: x\r\n\r\n");
+  res = test::read_message(client, true);
+  REQUIRE(res);
+  CHECK(res->status() == 304);
+  CHECK(client.buffer.empty());
+  CHECK(up.connections() == 1);
+}
+
+TEST_CASE("close-delimited responses reach the client and close the connection", "[http]") {
+  test::ScriptedUpstream up([](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it");
+    c.close();
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "all of it");
+  CHECK(*res->header("connection") == "close");
+}
+
+TEST_CASE("oversized request headers get 431 and a close", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  http::Limits limits;
+  limits.header_limit = 1024;
+  Rig rig(up.port(), {}, limits);
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'b') + "\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 431);
+  CHECK(*res->header("connection") == "close");
+  CHECK_THAT(res->body, Catch::Contains("\"kind\":\"Status\""));
+  CHECK(client.at_eof());
+  CHECK(*rig.calls == 0);
+}
+
+TEST_CASE("malformed requests get 400 and a close", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 400);
+  CHECK(client.at_eof());
+  CHECK(*rig.calls == 0);
+}
+
+TEST_CASE("an unreachable upstream is a 502 carrying the connector's reason", "[http]") {
+  SECTION("the connector's own reason") {
+    Rig rig([](http::ConnectHandler done) {
+      done(asio::error::host_unreachable, nullptr, "no agent connected for cluster demo");
+    });
+    auto client = rig.client();
+    client.send("GET /version HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 502);
+    CHECK_THAT(res->body, Catch::Contains("\"message\":\"no agent connected for cluster demo\""));
+    CHECK_THAT(res->body, Catch::Contains("\"code\":502"));
+    // The inbound connection survives for the next attempt.
+    client.send("GET /version HTTP/1.1\r\nHost: x\r\n\r\n");
+    res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 502);
+  }
+  SECTION("connection refused") {
+    unsigned short port;
+    {
+      asio::io_context io;
+      asio::ip::tcp::acceptor a(io, {asio::ip::make_address("127.0.0.1"), 0});
+      port = a.local_endpoint().port();
+    }
+    Rig rig(port);
+    auto client = rig.client();
+    client.send("GET /version HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->status() == 502);
+    CHECK_THAT(res->body, Catch::Contains("cannot connect to the test upstream"));
+  }
+}
+
+TEST_CASE("an upstream that dies before answering is a 502", "[http]") {
+  test::ScriptedUpstream up([](Conn& c, int) {
+    test::read_message(c);
+    c.close();
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 502);
+  CHECK_THAT(res->body, Catch::Contains("before responding"));
+}
+
+TEST_CASE("idle connections are closed after the idle timeout", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  http::Limits limits;
+  limits.idle_timeout = std::chrono::seconds(1);
+  limits.header_timeout = std::chrono::seconds(1);
+  Rig rig(up.port(), {}, limits);
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  REQUIRE(test::read_message(client));
+  auto start = std::chrono::steady_clock::now();
+  CHECK(client.at_eof());
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(4));
+
+  // A request head that never completes is cut off by the header timeout.
+  auto slow = rig.client();
+  slow.send("GET /x HTTP/1.1\r\nHost: x\r\n");
+  start = std::chrono::steady_clock::now();
+  CHECK(slow.at_eof());
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(4));
+}
+
+TEST_CASE("two engines joined by TLS: requests, watches and upgrades pass through", "[http][tls]") {
+  // client -> engine 1 (plain) -> TLS -> engine 2 -> scripted upstream:
+  // the proxy and agent topology with a TLS hop in the middle.
+  test::ScriptedUpstream up([](Conn& c, int) {
+    while (auto req = test::read_message(c)) {
+      if (req->header("upgrade")) {
+        c.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        while (c.fill()) {
+          c.send(c.buffer);
+          c.buffer.clear();
+        }
+        return;
+      }
+      if (req->start_line.find("watch") != std::string::npos) {
+        c.send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("e1") + chunk("e2") + "0\r\n\r\n");
+        continue;
+      }
+      c.send(ok("v1.32"));
+    }
+  });
+  test::IoThreads threads;
+  auto ca = tls::create_ca("test CA", 1);
+  REQUIRE(ca.ok());
+  auto leaf = tls::issue_server_cert(*ca, {"localhost"}, {"127.0.0.1"}, 1);
+  REQUIRE(leaf.ok());
+  auto server_ctx = tls::make_server_context_pem(leaf->cert, leaf->key);
+  REQUIRE(server_ctx.ok());
+  test::TempDir dir;
+  REQUIRE(tls::write_private_file(dir.path() / "ca.crt", ca->cert).ok());
+  auto client_ctx = tls::make_client_context({(dir.path() / "ca.crt").string(), false, {}, {}});
+  REQUIRE(client_ctx.ok());
+
+  auto agent_policy = std::make_shared<test::TestPolicy>([](http::RequestHead& h) {
+    h.set("Impersonate-User", "alice");
+    return http::Decision{};
+  });
+  auto up_calls = std::make_shared<std::atomic<int>>(0);
+  auto& io = threads.io;
+  auto agent_connector = test::tcp_connector(io, up.port(), up_calls);
+  auto agent = tls::TlsServer::listen(io, "127.0.0.1", 0, *server_ctx, [&io, agent_policy, agent_connector](StreamPtr s) {
+    http::serve(io, std::move(s), agent_policy, agent_connector, {}, nullptr);
+  }, nullptr);
+  REQUIRE(agent.ok());
+  auto agent_port = std::to_string((*agent)->port());
+  auto proxy_policy = std::make_shared<test::TestPolicy>();
+  {
+    test::Front proxy(io, proxy_policy, [&io, agent_port, ctx = *client_ctx](http::ConnectHandler done) {
+      tls::async_connect(io, "localhost", agent_port, ctx, std::move(done));
+    });
+    Conn client(io, proxy.port());
+    client.send("GET /version HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->body == "v1.32");
+    client.send("GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    res = test::read_message(client);
+    REQUIRE(res);
+    CHECK(res->chunks == std::vector<std::string>{"e1", "e2"});
+    client.send("GET /exec HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    auto head = test::read_head(client);
+    REQUIRE(head);
+    CHECK(head->status() == 101);
+    client.send("through two engines");
+    auto echo = client.read_exactly(19);
+    REQUIRE(echo);
+    CHECK(*echo == "through two engines");
+    client.shutdown_send();
+    CHECK(client.at_eof());
+  }
+  CHECK(*up_calls == 1);
+  (*agent)->close();
+}
