@@ -102,7 +102,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void on_read(error_code ec);
   void route();
   void handle_tunnel();
-  void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster);
+  void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry);
   void handle_management();
   void respond(unsigned status, std::string content_type, std::string body);
   void respond_error(unsigned status, std::string_view message) {
@@ -347,10 +347,13 @@ void HttpConnection::handle_tunnel() {
     res.set(http::field::sec_websocket_protocol, tunnel::subprotocol);
     res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
   }));
-  ws_->async_accept(req_, [self = shared_from_this(), side, cluster](error_code ec) { self->on_upgraded(ec, side, cluster); });
+  ws_->async_accept(req_, [self = shared_from_this(), side, cluster, expiry = v.expiry](error_code ec) {
+    self->on_upgraded(ec, side, cluster, expiry);
+  });
 }
 
-void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster) {
+void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster,
+                                 std::chrono::system_clock::time_point expiry) {
   if (ec) {
     front_->metrics().handshake_failure("upgrade");
     front_->log().info("WebSocket upgrade from {} failed: {}", peer_, ec.message());
@@ -364,7 +367,7 @@ void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEn
   auto session = tunnel::Session::create(executor, std::make_unique<tunnel::WsChannel>(std::move(*ws_)), std::move(options),
                                          front_->logger());
   ws_.reset();
-  sw.add_tunnel(side, *cluster, std::move(session));
+  sw.add_tunnel(side, *cluster, std::move(session), expiry);
 }
 
 void HttpConnection::handle_management() {

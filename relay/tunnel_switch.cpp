@@ -32,7 +32,8 @@ bool TunnelSwitch::may_add_agent(const ClusterEntry& cluster) const {
   return n < config_.limits.max_tunnels_per_cluster;
 }
 
-void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session) {
+void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session,
+                              std::chrono::system_clock::time_point token_expiry) {
   std::weak_ptr<TunnelSwitch> weak = shared_from_this();
   const std::string name = cluster.name;
   const tunnel::Session* key = session.get();
@@ -46,10 +47,22 @@ void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std:
   session->on_closed([weak, key](const std::string&) {
     if (auto self = weak.lock()) self->remove(key);
   });
+  auto timer = std::make_shared<asio::steady_timer>(session->get_executor());
+  timer->expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::max(token_expiry - std::chrono::system_clock::now(), std::chrono::system_clock::duration::zero())));
+  timer->async_wait([timer, ws = std::weak_ptr<tunnel::Session>(session), drain = config_.limits.drain_timeout](error_code ec) {
+    auto s = ws.lock();
+    if (ec || !s) return;
+    s->goaway("token expired");
+    timer->expires_after(drain);
+    timer->async_wait([ws](error_code e) {
+      if (auto s2 = ws.lock(); !e && s2) s2->close("token expired and the drain timeout passed");
+    });
+  });
   bool drain_now = false;
   {
     std::lock_guard lock(mutex_);
-    tunnels_.push_back(Entry{name, side, session});
+    tunnels_.push_back(Entry{name, side, session, timer});
     drain_now = draining_;
   }
   logger_->info("{} tunnel for cluster {} is up ({})", side == TunnelSide::agent ? "agent" : "client", name, session->name());
@@ -62,9 +75,24 @@ void TunnelSwitch::remove(const tunnel::Session* session) {
   tunnels_.erase(std::remove_if(tunnels_.begin(), tunnels_.end(),
                                 [&](const Entry& e) {
                                   auto s = e.session.lock();
-                                  return !s || s.get() == session;
+                                  if (s && s.get() != session) return false;
+                                  // Cancelled on its own executor: timers are not thread-safe.
+                                  if (auto t = e.expiry_timer) asio::post(t->get_executor(), [t] { t->cancel(); });
+                                  return true;
                                 }),
                  tunnels_.end());
+}
+
+unsigned TunnelSwitch::agent_tunnels(const std::string& hybrid_connection) const {
+  const ClusterEntry* c = config_.cluster_by_path(hybrid_connection);
+  if (!c) return 0;
+  std::lock_guard lock(mutex_);
+  unsigned n = 0;
+  for (const auto& e : tunnels_) {
+    auto s = e.session.lock();
+    if (e.side == TunnelSide::agent && e.cluster == c->name && s && s->usable()) ++n;
+  }
+  return n;
 }
 
 std::shared_ptr<tunnel::Session> TunnelSwitch::pick_agent(const std::string& cluster) const {

@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
 #include "protocol/session.hpp"
 #include "relay_config.hpp"
 #include "relay_metrics.hpp"
@@ -22,8 +25,13 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   tunnel::SessionOptions session_options(TunnelSide side, const std::string& name) const;
   // False when the cluster has its maximum of agent tunnels.
   bool may_add_agent(const ClusterEntry& cluster) const;
-  // Registers and starts a session accepted by the front end.
-  void add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session);
+  // Registers and starts a session accepted by the front end. When its token
+  // expires the tunnel gets GOAWAY ("token expired") and is closed after the
+  // drain timeout: peers reconnect with a fresh token.
+  void add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session,
+                  std::chrono::system_clock::time_point token_expiry);
+  // Live agent tunnels for a hybrid connection path (for the management API).
+  unsigned agent_tunnels(const std::string& hybrid_connection) const;
 
   // GOAWAY on every tunnel; no new streams from then on.
   void drain();
@@ -39,6 +47,7 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
     std::string cluster;
     TunnelSide side;
     std::weak_ptr<tunnel::Session> session;
+    std::shared_ptr<asio::steady_timer> expiry_timer;
   };
   void route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
   std::shared_ptr<tunnel::Session> pick_agent(const std::string& cluster) const;

@@ -2,6 +2,7 @@
 // with capped exponential backoff and jitter; a tunnel that got GOAWAY is
 // replaced at once and left to drain.
 
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include <boost/asio/strand.hpp>
 #include <spdlog/spdlog.h>
 
+#include "clusterconnect/sas_token.hpp"
 #include "ws_transport.hpp"
 
 namespace clusterconnect::tunnel_ws {
@@ -54,6 +56,7 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
         self->closed_ = true;
         for (auto& slot : self->slots_) {
           slot->timer.cancel();
+          slot->renew_timer.cancel();
           if (slot->session) slot->session->close("listener closed");
           slot->session.reset();
         }
@@ -65,10 +68,12 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
 
  private:
   struct Slot {
-    Slot(const asio::any_io_executor& ex, unsigned i, std::chrono::milliseconds b) : index(i), backoff(b), timer(ex) {}
+    Slot(const asio::any_io_executor& ex, unsigned i, std::chrono::milliseconds b)
+        : index(i), backoff(b), timer(ex), renew_timer(ex) {}
     unsigned index;
     std::chrono::milliseconds backoff;
     asio::steady_timer timer;
+    asio::steady_timer renew_timer;
     std::shared_ptr<tunnel::Session> session;
     bool connecting = false;
     unsigned failures = 0;
@@ -97,23 +102,49 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
       return retry_later(slot);
     }
     slot.connecting = true;
+    auto expiry = token_expiry(token);
     tunnel::SessionOptions so;
     so.role = tunnel::Role::dialer;
     so.name = "agent tunnel " + std::to_string(slot.index) + " to " + target->host_header;
     async_dial(io_, std::move(*target), tls_, std::move(token), so, logger_,
-               [weak = weak_from_this(), &slot](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
+               [weak = weak_from_this(), &slot, expiry](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
                  auto self = weak.lock();
                  if (!self) {
                    if (s) s->close("listener closed");
                    return;
                  }
-                 asio::dispatch(self->strand_, [self, &slot, ec, s = std::move(s), reason = std::move(reason)]() mutable {
-                   self->on_connected(slot, ec, std::move(s), std::move(reason));
+                 asio::dispatch(self->strand_, [self, &slot, ec, s = std::move(s), reason = std::move(reason), expiry]() mutable {
+                   self->on_connected(slot, ec, std::move(s), std::move(reason), expiry);
                  });
                });
   }
 
-  void on_connected(Slot& slot, error_code ec, std::shared_ptr<tunnel::Session> session, std::string reason) {
+  static std::optional<std::chrono::system_clock::time_point> token_expiry(const std::string& token) {
+    auto t = parse_sas_token(token);
+    if (!t) return std::nullopt;
+    return std::chrono::system_clock::time_point(std::chrono::seconds(t->expiry));
+  }
+
+  // The relay checks the token only at the handshake and sends GOAWAY when it
+  // expires; replacing the tunnel at 80 % of the token's remaining lifetime,
+  // with a fresh token, keeps the agent reachable without a gap.
+  void schedule_renewal(Slot& slot, std::optional<std::chrono::system_clock::time_point> expiry) {
+    slot.renew_timer.cancel();
+    if (!expiry) return;
+    auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(*expiry - std::chrono::system_clock::now());
+    auto delay = std::max<std::chrono::milliseconds>(remaining * 4 / 5, std::chrono::seconds(1));
+    slot.renew_timer.expires_after(delay);
+    slot.renew_timer.async_wait([weak = weak_from_this(), &slot](error_code ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) {
+        self->logger_->debug("agent tunnel {}: renewing before the token expires", slot.index);
+        self->connect(slot);
+      }
+    });
+  }
+
+  void on_connected(Slot& slot, error_code ec, std::shared_ptr<tunnel::Session> session, std::string reason,
+                    std::optional<std::chrono::system_clock::time_point> expiry) {
     slot.connecting = false;
     if (closed_) {
       if (session) session->close("listener closed");
@@ -129,8 +160,12 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
     logger_->info("agent tunnel {} to {} is up", slot.index, options_.endpoint.url);
     slot.failures = 0;
     slot.backoff = options_.backoff_initial;
-    slot.session = session;
-    up_.fetch_add(1, std::memory_order_relaxed);
+    if (auto old = std::exchange(slot.session, session)) {
+      old->goaway("replaced by a tunnel with a renewed token");  // drains, then closes
+    } else {
+      up_.fetch_add(1, std::memory_order_relaxed);
+    }
+    schedule_renewal(slot, expiry);
     auto on_stream = on_stream_;
     session->on_incoming([on_stream](tunnel::TunnelStreamPtr stream, tunnel::Metadata md) {
       stream->accept();

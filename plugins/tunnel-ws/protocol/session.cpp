@@ -274,6 +274,10 @@ void Session::do_read_message() {
 void Session::on_message(error_code ec, std::span<const std::uint8_t> bytes) {
   auto& m = *impl_;
   if (m.closed) return;
+  if (ec == text_message_error()) {
+    protocol_error("text WebSocket message");
+    return;
+  }
   if (ec) {
     fail("transport: " + ec.message(), false);
     return;

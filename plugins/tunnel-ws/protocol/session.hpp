@@ -26,13 +26,17 @@ class MessageChannel {
  public:
   using ReadHandler = UniqueFunction<void(error_code, std::span<const std::uint8_t>)>;
   virtual ~MessageChannel() = default;
-  // Reads one whole binary message; the bytes are valid during the handler only.
+  // Reads one whole binary message; the bytes are valid during the handler
+  // only. A text message completes with text_message_error.
   virtual void async_read_message(ReadHandler handler) = 0;
   // Writes one binary message; `message` stays valid until the handler runs.
   virtual void async_write_message(asio::const_buffer message, DoneHandler handler) = 0;
   // Closes the transport (best effort, bounded in time); idempotent.
   virtual void close(std::uint16_t ws_code, std::string reason) noexcept = 0;
 };
+
+// What a channel reports for a text message (a protocol error, §1).
+inline error_code text_message_error() { return make_error_code(boost::system::errc::bad_message); }
 
 enum class Role { dialer, acceptor };
 

@@ -43,7 +43,7 @@ class WsChannel final : public MessageChannel {
     auto core = core_;
     core->buffer.clear();
     core->ws.async_read(core->buffer, [core, h = std::move(handler)](error_code ec, std::size_t) mutable {
-      if (!ec && !core->ws.got_binary()) ec = boost::beast::websocket::error::bad_data_frame;
+      if (!ec && !core->ws.got_binary()) ec = text_message_error();
       auto data = core->buffer.cdata();
       h(ec, std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(data.data()), ec ? 0 : data.size()));
     });

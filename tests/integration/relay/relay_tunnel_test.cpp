@@ -256,3 +256,36 @@ TEST_CASE("bad, expired and wrong-path tokens are refused with the right status"
   auto o = open_stream(*c);
   CHECK(o.reason.find("no agent connected") != std::string::npos);  // got past the handshake
 }
+
+TEST_CASE("short-lived tokens: agents renew their tunnels, clients redial, no stream fails", "[relay][tunnel][auth]") {
+  RelayProcess relay;
+  ModuleHost host;
+  Agent agent;
+  ListenOptions lo;
+  lo.endpoint = relay.endpoint();
+  lo.token = [&relay] { return relay.token("listen", "listen-secret", demo_path, 3s); };
+  lo.tunnels = 2;
+  lo.backoff_initial = 50ms;
+  lo.backoff_max = 1000ms;
+  auto listener = host.transport().listen(std::move(lo), agent.handler());
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2; }, 10s));
+  auto client = host.transport().dial(relay.endpoint(), [&relay] { return relay.token("connect", "connect-secret", demo_path, 3s); });
+  unsigned ok = 0;
+  const auto until = std::chrono::steady_clock::now() + 8s;
+  std::vector<std::string> failures;
+  while (std::chrono::steady_clock::now() < until) {
+    auto o = open_stream(*client);
+    if (o.ec) {
+      failures.push_back(o.reason);
+    } else {
+      auto r = exchange(o.stream, 1000, ok, 10s);
+      if (!r.ec && r.received_sha == r.sent_sha) ++ok;
+      else failures.push_back(r.what + ": " + r.ec.message());
+    }
+    std::this_thread::sleep_for(250ms);
+  }
+  INFO((failures.empty() ? std::string() : failures.front()));
+  CHECK(failures.empty());
+  CHECK(ok >= 10);
+  CHECK(listener->status().tunnels_up == 2);
+}
