@@ -19,7 +19,10 @@
 #include "clusterconnect/host/runtime.hpp"
 #include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/version.hpp"
+#include "clusterconnect/authenticator.hpp"
+#include "clusterconnect/registry.hpp"
 #include "front_end.hpp"
+#include "management_api.hpp"
 #include "relay_config.hpp"
 #include "tunnel_switch.hpp"
 
@@ -56,6 +59,37 @@ void write_ready_file(const std::string& path, unsigned short port, const std::s
   }
   std::filesystem::rename(tmp, path);
 }
+
+#ifdef CLUSTERCONNECT_RELAY_MANAGEMENT_API
+// The management API authenticates callers with the auth-entra module's
+// authenticator, configured by the config file's "management" section (its
+// tenants, audiences, authority...). Without that section it answers 503.
+std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime, std::shared_ptr<RelayConfig> config,
+                                                         std::shared_ptr<TunnelSwitch> tunnel_switch, spdlog::logger& logger) {
+  std::shared_ptr<Authenticator> authenticator;
+  const auto& m = config->management;
+  if (m.is_object() && m.contains("tenants")) {
+    auto capability = runtime.capabilities().authenticator("entra");
+    if (!capability) throw std::runtime_error("the management API needs the auth-entra module (authenticator:entra), which is not loaded");
+    auto created = capability->create(m);
+    if (!created) throw std::runtime_error("management authenticator: " + created.error());
+    authenticator = created.value();
+  } else {
+    logger.warn("no \"management\" authenticator configured: the management API answers 503");
+  }
+  ManagementOptions options;
+  options.public_host = config->public_host;
+  if (m.is_object() && m.contains("token_lifetime_seconds") && m["token_lifetime_seconds"].is_number_unsigned())
+    options.token_lifetime = std::chrono::seconds(m["token_lifetime_seconds"].get<std::uint64_t>());
+  std::weak_ptr<TunnelSwitch> weak = tunnel_switch;
+  return make_management_api(std::move(config), options, std::move(authenticator),
+                             [weak](const std::string& hc) -> unsigned {
+                               auto sw = weak.lock();
+                               return sw ? sw->agent_tunnels(hc) : 0u;
+                             },
+                             runtime.logger());
+}
+#endif
 
 std::pair<std::string, unsigned short> split_listen(const std::string& s) {
   auto colon = s.rfind(':');
@@ -108,8 +142,11 @@ int main(int argc, char** argv) try {
   app.add_option("--threads", threads, "I/O threads")->check(CLI::Range(1u, 256u));
   CLI11_PARSE(app, argc, argv);
 
-  RelayConfig config = config_file.empty() ? parse_relay_config(nlohmann::json::object(), std::filesystem::current_path())
-                                           : load_relay_config(config_file);
+  // Shared with the management API, which keeps a reference for its lifetime.
+  auto config_ptr = std::make_shared<RelayConfig>(
+      config_file.empty() ? parse_relay_config(nlohmann::json::object(), std::filesystem::current_path())
+                          : load_relay_config(config_file));
+  RelayConfig& config = *config_ptr;
   if (!listen.empty()) config.listen = listen;
   if (!cert_file.empty()) config.cert_file = cert_file;
   if (!key_file.empty()) config.key_file = key_file;
@@ -150,6 +187,9 @@ int main(int argc, char** argv) try {
   auto [address, port] = split_listen(config.listen);
   auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, tunnel_switch, metrics, logger);
   if (!front) throw std::runtime_error(front.error());
+#ifdef CLUSTERCONNECT_RELAY_MANAGEMENT_API
+  front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, tunnel_switch, *logger));
+#endif
 
   // Shutdown: the signal handler only records the request; the main thread drains.
   std::mutex mutex;

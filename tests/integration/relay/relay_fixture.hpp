@@ -221,6 +221,11 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
  public:
   AgentStream(StreamPtr s, std::atomic<std::uint64_t>* source_bytes) : s_(std::move(s)), source_bytes_(source_bytes) {}
   void echo() { read(); }
+  // Reads to eof, then answers with the hex sha256 of what it read.
+  void digest() {
+    hash_ = std::make_shared<Sha256>();
+    read_digest();
+  }
   void source() {
     ByteSource(7).fill(buf_.data(), buf_.size());
     write_forever();
@@ -245,6 +250,21 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
       self->read();
     });
   }
+  void read_digest() {
+    s_->async_read_some(asio::buffer(buf_), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (ec == asio::error::eof) {
+        self->answer_ = self->hash_->hex();
+        asio::const_buffer b(self->answer_.data(), self->answer_.size());
+        self->s_->async_write_some(std::span<const asio::const_buffer>(&b, 1), [self](error_code e, std::size_t) {
+          if (!e) self->s_->async_shutdown_send([self](error_code) {});
+        });
+        return;
+      }
+      if (ec) return;
+      self->hash_->update(self->buf_.data(), n);
+      self->read_digest();
+    });
+  }
   void write_forever() {
     asio::const_buffer b(buf_.data(), buf_.size());
     s_->async_write_some(std::span<const asio::const_buffer>(&b, 1), [self = shared_from_this()](error_code ec, std::size_t k) {
@@ -257,6 +277,8 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
   StreamPtr s_;
   std::atomic<std::uint64_t>* source_bytes_;
   std::array<std::uint8_t, 64 * 1024> buf_{};
+  std::shared_ptr<Sha256> hash_;
+  std::string answer_;
 };
 
 struct Agent {
@@ -268,6 +290,7 @@ struct Agent {
       auto a = std::make_shared<AgentStream>(std::move(s), &source_bytes);
       auto it = md.find("mode");
       if (it != md.end() && it->second == "source") a->source();
+      else if (it != md.end() && it->second == "sha256") a->digest();
       else a->echo();
     };
   }
@@ -287,6 +310,7 @@ struct ExchangeResult {
   std::string what;
   std::uint64_t sent = 0, received = 0;
   std::string sent_sha, received_sha;
+  std::string received_head;  // the first bytes received, for short answers
 };
 
 // Client side: writes `size` pseudo-random bytes then half-closes, while
@@ -338,6 +362,8 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
         return self->maybe_done();
       }
       self->recv_hash_.update(self->in_.data(), n);
+      if (self->r_.received_head.size() < 256)
+        self->r_.received_head.append(reinterpret_cast<const char*>(self->in_.data()), std::min<std::size_t>(n, 256));
       self->r_.received += n;
       self->do_read();
     });

@@ -119,6 +119,27 @@ TEST_CASE("a large transfer keeps its integrity", "[relay][tunnel][large]") {
   CHECK(r.received_sha == r.sent_sha);
 }
 
+TEST_CASE("1 GiB upload keeps its integrity", "[relay][tunnel][large]") {
+  // One direction: the agent hashes what it receives and answers the digest.
+  std::uint64_t mib = 1024;
+  if (const char* e = std::getenv("CLUSTERCONNECT_UPLOAD_MIB")) mib = std::strtoull(e, nullptr, 10);
+  RelayProcess relay;
+  ModuleHost host;
+  Agent agent;
+  auto listener = start_agent(host, relay, agent, 1);
+  auto client = start_client(host, relay);
+  auto o = open_stream(*client, {{"mode", "sha256"}});
+  REQUIRE_FALSE(o.ec);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = exchange(o.stream, mib * 1024 * 1024, 77, 300s);
+  const auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  WARN("uploaded " << mib << " MiB in " << secs << " s");
+  INFO(r.what << ": " << r.ec.message());
+  REQUIRE_FALSE(r.ec);
+  CHECK(r.sent == mib * 1024 * 1024);
+  CHECK(r.received_head == r.sent_sha);
+}
+
 TEST_CASE("a stalled reader does not slow other streams", "[relay][tunnel]") {
   RelayProcess relay;
   ModuleHost host;
