@@ -35,12 +35,7 @@ inline std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
-// CLUSTERCONNECT_SOURCE from the environment, else the tree this test was
-// built from (the shared ctest ENVIRONMENT property does not always arrive).
-inline std::filesystem::path source_tree() {
-  if (std::getenv("CLUSTERCONNECT_SOURCE")) return clusterconnect::test::source_dir();
-  return AUTH_ENTRA_SOURCE_TREE;
-}
+inline std::filesystem::path source_tree() { return clusterconnect::test::source_dir(); }
 
 class TestIdp {
  public:
