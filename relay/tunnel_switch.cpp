@@ -113,22 +113,43 @@ void TunnelSwitch::route(const std::string& cluster, tunnel::TunnelStreamPtr cli
     client->reset(tunnel::RstCode::refused, "relay is draining");
     return;
   }
+  metadata["cluster"] = cluster;
+  try_agent(cluster, std::move(client), std::move(metadata), 0);
+}
+
+void TunnelSwitch::try_agent(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata,
+                             unsigned attempt) {
   auto agent = pick_agent(cluster);
   if (!agent) {
     metrics_.open_failure("no_agent");
     client->reset(tunnel::RstCode::unavailable, "no agent connected for cluster " + cluster);
     return;
   }
-  metadata["cluster"] = cluster;
-  agent->async_open(std::move(metadata), [this_metrics = &metrics_, logger = logger_, client, cluster](
-                                             error_code ec, tunnel::TunnelStreamPtr agent_stream, std::string reason) mutable {
+  auto md = metadata;
+  agent->async_open(std::move(md), [weak = weak_from_this(), client, cluster, metadata = std::move(metadata), attempt,
+                                    agent_session = std::weak_ptr<tunnel::Session>(agent)](
+                                       error_code ec, tunnel::TunnelStreamPtr agent_stream, std::string reason) mutable {
+    auto self = weak.lock();
+    if (!self) {
+      client->reset(tunnel::RstCode::unavailable, "relay is shutting down");
+      return;
+    }
     if (ec) {
-      this_metrics->open_failure("agent_refused");
+      // The tunnel closed or started draining between the choice and the
+      // open: another tunnel of the cluster may serve. A refusal by the agent
+      // itself (RST) is final.
+      auto s = agent_session.lock();
+      const bool tunnel_gone = ec != asio::error::connection_refused || !s || !s->usable();
+      if (tunnel_gone && attempt < 2) {
+        self->try_agent(cluster, std::move(client), std::move(metadata), attempt + 1);
+        return;
+      }
+      self->metrics_.open_failure("agent_refused");
       client->reset(tunnel::RstCode::unavailable, "agent for cluster " + cluster + " refused the stream: " + reason);
       return;
     }
     client->accept();
-    splice(std::move(client), std::move(agent_stream), *this_metrics, std::move(logger));
+    splice(std::move(client), std::move(agent_stream), self->metrics_, self->logger_);
   });
 }
 

@@ -50,6 +50,7 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
     std::shared_ptr<asio::steady_timer> expiry_timer;
   };
   void route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
+  void try_agent(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata, unsigned attempt);
   std::shared_ptr<tunnel::Session> pick_agent(const std::string& cluster) const;
   void remove(const tunnel::Session* session);
 

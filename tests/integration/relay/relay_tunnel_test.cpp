@@ -276,6 +276,25 @@ TEST_CASE("bad, expired and wrong-path tokens are refused with the right status"
   auto c = host.transport().dial(relay.endpoint(), [good] { return good; });
   auto o = open_stream(*c);
   CHECK(o.reason.find("no agent connected") != std::string::npos);  // got past the handshake
+
+  // The refusals are counted by reason in /metrics (checked when curl is there).
+  if (run("command -v curl").status != 0) {
+    WARN("curl not installed: /metrics not checked");
+    return;
+  }
+  auto metrics = run("curl -sS --max-time 10 --cacert " + quote(relay.ca_file()) + " https://" + relay.host() + "/metrics");
+  REQUIRE(metrics.status == 0);
+  CHECK_THAT(metrics.output, Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"token_expired\"} 1") &&
+                                 Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"bad_signature\"} 1") &&
+                                 Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"wrong_path\"} 1") &&
+                                 Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"no_right\"} 1") &&
+                                 Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"not_found\"} 1") &&
+                                 Catch::Contains("clusterconnect_relay_open_failures_total{reason=\"no_agent\"} 1") &&
+                                 Catch::Contains("clusterconnect_relay_tunnels{cluster=\"demo\",side=\"client\"} 1"));
+  auto health = run("curl -sS --max-time 10 --cacert " + quote(relay.ca_file()) + " https://" + relay.host() + "/healthz");
+  CHECK(health.output == "ok\n");
+  auto other = run("curl -sS --max-time 10 --cacert " + quote(relay.ca_file()) + " https://" + relay.host() + "/nothing-here");
+  CHECK_THAT(other.output, Catch::Contains("\"code\":\"NotFound\"") || Catch::Contains("\"error\""));
 }
 
 TEST_CASE("short-lived tokens: agents renew their tunnels, clients redial, no stream fails", "[relay][tunnel][auth]") {
