@@ -192,6 +192,13 @@ class Session : public std::enable_shared_from_this<Session> {
     req_.emplace();
     req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
     req_->body_limit(limits_.body_limit);
+    if (in_reading_) {
+      // The read that watched the client during the last response is still
+      // out; it becomes this request's first read (see on_client_read).
+      waiting_request_ = true;
+      arm_timer(in_buf_.size() > 0 ? limits_.header_timeout : limits_.idle_timeout);
+      return;
+    }
     if (in_buf_.size() > 0) {
       // A pipelined request is already here.
       arm_timer(limits_.header_timeout);
@@ -650,6 +657,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // ---- end of an exchange ---------------------------------------------------
 
   void maybe_finish() {
+    if (req_done_ && !res_done_) return watch_client();
     if (!req_done_ || !res_done_) return;
     if (upgrade_) return start_pipes();
     complete_record();
@@ -657,6 +665,52 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!up_keep_alive_ || request_failed_) release_upstream();
     if (close_after_) return close_session();
     wait_request();
+  }
+
+  // While a response streams (a watch, `logs -f`) and the request is
+  // complete, keep a read on the client: its close must end the exchange and
+  // release the upstream, or a quiet `logs -f` would hold it forever.
+  // Bytes read meanwhile (a pipelined request) stay in in_buf_ for the next
+  // request.
+  void watch_client() {
+    if (in_reading_ || closing_ || aborting_ || head_.upgrade || res_done_) return;
+    // Pipelined bytes already here prove the client is alive, and a read for
+    // more would wait for bytes the client only sends after our response.
+    if (in_buf_.size() > 0) return;
+    in_reading_ = true;
+    in_.async_read_some(in_buf_.prepare(4096), [self = shared_from_this()](error_code ec, std::size_t n) {
+      self->in_reading_ = false;
+      self->in_buf_.commit(n);
+      self->on_client_read(ec, n);
+    });
+  }
+
+  void on_client_read(error_code ec, std::size_t n) {
+    if (closing_) {
+      lingered_ += n;
+      if (!ec && lingered_ <= kLingerBytes) {
+        in_buf_.clear();
+        return linger();
+      }
+      timer_.cancel();
+      return;
+    }
+    if (aborting_) return;
+    if (waiting_request_) {
+      // The exchange finished while this read was out.
+      waiting_request_ = false;
+      if (ec) {
+        cancel_timer();
+        return close_session();
+      }
+      arm_timer(limits_.header_timeout);
+      return read_request_head();
+    }
+    if (ec) {
+      log_failure(ec, "client left during the response");
+      return abort_exchange(std::nullopt);
+    }
+    watch_client();
   }
 
   void complete_record() {
@@ -695,7 +749,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Answers the current request and keeps the connection when the request
   // was read completely; otherwise the unread body forces a close.
   void reply_and_continue(Reply reply) {
-    const bool keep = client_keep_alive_ && req_->is_done() && !aborting_ && !in_reading_;
+    // A read still out here is watch_client's (the body was read completely).
+    const bool keep = client_keep_alive_ && req_->is_done() && !aborting_;
     if (!keep) return reply_and_close(std::move(reply));
     rec_.status = reply.status;
     serialize_reply(reply, false);
@@ -733,12 +788,13 @@ class Session : public std::enable_shared_from_this<Session> {
     auto self = shared_from_this();
     in_.stream()->async_shutdown_send([self](error_code ec) {
       asio::dispatch(self->strand_, [self, ec] {
-        if (ec || self->in_reading_) return;  // nothing to linger for, or a pump still reads
+        if (ec) return self->in_.stream()->reset("closing");
         self->timer_.expires_after(kLingerTime);
         self->timer_.async_wait([self](error_code e) {
           if (!e) self->in_.stream()->reset("closing");
         });
-        self->linger();
+        // A read still out (a pump's or watch_client's) lingers for us.
+        if (!self->in_reading_) self->linger();
       });
     });
   }
@@ -885,7 +941,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool req_done_ = false, res_done_ = false, res_chunked_ = false, interim_ = false;
   bool response_started_ = false, upgrade_ = false, up_keep_alive_ = true, close_after_ = false;
   bool request_failed_ = false, retried_ = false, aborting_ = false, closing_ = false;
-  bool in_reading_ = false, timed_out_ = false;
+  bool in_reading_ = false, timed_out_ = false, waiting_request_ = false;
 };
 
 }  // namespace

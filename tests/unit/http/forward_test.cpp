@@ -210,7 +210,7 @@ TEST_CASE("chunked responses are relayed chunk by chunk as they arrive", "[http]
     c.send(chunk("{\"type\":\"MODIFIED\"}\n"));
     upstream_saw_second = got_second.wait();
     c.send("0\r\n\r\n");
-    test::read_message(c);
+    if (auto next = test::read_message(c)) c.send(ok("next"));
   });
   Rig rig(up.port());
   auto client = rig.client();
@@ -227,6 +227,9 @@ TEST_CASE("chunked responses are relayed chunk by chunk as they arrive", "[http]
   auto second = test::read_chunk(client, failed);
   REQUIRE(second);
   CHECK(*second == "{\"type\":\"MODIFIED\"}\n");
+  // A request pipelined while the response streams waits its turn.
+  client.send("GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   got_second.set();
   auto end = test::read_chunk(client, failed);
   CHECK_FALSE(end);
@@ -234,10 +237,44 @@ TEST_CASE("chunked responses are relayed chunk by chunk as they arrive", "[http]
   CHECK(upstream_saw_first);
   CHECK(upstream_saw_second);
 
-  // The connection is still usable after the chunked response.
-  client.send("GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto next = test::read_message(client);
+  REQUIRE(next);
+  CHECK(next->body == "next");
   auto records = rig.policy->records(1);
   CHECK(records[0].bytes_out == std::string("{\"type\":\"ADDED\"}\n{\"type\":\"MODIFIED\"}\n").size());
+}
+
+TEST_CASE("a client leaving during a watch releases the upstream connection", "[http]") {
+  test::Latch streaming;
+  std::atomic<bool> upstream_released{false};
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("line 1\n"));
+    streaming.set();
+    // A quiet `logs -f`: nothing more to send, only the close to notice.
+    c.set_timeout(10);
+    bool more = c.fill();
+    upstream_released = !more && c.last_error != asio::error::would_block && c.last_error != asio::error::try_again;
+  });
+  Rig rig(up.port());
+  {
+    auto client = rig.client();
+    client.send("GET /api/v1/namespaces/default/pods/p/log?follow=true HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto head = test::read_head(client);
+    REQUIRE(head);
+    REQUIRE(streaming.wait());
+    bool failed = false;
+    CHECK(test::read_chunk(client, failed) == std::optional<std::string>("line 1\n"));
+    auto start = std::chrono::steady_clock::now();
+    client.close();
+    auto records = rig.policy->records(1);
+    REQUIRE(records.size() == 1);
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (!upstream_released && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(upstream_released);
 }
 
 TEST_CASE("request bodies stream to the upstream before they are complete", "[http]") {

@@ -26,6 +26,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 namespace clusterconnect::test {
 
@@ -86,6 +88,19 @@ class IoThreads {
   std::vector<std::thread> threads_;
 };
 
+// The engine's debug log on stderr when CLUSTERCONNECT_TEST_DEBUG is set.
+inline std::shared_ptr<spdlog::logger> debug_logger() {
+  static auto logger = [] {
+    std::shared_ptr<spdlog::logger> l;
+    if (std::getenv("CLUSTERCONNECT_TEST_DEBUG")) {
+      l = spdlog::stderr_logger_mt("http-test");
+      l->set_level(spdlog::level::debug);
+    }
+    return l;
+  }();
+  return logger;
+}
+
 // Accepts on 127.0.0.1:0 and serves each connection with the engine.
 class Front {
  public:
@@ -110,7 +125,7 @@ class Front {
   void accept() {
     acceptor_.async_accept(asio::make_strand(io_), [this](error_code ec, tcp::socket s) {
       if (ec) return;
-      http::serve(io_, std::make_shared<TcpStream>(std::move(s)), policy_, connector_, limits_, nullptr);
+      http::serve(io_, std::make_shared<TcpStream>(std::move(s)), policy_, connector_, limits_, debug_logger());
       accept();
     });
   }
