@@ -1,6 +1,7 @@
 #include "entra_authenticator.hpp"
 
 #include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
 
 #include <cctype>
 #include <cstdlib>
@@ -113,13 +114,15 @@ JwksCache::Fetch http_fetcher(HttpPolicy policy) {
 }
 
 struct EntraAuthenticator::Shared {
-  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch)
+  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch, std::shared_ptr<spdlog::logger> log)
       : io(io_context),
+        logger(std::move(log)),
         config(std::move(c)),
         keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, std::chrono::hours(24)},
              fetch ? std::move(fetch) : http_fetcher(config.http)) {}
 
   asio::io_context& io;
+  std::shared_ptr<spdlog::logger> logger;
   AuthenticatorConfig config;
   JwksCache keys;
   std::mutex clock_mutex;
@@ -147,8 +150,9 @@ struct EntraAuthenticator::Shared {
   }
 };
 
-EntraAuthenticator::EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch)
-    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch))), worker_(std::make_unique<FetchWorker>()) {}
+EntraAuthenticator::EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch,
+                                       std::shared_ptr<spdlog::logger> logger)
+    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch), std::move(logger))), worker_(std::make_unique<FetchWorker>()) {}
 
 EntraAuthenticator::~EntraAuthenticator() = default;
 
@@ -185,7 +189,13 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
             } else {
               std::string fetch_error;
               if (!shared->keys.find(tenant, kid) || shared->keys.stale(tenant)) {
-                if (auto r = shared->keys.refresh(tenant); !r) fetch_error = r.error();
+                auto r = shared->keys.refresh(tenant);
+                if (!r) {
+                  fetch_error = r.error();
+                  if (shared->logger) shared->logger->warn("entra: {}", fetch_error);
+                } else if (r.value() && shared->logger) {
+                  shared->logger->info("entra: fetched the signing keys of tenant {}", tenant);
+                }
               }
               auto key = shared->keys.find(tenant, kid);
               result = key ? shared->finish(jws, key, kid) : shared->key_missing(tenant, kid, fetch_error);

@@ -17,6 +17,10 @@
 #include "jwks.hpp"
 #include "jwt.hpp"
 
+namespace spdlog {
+class logger;
+}
+
 namespace clusterconnect::entra {
 
 class FetchWorker;
@@ -40,8 +44,10 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
 
 class EntraAuthenticator final : public Authenticator {
  public:
-  // `fetch` serves URLs in tests; by default HTTPS through libcurl.
-  EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch = {});
+  // `fetch` serves URLs in tests; by default HTTPS through libcurl. Key
+  // fetches and their failures go to `logger` when there is one.
+  EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch = {},
+                     std::shared_ptr<spdlog::logger> logger = nullptr);
   ~EntraAuthenticator() override;
 
   void async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept override;

@@ -111,19 +111,19 @@ bool JwksCache::refresh_due(const std::string& tenant) const {
   return std::chrono::steady_clock::now() - t->second.attempted_at >= settings_.min_refresh_interval;
 }
 
-Result<void> JwksCache::refresh(const std::string& tenant) {
+Result<bool> JwksCache::refresh(const std::string& tenant) {
   std::lock_guard fetching(fetch_mutex_);
   {
     std::lock_guard lock(mutex_);
     auto& t = tenants_[tenant];
     if (t.attempted && std::chrono::steady_clock::now() - t.attempted_at < settings_.min_refresh_interval) {
-      if (t.loaded) return {};
+      if (t.loaded) return false;
       return fail(t.last_error);
     }
     t.attempted = true;
     t.attempted_at = std::chrono::steady_clock::now();
   }
-  auto record_failure = [&](std::string why) -> Result<void> {
+  auto record_failure = [&](std::string why) -> Result<bool> {
     std::lock_guard lock(mutex_);
     tenants_[tenant].last_error = why;
     return fail(std::move(why));
@@ -148,7 +148,7 @@ Result<void> JwksCache::refresh(const std::string& tenant) {
   t.loaded = true;
   t.fetched_at = std::chrono::steady_clock::now();
   t.last_error.clear();
-  return {};
+  return true;
 }
 
 }  // namespace clusterconnect::entra

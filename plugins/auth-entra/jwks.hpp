@@ -52,9 +52,10 @@ class JwksCache {
   bool loaded(const std::string& tenant) const;
   bool stale(const std::string& tenant) const;
   // Blocking: discovery then keys, unless the last attempt for this tenant
-  // is more recent than the minimum interval. Fails with the reason when
-  // the keys cannot be fetched; the previous key set then stays in use.
-  Result<void> refresh(const std::string& tenant);
+  // is more recent than the minimum interval. True when a new key set was
+  // fetched, false when rate-limited. Fails with the reason when the keys
+  // cannot be fetched; the previous key set then stays in use.
+  Result<bool> refresh(const std::string& tenant);
 
   std::string discovery_url(const std::string& tenant) const;
 

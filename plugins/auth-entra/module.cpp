@@ -21,7 +21,7 @@ class AuthenticatorFactory final : public AuthenticatorCapability {
     try {
       auto config = parse_authenticator_options(options);
       if (!config) return fail(config.error());
-      return std::shared_ptr<Authenticator>(std::make_shared<EntraAuthenticator>(host_.io_context(), std::move(*config)));
+      return std::shared_ptr<Authenticator>(std::make_shared<EntraAuthenticator>(host_.io_context(), std::move(*config), JwksCache::Fetch{}, host_.logger()));
     } catch (const std::exception& e) {
       return fail(std::string("authenticator:entra: ") + e.what());
     }

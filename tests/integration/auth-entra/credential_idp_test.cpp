@@ -220,7 +220,7 @@ TEST_CASE("auth-entra/idp: device code, then refresh before expiry", "[auth-entr
   REQUIRE_IDP();
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path());
-  idp.admin("access-token-lifetime", {{"seconds", 6}});
+  idp.admin("access-token-lifetime", {{"seconds", 10}});
   auto options = base_options(idp);
   options["method"] = "device-code";
   options["client_id"] = idp.state()["clients"]["public"]["client_id"];
@@ -258,9 +258,9 @@ TEST_CASE("auth-entra/idp: device code, then refresh before expiry", "[auth-entr
   REQUIRE(same);
   CHECK(same->token == token->token);
 
-  // Inside the refresh margin (half of a 6 s lifetime) but before expiry:
+  // Inside the refresh margin (half of a 10 s lifetime) but before expiry:
   // a new token, from the refresh token, with no second prompt.
-  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+  std::this_thread::sleep_until(token->expires_on - std::chrono::milliseconds(4500));
   REQUIRE(std::chrono::system_clock::now() < token->expires_on);
   auto renewed = cred->get_token(arc_server_app_id);
   INFO((renewed ? std::string() : renewed.error()));

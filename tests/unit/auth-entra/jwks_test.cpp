@@ -61,25 +61,29 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   TestKey a("a"), b("b");
   nlohmann::json jwks = {{"keys", {a.jwk()}}};
   int fetches = 0;
-  JwksCache cache({"https://login.example", std::chrono::seconds(1), std::chrono::hours(24)}, [&](const std::string& url) -> clusterconnect::Result<std::string> {
+  JwksCache cache({"https://login.example", std::chrono::seconds(2), std::chrono::hours(24)}, [&](const std::string& url) -> clusterconnect::Result<std::string> {
     ++fetches;
     if (url == "https://login.example/t1/v2.0/.well-known/openid-configuration") return std::string(R"({"jwks_uri":"https://login.example/t1/keys"})");
     if (url == "https://login.example/t1/keys") return jwks.dump();
     return clusterconnect::fail("unexpected URL " + url);
   });
   CHECK(cache.refresh_due("t1"));
-  REQUIRE(cache.refresh("t1"));
+  auto first = cache.refresh("t1");
+  REQUIRE(first);
+  CHECK(first.value());  // fetched
   CHECK(fetches == 2);
   CHECK(cache.find("t1", "a"));
   CHECK_FALSE(cache.find("t1", "b"));
 
   jwks = {{"keys", {b.jwk()}}};
   CHECK_FALSE(cache.refresh_due("t1"));
-  REQUIRE(cache.refresh("t1"));  // rate-limited: no fetch, old set kept
+  auto limited = cache.refresh("t1");
+  REQUIRE(limited);
+  CHECK_FALSE(limited.value());  // rate-limited: no fetch, old set kept
   CHECK(fetches == 2);
   CHECK_FALSE(cache.find("t1", "b"));
 
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
   CHECK(cache.refresh_due("t1"));
   REQUIRE(cache.refresh("t1"));
   CHECK(fetches == 4);
