@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include "clusterconnect/certificates.hpp"
@@ -703,4 +705,57 @@ TEST_CASE("two engines joined by TLS: requests, watches and upgrades pass throug
   }
   CHECK(*up_calls == 1);
   (*agent)->close();
+}
+
+TEST_CASE("kubectl (Go crypto/tls) accepts the issued certificates and talks through the engine", "[http][tls][kubectl]") {
+  if (::access("/usr/bin/kubectl", X_OK) != 0) {
+    WARN("kubectl not installed; skipped");
+    return;
+  }
+  std::atomic<int> requests{0};
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    while (auto req = test::read_message(c)) {
+      ++requests;
+      std::string body = R"({"major":"1","minor":"32","gitVersion":"v1.32.0-clusterconnect-test"})";
+      c.send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\n\r\n" + body);
+    }
+  });
+  test::IoThreads threads;
+  test::TempDir dir;
+  auto ca = tls::load_or_create_ca(dir.path() / "ca", "connectedk8s local CA");
+  REQUIRE(ca.ok());
+  auto leaf = tls::issue_server_cert(*ca, {"localhost"}, {"127.0.0.1"}, 1);
+  REQUIRE(leaf.ok());
+  auto ctx = tls::make_server_context_pem(leaf->cert, leaf->key);
+  REQUIRE(ctx.ok());
+  auto policy = std::make_shared<test::TestPolicy>();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  auto& io = threads.io;
+  auto connector = test::tcp_connector(io, up.port(), calls);
+  auto server = tls::TlsServer::listen(io, "127.0.0.1", 0, *ctx, [&io, policy, connector](StreamPtr s) {
+    http::serve(io, std::move(s), policy, connector, {}, nullptr);
+  }, nullptr);
+  REQUIRE(server.ok());
+  const std::string ca_file = (dir.path() / "ca" / "ca.crt").string();
+  for (const char* host : {"localhost", "127.0.0.1"}) {
+    INFO(host);
+    auto r = test::run("/usr/bin/kubectl --kubeconfig=/dev/null --token=local-test --request-timeout=10s --server=https://" +
+                       std::string(host) + ":" + std::to_string((*server)->port()) +
+                       " --certificate-authority=" + test::quote(ca_file) + " get --raw /version </dev/null");
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK_THAT(r.output, Catch::Contains("v1.32.0-clusterconnect-test"));
+  }
+  // And a CA it was not given is refused by Go as well.
+  auto other = tls::create_ca("other CA", 1);
+  REQUIRE(other.ok());
+  REQUIRE(tls::write_private_file(dir.path() / "other.crt", other->cert).ok());
+  auto r = test::run("/usr/bin/kubectl --kubeconfig=/dev/null --token=local-test --request-timeout=10s --server=https://localhost:" +
+                     std::to_string((*server)->port()) + " --certificate-authority=" +
+                     test::quote((dir.path() / "other.crt").string()) + " get --raw /version </dev/null");
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, Catch::Contains("certificate"));
+  (*server)->close();
 }
