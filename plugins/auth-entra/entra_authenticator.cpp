@@ -39,6 +39,15 @@ Result<std::vector<std::string>> string_list(const nlohmann::json& options, cons
   return out;
 }
 
+bool is_guid(const std::string& s) {
+  if (s.size() != 36) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? s[i] != '-' : !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool valid_tenant(const std::string& tenant) {
@@ -57,7 +66,8 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
     if (!tenants) return fail(tenants.error());
     if (tenants->empty()) return fail("authenticator:entra needs 'tenants': the Entra ID tenant IDs whose users may sign in");
     for (auto& t : *tenants) {
-      if (!valid_tenant(t)) return fail("tenant '" + printable(t) + "' is not a tenant ID or domain name");
+      // Issuers name a tenant by its ID, never by a domain, so only IDs can match.
+      if (!is_guid(t)) return fail("tenant '" + printable(t) + "' is not a tenant ID (a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47)");
       // Issuers carry tenant IDs in lower case.
       for (auto& ch : t) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     }

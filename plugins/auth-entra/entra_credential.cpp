@@ -71,6 +71,17 @@ Result<std::string> read_federated_token(const std::string& path) {
   return token;
 }
 
+// One JSON line, for hosts whose stderr is read by a program (`-o json`).
+void print_prompt_json(const DeviceCodePrompt& p) {
+  const nlohmann::json event = {{"event", "device_code"},
+                                {"verification_uri", p.verification_uri},
+                                {"user_code", p.user_code},
+                                {"message", p.message},
+                                {"expires_in", p.expires_in.count()}};
+  std::fprintf(stderr, "%s\n", event.dump().c_str());
+  std::fflush(stderr);
+}
+
 void print_prompt(const DeviceCodePrompt& p) {
   const std::string line = !p.message.empty() ? p.message
                                               : "To sign in, use a web browser to open the page " + p.verification_uri + " and enter the code " +
@@ -152,10 +163,17 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
     }
     if (!c.tenant_id.empty() && !valid_tenant(c.tenant_id)) return fail("tenant '" + c.tenant_id + "' is not a tenant ID or domain name");
     c.method = method;
+    const std::string prompt = o.value("device_code_prompt", std::string("text"));
+    if (prompt == "json") {
+      c.device_code_prompt = &print_prompt_json;
+    } else if (prompt == "text") {
+      c.device_code_prompt = &print_prompt;
+    } else {
+      return fail("device_code_prompt must be \"text\" or \"json\"");
+    }
   } catch (const nlohmann::json::exception& e) {
     return fail(std::string("credential:entra options: ") + e.what());
   }
-  c.device_code_prompt = &print_prompt;
   return c;
 }
 

@@ -52,7 +52,7 @@ struct CredentialConfig {
 
 // Options JSON: {"method": "auto"|..., "tenant_id", "client_id", "client_secret",
 //   "certificate_path", "federated_token_file", "authority", "ca_file",
-//   "allow_http_loopback", "cache": true}; unset fields come from AZURE_TENANT_ID,
+//   "allow_http_loopback", "cache": true, "device_code_prompt": "text"|"json"}; unset fields come from AZURE_TENANT_ID,
 // AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH,
 // AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST. "auto" picks, in order:
 // client secret, certificate, workload identity (when their settings are

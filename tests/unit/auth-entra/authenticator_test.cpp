@@ -282,6 +282,9 @@ TEST_CASE("auth-entra: authenticator options are checked", "[auth-entra][options
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"clock_skew_seconds", 601}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"username_claim", "email"}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {"../evil"}}}));
+  auto domain = parse_authenticator_options({{"tenants", {"contoso.onmicrosoft.com"}}});
+  REQUIRE_FALSE(domain);
+  CHECK(domain.error().find("GUID") != std::string::npos);
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://127.0.0.1:1234"}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://idp.example"}, {"allow_http_loopback", true}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"group_source", "graph"}}));

@@ -90,6 +90,10 @@ TEST_CASE("auth-entra: credential options resolve like the Azure SDK", "[auth-en
   REQUIRE_FALSE(missing_secret);
   CHECK(missing_secret.error().find("AZURE_CLIENT_SECRET") != std::string::npos);
   CHECK_FALSE(parse_credential_options({{"method", "magic"}}, cache));
+  CHECK_FALSE(parse_credential_options({{"method", "device-code"}, {"device_code_prompt", "popup"}}, cache));
+  auto json_prompt = parse_credential_options({{"method", "device-code"}, {"device_code_prompt", "json"}}, cache);
+  REQUIRE(json_prompt);
+  CHECK(json_prompt->device_code_prompt);
   CHECK_FALSE(parse_credential_options({{"method", "device-code"}, {"authority", "http://127.0.0.1:9"}}, cache));
   CHECK(parse_credential_options({{"method", "device-code"}, {"authority", "http://127.0.0.1:9"}, {"allow_http_loopback", true}}, cache));
   CHECK_FALSE(parse_credential_options({{"method", "device-code"}, {"tenant_id", "a/b"}}, cache));
