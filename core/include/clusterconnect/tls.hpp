@@ -63,7 +63,9 @@ class TlsServer {
 
   virtual unsigned short port() const noexcept = 0;
   // Stops accepting; connections already handed out are not affected.
-  // Thread-safe, idempotent.
+  // Thread-safe, idempotent. The pending accept keeps the server alive, so
+  // dropping the last reference without close() does not stop it.
+  // `address` must be an IP literal ("127.0.0.1", "::1", "0.0.0.0").
   virtual void close() noexcept = 0;
 };
 

@@ -189,7 +189,10 @@ class ConnectOp : public std::enable_shared_from_this<ConnectOp> {
         self->socket_.close(ignored);
         if (self->stream_) self->stream_->ssl().next_layer().close(ignored);
       });
-      self->resolver_.async_resolve(self->host_, self->port_,
+      // "[::1]" as written in URLs; the resolver wants the bare literal.
+      std::string name = self->host_;
+      if (name.size() >= 2 && name.front() == '[' && name.back() == ']') name = name.substr(1, name.size() - 2);
+      self->resolver_.async_resolve(name, self->port_,
                                     [self](error_code ec, tcp::resolver::results_type results) {
                                       self->on_resolve(ec, std::move(results));
                                     });

@@ -142,6 +142,20 @@ TEST_CASE("TLS round trip with half-close in both directions", "[tls]") {
   server->close();
 }
 
+TEST_CASE("TLS over IPv6 loopback with a bracketed host", "[tls]") {
+  asio::io_context io;
+  Pki pki;
+  auto server = tls::TlsServer::listen(io, "::1", 0, pki.server({}, {"::1"}), [](StreamPtr) {}, nullptr);
+  if (!server.ok()) {
+    WARN("no IPv6 loopback here: " + server.error());
+    return;
+  }
+  auto c = connect(io, "[::1]", (*server)->port(), pki.client());
+  CHECK_FALSE(c.ec);
+  CHECK(c.reason.empty());
+  (*server)->close();
+}
+
 TEST_CASE("TLS client refuses a certificate from another CA", "[tls]") {
   asio::io_context io;
   Pki pki, other;
