@@ -759,3 +759,85 @@ TEST_CASE("kubectl (Go crypto/tls) accepts the issued certificates and talks thr
   CHECK_THAT(r.output, Catch::Contains("certificate"));
   (*server)->close();
 }
+
+TEST_CASE("an HTTP/1.0 client gets a chunked response as a close-delimited body", "[http]") {
+  test::ScriptedUpstream up([](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("old ") + chunk("client") + "0\r\n\r\n");
+    test::read_message(c);
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.0\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK_FALSE(res->chunked);
+  CHECK(res->body == "old client");
+  CHECK(*res->header("connection") == "close");
+}
+
+TEST_CASE("upgrade: the upstream half-closes first and the client can still send", "[http]") {
+  std::string upstream_got;
+  error_code upstream_end;
+  test::Latch upstream_done;
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\nConnection: Upgrade\r\n\r\nstatus:done");
+    c.shutdown_send();
+    while (c.fill()) {
+    }
+    upstream_got = c.buffer;
+    upstream_end = c.last_error;
+    upstream_done.set();
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("POST /exec HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  CHECK(head->status() == 101);
+  auto data = client.read_exactly(11);
+  REQUIRE(data);
+  CHECK(*data == "status:done");
+  CHECK(client.at_eof());
+  client.send("late stdin");
+  client.shutdown_send();
+  auto records = rig.policy->records(1);
+  REQUIRE(records.size() == 1);
+  CHECK(records[0].upgraded);
+  REQUIRE(upstream_done.wait());
+  CHECK(upstream_got == "late stdin");
+  CHECK(upstream_end == asio::error::eof);
+}
+
+TEST_CASE("a policy may decide later, on another thread", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  struct SlowPolicy : http::ForwardPolicy {
+    std::vector<std::thread> threads;
+    ~SlowPolicy() override {
+      for (auto& t : threads) t.join();
+    }
+    void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override {
+      threads.emplace_back([&head, done = std::move(done)]() mutable {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        head.target += "-checked";
+        done(http::Decision{});
+      });
+    }
+  };
+  auto policy = std::make_shared<SlowPolicy>();
+  test::IoThreads threads;
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  {
+    test::Front front(threads.io, policy, test::tcp_connector(threads.io, up.port(), calls));
+    Conn client(threads.io, front.port());
+    client.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto a = test::read_message(client);
+    auto b = test::read_message(client);
+    REQUIRE(a);
+    REQUIRE(b);
+    CHECK(a->body == "/a-checked");
+    CHECK(b->body == "/b-checked");
+  }
+}
