@@ -107,3 +107,52 @@ TEST_CASE("auth-entra/idp: a key rotated at the provider is survived without res
   CHECK(stale.failure == AuthFailure::unknown_key);
   CHECK(stale.message.find(rotated["previous"].get<std::string>()) != std::string::npos);
 }
+
+TEST_CASE("auth-entra/idp: over TLS, trusted through ca_file only", "[auth-entra][idp][tls]") {
+  if (auto why = TestIdp::unavailable()) {
+    WARN("skipped: " << *why);
+    return;
+  }
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path(), nullptr, /*tls=*/true);
+  REQUIRE(idp.authority().rfind("https://127.0.0.1:", 0) == 0);
+  const auto& c = idp.state()["clients"]["secret"];
+
+  HttpPolicy policy;
+  policy.ca_file = idp.ca_file();
+  HttpClient http(policy);
+  auto r = http.post_form(idp.token_endpoint(), form_encode({{"grant_type", "client_credentials"},
+                                                            {"client_id", c["client_id"].get<std::string>()},
+                                                            {"client_secret", c["client_secret"].get<std::string>()},
+                                                            {"scope", std::string(arc_server_app_id) + "/.default"}}));
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  const std::string token = nlohmann::json::parse(r->body)["access_token"];
+
+  auto validate_with = [&](nlohmann::json options) {
+    asio::io_context io;
+    options["tenants"] = {idp.tenant()};
+    options["authority"] = idp.authority();
+    auto config = parse_authenticator_options(options);
+    REQUIRE(config);
+    auto auth = std::make_shared<EntraAuthenticator>(io, std::move(*config));
+    std::optional<AuthOutcome> out;
+    auth->async_authenticate(token, [&](AuthOutcome o) { out = std::move(o); });
+    for (int i = 0; i < 6000 && !out; ++i) {
+      io.restart();
+      io.run_for(std::chrono::milliseconds(5));
+      if (!out) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(out);
+    return *out;
+  };
+
+  auto trusted = validate_with({{"ca_file", idp.ca_file()}});
+  INFO(trusted.message);
+  CHECK(trusted.ok());
+
+  // Without the provider's certificate the system trust store refuses it.
+  auto untrusted = validate_with(nlohmann::json::object());
+  CHECK(untrusted.failure == AuthFailure::keys_unavailable);
+  CHECK(untrusted.message.find("certificate") != std::string::npos);
+}

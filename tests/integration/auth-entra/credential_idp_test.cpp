@@ -420,3 +420,24 @@ TEST_CASE("auth-entra/idp: a user with too many groups is refused as group overa
   auto out = validate(idp, r->token);
   CHECK(out.failure == AuthFailure::group_overage);
 }
+
+TEST_CASE("auth-entra/idp: credential over TLS with ca_file", "[auth-entra][idp][credential][tls]") {
+  REQUIRE_IDP();
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path(), nullptr, /*tls=*/true);
+  const auto& c = idp.state()["clients"]["certificate"];
+  nlohmann::json options = {{"method", "client-certificate"},
+                            {"tenant_id", idp.tenant()},
+                            {"authority", idp.authority()},
+                            {"client_id", c["client_id"]},
+                            {"certificate_path", c["certificate_path"]},
+                            {"ca_file", idp.ca_file()}};
+  auto token = make_credential(options)->get_token(arc_server_app_id);
+  INFO((token ? std::string() : token.error()));
+  REQUIRE(token);
+
+  options.erase("ca_file");
+  auto refused = make_credential(options)->get_token(arc_server_app_id);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().find("certificate") != std::string::npos);
+}

@@ -48,11 +48,13 @@ class TestIdp {
     return std::nullopt;
   }
 
-  explicit TestIdp(const std::filesystem::path& dir, const nlohmann::json& config = nullptr) : dir_(dir) {
+  // `tls`: serve HTTPS with a self-signed certificate (state()["tls_ca_file"]).
+  explicit TestIdp(const std::filesystem::path& dir, const nlohmann::json& config = nullptr, bool tls = false) : dir_(dir) {
     const auto script = source_tree() / "tests" / "fixtures" / "idp" / "server.js";
     const auto ready = dir / "idp-ready.json";
     std::vector<std::string> args = {"node", script.string(), "--port", "0", "--tenant", idp_tenant, "--ready-file", ready.string(),
                                      "--state-dir", (dir / "idp-state").string(), "--admin"};
+    if (tls) args.push_back("--tls");
     if (!config.is_null()) {
       std::ofstream(dir / "idp-config.json") << config.dump();
       args.push_back("--config");
@@ -107,6 +109,7 @@ class TestIdp {
   std::string issuer() const { return ready_["issuer"]; }
   std::string tenant() const { return state_["tenant"]; }
   std::string token_endpoint() const { return state_["token_endpoint"]; }
+  std::string ca_file() const { return state_.value("tls_ca_file", std::string()); }
   const nlohmann::json& state() const { return state_; }
   std::string log() const { return slurp(dir_ / "idp.log"); }
 
@@ -114,6 +117,7 @@ class TestIdp {
   nlohmann::json admin(const std::string& path, const nlohmann::json& body = nlohmann::json::object()) const {
     HttpPolicy policy;
     policy.allow_http_loopback = true;
+    policy.ca_file = ca_file();
     policy.max_attempts = 1;
     policy.total_timeout = std::chrono::seconds(30);
     HttpClient http(policy);
