@@ -3,29 +3,267 @@
 
 #include <cstdio>
 #include <exception>
+#include <fstream>
+#include <future>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
+#include "agent_metrics.hpp"
+#include "agent_policy.hpp"
+#include "api_server.hpp"
+#include "audit_log.hpp"
+#include "clusterconnect/host/config_file.hpp"
 #include "clusterconnect/host/runtime.hpp"
+#include "clusterconnect/transport.hpp"
 #include "clusterconnect/version.hpp"
+#include "counted_stream.hpp"
+#include "health_server.hpp"
+#include "relay_token.hpp"
 
 using namespace clusterconnect;
+using namespace clusterconnect::agent;
+
+namespace {
+
+const char* const arc_server_app = "6256c85f-0aad-4d50-b960-e6e9b21efe35";
+
+struct AgentOptions {
+  std::string relay_url;
+  std::string relay_ca_file;
+  bool relay_insecure_skip_verify = false;
+  std::string listen_key_name = "listen";
+  std::string listen_key_file;
+  std::string relay_token_file;
+  unsigned tunnels = 2;
+  std::string mode = "entra";
+  std::vector<std::string> tenants;
+  std::vector<std::string> audiences{arc_server_app};
+  std::string authority;
+  std::string authority_ca_file;
+  bool allow_http_loopback_authority = false;
+  std::string username_claim = "upn";
+  unsigned clock_skew = 300;
+  ApiServerOptions api;
+  std::string health_listen = "0.0.0.0:8081";
+  std::string ready_file;
+  std::string audit_log = "-";
+  unsigned threads = 2;
+};
+
+void add_options(CLI::App& app, AgentOptions& o) {
+  app.add_option("--relay-url", o.relay_url, "Relay endpoint: wss://HOST[:PORT]/$hc/HYBRID_CONNECTION")
+      ->envname("CLUSTERCONNECT_RELAY_URL")->required();
+  app.add_option("--relay-ca-file", o.relay_ca_file, "CA bundle that verifies the relay (default: system store)")
+      ->envname("CLUSTERCONNECT_RELAY_CA_FILE");
+  app.add_flag("--relay-insecure-skip-verify", o.relay_insecure_skip_verify,
+               "Do not verify the relay's certificate (development only; logged as a warning)");
+  app.add_option("--listen-key-name", o.listen_key_name, "Name of the relay key with the listen right")
+      ->envname("CLUSTERCONNECT_LISTEN_KEY_NAME")->capture_default_str();
+  app.add_option("--listen-key-file", o.listen_key_file,
+                 "File holding the listen key; the agent signs short-lived tokens with it")
+      ->envname("CLUSTERCONNECT_LISTEN_KEY_FILE");
+  app.add_option("--relay-token-file", o.relay_token_file,
+                 "File holding a listen token (SharedAccessSignature ...), re-read when it changes")
+      ->envname("CLUSTERCONNECT_RELAY_TOKEN_FILE");
+  app.add_option("--tunnels", o.tunnels, "Tunnels kept open to the relay")->check(CLI::Range(1, 16))->capture_default_str();
+  app.add_option("--mode", o.mode,
+                 "entra: authenticate Entra ID tokens and impersonate; token: pass service-account tokens through; "
+                 "both: Entra when the token is one, else pass through")
+      ->check(CLI::IsMember({"entra", "token", "both"}))->envname("CLUSTERCONNECT_MODE")->capture_default_str();
+  app.add_option("--tenant", o.tenants, "Entra tenant ID whose tokens are accepted (repeatable)")->envname("AZURE_TENANT_ID");
+  app.add_option("--audience", o.audiences, "Accepted token audience (repeatable; default: the Arc cluster-connect server app)")
+      ->capture_default_str();
+  app.add_option("--authority", o.authority, "Entra authority host (default https://login.microsoftonline.com)")
+      ->envname("AZURE_AUTHORITY_HOST");
+  app.add_option("--authority-ca-file", o.authority_ca_file, "CA bundle that verifies the authority (default: system store)");
+  app.add_flag("--allow-http-loopback-authority", o.allow_http_loopback_authority,
+               "Accept an http:// authority on a loopback address (test identity providers only)");
+  app.add_option("--username-claim", o.username_claim, "upn: upn, else preferred_username, else oid; oid: always oid")
+      ->check(CLI::IsMember({"upn", "oid"}))->capture_default_str();
+  app.add_option("--clock-skew", o.clock_skew, "Seconds of clock skew allowed on exp/nbf")->check(CLI::Range(0, 600))
+      ->capture_default_str();
+  app.add_option("--apiserver-url", o.api.url, "API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)")
+      ->envname("CLUSTERCONNECT_APISERVER_URL");
+  app.add_option("--apiserver-ca-file", o.api.ca_file, "CA bundle for the API server (default: the pod's service-account CA)")
+      ->envname("CLUSTERCONNECT_APISERVER_CA_FILE");
+  app.add_option("--token-file", o.api.token_file,
+                 "The agent's own service-account token (default: the pod's), re-read when it rotates")
+      ->envname("CLUSTERCONNECT_TOKEN_FILE");
+  app.add_option("--health-listen", o.health_listen, "ADDRESS:PORT for /healthz, /readyz, /metrics (plain HTTP)")
+      ->capture_default_str();
+  app.add_option("--ready-file", o.ready_file, "Write {\"health_port\":N} to this file once a tunnel is up");
+  app.add_option("--audit-log", o.audit_log, "Audit log file, one JSON line per request ('-' = stdout, '' = off)")
+      ->capture_default_str();
+  app.add_option("--threads", o.threads, "I/O threads")->check(CLI::Range(1, 64))->capture_default_str();
+}
+
+void write_ready_file(const std::string& path, unsigned short health_port) {
+  auto tmp = path + ".tmp";
+  std::ofstream(tmp) << nlohmann::json{{"health_port", health_port}}.dump() << "\n";
+  std::rename(tmp.c_str(), path.c_str());
+}
+
+}  // namespace
 
 int main(int argc, char** argv) try {
   int verbosity = 0;
   host::LogFormat format = host::LogFormat::text;
   host::prescan_logging_flags(argc, argv, verbosity, format);
   auto logger = host::make_logger("agent", verbosity, format);
-  CLI::App app{"clusterconnect-agent: connects a cluster to a relay", "clusterconnect-agent"};
+
+  CLI::App app{"clusterconnect-agent: connects a cluster to a relay; authenticates callers and impersonates them",
+               "clusterconnect-agent"};
   app.set_version_flag("--version", std::string("clusterconnect-agent ") + CLUSTERCONNECT_VERSION);
   int verbose_count = 0;
   app.add_flag("-v,--verbose", verbose_count, "More log output (repeat for trace)");
   std::string log_format = "text";
   app.add_option("--log-format", log_format, "Log format: text or json")->check(CLI::IsMember({"text", "json"}));
+  host::add_config_option(app, "YAML or JSON file of option values, keyed by long option name");
+  AgentOptions o;
+  add_options(app, o);
   CLI11_PARSE(app, argc, argv);
-  host::Runtime runtime(logger, 2);
+
+  if (o.listen_key_file.empty() == o.relay_token_file.empty()) {
+    std::fprintf(stderr, "clusterconnect-agent: give exactly one of --listen-key-file and --relay-token-file\n");
+    return 2;
+  }
+  AuthMode mode = o.mode == "token" ? AuthMode::token : o.mode == "both" ? AuthMode::both : AuthMode::entra;
+  if (mode != AuthMode::token && o.tenants.empty()) {
+    std::fprintf(stderr, "clusterconnect-agent: --tenant is required in %s mode (or set AZURE_TENANT_ID)\n", o.mode.c_str());
+    return 2;
+  }
+
+  host::Runtime runtime(logger, o.threads);
   runtime.load_plugins();
-  return 0;
+  auto& io = runtime.io_context();
+
+  auto transport = runtime.capabilities().transport("ws");
+  if (!transport) {
+    std::fprintf(stderr, "clusterconnect-agent: no transport:ws module was loaded; see the warnings above\n");
+    return 1;
+  }
+  std::shared_ptr<Authenticator> authenticator;
+  if (mode != AuthMode::token) {
+    auto cap = runtime.capabilities().authenticator("entra");
+    if (!cap) {
+      std::fprintf(stderr, "clusterconnect-agent: no authenticator:entra module was loaded; see the warnings above\n");
+      return 1;
+    }
+    nlohmann::json options{{"tenants", o.tenants},
+                           {"audiences", o.audiences},
+                           {"allow_http_loopback", o.allow_http_loopback_authority},
+                           {"clock_skew_seconds", o.clock_skew},
+                           {"username_claim", o.username_claim},
+                           {"ca_file", o.authority_ca_file}};
+    if (!o.authority.empty()) options["authority"] = o.authority;
+    auto made = cap->create(options);
+    if (!made) {
+      std::fprintf(stderr, "clusterconnect-agent: %s\n", made.error().c_str());
+      return 2;
+    }
+    authenticator = made.value();
+  }
+
+  auto api = ApiServer::create(o.api);
+  if (!api) {
+    std::fprintf(stderr, "clusterconnect-agent: %s\n", api.error().c_str());
+    return 2;
+  }
+  auto relay_token = RelayToken::create(o.relay_url, o.listen_key_name, o.listen_key_file, o.relay_token_file);
+  if (!relay_token) {
+    std::fprintf(stderr, "clusterconnect-agent: %s\n", relay_token.error().c_str());
+    return 2;
+  }
+  auto audit = AuditLog::open(o.audit_log);
+  if (!audit) {
+    std::fprintf(stderr, "clusterconnect-agent: %s\n", audit.error().c_str());
+    return 2;
+  }
+  auto metrics = std::make_shared<AgentMetrics>();
+  auto policy = std::make_shared<AgentPolicy>(mode, authenticator, api.value(), std::shared_ptr<AuditLog>(std::move(audit.value())),
+                                              metrics, logger);
+  if (o.relay_insecure_skip_verify)
+    logger->warn("--relay-insecure-skip-verify: the relay's certificate is NOT verified; use this only in development");
+
+  runtime.start();
+
+  std::shared_ptr<TunnelListener> listener;
+  std::atomic<bool> api_reachable{false};
+  auto health = HealthServer::listen(io, o.health_listen, [&](const std::string& path) -> HealthReply {
+    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+    if (path == "/readyz") {
+      unsigned up = listener ? listener->status().tunnels_up : 0;
+      if (up > 0 && api_reachable) return {200, "text/plain; charset=utf-8", "ok\n"};
+      return {503, "text/plain; charset=utf-8",
+              std::string(up ? "" : "no tunnel to the relay\n") + (api_reachable ? "" : "API server not reachable\n")};
+    }
+    if (path == "/metrics")
+      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener ? listener->status().tunnels_up : 0)};
+    return {404, "text/plain; charset=utf-8", "not found\n"};
+  });
+  if (!health) {
+    std::fprintf(stderr, "clusterconnect-agent: %s\n", health.error().c_str());
+    runtime.stop();
+    return 2;
+  }
+
+  ListenOptions listen_options;
+  listen_options.endpoint = {o.relay_url, o.relay_ca_file, o.relay_insecure_skip_verify};
+  listen_options.token = [rt = relay_token.value()] { return rt->current(); };
+  listen_options.tunnels = o.tunnels;
+  http::Limits limits;
+  auto connector = api.value()->connector(io);
+  listener = transport->listen(listen_options, [&io, policy, connector, limits, logger, metrics](
+                                                    StreamPtr stream, const std::map<std::string, std::string>&) {
+    http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy, connector, limits, logger);
+  });
+  if (!listener) {
+    std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");
+    runtime.stop();
+    return 1;
+  }
+  logger->info("agent {} started: relay {}, mode {}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
+               health.value()->port());
+
+  // Readiness: the API server must accept a verified TLS connection; probed
+  // every few seconds. The ready file appears once a tunnel is up too.
+  asio::steady_timer probe_timer(io);
+  std::function<void()> probe = [&] {
+    connector([&](error_code ec, StreamPtr s, std::string reason) {
+      if (ec) logger->debug("API server probe failed: {}", reason);
+      api_reachable = !ec;
+      if (s) s->reset("probe done");
+      if (!o.ready_file.empty() && api_reachable && listener->status().tunnels_up > 0) {
+        write_ready_file(o.ready_file, health.value()->port());
+        o.ready_file.clear();
+      }
+      probe_timer.expires_after(o.ready_file.empty() ? std::chrono::seconds(10) : std::chrono::milliseconds(200));
+      probe_timer.async_wait([&](error_code e) {
+        if (!e) probe();
+      });
+    });
+  };
+  asio::post(io, probe);
+
+  std::promise<int> stop;
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](error_code ec, int sig) {
+    if (ec) return;
+    logger->info("signal {}: closing tunnels", sig);
+    stop.set_value(0);
+  });
+  int rc = stop.get_future().get();
+  listener->close();
+  health.value()->close();
+  asio::post(io, [&] { probe_timer.cancel(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  runtime.stop();
+  return rc;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "clusterconnect-agent: %s\n", e.what());
   return 1;

@@ -7,7 +7,16 @@
 #include <memory>
 #include <string>
 
+#include <chrono>
+#include <functional>
+#include <vector>
+
+#include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/unique_function.hpp"
+
+namespace spdlog {
+class logger;
+}
 
 namespace clusterconnect::relay {
 
@@ -30,5 +39,22 @@ class ManagementApi {
   // Completes on any thread; must not block an io thread.
   virtual void handle(ManagementRequest request, UniqueFunction<void(ManagementResponse)> respond) = 0;
 };
+
+struct RelayConfig;
+
+struct ManagementOptions {
+  std::string public_host;  // HOST[:PORT] clients dial for tunnels; empty = the request's Host
+  std::chrono::seconds token_lifetime{3600};
+};
+
+// Agents connected per hybrid connection, for the resource's connectivityStatus.
+using AgentCount = std::function<unsigned(const std::string& hybrid_connection)>;
+
+// The ARM-shaped API over the relay's registry: callers authenticate with an
+// Entra token for the relay's audience; a role assignment on the cluster (their
+// object ID or one of their groups) lets them list its connect credential.
+std::shared_ptr<ManagementApi> make_management_api(std::shared_ptr<const RelayConfig> config, ManagementOptions options,
+                                                   std::shared_ptr<Authenticator> authenticator, AgentCount agents,
+                                                   std::shared_ptr<spdlog::logger> logger);
 
 }  // namespace clusterconnect::relay

@@ -1,13 +1,58 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Until the local sandbox lands, this
-# builds clusterconnect and shows the host with its modules: the loaded
-# modules and the proxy command's flags, which come from the proxy module.
+# The main job on the embedded default: builds clusterconnect, starts a local
+# sandbox (stand-in API server, oidc-provider as Entra ID, relay, agent) and
+# runs kubectl through `connectedk8s proxy` on a short tour.
+#
+#   scripts/demo.sh          set up, build, run the tour, stop everything
+#   scripts/demo.sh --keep   leave the sandbox running and print how to use it
+#   scripts/demo.sh --down   stop a sandbox left running by --keep
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+sandbox="${CLUSTERCONNECT_SANDBOX:-$root/sandbox}"
+mode="${1:-}"
+
+if [ "$mode" = "--down" ]; then
+  scripts/sandbox.sh down "$sandbox"
+  echo "sandbox stopped"
+  exit 0
+fi
+
 scripts/setup.sh
+echo "== building (release) ==" >&2
 cmake --preset release >/dev/null
-cmake --build --preset release
-bin=build/release/stage/bin
-"$bin/connectedk8s" --version
-"$bin/connectedk8s" plugin list
-"$bin/connectedk8s" proxy --help
+cmake --build --preset release >/dev/null
+bin="$root/build/release/stage/bin"
+
+echo "== starting the sandbox in $sandbox ==" >&2
+scripts/sandbox.sh up "$sandbox" "$bin"
+if [ "$mode" != "--keep" ]; then trap 'scripts/sandbox.sh down "$sandbox"' EXIT; fi
+# shellcheck disable=SC1091
+source "$sandbox/env.sh"
+
+echo "== kubectl through connectedk8s proxy -n demo -g sandbox ==" >&2
+export DEMO_STATE="$sandbox/state" DEMO_LOGS="$sandbox/logs"
+status=0
+"$bin/connectedk8s" proxy -n demo -g sandbox --port 0 -- "$root/scripts/demo-tour.sh" || status=$?
+
+if [ $status -ne 0 ]; then
+  echo "the tour failed (exit $status); logs are in $sandbox/logs" >&2
+  for c in relay agent apiserver idp; do
+    echo "---- last lines of $c.log ----" >&2
+    tail -n 15 "$sandbox/logs/$c.log" >&2 || true
+  done
+  exit $status
+fi
+
+if [ "$mode" = "--keep" ]; then
+  cat <<MSG
+
+The sandbox keeps running. From another terminal:
+
+  source $sandbox/env.sh
+  connectedk8s proxy -n demo -g sandbox        # writes context 'demo' to ~/.kube/config
+  kubectl get pods                             # in a third terminal, or after the ready line
+
+Stop it with: scripts/demo.sh --down
+MSG
+fi

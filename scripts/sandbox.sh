@@ -19,6 +19,7 @@ dir="${2:-}"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 bin="${3:-$root/build/release/stage/bin}"
+[ -d "$bin" ] && bin="$(cd "$bin" && pwd)"
 fixtures="$root/tests/fixtures"
 
 tenant="72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -110,8 +111,13 @@ up() {
   agent_token="$(openssl rand -hex 24)"; ci_token="$(openssl rand -hex 24)"
   printf '%s\n' "$agent_token" >"$s/agent-sa.token"; chmod 600 "$s/agent-sa.token"
   printf '%s\n' "$ci_token" >"$s/ci-sa.token"; chmod 600 "$s/ci-sa.token"
+  # The demo principals may write (the stand-in's RBAC); everyone signed in may read.
+  local writers; writers="$(node -e '
+    const st=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
+    console.log(JSON.stringify([st.clients.secret.oid, ...Object.values(st.users).map(u=>u.upn)]))' "$s/idp/state.json")"
   cat >"$s/apiserver-tokens.json" <<JSON
-{"tokens": [
+{"policy": {"writers": {"users": $writers, "groups": ["system:masters"]}},
+ "tokens": [
   {"token": "$agent_token", "user": "system:serviceaccount:clusterconnect:clusterconnect-agent", "uid": "agent-uid",
    "groups": ["system:serviceaccounts", "system:serviceaccounts:clusterconnect"], "can_impersonate": true},
   {"token": "$ci_token", "user": "system:serviceaccount:default:ci", "uid": "ci-uid",
@@ -128,10 +134,11 @@ JSON
   # 3. Relay: registry with cluster demo in resource group sandbox.
   openssl rand -base64 32 | tr -d '\n' >"$s/listen.key"; chmod 600 "$s/listen.key"
   openssl rand -base64 32 | tr -d '\n' >"$s/connect.key"; chmod 600 "$s/connect.key"
+  # Role assignments for the demo service principal and the demo user.
   local principals; principals="$(node -e '
-    const fs=require("fs"); const d=process.argv[1];
-    const p=JSON.parse(fs.readFileSync(d+"/principals.json","utf8"));
-    console.log(JSON.stringify(p.map(x=>({principal:x.oid, role:"Azure Arc Kubernetes Cluster User"}))))' "$s/idp")"
+    const st=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
+    const oids=[st.clients.secret.oid, ...Object.values(st.users).map(u=>u.oid)];
+    console.log(JSON.stringify(oids.map(o=>({principal:o, role:"Azure Arc Kubernetes Cluster User"}))))' "$s/idp/state.json")"
   cat >"$s/relay.json" <<JSON
 {"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
    "hybrid_connection": "clusters/$subscription/sandbox/demo",
@@ -162,8 +169,8 @@ JSON
 
   # What a user's shell needs for `connectedk8s proxy -n demo -g sandbox`.
   local sp_client sp_secret
-  sp_client="$(json "$s/idp/clients.json" secret.client_id)"
-  sp_secret="$(json "$s/idp/clients.json" secret.client_secret)"
+  sp_client="$(json "$s/idp/state.json" clients.secret.client_id)"
+  sp_secret="$(json "$s/idp/state.json" clients.secret.client_secret)"
   cat >"$dir/env.sh" <<ENV
 # Source this file to use the sandbox: connectedk8s proxy -n demo -g sandbox
 export PATH="$bin:\$PATH"

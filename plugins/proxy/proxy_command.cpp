@@ -1,24 +1,120 @@
 #include "proxy_command.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "child_process.hpp"
+#include "clusterconnect/certificates.hpp"
+#include "clusterconnect/credential.hpp"
+#include "clusterconnect/http/forward.hpp"
+#include "clusterconnect/kubeconfig.hpp"
+#include "clusterconnect/registry.hpp"
+#include "clusterconnect/tls.hpp"
+#include "clusterconnect/tls_context.hpp"
+#include "clusterconnect/transport.hpp"
+#include "local_endpoint.hpp"
+#include "management_client.hpp"
+#include "progress.hpp"
+
+namespace fs = std::filesystem;
 
 namespace clusterconnect::proxy {
+namespace {
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+fs::path default_kubeconfig() {
+  if (const char* k = std::getenv("KUBECONFIG"); k && *k) {
+    std::string first(k);
+    first = first.substr(0, first.find(':'));
+    if (!first.empty()) return first;
+  }
+  const char* home = std::getenv("HOME");
+  return fs::path(home ? home : ".") / ".kube" / "config";
+}
+
+// Renews the forwarded access token and the relay connect token ahead of
+// their expiry, on its own thread (the credential calls block).
+class Refresher {
+ public:
+  Refresher(std::chrono::seconds interval, std::function<void()> tick) : interval_(interval), tick_(std::move(tick)) {
+    thread_ = std::thread([this] {
+      std::unique_lock lock(mutex_);
+      while (!stop_) {
+        if (cv_.wait_for(lock, interval_, [this] { return stop_; })) break;
+        lock.unlock();
+        tick_();
+        lock.lock();
+      }
+    });
+  }
+  ~Refresher() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::chrono::seconds interval_;
+  std::function<void()> tick_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
 
 CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   auto* sub = root.add_subcommand("proxy", "Open a local kubectl endpoint for a connected cluster");
   sub->add_option("-n,--name", opts_.name, "Name of the connected cluster")->required();
   sub->add_option("-g,--resource-group", opts_.resource_group, "Resource group of the connected cluster")->required();
-  sub->add_option("--subscription", opts_.subscription, "Subscription ID (default: $AZURE_SUBSCRIPTION_ID)");
-  sub->add_option("--token", opts_.token, "Service-account bearer token: forwarded unchanged, no Entra sign-in");
-  sub->add_option("-f,--file", opts_.file, "Kubeconfig to update (default: $KUBECONFIG's first path or ~/.kube/config; '-' prints it)");
-  sub->add_option("--port", opts_.port, "Local port for the API-server endpoint")->default_val(47011)->check(CLI::Range(1, 65535));
+  sub->add_option("--subscription", opts_.subscription, "Subscription ID")->envname("AZURE_SUBSCRIPTION_ID");
+  sub->add_option("--token", opts_.token, "Service-account bearer token: forwarded unchanged instead of your Entra token");
+  sub->add_option("-f,--file", opts_.file,
+                  "Kubeconfig to update (default: $KUBECONFIG's first path or ~/.kube/config; '-' prints it)");
+  sub->add_option("--port", opts_.port, "Local port for the API-server endpoint (0: any free port)")->check(CLI::Range(0, 65535))
+      ->capture_default_str();
   sub->add_option("--kube-context", opts_.kube_context, "Name of the kubeconfig context (default: the cluster name)");
-  sub->add_option("--endpoint", opts_.endpoint, "Relay management endpoint URL (default: $CONNECTEDK8S_ENDPOINT)");
-  sub->add_option("--ca-file", opts_.ca_file, "CA bundle to verify the relay (default: system store)");
-  sub->add_option("--ready-file", opts_.ready_file, "Write this file once the proxy is ready");
-  sub->add_option("-o,--output", opts_.output, "Progress format: text or json")->check(CLI::IsMember({"text", "json"}));
+  sub->add_option("--endpoint", opts_.endpoint, "Relay management endpoint, https://HOST[:PORT]")
+      ->envname("CONNECTEDK8S_ENDPOINT");
+  sub->add_option("--ca-file", opts_.ca_file, "CA bundle that verifies the relay (default: system store)")
+      ->envname("CONNECTEDK8S_CA_FILE");
+  sub->add_option("--ready-file", opts_.ready_file, "Write this file (JSON) once the proxy is ready");
+  sub->add_option("-o,--output", opts_.output, "Progress format on stderr: text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  sub->add_option("--auth-method", opts_.auth_method,
+                  "Sign-in: auto, client-secret, client-certificate, workload-identity, azure-cli, device-code")
+      ->envname("CONNECTEDK8S_AUTH_METHOD")->capture_default_str();
+  sub->add_option("--management-resource", opts_.management_resource, "Token audience of the management endpoint")
+      ->envname("CONNECTEDK8S_MANAGEMENT_RESOURCE")->capture_default_str();
+  sub->add_option("--server-app-id", opts_.server_app_id, "Entra application the cluster's agent accepts tokens for")
+      ->envname("CONNECTEDK8S_SERVER_APP_ID")->capture_default_str();
+  sub->add_flag("--allow-http-loopback-authority", opts_.allow_http_loopback_authority,
+                "Accept an http:// identity provider on a loopback address (local test setups only)")
+      ->envname("CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY");
+  sub->add_option("--refresh-interval", opts_.refresh_seconds, "Seconds between token expiry checks")
+      ->check(CLI::Range(1, 3600))->capture_default_str();
   sub->add_option("command", opts_.command, "After '--': run this command with KUBECONFIG set, then exit with its status");
   return sub;
 } catch (...) {
@@ -26,8 +122,221 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
 }
 
 int ProxyCommand::run() noexcept {
-  std::fprintf(stderr, "connectedk8s proxy: not available in this build\n");
-  return 1;
+  try {
+    return run_proxy();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "connectedk8s proxy: %s\n", e.what());
+    return 1;
+  }
+}
+
+int ProxyCommand::run_proxy() {
+  auto logger = host_.logger();
+  auto& io = host_.io_context();
+  const auto& caps = host_.capabilities();
+  Progress progress(opts_.output == "json");
+  const bool token_mode = !opts_.token.empty();
+  const bool ci_mode = !opts_.command.empty();
+  const std::string context = opts_.kube_context.empty() ? opts_.name : opts_.kube_context;
+
+  auto fail_with = [&](const std::string& message) {
+    progress.failed(message);
+    return 1;
+  };
+  if (opts_.subscription.empty()) return fail_with("no subscription: pass --subscription or set AZURE_SUBSCRIPTION_ID");
+  if (opts_.endpoint.empty()) return fail_with("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
+  auto transport = caps.transport("ws");
+  auto kubeconfig = caps.kubeconfig("yaml");
+  auto credential_cap = caps.credential("entra");
+  if (!transport || !kubeconfig || !credential_cap)
+    return fail_with("a module is missing (transport:ws, kubeconfig:yaml and credential:entra are needed); see 'connectedk8s plugin list'");
+
+  // 1. Sign in.
+  progress.begin("sign-in", "Signing in to Microsoft Entra ID");
+  nlohmann::json cred_options{{"method", opts_.auth_method}, {"allow_http_loopback", opts_.allow_http_loopback_authority}};
+  auto credential = credential_cap->create(cred_options);
+  if (!credential) return fail_with(credential.error());
+  auto management_token = credential.value()->get_token(opts_.management_resource);
+  if (!management_token) return fail_with(management_token.error());
+  auto forwarded = std::make_shared<ForwardedToken>();
+  std::chrono::system_clock::time_point forwarded_expiry = std::chrono::system_clock::time_point::max();
+  if (token_mode) {
+    forwarded->set(opts_.token);
+  } else {
+    auto cluster_token = credential.value()->get_token(opts_.server_app_id);
+    if (!cluster_token) return fail_with(cluster_token.error());
+    forwarded->set(cluster_token->token);
+    forwarded_expiry = cluster_token->expires_on;
+  }
+  progress.done(credential.value()->method());
+
+  // 2. Cluster connection details.
+  progress.begin("credentials", "Fetching the connection details of cluster " + opts_.name);
+  ManagementClientOptions mgmt{opts_.endpoint, opts_.ca_file};
+  ClusterRef cluster{opts_.subscription, opts_.resource_group, opts_.name};
+  auto details = list_cluster_user_credential(mgmt, cluster, management_token->token, token_mode);
+  if (!details) return fail_with(details.error());
+  auto relay_token = std::make_shared<ForwardedToken>();
+  relay_token->set(details->token);
+  progress.done("relay " + details->relay);
+
+  // 3. Dial the relay.
+  progress.begin("dial", "Connecting to the relay");
+  RelayEndpoint endpoint{"wss://" + details->relay + "/$hc/" + details->hybrid_connection, opts_.ca_file, false};
+  auto client = transport->dial(endpoint, [relay_token] { return relay_token->get(); });
+  if (!client) return fail_with("the transport module could not dial " + endpoint.url);
+  {
+    std::promise<error_code> connected;
+    client->async_connect([&](error_code ec) { connected.set_value(ec); });
+    auto f = connected.get_future();
+    if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+      client->close();
+      return fail_with("timed out connecting to the relay at " + details->relay);
+    }
+    if (auto ec = f.get()) {
+      client->close();
+      return fail_with("cannot connect to the relay at " + details->relay + ": " + ec.message());
+    }
+  }
+  progress.done();
+
+  // 4. Listen locally.
+  progress.begin("listen", "Starting the local endpoint on 127.0.0.1:" + std::to_string(opts_.port));
+  auto ca = tls::load_or_create_ca(host_.config_dir() / "proxy", "connectedk8s local CA");
+  if (!ca) return fail_with("local CA: " + ca.error());
+  auto leaf = tls::issue_server_cert(ca.value(), {"localhost"}, {"127.0.0.1"}, 30);
+  if (!leaf) return fail_with("local certificate: " + leaf.error());
+  auto server_ctx = tls::make_server_context_pem(leaf->cert, leaf->key);
+  if (!server_ctx) return fail_with("local TLS: " + server_ctx.error());
+  const std::string secret = random_secret();
+  auto policy = std::make_shared<LocalPolicy>(secret, forwarded, logger);
+  http::UpstreamConnector connector = [client](http::ConnectHandler done) {
+    client->async_open(OpenRequest{}, [done = std::move(done)](error_code ec, StreamPtr s, std::string reason) mutable {
+      done(ec, std::move(s), std::move(reason));
+    });
+  };
+  http::Limits limits;
+  auto server = tls::TlsServer::listen(
+      io, "127.0.0.1", static_cast<unsigned short>(opts_.port), server_ctx.value(),
+      [&io, policy, connector, limits, logger](StreamPtr s) { http::serve(io, std::move(s), policy, connector, limits, logger); },
+      logger);
+  if (!server) {
+    client->close();
+    return fail_with(server.error() + " (ClientProxyPortInUse?) — pick another port with --port; nothing was written");
+  }
+  progress.done();
+
+  // 5. Kubeconfig.
+  KubeconfigEntry entry;
+  entry.cluster = context;
+  entry.server = "https://127.0.0.1:" + std::to_string(server.value()->port());
+  entry.certificate_authority_data = ca->cert;
+  entry.user = "clusterUser_" + opts_.resource_group + "_" + opts_.name;
+  entry.token = secret;
+  entry.context = context;
+  entry.set_current = true;
+
+  fs::path kubeconfig_path;
+  std::string ci_dir;
+  if (ci_mode) {
+    char tmpl[] = "/tmp/connectedk8s-XXXXXX";
+    if (!::mkdtemp(tmpl)) return fail_with("cannot create a private temporary directory");
+    ci_dir = tmpl;
+    kubeconfig_path = fs::path(ci_dir) / "kubeconfig";
+  } else if (opts_.file != "-") {
+    kubeconfig_path = opts_.file.empty() ? default_kubeconfig() : fs::path(opts_.file);
+  }
+  progress.begin("kubeconfig", kubeconfig_path.empty() ? "Printing the kubeconfig" : "Writing the kubeconfig " + kubeconfig_path.string());
+  if (kubeconfig_path.empty()) {
+    auto text = kubeconfig->render(entry);
+    if (!text) return fail_with(text.error());
+    std::cout << text.value() << std::flush;
+  } else if (auto r = kubeconfig->merge(kubeconfig_path, entry); !r) {
+    server.value()->close();
+    client->close();
+    return fail_with(r.error());
+  }
+  progress.done();
+
+  std::string where = kubeconfig_path.empty() ? "stdout" : kubeconfig_path.string();
+  progress.event("ready", "Proxy is listening on " + entry.server + " \u2014 context " + context + " in " + where,
+                 {{"server", entry.server}, {"context", context}, {"kubeconfig", where}});
+  if (!opts_.ready_file.empty()) {
+    auto tmp = opts_.ready_file + ".tmp";
+    std::ofstream(tmp) << nlohmann::json{{"server", entry.server}, {"context", context}, {"kubeconfig", where},
+                                         {"pid", ::getpid()}}.dump()
+                       << "\n";
+    std::rename(tmp.c_str(), opts_.ready_file.c_str());
+  }
+
+  // 6. Keep the tokens fresh.
+  auto renew_before = std::chrono::minutes(5);
+  Refresher refresher(std::chrono::seconds(opts_.refresh_seconds), [&, credential = credential.value()] {
+    auto now = std::chrono::system_clock::now();
+    if (!token_mode && forwarded_expiry - now < renew_before) {
+      if (auto t = credential->get_token(opts_.server_app_id)) {
+        forwarded->set(t->token);
+        forwarded_expiry = t->expires_on;
+        logger->info("access token renewed; valid until {}", std::chrono::system_clock::to_time_t(t->expires_on));
+      } else {
+        logger->warn("cannot renew the access token: {}", t.error());
+      }
+    }
+    if (details->expires_on - now < renew_before * 2) {
+      auto mt = credential->get_token(opts_.management_resource);
+      if (!mt) return logger->warn("cannot renew the relay token: {}", mt.error());
+      if (auto d = list_cluster_user_credential(mgmt, cluster, mt->token, token_mode)) {
+        relay_token->set(d->token);
+        details->expires_on = d->expires_on;
+        logger->info("relay token renewed");
+      } else {
+        logger->warn("cannot renew the relay token: {}", d.error());
+      }
+    }
+  });
+
+  // 7. Serve until a signal, or run the command.
+  int rc = 0;
+  std::promise<int> stopped;
+  std::atomic<pid_t> child{0};
+  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
+  std::function<void(error_code, int)> on_signal = [&](error_code ec, int sig) {
+    if (ec) return;
+    if (pid_t c = child.load()) {
+      ::kill(c, sig);  // the command decides; we stop when it exits
+      signals.async_wait(on_signal);
+      return;
+    }
+    stopped.set_value(0);
+  };
+  signals.async_wait(on_signal);
+  if (ci_mode) {
+    auto pid = spawn_with_kubeconfig(opts_.command, kubeconfig_path.string());
+    if (!pid) {
+      rc = 127;
+      progress.failed(pid.error());
+    } else {
+      child = pid.value();
+      rc = wait_for_exit(pid.value());
+      child = 0;
+    }
+  } else {
+    rc = stopped.get_future().get();
+  }
+
+  // 8. Shut down: stop accepting, let in-flight requests finish briefly.
+  asio::post(io, [&] {
+    error_code ignored;
+    signals.cancel(ignored);
+  });
+  server.value()->close();
+  for (int i = 0; i < 50 && policy->in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  client->close();
+  if (!ci_dir.empty()) {
+    std::error_code ec;
+    fs::remove_all(ci_dir, ec);
+  }
+  return rc;
 }
 
 }  // namespace clusterconnect::proxy

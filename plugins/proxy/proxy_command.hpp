@@ -1,4 +1,7 @@
 #pragma once
+// `connectedk8s proxy`: sign in, fetch the cluster's connection details, dial
+// the relay, listen locally, write the kubeconfig, then serve until stopped
+// (or, with `-- COMMAND`, until the command exits).
 
 #include <string>
 #include <vector>
@@ -20,6 +23,11 @@ struct ProxyOptions {
   std::string ca_file;        // CA bundle for the relay (default: system store)
   std::string ready_file;
   std::string output = "text";
+  std::string auth_method = "auto";
+  std::string management_resource = "https://management.azure.com/";
+  std::string server_app_id = "6256c85f-0aad-4d50-b960-e6e9b21efe35";
+  bool allow_http_loopback_authority = false;
+  unsigned refresh_seconds = 60;
   std::vector<std::string> command;  // after "--": CI mode
 };
 
@@ -30,6 +38,7 @@ class ProxyCommand final : public CommandCapability {
   int run() noexcept override;
 
  private:
+  int run_proxy();
   HostServices& host_;
   ProxyOptions opts_;
 };

@@ -1,0 +1,61 @@
+#include "agent_metrics.hpp"
+
+#include <sstream>
+
+namespace clusterconnect::agent {
+
+void AgentMetrics::request_done(unsigned code, std::chrono::microseconds duration, bool upgraded) {
+  double seconds = static_cast<double>(duration.count()) / 1e6;
+  std::lock_guard lock(mutex_);
+  ++requests_by_code_[code];
+  if (upgraded) {
+    ++upgrades_;
+    return;  // an upgraded stream's lifetime is not a request latency
+  }
+  std::size_t i = 0;
+  while (i < bounds_.size() && seconds > bounds_[i]) ++i;
+  ++buckets_[i];
+  latency_sum_ += seconds;
+  ++latency_count_;
+}
+
+void AgentMetrics::auth_failure(const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  ++auth_failures_[reason];
+}
+
+std::string AgentMetrics::render(unsigned tunnels_up) const {
+  std::ostringstream out;
+  std::lock_guard lock(mutex_);
+  out << "# HELP clusterconnect_agent_requests_total Requests forwarded or answered, by HTTP status code.\n"
+         "# TYPE clusterconnect_agent_requests_total counter\n";
+  for (const auto& [code, n] : requests_by_code_)
+    out << "clusterconnect_agent_requests_total{code=\"" << code << "\"} " << n << "\n";
+  out << "# HELP clusterconnect_agent_auth_failures_total Rejected credentials, by reason.\n"
+         "# TYPE clusterconnect_agent_auth_failures_total counter\n";
+  for (const auto& [reason, n] : auth_failures_)
+    out << "clusterconnect_agent_auth_failures_total{reason=\"" << reason << "\"} " << n << "\n";
+  out << "# HELP clusterconnect_agent_streams_active Streams from the relay being served.\n"
+         "# TYPE clusterconnect_agent_streams_active gauge\n"
+      << "clusterconnect_agent_streams_active " << streams_active_.load() << "\n"
+      << "# HELP clusterconnect_agent_upgrades_total Upgraded connections (exec, attach, port-forward).\n"
+         "# TYPE clusterconnect_agent_upgrades_total counter\n"
+      << "clusterconnect_agent_upgrades_total " << upgrades_ << "\n"
+      << "# HELP clusterconnect_agent_tunnels_up Tunnels to the relay that are connected.\n"
+         "# TYPE clusterconnect_agent_tunnels_up gauge\n"
+      << "clusterconnect_agent_tunnels_up " << tunnels_up << "\n"
+      << "# HELP clusterconnect_agent_request_duration_seconds Time to the end of the response.\n"
+         "# TYPE clusterconnect_agent_request_duration_seconds histogram\n";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += buckets_[i];
+    out << "clusterconnect_agent_request_duration_seconds_bucket{le=\"" << bounds_[i] << "\"} " << cumulative << "\n";
+  }
+  cumulative += buckets_.back();
+  out << "clusterconnect_agent_request_duration_seconds_bucket{le=\"+Inf\"} " << cumulative << "\n"
+      << "clusterconnect_agent_request_duration_seconds_sum " << latency_sum_ << "\n"
+      << "clusterconnect_agent_request_duration_seconds_count " << latency_count_ << "\n";
+  return out.str();
+}
+
+}  // namespace clusterconnect::agent

@@ -1,0 +1,87 @@
+#include "impersonation.hpp"
+
+#include <cctype>
+
+namespace clusterconnect::agent {
+namespace {
+
+bool iequals_prefix(std::string_view s, std::string_view prefix) {
+  if (s.size() < prefix.size()) return false;
+  for (std::size_t i = 0; i < prefix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(s[i])) != std::tolower(static_cast<unsigned char>(prefix[i]))) return false;
+  return true;
+}
+
+// RFC 9110 token characters, which client-go leaves unescaped in header keys.
+bool legal_header_key_byte(unsigned char c) {
+  if (std::isalnum(c)) return true;
+  switch (c) {
+    case '!': case '#': case '$': case '&': case '\'': case '*': case '+': case '-':
+    case '.': case '^': case '_': case '`': case '|': case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool has_caller_impersonation(const http::RequestHead& head) {
+  for (const auto& h : head.headers)
+    if (iequals_prefix(h.name, "impersonate-")) return true;
+  return false;
+}
+
+std::string bearer_token(const http::RequestHead& head) {
+  const std::string* auth = head.find("authorization");
+  if (!auth || !iequals_prefix(*auth, "bearer ")) return {};
+  std::string_view t(*auth);
+  t.remove_prefix(7);
+  while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
+  while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+  return std::string(t);
+}
+
+std::string escape_extra_key(std::string_view key) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : key) {
+    if (legal_header_key_byte(c) && c != '%') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
+bool header_safe(std::string_view value) {
+  for (unsigned char c : value)
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  return true;
+}
+
+bool apply_impersonation(http::RequestHead& head, const Identity& id, const std::string& agent_token) {
+  if (id.user.empty() || !header_safe(id.user) || !header_safe(id.uid)) return false;
+  for (const auto& g : id.groups)
+    if (!header_safe(g)) return false;
+  for (const auto& [k, values] : id.extra)
+    for (const auto& v : values)
+      if (!header_safe(v) || k.empty()) return false;
+
+  head.remove("authorization");
+  head.remove_prefix("impersonate-");
+  head.set("Authorization", "Bearer " + agent_token);
+  head.set("Impersonate-User", id.user);
+  if (!id.uid.empty()) head.set("Impersonate-Uid", id.uid);
+  // One header per group: a group name may contain a comma, so the values
+  // must never be folded into one comma-separated list.
+  for (const auto& g : id.groups) head.add("Impersonate-Group", g);
+  for (const auto& [k, values] : id.extra)
+    for (const auto& v : values) head.add("Impersonate-Extra-" + escape_extra_key(k), v);
+  return true;
+}
+
+}  // namespace clusterconnect::agent

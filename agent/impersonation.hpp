@@ -1,0 +1,33 @@
+#pragma once
+// How the agent turns an authenticated caller into Kubernetes impersonation
+// headers on the request it forwards with its own credential.
+
+#include <string>
+#include <string_view>
+
+#include "clusterconnect/authenticator.hpp"
+#include "clusterconnect/http/forward.hpp"
+
+namespace clusterconnect::agent {
+
+// True when the caller sent any Impersonate-* header of its own.
+bool has_caller_impersonation(const http::RequestHead& head);
+
+// The bearer token of an `Authorization: Bearer ...` header, or empty.
+std::string bearer_token(const http::RequestHead& head);
+
+// Escapes an extra key the way client-go does: bytes that are not legal in a
+// header name, and '%', become %XX; the API server unescapes it.
+std::string escape_extra_key(std::string_view key);
+
+// Identity claims come from a token; a value with CR, LF or other control
+// characters would split a header, so such an identity is refused.
+bool header_safe(std::string_view value);
+
+// Replaces the caller's credential with the agent's service-account token and
+// adds Impersonate-User, -Uid, one -Group per group and -Extra-<key> per extra
+// value. Returns false (and leaves `head` unchanged) when a claim cannot be
+// carried in a header.
+bool apply_impersonation(http::RequestHead& head, const Identity& identity, const std::string& agent_token);
+
+}  // namespace clusterconnect::agent

@@ -1,0 +1,55 @@
+#include "local_endpoint.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+namespace clusterconnect::proxy {
+
+std::string random_secret() {
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("the system random generator failed");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out += hex[b >> 4];
+    out += hex[b & 15];
+  }
+  return out;
+}
+
+bool secret_equals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+void LocalPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
+  ++in_flight_;  // balanced by on_complete, which the engine calls once per request
+  const std::string* auth = head.find("authorization");
+  std::string_view presented;
+  if (auth && auth->size() > 7 && strncasecmp(auth->c_str(), "bearer ", 7) == 0) presented = std::string_view(*auth).substr(7);
+  http::Decision d;
+  if (!secret_equals(presented, secret_)) {
+    // Any other local process gets 401 and never reaches the relay.
+    logger_->info("local request without the session credential refused: {} {}", head.method,
+                  head.target.substr(0, head.target.find('?')));
+    d.forward = false;
+    d.reply = http::status_reply(401, "Unauthorized",
+                                 "this endpoint accepts only the credential in the kubeconfig written by connectedk8s proxy");
+    return done(std::move(d));
+  }
+  head.set("Authorization", "Bearer " + token_->get());
+  d.forward = true;
+  done(std::move(d));
+}
+
+void LocalPolicy::on_complete(const http::ExchangeRecord& r) noexcept {
+  --in_flight_;
+  try {
+    logger_->debug("{} {} -> {} ({} bytes, {} us)", r.method, r.target.substr(0, r.target.find('?')), r.status,
+                   r.bytes_out, r.duration.count());
+  } catch (...) {
+  }
+}
+
+}  // namespace clusterconnect::proxy

@@ -1,0 +1,57 @@
+#pragma once
+// The local API-server endpoint kubectl talks to: TLS with a per-user CA, a
+// per-session bearer secret that only the written kubeconfig holds, and the
+// user's real token put in its place before the request enters the tunnel.
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#include "clusterconnect/http/forward.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace clusterconnect::proxy {
+
+// The credential forwarded to the cluster; replaced by the refresher.
+class ForwardedToken {
+ public:
+  void set(std::string token) {
+    std::lock_guard lock(mutex_);
+    token_ = std::move(token);
+  }
+  std::string get() const {
+    std::lock_guard lock(mutex_);
+    return token_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::string token_;
+};
+
+class LocalPolicy final : public http::ForwardPolicy {
+ public:
+  LocalPolicy(std::string session_secret, std::shared_ptr<ForwardedToken> token, std::shared_ptr<spdlog::logger> logger)
+      : secret_(std::move(session_secret)), token_(std::move(token)), logger_(std::move(logger)) {}
+
+  void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override;
+  void on_complete(const http::ExchangeRecord& record) noexcept override;
+  int in_flight() const noexcept { return in_flight_.load(); }
+
+ private:
+  std::string secret_;
+  std::shared_ptr<ForwardedToken> token_;
+  std::shared_ptr<spdlog::logger> logger_;
+  std::atomic<int> in_flight_{0};
+};
+
+// 32 random bytes, hex: the per-session local credential.
+std::string random_secret();
+
+// Constant-time comparison, so the secret cannot be found byte by byte.
+bool secret_equals(std::string_view a, std::string_view b);
+
+}  // namespace clusterconnect::proxy

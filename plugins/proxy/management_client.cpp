@@ -1,0 +1,138 @@
+#include "management_client.hpp"
+
+#include <curl/curl.h>
+
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "clusterconnect/url.hpp"
+
+namespace clusterconnect::proxy {
+namespace {
+
+constexpr std::size_t max_response_bytes = 4u << 20;
+
+struct Response {
+  long status = 0;
+  std::string body;
+  long retry_after = -1;
+};
+
+std::size_t on_body(char* data, std::size_t size, std::size_t n, void* user) {
+  auto* r = static_cast<Response*>(user);
+  if (r->body.size() + size * n > max_response_bytes) return 0;
+  r->body.append(data, size * n);
+  return size * n;
+}
+
+std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
+  auto* r = static_cast<Response*>(user);
+  std::string line(data, size * n);
+  if (line.size() > 12 && strncasecmp(line.c_str(), "retry-after:", 12) == 0) {
+    try {
+      r->retry_after = std::stol(line.substr(12));
+    } catch (...) {
+    }
+  }
+  return size * n;
+}
+
+Result<Response> post_once(const std::string& url, const std::string& body, const std::string& token,
+                           const std::string& ca_file) {
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
+  if (!curl) return fail("cannot initialise libcurl");
+  Response r;
+  curl_slist* headers = nullptr;
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  headers = curl_slist_append(headers, "Accept: application/json");
+  std::string auth = "Authorization: Bearer " + token;
+  headers = curl_slist_append(headers, auth.c_str());
+  std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> header_guard(headers, curl_slist_free_all);
+  char err[CURL_ERROR_SIZE] = {};
+  CURL* c = curl.get();
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_POST, 1L);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+  if (!ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, ca_file.c_str());
+  CURLcode rc = curl_easy_perform(c);
+  if (rc != CURLE_OK)
+    return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  return r;
+}
+
+std::string arm_error(const Response& r) {
+  try {
+    auto j = nlohmann::json::parse(r.body);
+    const auto& e = j.at("error");
+    return e.value("code", std::string("Error")) + ": " + e.value("message", std::string());
+  } catch (...) {
+    return "HTTP " + std::to_string(r.status);
+  }
+}
+
+}  // namespace
+
+Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOptions& o, const ClusterRef& cluster,
+                                                       const std::string& access_token, bool token_mode) {
+  auto endpoint = parse_url(o.endpoint);
+  if (!endpoint) return fail("--endpoint: " + endpoint.error());
+  if (endpoint->scheme != "https") return fail("--endpoint must be an https:// URL");
+  std::string url = "https://" + endpoint->authority() + "/subscriptions/" + percent_encode(cluster.subscription) +
+                    "/resourceGroups/" + percent_encode(cluster.resource_group) +
+                    "/providers/Microsoft.Kubernetes/connectedClusters/" + percent_encode(cluster.name) +
+                    "/listClusterUserCredential?api-version=" + o.api_version;
+  std::string body = nlohmann::json{{"authenticationMethod", token_mode ? "Token" : "AAD"}, {"clientProxy", true}}.dump();
+
+  Response r;
+  for (int attempt = 0;; ++attempt) {
+    auto sent = post_once(url, body, access_token, o.ca_file);
+    if (!sent) {
+      if (attempt >= 3) return fail(sent.error());
+      std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));
+      continue;
+    }
+    r = std::move(sent.value());
+    bool retryable = r.status == 429 || r.status >= 500;
+    if (!retryable || attempt >= 3) break;
+    auto wait = r.retry_after >= 0 ? std::chrono::milliseconds(std::min(r.retry_after, 30L) * 1000)
+                                   : std::chrono::milliseconds(250 << attempt);
+    std::this_thread::sleep_for(wait);
+  }
+  if (r.status == 401) return fail("the management endpoint refused the sign-in (" + arm_error(r) + ")");
+  if (r.status == 403)
+    return fail("you have no role assignment that allows connecting to cluster " + cluster.name + " (" + arm_error(r) + ")");
+  if (r.status == 404)
+    return fail("cluster " + cluster.name + " was not found in resource group " + cluster.resource_group + " (" + arm_error(r) + ")");
+  if (r.status != 200) return fail("listClusterUserCredential failed: " + arm_error(r));
+  try {
+    auto j = nlohmann::json::parse(r.body);
+    const auto& hc = j.at("hybridConnectionConfig");
+    ClusterCredential c;
+    c.relay = hc.at("relay").get<std::string>();
+    c.hybrid_connection = hc.at("hybridConnectionName").get<std::string>();
+    c.token = hc.at("token").get<std::string>();
+    c.expires_on = std::chrono::system_clock::time_point(std::chrono::seconds(hc.at("expirationTime").get<std::int64_t>()));
+    if (c.relay.empty() || c.hybrid_connection.empty() || c.token.empty())
+      return fail("listClusterUserCredential returned an incomplete hybridConnectionConfig");
+    return c;
+  } catch (const std::exception& e) {
+    return fail(std::string("listClusterUserCredential returned an unexpected body: ") + e.what());
+  }
+}
+
+}  // namespace clusterconnect::proxy

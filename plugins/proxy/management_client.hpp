@@ -1,0 +1,38 @@
+#pragma once
+// The relay's ARM-shaped management API, as `az connectedk8s proxy` calls it:
+// listClusterUserCredential returns the relay, the hybrid connection and a
+// short-lived connect token for one cluster.
+
+#include <chrono>
+#include <string>
+
+#include "clusterconnect/result.hpp"
+
+namespace clusterconnect::proxy {
+
+struct ClusterRef {
+  std::string subscription;
+  std::string resource_group;
+  std::string name;
+};
+
+struct ClusterCredential {
+  std::string relay;                 // HOST[:PORT] of the relay
+  std::string hybrid_connection;     // path after /$hc/
+  std::string token;                 // SharedAccessSignature ... (connect right)
+  std::chrono::system_clock::time_point expires_on;
+};
+
+struct ManagementClientOptions {
+  std::string endpoint;  // https://HOST[:PORT]
+  std::string ca_file;   // empty: system store
+  std::string api_version = "2024-01-01";
+};
+
+// POSTs {"authenticationMethod": AAD|Token, "clientProxy": true}. Retries
+// 429/5xx with backoff (honouring Retry-After); errors carry the ARM error
+// code and message.
+Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOptions& options, const ClusterRef& cluster,
+                                                       const std::string& access_token, bool token_mode);
+
+}  // namespace clusterconnect::proxy

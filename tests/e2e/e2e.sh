@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# End to end with the real kubectl: kubectl -> connectedk8s proxy -> relay ->
+# agent -> stand-in API server, signed in as an Entra service principal of the
+# test identity provider. Usage: e2e.sh BIN_DIR
+set -uo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="${1:?usage: e2e.sh BIN_DIR}"
+work="$(mktemp -d /tmp/cc-e2e.XXXXXX)"
+sandbox="$work/sandbox"
+pids=()
+failures=0
+
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
+  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
+}
+trap cleanup EXIT
+
+pass() { printf 'PASS  %s\n' "$1"; }
+fail() {
+  printf 'FAIL  %s\n' "$1"; shift
+  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -20
+  failures=$((failures + 1))
+}
+# check NAME EXPECTED_SUBSTRING CMD...: runs CMD (bounded), passes when it
+# exits 0 and its output contains EXPECTED_SUBSTRING.
+check() {
+  local name="$1" want="$2"; shift 2
+  local out rc
+  out="$(timeout 30 "$@" 2>&1)"; rc=$?
+  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
+}
+# check_fails NAME EXPECTED_SUBSTRING CMD...: passes when CMD fails saying so.
+check_fails() {
+  local name="$1" want="$2"; shift 2
+  local out rc
+  out="$(timeout 30 "$@" 2>&1)"; rc=$?
+  if [ $rc -ne 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
+}
+wait_file() {
+  for _ in $(seq 1 300); do [ -s "$1" ] && return 0; sleep 0.1; done
+  return 1
+}
+
+"$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
+# shellcheck disable=SC1091
+source "$sandbox/env.sh"
+state="$sandbox/state"
+sp_oid="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).clients.secret.oid)' "$state/idp/state.json")"
+
+# --- the proxy, as a user runs it (service principal from AZURE_* variables)
+kc="$work/kubeconfig"
+"$bin/connectedk8s" proxy -n demo -g sandbox -f "$kc" --port 0 --ready-file "$work/proxy.ready" \
+  >"$work/proxy.out" 2>"$work/proxy.err" &
+pids+=($!)
+if wait_file "$work/proxy.ready"; then pass "proxy starts and reports ready"; else
+  fail "proxy starts and reports ready" "$(cat "$work/proxy.err")"; exit 1; fi
+check "ready line names the endpoint, context and file" "context demo in $kc" cat "$work/proxy.err"
+[ "$(stat -c %a "$kc")" = 600 ] && pass "kubeconfig is 0600" || fail "kubeconfig is 0600" "$(stat -c %a "$kc")"
+export KUBECONFIG="$kc"
+
+check "kubectl get ns" "default" kubectl get ns
+check "kubectl get pods" "web-0" kubectl get pods
+check "kubectl auth whoami shows the Entra identity the agent impersonated" "$sp_oid" kubectl auth whoami
+check "the API server saw the agent impersonating the caller" "\"Impersonate-User\"" \
+  grep -m1 "$sp_oid" "$sandbox/logs/apiserver-requests.jsonl"
+
+cat >"$work/cm.yaml" <<'YAML'
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: e2e-settings
+  namespace: default
+data:
+  greeting: hello through the relay
+YAML
+check "kubectl apply creates a ConfigMap" "created" kubectl apply -f "$work/cm.yaml"
+check "kubectl get returns it" "hello through the relay" kubectl get cm e2e-settings -o jsonpath='{.data.greeting}'
+check "kubectl create configmap (protobuf body)" "created" kubectl create configmap e2e-proto --from-literal=a=b
+
+# Watch: start it, change the object, the change must arrive.
+timeout 20 kubectl get cm e2e-settings -w -o jsonpath='{.data.greeting}{"\n"}' >"$work/watch.out" 2>&1 &
+watch_pid=$!
+sleep 1.5
+kubectl patch cm e2e-settings --type merge -p '{"data":{"greeting":"changed while watching"}}' >/dev/null 2>&1
+for _ in $(seq 1 50); do grep -q "changed while watching" "$work/watch.out" && break; sleep 0.1; done
+kill "$watch_pid" 2>/dev/null; wait "$watch_pid" 2>/dev/null
+check "kubectl get -w streams a change" "changed while watching" cat "$work/watch.out"
+
+timeout 3 kubectl logs -f web-0 >"$work/logs.out" 2>&1
+lines=$(wc -l <"$work/logs.out")
+[ "$lines" -ge 5 ] && pass "kubectl logs -f streams lines ($lines in 3 s)" || fail "kubectl logs -f streams lines" "$(cat "$work/logs.out")"
+
+check "kubectl exec (WebSocket)" "hi there" kubectl exec web-0 -- echo hi there
+printf 'line one\nline two\n' >"$work/stdin.txt"
+check "kubectl exec -i passes stdin" "line two" sh -c "kubectl exec -i web-0 -- cat <'$work/stdin.txt'"
+timeout 30 kubectl exec web-0 -- sh -c 'exit 3' >/dev/null 2>&1
+rc=$?; [ $rc -eq 3 ] && pass "kubectl exec returns the command's exit code" || fail "kubectl exec returns the command's exit code" "got $rc"
+check "kubectl exec over SPDY" "spdy ok" env KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl exec web-0 -- echo spdy ok
+
+kubectl port-forward pod/web-0 0:8080 >"$work/pf.out" 2>&1 &
+pf=$!; pids+=($pf)
+for _ in $(seq 1 100); do grep -q "Forwarding from 127.0.0.1" "$work/pf.out" && break; sleep 0.1; done
+pf_port="$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$work/pf.out" | head -1)"
+check "kubectl port-forward carries a connection" "hello from web-0" curl -s --max-time 10 "http://127.0.0.1:$pf_port/"
+kill "$pf" 2>/dev/null
+
+check_fails "a caller's own impersonation is refused" "impersonation through the cluster connection is not permitted" \
+  kubectl get ns --as=someone-else
+
+# --- the local endpoint refuses anything without the session secret
+server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$work/local-ca.crt"
+code="$(curl -s -o /dev/null -w '%{http_code}' --cacert "$work/local-ca.crt" -H 'Authorization: Bearer wrong' "$server/api")"
+[ "$code" = 401 ] && pass "a wrong local secret gets 401 locally" || fail "a wrong local secret gets 401 locally" "HTTP $code"
+code="$(curl -s -o /dev/null -w '%{http_code}' --cacert "$work/local-ca.crt" "$server/api")"
+[ "$code" = 401 ] && pass "no local secret gets 401 locally" || fail "no local secret gets 401 locally" "HTTP $code"
+
+# --- the port is taken: one clear line, nothing written
+port="${server##*:}"
+check_fails "a port in use is reported with the port" "$port" \
+  "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/other-kubeconfig" --port "$port"
+[ ! -e "$work/other-kubeconfig" ] && pass "nothing is written when the port is in use" || fail "nothing is written when the port is in use"
+
+# --- service-account token mode
+"$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/kubeconfig-sa" --port 0 --token "$SANDBOX_CI_TOKEN" \
+  --kube-context demo-sa --ready-file "$work/proxy-sa.ready" >/dev/null 2>"$work/proxy-sa.err" &
+pids+=($!)
+if wait_file "$work/proxy-sa.ready"; then
+  check "--token mode: whoami shows the service account" "system:serviceaccount:default:ci" \
+    kubectl --kubeconfig "$work/kubeconfig-sa" auth whoami
+  check "--token mode: --kube-context names the context" "demo-sa" kubectl --kubeconfig "$work/kubeconfig-sa" config current-context
+else
+  fail "--token mode proxy starts" "$(cat "$work/proxy-sa.err")"
+fi
+
+# --- CI mode: private kubeconfig, the command's exit status
+check "CI mode runs the command through the proxy" "web-0" \
+  env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 -- kubectl get pods
+env -u KUBECONFIG timeout 60 "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 -- sh -c 'exit 7' >/dev/null 2>&1
+rc=$?; [ $rc -eq 7 ] && pass "CI mode exits with the command's status" || fail "CI mode exits with the command's status" "got $rc"
+[ ! -e "$HOME/.kube/config.lock" ] && pass "CI mode leaves no lock behind" || fail "CI mode leaves no lock behind"
+
+# --- a principal without a role assignment gets 403 from the management API
+cert_path="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).clients.certificate.certificate_path)' "$state/idp/state.json")"
+cert_client="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).clients.certificate.client_id)' "$state/idp/state.json")"
+check_fails "no role assignment: 403 AuthorizationFailed from the management API" "AuthorizationFailed" \
+  env -u AZURE_CLIENT_SECRET AZURE_CLIENT_ID="$cert_client" AZURE_CLIENT_CERTIFICATE_PATH="$cert_path" \
+  "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/kubeconfig-cert" --port 0
+
+# --- the agent goes away: kubectl gets a clear error within seconds
+kill -TERM "$(cat "$sandbox/pids/agent.pid")" 2>/dev/null
+sleep 1
+start=$(date +%s)
+check_fails "no agent connected: kubectl gets a clear error" "no agent connected" kubectl get ns
+took=$(( $(date +%s) - start ))
+[ "$took" -le 10 ] && pass "no agent connected: the error comes within seconds (${took}s)" || fail "no agent connected: within seconds" "took ${took}s"
+
+echo
+if [ "$failures" -eq 0 ]; then echo "e2e: all checks passed"; else echo "e2e: $failures check(s) failed"; fi
+exit $(( failures > 0 ))

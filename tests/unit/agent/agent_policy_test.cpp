@@ -1,0 +1,132 @@
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "../../support/test_env.hpp"
+#include "agent_policy.hpp"
+#include "clusterconnect/certificates.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::agent;
+
+namespace {
+
+// Answers from a table: the policy's behaviour is what is under test here.
+class TableAuthenticator final : public Authenticator {
+ public:
+  void async_authenticate(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept override {
+    if (token == "good") {
+      AuthOutcome ok;
+      ok.identity = {"alice@contoso.example", "oid-1", {"devs"}, {{"oid", {"oid-1"}}, {"tid", {"tid-1"}}}};
+      return handler(ok);
+    }
+    if (token == "expired") return handler(AuthOutcome{AuthFailure::expired, "the token expired at 2026-01-01T00:00:00Z", {}});
+    if (token == "sa-jwt") return handler(AuthOutcome{AuthFailure::wrong_issuer, "issuer https://kubernetes.default.svc is not accepted", {}});
+    handler(AuthOutcome{AuthFailure::not_applicable, "not a JWT", {}});
+  }
+};
+
+struct Fixture {
+  test::TempDir dir;
+  std::shared_ptr<ApiServer> api;
+  Fixture() {
+    auto ca = tls::create_ca("test CA", 1);
+    REQUIRE(ca.ok());
+    std::ofstream(dir.path() / "ca.crt") << ca->cert;
+    std::ofstream(dir.path() / "token") << "agent-sa-token\n";
+    auto made = ApiServer::create({"https://127.0.0.1:6443", (dir.path() / "ca.crt").string(), (dir.path() / "token").string()});
+    REQUIRE(made.ok());
+    api = made.value();
+  }
+  std::shared_ptr<AgentPolicy> policy(AuthMode mode) {
+    return std::make_shared<AgentPolicy>(mode, std::make_shared<TableAuthenticator>(), api, nullptr,
+                                         std::make_shared<AgentMetrics>(), spdlog::default_logger());
+  }
+};
+
+http::Decision decide(AgentPolicy& p, http::RequestHead& head) {
+  std::optional<http::Decision> out;
+  p.on_request(head, [&](http::Decision d) { out = std::move(d); });
+  REQUIRE(out.has_value());
+  return std::move(*out);
+}
+
+http::RequestHead with_token(const std::string& token, std::vector<http::Header> extra = {}) {
+  http::RequestHead h;
+  h.method = "GET";
+  h.target = "/api/v1/namespaces";
+  h.headers = {{"Authorization", "Bearer " + token}};
+  for (auto& e : extra) h.headers.push_back(e);
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("entra mode: a valid token is forwarded as the agent, impersonating the caller", "[agent][policy]") {
+  Fixture f;
+  auto head = with_token("good");
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE(d.forward);
+  CHECK(d.user == "alice@contoso.example");
+  CHECK(head.all("authorization") == std::vector<std::string>{"Bearer agent-sa-token"});
+  CHECK(head.all("impersonate-user") == std::vector<std::string>{"alice@contoso.example"});
+  CHECK(head.all("impersonate-group") == std::vector<std::string>{"devs"});
+}
+
+TEST_CASE("entra mode: a caller's own Impersonate-* header is refused with 403", "[agent][policy]") {
+  Fixture f;
+  auto head = with_token("good", {{"Impersonate-User", "system:admin"}, {"Impersonate-Group", "system:masters"}});
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE_FALSE(d.forward);
+  CHECK(d.reply.status == 403);
+  auto body = nlohmann::json::parse(d.reply.body);
+  CHECK(body["kind"] == "Status");
+  CHECK(body["code"] == 403);
+  CHECK(body["message"] == "impersonation through the cluster connection is not permitted");
+}
+
+TEST_CASE("entra mode: a rejected token gets a 401 Status saying why, without the token", "[agent][policy]") {
+  Fixture f;
+  auto head = with_token("expired");
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE_FALSE(d.forward);
+  CHECK(d.reply.status == 401);
+  auto body = nlohmann::json::parse(d.reply.body);
+  CHECK(body["reason"] == "Unauthorized");
+  CHECK_THAT(body["message"].get<std::string>(), Catch::Contains("expired"));
+  CHECK(d.reply.body.find("Bearer") == std::string::npos);
+
+  http::RequestHead none;
+  none.method = "GET";
+  none.target = "/api";
+  auto d2 = decide(*f.policy(AuthMode::entra), none);
+  CHECK(d2.reply.status == 401);
+  CHECK_THAT(nlohmann::json::parse(d2.reply.body)["message"].get<std::string>(), Catch::Contains("no bearer token"));
+}
+
+TEST_CASE("both mode: a token that is not an Entra token for this cluster passes through unchanged", "[agent][policy]") {
+  Fixture f;
+  for (const char* token : {"opaque-sa-token", "sa-jwt"}) {
+    auto head = with_token(token);
+    auto d = decide(*f.policy(AuthMode::both), head);
+    REQUIRE(d.forward);
+    CHECK(head.all("authorization") == std::vector<std::string>{std::string("Bearer ") + token});
+    CHECK(head.all("impersonate-user").empty());
+  }
+  // An Entra token that fails for a real reason is still refused.
+  auto head = with_token("expired");
+  CHECK(decide(*f.policy(AuthMode::both), head).reply.status == 401);
+}
+
+TEST_CASE("token mode: the request goes to the API server exactly as sent", "[agent][policy]") {
+  Fixture f;
+  auto head = with_token("good", {{"Impersonate-User", "bob"}});
+  auto before = head.headers;
+  auto d = decide(*f.policy(AuthMode::token), head);
+  REQUIRE(d.forward);
+  REQUIRE(head.headers.size() == before.size());
+  for (std::size_t i = 0; i < before.size(); ++i) CHECK(head.headers[i].value == before[i].value);
+}

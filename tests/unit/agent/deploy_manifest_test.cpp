@@ -1,0 +1,57 @@
+// The manifests under deploy/ must match the agent they deploy: every flag in
+// the Deployment exists, and the ClusterRole grants exactly the impersonation
+// the agent performs.
+
+#include <catch2/catch.hpp>
+
+#include <set>
+
+#include <yaml-cpp/yaml.h>
+
+#include "../../support/test_env.hpp"
+
+using namespace clusterconnect::test;
+
+namespace {
+std::vector<YAML::Node> documents() { return YAML::LoadAllFromFile((source_dir() / "deploy" / "clusterconnect-agent.yaml").string()); }
+YAML::Node find_kind(const std::string& kind) {
+  for (auto& d : documents())
+    if (d["kind"].as<std::string>() == kind) return d;
+  FAIL("no " << kind << " in deploy/clusterconnect-agent.yaml");
+  return {};
+}
+}  // namespace
+
+TEST_CASE("every flag in the Deployment is one the agent accepts", "[agent][deploy]") {
+  auto help = run(quote((stage_dir() / "bin" / "clusterconnect-agent").string()) + " --help");
+  REQUIRE(help.status == 0);
+  auto deployment = find_kind("Deployment");
+  CHECK(deployment["spec"]["replicas"].as<int>() == 2);
+  auto container = deployment["spec"]["template"]["spec"]["containers"][0];
+  auto args = container["args"];
+  REQUIRE(args.size() > 3);
+  for (const auto& a : args) {
+    auto arg = a.as<std::string>();
+    auto flag = arg.substr(0, arg.find('='));
+    INFO(flag);
+    CHECK(help.output.find(flag) != std::string::npos);
+  }
+  CHECK(deployment["spec"]["template"]["spec"]["serviceAccountName"].as<std::string>() == "clusterconnect-agent");
+}
+
+TEST_CASE("the ClusterRole lets the agent impersonate users, groups, uids and the extras it sets", "[agent][deploy]") {
+  auto role = find_kind("ClusterRole");
+  std::set<std::string> granted;
+  for (const auto& rule : role["rules"]) {
+    std::vector<std::string> verbs = rule["verbs"].as<std::vector<std::string>>();
+    CHECK(verbs == std::vector<std::string>{"impersonate"});
+    for (const auto& g : rule["apiGroups"])
+      for (const auto& r : rule["resources"]) granted.insert(g.as<std::string>() + "/" + r.as<std::string>());
+  }
+  for (auto want : {"/users", "/groups", "authentication.k8s.io/uids", "authentication.k8s.io/userextras/oid",
+                    "authentication.k8s.io/userextras/tid"})
+    CHECK(granted.count(want) == 1);
+  auto binding = find_kind("ClusterRoleBinding");
+  CHECK(binding["roleRef"]["name"].as<std::string>() == role["metadata"]["name"].as<std::string>());
+  CHECK(binding["subjects"][0]["name"].as<std::string>() == "clusterconnect-agent");
+}
