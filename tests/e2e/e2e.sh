@@ -102,9 +102,13 @@ check "kubectl exec over SPDY" "spdy ok" env KUBECTL_REMOTE_COMMAND_WEBSOCKETS=f
 
 kubectl port-forward pod/web-0 0:8080 >"$work/pf.out" 2>&1 &
 pf=$!; pids+=($pf)
-for _ in $(seq 1 100); do grep -q "Forwarding from 127.0.0.1" "$work/pf.out" && break; sleep 0.1; done
-pf_port="$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$work/pf.out" | head -1)"
-check "kubectl port-forward carries a connection" "hello from web-0" curl -s --max-time 10 "http://127.0.0.1:$pf_port/"
+for _ in $(seq 1 100); do grep -qs "Forwarding from 127.0.0.1" "$work/pf.out" && break; sleep 0.1; done
+pf_port="$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$work/pf.out" 2>/dev/null | head -1)"
+if [ -n "$pf_port" ]; then
+  check "kubectl port-forward carries a connection" "hello from web-0" curl -s --max-time 10 "http://127.0.0.1:$pf_port/"
+else
+  fail "kubectl port-forward listens" "$(cat "$work/pf.out" 2>/dev/null)"
+fi
 kill "$pf" 2>/dev/null
 
 check_fails "a caller's own impersonation is refused" "impersonation through the cluster connection is not permitted" \
