@@ -150,6 +150,18 @@ std::string_view reason_phrase(unsigned code) {
   return r.empty() ? std::string_view("Unknown") : std::string_view(r.data(), r.size());
 }
 
+// 502 for an upstream that cannot be reached or misbehaves. Plain text, not a
+// Status: client-go puts a text/plain body into its error message on every
+// path, while its discovery client (kubectl's first requests) reports a JSON
+// Status body only as "unknown".
+Reply gateway_reply(std::string message) {
+  Reply r;
+  r.status = 502;
+  r.content_type = "text/plain; charset=utf-8";
+  r.body = std::move(message);
+  return r;
+}
+
 // Per upstream connection: the stream, its read buffer and its response
 // parser. Shared with pending operations so a retried or abandoned connection
 // never has its buffers reused underneath an operation still in flight.
@@ -343,7 +355,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec || !stream) {
       if (reason.empty()) reason = "cannot reach the upstream: " + (ec ? ec.message() : std::string("no stream"));
       log_failure(ec, "connect upstream: " + reason);
-      return reply_and_continue(status_reply(502, "BadGateway", std::move(reason)));
+      return reply_and_continue(gateway_reply(std::move(reason)));
     }
     up_ = std::make_shared<Upstream>(std::move(stream), strand_);
     send_request();
@@ -615,17 +627,17 @@ class Session : public std::enable_shared_from_this<Session> {
       return attempt_request();
     }
     if (ec == bhttp::error::header_limit)
-      return finish_with_reply(status_reply(502, "BadGateway", "upstream response header exceeds the limit"));
+      return finish_with_reply(gateway_reply("upstream response header exceeds the limit"));
     if (is_malformed(ec))
-      return finish_with_reply(status_reply(502, "BadGateway", "upstream sent an invalid response: " + ec.message()));
-    finish_with_reply(status_reply(502, "BadGateway", "upstream closed the connection before responding"));
+      return finish_with_reply(gateway_reply("upstream sent an invalid response: " + ec.message()));
+    finish_with_reply(gateway_reply("upstream closed the connection before responding"));
   }
 
   void upstream_protocol_error(UpstreamPtr up, std::string what) {
     log_failure({}, what);
     up->io.stream()->reset(what);
     if (up_ == up) up_.reset();
-    if (!response_started_) return finish_with_reply(status_reply(502, "BadGateway", what));
+    if (!response_started_) return finish_with_reply(gateway_reply(what));
     abort_exchange(std::nullopt);
   }
 

@@ -91,7 +91,10 @@ class ForwardPolicy {
 
 using ConnectHandler = UniqueFunction<void(error_code, StreamPtr, std::string reason)>;
 // Opens a new upstream stream. Called on the session's strand; may complete on
-// any thread. `reason` becomes the 502 message kubectl shows.
+// any thread. On failure `reason` is the body of a text/plain 502, which
+// kubectl shows as: an error on the server ("<reason>") has prevented the
+// request from succeeding. (A Status body would be shown as "unknown" by
+// kubectl's discovery requests.)
 using UpstreamConnector = std::function<void(ConnectHandler)>;
 
 struct Limits {
