@@ -19,10 +19,14 @@ if [ "$mode" = "--down" ]; then
 fi
 
 scripts/setup.sh
-echo "== building (release) ==" >&2
-cmake --preset release >/dev/null
-cmake --build --preset release >/dev/null
-bin="$root/build/release/stage/bin"
+# CLUSTERCONNECT_BIN names already-built binaries (the test suite uses its own build).
+bin="${CLUSTERCONNECT_BIN:-}"
+if [ -z "$bin" ]; then
+  echo "== building (release) ==" >&2
+  cmake --preset release >/dev/null
+  cmake --build --preset release >/dev/null
+  bin="$root/build/release/stage/bin"
+fi
 
 echo "== starting the sandbox in $sandbox ==" >&2
 scripts/sandbox.sh up "$sandbox" "$bin"
