@@ -171,6 +171,9 @@ struct Upstream {
   beast::flat_buffer buffer;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
   unsigned requests = 0;  // requests sent on it, for the retry rule
+  bool idle_reading = false;      // watch_upstream's read is out
+  bool response_waiting = false;  // pump B waits for that read to finish
+  unsigned waiting_attempt = 0;
 };
 using UpstreamPtr = std::shared_ptr<Upstream>;
 
@@ -371,7 +374,14 @@ class Session : public std::enable_shared_from_this<Session> {
     upgrade_ = false;
     up_keep_alive_ = true;
     close_after_ = !client_keep_alive_;
-    read_response_head(up_);
+    if (up_->idle_reading) {
+      // The read that watched the idle connection is still out: the
+      // response's first bytes (or the close) will complete it.
+      up_->response_waiting = true;
+      up_->waiting_attempt = attempt_;
+    } else {
+      read_response_head(up_);
+    }
     if (!req_has_body_ || in_buf_.size() == 0) {
       // Head alone: the body may wait for 100-continue, and a head that
       // waits for body bytes would delay the exchange.
@@ -675,6 +685,7 @@ class Session : public std::enable_shared_from_this<Session> {
     complete_record();
     if (request_failed_) close_after_ = true;
     if (!up_keep_alive_ || request_failed_) release_upstream();
+    else if (up_) watch_upstream(up_);
     if (close_after_) return close_session();
     wait_request();
   }
@@ -723,6 +734,36 @@ class Session : public std::enable_shared_from_this<Session> {
       return abort_exchange(std::nullopt);
     }
     watch_client();
+  }
+
+  // Keeps a read on an idle upstream connection, so that one the upstream
+  // closed (an API server's idle timeout, a tunnel stream that ended) is
+  // dropped before the next request is written into it; only a request
+  // without a body could be retried after the fact.
+  void watch_upstream(UpstreamPtr up) {
+    if (up->idle_reading || closing_) return;
+    up->idle_reading = true;
+    auto& io = up->io;
+    io.async_read_some(up->buffer.prepare(4096), [self = shared_from_this(), up](error_code ec, std::size_t n) mutable {
+      up->idle_reading = false;
+      up->buffer.commit(n);
+      self->on_upstream_idle_read(ec, std::move(up));
+    });
+  }
+
+  void on_upstream_idle_read(error_code ec, UpstreamPtr up) {
+    if (up->response_waiting) {
+      up->response_waiting = false;
+      if (aborting_ || up->waiting_attempt != attempt_) return;
+      if (ec) return upstream_failed(ec, std::move(up));
+      return read_response_head(std::move(up));
+    }
+    if (up_ != up) return;  // already released
+    // Closed, failed, or bytes nobody asked for: not reusable.
+    if (ec) log_failure(ec, "idle upstream connection ended");
+    else log_failure({}, "idle upstream connection sent unsolicited bytes");
+    up_->io.stream()->reset("idle upstream connection not reusable");
+    up_.reset();
   }
 
   void complete_record() {

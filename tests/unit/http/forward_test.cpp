@@ -199,6 +199,16 @@ TEST_CASE("an upstream that closed a kept-alive connection is reopened", "[http]
     CHECK(res->body == "first");
   }
   CHECK(up.connections() == 3);
+
+  // A request with a body cannot be retried after the fact: the engine must
+  // notice the close while the connection is idle and open a new one first.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  client.send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "first");
+  CHECK(up.connections() == 4);
 }
 
 TEST_CASE("chunked responses are relayed chunk by chunk as they arrive", "[http]") {
