@@ -200,11 +200,15 @@ Result<EntraCredential::Endpoints> EntraCredential::endpoints() {
 }
 
 Result<EntraCredential::Acquired> EntraCredential::token_request(const std::string& url, const std::string& body, const char* what) {
+  last_oauth_error_.clear();
   auto r = http_.post_form(url, body);
   if (!r) return fail(std::string(what) + ": " + r.error());
   auto j = nlohmann::json::parse(r->body, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return fail(std::string(what) + ": Entra ID answered HTTP " + std::to_string(r->status) + " without JSON");
-  if (r->status != 200) return fail(std::string(what) + " was refused: " + describe_error(j, r->status));
+  if (r->status != 200) {
+    last_oauth_error_ = j.value("error", std::string());
+    return fail(std::string(what) + " was refused: " + describe_error(j, r->status));
+  }
   Acquired a;
   a.access_token = j.value("access_token", std::string());
   a.refresh_token = j.value("refresh_token", std::string());
@@ -332,8 +336,17 @@ Result<AccessToken> EntraCredential::get_token(const std::string& resource) noex
       if (!ep) return fail(ep.error());
       if (cached && !cached->refresh_token.empty()) {
         got = refresh(resource, cached->refresh_token, *ep);
-        // A refused refresh token (revoked, expired) means a full sign-in.
-        if (!got && disk_) disk_->erase(key);
+        if (!got) {
+          // A refused refresh token (revoked, expired, consent changed) means
+          // a full sign-in; a network failure does not: prompting a person
+          // for a device code because the provider was briefly unreachable
+          // would be wrong, so that error goes back to the caller.
+          const bool refused = last_oauth_error_ == "invalid_grant" || last_oauth_error_ == "interaction_required";
+          if (!refused && config_.method == "device-code") return fail(got.error());
+          memory_.erase(key);
+          if (disk_) disk_->erase(key);
+          cached.reset();
+        }
       }
       if (!got) {
         if (config_.method == "device-code") {

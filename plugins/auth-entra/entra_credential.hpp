@@ -92,6 +92,7 @@ class EntraCredential final : public TokenCredential {
   std::mutex mutex_;
   std::optional<Endpoints> endpoints_;
   std::map<std::string, CachedToken> memory_;
+  std::string last_oauth_error_;  // `error` of the last refused token request
 };
 
 // Seconds before expiry at which a cached token is replaced: five minutes,

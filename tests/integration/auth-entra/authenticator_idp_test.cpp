@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <openssl/hmac.h>
+
 #include "encoding.hpp"
 #include "entra_authenticator.hpp"
 #include "test_idp.hpp"
@@ -155,4 +157,56 @@ TEST_CASE("auth-entra/idp: over TLS, trusted through ca_file only", "[auth-entra
   auto untrusted = validate_with(nlohmann::json::object());
   CHECK(untrusted.failure == AuthFailure::keys_unavailable);
   CHECK(untrusted.message.find("certificate") != std::string::npos);
+}
+
+TEST_CASE("auth-entra/idp: attacks on a token the identity provider issued", "[auth-entra][idp]") {
+  if (auto why = TestIdp::unavailable()) {
+    WARN("skipped: " << *why);
+    return;
+  }
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path());
+  Validator v(idp, {{"clock_skew_seconds", 0}});
+  const std::string token = client_secret_token(idp, arc_server_app_id);
+  REQUIRE(v.authenticate(token).ok());
+  const auto first = token.find('.'), second = token.rfind('.');
+  auto payload = nlohmann::json::parse(*base64url_decode(token.substr(first + 1, second - first - 1)));
+  auto header = nlohmann::json::parse(*base64url_decode(token.substr(0, first)));
+
+  {  // tampered payload
+    auto p = payload;
+    p["oid"] = "00000000-0000-0000-0000-000000000000";
+    CHECK(v.authenticate(token.substr(0, first + 1) + base64url_encode(p.dump()) + token.substr(second)).failure == AuthFailure::bad_signature);
+  }
+  {  // alg none, and HS256 keyed with the provider's public key
+    auto h = header;
+    h["alg"] = "none";
+    CHECK(v.authenticate(base64url_encode(h.dump()) + token.substr(first, second - first) + ".").failure == AuthFailure::disallowed_algorithm);
+
+    HttpPolicy policy;
+    policy.allow_http_loopback = true;
+    auto jwks = nlohmann::json::parse(HttpClient(policy).get(idp.state()["jwks_uri"].get<std::string>())->body);
+    const std::string n = jwks["keys"][0]["n"];
+    h["alg"] = "HS256";
+    const std::string input = base64url_encode(h.dump()) + token.substr(first, second - first);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    HMAC(EVP_sha256(), n.data(), static_cast<int>(n.size()), reinterpret_cast<const unsigned char*>(input.data()), input.size(), mac, &len);
+    CHECK(v.authenticate(input + "." + base64url_encode(std::string(reinterpret_cast<char*>(mac), len))).failure ==
+          AuthFailure::disallowed_algorithm);
+  }
+  {  // truncated
+    CHECK(v.authenticate(token.substr(0, second)).failure == AuthFailure::malformed);
+    CHECK_FALSE(v.authenticate(token.substr(0, token.size() - 2)).ok());
+  }
+  {  // another tenant
+    Validator other(idp, {{"tenants", {"3c7e1d52-9a4f-4b8e-8d21-6f0a9b3c5e74"}}});
+    CHECK(other.authenticate(token).failure == AuthFailure::wrong_issuer);
+  }
+  {  // expired, with no skew allowed
+    idp.admin("access-token-lifetime", {{"seconds", 1}});
+    const std::string short_lived = client_secret_token(idp, arc_server_app_id);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+    CHECK(v.authenticate(short_lived).failure == AuthFailure::expired);
+  }
 }

@@ -441,3 +441,22 @@ TEST_CASE("auth-entra/idp: credential over TLS with ca_file", "[auth-entra][idp]
   REQUIRE_FALSE(refused);
   CHECK(refused.error().find("certificate") != std::string::npos);
 }
+
+TEST_CASE("auth-entra/idp: a refused refresh token leads to a new sign-in", "[auth-entra][idp][credential]") {
+  REQUIRE_IDP();
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path(), {{"device_interval", 1}});
+  const std::string client_id = idp.state()["clients"]["public"]["client_id"];
+  // An expired access token and a refresh token the provider never issued.
+  TokenCache(dir.path() / "cache" / "entra-token-cache.json")
+      .store(TokenCache::key(idp.authority(), idp.tenant(), client_id, arc_server_app_id), {"stale", "not-a-refresh-token", 1000, 900});
+
+  DeviceFlow flow(idp, dir.path() / "cache");
+  auto p = flow.prompt();
+  idp.admin("device/complete", {{"user_code", p.user_code}});
+  auto r = flow.result();
+  INFO((r ? std::string() : r.error()));
+  REQUIRE(r);
+  CHECK(r->token != "stale");
+  CHECK(validate(idp, r->token).ok());
+}
