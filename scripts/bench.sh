@@ -18,10 +18,12 @@
 #
 #   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--only LIST]
 #                    [--no-scale] [--no-kubectl] [--no-install] [--no-build]
-#                    [--no-doc] [--keep] [--held N] [--watches N] [--agents N]
+#                    [--no-doc] [--keep] [--held N] [--watches N] [--agents N] [--profile DIR]
 #
 # --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect
-# (direct is always measured: every ratio needs it). Runs as root (sshd needs it).
+# (direct is always measured: every ratio needs it). --profile DIR only profiles
+# the clusterconnect chain under load (scripts/bench/profile.sh) into DIR.
+# Runs as root (sshd needs it).
 set -euo pipefail
 
 # Run in a session of our own (see "priority" below); signals are passed on so
@@ -70,19 +72,28 @@ while [ $# -gt 0 ]; do
     --no-build) build=0 ;;
     --no-doc) write_doc=0 ;;
     --keep) keep=1 ;;
-    --watches) watches="$2"; shift ;;
-    --agents) agents="$2"; shift ;;
+    --watches) watches_opt="$2"; shift ;;
+    --agents) agents_opt="$2"; shift ;;
     --held) held_opt="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --profile) profile_dir="$2"; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 if [ "$quick" = 1 ]; then
   rounds=1; duration=2; held=200; first_get_n=5; kubectl_n=3; version_n=5; ready_n=2
-  watches=$(( watches < 300 ? watches : 300 )); agents=$(( agents < 4 ? agents : 4 ))
+  watches=300; agents=4
 fi
 [ -n "${held_opt:-}" ] && held="$held_opt"
+[ -n "${watches_opt:-}" ] && watches="$watches_opt"
+[ -n "${agents_opt:-}" ] && agents="$agents_opt"
+profile_dir="${profile_dir:-}"
+if [ -n "$profile_dir" ]; then
+  # Profiling only: the chain under load, no figures.
+  only=clusterconnect; kubectl_figs=0; scale=0; write_doc=0
+  mkdir -p "$profile_dir"; profile_dir="$(cd "$profile_dir" && pwd)"
+fi
 columns=()
 for c in direct ssh-R ssh-R-tuned haproxy-2hop clusterconnect; do
   [[ ",$only," == *",$c,"* || $c == direct ]] && columns+=("$c")
@@ -111,9 +122,13 @@ done
 need_cc=0
 if [[ " ${columns[*]} " == *" clusterconnect "* ]] || [ "$kubectl_figs" = 1 ] || [ "$scale" = 1 ]; then need_cc=1; fi
 if [ "$need_cc" = 1 ]; then
+  # Build dependencies, Node and the sandbox's fixtures (idempotent, quiet when present).
+  [ "$install" = 1 ] && { "$root/scripts/setup.sh" >/dev/null || die "scripts/setup.sh failed"; }
   if [ "$build" = 1 ]; then
     log "building release (cmake --preset release)"
-    (cd "$root" && cmake --preset release >/dev/null && cmake --build --preset release -j2 >/dev/null) \
+    # Only what the runs start: the test targets would double the build time.
+    (cd "$root" && cmake --preset release >/dev/null && cmake --build --preset release -j2 --target connectedk8s \
+      clusterconnect-relay clusterconnect-agent proxy kubeconfig auth-entra tunnel-ws >/dev/null) \
       || die "release build failed: cmake --build --preset release"
   fi
   [ -x "$bin/connectedk8s" ] && [ -x "$bin/clusterconnect-relay" ] && [ -x "$bin/clusterconnect-agent" ] \
@@ -374,6 +389,14 @@ log "every path answers; warming up"
 for c in "${columns[@]}"; do wrk_run "$c" "$work/logs/warm-$c.txt" -t1 -c4 -d1s; done
 : >"$results"  # warm-up errors do not count
 
+if [ -n "$profile_dir" ]; then
+  command -v perf >/dev/null || { apt-get install -y -qq linux-perf >/dev/null 2>&1 || die "perf is missing (Debian: linux-perf)"; }
+  command -v strace >/dev/null || { apt-get install -y -qq strace >/dev/null 2>&1 || die "strace is missing"; }
+  "$here/profile.sh" "$profile_dir" "${URL[clusterconnect]}$small_path" "${TOKEN[clusterconnect]}" \
+    proxy="${PID[cc-proxy]}" relay="$(cat "$work/sb-nginx/pids/relay.pid")" agent="$(cat "$work/sb-nginx/pids/agent.pid")"
+  exit 0
+fi
+
 # Memory first, once, before the load rounds: heaps do not shrink back, so a later
 # hold would reuse memory that earlier load left behind and look cheaper than it is.
 log "memory: idle and $held held connections per intermediary"
@@ -624,13 +647,14 @@ if [ "$scale" = 1 ] && [ "$kubectl_figs" = 1 ]; then
       record clusterconnect watch_kb_proxy "$(python3 -c "print(round(($p1-$p0)/$est, 2))")"
     fi
     [ "$est" != "$watches" ] && log "watch: $est of $watches established: $(cat "$work/watch-ready.json")"
-    # One object created behind the agent must reach every stream.
+    # One object created behind the agent must reach every stream; delivery time
+    # counts from just before the create.
+    python3 -c 'import time; print(time.time())' >"$work/watch-trigger.tmp" && mv "$work/watch-trigger.tmp" "$work/watch-trigger"
     code="$(curl -s --cacert "$s/apiserver-ca.crt" -o /dev/null -w '%{http_code}' --max-time 10 \
       -H "Authorization: Bearer $(cat "$s/agent-sa.token")" -H "Impersonate-User: bench" -H "Impersonate-Group: system:masters" \
       -H 'Content-Type: application/json' -X POST "https://127.0.0.1:$api_port/api/v1/namespaces/default/configmaps" \
       -d "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"$name\"},\"data\":{\"k\":\"v\"}}")"
     [ "$code" = 201 ] || log "watch: creating the configmap answered $code"
-    touch "$work/watch-trigger"
     if wait_file "$work/watch-result.json" 90 "${PID[watchers]}"; then
       record clusterconnect watch_delivered "$(jget "$work/watch-result.json" delivered)"
       record clusterconnect watch_deliver_s "$(jget "$work/watch-result.json" seconds)"

@@ -8,7 +8,7 @@ Streams are spread round-robin over the targets (several local proxies when one
 proxy's tunnel cannot carry them all). Once every stream has its response head
 (or --timeout passed) it writes {"established", "failed", "seconds"} to the ready
 file; the caller then measures memory, creates an object named NAME and touches
-the trigger file; the result file gets {"delivered", "of", "seconds"}, where
+the trigger file (containing the time.time() of the create); the result file gets {"delivered", "of", "seconds"}, where
 seconds runs from the trigger to the last delivery.
 """
 import argparse
@@ -59,7 +59,7 @@ async def run_watch(target, expect, sem, w, writers):
         # Keep a tail so a name split across two reads is still found.
         window = tail + data
         if marker in window:
-            w.delivered_at = time.monotonic()
+            w.delivered_at = time.time()
             return
         tail = window[-len(marker):]
 
@@ -100,8 +100,11 @@ async def main():
     wait_until = time.monotonic() + a.timeout
     while not os.path.exists(a.trigger_file) and time.monotonic() < wait_until:
         await asyncio.sleep(0.05)
-    triggered = time.monotonic()
-    deliver_until = triggered + a.deliver_timeout
+    try:
+        triggered = float(open(a.trigger_file).read())  # wall clock, written by the caller
+    except (OSError, ValueError):
+        triggered = time.time()
+    deliver_until = time.monotonic() + a.deliver_timeout
     while time.monotonic() < deliver_until:
         if all(w.delivered_at or not w.established for w in watches):
             break
