@@ -222,7 +222,8 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
   } catch (const std::exception& e) {
     outcome = reject(AuthFailure::malformed, std::string("token could not be processed: ") + e.what());
   }
-  handler(std::move(outcome));
+  // Empty only if an allocation failed after the handler moved into a job.
+  if (handler) handler(std::move(outcome));
 }
 
 }  // namespace clusterconnect::entra
