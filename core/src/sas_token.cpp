@@ -17,6 +17,7 @@ namespace {
 
 constexpr std::string_view prefix = "SharedAccessSignature ";
 constexpr std::size_t max_token_size = 4096;
+constexpr std::int64_t max_expiry = 9'000'000'000;
 
 std::string sign(std::string_view key, std::string_view resource_raw, std::string_view expiry_raw) {
   std::string to_sign;
@@ -98,7 +99,8 @@ std::optional<SasToken> parse_sas_token(std::string_view token) {
     } else if (k == "se") {
       t.expiry_raw = std::string(v);
       auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), t.expiry);
-      if (ec != std::errc{} || p != v.data() + v.size() || t.expiry < 0) return std::nullopt;
+      // Beyond ~2255 the expiry would overflow system_clock's nanoseconds.
+      if (ec != std::errc{} || p != v.data() + v.size() || t.expiry < 0 || t.expiry > max_expiry) return std::nullopt;
       have_se = true;
     } else if (k == "skn") {
       t.key_name = std::move(decoded);

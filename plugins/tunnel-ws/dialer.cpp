@@ -1,4 +1,5 @@
 #include "dialer.hpp"
+#include "ws_transport.hpp"
 
 #include "protocol/ws_channel.hpp"
 
@@ -122,6 +123,16 @@ class Dial : public std::enable_shared_from_this<Dial> {
 };
 
 }  // namespace
+
+Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const RelayEndpoint& endpoint, spdlog::logger& logger) {
+  if (endpoint.insecure_skip_verify)
+    logger.warn("TLS certificate verification of the relay {} is OFF (insecure_skip_verify): for development only",
+                endpoint.url);
+  tls::ClientOptions o;
+  o.ca_file = endpoint.ca_file;
+  o.insecure_skip_verify = endpoint.insecure_skip_verify;
+  return tls::make_client_context(o);
+}
 
 void async_dial(asio::io_context& io, DialTarget target, std::shared_ptr<asio::ssl::context> tls, std::string token,
                 tunnel::SessionOptions options, std::shared_ptr<spdlog::logger> logger, DialHandler handler,

@@ -2,7 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/url.hpp"
 
 namespace clusterconnect::tunnel_ws {
@@ -20,16 +19,6 @@ Result<DialTarget> make_dial_target(const RelayEndpoint& endpoint, std::string_v
   t.host_header = url->authority();
   t.target = url->path + "?sb-hc-action=" + std::string(action);
   return t;
-}
-
-Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const RelayEndpoint& endpoint, spdlog::logger& logger) {
-  if (endpoint.insecure_skip_verify)
-    logger.warn("TLS certificate verification of the relay {} is OFF (insecure_skip_verify): for development only",
-                endpoint.url);
-  tls::ClientOptions o;
-  o.ca_file = endpoint.ca_file;
-  o.insecure_skip_verify = endpoint.insecure_skip_verify;
-  return tls::make_client_context(o);
 }
 
 std::shared_ptr<TunnelClient> WsTransport::dial(RelayEndpoint endpoint, TokenSource token) noexcept {

@@ -226,7 +226,8 @@ TEST_CASE("relay restarted: agents reconnect within the backoff cap", "[relay][t
 }
 
 TEST_CASE("SIGTERM: GOAWAY, in-flight streams finish, exit 0", "[relay][tunnel]") {
-  RelayProcess relay({"--drain-timeout", "10"});
+  // The drain timeout is generous so a loaded machine cannot make it expire.
+  RelayProcess relay({"--drain-timeout", "120"});
   ModuleHost host;
   Agent agent;
   auto listener = start_agent(host, relay, agent, 1);
@@ -234,12 +235,17 @@ TEST_CASE("SIGTERM: GOAWAY, in-flight streams finish, exit 0", "[relay][tunnel]"
   auto o = open_stream(*client);
   REQUIRE_FALSE(o.ec);
   auto p = std::make_shared<std::promise<ExchangeResult>>();
-  std::make_shared<Exchange>(o.stream, 32 * 1024 * 1024, 5, [p](ExchangeResult r) { p->set_value(r); })->start();
+  std::make_shared<Exchange>(o.stream, 8 * 1024 * 1024, 5, [p](ExchangeResult r) { p->set_value(r); })->start();
   std::this_thread::sleep_for(100ms);
   std::promise<int> exit_status;
-  std::thread stopper([&] { exit_status.set_value(relay.stop(SIGTERM, std::chrono::seconds(30))); });
+  std::thread stopper([&] { exit_status.set_value(relay.stop(SIGTERM, std::chrono::seconds(150))); });
+  // After GOAWAY no new stream is accepted (the tunnel is draining and the
+  // relay takes no new connections), while the running one goes on.
+  std::this_thread::sleep_for(500ms);
+  auto refused = open_stream(*client);
+  CHECK(refused.ec);
   auto f = p->get_future();
-  REQUIRE(f.wait_for(30s) == std::future_status::ready);
+  REQUIRE(f.wait_for(150s) == std::future_status::ready);
   auto r = f.get();
   stopper.join();
   INFO(r.what << ": " << r.ec.message());

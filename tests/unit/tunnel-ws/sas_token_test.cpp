@@ -47,6 +47,7 @@ TEST_CASE("verification failures are told apart", "[sas]") {
   }
   SECTION("malformed") {
     for (std::string bad : {"Bearer x", "SharedAccessSignature sr=a&sig=b", "SharedAccessSignature sr=%zz&sig=b&se=1&skn=k",
+                            "SharedAccessSignature sr=a&sig=b&se=99999999999999&skn=k",
                             "SharedAccessSignature sr=a&sig=b&se=notanumber&skn=k"}) {
       auto v = verify_sas_token(bad, "https://ns.example.net/hc", keys("connect", "k1"));
       CHECK(v.error == SasError::malformed);
@@ -66,7 +67,7 @@ TEST_CASE("verification failures are told apart", "[sas]") {
   SECTION("tampered expiry") {
     std::string t = tok;
     auto p = t.find("&se=") + 4;
-    t[p] = t[p] == '9' ? '8' : '9';
+    t[p] = t[p] == '2' ? '3' : '2';
     CHECK(verify_sas_token(t, "https://ns.example.net/hc", keys("connect", "k1")).error == SasError::bad_signature);
   }
   SECTION("expired") {

@@ -58,24 +58,18 @@ class MemoryChannel final : public MessageChannel {
     else s_->captured.push_back(std::move(copy));
     asio::post(s_->ex, [h = std::move(handler)]() mutable { h({}); });
   }
+  // Drops the references that tie the two ends and the session together,
+  // so nothing outlives the test.
   void close(std::uint16_t code, std::string reason) noexcept override {
     if (s_->closed) return;
     s_->closed = true;
     s_->close_code = code;
     s_->close_reason = reason;
-    if (auto p = s_->peer) asio::post(p->ex, [p] {
+    if (auto p = std::move(s_->peer)) asio::post(p->ex, [p] {
         p->closed = true;
-        if (p->pending) {
-          auto h = std::move(p->pending);
-          h(asio::error::eof, {});
-        }
+        if (auto h = std::move(p->pending)) h(asio::error::eof, {});
       });
-    asio::post(s_->ex, [s = s_] {
-      if (s->pending) {
-        auto h = std::move(s->pending);
-        h(asio::error::operation_aborted, {});
-      }
-    });
+    if (auto h = std::move(s_->pending)) asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, {}); });
   }
 
  private:
@@ -97,8 +91,11 @@ struct Env {
     logger->set_level(spdlog::level::debug);
     thread = std::thread([this] { io.run(); });
   }
+  // Lets the sessions' closing work finish (it breaks their reference
+  // cycles), bounded in time.
   ~Env() {
     work.reset();
+    for (int i = 0; i < 300 && !io.stopped(); ++i) std::this_thread::sleep_for(10ms);
     io.stop();
     thread.join();
   }
@@ -117,6 +114,10 @@ struct Env {
 struct Pair {
   std::shared_ptr<Session> dialer, acceptor;
   std::promise<TunnelStreamPtr> accepted;
+  ~Pair() {
+    dialer->close("test over");
+    acceptor->close("test over");
+  }
 };
 
 std::unique_ptr<Pair> make_pair(Env& env, SessionOptions base = {}) {
@@ -191,7 +192,8 @@ std::pair<error_code, std::string> read(Stream& s, std::size_t max = 1 << 20) {
 struct Victim {
   std::shared_ptr<MemoryChannel::State> state = std::make_shared<MemoryChannel::State>();
   std::shared_ptr<Session> session;
-  std::promise<std::string> closed;
+  // Shared with the session's handler, which may run after the Victim is gone.
+  std::shared_ptr<std::promise<std::string>> closed = std::make_shared<std::promise<std::string>>();
   Victim(Env& env, Role role = Role::dialer) {
     state->ex = asio::make_strand(env.io);
     SessionOptions o;
@@ -199,12 +201,13 @@ struct Victim {
     o.name = "victim";
     session = Session::create(state->ex, std::make_unique<MemoryChannel>(state), o, env.logger);
     session->on_incoming([](TunnelStreamPtr s, Metadata) { s->accept(); });
-    session->on_closed([this](const std::string& r) { closed.set_value(r); });
+    session->on_closed([closed = closed](const std::string& r) { closed->set_value(r); });
     session->start();
   }
+  ~Victim() { session->close("test over"); }
   void inject(std::vector<std::uint8_t> m) { MemoryChannel::deliver(state, std::move(m)); }
   std::string wait_closed() {
-    auto f = closed.get_future();
+    auto f = closed->get_future();
     if (f.wait_for(5s) != std::future_status::ready) return "(still open)";
     return f.get();
   }
