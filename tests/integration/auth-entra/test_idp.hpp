@@ -73,7 +73,7 @@ class TestIdp {
     if (pid_ <= 0) throw std::runtime_error("could not start node");
     // Startup generates RSA keys and a certificate; on a busy 2-core runner
     // that can take a while.
-    for (int i = 0; i < 1200 && !std::filesystem::exists(ready); ++i) {
+    for (int i = 0; i < 2400 && !std::filesystem::exists(ready); ++i) {
       int status = 0;
       if (::waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
@@ -83,7 +83,7 @@ class TestIdp {
     }
     if (!std::filesystem::exists(ready)) {
       stop();  // the destructor does not run when the constructor throws
-      throw std::runtime_error("test IdP did not become ready within 60 s: " + slurp(log));
+      throw std::runtime_error("test IdP did not become ready within 120 s: " + slurp(log));
     }
     try {
       ready_ = nlohmann::json::parse(slurp(ready));
