@@ -12,11 +12,15 @@
 set -euo pipefail
 out="$1" url="$2" token="$3"; shift 3
 mkdir -p "$out"
-libc="$(ldconfig -p | awk '/libc\.so\.6 .*x86-64/{print $NF; exit}')"
+libc="$(ldd "$(command -v wrk)" | awk '/libc\.so/ {print $3}')"
 hdr=(); [ -n "$token" ] && hdr=(-H "Authorization: Bearer $token")
 
-probe_added=0
-perf probe -q -x "$libc" --add malloc 2>/dev/null && probe_added=1 || true
+probe_added=0 have_probe=0
+if perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc'; then
+  have_probe=1  # someone else's: use it, leave it
+elif perf probe -q -x "$libc" --add malloc 2>/dev/null; then
+  have_probe=1 probe_added=1
+fi
 cleanup() { [ "$probe_added" = 1 ] && perf probe -q --del 'probe_libc:malloc' 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -31,7 +35,7 @@ summary="$out/summary.md"
 for np in "$@"; do
   name="${np%%=*}" pid="${np#*=}"
   events=raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg
-  [ "$probe_added" = 1 ] && events="probe_libc:malloc,$events"
+  [ "$have_probe" = 1 ] && events="probe_libc:malloc,$events"
   perf stat -x, -e "$events" -p "$pid" -o "$out/stat-$name.csv" -- sleep 4 &
   stat_pid=$!
   sleep 0.3
@@ -86,7 +90,26 @@ rec_pid=$!
 sleep 0.3
 timeout 20 wrk "${hdr[@]}" -t2 -c64 -d4s "$url" >"$out/wrk-perf.txt" 2>&1 || true
 wait "$rec_pid" || true
-perf report -i "$out/perf.data" --no-children --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30 >"$out/perf-dso.txt" || true
-perf report -i "$out/perf.data" --no-children --sort comm,symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$out/perf-symbols.txt" || true
-echo "perf: $(awk '/Requests\/sec/{print $2}' "$out/wrk-perf.txt") requests/s while sampling" >>"$out/perf-dso.txt"
+report() { perf report -i "$1" --no-children -g none --stdio "${@:2}" 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/ *$//' | cut -c1-160; }
+{
+  echo "requests/s while sampling: $(awk '/Requests\/sec/{print $2}' "$out/wrk-perf.txt")"
+  echo "processes: $*"
+  echo; echo "## by thread (tid:comm)"; report "$out/perf.data" --sort pid | head -12
+  echo; echo "## by thread and library"; report "$out/perf.data" --sort pid,dso | head -40
+  echo; echo "## top symbols"; report "$out/perf.data" --sort pid,dso,symbol | head -80
+} >"$out/perf-report.txt" || true
+
+# Call chains (DWARF unwinding: the binaries have no frame pointers) of the agent
+# and the proxy, where identity and token handling run.
+for np in "$@"; do
+  name="${np%%=*}" pid="${np#*=}"
+  case "$name" in agent|proxy) ;; *) continue ;; esac
+  perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$out/perf-$name-dwarf.data" -- sleep 3 2>/dev/null &
+  rec_pid=$!
+  sleep 0.3
+  timeout 20 wrk "${hdr[@]}" -t2 -c64 -d2s "$url" >/dev/null 2>&1 || true
+  wait "$rec_pid" || true
+  perf report -i "$out/perf-$name-dwarf.data" --children --percent-limit 3 --stdio -g caller,0.5,callee --max-stack 24 2>/dev/null \
+    | grep -v '^$' | sed 's/ *$//' | cut -c1-200 | head -400 >"$out/perf-$name-callers.txt" || true
+done
 cat "$summary"
