@@ -60,7 +60,6 @@ void write_ready_file(const std::string& path, unsigned short port, const std::s
   std::filesystem::rename(tmp, path);
 }
 
-#ifdef CLUSTERCONNECT_RELAY_MANAGEMENT_API
 // The management API authenticates callers with the auth-entra module's
 // authenticator, configured by the config file's "management" section (its
 // tenants, audiences, authority...). Without that section it answers 503.
@@ -89,7 +88,6 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
                              },
                              runtime.logger());
 }
-#endif
 
 std::pair<std::string, unsigned short> split_listen(const std::string& s) {
   auto colon = s.rfind(':');
@@ -187,9 +185,7 @@ int main(int argc, char** argv) try {
   auto [address, port] = split_listen(config.listen);
   auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, tunnel_switch, metrics, logger);
   if (!front) throw std::runtime_error(front.error());
-#ifdef CLUSTERCONNECT_RELAY_MANAGEMENT_API
   front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, tunnel_switch, *logger));
-#endif
 
   // Shutdown: the signal handler only records the request; the main thread drains.
   std::mutex mutex;
