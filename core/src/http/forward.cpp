@@ -35,9 +35,14 @@ namespace bhttp = boost::beast::http;
 using Strand = asio::strand<asio::io_context::executor_type>;
 using Clock = std::chrono::steady_clock;
 
-// Body bytes moved per read. Also the granularity of chunk re-encoding: a
-// chunk that arrives is forwarded as soon as it (or this much of it) is read.
-constexpr std::size_t kPumpBuffer = 64 * 1024;
+// Body bytes moved per read: one TLS record's worth. Also the granularity of
+// chunk re-encoding: a chunk that arrives is forwarded as soon as it (or this
+// much of it) is read.
+constexpr std::size_t kPumpBuffer = 16 * 1024;
+// Read-buffer capacity reserved up front: Beast reads at most
+// max(512, capacity - size) bytes per call, so an empty buffer would move
+// bodies in 512-byte pieces, each becoming its own write downstream.
+constexpr std::size_t kReadReserve = 16 * 1024;
 // Bytes read and dropped while closing, so a client's unread pipelined data
 // does not turn our close into a reset that destroys the response in flight.
 constexpr std::size_t kLingerBytes = 1024 * 1024;
@@ -166,7 +171,7 @@ Reply gateway_reply(std::string message) {
 // parser. Shared with pending operations so a retried or abandoned connection
 // never has its buffers reused underneath an operation still in flight.
 struct Upstream {
-  Upstream(StreamPtr s, asio::any_io_executor ex) : io(std::move(s), std::move(ex)) {}
+  Upstream(StreamPtr s, asio::any_io_executor ex) : io(std::move(s), std::move(ex)) { buffer.reserve(kReadReserve); }
   StreamAdapter io;
   beast::flat_buffer buffer;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
@@ -187,9 +192,7 @@ class Session : public std::enable_shared_from_this<Session> {
         connector_(std::move(connector)),
         limits_(limits),
         log_(std::move(logger)),
-        timer_(strand_),
-        a_buf_(new char[kPumpBuffer]),
-        b_buf_(new char[kPumpBuffer]) {
+        timer_(strand_) {
     peer_ = in_.stream()->describe();
   }
 
@@ -395,7 +398,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_request_body(UpstreamPtr up, bool with_head) {
     auto& body = req_->get().body();
-    body.data = a_buf_.get();
+    body.data = a_buf();
     body.size = kPumpBuffer;
     in_reading_ = true;
     bhttp::async_read_some(in_, in_buf_, *req_,
@@ -432,10 +435,10 @@ class Session : public std::enable_shared_from_this<Session> {
       if (req_chunked_) {
         int len = std::snprintf(a_chunk_, sizeof a_chunk_, "%zx\r\n", n);
         a_out_[k++] = asio::buffer(a_chunk_, static_cast<std::size_t>(len));
-        a_out_[k++] = asio::buffer(a_buf_.get(), n);
+        a_out_[k++] = asio::buffer(a_buf(), n);
         a_out_[k++] = asio::buffer("\r\n", 2);
       } else {
-        a_out_[k++] = asio::buffer(a_buf_.get(), n);
+        a_out_[k++] = asio::buffer(a_buf(), n);
       }
     }
     if (last && req_chunked_) a_out_[k++] = asio::buffer("0\r\n\r\n", 5);
@@ -559,7 +562,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_response_body(UpstreamPtr up, bool with_head) {
     auto& body = up->parser->get().body();
-    body.data = b_buf_.get();
+    body.data = b_buf();
     body.size = kPumpBuffer;
     auto& io = up->io;
     auto& buffer = up->buffer;
@@ -590,10 +593,10 @@ class Session : public std::enable_shared_from_this<Session> {
       if (res_chunked_) {
         int len = std::snprintf(b_chunk_, sizeof b_chunk_, "%zx\r\n", n);
         b_out_[k++] = asio::buffer(b_chunk_, static_cast<std::size_t>(len));
-        b_out_[k++] = asio::buffer(b_buf_.get(), n);
+        b_out_[k++] = asio::buffer(b_buf(), n);
         b_out_[k++] = asio::buffer("\r\n", 2);
       } else {
-        b_out_[k++] = asio::buffer(b_buf_.get(), n);
+        b_out_[k++] = asio::buffer(b_buf(), n);
       }
     }
     if (last && res_chunked_ && !interim_) b_out_[k++] = asio::buffer("0\r\n\r\n", 5);
@@ -853,7 +856,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void linger() {
-    in_.async_read_some(asio::buffer(a_buf_.get(), kPumpBuffer), [self = shared_from_this()](error_code ec,
+    in_.async_read_some(asio::buffer(a_buf(), kPumpBuffer), [self = shared_from_this()](error_code ec,
                                                                                              std::size_t n) {
       self->lingered_ += n;
       if (ec || self->lingered_ > kLingerBytes) {
@@ -896,7 +899,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void pipe_read(UpstreamPtr up, bool to_upstream) {
-    char* buf = to_upstream ? a_buf_.get() : b_buf_.get();
+    char* buf = to_upstream ? a_buf() : b_buf();
     auto on_read = [self = shared_from_this(), up, to_upstream, buf](error_code ec, std::size_t n) mutable {
       if (ec == asio::error::eof) return self->pipe_eof(std::move(up), to_upstream);
       if (ec) return self->pipe_failed(ec, std::move(up));
@@ -941,7 +944,16 @@ class Session : public std::enable_shared_from_this<Session> {
     // Both directions ended cleanly; the streams close when released.
   }
 
-  // ---- timers and logging -----------------------------------------------------
+  // ---- buffers, timers and logging ----------------------------------------------
+
+  char* a_buf() {
+    if (!a_buf_) a_buf_.reset(new char[kPumpBuffer]);
+    return a_buf_.get();
+  }
+  char* b_buf() {
+    if (!b_buf_) b_buf_.reset(new char[kPumpBuffer]);
+    return b_buf_.get();
+  }
 
   void arm_timer(std::chrono::seconds after) {
     timed_out_ = false;
@@ -978,6 +990,8 @@ class Session : public std::enable_shared_from_this<Session> {
   RequestHead head_;
   std::vector<std::string_view> tokens_;
   std::string req_wire_, res_wire_;
+  // Allocated on first use: most requests have no body, and a connection
+  // that is only held open needs neither.
   std::unique_ptr<char[]> a_buf_, b_buf_;
   std::array<asio::const_buffer, 5> a_out_, b_out_;
   char a_chunk_[24] = {}, b_chunk_[24] = {};

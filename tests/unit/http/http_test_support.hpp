@@ -36,7 +36,8 @@ using tcp = asio::ip::tcp;
 // A clusterconnect::Stream over a TCP socket, on its own strand.
 class TcpStream final : public Stream, public std::enable_shared_from_this<TcpStream> {
  public:
-  explicit TcpStream(tcp::socket s) : socket_(std::move(s)) {
+  explicit TcpStream(tcp::socket s, std::shared_ptr<std::atomic<int>> writes = nullptr)
+      : socket_(std::move(s)), writes_(std::move(writes)) {
     error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);
   }
@@ -47,6 +48,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
     });
   }
   void async_write_some(std::span<const asio::const_buffer> bufs, IoHandler h) override {
+    if (writes_) ++*writes_;
     std::vector<asio::const_buffer> copy(bufs.begin(), bufs.end());
     asio::dispatch(socket_.get_executor(), [self = shared_from_this(), copy = std::move(copy), h = std::move(h)]() mutable {
       self->socket_.async_write_some(copy, std::move(h));
@@ -68,6 +70,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
 
  private:
   tcp::socket socket_;
+  std::shared_ptr<std::atomic<int>> writes_;  // counts write calls when set
 };
 
 // Runs an io_context on two threads for the lifetime of the object.
@@ -121,11 +124,15 @@ class Front {
   }
   unsigned short port() const { return acceptor_.local_endpoint().port(); }
 
+  // Write calls on the accepted (client-facing) streams.
+  std::shared_ptr<std::atomic<int>> inbound_writes = std::make_shared<std::atomic<int>>(0);
+
  private:
   void accept() {
     acceptor_.async_accept(asio::make_strand(io_), [this](error_code ec, tcp::socket s) {
       if (ec) return;
-      http::serve(io_, std::make_shared<TcpStream>(std::move(s)), policy_, connector_, limits_, debug_logger());
+      http::serve(io_, std::make_shared<TcpStream>(std::move(s), inbound_writes), policy_, connector_, limits_,
+                  debug_logger());
       accept();
     });
   }
