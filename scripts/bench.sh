@@ -133,6 +133,7 @@ if [ "$need_cc" = 1 ]; then
   fi
   [ -x "$bin/connectedk8s" ] && [ -x "$bin/clusterconnect-relay" ] && [ -x "$bin/clusterconnect-agent" ] \
     || die "no release binaries in $bin"
+  command -v kubectl >/dev/null || die "kubectl is missing: the clusterconnect figures read the proxy's kubeconfig with it and time it"
 fi
 
 # Other work on the machine (builds above all) would decide the figures on two
@@ -212,6 +213,8 @@ wait_file() {
 }
 
 fail_log() { log "$1"; tail -n 20 "$work/logs/$2.log" >&2 || true; exit 1; }
+# The same without exiting: clusterconnect's parts are optional, the others' figures still count.
+warn_log() { log "$1"; tail -n 20 "$work/logs/$2.log" >&2 || true; return 1; }
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
 rss() { python3 "$here/procstat.py" rss "$@"; }
 cpu() { python3 "$here/procstat.py" cpu "$@"; }
@@ -311,7 +314,7 @@ start_proxy() {
   spawn "$name" bash -c 'source "$1"; [ -n "$2" ] && export CONNECTEDK8S_ENDPOINT="$2" CONNECTEDK8S_CA_FILE="$3";
     exec connectedk8s proxy -n demo -g sandbox --port 0 -f "$4" --ready-file "$5"' \
     _ "$sb/env.sh" "$endpoint" "$relay_ca" "$d/kubeconfig" "$d/ready.json"
-  wait_file "$d/ready.json" 60 "${PID[$name]}" || fail_log "connectedk8s proxy ($name) was not ready" "$name"
+  wait_file "$d/ready.json" 60 "${PID[$name]}" || { warn_log "connectedk8s proxy ($name) was not ready" "$name"; return 1; }
   PROXY_URL="$(kubectl config view --raw --kubeconfig "$d/kubeconfig" -o jsonpath='{.clusters[0].cluster.server}')"
   PROXY_TOKEN="$(kubectl config view --raw --kubeconfig "$d/kubeconfig" -o jsonpath='{.users[0].user.token}')"
   PROXY_CA="$d/ca.crt"
@@ -327,22 +330,25 @@ sandbox_up() {
   local d="$work/$1"
   sandboxes+=("$d")
   SANDBOX_UPSTREAM_URL="${2:-}" SANDBOX_UPSTREAM_CA="${3:-}" "$root/scripts/sandbox.sh" up "$d" "$bin" \
-    >"$work/logs/$1.log" 2>&1 || fail_log "scripts/sandbox.sh up failed" "$1"
+    >"$work/logs/$1.log" 2>&1 || { warn_log "scripts/sandbox.sh up failed" "$1"; return 1; }
 }
 # Without the variables sandbox.sh uses its stand-in API server.
 sandbox_up_plain() {
   local d="$work/$1"
   sandboxes+=("$d")
   env -u SANDBOX_UPSTREAM_URL -u SANDBOX_UPSTREAM_CA "$root/scripts/sandbox.sh" up "$d" "$bin" \
-    >"$work/logs/$1.log" 2>&1 || fail_log "scripts/sandbox.sh up failed" "$1"
+    >"$work/logs/$1.log" 2>&1 || { warn_log "scripts/sandbox.sh up failed" "$1"; return 1; }
 }
 
 if [[ " ${columns[*]} " == *" clusterconnect "* ]]; then
   log "starting clusterconnect (sandbox with nginx behind the agent)"
-  sandbox_up sb-nginx "https://127.0.0.1:$nginx_port" "$certs/ca.crt"
-  start_proxy cc-proxy "$work/sb-nginx"
-  URL[clusterconnect]="$PROXY_URL"; TOKEN[clusterconnect]="$PROXY_TOKEN"; CA[clusterconnect]="$PROXY_CA"
-  IPIDS[clusterconnect]="$(cat "$work/sb-nginx/pids/relay.pid") $(cat "$work/sb-nginx/pids/agent.pid") ${PID[cc-proxy]}"
+  if sandbox_up sb-nginx "https://127.0.0.1:$nginx_port" "$certs/ca.crt" && start_proxy cc-proxy "$work/sb-nginx"; then
+    URL[clusterconnect]="$PROXY_URL"; TOKEN[clusterconnect]="$PROXY_TOKEN"; CA[clusterconnect]="$PROXY_CA"
+    IPIDS[clusterconnect]="$(cat "$work/sb-nginx/pids/relay.pid") $(cat "$work/sb-nginx/pids/agent.pid") ${PID[cc-proxy]}"
+  else
+    log "clusterconnect column skipped: the chain did not start (logs above)"
+    cols=(); for c in "${columns[@]}"; do [ "$c" != clusterconnect ] && cols+=("$c"); done; columns=("${cols[@]}")
+  fi
 fi
 
 # ---------------------------------------------------------------- measurements
@@ -499,9 +505,12 @@ done
 # ---------------------------------------------------------------- kubectl, CLI
 ms_since() { python3 -c "import sys; print(round((float(sys.argv[2])-float(sys.argv[1]))*1000, 2))" "$1" "$2"; }
 
+if [ "$kubectl_figs" = 1 ] && ! { sandbox_up_plain sb-api && start_proxy kc-proxy "$work/sb-api"; }; then
+  log "kubectl, CLI and scale figures skipped: the sandbox or its proxy did not start (logs above)"
+  kubectl_figs=0 scale=0
+fi
 if [ "$kubectl_figs" = 1 ]; then
   log "kubectl: stand-in API server, direct vs through the chain"
-  sandbox_up_plain sb-api
   s="$work/sb-api/state"
   api_port="$(jget "$s/apiserver.ready" port)"
   cat >"$work/direct.kubeconfig" <<YAML
@@ -518,7 +527,6 @@ contexts:
   context: {cluster: direct, user: ci}
 current-context: direct
 YAML
-  start_proxy kc-proxy "$work/sb-api"
   chain_kc="$work/kc-proxy/kubeconfig"
   kd=() kc=()
   for i in $(seq 1 $((kubectl_n + 2))); do
@@ -590,7 +598,7 @@ start_relay_clone() {  # NAME: a second relay from the sb-api relay's command li
   mapfile -d '' a < <(clone_args "$(cat "$work/sb-api/pids/relay.pid")" --listen=127.0.0.1:0 --dev-tls="$d/tls" \
     --ready-file="$d/ready.json" --max-streams-per-tunnel=16384 --max-tunnels-per-cluster=2048 --max-connections=30000)
   spawn "$name" "${a[@]}"
-  wait_file "$d/ready.json" 30 "${PID[$name]}" || fail_log "relay clone $name did not start" "$name"
+  wait_file "$d/ready.json" 30 "${PID[$name]}" || { warn_log "relay clone $name did not start" "$name"; return 1; }
   RELAY_PORT="$(jget "$d/ready.json" port)"; RELAY_CA="$(jget "$d/ready.json" ca_file)"
 }
 
@@ -607,20 +615,20 @@ start_agent_clone() {  # NAME RELAY_PORT RELAY_CA TUNNELS AUDIT
   spawn "$name" "${a[@]}"
 }
 
-if [ "$scale" = 1 ] && [ "$kubectl_figs" = 1 ]; then
+run_scale() {
   log "scale: $watches watch streams through one agent"
-  start_relay_clone relay-watch
+  start_relay_clone relay-watch || return 1
   w_port="$RELAY_PORT"; w_ca="$RELAY_CA"
   # 4 tunnels: each tunnel carries at most 4,096 streams (the agent's session limit).
   start_agent_clone agent-watch "$w_port" "$w_ca" 4 "$work/agent-watch/audit.jsonl"
-  wait_file "$work/agent-watch/ready.json" 30 "${PID[agent-watch]}" || fail_log "agent clone did not connect" agent-watch
+  wait_file "$work/agent-watch/ready.json" 30 "${PID[agent-watch]}" || { warn_log "agent clone did not connect" agent-watch; return 1; }
   # One proxy dials one tunnel with the same per-tunnel stream limit: spread the
   # streams over enough proxies.
   nproxies=$(( (watches + 3999) / 4000 ))
   targets=()
   proxy_pids=""
   for i in $(seq 1 "$nproxies"); do
-    start_proxy "watch-proxy-$i" "$work/sb-api" "https://127.0.0.1:$w_port" "$w_ca"
+    start_proxy "watch-proxy-$i" "$work/sb-api" "https://127.0.0.1:$w_port" "$w_ca" || return 1
     targets+=(--target "$PROXY_URL/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=900|$PROXY_TOKEN|$PROXY_CA")
     proxy_pids+=" ${PID[watch-proxy-$i]}"
   done
@@ -665,7 +673,7 @@ if [ "$scale" = 1 ] && [ "$kubectl_figs" = 1 ]; then
   stop_pid "${PID[watchers]}"
 
   log "scale: $agents agents x $agent_tunnels tunnels idle on one relay"
-  start_relay_clone relay-tunnels
+  start_relay_clone relay-tunnels || return 1
   t_port="$RELAY_PORT"; t_ca="$RELAY_CA"
   sleep 1
   t0rss="$(rss "${PID[relay-tunnels]}")"
@@ -688,6 +696,10 @@ if [ "$scale" = 1 ] && [ "$kubectl_figs" = 1 ]; then
   # shellcheck disable=SC2086
   record clusterconnect agent_idle_rss_mb "$(python3 -c "print(round($(rss $apids)/1024/$agents, 1))")"
   [ "${have:-0}" -lt "$want" ] && log "tunnels: $have of $want connected"
+  return 0
+}
+if [ "$scale" = 1 ] && [ "$kubectl_figs" = 1 ]; then
+  run_scale || log "scale runs stopped early (logs above)"
 fi
 
 # ---------------------------------------------------------------- report
