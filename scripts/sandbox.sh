@@ -10,6 +10,8 @@
 #
 # SANDBOX_UPSTREAM_URL / SANDBOX_UPSTREAM_CA point the agent at another HTTPS
 # backend instead of the stand-in API server (benchmarks use nginx).
+# SANDBOX_AGENT_ARGS adds agent flags; SANDBOX_CONNECT_TOKEN_SECONDS sets the
+# lifetime of the relay connect tokens the management API issues.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -146,7 +148,7 @@ JSON
             {"name": "connect", "rights": ["connect"], "secret_file": "connect.key"}],
    "role_assignments": $principals}],
  "management": {"tenants": ["$tenant"], "audiences": ["$management_resource"], "authority": "$authority",
-                "allow_http_loopback": true, "token_lifetime_seconds": 3600}}
+                "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600}}}
 JSON
   start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
     --ready-file "$s/relay.ready"
@@ -163,7 +165,7 @@ JSON
     --apiserver-url "${SANDBOX_UPSTREAM_URL:-https://127.0.0.1:$api_port}" \
     --apiserver-ca-file "${SANDBOX_UPSTREAM_CA:-$s/apiserver-ca.crt}" \
     --token-file "$s/agent-sa.token" --health-listen 127.0.0.1:0 --ready-file "$s/agent.ready" \
-    --audit-log "$dir/logs/agent-audit.jsonl"
+    --audit-log "$dir/logs/agent-audit.jsonl" ${SANDBOX_AGENT_ARGS:-}
   wait_ready agent "$s/agent.ready"
   log "agent: connected with 2 tunnels (health on port $(json "$s/agent.ready" health_port))"
 
@@ -185,6 +187,8 @@ export CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY=1
 export XDG_CONFIG_HOME="$dir/home/config"
 export XDG_CACHE_HOME="$dir/home/cache"
 export SANDBOX_CI_TOKEN="$ci_token"
+export SANDBOX_IDP="$authority"
+export SANDBOX_AGENT_HEALTH="http://127.0.0.1:$(json "$s/agent.ready" health_port)"
 ENV
   chmod 600 "$dir/env.sh"
   log "ready: source $dir/env.sh"

@@ -101,7 +101,7 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_option("--ca-file", opts_.ca_file, "CA bundle that verifies the relay (default: system store)")
       ->envname("CONNECTEDK8S_CA_FILE");
   sub->add_option("--ready-file", opts_.ready_file, "Write this file (JSON) once the proxy is ready");
-  sub->add_option("-o,--output", opts_.output, "Progress format on stderr: text or json")
+  sub->add_option("-o,--output", opts_.output, "Progress format on stderr: text or json (with --log-format json, every stderr line is JSON)")
       ->check(CLI::IsMember({"text", "json"}));
   sub->add_option("--auth-method", opts_.auth_method,
                   "Sign-in: auto, client-secret, client-certificate, workload-identity, azure-cli, device-code")
@@ -153,7 +153,9 @@ int ProxyCommand::run_proxy() {
 
   // 1. Sign in.
   progress.begin("sign-in", "Signing in to Microsoft Entra ID");
-  nlohmann::json cred_options{{"method", opts_.auth_method}, {"allow_http_loopback", opts_.allow_http_loopback_authority}};
+  nlohmann::json cred_options{{"method", opts_.auth_method},
+                              {"allow_http_loopback", opts_.allow_http_loopback_authority},
+                              {"device_code_prompt", opts_.output == "json" ? "json" : "text"}};
   auto credential = credential_cap->create(cred_options);
   if (!credential) return fail_with(credential.error());
   auto management_token = credential.value()->get_token(opts_.management_resource);
