@@ -84,7 +84,10 @@ void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
 void AgentPolicy::on_complete(const http::ExchangeRecord& record) noexcept {
   try {
     metrics_->request_done(record.status, record.duration, record.upgraded);
-    if (audit_) audit_->write(record, record.user.empty() ? "token" : "entra");
+    // A request answered 401/403 here never reached the API server with an
+    // identity; one forwarded without a user was a pass-through token.
+    const char* method = !record.user.empty() ? "entra" : record.status == 401 ? "rejected" : "token";
+    if (audit_) audit_->write(record, method);
   } catch (...) {
     // Auditing must never take the data path down.
   }

@@ -70,7 +70,11 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
   if (m.is_object() && m.contains("tenants")) {
     auto capability = runtime.capabilities().authenticator("entra");
     if (!capability) throw std::runtime_error("the management API needs the auth-entra module (authenticator:entra), which is not loaded");
-    auto created = capability->create(m);
+    // The management API is ARM-shaped: callers present tokens for ARM's
+    // audience unless the relay is configured for another.
+    nlohmann::json auth_options = m;
+    if (!auth_options.contains("audiences")) auth_options["audiences"] = {"https://management.azure.com/", "https://management.azure.com"};
+    auto created = capability->create(auth_options);
     if (!created) throw std::runtime_error("management authenticator: " + created.error());
     authenticator = created.value();
   } else {
@@ -78,8 +82,13 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
   }
   ManagementOptions options;
   options.public_host = config->public_host;
-  if (m.is_object() && m.contains("token_lifetime_seconds") && m["token_lifetime_seconds"].is_number_unsigned())
-    options.token_lifetime = std::chrono::seconds(m["token_lifetime_seconds"].get<std::uint64_t>());
+  if (m.is_object() && m.contains("token_lifetime_seconds")) {
+    const auto& t = m["token_lifetime_seconds"];
+    // A connect token must outlive its own delivery and not be a long-lived secret.
+    if (!t.is_number_unsigned() || t.get<std::uint64_t>() < 30 || t.get<std::uint64_t>() > 86400)
+      throw std::runtime_error("management.token_lifetime_seconds must be between 30 and 86400");
+    options.token_lifetime = std::chrono::seconds(t.get<std::uint64_t>());
+  }
   std::weak_ptr<TunnelSwitch> weak = tunnel_switch;
   return make_management_api(std::move(config), options, std::move(authenticator),
                              [weak](const std::string& hc) -> unsigned {
