@@ -5,6 +5,9 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <unordered_map>
+
+#include <openssl/sha.h>
 
 #include "fetch_worker.hpp"
 
@@ -143,11 +146,62 @@ struct EntraAuthenticator::Shared {
     return now();
   }
 
-  AuthOutcome finish(const Jws& jws, const PublicKey& key, const std::string& kid) {
+  AuthOutcome finish(const Jws& jws, const PublicKey& key, const std::string& kid, const std::string& digest) {
     if (!verify_rs256(key.get(), jws.signing_input, jws.signature)) {
       return reject(AuthFailure::bad_signature, "signature does not verify with the tenant's key '" + printable(kid) + "'");
     }
-    return check_claims(jws, config.rules, current_time());
+    auto outcome = check_claims(jws, config.rules, current_time());
+    if (outcome.ok() && jws.payload.contains("exp") && jws.payload["exp"].is_number()) {
+      auto exp = std::chrono::system_clock::time_point(std::chrono::seconds(jws.payload["exp"].get<std::int64_t>()));
+      remember(digest, outcome, exp + config.rules.clock_skew, jws, kid);
+    }
+    return outcome;
+  }
+
+  // Verified tokens, by SHA-256 of the token, until they expire: kubectl sends
+  // the same token on every request, and an RS256 verification per request
+  // dominates the agent's CPU. Only successes are kept; the map is bounded.
+  // A remembered token stays valid only while its signing key is still in the
+  // tenant's key set, so a key rotated out stops its tokens at once.
+  struct Verified {
+    AuthOutcome outcome;
+    std::chrono::system_clock::time_point valid_until;
+    std::string tenant;
+    std::string kid;
+  };
+  static constexpr std::size_t max_verified = 4096;
+  std::mutex verified_mutex;
+  std::unordered_map<std::string, Verified> verified;
+
+  static std::string digest_of(const std::string& token) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), md);
+    return std::string(reinterpret_cast<const char*>(md), sizeof md);
+  }
+
+  std::optional<AuthOutcome> recall(const std::string& digest) {
+    auto now = current_time();
+    std::lock_guard lock(verified_mutex);
+    auto it = verified.find(digest);
+    if (it == verified.end()) return std::nullopt;
+    if (now >= it->second.valid_until || !keys.find(it->second.tenant, it->second.kid)) {
+      verified.erase(it);
+      return std::nullopt;
+    }
+    return it->second.outcome;
+  }
+
+  void remember(const std::string& digest, const AuthOutcome& outcome, std::chrono::system_clock::time_point until,
+                const Jws& jws, const std::string& kid) {
+    auto tid = jws.payload.contains("tid") && jws.payload["tid"].is_string() ? jws.payload["tid"].get<std::string>() : "";
+    for (auto& ch : tid) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    auto now = current_time();
+    std::lock_guard lock(verified_mutex);
+    if (verified.size() >= max_verified) {
+      for (auto it = verified.begin(); it != verified.end();) it = it->second.valid_until <= now ? verified.erase(it) : std::next(it);
+      if (verified.size() >= max_verified) verified.clear();
+    }
+    verified[digest] = Verified{outcome, until, tid, kid};
   }
 
   AuthOutcome key_missing(const std::string& tenant, const std::string& kid, const std::string& fetch_error) {
@@ -174,6 +228,8 @@ void EntraAuthenticator::set_clock(std::function<std::chrono::system_clock::time
 void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
   AuthOutcome outcome;
   try {
+    const std::string digest = Shared::digest_of(bearer_token);
+    if (auto known = shared_->recall(digest)) return handler(std::move(*known));
     auto parsed = parse_jws(bearer_token);
     if (!parsed.ok()) {
       outcome = reject(parsed.failure, std::move(parsed.message));
@@ -186,12 +242,12 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
         if (kid.empty()) {
           outcome = reject(AuthFailure::unknown_key, "token header names no signing key ('kid')");
         } else if (auto key = shared_->keys.find(tenant, kid); key && !shared_->keys.stale(tenant)) {
-          outcome = shared_->finish(parsed.jws, key, kid);
+          outcome = shared_->finish(parsed.jws, key, kid, digest);
         } else if (!key && shared_->keys.loaded(tenant) && !shared_->keys.refresh_due(tenant)) {
           // Refreshed moments ago: an unknown kid now is not worth a fetch.
           outcome = shared_->key_missing(tenant, kid, "");
         } else {
-          FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), tenant, kid,
+          FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), tenant, kid, digest,
                                   handler = std::move(handler)](bool cancelled) mutable {
             AuthOutcome result;
             if (cancelled) {
@@ -208,7 +264,7 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
                 }
               }
               auto key = shared->keys.find(tenant, kid);
-              result = key ? shared->finish(jws, key, kid) : shared->key_missing(tenant, kid, fetch_error);
+              result = key ? shared->finish(jws, key, kid, digest) : shared->key_missing(tenant, kid, fetch_error);
             }
             asio::post(shared->io, [handler = std::move(handler), result = std::move(result)]() mutable { handler(std::move(result)); });
           };
