@@ -24,8 +24,31 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path) {
   return std::unique_ptr<AuditLog>(new AuditLog(f, true));
 }
 
+AuditLog::AuditLog(std::FILE* f, bool owned) : file_(f), owned_(owned), writer_([this] { drain(); }) {}
+
 AuditLog::~AuditLog() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  ready_.notify_all();
+  writer_.join();
   if (owned_ && file_) std::fclose(file_);
+}
+
+void AuditLog::drain() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and everything is written
+    std::deque<std::string> batch;
+    batch.swap(queue_);
+    lock.unlock();
+    room_.notify_all();
+    for (const auto& line : batch) std::fputs(line.c_str(), file_);
+    std::fflush(file_);
+    lock.lock();
+  }
 }
 
 void AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_method) {
@@ -51,10 +74,13 @@ void AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
                       {"duration_ms", static_cast<double>(r.duration.count()) / 1000.0},
                       {"upgrade", r.upgraded}};
   auto text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  std::lock_guard lock(mutex_);
-  std::fputs(text.c_str(), file_);
-  std::fputc('\n', file_);
-  std::fflush(file_);
+  text += '\n';
+  {
+    std::unique_lock lock(mutex_);
+    room_.wait(lock, [this] { return queue_.size() < max_queued; });
+    queue_.push_back(std::move(text));
+  }
+  ready_.notify_one();
 }
 
 }  // namespace clusterconnect::agent

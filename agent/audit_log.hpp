@@ -1,10 +1,15 @@
 #pragma once
 // One JSON line per request: who, what, outcome, bytes, duration. Never a
-// credential: the record has no field that could hold one.
+// credential: the record has no field that could hold one. Lines are written
+// by a thread of their own, so a slow disk never stalls an io thread; when
+// the queue is full, writers wait rather than drop a record.
 
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "clusterconnect/http/forward.hpp"
 #include "clusterconnect/result.hpp"
@@ -19,10 +24,18 @@ class AuditLog {
   void write(const http::ExchangeRecord& record, const std::string& auth_method);
 
  private:
-  explicit AuditLog(std::FILE* f, bool owned) : file_(f), owned_(owned) {}
+  AuditLog(std::FILE* f, bool owned);
+  void drain();
+
+  static constexpr std::size_t max_queued = 65536;
   std::mutex mutex_;
+  std::condition_variable ready_;
+  std::condition_variable room_;
+  std::deque<std::string> queue_;
+  bool stopping_ = false;
   std::FILE* file_;
   bool owned_;
+  std::thread writer_;
 };
 
 }  // namespace clusterconnect::agent
