@@ -2,15 +2,11 @@
 
 #include <cctype>
 
+#include "clusterconnect/ascii.hpp"
+#include "clusterconnect/url.hpp"
+
 namespace clusterconnect::agent {
 namespace {
-
-bool iequals_prefix(std::string_view s, std::string_view prefix) {
-  if (s.size() < prefix.size()) return false;
-  for (std::size_t i = 0; i < prefix.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(s[i])) != std::tolower(static_cast<unsigned char>(prefix[i]))) return false;
-  return true;
-}
 
 // RFC 9110 token characters, which client-go leaves unescaped in header keys.
 bool legal_header_key_byte(unsigned char c) {
@@ -28,13 +24,13 @@ bool legal_header_key_byte(unsigned char c) {
 
 bool has_caller_impersonation(const http::RequestHead& head) {
   for (const auto& h : head.headers)
-    if (iequals_prefix(h.name, "impersonate-")) return true;
+    if (ascii_istarts_with(h.name, "impersonate-")) return true;
   return false;
 }
 
 std::string bearer_token(const http::RequestHead& head) {
   const std::string* auth = head.find("authorization");
-  if (!auth || !iequals_prefix(*auth, "bearer ")) return {};
+  if (!auth || !ascii_istarts_with(*auth, "bearer ")) return {};
   std::string_view t(*auth);
   t.remove_prefix(7);
   while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
@@ -43,18 +39,7 @@ std::string bearer_token(const http::RequestHead& head) {
 }
 
 std::string escape_extra_key(std::string_view key) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : key) {
-    if (legal_header_key_byte(c) && c != '%') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
+  return percent_encode(key, [](unsigned char c) { return legal_header_key_byte(c) && c != '%'; });
 }
 
 bool header_safe(std::string_view value) {

@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
+#include "clusterconnect/ascii.hpp"
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/url.hpp"
 #include "relay_config.hpp"
@@ -15,10 +16,7 @@
 namespace clusterconnect::relay {
 namespace {
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
+std::string lower(std::string s) { return ascii_lowered(std::move(s)); }
 
 std::string base64(const std::string& in) {
   std::string out(4 * ((in.size() + 2) / 3), '\0');

@@ -89,11 +89,15 @@ bool percent_decode(std::string_view in, std::string& out) {
 }
 
 std::string percent_encode(std::string_view in) {
+  return percent_encode(in, [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~'; });
+}
+
+std::string percent_encode(std::string_view in, bool (*keep)(unsigned char)) {
   static const char* hex = "0123456789ABCDEF";
   std::string out;
   out.reserve(in.size());
   for (unsigned char c : in) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+    if (keep(c)) {
       out += static_cast<char>(c);
     } else {
       out += '%';

@@ -28,5 +28,7 @@ Result<Url> parse_url(std::string_view text);
 bool percent_decode(std::string_view in, std::string& out);
 // Percent-encoding leaving RFC 3986 unreserved characters as they are.
 std::string percent_encode(std::string_view in);
+// Percent-encoding of every byte for which `keep` is false (%XX, upper case).
+std::string percent_encode(std::string_view in, bool (*keep)(unsigned char));
 
 }  // namespace clusterconnect

@@ -8,6 +8,7 @@
 // Running A and B concurrently lets an upstream answer early (401, 413,
 // 100-continue) without waiting for the whole request body.
 #include "clusterconnect/http/forward.hpp"
+#include "clusterconnect/ascii.hpp"
 
 #include <array>
 #include <cstdio>
@@ -48,18 +49,10 @@ constexpr std::size_t kReadReserve = 16 * 1024;
 constexpr std::size_t kLingerBytes = 1024 * 1024;
 constexpr auto kLingerTime = std::chrono::seconds(2);
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
-
-bool istarts_with(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
+using clusterconnect::ascii_iequals;
+using clusterconnect::ascii_istarts_with;
+bool iequals(std::string_view a, std::string_view b) { return ascii_iequals(a, b); }
+bool istarts_with(std::string_view s, std::string_view prefix) { return ascii_istarts_with(s, prefix); }
 
 // RFC 9110 7.6.1: removed at every hop. Content-Length is not hop-by-hop but
 // the engine re-derives it from the framing it actually uses.

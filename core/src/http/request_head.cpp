@@ -5,22 +5,15 @@
 #include <nlohmann/json.hpp>
 
 #include "clusterconnect/http/forward.hpp"
+#include "clusterconnect/ascii.hpp"
 
 namespace clusterconnect::http {
 namespace {
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
-
-bool istarts_with(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
+using clusterconnect::ascii_iequals;
+using clusterconnect::ascii_istarts_with;
+bool iequals(std::string_view a, std::string_view b) { return ascii_iequals(a, b); }
+bool istarts_with(std::string_view s, std::string_view prefix) { return ascii_istarts_with(s, prefix); }
 
 }  // namespace
 
