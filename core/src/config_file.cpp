@@ -1,5 +1,6 @@
 #include "clusterconnect/host/config_file.hpp"
 
+#include <cstdlib>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
@@ -66,6 +67,15 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
     if (!root.IsMap()) throw CLI::ConfigError("config file must be a map of option names to values");
     std::vector<std::string> parents;
     flatten(root, parents, items);
+    if (app_) {
+      std::erase_if(items, [this](const CLI::ConfigItem& item) {
+        if (!item.parents.empty()) return false;
+        const CLI::Option* opt = app_->get_option_no_throw("--" + item.name);
+        if (!opt || opt->get_envname().empty()) return false;
+        const char* env = std::getenv(opt->get_envname().c_str());
+        return env != nullptr && *env != '\0';
+      });
+    }
   } catch (const YAML::Exception& e) {
     throw CLI::ConfigError(std::string("config file is not valid YAML/JSON: ") + e.what());
   }
@@ -73,7 +83,7 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
 }
 
 void add_config_option(CLI::App& app, const std::string& description) {
-  app.config_formatter(std::make_shared<YamlConfig>());
+  app.config_formatter(std::make_shared<YamlConfig>(&app));
   app.set_config("--config", "", description);
 }
 

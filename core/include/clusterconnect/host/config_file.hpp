@@ -11,8 +11,14 @@ namespace clusterconnect::host {
 
 class YamlConfig final : public CLI::Config {
  public:
+  // `app` lets the reader leave out values whose environment variable is set:
+  // CLI11 would otherwise let the file win over the environment.
+  explicit YamlConfig(const CLI::App* app = nullptr) : app_(app) {}
   std::string to_config(const CLI::App*, bool, bool, std::string) const override;
   std::vector<CLI::ConfigItem> from_config(std::istream& input) const override;
+
+ private:
+  const CLI::App* app_;
 };
 
 // Installs `--config FILE` on `app` with the YAML reader.
