@@ -1,0 +1,63 @@
+// The agent's configuration: flags win over environment variables, which win
+// over the config file. Observed through the first check each setting drives.
+
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include "../../support/test_env.hpp"
+
+using namespace clusterconnect::test;
+
+namespace {
+struct AgentRun {
+  TempDir dir;
+  AgentRun() { std::ofstream(dir.path() / "listen.key") << "secret\n"; }
+  CommandResult operator()(const std::string& env, const std::string& args) const {
+    return run("env -u KUBERNETES_SERVICE_HOST -u AZURE_TENANT_ID -u CLUSTERCONNECT_MODE " + env + " " +
+               quote((stage_dir() / "bin" / "clusterconnect-agent").string()) +
+               " --relay-url 'wss://relay.example/$hc/clusters/a' --listen-key-file " +
+               quote((dir.path() / "listen.key").string()) + " --health-listen 127.0.0.1:0 " + args);
+  }
+  std::string config(const std::string& text) const {
+    auto p = dir.path() / "agent.yaml";
+    std::ofstream(p) << text;
+    return quote(p.string());
+  }
+};
+const char* const no_api_server = "no API server";
+}  // namespace
+
+TEST_CASE("agent: entra mode without a tenant is refused with what to do", "[agent][config]") {
+  AgentRun agent;
+  auto r = agent("", "");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Catch::Contains("--tenant is required in entra mode"));
+}
+
+TEST_CASE("agent: the config file sets options", "[agent][config]") {
+  AgentRun agent;
+  auto r = agent("", "--config " + agent.config("mode: token\n"));
+  CHECK_THAT(r.output, Catch::Contains(no_api_server));
+}
+
+TEST_CASE("agent: an environment variable wins over the config file, a flag over both", "[agent][config]") {
+  AgentRun agent;
+  auto cfg = agent.config("mode: token\n");
+  CHECK_THAT(agent("CLUSTERCONNECT_MODE=both", "--config " + cfg).output, Catch::Contains("--tenant is required in both mode"));
+  CHECK_THAT(agent("CLUSTERCONNECT_MODE=both", "--config " + cfg + " --mode token").output, Catch::Contains(no_api_server));
+}
+
+TEST_CASE("agent: a broken config file or value is a clear error", "[agent][config]") {
+  AgentRun agent;
+  auto bad_yaml = agent("", "--config " + agent.config("mode: [unclosed\n"));
+  CHECK(bad_yaml.status != 0);
+  CHECK_THAT(bad_yaml.output, Catch::Contains("not valid YAML"));
+  auto bad_value = agent("", "--config " + agent.config("mode: sideways\n"));
+  CHECK(bad_value.status != 0);
+  CHECK_THAT(bad_value.output, Catch::Contains("sideways"));
+  auto help = agent("", "--help");
+  for (auto flag : {"--relay-url", "--mode", "--tenant", "--apiserver-url", "--token-file", "--audit-log", "--config",
+                    "CLUSTERCONNECT_RELAY_URL", "AZURE_AUTHORITY_HOST"})
+    CHECK_THAT(help.output, Catch::Contains(flag));
+}
