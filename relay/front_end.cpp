@@ -88,6 +88,36 @@ std::string sas_failure_label(SasError e) {
   return "other";
 }
 
+// The one check of a tunnel token, at the handshake and for RENEW: signature,
+// expiry, the resource covers `requested_resource`, the key grants `action`.
+TokenCheck check_tunnel_token(const ClusterEntry& cluster, const std::string& requested_resource, const std::string& action,
+                              std::string_view token, std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) {
+  TokenCheck c;
+  SasVerdict v = verify_sas_token(
+      token, requested_resource,
+      [&cluster](std::string_view name) -> std::optional<std::string> {
+        if (const RelayKey* k = cluster.key(name)) return k->secret;
+        return std::nullopt;
+      },
+      now);
+  if (!v.ok()) {
+    c.status = v.http_status;
+    c.label = sas_failure_label(v.error);
+    c.reason = v.reason;
+    return c;
+  }
+  const RelayKey* key = cluster.key(v.key_name);
+  if (!key || !key->has_right(action)) {
+    c.status = 403;
+    c.label = "no_right";
+    c.reason = "key '" + v.key_name + "' does not grant the '" + action + "' right";
+    return c;
+  }
+  c.ok = true;
+  c.expiry = v.expiry;
+  return c;
+}
+
 class FrontEndImpl;
 
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
@@ -102,7 +132,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void on_read(error_code ec);
   void route();
   void handle_tunnel();
-  void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry);
+  void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
+                   TokenVerifier verify);
   void handle_management();
   void respond(unsigned status, std::string content_type, std::string body);
   void respond_error(unsigned status, std::string_view message) {
@@ -322,14 +353,8 @@ void HttpConnection::handle_tunnel() {
   if (token.empty() && query.count("sb-hc-token")) token = query["sb-hc-token"];
   const std::string host = config.public_host.empty() ? std::string(req_[http::field::host]) : config.public_host;
   const std::string requested = "https://" + host + "/" + hc;
-  SasVerdict v = verify_sas_token(token, requested, [cluster](std::string_view name) -> std::optional<std::string> {
-    if (const RelayKey* k = cluster->key(name)) return k->secret;
-    return std::nullopt;
-  });
-  if (!v.ok()) return refuse(v.http_status, sas_failure_label(v.error), v.reason);
-  const RelayKey* key = cluster->key(v.key_name);
-  if (!key || !key->has_right(action))
-    return refuse(403, "no_right", "key '" + v.key_name + "' does not grant the '" + action + "' right");
+  TokenCheck check = check_tunnel_token(*cluster, requested, action, token);
+  if (!check.ok) return refuse(check.status, check.label, check.reason);
   if (!offers_subprotocol(req_[http::field::sec_websocket_protocol]))
     return refuse(400, "no_subprotocol", std::string("Sec-WebSocket-Protocol must offer ") + tunnel::subprotocol);
   const TunnelSide side = action == "listen" ? TunnelSide::agent : TunnelSide::client;
@@ -345,15 +370,21 @@ void HttpConnection::handle_tunnel() {
   ws_->set_option(t);
   ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
     res.set(http::field::sec_websocket_protocol, tunnel::subprotocol);
+    res.set(tunnel::features_header, tunnel::feature_renew);
     res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
   }));
-  ws_->async_accept(req_, [self = shared_from_this(), side, cluster, expiry = v.expiry](error_code ec) {
-    self->on_upgraded(ec, side, cluster, expiry);
+  // RENEW on this tunnel is checked against the same path and action.
+  TokenVerifier verify = [cluster, requested, action](std::string_view t) {
+    return check_tunnel_token(*cluster, requested, action, t);
+  };
+  ws_->async_accept(req_, [self = shared_from_this(), side, cluster, expiry = check.expiry,
+                           verify = std::move(verify)](error_code ec) mutable {
+    self->on_upgraded(ec, side, cluster, expiry, std::move(verify));
   });
 }
 
 void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster,
-                                 std::chrono::system_clock::time_point expiry) {
+                                 std::chrono::system_clock::time_point expiry, TokenVerifier verify) {
   if (ec) {
     front_->metrics().handshake_failure("upgrade");
     front_->log().info("WebSocket upgrade from {} failed: {}", peer_, ec.message());
@@ -367,7 +398,7 @@ void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEn
   auto session = tunnel::Session::create(executor, std::make_unique<tunnel::WsChannel>(std::move(*ws_)), std::move(options),
                                          front_->logger());
   ws_.reset();
-  sw.add_tunnel(side, *cluster, std::move(session), expiry);
+  sw.add_tunnel(side, *cluster, std::move(session), expiry, std::move(verify));
 }
 
 void HttpConnection::handle_management() {

@@ -32,8 +32,25 @@ bool TunnelSwitch::may_add_agent(const ClusterEntry& cluster) const {
   return n < config_.limits.max_tunnels_per_cluster;
 }
 
+void TunnelSwitch::arm(const std::shared_ptr<TokenClock>& clock, std::weak_ptr<tunnel::Session> session,
+                       std::chrono::milliseconds drain) {
+  // expires_after cancels the wait of an earlier arm (it sees operation_aborted).
+  clock->timer.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::max(clock->expiry - std::chrono::system_clock::now(), std::chrono::system_clock::duration::zero())));
+  clock->timer.async_wait([clock, ws = std::move(session), drain](error_code ec) {
+    auto s = ws.lock();
+    if (ec || !s) return;
+    clock->expired = true;
+    s->goaway("token expired");
+    clock->timer.expires_after(drain);
+    clock->timer.async_wait([ws](error_code e) {
+      if (auto s2 = ws.lock(); !e && s2) s2->close("token expired and the drain timeout passed");
+    });
+  });
+}
+
 void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session,
-                              std::chrono::system_clock::time_point token_expiry) {
+                              std::chrono::system_clock::time_point token_expiry, TokenVerifier verify) {
   std::weak_ptr<TunnelSwitch> weak = shared_from_this();
   const std::string name = cluster.name;
   const tunnel::Session* key = session.get();
@@ -47,22 +64,37 @@ void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std:
   session->on_closed([weak, key](const std::string&) {
     if (auto self = weak.lock()) self->remove(key);
   });
-  auto timer = std::make_shared<asio::steady_timer>(session->get_executor());
-  timer->expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::max(token_expiry - std::chrono::system_clock::now(), std::chrono::system_clock::duration::zero())));
-  timer->async_wait([timer, ws = std::weak_ptr<tunnel::Session>(session), drain = config_.limits.drain_timeout](error_code ec) {
-    auto s = ws.lock();
-    if (ec || !s) return;
-    s->goaway("token expired");
-    timer->expires_after(drain);
-    timer->async_wait([ws](error_code e) {
-      if (auto s2 = ws.lock(); !e && s2) s2->close("token expired and the drain timeout passed");
-    });
+  auto clock = std::make_shared<TokenClock>(session->get_executor());
+  clock->expiry = token_expiry;
+  const auto drain = config_.limits.drain_timeout;
+  std::weak_ptr<tunnel::Session> ws = session;
+  // Runs on the session's strand, like the expiry timer it re-arms.
+  session->on_renew([clock, ws, drain, verify = std::move(verify), logger = logger_,
+                     tunnel_name = session->name()](const std::string& token) -> tunnel::RenewVerdict {
+    if (clock->expired) {
+      logger->warn("{}: token renewal refused (401): the tunnel's token already expired", tunnel_name);
+      return {401, "token renewal refused: the tunnel's token already expired; open a new tunnel"};
+    }
+    TokenCheck c = verify ? verify(token) : TokenCheck{false, 501, "no_renewal", "token renewal is not available", {}};
+    if (!c.ok) {
+      logger->warn("{}: token renewal refused ({}): {}; the tunnel still ends when its current token expires", tunnel_name,
+                   c.status, c.reason);
+      return {c.status, "token renewal refused: " + c.reason};
+    }
+    // A renewal never shortens the tunnel, and never extends it past the new token.
+    if (c.expiry > clock->expiry) {
+      clock->expiry = c.expiry;
+      arm(clock, ws, drain);
+    }
+    logger->debug("{}: token renewed; the tunnel may live until {} (unix)", tunnel_name,
+                  std::chrono::duration_cast<std::chrono::seconds>(clock->expiry.time_since_epoch()).count());
+    return {};
   });
+  arm(clock, ws, drain);
   bool drain_now = false;
   {
     std::lock_guard lock(mutex_);
-    tunnels_.push_back(Entry{name, side, session, timer});
+    tunnels_.push_back(Entry{name, side, session, clock});
     drain_now = draining_;
   }
   logger_->info("{} tunnel for cluster {} is up ({})", side == TunnelSide::agent ? "agent" : "client", name, session->name());
@@ -77,7 +109,7 @@ void TunnelSwitch::remove(const tunnel::Session* session) {
                                   auto s = e.session.lock();
                                   if (s && s.get() != session) return false;
                                   // Cancelled on its own executor: timers are not thread-safe.
-                                  if (auto t = e.expiry_timer) asio::post(t->get_executor(), [t] { t->cancel(); });
+                                  if (auto c = e.clock) asio::post(c->timer.get_executor(), [c] { c->timer.cancel(); });
                                   return true;
                                 }),
                  tunnels_.end());

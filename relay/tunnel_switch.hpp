@@ -2,9 +2,12 @@
 // The relay's switch: agent tunnels registered per cluster, client streams
 // routed to the least-loaded live agent tunnel and spliced with backpressure.
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <boost/asio/post.hpp>
@@ -18,6 +21,17 @@ namespace clusterconnect::relay {
 
 enum class TunnelSide { agent, client };
 
+// The verdict on a tunnel token, the same at the handshake and for RENEW.
+struct TokenCheck {
+  bool ok = false;
+  unsigned status = 200;  // 401 missing/invalid/expired, 403 wrong path or no right
+  std::string label;      // metrics label
+  std::string reason;     // one line, never containing the token
+  std::chrono::system_clock::time_point expiry{};
+};
+// Checks a token for the path and action the tunnel was opened for.
+using TokenVerifier = std::function<TokenCheck(std::string_view token)>;
+
 class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
  public:
   TunnelSwitch(const RelayConfig& config, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger);
@@ -27,9 +41,10 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   bool may_add_agent(const ClusterEntry& cluster) const;
   // Registers and starts a session accepted by the front end. When its token
   // expires the tunnel gets GOAWAY ("token expired") and is closed after the
-  // drain timeout: peers reconnect with a fresh token.
+  // drain timeout. Before that the peer may present a fresh token in RENEW:
+  // checked by `verify`, it moves the expiry to the new token's (later only).
   void add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session,
-                  std::chrono::system_clock::time_point token_expiry);
+                  std::chrono::system_clock::time_point token_expiry, TokenVerifier verify);
   // Live agent tunnels for a hybrid connection path (for the management API).
   unsigned agent_tunnels(const std::string& hybrid_connection) const;
 
@@ -43,12 +58,21 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   std::string render_tunnel_metrics() const;
 
  private:
+  // A tunnel's token expiry, on the session's strand.
+  struct TokenClock {
+    explicit TokenClock(const asio::any_io_executor& ex) : timer(ex) {}
+    asio::steady_timer timer;
+    std::chrono::system_clock::time_point expiry{};
+    bool expired = false;
+  };
   struct Entry {
     std::string cluster;
     TunnelSide side;
     std::weak_ptr<tunnel::Session> session;
-    std::shared_ptr<asio::steady_timer> expiry_timer;
+    std::shared_ptr<TokenClock> clock;
   };
+  static void arm(const std::shared_ptr<TokenClock>& clock, std::weak_ptr<tunnel::Session> session,
+                  std::chrono::milliseconds drain);
   void route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
   void try_agent(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata, unsigned attempt);
   std::shared_ptr<tunnel::Session> pick_agent(const std::string& cluster) const;

@@ -34,6 +34,18 @@ std::string describe_refusal(const websocket::response_type& res) {
   return line;
 }
 
+bool lists_feature(std::string_view header, std::string_view feature) {
+  while (!header.empty()) {
+    auto comma = header.find(',');
+    std::string_view item = header.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (item == feature) return true;
+    header = comma == std::string_view::npos ? std::string_view{} : header.substr(comma + 1);
+  }
+  return false;
+}
+
 class Dial : public std::enable_shared_from_this<Dial> {
  public:
   Dial(asio::io_context& io, DialTarget target, std::shared_ptr<asio::ssl::context> tls, std::string token,
@@ -99,6 +111,7 @@ class Dial : public std::enable_shared_from_this<Dial> {
     if (res_[http::field::sec_websocket_protocol] != tunnel::subprotocol)
       return fail(asio::error::no_protocol_option, std::string("relay did not agree to ") + tunnel::subprotocol);
     tunnel::configure_established(ws_);
+    options_.peer_accepts_renew = lists_feature(res_[tunnel::features_header], tunnel::feature_renew);
     auto session = tunnel::Session::create(strand_, std::make_unique<tunnel::WsChannel>(std::move(ws_)), std::move(options_), logger_);
     handler_({}, std::move(session), {});
   }

@@ -38,6 +38,7 @@ const char* to_string(FrameType t) noexcept {
     case FrameType::ping: return "PING";
     case FrameType::pong: return "PONG";
     case FrameType::goaway: return "GOAWAY";
+    case FrameType::renew: return "RENEW";
   }
   return "UNKNOWN";
 }
@@ -68,7 +69,7 @@ DecodeResult decode_frame(std::span<const std::uint8_t> bytes) noexcept {
   const std::uint8_t flags = bytes[1];
   const StreamId id = load_u32(bytes.data() + 2);
   const std::uint32_t length = load_u32(bytes.data() + 6);
-  if (raw_type < 1 || raw_type > 8) {
+  if (raw_type < 1 || raw_type > 9) {
     r.error = DecodeError::unknown_type;
     return r;
   }
@@ -86,8 +87,18 @@ DecodeResult decode_frame(std::span<const std::uint8_t> bytes) noexcept {
     case FrameType::ping:
     case FrameType::pong: min = max = 8; needs_stream = false; break;
     case FrameType::goaway: min = 4; max = 4 + max_reason_size; needs_stream = false; break;
+    case FrameType::renew:
+      // RENEW: the token; RENEW|ACK: empty (accepted) or code + reason.
+      if (flags & flag_ack) {
+        max = 4 + max_reason_size;
+      } else {
+        min = 1;
+        max = max_token_size;
+      }
+      needs_stream = false;
+      break;
   }
-  if (flags != 0 && !(type == FrameType::open && flags == flag_ack)) {
+  if (flags != 0 && !((type == FrameType::open || type == FrameType::renew) && flags == flag_ack)) {
     r.error = DecodeError::bad_flags;
     return r;
   }
@@ -100,6 +111,10 @@ DecodeResult decode_frame(std::span<const std::uint8_t> bytes) noexcept {
     return r;
   }
   if (type == FrameType::open && (flags & flag_ack) && length != 0) {
+    r.error = DecodeError::bad_length;
+    return r;
+  }
+  if (type == FrameType::renew && (flags & flag_ack) && length != 0 && length < 4) {
     r.error = DecodeError::bad_length;
     return r;
   }
@@ -196,6 +211,22 @@ void encode_goaway(std::vector<std::uint8_t>& out, GoawayCode code, std::string_
   reason = clip_reason(reason);
   encode_header(out, FrameType::goaway, 0, 0, static_cast<std::uint32_t>(4 + reason.size()));
   store_u32(out, static_cast<std::uint32_t>(code));
+  out.insert(out.end(), reason.begin(), reason.end());
+}
+
+void encode_renew(std::vector<std::uint8_t>& out, std::string_view token) {
+  encode_header(out, FrameType::renew, 0, 0, static_cast<std::uint32_t>(token.size()));
+  out.insert(out.end(), token.begin(), token.end());
+}
+
+void encode_renew_ack(std::vector<std::uint8_t>& out, std::uint32_t code, std::string_view reason) {
+  if (code == 0) {
+    encode_header(out, FrameType::renew, flag_ack, 0, 0);
+    return;
+  }
+  reason = clip_reason(reason);
+  encode_header(out, FrameType::renew, flag_ack, 0, static_cast<std::uint32_t>(4 + reason.size()));
+  store_u32(out, code);
   out.insert(out.end(), reason.begin(), reason.end());
 }
 

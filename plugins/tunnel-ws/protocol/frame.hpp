@@ -24,6 +24,7 @@ enum class FrameType : std::uint8_t {
   ping = 6,
   pong = 7,
   goaway = 8,
+  renew = 9,
 };
 
 inline constexpr std::uint8_t flag_ack = 0x1;
@@ -32,6 +33,7 @@ inline constexpr std::size_t frame_header_size = 10;
 inline constexpr std::size_t max_data_payload = 64 * 1024;
 inline constexpr std::size_t max_metadata_size = 4 * 1024;
 inline constexpr std::size_t max_reason_size = 1024;
+inline constexpr std::size_t max_token_size = 4 * 1024;
 inline constexpr std::size_t max_message_size = 1024 * 1024;
 inline constexpr std::uint32_t max_window = 0x7fffffff;
 inline constexpr std::uint32_t default_stream_window = 256 * 1024;
@@ -111,5 +113,10 @@ void encode_fin(std::vector<std::uint8_t>& out, StreamId id);
 void encode_rst(std::vector<std::uint8_t>& out, StreamId id, RstCode code, std::string_view reason);
 void encode_ping(std::vector<std::uint8_t>& out, FrameType ping_or_pong, std::span<const std::uint8_t, 8> opaque);
 void encode_goaway(std::vector<std::uint8_t>& out, GoawayCode code, std::string_view reason);
+// RENEW carries a token (1..max_token_size bytes, the caller checks). Its
+// answer, RENEW|ACK, is empty when the token was accepted, else a non-zero
+// code and a reason.
+void encode_renew(std::vector<std::uint8_t>& out, std::string_view token);
+void encode_renew_ack(std::vector<std::uint8_t>& out, std::uint32_t code, std::string_view reason);
 
 }  // namespace clusterconnect::tunnel

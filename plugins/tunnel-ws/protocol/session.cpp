@@ -68,6 +68,15 @@ struct Session::Impl {
   bool writing = false;
   std::vector<std::shared_ptr<StreamState>> waiting;
 
+  // Dialler: the RENEW awaiting its ACK (at most one).
+  RenewCallback renew_cb;
+  bool renew_outstanding = false;
+  // Acceptor: the numbers of the queued messages that hold RENEW|ACKs not yet
+  // written. Messages are numbered as queued and written in order.
+  std::uint64_t messages_queued = 0;
+  std::uint64_t messages_written = 0;
+  std::deque<std::uint64_t> renew_ack_messages;
+
   asio::steady_timer ping_timer;
   Clock::time_point last_rx = Clock::now();
   std::uint64_t ping_counter = 0;
@@ -247,6 +256,24 @@ void Session::async_open(Metadata metadata, OpenCallback callback) {
   });
 }
 
+void Session::async_renew(std::string token, RenewCallback callback) {
+  asio::dispatch(strand_, [self = shared_from_this(), token = std::move(token), cb = std::move(callback)]() mutable {
+    auto& m = *self->impl_;
+    auto refuse = [&](error_code ec, std::string reason) {
+      asio::post(self->strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, std::move(reason)); });
+    };
+    if (m.closed) return refuse(asio::error::not_connected, "tunnel closed: " + m.close_reason);
+    if (self->options_.role != Role::dialer || !self->options_.peer_accepts_renew)
+      return refuse(asio::error::operation_not_supported, "the relay does not take token renewals on this tunnel");
+    if (m.renew_outstanding) return refuse(asio::error::in_progress, "a token renewal is already in flight");
+    if (token.empty() || token.size() > max_token_size) return refuse(asio::error::message_size, "token empty or over 4 KiB");
+    m.renew_outstanding = true;
+    m.renew_cb = std::move(cb);
+    encode_renew(self->out_for(frame_header_size + token.size()), token);
+    self->flush();
+  });
+}
+
 void Session::goaway(std::string reason) {
   asio::dispatch(strand_, [self = shared_from_this(), reason = std::move(reason)] {
     auto& m = *self->impl_;
@@ -317,6 +344,7 @@ bool Session::on_frame(const Frame& f) {
       return true;
     }
     case FrameType::pong: return true;
+    case FrameType::renew: return on_renew(f);
     case FrameType::goaway: {
       CodeReason cr = code_reason(f);
       if (!m.peer_goaway) {
@@ -459,6 +487,44 @@ bool Session::on_rst(const Frame& f) {
   fail_stream_ops(s, s->reset_ec);
   discard_buffer(s);
   finish_stream(s);
+  return true;
+}
+
+bool Session::on_renew(const Frame& f) {
+  auto& m = *impl_;
+  if (f.flags & flag_ack) {
+    if (options_.role != Role::dialer || !m.renew_outstanding) return protocol_error("RENEW ACK without a RENEW in flight");
+    m.renew_outstanding = false;
+    error_code ec;
+    std::string reason;
+    if (!f.payload.empty()) {
+      CodeReason cr = code_reason(f);
+      ec = asio::error::access_denied;
+      reason = cr.reason.empty() ? "token renewal refused (code " + std::to_string(cr.code) + ")" : std::move(cr.reason);
+    }
+    if (auto cb = std::move(m.renew_cb)) {
+      m.renew_cb = nullptr;
+      asio::post(strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, std::move(reason)); });
+    }
+    return true;
+  }
+  // Only the side that dialled presents tokens.
+  if (options_.role != Role::acceptor) return protocol_error("RENEW from the side that accepted the tunnel");
+  // A dialler waits for each ACK before its next RENEW, so at most one ACK can
+  // still be unwritten here (its write completion racing the peer's next
+  // RENEW). More means pipelined RENEWs: refused so ACKs cannot pile up.
+  while (!m.renew_ack_messages.empty() && m.renew_ack_messages.front() <= m.messages_written) m.renew_ack_messages.pop_front();
+  if (m.renew_ack_messages.size() >= 2) return protocol_error("RENEW while earlier ones are unanswered (one RENEW in flight at a time)");
+  RenewVerdict v;
+  if (renew_handler_) {
+    v = renew_handler_(std::string(reinterpret_cast<const char*>(f.payload.data()), f.payload.size()));
+  } else {
+    v.code = 501;
+    v.reason = "this side does not take token renewals";
+  }
+  if (v.code != 0 && v.reason.empty()) v.reason = "token renewal refused";
+  encode_renew_ack(out_for(frame_header_size + 4 + std::min(v.reason.size(), max_reason_size)), v.code, v.reason);
+  m.renew_ack_messages.push_back(m.messages_queued);
   return true;
 }
 
@@ -706,6 +772,7 @@ std::vector<std::uint8_t>& Session::out_for(std::size_t frame_size) {
   auto& m = *impl_;
   if (m.queue.empty() || m.queue.back().size() + frame_size > max_message_size) {
     m.queue.emplace_back();
+    ++m.messages_queued;
     m.queue.back().reserve(std::min<std::size_t>(std::max<std::size_t>(frame_size, 16 * 1024), max_message_size));
   }
   m.queued_bytes += frame_size;
@@ -743,6 +810,7 @@ void Session::close_channel() {
 void Session::on_write(error_code ec) {
   auto& m = *impl_;
   m.writing = false;
+  ++m.messages_written;
   m.queued_bytes -= m.write_buf.size();
   m.write_buf.clear();
   if (m.closed) {
@@ -826,12 +894,17 @@ void Session::fail(std::string reason, bool protocol) {
     s->phase = StreamState::Phase::done;
   }
   m.waiting.clear();
+  if (auto cb = std::move(m.renew_cb)) {
+    m.renew_cb = nullptr;
+    asio::post(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable { cb(asio::error::not_connected, std::move(r)); });
+  }
   if (auto h = std::move(closed_handler_)) {
     closed_handler_ = nullptr;
     h(reason);
   }
   incoming_handler_ = nullptr;
   goaway_handler_ = nullptr;
+  renew_handler_ = nullptr;
 }
 
 }  // namespace clusterconnect::tunnel

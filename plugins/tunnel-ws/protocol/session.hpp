@@ -50,6 +50,16 @@ struct SessionOptions {
   std::chrono::milliseconds ping_interval{15000};
   std::chrono::milliseconds idle_timeout{45000};
   std::chrono::milliseconds open_timeout{15000};
+  // Dialler: the peer announced at the handshake that it takes RENEW (§1);
+  // without it async_renew fails with operation_not_supported.
+  bool peer_accepts_renew = false;
+};
+
+// The acceptor's answer to a RENEW: code 0 = accepted, else refused with a
+// reason (sent back in RENEW|ACK; never contains the token).
+struct RenewVerdict {
+  std::uint32_t code = 0;
+  std::string reason;
 };
 
 class Session;
@@ -88,6 +98,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // A stream the peer opened. Call accept() or reset() on it (now or later).
   using IncomingHandler = std::function<void(TunnelStreamPtr, Metadata)>;
   using EventHandler = std::function<void(const std::string& reason)>;
+  // Acceptor: judges a token the dialler sent in RENEW.
+  using RenewHandler = std::function<RenewVerdict(const std::string& token)>;
+  // Dialler: the outcome of async_renew; `reason` is the peer's when refused.
+  using RenewCallback = UniqueFunction<void(error_code, std::string /*reason*/)>;
 
   static std::shared_ptr<Session> create(asio::any_io_executor strand, std::unique_ptr<MessageChannel> channel,
                                          SessionOptions options, std::shared_ptr<spdlog::logger> logger);
@@ -97,9 +111,17 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_incoming(IncomingHandler h) { incoming_handler_ = std::move(h); }
   void on_goaway(EventHandler h) { goaway_handler_ = std::move(h); }
   void on_closed(EventHandler h) { closed_handler_ = std::move(h); }
+  // Without one, an acceptor refuses RENEW (code 501).
+  void on_renew(RenewHandler h) { renew_handler_ = std::move(h); }
 
   void start();
   void async_open(Metadata metadata, OpenCallback callback);
+  // Dialler: sends RENEW with a fresh token; completes on the peer's RENEW|ACK
+  // with {} (accepted), access_denied + reason (refused), in_progress (one is
+  // already outstanding), operation_not_supported (the peer did not announce
+  // RENEW), or not_connected (the tunnel closed first).
+  void async_renew(std::string token, RenewCallback callback);
+  bool peer_accepts_renew() const noexcept { return options_.peer_accepts_renew; }
   // Sends GOAWAY: no new streams either way; closes once the streams are done.
   void goaway(std::string reason);
   // Closes the tunnel now; streams are reset.
@@ -133,6 +155,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool on_window(const Frame& f);
   bool on_fin(const Frame& f);
   bool on_rst(const Frame& f);
+  bool on_renew(const Frame& f);
   bool protocol_error(std::string reason);
 
   // Outbound.
@@ -165,6 +188,7 @@ class Session : public std::enable_shared_from_this<Session> {
   IncomingHandler incoming_handler_;
   EventHandler goaway_handler_;
   EventHandler closed_handler_;
+  RenewHandler renew_handler_;
   std::atomic<std::size_t> active_streams_{0};
   std::atomic<bool> usable_{false};
   std::atomic<bool> closed_flag_{false};

@@ -15,6 +15,10 @@
 namespace clusterconnect::tunnel {
 
 inline constexpr const char* subprotocol = "clusterconnect.tunnel.v1";
+// Handshake response header listing optional frames the acceptor takes
+// (comma-separated); "renew" = RENEW (docs/tunnel-protocol.md §1, §5).
+inline constexpr const char* features_header = "Clusterconnect-Tunnel-Features";
+inline constexpr const char* feature_renew = "renew";
 
 using WsStream = boost::beast::websocket::stream<boost::beast::ssl_stream<boost::beast::tcp_stream>>;
 

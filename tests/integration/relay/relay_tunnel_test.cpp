@@ -335,3 +335,118 @@ TEST_CASE("short-lived tokens: agents renew their tunnels, clients redial, no st
   CHECK(ok >= 10);
   CHECK(listener->status().tunnels_up == 2);
 }
+
+namespace {
+
+// Sends `n` bytes on an echo stream and reads them back, within `limit`.
+bool echo_round(const StreamPtr& s, std::size_t n, std::uint64_t seed, std::chrono::milliseconds limit, std::string& why) {
+  auto out = std::make_shared<std::vector<std::uint8_t>>(n);
+  ByteSource(seed).fill(out->data(), n);
+  auto in = std::make_shared<std::vector<std::uint8_t>>(n);
+  auto p = std::make_shared<std::promise<std::string>>();
+  auto f = p->get_future();
+  auto got = std::make_shared<std::size_t>(0);
+  auto read_more = std::make_shared<std::function<void()>>();
+  *read_more = [s, in, out, got, p, read_more] {
+    s->async_read_some(asio::buffer(in->data() + *got, in->size() - *got), [s, in, out, got, p, read_more](error_code ec, std::size_t k) {
+      if (ec) {
+        p->set_value("read: " + ec.message());
+        *read_more = nullptr;
+        return;
+      }
+      *got += k;
+      if (*got < in->size()) return (*read_more)();
+      p->set_value(*in == *out ? "" : "echo differs");
+      *read_more = nullptr;
+    });
+  };
+  (*read_more)();
+  asio::const_buffer b(out->data(), out->size());
+  s->async_write_some(std::span<const asio::const_buffer>(&b, 1), [out](error_code, std::size_t) {});
+  if (f.wait_for(limit) != std::future_status::ready) {
+    why = "echo round timed out";
+    return false;
+  }
+  why = f.get();
+  return why.empty();
+}
+
+std::shared_ptr<TunnelClient> renewing_client(ModuleHost& host, const RelayProcess& relay, std::function<std::string(unsigned)> token_for_call) {
+  auto calls = std::make_shared<std::atomic<unsigned>>(0);
+  return host.transport().dial(relay.endpoint(), [calls, token_for_call] { return token_for_call((*calls)++); });
+}
+
+}  // namespace
+
+TEST_CASE("RENEW: a client tunnel outlives its first token and an open stream keeps flowing", "[relay][tunnel][auth][renew]") {
+  // A 1 s drain timeout: without renewal the stream would be cut ~4 s in.
+  RelayProcess relay({"--drain-timeout", "1", "-v"});
+  ModuleHost host;
+  Agent agent;
+  auto listener = start_agent(host, relay, agent, 1);
+  auto client = renewing_client(host, relay, [&relay](unsigned) { return relay.token("connect", "connect-secret", demo_path, 3s); });
+  auto o = open_stream(*client, {{"mode", "echo"}});
+  REQUIRE_FALSE(o.ec);
+  const auto t0 = std::chrono::steady_clock::now();
+  unsigned rounds = 0;
+  std::string why;
+  while (std::chrono::steady_clock::now() - t0 < 9s) {
+    INFO("round " << rounds << " after " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s");
+    REQUIRE(echo_round(o.stream, 4096, rounds, 5s, why));
+    ++rounds;
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(rounds >= 20);
+  // The same stream, on the same tunnel: one client tunnel, never told to go away.
+  const std::string log = relay.log();
+  CHECK_THAT(log, !Catch::Contains("token expired"));
+  CHECK_THAT(log, !Catch::Contains("renewal refused"));
+  CHECK_THAT(log, Catch::Contains("token renewed"));
+  CHECK(agent.streams == 1u);
+  // A new stream still opens over the renewed tunnel.
+  auto o2 = open_stream(*client);
+  REQUIRE_FALSE(o2.ec);
+  CHECK(echo_round(o2.stream, 1000, 99, 5s, why));
+}
+
+TEST_CASE("RENEW: bad renewal tokens are refused with a reason and the tunnel still ends at the old expiry",
+          "[relay][tunnel][auth][renew]") {
+  RelayProcess relay({"--drain-timeout", "1"});
+  ModuleHost host;
+  Agent agent;
+  auto listener = start_agent(host, relay, agent, 1);
+  // The dial gets a good token for 5-6 s; every later call a bad one, in turn:
+  // wrong key secret, another cluster's path, expired.
+  auto client = renewing_client(host, relay, [&relay](unsigned call) {
+    if (call == 0) return relay.token("connect", "connect-secret", demo_path, 6s);
+    switch (call % 3) {
+      case 1: return relay.token("connect", "wrong-secret", demo_path, 1h);
+      case 2: return relay.token("connect", "connect-secret", other_path, 1h);
+      default: return relay.token("connect", "connect-secret", demo_path, -10s);
+    }
+  });
+  auto o = open_stream(*client, {{"mode", "echo"}});
+  REQUIRE_FALSE(o.ec);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string why;
+  bool failed = false;
+  while (std::chrono::steady_clock::now() - t0 < 15s) {
+    if (!echo_round(o.stream, 1024, 1, 5s, why)) {
+      failed = true;
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  const double lived = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO("stream ended after " << lived << " s: " << why);
+  REQUIRE(failed);
+  // The token's 5-6 s, then GOAWAY, then the 1 s drain: not before, not much after.
+  CHECK(lived > 4.5);
+  CHECK(lived < 11.0);
+  const std::string log = relay.log();
+  INFO(log);
+  CHECK_THAT(log, Catch::Contains("token renewal refused (401): invalid token signature"));
+  CHECK_THAT(log, Catch::Contains("token renewal refused (403): token is not valid for this path"));
+  CHECK_THAT(log, Catch::Contains("token renewal refused (401): token expired"));
+  CHECK_THAT(log, Catch::Contains("token expired"));
+}

@@ -59,7 +59,7 @@ TEST_CASE("the decoder rejects malformed frames precisely", "[codec]") {
   auto h = header(2, 0, 1, 10);
   h.resize(h.size() + 5);
   CHECK(decode_frame(bytes(h)).error == DecodeError::truncated_payload);
-  CHECK(decode_frame(bytes(header(9, 0, 1, 0))).error == DecodeError::unknown_type);
+  CHECK(decode_frame(bytes(header(10, 0, 1, 0))).error == DecodeError::unknown_type);
   CHECK(decode_frame(bytes(header(0, 0, 1, 0))).error == DecodeError::unknown_type);
   CHECK(decode_frame(bytes(header(2, 0, 1, max_data_payload + 1))).error == DecodeError::oversize);
   CHECK(decode_frame(bytes(header(1, 0, 1, max_metadata_size + 1))).error == DecodeError::oversize);
@@ -96,6 +96,60 @@ TEST_CASE("long reasons are clipped to the limit", "[codec]") {
   std::vector<std::uint8_t> m;
   encode_rst(m, 1, RstCode::internal, std::string(5000, 'x'));
   auto r = decode_frame(bytes(m));
+  REQUIRE(r.error == DecodeError::none);
+  CHECK(code_reason(r.frame).reason.size() == max_reason_size);
+}
+
+TEST_CASE("RENEW and its ACK round-trip", "[codec][renew]") {
+  const std::string token = "SharedAccessSignature sr=http%3a%2f%2fh%2fp&sig=abc&se=1&skn=connect";
+  std::vector<std::uint8_t> m;
+  encode_renew(m, token);
+  encode_renew_ack(m, 0, "ignored when accepted");
+  encode_renew_ack(m, 403, "token is not valid for this path");
+  encode_renew(m, std::string(max_token_size, 't'));
+  std::vector<Frame> frames;
+  std::size_t off = 0;
+  while (off < m.size()) {
+    auto r = decode_frame(bytes(m).subspan(off));
+    INFO(to_string(r.error));
+    REQUIRE(r.error == DecodeError::none);
+    frames.push_back(r.frame);
+    off += r.consumed;
+  }
+  REQUIRE(frames.size() == 4);
+  CHECK(frames[0].type == FrameType::renew);
+  CHECK(std::string(to_string(frames[0].type)) == "RENEW");
+  CHECK(frames[0].flags == 0);
+  CHECK(frames[0].stream == 0);
+  CHECK(std::string(frames[0].payload.begin(), frames[0].payload.end()) == token);
+  CHECK(frames[1].flags == flag_ack);
+  CHECK(frames[1].payload.empty());
+  CHECK(frames[2].flags == flag_ack);
+  auto cr = code_reason(frames[2]);
+  CHECK(cr.code == 403);
+  CHECK(cr.reason == "token is not valid for this path");
+  CHECK(frames[3].payload.size() == max_token_size);
+}
+
+TEST_CASE("the decoder rejects malformed RENEW frames", "[codec][renew]") {
+  auto with_payload = [](std::uint8_t flags, std::uint32_t id, std::size_t n) {
+    auto v = header(9, flags, id, static_cast<std::uint32_t>(n));
+    v.resize(v.size() + n, 'x');
+    return v;
+  };
+  CHECK(decode_frame(bytes(with_payload(0, 0, max_token_size + 1))).error == DecodeError::oversize);
+  CHECK(decode_frame(bytes(with_payload(0, 0, 0))).error == DecodeError::bad_length);  // no token
+  CHECK(decode_frame(bytes(with_payload(0, 1, 10))).error == DecodeError::bad_stream_id);
+  CHECK(decode_frame(bytes(with_payload(flag_ack, 3, 0))).error == DecodeError::bad_stream_id);
+  CHECK(decode_frame(bytes(with_payload(0x2, 0, 10))).error == DecodeError::bad_flags);
+  CHECK(decode_frame(bytes(with_payload(flag_ack, 0, 3))).error == DecodeError::bad_length);  // a code is 4 bytes
+  CHECK(decode_frame(bytes(with_payload(flag_ack, 0, 4 + max_reason_size + 1))).error == DecodeError::oversize);
+  auto truncated = header(9, 0, 0, 100);
+  truncated.resize(truncated.size() + 50);
+  CHECK(decode_frame(bytes(truncated)).error == DecodeError::truncated_payload);
+  std::vector<std::uint8_t> long_reason;
+  encode_renew_ack(long_reason, 401, std::string(5000, 'r'));
+  auto r = decode_frame(bytes(long_reason));
   REQUIRE(r.error == DecodeError::none);
   CHECK(code_reason(r.frame).reason.size() == max_reason_size);
 }

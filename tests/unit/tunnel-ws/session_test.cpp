@@ -5,6 +5,7 @@
 
 #include <deque>
 #include <future>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -260,7 +261,7 @@ TEST_CASE("a write completes only within the peer's credit", "[session]") {
   CHECK(got == default_stream_window + 10);
 }
 
-TEST_CASE("reset reaches the peer; a refused open carries the reason", "[session]") {
+TEST_CASE("reset reaches the peer, a refused open carries the reason", "[session]") {
   Env env;
   auto p = make_pair(env);
   auto c = open(*p->dialer);
@@ -278,7 +279,7 @@ TEST_CASE("reset reaches the peer; a refused open carries the reason", "[session
   CHECK(reason == "no agent connected for cluster x");
 }
 
-TEST_CASE("protocol errors close that tunnel with a logged reason; others live on", "[session]") {
+TEST_CASE("protocol errors close that tunnel with a logged reason, others live on", "[session]") {
   Env env;
   auto healthy = make_pair(env);
   std::vector<std::uint8_t> m;
@@ -391,4 +392,143 @@ TEST_CASE("keepalive: a silent peer is closed after the idle timeout", "[session
   auto f = closed.get_future();
   REQUIRE(f.wait_for(5s) == std::future_status::ready);
   CHECK_THAT(f.get(), Catch::Contains("keepalive timeout"));
+}
+
+namespace {
+
+std::pair<error_code, std::string> renew(Session& s, std::string token) {
+  auto p = std::make_shared<std::promise<std::pair<error_code, std::string>>>();
+  auto f = p->get_future();
+  s.async_renew(std::move(token), [p](error_code ec, std::string reason) { p->set_value({ec, std::move(reason)}); });
+  if (f.wait_for(5s) != std::future_status::ready) return {asio::error::timed_out, "test: renew did not complete"};
+  return f.get();
+}
+
+}  // namespace
+
+TEST_CASE("RENEW: the acceptor judges the token, the dialler learns the verdict, streams go on", "[session][renew]") {
+  Env env;
+  SessionOptions o;
+  o.peer_accepts_renew = true;
+  auto p = make_pair(env, o);
+  std::vector<std::string> seen;
+  std::mutex mutex;
+  p->acceptor->on_renew([&](const std::string& token) -> RenewVerdict {
+    std::lock_guard lock(mutex);
+    seen.push_back(token);
+    if (token == "good") return {};
+    return {403, "token is not valid for this path"};
+  });
+  auto c = open(*p->dialer);
+  auto a = p->accepted.get_future().get();
+
+  auto ok = renew(*p->dialer, "good");
+  CHECK_FALSE(ok.first);
+  auto refused = renew(*p->dialer, "bad");
+  CHECK(refused.first == asio::error::access_denied);
+  CHECK(refused.second == "token is not valid for this path");
+  {
+    std::lock_guard lock(mutex);
+    CHECK(seen == std::vector<std::string>{"good", "bad"});
+  }
+  // Neither outcome touches the tunnel or its streams.
+  CHECK(p->dialer->usable());
+  CHECK(p->acceptor->usable());
+  std::vector<std::uint8_t> x{'x'};
+  CHECK(write(*c, x).second == 1);
+  CHECK(read(*a).second == "x");
+  CHECK(write(*a, x).second == 1);
+  CHECK(read(*c).second == "x");
+  // Bounded input: a token over 4 KiB is not sent.
+  CHECK(renew(*p->dialer, std::string(max_token_size + 1, 't')).first == asio::error::message_size);
+  CHECK(renew(*p->dialer, "").first == asio::error::message_size);
+}
+
+TEST_CASE("RENEW: without a handler the acceptor refuses, without the peer announcing it the dialler does not send",
+          "[session][renew]") {
+  Env env;
+  SECTION("no handler: refused with 501") {
+    SessionOptions o;
+    o.peer_accepts_renew = true;
+    auto p = make_pair(env, o);
+    auto r = renew(*p->dialer, "token");
+    CHECK(r.first == asio::error::access_denied);
+    CHECK_THAT(r.second, Catch::Contains("does not take token renewals"));
+    CHECK(p->dialer->usable());
+  }
+  SECTION("peer did not announce RENEW") {
+    auto p = make_pair(env);
+    CHECK(renew(*p->dialer, "token").first == asio::error::operation_not_supported);
+    CHECK(renew(*p->acceptor, "token").first == asio::error::operation_not_supported);
+  }
+}
+
+TEST_CASE("RENEW: one in flight at a time, a closing tunnel fails it", "[session][renew]") {
+  Env env;
+  auto state = std::make_shared<MemoryChannel::State>();  // no peer: nothing answers
+  state->ex = asio::make_strand(env.io);
+  SessionOptions o;
+  o.name = "lonely";
+  o.peer_accepts_renew = true;
+  auto s = Session::create(state->ex, std::make_unique<MemoryChannel>(state), o, env.logger);
+  s->start();
+  auto first = std::make_shared<std::promise<std::pair<error_code, std::string>>>();
+  s->async_renew("one", [first](error_code ec, std::string r) { first->set_value({ec, std::move(r)}); });
+  CHECK(renew(*s, "two").first == asio::error::in_progress);
+  s->close("test over");
+  auto f = first->get_future();
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  CHECK(f.get().first == asio::error::not_connected);
+  // What went out: one RENEW on stream 0 carrying the token.
+  std::promise<std::vector<std::vector<std::uint8_t>>> captured;
+  asio::post(state->ex, [&] { captured.set_value(state->captured); });
+  unsigned renews = 0;
+  for (const auto& msg : captured.get_future().get()) {
+    std::size_t off = 0;
+    while (off < msg.size()) {
+      auto r = decode_frame(std::span<const std::uint8_t>(msg).subspan(off));
+      if (r.error != DecodeError::none) break;
+      if (r.frame.type == FrameType::renew) {
+        ++renews;
+        CHECK(r.frame.stream == 0);
+        CHECK(std::string(r.frame.payload.begin(), r.frame.payload.end()) == "one");
+      }
+      off += r.consumed;
+    }
+  }
+  CHECK(renews == 1);
+}
+
+TEST_CASE("RENEW in the wrong direction or an unsolicited ACK is a protocol error", "[session][renew]") {
+  Env env;
+  std::vector<std::uint8_t> m;
+  std::string expect;
+  Role role = Role::dialer;
+  SECTION("RENEW sent to the dialler") {
+    encode_renew(m, "SharedAccessSignature x");
+    expect = "RENEW from the side that accepted the tunnel";
+  }
+  SECTION("ACK with no RENEW in flight") {
+    encode_renew_ack(m, 0, "");
+    expect = "RENEW ACK without a RENEW in flight";
+  }
+  SECTION("ACK sent to the acceptor") {
+    role = Role::acceptor;
+    encode_renew_ack(m, 401, "no");
+    expect = "RENEW ACK without a RENEW in flight";
+  }
+  SECTION("pipelined RENEWs") {
+    role = Role::acceptor;
+    for (int i = 0; i < 3; ++i) encode_renew(m, "SharedAccessSignature x");
+    expect = "one RENEW in flight at a time";
+  }
+  SECTION("oversize token") {
+    role = Role::acceptor;
+    encode_header(m, FrameType::renew, 0, 0, max_token_size + 1);
+    m.resize(m.size() + max_token_size + 1, 't');
+    expect = "frame payload over the limit";
+  }
+  Victim v(env, role);
+  v.inject(m);
+  CHECK_THAT(v.wait_closed(), Catch::Contains(expect));
 }
