@@ -86,9 +86,11 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   bool draining_ = false;
 };
 
-// Copies bytes both ways between two streams until both directions ended;
-// an error on either side resets both. Holds one small buffer per direction
-// beyond the flow-control windows.
-void splice(StreamPtr client, StreamPtr agent, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger);
+// Forwards bytes both ways between two streams until both directions ended;
+// an error on either side resets both. Beyond the flow-control windows it
+// holds, per direction, at most one frame's bytes (64 KiB) while they are
+// being forwarded, and nothing while the stream is idle.
+void splice(tunnel::TunnelStreamPtr client, tunnel::TunnelStreamPtr agent, RelayMetrics& metrics,
+            std::shared_ptr<spdlog::logger> logger);
 
 }  // namespace clusterconnect::relay

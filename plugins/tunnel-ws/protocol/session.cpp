@@ -45,6 +45,8 @@ struct StreamState {
 
   asio::mutable_buffer read_buf;
   IoHandler read_handler;
+  std::size_t chunk_max = 0;
+  TunnelStream::ChunkHandler chunk_handler;  // a read in the async_read_chunk form
   std::vector<asio::const_buffer> write_bufs;
   IoHandler write_handler;
   DoneHandler shutdown_handler;
@@ -114,6 +116,12 @@ asio::any_io_executor TunnelStream::get_executor() { return session_->strand_; }
 void TunnelStream::async_read_some(asio::mutable_buffer buffer, IoHandler handler) {
   asio::dispatch(session_->strand_, [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
     self->session_->do_read(self->state_, buffer, std::move(h));
+  });
+}
+
+void TunnelStream::async_read_chunk(std::size_t max, ChunkHandler handler) {
+  asio::dispatch(session_->strand_, [self = shared_from_this(), max, h = std::move(handler)]() mutable {
+    self->session_->do_read_chunk(self->state_, max, std::move(h));
   });
 }
 
@@ -424,7 +432,7 @@ bool Session::on_data(const Frame& f) {
   s->recv_allowed -= static_cast<std::int64_t>(n);
   s->chunks.emplace_back(f.payload.begin(), f.payload.end());
   s->buffered += n;
-  if (s->read_handler) complete_read(s);
+  if (s->read_handler || s->chunk_handler) complete_read(s);
   return true;
 }
 
@@ -462,7 +470,7 @@ bool Session::on_fin(const Frame& f) {
   if (s->phase == StreamState::Phase::opening) return protocol_error("FIN before OPEN ACK on stream " + std::to_string(f.stream));
   if (s->remote_fin) return protocol_error("second FIN on stream " + std::to_string(f.stream));
   s->remote_fin = true;
-  if (s->read_handler) complete_read(s);
+  if (s->read_handler || s->chunk_handler) complete_read(s);
   if (s->local_fin) finish_stream(s);
   return true;
 }
@@ -532,6 +540,7 @@ bool Session::on_renew(const Frame& f) {
 // Stream operations
 
 void Session::complete_read(const std::shared_ptr<StreamState>& s) {
+  if (s->chunk_handler) return complete_chunk_read(s);
   if (!s->read_handler) return;
   if (s->buffered > 0) {
     auto* dst = static_cast<std::uint8_t*>(s->read_buf.data());
@@ -557,6 +566,43 @@ void Session::complete_read(const std::shared_ptr<StreamState>& s) {
     asio::post(strand_, [h = std::move(s->read_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
   } else if (s->remote_fin) {
     asio::post(strand_, [h = std::move(s->read_handler)]() mutable { h(asio::error::eof, 0); });
+  }
+}
+
+void Session::complete_chunk_read(const std::shared_ptr<StreamState>& s) {
+  if (s->buffered > 0) {
+    std::vector<std::uint8_t> out;
+    auto& front = s->chunks.front();
+    // A whole frame's bytes are handed over as they are; small ones are
+    // gathered so a forwarder does not emit a frame per tiny chunk.
+    if (s->front_offset == 0 && front.size() <= s->chunk_max && (s->chunks.size() == 1 || front.size() >= s->chunk_max / 2)) {
+      out = std::move(front);
+      s->chunks.pop_front();
+    } else {
+      out.reserve(std::min(s->chunk_max, s->buffered));
+      while (out.size() < s->chunk_max && !s->chunks.empty()) {
+        auto& f = s->chunks.front();
+        std::size_t k = std::min(s->chunk_max - out.size(), f.size() - s->front_offset);
+        out.insert(out.end(), f.begin() + static_cast<std::ptrdiff_t>(s->front_offset),
+                   f.begin() + static_cast<std::ptrdiff_t>(s->front_offset + k));
+        s->front_offset += k;
+        if (s->front_offset == f.size()) {
+          s->chunks.pop_front();
+          s->front_offset = 0;
+        }
+      }
+    }
+    const std::size_t got = out.size();
+    s->buffered -= got;
+    asio::post(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
+    consumed(s, got);
+    flush();
+    return;
+  }
+  if (s->reset_ec) {
+    asio::post(strand_, [h = std::move(s->chunk_handler), ec = s->reset_ec]() mutable { h(ec, {}); });
+  } else if (s->remote_fin) {
+    asio::post(strand_, [h = std::move(s->chunk_handler)]() mutable { h(asio::error::eof, {}); });
   }
 }
 
@@ -590,8 +636,22 @@ void Session::discard_buffer(const std::shared_ptr<StreamState>& s) {
   flush();
 }
 
+void Session::do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler) {
+  if (s->read_handler || s->chunk_handler) {
+    asio::post(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, {}); });
+    return;
+  }
+  if (max == 0) {
+    asio::post(strand_, [h = std::move(handler)]() mutable { h({}, {}); });
+    return;
+  }
+  s->chunk_max = max;
+  s->chunk_handler = std::move(handler);
+  complete_read(s);
+}
+
 void Session::do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler) {
-  if (s->read_handler) {
+  if (s->read_handler || s->chunk_handler) {
     asio::post(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, 0); });
     return;
   }
@@ -741,6 +801,7 @@ void Session::do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std:
 
 void Session::fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec) {
   if (s->read_handler) asio::post(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
+  if (s->chunk_handler) asio::post(strand_, [h = std::move(s->chunk_handler), ec]() mutable { h(ec, {}); });
   if (s->write_handler) asio::post(strand_, [h = std::move(s->write_handler), ec]() mutable { h(ec, 0); });
   if (s->shutdown_handler) asio::post(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
   s->write_bufs.clear();

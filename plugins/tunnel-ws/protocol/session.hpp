@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "clusterconnect/stream.hpp"
 #include "frame.hpp"
@@ -79,6 +80,13 @@ class TunnelStream final : public Stream, public std::enable_shared_from_this<Tu
   void reset(std::string_view reason) noexcept override;
   std::string describe() const override;
 
+  // Like async_read_some, but hands over up to `max` received bytes as they
+  // are held (moved, not copied, when a whole received frame fits): a caller
+  // that forwards them needs no buffer of its own while the stream is idle.
+  // Credit is returned as the bytes are taken, as for a read.
+  using ChunkHandler = UniqueFunction<void(error_code, std::vector<std::uint8_t>)>;
+  void async_read_chunk(std::size_t max, ChunkHandler handler);
+
   // For a stream the peer opened: answer OPEN|ACK. Until then the peer waits.
   void accept() noexcept;
   void reset(RstCode code, std::string_view reason) noexcept;
@@ -141,6 +149,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Stream operations, on the strand.
   void do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler);
+  void do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler);
   void do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler);
   void do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler handler);
   void do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std::string reason, bool abandoned);
@@ -172,6 +181,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void fail(std::string reason, bool protocol);
   void finish_stream(const std::shared_ptr<StreamState>& s);
   void complete_read(const std::shared_ptr<StreamState>& s);
+  void complete_chunk_read(const std::shared_ptr<StreamState>& s);
   void consumed(const std::shared_ptr<StreamState>& s, std::size_t n);
   void discard_buffer(const std::shared_ptr<StreamState>& s);
   void fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec);
