@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -272,24 +273,33 @@ int ProxyCommand::run_proxy() {
   }
 
   // 6. Keep the tokens fresh.
-  auto renew_before = std::chrono::minutes(5);
+  // Renew ahead of expiry: 5 minutes before (10 for the relay token), or at
+  // half the lifetime when tokens are shorter than that.
+  auto due = [](std::chrono::system_clock::time_point issued, std::chrono::system_clock::time_point expires,
+                std::chrono::system_clock::duration ahead, std::chrono::system_clock::time_point now) {
+    return expires - now < std::min(ahead, (expires - issued) / 2);
+  };
+  auto forwarded_issued = std::chrono::system_clock::now();
+  auto relay_issued = forwarded_issued;
   Refresher refresher(std::chrono::seconds(opts_.refresh_seconds), [&, credential = credential.value()] {
     auto now = std::chrono::system_clock::now();
-    if (!token_mode && forwarded_expiry - now < renew_before) {
+    if (!token_mode && due(forwarded_issued, forwarded_expiry, std::chrono::minutes(5), now)) {
       if (auto t = credential->get_token(opts_.server_app_id)) {
         forwarded->set(t->token);
         forwarded_expiry = t->expires_on;
+        forwarded_issued = now;
         logger->info("access token renewed; valid until {}", std::chrono::system_clock::to_time_t(t->expires_on));
       } else {
         logger->warn("cannot renew the access token: {}", t.error());
       }
     }
-    if (details->expires_on - now < renew_before * 2) {
+    if (due(relay_issued, details->expires_on, std::chrono::minutes(10), now)) {
       auto mt = credential->get_token(opts_.management_resource);
       if (!mt) return logger->warn("cannot renew the relay token: {}", mt.error());
       if (auto d = list_cluster_user_credential(mgmt, cluster, mt->token, token_mode)) {
         relay_token->set(d->token);
         details->expires_on = d->expires_on;
+        relay_issued = now;
         logger->info("relay token renewed");
       } else {
         logger->warn("cannot renew the relay token: {}", d.error());

@@ -44,9 +44,9 @@ wait_file() {
   return 1
 }
 
-# Short-lived tokens prove renewal: the agent allows only 2 s of clock skew and
-# access tokens are made to live 20 s below.
-export SANDBOX_AGENT_ARGS="--clock-skew 2"
+# Short-lived tokens prove renewal: the agent allows only 2 s of clock skew,
+# access tokens are made to live 20 s below, relay connect tokens 40 s.
+export SANDBOX_AGENT_ARGS="--clock-skew 2" SANDBOX_CONNECT_TOKEN_SECONDS=40
 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
 # shellcheck disable=SC1091
 source "$sandbox/env.sh"
@@ -184,6 +184,9 @@ long_logs=$!
 sleep 26
 check "after the first access token expired, requests still work" "web-0" kubectl get pods
 check "the proxy renewed the access token" "access token renewed" cat "$work/proxy.err"
+sleep 20
+check "after the first relay connect token expired, requests still work" "default" kubectl get ns
+check "the proxy renewed the relay connect token" "relay token renewed" cat "$work/proxy.err"
 before=$(wc -l <"$work/long-logs.out"); sleep 1; after=$(wc -l <"$work/long-logs.out")
 [ "$after" -gt "$before" ] && pass "a stream opened before the renewals keeps flowing" || fail "a stream opened before the renewals keeps flowing" "$(tail -3 "$work/long-logs.out")"
 kill "$long_logs" 2>/dev/null; wait "$long_logs" 2>/dev/null
