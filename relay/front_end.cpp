@@ -395,8 +395,9 @@ void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEn
   auto& sw = front_->tunnel_switch();
   auto options = sw.session_options(side, std::string(side == TunnelSide::agent ? "agent" : "client") + " tunnel " + peer_ +
                                               " (" + cluster->name + ")");
-  auto session = tunnel::Session::create(executor, std::make_unique<tunnel::WsChannel>(std::move(*ws_)), std::move(options),
-                                         front_->logger());
+  auto session = tunnel::Session::create(
+      executor, std::make_unique<tunnel::WsChannel>(std::move(*ws_), sw.connection_lease()), std::move(options),
+      front_->logger());
   ws_.reset();
   sw.add_tunnel(side, *cluster, std::move(session), expiry, std::move(verify));
 }

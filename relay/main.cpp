@@ -70,11 +70,22 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
   if (m.is_object() && m.contains("tenants")) {
     auto capability = runtime.capabilities().authenticator("entra");
     if (!capability) throw std::runtime_error("the management API needs the auth-entra module (authenticator:entra), which is not loaded");
-    // The management API is ARM-shaped: callers present tokens for ARM's
-    // audience unless the relay is configured for another.
-    nlohmann::json auth_options = m;
-    if (!auth_options.contains("audiences")) auth_options["audiences"] = {"https://management.azure.com/", "https://management.azure.com"};
-    auto created = capability->create(auth_options);
+    // The management API has an audience of its own: a token a user's tools
+    // hold for ARM is good for every subscription the user can manage, and a
+    // relay (or whoever runs it) must never be handed one.
+    if (!m.contains("audiences") || !m["audiences"].is_array() || m["audiences"].empty())
+      throw std::runtime_error(
+          "management.audiences is required: the application ID (or ID URI) registered for this relay's management "
+          "API (docs/operations.md, \"The management API's own application\")");
+    for (const auto& a : m["audiences"]) {
+      if (!a.is_string()) throw std::runtime_error("management.audiences must be an array of strings");
+      if (is_arm_audience(a.get<std::string>()))
+        throw std::runtime_error("management.audiences must not list Azure Resource Manager's audience (" +
+                                 a.get<std::string>() +
+                                 "): clients would hand the relay tokens valid for all their subscriptions; register an "
+                                 "application for the relay and use its ID");
+    }
+    auto created = capability->create(m);
     if (!created) throw std::runtime_error("management authenticator: " + created.error());
     authenticator = created.value();
   } else {
@@ -82,6 +93,15 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
   }
   ManagementOptions options;
   options.public_host = config->public_host;
+  if (m.is_object() && m.contains("audiences") && m["audiences"].is_array())
+    for (const auto& a : m["audiences"])
+      if (a.is_string()) options.audiences.push_back(a.get<std::string>());
+  if (m.is_object()) {
+    options.tenant = m.contains("tenants") && m["tenants"].is_array() && !m["tenants"].empty() && m["tenants"][0].is_string()
+                         ? m["tenants"][0].get<std::string>()
+                         : std::string();
+    options.authority = m.value("authority", std::string());
+  }
   if (m.is_object() && m.contains("token_lifetime_seconds")) {
     const auto& t = m["token_lifetime_seconds"];
     // A connect token must outlive its own delivery and not be a long-lived secret.
@@ -194,6 +214,13 @@ int main(int argc, char** argv) try {
   auto [address, port] = split_listen(config.listen);
   auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, tunnel_switch, metrics, logger);
   if (!front) throw std::runtime_error(front.error());
+  // Development TLS certifies 127.0.0.1: that is the name clients use then.
+  if (config.public_host.empty() && !dev_tls.empty())
+    config.public_host = "127.0.0.1:" + std::to_string(front.value()->port());
+  if (config.public_host.empty() && config.management.is_object() && !config.management.empty())
+    throw std::runtime_error(
+        "the management API needs public_host (--public-host HOST[:PORT]): the name clients dial, signed into every "
+        "connect token");
   front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, tunnel_switch, *logger));
 
   // Shutdown: the signal handler only records the request; the main thread drains.
@@ -225,13 +252,19 @@ int main(int argc, char** argv) try {
   front.value()->set_ready(false);
   front.value()->stop_accepting();
   tunnel_switch->drain();
-  const auto deadline = std::chrono::steady_clock::now() + config.limits.drain_timeout;
-  while (tunnel_switch->active_streams() > 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  if (auto left = tunnel_switch->active_streams(); left > 0)
-    logger->warn("drain timeout: closing {} stream(s) still in flight", left);
-  tunnel_switch->close_all("relay shut down");
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // lets the close frames go out
+  // Every tunnel got GOAWAY: each closes by itself once its streams are done
+  // and what it queued has gone out. What is still open at the drain timeout
+  // is closed; the close frames go out before the I/O threads stop (a peer
+  // that does not answer the closing handshake is given up on after the
+  // WebSocket's own close timeout).
+  const auto drain_deadline = std::chrono::steady_clock::now() + config.limits.drain_timeout;
+  if (!metrics.wait_idle(drain_deadline))
+    logger->warn("drain timeout: closing {} stream(s) still in flight", tunnel_switch->active_streams());
+  if (!tunnel_switch->wait_connections_closed(std::min(drain_deadline, std::chrono::steady_clock::now() + std::chrono::seconds(5)))) {
+    tunnel_switch->close_all("relay shut down");
+    if (!tunnel_switch->wait_connections_closed(std::chrono::steady_clock::now() + std::chrono::seconds(6)))
+      logger->debug("some tunnels did not finish their closing handshake");
+  }
   runtime.stop();
   logger->info("relay stopped");
   return 0;

@@ -84,6 +84,10 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     auto q = request.target.find('?');
     std::string path = request.target.substr(0, q);
     std::string query = q == std::string::npos ? "" : request.target.substr(q + 1);
+    if (ascii_iequals(path, "/metadata/endpoints")) {
+      if (request.method != "GET") return respond(arm_error(405, "MethodNotAllowed", "/metadata/endpoints takes GET"));
+      return respond(metadata());
+    }
     auto arm = parse_arm_path(path);
     if (!arm) return respond(arm_error(404, "NotFound", "no such resource or endpoint: " + path));
     bool list_credential = lower(arm->action) == "listclusterusercredential";
@@ -107,11 +111,11 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     if (!authenticator_)
       return respond(arm_error(503, "ServiceUnavailable", "the relay has no authenticator configured for its management API"));
 
+    // Connect tokens are signed for the configured public host only, never for
+    // a Host header the caller chose.
     std::string host = options_.public_host;
-    if (host.empty()) {
-      auto h = request.headers.find("host");
-      if (h != request.headers.end()) host = h->second;
-    }
+    if (host.empty())
+      return respond(arm_error(503, "ServiceUnavailable", "the relay has no public_host configured; it cannot issue connect tokens"));
     auto self = shared_from_this();
     authenticator_->async_authenticate(
         std::move(token), [self, arm = *arm, list_credential, body = std::move(request.body), host = std::move(host),
@@ -135,12 +139,15 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                        "The Resource 'Microsoft.Kubernetes/connectedClusters/" + arm.name + "' under resource group '" +
                            arm.resource_group + "' was not found.");
     const auto& id = outcome.identity;
+    const std::string action(list_credential ? action_list_credential : action_read);
+    // An assignment counts when it names the caller (or one of the caller's
+    // groups) and its role grants this very action.
     bool allowed = std::any_of(cluster->role_assignments.begin(), cluster->role_assignments.end(), [&](const ConfiguredRoleAssignment& r) {
-      return lower(r.principal) == lower(id.uid) ||
-             std::any_of(id.groups.begin(), id.groups.end(), [&](const std::string& g) { return lower(g) == lower(r.principal); });
+      const bool mine = ascii_iequals(r.principal, id.uid) ||
+                        std::any_of(id.groups.begin(), id.groups.end(), [&](const std::string& g) { return ascii_iequals(g, r.principal); });
+      const RoleDefinition* role = mine ? config_->role(r.role) : nullptr;
+      return role && role->allows(action);
     });
-    std::string action = list_credential ? "Microsoft.Kubernetes/connectedClusters/listClusterUserCredential/action"
-                                         : "Microsoft.Kubernetes/connectedClusters/read";
     if (!allowed) {
       logger_->info("management request by {} refused: no role assignment on {}", id.uid, scope);
       return arm_error(403, "AuthorizationFailed",
@@ -162,10 +169,9 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     if (request.is_object() && request.contains("clientProxy") && !request["clientProxy"].is_boolean())
       return arm_error(400, "InvalidRequestContent", "clientProxy must be a boolean");
 
-    const RelayKey* key = cluster->key_with_right("connect");
+    const RelayKey* key = cluster->key_with_right("connect");  // connect-only: the registry refuses mixed keys
     if (!key)
       return arm_error(409, "ConnectKeyMissing", "cluster " + cluster->name + " has no key with the connect right in the relay's registry");
-    if (public_host.empty()) return arm_error(400, "MissingHost", "the request has no Host header");
     auto expiry = std::chrono::system_clock::now() + options_.token_lifetime;
     auto expiry_s = std::chrono::duration_cast<std::chrono::seconds>(expiry.time_since_epoch()).count();
     std::string resource_uri = "https://" + public_host + "/" + cluster->hybrid_connection;
@@ -186,6 +192,21 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
           {"token", sas}}},
         {"kubeconfigs", nlohmann::json::array({{{"name", "credentialUser"}, {"value", base64(kubeconfig)}}})}};
     return {200, "application/json; charset=utf-8", reply.dump()};
+  }
+
+  // ARM's cloud metadata document (what `az cloud register` reads), reduced
+  // to what a client needs to sign in for this API. Public, as ARM's is.
+  ManagementResponse metadata() const {
+    std::string login = options_.authority.empty() ? "https://login.microsoftonline.com/" : options_.authority;
+    if (login.back() != '/') login += '/';
+    nlohmann::json j{{"authentication",
+                      {{"loginEndpoint", login},
+                       {"audiences", options_.audiences},
+                       {"tenant", options_.tenant.empty() ? "common" : options_.tenant},
+                       {"identityProvider", "AAD"}}},
+                     {"name", "clusterconnect-relay"},
+                     {"resourceManager", "https://" + options_.public_host + "/"}};
+    return {200, "application/json; charset=utf-8", j.dump()};
   }
 
   ManagementResponse resource(const ClusterEntry& c, const std::string& scope) {

@@ -6,11 +6,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <chrono>
 #include <functional>
 #include <vector>
 
+#include "clusterconnect/arm_audience.hpp"
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/unique_function.hpp"
 
@@ -43,8 +45,13 @@ class ManagementApi {
 struct RelayConfig;
 
 struct ManagementOptions {
-  std::string public_host;  // HOST[:PORT] clients dial for tunnels; empty = the request's Host
+  std::string public_host;  // HOST[:PORT] clients dial for tunnels, signed into connect tokens; required
   std::chrono::seconds token_lifetime{3600};
+  // Published at /metadata/endpoints (ARM's cloud metadata shape) so clients
+  // learn which audience to request and from which authority.
+  std::vector<std::string> audiences;
+  std::string tenant;
+  std::string authority;
 };
 
 // Agents connected per hybrid connection, for the resource's connectivityStatus.

@@ -6,15 +6,13 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "clusterconnect/ascii.hpp"
+
 namespace clusterconnect::relay {
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
+bool iequals(std::string_view a, std::string_view b) { return ascii_iequals(a, b); }
 
 std::string trim_slashes(std::string s) {
   while (!s.empty() && s.front() == '/') s.erase(s.begin());
@@ -63,6 +61,67 @@ bool RelayKey::has_right(std::string_view right) const {
   return std::any_of(rights.begin(), rights.end(), [&](const std::string& r) { return iequals(r, right); });
 }
 
+namespace {
+
+// ARM's action patterns: `*` matches any run of characters; case-insensitive.
+bool action_matches(std::string_view pattern, std::string_view action) {
+  std::size_t p = 0, a = 0, star = std::string_view::npos, mark = 0;
+  while (a < action.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = a;
+    } else if (p < pattern.size() && ascii_lower(pattern[p]) == ascii_lower(action[a])) {
+      ++p;
+      ++a;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      a = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+}  // namespace
+
+bool RoleDefinition::allows(std::string_view action) const {
+  auto match = [&](const std::string& pattern) { return action_matches(pattern, action); };
+  return std::any_of(actions.begin(), actions.end(), match) && std::none_of(not_actions.begin(), not_actions.end(), match);
+}
+
+const std::vector<RoleDefinition>& builtin_role_definitions() {
+  static const std::vector<RoleDefinition> roles = [] {
+    const std::string read(action_read), list(action_list_credential);
+    const std::string write = "Microsoft.Kubernetes/connectedClusters/write";
+    const std::string remove = "Microsoft.Kubernetes/connectedClusters/delete";
+    return std::vector<RoleDefinition>{
+        {"Owner", {"*"}, {}},
+        {"Contributor", {"*"}, {}},
+        {"Reader", {"*/read"}, {}},
+        {"Azure Arc Enabled Kubernetes Cluster User Role", {read, list}, {}},
+        // Data-plane roles: they say what a user may do inside the cluster
+        // (its RBAC), not that the user may fetch a connect credential.
+        {"Azure Arc Kubernetes Viewer", {read}, {}},
+        {"Azure Arc Kubernetes Writer", {read}, {}},
+        {"Azure Arc Kubernetes Admin", {read}, {}},
+        {"Azure Arc Kubernetes Cluster Admin", {read}, {}},
+        {"Kubernetes Cluster - Azure Arc Onboarding", {read, write}, {}},
+        {"Azure Arc Kubernetes Cluster Manager", {read, write, remove}, {}},
+    };
+  }();
+  return roles;
+}
+
+const RoleDefinition* RelayConfig::role(std::string_view name) const {
+  for (const auto& r : role_definitions)
+    if (iequals(r.name, name)) return &r;
+  for (const auto& r : builtin_role_definitions())
+    if (iequals(r.name, name)) return &r;
+  return nullptr;
+}
+
 const RelayKey* ClusterEntry::key(std::string_view key_name) const {
   for (const auto& k : keys)
     if (k.name == key_name) return &k;
@@ -73,6 +132,11 @@ const RelayKey* ClusterEntry::key_with_right(std::string_view right) const {
   for (const auto& k : keys)
     if (k.has_right(right)) return &k;
   return nullptr;
+}
+
+std::string ClusterEntry::resource_id() const {
+  return "/subscriptions/" + subscription + "/resourceGroups/" + resource_group +
+         "/providers/Microsoft.Kubernetes/connectedClusters/" + name;
 }
 
 const ClusterEntry* RelayConfig::cluster_by_path(std::string_view path) const {
@@ -120,6 +184,29 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     read_ms(l, "drain_timeout_ms", c.limits.drain_timeout, where);
   }
   if (j.contains("management")) c.management = j["management"];
+  if (j.contains("role_definitions")) {
+    if (!j["role_definitions"].is_array()) throw std::runtime_error("relay config: \"role_definitions\" must be an array");
+    for (std::size_t i = 0; i < j["role_definitions"].size(); ++i) {
+      const auto& rj = j["role_definitions"][i];
+      const std::string where = "relay config role_definitions[" + std::to_string(i) + "]";
+      if (!rj.is_object()) throw std::runtime_error(where + ": must be an object");
+      RoleDefinition r;
+      r.name = get_string(rj, "name", where, true);
+      auto strings = [&](const char* field, std::vector<std::string>& out) {
+        if (!rj.contains(field)) return;
+        if (!rj[field].is_array()) throw std::runtime_error(where + ": \"" + field + "\" must be an array of strings");
+        for (const auto& a : rj[field]) {
+          if (!a.is_string() || a.get<std::string>().empty())
+            throw std::runtime_error(where + ": \"" + field + "\" must be an array of non-empty strings");
+          out.push_back(a.get<std::string>());
+        }
+      };
+      strings("actions", r.actions);
+      strings("not_actions", r.not_actions);
+      if (c.role(r.name)) throw std::runtime_error(where + ": role \"" + r.name + "\" is already defined");
+      c.role_definitions.push_back(std::move(r));
+    }
+  }
   if (j.contains("clusters")) {
     if (!j["clusters"].is_array()) throw std::runtime_error("relay config: \"clusters\" must be an array");
     for (std::size_t i = 0; i < j["clusters"].size(); ++i) {
@@ -135,6 +222,10 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
       if (e.hybrid_connection.empty()) throw std::runtime_error(where + ": \"hybrid_connection\" is empty");
       if (c.cluster_by_path(e.hybrid_connection))
         throw std::runtime_error(where + ": hybrid_connection \"" + e.hybrid_connection + "\" is used twice");
+      // A cluster is known by its full identity: two entries with one identity
+      // would make which of them a caller reaches depend on file order.
+      if (c.cluster_by_name(e.subscription, e.resource_group, e.name))
+        throw std::runtime_error(where + ": cluster " + e.resource_id() + " is registered twice");
       if (cj.contains("keys")) {
         if (!cj["keys"].is_array()) throw std::runtime_error(where + ": \"keys\" must be an array");
         for (std::size_t k = 0; k < cj["keys"].size(); ++k) {
@@ -158,6 +249,11 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
             key.secret_file = f;
             key.secret = read_secret(f, kw);
           }
+          // Keys are separated by right: an agent's listen key cannot mint a
+          // client's connect token, nor the reverse.
+          if (key.has_right("listen") == key.has_right("connect"))
+            throw std::runtime_error(kw + ": a key has exactly one of the rights \"listen\" and \"connect\" (key \"" +
+                                     key.name + "\")");
           if (e.key(key.name)) throw std::runtime_error(kw + ": key name \"" + key.name + "\" is used twice");
           e.keys.push_back(std::move(key));
         }
@@ -166,7 +262,12 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
         if (!cj["role_assignments"].is_array()) throw std::runtime_error(where + ": \"role_assignments\" must be an array");
         for (const auto& rj : cj["role_assignments"]) {
           if (!rj.is_object()) throw std::runtime_error(where + ": role_assignments entries must be objects");
-          e.role_assignments.push_back({get_string(rj, "principal", where, true), get_string(rj, "role", where, false)});
+          ConfiguredRoleAssignment a{get_string(rj, "principal", where, true), get_string(rj, "role", where, true)};
+          if (!c.role(a.role))
+            throw std::runtime_error(where + ": role \"" + a.role +
+                                     "\" is not defined (a built-in Azure role, e.g. \"Azure Arc Enabled Kubernetes "
+                                     "Cluster User Role\", or one of role_definitions)");
+          e.role_assignments.push_back(std::move(a));
         }
       }
       c.clusters.push_back(std::move(e));

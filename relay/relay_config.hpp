@@ -18,11 +18,28 @@ namespace clusterconnect::relay {
 
 struct RelayKey {
   std::string name;
-  std::vector<std::string> rights;  // "listen", "connect", "manage"
+  std::vector<std::string> rights;  // exactly one of "listen" (agents) and "connect" (clients)
   std::string secret;                // loaded from secret_file (trailing newline trimmed)
   std::filesystem::path secret_file;
   bool has_right(std::string_view right) const;
 };
+
+// A role as ARM defines one: the actions it allows (`*` matches any run of
+// characters, case-insensitively) minus its not_actions.
+struct RoleDefinition {
+  std::string name;
+  std::vector<std::string> actions;
+  std::vector<std::string> not_actions;
+  bool allows(std::string_view action) const;
+};
+
+// The Azure built-in roles that concern connected clusters. Only a role whose
+// actions include listClusterUserCredential/action lets a caller connect.
+const std::vector<RoleDefinition>& builtin_role_definitions();
+
+inline constexpr std::string_view action_read = "Microsoft.Kubernetes/connectedClusters/read";
+inline constexpr std::string_view action_list_credential =
+    "Microsoft.Kubernetes/connectedClusters/listClusterUserCredential/action";
 
 struct ConfiguredRoleAssignment {
   std::string principal;  // object id of a user, group or application
@@ -39,6 +56,9 @@ struct ClusterEntry {
   nlohmann::json raw;
 
   const RelayKey* key(std::string_view key_name) const;
+  // ARM's resource ID, the cluster's full identity (names are unique only
+  // within a resource group).
+  std::string resource_id() const;
   // The first key with this right (for minting tokens), or null.
   const RelayKey* key_with_right(std::string_view right) const;
 };
@@ -61,6 +81,7 @@ struct RelayConfig {
   std::string key_file;
   std::string public_host;  // host[:port] clients use; empty = the request's Host
   std::vector<ClusterEntry> clusters;
+  std::vector<RoleDefinition> role_definitions;  // the registry's own, beside the built-in ones
   RelayLimits limits;
   nlohmann::json management = nlohmann::json::object();
   nlohmann::json raw = nlohmann::json::object();
@@ -70,6 +91,8 @@ struct RelayConfig {
   const ClusterEntry* cluster_by_path(std::string_view path) const;
   const ClusterEntry* cluster_by_name(std::string_view subscription, std::string_view resource_group,
                                       std::string_view name) const;
+  // The registry's role of that name, else the built-in one, else null (case-insensitive).
+  const RoleDefinition* role(std::string_view name) const;
 };
 
 // Control plane: throws std::runtime_error with a message naming the file and field.

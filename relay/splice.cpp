@@ -20,10 +20,9 @@ constexpr std::size_t pump_chunk_max = tunnel::max_data_payload;
 struct SpliceState {
   SpliceState(tunnel::TunnelStreamPtr c, tunnel::TunnelStreamPtr a, RelayMetrics& m)
       : client(std::move(c)), agent(std::move(a)), metrics(m) {
-    metrics.streams_active.fetch_add(1);
-    metrics.streams_total.fetch_add(1);
+    metrics.stream_started();
   }
-  ~SpliceState() { metrics.streams_active.fetch_sub(1); }
+  ~SpliceState() { metrics.stream_finished(); }
 
   void abort(const std::string& reason) {
     if (aborted.exchange(true)) return;

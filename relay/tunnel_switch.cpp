@@ -27,7 +27,7 @@ tunnel::SessionOptions TunnelSwitch::session_options(TunnelSide side, const std:
 bool TunnelSwitch::may_add_agent(const ClusterEntry& cluster) const {
   std::lock_guard lock(mutex_);
   std::size_t n = std::count_if(tunnels_.begin(), tunnels_.end(), [&](const Entry& e) {
-    return e.side == TunnelSide::agent && e.cluster == cluster.name && !e.session.expired();
+    return e.side == TunnelSide::agent && e.cluster == &cluster && !e.session.expired();
   });
   return n < config_.limits.max_tunnels_per_cluster;
 }
@@ -52,11 +52,11 @@ void TunnelSwitch::arm(const std::shared_ptr<TokenClock>& clock, std::weak_ptr<t
 void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session,
                               std::chrono::system_clock::time_point token_expiry, TokenVerifier verify) {
   std::weak_ptr<TunnelSwitch> weak = shared_from_this();
-  const std::string name = cluster.name;
+  const ClusterEntry* entry = &cluster;
   const tunnel::Session* key = session.get();
   if (side == TunnelSide::client) {
-    session->on_incoming([weak, name](tunnel::TunnelStreamPtr stream, tunnel::Metadata md) {
-      if (auto self = weak.lock()) self->route(name, std::move(stream), std::move(md));
+    session->on_incoming([weak, entry](tunnel::TunnelStreamPtr stream, tunnel::Metadata md) {
+      if (auto self = weak.lock()) self->route(entry, std::move(stream), std::move(md));
       else stream->reset(tunnel::RstCode::unavailable, "relay is shutting down");
     });
   }
@@ -94,10 +94,11 @@ void TunnelSwitch::add_tunnel(TunnelSide side, const ClusterEntry& cluster, std:
   bool drain_now = false;
   {
     std::lock_guard lock(mutex_);
-    tunnels_.push_back(Entry{name, side, session, clock});
+    tunnels_.push_back(Entry{entry, side, session, clock});
     drain_now = draining_;
   }
-  logger_->info("{} tunnel for cluster {} is up ({})", side == TunnelSide::agent ? "agent" : "client", name, session->name());
+  logger_->info("{} tunnel for cluster {} is up ({})", side == TunnelSide::agent ? "agent" : "client", cluster.resource_id(),
+                session->name());
   session->start();
   if (drain_now) session->goaway("relay is shutting down");
 }
@@ -122,12 +123,12 @@ unsigned TunnelSwitch::agent_tunnels(const std::string& hybrid_connection) const
   unsigned n = 0;
   for (const auto& e : tunnels_) {
     auto s = e.session.lock();
-    if (e.side == TunnelSide::agent && e.cluster == c->name && s && s->usable()) ++n;
+    if (e.side == TunnelSide::agent && e.cluster == c && s && s->usable()) ++n;
   }
   return n;
 }
 
-std::shared_ptr<tunnel::Session> TunnelSwitch::pick_agent(const std::string& cluster) const {
+std::shared_ptr<tunnel::Session> TunnelSwitch::pick_agent(const ClusterEntry* cluster) const {
   std::lock_guard lock(mutex_);
   std::shared_ptr<tunnel::Session> best;
   for (const auto& e : tunnels_) {
@@ -139,22 +140,26 @@ std::shared_ptr<tunnel::Session> TunnelSwitch::pick_agent(const std::string& clu
   return best;
 }
 
-void TunnelSwitch::route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata) {
+void TunnelSwitch::route(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata) {
   if (draining()) {
     metrics_.open_failure("draining");
     client->reset(tunnel::RstCode::refused, "relay is draining");
     return;
   }
-  metadata["cluster"] = cluster;
+  // What the stream was authorised for, so the agent can refuse a stream meant
+  // for another cluster. Set here, over anything the client sent.
+  metadata[std::string(tunnel::metadata_cluster)] = cluster->resource_id();
+  metadata[std::string(tunnel::metadata_hybrid_connection)] = cluster->hybrid_connection;
   try_agent(cluster, std::move(client), std::move(metadata), 0);
 }
 
-void TunnelSwitch::try_agent(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata,
+void TunnelSwitch::try_agent(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata,
                              unsigned attempt) {
   auto agent = pick_agent(cluster);
   if (!agent) {
     metrics_.open_failure("no_agent");
-    client->reset(tunnel::RstCode::unavailable, "no agent connected for cluster " + cluster);
+    client->reset(tunnel::RstCode::unavailable, "no agent connected for cluster " + cluster->name + " (" +
+                                                    cluster->resource_id() + ")");
     return;
   }
   auto md = metadata;
@@ -177,7 +182,7 @@ void TunnelSwitch::try_agent(const std::string& cluster, tunnel::TunnelStreamPtr
         return;
       }
       self->metrics_.open_failure("agent_refused");
-      client->reset(tunnel::RstCode::unavailable, "agent for cluster " + cluster + " refused the stream: " + reason);
+      client->reset(tunnel::RstCode::unavailable, "agent for cluster " + cluster->name + " refused the stream: " + reason);
       return;
     }
     client->accept();
@@ -213,15 +218,33 @@ void TunnelSwitch::close_all(const std::string& reason) {
   for (auto& s : sessions) s->close(reason);
 }
 
+std::shared_ptr<void> TunnelSwitch::connection_lease() {
+  {
+    std::lock_guard lock(lease_mutex_);
+    ++leased_connections_;
+  }
+  // The switch outlives every connection: main() waits for them before it ends.
+  return std::shared_ptr<void>(nullptr, [self = shared_from_this()](void*) {
+    std::lock_guard lock(self->lease_mutex_);
+    if (--self->leased_connections_ == 0) self->connections_closed_.notify_all();
+  });
+}
+
+bool TunnelSwitch::wait_connections_closed(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(lease_mutex_);
+  return connections_closed_.wait_until(lock, deadline, [&] { return leased_connections_ == 0; });
+}
+
 std::string TunnelSwitch::render_tunnel_metrics() const {
+  // Labelled by hybrid connection: unique in the registry, where names are not.
   std::map<std::string, std::pair<unsigned, unsigned>> by_cluster;  // agent, client
-  for (const auto& c : config_.clusters) by_cluster[c.name];
+  for (const auto& c : config_.clusters) by_cluster[c.hybrid_connection];
   {
     std::lock_guard lock(mutex_);
     for (const auto& e : tunnels_) {
       auto s = e.session.lock();
       if (!s || s->closed()) continue;
-      auto& p = by_cluster[e.cluster];
+      auto& p = by_cluster[e.cluster->hybrid_connection];
       (e.side == TunnelSide::agent ? p.first : p.second)++;
     }
   }
@@ -229,8 +252,8 @@ std::string TunnelSwitch::render_tunnel_metrics() const {
       "# HELP clusterconnect_relay_tunnels Tunnels connected, by cluster and side.\n"
       "# TYPE clusterconnect_relay_tunnels gauge\n";
   for (const auto& [name, p] : by_cluster) {
-    out += "clusterconnect_relay_tunnels{cluster=\"" + name + "\",side=\"agent\"} " + std::to_string(p.first) + "\n";
-    out += "clusterconnect_relay_tunnels{cluster=\"" + name + "\",side=\"client\"} " + std::to_string(p.second) + "\n";
+    out += "clusterconnect_relay_tunnels{hybrid_connection=\"" + name + "\",side=\"agent\"} " + std::to_string(p.first) + "\n";
+    out += "clusterconnect_relay_tunnels{hybrid_connection=\"" + name + "\",side=\"client\"} " + std::to_string(p.second) + "\n";
   }
   return out;
 }

@@ -3,6 +3,7 @@
 // routed to the least-loaded live agent tunnel and spliced with backpressure.
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,11 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   bool draining() const;
   std::int64_t active_streams() const;
   void close_all(const std::string& reason);
+  // A token held by each tunnel's connection until it is fully closed.
+  std::shared_ptr<void> connection_lease();
+  // Blocks (shutdown only) until every leased connection is closed or the
+  // deadline passes; true when all are closed.
+  bool wait_connections_closed(std::chrono::steady_clock::time_point deadline);
 
   // Prometheus lines for the tunnels by cluster.
   std::string render_tunnel_metrics() const;
@@ -65,23 +71,31 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
     std::chrono::system_clock::time_point expiry{};
     bool expired = false;
   };
+  // Tunnels are keyed by the registry entry itself (one per full cluster
+  // identity and hybrid connection), never by the cluster's name: names repeat
+  // across resource groups and subscriptions.
   struct Entry {
-    std::string cluster;
+    const ClusterEntry* cluster;
     TunnelSide side;
     std::weak_ptr<tunnel::Session> session;
     std::shared_ptr<TokenClock> clock;
   };
   static void arm(const std::shared_ptr<TokenClock>& clock, std::weak_ptr<tunnel::Session> session,
                   std::chrono::milliseconds drain);
-  void route(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
-  void try_agent(const std::string& cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata, unsigned attempt);
-  std::shared_ptr<tunnel::Session> pick_agent(const std::string& cluster) const;
+  void route(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
+  void try_agent(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata, unsigned attempt);
+  std::shared_ptr<tunnel::Session> pick_agent(const ClusterEntry* cluster) const;
   void remove(const tunnel::Session* session);
 
   const RelayConfig& config_;
   RelayMetrics& metrics_;
   std::shared_ptr<spdlog::logger> logger_;
   mutable std::mutex mutex_;
+  // Apart from mutex_: a lease may be released by a session destroyed while
+  // mutex_ is held.
+  std::mutex lease_mutex_;
+  std::condition_variable connections_closed_;
+  std::size_t leased_connections_ = 0;
   std::vector<Entry> tunnels_;
   bool draining_ = false;
 };

@@ -684,12 +684,12 @@ run_scale() {
   done
   want=$((agents * agent_tunnels)); have=0
   for i in $(seq 1 120); do
-    have="$(relay_metric "$t_port" "$t_ca" 'clusterconnect_relay_tunnels{cluster="demo",side="agent"}')"
+    have="$(relay_metric "$t_port" "$t_ca" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
     [ "${have:-0}" -ge "$want" ] && break
     sleep 0.5
   done
   sleep 1
-  have="$(relay_metric "$t_port" "$t_ca" 'clusterconnect_relay_tunnels{cluster="demo",side="agent"}')"
+  have="$(relay_metric "$t_port" "$t_ca" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
   t1rss="$(rss "${PID[relay-tunnels]}")"
   record clusterconnect tunnels "${have:-0}"
   [ "${have:-0}" -gt 0 ] && record clusterconnect tunnel_kb_relay "$(python3 -c "print(round(($t1rss-$t0rss)/$have, 2))")"

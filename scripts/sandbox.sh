@@ -26,7 +26,7 @@ fixtures="$root/tests/fixtures"
 
 tenant="72f988bf-86f1-41af-91ab-2d7cd011db47"
 subscription="00000000-0000-0000-0000-00000000c0de"
-management_resource="https://management.azure.com/"
+management_resource="5e1a7000-0000-4000-8000-00000000c0de"  # the relay management API's own application
 server_app="6256c85f-0aad-4d50-b960-e6e9b21efe35"
 
 log() { printf 'sandbox: %s\n' "$*" >&2; }
@@ -140,7 +140,7 @@ JSON
   local principals; principals="$(node -e '
     const st=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
     const oids=[st.clients.secret.oid, ...Object.values(st.users).map(u=>u.oid)];
-    console.log(JSON.stringify(oids.map(o=>({principal:o, role:"Azure Arc Kubernetes Cluster User"}))))' "$s/idp/state.json")"
+    console.log(JSON.stringify(oids.map(o=>({principal:o, role:"Azure Arc Enabled Kubernetes Cluster User Role"}))))' "$s/idp/state.json")"
   cat >"$s/relay.json" <<JSON
 {"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
    "hybrid_connection": "clusters/$subscription/sandbox/demo",

@@ -112,7 +112,38 @@ std::optional<SasToken> parse_sas_token(std::string_view token) {
   return t;
 }
 
+namespace {
+
+// A token's resource grants a path prefix, so it must name one plainly: a
+// host, at least one path segment, no query or fragment (which would cut the
+// path short when normalised), no dot segments, no empty segments, no
+// userinfo.
+bool plain_resource(std::string_view r) {
+  if (r.find_first_of("?#@\\") != std::string_view::npos) return false;
+  auto p = r.find("://");
+  if (p == std::string_view::npos) return false;
+  r.remove_prefix(p + 3);
+  auto slash = r.find('/');
+  if (slash == 0 || slash == std::string_view::npos) return false;
+  std::string_view path = r.substr(slash + 1);
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  if (path.empty()) return false;
+  std::size_t i = 0;
+  while (i <= path.size()) {
+    std::size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    std::string segment;
+    if (j == i || !percent_decode(path.substr(i, j - i), segment)) return false;
+    if (segment == "." || segment == ".." || segment.find('/') != std::string::npos) return false;
+    i = j + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
 bool sas_resource_covers(std::string_view token_resource, std::string_view requested_resource) {
+  if (!plain_resource(token_resource)) return false;
   NormalisedResource have = normalise(token_resource), want = normalise(requested_resource);
   if (have.host.empty() || have.host != want.host) return false;
   if (have.segments.size() > want.segments.size()) return false;

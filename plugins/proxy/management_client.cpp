@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "clusterconnect/arm_audience.hpp"
 #include "clusterconnect/url.hpp"
 
 namespace clusterconnect::proxy {
@@ -133,6 +134,49 @@ Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOpt
   } catch (const std::exception& e) {
     return fail(std::string("listClusterUserCredential returned an unexpected body: ") + e.what());
   }
+}
+
+Result<std::string> discover_management_audience(const ManagementClientOptions& o) {
+  auto endpoint = parse_url(o.endpoint);
+  if (!endpoint) return fail("--endpoint: " + endpoint.error());
+  if (endpoint->scheme != "https") return fail("--endpoint must be an https:// URL");
+  const std::string url = "https://" + endpoint->authority() + "/metadata/endpoints?api-version=2022-09-01";
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
+  if (!curl) return fail("cannot initialise libcurl");
+  Response r;
+  char err[CURL_ERROR_SIZE] = {};
+  CURL* c = curl.get();
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+  if (!o.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, o.ca_file.c_str());
+  if (CURLcode rc = curl_easy_perform(c); rc != CURLE_OK)
+    return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  if (r.status != 200)
+    return fail("the management endpoint does not publish its audience (/metadata/endpoints: " + arm_error(r) +
+                "); pass --management-resource");
+  std::string audience;
+  try {
+    const auto document = nlohmann::json::parse(r.body);
+    const auto& audiences = document.at("authentication").at("audiences");
+    if (audiences.is_array() && !audiences.empty()) audience = audiences.at(0).get<std::string>();
+  } catch (const std::exception&) {
+  }
+  if (audience.empty())
+    return fail("the management endpoint's /metadata/endpoints names no audience; pass --management-resource");
+  if (is_arm_audience(audience))
+    return fail("the management endpoint asks for an Azure Resource Manager token (" + audience +
+                "), which would be good for all your subscriptions; refusing. Its operator must register an application "
+                "for the relay");
+  return audience;
 }
 
 }  // namespace clusterconnect::proxy

@@ -29,6 +29,11 @@ struct ManagementClientOptions {
   std::string api_version = "2024-01-01";
 };
 
+// GETs the relay's /metadata/endpoints (ARM's cloud metadata shape) and
+// returns the audience its management API accepts. Refuses an ARM audience:
+// the proxy never hands the relay a token that is good for Azure itself.
+Result<std::string> discover_management_audience(const ManagementClientOptions& options);
+
 // POSTs {"authenticationMethod": AAD|Token, "clientProxy": true}. Retries
 // 429/5xx with backoff (honouring Retry-After); errors carry the ARM error
 // code and message.

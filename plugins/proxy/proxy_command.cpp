@@ -28,6 +28,7 @@
 #include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/transport.hpp"
 #include "local_endpoint.hpp"
+#include "clusterconnect/arm_audience.hpp"
 #include "management_client.hpp"
 #include "progress.hpp"
 
@@ -107,8 +108,9 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_option("--auth-method", opts_.auth_method,
                   "Sign-in: auto, client-secret, client-certificate, workload-identity, azure-cli, device-code")
       ->envname("CONNECTEDK8S_AUTH_METHOD")->capture_default_str();
-  sub->add_option("--management-resource", opts_.management_resource, "Token audience of the management endpoint")
-      ->envname("CONNECTEDK8S_MANAGEMENT_RESOURCE")->capture_default_str();
+  sub->add_option("--management-resource", opts_.management_resource,
+                  "Token audience of the relay's management API (default: the one it publishes at /metadata/endpoints)")
+      ->envname("CONNECTEDK8S_MANAGEMENT_RESOURCE");
   sub->add_option("--server-app-id", opts_.server_app_id, "Entra application the cluster's agent accepts tokens for")
       ->envname("CONNECTEDK8S_SERVER_APP_ID")->capture_default_str();
   sub->add_flag("--allow-http-loopback-authority", opts_.allow_http_loopback_authority,
@@ -159,6 +161,16 @@ int ProxyCommand::run_proxy() {
                               {"device_code_prompt", opts_.output == "json" ? "json" : "text"}};
   auto credential = credential_cap->create(cred_options);
   if (!credential) return fail_with(credential.error());
+  // The relay's management API has its own audience; an ARM token is never sent to it.
+  if (opts_.management_resource.empty()) {
+    auto audience = discover_management_audience(ManagementClientOptions{opts_.endpoint, opts_.ca_file});
+    if (!audience) return fail_with(audience.error());
+    opts_.management_resource = audience.value();
+  } else if (is_arm_audience(opts_.management_resource)) {
+    return fail_with("--management-resource " + opts_.management_resource +
+                     " is Azure Resource Manager's audience: a token for it is good for all your subscriptions and is "
+                     "never sent to a relay; use the relay's application ID (leave the option out to ask the relay)");
+  }
   auto management_token = credential.value()->get_token(opts_.management_resource);
   if (!management_token) return fail_with(management_token.error());
   auto forwarded = std::make_shared<ForwardedToken>();

@@ -24,7 +24,7 @@ struct ProxyOptions {
   std::string ready_file;
   std::string output = "text";
   std::string auth_method = "auto";
-  std::string management_resource = "https://management.azure.com/";
+  std::string management_resource;  // empty: the relay's, from its /metadata/endpoints
   std::string server_app_id = "6256c85f-0aad-4d50-b960-e6e9b21efe35";
   bool allow_http_loopback_authority = false;
   unsigned refresh_seconds = 60;

@@ -11,7 +11,9 @@
 #include <boost/asio/strand.hpp>
 #include <spdlog/spdlog.h>
 
+#include "clusterconnect/ascii.hpp"
 #include "clusterconnect/sas_token.hpp"
+#include "clusterconnect/url.hpp"
 #include "ws_transport.hpp"
 
 namespace clusterconnect::tunnel_ws {
@@ -30,6 +32,7 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
     if (options_.tunnels == 0) options_.tunnels = 1;
     if (options_.backoff_initial.count() <= 0) options_.backoff_initial = std::chrono::milliseconds(200);
     if (options_.backoff_max < options_.backoff_initial) options_.backoff_max = options_.backoff_initial;
+    hybrid_connection_ = hybrid_connection_of(options_.endpoint.url);
   }
 
   ~WsTunnelListener() override {
@@ -78,6 +81,18 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
     bool connecting = false;
     unsigned failures = 0;
   };
+
+  // The hybrid connection path of a relay URL (decoded, without surrounding
+  // slashes), as the relay names it in stream metadata.
+  static std::string hybrid_connection_of(const std::string& relay_url) {
+    auto url = parse_url(relay_url);
+    if (!url || url->path.rfind("/$hc/", 0) != 0) return {};
+    std::string path;
+    if (!percent_decode(std::string_view(url->path).substr(5), path)) return {};
+    while (!path.empty() && path.front() == '/') path.erase(0, 1);
+    while (!path.empty() && path.back() == '/') path.pop_back();
+    return path;
+  }
 
   void connect(Slot& slot) {
     if (closed_ || slot.connecting) return;
@@ -167,7 +182,18 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
     }
     schedule_renewal(slot, expiry);
     auto on_stream = on_stream_;
-    session->on_incoming([on_stream](tunnel::TunnelStreamPtr stream, tunnel::Metadata md) {
+    session->on_incoming([on_stream, expected = hybrid_connection_, logger = logger_](tunnel::TunnelStreamPtr stream,
+                                                                                      tunnel::Metadata md) {
+      // The relay names the cluster each stream was authorised for; a stream
+      // for any other cluster (a relay bug or a hostile relay) never reaches
+      // the API server, with whatever credentials it carries.
+      auto it = md.find(std::string(tunnel::metadata_hybrid_connection));
+      if (it == md.end() || !ascii_iequals(it->second, expected)) {
+        const std::string got = it == md.end() ? std::string("no cluster") : "hybrid connection " + it->second;
+        logger->warn("refused a stream for {}: this agent serves hybrid connection {}", got, expected);
+        stream->reset(tunnel::RstCode::refused, "this agent serves another cluster (stream was for " + got + ")");
+        return;
+      }
       stream->accept();
       if (on_stream) on_stream(std::move(stream), md);
     });
@@ -213,6 +239,7 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
   std::vector<std::unique_ptr<Slot>> slots_;
   std::atomic<unsigned> up_{0};
   bool closed_ = false;
+  std::string hybrid_connection_;
   std::mt19937 rng_;
 };
 

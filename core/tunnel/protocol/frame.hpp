@@ -15,6 +15,11 @@ namespace clusterconnect::tunnel {
 using StreamId = std::uint32_t;
 using Metadata = std::map<std::string, std::string>;
 
+// OPEN metadata the relay sets on every stream it hands to an agent, over
+// anything the client sent: the cluster the stream was authorised for.
+inline constexpr std::string_view metadata_cluster = "cluster";
+inline constexpr std::string_view metadata_hybrid_connection = "hybrid_connection";
+
 enum class FrameType : std::uint8_t {
   open = 1,
   data = 2,

@@ -40,7 +40,10 @@ inline void configure_established(WsStream& ws) {
 
 class WsChannel final : public MessageChannel {
  public:
-  explicit WsChannel(WsStream ws) : core_(std::make_shared<Core>(std::move(ws))) {}
+  // `lease` is released once the connection is closed and no handler holds
+  // it any more (after the closing handshake), so an owner can wait for that.
+  explicit WsChannel(WsStream ws, std::shared_ptr<void> lease = {})
+      : core_(std::make_shared<Core>(std::move(ws), std::move(lease))) {}
   ~WsChannel() override { close(1001, "going away"); }
 
   void async_read_message(ReadHandler handler) override {
@@ -82,8 +85,9 @@ class WsChannel final : public MessageChannel {
  private:
   // Shared with pending handlers so a close may outlive the channel.
   struct Core {
-    explicit Core(WsStream w) : ws(std::move(w)) {}
+    Core(WsStream w, std::shared_ptr<void> l) : ws(std::move(w)), lease(std::move(l)) {}
     WsStream ws;
+    std::shared_ptr<void> lease;
     boost::beast::flat_buffer buffer;
     bool closing = false;
   };

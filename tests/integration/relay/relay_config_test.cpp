@@ -18,7 +18,7 @@ TEST_CASE("relay config: clusters, keys with secrets relative to the file, limit
     "clusters": [{"subscription": "sub", "resource_group": "rg", "name": "demo",
                   "hybrid_connection": "/clusters/sub/rg/demo/",
                   "keys": [{"name": "listen", "rights": ["listen"], "secret_file": "listen.key"}],
-                  "role_assignments": [{"principal": "oid-1", "role": "Cluster User"}],
+                  "role_assignments": [{"principal": "oid-1", "role": "Azure Arc Enabled Kubernetes Cluster User Role"}],
                   "x-extra": 1}],
     "management": {"tenants": ["t"]}, "future": {"a": 1}})";
   auto c = load_relay_config(dir.path() / "relay.json");

@@ -49,9 +49,16 @@ class RelayProcess {
            {"resource_group", "sandbox"},
            {"name", "other"},
            {"hybrid_connection", other_path},
-           {"keys", {{{"name", "all"}, {"rights", {"listen", "connect"}}, {"secret_file", "other.key"}}}}}}}};
+           {"keys", {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", "other.key"}}}}}}}};
     write_file(dir_.path() / "relay.json", cfg.dump(2));
     start(port);
+  }
+  // A relay with the caller's registry; `files` (name -> content, e.g. key
+  // files) are written beside the configuration.
+  RelayProcess(const nlohmann::json& config, const std::map<std::string, std::string>& files) {
+    for (const auto& [name, content] : files) write_file(dir_.path() / name, content);
+    write_file(dir_.path() / "relay.json", config.dump(2));
+    start(0);
   }
   ~RelayProcess() { stop(SIGTERM); }
 

@@ -296,7 +296,7 @@ TEST_CASE("bad, expired and wrong-path tokens are refused with the right status"
                                  Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"no_right\"} 1") &&
                                  Catch::Contains("clusterconnect_relay_handshake_failures_total{reason=\"not_found\"} 1") &&
                                  Catch::Contains("clusterconnect_relay_open_failures_total{reason=\"no_agent\"} 1") &&
-                                 Catch::Contains("clusterconnect_relay_tunnels{cluster=\"demo\",side=\"client\"} 1"));
+                                 Catch::Contains("clusterconnect_relay_tunnels{hybrid_connection=\"" + demo_path + "\",side=\"client\"} 1"));
   auto health = run("curl -sS --max-time 10 --cacert " + quote(relay.ca_file()) + " https://" + relay.host() + "/healthz");
   CHECK(health.output == "ok\n");
   auto other = run("curl -sS --max-time 10 --cacert " + quote(relay.ca_file()) + " https://" + relay.host() + "/nothing-here");

@@ -27,7 +27,7 @@ class TableAuthenticator final : public Authenticator {
 
 const char* const sub = "00000000-0000-0000-0000-000000000001";
 
-std::shared_ptr<ManagementApi> api() {
+std::shared_ptr<ManagementApi> api(std::string public_host = "relay.example:8443") {
   auto config = std::make_shared<RelayConfig>();
   ClusterEntry demo;
   demo.subscription = sub;
@@ -35,23 +35,30 @@ std::shared_ptr<ManagementApi> api() {
   demo.name = "demo";
   demo.hybrid_connection = "clusters/" + std::string(sub) + "/sandbox/demo";
   demo.keys = {RelayKey{"listen", {"listen"}, "l-key", {}}, RelayKey{"connect", {"connect"}, "s3cret-key", {}}};
-  demo.role_assignments = {{"oid-alice", "Azure Arc Kubernetes Cluster User"}};
+  demo.role_assignments = {{"oid-alice", "Azure Arc Enabled Kubernetes Cluster User Role"},
+                           {"group-other", "Reader"},
+                           {"group-other", "Azure Arc Kubernetes Cluster Admin"}};
   ClusterEntry team = demo;
   team.name = "team";
   team.hybrid_connection = "clusters/x/sandbox/team";
-  team.role_assignments = {{"group-devs", "Reader"}};
+  team.role_assignments = {{"group-devs", "azure arc enabled kubernetes cluster user role"}};
   config->clusters = {demo, team};
-  return make_management_api(config, {"relay.example:8443", std::chrono::seconds(600)},
+  ManagementOptions options;
+  options.public_host = public_host;
+  options.token_lifetime = std::chrono::seconds(600);
+  return make_management_api(config, options,
                              std::make_shared<TableAuthenticator>(), [](const std::string&) { return 2u; },
                              spdlog::default_logger());
 }
 
 ManagementResponse call(const std::string& method, const std::string& target, const std::string& token,
-                        const std::string& body = R"({"authenticationMethod":"AAD","clientProxy":true})") {
+                        const std::string& body = R"({"authenticationMethod":"AAD","clientProxy":true})",
+                        const std::string& public_host = "relay.example:8443") {
   ManagementRequest r{method, target, {}, body};
   if (!token.empty()) r.headers["authorization"] = "Bearer " + token;
+  r.headers["host"] = "attacker.example/?";
   std::optional<ManagementResponse> out;
-  api()->handle(std::move(r), [&](ManagementResponse resp) { out = std::move(resp); });
+  api(public_host)->handle(std::move(r), [&](ManagementResponse resp) { out = std::move(resp); });
   REQUIRE(out.has_value());
   return *out;
 }
@@ -103,6 +110,88 @@ TEST_CASE("a group role assignment grants access; other principals get 403 in AR
   CHECK_THAT(nlohmann::json::parse(r.body)["error"]["message"].get<std::string>(), Catch::Contains("oid-carol"));
 }
 
+TEST_CASE("only a role that grants listClusterUserCredential lets a caller connect", "[relay][management][security]") {
+  // carol's group holds Reader and a data-plane admin role on demo: she may
+  // read the resource, not fetch its connect token.
+  auto get = call("GET", "/subscriptions/" + std::string(sub) +
+                             "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/demo?api-version=2021-10-01",
+                  "carol", "");
+  CHECK(get.status == 200);
+  auto list = call("POST", credential_path("resourceGroups", "demo"), "carol");
+  CHECK(list.status == 403);
+  CHECK_THAT(nlohmann::json::parse(list.body)["error"]["message"].get<std::string>(),
+             Catch::Contains("listClusterUserCredential/action"));
+}
+
+TEST_CASE("role definitions: built-in Azure roles, the registry's own, and wildcards", "[relay][config][security]") {
+  auto config = parse_relay_config(nlohmann::json::parse(R"({
+    "role_definitions": [{"name": "Connector", "actions": ["Microsoft.Kubernetes/connectedClusters/*"],
+                          "not_actions": ["Microsoft.Kubernetes/connectedClusters/delete"]}]})"),
+                                   ".");
+  auto allows = [&](const std::string& role, std::string_view action) {
+    const RoleDefinition* r = config.role(role);
+    REQUIRE(r);
+    return r->allows(action);
+  };
+  CHECK(allows("Azure Arc Enabled Kubernetes Cluster User Role", action_list_credential));
+  CHECK(allows("Owner", action_list_credential));
+  CHECK_FALSE(allows("Reader", action_list_credential));
+  CHECK(allows("Reader", action_read));
+  CHECK_FALSE(allows("Azure Arc Kubernetes Cluster Admin", action_list_credential));
+  CHECK(allows("connector", action_list_credential));
+  CHECK_FALSE(allows("Connector", "Microsoft.Kubernetes/connectedClusters/delete"));
+  CHECK_FALSE(allows("Connector", "Microsoft.Kubernetes/connectedClustersX/read"));
+  CHECK(config.role("No Such Role") == nullptr);
+
+  auto refused = [](const char* text) {
+    try {
+      parse_relay_config(nlohmann::json::parse(text), ".");
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK_THAT(refused(R"({"clusters": [{"name": "c", "hybrid_connection": "c", "keys": [],
+                          "role_assignments": [{"principal": "p", "role": "Azure Arc Kubernetes Cluster User"}]}]})"),
+             Catch::Contains("clusters[0]") && Catch::Contains("is not defined"));
+  CHECK_THAT(refused(R"({"clusters": [{"name": "c", "hybrid_connection": "c", "keys": [],
+                          "role_assignments": [{"principal": "p"}]}]})"),
+             Catch::Contains("role"));
+  CHECK_THAT(refused(R"({"role_definitions": [{"name": "Owner", "actions": ["*"]}]})"), Catch::Contains("already defined"));
+}
+
+TEST_CASE("a key holds exactly one of listen and connect", "[relay][config][security]") {
+  auto parse = [](const char* rights) {
+    auto j = nlohmann::json::parse(std::string(R"({"clusters": [{"name": "c", "hybrid_connection": "c",
+                                                    "keys": [{"name": "k", "secret": "s", "rights": )") +
+                                   rights + "}]}]}");
+    try {
+      parse_relay_config(j, ".");
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK(parse(R"(["listen"])") == "accepted");
+  CHECK(parse(R"(["connect"])") == "accepted");
+  CHECK_THAT(parse(R"(["listen", "connect"])"), Catch::Contains("exactly one"));
+  CHECK_THAT(parse(R"([])"), Catch::Contains("exactly one"));
+  CHECK_THAT(parse(R"(["manage"])"), Catch::Contains("exactly one"));
+}
+
+TEST_CASE("connect tokens are signed for the configured public host, never the request's Host", "[relay][management][security]") {
+  auto r = call("POST", credential_path("resourceGroups", "demo"), "alice");
+  REQUIRE(r.status == 200);
+  auto token = nlohmann::json::parse(r.body)["hybridConnectionConfig"]["token"].get<std::string>();
+  auto parsed = parse_sas_token(token);
+  REQUIRE(parsed);
+  CHECK(parsed->resource == "https://relay.example:8443/clusters/" + std::string(sub) + "/sandbox/demo");
+  auto unset = call("POST", credential_path("resourceGroups", "demo"), "alice",
+                    R"({"authenticationMethod":"AAD","clientProxy":true})", "");
+  CHECK(unset.status == 503);
+  CHECK_THAT(unset.body, Catch::Contains("public_host"));
+}
+
 TEST_CASE("missing or invalid tokens get 401, unknown clusters 404, bad bodies 400", "[relay][management]") {
   auto none = call("POST", credential_path("resourceGroups", "demo"), "");
   CHECK(none.status == 401);
@@ -132,4 +221,29 @@ TEST_CASE("GET on the cluster resource answers the resource with its connectivit
   auto j = nlohmann::json::parse(r.body);
   CHECK(j["type"] == "Microsoft.Kubernetes/connectedClusters");
   CHECK(j["properties"]["connectivityStatus"] == "Connected");
+}
+
+TEST_CASE("the management API has its own audience and publishes it, never ARM's", "[relay][management][security]") {
+  for (const char* arm : {"https://management.azure.com/", "https://management.azure.com", "HTTPS://MANAGEMENT.CORE.WINDOWS.NET/",
+                          "https://management.usgovcloudapi.net/", "797f4846-ba00-4fd7-ba43-dac1f8f63013"})
+    CHECK(is_arm_audience(arm));
+  CHECK_FALSE(is_arm_audience("5e1a7000-0000-4000-8000-00000000c0de"));
+  CHECK_FALSE(is_arm_audience("https://management.azure.com.attacker.example/"));
+
+  ManagementOptions o;
+  o.public_host = "relay.example:8443";
+  o.audiences = {"5e1a7000-0000-4000-8000-00000000c0de"};
+  o.tenant = "tenant-1";
+  o.authority = "https://login.example";
+  auto api = make_management_api(std::make_shared<RelayConfig>(), o, std::make_shared<TableAuthenticator>(),
+                                 [](const std::string&) { return 0u; }, spdlog::default_logger());
+  std::optional<ManagementResponse> out;
+  api->handle(ManagementRequest{"GET", "/metadata/endpoints?api-version=2022-09-01", {}, ""},
+              [&](ManagementResponse r) { out = std::move(r); });
+  REQUIRE(out);
+  REQUIRE(out->status == 200);
+  auto j = nlohmann::json::parse(out->body);
+  CHECK(j["authentication"]["audiences"] == nlohmann::json::array({"5e1a7000-0000-4000-8000-00000000c0de"}));
+  CHECK(j["authentication"]["loginEndpoint"] == "https://login.example/");
+  CHECK(j["authentication"]["tenant"] == "tenant-1");
 }

@@ -100,3 +100,24 @@ TEST_CASE("token fields may come in any order", "[sas]") {
   std::string reordered = "SharedAccessSignature " + fields[3] + "&" + fields[2] + "&" + fields[0] + "&" + fields[1];
   CHECK(verify_sas_token(reordered, "https://ns.example.net/hc", keys("connect", "k1")).ok());
 }
+
+TEST_CASE("a token whose resource is not a plain path grants nothing", "[sas][security]") {
+  const auto later = Clock::now() + 1h;
+  // Each of these, if accepted, would normalise to a prefix of every path.
+  for (std::string resource : {"https://relay.example.com/?/clusters/a/b", "https://relay.example.com/#x",
+                               "https://relay.example.com/", "https://relay.example.com", "https://relay.example.com/clusters/../",
+                               "https://relay.example.com/clusters/%2e%2e/x", "https://relay.example.com/./clusters/a/b",
+                               "https://relay.example.com//clusters/a/b", "https://user@relay.example.com/clusters/a/b"}) {
+    auto tok = make_sas_token(resource, "connect", "k1", later);
+    auto v = verify_sas_token(tok, "https://relay.example.com/clusters/a/b", keys("connect", "k1"));
+    INFO(resource);
+    CHECK(v.error == SasError::wrong_resource);
+    CHECK(v.http_status == 403);
+  }
+  // The plain form, with or without a trailing slash, still verifies.
+  for (std::string resource : {"https://relay.example.com/clusters/a", "https://relay.example.com/clusters/a/"}) {
+    auto tok = make_sas_token(resource, "connect", "k1", later);
+    INFO(resource);
+    CHECK(verify_sas_token(tok, "https://relay.example.com/clusters/a/b", keys("connect", "k1")).ok());
+  }
+}
