@@ -26,7 +26,8 @@ using tcp = asio::ip::tcp;
 namespace {
 
 constexpr std::size_t header_limit = 16 * 1024;
-constexpr std::size_t body_limit = 1024 * 1024;
+// Management requests are small JSON documents; tunnel handshakes carry none.
+constexpr std::size_t body_limit = 16 * 1024;
 constexpr auto handshake_timeout = std::chrono::seconds(10);
 constexpr auto idle_timeout = std::chrono::seconds(60);
 
@@ -40,6 +41,7 @@ std::string_view status_code_name(unsigned status) {
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "NotFound";
+    case 413: return "RequestEntityTooLarge";
     case 429: return "TooManyRequests";
     case 503: return "ServiceUnavailable";
     default: return "Error";
@@ -122,13 +124,14 @@ class FrontEndImpl;
 
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
  public:
-  HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front);
+  HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front, std::string address);
   ~HttpConnection();
   void run();
 
  private:
   void on_tls(error_code ec);
   void do_read();
+  void on_header(error_code ec);
   void on_read(error_code ec);
   void route();
   void handle_tunnel();
@@ -150,6 +153,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   http::request<http::string_body> req_;
   std::shared_ptr<http::response<http::string_body>> res_;
   std::string peer_;
+  std::string address_;
 };
 
 class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<FrontEndImpl> {
@@ -192,6 +196,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
         error_code ignored;
         self->acceptor_.close(ignored);
       });
+      // The metrics listener stays up while the relay drains: /readyz says so.
     } catch (...) {
     }
   }
@@ -200,6 +205,24 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     std::lock_guard lock(mutex_);
     return api_;
   }
+  // Connections that are not tunnels, per client address: one address cannot
+  // take the whole pre-authentication budget.
+  bool admit(const std::string& address) {
+    std::lock_guard lock(mutex_);
+    auto& n = pending_by_address_[address];
+    if (n >= config_.limits.max_connections_per_address) {
+      if (n == 0) pending_by_address_.erase(address);
+      return false;
+    }
+    ++n;
+    return true;
+  }
+  void release(const std::string& address) {
+    std::lock_guard lock(mutex_);
+    auto it = pending_by_address_.find(address);
+    if (it != pending_by_address_.end() && --it->second == 0) pending_by_address_.erase(it);
+  }
+  Result<unsigned short> serve_metrics(const std::string& address, unsigned short port) override;
   bool ready() const noexcept { return ready_ && !switch_->draining(); }
   asio::ssl::context& tls() { return *tls_; }
   const RelayConfig& config() const { return config_; }
@@ -240,12 +263,19 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     acceptor_.async_accept(asio::make_strand(io_), [self = shared_from_this()](error_code ec, tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
       if (!ec) {
+        error_code e;
+        const auto address = socket.remote_endpoint(e).address().to_string();
         if (static_cast<std::size_t>(self->metrics_.connections_active.load()) >= self->config_.limits.max_connections) {
           self->logger_->warn("connection limit ({}) reached: refusing a connection", self->config_.limits.max_connections);
-          error_code ignored;
-          socket.close(ignored);
+          self->metrics_.handshake_failure("connection_limit");
+          socket.close(e);
+        } else if (!self->admit(address)) {
+          self->logger_->info("{} has {} connections that are not tunnels: refusing another", address,
+                              self->config_.limits.max_connections_per_address);
+          self->metrics_.handshake_failure("address_limit");
+          socket.close(e);
         } else {
-          std::make_shared<HttpConnection>(std::move(socket), self)->run();
+          std::make_shared<HttpConnection>(std::move(socket), self, address)->run();
         }
       } else {
         self->logger_->warn("accept: {}", ec.message());
@@ -263,16 +293,23 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   std::shared_ptr<spdlog::logger> logger_;
   mutable std::mutex mutex_;
   std::shared_ptr<ManagementApi> api_;
+  std::map<std::string, std::size_t> pending_by_address_;
+  std::shared_ptr<tcp::acceptor> metrics_acceptor_;
   std::atomic<bool> ready_{false};
   unsigned short port_ = 0;
 };
 
-HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front)
-    : stream_(std::move(socket), front->tls()), front_(std::move(front)) {
+HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front, std::string address)
+    : stream_(std::move(socket), front->tls()), front_(std::move(front)), address_(std::move(address)) {
   front_->metrics().connections_active.fetch_add(1);
 }
 
-HttpConnection::~HttpConnection() { front_->metrics().connections_active.fetch_sub(1); }
+// A connection that became a tunnel is counted by the tunnel switch from then
+// on; either way it leaves the pre-authentication budget here.
+HttpConnection::~HttpConnection() {
+  front_->metrics().connections_active.fetch_sub(1);
+  front_->release(address_);
+}
 
 void HttpConnection::run() {
   error_code ec;
@@ -298,14 +335,30 @@ void HttpConnection::do_read() {
   parser_->header_limit(header_limit);
   parser_->body_limit(body_limit);
   beast::get_lowest_layer(stream_).expires_after(idle_timeout);
-  http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+  http::async_read_header(stream_, buffer_, *parser_,
+                          [self = shared_from_this()](error_code ec, std::size_t) { self->on_header(ec); });
+}
+
+// The head decides what a body may be: none for a tunnel handshake (it is
+// refused before a byte of it is read), at most body_limit otherwise.
+void HttpConnection::on_header(error_code ec) {
+  if (ec) return on_read(ec);
+  std::string_view target = parser_->get().target();
+  const bool has_body = parser_->content_length().value_or(0) > 0 || parser_->chunked();
+  if (target.rfind("/$hc/", 0) == 0 && has_body) {
+    front_->metrics().handshake_failure("body");
+    req_ = {};
+    return respond_error(400, "a tunnel handshake carries no body");
+  }
+  http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code e, std::size_t) { self->on_read(e); });
 }
 
 void HttpConnection::on_read(error_code ec) {
   if (ec == http::error::end_of_stream) return do_close();
   if (ec == http::error::header_limit || ec == http::error::body_limit) {
     req_ = {};
-    return respond_error(ec == http::error::header_limit ? 431 : 413, "request too large");
+    return respond_error(ec == http::error::header_limit ? 431 : 413,
+                         ec == http::error::header_limit ? "request header too large" : "request body too large (limit 16 KiB)");
   }
   if (ec) return;  // timeout or a peer gone: nothing to answer
   req_ = parser_->release();
@@ -321,8 +374,7 @@ void HttpConnection::route() {
     if (front_->ready()) return respond(200, "text/plain", "ready\n");
     return respond(503, "text/plain", front_->tunnel_switch().draining() ? "draining\n" : "starting\n");
   }
-  if (req_.method() == http::verb::get && path == "/metrics")
-    return respond(200, "text/plain; version=0.0.4", front_->render_metrics());
+  // /metrics names every cluster: it is served on the metrics listener only.
   handle_management();
 }
 
@@ -358,6 +410,8 @@ void HttpConnection::handle_tunnel() {
   if (!offers_subprotocol(req_[http::field::sec_websocket_protocol]))
     return refuse(400, "no_subprotocol", std::string("Sec-WebSocket-Protocol must offer ") + tunnel::subprotocol);
   const TunnelSide side = action == "listen" ? TunnelSide::agent : TunnelSide::client;
+  if (front_->tunnel_switch().tunnel_count() >= config.limits.max_tunnels)
+    return refuse(503, "relay_full", "the relay holds its maximum of tunnels; retry later");
   if (side == TunnelSide::agent && !front_->tunnel_switch().may_add_agent(*cluster))
     return refuse(429, "tunnel_limit", "cluster " + cluster->name + " has its maximum of agent tunnels");
 
@@ -448,6 +502,83 @@ void HttpConnection::do_close() {
     error_code ignored;
     beast::get_lowest_layer(self->stream_).socket().close(ignored);
   });
+}
+
+// One request per connection, plain HTTP, GET only: what a Prometheus scraper
+// and a probe need, with a header limit and a timeout.
+class MetricsConnection : public std::enable_shared_from_this<MetricsConnection> {
+ public:
+  MetricsConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front)
+      : stream_(std::move(socket)), front_(std::move(front)) {}
+  void run() {
+    parser_.header_limit(8 * 1024);
+    parser_.body_limit(0);
+    stream_.expires_after(std::chrono::seconds(10));
+    http::async_read(stream_, buffer_, parser_, [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
+ private:
+  void on_read(error_code ec) {
+    if (ec == http::error::end_of_stream) return;
+    if (ec && ec != http::error::header_limit && ec != http::error::body_limit) return;
+    const auto& req = parser_.get();
+    const std::string_view path = ec ? std::string_view{} : req.target().substr(0, req.target().find('?'));
+    unsigned status = 404;
+    std::string body = "not found\n", type = "text/plain";
+    if (ec) {
+      status = 400, body = "bad request\n";
+    } else if (req.method() != http::verb::get) {
+      status = 405, body = "GET only\n";
+    } else if (path == "/metrics") {
+      status = 200, body = front_->render_metrics(), type = "text/plain; version=0.0.4";
+    } else if (path == "/healthz") {
+      status = 200, body = "ok\n";
+    } else if (path == "/readyz") {
+      const bool ready = front_->ready();
+      status = ready ? 200 : 503, body = ready ? "ready\n" : front_->tunnel_switch().draining() ? "draining\n" : "starting\n";
+    }
+    res_.result(static_cast<http::status>(status));
+    res_.version(11);
+    res_.set(http::field::content_type, type);
+    res_.body() = std::move(body);
+    res_.keep_alive(false);
+    res_.prepare_payload();
+    http::async_write(stream_, res_, [self = shared_from_this()](error_code, std::size_t) {
+      error_code ignored;
+      self->stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    });
+  }
+
+  beast::tcp_stream stream_;
+  std::shared_ptr<FrontEndImpl> front_;
+  beast::flat_buffer buffer_;
+  http::request_parser<http::empty_body> parser_;
+  http::response<http::string_body> res_;
+};
+
+Result<unsigned short> FrontEndImpl::serve_metrics(const std::string& address, unsigned short port) {
+  error_code ec;
+  auto addr = asio::ip::make_address(address, ec);
+  if (ec) return fail("metrics listener: '" + address + "' is not an IP address");
+  auto acceptor = std::make_shared<tcp::acceptor>(asio::make_strand(io_));
+  tcp::endpoint ep(addr, port);
+  acceptor->open(ep.protocol(), ec);
+  if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor->bind(ep, ec);
+  if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return fail("metrics listener " + address + ":" + std::to_string(port) + ": " + ec.message());
+  metrics_acceptor_ = acceptor;
+  struct Loop {
+    static void accept(std::shared_ptr<tcp::acceptor> a, std::shared_ptr<FrontEndImpl> fe) {
+      a->async_accept(asio::make_strand(fe->io_), [a, fe](error_code e, tcp::socket socket) {
+        if (e == asio::error::operation_aborted || !a->is_open()) return;
+        if (!e) std::make_shared<MetricsConnection>(std::move(socket), fe)->run();
+        accept(a, fe);
+      });
+    }
+  };
+  Loop::accept(acceptor, shared_from_this());
+  return acceptor->local_endpoint().port();
 }
 
 }  // namespace

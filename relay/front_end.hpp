@@ -36,6 +36,9 @@ class FrontEnd {
   virtual void set_ready(bool ready) noexcept = 0;
   // Stops accepting connections; thread-safe, idempotent.
   virtual void stop_accepting() noexcept = 0;
+  // A plain-HTTP listener for /metrics (which names every cluster), /healthz
+  // and /readyz, apart from the public port; returns its port.
+  virtual Result<unsigned short> serve_metrics(const std::string& address, unsigned short port) = 0;
 };
 
 }  // namespace clusterconnect::relay

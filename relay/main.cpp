@@ -49,8 +49,9 @@ TlsFiles make_dev_tls(const std::filesystem::path& dir) {
   return TlsFiles{server->cert, server->key, std::filesystem::absolute(dir / "ca.crt").string()};
 }
 
-void write_ready_file(const std::string& path, unsigned short port, const std::string& ca_file) {
+void write_ready_file(const std::string& path, unsigned short port, const std::string& ca_file, unsigned short metrics_port) {
   nlohmann::json j{{"port", port}, {"ca_file", ca_file}};
+  if (metrics_port) j["metrics_port"] = metrics_port;
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
@@ -146,10 +147,14 @@ int main(int argc, char** argv) try {
   app.add_flag("-v,--verbose", verbose_count, "More log output (repeat for trace)");
   std::string log_format = "text";
   app.add_option("--log-format", log_format, "Log format: text or json")->check(CLI::IsMember({"text", "json"}));
-  std::string config_file, listen, ready_file, dev_tls, cert_file, key_file, public_host;
+  std::string config_file, listen, ready_file, dev_tls, cert_file, key_file, public_host, metrics_listen;
   app.add_option("--config", config_file, "Relay configuration file (JSON): clusters, keys, limits")->check(CLI::ExistingFile);
   app.add_option("--listen", listen, "Listen address ADDRESS:PORT (port 0: any free port); default from the config or 127.0.0.1:8443");
-  app.add_option("--ready-file", ready_file, "When ready, write {\"port\":N,\"ca_file\":\"...\"} to this file");
+  app.add_option("--ready-file", ready_file,
+                 "When ready, write {\"port\":N,\"ca_file\":\"...\",\"metrics_port\":N} to this file");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "ADDRESS:PORT for /metrics, /healthz, /readyz over plain HTTP (port 0: any free port); /metrics names "
+                 "every cluster, so keep it off the public network. Default: from the config, else none");
   app.add_option("--dev-tls", dev_tls, "Development TLS: keep a self-signed CA in DIR and issue a server certificate for 127.0.0.1/localhost");
   app.add_option("--cert-file", cert_file, "Server certificate chain (PEM)");
   app.add_option("--key-file", key_file, "Server private key (PEM)");
@@ -178,6 +183,7 @@ int main(int argc, char** argv) try {
   if (!cert_file.empty()) config.cert_file = cert_file;
   if (!key_file.empty()) config.key_file = key_file;
   if (!public_host.empty()) config.public_host = public_host;
+  if (!metrics_listen.empty()) config.metrics_listen = metrics_listen;
   auto secs = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
   if (stream_window) config.limits.stream_window = *stream_window;
   if (tunnel_window) config.limits.tunnel_window = *tunnel_window;
@@ -222,6 +228,13 @@ int main(int argc, char** argv) try {
         "the management API needs public_host (--public-host HOST[:PORT]): the name clients dial, signed into every "
         "connect token");
   front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, tunnel_switch, *logger));
+  unsigned short metrics_port = 0;
+  if (!config.metrics_listen.empty()) {
+    auto [maddress, mport] = split_listen(config.metrics_listen);
+    auto served = front.value()->serve_metrics(maddress, mport);
+    if (!served) throw std::runtime_error(served.error());
+    metrics_port = served.value();
+  }
 
   // Shutdown: the signal handler only records the request; the main thread drains.
   std::mutex mutex;
@@ -242,8 +255,9 @@ int main(int argc, char** argv) try {
   logger->info("clusterconnect-relay {} listening on {}:{} ({} cluster(s))", CLUSTERCONNECT_VERSION, address, bound,
                config.clusters.size());
   std::printf("listening on %s:%u\n", address.c_str(), static_cast<unsigned>(bound));
+  if (metrics_port) std::printf("metrics on http://%s:%u/metrics\n", split_listen(config.metrics_listen).first.c_str(), static_cast<unsigned>(metrics_port));
   std::fflush(stdout);
-  if (!ready_file.empty()) write_ready_file(ready_file, bound, tls_files.ca_file);
+  if (!ready_file.empty()) write_ready_file(ready_file, bound, tls_files.ca_file, metrics_port);
 
   {
     std::unique_lock lock(mutex);

@@ -159,6 +159,7 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
   c.base_dir = base_dir;
   if (j.contains("listen")) c.listen = get_string(j, "listen", "relay config", true);
   c.public_host = get_string(j, "public_host", "relay config", false);
+  c.metrics_listen = get_string(j, "metrics_listen", "relay config", false);
   if (j.contains("tls")) {
     const auto& t = j["tls"];
     if (!t.is_object()) throw std::runtime_error("relay config: \"tls\" must be an object");
@@ -178,6 +179,8 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     read_number(l, "max_streams_per_tunnel", c.limits.max_streams_per_tunnel, where);
     read_number(l, "max_tunnels_per_cluster", c.limits.max_tunnels_per_cluster, where);
     read_number(l, "max_connections", c.limits.max_connections, where);
+    read_number(l, "max_connections_per_address", c.limits.max_connections_per_address, where);
+    read_number(l, "max_tunnels", c.limits.max_tunnels, where);
     read_ms(l, "ping_interval_ms", c.limits.ping_interval, where);
     read_ms(l, "idle_timeout_ms", c.limits.idle_timeout, where);
     read_ms(l, "open_timeout_ms", c.limits.open_timeout, where);

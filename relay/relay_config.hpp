@@ -68,7 +68,9 @@ struct RelayLimits {
   std::uint32_t tunnel_window = 16 * 1024 * 1024;
   std::size_t max_streams_per_tunnel = 4096;
   std::size_t max_tunnels_per_cluster = 25;  // as Azure Relay's listeners per hybrid connection
-  std::size_t max_connections = 10000;
+  std::size_t max_connections = 10000;           // TLS connections not (yet) tunnels: handshakes, management calls
+  std::size_t max_connections_per_address = 256;  // of those, from one client address
+  std::size_t max_tunnels = 10000;               // established tunnels, all clusters
   std::chrono::milliseconds ping_interval{15000};
   std::chrono::milliseconds idle_timeout{45000};
   std::chrono::milliseconds open_timeout{15000};
@@ -80,6 +82,7 @@ struct RelayConfig {
   std::string cert_file;
   std::string key_file;
   std::string public_host;  // host[:port] clients use; empty = the request's Host
+  std::string metrics_listen;  // ADDRESS:PORT of the plain-HTTP metrics listener; empty = none
   std::vector<ClusterEntry> clusters;
   std::vector<RoleDefinition> role_definitions;  // the registry's own, beside the built-in ones
   RelayLimits limits;

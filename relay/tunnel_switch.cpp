@@ -116,6 +116,11 @@ void TunnelSwitch::remove(const tunnel::Session* session) {
                  tunnels_.end());
 }
 
+std::size_t TunnelSwitch::tunnel_count() const {
+  std::lock_guard lock(mutex_);
+  return tunnels_.size();
+}
+
 unsigned TunnelSwitch::agent_tunnels(const std::string& hybrid_connection) const {
   const ClusterEntry* c = config_.cluster_by_path(hybrid_connection);
   if (!c) return 0;

@@ -46,6 +46,8 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   // checked by `verify`, it moves the expiry to the new token's (later only).
   void add_tunnel(TunnelSide side, const ClusterEntry& cluster, std::shared_ptr<tunnel::Session> session,
                   std::chrono::system_clock::time_point token_expiry, TokenVerifier verify);
+  // Tunnels registered, all clusters and sides.
+  std::size_t tunnel_count() const;
   // Live agent tunnels for a hybrid connection path (for the management API).
   unsigned agent_tunnels(const std::string& hybrid_connection) const;
 

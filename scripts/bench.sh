@@ -587,8 +587,8 @@ sys.stdout.buffer.write(b"\0".join(args) + b"\0")
 PY
 }
 
-relay_metric() {  # PORT CA NAME-PREFIX
-  curl -s --cacert "$2" --max-time 5 "https://127.0.0.1:$1/metrics" | awk -v m="$3" 'index($0, m) == 1 {print $NF; exit}'
+relay_metric() {  # METRICS_PORT NAME-PREFIX
+  curl -s --max-time 5 "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $NF; exit}'
 }
 
 start_relay_clone() {  # NAME: a second relay from the sb-api relay's command line, with room for the scale runs
@@ -596,10 +596,12 @@ start_relay_clone() {  # NAME: a second relay from the sb-api relay's command li
   mkdir -p "$d"
   local -a a=()
   mapfile -d '' a < <(clone_args "$(cat "$work/sb-api/pids/relay.pid")" --listen=127.0.0.1:0 --dev-tls="$d/tls" \
-    --ready-file="$d/ready.json" --max-streams-per-tunnel=16384 --max-tunnels-per-cluster=2048 --max-connections=30000)
+    --ready-file="$d/ready.json" --metrics-listen=127.0.0.1:0 --max-streams-per-tunnel=16384 --max-tunnels-per-cluster=2048 \
+    --max-connections=30000)
   spawn "$name" "${a[@]}"
   wait_file "$d/ready.json" 30 "${PID[$name]}" || { warn_log "relay clone $name did not start" "$name"; return 1; }
   RELAY_PORT="$(jget "$d/ready.json" port)"; RELAY_CA="$(jget "$d/ready.json" ca_file)"
+  RELAY_METRICS_PORT="$(jget "$d/ready.json" metrics_port)"
 }
 
 start_agent_clone() {  # NAME RELAY_PORT RELAY_CA TUNNELS AUDIT
@@ -674,7 +676,7 @@ run_scale() {
 
   log "scale: $agents agents x $agent_tunnels tunnels idle on one relay"
   start_relay_clone relay-tunnels || return 1
-  t_port="$RELAY_PORT"; t_ca="$RELAY_CA"
+  t_port="$RELAY_PORT"; t_ca="$RELAY_CA"; t_metrics="$RELAY_METRICS_PORT"
   sleep 1
   t0rss="$(rss "${PID[relay-tunnels]}")"
   apids=""
@@ -684,12 +686,12 @@ run_scale() {
   done
   want=$((agents * agent_tunnels)); have=0
   for i in $(seq 1 120); do
-    have="$(relay_metric "$t_port" "$t_ca" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
+    have="$(relay_metric "$t_metrics" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
     [ "${have:-0}" -ge "$want" ] && break
     sleep 0.5
   done
   sleep 1
-  have="$(relay_metric "$t_port" "$t_ca" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
+  have="$(relay_metric "$t_metrics" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
   t1rss="$(rss "${PID[relay-tunnels]}")"
   record clusterconnect tunnels "${have:-0}"
   [ "${have:-0}" -gt 0 ] && record clusterconnect tunnel_kb_relay "$(python3 -c "print(round(($t1rss-$t0rss)/$have, 2))")"

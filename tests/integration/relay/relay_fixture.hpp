@@ -68,7 +68,8 @@ class RelayProcess {
                                      "--config", (dir_.path() / "relay.json").string(),
                                      "--dev-tls", (dir_.path() / "tls").string(),
                                      "--listen", "127.0.0.1:" + std::to_string(port),
-                                     "--ready-file", ready_file().string()};
+                                     "--ready-file", ready_file().string(),
+                                     "--metrics-listen", "127.0.0.1:0"};
     args.insert(args.end(), extra_.begin(), extra_.end());
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -88,6 +89,7 @@ class RelayProcess {
       if (j.is_object() && j.contains("port")) {
         port_ = j["port"].get<unsigned short>();
         ca_file_ = j["ca_file"].get<std::string>();
+        metrics_port_ = j.value("metrics_port", static_cast<unsigned short>(0));
         return;
       }
       int status = 0;
@@ -120,6 +122,10 @@ class RelayProcess {
   }
 
   unsigned short port() const { return port_; }
+  // Plain HTTP: /metrics, /healthz, /readyz.
+  std::string metrics_url(const std::string& path = "/metrics") const {
+    return "http://127.0.0.1:" + std::to_string(metrics_port_) + path;
+  }
   const std::string& ca_file() const { return ca_file_; }
   std::string host() const { return "127.0.0.1:" + std::to_string(port_); }
   std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }
@@ -145,6 +151,7 @@ class RelayProcess {
   std::vector<std::string> extra_;
   pid_t pid_ = -1;
   unsigned short port_ = 0;
+  unsigned short metrics_port_ = 0;
   std::string ca_file_;
 };
 
