@@ -84,6 +84,72 @@ class Refresher {
   std::thread thread_;
 };
 
+// SIGINT, SIGTERM and SIGHUP while the proxy serves: the first one stops it;
+// with a child command running, each one is passed on to the child instead.
+// The handler runs on an I/O thread and the state it touches is shared with
+// it, so nothing it reaches lives on the stack of run_proxy(); stop() returns
+// only after the signal set was cancelled on the I/O context, so no handler
+// runs once the command has returned.
+class SignalWatch : public std::enable_shared_from_this<SignalWatch> {
+ public:
+  static std::shared_ptr<SignalWatch> start(asio::io_context& io) {
+    auto w = std::shared_ptr<SignalWatch>(new SignalWatch(io));
+    w->arm();
+    return w;
+  }
+
+  void forward_to(pid_t child) { child_.store(child); }
+
+  // Blocks until a signal asks the proxy to stop; returns the exit status.
+  int wait() {
+    std::unique_lock lock(mutex_);
+    cv_.wait(lock, [this] { return stop_requested_; });
+    return 0;
+  }
+
+  void stop() {
+    auto done = std::make_shared<std::promise<void>>();
+    auto finished = done->get_future();
+    asio::post(io_, [self = shared_from_this(), done] {
+      error_code ignored;
+      self->signals_.cancel(ignored);
+      self->signals_.clear(ignored);
+      done->set_value();
+    });
+    // The host's I/O threads run until the command returns; the bound only
+    // keeps a wedged I/O thread from hanging the exit (the state is shared,
+    // so a late cancellation is still safe).
+    finished.wait_for(std::chrono::seconds(10));
+  }
+
+ private:
+  explicit SignalWatch(asio::io_context& io) : io_(io), signals_(io, SIGINT, SIGTERM, SIGHUP) {}
+
+  void arm() {
+    signals_.async_wait([self = shared_from_this()](error_code ec, int sig) { self->on_signal(ec, sig); });
+  }
+
+  void on_signal(error_code ec, int sig) {
+    if (ec) return;
+    if (pid_t c = child_.load()) {
+      ::kill(c, sig);  // the command decides; we stop when it exits
+      return arm();
+    }
+    {
+      std::lock_guard lock(mutex_);
+      stop_requested_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  asio::io_context& io_;
+  asio::signal_set signals_;
+  std::atomic<pid_t> child_{0};
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_requested_ = false;
+};
+
 }  // namespace
 
 CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
@@ -309,38 +375,24 @@ int ProxyCommand::run_proxy() {
 
   // 7. Serve until a signal, or run the command.
   int rc = 0;
-  std::promise<int> stopped;
-  std::atomic<pid_t> child{0};
-  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
-  std::function<void(error_code, int)> on_signal = [&](error_code ec, int sig) {
-    if (ec) return;
-    if (pid_t c = child.load()) {
-      ::kill(c, sig);  // the command decides; we stop when it exits
-      signals.async_wait(on_signal);
-      return;
-    }
-    stopped.set_value(0);
-  };
-  signals.async_wait(on_signal);
+  auto signals = SignalWatch::start(io);
   if (ci_mode) {
     auto pid = spawn_with_kubeconfig(opts_.command, kubeconfig_path.string());
     if (!pid) {
       rc = 127;
       progress.failed(pid.error());
     } else {
-      child = pid.value();
+      signals->forward_to(pid.value());
       rc = wait_for_exit(pid.value());
-      child = 0;
+      signals->forward_to(0);
     }
   } else {
-    rc = stopped.get_future().get();
+    rc = signals->wait();
   }
 
-  // 8. Shut down: stop accepting, let in-flight requests finish briefly.
-  asio::post(io, [&] {
-    error_code ignored;
-    signals.cancel(ignored);
-  });
+  // 8. Shut down: stop watching signals, stop accepting, let in-flight
+  // requests finish briefly.
+  signals->stop();
   server.value()->close();
   for (int i = 0; i < 50 && policy->in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   client->close();
