@@ -27,6 +27,7 @@
 #include "clusterconnect/tls.hpp"
 #include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/transport.hpp"
+#include "listen_failure.hpp"
 #include "local_endpoint.hpp"
 #include "management_client.hpp"
 #include "progress.hpp"
@@ -291,7 +292,7 @@ int ProxyCommand::run_proxy() {
       logger);
   if (!server) {
     client->close();
-    return fail_with(server.error() + " (ClientProxyPortInUse?) — pick another port with --port; nothing was written");
+    return fail_with(listen_failure_message(probe_listen_error("127.0.0.1", opts_.port), "127.0.0.1", opts_.port, server.error()));
   }
   progress.done();
 

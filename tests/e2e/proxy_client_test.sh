@@ -3,7 +3,8 @@
 # (scripts/sandbox.sh): how it starts and stops.
 #
 # Usage: proxy_client_test.sh BIN_DIR lifecycle
-#   lifecycle  200 start/stop cycles (SIGTERM and SIGINT), each must exit 0
+#   lifecycle  200 start/stop cycles (SIGTERM and SIGINT), each must exit 0;
+#              listen failures
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle}"
@@ -84,6 +85,23 @@ lifecycle() {
   done
   [ $bad -eq 0 ] && pass "$cycles start/stop cycles by SIGTERM and SIGINT all exit 0" ||
     fail "$cycles start/stop cycles by SIGTERM and SIGINT all exit 0" "$bad cycles failed" "$first_bad"
+
+  # --- a port in use is ClientProxyPortInUse; nothing is written
+  "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/kubeconfig" --port 0 --ready-file "$work/busy.ready" \
+    >/dev/null 2>"$work/busy.err" &
+  local busy=$!
+  pids+=($busy)
+  if wait_file "$work/busy.ready" "$busy"; then
+    local port
+    port="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).server.split(":").pop())' "$work/busy.ready")"
+    check_fails "a port in use is ClientProxyPortInUse" "127.0.0.1:$port is already in use (ClientProxyPortInUse)" \
+      "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/other-kubeconfig" --port "$port"
+    [ ! -e "$work/other-kubeconfig" ] && pass "nothing is written when the port is in use" ||
+      fail "nothing is written when the port is in use"
+  else
+    fail "a proxy starts to hold a port" "$(cat "$work/busy.err")"
+  fi
+  kill -TERM "$busy" 2>/dev/null; wait "$busy" 2>/dev/null
 }
 
 case "$mode" in
