@@ -31,6 +31,7 @@
 #include "local_endpoint.hpp"
 #include "management_client.hpp"
 #include "progress.hpp"
+#include "token_refresher.hpp"
 
 namespace fs = std::filesystem;
 
@@ -52,38 +53,29 @@ fs::path default_kubeconfig() {
   return fs::path(home ? home : ".") / ".kube" / "config";
 }
 
-// Renews the forwarded access token and the relay connect token ahead of
-// their expiry, on its own thread (the credential calls block).
-class Refresher {
- public:
-  Refresher(std::chrono::seconds interval, std::function<void()> tick) : interval_(interval), tick_(std::move(tick)) {
-    thread_ = std::thread([this] {
-      std::unique_lock lock(mutex_);
-      while (!stop_) {
-        if (cv_.wait_for(lock, interval_, [this] { return stop_; })) break;
-        lock.unlock();
-        tick_();
-        lock.lock();
-      }
-    });
-  }
-  ~Refresher() {
-    {
-      std::lock_guard lock(mutex_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+// The relay refuses a tunnel whose connect token expired with HTTP 401.
+bool refused_for_token(error_code ec, const std::string& reason) {
+  return ec == asio::error::access_denied || reason.find("HTTP 401") != std::string::npos;
+}
 
- private:
-  std::chrono::seconds interval_;
-  std::function<void()> tick_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
-};
+// Opens a stream through the tunnel; when the relay refused the tunnel's
+// token, asks the refresher for a new one and tries once more.
+void open_stream(asio::io_context* io, std::shared_ptr<TunnelClient> client, std::weak_ptr<Refresher> refresher,
+                 http::ConnectHandler done, bool retried) {
+  client->async_open(OpenRequest{}, [io, client, refresher, done = std::move(done), retried](
+                                        error_code ec, StreamPtr s, std::string reason) mutable {
+    if (ec && !retried && refused_for_token(ec, reason)) {
+      if (auto r = refresher.lock()) {
+        auto pending = std::make_shared<http::ConnectHandler>(std::move(done));
+        r->renew_now([io, client, refresher, pending] {
+          asio::post(*io, [io, client, refresher, pending] { open_stream(io, client, refresher, std::move(*pending), true); });
+        });
+        return;
+      }
+    }
+    done(ec, std::move(s), std::move(reason));
+  });
+}
 
 // SIGINT, SIGTERM and SIGHUP while the proxy serves: the first one stops it;
 // with a child command running, each one is passed on to the child instead.
@@ -181,7 +173,8 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_flag("--allow-http-loopback-authority", opts_.allow_http_loopback_authority,
                 "Accept an http:// identity provider on a loopback address (local test setups only)")
       ->envname("CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY");
-  sub->add_option("--refresh-interval", opts_.refresh_seconds, "Seconds between token expiry checks")
+  sub->add_option("--refresh-interval", opts_.refresh_seconds,
+                  "Longest time in seconds between token checks (each token is also renewed at half its lifetime)")
       ->check(CLI::Range(1, 3600))->capture_default_str();
   sub->add_option("command", opts_.command, "After '--': run this command with KUBECONFIG set, then exit with its status");
   return sub;
@@ -248,12 +241,76 @@ int ProxyCommand::run_proxy() {
   if (!details) return fail_with(details.error());
   auto relay_token = std::make_shared<ForwardedToken>();
   relay_token->set(details->token);
+  auto relay_expiry = std::make_shared<std::atomic<std::chrono::system_clock::time_point>>(details->expires_on);
   progress.done("relay " + details->relay);
+
+  // Keep the tokens fresh: each one is renewed at renew_at() (half its
+  // lifetime, at most 5 minutes ahead for the access token and 10 for the
+  // relay token), whatever --refresh-interval says, and the relay token at
+  // once when the relay refused it.
+  using namespace std::chrono_literals;
+  auto forwarded_issued = std::chrono::system_clock::now();
+  auto relay_issued = forwarded_issued;
+  auto last_forced = std::chrono::system_clock::time_point{};
+  auto refresher = std::make_shared<Refresher>(std::chrono::seconds(opts_.refresh_seconds), [&, credential = credential.value()](
+                                                                                                bool forced) {
+    auto now = std::chrono::system_clock::now();
+    auto next_forwarded = std::chrono::system_clock::time_point::max();
+    if (!token_mode) {
+      if (now >= renew_at(forwarded_issued, forwarded_expiry, 5min)) {
+        if (auto t = credential->get_token(opts_.server_app_id)) {
+          forwarded->set(t->token);
+          forwarded_expiry = t->expires_on;
+          forwarded_issued = now;
+          logger->info("access token renewed; valid until {}", std::chrono::system_clock::to_time_t(t->expires_on));
+        } else {
+          logger->warn("cannot renew the access token: {}", t.error());
+        }
+      }
+      next_forwarded = renew_at(forwarded_issued, forwarded_expiry, 5min);
+      if (next_forwarded <= now) next_forwarded = now + 2s;  // failed: try again shortly
+    }
+    // A refused token forces a renewal, at most one every 2 s however many
+    // requests were refused.
+    const bool force_relay = forced && now - last_forced >= 2s;
+    if (force_relay || now >= renew_at(relay_issued, details->expires_on, 10min)) {
+      if (force_relay) last_forced = now;
+      auto mt = credential->get_token(opts_.management_resource);
+      if (!mt) {
+        logger->warn("cannot renew the relay token: {}", mt.error());
+      } else if (auto d = list_cluster_user_credential(mgmt, cluster, mt->token, token_mode)) {
+        relay_token->set(d->token);
+        details->expires_on = d->expires_on;
+        relay_expiry->store(d->expires_on);
+        relay_issued = now;
+        logger->info("relay token renewed; valid until {}", std::chrono::system_clock::to_time_t(d->expires_on));
+      } else {
+        logger->warn("cannot renew the relay token: {}", d.error());
+      }
+    }
+    auto next_relay = renew_at(relay_issued, details->expires_on, 10min);
+    if (next_relay <= now) next_relay = now + 2s;
+    return std::min(next_forwarded, next_relay);
+  });
+  // Stopped before the state its renewals use goes out of scope, whoever
+  // holds the last reference.
+  struct StopRefresher {
+    std::shared_ptr<Refresher> r;
+    ~StopRefresher() { r->stop(); }
+  } stop_refresher{refresher};
+  std::weak_ptr<Refresher> weak_refresher = refresher;
+
 
   // 3. Dial the relay.
   progress.begin("dial", "Connecting to the relay");
   RelayEndpoint endpoint{"wss://" + details->relay + "/$hc/" + details->hybrid_connection, opts_.ca_file, false};
-  auto client = transport->dial(endpoint, [relay_token] { return relay_token->get(); });
+  // The tunnel asks for the token before every dial and renewal; one that has
+  // expired is renewed at once (the refresher may have failed or be late).
+  auto client = transport->dial(endpoint, [relay_token, details_expiry = relay_expiry, weak_refresher] {
+    if (std::chrono::system_clock::now() >= details_expiry->load())
+      if (auto r = weak_refresher.lock()) r->renew_now(nullptr);
+    return relay_token->get();
+  });
   if (!client) return fail_with("the transport module could not dial " + endpoint.url);
   {
     std::promise<error_code> connected;
@@ -280,10 +337,11 @@ int ProxyCommand::run_proxy() {
   if (!server_ctx) return fail_with("local TLS: " + server_ctx.error());
   const std::string secret = random_secret();
   auto policy = std::make_shared<LocalPolicy>(secret, forwarded, logger);
-  http::UpstreamConnector connector = [client](http::ConnectHandler done) {
-    client->async_open(OpenRequest{}, [done = std::move(done)](error_code ec, StreamPtr s, std::string reason) mutable {
-      done(ec, std::move(s), std::move(reason));
-    });
+  // A stream the relay refuses because the tunnel's connect token expired
+  // (HTTP 401 on a redial) is opened once more after the refresher fetched
+  // a new token from the management API.
+  http::UpstreamConnector connector = [io = &io, client, weak_refresher](http::ConnectHandler done) {
+    open_stream(io, client, weak_refresher, std::move(done), false);
   };
   http::Limits limits;
   auto server = tls::TlsServer::listen(
@@ -338,41 +396,6 @@ int ProxyCommand::run_proxy() {
                        << "\n";
     std::rename(tmp.c_str(), opts_.ready_file.c_str());
   }
-
-  // 6. Keep the tokens fresh.
-  // Renew ahead of expiry: 5 minutes before (10 for the relay token), or at
-  // half the lifetime when tokens are shorter than that.
-  auto due = [](std::chrono::system_clock::time_point issued, std::chrono::system_clock::time_point expires,
-                std::chrono::system_clock::duration ahead, std::chrono::system_clock::time_point now) {
-    return expires - now < std::min(ahead, (expires - issued) / 2);
-  };
-  auto forwarded_issued = std::chrono::system_clock::now();
-  auto relay_issued = forwarded_issued;
-  Refresher refresher(std::chrono::seconds(opts_.refresh_seconds), [&, credential = credential.value()] {
-    auto now = std::chrono::system_clock::now();
-    if (!token_mode && due(forwarded_issued, forwarded_expiry, std::chrono::minutes(5), now)) {
-      if (auto t = credential->get_token(opts_.server_app_id)) {
-        forwarded->set(t->token);
-        forwarded_expiry = t->expires_on;
-        forwarded_issued = now;
-        logger->info("access token renewed; valid until {}", std::chrono::system_clock::to_time_t(t->expires_on));
-      } else {
-        logger->warn("cannot renew the access token: {}", t.error());
-      }
-    }
-    if (due(relay_issued, details->expires_on, std::chrono::minutes(10), now)) {
-      auto mt = credential->get_token(opts_.management_resource);
-      if (!mt) return logger->warn("cannot renew the relay token: {}", mt.error());
-      if (auto d = list_cluster_user_credential(mgmt, cluster, mt->token, token_mode)) {
-        relay_token->set(d->token);
-        details->expires_on = d->expires_on;
-        relay_issued = now;
-        logger->info("relay token renewed");
-      } else {
-        logger->warn("cannot renew the relay token: {}", d.error());
-      }
-    }
-  });
 
   // 7. Serve until a signal, or run the command.
   int rc = 0;

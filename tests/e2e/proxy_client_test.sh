@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The proxy (connectedk8s proxy) as a process, against the local sandbox
-# (scripts/sandbox.sh): how it starts and stops.
+# (scripts/sandbox.sh): how it starts and stops, and relay connect tokens at
+# the shortest lifetime the relay's management API issues (30 s).
 #
-# Usage: proxy_client_test.sh BIN_DIR lifecycle
+# Usage: proxy_client_test.sh BIN_DIR lifecycle|renewal
 #   lifecycle  200 start/stop cycles (SIGTERM and SIGINT), each must exit 0;
 #              listen failures
+#   renewal    30 s connect tokens: a `kubectl logs -f` opened first keeps
+#              streaming across several token lifetimes, and new requests
+#              keep working, with the default --refresh-interval
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle}"
-mode="${2:?usage: proxy_client_test.sh BIN_DIR lifecycle}"
+bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal}"
+mode="${2:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal}"
 work="$(mktemp -d /tmp/cc-proxy.XXXXXX)"
 sandbox="$work/sandbox"
 pids=()
@@ -59,6 +63,7 @@ wait_exit() {
   return 255
 }
 
+if [ "$mode" = renewal ]; then export SANDBOX_CONNECT_TOKEN_SECONDS=30; fi
 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
 # shellcheck disable=SC1091
 source "$sandbox/env.sh"
@@ -104,8 +109,55 @@ lifecycle() {
   kill -TERM "$busy" 2>/dev/null; wait "$busy" 2>/dev/null
 }
 
+renewal() {
+  # The default --refresh-interval (60 s) is longer than the token's life:
+  # the proxy must schedule the renewal by the token's expiry, not the tick.
+  local kc="$work/kubeconfig"
+  "$bin/connectedk8s" -v proxy -n demo -g sandbox -f "$kc" --port 0 --ready-file "$work/proxy.ready" \
+    >"$work/proxy.out" 2>"$work/proxy.err" &
+  local proxy_pid=$!
+  pids+=($proxy_pid)
+  if wait_file "$work/proxy.ready" "$proxy_pid"; then pass "proxy starts with 30 s relay connect tokens"; else
+    fail "proxy starts with 30 s relay connect tokens" "$(cat "$work/proxy.err")"; return; fi
+  export KUBECONFIG="$kc"
+
+  timeout 150 kubectl logs -f web-0 >"$work/long-logs.out" 2>&1 &
+  local long_logs=$!
+  pids+=($long_logs)
+  # Four token lifetimes; a request every 10 s, each must work.
+  local deadline=$((SECONDS + 120)) n=0 req_failures=0 last=""
+  while [ $SECONDS -lt $deadline ]; do
+    n=$((n + 1))
+    out="$(timeout 30 kubectl get ns 2>&1)" || { req_failures=$((req_failures + 1)); last="$out"; }
+    sleep 10
+  done
+  [ $req_failures -eq 0 ] && pass "every request over 4 token lifetimes works ($n requests)" ||
+    fail "every request over 4 token lifetimes works" "$req_failures of $n failed" "$last"
+  check "a request after 4 token lifetimes works" "default" kubectl get ns
+  if kill -0 "$long_logs" 2>/dev/null; then
+    local before after
+    before=$(wc -l <"$work/long-logs.out")
+    for _ in $(seq 1 50); do after=$(wc -l <"$work/long-logs.out"); [ "$after" -gt "$before" ] && break; sleep 0.1; done
+    [ "$after" -gt "$before" ] && pass "kubectl logs -f opened first still streams after 4 token lifetimes" ||
+      fail "kubectl logs -f opened first still streams after 4 token lifetimes" "$(tail -3 "$work/long-logs.out")"
+  else
+    fail "kubectl logs -f opened first still streams after 4 token lifetimes" "it ended:" "$(tail -5 "$work/long-logs.out")"
+  fi
+  kill "$long_logs" 2>/dev/null; wait "$long_logs" 2>/dev/null
+  local renewals
+  renewals=$(grep -c "relay token renewed" "$work/proxy.err")
+  [ "$renewals" -ge 3 ] && pass "the proxy renewed the relay connect token ($renewals times)" ||
+    fail "the proxy renewed the relay connect token at least 3 times" "$renewals" "$(tail -5 "$work/proxy.err")"
+  if grep -q "token expired" "$work/proxy.err" "$sandbox/logs/relay.log"; then
+    fail "no tunnel reached its token's expiry" "$(grep -h "token expired" "$work/proxy.err" "$sandbox/logs/relay.log" | head -3)"
+  else
+    pass "no tunnel reached its token's expiry"
+  fi
+}
+
 case "$mode" in
   lifecycle) lifecycle ;;
+  renewal) renewal ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 
