@@ -158,8 +158,11 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_option("--kube-context", opts_.kube_context, "Name of the kubeconfig context (default: the cluster name)");
   sub->add_option("--endpoint", opts_.endpoint, "Relay management endpoint, https://HOST[:PORT]")
       ->envname("CONNECTEDK8S_ENDPOINT");
-  sub->add_option("--ca-file", opts_.ca_file, "CA bundle that verifies the relay (default: system store)")
+  sub->add_option("--ca-file", opts_.ca_file, "CA bundle that verifies the relay (default: $SSL_CERT_FILE, else the system store)")
       ->envname("CONNECTEDK8S_CA_FILE");
+  sub->add_option("--authority-ca-file", opts_.authority_ca_file,
+                  "CA bundle that verifies the identity provider (default: $SSL_CERT_FILE, else the system store)")
+      ->envname("CONNECTEDK8S_AUTHORITY_CA_FILE");
   sub->add_option("--ready-file", opts_.ready_file, "Write this file (JSON) once the proxy is ready");
   sub->add_option("-o,--output", opts_.output, "Progress format on stderr: text or json (with --log-format json, every stderr line is JSON)")
       ->check(CLI::IsMember({"text", "json"}));
@@ -216,6 +219,7 @@ int ProxyCommand::run_proxy() {
   progress.begin("sign-in", "Signing in to Microsoft Entra ID");
   nlohmann::json cred_options{{"method", opts_.auth_method},
                               {"allow_http_loopback", opts_.allow_http_loopback_authority},
+                              {"ca_file", opts_.authority_ca_file},
                               {"device_code_prompt", opts_.output == "json" ? "json" : "text"}};
   auto credential = credential_cap->create(cred_options);
   if (!credential) return fail_with(credential.error());

@@ -21,6 +21,7 @@ struct ProxyOptions {
   std::string kube_context;
   std::string endpoint;       // relay management endpoint
   std::string ca_file;        // CA bundle for the relay (default: system store)
+  std::string authority_ca_file;  // CA bundle for the identity provider (default: system store)
   std::string ready_file;
   std::string output = "text";
   std::string auth_method = "auto";
