@@ -176,7 +176,14 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
 }
 
 EntraCredential::EntraCredential(CredentialConfig config) : config_(std::move(config)), http_(config_.http) {
-  if (!config_.cache_file.empty()) disk_.emplace(config_.cache_file);
+  if (!config_.cache_file.empty()) {
+    disk_.emplace(config_.cache_file);
+    if (auto ok = disk_->usable(); !ok) {
+      std::fprintf(stderr, "connectedk8s: warning: %s; signing in without a token cache\n", ok.error().c_str());
+      std::fflush(stderr);
+      disk_.reset();
+    }
+  }
   if (!config_.clock) config_.clock = [] { return std::chrono::system_clock::now(); };
   if (!config_.sleep) config_.sleep = [](std::chrono::seconds d) { std::this_thread::sleep_for(d); };
   if (!config_.device_code_prompt) config_.device_code_prompt = &print_prompt;

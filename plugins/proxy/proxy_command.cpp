@@ -1,12 +1,16 @@
 #include "proxy_command.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <iostream>
@@ -51,6 +55,41 @@ fs::path default_kubeconfig() {
   }
   const char* home = std::getenv("HOME");
   return fs::path(home ? home : ".") / ".kube" / "config";
+}
+
+// The service-account token from a file, or from standard input for "-":
+// surrounding whitespace removed, at most 64 KiB, not empty.
+Result<std::string> read_token_file(const std::string& path) {
+  constexpr std::size_t max_token_size = 64 * 1024;
+  const std::string what = path == "-" ? std::string("standard input") : "the token file " + path;
+  std::string token;
+  int fd = path == "-" ? STDIN_FILENO : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail("cannot read " + what + " (--token-file): " + std::strerror(errno));
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      if (fd != STDIN_FILENO) ::close(fd);
+      return fail("cannot read " + what + " (--token-file): " + std::strerror(err));
+    }
+    if (n == 0) break;
+    token.append(buf, static_cast<std::size_t>(n));
+    if (token.size() > max_token_size) {
+      if (fd != STDIN_FILENO) ::close(fd);
+      return fail(what + " (--token-file) is larger than 64 KiB: it should hold one bearer token");
+    }
+  }
+  if (fd != STDIN_FILENO) ::close(fd);
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  std::size_t start = 0;
+  while (start < token.size() && std::isspace(static_cast<unsigned char>(token[start]))) ++start;
+  token.erase(0, start);
+  if (token.empty()) return fail(what + " (--token-file) is empty: it should hold the service-account bearer token");
+  if (token.find_first_of(" \t\r\n") != std::string::npos)
+    return fail(what + " (--token-file) holds more than one line or word: it should hold one bearer token");
+  return token;
 }
 
 // The relay refuses a tunnel whose connect token expired with HTTP 401.
@@ -150,7 +189,11 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_option("-n,--name", opts_.name, "Name of the connected cluster")->required();
   sub->add_option("-g,--resource-group", opts_.resource_group, "Resource group of the connected cluster")->required();
   sub->add_option("--subscription", opts_.subscription, "Subscription ID")->envname("AZURE_SUBSCRIPTION_ID");
-  sub->add_option("--token", opts_.token, "Service-account bearer token: forwarded unchanged instead of your Entra token");
+  sub->add_option("--token", opts_.token,
+                  "Service-account bearer token: forwarded unchanged instead of your Entra token (other local users can "
+                  "read it in the process list: prefer --token-file)");
+  sub->add_option("--token-file", opts_.token_file,
+                  "File holding the service-account bearer token ('-': read it from standard input)");
   sub->add_option("-f,--file", opts_.file,
                   "Kubeconfig to update (default: $KUBECONFIG's first path or ~/.kube/config; '-' prints it)");
   sub->add_option("--port", opts_.port, "Local port for the API-server endpoint (0: any free port)")->check(CLI::Range(0, 65535))
@@ -199,6 +242,22 @@ int ProxyCommand::run_proxy() {
   auto& io = host_.io_context();
   const auto& caps = host_.capabilities();
   Progress progress(opts_.output == "json");
+  if (!opts_.token.empty() && !opts_.token_file.empty()) {
+    progress.failed("--token and --token-file both give the service-account token: use one of them");
+    return 1;
+  }
+  if (!opts_.token_file.empty()) {
+    auto t = read_token_file(opts_.token_file);
+    if (!t) {
+      progress.failed(t.error());
+      return 1;
+    }
+    opts_.token = std::move(t.value());
+  } else if (!opts_.token.empty()) {
+    logger->warn(
+        "--token puts the service-account token on the command line, where other local users can read it (ps, "
+        "/proc); use --token-file FILE, or --token-file - to read it from standard input");
+  }
   const bool token_mode = !opts_.token.empty();
   const bool ci_mode = !opts_.command.empty();
   const std::string context = opts_.kube_context.empty() ? opts_.name : opts_.kube_context;
@@ -405,7 +464,8 @@ int ProxyCommand::run_proxy() {
   int rc = 0;
   auto signals = SignalWatch::start(io);
   if (ci_mode) {
-    auto pid = spawn_with_kubeconfig(opts_.command, kubeconfig_path.string());
+    auto pid = spawn_with_kubeconfig(opts_.command, kubeconfig_path.string(),
+                                     {forwarded->get(), relay_token->get(), management_token->token});
     if (!pid) {
       rc = 127;
       progress.failed(pid.error());

@@ -15,7 +15,8 @@ struct ProxyOptions {
   std::string name;
   std::string resource_group;
   std::string subscription;
-  std::string token;          // service-account mode
+  std::string token;          // service-account mode (visible in the process list)
+  std::string token_file;     // service-account mode: file holding the token, "-" for stdin
   std::string file;           // kubeconfig path, "-" for stdout
   unsigned port = 47011;
   std::string kube_context;

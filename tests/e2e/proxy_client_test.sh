@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The proxy (connectedk8s proxy) as a process, against the local sandbox
-# (scripts/sandbox.sh): how it starts and stops, and relay connect tokens at
-# the shortest lifetime the relay's management API issues (30 s).
+# (scripts/sandbox.sh): how it starts and stops, its flags for secrets, what
+# its child command inherits, and relay connect tokens at the shortest
+# lifetime the relay's management API issues (30 s).
 #
 # Usage: proxy_client_test.sh BIN_DIR lifecycle|renewal
 #   lifecycle  200 start/stop cycles (SIGTERM and SIGINT), each must exit 0;
-#              listen failures
+#              listen failures; --token-file; the child's environment
 #   renewal    30 s connect tokens: a `kubectl logs -f` opened first keeps
 #              streaming across several token lifetimes, and new requests
 #              keep working, with the default --refresh-interval
@@ -107,6 +108,37 @@ lifecycle() {
     fail "a proxy starts to hold a port" "$(cat "$work/busy.err")"
   fi
   kill -TERM "$busy" 2>/dev/null; wait "$busy" 2>/dev/null
+
+  # --- the service-account token from a file or standard input, not argv
+  printf '%s\n' "$SANDBOX_CI_TOKEN" >"$work/sa.token"; chmod 600 "$work/sa.token"
+  check "--token-file FILE: the command runs as the service account" "system:serviceaccount:default:ci" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token-file "$work/sa.token" -- kubectl auth whoami
+  check "--token-file -: the token from standard input" "system:serviceaccount:default:ci" \
+    sh -c "printf '%s\n' '$SANDBOX_CI_TOKEN' | env -u KUBECONFIG '$bin/connectedk8s' proxy -n demo -g sandbox --port 0 --token-file - -- kubectl auth whoami"
+  check_fails "--token-file with an empty file is refused" "is empty" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token-file /dev/null -- true
+  check_fails "--token and --token-file together are refused" "use one of them" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token x --token-file "$work/sa.token" -- true
+  check "--token still works and warns that the token is visible" "other local users can read it" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token "$SANDBOX_CI_TOKEN" -- kubectl auth whoami
+
+  # --- the command after -- inherits no credential
+  local envout
+  envout="$(env -u KUBECONFIG SA_TOKEN="$SANDBOX_CI_TOKEN" AZURE_CLIENT_CERTIFICATE_PASSWORD=pw AZURE_FEDERATED_TOKEN=fed \
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN=gh KEEP_ME=1 timeout 60 "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 \
+    --token-file "$work/sa.token" -- env 2>/dev/null)"
+  if [[ "$envout" == *"KEEP_ME=1"* && "$envout" == *"KUBECONFIG="* && "$envout" == *"AZURE_CLIENT_ID="* ]]; then
+    pass "the command inherits the rest of the environment"
+  else
+    fail "the command inherits the rest of the environment" "$envout"
+  fi
+  local leaked=""
+  for v in AZURE_CLIENT_SECRET AZURE_CLIENT_CERTIFICATE_PASSWORD AZURE_FEDERATED_TOKEN ACTIONS_ID_TOKEN_REQUEST_TOKEN SA_TOKEN; do
+    grep -q "^$v=" <<<"$envout" && leaked="$leaked $v"
+  done
+  grep -qF "$SANDBOX_CI_TOKEN" <<<"$envout" && leaked="$leaked (the service-account token's value)"
+  grep -qF "$AZURE_CLIENT_SECRET" <<<"$envout" && leaked="$leaked (the client secret's value)"
+  [ -z "$leaked" ] && pass "the command inherits no credential variable" || fail "the command inherits no credential variable" "$leaked"
 }
 
 renewal() {
