@@ -35,6 +35,7 @@
 #include "local_endpoint.hpp"
 #include "management_client.hpp"
 #include "progress.hpp"
+#include "stream_opener.hpp"
 #include "token_refresher.hpp"
 
 namespace fs = std::filesystem;
@@ -90,30 +91,6 @@ Result<std::string> read_token_file(const std::string& path) {
   if (token.find_first_of(" \t\r\n") != std::string::npos)
     return fail(what + " (--token-file) holds more than one line or word: it should hold one bearer token");
   return token;
-}
-
-// The relay refuses a tunnel whose connect token expired with HTTP 401.
-bool refused_for_token(error_code ec, const std::string& reason) {
-  return ec == asio::error::access_denied || reason.find("HTTP 401") != std::string::npos;
-}
-
-// Opens a stream through the tunnel; when the relay refused the tunnel's
-// token, asks the refresher for a new one and tries once more.
-void open_stream(asio::io_context* io, std::shared_ptr<TunnelClient> client, std::weak_ptr<Refresher> refresher,
-                 http::ConnectHandler done, bool retried) {
-  client->async_open(OpenRequest{}, [io, client, refresher, done = std::move(done), retried](
-                                        error_code ec, StreamPtr s, std::string reason) mutable {
-    if (ec && !retried && refused_for_token(ec, reason)) {
-      if (auto r = refresher.lock()) {
-        auto pending = std::make_shared<http::ConnectHandler>(std::move(done));
-        r->renew_now([io, client, refresher, pending] {
-          asio::post(*io, [io, client, refresher, pending] { open_stream(io, client, refresher, std::move(*pending), true); });
-        });
-        return;
-      }
-    }
-    done(ec, std::move(s), std::move(reason));
-  });
 }
 
 // SIGINT, SIGTERM and SIGHUP while the proxy serves: the first one stops it;
