@@ -43,11 +43,6 @@ namespace fs = std::filesystem;
 namespace clusterconnect::proxy {
 namespace {
 
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? v : fallback;
-}
-
 fs::path default_kubeconfig() {
   if (const char* k = std::getenv("KUBECONFIG"); k && *k) {
     std::string first(k);
