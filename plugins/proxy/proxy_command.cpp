@@ -279,10 +279,10 @@ int ProxyCommand::run_proxy() {
   auto relay_expiry = std::make_shared<std::atomic<std::chrono::system_clock::time_point>>(details->expires_on);
   progress.done("relay " + details->relay);
 
-  // Keep the tokens fresh: each one is renewed at renew_at() (half its
-  // lifetime, at most 5 minutes ahead for the access token and 10 for the
-  // relay token), whatever --refresh-interval says, and the relay token at
-  // once when the relay refused it.
+  // Keep the tokens fresh: each one is renewed at renew_at() (5 minutes
+  // before expiry for the access token, 10 for the relay token, or at half
+  // the lifetime of a shorter-lived one), whatever --refresh-interval says,
+  // and the relay token at once when the relay refused it.
   using namespace std::chrono_literals;
   auto forwarded_issued = std::chrono::system_clock::now();
   auto relay_issued = forwarded_issued;

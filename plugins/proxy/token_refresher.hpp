@@ -16,9 +16,9 @@ namespace clusterconnect::proxy {
 using SystemTime = std::chrono::system_clock::time_point;
 
 // When to renew a token issued at `issued` that expires at `expires`: `ahead`
-// of its expiry, or at half its lifetime when that comes sooner (a 30 s relay
-// token is renewed 15 s after it was issued, a one-hour one 10 minutes before
-// it expires).
+// of its expiry, or at half its lifetime when it lives less than twice
+// `ahead` (with 10 minutes ahead, a 30 s relay token is renewed 15 s after it
+// was issued, a one-hour one 10 minutes before it expires).
 SystemTime renew_at(SystemTime issued, SystemTime expires, std::chrono::seconds ahead);
 
 class Refresher {
