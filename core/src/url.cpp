@@ -1,5 +1,7 @@
 #include "clusterconnect/url.hpp"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -20,8 +22,16 @@ int hex_value(char c) {
 
 }  // namespace
 
+// Only a literal IPv4 address in 127.0.0.0/8, the IPv6 loopback address or
+// the name "localhost": a name that merely starts with "127." (such as
+// 127.attacker.example) is resolved by DNS and may point anywhere.
 bool Url::is_loopback_host() const {
-  return host == "127.0.0.1" || host == "::1" || host == "localhost" || host.rfind("127.", 0) == 0;
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
+  return false;
 }
 
 std::string Url::authority() const {

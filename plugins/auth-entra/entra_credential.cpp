@@ -21,8 +21,6 @@ constexpr const char* jwt_bearer = "urn:ietf:params:oauth:client-assertion-type:
 constexpr const char* device_code_grant = "urn:ietf:params:oauth:grant-type:device_code";
 constexpr std::size_t max_federated_token_size = 64 * 1024;
 
-long long unix_now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
-
 std::string env_or(const nlohmann::json& o, const char* option, const char* variable) {
   if (o.contains(option) && o[option].is_string() && !o[option].get<std::string>().empty()) return o[option].get<std::string>();
   const char* v = std::getenv(variable);
@@ -178,8 +176,21 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
 }
 
 EntraCredential::EntraCredential(CredentialConfig config) : config_(std::move(config)), http_(config_.http) {
-  if (!config_.cache_file.empty()) disk_.emplace(config_.cache_file);
+  if (!config_.cache_file.empty()) {
+    disk_.emplace(config_.cache_file);
+    if (auto ok = disk_->usable(); !ok) {
+      std::fprintf(stderr, "connectedk8s: warning: %s; signing in without a token cache\n", ok.error().c_str());
+      std::fflush(stderr);
+      disk_.reset();
+    }
+  }
+  if (!config_.clock) config_.clock = [] { return std::chrono::system_clock::now(); };
+  if (!config_.sleep) config_.sleep = [](std::chrono::seconds d) { std::this_thread::sleep_for(d); };
   if (!config_.device_code_prompt) config_.device_code_prompt = &print_prompt;
+}
+
+long long EntraCredential::now() const {
+  return std::chrono::duration_cast<std::chrono::seconds>(config_.clock().time_since_epoch()).count();
 }
 
 Result<EntraCredential::Endpoints> EntraCredential::endpoints() {
@@ -275,7 +286,7 @@ Result<EntraCredential::Acquired> EntraCredential::device_code(const std::string
   const auto deadline = std::chrono::steady_clock::now() + prompt.expires_in;
   const std::string body = form_encode({{"grant_type", device_code_grant}, {"client_id", config_.client_id}, {"device_code", device_code}});
   for (;;) {
-    std::this_thread::sleep_for(std::chrono::seconds(interval));
+    config_.sleep(std::chrono::seconds(interval));
     if (std::chrono::steady_clock::now() > deadline) return fail("the sign-in code expired before sign-in finished; run the command again");
     auto p = http_.post_form(ep.token, body);
     if (!p) return fail("device-code sign-in: " + p.error());
@@ -307,7 +318,7 @@ Result<EntraCredential::Acquired> EntraCredential::azure_cli(const std::string& 
   Acquired a;
   a.access_token = t->access_token;
   expires_on = t->expires_on;
-  a.expires_in = std::max(1LL, t->expires_on - unix_now());
+  a.expires_in = std::max(1LL, t->expires_on - now());
   return a;
 }
 
@@ -321,8 +332,7 @@ Result<AccessToken> EntraCredential::get_token(const std::string& resource) noex
     // The Azure CLI keeps its own cache; ours would only hold a copy on disk.
     if (!cached && disk_ && config_.method != "azure-cli") cached = disk_->load(key);
 
-    const long long now = unix_now();
-    if (cached && !cached->access_token.empty() && now < cached->expires_on - refresh_margin(*cached)) {
+    if (cached && !cached->access_token.empty() && now() < cached->expires_on - refresh_margin(*cached)) {
       memory_[key] = *cached;
       return AccessToken{cached->access_token, std::chrono::system_clock::time_point(std::chrono::seconds(cached->expires_on))};
     }
@@ -360,7 +370,7 @@ Result<AccessToken> EntraCredential::get_token(const std::string& resource) noex
 
     CachedToken fresh;
     fresh.access_token = got->access_token;
-    fresh.issued_on = unix_now();
+    fresh.issued_on = now();
     fresh.expires_on = expires_on ? expires_on : fresh.issued_on + got->expires_in;
     // Entra keeps a refresh token valid when it sends no new one.
     fresh.refresh_token = !got->refresh_token.empty() ? got->refresh_token : (cached ? cached->refresh_token : std::string());

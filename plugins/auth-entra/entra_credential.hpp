@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -48,6 +49,10 @@ struct CredentialConfig {
   std::chrono::seconds default_poll_interval{5};  // when the provider sends no `interval`
   std::string az_command = "az";
   std::chrono::seconds az_timeout{60};
+  // The clock that decides whether a cached token is still fresh, and the
+  // wait between device-code polls; tests replace them.
+  std::function<std::chrono::system_clock::time_point()> clock = [] { return std::chrono::system_clock::now(); };
+  std::function<void(std::chrono::seconds)> sleep = [](std::chrono::seconds d) { std::this_thread::sleep_for(d); };
 };
 
 // Options JSON: {"method": "auto"|..., "tenant_id", "client_id", "client_secret",
@@ -85,6 +90,7 @@ class EntraCredential final : public TokenCredential {
   Result<Acquired> refresh(const std::string& resource, const std::string& refresh_token, const Endpoints& ep);
   Result<Acquired> azure_cli(const std::string& resource, long long& expires_on);
   Result<Acquired> token_request(const std::string& url, const std::string& body, const char* what);
+  long long now() const;
 
   CredentialConfig config_;
   HttpClient http_;

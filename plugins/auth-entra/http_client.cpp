@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -58,6 +59,18 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
   return len;
 }
 
+// The CA bundle: the policy's file, else SSL_CERT_FILE / SSL_CERT_DIR as
+// OpenSSL itself honours them (libcurl only reads its built-in path), else
+// the system store.
+void set_trust_anchors(CURL* c, const std::string& ca_file) {
+  if (!ca_file.empty()) {
+    curl_easy_setopt(c, CURLOPT_CAINFO, ca_file.c_str());
+    return;
+  }
+  if (const char* f = std::getenv("SSL_CERT_FILE"); f && *f) curl_easy_setopt(c, CURLOPT_CAINFO, f);
+  if (const char* d = std::getenv("SSL_CERT_DIR"); d && *d) curl_easy_setopt(c, CURLOPT_CAPATH, d);
+}
+
 bool retryable_status(long status) { return status == 429 || (status >= 500 && status <= 599); }
 
 }  // namespace
@@ -107,7 +120,7 @@ Result<HttpResponse> HttpClient::perform(const std::string& url, const std::stri
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (!policy_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, policy_.ca_file.c_str());
+    set_trust_anchors(c, policy_.ca_file);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(policy_.connect_timeout.count()));
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(policy_.total_timeout.count()));
     curl_easy_setopt(c, CURLOPT_USERAGENT, "clusterconnect-auth-entra/0.1");

@@ -12,7 +12,7 @@
 namespace clusterconnect::entra {
 
 struct HttpPolicy {
-  std::string ca_file;               // extra trust anchor file; system store when empty
+  std::string ca_file;               // CA bundle; when empty SSL_CERT_FILE / SSL_CERT_DIR, else the system store
   bool allow_http_loopback = false;  // plain http:// only to 127.0.0.0/8, ::1, localhost
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds total_timeout{15000};

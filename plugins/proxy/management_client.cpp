@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 
+#include <cstdlib>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -68,7 +69,14 @@ Result<Response> post_once(const std::string& url, const std::string& body, cons
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-  if (!ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, ca_file.c_str());
+  if (!ca_file.empty()) {
+    curl_easy_setopt(c, CURLOPT_CAINFO, ca_file.c_str());
+  } else {
+    // SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL honours them; libcurl on its
+    // own reads only its built-in path.
+    if (const char* f = std::getenv("SSL_CERT_FILE"); f && *f) curl_easy_setopt(c, CURLOPT_CAINFO, f);
+    if (const char* d = std::getenv("SSL_CERT_DIR"); d && *d) curl_easy_setopt(c, CURLOPT_CAPATH, d);
+  }
   CURLcode rc = curl_easy_perform(c);
   if (rc != CURLE_OK)
     return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));

@@ -15,12 +15,14 @@ struct ProxyOptions {
   std::string name;
   std::string resource_group;
   std::string subscription;
-  std::string token;          // service-account mode
+  std::string token;          // service-account mode (visible in the process list)
+  std::string token_file;     // service-account mode: file holding the token, "-" for stdin
   std::string file;           // kubeconfig path, "-" for stdout
   unsigned port = 47011;
   std::string kube_context;
   std::string endpoint;       // relay management endpoint
   std::string ca_file;        // CA bundle for the relay (default: system store)
+  std::string authority_ca_file;  // CA bundle for the identity provider (default: system store)
   std::string ready_file;
   std::string output = "text";
   std::string auth_method = "auto";

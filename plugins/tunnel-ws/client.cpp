@@ -126,10 +126,10 @@ class WsTunnelClient final : public TunnelClient, public std::enable_shared_from
       tls_ = ctx.value();
     }
     std::string token;
-    try {
-      token = token_ ? token_() : std::string{};
-    } catch (const std::exception& e) {
-      return fail_waiters(asio::error::access_denied, std::string("cannot obtain a relay token: ") + e.what());
+    if (token_) {
+      auto t = token_();  // never throws: the host's exceptions end at its side
+      if (!t) return fail_waiters(asio::error::operation_not_supported, "cannot dial the relay: no relay token: " + t.error());
+      token = std::move(t.value());
     }
     connecting_ = true;
     dialled_token_ = token;
@@ -196,11 +196,13 @@ class WsTunnelClient final : public TunnelClient, public std::enable_shared_from
     // Once the tunnel's token expired the relay refuses renewals and drains it.
     if (auto expiry = token_expiry(token_current_); expiry && *expiry <= std::chrono::system_clock::now()) return;
     std::string token;
-    try {
-      token = token_ ? token_() : std::string{};
-    } catch (const std::exception& e) {
-      logger_->warn("tunnel to {}: cannot obtain a fresh relay token: {}", endpoint_.url, e.what());
-      return schedule_renewal();
+    if (token_) {
+      auto t = token_();
+      if (!t) {
+        logger_->warn("tunnel to {}: cannot obtain a fresh relay token: {}", endpoint_.url, t.error());
+        return schedule_renewal();
+      }
+      token = std::move(t.value());
     }
     if (token.empty() || token == token_current_ || token == token_tried_) return schedule_renewal();
     token_tried_ = token;

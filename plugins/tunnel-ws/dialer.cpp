@@ -106,7 +106,12 @@ class Dial : public std::enable_shared_from_this<Dial> {
   }
 
   void on_upgrade(error_code ec) {
-    if (ec == websocket::error::upgrade_declined) return fail(ec, describe_refusal(res_));
+    if (ec == websocket::error::upgrade_declined) {
+      // 401: the token was refused (expired, wrong key): the caller may fetch
+      // a new one and dial again.
+      if (res_.result() == http::status::unauthorized) return fail(asio::error::access_denied, describe_refusal(res_));
+      return fail(ec, describe_refusal(res_));
+    }
     if (ec) return fail(ec, "WebSocket upgrade with " + target_.host_header + " failed: " + ec.message());
     if (res_[http::field::sec_websocket_protocol] != tunnel::subprotocol)
       return fail(asio::error::no_protocol_option, std::string("relay did not agree to ") + tunnel::subprotocol);

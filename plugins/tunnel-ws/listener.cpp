@@ -110,11 +110,13 @@ class WsTunnelListener final : public TunnelListener, public std::enable_shared_
       tls_ = ctx.value();
     }
     std::string token;
-    try {
-      token = options_.token ? options_.token() : std::string{};  // fresh on every (re)connect
-    } catch (const std::exception& e) {
-      logger_->warn("tunnel-ws listener: cannot obtain a relay token: {}", e.what());
-      return retry_later(slot);
+    if (options_.token) {
+      auto t = options_.token();  // fresh on every (re)connect; never throws
+      if (!t) {
+        logger_->warn("tunnel-ws listener: cannot obtain a relay token: {}", t.error());
+        return retry_later(slot);
+      }
+      token = std::move(t.value());
     }
     slot.connecting = true;
     auto expiry = token_expiry(token);

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "clusterconnect/result.hpp"
 #include "clusterconnect/stream.hpp"
@@ -24,7 +25,38 @@ struct RelayEndpoint {
 // Returns the current SAS token ("SharedAccessSignature sr=...") for the
 // endpoint; called before every handshake and before expiry, so rotation
 // needs no restart. Runs on an io thread: must not block.
-using TokenSource = std::function<std::string()>;
+//
+// The host's function is wrapped where the TokenSource is made, in the
+// host's code: an exception it throws is caught there and becomes a failure,
+// so no exception ever crosses into the transport module, which only sees a
+// noexcept call that returns a Result.
+class TokenSource {
+ public:
+  TokenSource() = default;
+  TokenSource(std::nullptr_t) {}
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, TokenSource> &&
+                                              std::is_invocable_r_v<std::string, F&>>>
+  TokenSource(F f)
+      : fn_([f = std::move(f)]() mutable noexcept -> Result<std::string> {
+          try {
+            return Result<std::string>(std::string(f()));
+          } catch (const std::exception& e) {
+            return fail(std::string("the token source failed: ") + e.what());
+          } catch (...) {
+            return fail("the token source failed with an unknown exception");
+          }
+        }) {}
+
+  explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
+  // The current token, or why there is none. Never throws.
+  Result<std::string> operator()() const noexcept {
+    if (!fn_) return fail("no token source");
+    return fn_();
+  }
+
+ private:
+  std::function<Result<std::string>()> fn_;
+};
 
 struct OpenRequest {
   // Small metadata carried in the tunnel's OPEN frame (never a credential).

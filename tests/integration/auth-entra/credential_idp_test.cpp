@@ -27,13 +27,43 @@ nlohmann::json base_options(const TestIdp& idp) {
   return {{"tenant_id", idp.tenant()}, {"authority", idp.authority()}, {"allow_http_loopback", true}};
 }
 
+// A clock the test moves: the credential's freshness checks read it.
+class TestClock {
+ public:
+  std::chrono::system_clock::time_point now() const { return std::chrono::system_clock::now() + offset_.load(); }
+  void advance(std::chrono::milliseconds d) { offset_ = offset_.load() + d; }
+  // Moves the clock so that it reads `t` now.
+  void set(std::chrono::system_clock::time_point t) {
+    offset_ = std::chrono::duration_cast<std::chrono::milliseconds>(t - std::chrono::system_clock::now());
+  }
+  std::function<std::chrono::system_clock::time_point()> function() {
+    return [this] { return now(); };
+  }
+
+ private:
+  std::atomic<std::chrono::milliseconds> offset_{std::chrono::milliseconds(0)};
+};
+
 std::shared_ptr<EntraCredential> make_credential(const nlohmann::json& options, const fs::path& cache_dir = {},
-                                                 std::function<void(const DeviceCodePrompt&)> prompt = {}) {
+                                                 std::function<void(const DeviceCodePrompt&)> prompt = {},
+                                                 TestClock* clock = nullptr,
+                                                 std::function<void(std::chrono::seconds)> sleep = {}) {
   auto config = parse_credential_options(options, cache_dir);
   INFO((config ? std::string() : config.error()));
   REQUIRE(config);
   if (prompt) config->device_code_prompt = std::move(prompt);
+  if (clock) config->clock = clock->function();
+  if (sleep) config->sleep = std::move(sleep);
   return std::make_shared<EntraCredential>(std::move(*config));
+}
+
+// Waits (up to 60 s) until the IdP has answered at least `n` token requests.
+void wait_for_token_requests(const TestIdp& idp, int n) {
+  for (int i = 0; i < 600; ++i) {
+    if (idp.admin("state", nullptr)["token_requests"].get<int>() >= n) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  FAIL("the IdP did not see " << n << " token request(s) within 60 s");
 }
 
 AuthOutcome validate(const TestIdp& idp, const std::string& token) {
@@ -190,15 +220,17 @@ TEST_CASE("auth-entra/idp: workload identity federation re-reads the token file"
   options["method"] = "workload-identity";
   options["client_id"] = c["client_id"];
   options["federated_token_file"] = file.string();
-  auto cred = make_credential(options);
+  TestClock clock;
+  auto cred = make_credential(options, {}, {}, &clock);
   auto first = cred->get_token(arc_server_app_id);
   INFO((first ? std::string() : first.error()));
   REQUIRE(first);
   REQUIRE(validate(idp, first->token).ok());
 
-  // The provider refuses a replayed assertion, so the second token can only
-  // come from the rotated file's new contents.
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  // Past half the 4 s lifetime the cached token is replaced. The provider
+  // refuses a replayed assertion, so the second token can only come from the
+  // rotated file's new contents.
+  clock.advance(std::chrono::milliseconds(2500));
   write_file(file, federated_token(idp, key_path));
   auto second = cred->get_token(arc_server_app_id);
   INFO((second ? std::string() : second.error()));
@@ -227,9 +259,13 @@ TEST_CASE("auth-entra/idp: device code, then refresh before expiry", "[auth-entr
 
   std::promise<DeviceCodePrompt> prompted;
   std::atomic<int> prompts{0};
-  auto cred = make_credential(options, dir.path() / "cache", [&](const DeviceCodePrompt& p) {
-    if (prompts++ == 0) prompted.set_value(p);
-  });
+  TestClock clock;
+  auto cred = make_credential(
+      options, dir.path() / "cache",
+      [&](const DeviceCodePrompt& p) {
+        if (prompts++ == 0) prompted.set_value(p);
+      },
+      &clock);
   auto pending = std::async(std::launch::async, [&] { return cred->get_token(arc_server_app_id); });
   auto prompt_future = prompted.get_future();
   REQUIRE(prompt_future.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
@@ -260,8 +296,7 @@ TEST_CASE("auth-entra/idp: device code, then refresh before expiry", "[auth-entr
 
   // Inside the refresh margin (half of a 10 s lifetime) but before expiry:
   // a new token, from the refresh token, with no second prompt.
-  std::this_thread::sleep_until(token->expires_on - std::chrono::milliseconds(4500));
-  REQUIRE(std::chrono::system_clock::now() < token->expires_on);
+  clock.set(token->expires_on - std::chrono::milliseconds(4500));
   auto renewed = cred->get_token(arc_server_app_id);
   INFO((renewed ? std::string() : renewed.error()));
   REQUIRE(renewed);
@@ -271,7 +306,7 @@ TEST_CASE("auth-entra/idp: device code, then refresh before expiry", "[auth-entr
   CHECK(validate(idp, renewed->token).ok());
 
   // A second process reuses the cached sign-in from disk.
-  auto later = make_credential(options, dir.path() / "cache", [&](const DeviceCodePrompt&) { ++prompts; });
+  auto later = make_credential(options, dir.path() / "cache", [&](const DeviceCodePrompt&) { ++prompts; }, &clock);
   auto from_disk = later->get_token(arc_server_app_id);
   REQUIRE(from_disk);
   CHECK(prompts == 1);
@@ -344,13 +379,26 @@ struct DeviceFlow {
   std::shared_ptr<EntraCredential> cred;
   std::future<Result<AccessToken>> pending;
 
+  std::mutex mutex;
+  std::vector<std::chrono::seconds> waits;  // between polls, as the credential asked
+
   DeviceFlow(const TestIdp& idp, const fs::path& cache_dir) {
     auto options = base_options(idp);
     options["method"] = "device-code";
     options["client_id"] = idp.state()["clients"]["public"]["client_id"];
-    cred = make_credential(options, cache_dir, [this](const DeviceCodePrompt& p) {
-      if (prompts++ == 0) prompted.set_value(p);
-    });
+    cred = make_credential(
+        options, cache_dir,
+        [this](const DeviceCodePrompt& p) {
+          if (prompts++ == 0) prompted.set_value(p);
+        },
+        nullptr,
+        [this](std::chrono::seconds d) {
+          {
+            std::lock_guard lock(mutex);
+            waits.push_back(d);
+          }
+          std::this_thread::sleep_for(d);  // the provider enforces the interval in real time
+        });
     pending = std::async(std::launch::async, [this] { return cred->get_token(arc_server_app_id); });
   }
 
@@ -385,16 +433,18 @@ TEST_CASE("auth-entra/idp: device code declined, slowed down, expired", "[auth-e
   SECTION("slow_down widens the polling interval, then sign-in completes") {
     TestIdp idp(dir.path(), {{"device_interval", 1}});
     idp.admin("fail-token-requests", {{"count", 1}, {"status", 400}, {"error", "slow_down"}});
-    const auto start = std::chrono::steady_clock::now();
     DeviceFlow flow(idp, dir.path() / "cache");
     auto p = flow.prompt();
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the first poll gets slow_down
+    wait_for_token_requests(idp, 1);  // the first poll got slow_down
     idp.admin("device/complete", {{"user_code", p.user_code}});
     auto r = flow.result();
     INFO((r ? std::string() : r.error()));
     REQUIRE(r);
     // 1 s to the first poll, then 1 + 5 s to the next.
-    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::seconds(7));
+    std::lock_guard lock(flow.mutex);
+    REQUIRE(flow.waits.size() >= 2);
+    CHECK(flow.waits[0] == std::chrono::seconds(1));
+    CHECK(flow.waits[1] == std::chrono::seconds(6));
   }
   SECTION("nobody signs in before the code expires") {
     TestIdp idp(dir.path(), {{"device_interval", 1}, {"device_code_ttl", 3}});

@@ -48,7 +48,7 @@ class TestIdp {
     return std::nullopt;
   }
 
-  // `tls`: serve HTTPS with a self-signed certificate (state()["tls_ca_file"]).
+  // `tls`: serve HTTPS with a certificate from a private CA (state()["tls_ca_file"]).
   explicit TestIdp(const std::filesystem::path& dir, const nlohmann::json& config = nullptr, bool tls = false) : dir_(dir) {
     const auto script = source_tree() / "tests" / "fixtures" / "idp" / "server.js";
     const auto ready = dir / "idp-ready.json";

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The proxy (connectedk8s proxy) as a process, against the local sandbox
+# (scripts/sandbox.sh): how it starts and stops, its flags for secrets, what
+# its child command inherits, and relay connect tokens at the shortest
+# lifetime the relay's management API issues (30 s).
+#
+# Usage: proxy_client_test.sh BIN_DIR lifecycle|renewal
+#   lifecycle  200 start/stop cycles (SIGTERM and SIGINT), each must exit 0;
+#              listen failures; --token-file; the child's environment
+#   renewal    30 s connect tokens: a `kubectl logs -f` opened first keeps
+#              streaming across several token lifetimes, and new requests
+#              keep working, with the default --refresh-interval
+set -uo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal}"
+mode="${2:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal}"
+work="$(mktemp -d /tmp/cc-proxy.XXXXXX)"
+sandbox="$work/sandbox"
+pids=()
+failures=0
+
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
+  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
+}
+trap cleanup EXIT
+
+pass() { printf 'PASS  %s\n' "$1"; }
+fail() {
+  printf 'FAIL  %s\n' "$1"; shift
+  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -20
+  failures=$((failures + 1))
+}
+check() {
+  local name="$1" want="$2"; shift 2
+  local out rc
+  out="$(timeout 30 "$@" 2>&1)"; rc=$?
+  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
+}
+check_fails() {
+  local name="$1" want="$2"; shift 2
+  local out rc
+  out="$(timeout 30 "$@" 2>&1)"; rc=$?
+  if [ $rc -ne 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
+}
+# wait_file FILE PID: waits (at most 30 s) for FILE while PID is alive.
+wait_file() {
+  for _ in $(seq 1 300); do
+    [ -s "$1" ] && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+# wait_exit PID: the exit status of PID, killing it after 30 s (status 999).
+wait_exit() {
+  for _ in $(seq 1 300); do
+    kill -0 "$1" 2>/dev/null || { wait "$1"; return $?; }
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null
+  return 255
+}
+
+if [ "$mode" = renewal ]; then export SANDBOX_CONNECT_TOKEN_SECONDS=30; fi
+"$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
+# shellcheck disable=SC1091
+source "$sandbox/env.sh"
+
+lifecycle() {
+  # --- 200 start/stop cycles: every stop by signal exits 0
+  local cycles=200 bad=0 first_bad="" i sig rc
+  for i in $(seq 1 $cycles); do
+    rm -f "$work/cycle.ready"
+    "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/cycle-kubeconfig" --port 0 --ready-file "$work/cycle.ready" \
+      >/dev/null 2>"$work/cycle.err" &
+    local p=$!
+    if ! wait_file "$work/cycle.ready" "$p"; then
+      kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null
+      bad=$((bad + 1)); [ -z "$first_bad" ] && first_bad="cycle $i: not ready: $(tail -3 "$work/cycle.err")"
+      continue
+    fi
+    if [ $((i % 2)) -eq 0 ]; then sig=TERM; else sig=INT; fi
+    kill -"$sig" "$p"
+    wait_exit "$p"; rc=$?
+    if [ $rc -ne 0 ]; then
+      bad=$((bad + 1)); [ -z "$first_bad" ] && first_bad="cycle $i (SIG$sig): exit $rc: $(tail -3 "$work/cycle.err")"
+    fi
+  done
+  [ $bad -eq 0 ] && pass "$cycles start/stop cycles by SIGTERM and SIGINT all exit 0" ||
+    fail "$cycles start/stop cycles by SIGTERM and SIGINT all exit 0" "$bad cycles failed" "$first_bad"
+
+  # --- a port in use is ClientProxyPortInUse; nothing is written
+  "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/kubeconfig" --port 0 --ready-file "$work/busy.ready" \
+    >/dev/null 2>"$work/busy.err" &
+  local busy=$!
+  pids+=($busy)
+  if wait_file "$work/busy.ready" "$busy"; then
+    local port
+    port="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).server.split(":").pop())' "$work/busy.ready")"
+    check_fails "a port in use is ClientProxyPortInUse" "127.0.0.1:$port is already in use (ClientProxyPortInUse)" \
+      "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/other-kubeconfig" --port "$port"
+    [ ! -e "$work/other-kubeconfig" ] && pass "nothing is written when the port is in use" ||
+      fail "nothing is written when the port is in use"
+  else
+    fail "a proxy starts to hold a port" "$(cat "$work/busy.err")"
+  fi
+  kill -TERM "$busy" 2>/dev/null; wait "$busy" 2>/dev/null
+
+  # --- the service-account token from a file or standard input, not argv
+  printf '%s\n' "$SANDBOX_CI_TOKEN" >"$work/sa.token"; chmod 600 "$work/sa.token"
+  check "--token-file FILE: the command runs as the service account" "system:serviceaccount:default:ci" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token-file "$work/sa.token" -- kubectl auth whoami
+  check "--token-file -: the token from standard input" "system:serviceaccount:default:ci" \
+    sh -c "printf '%s\n' '$SANDBOX_CI_TOKEN' | env -u KUBECONFIG '$bin/connectedk8s' proxy -n demo -g sandbox --port 0 --token-file - -- kubectl auth whoami"
+  check_fails "--token-file with an empty file is refused" "is empty" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token-file /dev/null -- true
+  check_fails "--token and --token-file together are refused" "use one of them" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token x --token-file "$work/sa.token" -- true
+  check "--token still works and warns that the token is visible" "other local users can read it" \
+    env -u KUBECONFIG "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 --token "$SANDBOX_CI_TOKEN" -- kubectl auth whoami
+
+  # --- the command after -- inherits no credential
+  local envout
+  envout="$(env -u KUBECONFIG SA_TOKEN="$SANDBOX_CI_TOKEN" AZURE_CLIENT_CERTIFICATE_PASSWORD=pw AZURE_FEDERATED_TOKEN=fed \
+    ACTIONS_ID_TOKEN_REQUEST_TOKEN=gh KEEP_ME=1 timeout 60 "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 \
+    --token-file "$work/sa.token" -- env 2>/dev/null)"
+  if [[ "$envout" == *"KEEP_ME=1"* && "$envout" == *"KUBECONFIG="* && "$envout" == *"AZURE_CLIENT_ID="* ]]; then
+    pass "the command inherits the rest of the environment"
+  else
+    fail "the command inherits the rest of the environment" "$envout"
+  fi
+  local leaked=""
+  for v in AZURE_CLIENT_SECRET AZURE_CLIENT_CERTIFICATE_PASSWORD AZURE_FEDERATED_TOKEN ACTIONS_ID_TOKEN_REQUEST_TOKEN SA_TOKEN; do
+    grep -q "^$v=" <<<"$envout" && leaked="$leaked $v"
+  done
+  grep -qF "$SANDBOX_CI_TOKEN" <<<"$envout" && leaked="$leaked (the service-account token's value)"
+  grep -qF "$AZURE_CLIENT_SECRET" <<<"$envout" && leaked="$leaked (the client secret's value)"
+  [ -z "$leaked" ] && pass "the command inherits no credential variable" || fail "the command inherits no credential variable" "$leaked"
+}
+
+renewal() {
+  # The default --refresh-interval (60 s) is longer than the token's life:
+  # the proxy must schedule the renewal by the token's expiry, not the tick.
+  local kc="$work/kubeconfig"
+  "$bin/connectedk8s" -v proxy -n demo -g sandbox -f "$kc" --port 0 --ready-file "$work/proxy.ready" \
+    >"$work/proxy.out" 2>"$work/proxy.err" &
+  local proxy_pid=$!
+  pids+=($proxy_pid)
+  if wait_file "$work/proxy.ready" "$proxy_pid"; then pass "proxy starts with 30 s relay connect tokens"; else
+    fail "proxy starts with 30 s relay connect tokens" "$(cat "$work/proxy.err")"; return; fi
+  export KUBECONFIG="$kc"
+
+  timeout 150 kubectl logs -f web-0 >"$work/long-logs.out" 2>&1 &
+  local long_logs=$!
+  pids+=($long_logs)
+  # Four token lifetimes; a request every 10 s, each must work.
+  local deadline=$((SECONDS + 120)) n=0 req_failures=0 last=""
+  while [ $SECONDS -lt $deadline ]; do
+    n=$((n + 1))
+    out="$(timeout 30 kubectl get ns 2>&1)" || { req_failures=$((req_failures + 1)); last="$out"; }
+    sleep 10
+  done
+  [ $req_failures -eq 0 ] && pass "every request over 4 token lifetimes works ($n requests)" ||
+    fail "every request over 4 token lifetimes works" "$req_failures of $n failed" "$last"
+  check "a request after 4 token lifetimes works" "default" kubectl get ns
+  if kill -0 "$long_logs" 2>/dev/null; then
+    local before after
+    before=$(wc -l <"$work/long-logs.out")
+    for _ in $(seq 1 50); do after=$(wc -l <"$work/long-logs.out"); [ "$after" -gt "$before" ] && break; sleep 0.1; done
+    [ "$after" -gt "$before" ] && pass "kubectl logs -f opened first still streams after 4 token lifetimes" ||
+      fail "kubectl logs -f opened first still streams after 4 token lifetimes" "$(tail -3 "$work/long-logs.out")"
+  else
+    fail "kubectl logs -f opened first still streams after 4 token lifetimes" "it ended:" "$(tail -5 "$work/long-logs.out")"
+  fi
+  kill "$long_logs" 2>/dev/null; wait "$long_logs" 2>/dev/null
+  local renewals
+  renewals=$(grep -c "relay token renewed" "$work/proxy.err")
+  [ "$renewals" -ge 3 ] && pass "the proxy renewed the relay connect token ($renewals times)" ||
+    fail "the proxy renewed the relay connect token at least 3 times" "$renewals" "$(tail -5 "$work/proxy.err")"
+  if grep -q "token expired" "$work/proxy.err" "$sandbox/logs/relay.log"; then
+    fail "no tunnel reached its token's expiry" "$(grep -h "token expired" "$work/proxy.err" "$sandbox/logs/relay.log" | head -3)"
+  else
+    pass "no tunnel reached its token's expiry"
+  fi
+}
+
+case "$mode" in
+  lifecycle) lifecycle ;;
+  renewal) renewal ;;
+  *) echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+
+echo
+if [ "$failures" -eq 0 ]; then echo "proxy_client_test $mode: all checks passed"; else echo "proxy_client_test $mode: $failures check(s) failed"; fi
+exit $(( failures > 0 ))
