@@ -204,6 +204,16 @@ struct EntraAuthenticator::Shared {
     verified[digest] = Verified{outcome, until, tid, kid};
   }
 
+  // Issuer (from the tenant's discovery documents), then key, signature and
+  // claims. `fetch_error` says why the documents could not be read, if so.
+  AuthOutcome complete(const Jws& jws, const std::string& tenant, const std::string& kid, const std::string& digest,
+                       const std::string& fetch_error) {
+    if (!keys.loaded(tenant)) return key_missing(tenant, kid, fetch_error);
+    if (auto issuer = check_issuer(jws, tenant, keys.issuers(tenant)); !issuer.ok()) return issuer;
+    auto key = keys.find(tenant, kid);
+    return key ? finish(jws, key, kid, digest) : key_missing(tenant, kid, fetch_error);
+  }
+
   AuthOutcome key_missing(const std::string& tenant, const std::string& kid, const std::string& fetch_error) {
     if (keys.loaded(tenant)) {
       return reject(AuthFailure::unknown_key, "signing key '" + printable(kid) + "' is not in tenant " + tenant +
@@ -235,17 +245,17 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
       outcome = reject(parsed.failure, std::move(parsed.message));
     } else if (outcome = check_algorithm(parsed.jws); outcome.ok()) {
       std::string tenant;
-      outcome = check_issuer(parsed.jws, shared_->config.rules, tenant);
+      outcome = select_tenant(parsed.jws, shared_->config.rules, tenant);
       if (outcome.ok()) {
         const auto& header = parsed.jws.header;
         const std::string kid = header.contains("kid") && header["kid"].is_string() ? header["kid"].get<std::string>() : "";
+        auto& keys = shared_->keys;
         if (kid.empty()) {
           outcome = reject(AuthFailure::unknown_key, "token header names no signing key ('kid')");
-        } else if (auto key = shared_->keys.find(tenant, kid); key && !shared_->keys.stale(tenant)) {
-          outcome = shared_->finish(parsed.jws, key, kid, digest);
-        } else if (!key && shared_->keys.loaded(tenant) && !shared_->keys.refresh_due(tenant)) {
-          // Refreshed moments ago: an unknown kid now is not worth a fetch.
-          outcome = shared_->key_missing(tenant, kid, "");
+        } else if (keys.loaded(tenant) && !keys.stale(tenant) && (keys.find(tenant, kid) || !keys.refresh_due(tenant))) {
+          // Everything needed is cached, or an unknown kid arrived moments
+          // after a refresh and is not worth a fetch.
+          outcome = shared_->complete(parsed.jws, tenant, kid, digest, "");
         } else {
           FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), tenant, kid, digest,
                                   handler = std::move(handler)](bool cancelled) mutable {
@@ -263,8 +273,7 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
                   shared->logger->info("entra: fetched the signing keys of tenant {}", tenant);
                 }
               }
-              auto key = shared->keys.find(tenant, kid);
-              result = key ? shared->finish(jws, key, kid, digest) : shared->key_missing(tenant, kid, fetch_error);
+              result = shared->complete(jws, tenant, kid, digest, fetch_error);
             }
             asio::post(shared->io, [handler = std::move(handler), result = std::move(result)]() mutable { handler(std::move(result)); });
           };

@@ -18,6 +18,20 @@ BnPtr bignum(const std::string& bytes) {
 }
 
 constexpr int min_rsa_bits = 2048;
+
+// Entra's multi-tenant documents write the issuer with a `{tenantid}`
+// placeholder; a tenant's own document has its ID there already.
+std::string substitute_tenant(std::string issuer, const std::string& tenant) {
+  const std::string placeholder = "{tenantid}";
+  for (auto at = issuer.find(placeholder); at != std::string::npos; at = issuer.find(placeholder, at + tenant.size()))
+    issuer.replace(at, placeholder.size(), tenant);
+  return issuer;
+}
+
+std::string string_member(const nlohmann::json& doc, const char* name) {
+  auto it = doc.find(name);
+  return it != doc.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
 constexpr std::size_t max_keys = 64;
 
 }  // namespace
@@ -84,6 +98,16 @@ std::string JwksCache::discovery_url(const std::string& tenant) const {
   return settings_.authority + "/" + tenant + "/v2.0/.well-known/openid-configuration";
 }
 
+std::string JwksCache::v1_discovery_url(const std::string& tenant) const {
+  return settings_.authority + "/" + tenant + "/.well-known/openid-configuration";
+}
+
+std::vector<std::string> JwksCache::issuers(const std::string& tenant) const {
+  std::lock_guard lock(mutex_);
+  auto t = tenants_.find(tenant);
+  return t == tenants_.end() ? std::vector<std::string>() : t->second.issuers;
+}
+
 PublicKey JwksCache::find(const std::string& tenant, const std::string& kid) const {
   std::lock_guard lock(mutex_);
   auto t = tenants_.find(tenant);
@@ -133,10 +157,23 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   auto doc_text = fetch_(discovery);
   if (!doc_text) return record_failure("cannot read the tenant's OpenID configuration: " + doc_text.error());
   auto doc = nlohmann::json::parse(*doc_text, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object() || !doc.contains("jwks_uri") || !doc["jwks_uri"].is_string()) {
+  if (doc.is_discarded() || !doc.is_object() || string_member(doc, "jwks_uri").empty()) {
     return record_failure("OpenID configuration at " + discovery + " has no jwks_uri");
   }
-  const std::string jwks_uri = doc["jwks_uri"].get<std::string>();
+  const std::string v2_issuer = substitute_tenant(string_member(doc, "issuer"), tenant);
+  if (v2_issuer.empty()) return record_failure("OpenID configuration at " + discovery + " has no issuer");
+  std::vector<std::string> issuers{v2_issuer};
+  // The v1 document names the issuer of v1 tokens (sts.windows.net for the
+  // public cloud, another host in sovereign clouds). Optional: an authority
+  // without one issues v2 tokens only.
+  if (auto v1_text = fetch_(v1_discovery_url(tenant))) {
+    auto v1 = nlohmann::json::parse(*v1_text, nullptr, false);
+    if (!v1.is_discarded() && v1.is_object()) {
+      auto v1_issuer = substitute_tenant(string_member(v1, "issuer"), tenant);
+      if (!v1_issuer.empty() && v1_issuer != v2_issuer) issuers.push_back(std::move(v1_issuer));
+    }
+  }
+  const std::string jwks_uri = string_member(doc, "jwks_uri");
   auto jwks_text = fetch_(jwks_uri);
   if (!jwks_text) return record_failure("cannot read the tenant's signing keys: " + jwks_text.error());
   auto keys = parse_jwks(*jwks_text);
@@ -145,6 +182,7 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   std::lock_guard lock(mutex_);
   auto& t = tenants_[tenant];
   t.keys = std::move(*keys);
+  t.issuers = std::move(issuers);
   t.loaded = true;
   t.fetched_at = std::chrono::steady_clock::now();
   t.last_error.clear();

@@ -88,9 +88,6 @@ std::string printable(std::string_view value, std::size_t max_length) {
   return out;
 }
 
-std::string v2_issuer(const std::string& authority, const std::string& tenant) { return authority + "/" + tenant + "/v2.0"; }
-std::string v1_issuer(const std::string& tenant) { return "https://sts.windows.net/" + tenant + "/"; }
-
 ParsedJws parse_jws(std::string_view token) {
   ParsedJws r;
   auto fail = [&](AuthFailure f, std::string message) {
@@ -144,25 +141,53 @@ AuthOutcome check_algorithm(const Jws& jws) {
   return {};
 }
 
-AuthOutcome check_issuer(const Jws& jws, const ValidationRules& rules, std::string& tenant) {
+AuthOutcome select_tenant(const Jws& jws, const ValidationRules& rules, std::string& tenant) {
   const auto* iss = member(jws.payload, "iss");
   if (!iss || !iss->is_string()) return reject(AuthFailure::malformed, "token has no 'iss' claim");
   const auto& issuer = iss->get_ref<const std::string&>();
   const std::string tid = string_claim(jws.payload, "tid");
-  for (const auto& t : rules.tenants) {
-    if (issuer == v2_issuer(rules.authority, t) || issuer == v1_issuer(t)) {
-      // A token from tenant A never carries tenant B's issuer, but a
-      // mismatching `tid` means something assembled this token by hand.
-      if (!tid.empty() && !iequals(tid, t)) {
-        return reject(AuthFailure::wrong_issuer, "token 'tid' " + printable(tid) + " does not match its issuer's tenant");
+  if (!tid.empty()) {
+    for (const auto& t : rules.tenants)
+      if (iequals(tid, t)) {
+        tenant = t;
+        return {};
       }
-      tenant = t;
-      return {};
-    }
+    return reject(AuthFailure::wrong_issuer, "token is from tenant '" + printable(tid) + "', which this cluster does not accept (issuer '" +
+                                                 printable(issuer) + "')");
   }
-  return reject(AuthFailure::wrong_issuer, "issuer '" + printable(issuer) + "' is not an accepted Entra ID tenant (expected " +
-                                               v2_issuer(rules.authority, rules.tenants.empty() ? "<tenant>" : rules.tenants.front()) +
-                                               (rules.tenants.size() > 1 ? " or another configured tenant" : "") + ")");
+  // No `tid`: the tenant must be a whole path segment of the issuer.
+  std::string_view rest(issuer);
+  while (!rest.empty()) {
+    auto slash = rest.find('/');
+    auto segment = rest.substr(0, slash);
+    for (const auto& t : rules.tenants)
+      if (iequals(segment, t)) {
+        tenant = t;
+        return {};
+      }
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  return reject(AuthFailure::wrong_issuer, "issuer '" + printable(issuer) + "' is not an accepted Entra ID tenant");
+}
+
+AuthOutcome check_issuer(const Jws& jws, const std::string& tenant, const std::vector<std::string>& issuers) {
+  const auto* iss = member(jws.payload, "iss");
+  if (!iss || !iss->is_string()) return reject(AuthFailure::malformed, "token has no 'iss' claim");
+  const auto& issuer = iss->get_ref<const std::string&>();
+  // A token from tenant A never carries tenant B's issuer, but a mismatching
+  // `tid` means something assembled this token by hand.
+  const std::string tid = string_claim(jws.payload, "tid");
+  if (!tid.empty() && !iequals(tid, tenant)) {
+    return reject(AuthFailure::wrong_issuer, "token 'tid' " + printable(tid) + " does not match its issuer's tenant");
+  }
+  for (const auto& i : issuers)
+    if (issuer == i) return {};
+  std::string expected;
+  for (const auto& i : issuers) expected += (expected.empty() ? "" : " or ") + i;
+  return reject(AuthFailure::wrong_issuer, "issuer '" + printable(issuer) + "' is not one tenant " + tenant +
+                                               "'s discovery documents publish (expected " +
+                                               (expected.empty() ? std::string("none known") : expected) + ")");
 }
 
 AuthOutcome check_claims(const Jws& jws, const ValidationRules& rules, std::chrono::system_clock::time_point now) {

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include "entra_authenticator.hpp"
@@ -39,25 +40,46 @@ nlohmann::json user_claims() {
           {"ver", "2.0"}};
 }
 
+// Serves the tenant's v2 and v1 discovery documents (as Entra's
+// multi-tenant documents do, with the {tenantid} placeholder) and its keys
+// under `base`; every URL asked for is recorded.
 struct Fixture {
   TestKey key{"key-1"};
   nlohmann::json jwks = {{"keys", {key.jwk()}}};
+  std::string base = authority;
+  std::string v1_issuer = "https://sts.windows.net/{tenantid}/";
+  bool serve_v1 = true;
   std::atomic<int> fetches{0};
+  std::mutex urls_mutex;
+  std::vector<std::string> urls;
   asio::io_context io;
   std::shared_ptr<EntraAuthenticator> auth;
 
   explicit Fixture(nlohmann::json options = nullptr) {
     if (options.is_null()) options = {{"tenants", {tenant}}};
+    if (options.contains("authority")) base = options["authority"].get<std::string>();
     auto config = parse_authenticator_options(options);
     REQUIRE(config);
     auth = std::make_shared<EntraAuthenticator>(io, std::move(*config), [this](const std::string& url) -> Result<std::string> {
       ++fetches;
-      if (url == authority + "/" + tenant + "/v2.0/.well-known/openid-configuration") {
-        return nlohmann::json{{"jwks_uri", authority + "/" + tenant + "/discovery/v2.0/keys"}}.dump();
+      {
+        std::lock_guard lock(urls_mutex);
+        urls.push_back(url);
       }
-      if (url == authority + "/" + tenant + "/discovery/v2.0/keys") return jwks.dump();
+      if (url == base + "/" + tenant + "/v2.0/.well-known/openid-configuration") {
+        return nlohmann::json{{"issuer", base + "/{tenantid}/v2.0"}, {"jwks_uri", base + "/" + tenant + "/discovery/v2.0/keys"}}.dump();
+      }
+      if (serve_v1 && url == base + "/" + tenant + "/.well-known/openid-configuration") {
+        return nlohmann::json{{"issuer", v1_issuer}, {"jwks_uri", base + "/common/discovery/keys"}}.dump();
+      }
+      if (url == base + "/" + tenant + "/discovery/v2.0/keys") return jwks.dump();
       return fail("HTTP 404 for " + url);
     });
+  }
+
+  std::vector<std::string> fetched() {
+    std::lock_guard lock(urls_mutex);
+    return urls;
   }
 
   AuthOutcome authenticate(const std::string& token) {
@@ -94,14 +116,14 @@ TEST_CASE("auth-entra: a valid Entra v2 user token yields the user's identity", 
   CHECK(out.identity.groups == std::vector<std::string>{"g-1", "g-2"});
   CHECK(out.identity.extra.at("oid") == std::vector<std::string>{"0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f"});
   CHECK(out.identity.extra.at("tid") == std::vector<std::string>{tenant});
-  CHECK(f.fetches == 2);
+  CHECK(f.fetches == 3);  // v2 discovery, v1 discovery, keys
 
   // Keys are cached: the second token needs no fetch and completes inline.
   std::optional<AuthOutcome> inline_out;
   f.auth->async_authenticate(f.token(user_claims()), [&](AuthOutcome o) { inline_out = std::move(o); });
   REQUIRE(inline_out);
   CHECK(inline_out->ok());
-  CHECK(f.fetches == 2);
+  CHECK(f.fetches == 3);
 }
 
 TEST_CASE("auth-entra: v1 issuer and the user name fallbacks", "[auth-entra][authenticator]") {
@@ -123,6 +145,44 @@ TEST_CASE("auth-entra: v1 issuer and the user name fallbacks", "[auth-entra][aut
   out = by_oid.authenticate(by_oid.token(user_claims()));
   REQUIRE(out.ok());
   CHECK(out.identity.user == "0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f");
+}
+
+TEST_CASE("auth-entra: issuers come from the authority's v1 and v2 discovery documents", "[auth-entra][authenticator]") {
+  // A sovereign cloud: its v1 issuer is not sts.windows.net.
+  const std::string china = "https://login.chinacloudapi.cn";
+  Fixture f({{"tenants", {tenant}}, {"authority", china}});
+  f.v1_issuer = "https://sts.chinacloudapi.cn/{tenantid}/";
+  auto claims = user_claims();
+  claims["iss"] = "https://sts.chinacloudapi.cn/" + tenant + "/";
+  claims["ver"] = "1.0";
+  auto out = f.authenticate(f.token(claims));
+  INFO(out.message);
+  CHECK(out.ok());
+  claims["iss"] = china + "/" + tenant + "/v2.0";
+  CHECK(f.authenticate(f.token(claims)).ok());
+  // The public cloud's v1 issuer is not this authority's.
+  claims["iss"] = "https://sts.windows.net/" + tenant + "/";
+  out = f.authenticate(f.token(claims));
+  CHECK(out.failure == AuthFailure::wrong_issuer);
+  CHECK(out.message.find("https://sts.chinacloudapi.cn/" + tenant + "/") != std::string::npos);
+  // Another tenant's token is refused before anything is fetched for it.
+  claims["iss"] = "https://sts.chinacloudapi.cn/" + other_tenant + "/";
+  claims["tid"] = other_tenant;
+  CHECK(f.authenticate(f.token(claims)).failure == AuthFailure::wrong_issuer);
+  for (const auto& url : f.fetched()) CHECK(url.find(other_tenant) == std::string::npos);
+  // The tenant check holds for an issuer the documents publish, too.
+  claims["iss"] = "https://sts.chinacloudapi.cn/" + tenant + "/";
+  claims["tid"] = other_tenant;
+  CHECK(f.authenticate(f.token(claims)).failure == AuthFailure::wrong_issuer);
+}
+
+TEST_CASE("auth-entra: without a v1 discovery document only v2 tokens are accepted", "[auth-entra][authenticator]") {
+  Fixture f;
+  f.serve_v1 = false;
+  CHECK(f.authenticate(f.token(user_claims())).ok());
+  auto claims = user_claims();
+  claims["iss"] = "https://sts.windows.net/" + tenant + "/";
+  CHECK(f.authenticate(f.token(claims)).failure == AuthFailure::wrong_issuer);
 }
 
 TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
@@ -155,7 +215,11 @@ TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
     auto c = user_claims();
     c["iss"] = "https://evil.example/" + tenant + "/v2.0";
     CHECK(f.authenticate(f.token(c)).failure == AuthFailure::wrong_issuer);
-    CHECK(f.fetches == 0);  // no keys fetched on behalf of a foreign issuer
+    // Only the configured tenant's own documents were read, never a URL
+    // taken from the token.
+    for (const auto& url : f.fetched()) CHECK(url.rfind(authority + "/", 0) == 0);
+    c["iss"] = "https://sts.windows.net/" + other_tenant + "/";  // v1 form, another tenant's issuer
+    CHECK(f.authenticate(f.token(c)).failure == AuthFailure::wrong_issuer);
   }
   SECTION("wrong tenant") {
     auto c = user_claims();
@@ -189,10 +253,10 @@ TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
     for (int i = 0; i < 5; ++i) forged.push_back(rs256_token(TestKey("forged-" + std::to_string(i)), user_claims()));
     auto out = f.authenticate(rs256_token(stranger, user_claims()));
     CHECK(out.failure == AuthFailure::unknown_key);
-    CHECK(f.fetches == 2);
+    CHECK(f.fetches == 3);
     // A burst of forged kids right after a refresh costs no further fetches.
     for (const auto& t : forged) CHECK(f.authenticate(t).failure == AuthFailure::unknown_key);
-    CHECK(f.fetches == 2);
+    CHECK(f.fetches == 3);
   }
   SECTION("same kid, different key") {
     TestKey impostor("key-1");
@@ -265,7 +329,7 @@ TEST_CASE("auth-entra: a key rotated at the provider is picked up without restar
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   auto out = f.authenticate(rs256_token(next, user_claims()));
   CHECK(out.ok());
-  CHECK(f.fetches == 4);
+  CHECK(f.fetches == 6);
   CHECK(f.authenticate(f.token(user_claims())).failure == AuthFailure::unknown_key);
 }
 

@@ -63,7 +63,10 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   int fetches = 0;
   JwksCache cache({"https://login.example", std::chrono::seconds(2), std::chrono::hours(24)}, [&](const std::string& url) -> clusterconnect::Result<std::string> {
     ++fetches;
-    if (url == "https://login.example/t1/v2.0/.well-known/openid-configuration") return std::string(R"({"jwks_uri":"https://login.example/t1/keys"})");
+    if (url == "https://login.example/t1/v2.0/.well-known/openid-configuration")
+      return std::string(R"({"issuer":"https://login.example/{tenantid}/v2.0","jwks_uri":"https://login.example/t1/keys"})");
+    if (url == "https://login.example/t1/.well-known/openid-configuration")
+      return std::string(R"({"issuer":"https://sts.example/t1/"})");
     if (url == "https://login.example/t1/keys") return jwks.dump();
     return clusterconnect::fail("unexpected URL " + url);
   });
@@ -71,7 +74,8 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   auto first = cache.refresh("t1");
   REQUIRE(first);
   CHECK(first.value());  // fetched
-  CHECK(fetches == 2);
+  CHECK(fetches == 3);
+  CHECK(cache.issuers("t1") == std::vector<std::string>{"https://login.example/t1/v2.0", "https://sts.example/t1/"});
   CHECK(cache.find("t1", "a"));
   CHECK_FALSE(cache.find("t1", "b"));
 
@@ -80,13 +84,13 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   auto limited = cache.refresh("t1");
   REQUIRE(limited);
   CHECK_FALSE(limited.value());  // rate-limited: no fetch, old set kept
-  CHECK(fetches == 2);
+  CHECK(fetches == 3);
   CHECK_FALSE(cache.find("t1", "b"));
 
   std::this_thread::sleep_for(std::chrono::milliseconds(2100));
   CHECK(cache.refresh_due("t1"));
   REQUIRE(cache.refresh("t1"));
-  CHECK(fetches == 4);
+  CHECK(fetches == 6);
   CHECK(cache.find("t1", "b"));
   CHECK_FALSE(cache.find("t1", "a"));  // rotated out
 
