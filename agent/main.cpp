@@ -190,49 +190,58 @@ int main(int argc, char** argv) try {
   if (o.relay_insecure_skip_verify)
     logger->warn("--relay-insecure-skip-verify: the relay's certificate is NOT verified; use this only in development");
 
-  runtime.start();
-
-  std::shared_ptr<TunnelListener> listener;
-  std::atomic<bool> api_reachable{false};
-  auto health = HealthServer::listen(io, o.health_listen, [&](const std::string& path) -> HealthReply {
-    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-    if (path == "/readyz") {
-      unsigned up = listener ? listener->status().tunnels_up : 0;
-      if (up > 0 && api_reachable) return {200, "text/plain; charset=utf-8", "ok\n"};
-      return {503, "text/plain; charset=utf-8",
-              std::string(up ? "" : "no tunnel to the relay\n") + (api_reachable ? "" : "API server not reachable\n")};
-    }
-    if (path == "/metrics")
-      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener ? listener->status().tunnels_up : 0)};
-    return {404, "text/plain; charset=utf-8", "not found\n"};
-  });
-  if (!health) {
-    std::fprintf(stderr, "clusterconnect-agent: %s\n", health.error().c_str());
-    runtime.stop();
-    return 2;
-  }
-
+  // Everything the io threads' handlers read is constructed before the
+  // threads start: the listener and the health server are complete objects
+  // by then, and nothing assigns them later.
   ListenOptions listen_options;
   listen_options.endpoint = {o.relay_url, o.relay_ca_file, o.relay_insecure_skip_verify};
   listen_options.token = [rt = relay_token.value()] { return rt->current(); };
   listen_options.tunnels = o.tunnels;
   http::Limits limits;
   auto connector = api.value()->connector(io);
-  listener = transport->listen(listen_options, [&io, policy, connector, limits, logger, metrics](
-                                                    StreamPtr stream, const std::map<std::string, std::string>&) {
-    http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy, connector, limits, logger);
-  });
+  const std::shared_ptr<TunnelListener> listener =
+      transport->listen(listen_options, [&io, policy, connector, limits, logger, metrics](
+                                            StreamPtr stream, const std::map<std::string, std::string>&) {
+        http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy, connector, limits, logger);
+      });
   if (!listener) {
     std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");
-    runtime.stop();
     return 1;
   }
+
+  std::atomic<bool> api_reachable{false};
+  auto health = HealthServer::listen(io, o.health_listen, [&listener, &api_reachable, metrics](const std::string& path) -> HealthReply {
+    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+    if (path == "/readyz") {
+      unsigned up = listener->status().tunnels_up;
+      if (up > 0 && api_reachable) return {200, "text/plain; charset=utf-8", "ok\n"};
+      return {503, "text/plain; charset=utf-8",
+              std::string(up ? "" : "no tunnel to the relay\n") + (api_reachable ? "" : "API server not reachable\n")};
+    }
+    if (path == "/metrics")
+      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up)};
+    return {404, "text/plain; charset=utf-8", "not found\n"};
+  });
+  if (!health) {
+    std::fprintf(stderr, "clusterconnect-agent: %s\n", health.error().c_str());
+    listener->close();
+    return 2;
+  }
+
+  std::promise<int> stop;
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](error_code ec, int sig) {
+    if (ec) return;
+    logger->info("signal {}: closing tunnels", sig);
+    stop.set_value(0);
+  });
+  asio::steady_timer probe_timer(io);
+  runtime.start();
   logger->info("agent {} started: relay {}, mode {}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
                health.value()->port());
 
   // Readiness: the API server must accept a verified TLS connection; probed
   // every few seconds. The ready file appears once a tunnel is up too.
-  asio::steady_timer probe_timer(io);
   std::function<void()> probe = [&] {
     connector([&](error_code ec, StreamPtr s, std::string reason) {
       if (ec) logger->debug("API server probe failed: {}", reason);
@@ -250,13 +259,6 @@ int main(int argc, char** argv) try {
   };
   asio::post(io, probe);
 
-  std::promise<int> stop;
-  asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](error_code ec, int sig) {
-    if (ec) return;
-    logger->info("signal {}: closing tunnels", sig);
-    stop.set_value(0);
-  });
   int rc = stop.get_future().get();
   listener->close();
   health.value()->close();
