@@ -1,10 +1,52 @@
 #include "agent_policy.hpp"
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "impersonation.hpp"
 
 namespace clusterconnect::agent {
+namespace {
+
+std::string base64url_decode(std::string_view in) {
+  std::string out;
+  unsigned buffer = 0;
+  int bits = 0;
+  for (char c : in) {
+    int v;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '-' || c == '+') v = 62;
+    else if (c == '_' || c == '/') v = 63;
+    else if (c == '=') break;
+    else return {};
+    buffer = (buffer << 6) | static_cast<unsigned>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((buffer >> bits) & 0xff);
+    }
+  }
+  return out;
+}
+
+// The `sub` a JWT names, read without verifying it (the API server does
+// that): for the audit record only, and marked as unverified there.
+std::string unverified_subject(const std::string& token) {
+  auto first = token.find('.');
+  auto second = first == std::string::npos ? first : token.find('.', first + 1);
+  if (second == std::string::npos || second - first - 1 > 16 * 1024) return {};
+  auto payload = nlohmann::json::parse(base64url_decode(std::string_view(token).substr(first + 1, second - first - 1)), nullptr, false);
+  if (!payload.is_object()) return {};
+  auto sub = payload.find("sub");
+  if (sub == payload.end() || !sub->is_string()) return {};
+  std::string s = sub->get<std::string>();
+  if (s.size() > 256 || !header_safe(s)) return {};
+  return s;
+}
+
+}  // namespace
 
 AgentPolicy::AgentPolicy(AuthMode mode, std::shared_ptr<Authenticator> authenticator, std::shared_ptr<ApiServer> api,
                          std::shared_ptr<AuditLog> audit, std::shared_ptr<AgentMetrics> metrics,
@@ -25,10 +67,14 @@ void AgentPolicy::reject(AuthFailure failure, const std::string& why, UniqueFunc
   done(std::move(d));
 }
 
-void AgentPolicy::pass_through(UniqueFunction<void(http::Decision)>& done) {
+void AgentPolicy::pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done) {
   http::Decision d;
   d.forward = true;
   d.user = "";
+  // The caller's own credential goes to the API server unchanged; the audit
+  // record says so, with the user a JWT names (unverified), never the token.
+  d.notes.push_back({"identity", "passed through to the API server (unverified here)"});
+  if (auto sub = unverified_subject(bearer_token(head)); !sub.empty()) d.notes.push_back({"claimed_user", sub});
   done(std::move(d));
 }
 
@@ -57,14 +103,16 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, Uniqu
   d.forward = true;
   d.user = id.user;
   d.groups = id.groups;
+  for (const char* key : {"oid", "tid"})
+    if (auto it = id.extra.find(key); it != id.extra.end() && !it->second.empty()) d.notes.push_back({key, it->second.front()});
   done(std::move(d));
 }
 
 void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
-  if (mode_ == AuthMode::token) return pass_through(done);
+  if (mode_ == AuthMode::token) return pass_through(head, done);
   std::string token = bearer_token(head);
   if (token.empty()) {
-    if (mode_ == AuthMode::both) return pass_through(done);
+    if (mode_ == AuthMode::both) return pass_through(head, done);
     return reject(AuthFailure::malformed, "no bearer token in the request", done);
   }
   // `head` lives until `done` is called (the forwarding engine owns it).
@@ -76,7 +124,7 @@ void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
         // unchanged, which authenticates it itself.
         if (mode_ == AuthMode::both &&
             (outcome.failure == AuthFailure::not_applicable || outcome.failure == AuthFailure::wrong_issuer))
-          return pass_through(done);
+          return pass_through(head, done);
         reject(outcome.failure, "Entra ID token rejected: " + outcome.message, done);
       });
 }
@@ -87,7 +135,7 @@ void AgentPolicy::on_complete(const http::ExchangeRecord& record) noexcept {
     // A request answered 401/403 here never reached the API server with an
     // identity; one forwarded without a user was a pass-through token.
     const char* method = !record.user.empty() ? "entra" : record.status == 401 ? "rejected" : "token";
-    if (audit_) audit_->write(record, method);
+    if (audit_ && !audit_->write(record, method)) metrics_->audit_dropped();
   } catch (...) {
     // Auditing must never take the data path down.
   }

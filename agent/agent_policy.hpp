@@ -32,7 +32,7 @@ class AgentPolicy final : public http::ForwardPolicy {
  private:
   void reject(AuthFailure failure, const std::string& why, UniqueFunction<void(http::Decision)>& done);
   void impersonate(http::RequestHead& head, const Identity& id, UniqueFunction<void(http::Decision)>& done);
-  static void pass_through(UniqueFunction<void(http::Decision)>& done);
+  static void pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done);
 
   AuthMode mode_;
   std::shared_ptr<Authenticator> authenticator_;

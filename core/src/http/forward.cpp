@@ -309,6 +309,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_decision(Decision d) {
     rec_.user = std::move(d.user);
     rec_.groups = std::move(d.groups);
+    rec_.notes = std::move(d.notes);
     if (!d.forward) return reply_and_continue(std::move(d.reply));
     if (!build_request_wire())
       return reply_and_continue(status_reply(500, "InternalError", "request headers could not be forwarded"));

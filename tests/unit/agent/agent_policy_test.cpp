@@ -130,3 +130,27 @@ TEST_CASE("token mode: the request goes to the API server exactly as sent", "[ag
   REQUIRE(head.headers.size() == before.size());
   for (std::size_t i = 0; i < before.size(); ++i) CHECK(head.headers[i].value == before[i].value);
 }
+
+TEST_CASE("audit notes: oid and tid of an Entra caller; a passed-through token's claimed user, never the token", "[agent][policy][audit]") {
+  Fixture f;
+  auto head = with_token("good");
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE(d.forward);
+  auto note = [](const http::Decision& d, const std::string& name) {
+    for (const auto& n : d.notes)
+      if (n.name == name) return n.value;
+    return std::string();
+  };
+  CHECK(note(d, "oid") == "oid-1");
+  CHECK(note(d, "tid") == "tid-1");
+
+  // A service-account JWT (unsigned here: the agent does not verify it).
+  const std::string sa = "eyJhbGciOiJSUzI1NiJ9." +
+                         std::string("eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpidWlsZGVyIn0") + ".c2ln";
+  auto sa_head = with_token(sa);
+  auto passed = decide(*f.policy(AuthMode::token), sa_head);
+  REQUIRE(passed.forward);
+  CHECK(note(passed, "claimed_user") == "system:serviceaccount:default:builder");
+  CHECK_THAT(note(passed, "identity"), Catch::Contains("passed through"));
+  for (const auto& n : passed.notes) CHECK(n.value.find(sa) == std::string::npos);
+}
