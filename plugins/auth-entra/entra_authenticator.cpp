@@ -106,6 +106,9 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
     const int interval = o.value("key_refresh_min_interval_seconds", 10);
     if (interval < 1 || interval > 3600) return fail("key_refresh_min_interval_seconds must be between 1 and 3600");
     c.key_refresh_min_interval = std::chrono::seconds(interval);
+    const int refresh = o.value("key_refresh_interval_seconds", 3600);
+    if (refresh < 60 || refresh > 86400) return fail("key_refresh_interval_seconds must be between 60 and 86400");
+    c.key_refresh_interval = std::chrono::seconds(refresh);
 
     if (o.contains("group_source")) {
       return fail("group_source is not supported yet: tokens with a group overage are rejected");
@@ -131,7 +134,7 @@ struct EntraAuthenticator::Shared {
       : io(io_context),
         logger(std::move(log)),
         config(std::move(c)),
-        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, std::chrono::hours(24)},
+        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, config.key_refresh_interval, config.key_clock},
              fetch ? std::move(fetch) : http_fetcher(config.http)) {}
 
   asio::io_context& io;
@@ -184,7 +187,9 @@ struct EntraAuthenticator::Shared {
     std::lock_guard lock(verified_mutex);
     auto it = verified.find(digest);
     if (it == verified.end()) return std::nullopt;
-    if (now >= it->second.valid_until || !keys.find(it->second.tenant, it->second.kid)) {
+    // The same freshness as for keys: past the refresh interval, a remembered
+    // token goes through the full path again (which refreshes the keys).
+    if (now >= it->second.valid_until || !keys.find(it->second.tenant, it->second.kid) || keys.stale(it->second.tenant)) {
       verified.erase(it);
       return std::nullopt;
     }
@@ -214,6 +219,18 @@ struct EntraAuthenticator::Shared {
     return key ? finish(jws, key, kid, digest) : key_missing(tenant, kid, fetch_error);
   }
 
+  // Background: keys past the refresh interval are fetched again, so a key
+  // removed from the published set stops its tokens (also remembered ones)
+  // without waiting for an unknown kid.
+  void refresh_stale_keys() {
+    for (const auto& tenant : keys.stale_tenants()) {
+      auto r = keys.refresh(tenant);
+      if (!logger) continue;
+      if (!r) logger->warn("entra: background key refresh: {}", r.error());
+      else if (r.value()) logger->debug("entra: refreshed the signing keys of tenant {}", tenant);
+    }
+  }
+
   AuthOutcome key_missing(const std::string& tenant, const std::string& kid, const std::string& fetch_error) {
     if (keys.loaded(tenant)) {
       return reject(AuthFailure::unknown_key, "signing key '" + printable(kid) + "' is not in tenant " + tenant +
@@ -226,7 +243,9 @@ struct EntraAuthenticator::Shared {
 
 EntraAuthenticator::EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch,
                                        std::shared_ptr<spdlog::logger> logger)
-    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch), std::move(logger))), worker_(std::make_unique<FetchWorker>()) {}
+    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch), std::move(logger))), worker_(std::make_unique<FetchWorker>()) {
+  worker_->set_idle_task(shared_->config.key_check_period, [shared = shared_] { shared->refresh_stale_keys(); });
+}
 
 EntraAuthenticator::~EntraAuthenticator() = default;
 

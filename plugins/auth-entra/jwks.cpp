@@ -92,7 +92,9 @@ Result<KeyMap> parse_jwks(std::string_view document) {
   return keys;
 }
 
-JwksCache::JwksCache(Settings settings, Fetch fetch) : settings_(std::move(settings)), fetch_(std::move(fetch)) {}
+JwksCache::JwksCache(Settings settings, Fetch fetch) : settings_(std::move(settings)), fetch_(std::move(fetch)) {
+  if (!settings_.now) settings_.now = [] { return std::chrono::steady_clock::now(); };
+}
 
 std::string JwksCache::discovery_url(const std::string& tenant) const {
   return settings_.authority + "/" + tenant + "/v2.0/.well-known/openid-configuration";
@@ -125,14 +127,23 @@ bool JwksCache::loaded(const std::string& tenant) const {
 bool JwksCache::stale(const std::string& tenant) const {
   std::lock_guard lock(mutex_);
   auto t = tenants_.find(tenant);
-  return t == tenants_.end() || !t->second.loaded || std::chrono::steady_clock::now() - t->second.fetched_at > settings_.max_age;
+  return t == tenants_.end() || !t->second.loaded || now() - t->second.fetched_at > settings_.max_age;
+}
+
+std::vector<std::string> JwksCache::stale_tenants() const {
+  std::vector<std::string> out;
+  const auto at = now();
+  std::lock_guard lock(mutex_);
+  for (const auto& [name, t] : tenants_)
+    if (t.loaded && at - t.fetched_at > settings_.max_age) out.push_back(name);
+  return out;
 }
 
 bool JwksCache::refresh_due(const std::string& tenant) const {
   std::lock_guard lock(mutex_);
   auto t = tenants_.find(tenant);
   if (t == tenants_.end() || !t->second.attempted) return true;
-  return std::chrono::steady_clock::now() - t->second.attempted_at >= settings_.min_refresh_interval;
+  return now() - t->second.attempted_at >= settings_.min_refresh_interval;
 }
 
 Result<bool> JwksCache::refresh(const std::string& tenant) {
@@ -140,12 +151,12 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   {
     std::lock_guard lock(mutex_);
     auto& t = tenants_[tenant];
-    if (t.attempted && std::chrono::steady_clock::now() - t.attempted_at < settings_.min_refresh_interval) {
+    if (t.attempted && now() - t.attempted_at < settings_.min_refresh_interval) {
       if (t.loaded) return false;
       return fail(t.last_error);
     }
     t.attempted = true;
-    t.attempted_at = std::chrono::steady_clock::now();
+    t.attempted_at = now();
   }
   auto record_failure = [&](std::string why) -> Result<bool> {
     std::lock_guard lock(mutex_);
@@ -184,7 +195,7 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   t.keys = std::move(*keys);
   t.issuers = std::move(issuers);
   t.loaded = true;
-  t.fetched_at = std::chrono::steady_clock::now();
+  t.fetched_at = now();
   t.last_error.clear();
   return true;
 }

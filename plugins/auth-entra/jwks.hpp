@@ -38,10 +38,15 @@ class JwksCache {
   // Blocking GET of a URL, returning the body of a 200 response.
   using Fetch = std::function<Result<std::string>(const std::string& url)>;
 
+  using Clock = std::function<std::chrono::steady_clock::time_point()>;
+
   struct Settings {
     std::string authority;  // no trailing '/'
     std::chrono::seconds min_refresh_interval{10};
-    std::chrono::seconds max_age{std::chrono::hours(24)};
+    // Keys (and issuers) older than this are stale: refreshed in the
+    // background, and before they are relied on again.
+    std::chrono::seconds max_age{std::chrono::hours(1)};
+    Clock now;  // default: std::chrono::steady_clock::now (tests inject one)
   };
 
   JwksCache(Settings settings, Fetch fetch);
@@ -57,6 +62,8 @@ class JwksCache {
   bool refresh_due(const std::string& tenant) const;
   bool loaded(const std::string& tenant) const;
   bool stale(const std::string& tenant) const;
+  // Loaded tenants whose keys are stale, for the background refresh.
+  std::vector<std::string> stale_tenants() const;
   // Blocking: discovery (v2 document, then the v1 document, which may be
   // missing: v1 tokens are then refused) then keys, unless the last attempt for this tenant
   // is more recent than the minimum interval. True when a new key set was
@@ -79,6 +86,8 @@ class JwksCache {
     std::chrono::steady_clock::time_point attempted_at;
     std::string last_error;
   };
+
+  std::chrono::steady_clock::time_point now() const { return settings_.now(); }
 
   Settings settings_;
   Fetch fetch_;

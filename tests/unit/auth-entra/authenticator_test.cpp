@@ -50,22 +50,32 @@ struct Fixture {
   std::string v1_issuer = "https://sts.windows.net/{tenantid}/";
   bool serve_v1 = true;
   std::atomic<int> fetches{0};
-  std::mutex urls_mutex;
+  std::mutex urls_mutex;  // also guards jwks, read by the fetch thread
   std::vector<std::string> urls;
+  // The key cache's clock: real time plus what a test adds.
+  std::atomic<long long> advanced_s{0};
   asio::io_context io;
   std::shared_ptr<EntraAuthenticator> auth;
 
-  explicit Fixture(nlohmann::json options = nullptr) {
+  void set_jwks(nlohmann::json set) {
+    std::lock_guard lock(urls_mutex);
+    jwks = std::move(set);
+  }
+  void advance(std::chrono::seconds by) { advanced_s += by.count(); }
+
+  explicit Fixture(nlohmann::json options = nullptr) : Fixture(std::move(options), std::chrono::milliseconds(10)) {}
+
+  Fixture(nlohmann::json options, std::chrono::milliseconds key_check_period) {
     if (options.is_null()) options = {{"tenants", {tenant}}};
     if (options.contains("authority")) base = options["authority"].get<std::string>();
     auto config = parse_authenticator_options(options);
     REQUIRE(config);
+    config->key_clock = [this] { return std::chrono::steady_clock::now() + std::chrono::seconds(advanced_s.load()); };
+    config->key_check_period = key_check_period;
     auth = std::make_shared<EntraAuthenticator>(io, std::move(*config), [this](const std::string& url) -> Result<std::string> {
+      std::lock_guard lock(urls_mutex);
       ++fetches;
-      {
-        std::lock_guard lock(urls_mutex);
-        urls.push_back(url);
-      }
+      urls.push_back(url);
       if (url == base + "/" + tenant + "/v2.0/.well-known/openid-configuration") {
         return nlohmann::json{{"issuer", base + "/{tenantid}/v2.0"}, {"jwks_uri", base + "/" + tenant + "/discovery/v2.0/keys"}}.dump();
       }
@@ -325,17 +335,50 @@ TEST_CASE("auth-entra: a key rotated at the provider is picked up without restar
   Fixture f({{"tenants", {tenant}}, {"key_refresh_min_interval_seconds", 1}});
   REQUIRE(f.authenticate(f.token(user_claims())).ok());
   TestKey next("key-2");
-  f.jwks = {{"keys", {next.jwk()}}};
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  f.set_jwks({{"keys", {next.jwk()}}});
+  f.advance(std::chrono::seconds(2));  // past the refresh rate limit
   auto out = f.authenticate(rs256_token(next, user_claims()));
   CHECK(out.ok());
   CHECK(f.fetches == 6);
   CHECK(f.authenticate(f.token(user_claims())).failure == AuthFailure::unknown_key);
 }
 
+TEST_CASE("auth-entra: keys are refreshed in the background, and a key removed from the set stops its remembered tokens", "[auth-entra][authenticator]") {
+  Fixture f;
+  const auto token = f.token(user_claims());
+  REQUIRE(f.authenticate(token).ok());
+  REQUIRE(f.authenticate(token).ok());  // now remembered as verified
+  CHECK(f.fetches == 3);
+
+  TestKey next("key-2");
+  f.set_jwks({{"keys", {next.jwk()}}});  // key-1 leaves the published set
+  CHECK(f.authenticate(token).ok());     // not yet known here
+  f.advance(std::chrono::seconds(3601));  // past the hourly refresh
+  // The background refresh fetches again without any request asking for it.
+  for (int i = 0; i < 6000 && f.fetches < 6; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  REQUIRE(f.fetches == 6);
+  auto out = f.authenticate(token);
+  CHECK(out.failure == AuthFailure::unknown_key);
+  CHECK(f.authenticate(rs256_token(next, user_claims())).ok());
+}
+
+TEST_CASE("auth-entra: a remembered token is not trusted past the key age without a refresh", "[auth-entra][authenticator]") {
+  // No background refresh here: the request path must refresh by itself.
+  Fixture f({{"tenants", {tenant}}}, std::chrono::hours(24));
+  const auto token = f.token(user_claims());
+  REQUIRE(f.authenticate(token).ok());
+  REQUIRE(f.authenticate(token).ok());  // remembered
+  CHECK(f.fetches == 3);
+  f.set_jwks({{"keys", {TestKey("key-3").jwk()}}});
+  CHECK(f.authenticate(token).ok());  // keys still fresh
+  f.advance(std::chrono::seconds(3601));
+  CHECK(f.authenticate(token).failure == AuthFailure::unknown_key);
+  CHECK(f.fetches == 6);
+}
+
 TEST_CASE("auth-entra: keys that cannot be fetched give keys_unavailable", "[auth-entra][authenticator]") {
   Fixture f;
-  f.jwks = "not a key set";
+  f.set_jwks("not a key set");
   auto out = f.authenticate(f.token(user_claims()));
   CHECK(out.failure == AuthFailure::keys_unavailable);
   CHECK(out.message.find("signing keys") != std::string::npos);
@@ -352,6 +395,8 @@ TEST_CASE("auth-entra: authenticator options are checked", "[auth-entra][options
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://127.0.0.1:1234"}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://idp.example"}, {"allow_http_loopback", true}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"group_source", "graph"}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"key_refresh_interval_seconds", 59}}));
+  CHECK(parse_authenticator_options({{"tenants", {tenant}}})->key_refresh_interval == std::chrono::hours(1));
   auto ok = parse_authenticator_options({{"tenants", {tenant}}, {"authority", "http://127.0.0.1:1234/"}, {"allow_http_loopback", true}});
   REQUIRE(ok);
   CHECK(ok->rules.authority == "http://127.0.0.1:1234");
