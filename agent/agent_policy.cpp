@@ -89,6 +89,14 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, Uniqu
     d.reply = http::status_reply(403, "Forbidden", "impersonation through the cluster connection is not permitted");
     return done(std::move(d));
   }
+  if (auto why = refused_identity(id); !why.empty()) {
+    metrics_->auth_failure("identity_refused");
+    logger_->info("request refused: {}", why);
+    http::Decision d;
+    d.forward = false;
+    d.reply = http::status_reply(403, "Forbidden", "the cluster connection does not impersonate this identity: " + why);
+    return done(std::move(d));
+  }
   auto agent_token = api_->token().get();
   if (!agent_token) {
     logger_->error("{}", agent_token.error());

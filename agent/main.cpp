@@ -47,6 +47,8 @@ struct AgentOptions {
   std::string authority_ca_file;
   bool allow_http_loopback_authority = false;
   std::string username_claim = "upn";
+  std::string username_prefix;
+  std::string groups_prefix;
   unsigned clock_skew = 300;
   ApiServerOptions api;
   std::string health_listen = "0.0.0.0:8081";
@@ -83,8 +85,14 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_option("--authority-ca-file", o.authority_ca_file, "CA bundle that verifies the authority (default: system store)");
   app.add_flag("--allow-http-loopback-authority", o.allow_http_loopback_authority,
                "Accept an http:// authority on a loopback address (test identity providers only)");
-  app.add_option("--username-claim", o.username_claim, "upn: upn, else preferred_username, else oid; oid: always oid")
-      ->check(CLI::IsMember({"upn", "oid"}))->capture_default_str();
+  app.add_option("--username-claim", o.username_claim,
+                 "Token claim the Kubernetes user name comes from, as kube-apiserver's --oidc-username-claim: "
+                 "upn (upn, else oid, as Azure Arc does), oid, or any other claim (then required)")
+      ->capture_default_str();
+  app.add_option("--username-prefix", o.username_prefix,
+                 "Prefix for user names, as kube-apiserver's --oidc-username-prefix (default: none)");
+  app.add_option("--groups-prefix", o.groups_prefix,
+                 "Prefix for group names, as kube-apiserver's --oidc-groups-prefix (default: none)");
   app.add_option("--clock-skew", o.clock_skew, "Seconds of clock skew allowed on exp/nbf")->check(CLI::Range(0, 600))
       ->capture_default_str();
   app.add_option("--apiserver-url", o.api.url, "API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)")
@@ -159,6 +167,8 @@ int main(int argc, char** argv) try {
                            {"allow_http_loopback", o.allow_http_loopback_authority},
                            {"clock_skew_seconds", o.clock_skew},
                            {"username_claim", o.username_claim},
+                           {"username_prefix", o.username_prefix},
+                           {"groups_prefix", o.groups_prefix},
                            {"ca_file", o.authority_ca_file}};
     if (!o.authority.empty()) options["authority"] = o.authority;
     auto made = cap->create(options);

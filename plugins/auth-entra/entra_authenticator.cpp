@@ -96,11 +96,20 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
     }
     c.rules.clock_skew = std::chrono::seconds(skew);
 
-    const std::string username_claim = o.value("username_claim", std::string("upn"));
-    if (username_claim == "oid") {
-      c.rules.username_from_oid = true;
-    } else if (username_claim != "upn") {
-      return fail("username_claim must be \"upn\" (upn, else preferred_username, else oid) or \"oid\"");
+    c.rules.username_claim = o.value("username_claim", std::string("upn"));
+    if (c.rules.username_claim.empty() || c.rules.username_claim.size() > 64) {
+      return fail("username_claim must name a token claim (default \"upn\": upn, else oid)");
+    }
+    for (unsigned char ch : c.rules.username_claim)
+      if (!std::isalnum(ch) && ch != '_' && ch != '-' && ch != '.' && ch != ':')
+        return fail("username_claim '" + printable(c.rules.username_claim) + "' is not a claim name");
+    for (const char* name : {"username_prefix", "groups_prefix"}) {
+      const std::string prefix = o.value(name, std::string());
+      if (!prefix.empty()) {
+        if (auto why = reserved_name_reason(prefix); !why.empty())
+          return fail(std::string(name) + " '" + printable(prefix) + "' is not accepted: " + why);
+      }
+      (std::string(name) == "username_prefix" ? c.rules.username_prefix : c.rules.groups_prefix) = prefix;
     }
 
     const int interval = o.value("key_refresh_min_interval_seconds", 10);

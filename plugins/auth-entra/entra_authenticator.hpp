@@ -46,7 +46,7 @@ struct AuthenticatorConfig {
 // Options JSON (all optional but `tenants`):
 //   {"tenants": [tid...], "audiences": [...], "authority": URL,
 //    "allow_http_loopback": false, "clock_skew_seconds": 300,
-//    "username_claim": "upn"|"oid", "ca_file": "", "key_refresh_min_interval_seconds": 10,
+//    "username_claim": "upn"|"oid"|<claim>, "username_prefix": "", "groups_prefix": "", "ca_file": "", "key_refresh_min_interval_seconds": 10,
 //    "key_refresh_interval_seconds": 3600}
 // `authority` defaults to $AZURE_AUTHORITY_HOST, then login.microsoftonline.com.
 Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& options);

@@ -45,8 +45,18 @@ struct ValidationRules {
   std::vector<std::string> audiences;  // accepted `aud` values
   std::string authority;               // e.g. https://login.microsoftonline.com (no trailing '/')
   std::chrono::seconds clock_skew{300};
-  bool username_from_oid = false;      // user = oid always, instead of upn/preferred_username/oid
+  // As kube-apiserver's --oidc-username-claim/-prefix and --oidc-groups-prefix.
+  // "upn" (the default, Arc's): upn, else oid (applications have no upn);
+  // "oid": always oid; any other claim: that claim, which must be present.
+  std::string username_claim = "upn";
+  std::string username_prefix;
+  std::string groups_prefix;
 };
+
+// Why a user or group name (after its prefix) may not be impersonated, or
+// empty: names in the reserved `system:` namespace, and names with
+// whitespace or control characters (which could pass for another name).
+std::string reserved_name_reason(std::string_view name);
 
 // The `alg` check: RS256 only.
 AuthOutcome check_algorithm(const Jws& jws);

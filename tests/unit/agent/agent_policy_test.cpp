@@ -7,6 +7,7 @@
 
 #include "../../support/test_env.hpp"
 #include "agent_policy.hpp"
+#include "impersonation.hpp"
 #include "clusterconnect/certificates.hpp"
 
 using namespace clusterconnect;
@@ -21,6 +22,14 @@ class TableAuthenticator final : public Authenticator {
     if (token == "good") {
       AuthOutcome ok;
       ok.identity = {"alice@contoso.example", "oid-1", {"devs"}, {{"oid", {"oid-1"}}, {"tid", {"tid-1"}}}};
+      return handler(ok);
+    }
+    if (token == "masters" || token == "tabbed" || token == "system-user") {
+      AuthOutcome ok;
+      ok.identity = {"alice@contoso.example", "oid-1", {"devs"}, {}};
+      if (token == "masters") ok.identity.groups.push_back("system:masters");
+      if (token == "tabbed") ok.identity.user = "alice@contoso.example\t";
+      if (token == "system-user") ok.identity.user = "system:admin";
       return handler(ok);
     }
     if (token == "expired") return handler(AuthOutcome{AuthFailure::expired, "the token expired at 2026-01-01T00:00:00Z", {}});
@@ -153,4 +162,20 @@ TEST_CASE("audit notes: oid and tid of an Entra caller; a passed-through token's
   CHECK(note(passed, "claimed_user") == "system:serviceaccount:default:builder");
   CHECK_THAT(note(passed, "identity"), Catch::Contains("passed through"));
   for (const auto& n : passed.notes) CHECK(n.value.find(sa) == std::string::npos);
+}
+
+TEST_CASE("entra mode: a reserved or look-alike identity is refused with 403, whatever the authenticator said", "[agent][policy]") {
+  Fixture f;
+  for (const char* token : {"masters", "tabbed", "system-user"}) {
+    INFO(token);
+    auto head = with_token(token);
+    auto d = decide(*f.policy(AuthMode::entra), head);
+    REQUIRE_FALSE(d.forward);
+    CHECK(d.reply.status == 403);
+    CHECK_THAT(nlohmann::json::parse(d.reply.body)["message"].get<std::string>(), Catch::Contains("does not impersonate"));
+    CHECK(head.all("impersonate-user").empty());
+  }
+  CHECK(refused_identity({"team:system", "", {"a:system:b"}, {}}).empty());
+  CHECK_FALSE(refused_identity({"alice\xc2\xa0", "", {}, {}}).empty());
+  CHECK_FALSE(refused_identity({"alice", "", {"g\xe2\x80\x8b"}, {}}).empty());
 }

@@ -143,7 +143,8 @@ TEST_CASE("auth-entra: v1 issuer and the user name fallbacks", "[auth-entra][aut
   claims.erase("upn");
   auto out = f.authenticate(f.token(claims));
   REQUIRE(out.ok());
-  CHECK(out.identity.user == "alice.pref@contoso.example");
+  // Never preferred_username unless configured: without upn, the oid (Arc's mapping).
+  CHECK(out.identity.user == claims["oid"]);
 
   claims.erase("preferred_username");
   claims["idtyp"] = "app";
@@ -155,6 +156,56 @@ TEST_CASE("auth-entra: v1 issuer and the user name fallbacks", "[auth-entra][aut
   out = by_oid.authenticate(by_oid.token(user_claims()));
   REQUIRE(out.ok());
   CHECK(out.identity.user == "0b9c2a43-1c4b-4ad4-9f0e-1b0a1d2c3e4f");
+}
+
+TEST_CASE("auth-entra: user claim and prefixes are configurable as kube-apiserver's", "[auth-entra][authenticator]") {
+  Fixture f({{"tenants", {tenant}}, {"username_claim", "preferred_username"}, {"username_prefix", "entra:"}, {"groups_prefix", "entra:"}});
+  auto out = f.authenticate(f.token(user_claims()));
+  REQUIRE(out.ok());
+  CHECK(out.identity.user == "entra:alice.pref@contoso.example");
+  CHECK(out.identity.groups == std::vector<std::string>{"entra:g-1", "entra:g-2"});
+  // A configured claim must be present.
+  auto c = user_claims();
+  c.erase("preferred_username");
+  out = f.authenticate(f.token(c));
+  CHECK(out.failure == AuthFailure::malformed);
+  CHECK_THAT(out.message, Catch::Contains("preferred_username"));
+  // With a prefix, a name that looks reserved is not reserved any more.
+  c = user_claims();
+  c["groups"] = {"system:masters"};
+  out = f.authenticate(f.token(c));
+  REQUIRE(out.ok());
+  CHECK(out.identity.groups == std::vector<std::string>{"entra:system:masters"});
+
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"username_prefix", "system:"}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"groups_prefix", "a b"}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"username_claim", "a b"}}));
+}
+
+TEST_CASE("auth-entra: reserved and look-alike user and group names are refused", "[auth-entra][authenticator]") {
+  Fixture f;
+  auto refused = [&](const char* claim, nlohmann::json value) {
+    auto c = user_claims();
+    c[claim] = value;
+    auto out = f.authenticate(f.token(c));
+    INFO(claim << " = " << value.dump());
+    CHECK(out.failure == AuthFailure::malformed);
+    CHECK_THAT(out.message, Catch::Contains("not accepted"));
+  };
+  refused("upn", "system:admin");
+  refused("upn", "System:Admin");
+  refused("upn", "alice@contoso.example\t");
+  refused("upn", "alice @contoso.example");
+  refused("upn", "alice\u00a0@contoso.example");
+  refused("upn", "alice\u200b@contoso.example");
+  refused("groups", {"g-1", "system:masters"});
+  refused("groups", {"system:authenticated"});
+  refused("groups", {"g-1\t"});
+  refused("groups", {"g\n1"});
+  // An ordinary name with a colon is fine.
+  auto c = user_claims();
+  c["groups"] = {"team:system"};
+  CHECK(f.authenticate(f.token(c)).ok());
 }
 
 TEST_CASE("auth-entra: issuers come from the authority's v1 and v2 discovery documents", "[auth-entra][authenticator]") {
@@ -387,7 +438,8 @@ TEST_CASE("auth-entra: keys that cannot be fetched give keys_unavailable", "[aut
 TEST_CASE("auth-entra: authenticator options are checked", "[auth-entra][options]") {
   CHECK_FALSE(parse_authenticator_options(nlohmann::json::object()));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"clock_skew_seconds", 601}}));
-  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"username_claim", "email"}}));
+  CHECK(parse_authenticator_options({{"tenants", {tenant}}, {"username_claim", "email"}}));
+  CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}, {"username_claim", ""}}));
   CHECK_FALSE(parse_authenticator_options({{"tenants", {"../evil"}}}));
   auto domain = parse_authenticator_options({{"tenants", {"contoso.onmicrosoft.com"}}});
   REQUIRE_FALSE(domain);
