@@ -1,13 +1,21 @@
 // clusterconnect-agent: runs in the cluster, dials out to the relay,
 // authenticates callers and impersonates them to the API server.
 
+#include <condition_variable>
 #include <cstdio>
 #include <exception>
 #include <fstream>
 #include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
@@ -109,6 +117,45 @@ void add_options(CLI::App& app, AgentOptions& o) {
       ->capture_default_str();
   app.add_option("--threads", o.threads, "I/O threads")->check(CLI::Range(1, 64))->capture_default_str();
 }
+
+// The io threads, run until the io_context has no work left once the guard
+// is released.
+class IoThreads {
+ public:
+  IoThreads(asio::io_context& io, unsigned count) : io_(io), guard_(asio::make_work_guard(io)) {
+    for (unsigned i = 0; i < count; ++i)
+      threads_.emplace_back([this] {
+        io_.run();
+        std::lock_guard lock(mutex_);
+        ++finished_;
+        done_.notify_all();
+      });
+  }
+  ~IoThreads() { finish(std::chrono::seconds(0)); }
+
+  // Releases the guard and waits up to `timeout` for the threads to run out
+  // of work; then stops the io_context and joins them. False on timeout.
+  bool finish(std::chrono::milliseconds timeout) {
+    guard_.reset();
+    bool drained;
+    {
+      std::unique_lock lock(mutex_);
+      drained = done_.wait_for(lock, timeout, [&] { return finished_ == threads_.size(); });
+    }
+    if (!drained) io_.stop();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+    return drained;
+  }
+
+ private:
+  asio::io_context& io_;
+  asio::executor_work_guard<asio::io_context::executor_type> guard_;
+  std::mutex mutex_;
+  std::condition_variable done_;
+  std::size_t finished_ = 0;
+  std::vector<std::thread> threads_;
+};
 
 void write_ready_file(const std::string& path, unsigned short health_port) {
   auto tmp = path + ".tmp";
@@ -246,34 +293,50 @@ int main(int argc, char** argv) try {
     stop.set_value(0);
   });
   asio::steady_timer probe_timer(io);
-  runtime.start();
+  auto probe_strand = asio::make_strand(io);
+  // The agent runs the io threads itself (not runtime.start()) so that at
+  // shutdown it can let them finish the work in flight, close frames and
+  // stream resets included, instead of stopping them mid-write.
+  IoThreads io_threads(io, o.threads);
   logger->info("agent {} started: relay {}, mode {}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
                health.value()->port());
 
   // Readiness: the API server must accept a verified TLS connection; probed
   // every few seconds. The ready file appears once a tunnel is up too.
+  // The probe and its timer live on one strand, as does their cancellation.
+  bool stopping = false;
   std::function<void()> probe = [&] {
     connector([&](error_code ec, StreamPtr s, std::string reason) {
-      if (ec) logger->debug("API server probe failed: {}", reason);
-      api_reachable = !ec;
-      if (s) s->reset("probe done");
-      if (!o.ready_file.empty() && api_reachable && listener->status().tunnels_up > 0) {
-        write_ready_file(o.ready_file, health.value()->port());
-        o.ready_file.clear();
-      }
-      probe_timer.expires_after(o.ready_file.empty() ? std::chrono::seconds(10) : std::chrono::milliseconds(200));
-      probe_timer.async_wait([&](error_code e) {
-        if (!e) probe();
+      asio::dispatch(probe_strand, [&, ec, s = std::move(s), reason = std::move(reason)] {
+        if (ec) logger->debug("API server probe failed: {}", reason);
+        api_reachable = !ec;
+        if (s) s->reset("probe done");
+        if (stopping) return;
+        if (!o.ready_file.empty() && api_reachable && listener->status().tunnels_up > 0) {
+          write_ready_file(o.ready_file, health.value()->port());
+          o.ready_file.clear();
+        }
+        probe_timer.expires_after(o.ready_file.empty() ? std::chrono::seconds(10) : std::chrono::milliseconds(200));
+        probe_timer.async_wait(asio::bind_executor(probe_strand, [&](error_code e) {
+          if (!e && !stopping) probe();
+        }));
       });
     });
   };
-  asio::post(io, probe);
+  asio::post(probe_strand, probe);
 
   int rc = stop.get_future().get();
   listener->close();
   health.value()->close();
-  asio::post(io, [&] { probe_timer.cancel(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  asio::post(probe_strand, [&] {
+    stopping = true;
+    probe_timer.cancel();
+  });
+  // Wait for the io threads to run out of work: the tunnels' close frames
+  // written, in-flight streams reset, the probe and health server done;
+  // bounded, so a peer that never reads cannot hold the agent up.
+  if (!io_threads.finish(std::chrono::seconds(10)))
+    logger->warn("shutdown: work still pending after 10 s (a peer not reading?); stopping anyway");
   runtime.stop();
   return rc;
 } catch (const std::exception& e) {
