@@ -31,13 +31,29 @@ std::string base64url_decode(std::string_view in) {
   return out;
 }
 
-// The `sub` a JWT names, read without verifying it (the API server does
-// that): for the audit record only, and marked as unverified there.
-std::string unverified_subject(const std::string& token) {
+nlohmann::json jwt_payload(const std::string& token) {
   auto first = token.find('.');
   auto second = first == std::string::npos ? first : token.find('.', first + 1);
   if (second == std::string::npos || second - first - 1 > 16 * 1024) return {};
   auto payload = nlohmann::json::parse(base64url_decode(std::string_view(token).substr(first + 1, second - first - 1)), nullptr, false);
+  return payload.is_object() ? payload : nlohmann::json();
+}
+
+// The `exp` of a token; read before verification, used only once the
+// authenticator has verified this very token. Zero when there is none.
+std::chrono::system_clock::time_point token_expiry(const std::string& token) {
+  auto payload = jwt_payload(token);
+  auto exp = payload.is_object() ? payload.find("exp") : payload.end();
+  if (!payload.is_object() || exp == payload.end() || !exp->is_number()) return {};
+  const double seconds = exp->get<double>();
+  if (!(seconds > 0 && seconds < 1e11)) return {};
+  return std::chrono::system_clock::time_point(std::chrono::seconds(static_cast<long long>(seconds)));
+}
+
+// The `sub` a JWT names, read without verifying it (the API server does
+// that): for the audit record only, and marked as unverified there.
+std::string unverified_subject(const std::string& token) {
+  auto payload = jwt_payload(token);
   if (!payload.is_object()) return {};
   auto sub = payload.find("sub");
   if (sub == payload.end() || !sub->is_string()) return {};
@@ -74,11 +90,18 @@ void AgentPolicy::pass_through(const http::RequestHead& head, UniqueFunction<voi
   // The caller's own credential goes to the API server unchanged; the audit
   // record says so, with the user a JWT names (unverified), never the token.
   d.notes.push_back({"identity", "passed through to the API server (unverified here)"});
-  if (auto sub = unverified_subject(bearer_token(head)); !sub.empty()) d.notes.push_back({"claimed_user", sub});
+  const std::string token = bearer_token(head);
+  if (auto sub = unverified_subject(token); !sub.empty()) d.notes.push_back({"claimed_user", sub});
+  // The API server checks a JWT's exp when the connection opens; the agent
+  // ends an upgraded connection there (a forged exp only harms its sender,
+  // and a token the API server refuses opens nothing).
+  d.pipe_deadline = token_expiry(token);
+  d.pipe_deadline_reason = "the token that opened this connection expired; connect again with a fresh one";
   done(std::move(d));
 }
 
-void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, UniqueFunction<void(http::Decision)>& done) {
+void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, std::chrono::system_clock::time_point expiry,
+                              UniqueFunction<void(http::Decision)>& done) {
   if (has_caller_impersonation(head)) {
     metrics_->auth_failure("impersonation_refused");
     logger_->info("request from {} refused: it carries its own Impersonate-* headers", id.user);
@@ -113,6 +136,10 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, Uniqu
   d.groups = id.groups;
   for (const char* key : {"oid", "tid"})
     if (auto it = id.extra.find(key); it != id.extra.end() && !it->second.empty()) d.notes.push_back({key, it->second.front()});
+  // An exec, attach or port-forward lives no longer than the token that
+  // opened it: the engine closes the upgraded connection at its expiry.
+  d.pipe_deadline = expiry;
+  d.pipe_deadline_reason = "the token that opened this connection expired; connect again with a fresh one";
   done(std::move(d));
 }
 
@@ -123,10 +150,11 @@ void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
     if (mode_ == AuthMode::both) return pass_through(head, done);
     return reject(AuthFailure::malformed, "no bearer token in the request", done);
   }
+  const auto expiry = token_expiry(token);
   // `head` lives until `done` is called (the forwarding engine owns it).
   authenticator_->async_authenticate(
-      std::move(token), [this, &head, done = std::move(done)](AuthOutcome outcome) mutable {
-        if (outcome.ok()) return impersonate(head, outcome.identity, done);
+      std::move(token), [this, &head, expiry, done = std::move(done)](AuthOutcome outcome) mutable {
+        if (outcome.ok()) return impersonate(head, outcome.identity, expiry, done);
         // In `both` mode a token that is not an Entra token for this cluster
         // (a service-account JWT has another issuer) goes to the API server
         // unchanged, which authenticates it itself.

@@ -19,7 +19,7 @@ namespace {
 class TableAuthenticator final : public Authenticator {
  public:
   void async_authenticate(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept override {
-    if (token == "good") {
+    if (token == "good" || token.rfind("eyJ", 0) == 0) {
       AuthOutcome ok;
       ok.identity = {"alice@contoso.example", "oid-1", {"devs"}, {{"oid", {"oid-1"}}, {"tid", {"tid-1"}}}};
       return handler(ok);
@@ -178,4 +178,22 @@ TEST_CASE("entra mode: a reserved or look-alike identity is refused with 403, wh
   CHECK(refused_identity({"team:system", "", {"a:system:b"}, {}}).empty());
   CHECK_FALSE(refused_identity({"alice\xc2\xa0", "", {}, {}}).empty());
   CHECK_FALSE(refused_identity({"alice", "", {"g\xe2\x80\x8b"}, {}}).empty());
+}
+
+TEST_CASE("an upgraded connection is given the expiry of the token that opened it", "[agent][policy]") {
+  Fixture f;
+  // {"exp":2000000000}: read from the token the authenticator accepted.
+  const std::string jwt = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln";
+  const auto expected = std::chrono::system_clock::time_point(std::chrono::seconds(2000000000));
+  auto head = with_token(jwt);
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE(d.forward);
+  CHECK(d.pipe_deadline == expected);
+  CHECK_THAT(d.pipe_deadline_reason, Catch::Contains("expired"));
+  auto passed_head = with_token(jwt);
+  auto passed = decide(*f.policy(AuthMode::token), passed_head);
+  CHECK(passed.pipe_deadline == expected);
+  // A token without exp sets no deadline.
+  auto plain = with_token("good");
+  CHECK(decide(*f.policy(AuthMode::entra), plain).pipe_deadline == std::chrono::system_clock::time_point{});
 }

@@ -78,6 +78,11 @@ struct Decision {
   std::string user;  // for the ExchangeRecord only
   std::vector<std::string> groups;
   std::vector<Header> notes;  // more facts for the ExchangeRecord (an audit log's fields)
+  // When set and the request is upgraded (exec, attach, port-forward), the
+  // pipe is closed at this time: both streams are reset with
+  // `pipe_deadline_reason` and the record gets the note {"closed", reason}.
+  std::chrono::system_clock::time_point pipe_deadline{};
+  std::string pipe_deadline_reason;
 };
 
 // One per server, shared by all its connections: must be thread-safe.
