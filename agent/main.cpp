@@ -31,6 +31,7 @@
 #include "clusterconnect/version.hpp"
 #include "counted_stream.hpp"
 #include "health_server.hpp"
+#include "io_threads.hpp"
 #include "relay_token.hpp"
 
 using namespace clusterconnect;
@@ -117,45 +118,6 @@ void add_options(CLI::App& app, AgentOptions& o) {
       ->capture_default_str();
   app.add_option("--threads", o.threads, "I/O threads")->check(CLI::Range(1, 64))->capture_default_str();
 }
-
-// The io threads, run until the io_context has no work left once the guard
-// is released.
-class IoThreads {
- public:
-  IoThreads(asio::io_context& io, unsigned count) : io_(io), guard_(asio::make_work_guard(io)) {
-    for (unsigned i = 0; i < count; ++i)
-      threads_.emplace_back([this] {
-        io_.run();
-        std::lock_guard lock(mutex_);
-        ++finished_;
-        done_.notify_all();
-      });
-  }
-  ~IoThreads() { finish(std::chrono::seconds(0)); }
-
-  // Releases the guard and waits up to `timeout` for the threads to run out
-  // of work; then stops the io_context and joins them. False on timeout.
-  bool finish(std::chrono::milliseconds timeout) {
-    guard_.reset();
-    bool drained;
-    {
-      std::unique_lock lock(mutex_);
-      drained = done_.wait_for(lock, timeout, [&] { return finished_ == threads_.size(); });
-    }
-    if (!drained) io_.stop();
-    for (auto& t : threads_)
-      if (t.joinable()) t.join();
-    return drained;
-  }
-
- private:
-  asio::io_context& io_;
-  asio::executor_work_guard<asio::io_context::executor_type> guard_;
-  std::mutex mutex_;
-  std::condition_variable done_;
-  std::size_t finished_ = 0;
-  std::vector<std::thread> threads_;
-};
 
 void write_ready_file(const std::string& path, unsigned short health_port) {
   auto tmp = path + ".tmp";
