@@ -42,7 +42,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // One deadline for the whole exchange: a client that sends its request a
     // byte at a time is closed when it passes.
     stream_.expires_after(timeout_);
-    bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+    bhttp::async_read(stream_, buffer_, *parser_,
+                      [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
   }
 
   void on_read(error_code ec) {
@@ -92,7 +93,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 class Server final : public HealthServer, public std::enable_shared_from_this<Server> {
  public:
   Server(asio::io_context& io, HealthHandler handler, std::chrono::milliseconds timeout)
-      : io_(io), acceptor_(asio::make_strand(io)), handler_(std::make_shared<HealthHandler>(std::move(handler))), timeout_(timeout) {}
+      : io_(io),
+        acceptor_(asio::make_strand(io)),
+        handler_(std::make_shared<HealthHandler>(std::move(handler))),
+        timeout_(timeout) {}
 
   Result<void> bind(const std::string& address_port) {
     auto colon = address_port.rfind(':');
@@ -111,7 +115,8 @@ class Server final : public HealthServer, public std::enable_shared_from_this<Se
     acceptor_.open(ep.protocol(), ec);
     if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
     if (!ec) acceptor_.bind(ep, ec);
-    if (ec == asio::error::address_in_use) return fail(address_port + " is already in use; choose another --health-listen");
+    if (ec == asio::error::address_in_use)
+      return fail(address_port + " is already in use; choose another --health-listen");
     if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return fail("cannot listen on " + address_port + ": " + ec.message());
     port_ = acceptor_.local_endpoint(ec).port();
@@ -147,7 +152,7 @@ class Server final : public HealthServer, public std::enable_shared_from_this<Se
 }  // namespace
 
 Result<std::shared_ptr<HealthServer>> HealthServer::listen(asio::io_context& io, const std::string& address_port,
-                                                            HealthHandler handler, std::chrono::milliseconds timeout) {
+                                                           HealthHandler handler, std::chrono::milliseconds timeout) {
   auto server = std::make_shared<Server>(io, std::move(handler), timeout);
   if (auto r = server->bind(address_port); !r) return fail(r.error());
   asio::dispatch(server->acceptor_executor(), [server] { server->accept(); });

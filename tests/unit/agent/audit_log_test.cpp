@@ -23,7 +23,8 @@ namespace {
 http::ExchangeRecord exec_record() {
   http::ExchangeRecord r;
   r.method = "POST";
-  r.target = "/api/v1/namespaces/default/pods/web/exec?command=cat&command=%2Fetc%2Fshadow&stdout=true&access_token=eyJsecret";
+  r.target =
+      "/api/v1/namespaces/default/pods/web/exec?command=cat&command=%2Fetc%2Fshadow&stdout=true&access_token=eyJsecret";
   r.user = "alice@contoso.example";
   r.groups = {"devs"};
   r.status = 101;

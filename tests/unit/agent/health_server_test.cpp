@@ -28,11 +28,14 @@ struct Served {
   std::vector<std::thread> threads;
 
   explicit Served(std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-    auto made = HealthServer::listen(io, "127.0.0.1:0", [](const std::string& path) -> HealthReply {
-      if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-      if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", "m 1\n"};
-      return {404, "text/plain; charset=utf-8", "not found\n"};
-    }, timeout);
+    auto made = HealthServer::listen(
+        io, "127.0.0.1:0",
+        [](const std::string& path) -> HealthReply {
+          if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+          if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", "m 1\n"};
+          return {404, "text/plain; charset=utf-8", "not found\n"};
+        },
+        timeout);
     REQUIRE(made);
     server = made.value();
     for (int i = 0; i < 2; ++i) threads.emplace_back([this] { io.run(); });
