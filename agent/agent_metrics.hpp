@@ -16,6 +16,7 @@ class AgentMetrics {
  public:
   void request_done(unsigned code, std::chrono::microseconds duration, bool upgraded);
   void auth_failure(const std::string& reason);
+  void audit_dropped() { audit_dropped_.fetch_add(1, std::memory_order_relaxed); }
   void stream_opened() { streams_active_.fetch_add(1, std::memory_order_relaxed); }
   void stream_closed() { streams_active_.fetch_sub(1, std::memory_order_relaxed); }
   // Prometheus text exposition format; `tunnels_up` comes from the transport.
@@ -31,6 +32,7 @@ class AgentMetrics {
   std::uint64_t latency_count_ = 0;
   std::uint64_t upgrades_ = 0;
   std::atomic<std::int64_t> streams_active_{0};
+  std::atomic<std::uint64_t> audit_dropped_{0};
 };
 
 }  // namespace clusterconnect::agent

@@ -1,10 +1,68 @@
 #include "agent_policy.hpp"
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "impersonation.hpp"
 
 namespace clusterconnect::agent {
+namespace {
+
+std::string base64url_decode(std::string_view in) {
+  std::string out;
+  unsigned buffer = 0;
+  int bits = 0;
+  for (char c : in) {
+    int v;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '-' || c == '+') v = 62;
+    else if (c == '_' || c == '/') v = 63;
+    else if (c == '=') break;
+    else return {};
+    buffer = (buffer << 6) | static_cast<unsigned>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((buffer >> bits) & 0xff);
+    }
+  }
+  return out;
+}
+
+nlohmann::json jwt_payload(const std::string& token) {
+  auto first = token.find('.');
+  auto second = first == std::string::npos ? first : token.find('.', first + 1);
+  if (second == std::string::npos || second - first - 1 > 16 * 1024) return {};
+  auto payload = nlohmann::json::parse(base64url_decode(std::string_view(token).substr(first + 1, second - first - 1)), nullptr, false);
+  return payload.is_object() ? payload : nlohmann::json();
+}
+
+// The `exp` of a token; read before verification, used only once the
+// authenticator has verified this very token. Zero when there is none.
+std::chrono::system_clock::time_point token_expiry(const std::string& token) {
+  auto payload = jwt_payload(token);
+  auto exp = payload.is_object() ? payload.find("exp") : payload.end();
+  if (!payload.is_object() || exp == payload.end() || !exp->is_number()) return {};
+  const double seconds = exp->get<double>();
+  if (!(seconds > 0 && seconds < 1e11)) return {};
+  return std::chrono::system_clock::time_point(std::chrono::seconds(static_cast<long long>(seconds)));
+}
+
+// The `sub` a JWT names, read without verifying it (the API server does
+// that): for the audit record only, and marked as unverified there.
+std::string unverified_subject(const std::string& token) {
+  auto payload = jwt_payload(token);
+  if (!payload.is_object()) return {};
+  auto sub = payload.find("sub");
+  if (sub == payload.end() || !sub->is_string()) return {};
+  std::string s = sub->get<std::string>();
+  if (s.size() > 256 || !header_safe(s)) return {};
+  return s;
+}
+
+}  // namespace
 
 AgentPolicy::AgentPolicy(AuthMode mode, std::shared_ptr<Authenticator> authenticator, std::shared_ptr<ApiServer> api,
                          std::shared_ptr<AuditLog> audit, std::shared_ptr<AgentMetrics> metrics,
@@ -25,14 +83,25 @@ void AgentPolicy::reject(AuthFailure failure, const std::string& why, UniqueFunc
   done(std::move(d));
 }
 
-void AgentPolicy::pass_through(UniqueFunction<void(http::Decision)>& done) {
+void AgentPolicy::pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done) {
   http::Decision d;
   d.forward = true;
   d.user = "";
+  // The caller's own credential goes to the API server unchanged; the audit
+  // record says so, with the user a JWT names (unverified), never the token.
+  d.notes.push_back({"identity", "passed through to the API server (unverified here)"});
+  const std::string token = bearer_token(head);
+  if (auto sub = unverified_subject(token); !sub.empty()) d.notes.push_back({"claimed_user", sub});
+  // The API server checks a JWT's exp when the connection opens; the agent
+  // ends an upgraded connection there (a forged exp only harms its sender,
+  // and a token the API server refuses opens nothing).
+  d.pipe_deadline = token_expiry(token);
+  d.pipe_deadline_reason = "the token that opened this connection expired; connect again with a fresh one";
   done(std::move(d));
 }
 
-void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, UniqueFunction<void(http::Decision)>& done) {
+void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, std::chrono::system_clock::time_point expiry,
+                              UniqueFunction<void(http::Decision)>& done) {
   if (has_caller_impersonation(head)) {
     metrics_->auth_failure("impersonation_refused");
     logger_->info("request from {} refused: it carries its own Impersonate-* headers", id.user);
@@ -41,6 +110,14 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, Uniqu
     d.user = id.user;
     d.groups = id.groups;
     d.reply = http::status_reply(403, "Forbidden", "impersonation through the cluster connection is not permitted");
+    return done(std::move(d));
+  }
+  if (auto why = refused_identity(id); !why.empty()) {
+    metrics_->auth_failure("identity_refused");
+    logger_->info("request refused: {}", why);
+    http::Decision d;
+    d.forward = false;
+    d.reply = http::status_reply(403, "Forbidden", "the cluster connection does not impersonate this identity: " + why);
     return done(std::move(d));
   }
   auto agent_token = api_->token().get();
@@ -57,26 +134,33 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, Uniqu
   d.forward = true;
   d.user = id.user;
   d.groups = id.groups;
+  for (const char* key : {"oid", "tid"})
+    if (auto it = id.extra.find(key); it != id.extra.end() && !it->second.empty()) d.notes.push_back({key, it->second.front()});
+  // An exec, attach or port-forward lives no longer than the token that
+  // opened it: the engine closes the upgraded connection at its expiry.
+  d.pipe_deadline = expiry;
+  d.pipe_deadline_reason = "the token that opened this connection expired; connect again with a fresh one";
   done(std::move(d));
 }
 
 void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
-  if (mode_ == AuthMode::token) return pass_through(done);
+  if (mode_ == AuthMode::token) return pass_through(head, done);
   std::string token = bearer_token(head);
   if (token.empty()) {
-    if (mode_ == AuthMode::both) return pass_through(done);
+    if (mode_ == AuthMode::both) return pass_through(head, done);
     return reject(AuthFailure::malformed, "no bearer token in the request", done);
   }
+  const auto expiry = token_expiry(token);
   // `head` lives until `done` is called (the forwarding engine owns it).
   authenticator_->async_authenticate(
-      std::move(token), [this, &head, done = std::move(done)](AuthOutcome outcome) mutable {
-        if (outcome.ok()) return impersonate(head, outcome.identity, done);
+      std::move(token), [this, &head, expiry, done = std::move(done)](AuthOutcome outcome) mutable {
+        if (outcome.ok()) return impersonate(head, outcome.identity, expiry, done);
         // In `both` mode a token that is not an Entra token for this cluster
         // (a service-account JWT has another issuer) goes to the API server
         // unchanged, which authenticates it itself.
         if (mode_ == AuthMode::both &&
             (outcome.failure == AuthFailure::not_applicable || outcome.failure == AuthFailure::wrong_issuer))
-          return pass_through(done);
+          return pass_through(head, done);
         reject(outcome.failure, "Entra ID token rejected: " + outcome.message, done);
       });
 }
@@ -87,7 +171,7 @@ void AgentPolicy::on_complete(const http::ExchangeRecord& record) noexcept {
     // A request answered 401/403 here never reached the API server with an
     // identity; one forwarded without a user was a pass-through token.
     const char* method = !record.user.empty() ? "entra" : record.status == 401 ? "rejected" : "token";
-    if (audit_) audit_->write(record, method);
+    if (audit_ && !audit_->write(record, method)) metrics_->audit_dropped();
   } catch (...) {
     // Auditing must never take the data path down.
   }

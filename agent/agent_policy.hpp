@@ -3,6 +3,7 @@
 // authenticate the caller, then forward with impersonation (entra), forward
 // the caller's own token unchanged (token), or either (both).
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -31,8 +32,9 @@ class AgentPolicy final : public http::ForwardPolicy {
 
  private:
   void reject(AuthFailure failure, const std::string& why, UniqueFunction<void(http::Decision)>& done);
-  void impersonate(http::RequestHead& head, const Identity& id, UniqueFunction<void(http::Decision)>& done);
-  static void pass_through(UniqueFunction<void(http::Decision)>& done);
+  void impersonate(http::RequestHead& head, const Identity& id, std::chrono::system_clock::time_point expiry,
+                   UniqueFunction<void(http::Decision)>& done);
+  static void pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done);
 
   AuthMode mode_;
   std::shared_ptr<Authenticator> authenticator_;

@@ -1,10 +1,14 @@
 #pragma once
-// One JSON line per request: who, what, outcome, bytes, duration. Never a
-// credential: the record has no field that could hold one. Lines are written
+// One JSON line per request: who (user, groups, oid, tid; or, for a token
+// passed through unverified, the user it names), what (method, path, query),
+// outcome, bytes, duration. Never a credential: query parameters that can
+// carry one are redacted, and no other field can hold one. Lines are written
 // by a thread of their own, so a slow disk never stalls an io thread; when
-// the queue is full, writers wait rather than drop a record.
+// the queue is full a record is dropped and counted, never waited for.
 
+#include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <mutex>
@@ -16,21 +20,29 @@
 
 namespace clusterconnect::agent {
 
+// The query of a request target for the audit record, with the value of
+// every parameter that can carry a credential (access_token, token, id_token,
+// sig, code, secret, password, ...) replaced by "[redacted]".
+std::string audit_query(std::string_view target);
+
 class AuditLog {
  public:
   // "-" writes to stdout; "" disables the log.
-  static Result<std::unique_ptr<AuditLog>> open(const std::string& path);
+  static constexpr std::size_t default_max_queued = 65536;
+  static Result<std::unique_ptr<AuditLog>> open(const std::string& path, std::size_t max_queued = default_max_queued);
   ~AuditLog();
-  void write(const http::ExchangeRecord& record, const std::string& auth_method);
+  // Never blocks: false when the record was dropped because the queue is full.
+  bool write(const http::ExchangeRecord& record, const std::string& auth_method);
+  std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
 
  private:
-  AuditLog(std::FILE* f, bool owned);
+  AuditLog(std::FILE* f, bool owned, std::size_t max_queued);
   void drain();
 
-  static constexpr std::size_t max_queued = 65536;
+  std::size_t max_queued_;
+  std::atomic<std::uint64_t> dropped_{0};
   std::mutex mutex_;
   std::condition_variable ready_;
-  std::condition_variable room_;
   std::deque<std::string> queue_;
   bool stopping_ = false;
   std::FILE* file_;

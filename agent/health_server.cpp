@@ -1,81 +1,102 @@
 #include "health_server.hpp"
 
+#include <optional>
+
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read_until.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/streambuf.hpp>
-#include <boost/asio/write.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 
 namespace clusterconnect::agent {
 namespace {
 
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
 using boost::asio::ip::tcp;
-constexpr std::size_t max_request_bytes = 8192;
 
-const char* reason(unsigned status) {
-  switch (status) {
-    case 200: return "OK";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 503: return "Service Unavailable";
-    default: return "Error";
-  }
-}
-
-class Exchange : public std::enable_shared_from_this<Exchange> {
+// One connection: everything it does (read, timeout, write, close) runs on
+// its own strand, so the timeout never closes the socket under a read on
+// another thread.
+class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Exchange(tcp::socket socket, std::shared_ptr<HealthHandler> handler)
-      : socket_(std::move(socket)), timer_(socket_.get_executor()), buffer_(max_request_bytes), handler_(std::move(handler)) {}
+  Connection(tcp::socket socket, std::shared_ptr<HealthHandler> handler, std::chrono::milliseconds timeout)
+      : stream_(std::move(socket)), handler_(std::move(handler)), timeout_(timeout) {}
 
   void start() {
-    timer_.expires_after(std::chrono::seconds(5));
-    timer_.async_wait([self = shared_from_this()](error_code ec) {
-      if (!ec) self->socket_.close();
-    });
-    asio::async_read_until(socket_, buffer_, "\r\n\r\n", [self = shared_from_this()](error_code ec, std::size_t) {
-      self->on_read(ec);
-    });
+    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); });
   }
 
  private:
+  void read() {
+    parser_.emplace();
+    parser_->header_limit(max_health_request_bytes);
+    parser_->body_limit(0);  // probes and scrapes send no body
+    // One deadline for the whole exchange: a client that sends its request a
+    // byte at a time is closed when it passes.
+    stream_.expires_after(timeout_);
+    bhttp::async_read(stream_, buffer_, *parser_,
+                      [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
   void on_read(error_code ec) {
-    if (ec) return finish();
-    std::istream in(&buffer_);
-    std::string method, target;
-    in >> method >> target;
-    HealthReply reply;
-    if (method != "GET" && method != "HEAD") {
-      reply = {405, "text/plain; charset=utf-8", "method not allowed\n"};
-    } else {
-      reply = (*handler_)(target.substr(0, target.find('?')));
+    if (ec == bhttp::error::header_limit) return respond(431, "request header fields too large\n", false);
+    if (ec == bhttp::error::body_limit) return respond(413, "a request body is not accepted here\n", false);
+    if (ec == beast::error::timeout || ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+      return close();
     }
-    response_ = "HTTP/1.1 " + std::to_string(reply.status) + " " + reason(reply.status) +
-                "\r\nContent-Type: " + reply.content_type + "\r\nContent-Length: " + std::to_string(reply.body.size()) +
-                "\r\nConnection: close\r\n\r\n";
-    if (method != "HEAD") response_ += reply.body;
-    asio::async_write(socket_, asio::buffer(response_), [self = shared_from_this()](error_code, std::size_t) {
-      self->finish();
-    });
+    if (ec) return respond(400, "malformed HTTP request\n", false);
+    const auto& req = parser_->get();
+    const bool head = req.method() == bhttp::verb::head;
+    if (req.method() != bhttp::verb::get && !head) return respond(405, "method not allowed\n", false);
+    std::string_view target(req.target().data(), req.target().size());
+    HealthReply reply = (*handler_)(std::string(target.substr(0, target.find('?'))));
+    content_type_ = std::move(reply.content_type);
+    respond(reply.status, std::move(reply.body), head);
   }
 
-  void finish() {
+  void respond(unsigned status, std::string body, bool head) {
+    res_.emplace();
+    res_->version(11);
+    res_->result(status);
+    res_->set(bhttp::field::content_type, content_type_.empty() ? "text/plain; charset=utf-8" : content_type_);
+    res_->keep_alive(false);
+    res_->content_length(body.size());
+    if (!head) res_->body() = std::move(body);
+    stream_.expires_after(timeout_);
+    bhttp::async_write(stream_, *res_, [self = shared_from_this()](error_code, std::size_t) { self->close(); });
+  }
+
+  void close() {
     error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
-    timer_.cancel();
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.close();
   }
 
-  tcp::socket socket_;
-  asio::steady_timer timer_;
-  asio::streambuf buffer_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::empty_body>> parser_;
+  std::optional<bhttp::response<bhttp::string_body>> res_;
+  std::string content_type_;
   std::shared_ptr<HealthHandler> handler_;
-  std::string response_;
+  std::chrono::milliseconds timeout_;
 };
 
 class Server final : public HealthServer, public std::enable_shared_from_this<Server> {
  public:
-  Server(asio::io_context& io, HealthHandler handler)
-      : acceptor_(io), handler_(std::make_shared<HealthHandler>(std::move(handler))) {}
+  Server(asio::io_context& io, HealthHandler handler, std::chrono::milliseconds timeout)
+      : io_(io),
+        acceptor_(asio::make_strand(io)),
+        handler_(std::make_shared<HealthHandler>(std::move(handler))),
+        timeout_(timeout) {}
 
   Result<void> bind(const std::string& address_port) {
     auto colon = address_port.rfind(':');
@@ -94,21 +115,25 @@ class Server final : public HealthServer, public std::enable_shared_from_this<Se
     acceptor_.open(ep.protocol(), ec);
     if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
     if (!ec) acceptor_.bind(ep, ec);
-    if (ec == asio::error::address_in_use) return fail(address_port + " is already in use; choose another --health-listen");
+    if (ec == asio::error::address_in_use)
+      return fail(address_port + " is already in use; choose another --health-listen");
     if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return fail("cannot listen on " + address_port + ": " + ec.message());
+    port_ = acceptor_.local_endpoint(ec).port();
     return {};
   }
 
+  // Runs on the acceptor's strand, as does close().
   void accept() {
-    acceptor_.async_accept([self = shared_from_this()](error_code ec, tcp::socket socket) {
+    acceptor_.async_accept(asio::make_strand(io_), [self = shared_from_this()](error_code ec, tcp::socket socket) {
       if (ec == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
-      if (!ec) std::make_shared<Exchange>(std::move(socket), self->handler_)->start();
+      if (!ec) std::make_shared<Connection>(std::move(socket), self->handler_, self->timeout_)->start();
       self->accept();
     });
   }
 
-  unsigned short port() const override { return acceptor_.local_endpoint().port(); }
+  asio::any_io_executor acceptor_executor() { return acceptor_.get_executor(); }
+  unsigned short port() const override { return port_; }
   void close() override {
     asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
       error_code ignored;
@@ -117,17 +142,20 @@ class Server final : public HealthServer, public std::enable_shared_from_this<Se
   }
 
  private:
+  asio::io_context& io_;
   tcp::acceptor acceptor_;
   std::shared_ptr<HealthHandler> handler_;
+  std::chrono::milliseconds timeout_;
+  unsigned short port_ = 0;
 };
 
 }  // namespace
 
 Result<std::shared_ptr<HealthServer>> HealthServer::listen(asio::io_context& io, const std::string& address_port,
-                                                            HealthHandler handler) {
-  auto server = std::make_shared<Server>(io, std::move(handler));
+                                                           HealthHandler handler, std::chrono::milliseconds timeout) {
+  auto server = std::make_shared<Server>(io, std::move(handler), timeout);
   if (auto r = server->bind(address_port); !r) return fail(r.error());
-  server->accept();
+  asio::dispatch(server->acceptor_executor(), [server] { server->accept(); });
   return std::shared_ptr<HealthServer>(server);
 }
 

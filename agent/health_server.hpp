@@ -1,7 +1,12 @@
 #pragma once
 // Plain-HTTP endpoints for the kubelet's probes and Prometheus: /healthz,
 // /readyz, /metrics. Bound to a pod-local address; serves no user traffic.
+// HTTP/1.1 through Beast, one request per connection; a request head over
+// max_health_request_bytes is answered 431, a malformed one 400, and a
+// client that has not finished within the timeout is closed.
 
+#include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -17,12 +22,16 @@ struct HealthReply {
   std::string body;
 };
 
+inline constexpr std::size_t max_health_request_bytes = 8192;
+
+// Called on an io thread, possibly on several at once.
 using HealthHandler = std::function<HealthReply(const std::string& path)>;
 
 class HealthServer {
  public:
   static Result<std::shared_ptr<HealthServer>> listen(asio::io_context& io, const std::string& address_port,
-                                                       HealthHandler handler);
+                                                       HealthHandler handler,
+                                                       std::chrono::milliseconds timeout = std::chrono::seconds(5));
   virtual ~HealthServer() = default;
   virtual unsigned short port() const = 0;
   virtual void close() = 0;

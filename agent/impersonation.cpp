@@ -48,6 +48,33 @@ bool header_safe(std::string_view value) {
   return true;
 }
 
+namespace {
+
+bool reserved(std::string_view name) {
+  if (name.empty()) return true;
+  if (name.size() >= 7 && ascii_istarts_with(name, "system:")) return true;
+  for (unsigned char c : name)
+    if (c <= 0x20 || c == 0x7f) return true;
+  // UTF-8 no-break and other Unicode spaces.
+  for (std::string_view s : {"\xc2\x85", "\xc2\xa0", "\xe1\x9a\x80", "\xe2\x80\xa8", "\xe2\x80\xa9", "\xe2\x80\xaf",
+                             "\xe2\x81\x9f", "\xe3\x80\x80", "\xef\xbb\xbf"})
+    if (name.find(s) != std::string_view::npos) return true;
+  for (unsigned char third = 0x80; third <= 0x8b; ++third) {
+    const char seq[] = {static_cast<char>(0xe2), static_cast<char>(0x80), static_cast<char>(third), 0};
+    if (name.find(seq) != std::string_view::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string refused_identity(const Identity& id) {
+  if (reserved(id.user)) return "the user name is reserved (system:) or contains whitespace or control characters";
+  for (const auto& g : id.groups)
+    if (reserved(g)) return "a group name is reserved (system:) or contains whitespace or control characters";
+  return {};
+}
+
 bool apply_impersonation(http::RequestHead& head, const Identity& id, const std::string& agent_token) {
   if (id.user.empty() || !header_safe(id.user) || !header_safe(id.uid)) return false;
   for (const auto& g : id.groups)

@@ -24,6 +24,12 @@ std::string escape_extra_key(std::string_view key);
 // characters would split a header, so such an identity is refused.
 bool header_safe(std::string_view value);
 
+// Why the agent will not impersonate this identity, or empty: a user or group
+// in the reserved `system:` namespace, or with whitespace or control
+// characters (a look-alike of another name). The authenticator refuses such
+// tokens already; this holds for any authenticator.
+std::string refused_identity(const Identity& identity);
+
 // Replaces the caller's credential with the agent's service-account token and
 // adds Impersonate-User, -Uid, one -Group per group and -Extra-<key> per extra
 // value. Returns false (and leaves `head` unchanged) when a claim cannot be

@@ -1,13 +1,21 @@
 // clusterconnect-agent: runs in the cluster, dials out to the relay,
 // authenticates callers and impersonates them to the API server.
 
+#include <condition_variable>
 #include <cstdio>
 #include <exception>
 #include <fstream>
 #include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
@@ -23,6 +31,7 @@
 #include "clusterconnect/version.hpp"
 #include "counted_stream.hpp"
 #include "health_server.hpp"
+#include "io_threads.hpp"
 #include "relay_token.hpp"
 
 using namespace clusterconnect;
@@ -47,6 +56,8 @@ struct AgentOptions {
   std::string authority_ca_file;
   bool allow_http_loopback_authority = false;
   std::string username_claim = "upn";
+  std::string username_prefix;
+  std::string groups_prefix;
   unsigned clock_skew = 300;
   ApiServerOptions api;
   std::string health_listen = "0.0.0.0:8081";
@@ -83,8 +94,14 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_option("--authority-ca-file", o.authority_ca_file, "CA bundle that verifies the authority (default: system store)");
   app.add_flag("--allow-http-loopback-authority", o.allow_http_loopback_authority,
                "Accept an http:// authority on a loopback address (test identity providers only)");
-  app.add_option("--username-claim", o.username_claim, "upn: upn, else preferred_username, else oid; oid: always oid")
-      ->check(CLI::IsMember({"upn", "oid"}))->capture_default_str();
+  app.add_option("--username-claim", o.username_claim,
+                 "Token claim the Kubernetes user name comes from, as kube-apiserver's --oidc-username-claim: "
+                 "upn (upn, else oid, as Azure Arc does), oid, or any other claim (then required)")
+      ->capture_default_str();
+  app.add_option("--username-prefix", o.username_prefix,
+                 "Prefix for user names, as kube-apiserver's --oidc-username-prefix (default: none)");
+  app.add_option("--groups-prefix", o.groups_prefix,
+                 "Prefix for group names, as kube-apiserver's --oidc-groups-prefix (default: none)");
   app.add_option("--clock-skew", o.clock_skew, "Seconds of clock skew allowed on exp/nbf")->check(CLI::Range(0, 600))
       ->capture_default_str();
   app.add_option("--apiserver-url", o.api.url, "API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)")
@@ -159,6 +176,8 @@ int main(int argc, char** argv) try {
                            {"allow_http_loopback", o.allow_http_loopback_authority},
                            {"clock_skew_seconds", o.clock_skew},
                            {"username_claim", o.username_claim},
+                           {"username_prefix", o.username_prefix},
+                           {"groups_prefix", o.groups_prefix},
                            {"ca_file", o.authority_ca_file}};
     if (!o.authority.empty()) options["authority"] = o.authority;
     auto made = cap->create(options);
@@ -190,65 +209,43 @@ int main(int argc, char** argv) try {
   if (o.relay_insecure_skip_verify)
     logger->warn("--relay-insecure-skip-verify: the relay's certificate is NOT verified; use this only in development");
 
-  runtime.start();
-
-  std::shared_ptr<TunnelListener> listener;
-  std::atomic<bool> api_reachable{false};
-  auto health = HealthServer::listen(io, o.health_listen, [&](const std::string& path) -> HealthReply {
-    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-    if (path == "/readyz") {
-      unsigned up = listener ? listener->status().tunnels_up : 0;
-      if (up > 0 && api_reachable) return {200, "text/plain; charset=utf-8", "ok\n"};
-      return {503, "text/plain; charset=utf-8",
-              std::string(up ? "" : "no tunnel to the relay\n") + (api_reachable ? "" : "API server not reachable\n")};
-    }
-    if (path == "/metrics")
-      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener ? listener->status().tunnels_up : 0)};
-    return {404, "text/plain; charset=utf-8", "not found\n"};
-  });
-  if (!health) {
-    std::fprintf(stderr, "clusterconnect-agent: %s\n", health.error().c_str());
-    runtime.stop();
-    return 2;
-  }
-
+  // Everything the io threads' handlers read is constructed before the
+  // threads start: the listener and the health server are complete objects
+  // by then, and nothing assigns them later.
   ListenOptions listen_options;
   listen_options.endpoint = {o.relay_url, o.relay_ca_file, o.relay_insecure_skip_verify};
   listen_options.token = [rt = relay_token.value()] { return rt->current(); };
   listen_options.tunnels = o.tunnels;
   http::Limits limits;
   auto connector = api.value()->connector(io);
-  listener = transport->listen(listen_options, [&io, policy, connector, limits, logger, metrics](
-                                                    StreamPtr stream, const std::map<std::string, std::string>&) {
-    http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy, connector, limits, logger);
-  });
+  const std::shared_ptr<TunnelListener> listener =
+      transport->listen(listen_options, [&io, policy, connector, limits, logger, metrics](
+                                            StreamPtr stream, const std::map<std::string, std::string>&) {
+        http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy, connector, limits, logger);
+      });
   if (!listener) {
     std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");
-    runtime.stop();
     return 1;
   }
-  logger->info("agent {} started: relay {}, mode {}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
-               health.value()->port());
 
-  // Readiness: the API server must accept a verified TLS connection; probed
-  // every few seconds. The ready file appears once a tunnel is up too.
-  asio::steady_timer probe_timer(io);
-  std::function<void()> probe = [&] {
-    connector([&](error_code ec, StreamPtr s, std::string reason) {
-      if (ec) logger->debug("API server probe failed: {}", reason);
-      api_reachable = !ec;
-      if (s) s->reset("probe done");
-      if (!o.ready_file.empty() && api_reachable && listener->status().tunnels_up > 0) {
-        write_ready_file(o.ready_file, health.value()->port());
-        o.ready_file.clear();
-      }
-      probe_timer.expires_after(o.ready_file.empty() ? std::chrono::seconds(10) : std::chrono::milliseconds(200));
-      probe_timer.async_wait([&](error_code e) {
-        if (!e) probe();
-      });
-    });
-  };
-  asio::post(io, probe);
+  std::atomic<bool> api_reachable{false};
+  auto health = HealthServer::listen(io, o.health_listen, [&listener, &api_reachable, metrics](const std::string& path) -> HealthReply {
+    if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+    if (path == "/readyz") {
+      unsigned up = listener->status().tunnels_up;
+      if (up > 0 && api_reachable) return {200, "text/plain; charset=utf-8", "ok\n"};
+      return {503, "text/plain; charset=utf-8",
+              std::string(up ? "" : "no tunnel to the relay\n") + (api_reachable ? "" : "API server not reachable\n")};
+    }
+    if (path == "/metrics")
+      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up)};
+    return {404, "text/plain; charset=utf-8", "not found\n"};
+  });
+  if (!health) {
+    std::fprintf(stderr, "clusterconnect-agent: %s\n", health.error().c_str());
+    listener->close();
+    return 2;
+  }
 
   std::promise<int> stop;
   asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -257,11 +254,51 @@ int main(int argc, char** argv) try {
     logger->info("signal {}: closing tunnels", sig);
     stop.set_value(0);
   });
+  asio::steady_timer probe_timer(io);
+  auto probe_strand = asio::make_strand(io);
+  // The agent runs the io threads itself (not runtime.start()) so that at
+  // shutdown it can let them finish the work in flight, close frames and
+  // stream resets included, instead of stopping them mid-write.
+  IoThreads io_threads(io, o.threads);
+  logger->info("agent {} started: relay {}, mode {}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
+               health.value()->port());
+
+  // Readiness: the API server must accept a verified TLS connection; probed
+  // every few seconds. The ready file appears once a tunnel is up too.
+  // The probe and its timer live on one strand, as does their cancellation.
+  bool stopping = false;
+  std::function<void()> probe = [&] {
+    connector([&](error_code ec, StreamPtr s, std::string reason) {
+      asio::dispatch(probe_strand, [&, ec, s = std::move(s), reason = std::move(reason)] {
+        if (ec) logger->debug("API server probe failed: {}", reason);
+        api_reachable = !ec;
+        if (s) s->reset("probe done");
+        if (stopping) return;
+        if (!o.ready_file.empty() && api_reachable && listener->status().tunnels_up > 0) {
+          write_ready_file(o.ready_file, health.value()->port());
+          o.ready_file.clear();
+        }
+        probe_timer.expires_after(o.ready_file.empty() ? std::chrono::seconds(10) : std::chrono::milliseconds(200));
+        probe_timer.async_wait(asio::bind_executor(probe_strand, [&](error_code e) {
+          if (!e && !stopping) probe();
+        }));
+      });
+    });
+  };
+  asio::post(probe_strand, probe);
+
   int rc = stop.get_future().get();
   listener->close();
   health.value()->close();
-  asio::post(io, [&] { probe_timer.cancel(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  asio::post(probe_strand, [&] {
+    stopping = true;
+    probe_timer.cancel();
+  });
+  // Wait for the io threads to run out of work: the tunnels' close frames
+  // written, in-flight streams reset, the probe and health server done;
+  // bounded, so a peer that never reads cannot hold the agent up.
+  if (!io_threads.finish(std::chrono::seconds(10)))
+    logger->warn("shutdown: work still pending after 10 s (a peer not reading?); stopping anyway");
   runtime.stop();
   return rc;
 } catch (const std::exception& e) {

@@ -96,16 +96,28 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
     }
     c.rules.clock_skew = std::chrono::seconds(skew);
 
-    const std::string username_claim = o.value("username_claim", std::string("upn"));
-    if (username_claim == "oid") {
-      c.rules.username_from_oid = true;
-    } else if (username_claim != "upn") {
-      return fail("username_claim must be \"upn\" (upn, else preferred_username, else oid) or \"oid\"");
+    c.rules.username_claim = o.value("username_claim", std::string("upn"));
+    if (c.rules.username_claim.empty() || c.rules.username_claim.size() > 64) {
+      return fail("username_claim must name a token claim (default \"upn\": upn, else oid)");
+    }
+    for (unsigned char ch : c.rules.username_claim)
+      if (!std::isalnum(ch) && ch != '_' && ch != '-' && ch != '.' && ch != ':')
+        return fail("username_claim '" + printable(c.rules.username_claim) + "' is not a claim name");
+    for (const char* name : {"username_prefix", "groups_prefix"}) {
+      const std::string prefix = o.value(name, std::string());
+      if (!prefix.empty()) {
+        if (auto why = reserved_name_reason(prefix); !why.empty())
+          return fail(std::string(name) + " '" + printable(prefix) + "' is not accepted: " + why);
+      }
+      (std::string(name) == "username_prefix" ? c.rules.username_prefix : c.rules.groups_prefix) = prefix;
     }
 
     const int interval = o.value("key_refresh_min_interval_seconds", 10);
     if (interval < 1 || interval > 3600) return fail("key_refresh_min_interval_seconds must be between 1 and 3600");
     c.key_refresh_min_interval = std::chrono::seconds(interval);
+    const int refresh = o.value("key_refresh_interval_seconds", 3600);
+    if (refresh < 60 || refresh > 86400) return fail("key_refresh_interval_seconds must be between 60 and 86400");
+    c.key_refresh_interval = std::chrono::seconds(refresh);
 
     if (o.contains("group_source")) {
       return fail("group_source is not supported yet: tokens with a group overage are rejected");
@@ -131,7 +143,7 @@ struct EntraAuthenticator::Shared {
       : io(io_context),
         logger(std::move(log)),
         config(std::move(c)),
-        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, std::chrono::hours(24)},
+        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, config.key_refresh_interval, config.key_clock},
              fetch ? std::move(fetch) : http_fetcher(config.http)) {}
 
   asio::io_context& io;
@@ -184,7 +196,9 @@ struct EntraAuthenticator::Shared {
     std::lock_guard lock(verified_mutex);
     auto it = verified.find(digest);
     if (it == verified.end()) return std::nullopt;
-    if (now >= it->second.valid_until || !keys.find(it->second.tenant, it->second.kid)) {
+    // The same freshness as for keys: past the refresh interval, a remembered
+    // token goes through the full path again (which refreshes the keys).
+    if (now >= it->second.valid_until || !keys.find(it->second.tenant, it->second.kid) || keys.stale(it->second.tenant)) {
       verified.erase(it);
       return std::nullopt;
     }
@@ -204,6 +218,28 @@ struct EntraAuthenticator::Shared {
     verified[digest] = Verified{outcome, until, tid, kid};
   }
 
+  // Issuer (from the tenant's discovery documents), then key, signature and
+  // claims. `fetch_error` says why the documents could not be read, if so.
+  AuthOutcome complete(const Jws& jws, const std::string& tenant, const std::string& kid, const std::string& digest,
+                       const std::string& fetch_error) {
+    if (!keys.loaded(tenant)) return key_missing(tenant, kid, fetch_error);
+    if (auto issuer = check_issuer(jws, tenant, keys.issuers(tenant)); !issuer.ok()) return issuer;
+    auto key = keys.find(tenant, kid);
+    return key ? finish(jws, key, kid, digest) : key_missing(tenant, kid, fetch_error);
+  }
+
+  // Background: keys past the refresh interval are fetched again, so a key
+  // removed from the published set stops its tokens (also remembered ones)
+  // without waiting for an unknown kid.
+  void refresh_stale_keys() {
+    for (const auto& tenant : keys.stale_tenants()) {
+      auto r = keys.refresh(tenant);
+      if (!logger) continue;
+      if (!r) logger->warn("entra: background key refresh: {}", r.error());
+      else if (r.value()) logger->debug("entra: refreshed the signing keys of tenant {}", tenant);
+    }
+  }
+
   AuthOutcome key_missing(const std::string& tenant, const std::string& kid, const std::string& fetch_error) {
     if (keys.loaded(tenant)) {
       return reject(AuthFailure::unknown_key, "signing key '" + printable(kid) + "' is not in tenant " + tenant +
@@ -216,7 +252,9 @@ struct EntraAuthenticator::Shared {
 
 EntraAuthenticator::EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch,
                                        std::shared_ptr<spdlog::logger> logger)
-    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch), std::move(logger))), worker_(std::make_unique<FetchWorker>()) {}
+    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch), std::move(logger))), worker_(std::make_unique<FetchWorker>()) {
+  worker_->set_idle_task(shared_->config.key_check_period, [shared = shared_] { shared->refresh_stale_keys(); });
+}
 
 EntraAuthenticator::~EntraAuthenticator() = default;
 
@@ -235,17 +273,17 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
       outcome = reject(parsed.failure, std::move(parsed.message));
     } else if (outcome = check_algorithm(parsed.jws); outcome.ok()) {
       std::string tenant;
-      outcome = check_issuer(parsed.jws, shared_->config.rules, tenant);
+      outcome = select_tenant(parsed.jws, shared_->config.rules, tenant);
       if (outcome.ok()) {
         const auto& header = parsed.jws.header;
         const std::string kid = header.contains("kid") && header["kid"].is_string() ? header["kid"].get<std::string>() : "";
+        auto& keys = shared_->keys;
         if (kid.empty()) {
           outcome = reject(AuthFailure::unknown_key, "token header names no signing key ('kid')");
-        } else if (auto key = shared_->keys.find(tenant, kid); key && !shared_->keys.stale(tenant)) {
-          outcome = shared_->finish(parsed.jws, key, kid, digest);
-        } else if (!key && shared_->keys.loaded(tenant) && !shared_->keys.refresh_due(tenant)) {
-          // Refreshed moments ago: an unknown kid now is not worth a fetch.
-          outcome = shared_->key_missing(tenant, kid, "");
+        } else if (keys.loaded(tenant) && !keys.stale(tenant) && (keys.find(tenant, kid) || !keys.refresh_due(tenant))) {
+          // Everything needed is cached, or an unknown kid arrived moments
+          // after a refresh and is not worth a fetch.
+          outcome = shared_->complete(parsed.jws, tenant, kid, digest, "");
         } else {
           FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), tenant, kid, digest,
                                   handler = std::move(handler)](bool cancelled) mutable {
@@ -263,8 +301,7 @@ void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunc
                   shared->logger->info("entra: fetched the signing keys of tenant {}", tenant);
                 }
               }
-              auto key = shared->keys.find(tenant, kid);
-              result = key ? shared->finish(jws, key, kid, digest) : shared->key_missing(tenant, kid, fetch_error);
+              result = shared->complete(jws, tenant, kid, digest, fetch_error);
             }
             asio::post(shared->io, [handler = std::move(handler), result = std::move(result)]() mutable { handler(std::move(result)); });
           };

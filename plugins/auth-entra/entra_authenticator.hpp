@@ -33,12 +33,21 @@ struct AuthenticatorConfig {
   ValidationRules rules;
   HttpPolicy http;
   std::chrono::seconds key_refresh_min_interval{10};
+  // Keys and issuers are re-fetched in the background once they are this old,
+  // and neither they nor tokens verified with them are relied on past it
+  // without a refresh attempt.
+  std::chrono::seconds key_refresh_interval{std::chrono::hours(1)};
+  // How often the background refresh looks for stale keys (not an option).
+  std::chrono::milliseconds key_check_period{std::chrono::seconds(30)};
+  // The clock of the key cache (not an option; tests inject one).
+  JwksCache::Clock key_clock;
 };
 
 // Options JSON (all optional but `tenants`):
 //   {"tenants": [tid...], "audiences": [...], "authority": URL,
 //    "allow_http_loopback": false, "clock_skew_seconds": 300,
-//    "username_claim": "upn"|"oid", "ca_file": "", "key_refresh_min_interval_seconds": 10}
+//    "username_claim": "upn"|"oid"|<claim>, "username_prefix": "", "groups_prefix": "", "ca_file": "", "key_refresh_min_interval_seconds": 10,
+//    "key_refresh_interval_seconds": 3600}
 // `authority` defaults to $AZURE_AUTHORITY_HOST, then login.microsoftonline.com.
 Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& options);
 

@@ -27,17 +27,36 @@ bool FetchWorker::post(Job& job) {
   return true;
 }
 
+void FetchWorker::set_idle_task(std::chrono::milliseconds period, std::function<void()> task) {
+  {
+    std::lock_guard lock(mutex_);
+    idle_period_ = period;
+    idle_task_ = std::move(task);
+  }
+  wake_.notify_one();
+}
+
 void FetchWorker::run() {
   for (;;) {
     Job job;
+    std::function<void()> idle;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      auto ready = [this] { return stopping_ || !jobs_.empty(); };
+      if (!idle_task_) {
+        wake_.wait(lock, [&] { return ready() || idle_task_; });
+        if (!ready()) continue;  // an idle task was set: wait again with its period
+      } else if (!wake_.wait_for(lock, idle_period_, ready)) {
+        idle = idle_task_;
+      }
       if (stopping_ && jobs_.empty()) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      if (!idle) {
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
     }
-    job(false);
+    if (idle) idle();
+    else job(false);
   }
 }
 

@@ -3,9 +3,11 @@
 // no io thread ever waits on the network. Jobs run in order; a bounded queue
 // turns a flood of cache misses into fast failures instead of memory growth.
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -27,6 +29,10 @@ class FetchWorker {
   // False (and the job untouched) when the queue is full or stopping.
   bool post(Job& job);
 
+  // `task` runs on the worker's thread whenever it has been idle for
+  // `period` (background work such as refreshing keys before they are due).
+  void set_idle_task(std::chrono::milliseconds period, std::function<void()> task);
+
  private:
   void run();
 
@@ -35,6 +41,8 @@ class FetchWorker {
   std::condition_variable wake_;
   std::deque<Job> jobs_;
   bool stopping_ = false;
+  std::chrono::milliseconds idle_period_{0};
+  std::function<void()> idle_task_;
   std::thread thread_;
 };
 

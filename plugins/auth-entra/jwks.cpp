@@ -18,6 +18,20 @@ BnPtr bignum(const std::string& bytes) {
 }
 
 constexpr int min_rsa_bits = 2048;
+
+// Entra's multi-tenant documents write the issuer with a `{tenantid}`
+// placeholder; a tenant's own document has its ID there already.
+std::string substitute_tenant(std::string issuer, const std::string& tenant) {
+  const std::string placeholder = "{tenantid}";
+  for (auto at = issuer.find(placeholder); at != std::string::npos; at = issuer.find(placeholder, at + tenant.size()))
+    issuer.replace(at, placeholder.size(), tenant);
+  return issuer;
+}
+
+std::string string_member(const nlohmann::json& doc, const char* name) {
+  auto it = doc.find(name);
+  return it != doc.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
 constexpr std::size_t max_keys = 64;
 
 }  // namespace
@@ -78,10 +92,22 @@ Result<KeyMap> parse_jwks(std::string_view document) {
   return keys;
 }
 
-JwksCache::JwksCache(Settings settings, Fetch fetch) : settings_(std::move(settings)), fetch_(std::move(fetch)) {}
+JwksCache::JwksCache(Settings settings, Fetch fetch) : settings_(std::move(settings)), fetch_(std::move(fetch)) {
+  if (!settings_.now) settings_.now = [] { return std::chrono::steady_clock::now(); };
+}
 
 std::string JwksCache::discovery_url(const std::string& tenant) const {
   return settings_.authority + "/" + tenant + "/v2.0/.well-known/openid-configuration";
+}
+
+std::string JwksCache::v1_discovery_url(const std::string& tenant) const {
+  return settings_.authority + "/" + tenant + "/.well-known/openid-configuration";
+}
+
+std::vector<std::string> JwksCache::issuers(const std::string& tenant) const {
+  std::lock_guard lock(mutex_);
+  auto t = tenants_.find(tenant);
+  return t == tenants_.end() ? std::vector<std::string>() : t->second.issuers;
 }
 
 PublicKey JwksCache::find(const std::string& tenant, const std::string& kid) const {
@@ -101,14 +127,23 @@ bool JwksCache::loaded(const std::string& tenant) const {
 bool JwksCache::stale(const std::string& tenant) const {
   std::lock_guard lock(mutex_);
   auto t = tenants_.find(tenant);
-  return t == tenants_.end() || !t->second.loaded || std::chrono::steady_clock::now() - t->second.fetched_at > settings_.max_age;
+  return t == tenants_.end() || !t->second.loaded || now() - t->second.fetched_at > settings_.max_age;
+}
+
+std::vector<std::string> JwksCache::stale_tenants() const {
+  std::vector<std::string> out;
+  const auto at = now();
+  std::lock_guard lock(mutex_);
+  for (const auto& [name, t] : tenants_)
+    if (t.loaded && at - t.fetched_at > settings_.max_age) out.push_back(name);
+  return out;
 }
 
 bool JwksCache::refresh_due(const std::string& tenant) const {
   std::lock_guard lock(mutex_);
   auto t = tenants_.find(tenant);
   if (t == tenants_.end() || !t->second.attempted) return true;
-  return std::chrono::steady_clock::now() - t->second.attempted_at >= settings_.min_refresh_interval;
+  return now() - t->second.attempted_at >= settings_.min_refresh_interval;
 }
 
 Result<bool> JwksCache::refresh(const std::string& tenant) {
@@ -116,12 +151,12 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   {
     std::lock_guard lock(mutex_);
     auto& t = tenants_[tenant];
-    if (t.attempted && std::chrono::steady_clock::now() - t.attempted_at < settings_.min_refresh_interval) {
+    if (t.attempted && now() - t.attempted_at < settings_.min_refresh_interval) {
       if (t.loaded) return false;
       return fail(t.last_error);
     }
     t.attempted = true;
-    t.attempted_at = std::chrono::steady_clock::now();
+    t.attempted_at = now();
   }
   auto record_failure = [&](std::string why) -> Result<bool> {
     std::lock_guard lock(mutex_);
@@ -133,10 +168,23 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   auto doc_text = fetch_(discovery);
   if (!doc_text) return record_failure("cannot read the tenant's OpenID configuration: " + doc_text.error());
   auto doc = nlohmann::json::parse(*doc_text, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object() || !doc.contains("jwks_uri") || !doc["jwks_uri"].is_string()) {
+  if (doc.is_discarded() || !doc.is_object() || string_member(doc, "jwks_uri").empty()) {
     return record_failure("OpenID configuration at " + discovery + " has no jwks_uri");
   }
-  const std::string jwks_uri = doc["jwks_uri"].get<std::string>();
+  const std::string v2_issuer = substitute_tenant(string_member(doc, "issuer"), tenant);
+  if (v2_issuer.empty()) return record_failure("OpenID configuration at " + discovery + " has no issuer");
+  std::vector<std::string> issuers{v2_issuer};
+  // The v1 document names the issuer of v1 tokens (sts.windows.net for the
+  // public cloud, another host in sovereign clouds). Optional: an authority
+  // without one issues v2 tokens only.
+  if (auto v1_text = fetch_(v1_discovery_url(tenant))) {
+    auto v1 = nlohmann::json::parse(*v1_text, nullptr, false);
+    if (!v1.is_discarded() && v1.is_object()) {
+      auto v1_issuer = substitute_tenant(string_member(v1, "issuer"), tenant);
+      if (!v1_issuer.empty() && v1_issuer != v2_issuer) issuers.push_back(std::move(v1_issuer));
+    }
+  }
+  const std::string jwks_uri = string_member(doc, "jwks_uri");
   auto jwks_text = fetch_(jwks_uri);
   if (!jwks_text) return record_failure("cannot read the tenant's signing keys: " + jwks_text.error());
   auto keys = parse_jwks(*jwks_text);
@@ -145,8 +193,9 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   std::lock_guard lock(mutex_);
   auto& t = tenants_[tenant];
   t.keys = std::move(*keys);
+  t.issuers = std::move(issuers);
   t.loaded = true;
-  t.fetched_at = std::chrono::steady_clock::now();
+  t.fetched_at = now();
   t.last_error.clear();
   return true;
 }

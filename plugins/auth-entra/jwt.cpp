@@ -88,9 +88,6 @@ std::string printable(std::string_view value, std::size_t max_length) {
   return out;
 }
 
-std::string v2_issuer(const std::string& authority, const std::string& tenant) { return authority + "/" + tenant + "/v2.0"; }
-std::string v1_issuer(const std::string& tenant) { return "https://sts.windows.net/" + tenant + "/"; }
-
 ParsedJws parse_jws(std::string_view token) {
   ParsedJws r;
   auto fail = [&](AuthFailure f, std::string message) {
@@ -144,25 +141,73 @@ AuthOutcome check_algorithm(const Jws& jws) {
   return {};
 }
 
-AuthOutcome check_issuer(const Jws& jws, const ValidationRules& rules, std::string& tenant) {
+AuthOutcome select_tenant(const Jws& jws, const ValidationRules& rules, std::string& tenant) {
   const auto* iss = member(jws.payload, "iss");
   if (!iss || !iss->is_string()) return reject(AuthFailure::malformed, "token has no 'iss' claim");
   const auto& issuer = iss->get_ref<const std::string&>();
   const std::string tid = string_claim(jws.payload, "tid");
-  for (const auto& t : rules.tenants) {
-    if (issuer == v2_issuer(rules.authority, t) || issuer == v1_issuer(t)) {
-      // A token from tenant A never carries tenant B's issuer, but a
-      // mismatching `tid` means something assembled this token by hand.
-      if (!tid.empty() && !iequals(tid, t)) {
-        return reject(AuthFailure::wrong_issuer, "token 'tid' " + printable(tid) + " does not match its issuer's tenant");
+  if (!tid.empty()) {
+    for (const auto& t : rules.tenants)
+      if (iequals(tid, t)) {
+        tenant = t;
+        return {};
       }
-      tenant = t;
-      return {};
-    }
+    return reject(AuthFailure::wrong_issuer, "token is from tenant '" + printable(tid) + "', which this cluster does not accept (issuer '" +
+                                                 printable(issuer) + "')");
   }
-  return reject(AuthFailure::wrong_issuer, "issuer '" + printable(issuer) + "' is not an accepted Entra ID tenant (expected " +
-                                               v2_issuer(rules.authority, rules.tenants.empty() ? "<tenant>" : rules.tenants.front()) +
-                                               (rules.tenants.size() > 1 ? " or another configured tenant" : "") + ")");
+  // No `tid`: the tenant must be a whole path segment of the issuer.
+  std::string_view rest(issuer);
+  while (!rest.empty()) {
+    auto slash = rest.find('/');
+    auto segment = rest.substr(0, slash);
+    for (const auto& t : rules.tenants)
+      if (iequals(segment, t)) {
+        tenant = t;
+        return {};
+      }
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  return reject(AuthFailure::wrong_issuer, "issuer '" + printable(issuer) + "' is not an accepted Entra ID tenant");
+}
+
+AuthOutcome check_issuer(const Jws& jws, const std::string& tenant, const std::vector<std::string>& issuers) {
+  const auto* iss = member(jws.payload, "iss");
+  if (!iss || !iss->is_string()) return reject(AuthFailure::malformed, "token has no 'iss' claim");
+  const auto& issuer = iss->get_ref<const std::string&>();
+  // A token from tenant A never carries tenant B's issuer, but a mismatching
+  // `tid` means something assembled this token by hand.
+  const std::string tid = string_claim(jws.payload, "tid");
+  if (!tid.empty() && !iequals(tid, tenant)) {
+    return reject(AuthFailure::wrong_issuer, "token 'tid' " + printable(tid) + " does not match its issuer's tenant");
+  }
+  for (const auto& i : issuers)
+    if (issuer == i) return {};
+  std::string expected;
+  for (const auto& i : issuers) expected += (expected.empty() ? "" : " or ") + i;
+  return reject(AuthFailure::wrong_issuer, "issuer '" + printable(issuer) + "' is not one tenant " + tenant +
+                                               "'s discovery documents publish (expected " +
+                                               (expected.empty() ? std::string("none known") : expected) + ")");
+}
+
+std::string reserved_name_reason(std::string_view name) {
+  if (name.empty()) return "it is empty";
+  if (name.size() >= 7 && iequals(name.substr(0, 7), "system:")) return "names in the 'system:' namespace are reserved for Kubernetes";
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    if (c <= 0x20 || c == 0x7f) return "it contains whitespace or a control character";
+    // UTF-8 whitespace and invisible separators: U+0085, U+00A0, U+1680,
+    // U+2000..U+200B, U+2028, U+2029, U+202F, U+205F, U+3000, U+FEFF.
+    const auto next = [&](std::size_t k) { return i + k < name.size() ? static_cast<unsigned char>(name[i + k]) : 0; };
+    if (c == 0xc2 && (next(1) == 0x85 || next(1) == 0xa0)) return "it contains whitespace";
+    if (c == 0xe1 && next(1) == 0x9a && next(2) == 0x80) return "it contains whitespace";
+    if (c == 0xe2 && next(1) == 0x80 && (next(2) <= 0x8b || next(2) == 0xa8 || next(2) == 0xa9 || next(2) == 0xaf))
+      return "it contains whitespace";
+    if (c == 0xe2 && next(1) == 0x81 && next(2) == 0x9f) return "it contains whitespace";
+    if (c == 0xe3 && next(1) == 0x80 && next(2) == 0x80) return "it contains whitespace";
+    if (c == 0xef && next(1) == 0xbb && next(2) == 0xbf) return "it contains an invisible character";
+  }
+  return {};
 }
 
 AuthOutcome check_claims(const Jws& jws, const ValidationRules& rules, std::chrono::system_clock::time_point now) {
@@ -220,19 +265,38 @@ AuthOutcome check_claims(const Jws& jws, const ValidationRules& rules, std::chro
 
   AuthOutcome ok;
   Identity& id = ok.identity;
-  if (rules.username_from_oid) {
-    id.user = oid;
+  std::string name;
+  if (rules.username_claim == "oid") {
+    name = oid;
+  } else if (rules.username_claim == "upn") {
+    // Arc's mapping: applications have no upn and are known by their oid.
+    // preferred_username is never used unless configured as the claim: it is
+    // not a verified, unique name.
+    name = string_claim(p, "upn");
+    if (name.empty()) name = oid;
   } else {
-    id.user = string_claim(p, "upn");
-    if (id.user.empty()) id.user = string_claim(p, "preferred_username");
-    if (id.user.empty()) id.user = oid;
+    name = string_claim(p, rules.username_claim.c_str());
+    if (name.empty()) {
+      return reject(AuthFailure::malformed, "token has no '" + printable(rules.username_claim) +
+                                                "' claim, which this cluster takes the user name from");
+    }
+  }
+  id.user = rules.username_prefix + name;
+  if (auto why = reserved_name_reason(id.user); !why.empty()) {
+    return reject(AuthFailure::malformed, "user name '" + printable(id.user) + "' from the token is not accepted: " + why);
   }
   id.uid = oid;
   if (const auto* groups = member(p, "groups")) {
     if (!groups->is_array()) return reject(AuthFailure::malformed, "token 'groups' claim is not an array");
     for (const auto& g : *groups) {
       if (!g.is_string()) return reject(AuthFailure::malformed, "token 'groups' claim holds a non-string");
-      id.groups.push_back(g.get<std::string>());
+      std::string group = rules.groups_prefix + g.get<std::string>();
+      // A refused group refuses the request: dropping it silently could
+      // change what a deny rule or an audit sees.
+      if (auto why = reserved_name_reason(group); !why.empty()) {
+        return reject(AuthFailure::malformed, "group '" + printable(group) + "' in the token is not accepted: " + why);
+      }
+      id.groups.push_back(std::move(group));
     }
   }
   id.extra["oid"] = {oid};

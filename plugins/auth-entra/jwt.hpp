@@ -45,15 +45,31 @@ struct ValidationRules {
   std::vector<std::string> audiences;  // accepted `aud` values
   std::string authority;               // e.g. https://login.microsoftonline.com (no trailing '/')
   std::chrono::seconds clock_skew{300};
-  bool username_from_oid = false;      // user = oid always, instead of upn/preferred_username/oid
+  // As kube-apiserver's --oidc-username-claim/-prefix and --oidc-groups-prefix.
+  // "upn" (the default, Arc's): upn, else oid (applications have no upn);
+  // "oid": always oid; any other claim: that claim, which must be present.
+  std::string username_claim = "upn";
+  std::string username_prefix;
+  std::string groups_prefix;
 };
+
+// Why a user or group name (after its prefix) may not be impersonated, or
+// empty: names in the reserved `system:` namespace, and names with
+// whitespace or control characters (which could pass for another name).
+std::string reserved_name_reason(std::string_view name);
 
 // The `alg` check: RS256 only.
 AuthOutcome check_algorithm(const Jws& jws);
 
-// Issuer in v1 or v2 form for one of the configured tenants; on success
-// `tenant` is the configured tenant it names.
-AuthOutcome check_issuer(const Jws& jws, const ValidationRules& rules, std::string& tenant);
+// The configured tenant a token claims to come from, before any key or
+// discovery document is fetched: its `tid` (or, without one, a path segment
+// of its `iss`) must be one of `rules.tenants`. Tokens of other tenants are
+// refused here (wrong_issuer), so they never cause a fetch.
+AuthOutcome select_tenant(const Jws& jws, const ValidationRules& rules, std::string& tenant);
+
+// `iss` must be exactly one of the issuers the tenant's discovery documents
+// publish (v2 and v1 forms; see JwksCache::issuers).
+AuthOutcome check_issuer(const Jws& jws, const std::string& tenant, const std::vector<std::string>& issuers);
 
 // Time window, audience, group overage and the identity mapping. Call only
 // after the signature has been verified.
@@ -62,9 +78,5 @@ AuthOutcome check_claims(const Jws& jws, const ValidationRules& rules, std::chro
 // Printable, bounded rendering of an attacker-supplied value (an `alg`, a
 // `kid`, an issuer) for messages.
 std::string printable(std::string_view value, std::size_t max_length = 80);
-
-// v2 issuer for `tenant` under `authority`, and the v1 (sts.windows.net) one.
-std::string v2_issuer(const std::string& authority, const std::string& tenant);
-std::string v1_issuer(const std::string& tenant);
 
 }  // namespace clusterconnect::entra

@@ -10,6 +10,7 @@
 #include "clusterconnect/http/forward.hpp"
 #include "clusterconnect/ascii.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <limits>
@@ -309,6 +310,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_decision(Decision d) {
     rec_.user = std::move(d.user);
     rec_.groups = std::move(d.groups);
+    rec_.notes = std::move(d.notes);
+    pipe_deadline_ = d.pipe_deadline;
+    pipe_deadline_reason_ = std::move(d.pipe_deadline_reason);
     if (!d.forward) return reply_and_continue(std::move(d.reply));
     if (!build_request_wire())
       return reply_and_continue(status_reply(500, "InternalError", "request headers could not be forwarded"));
@@ -867,9 +871,28 @@ class Session : public std::enable_shared_from_this<Session> {
     up_.reset();  // never reused for another request
     if (!up) return close_session();
     pipes_open_ = 2;
+    arm_pipe_deadline(up);
     // Bytes that arrived behind the heads belong to the new protocol.
     pipe_flush(up, true);
     pipe_flush(up, false);
+  }
+
+  // The policy's deadline for the upgraded connection (e.g. the expiry of
+  // the token that opened it). The request timers are idle during pipes.
+  void arm_pipe_deadline(const UpstreamPtr& up) {
+    if (pipe_deadline_ == std::chrono::system_clock::time_point{}) return;
+    auto left = std::chrono::duration_cast<std::chrono::steady_clock::duration>(pipe_deadline_ - std::chrono::system_clock::now());
+    timer_.expires_after(std::max(left, std::chrono::steady_clock::duration::zero()));
+    timer_.async_wait([self = shared_from_this(), up, gen = ++timer_gen_](error_code ec) {
+      if (ec || gen != self->timer_gen_ || self->pipes_open_ == 0) return;
+      self->pipes_open_ = 0;
+      const std::string reason = self->pipe_deadline_reason_.empty() ? "connection deadline reached" : self->pipe_deadline_reason_;
+      if (self->log_) self->log_->info("http {}: upgraded connection closed: {}", self->peer_, reason);
+      self->rec_.notes.push_back({"closed", reason});
+      up->io.stream()->reset(reason);
+      self->in_.stream()->reset(reason);
+      self->complete_record();
+    });
   }
 
   // inbound -> upstream when `to_upstream`, else upstream -> inbound.
@@ -926,6 +949,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (pipes_open_ == 0) return;
     log_failure(ec, "upgraded stream");
     pipes_open_ = 0;
+    cancel_timer();
     up->io.stream()->reset("peer failed");
     in_.stream()->reset("peer failed");
     complete_record();
@@ -933,6 +957,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void pipe_closed(UpstreamPtr) {
     if (pipes_open_ == 0 || --pipes_open_ > 0) return;
+    cancel_timer();
     complete_record();
     // Both directions ended cleanly; the streams close when released.
   }
@@ -992,6 +1017,8 @@ class Session : public std::enable_shared_from_this<Session> {
   UpstreamPtr up_;
   ExchangeRecord rec_;
   Clock::time_point started_;
+  std::chrono::system_clock::time_point pipe_deadline_{};
+  std::string pipe_deadline_reason_;
   std::uint64_t req_length_ = 0;
   std::size_t lingered_ = 0;
   unsigned attempt_ = 0;

@@ -7,6 +7,7 @@
 
 #include "../../support/test_env.hpp"
 #include "agent_policy.hpp"
+#include "impersonation.hpp"
 #include "clusterconnect/certificates.hpp"
 
 using namespace clusterconnect;
@@ -18,9 +19,17 @@ namespace {
 class TableAuthenticator final : public Authenticator {
  public:
   void async_authenticate(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept override {
-    if (token == "good") {
+    if (token == "good" || token.rfind("eyJ", 0) == 0) {
       AuthOutcome ok;
       ok.identity = {"alice@contoso.example", "oid-1", {"devs"}, {{"oid", {"oid-1"}}, {"tid", {"tid-1"}}}};
+      return handler(ok);
+    }
+    if (token == "masters" || token == "tabbed" || token == "system-user") {
+      AuthOutcome ok;
+      ok.identity = {"alice@contoso.example", "oid-1", {"devs"}, {}};
+      if (token == "masters") ok.identity.groups.push_back("system:masters");
+      if (token == "tabbed") ok.identity.user = "alice@contoso.example\t";
+      if (token == "system-user") ok.identity.user = "system:admin";
       return handler(ok);
     }
     if (token == "expired") return handler(AuthOutcome{AuthFailure::expired, "the token expired at 2026-01-01T00:00:00Z", {}});
@@ -129,4 +138,62 @@ TEST_CASE("token mode: the request goes to the API server exactly as sent", "[ag
   REQUIRE(d.forward);
   REQUIRE(head.headers.size() == before.size());
   for (std::size_t i = 0; i < before.size(); ++i) CHECK(head.headers[i].value == before[i].value);
+}
+
+TEST_CASE("audit notes: oid and tid of an Entra caller; a passed-through token's claimed user, never the token", "[agent][policy][audit]") {
+  Fixture f;
+  auto head = with_token("good");
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE(d.forward);
+  auto note = [](const http::Decision& d, const std::string& name) {
+    for (const auto& n : d.notes)
+      if (n.name == name) return n.value;
+    return std::string();
+  };
+  CHECK(note(d, "oid") == "oid-1");
+  CHECK(note(d, "tid") == "tid-1");
+
+  // A service-account JWT (unsigned here: the agent does not verify it).
+  const std::string sa = "eyJhbGciOiJSUzI1NiJ9." +
+                         std::string("eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpidWlsZGVyIn0") + ".c2ln";
+  auto sa_head = with_token(sa);
+  auto passed = decide(*f.policy(AuthMode::token), sa_head);
+  REQUIRE(passed.forward);
+  CHECK(note(passed, "claimed_user") == "system:serviceaccount:default:builder");
+  CHECK_THAT(note(passed, "identity"), Catch::Contains("passed through"));
+  for (const auto& n : passed.notes) CHECK(n.value.find(sa) == std::string::npos);
+}
+
+TEST_CASE("entra mode: a reserved or look-alike identity is refused with 403, whatever the authenticator said", "[agent][policy]") {
+  Fixture f;
+  for (const char* token : {"masters", "tabbed", "system-user"}) {
+    INFO(token);
+    auto head = with_token(token);
+    auto d = decide(*f.policy(AuthMode::entra), head);
+    REQUIRE_FALSE(d.forward);
+    CHECK(d.reply.status == 403);
+    CHECK_THAT(nlohmann::json::parse(d.reply.body)["message"].get<std::string>(), Catch::Contains("does not impersonate"));
+    CHECK(head.all("impersonate-user").empty());
+  }
+  CHECK(refused_identity({"team:system", "", {"a:system:b"}, {}}).empty());
+  CHECK_FALSE(refused_identity({"alice\xc2\xa0", "", {}, {}}).empty());
+  CHECK_FALSE(refused_identity({"alice", "", {"g\xe2\x80\x8b"}, {}}).empty());
+}
+
+TEST_CASE("an upgraded connection is given the expiry of the token that opened it", "[agent][policy]") {
+  Fixture f;
+  // {"exp":2000000000}: read from the token the authenticator accepted.
+  const std::string jwt = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln";
+  const auto expected = std::chrono::system_clock::time_point(std::chrono::seconds(2000000000));
+  auto head = with_token(jwt);
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE(d.forward);
+  CHECK(d.pipe_deadline == expected);
+  CHECK_THAT(d.pipe_deadline_reason, Catch::Contains("expired"));
+  auto passed_head = with_token(jwt);
+  auto passed = decide(*f.policy(AuthMode::token), passed_head);
+  CHECK(passed.pipe_deadline == expected);
+  // A token without exp sets no deadline.
+  auto plain = with_token("good");
+  CHECK(decide(*f.policy(AuthMode::entra), plain).pipe_deadline == std::chrono::system_clock::time_point{});
 }

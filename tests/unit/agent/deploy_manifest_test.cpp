@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <regex>
 #include <set>
 
 #include <yaml-cpp/yaml.h>
@@ -34,12 +35,14 @@ TEST_CASE("every flag in the Deployment is one the agent accepts", "[agent][depl
     auto arg = a.as<std::string>();
     auto flag = arg.substr(0, arg.find('='));
     INFO(flag);
-    CHECK(help.output.find(flag) != std::string::npos);
+    // The whole flag, not a prefix of a longer one.
+    const std::regex exact("(^|[\\s,])" + flag + "([\\s=,]|$)");
+    CHECK(std::regex_search(help.output, exact));
   }
   CHECK(deployment["spec"]["template"]["spec"]["serviceAccountName"].as<std::string>() == "clusterconnect-agent");
 }
 
-TEST_CASE("the ClusterRole lets the agent impersonate users, groups, uids and the extras it sets", "[agent][deploy]") {
+TEST_CASE("the ClusterRole lets the agent impersonate users, groups, uids and the extras it sets, and nothing else", "[agent][deploy]") {
   auto role = find_kind("ClusterRole");
   std::set<std::string> granted;
   for (const auto& rule : role["rules"]) {
@@ -48,9 +51,9 @@ TEST_CASE("the ClusterRole lets the agent impersonate users, groups, uids and th
     for (const auto& g : rule["apiGroups"])
       for (const auto& r : rule["resources"]) granted.insert(g.as<std::string>() + "/" + r.as<std::string>());
   }
-  for (auto want : {"/users", "/groups", "authentication.k8s.io/uids", "authentication.k8s.io/userextras/oid",
-                    "authentication.k8s.io/userextras/tid"})
-    CHECK(granted.count(want) == 1);
+  // Never service accounts: a caller must not become one of the cluster's workloads.
+  CHECK(granted == std::set<std::string>{"/users", "/groups", "authentication.k8s.io/uids",
+                                         "authentication.k8s.io/userextras/oid", "authentication.k8s.io/userextras/tid"});
   auto binding = find_kind("ClusterRoleBinding");
   CHECK(binding["roleRef"]["name"].as<std::string>() == role["metadata"]["name"].as<std::string>());
   CHECK(binding["subjects"][0]["name"].as<std::string>() == "clusterconnect-agent");

@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-#include <thread>
 
 #include "encoding.hpp"
 #include "jwks.hpp"
@@ -61,9 +60,13 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   TestKey a("a"), b("b");
   nlohmann::json jwks = {{"keys", {a.jwk()}}};
   int fetches = 0;
-  JwksCache cache({"https://login.example", std::chrono::seconds(2), std::chrono::hours(24)}, [&](const std::string& url) -> clusterconnect::Result<std::string> {
+  auto now = std::chrono::steady_clock::time_point(std::chrono::hours(1000));
+  JwksCache cache({"https://login.example", std::chrono::seconds(2), std::chrono::hours(1), [&] { return now; }}, [&](const std::string& url) -> clusterconnect::Result<std::string> {
     ++fetches;
-    if (url == "https://login.example/t1/v2.0/.well-known/openid-configuration") return std::string(R"({"jwks_uri":"https://login.example/t1/keys"})");
+    if (url == "https://login.example/t1/v2.0/.well-known/openid-configuration")
+      return std::string(R"({"issuer":"https://login.example/{tenantid}/v2.0","jwks_uri":"https://login.example/t1/keys"})");
+    if (url == "https://login.example/t1/.well-known/openid-configuration")
+      return std::string(R"({"issuer":"https://sts.example/t1/"})");
     if (url == "https://login.example/t1/keys") return jwks.dump();
     return clusterconnect::fail("unexpected URL " + url);
   });
@@ -71,7 +74,8 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   auto first = cache.refresh("t1");
   REQUIRE(first);
   CHECK(first.value());  // fetched
-  CHECK(fetches == 2);
+  CHECK(fetches == 3);
+  CHECK(cache.issuers("t1") == std::vector<std::string>{"https://login.example/t1/v2.0", "https://sts.example/t1/"});
   CHECK(cache.find("t1", "a"));
   CHECK_FALSE(cache.find("t1", "b"));
 
@@ -80,15 +84,24 @@ TEST_CASE("auth-entra: JWKS cache refreshes at a bounded rate", "[auth-entra][jw
   auto limited = cache.refresh("t1");
   REQUIRE(limited);
   CHECK_FALSE(limited.value());  // rate-limited: no fetch, old set kept
-  CHECK(fetches == 2);
+  CHECK(fetches == 3);
   CHECK_FALSE(cache.find("t1", "b"));
 
-  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  now += std::chrono::seconds(1);
+  CHECK_FALSE(cache.refresh_due("t1"));
+  now += std::chrono::seconds(1);
   CHECK(cache.refresh_due("t1"));
+  CHECK_FALSE(cache.stale("t1"));
   REQUIRE(cache.refresh("t1"));
-  CHECK(fetches == 4);
+  CHECK(fetches == 6);
   CHECK(cache.find("t1", "b"));
   CHECK_FALSE(cache.find("t1", "a"));  // rotated out
+
+  // Past the maximum age the keys are stale and due for the background refresh.
+  CHECK(cache.stale_tenants().empty());
+  now += std::chrono::hours(1) + std::chrono::seconds(1);
+  CHECK(cache.stale("t1"));
+  CHECK(cache.stale_tenants() == std::vector<std::string>{"t1"});
 
   auto failing = cache.refresh("other");
   CHECK_FALSE(failing);

@@ -32,8 +32,13 @@ TEST_CASE("auth-entra: claim rules on their own", "[auth-entra][jwt]") {
   Jws jws;
   jws.payload = {{"iss", "https://login.microsoftonline.com/t1/v2.0"}, {"aud", {"other", "api://aud-1"}}, {"exp", 2000}, {"oid", "o"}};
   std::string tenant;
-  CHECK(check_issuer(jws, rules, tenant).ok());
+  CHECK(select_tenant(jws, rules, tenant).ok());
   CHECK(tenant == "t1");
+  CHECK(check_issuer(jws, tenant, {"https://login.microsoftonline.com/t1/v2.0", "https://sts.windows.net/t1/"}).ok());
+  CHECK(check_issuer(jws, tenant, {"https://sts.windows.net/t1/"}).failure == AuthFailure::wrong_issuer);
+  jws.payload["tid"] = "t2";
+  CHECK(select_tenant(jws, rules, tenant).failure == AuthFailure::wrong_issuer);
+  jws.payload.erase("tid");
   auto at = std::chrono::system_clock::time_point(std::chrono::seconds(1000));
   CHECK(check_claims(jws, rules, at).ok());
   CHECK(check_claims(jws, rules, std::chrono::system_clock::time_point(std::chrono::seconds(2301))).failure == AuthFailure::expired);

@@ -69,6 +69,7 @@ struct ExchangeRecord {
   std::uint64_t bytes_in = 0, bytes_out = 0;
   std::chrono::microseconds duration{};
   bool upgraded = false;
+  std::vector<Header> notes;  // the Decision's notes
 };
 
 struct Decision {
@@ -76,6 +77,12 @@ struct Decision {
   Reply reply;
   std::string user;  // for the ExchangeRecord only
   std::vector<std::string> groups;
+  std::vector<Header> notes;  // more facts for the ExchangeRecord (an audit log's fields)
+  // When set and the request is upgraded (exec, attach, port-forward), the
+  // pipe is closed at this time: both streams are reset with
+  // `pipe_deadline_reason` and the record gets the note {"closed", reason}.
+  std::chrono::system_clock::time_point pipe_deadline{};
+  std::string pipe_deadline_reason;
 };
 
 // One per server, shared by all its connections: must be thread-safe.

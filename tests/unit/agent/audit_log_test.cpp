@@ -1,0 +1,115 @@
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "../../support/test_env.hpp"
+#include "audit_log.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::agent;
+
+namespace {
+
+http::ExchangeRecord exec_record() {
+  http::ExchangeRecord r;
+  r.method = "POST";
+  r.target =
+      "/api/v1/namespaces/default/pods/web/exec?command=cat&command=%2Fetc%2Fshadow&stdout=true&access_token=eyJsecret";
+  r.user = "alice@contoso.example";
+  r.groups = {"devs"};
+  r.status = 101;
+  r.upgraded = true;
+  r.notes = {{"oid", "oid-1"}, {"tid", "tid-1"}};
+  return r;
+}
+
+std::vector<nlohmann::json> read_lines(const std::filesystem::path& file) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(file);
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("agent audit: credential-bearing query parameters are redacted", "[agent][audit]") {
+  CHECK(audit_query("/api/v1/pods") == "");
+  CHECK(audit_query("/x?command=ls&command=-l&tty=true") == "command=ls&command=-l&tty=true");
+  CHECK(audit_query("/x?access_token=abc&watch=1") == "access_token=[redacted]&watch=1");
+  CHECK(audit_query("/x?ACCESS%5FTOKEN=abc") == "ACCESS%5FTOKEN=[redacted]");
+  CHECK(audit_query("/x?id_token=a&sig=b&client_secret=c&code=d&password=e") ==
+        "id_token=[redacted]&sig=[redacted]&client_secret=[redacted]&code=[redacted]&password=[redacted]");
+  CHECK(audit_query("/x?token") == "token=[redacted]");
+}
+
+TEST_CASE("agent audit: a record names oid, tid and the query, never a token", "[agent][audit]") {
+  test::TempDir dir;
+  const auto file = dir.path() / "audit.log";
+  {
+    auto log = AuditLog::open(file.string());
+    REQUIRE(log);
+    CHECK(log.value()->write(exec_record(), "entra"));
+  }  // the destructor writes everything queued
+  auto lines = read_lines(file);
+  REQUIRE(lines.size() == 1);
+  const auto& l = lines[0];
+  CHECK(l["oid"] == "oid-1");
+  CHECK(l["tid"] == "tid-1");
+  CHECK(l["path"] == "/api/v1/namespaces/default/pods/web/exec");
+  CHECK(l["query"] == "command=cat&command=%2Fetc%2Fshadow&stdout=true&access_token=[redacted]");
+  CHECK(l.dump().find("eyJsecret") == std::string::npos);
+  struct stat st {};
+  REQUIRE(::stat(file.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+}
+
+TEST_CASE("agent audit: a full queue drops and counts, never blocks the writer", "[agent][audit]") {
+  test::TempDir dir;
+  const auto fifo = dir.path() / "audit.fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // A reader that does not read: once the pipe is full, the log's writer
+  // thread is stuck in write(2), as on a hung disk.
+  int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  REQUIRE(reader >= 0);
+  auto log = AuditLog::open(fifo.string(), 4);
+  REQUIRE(log);
+
+  auto record = exec_record();
+  record.target += "&pad=" + std::string(16 * 1024, 'x');
+  const int total = 200;  // 3 MiB of lines: far more than the pipe holds
+  auto writes = std::async(std::launch::async, [&] {
+    int accepted = 0;
+    for (int i = 0; i < total; ++i) accepted += log.value()->write(record, "entra") ? 1 : 0;
+    return accepted;
+  });
+  // Without the fix the writes wait for room that never comes.
+  REQUIRE(writes.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  const int accepted = writes.get();
+  CHECK(accepted < total);
+  CHECK(log.value()->dropped() == static_cast<std::uint64_t>(total - accepted));
+
+  // Drain the pipe so the writer can finish and the log can close.
+  std::atomic<bool> done{false};
+  std::thread drain([&] {
+    char buf[65536];
+    int flags = ::fcntl(reader, F_GETFL);
+    ::fcntl(reader, F_SETFL, flags & ~O_NONBLOCK);
+    while (::read(reader, buf, sizeof buf) > 0) {
+    }
+    done = true;
+  });
+  log.value().reset();
+  drain.join();
+  ::close(reader);
+  CHECK(done);
+}
