@@ -34,7 +34,8 @@ clusterconnect::test::CommandResult proxy(const TestIdp& idp, const fs::path& ho
                     " AZURE_AUTHORITY_HOST=" + quote(idp.authority()) + " " + extra_env + " " +
                     quote((clusterconnect::test::stage_dir() / "bin" / "connectedk8s").string()) +
                     " proxy -n demo -g sandbox --subscription 00000000-0000-0000-0000-000000000000"
-                    " --endpoint https://127.0.0.1:1 -f - --port 0 --auth-method client-secret " + extra_args;
+                    " --endpoint https://127.0.0.1:1 --management-resource 5e1a7000-0000-4000-8000-00000000c0de"
+                    " -f - --port 0 --auth-method client-secret " + extra_args;
   return clusterconnect::test::run(cmd);
 }
 
