@@ -37,12 +37,13 @@ void echo_targets(Conn& c, int) {
 struct Rig {
   std::shared_ptr<test::TestPolicy> policy;
   std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+  std::shared_ptr<test::ReadCounters> upstream_reads = std::make_shared<test::ReadCounters>();
   test::IoThreads threads;
   std::optional<test::Front> front;
 
   Rig(unsigned short upstream_port, test::TestPolicy::Fn fn = {}, http::Limits limits = {})
       : policy(std::make_shared<test::TestPolicy>(std::move(fn))) {
-    front.emplace(threads.io, policy, test::tcp_connector(threads.io, upstream_port, calls), limits);
+    front.emplace(threads.io, policy, test::tcp_connector(threads.io, upstream_port, calls, upstream_reads), limits);
   }
   Rig(http::UpstreamConnector connector, test::TestPolicy::Fn fn = {}, http::Limits limits = {})
       : policy(std::make_shared<test::TestPolicy>(std::move(fn))) {
@@ -202,7 +203,8 @@ TEST_CASE("an upstream that closed a kept-alive connection is reopened", "[http]
 
   // A request with a body cannot be retried after the fact: the engine must
   // notice the close while the connection is idle and open a new one first.
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Once its read on the third connection has seen the close, it has noticed.
+  REQUIRE(test::wait_until([&] { return rig.upstream_reads->ends.load() >= 3; }));
   client.send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody");
   auto res = test::read_message(client);
   REQUIRE(res);
