@@ -112,9 +112,9 @@ class RelayProcess {
     return -1;
   }
 
-  unsigned short port() const { return port_; }
+  unsigned short port() const { return port_.load(); }
   const std::string& ca_file() const { return ca_file_; }
-  std::string host() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }
   std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }
   RelayEndpoint endpoint(const std::string& path = demo_path) const { return RelayEndpoint{url(path), ca_file_, false}; }
   std::string token(const std::string& key_name, const std::string& secret, const std::string& path = demo_path,
@@ -137,7 +137,8 @@ class RelayProcess {
   TempDir dir_;
   std::vector<std::string> extra_;
   pid_t pid_ = -1;
-  unsigned short port_ = 0;
+  // Read by agents' token callbacks on I/O threads while a restart writes it.
+  std::atomic<unsigned short> port_{0};
   std::string ca_file_;
 };
 

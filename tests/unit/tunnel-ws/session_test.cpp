@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <deque>
 #include <map>
 #include <future>
@@ -32,7 +33,8 @@ class MemoryChannel final : public MessageChannel {
     asio::any_io_executor ex;
     std::deque<std::vector<std::uint8_t>> inbox;
     ReadHandler pending;
-    bool closed = false;
+    // Written on the strand, polled by the test thread.
+    std::atomic<bool> closed{false};
     std::uint16_t close_code = 0;
     std::string close_reason;
     std::shared_ptr<State> peer;
@@ -410,7 +412,7 @@ TEST_CASE("protocol errors close that tunnel with a logged reason, others live o
   const std::string reason = v.wait_closed();
   CHECK_THAT(reason, Catch::Contains(expect));
   // The channel closes (1002) once the GOAWAY is written, on the session's strand.
-  CHECK(wait_for([&] { return v.state->closed; }));
+  CHECK(wait_for([&] { return v.state->closed.load(); }));
   asio::post(v.state->ex, [] {});
   std::promise<std::uint16_t> code;
   asio::post(v.state->ex, [&] { code.set_value(v.state->close_code); });
