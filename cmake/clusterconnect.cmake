@@ -8,9 +8,17 @@ target_compile_definitions(clusterconnect_options INTERFACE
   BOOST_BEAST_USE_STD_STRING_VIEW
   SPDLOG_FMT_EXTERNAL
   SPDLOG_COMPILED_LIB)
+option(CLUSTERCONNECT_TSAN "Build with ThreadSanitizer (tests/tsan.supp lists what is suppressed and why)" OFF)
+if(CLUSTERCONNECT_SANITIZE AND CLUSTERCONNECT_TSAN)
+  message(FATAL_ERROR "CLUSTERCONNECT_SANITIZE (ASan+UBSan) and CLUSTERCONNECT_TSAN cannot be combined: use one preset each")
+endif()
 if(CLUSTERCONNECT_SANITIZE)
   target_compile_options(clusterconnect_options INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   target_link_options(clusterconnect_options INTERFACE -fsanitize=address,undefined)
+endif()
+if(CLUSTERCONNECT_TSAN)
+  target_compile_options(clusterconnect_options INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
+  target_link_options(clusterconnect_options INTERFACE -fsanitize=thread)
 endif()
 
 set(CLUSTERCONNECT_PLUGIN_INSTALL_DIR "${CMAKE_INSTALL_LIBDIR}/connectedk8s/plugins")

@@ -13,7 +13,7 @@ void JsonLogFormatter::format(const spdlog::details::log_msg& msg, spdlog::memor
   auto t = system_clock::to_time_t(msg.time);
   std::tm tm{};
   gmtime_r(&t, &tm);
-  char stamp[40];
+  char stamp[96];  // room for any int the format can print (-Wformat-truncation)
   auto ms = duration_cast<milliseconds>(msg.time.time_since_epoch()).count() % 1000;
   std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));

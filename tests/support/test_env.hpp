@@ -62,6 +62,13 @@ inline CommandResult run(const std::string& command) {
   return r;
 }
 
+// True when the CI environment variable is set (to anything but "" or "0"):
+// then a missing prerequisite is a failure, not a skip.
+inline bool in_ci() {
+  const char* ci = std::getenv("CI");
+  return ci && *ci && std::string(ci) != "0";
+}
+
 inline std::string quote(const std::string& s) {
   std::string out = "'";
   for (char c : s) {
@@ -72,3 +79,12 @@ inline std::string quote(const std::string& s) {
 }
 
 }  // namespace clusterconnect::test
+
+// A test that cannot run here: a warning for a developer, a failure naming
+// what to install when CI is set. Returns from the test case.
+#define CLUSTERCONNECT_SKIP(why)                                              \
+  do {                                                                        \
+    if (::clusterconnect::test::in_ci()) FAIL("prerequisite missing: " << why); \
+    WARN("skipped: " << why);                                                 \
+    return;                                                                   \
+  } while (false)

@@ -33,6 +33,18 @@ std::shared_ptr<asio::ssl::context> base_context(asio::ssl::context::method meth
   return ctx;
 }
 
+// OpenSSL fills a certificate's extension cache (key identifiers, flags) on
+// first use. Two handshakes verifying against the same trusted certificate at
+// once may both fill it: one writes the cache while the other compares key
+// identifiers from it (a data race inside libcrypto that ThreadSanitizer
+// reports in ASN1_STRING_cmp; openssl/openssl#32609). Fill it now, while the
+// context is not yet shared.
+void fill_extension_caches(SSL_CTX* ctx) {
+  STACK_OF(X509)* certs = X509_STORE_get1_all_certs(SSL_CTX_get_cert_store(ctx));
+  for (int i = 0; i < sk_X509_num(certs); ++i) (void)X509_get_extension_flags(sk_X509_value(certs, i));
+  sk_X509_pop_free(certs, X509_free);
+}
+
 }  // namespace
 
 Result<std::shared_ptr<asio::ssl::context>> make_client_context(const ClientOptions& options) {
@@ -45,6 +57,7 @@ Result<std::shared_ptr<asio::ssl::context>> make_client_context(const ClientOpti
     if (!options.ca_file.empty()) {
       ctx->load_verify_file(options.ca_file, ec);
       if (ec) return fail("cannot load CA file " + options.ca_file + ": " + openssl_reason(ec));
+      fill_extension_caches(ctx->native_handle());
     } else {
       ctx->set_default_verify_paths(ec);
       if (ec) return fail("cannot load the system CA certificates: " + openssl_reason(ec));

@@ -14,8 +14,32 @@
 namespace clusterconnect::tunnel {
 
 namespace {
-using Clock = std::chrono::steady_clock;
+
+class SteadyTimer final : public SessionClock::Timer {
+ public:
+  explicit SteadyTimer(const asio::any_io_executor& ex) : timer_(ex) {}
+  void async_wait_for(SessionClock::duration d, SessionClock::WaitHandler handler) override {
+    timer_.expires_after(d);
+    timer_.async_wait(std::move(handler));
+  }
+  void cancel() noexcept override { timer_.cancel(); }
+
+ private:
+  asio::steady_timer timer_;
+};
+
+class SteadyClock final : public SessionClock {
+ public:
+  time_point now() const override { return std::chrono::steady_clock::now(); }
+  std::unique_ptr<Timer> make_timer(asio::any_io_executor ex) override { return std::make_unique<SteadyTimer>(ex); }
+};
+
 }  // namespace
+
+std::shared_ptr<SessionClock> steady_session_clock() {
+  static const auto clock = std::make_shared<SteadyClock>();
+  return clock;
+}
 
 struct StreamState {
   enum class Phase { opening, pending_accept, open, done };
@@ -27,7 +51,7 @@ struct StreamState {
   // Opening (local): completes on ACK or RST; the handle is handed out then.
   Session::OpenCallback open_cb;
   TunnelStreamPtr pending_handle;
-  std::unique_ptr<asio::steady_timer> open_timer;
+  std::unique_ptr<SessionClock::Timer> open_timer;
 
   std::int64_t send_credit = default_stream_window;
   std::int64_t recv_allowed = default_stream_window;  // what the peer may still send
@@ -53,7 +77,7 @@ struct StreamState {
 };
 
 struct Session::Impl {
-  explicit Impl(const asio::any_io_executor& ex) : ping_timer(ex) {}
+  Impl(const asio::any_io_executor& ex, SessionClock& clock) : ping_timer(clock.make_timer(ex)), last_rx(clock.now()) {}
 
   std::map<StreamId, std::shared_ptr<StreamState>> streams;
   StreamId next_local_id = 1;
@@ -79,8 +103,8 @@ struct Session::Impl {
   std::uint64_t messages_written = 0;
   std::deque<std::uint64_t> renew_ack_messages;
 
-  asio::steady_timer ping_timer;
-  Clock::time_point last_rx = Clock::now();
+  std::unique_ptr<SessionClock::Timer> ping_timer;
+  SessionClock::time_point last_rx;
   std::uint64_t ping_counter = 0;
 
   bool started = false;
@@ -170,11 +194,12 @@ std::shared_ptr<Session> Session::create(asio::any_io_executor strand, std::uniq
 
 Session::Session(asio::any_io_executor strand, std::unique_ptr<MessageChannel> channel, SessionOptions options,
                  std::shared_ptr<spdlog::logger> logger)
-    : impl_(std::make_unique<Impl>(strand)),
-      strand_(std::move(strand)),
+    : strand_(std::move(strand)),
       channel_(std::move(channel)),
       options_(std::move(options)),
       logger_(logger ? std::move(logger) : spdlog::default_logger()) {
+  if (!options_.clock) options_.clock = steady_session_clock();
+  impl_ = std::make_unique<Impl>(strand_, *options_.clock);
   // Windows can only be raised above the protocol defaults (no negotiation).
   options_.stream_window = std::clamp<std::uint32_t>(options_.stream_window, default_stream_window, max_window);
   options_.tunnel_window = std::clamp<std::uint32_t>(options_.tunnel_window, default_tunnel_window, max_window);
@@ -190,7 +215,7 @@ void Session::start() {
     auto& m = *self->impl_;
     if (m.started || m.closed) return;
     m.started = true;
-    m.last_rx = Clock::now();
+    m.last_rx = self->options_.clock->now();
     if (self->options_.tunnel_window > default_tunnel_window) {
       std::uint32_t extra = self->options_.tunnel_window - default_tunnel_window;
       encode_window(self->out_for(frame_header_size + 4), 0, extra);
@@ -199,8 +224,7 @@ void Session::start() {
     self->update_usable();
     self->do_read_message();
     self->flush();
-    m.ping_timer.expires_after(self->options_.ping_interval);
-    m.ping_timer.async_wait([self](error_code ec) { self->on_ping_timer(ec); });
+    m.ping_timer->async_wait_for(self->options_.ping_interval, [self](error_code ec) { self->on_ping_timer(ec); });
   });
 }
 
@@ -249,8 +273,8 @@ void Session::async_open(Metadata metadata, OpenCallback callback) {
       encode_window(self->out_for(frame_header_size + 4), id, extra);
       s->recv_allowed += extra;
     }
-    s->open_timer = std::make_unique<asio::steady_timer>(self->strand_, self->options_.open_timeout);
-    s->open_timer->async_wait([weak = std::weak_ptr<Session>(self), s](error_code ec) {
+    s->open_timer = self->options_.clock->make_timer(self->strand_);
+    s->open_timer->async_wait_for(self->options_.open_timeout, [weak = std::weak_ptr<Session>(self), s](error_code ec) {
       auto self = weak.lock();
       if (ec || !self || s->phase != StreamState::Phase::opening) return;
       encode_rst(self->out_for(frame_header_size + 4 + 32), s->id, RstCode::cancel, "open timed out");
@@ -317,7 +341,7 @@ void Session::on_message(error_code ec, std::span<const std::uint8_t> bytes) {
     fail("transport: " + ec.message(), false);
     return;
   }
-  m.last_rx = Clock::now();
+  m.last_rx = options_.clock->now();
   std::size_t off = 0;
   while (off < bytes.size()) {
     DecodeResult r = decode_frame(bytes.subspan(off));
@@ -864,7 +888,7 @@ void Session::close_channel() {
   auto& m = *impl_;
   if (m.channel_closed) return;
   m.channel_closed = true;
-  m.ping_timer.cancel();
+  m.ping_timer->cancel();
   channel_->close(m.close_reason.rfind("protocol error", 0) == 0 ? 1002 : 1000, m.close_reason);
 }
 
@@ -890,7 +914,7 @@ void Session::on_write(error_code ec) {
 void Session::on_ping_timer(error_code ec) {
   auto& m = *impl_;
   if (ec || m.closed) return;
-  auto idle = Clock::now() - m.last_rx;
+  auto idle = options_.clock->now() - m.last_rx;
   if (idle > options_.idle_timeout) {
     encode_goaway(out_for(frame_header_size + 4 + 32), GoawayCode::keepalive_timeout, "keepalive timeout");
     flush();
@@ -904,8 +928,7 @@ void Session::on_ping_timer(error_code ec) {
   for (int i = 0; i < 8; ++i) opaque[i] = static_cast<std::uint8_t>(m.ping_counter >> (56 - 8 * i));
   encode_ping(out_for(frame_header_size + 8), FrameType::ping, opaque);
   flush();
-  m.ping_timer.expires_after(options_.ping_interval);
-  m.ping_timer.async_wait([self = shared_from_this()](error_code e) { self->on_ping_timer(e); });
+  m.ping_timer->async_wait_for(options_.ping_interval, [self = shared_from_this()](error_code e) { self->on_ping_timer(e); });
 }
 
 void Session::fail(std::string reason, bool protocol) {
@@ -922,15 +945,14 @@ void Session::fail(std::string reason, bool protocol) {
   m.close_reason = reason;
   closed_flag_.store(true, std::memory_order_relaxed);
   update_usable();
-  m.ping_timer.cancel();
+  m.ping_timer->cancel();
   m.queue.clear();
   m.queued_bytes = m.writing ? m.write_buf.size() : 0;
   if (protocol) {
     encode_goaway(m.final_message, GoawayCode::protocol_error, reason);
     if (!m.writing) write_final_message();
     // Bounded: a peer that does not read gets its socket closed anyway.
-    m.ping_timer.expires_after(std::chrono::seconds(5));
-    m.ping_timer.async_wait([self = shared_from_this()](error_code ec) {
+    m.ping_timer->async_wait_for(std::chrono::seconds(5), [self = shared_from_this()](error_code ec) {
       if (!ec) self->close_channel();
     });
   } else {

@@ -41,6 +41,30 @@ inline error_code text_message_error() { return make_error_code(boost::system::e
 
 enum class Role { dialer, acceptor };
 
+// The time the session's timers (ping, idle, open) run on. The default is the
+// steady clock; a test passes a clock it advances by hand, so timeouts happen
+// without waiting for them.
+class SessionClock {
+ public:
+  using duration = std::chrono::steady_clock::duration;
+  using time_point = std::chrono::steady_clock::time_point;
+  using WaitHandler = DoneHandler;
+  class Timer {
+   public:
+    virtual ~Timer() = default;
+    // Calls `handler` on the timer's executor once the clock has advanced by
+    // `d`, with operation_aborted when cancelled, re-armed or destroyed first.
+    virtual void async_wait_for(duration d, WaitHandler handler) = 0;
+    virtual void cancel() noexcept = 0;
+  };
+  virtual ~SessionClock() = default;
+  virtual time_point now() const = 0;
+  virtual std::unique_ptr<Timer> make_timer(asio::any_io_executor ex) = 0;
+};
+
+// The steady clock, with asio timers.
+std::shared_ptr<SessionClock> steady_session_clock();
+
 struct SessionOptions {
   Role role = Role::dialer;
   std::string name = "tunnel";  // for logs
@@ -54,6 +78,8 @@ struct SessionOptions {
   // Dialler: the peer announced at the handshake that it takes RENEW (§1);
   // without it async_renew fails with operation_not_supported.
   bool peer_accepts_renew = false;
+  // Null: the steady clock.
+  std::shared_ptr<SessionClock> clock;
 };
 
 // The acceptor's answer to a RENEW: code 0 = accepted, else refused with a

@@ -65,10 +65,7 @@ struct Validator {
 }  // namespace
 
 TEST_CASE("auth-entra/idp: a token the identity provider issued validates", "[auth-entra][idp]") {
-  if (auto why = TestIdp::unavailable()) {
-    WARN("skipped: " << *why);
-    return;
-  }
+  if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why);
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path());
   Validator v(idp);
@@ -99,10 +96,7 @@ TEST_CASE("auth-entra/idp: a token the identity provider issued validates", "[au
 }
 
 TEST_CASE("auth-entra/idp: a key rotated at the provider is survived without restart", "[auth-entra][idp]") {
-  if (auto why = TestIdp::unavailable()) {
-    WARN("skipped: " << *why);
-    return;
-  }
+  if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why);
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path());
   Validator v(idp);
@@ -125,10 +119,7 @@ TEST_CASE("auth-entra/idp: a key rotated at the provider is survived without res
 }
 
 TEST_CASE("auth-entra/idp: over TLS, trusted through ca_file only", "[auth-entra][idp][tls]") {
-  if (auto why = TestIdp::unavailable()) {
-    WARN("skipped: " << *why);
-    return;
-  }
+  if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why);
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path(), nullptr, /*tls=*/true);
   REQUIRE(idp.authority().rfind("https://127.0.0.1:", 0) == 0);
@@ -174,10 +165,7 @@ TEST_CASE("auth-entra/idp: over TLS, trusted through ca_file only", "[auth-entra
 }
 
 TEST_CASE("auth-entra/idp: attacks on a token the identity provider issued", "[auth-entra][idp]") {
-  if (auto why = TestIdp::unavailable()) {
-    WARN("skipped: " << *why);
-    return;
-  }
+  if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why);
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path());
   Validator v(idp, {{"clock_skew_seconds", 0}});

@@ -103,11 +103,8 @@ std::string federated_token(const TestIdp& idp, const std::string& key_path) {
 
 void write_file(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::trunc) << text << "\n"; }
 
-#define REQUIRE_IDP()                          \
-  if (auto why = TestIdp::unavailable()) {     \
-    WARN("skipped: " << *why);                 \
-    return;                                    \
-  }
+#define REQUIRE_IDP() \
+  if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why)
 
 }  // namespace
 

@@ -42,10 +42,7 @@ clusterconnect::test::CommandResult proxy(const TestIdp& idp, const fs::path& ho
 }  // namespace
 
 TEST_CASE("proxy: an identity provider behind a private CA", "[proxy][idp][tls]") {
-  if (auto why = TestIdp::unavailable()) {
-    WARN("skipped: " << *why);
-    return;
-  }
+  if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why);
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path(), nullptr, /*tls=*/true);
   REQUIRE(idp.authority().rfind("https://", 0) == 0);

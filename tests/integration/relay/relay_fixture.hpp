@@ -121,13 +121,13 @@ class RelayProcess {
     return -1;
   }
 
-  unsigned short port() const { return port_; }
+  unsigned short port() const { return port_.load(); }
   // Plain HTTP: /metrics, /healthz, /readyz.
   std::string metrics_url(const std::string& path = "/metrics") const {
-    return "http://127.0.0.1:" + std::to_string(metrics_port_) + path;
+    return "http://127.0.0.1:" + std::to_string(metrics_port_.load()) + path;
   }
   const std::string& ca_file() const { return ca_file_; }
-  std::string host() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }
   std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }
   RelayEndpoint endpoint(const std::string& path = demo_path) const { return RelayEndpoint{url(path), ca_file_, false}; }
   std::string token(const std::string& key_name, const std::string& secret, const std::string& path = demo_path,
@@ -150,8 +150,9 @@ class RelayProcess {
   TempDir dir_;
   std::vector<std::string> extra_;
   pid_t pid_ = -1;
-  unsigned short port_ = 0;
-  unsigned short metrics_port_ = 0;
+  // Read by agents' token callbacks on I/O threads while a restart writes it.
+  std::atomic<unsigned short> port_{0};
+  std::atomic<unsigned short> metrics_port_{0};
   std::string ca_file_;
 };
 
@@ -233,7 +234,8 @@ class Sha256 {
 // Agent side: echoes ("echo"), or writes forever ("source"), by OPEN metadata.
 class AgentStream : public std::enable_shared_from_this<AgentStream> {
  public:
-  AgentStream(StreamPtr s, std::atomic<std::uint64_t>* source_bytes) : s_(std::move(s)), source_bytes_(source_bytes) {}
+  AgentStream(StreamPtr s, std::atomic<std::uint64_t>* source_bytes, std::atomic<std::uint64_t>* echoed_bytes = nullptr)
+      : s_(std::move(s)), source_bytes_(source_bytes), echoed_bytes_(echoed_bytes) {}
   void echo() { read(); }
   // Reads to eof, then answers with the hex sha256 of what it read.
   void digest() {
@@ -260,6 +262,7 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
     asio::const_buffer b(buf_.data() + off, n - off);
     s_->async_write_some(std::span<const asio::const_buffer>(&b, 1), [self = shared_from_this(), off, n](error_code ec, std::size_t k) {
       if (ec) return;
+      if (self->echoed_bytes_) self->echoed_bytes_->fetch_add(k);
       if (off + k < n) return self->write(off + k, n);
       self->read();
     });
@@ -290,6 +293,7 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
 
   StreamPtr s_;
   std::atomic<std::uint64_t>* source_bytes_;
+  std::atomic<std::uint64_t>* echoed_bytes_;
   std::array<std::uint8_t, 64 * 1024> buf_{};
   std::shared_ptr<Sha256> hash_;
   std::string answer_;
@@ -297,11 +301,12 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
 
 struct Agent {
   std::atomic<std::uint64_t> source_bytes{0};
+  std::atomic<std::uint64_t> echoed_bytes{0};
   std::atomic<unsigned> streams{0};
   AcceptHandler handler() {
     return [this](StreamPtr s, const std::map<std::string, std::string>& md) {
       ++streams;
-      auto a = std::make_shared<AgentStream>(std::move(s), &source_bytes);
+      auto a = std::make_shared<AgentStream>(std::move(s), &source_bytes, &echoed_bytes);
       auto it = md.find("mode");
       if (it != md.end() && it->second == "source") a->source();
       else if (it != md.end() && it->second == "sha256") a->digest();

@@ -59,9 +59,35 @@ TEST_CASE("proxy --help shows flags that come from the proxy module", "[cli]") {
   auto help = cli("proxy --help");
   for (auto flag : {"--name", "--resource-group", "--token", "--file", "--port", "--kube-context"})
     CHECK_THAT(help, Catch::Contains(flag));
-  // Without the module the host has no such command.
-  auto r = cli.run_status("plugin list");
-  REQUIRE(r.status == 0);
+
+  // Without the module the host has no such command: the same binary, in a
+  // tree whose plugin directory lacks proxy.so.
+  TempDir tree;
+  fs::create_directories(tree.path() / "bin");
+  fs::create_directories(tree.path() / "lib" / "connectedk8s" / "plugins");
+  fs::copy_file(stage_dir() / "bin" / "connectedk8s", tree.path() / "bin" / "connectedk8s");
+  for (const auto& e : fs::directory_iterator(stage_dir() / "lib"))
+    if (e.is_regular_file()) fs::copy_file(e.path(), tree.path() / "lib" / e.path().filename());
+  for (const auto& e : fs::directory_iterator(stage_dir() / "lib" / "connectedk8s" / "plugins"))
+    if (e.path().filename() != "proxy.so")
+      fs::copy_file(e.path(), tree.path() / "lib" / "connectedk8s" / "plugins" / e.path().filename());
+  const std::string without = "env -u CONNECTEDK8S_PLUGIN_PATH HOME=" + quote(cli.home.path().string()) +
+                              " XDG_DATA_HOME=" + quote((cli.home.path() / "data").string()) + " " +
+                              quote((tree.path() / "bin" / "connectedk8s").string());
+  auto list = run(without + " plugin list");
+  INFO(list.output);
+  REQUIRE(list.status == 0);
+  CHECK_THAT(list.output, Catch::Contains("tunnel-ws"));
+  CHECK_THAT(list.output, !Catch::Contains("proxy"));
+  CHECK_THAT(cli("--help"), Catch::Contains("proxy"));  // with the module, the command is listed
+  auto help_without = run(without + " --help");
+  INFO(help_without.output);
+  CHECK(help_without.status == 0);
+  CHECK_THAT(help_without.output, !Catch::Contains("proxy"));
+  auto r = run(without + " proxy -n demo -g sandbox");
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, !Catch::Contains("--resource-group"));
 }
 
 TEST_CASE("installing a broken module prints the precise reason and changes nothing", "[cli]") {

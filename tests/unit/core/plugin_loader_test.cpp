@@ -1,3 +1,6 @@
+#include <dlfcn.h>
+#include <stdlib.h>
+
 #include <catch2/catch.hpp>
 
 #include <fstream>
@@ -45,6 +48,10 @@ TEST_CASE("a module built for another ABI is refused before its code runs, namin
   auto abi = host::read_module_abi(test_module("testmod_wrong_abi"));
   REQUIRE(abi.ok());
   CHECK(abi.value() == "clusterconnect-abi/0 gcc-0.0");
+  // The module's constructor leaves a marker when its code is mapped.
+  TempDir dir;
+  const auto marker = dir.path() / "constructor-ran";
+  REQUIRE(::setenv("CLUSTERCONNECT_TEST_CTOR_MARKER", marker.c_str(), 1) == 0);
   host::Runtime rt(spdlog::default_logger(), 1);
   CHECK_FALSE(rt.loader().load_file(test_module("testmod_wrong_abi"), rt));
   auto why = reason_for(rt.loader(), test_module("testmod_wrong_abi"));
@@ -52,6 +59,13 @@ TEST_CASE("a module built for another ABI is refused before its code runs, namin
   CHECK_THAT(why, Catch::Contains("clusterconnect-abi/0 gcc-0.0"));
   CHECK_THAT(why, Catch::Contains(CLUSTERCONNECT_ABI_STRING));
   CHECK(rt.loader().modules().empty());
+  CHECK_FALSE(fs::exists(marker));  // refused without running any of its code
+  // The marker works: mapping the module runs the constructor.
+  void* h = ::dlopen(test_module("testmod_wrong_abi").c_str(), RTLD_NOW | RTLD_LOCAL);
+  REQUIRE(h != nullptr);
+  CHECK(fs::exists(marker));
+  ::dlclose(h);
+  ::unsetenv("CLUSTERCONNECT_TEST_CTOR_MARKER");
 }
 
 TEST_CASE("a module without the entry point is refused", "[loader]") {

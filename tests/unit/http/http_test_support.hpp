@@ -33,18 +33,31 @@ namespace clusterconnect::test {
 
 using tcp = asio::ip::tcp;
 
+// What the engine read from a set of streams: bytes, and reads that ended
+// with an error or eof. Tests wait on these instead of sleeping.
+struct ReadCounters {
+  std::atomic<std::size_t> bytes{0};
+  std::atomic<int> ends{0};
+};
+
 // A clusterconnect::Stream over a TCP socket, on its own strand.
 class TcpStream final : public Stream, public std::enable_shared_from_this<TcpStream> {
  public:
-  explicit TcpStream(tcp::socket s, std::shared_ptr<std::atomic<int>> writes = nullptr)
-      : socket_(std::move(s)), writes_(std::move(writes)) {
+  explicit TcpStream(tcp::socket s, std::shared_ptr<std::atomic<int>> writes = nullptr,
+                     std::shared_ptr<ReadCounters> reads = nullptr)
+      : socket_(std::move(s)), writes_(std::move(writes)), reads_(std::move(reads)) {
     error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);
   }
   asio::any_io_executor get_executor() override { return socket_.get_executor(); }
   void async_read_some(asio::mutable_buffer b, IoHandler h) override {
     asio::dispatch(socket_.get_executor(), [self = shared_from_this(), b, h = std::move(h)]() mutable {
-      self->socket_.async_read_some(b, std::move(h));
+      if (!self->reads_) return self->socket_.async_read_some(b, std::move(h));
+      self->socket_.async_read_some(b, [reads = self->reads_, h = std::move(h)](error_code ec, std::size_t n) mutable {
+        reads->bytes += n;
+        if (ec) ++reads->ends;
+        h(ec, n);
+      });
     });
   }
   void async_write_some(std::span<const asio::const_buffer> bufs, IoHandler h) override {
@@ -71,6 +84,7 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
  private:
   tcp::socket socket_;
   std::shared_ptr<std::atomic<int>> writes_;  // counts write calls when set
+  std::shared_ptr<ReadCounters> reads_;       // counts reads when set
 };
 
 // Runs an io_context on two threads for the lifetime of the object.
@@ -124,14 +138,15 @@ class Front {
   }
   unsigned short port() const { return acceptor_.local_endpoint().port(); }
 
-  // Write calls on the accepted (client-facing) streams.
+  // Write calls on, and reads from, the accepted (client-facing) streams.
   std::shared_ptr<std::atomic<int>> inbound_writes = std::make_shared<std::atomic<int>>(0);
+  std::shared_ptr<ReadCounters> inbound_reads = std::make_shared<ReadCounters>();
 
  private:
   void accept() {
     acceptor_.async_accept(asio::make_strand(io_), [this](error_code ec, tcp::socket s) {
       if (ec) return;
-      http::serve(io_, std::make_shared<TcpStream>(std::move(s), inbound_writes), policy_, connector_, limits_,
+      http::serve(io_, std::make_shared<TcpStream>(std::move(s), inbound_writes, inbound_reads), policy_, connector_, limits_,
                   debug_logger());
       accept();
     });
@@ -145,14 +160,15 @@ class Front {
 
 // A plain TCP connector to 127.0.0.1:port that counts its calls.
 inline http::UpstreamConnector tcp_connector(asio::io_context& io, unsigned short port,
-                                             std::shared_ptr<std::atomic<int>> calls) {
-  return [&io, port, calls](http::ConnectHandler done) {
+                                             std::shared_ptr<std::atomic<int>> calls,
+                                             std::shared_ptr<ReadCounters> reads = nullptr) {
+  return [&io, port, calls, reads](http::ConnectHandler done) {
     ++*calls;
     auto socket = std::make_shared<tcp::socket>(asio::make_strand(io));
     auto d = std::make_shared<http::ConnectHandler>(std::move(done));
-    socket->async_connect({asio::ip::make_address("127.0.0.1"), port}, [socket, d](error_code ec) {
+    socket->async_connect({asio::ip::make_address("127.0.0.1"), port}, [socket, d, reads](error_code ec) {
       if (ec) return (*d)(ec, nullptr, "cannot connect to the test upstream: " + ec.message());
-      (*d)({}, std::make_shared<TcpStream>(std::move(*socket)), {});
+      (*d)({}, std::make_shared<TcpStream>(std::move(*socket), nullptr, reads), {});
     });
   };
 }
@@ -390,6 +406,16 @@ class TestPolicy : public http::ForwardPolicy {
   std::condition_variable cv_;
   std::vector<http::ExchangeRecord> records_;
 };
+
+// Polls `pred` until it holds or a generous timeout passes.
+inline bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pred();
+}
 
 // A signal one thread waits for and another raises.
 class Latch {

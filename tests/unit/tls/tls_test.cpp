@@ -146,10 +146,7 @@ TEST_CASE("TLS over IPv6 loopback with a bracketed host", "[tls]") {
   asio::io_context io;
   Pki pki;
   auto server = tls::TlsServer::listen(io, "::1", 0, pki.server({}, {"::1"}), [](StreamPtr) {}, nullptr);
-  if (!server.ok()) {
-    WARN("no IPv6 loopback here: " + server.error());
-    return;
-  }
+  if (!server.ok()) CLUSTERCONNECT_SKIP("no IPv6 loopback here (enable ::1 on lo): " << server.error());
   auto c = connect(io, "[::1]", (*server)->port(), pki.client());
   CHECK_FALSE(c.ec);
   CHECK(c.reason.empty());

@@ -3,7 +3,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <deque>
+#include <map>
 #include <future>
 #include <mutex>
 #include <sstream>
@@ -31,7 +33,8 @@ class MemoryChannel final : public MessageChannel {
     asio::any_io_executor ex;
     std::deque<std::vector<std::uint8_t>> inbox;
     ReadHandler pending;
-    bool closed = false;
+    // Written on the strand, polled by the test thread.
+    std::atomic<bool> closed{false};
     std::uint16_t close_code = 0;
     std::string close_reason;
     std::shared_ptr<State> peer;
@@ -82,6 +85,82 @@ class MemoryChannel final : public MessageChannel {
     h({}, std::span<const std::uint8_t>(msg.data(), msg.size()));
   }
   std::shared_ptr<State> s_;
+};
+
+// A session clock that moves only when the test advances it. Due waits run
+// on their timers' executors; cancelled ones get operation_aborted.
+class ManualClock final : public SessionClock, public std::enable_shared_from_this<ManualClock> {
+ public:
+  time_point now() const override {
+    std::lock_guard lock(mu_);
+    return now_;
+  }
+  std::unique_ptr<Timer> make_timer(asio::any_io_executor ex) override {
+    return std::make_unique<ManualTimer>(shared_from_this(), std::move(ex));
+  }
+  // Moves time forward and runs what became due.
+  void advance(duration d) {
+    std::vector<std::pair<asio::any_io_executor, WaitHandler>> due;
+    {
+      std::lock_guard lock(mu_);
+      now_ += d;
+      for (auto it = waits_.begin(); it != waits_.end();) {
+        if (it->second.due <= now_) {
+          due.emplace_back(it->second.ex, std::move(it->second.handler));
+          it = waits_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& [ex, h] : due) asio::post(ex, [h = std::move(h)]() mutable { h({}); });
+  }
+  // Waits armed and not yet due or cancelled.
+  std::size_t armed() const {
+    std::lock_guard lock(mu_);
+    return waits_.size();
+  }
+
+ private:
+  struct Wait {
+    asio::any_io_executor ex;
+    time_point due;
+    WaitHandler handler;
+  };
+  class ManualTimer final : public Timer {
+   public:
+    ManualTimer(std::shared_ptr<ManualClock> clock, asio::any_io_executor ex) : clock_(std::move(clock)), ex_(std::move(ex)) {}
+    // A wait still armed is dropped (its owner is going away).
+    ~ManualTimer() override { auto dropped = take(); }
+    void async_wait_for(duration d, WaitHandler handler) override {
+      cancel();
+      std::lock_guard lock(clock_->mu_);
+      clock_->waits_.emplace(this, Wait{ex_, clock_->now_ + d, std::move(handler)});
+    }
+    void cancel() noexcept override {
+      if (auto h = take()) asio::post(ex_, [h = std::move(h)]() mutable { h(asio::error::operation_aborted); });
+    }
+
+   private:
+    WaitHandler take() noexcept {
+      std::lock_guard lock(clock_->mu_);
+      auto it = clock_->waits_.find(this);
+      if (it == clock_->waits_.end()) return nullptr;
+      auto h = std::move(it->second.handler);
+      clock_->waits_.erase(it);
+      return h;
+    }
+
+   public:
+
+   private:
+    std::shared_ptr<ManualClock> clock_;
+    asio::any_io_executor ex_;
+  };
+
+  mutable std::mutex mu_;
+  time_point now_{};
+  std::map<const Timer*, Wait> waits_;
 };
 
 struct Env {
@@ -333,7 +412,7 @@ TEST_CASE("protocol errors close that tunnel with a logged reason, others live o
   const std::string reason = v.wait_closed();
   CHECK_THAT(reason, Catch::Contains(expect));
   // The channel closes (1002) once the GOAWAY is written, on the session's strand.
-  CHECK(wait_for([&] { return v.state->closed; }));
+  CHECK(wait_for([&] { return v.state->closed.load(); }));
   asio::post(v.state->ex, [] {});
   std::promise<std::uint16_t> code;
   asio::post(v.state->ex, [&] { code.set_value(v.state->close_code); });
@@ -377,21 +456,114 @@ TEST_CASE("GOAWAY: no new streams, running ones finish", "[session]") {
   CHECK(read(*a).second == "x");
 }
 
-TEST_CASE("keepalive: a silent peer is closed after the idle timeout", "[session]") {
+namespace {
+
+// Advances `clock` by one ping interval once the session has armed its ping
+// timer again (each tick is one on_ping_timer run).
+bool tick(ManualClock& clock, std::chrono::milliseconds interval) {
+  if (!wait_for([&] { return clock.armed() > 0; })) return false;
+  clock.advance(interval);
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("keepalive: a silent peer is closed after the idle timeout, not before", "[session]") {
   Env env;
+  auto clock = std::make_shared<ManualClock>();
   auto state = std::make_shared<MemoryChannel::State>();
   state->ex = asio::make_strand(env.io);
   SessionOptions o;
   o.name = "silent";
-  o.ping_interval = 20ms;
-  o.idle_timeout = 100ms;
+  o.ping_interval = 15s;
+  o.idle_timeout = 45s;
+  o.clock = clock;
   auto s = Session::create(state->ex, std::make_unique<MemoryChannel>(state), o, env.logger);
-  std::promise<std::string> closed;
-  s->on_closed([&](const std::string& r) { closed.set_value(r); });
+  auto closed = std::make_shared<std::promise<std::string>>();
+  s->on_closed([closed](const std::string& r) { closed->set_value(r); });
   s->start();
-  auto f = closed.get_future();
-  REQUIRE(f.wait_for(5s) == std::future_status::ready);
-  CHECK_THAT(f.get(), Catch::Contains("keepalive timeout"));
+  auto f = closed->get_future();
+  // 45 s of silence is the limit, not past it: pings go out, the tunnel stays.
+  for (int i = 0; i < 3; ++i) REQUIRE(tick(*clock, o.ping_interval));
+  REQUIRE(wait_for([&] { return clock->armed() > 0; }));  // the third tick ran and re-armed
+  CHECK_FALSE(s->closed());
+  CHECK(f.wait_for(0s) == std::future_status::timeout);
+  // One more interval: 60 s without a byte.
+  REQUIRE(tick(*clock, o.ping_interval));
+  REQUIRE(f.wait_for(60s) == std::future_status::ready);
+  CHECK_THAT(f.get(), Catch::Contains("keepalive timeout: nothing received for 60 s"));
+  std::promise<std::vector<std::vector<std::uint8_t>>> captured;
+  asio::post(state->ex, [&] { captured.set_value(state->captured); });
+  std::size_t pings = 0;
+  for (const auto& msg : captured.get_future().get())
+    for (std::size_t off = 0; off < msg.size();) {
+      auto r = decode_frame(std::span<const std::uint8_t>(msg.data() + off, msg.size() - off));
+      if (r.error != DecodeError::none) break;
+      if (r.frame.type == FrameType::ping && !(r.frame.flags & flag_ack)) ++pings;
+      off += r.consumed;
+    }
+  CHECK(pings == 3);
+}
+
+TEST_CASE("keepalive: a peer that answers pings keeps the tunnel however long it is idle", "[session]") {
+  Env env;
+  auto clock = std::make_shared<ManualClock>();
+  SessionOptions o;
+  o.ping_interval = 15s;
+  o.idle_timeout = 45s;
+  o.clock = clock;
+  auto p = make_pair(env, o);
+  // Ten minutes of virtual time. Before each step both sides have re-armed
+  // and the strand has delivered what the last step sent (each side's ping
+  // reaches the other, which counts as hearing from it).
+  auto settle = [&] {
+    for (int round = 0; round < 2; ++round) {
+      std::promise<void> done;
+      asio::post(p->dialer->get_executor(), [&] { done.set_value(); });
+      done.get_future().wait();
+    }
+  };
+  for (int i = 0; i < 40; ++i) {
+    REQUIRE(wait_for([&] { return clock->armed() == 2; }));
+    settle();
+    clock->advance(o.ping_interval);
+  }
+  REQUIRE(wait_for([&] { return clock->armed() == 2; }));
+  CHECK_FALSE(p->dialer->closed());
+  CHECK_FALSE(p->acceptor->closed());
+  auto c = open(*p->dialer);
+  auto a = p->accepted.get_future().get();
+  std::vector<std::uint8_t> x{'x'};
+  CHECK(write(*c, x).second == 1);
+  CHECK(read(*a).second == "x");
+}
+
+TEST_CASE("an open the peer never answers fails after the open timeout", "[session]") {
+  Env env;
+  auto clock = std::make_shared<ManualClock>();
+  SessionOptions o;
+  o.open_timeout = 15s;
+  o.ping_interval = 1h;  // out of the way
+  o.clock = clock;
+  auto p = make_pair(env, o);
+  std::promise<void> seen;
+  p->acceptor->on_incoming([&seen, held = std::make_shared<std::vector<TunnelStreamPtr>>()](TunnelStreamPtr s, Metadata) {
+    held->push_back(std::move(s));  // neither accepted nor reset
+    seen.set_value();
+  });
+  auto result = std::make_shared<std::promise<std::pair<error_code, std::string>>>();
+  p->dialer->async_open({}, [result](error_code ec, TunnelStreamPtr, std::string reason) { result->set_value({ec, reason}); });
+  auto f = result->get_future();
+  REQUIRE(seen.get_future().wait_for(60s) == std::future_status::ready);
+  // Two ping timers plus the open timer are armed.
+  REQUIRE(wait_for([&] { return clock->armed() == 3; }));
+  clock->advance(o.open_timeout - 1ms);
+  CHECK(f.wait_for(0s) == std::future_status::timeout);
+  clock->advance(1ms);
+  REQUIRE(f.wait_for(60s) == std::future_status::ready);
+  auto [ec, reason] = f.get();
+  CHECK(ec == asio::error::timed_out);
+  CHECK(reason == "open timed out");
 }
 
 namespace {

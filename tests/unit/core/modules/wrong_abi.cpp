@@ -1,5 +1,16 @@
 // A module built for another host: its ABI section names another interface revision.
+#include <cstdio>
+#include <cstdlib>
+
 #include "clusterconnect/plugin.hpp"
+
+// Runs as soon as the module is mapped: leaves a marker file where
+// CLUSTERCONNECT_TEST_CTOR_MARKER says, so a test can tell whether the host
+// ever loaded this code.
+__attribute__((constructor)) static void leave_marker() {
+  if (const char* path = std::getenv("CLUSTERCONNECT_TEST_CTOR_MARKER"))
+    if (FILE* f = std::fopen(path, "w")) std::fclose(f);
+}
 
 namespace {
 const char* const caps[] = {"transport:wrong"};
