@@ -111,7 +111,7 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   auto t = system_clock::to_time_t(now);
   std::tm tm{};
   gmtime_r(&t, &tm);
-  char stamp[40];
+  char stamp[96];  // room for any int the format can print (-Wformat-truncation)
   std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                 static_cast<int>(duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000));
