@@ -343,8 +343,9 @@ fs::path user_plugin_dir() {
   return fs::path(home ? home : "/") / ".local" / "share" / "connectedk8s" / "plugins";
 }
 
-std::vector<fs::path> plugin_search_path() {
+std::vector<fs::path> plugin_search_path(PluginSearch search) {
   std::vector<fs::path> dirs{installed_plugin_dir()};
+  if (search == PluginSearch::installed_only) return dirs;
   if (const char* extra = std::getenv("CONNECTEDK8S_PLUGIN_PATH"); extra && *extra) {
     std::string s(extra);
     std::size_t start = 0;

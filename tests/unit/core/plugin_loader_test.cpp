@@ -229,3 +229,30 @@ TEST_CASE("a module without the entry alias is refused before any of its code ru
   ::dlclose(h);
   ::unsetenv("CLUSTERCONNECT_TEST_ENTRYLESS_MARKER");
 }
+
+TEST_CASE("daemons load only their installed directory, the CLI also the user directories", "[loader][search]") {
+  TempDir data;
+  ModuleCopy extra("testmod_good_extra");
+  REQUIRE(::setenv("CONNECTEDK8S_PLUGIN_PATH", extra.dir.path().c_str(), 1) == 0);
+  REQUIRE(::setenv("XDG_DATA_HOME", data.path().c_str(), 1) == 0);
+
+  const auto installed = host::plugin_search_path(host::PluginSearch::installed_only);
+  CHECK(installed == std::vector<fs::path>{host::installed_plugin_dir()});
+  CHECK(host::plugin_search_path() == installed);  // the default is the daemons' one
+  const auto user = host::plugin_search_path(host::PluginSearch::user_dirs);
+  CHECK(user == std::vector<fs::path>{host::installed_plugin_dir(), extra.dir.path(),
+                                      data.path() / "connectedk8s" / "plugins"});
+
+  {
+    host::Runtime rt(spdlog::default_logger(), 1);
+    rt.load_plugins();
+    CHECK(rt.capabilities().provider("credential:static-test") == nullptr);
+  }
+  {
+    host::Runtime rt(spdlog::default_logger(), 1);
+    rt.load_plugins(host::PluginSearch::user_dirs);
+    CHECK(rt.capabilities().provider("credential:static-test") != nullptr);
+  }
+  ::unsetenv("CONNECTEDK8S_PLUGIN_PATH");
+  ::unsetenv("XDG_DATA_HOME");
+}

@@ -62,10 +62,16 @@ class PluginLoader final : public CapabilityRegistry {
   std::vector<Rejection> rejections_;
 };
 
+// Which directories a host loads modules from.
+enum class PluginSearch {
+  installed_only,  // only the directory next to the binary (daemons)
+  user_dirs,       // also $CONNECTEDK8S_PLUGIN_PATH and the user's directory (the CLI)
+};
+
 // The directories a host searches, in order: next to the binary
-// (<exe>/../lib/connectedk8s/plugins), each entry of $CONNECTEDK8S_PLUGIN_PATH,
-// then the user's plugin directory.
-std::vector<std::filesystem::path> plugin_search_path();
+// (<exe>/../lib/connectedk8s/plugins); with PluginSearch::user_dirs also each
+// entry of $CONNECTEDK8S_PLUGIN_PATH, then the user's plugin directory.
+std::vector<std::filesystem::path> plugin_search_path(PluginSearch search = PluginSearch::installed_only);
 std::filesystem::path user_plugin_dir();
 std::filesystem::path installed_plugin_dir();
 
