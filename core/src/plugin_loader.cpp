@@ -83,19 +83,20 @@ Result<void> check_owner_and_mode(const fs::path& path, const struct stat& st, c
   return {};
 }
 
-// `dir` (resolved) and every directory above it up to /.
-Result<void> check_directory_chain(const fs::path& dir) {
+// `dir` (resolved) and every directory above it up to /; returns the
+// resolved directory.
+Result<fs::path> check_directory_chain(const fs::path& dir) {
   std::error_code ec;
-  fs::path p = fs::canonical(dir, ec);
+  const fs::path resolved = fs::canonical(dir, ec);
   if (ec) return fail("cannot resolve directory " + dir.string() + ": " + ec.message());
-  for (;;) {
+  for (fs::path p = resolved;;) {
     struct stat st {};
     if (::stat(p.c_str(), &st) != 0) return fail("cannot stat " + p.string() + ": " + std::strerror(errno));
-    if (auto r = check_owner_and_mode(p, st, "directory"); !r) return r;
+    if (auto r = check_owner_and_mode(p, st, "directory"); !r) return fail(r.error());
     if (p == p.root_path() || !p.has_relative_path()) break;
     p = p.parent_path();
   }
-  return {};
+  return resolved;
 }
 
 // Bounded reads from a descriptor at an offset.
@@ -201,8 +202,11 @@ Result<OpenedModule> open_module(const fs::path& path) {
   std::error_code ec;
   const fs::path absolute = fs::absolute(path, ec);
   if (ec) return fail("cannot resolve: " + ec.message());
-  if (auto r = check_directory_chain(absolute.parent_path()); !r) return fail(r.error());
-  auto fd = std::make_unique<Fd>(::open(absolute.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  auto dir = check_directory_chain(absolute.parent_path());
+  if (!dir) return fail(dir.error());
+  // Open through the directories just checked, not through links elsewhere.
+  const fs::path resolved = dir.value() / absolute.filename();
+  auto fd = std::make_unique<Fd>(::open(resolved.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (fd->get() < 0) {
     if (errno == ELOOP) return fail("is a symbolic link; modules are loaded from regular files only");
     return fail(std::string("cannot open for reading: ") + std::strerror(errno));

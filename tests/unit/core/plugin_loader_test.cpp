@@ -256,3 +256,19 @@ TEST_CASE("daemons load only their installed directory, the CLI also the user di
   ::unsetenv("CONNECTEDK8S_PLUGIN_PATH");
   ::unsetenv("XDG_DATA_HOME");
 }
+
+TEST_CASE("a directory reached through a symbolic link is checked where it really is", "[loader][ownership]") {
+  ModuleCopy m("testmod_good_extra", "shared/mine");
+  const auto shared = m.dir.path() / "shared";
+  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  // A safe-looking path whose directory is a link into the shared directory.
+  TempDir other;
+  fs::permissions(other.path(), fs::perms::owner_all, fs::perm_options::replace);
+  fs::create_directory_symlink(m.file.parent_path(), other.path() / "plugins");
+  const auto via_link = other.path() / "plugins" / m.file.filename();
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(via_link, rt));
+  CHECK_THAT(reason_for(rt.loader(), via_link), Catch::Contains("directory " + fs::canonical(shared).string() +
+                                                                 " is writable by other users"));
+  CHECK(rt.loader().modules().empty());
+}
