@@ -21,7 +21,7 @@ int main(int argc, char** argv) try {
   auto logger = host::make_logger("connectedk8s", verbosity, format);
 
   host::Runtime runtime(logger, 2);
-  runtime.load_plugins();
+  runtime.load_plugins(host::PluginSearch::user_dirs);  // the CLI also loads user-installed modules
 
   CLI::App app{"connectedk8s: kubectl access to clusters that accept no inbound connection", "connectedk8s"};
   app.set_version_flag("--version", std::string("connectedk8s ") + CLUSTERCONNECT_VERSION);

@@ -5,8 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -26,15 +27,19 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
   return out;
 }
 
-Result<std::string> sha256_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return fail("cannot read " + path.string());
+// SHA-256 of everything in `fd`, read from offset 0.
+Result<std::string> sha256_fd(int fd) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return fail("cannot start SHA-256");
   std::vector<char> buf(1 << 16);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    if (in.gcount() > 0) EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(in.gcount()));
+  off_t off = 0;
+  for (;;) {
+    auto n = ::pread(fd, buf.data(), buf.size(), off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(std::string("cannot read the copy: ") + std::strerror(errno));
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n));
+    off += n;
   }
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned len = 0;
@@ -48,47 +53,56 @@ Result<std::string> sha256_file(const fs::path& path) {
   return out;
 }
 
+// Copies all of `in` to `out` (at most 256 MiB) and syncs it.
+Result<void> copy_fd(int in, int out) {
+  constexpr std::uint64_t max_bytes = 256u << 20;
+  std::vector<char> buf(1 << 16);
+  std::uint64_t total = 0;
+  for (;;) {
+    auto n = ::read(in, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(std::string("cannot read: ") + std::strerror(errno));
+    if (n == 0) break;
+    total += static_cast<std::uint64_t>(n);
+    if (total > max_bytes) return fail("larger than 256 MiB; refusing to install");
+    for (ssize_t off = 0; off < n;) {
+      auto w = ::write(out, buf.data() + off, static_cast<std::size_t>(n - off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return fail(std::string("cannot write the copy: ") + std::strerror(errno));
+      off += w;
+    }
+  }
+  if (::fsync(out) != 0) return fail(std::string("cannot write the copy: ") + std::strerror(errno));
+  return {};
+}
+
+// Creates the missing directories of `dir` (mode 0755, nobody else may write
+// them: the loader refuses such directories) and returns the ones it created,
+// outermost first.
+Result<std::vector<fs::path>> make_directories(const fs::path& dir) {
+  std::vector<fs::path> missing;
+  std::error_code ec;
+  for (fs::path p = dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+    missing.push_back(p);
+    if (p == p.parent_path()) break;
+  }
+  std::reverse(missing.begin(), missing.end());
+  std::vector<fs::path> created;
+  for (const auto& p : missing) {
+    if (::mkdir(p.c_str(), 0755) != 0) {
+      int err = errno;
+      for (auto it = created.rbegin(); it != created.rend(); ++it) ::rmdir(it->c_str());
+      return fail("cannot create " + p.string() + ": " + std::strerror(err));
+    }
+    ::chmod(p.c_str(), 0755);
+    created.push_back(p);
+  }
+  return created;
+}
+
 nlohmann::json module_json(const LoadedModule& m) {
   return {{"name", m.name}, {"version", m.version}, {"description", m.description},
           {"capabilities", m.capabilities}, {"path", m.path}};
-}
-
-// Copies src to dest through a temporary file in dest's directory, so dest is
-// either the old file or the complete new one.
-Result<void> copy_atomically(const fs::path& src, const fs::path& dest) {
-  std::error_code ec;
-  fs::create_directories(dest.parent_path(), ec);
-  if (ec) return fail("cannot create " + dest.parent_path().string() + ": " + ec.message());
-  auto tmp = dest;
-  tmp += ".tmp-" + std::to_string(::getpid());
-  {
-    std::ifstream in(src, std::ios::binary);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
-    if (!in || fd < 0) return fail("cannot write " + tmp.string());
-    std::vector<char> buf(1 << 16);
-    bool ok = true;
-    while (ok && in) {
-      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-      auto n = in.gcount();
-      for (std::streamsize off = 0; ok && off < n;) {
-        auto w = ::write(fd, buf.data() + off, static_cast<std::size_t>(n - off));
-        if (w <= 0) ok = false;
-        else off += w;
-      }
-    }
-    ok = ok && ::fsync(fd) == 0;
-    ::close(fd);
-    if (!ok) {
-      fs::remove(tmp, ec);
-      return fail("writing " + tmp.string() + " failed");
-    }
-  }
-  fs::rename(tmp, dest, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    return fail("cannot move the module into place: " + ec.message());
-  }
-  return {};
 }
 
 }  // namespace
@@ -158,31 +172,71 @@ int PluginCommands::install() {
     std::fprintf(stderr, "connectedk8s: cannot install %s: %s\n", src.c_str(), why.c_str());
     return 1;
   };
-  if (!fs::is_regular_file(src)) return refuse("no such file");
+  // The source is read once, into a private copy in the destination
+  // directory; the hash, the checks and the load all use that copy, which is
+  // then renamed into place. Changing the source meanwhile changes nothing.
+  int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) return refuse(errno == ENOENT ? std::string("no such file") : std::strerror(errno));
+  struct stat st {};
+  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(in);
+    return refuse("not a regular file");
+  }
+  const fs::path dir = user_plugin_dir();
+  auto created = make_directories(dir);
+  if (!created) {
+    ::close(in);
+    return refuse(created.error());
+  }
+  std::string tmp = (dir / ".install-XXXXXX").string();
+  int out = ::mkostemp(tmp.data(), O_CLOEXEC);  // O_EXCL, mode 0600
+  auto undo = [&](const std::string& why) {
+    if (out >= 0) {
+      ::close(out);
+      ::unlink(tmp.c_str());
+    }
+    for (auto it = created->rbegin(); it != created->rend(); ++it) ::rmdir(it->c_str());
+    return refuse(why);
+  };
+  if (out < 0) {
+    ::close(in);
+    return undo("cannot create a file in " + dir.string() + ": " + std::strerror(errno));
+  }
+  auto copied = copy_fd(in, out);
+  ::close(in);
+  if (!copied) return undo(copied.error());
   if (!sha256_.empty()) {
-    auto digest = sha256_file(src);
-    if (!digest) return refuse(digest.error());
+    auto digest = sha256_fd(out);
+    if (!digest) return undo(digest.error());
     std::string want = sha256_;
     std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
-    if (digest.value() != want) return refuse("SHA-256 mismatch: file has " + digest.value() + ", expected " + want);
+    if (digest.value() != want) return undo("SHA-256 mismatch: file has " + digest.value() + ", expected " + want);
   }
-  auto inspected = inspect_module(src);
-  if (!inspected) return refuse(inspected.error());
+  auto inspected = inspect_module(tmp);
+  if (!inspected) return undo(inspected.error());
   const auto& mod = inspected.value();
-  auto dest = user_plugin_dir() / (mod.name + ".so");
+  auto dest = dir / (mod.name + ".so");
   for (const auto& m : rt_.loader().modules()) {
     if (m.name == mod.name) {
       if (fs::path(m.path) == fs::weakly_canonical(dest) && force_) continue;
       if (fs::path(m.path) == fs::weakly_canonical(dest))
-        return refuse("module '" + mod.name + "' is already installed at " + m.path + "; use --force to replace it");
-      return refuse("module '" + mod.name + "' is already provided by " + m.path);
+        return undo("module '" + mod.name + "' is already installed at " + m.path + "; use --force to replace it");
+      return undo("module '" + mod.name + "' is already provided by " + m.path);
     }
     for (const auto& cap : mod.capabilities)
       if (std::find(m.capabilities.begin(), m.capabilities.end(), cap) != m.capabilities.end())
-        return refuse("capability " + cap + " is already provided by " + m.path);
+        return undo("capability " + cap + " is already provided by " + m.path);
   }
-  if (fs::exists(dest) && !force_) return refuse(dest.string() + " exists; use --force to replace it");
-  if (auto r = copy_atomically(src, dest); !r) return refuse(r.error());
+  std::error_code ec;
+  if (fs::exists(dest, ec) && !force_) return undo(dest.string() + " exists; use --force to replace it");
+  if (::fchmod(out, 0644) != 0) return undo(std::string("cannot set the mode of the copy: ") + std::strerror(errno));
+  if (::rename(tmp.c_str(), dest.c_str()) != 0)
+    return undo("cannot move the module into place: " + std::string(std::strerror(errno)));
+  ::close(out);
+  if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
   std::printf("installed %s %s (%s) to %s\n", mod.name.c_str(), mod.version.c_str(), join(mod.capabilities, ",").c_str(),
               dest.c_str());
   return 0;

@@ -61,8 +61,8 @@ fs::path Runtime::config_dir() const { return xdg("XDG_CONFIG_HOME", ".config");
 fs::path Runtime::data_dir() const { return xdg("XDG_DATA_HOME", ".local/share"); }
 fs::path Runtime::cache_dir() const { return xdg("XDG_CACHE_HOME", ".cache"); }
 
-void Runtime::load_plugins() {
-  for (const auto& dir : plugin_search_path()) loader_.load_directory(dir, *this);
+void Runtime::load_plugins(PluginSearch search) {
+  for (const auto& dir : plugin_search_path(search)) loader_.load_directory(dir, *this);
   for (const auto& r : loader_.rejections()) logger_->warn("module {} not loaded: {}", r.path, r.reason);
 }
 

@@ -4,6 +4,7 @@
 // EC P-256 keys; extensions chosen so OpenSSL and Go's crypto/tls (kubectl)
 // both accept the chain.
 
+#include <ctime>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -20,8 +21,13 @@ struct PemPair {
 // A self-signed CA (basicConstraints CA:TRUE, pathlen 0; keyCertSign, cRLSign).
 Result<PemPair> create_ca(std::string common_name, int days);
 
+// The same, plus a critical nameConstraints extension that permits only
+// loopback names: DNS localhost (and names under it), IP 127.0.0.0/8 and
+// IP ::1/128. OpenSSL and Go refuse any certificate it signs for other names.
+Result<PemPair> create_loopback_ca(std::string common_name, int days);
+
 // A server certificate signed by `ca` for the given DNS names and IP addresses
-// (at least one of either). serverAuth only.
+// (at least one of either). serverAuth only. Expires at the latest with `ca`.
 Result<PemPair> issue_server_cert(const PemPair& ca, std::vector<std::string> dns_names,
                                   std::vector<std::string> ip_addresses, int days);
 
@@ -33,9 +39,16 @@ Result<void> write_private_file(const std::filesystem::path& path, const std::st
 // Reads the file (at most max_bytes) or fails with a message naming it.
 Result<std::string> read_small_file(const std::filesystem::path& path, std::size_t max_bytes = 1024 * 1024);
 
-// dir/ca.crt and dir/ca.key (0600): reused when present, valid and matching;
-// created (10 years) when missing or expired. A key file readable by others or
-// a file that does not parse is a Failure naming the file, never overwritten.
-Result<PemPair> load_or_create_ca(const std::filesystem::path& dir, std::string common_name);
+// Lifetime of the local CA, in days.
+inline constexpr int local_ca_days = 30;
+
+// dir/ca.crt and dir/ca.key (0600), a loopback-only CA (create_loopback_ca)
+// valid for local_ca_days: reused when present, matching, carrying the
+// loopback constraints and less than half way through its lifetime at `now`;
+// otherwise replaced by a new one (each file written atomically). A key file
+// readable by others or a file that does not parse is a Failure naming the
+// file, never overwritten.
+Result<PemPair> load_or_create_ca(const std::filesystem::path& dir, std::string common_name,
+                                  std::time_t now = std::time(nullptr));
 
 }  // namespace clusterconnect::tls

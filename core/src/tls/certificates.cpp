@@ -125,9 +125,33 @@ bool is_dns_name(const std::string& s) {
   return true;
 }
 
-}  // namespace
+// The only names the local CA may vouch for: RFC 5280 name constraints that
+// OpenSSL and Go's crypto/x509 both enforce (IP ranges as address and mask).
+constexpr const char* loopback_constraints =
+    "critical,permitted;DNS:localhost,permitted;IP:127.0.0.0/255.0.0.0,"
+    "permitted;IP:::1/ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
 
-Result<PemPair> create_ca(std::string common_name, int days) {
+std::time_t asn1_seconds(const ASN1_TIME* t) {
+  struct tm tm {};
+  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+  return timegm(&tm);
+}
+
+bool has_loopback_constraints(X509* cert) {
+  int at = X509_get_ext_by_NID(cert, NID_name_constraints, -1);
+  if (at < 0) return false;
+  X509_EXTENSION* ext = X509_get_ext(cert, at);
+  if (!ext || X509_EXTENSION_get_critical(ext) != 1) return false;
+  // Exactly the constraints this version writes.
+  Ptr<X509_EXTENSION> want(X509V3_EXT_conf_nid(nullptr, nullptr, NID_name_constraints, loopback_constraints));
+  if (!want) {
+    ERR_clear_error();
+    return false;
+  }
+  return ASN1_STRING_cmp(X509_EXTENSION_get_data(ext), X509_EXTENSION_get_data(want.get())) == 0;
+}
+
+Result<PemPair> make_ca(std::string common_name, int days, bool loopback_only) {
   Ptr<EVP_PKEY> key = new_p256_key();
   if (!key) return fail("cannot generate CA key: " + last_openssl_error());
   auto cert = new_cert(key.get(), common_name, days);
@@ -140,7 +164,8 @@ Result<PemPair> create_ca(std::string common_name, int days) {
   if (!add_ext(c, &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
       !add_ext(c, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign,digitalSignature") ||
       !add_ext(c, &ctx, NID_subject_key_identifier, "hash") ||
-      !add_ext(c, &ctx, NID_authority_key_identifier, "keyid:always"))
+      !add_ext(c, &ctx, NID_authority_key_identifier, "keyid:always") ||
+      (loopback_only && !add_ext(c, &ctx, NID_name_constraints, loopback_constraints)))
     return fail("cannot add CA extensions: " + last_openssl_error());
   if (X509_sign(c, key.get(), EVP_sha256()) <= 0) return fail("cannot sign CA certificate: " + last_openssl_error());
   auto cpem = cert_pem(c);
@@ -148,6 +173,13 @@ Result<PemPair> create_ca(std::string common_name, int days) {
   auto kpem = key_pem(key.get());
   if (!kpem) return fail(kpem.error());
   return PemPair{std::move(*cpem), std::move(*kpem)};
+}
+}  // namespace
+
+Result<PemPair> create_ca(std::string common_name, int days) { return make_ca(std::move(common_name), days, false); }
+
+Result<PemPair> create_loopback_ca(std::string common_name, int days) {
+  return make_ca(std::move(common_name), days, true);
 }
 
 Result<PemPair> issue_server_cert(const PemPair& ca, std::vector<std::string> dns_names,
@@ -173,11 +205,17 @@ Result<PemPair> issue_server_cert(const PemPair& ca, std::vector<std::string> dn
   }
   Ptr<EVP_PKEY> key = new_p256_key();
   if (!key) return fail("cannot generate server key: " + last_openssl_error());
-  auto cert = new_cert(key.get(), dns_names.empty() ? ip_addresses.front() : dns_names.front(), days);
+  // Without a DNS name the subject is not an address: OpenSSL checks a
+  // host-like common name against a CA's DNS name constraints.
+  auto cert = new_cert(key.get(), dns_names.empty() ? "clusterconnect server" : dns_names.front(), days);
   if (!cert) return fail(cert.error());
   X509* c = cert->get();
   if (X509_set_issuer_name(c, X509_get_subject_name(ca_cert.get())) != 1)
     return fail("cannot set issuer: " + last_openssl_error());
+  // Never outlive the CA: a chain is only as valid as its shortest link.
+  if (ASN1_TIME_compare(X509_get0_notAfter(c), X509_get0_notAfter(ca_cert.get())) > 0 &&
+      X509_set1_notAfter(c, X509_get0_notAfter(ca_cert.get())) != 1)
+    return fail("cannot set the certificate's expiry: " + last_openssl_error());
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, ca_cert.get(), c, nullptr, nullptr, 0);
@@ -263,7 +301,7 @@ Result<std::string> read_small_file(const std::filesystem::path& path, std::size
   return out;
 }
 
-Result<PemPair> load_or_create_ca(const std::filesystem::path& dir, std::string common_name) {
+Result<PemPair> load_or_create_ca(const std::filesystem::path& dir, std::string common_name, std::time_t now) {
   namespace fs = std::filesystem;
   const fs::path cert_path = dir / "ca.crt";
   const fs::path key_path = dir / "ca.key";
@@ -297,15 +335,19 @@ Result<PemPair> load_or_create_ca(const std::filesystem::path& dir, std::string 
       ERR_clear_error();
       return fail(key_path.string() + " does not match " + cert_path.string() + "; remove both to create a new CA");
     }
-    // Reuse unless it expires within a day; a fresh CA is harmless because the
+    // Reused while it carries the loopback constraints and less than half of
+    // its lifetime has passed; otherwise replaced. A new CA is harmless: the
     // kubeconfig is rewritten with it on the next start.
-    time_t soon = std::time(nullptr) + 86400;
-    if (X509_cmp_time(X509_get0_notAfter(x.get()), &soon) > 0) return PemPair{std::move(*cert), std::move(*key)};
+    const std::time_t not_before = asn1_seconds(X509_get0_notBefore(x.get()));
+    const std::time_t not_after = asn1_seconds(X509_get0_notAfter(x.get()));
+    if (has_loopback_constraints(x.get()) && not_after > not_before && now >= not_before &&
+        now < not_before + (not_after - not_before) / 2)
+      return PemPair{std::move(*cert), std::move(*key)};
   } else if (have_cert != have_key) {
     // Half a CA is useless; it is replaced below (nothing secret is lost: a
     // certificate without its key, or a key without its certificate).
   }
-  auto ca = create_ca(std::move(common_name), 3650);
+  auto ca = create_loopback_ca(std::move(common_name), local_ca_days);
   if (!ca) return ca;
   // A crash between the two writes leaves a mismatched pair, which the next
   // start reports with its remedy instead of silently replacing a CA that a

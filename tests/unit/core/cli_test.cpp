@@ -120,3 +120,53 @@ TEST_CASE("install verifies the hash, refuses to overwrite without --force, and 
   CHECK_THAT(cli("plugin remove extra"), Catch::Contains("removed extra"));
   CHECK_FALSE(fs::exists(cli.user_plugins() / "extra.so"));
 }
+
+// Install reads the source once into a private copy; the hash, the checks and
+// the load use that copy, which is renamed into place.
+#include <stdlib.h>
+#include <sys/stat.h>
+
+namespace {
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+std::vector<std::string> entries(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec))
+    out.push_back(it->path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("install with a wrong --sha256 leaves nothing behind, a right one installs exactly those bytes", "[cli][install]") {
+  Cli cli;
+  auto mod = test_module("testmod_good_extra");
+  fs::create_directories(cli.user_plugins());
+  CHECK_THAT(cli("plugin install --sha256 " + std::string(64, '0') + " " + quote(mod.string()), 1),
+             Catch::Contains("SHA-256 mismatch"));
+  CHECK(entries(cli.user_plugins()).empty());  // no copy left over
+
+  auto sha = run("sha256sum " + quote(mod.string()) + " | cut -d' ' -f1").output;
+  sha.erase(sha.find_last_not_of("\n") + 1);
+  CHECK_THAT(cli("plugin install --sha256 " + sha + " " + quote(mod.string())), Catch::Contains("installed extra 1.2.3"));
+  CHECK(entries(cli.user_plugins()) == std::vector<std::string>{"extra.so"});
+  CHECK(file_bytes(cli.user_plugins() / "extra.so") == file_bytes(mod));
+  struct stat st {};
+  REQUIRE(::stat((cli.user_plugins() / "extra.so").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0644);
+}
+
+TEST_CASE("installing a module without the entry point runs none of its code and changes nothing", "[cli][install]") {
+  Cli cli;
+  TempDir dir;
+  const auto marker = dir.path() / "constructor-ran";
+  REQUIRE(::setenv("CLUSTERCONNECT_TEST_ENTRYLESS_MARKER", marker.c_str(), 1) == 0);
+  CHECK_THAT(cli("plugin install " + quote(test_module("testmod_constructor_no_entry").string()), 1),
+             Catch::Contains("no entry point"));
+  ::unsetenv("CLUSTERCONNECT_TEST_ENTRYLESS_MARKER");
+  CHECK_FALSE(fs::exists(marker));
+  CHECK_FALSE(fs::exists(cli.user_plugins()));
+}

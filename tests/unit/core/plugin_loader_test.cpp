@@ -120,3 +120,169 @@ TEST_CASE("a module's timer and socket complete on the host's io threads", "[loa
   CHECK(probe->run() == 0);
   rt.stop();
 }
+
+// Ownership and permissions of a module and of every directory above it, and
+// loading from the checked descriptor.
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+// A private directory (0700) holding a copy of a test module (0644).
+struct ModuleCopy {
+  TempDir dir;
+  fs::path file;
+  explicit ModuleCopy(const char* name, const fs::path& sub = {}) {
+    fs::permissions(dir.path(), fs::perms::owner_all, fs::perm_options::replace);
+    fs::create_directories(dir.path() / sub);
+    file = dir.path() / sub / (std::string(name) + ".so");
+    fs::copy_file(test_module(name), file);
+    fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read,
+                    fs::perm_options::replace);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a module in a private directory loads from the descriptor it was checked on", "[loader][ownership]") {
+  ModuleCopy m("testmod_good_extra");
+  host::Runtime rt(spdlog::default_logger(), 1);
+  REQUIRE(rt.loader().load_file(m.file, rt));
+  REQUIRE(rt.loader().modules().size() == 1);
+  CHECK(rt.loader().modules()[0].path == fs::canonical(m.file).string());
+}
+
+TEST_CASE("a module under a world-writable sticky directory is refused, naming that directory", "[loader][ownership]") {
+  // A 0755 directory of our own inside a 1777 one: anybody could have replaced
+  // the inner directory, so the module is refused.
+  ModuleCopy m("testmod_good_extra", "shared/mine");
+  const auto shared = m.dir.path() / "shared";
+  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(m.file, rt));
+  auto why = reason_for(rt.loader(), m.file);
+  CHECK_THAT(why, Catch::Contains("directory " + fs::canonical(shared).string() + " is writable by other users (mode 1777)"));
+  rt.loader().load_directory(m.file.parent_path(), rt);
+  CHECK_THAT(reason_for(rt.loader(), m.file.parent_path()), Catch::Contains(fs::canonical(shared).string()));
+  CHECK(rt.loader().modules().empty());
+
+  // The real /tmp, when it is the usual 1777 directory.
+  struct stat tmp {};
+  if (::stat("/tmp", &tmp) == 0 && (tmp.st_mode & S_IWOTH)) {
+    std::string templ = "/tmp/cc-loader-XXXXXX";
+    REQUIRE(::mkdtemp(templ.data()) != nullptr);
+    const fs::path in_tmp = fs::path(templ) / "extra.so";
+    fs::copy_file(test_module("testmod_good_extra"), in_tmp);
+    CHECK_FALSE(rt.loader().load_file(in_tmp, rt));
+    CHECK_THAT(reason_for(rt.loader(), in_tmp), Catch::Contains("directory /tmp is writable by other users"));
+    std::error_code ec;
+    fs::remove_all(templ, ec);
+  }
+}
+
+TEST_CASE("a group-writable module or directory is refused", "[loader][ownership]") {
+  ModuleCopy m("testmod_good_extra", "plugins");
+  REQUIRE(::chmod(m.file.c_str(), 0664) == 0);
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(m.file, rt));
+  CHECK_THAT(reason_for(rt.loader(), m.file),
+             Catch::Contains("file " + m.file.string() + " is writable by its group (mode 0664)"));
+  REQUIRE(::chmod(m.file.c_str(), 0644) == 0);
+  REQUIRE(::chmod(m.file.parent_path().c_str(), 0775) == 0);
+  rt.loader().load_directory(m.file.parent_path(), rt);
+  CHECK_THAT(reason_for(rt.loader(), m.file.parent_path()), Catch::Contains("is writable by its group (mode 0775)"));
+  CHECK(rt.loader().modules().empty());
+}
+
+TEST_CASE("a module or directory owned by another user is refused", "[loader][ownership]") {
+  if (::geteuid() != 0) {
+    WARN("not root: cannot give a file to another user; skipped");
+    return;
+  }
+  ModuleCopy m("testmod_good_extra", "plugins");
+  REQUIRE(::chown(m.file.c_str(), 4242, 4242) == 0);
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(m.file, rt));
+  CHECK_THAT(reason_for(rt.loader(), m.file), Catch::Contains("file " + m.file.string() + " is owned by uid 4242"));
+  REQUIRE(::chown(m.file.c_str(), 0, 0) == 0);
+  REQUIRE(::chown(m.file.parent_path().c_str(), 4242, 4242) == 0);
+  host::Runtime again(spdlog::default_logger(), 1);
+  CHECK_FALSE(again.loader().load_file(m.file, again));
+  CHECK(again.loader().modules().empty());
+  CHECK_THAT(reason_for(again.loader(), m.file),
+             Catch::Contains("directory " + fs::canonical(m.file.parent_path()).string() + " is owned by uid 4242"));
+  CHECK(rt.loader().modules().empty());
+}
+
+TEST_CASE("a symbolic link to a module is refused", "[loader][ownership]") {
+  ModuleCopy m("testmod_good_extra");
+  const auto link = m.dir.path() / "link.so";
+  fs::create_symlink(m.file, link);
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(link, rt));
+  CHECK_THAT(reason_for(rt.loader(), link), Catch::Contains("symbolic link"));
+}
+
+TEST_CASE("a module without the entry alias is refused before any of its code runs", "[loader]") {
+  TempDir dir;
+  const auto marker = dir.path() / "constructor-ran";
+  REQUIRE(::setenv("CLUSTERCONNECT_TEST_ENTRYLESS_MARKER", marker.c_str(), 1) == 0);
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(test_module("testmod_constructor_no_entry"), rt));
+  CHECK_THAT(reason_for(rt.loader(), test_module("testmod_constructor_no_entry")),
+             Catch::Contains("no entry point: the alias clusterconnect_plugin_v1 is missing"));
+  CHECK_FALSE(fs::exists(marker));
+  CHECK_FALSE(host::inspect_module(test_module("testmod_constructor_no_entry")).ok());
+  CHECK_FALSE(fs::exists(marker));
+  // The marker works: mapping the module runs its constructor.
+  void* h = ::dlopen(test_module("testmod_constructor_no_entry").c_str(), RTLD_NOW | RTLD_LOCAL);
+  REQUIRE(h != nullptr);
+  CHECK(fs::exists(marker));
+  ::dlclose(h);
+  ::unsetenv("CLUSTERCONNECT_TEST_ENTRYLESS_MARKER");
+}
+
+TEST_CASE("daemons load only their installed directory, the CLI also the user directories", "[loader][search]") {
+  TempDir data;
+  ModuleCopy extra("testmod_good_extra");
+  REQUIRE(::setenv("CONNECTEDK8S_PLUGIN_PATH", extra.dir.path().c_str(), 1) == 0);
+  REQUIRE(::setenv("XDG_DATA_HOME", data.path().c_str(), 1) == 0);
+
+  const auto installed = host::plugin_search_path(host::PluginSearch::installed_only);
+  CHECK(installed == std::vector<fs::path>{host::installed_plugin_dir()});
+  CHECK(host::plugin_search_path() == installed);  // the default is the daemons' one
+  const auto user = host::plugin_search_path(host::PluginSearch::user_dirs);
+  CHECK(user == std::vector<fs::path>{host::installed_plugin_dir(), extra.dir.path(),
+                                      data.path() / "connectedk8s" / "plugins"});
+
+  {
+    host::Runtime rt(spdlog::default_logger(), 1);
+    rt.load_plugins();
+    CHECK(rt.capabilities().provider("credential:static-test") == nullptr);
+  }
+  {
+    host::Runtime rt(spdlog::default_logger(), 1);
+    rt.load_plugins(host::PluginSearch::user_dirs);
+    CHECK(rt.capabilities().provider("credential:static-test") != nullptr);
+  }
+  ::unsetenv("CONNECTEDK8S_PLUGIN_PATH");
+  ::unsetenv("XDG_DATA_HOME");
+}
+
+TEST_CASE("a directory reached through a symbolic link is checked where it really is", "[loader][ownership]") {
+  ModuleCopy m("testmod_good_extra", "shared/mine");
+  const auto shared = m.dir.path() / "shared";
+  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  // A safe-looking path whose directory is a link into the shared directory.
+  TempDir other;
+  fs::permissions(other.path(), fs::perms::owner_all, fs::perm_options::replace);
+  fs::create_directory_symlink(m.file.parent_path(), other.path() / "plugins");
+  const auto via_link = other.path() / "plugins" / m.file.filename();
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(via_link, rt));
+  CHECK_THAT(reason_for(rt.loader(), via_link), Catch::Contains("directory " + fs::canonical(shared).string() +
+                                                                 " is writable by other users"));
+  CHECK(rt.loader().modules().empty());
+}

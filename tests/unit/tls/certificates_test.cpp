@@ -143,3 +143,114 @@ TEST_CASE("load_or_create_ca reuses the CA across runs and refuses an exposed ke
   REQUIRE_FALSE(broken.ok());
   CHECK_THAT(broken.error(), Catch::Contains("ca.crt"));
 }
+
+// The local CA: loopback names only, short-lived, rotated.
+namespace {
+
+X509* read_cert_file(const std::filesystem::path& p) {
+  auto pem = tls::read_small_file(p);
+  REQUIRE(pem.ok());
+  return parse(*pem);
+}
+
+}  // namespace
+
+TEST_CASE("the local CA may only vouch for loopback names, and verifiers enforce it", "[tls][certificates][ca]") {
+  test::TempDir tmp;
+  auto ca = tls::load_or_create_ca(tmp.path() / "ca", "local CA");
+  REQUIRE(ca.ok());
+  X509* cax = parse(ca->cert);
+  REQUIRE(cax != nullptr);
+  int at = X509_get_ext_by_NID(cax, NID_name_constraints, -1);
+  REQUIRE(at >= 0);
+  CHECK(X509_EXTENSION_get_critical(X509_get_ext(cax, at)) == 1);
+  auto* nc = static_cast<NAME_CONSTRAINTS*>(X509_get_ext_d2i(cax, NID_name_constraints, nullptr, nullptr));
+  REQUIRE(nc != nullptr);
+  CHECK(sk_GENERAL_SUBTREE_num(nc->permittedSubtrees) == 3);
+  CHECK(nc->excludedSubtrees == nullptr);
+  NAME_CONSTRAINTS_free(nc);
+  // Thirty days (plus the hour of clock skew allowed before now).
+  int days = 0, secs = 0;
+  REQUIRE(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(cax), X509_get0_notAfter(cax)) == 1);
+  CHECK(days == tls::local_ca_days);
+  X509_free(cax);
+
+  // What the proxy and the relay issue stays inside the constraints.
+  auto leaf = tls::issue_server_cert(*ca, {"localhost"}, {"127.0.0.1", "::1"}, 30);
+  REQUIRE(leaf.ok());
+  CHECK(verify(ca->cert, leaf->cert, "localhost", nullptr) == X509_V_OK);
+  CHECK(verify(ca->cert, leaf->cert, nullptr, "127.0.0.1") == X509_V_OK);
+  CHECK(verify(ca->cert, leaf->cert, nullptr, "::1") == X509_V_OK);
+  auto ip_only = tls::issue_server_cert(*ca, {}, {"127.0.0.2"}, 1);
+  REQUIRE(ip_only.ok());
+  CHECK(verify(ca->cert, ip_only->cert, nullptr, "127.0.0.2") == X509_V_OK);
+
+  // Whoever steals the CA key cannot make a certificate for any other name
+  // that OpenSSL accepts.
+  auto by_name = tls::issue_server_cert(*ca, {"login.microsoftonline.com"}, {}, 1);
+  REQUIRE(by_name.ok());
+  CHECK(verify(ca->cert, by_name->cert, "login.microsoftonline.com", nullptr) == X509_V_ERR_PERMITTED_VIOLATION);
+  auto by_ip = tls::issue_server_cert(*ca, {}, {"10.1.2.3"}, 1);
+  REQUIRE(by_ip.ok());
+  CHECK(verify(ca->cert, by_ip->cert, nullptr, "10.1.2.3") == X509_V_ERR_PERMITTED_VIOLATION);
+  auto by_v6 = tls::issue_server_cert(*ca, {}, {"2001:db8::1"}, 1);
+  REQUIRE(by_v6.ok());
+  CHECK(verify(ca->cert, by_v6->cert, nullptr, "2001:db8::1") == X509_V_ERR_PERMITTED_VIOLATION);
+}
+
+TEST_CASE("a certificate never outlives the CA that issued it", "[tls][certificates][ca]") {
+  auto ca = tls::create_loopback_ca("short CA", 2);
+  REQUIRE(ca.ok());
+  auto leaf = tls::issue_server_cert(*ca, {"localhost"}, {}, 365);
+  REQUIRE(leaf.ok());
+  X509* cax = parse(ca->cert);
+  X509* lx = parse(leaf->cert);
+  CHECK(ASN1_TIME_compare(X509_get0_notAfter(lx), X509_get0_notAfter(cax)) == 0);
+  X509_free(lx);
+  X509_free(cax);
+}
+
+TEST_CASE("the local CA is reused in the first half of its life and replaced after", "[tls][files][ca]") {
+  test::TempDir tmp;
+  auto dir = tmp.path() / "ca";
+  const std::time_t now = std::time(nullptr);
+  auto first = tls::load_or_create_ca(dir, "local CA", now);
+  REQUIRE(first.ok());
+  auto next_day = tls::load_or_create_ca(dir, "local CA", now + 86400);
+  REQUIRE(next_day.ok());
+  CHECK(next_day->cert == first->cert);
+  CHECK(next_day->key == first->key);
+
+  const std::time_t past_half = now + std::time_t(tls::local_ca_days) * 86400 / 2 + 3600;
+  auto rotated = tls::load_or_create_ca(dir, "local CA", past_half);
+  REQUIRE(rotated.ok());
+  CHECK(rotated->cert != first->cert);
+  CHECK(rotated->key != first->key);
+  CHECK(*tls::read_small_file(dir / "ca.crt") == rotated->cert);
+  CHECK(*tls::read_small_file(dir / "ca.key") == rotated->key);
+  CHECK(mode_of(dir / "ca.key") == 0600);
+  CHECK(mode_of(dir / "ca.crt") == 0600);
+  // The new one is reused from then on.
+  auto again = tls::load_or_create_ca(dir, "local CA");
+  REQUIRE(again.ok());
+  CHECK(again->cert == rotated->cert);
+  X509* x = read_cert_file(dir / "ca.crt");
+  CHECK(X509_get_ext_by_NID(x, NID_name_constraints, -1) >= 0);
+  X509_free(x);
+}
+
+TEST_CASE("a local CA without the loopback constraints is replaced", "[tls][files][ca]") {
+  test::TempDir tmp;
+  auto dir = tmp.path() / "ca";
+  auto old = tls::create_ca("local CA", 3650);  // what earlier versions wrote
+  REQUIRE(old.ok());
+  REQUIRE(tls::write_private_file(dir / "ca.key", old->key).ok());
+  REQUIRE(tls::write_private_file(dir / "ca.crt", old->cert).ok());
+  auto ca = tls::load_or_create_ca(dir, "local CA");
+  REQUIRE(ca.ok());
+  CHECK(ca->cert != old->cert);
+  CHECK(ca->key != old->key);
+  X509* x = read_cert_file(dir / "ca.crt");
+  CHECK(X509_get_ext_by_NID(x, NID_name_constraints, -1) >= 0);
+  X509_free(x);
+}

@@ -255,3 +255,37 @@ TEST_CASE("server handshake timeout drops silent clients", "[tls]") {
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
   (*server)->close();
 }
+
+// Go's crypto/x509 (kubectl) enforces the local CA's name constraints too:
+// a certificate the CA signed for another name is refused for that name.
+#include <thread>
+
+TEST_CASE("kubectl refuses a certificate the local CA signed for a non-loopback name", "[tls][kubectl][ca]") {
+  if (::access("/usr/bin/kubectl", X_OK) != 0) {
+    WARN("kubectl not installed; skipped");
+    return;
+  }
+  test::TempDir dir;
+  auto ca = tls::load_or_create_ca(dir.path() / "ca", "connectedk8s local CA");
+  REQUIRE(ca.ok());
+  auto leaf = tls::issue_server_cert(*ca, {"api.example.test"}, {}, 1);
+  REQUIRE(leaf.ok());
+  auto ctx = tls::make_server_context_pem(leaf->cert, leaf->key);
+  REQUIRE(ctx.ok());
+  asio::io_context io;
+  auto guard = asio::make_work_guard(io);
+  auto server = tls::TlsServer::listen(io, "127.0.0.1", 0, *ctx, [](StreamPtr) {}, nullptr);
+  REQUIRE(server.ok());
+  std::thread runner([&io] { io.run(); });
+  auto r = test::run("/usr/bin/kubectl --kubeconfig=/dev/null --token=local-test --request-timeout=10s "
+                     "--server=https://127.0.0.1:" + std::to_string((*server)->port()) +
+                     " --tls-server-name=api.example.test --certificate-authority=" +
+                     test::quote((dir.path() / "ca" / "ca.crt").string()) + " get --raw /version </dev/null");
+  asio::post(io, [&] { (*server)->close(); });
+  guard.reset();
+  io.stop();
+  runner.join();
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, Catch::Contains("not authorized to sign for this name"));
+}

@@ -37,9 +37,10 @@ class Runtime final : public HostServices {
   const CapabilityRegistry& capabilities() const noexcept override { return loader_; }
 
   PluginLoader& loader() noexcept { return loader_; }
-  // Loads modules from every directory of plugin_search_path(); logs each
-  // rejection as a warning.
-  void load_plugins();
+  // Loads modules from every directory of plugin_search_path(search); logs
+  // each rejection as a warning. Daemons keep the default (their installed
+  // directory only); the connectedk8s CLI passes PluginSearch::user_dirs.
+  void load_plugins(PluginSearch search = PluginSearch::installed_only);
 
   // Starts the io threads (after plugins are loaded) and stops/joins them.
   void start();
