@@ -68,12 +68,16 @@ std::string octal_mode(mode_t m) {
 }
 
 // Owner must be this user or root; nobody else may write. A sticky bit does
-// not make a shared directory safe: anyone may create files in it.
-Result<void> check_owner_and_mode(const fs::path& path, const struct stat& st, const char* what) {
+// not make a shared directory safe to hold modules (anyone may create files
+// in it), but it does make it safe to pass through: nobody else can rename or
+// remove the entry below it, which the caller has already checked is ours.
+Result<void> check_owner_and_mode(const fs::path& path, const struct stat& st, const char* what,
+                                  bool sticky_ancestor = false) {
   const uid_t me = ::geteuid();
   if (st.st_uid != me && st.st_uid != 0)
     return fail(std::string(what) + " " + path.string() + " is owned by uid " + std::to_string(st.st_uid) +
                 ", not by this user (uid " + std::to_string(me) + ") or root");
+  if (sticky_ancestor && (st.st_mode & S_ISVTX)) return {};
   if (st.st_mode & S_IWOTH)
     return fail(std::string(what) + " " + path.string() + " is writable by other users (mode " +
                 octal_mode(st.st_mode) + ")");
@@ -92,7 +96,7 @@ Result<fs::path> check_directory_chain(const fs::path& dir) {
   for (fs::path p = resolved;;) {
     struct stat st {};
     if (::stat(p.c_str(), &st) != 0) return fail("cannot stat " + p.string() + ": " + std::strerror(errno));
-    if (auto r = check_owner_and_mode(p, st, "directory"); !r) return fail(r.error());
+    if (auto r = check_owner_and_mode(p, st, "directory", p != resolved); !r) return fail(r.error());
     if (p == p.root_path() || !p.has_relative_path()) break;
     p = p.parent_path();
   }

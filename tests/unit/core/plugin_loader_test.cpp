@@ -154,32 +154,38 @@ TEST_CASE("a module in a private directory loads from the descriptor it was chec
   CHECK(rt.loader().modules()[0].path == fs::canonical(m.file).string());
 }
 
-TEST_CASE("a module under a world-writable sticky directory is refused, naming that directory", "[loader][ownership]") {
-  // A 0755 directory of our own inside a 1777 one: anybody could have replaced
-  // the inner directory, so the module is refused.
-  ModuleCopy m("testmod_good_extra", "shared/mine");
+TEST_CASE("a module in a world-writable directory is refused, sticky or not", "[loader][ownership]") {
+  // Anybody may create files in a 1777 directory, so nothing in it is ours.
+  ModuleCopy m("testmod_good_extra", "shared");
   const auto shared = m.dir.path() / "shared";
   REQUIRE(::chmod(shared.c_str(), 01777) == 0);
   host::Runtime rt(spdlog::default_logger(), 1);
   CHECK_FALSE(rt.loader().load_file(m.file, rt));
-  auto why = reason_for(rt.loader(), m.file);
-  CHECK_THAT(why, Catch::Contains("directory " + fs::canonical(shared).string() + " is writable by other users (mode 1777)"));
-  rt.loader().load_directory(m.file.parent_path(), rt);
-  CHECK_THAT(reason_for(rt.loader(), m.file.parent_path()), Catch::Contains(fs::canonical(shared).string()));
+  CHECK_THAT(reason_for(rt.loader(), m.file),
+             Catch::Contains("directory " + fs::canonical(shared).string() + " is writable by other users (mode 1777)"));
+  rt.loader().load_directory(shared, rt);
+  CHECK_THAT(reason_for(rt.loader(), shared), Catch::Contains(fs::canonical(shared).string()));
   CHECK(rt.loader().modules().empty());
+}
 
-  // The real /tmp, when it is the usual 1777 directory.
-  struct stat tmp {};
-  if (::stat("/tmp", &tmp) == 0 && (tmp.st_mode & S_IWOTH)) {
-    std::string templ = "/tmp/cc-loader-XXXXXX";
-    REQUIRE(::mkdtemp(templ.data()) != nullptr);
-    const fs::path in_tmp = fs::path(templ) / "extra.so";
-    fs::copy_file(test_module("testmod_good_extra"), in_tmp);
-    CHECK_FALSE(rt.loader().load_file(in_tmp, rt));
-    CHECK_THAT(reason_for(rt.loader(), in_tmp), Catch::Contains("directory /tmp is writable by other users"));
-    std::error_code ec;
-    fs::remove_all(templ, ec);
+TEST_CASE("a directory of our own below a sticky shared directory is safe, below a plain shared one it is not",
+          "[loader][ownership]") {
+  // Nobody else can rename or remove our directory inside a sticky 1777
+  // directory such as /tmp; inside a 0777 one anybody could swap it.
+  ModuleCopy m("testmod_good_extra", "shared/mine");
+  const auto shared = m.dir.path() / "shared";
+  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  {
+    host::Runtime rt(spdlog::default_logger(), 1);
+    CHECK(rt.loader().load_file(m.file, rt));
+    CHECK(rt.loader().modules().size() == 1);
   }
+  REQUIRE(::chmod(shared.c_str(), 0777) == 0);
+  host::Runtime rt(spdlog::default_logger(), 1);
+  CHECK_FALSE(rt.loader().load_file(m.file, rt));
+  CHECK_THAT(reason_for(rt.loader(), m.file),
+             Catch::Contains("directory " + fs::canonical(shared).string() + " is writable by other users (mode 0777)"));
+  CHECK(rt.loader().modules().empty());
 }
 
 TEST_CASE("a group-writable module or directory is refused", "[loader][ownership]") {
@@ -274,7 +280,7 @@ TEST_CASE("daemons load only their installed directory, the CLI also the user di
 TEST_CASE("a directory reached through a symbolic link is checked where it really is", "[loader][ownership]") {
   ModuleCopy m("testmod_good_extra", "shared/mine");
   const auto shared = m.dir.path() / "shared";
-  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  REQUIRE(::chmod(shared.c_str(), 0777) == 0);
   // A safe-looking path whose directory is a link into the shared directory.
   TempDir other;
   fs::permissions(other.path(), fs::perms::owner_all, fs::perm_options::replace);
