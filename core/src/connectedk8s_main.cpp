@@ -3,6 +3,8 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <string_view>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -13,6 +15,31 @@
 #include "plugin_commands.hpp"
 
 using namespace clusterconnect;
+
+namespace {
+
+// The first word that is not one of the host's own options: the command the
+// user asked for, or empty.
+std::string first_command_word(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--log-format") {
+      ++i;
+      continue;
+    }
+    if (a.empty() || a[0] == '-') continue;
+    return std::string(a);
+  }
+  return {};
+}
+
+bool has_command(CLI::App& app, const std::string& word) {
+  for (const CLI::App* sub : app.get_subcommands({}))
+    if (sub->check_name(word)) return true;
+  return false;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) try {
   int verbosity = 0;
@@ -47,6 +74,14 @@ int main(int argc, char** argv) try {
     }
   }
 
+  if (auto word = first_command_word(argc, argv); !word.empty() && !has_command(app, word)) {
+    std::fprintf(stderr,
+                 "connectedk8s: '%s' is not a command here. Commands come from modules; none of the loaded ones "
+                 "provides it (for 'proxy', the proxy module). 'connectedk8s plugin list' shows the modules found "
+                 "and why any was refused.\n",
+                 word.c_str());
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

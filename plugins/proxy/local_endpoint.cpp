@@ -24,7 +24,10 @@ bool secret_equals(std::string_view a, std::string_view b) {
 }
 
 void LocalPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
-  ++in_flight_;  // balanced by on_complete, which the engine calls once per request
+  {
+    std::lock_guard lock(mutex_);
+    ++in_flight_;  // balanced by on_complete, which the engine calls once per request
+  }
   const std::string* auth = head.find("authorization");
   std::string_view presented;
   if (auth && auth->size() > 7 && strncasecmp(auth->c_str(), "bearer ", 7) == 0) presented = std::string_view(*auth).substr(7);
@@ -43,8 +46,21 @@ void LocalPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
   done(std::move(d));
 }
 
+int LocalPolicy::in_flight() const {
+  std::lock_guard lock(mutex_);
+  return in_flight_;
+}
+
+bool LocalPolicy::wait_idle(std::chrono::steady_clock::duration limit) const {
+  std::unique_lock lock(mutex_);
+  return idle_.wait_for(lock, limit, [this] { return in_flight_ == 0; });
+}
+
 void LocalPolicy::on_complete(const http::ExchangeRecord& r) noexcept {
-  --in_flight_;
+  {
+    std::lock_guard lock(mutex_);
+    if (--in_flight_ == 0) idle_.notify_all();
+  }
   try {
     logger_->debug("{} {} -> {} ({} bytes, {} us)", r.method, r.target.substr(0, r.target.find('?')), r.status,
                    r.bytes_out, r.duration.count());

@@ -3,7 +3,8 @@
 // per-session bearer secret that only the written kubeconfig holds, and the
 // user's real token put in its place before the request enters the tunnel.
 
-#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <string>
 
@@ -39,13 +40,17 @@ class LocalPolicy final : public http::ForwardPolicy {
 
   void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override;
   void on_complete(const http::ExchangeRecord& record) noexcept override;
-  int in_flight() const noexcept { return in_flight_.load(); }
+  int in_flight() const;
+  // Waits until no request is in flight or `limit` has passed; true when idle.
+  bool wait_idle(std::chrono::steady_clock::duration limit) const;
 
  private:
   std::string secret_;
   std::shared_ptr<ForwardedToken> token_;
   std::shared_ptr<spdlog::logger> logger_;
-  std::atomic<int> in_flight_{0};
+  mutable std::mutex mutex_;
+  mutable std::condition_variable idle_;
+  int in_flight_ = 0;
 };
 
 // 32 random bytes, hex: the per-session local credential.

@@ -466,7 +466,8 @@ int ProxyCommand::run_proxy() {
   // requests finish briefly.
   signals->stop();
   server.value()->close();
-  for (int i = 0; i < 50 && policy->in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (!policy->wait_idle(std::chrono::seconds(5)))
+    logger->info("stopping with {} request(s) still in flight", policy->in_flight());
   client->close();
   if (!ci_dir.empty()) {
     std::error_code ec;

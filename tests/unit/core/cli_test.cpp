@@ -86,8 +86,11 @@ TEST_CASE("proxy --help shows flags that come from the proxy module", "[cli]") {
   CHECK_THAT(help_without.output, !Catch::Contains("proxy"));
   auto r = run(without + " proxy -n demo -g sandbox");
   INFO(r.output);
-  CHECK(r.status != 0);
+  CHECK(r.status == 2);
   CHECK_THAT(r.output, !Catch::Contains("--resource-group"));
+  CHECK_THAT(r.output, Catch::Contains("'proxy' is not a command here"));
+  CHECK_THAT(r.output, Catch::Contains("connectedk8s plugin list"));
+  CHECK_THAT(cli("-v --log-format json nosuch", 2), Catch::Contains("'nosuch' is not a command here"));
 }
 
 TEST_CASE("installing a broken module prints the precise reason and changes nothing", "[cli]") {
