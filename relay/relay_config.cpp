@@ -177,6 +177,7 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     read_number(l, "stream_window", c.limits.stream_window, where);
     read_number(l, "tunnel_window", c.limits.tunnel_window, where);
     read_number(l, "max_streams_per_tunnel", c.limits.max_streams_per_tunnel, where);
+    read_number(l, "max_streams_per_client", c.limits.max_streams_per_client, where);
     read_number(l, "max_tunnels_per_cluster", c.limits.max_tunnels_per_cluster, where);
     read_number(l, "max_connections", c.limits.max_connections, where);
     read_number(l, "max_connections_per_address", c.limits.max_connections_per_address, where);

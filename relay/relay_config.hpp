@@ -67,6 +67,7 @@ struct RelayLimits {
   std::uint32_t stream_window = 256 * 1024;
   std::uint32_t tunnel_window = 16 * 1024 * 1024;
   std::size_t max_streams_per_tunnel = 4096;
+  std::size_t max_streams_per_client = 1024;  // streams one client tunnel may hold at once
   std::size_t max_tunnels_per_cluster = 25;  // as Azure Relay's listeners per hybrid connection
   std::size_t max_connections = 10000;           // TLS connections not (yet) tunnels: handshakes, management calls
   std::size_t max_connections_per_address = 256;  // of those, from one client address

@@ -16,11 +16,11 @@ tunnel::SessionOptions TunnelSwitch::session_options(TunnelSide side, const std:
   o.name = name;
   o.stream_window = config_.limits.stream_window;
   o.tunnel_window = config_.limits.tunnel_window;
-  o.max_streams = config_.limits.max_streams_per_tunnel;
+  o.max_streams =
+      side == TunnelSide::client ? config_.limits.max_streams_per_client : config_.limits.max_streams_per_tunnel;
   o.ping_interval = config_.limits.ping_interval;
   o.idle_timeout = config_.limits.idle_timeout;
   o.open_timeout = config_.limits.open_timeout;
-  (void)side;
   return o;
 }
 
@@ -151,11 +151,44 @@ void TunnelSwitch::route(const ClusterEntry* cluster, tunnel::TunnelStreamPtr cl
     client->reset(tunnel::RstCode::refused, "relay is draining");
     return;
   }
+  if (auto share = over_fair_share(cluster, *client->session())) {
+    metrics_.open_failure("fair_share");
+    client->reset(tunnel::RstCode::refused, *share);
+    return;
+  }
   // What the stream was authorised for, so the agent can refuse a stream meant
   // for another cluster. Set here, over anything the client sent.
   metadata[std::string(tunnel::metadata_cluster)] = cluster->resource_id();
   metadata[std::string(tunnel::metadata_hybrid_connection)] = cluster->hybrid_connection;
   try_agent(cluster, std::move(client), std::move(metadata), 0);
+}
+
+std::optional<std::string> TunnelSwitch::over_fair_share(const ClusterEntry* cluster,
+                                                        const tunnel::Session& client) const {
+  std::size_t capacity = 0, used = 0, clients = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& e : tunnels_) {
+      if (e.cluster != cluster) continue;
+      auto s = e.session.lock();
+      if (!s) continue;
+      if (e.side == TunnelSide::client) {
+        ++clients;
+      } else if (s->usable()) {
+        capacity += config_.limits.max_streams_per_tunnel;
+        used += s->active_streams();
+      }
+    }
+  }
+  // Below three quarters of the agents' capacity everybody may open; above
+  // it a client holding more than its share waits for its own streams to end.
+  if (capacity == 0 || used * 4 < capacity * 3) return std::nullopt;
+  const std::size_t share = std::max<std::size_t>(1, capacity / std::max<std::size_t>(1, clients));
+  const std::size_t held = client.active_streams();  // includes this one
+  if (held <= share) return std::nullopt;
+  return "cluster " + cluster->name + " is busy (" + std::to_string(used) + " of " + std::to_string(capacity) +
+         " streams in use) and this client already holds " + std::to_string(held - 1) + ", more than its share of " +
+         std::to_string(share) + "; retry when some of its requests have finished";
 }
 
 void TunnelSwitch::try_agent(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata,

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -87,6 +88,9 @@ class TunnelSwitch : public std::enable_shared_from_this<TunnelSwitch> {
   void route(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata);
   void try_agent(const ClusterEntry* cluster, tunnel::TunnelStreamPtr client, tunnel::Metadata metadata, unsigned attempt);
   std::shared_ptr<tunnel::Session> pick_agent(const ClusterEntry* cluster) const;
+  // Why a client may not open another stream now (its fair share of a busy
+  // cluster is used up), or nothing.
+  std::optional<std::string> over_fair_share(const ClusterEntry* cluster, const tunnel::Session& client) const;
   void remove(const tunnel::Session* session);
 
   const RelayConfig& config_;

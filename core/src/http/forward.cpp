@@ -208,7 +208,7 @@ class Session : public std::enable_shared_from_this<Session> {
       // The read that watched the client during the last response is still
       // out; it becomes this request's first read (see on_client_read).
       waiting_request_ = true;
-      arm_timer(in_buf_.size() > 0 ? limits_.header_timeout : limits_.idle_timeout);
+      arm_timer(in_buf_.size() > 0 ? limits_.header_timeout : wait_timeout());
       return;
     }
     if (in_buf_.size() > 0) {
@@ -217,9 +217,10 @@ class Session : public std::enable_shared_from_this<Session> {
       read_request_head();
       return;
     }
-    // Wait for the first byte with the idle timeout; the header timeout
-    // starts with it, so a slow sender cannot hold the connection for long.
-    arm_timer(limits_.idle_timeout);
+    // Wait for the first byte with the idle timeout (the first-byte timeout
+    // before the connection's first request); the header timeout starts with
+    // it, so a slow sender cannot hold the connection for long.
+    arm_timer(wait_timeout());
     in_reading_ = true;
     in_.async_read_some(in_buf_.prepare(16 * 1024), [self = shared_from_this()](error_code ec, std::size_t n) {
       self->in_reading_ = false;
@@ -232,6 +233,10 @@ class Session : public std::enable_shared_from_this<Session> {
       self->arm_timer(self->limits_.header_timeout);
       self->read_request_head();
     });
+  }
+
+  std::chrono::seconds wait_timeout() const {
+    return heads_read_ == 0 ? std::min(limits_.first_byte_timeout, limits_.idle_timeout) : limits_.idle_timeout;
   }
 
   void read_request_head() {
@@ -259,6 +264,7 @@ class Session : public std::enable_shared_from_this<Session> {
       else log_failure(ec, "read request head");
       return close_session();
     }
+    ++heads_read_;
     auto& m = req_->get();
     if (m.version() != 10 && m.version() != 11)
       return reply_and_close(status_reply(400, "BadRequest", "unsupported HTTP version"));
@@ -1023,6 +1029,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t lingered_ = 0;
   unsigned attempt_ = 0;
   unsigned timer_gen_ = 0;
+  std::uint64_t heads_read_ = 0;  // request heads read on this connection
   int pipes_open_ = 0;
   bool req_chunked_ = false, req_has_body_ = false, client_keep_alive_ = true;
   bool req_done_ = false, res_done_ = false, res_chunked_ = false, interim_ = false;

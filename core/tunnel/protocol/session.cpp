@@ -36,6 +36,11 @@ class SteadyClock final : public SessionClock {
 
 }  // namespace
 
+// DATA payloads below this are appended to the stream's last received chunk
+// while it stays within coalesce_limit.
+constexpr std::size_t coalesce_below = 4 * 1024;
+constexpr std::size_t coalesce_limit = 16 * 1024;
+
 std::shared_ptr<SessionClock> steady_session_clock() {
   static const auto clock = std::make_shared<SteadyClock>();
   return clock;
@@ -351,6 +356,10 @@ void Session::on_message(error_code ec, std::span<const std::uint8_t> bytes) {
     }
     off += r.consumed;
     if (!on_frame(r.frame) || m.closed) return;
+    if (m.queued_bytes > options_.send_queue_limit + options_.control_queue_limit) {
+      fail("the peer is not reading: " + std::to_string(m.queued_bytes) + " bytes are queued for it", false);
+      return;
+    }
   }
   flush();
   do_read_message();
@@ -454,7 +463,19 @@ bool Session::on_data(const Frame& f) {
     return protocol_error("DATA beyond the credit of stream " + std::to_string(f.stream));
   m.tunnel_recv_allowed -= static_cast<std::int64_t>(n);
   s->recv_allowed -= static_cast<std::int64_t>(n);
-  s->chunks.emplace_back(f.payload.begin(), f.payload.end());
+  // Small frames are gathered into one allocation (grown geometrically, at
+  // most coalesce_limit), so the memory held stays within about twice the
+  // bytes held whatever the peer's framing; a large frame keeps its own.
+  if (n < coalesce_below && !s->chunks.empty() && s->chunks.back().size() + n <= coalesce_limit) {
+    auto& back = s->chunks.back();
+    back.insert(back.end(), f.payload.begin(), f.payload.end());
+  } else if (n < coalesce_below) {
+    auto& chunk = s->chunks.emplace_back();
+    chunk.reserve(std::max<std::size_t>(n, 256));
+    chunk.assign(f.payload.begin(), f.payload.end());
+  } else {
+    s->chunks.emplace_back(f.payload.begin(), f.payload.end());
+  }
   s->buffered += n;
   if (s->read_handler || s->chunk_handler) complete_read(s);
   return true;
@@ -837,6 +858,15 @@ void Session::finish_stream(const std::shared_ptr<StreamState>& s) {
   if (s->open_timer) s->open_timer->cancel();
   if (impl_->streams.erase(s->id)) active_streams_.fetch_sub(1, std::memory_order_relaxed);
   maybe_close_drained();
+}
+
+std::size_t Session::received_memory() const {
+  std::size_t total = 0;
+  for (const auto& [id, s] : impl_->streams) {
+    // Each chunk: its allocation and the vector that owns it.
+    for (const auto& c : s->chunks) total += c.capacity() + sizeof(c);
+  }
+  return total;
 }
 
 void Session::maybe_close_drained() {

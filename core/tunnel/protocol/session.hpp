@@ -72,6 +72,10 @@ struct SessionOptions {
   std::uint32_t tunnel_window = default_tunnel_window;
   std::size_t max_streams = 4096;
   std::size_t send_queue_limit = 1024 * 1024;
+  // What may be queued beyond send_queue_limit in answer to the peer (PONG,
+  // RST, WINDOW, RENEW|ACK). A peer that sends while never reading would
+  // grow the queue without bound: past this the tunnel is closed.
+  std::size_t control_queue_limit = 256 * 1024;
   std::chrono::milliseconds ping_interval{15000};
   std::chrono::milliseconds idle_timeout{45000};
   std::chrono::milliseconds open_timeout{15000};
@@ -167,6 +171,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t active_streams() const noexcept { return active_streams_.load(std::memory_order_relaxed); }
   bool usable() const noexcept { return usable_.load(std::memory_order_relaxed); }
   bool closed() const noexcept { return closed_flag_.load(std::memory_order_relaxed); }
+  // On the strand: the memory holding received bytes not yet read, over all
+  // streams (allocations and their bookkeeping, not only the payload).
+  std::size_t received_memory() const;
 
  private:
   friend class TunnelStream;

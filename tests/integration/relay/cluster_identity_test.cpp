@@ -26,7 +26,7 @@ const std::string path_a = "clusters/" + subscription + "/team-a/prod";
 const std::string path_b = "clusters/" + subscription + "/team-b/prod";
 
 // Two clusters called "prod", in resource groups team-a and team-b.
-RelayProcess same_named_clusters() {
+RelayProcess same_named_clusters(nlohmann::json limits = {{"max_tunnels_per_cluster", 2}}) {
   auto cluster = [](const std::string& group, const std::string& path, const std::string& key_prefix) {
     return nlohmann::json{{"subscription", subscription},
                           {"resource_group", group},
@@ -37,7 +37,7 @@ RelayProcess same_named_clusters() {
                             {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", key_prefix + "-connect.key"}}}}};
   };
   nlohmann::json config{{"clusters", {cluster("team-a", path_a, "a"), cluster("team-b", path_b, "b")}},
-                        {"limits", {{"max_tunnels_per_cluster", 2}}}};
+                        {"limits", limits}};
   return RelayProcess(config, {{"a-listen.key", "a-listen\n"},
                                {"a-connect.key", "a-connect\n"},
                                {"b-listen.key", "b-listen\n"},
@@ -144,6 +144,73 @@ TEST_CASE("two clusters with one name: each one's users reach only their own age
     listener_a->close();
     listener_b->close();
   }
+}
+
+TEST_CASE("a client holds at most its fair share of a busy cluster's streams", "[relay][tunnel][security]") {
+  // Two agent tunnels of 4 streams: 8 in all, busy from 6. Two clients: a
+  // share of 4 each.
+  auto relay = same_named_clusters({{"max_tunnels_per_cluster", 2}, {"max_streams_per_tunnel", 4}});
+  ModuleHost host;
+  RecordingAgent agent;
+  auto listener = listen_as(host, relay, agent, path_a, "a-listen");
+  auto greedy = dial_as(host, relay, path_a, "a-connect");
+  auto polite = dial_as(host, relay, path_a, "a-connect");
+  for (auto* c : {greedy.get(), polite.get()}) {  // both client tunnels are up
+    auto up = std::make_shared<std::promise<error_code>>();
+    c->async_connect([up](error_code ec) { up->set_value(ec); });
+    auto f = up->get_future();
+    REQUIRE(f.wait_for(20s) == std::future_status::ready);
+    REQUIRE_FALSE(f.get());
+  }
+  std::vector<StreamPtr> held;
+  std::string refusal;
+  for (int i = 0; i < 8; ++i) {
+    auto o = open_stream(*greedy);
+    if (o.ec) {
+      refusal = o.reason;
+      break;
+    }
+    held.push_back(std::move(o.stream));
+  }
+  INFO(refusal);
+  CHECK(held.size() == 6);
+  CHECK_THAT(refusal, Catch::Contains("more than its share of 4"));
+  // The other client still gets streams while the greedy one holds its six.
+  auto a = open_stream(*polite);
+  INFO(a.reason);
+  REQUIRE_FALSE(a.ec);
+  echo_once(*polite);
+  CHECK_THAT(run("curl -sS --max-time 20 " + quote(relay.metrics_url())).output,
+             Catch::Contains("clusterconnect_relay_open_failures_total{reason=\"fair_share\"} 1\n"));
+  for (auto& s : held) s->reset("test over");
+  greedy->close();
+  polite->close();
+  listener->close();
+}
+
+TEST_CASE("one client tunnel holds at most max_streams_per_client streams", "[relay][tunnel][security]") {
+  auto relay = same_named_clusters({{"max_streams_per_client", 3}});
+  ModuleHost host;
+  RecordingAgent agent;
+  auto listener = listen_as(host, relay, agent, path_a, "a-listen");
+  auto client = dial_as(host, relay, path_a, "a-connect");
+  std::vector<StreamPtr> held;
+  for (int i = 0; i < 3; ++i) {
+    auto o = open_stream(*client);
+    INFO(o.reason);
+    REQUIRE_FALSE(o.ec);
+    held.push_back(std::move(o.stream));
+  }
+  auto fourth = open_stream(*client);
+  CHECK(fourth.ec);
+  CHECK_THAT(fourth.reason, Catch::Contains("too many streams"));
+  held.front()->reset("done");
+  held.erase(held.begin());
+  // Once one ends, the client may open again.
+  REQUIRE(wait_until([&] { return !open_stream(*client).ec; }, 20s));
+  for (auto& s : held) s->reset("test over");
+  client->close();
+  listener->close();
 }
 
 TEST_CASE("a registry that names one cluster twice is refused", "[relay][config][security]") {

@@ -674,6 +674,29 @@ TEST_CASE("idle connections are closed after the idle timeout", "[http]") {
   CHECK(std::chrono::steady_clock::now() - start >= std::chrono::seconds(1));
 }
 
+TEST_CASE("a connection that never sends is closed after the first-byte timeout, a kept-alive one is not",
+          "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  http::Limits limits;
+  limits.first_byte_timeout = std::chrono::seconds(1);
+  Rig rig(up.port(), {}, limits);
+  // A kept-alive connection that has served a request waits the idle timeout
+  // (300 s here) for the next one.
+  auto kept = rig.client();
+  kept.set_timeout(120);
+  kept.send("GET /one HTTP/1.1\r\nHost: x\r\n\r\n");
+  REQUIRE(test::read_message(kept));
+  // Opened after it and silent: closed once the first-byte timeout passes.
+  auto silent = rig.client();
+  silent.set_timeout(120);
+  CHECK(silent.at_eof());
+  // The kept-alive connection outlived it and still serves.
+  kept.send("GET /two HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(kept);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+}
+
 TEST_CASE("two engines joined by TLS: requests, watches and upgrades pass through", "[http][tls]") {
   // client -> engine 1 (plain) -> TLS -> engine 2 -> scripted upstream:
   // the proxy and agent topology with a TLS hop in the middle.

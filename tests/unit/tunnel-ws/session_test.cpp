@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <atomic>
 #include <deque>
 #include <map>
@@ -39,6 +40,9 @@ class MemoryChannel final : public MessageChannel {
     std::string close_reason;
     std::shared_ptr<State> peer;
     std::vector<std::vector<std::uint8_t>> captured;
+    // A peer that never reads: writes are taken and never complete.
+    bool stall_writes = false;
+    std::vector<DoneHandler> stalled;
   };
 
   explicit MemoryChannel(std::shared_ptr<State> s) : s_(std::move(s)) {}
@@ -56,6 +60,10 @@ class MemoryChannel final : public MessageChannel {
     asio::post(s_->ex, [s = s_] { pump(s); });
   }
   void async_write_message(asio::const_buffer message, DoneHandler handler) override {
+    if (s_->stall_writes) {
+      s_->stalled.push_back(std::move(handler));
+      return;
+    }
     std::vector<std::uint8_t> copy(static_cast<const std::uint8_t*>(message.data()),
                                    static_cast<const std::uint8_t*>(message.data()) + message.size());
     if (s_->peer) deliver(s_->peer, std::move(copy));
@@ -69,6 +77,10 @@ class MemoryChannel final : public MessageChannel {
     s_->closed = true;
     s_->close_code = code;
     s_->close_reason = reason;
+    if (!s_->stalled.empty())
+      asio::post(s_->ex, [h = std::move(s_->stalled)]() mutable {
+        for (auto& d : h) d(asio::error::operation_aborted);
+      });
     if (auto p = std::move(s_->peer)) asio::post(p->ex, [p] {
         p->closed = true;
         if (auto h = std::move(p->pending)) h(asio::error::eof, {});
@@ -274,17 +286,25 @@ struct Victim {
   std::shared_ptr<Session> session;
   // Shared with the session's handler, which may run after the Victim is gone.
   std::shared_ptr<std::promise<std::string>> closed = std::make_shared<std::promise<std::string>>();
-  Victim(Env& env, Role role = Role::dialer) {
+  // Streams the peer opened, when the victim keeps them (on the strand).
+  std::shared_ptr<std::vector<TunnelStreamPtr>> kept = std::make_shared<std::vector<TunnelStreamPtr>>();
+  Victim(Env& env, Role role = Role::dialer, SessionOptions o = {}, bool stall_writes = false, bool keep_streams = false) {
     state->ex = asio::make_strand(env.io);
-    SessionOptions o;
+    state->stall_writes = stall_writes;
     o.role = role;
     o.name = "victim";
     session = Session::create(state->ex, std::make_unique<MemoryChannel>(state), o, env.logger);
-    session->on_incoming([](TunnelStreamPtr s, Metadata) { s->accept(); });
+    session->on_incoming([kept = keep_streams ? kept : nullptr](TunnelStreamPtr s, Metadata) {
+      s->accept();
+      if (kept) kept->push_back(std::move(s));
+    });
     session->on_closed([closed = closed](const std::string& r) { closed->set_value(r); });
     session->start();
   }
-  ~Victim() { session->close("test over"); }
+  ~Victim() {
+    session->close("test over");
+    asio::post(state->ex, [kept = kept] { kept->clear(); });
+  }
   void inject(std::vector<std::uint8_t> m) { MemoryChannel::deliver(state, std::move(m)); }
   std::string wait_closed() {
     auto f = closed->get_future();
@@ -755,8 +775,11 @@ TEST_CASE("read_chunk hands over received bytes within the limit and returns the
       received += r.second.size();
     }
   });
+  // A write may take part of the block (what the credit allows): send exactly
+  // the rest each time, so the total is exact.
   for (std::size_t sent = 0; sent < 4 * default_stream_window;) {
-    auto w = write(*c, block);
+    const std::size_t n = std::min(block.size(), 4 * default_stream_window - sent);
+    auto w = write(*c, std::vector<std::uint8_t>(block.begin(), block.begin() + static_cast<std::ptrdiff_t>(n)));
     REQUIRE_FALSE(w.first);
     sent += w.second;
   }
@@ -767,4 +790,40 @@ TEST_CASE("read_chunk hands over received bytes within the limit and returns the
   c->async_shutdown_send([&](error_code ec) { shut.set_value(ec); });
   CHECK_FALSE(shut.get_future().get());
   CHECK(read_chunk(*a, 100).first == asio::error::eof);
+}
+
+TEST_CASE("a peer that sends but never reads is closed once its answers pile up", "[session][bounds]") {
+  Env env;
+  SessionOptions o;
+  o.send_queue_limit = 64 * 1024;
+  o.control_queue_limit = 4 * 1024;
+  Victim v(env, Role::dialer, o, /*stall_writes=*/true);
+  // Every PING asks for a PONG the peer will never read.
+  std::vector<std::uint8_t> m;
+  std::array<std::uint8_t, 8> opaque{};
+  for (int i = 0; i < 10000; ++i) encode_ping(m, FrameType::ping, opaque);
+  v.inject(m);
+  const std::string reason = v.wait_closed();
+  CHECK_THAT(reason, Catch::Contains("the peer is not reading"));
+  CHECK(wait_for([&] { return v.state->closed.load(); }));
+}
+
+TEST_CASE("tiny DATA frames are held in few allocations, not one each", "[session][bounds]") {
+  Env env;
+  Victim v(env, Role::dialer, {}, false, /*keep_streams=*/true);
+  // The peer opens a stream (even ids are the acceptor's) and sends 64 KiB as
+  // one-byte frames; the victim accepts the stream and does not read it.
+  constexpr std::size_t total = 64 * 1024;
+  std::vector<std::uint8_t> m;
+  encode_open(m, 2, "{}");
+  for (std::size_t i = 0; i < total; ++i) encode_data(m, 2, std::vector<std::uint8_t>{static_cast<std::uint8_t>(i)});
+  v.inject(m);
+  auto held = [&] {
+    std::promise<std::size_t> p;
+    asio::post(v.state->ex, [&] { p.set_value(v.session->received_memory()); });
+    return p.get_future().get();
+  };
+  REQUIRE(wait_for([&] { return held() >= total; }));
+  CHECK(held() <= 2 * total + 4096);
+  CHECK(v.session->active_streams() == 1);
 }

@@ -109,6 +109,9 @@ struct Limits {
   std::uint64_t body_limit = 3 * 1024 * 1024 * 1024ull;   // per request body; streamed, never buffered
   std::chrono::seconds header_timeout{30};  // from the first byte of a request to its end of head
   std::chrono::seconds idle_timeout{300};   // waiting for the next request on a kept-alive connection
+  // Waiting for the first byte of a connection's first request: a connection
+  // (or tunnel stream) opened and left silent is closed after this.
+  std::chrono::seconds first_byte_timeout{30};
 };
 
 // Serves HTTP/1.1 on `inbound` until it closes; runs on its own strand of `io`.
