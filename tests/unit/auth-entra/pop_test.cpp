@@ -9,6 +9,7 @@
 
 #include "encoding.hpp"
 #include "entra_authenticator.hpp"
+#include "entra_credential.hpp"
 #include "jwks.hpp"
 #include "pop.hpp"
 #include "test_tokens.hpp"
@@ -353,4 +354,14 @@ TEST_CASE("pop: options need the cluster's resource ID and check its form", "[au
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}})->pop);  // bearer stays the default
   CHECK(normalize_cluster_resource_id(cluster + "/").ok() == false);
   CHECK(normalize_cluster_resource_id("/subscriptions/s/resourceGroups/g/providers/Microsoft.Kubernetes/connectedClusters/a b").ok() == false);
+}
+
+TEST_CASE("pop: the Azure CLI method cannot obtain PoP tokens and says what to use instead", "[auth-entra][pop]") {
+  auto config = parse_credential_options({{"method", "azure-cli"}}, {});
+  REQUIRE(config);
+  EntraCredential cred(std::move(*config));
+  auto token = cred.get_pop_token(arc_server_app_id);
+  REQUIRE_FALSE(token);
+  CHECK(token.error().find("Azure CLI cannot obtain proof-of-possession tokens") != std::string::npos);
+  CHECK(token.error().find("without --pop") != std::string::npos);
 }
