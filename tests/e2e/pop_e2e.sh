@@ -46,7 +46,7 @@ wait_file() {
 # subscription; the agent is told its resource ID in another letter case, as
 # ARM IDs are compared.
 subscription="00000000-0000-0000-0000-00000000c0de"
-export SANDBOX_AGENT_ARGS="--pop --cluster-resource-id /subscriptions/$subscription/resourceGroups/Sandbox/providers/Microsoft.Kubernetes/connectedClusters/demo"
+export SANDBOX_AGENT_ARGS="--clock-skew 2 --pop --cluster-resource-id /subscriptions/$subscription/resourceGroups/Sandbox/providers/Microsoft.Kubernetes/connectedClusters/demo"
 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
 # shellcheck disable=SC1091
 source "$sandbox/env.sh"
@@ -60,7 +60,10 @@ start_proxy() {  # NAME EXTRA_ARGS...
   if wait_file "$work/$name.ready"; then pass "proxy $name starts"; else fail "proxy $name starts" "$(cat "$work/$name.err")"; exit 1; fi
 }
 
-start_proxy pop --pop
+# Access tokens live 20 s, so the PoP token is renewed (bound to the same key) while the proxy runs.
+curl -s -X POST -H 'content-type: application/json' -d '{"seconds":20}' "$SANDBOX_IDP/__admin/access-token-lifetime" >/dev/null
+proxy_started=$SECONDS
+start_proxy pop --pop --refresh-interval 2
 check "the proxy signed in for a proof-of-possession token" "proof-of-possession" cat "$work/pop.err"
 check "kubectl get ns through the PoP chain" "default" env KUBECONFIG="$work/pop.kubeconfig" kubectl get ns
 check "kubectl get pods through the PoP chain" "web-0" env KUBECONFIG="$work/pop.kubeconfig" kubectl get pods
@@ -70,6 +73,14 @@ check "kubectl exec through the PoP chain" "hi there" env KUBECONFIG="$work/pop.
 ok=0
 for _ in $(seq 1 10); do env KUBECONFIG="$work/pop.kubeconfig" timeout 30 kubectl get ns >/dev/null 2>&1 && ok=$((ok + 1)); done
 [ "$ok" -eq 10 ] && pass "ten requests in a row, each with its own signature" || fail "ten requests in a row" "$ok of 10 passed"
+
+# The tokens are real (wall clock): wait until the first PoP token has expired
+# (a lower bound, never an upper one) and the proxy has renewed it.
+for _ in $(seq 1 900); do grep -qs "access token renewed" "$work/pop.err" && break; sleep 0.1; done
+check "the proxy renewed its PoP token" "access token renewed" cat "$work/pop.err"
+while [ $((SECONDS - proxy_started)) -lt $((20 + 2 + 1)) ]; do sleep 0.5; done
+check "after the first PoP token expired, requests signed with the renewed one work" "web-0" \
+  env KUBECONFIG="$work/pop.kubeconfig" kubectl get pods
 
 start_proxy bearer
 check_fails "kubectl with a bearer token is refused by the agent in PoP mode" "provide credentials" \
