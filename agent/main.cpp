@@ -166,13 +166,14 @@ int main(int argc, char** argv) try {
   }
 
   if (o.pop && mode == AuthMode::token) {
-    std::fprintf(stderr, "clusterconnect-agent: --pop needs --mode entra or both: token mode does not authenticate callers\n");
+    std::fprintf(stderr,
+                 "clusterconnect-agent: --pop needs --mode entra or both: token mode does not authenticate callers\n");
     return 2;
   }
   if (o.pop && o.cluster_resource_id.empty()) {
     std::fprintf(stderr,
-                 "clusterconnect-agent: --pop needs --cluster-resource-id (or CLUSTERCONNECT_CLUSTER_RESOURCE_ID): this cluster's ARM "
-                 "resource ID, which proof-of-possession tokens are signed for\n");
+                 "clusterconnect-agent: --pop needs --cluster-resource-id (or CLUSTERCONNECT_CLUSTER_RESOURCE_ID): "
+                 "this cluster's ARM resource ID, which proof-of-possession tokens are signed for\n");
     return 2;
   }
 
@@ -284,7 +285,8 @@ int main(int argc, char** argv) try {
   // stream resets included, instead of stopping them mid-write.
   IoThreads io_threads(io, o.threads);
   logger->info("agent {} started: relay {}, mode {}{}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
-               o.pop ? " (proof-of-possession tokens only, for " + o.cluster_resource_id + ")" : std::string(), health.value()->port());
+               o.pop ? " (proof-of-possession tokens only, for " + o.cluster_resource_id + ")" : std::string(),
+               health.value()->port());
 
   // Readiness: the API server must accept a verified TLS connection; probed
   // every few seconds. The ready file appears once a tunnel is up too.

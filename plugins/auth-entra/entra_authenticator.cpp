@@ -128,7 +128,9 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
       c.cluster_resource_id = *id;
     }
     if (c.pop && c.cluster_resource_id.empty())
-      return fail("proof-of-possession mode (pop) needs cluster_resource_id: the cluster's ARM resource ID, which requests must be signed for");
+      return fail(
+          "proof-of-possession mode (pop) needs cluster_resource_id: the cluster's ARM resource ID, which requests "
+          "must be signed for");
     const long long replay = o.value("pop_replay_cache_size", 200000LL);
     if (replay < 1000 || replay > 10000000) return fail("pop_replay_cache_size must be between 1000 and 10000000");
     c.pop_replay_cache_size = static_cast<std::size_t>(replay);
@@ -153,11 +155,13 @@ JwksCache::Fetch http_fetcher(HttpPolicy policy) {
 }
 
 struct EntraAuthenticator::Shared {
-  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch, std::shared_ptr<spdlog::logger> log)
+  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch,
+         std::shared_ptr<spdlog::logger> log)
       : io(io_context),
         logger(std::move(log)),
         config(std::move(c)),
-        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, config.key_refresh_interval, config.key_clock},
+        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, config.key_refresh_interval,
+                                 config.key_clock},
              fetch ? std::move(fetch) : http_fetcher(config.http)),
         nonces(config.pop_replay_cache_size) {}
 
@@ -293,7 +297,8 @@ void EntraAuthenticator::authenticate_pop(std::string token, UniqueFunction<void
       // Another issuer's token (a service account's, in the agent's `both`
       // mode) is not this authenticator's to refuse; an Entra bearer token is.
       std::string tenant;
-      if (auto other = select_tenant(parsed.jws, shared_->config.rules, tenant); other.failure == AuthFailure::wrong_issuer)
+      if (auto other = select_tenant(parsed.jws, shared_->config.rules, tenant);
+          other.failure == AuthFailure::wrong_issuer)
         return handler(std::move(other));
       return handler(reject(AuthFailure::pop_required,
                             "a bearer token was presented, but this cluster accepts only proof-of-possession tokens; "
@@ -307,7 +312,8 @@ void EntraAuthenticator::authenticate_pop(std::string token, UniqueFunction<void
                             "the access token in the proof-of-possession token: " + inner.message));
     // The binding is read from the very token that is validated next, so
     // once that validation passes, so has the `cnf` checked here.
-    if (auto bound = check_pop_binding(inner.jws, shr.request.thumbprint); !bound.ok()) return handler(std::move(bound));
+    if (auto bound = check_pop_binding(inner.jws, shr.request.thumbprint); !bound.ok())
+      return handler(std::move(bound));
     authenticate_bearer(std::move(shr.request.access_token),
                         [shared = shared_, nonce = std::move(shr.request.nonce), ts = shr.request.ts,
                          handler = std::move(handler)](AuthOutcome result) mutable {
@@ -327,7 +333,8 @@ void EntraAuthenticator::authenticate_pop(std::string token, UniqueFunction<void
   if (handler) handler(std::move(outcome));
 }
 
-void EntraAuthenticator::authenticate_bearer(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
+void EntraAuthenticator::authenticate_bearer(std::string bearer_token,
+                                             UniqueFunction<void(AuthOutcome)> handler) noexcept {
   AuthOutcome outcome;
   try {
     const std::string digest = Shared::digest_of(bearer_token);

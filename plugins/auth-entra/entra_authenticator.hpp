@@ -54,9 +54,9 @@ struct AuthenticatorConfig {
 // Options JSON (all optional but `tenants`):
 //   {"tenants": [tid...], "audiences": [...], "authority": URL,
 //    "allow_http_loopback": false, "clock_skew_seconds": 300,
-//    "username_claim": "upn"|"oid"|<claim>, "username_prefix": "", "groups_prefix": "", "ca_file": "", "key_refresh_min_interval_seconds": 10,
-//    "key_refresh_interval_seconds": 3600, "pop": false, "cluster_resource_id": "/subscriptions/…/connectedClusters/NAME",
-//    "pop_replay_cache_size": 200000}
+//    "username_claim": "upn"|"oid"|<claim>, "username_prefix": "", "groups_prefix": "", "ca_file": "",
+//    "key_refresh_min_interval_seconds": 10, "key_refresh_interval_seconds": 3600, "pop": false, "cluster_resource_id":
+//    "/subscriptions/…/connectedClusters/NAME", "pop_replay_cache_size": 200000}
 // `pop` needs `cluster_resource_id`.
 // `authority` defaults to $AZURE_AUTHORITY_HOST, then login.microsoftonline.com.
 Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& options);

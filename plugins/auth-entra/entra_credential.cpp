@@ -10,8 +10,8 @@
 #include <thread>
 
 #include "azure_cli.hpp"
-#include "clusterconnect/ascii.hpp"
 #include "client_assertion.hpp"
+#include "clusterconnect/ascii.hpp"
 #include "encoding.hpp"
 #include "entra_authenticator.hpp"
 
@@ -361,8 +361,9 @@ Result<AccessToken> EntraCredential::get_token(const std::string& resource) noex
 Result<AccessToken> EntraCredential::get_pop_token(const std::string& resource) noexcept {
   try {
     if (config_.method == "azure-cli")
-      return fail("the Azure CLI cannot obtain proof-of-possession tokens; sign in with --auth-method device-code or an application "
-                  "credential, or connect without --pop");
+      return fail(
+          "the Azure CLI cannot obtain proof-of-possession tokens; sign in with --auth-method device-code or an "
+          "application credential, or connect without --pop");
     if (!pop_signer()) return fail("cannot generate an RSA key for proof-of-possession tokens");
     std::lock_guard lock(mutex_);
     requesting_pop_ = true;
@@ -377,8 +378,8 @@ Result<AccessToken> EntraCredential::get_pop_token(const std::string& resource) 
 
 Result<AccessToken> EntraCredential::get(const std::string& resource, bool pop) {
   if (resource.empty()) return fail("no resource given to get a token for");
-  const std::string key =
-      TokenCache::key(config_.authority, config_.tenant_id, config_.client_id, config_.method == "azure-cli" ? "az:" + resource : resource);
+  const std::string key = TokenCache::key(config_.authority, config_.tenant_id, config_.client_id,
+                                          config_.method == "azure-cli" ? "az:" + resource : resource);
   // A PoP token is good only with the key it was issued for: cached by that
   // key's thumbprint, in memory only (the key itself never leaves memory).
   const std::string pop_key = pop ? TokenCache::key(config_.authority, config_.tenant_id, config_.client_id,
@@ -392,7 +393,8 @@ Result<AccessToken> EntraCredential::get(const std::string& resource, bool pop) 
 
   if (cached && !cached->access_token.empty() && now() < cached->expires_on - refresh_margin(*cached)) {
     memory_[own_key] = *cached;
-    return AccessToken{cached->access_token, std::chrono::system_clock::time_point(std::chrono::seconds(cached->expires_on))};
+    return AccessToken{cached->access_token,
+                       std::chrono::system_clock::time_point(std::chrono::seconds(cached->expires_on))};
   }
   // A refresh token is not bound to a key: a PoP sign-in may start from the
   // bearer entry's refresh token, and shares its own with it (below).
@@ -439,15 +441,16 @@ Result<AccessToken> EntraCredential::get(const std::string& resource, bool pop) 
   if (!got) return fail(got.error());
   if (pop && !ascii_iequals(got->token_type, "pop"))
     return fail("the identity provider issued a '" + got->token_type +
-                "' token where a proof-of-possession token was asked for: it does not support PoP tokens for " + resource +
-                "; connect without --pop");
+                "' token where a proof-of-possession token was asked for: it does not support PoP tokens for " +
+                resource + "; connect without --pop");
 
   CachedToken fresh;
   fresh.access_token = got->access_token;
   fresh.issued_on = now();
   fresh.expires_on = expires_on ? expires_on : fresh.issued_on + got->expires_in;
   // Entra keeps a refresh token valid when it sends no new one.
-  fresh.refresh_token = !got->refresh_token.empty() ? got->refresh_token : (cached ? cached->refresh_token : std::string());
+  fresh.refresh_token =
+      !got->refresh_token.empty() ? got->refresh_token : (cached ? cached->refresh_token : std::string());
   memory_[own_key] = fresh;
   if (pop) {
     // The rotated refresh token replaces the bearer entry's, whose access

@@ -88,7 +88,8 @@ bool is_signed_request(const Jws& jws);
 // when they are present; the signature verifies with it; `ts` no older than
 // pop_max_age and no more than pop_max_future ahead of `now`; `u` equals
 // `resource_id` (case-insensitive); `at` and `nonce` present.
-SignedRequestCheck check_signed_request(const Jws& jws, const std::string& resource_id, std::chrono::system_clock::time_point now);
+SignedRequestCheck check_signed_request(const Jws& jws, const std::string& resource_id,
+                                        std::chrono::system_clock::time_point now);
 
 // The inner access token is bound to the key that signed the request: its
 // `cnf.kid` equals `thumbprint`. A token without `cnf` is a bearer token.

@@ -20,7 +20,8 @@ std::string random_secret() {
   return out;
 }
 
-std::string cluster_resource_id(const std::string& subscription, const std::string& resource_group, const std::string& name) {
+std::string cluster_resource_id(const std::string& subscription, const std::string& resource_group,
+                                const std::string& name) {
   std::string id = "/subscriptions/" + subscription + "/resourceGroups/" + resource_group +
                    "/providers/Microsoft.Kubernetes/connectedClusters/" + name;
   for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -56,7 +57,8 @@ void LocalPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
     if (!signed_request) {
       logger_->error("cannot sign the request for the cluster: {}", signed_request.error());
       d.forward = false;
-      d.reply = http::status_reply(500, "InternalError", "connectedk8s proxy could not sign the request: " + signed_request.error());
+      d.reply = http::status_reply(500, "InternalError",
+                                   "connectedk8s proxy could not sign the request: " + signed_request.error());
       return done(std::move(d));
     }
     head.set("Authorization", "Bearer " + signed_request.value());

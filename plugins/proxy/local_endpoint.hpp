@@ -46,7 +46,10 @@ class LocalPolicy final : public http::ForwardPolicy {
  public:
   LocalPolicy(std::string session_secret, std::shared_ptr<ForwardedToken> token, std::shared_ptr<spdlog::logger> logger,
               PopSigning pop = {})
-      : secret_(std::move(session_secret)), token_(std::move(token)), logger_(std::move(logger)), pop_(std::move(pop)) {}
+      : secret_(std::move(session_secret)),
+        token_(std::move(token)),
+        logger_(std::move(logger)),
+        pop_(std::move(pop)) {}
 
   void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override;
   void on_complete(const http::ExchangeRecord& record) noexcept override;
@@ -69,7 +72,8 @@ std::string random_secret();
 
 // A connected cluster's ARM resource ID in lower case, as proof-of-possession
 // requests name it (`u`).
-std::string cluster_resource_id(const std::string& subscription, const std::string& resource_group, const std::string& name);
+std::string cluster_resource_id(const std::string& subscription, const std::string& resource_group,
+                                const std::string& name);
 
 // Constant-time comparison, so the secret cannot be found byte by byte.
 bool secret_equals(std::string_view a, std::string_view b);

@@ -20,12 +20,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string cluster = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/prod/providers/Microsoft.Kubernetes/connectedClusters/prod-eu";
-const std::string other_cluster = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/staging/providers/Microsoft.Kubernetes/connectedClusters/prod-eu";
+const std::string cluster =
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/prod/providers/Microsoft.Kubernetes/"
+    "connectedClusters/prod-eu";
+const std::string other_cluster =
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/staging/providers/Microsoft.Kubernetes/"
+    "connectedClusters/prod-eu";
 
-#define REQUIRE_IDP()                                                   \
-  do {                                                                  \
-    if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why);   \
+#define REQUIRE_IDP()                                                 \
+  do {                                                                \
+    if (auto why = TestIdp::unavailable()) CLUSTERCONNECT_SKIP(*why); \
   } while (false)
 
 nlohmann::json payload_of(const std::string& jwt) {
@@ -46,8 +50,11 @@ std::shared_ptr<EntraCredential> make_credential(const nlohmann::json& options, 
 
 AuthOutcome validate(const TestIdp& idp, const std::string& token, bool pop) {
   asio::io_context io;
-  auto config = parse_authenticator_options(
-      {{"tenants", {idp.tenant()}}, {"authority", idp.authority()}, {"allow_http_loopback", true}, {"pop", pop}, {"cluster_resource_id", cluster}});
+  auto config = parse_authenticator_options({{"tenants", {idp.tenant()}},
+                                             {"authority", idp.authority()},
+                                             {"allow_http_loopback", true},
+                                             {"pop", pop},
+                                             {"cluster_resource_id", cluster}});
   REQUIRE(config);
   auto auth = std::make_shared<EntraAuthenticator>(io, std::move(*config));
   std::optional<AuthOutcome> out;
@@ -69,8 +76,9 @@ TEST_CASE("auth-entra/idp: a PoP token from the identity provider, signed for on
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path());
   const auto& c = idp.state()["clients"]["secret"];
-  nlohmann::json options = {{"tenant_id", idp.tenant()}, {"authority", idp.authority()}, {"allow_http_loopback", true},
-                            {"method", "client-secret"}, {"client_id", c["client_id"]}, {"client_secret", c["client_secret"]}};
+  nlohmann::json options = {{"tenant_id", idp.tenant()},   {"authority", idp.authority()},
+                            {"allow_http_loopback", true}, {"method", "client-secret"},
+                            {"client_id", c["client_id"]}, {"client_secret", c["client_secret"]}};
   auto cred = make_credential(options, dir.path() / "cache");
 
   auto token = cred->get_pop_token(arc_server_app_id);
@@ -121,13 +129,17 @@ TEST_CASE("auth-entra/idp: a PoP token from the identity provider, signed for on
   CHECK(validate(idp, *second->pop_signer()->sign_request(token2->token, cluster), true).ok());
 }
 
-TEST_CASE("auth-entra/idp: a device-code PoP sign-in is refreshed with the key, and a new process reuses the refresh token",
-          "[auth-entra][idp][pop]") {
+TEST_CASE(
+    "auth-entra/idp: a device-code PoP sign-in is refreshed with the key, and a new process reuses the refresh token",
+    "[auth-entra][idp][pop]") {
   REQUIRE_IDP();
   clusterconnect::test::TempDir dir;
   TestIdp idp(dir.path(), {{"device_interval", 1}});
-  nlohmann::json options = {{"tenant_id", idp.tenant()}, {"authority", idp.authority()}, {"allow_http_loopback", true},
-                            {"method", "device-code"}, {"client_id", idp.state()["clients"]["public"]["client_id"]}};
+  nlohmann::json options = {{"tenant_id", idp.tenant()},
+                            {"authority", idp.authority()},
+                            {"allow_http_loopback", true},
+                            {"method", "device-code"},
+                            {"client_id", idp.state()["clients"]["public"]["client_id"]}};
   std::promise<DeviceCodePrompt> prompted;
   std::atomic<int> prompts{0};
   auto cred = make_credential(options, dir.path() / "cache", [&](const DeviceCodePrompt& p) {

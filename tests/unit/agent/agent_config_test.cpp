@@ -76,8 +76,10 @@ TEST_CASE("agent: --pop needs the cluster's resource ID, in its ARM form", "[age
   CHECK_THAT(malformed.output, Catch::Contains("not a connected cluster's resource ID"));
   // From the environment or the config file, as every option.
   const std::string id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Kubernetes/connectedClusters/prod-eu";
-  CHECK_THAT(agent("CLUSTERCONNECT_POP=true CLUSTERCONNECT_CLUSTER_RESOURCE_ID=" + id, tenant).output, Catch::Contains(no_api_server));
+  CHECK_THAT(agent("CLUSTERCONNECT_POP=true CLUSTERCONNECT_CLUSTER_RESOURCE_ID=" + id, tenant).output,
+             Catch::Contains(no_api_server));
   CHECK_THAT(agent("", "--config " + agent.config("pop: true\ncluster-resource-id: " + id + "\n") + tenant).output,
              Catch::Contains(no_api_server));
-  CHECK_THAT(agent("", "--config " + agent.config("pop: true\n") + tenant).output, Catch::Contains("--pop needs --cluster-resource-id"));
+  CHECK_THAT(agent("", "--config " + agent.config("pop: true\n") + tenant).output,
+             Catch::Contains("--pop needs --cluster-resource-id"));
 }

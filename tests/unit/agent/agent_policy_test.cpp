@@ -198,7 +198,8 @@ TEST_CASE("an upgraded connection is given the expiry of the token that opened i
   CHECK(decide(*f.policy(AuthMode::entra), plain).pipe_deadline == std::chrono::system_clock::time_point{});
 }
 
-TEST_CASE("an upgraded connection opened with a proof-of-possession token ends when the access token inside expires", "[agent][policy][pop]") {
+TEST_CASE("an upgraded connection opened with a proof-of-possession token ends when the access token inside expires",
+          "[agent][policy][pop]") {
   Fixture f;
   // {"typ":"pop","alg":"RS256"} . {"at":"<header>.{"exp":2000000000}.<sig>","ts":1}
   const std::string inner = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln";

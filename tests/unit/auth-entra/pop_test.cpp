@@ -25,13 +25,21 @@ namespace {
 
 const std::string tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const std::string authority = "https://login.microsoftonline.com";
-const std::string cluster = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/Prod/providers/Microsoft.Kubernetes/connectedClusters/Prod-EU";
-const std::string cluster_lower = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/prod/providers/microsoft.kubernetes/connectedclusters/prod-eu";
-const std::string other_cluster = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/Other/providers/Microsoft.Kubernetes/connectedClusters/Prod-EU";
+const std::string cluster =
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/Prod/providers/Microsoft.Kubernetes/"
+    "connectedClusters/Prod-EU";
+const std::string cluster_lower =
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/prod/providers/microsoft.kubernetes/"
+    "connectedclusters/prod-eu";
+const std::string other_cluster =
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/Other/providers/Microsoft.Kubernetes/"
+    "connectedClusters/Prod-EU";
 
 using Clock = std::chrono::system_clock;
 
-long long to_s(Clock::time_point t) { return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count(); }
+long long to_s(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
 
 nlohmann::json access_claims(long long now) {
   return {{"aud", arc_server_app_id},
@@ -68,12 +76,15 @@ struct Fixture {
     auto config = parse_authenticator_options(options);
     REQUIRE(config);
     const nlohmann::json jwks = {{"keys", {tenant_key.jwk()}}};
-    auth = std::make_shared<EntraAuthenticator>(io, std::move(*config), [jwks](const std::string& url) -> Result<std::string> {
-      if (url == authority + "/" + tenant + "/v2.0/.well-known/openid-configuration")
-        return nlohmann::json{{"issuer", authority + "/{tenantid}/v2.0"}, {"jwks_uri", authority + "/" + tenant + "/discovery/v2.0/keys"}}.dump();
-      if (url == authority + "/" + tenant + "/discovery/v2.0/keys") return jwks.dump();
-      return fail("HTTP 404 for " + url);
-    });
+    auth = std::make_shared<EntraAuthenticator>(
+        io, std::move(*config), [jwks](const std::string& url) -> Result<std::string> {
+          if (url == authority + "/" + tenant + "/v2.0/.well-known/openid-configuration")
+            return nlohmann::json{{"issuer", authority + "/{tenantid}/v2.0"},
+                                  {"jwks_uri", authority + "/" + tenant + "/discovery/v2.0/keys"}}
+                .dump();
+          if (url == authority + "/" + tenant + "/discovery/v2.0/keys") return jwks.dump();
+          return fail("HTTP 404 for " + url);
+        });
     auth->set_clock([now = now_s] { return Clock::time_point(std::chrono::seconds(now->load())); });
   }
 
@@ -86,7 +97,8 @@ struct Fixture {
     return rs256_token(tenant_key, claims);
   }
 
-  std::string shr(const std::string& at, const std::string& u, long long ts, const std::string& nonce = random_nonce()) {
+  std::string shr(const std::string& at, const std::string& u, long long ts,
+                  const std::string& nonce = random_nonce()) {
     auto t = client->sign_request_at(at, u, ts, nonce);
     REQUIRE(t);
     return *t;
@@ -127,13 +139,16 @@ nlohmann::json jwk_of(const TestKey& key) {
 TEST_CASE("pop: the JWK thumbprint is RFC 7638's", "[auth-entra][pop]") {
   // RFC 7638 section 3.1.
   const std::string n =
-      "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-"
-      "5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-"
+      "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_"
+      "BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-"
+      "5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_"
+      "FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-"
       "bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
   CHECK(rsa_jwk_thumbprint(n, "AQAB") == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
 }
 
-TEST_CASE("pop: a Signed HTTP Request carries at, ts, u, cnf.jwk and a nonce, signed RS256 by the key", "[auth-entra][pop]") {
+TEST_CASE("pop: a Signed HTTP Request carries at, ts, u, cnf.jwk and a nonce, signed RS256 by the key",
+          "[auth-entra][pop]") {
   auto key = PopKey::generate();
   REQUIRE(key);
   auto k = *key;
@@ -186,7 +201,8 @@ TEST_CASE("pop: a Signed HTTP Request for another cluster is refused", "[auth-en
   auto out = f.authenticate(f.shr(f.access_token(f.client->thumbprint()), other_cluster, f.now()));
   CHECK(out.failure == AuthFailure::wrong_cluster);
   CHECK(out.message.find("not this cluster") != std::string::npos);
-  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), "", f.now())).failure == AuthFailure::wrong_cluster);
+  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), "", f.now())).failure ==
+        AuthFailure::wrong_cluster);
 }
 
 TEST_CASE("pop: a Signed HTTP Request older than 15 minutes, or 5 minutes ahead, is refused", "[auth-entra][pop]") {
@@ -194,7 +210,8 @@ TEST_CASE("pop: a Signed HTTP Request older than 15 minutes, or 5 minutes ahead,
   auto out = f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now() - 16 * 60));
   CHECK(out.failure == AuthFailure::expired);
   CHECK(out.message.find("960 s ago") != std::string::npos);
-  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now() + 6 * 60)).failure == AuthFailure::not_yet_valid);
+  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now() + 6 * 60)).failure ==
+        AuthFailure::not_yet_valid);
 
   // The same request, good now, is refused once the clock passes 15 minutes.
   const std::string at = f.access_token(f.client->thumbprint());
@@ -213,10 +230,12 @@ TEST_CASE("pop: a replayed Signed HTTP Request is refused", "[auth-entra][pop]")
   // The same nonce in a freshly signed request is a replay too.
   const std::string nonce = random_nonce();
   REQUIRE(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now(), nonce)).ok());
-  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now() - 1, nonce)).failure == AuthFailure::replayed);
+  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now() - 1, nonce)).failure ==
+        AuthFailure::replayed);
   // A refused request does not use up its nonce.
   const std::string n2 = random_nonce();
-  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), other_cluster, f.now(), n2)).failure == AuthFailure::wrong_cluster);
+  CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), other_cluster, f.now(), n2)).failure ==
+        AuthFailure::wrong_cluster);
   CHECK(f.authenticate(f.shr(f.access_token(f.client->thumbprint()), cluster, f.now(), n2)).ok());
 }
 
@@ -228,7 +247,8 @@ TEST_CASE("pop: a signature by another key than cnf.jwk is refused", "[auth-entr
                                   {"u", cluster},
                                   {"cnf", {{"jwk", f.client->jwk()}}},
                                   {"nonce", random_nonce()}};
-  auto out = f.authenticate(hand_made(attacker, {{"typ", "pop"}, {"alg", "RS256"}, {"kid", f.client->thumbprint()}}, payload));
+  auto out =
+      f.authenticate(hand_made(attacker, {{"typ", "pop"}, {"alg", "RS256"}, {"kid", f.client->thumbprint()}}, payload));
   CHECK(out.failure == AuthFailure::bad_signature);
   CHECK(out.message.find("does not verify") != std::string::npos);
 
@@ -236,30 +256,34 @@ TEST_CASE("pop: a signature by another key than cnf.jwk is refused", "[auth-entr
   // access token is bound to the client's key.
   auto own = payload;
   own["cnf"]["jwk"] = jwk_of(attacker);
-  auto bound = f.authenticate(hand_made(attacker, {{"typ", "pop"}, {"alg", "RS256"}, {"kid", jwk_of(attacker)["kid"]}}, own));
+  auto bound =
+      f.authenticate(hand_made(attacker, {{"typ", "pop"}, {"alg", "RS256"}, {"kid", jwk_of(attacker)["kid"]}}, own));
   CHECK(bound.failure == AuthFailure::bad_signature);
   CHECK(bound.message.find("bound to another key") != std::string::npos);
 
   // cnf.jwk.kid that is not the key's thumbprint.
   auto wrong_kid = own;
   wrong_kid["cnf"]["jwk"]["kid"] = f.client->thumbprint();
-  CHECK(f.authenticate(hand_made(attacker, {{"typ", "pop"}, {"alg", "RS256"}}, wrong_kid)).failure == AuthFailure::bad_signature);
+  CHECK(f.authenticate(hand_made(attacker, {{"typ", "pop"}, {"alg", "RS256"}}, wrong_kid)).failure ==
+        AuthFailure::bad_signature);
 }
 
 TEST_CASE("pop: an RSA key under 2048 bits or a non-RSA key in cnf.jwk is refused", "[auth-entra][pop]") {
   Fixture f;
   TestKey small("small", 1024);
-  const nlohmann::json payload = {{"at", f.access_token(rsa_jwk_thumbprint(small.jwk()["n"].get<std::string>(), "AQAB"))},
-                                  {"ts", f.now()},
-                                  {"u", cluster},
-                                  {"cnf", {{"jwk", jwk_of(small)}}},
-                                  {"nonce", random_nonce()}};
+  const nlohmann::json payload = {
+      {"at", f.access_token(rsa_jwk_thumbprint(small.jwk()["n"].get<std::string>(), "AQAB"))},
+      {"ts", f.now()},
+      {"u", cluster},
+      {"cnf", {{"jwk", jwk_of(small)}}},
+      {"nonce", random_nonce()}};
   auto out = f.authenticate(hand_made(small, {{"typ", "pop"}, {"alg", "RS256"}}, payload));
   CHECK(out.failure == AuthFailure::disallowed_algorithm);
   CHECK(out.message.find("2048") != std::string::npos);
   auto ec = payload;
   ec["cnf"]["jwk"] = {{"kty", "EC"}, {"crv", "P-256"}, {"x", "AA"}, {"y", "AA"}};
-  CHECK(f.authenticate(hand_made(small, {{"typ", "pop"}, {"alg", "RS256"}}, ec)).failure == AuthFailure::disallowed_algorithm);
+  CHECK(f.authenticate(hand_made(small, {{"typ", "pop"}, {"alg", "RS256"}}, ec)).failure ==
+        AuthFailure::disallowed_algorithm);
 }
 
 TEST_CASE("pop: an inner access token without cnf, or bound to another key, is refused", "[auth-entra][pop]") {
@@ -297,10 +321,12 @@ TEST_CASE("pop: alg none and HS256 Signed HTTP Requests are refused", "[auth-ent
   const std::string unsigned_token = encode_part({{"typ", "pop"}, {"alg", "none"}}) + "." + encode_part(payload) + ".";
   CHECK(f.authenticate(unsigned_token + "AAAA").failure == AuthFailure::disallowed_algorithm);
   // HS256 with the public modulus as the secret: the classic key confusion.
-  auto hs = f.authenticate(hs256_token(f.client->jwk()["n"].get<std::string>(), {{"typ", "pop"}, {"alg", "HS256"}}, payload));
+  auto hs =
+      f.authenticate(hs256_token(f.client->jwk()["n"].get<std::string>(), {{"typ", "pop"}, {"alg", "HS256"}}, payload));
   CHECK(hs.failure == AuthFailure::disallowed_algorithm);
   CHECK(hs.message.find("only RS256") != std::string::npos);
-  CHECK(f.authenticate(hs256_token("secret", {{"typ", "pop"}, {"alg", "RS512"}}, payload)).failure == AuthFailure::disallowed_algorithm);
+  CHECK(f.authenticate(hs256_token("secret", {{"typ", "pop"}, {"alg", "RS512"}}, payload)).failure ==
+        AuthFailure::disallowed_algorithm);
 }
 
 TEST_CASE("pop: a bearer token is refused in PoP mode", "[auth-entra][pop]") {
@@ -353,7 +379,9 @@ TEST_CASE("pop: options need the cluster's resource ID and check its form", "[au
   CHECK(good->cluster_resource_id == cluster_lower);
   CHECK_FALSE(parse_authenticator_options({{"tenants", {tenant}}})->pop);  // bearer stays the default
   CHECK(normalize_cluster_resource_id(cluster + "/").ok() == false);
-  CHECK(normalize_cluster_resource_id("/subscriptions/s/resourceGroups/g/providers/Microsoft.Kubernetes/connectedClusters/a b").ok() == false);
+  CHECK(normalize_cluster_resource_id(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Kubernetes/connectedClusters/a b")
+            .ok() == false);
 }
 
 TEST_CASE("pop: the Azure CLI method cannot obtain PoP tokens and says what to use instead", "[auth-entra][pop]") {

@@ -95,7 +95,8 @@ class RecordingSigner final : public PopSigner {
 
 }  // namespace
 
-TEST_CASE("with --pop every forwarded request carries its own Signed HTTP Request for the cluster", "[proxy][local][pop]") {
+TEST_CASE("with --pop every forwarded request carries its own Signed HTTP Request for the cluster",
+          "[proxy][local][pop]") {
   auto token = std::make_shared<ForwardedToken>();
   token->set("pop-token");
   auto signer = std::make_shared<RecordingSigner>();
