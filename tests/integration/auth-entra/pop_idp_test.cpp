@@ -169,3 +169,21 @@ TEST_CASE(
   CHECK(validate(idp, *later->pop_signer()->sign_request(token2->token, cluster), true).ok());
   CHECK(entra::test::slurp(dir.path() / "cache" / "entra-token-cache.json").find(token2->token) == std::string::npos);
 }
+
+TEST_CASE("auth-entra/idp: an identity provider without PoP support is reported, not used as if it had it",
+          "[auth-entra][idp][pop]") {
+  REQUIRE_IDP();
+  clusterconnect::test::TempDir dir;
+  TestIdp idp(dir.path(), {{"pop", false}});
+  const auto& c = idp.state()["clients"]["secret"];
+  nlohmann::json options = {{"tenant_id", idp.tenant()},   {"authority", idp.authority()},
+                            {"allow_http_loopback", true}, {"method", "client-secret"},
+                            {"client_id", c["client_id"]}, {"client_secret", c["client_secret"]}};
+  auto cred = make_credential(options);
+  auto token = cred->get_pop_token(arc_server_app_id);
+  REQUIRE_FALSE(token);
+  CHECK(token.error().find("does not support PoP tokens") != std::string::npos);
+  CHECK(token.error().find("without --pop") != std::string::npos);
+  // Bearer sign-in still works.
+  CHECK(cred->get_token(arc_server_app_id));
+}
