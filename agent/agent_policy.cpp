@@ -40,9 +40,15 @@ nlohmann::json jwt_payload(const std::string& token) {
 }
 
 // The `exp` of a token; read before verification, used only once the
-// authenticator has verified this very token. Zero when there is none.
+// authenticator has verified this very token. Zero when there is none. For a
+// proof-of-possession token (a signed request whose `at` is the access
+// token), the `exp` of the access token inside.
 std::chrono::system_clock::time_point token_expiry(const std::string& token) {
   auto payload = jwt_payload(token);
+  if (payload.is_object()) {
+    if (auto at = payload.find("at"); at != payload.end() && at->is_string() && !payload.contains("exp"))
+      payload = jwt_payload(at->get<std::string>());
+  }
   auto exp = payload.is_object() ? payload.find("exp") : payload.end();
   if (!payload.is_object() || exp == payload.end() || !exp->is_number()) return {};
   const double seconds = exp->get<double>();

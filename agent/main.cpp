@@ -59,6 +59,8 @@ struct AgentOptions {
   std::string username_prefix;
   std::string groups_prefix;
   unsigned clock_skew = 300;
+  bool pop = false;
+  std::string cluster_resource_id;
   ApiServerOptions api;
   std::string health_listen = "0.0.0.0:8081";
   std::string ready_file;
@@ -104,6 +106,14 @@ void add_options(CLI::App& app, AgentOptions& o) {
                  "Prefix for group names, as kube-apiserver's --oidc-groups-prefix (default: none)");
   app.add_option("--clock-skew", o.clock_skew, "Seconds of clock skew allowed on exp/nbf")->check(CLI::Range(0, 600))
       ->capture_default_str();
+  app.add_flag("--pop", o.pop,
+               "Accept only proof-of-possession tokens signed for this cluster (connectedk8s proxy --pop, kubelogin "
+               "--pop-enabled); bearer tokens are refused. Needs --cluster-resource-id")
+      ->envname("CLUSTERCONNECT_POP");
+  app.add_option("--cluster-resource-id", o.cluster_resource_id,
+                 "This cluster's ARM resource ID, /subscriptions/S/resourceGroups/G/providers/Microsoft.Kubernetes/"
+                 "connectedClusters/NAME: proof-of-possession tokens must be signed for it")
+      ->envname("CLUSTERCONNECT_CLUSTER_RESOURCE_ID");
   app.add_option("--apiserver-url", o.api.url, "API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)")
       ->envname("CLUSTERCONNECT_APISERVER_URL");
   app.add_option("--apiserver-ca-file", o.api.ca_file, "CA bundle for the API server (default: the pod's service-account CA)")
@@ -155,6 +165,18 @@ int main(int argc, char** argv) try {
     return 2;
   }
 
+  if (o.pop && mode == AuthMode::token) {
+    std::fprintf(stderr,
+                 "clusterconnect-agent: --pop needs --mode entra or both: token mode does not authenticate callers\n");
+    return 2;
+  }
+  if (o.pop && o.cluster_resource_id.empty()) {
+    std::fprintf(stderr,
+                 "clusterconnect-agent: --pop needs --cluster-resource-id (or CLUSTERCONNECT_CLUSTER_RESOURCE_ID): "
+                 "this cluster's ARM resource ID, which proof-of-possession tokens are signed for\n");
+    return 2;
+  }
+
   host::Runtime runtime(logger, o.threads);
   runtime.load_plugins();
   auto& io = runtime.io_context();
@@ -180,6 +202,8 @@ int main(int argc, char** argv) try {
                            {"groups_prefix", o.groups_prefix},
                            {"ca_file", o.authority_ca_file}};
     if (!o.authority.empty()) options["authority"] = o.authority;
+    options["pop"] = o.pop;
+    if (!o.cluster_resource_id.empty()) options["cluster_resource_id"] = o.cluster_resource_id;
     auto made = cap->create(options);
     if (!made) {
       std::fprintf(stderr, "clusterconnect-agent: %s\n", made.error().c_str());
@@ -260,7 +284,8 @@ int main(int argc, char** argv) try {
   // shutdown it can let them finish the work in flight, close frames and
   // stream resets included, instead of stopping them mid-write.
   IoThreads io_threads(io, o.threads);
-  logger->info("agent {} started: relay {}, mode {}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
+  logger->info("agent {} started: relay {}, mode {}{}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
+               o.pop ? " (proof-of-possession tokens only, for " + o.cluster_resource_id + ")" : std::string(),
                health.value()->port());
 
   // Readiness: the API server must accept a verified TLS connection; probed

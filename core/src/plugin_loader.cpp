@@ -416,6 +416,9 @@ const char* to_string(AuthFailure f) noexcept {
     case AuthFailure::wrong_issuer: return "wrong_issuer";
     case AuthFailure::group_overage: return "group_overage";
     case AuthFailure::keys_unavailable: return "keys_unavailable";
+    case AuthFailure::pop_required: return "pop_required";
+    case AuthFailure::wrong_cluster: return "wrong_cluster";
+    case AuthFailure::replayed: return "replayed";
   }
   return "unknown";
 }

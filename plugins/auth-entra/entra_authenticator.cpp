@@ -10,6 +10,7 @@
 #include <openssl/sha.h>
 
 #include "fetch_worker.hpp"
+#include "pop.hpp"
 
 namespace clusterconnect::entra {
 namespace {
@@ -119,6 +120,21 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
     if (refresh < 60 || refresh > 86400) return fail("key_refresh_interval_seconds must be between 60 and 86400");
     c.key_refresh_interval = std::chrono::seconds(refresh);
 
+    c.pop = o.value("pop", false);
+    const std::string resource_id = o.value("cluster_resource_id", std::string());
+    if (!resource_id.empty()) {
+      auto id = normalize_cluster_resource_id(resource_id);
+      if (!id) return fail("cluster_resource_id: " + id.error());
+      c.cluster_resource_id = *id;
+    }
+    if (c.pop && c.cluster_resource_id.empty())
+      return fail(
+          "proof-of-possession mode (pop) needs cluster_resource_id: the cluster's ARM resource ID, which requests "
+          "must be signed for");
+    const long long replay = o.value("pop_replay_cache_size", 200000LL);
+    if (replay < 1000 || replay > 10000000) return fail("pop_replay_cache_size must be between 1000 and 10000000");
+    c.pop_replay_cache_size = static_cast<std::size_t>(replay);
+
     if (o.contains("group_source")) {
       return fail("group_source is not supported yet: tokens with a group overage are rejected");
     }
@@ -139,17 +155,21 @@ JwksCache::Fetch http_fetcher(HttpPolicy policy) {
 }
 
 struct EntraAuthenticator::Shared {
-  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch, std::shared_ptr<spdlog::logger> log)
+  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch,
+         std::shared_ptr<spdlog::logger> log)
       : io(io_context),
         logger(std::move(log)),
         config(std::move(c)),
-        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, config.key_refresh_interval, config.key_clock},
-             fetch ? std::move(fetch) : http_fetcher(config.http)) {}
+        keys(JwksCache::Settings{config.rules.authority, config.key_refresh_min_interval, config.key_refresh_interval,
+                                 config.key_clock},
+             fetch ? std::move(fetch) : http_fetcher(config.http)),
+        nonces(config.pop_replay_cache_size) {}
 
   asio::io_context& io;
   std::shared_ptr<spdlog::logger> logger;
   AuthenticatorConfig config;
   JwksCache keys;
+  NonceCache nonces;  // of accepted proof-of-possession requests
   std::mutex clock_mutex;
   std::function<std::chrono::system_clock::time_point()> now = [] { return std::chrono::system_clock::now(); };
 
@@ -264,6 +284,57 @@ void EntraAuthenticator::set_clock(std::function<std::chrono::system_clock::time
 }
 
 void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
+  if (shared_->config.pop) return authenticate_pop(std::move(bearer_token), std::move(handler));
+  authenticate_bearer(std::move(bearer_token), std::move(handler));
+}
+
+void EntraAuthenticator::authenticate_pop(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
+  AuthOutcome outcome;
+  try {
+    auto parsed = parse_jws(token);
+    if (!parsed.ok()) return handler(reject(parsed.failure, std::move(parsed.message)));
+    if (!is_signed_request(parsed.jws)) {
+      // Another issuer's token (a service account's, in the agent's `both`
+      // mode) is not this authenticator's to refuse; an Entra bearer token is.
+      std::string tenant;
+      if (auto other = select_tenant(parsed.jws, shared_->config.rules, tenant);
+          other.failure == AuthFailure::wrong_issuer)
+        return handler(std::move(other));
+      return handler(reject(AuthFailure::pop_required,
+                            "a bearer token was presented, but this cluster accepts only proof-of-possession tokens; "
+                            "connect with 'connectedk8s proxy --pop'"));
+    }
+    auto shr = check_signed_request(parsed.jws, shared_->config.cluster_resource_id, shared_->current_time());
+    if (!shr.ok()) return handler(std::move(shr.outcome));
+    auto inner = parse_jws(shr.request.access_token);
+    if (!inner.ok())
+      return handler(reject(inner.failure == AuthFailure::not_applicable ? AuthFailure::malformed : inner.failure,
+                            "the access token in the proof-of-possession token: " + inner.message));
+    // The binding is read from the very token that is validated next, so
+    // once that validation passes, so has the `cnf` checked here.
+    if (auto bound = check_pop_binding(inner.jws, shr.request.thumbprint); !bound.ok())
+      return handler(std::move(bound));
+    authenticate_bearer(std::move(shr.request.access_token),
+                        [shared = shared_, nonce = std::move(shr.request.nonce), ts = shr.request.ts,
+                         handler = std::move(handler)](AuthOutcome result) mutable {
+                          if (!result.ok()) {
+                            result.message = "the access token in the proof-of-possession token: " + result.message;
+                            return handler(std::move(result));
+                          }
+                          // Last, so only a request that passed every check uses up its nonce.
+                          if (auto fresh = shared->nonces.use(nonce, ts, shared->current_time()); !fresh.ok())
+                            return handler(std::move(fresh));
+                          handler(std::move(result));
+                        });
+    return;
+  } catch (const std::exception& e) {
+    outcome = reject(AuthFailure::malformed, std::string("token could not be processed: ") + e.what());
+  }
+  if (handler) handler(std::move(outcome));
+}
+
+void EntraAuthenticator::authenticate_bearer(std::string bearer_token,
+                                             UniqueFunction<void(AuthOutcome)> handler) noexcept {
   AuthOutcome outcome;
   try {
     const std::string digest = Shared::digest_of(bearer_token);

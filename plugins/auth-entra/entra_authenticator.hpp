@@ -41,13 +41,23 @@ struct AuthenticatorConfig {
   std::chrono::milliseconds key_check_period{std::chrono::seconds(30)};
   // The clock of the key cache (not an option; tests inject one).
   JwksCache::Clock key_clock;
+  // Proof-of-possession mode: only Signed HTTP Requests (pop.hpp) signed for
+  // `cluster_resource_id` (lower case) are accepted, whose inner access token
+  // passes every check above and is bound to the signing key; bearer tokens
+  // are refused. Nonces are remembered for 15 minutes, at most
+  // `pop_replay_cache_size` of them.
+  bool pop = false;
+  std::string cluster_resource_id;
+  std::size_t pop_replay_cache_size = 200000;
 };
 
 // Options JSON (all optional but `tenants`):
 //   {"tenants": [tid...], "audiences": [...], "authority": URL,
 //    "allow_http_loopback": false, "clock_skew_seconds": 300,
-//    "username_claim": "upn"|"oid"|<claim>, "username_prefix": "", "groups_prefix": "", "ca_file": "", "key_refresh_min_interval_seconds": 10,
-//    "key_refresh_interval_seconds": 3600}
+//    "username_claim": "upn"|"oid"|<claim>, "username_prefix": "", "groups_prefix": "", "ca_file": "",
+//    "key_refresh_min_interval_seconds": 10, "key_refresh_interval_seconds": 3600, "pop": false, "cluster_resource_id":
+//    "/subscriptions/…/connectedClusters/NAME", "pop_replay_cache_size": 200000}
+// `pop` needs `cluster_resource_id`.
 // `authority` defaults to $AZURE_AUTHORITY_HOST, then login.microsoftonline.com.
 Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& options);
 
@@ -66,6 +76,8 @@ class EntraAuthenticator final : public Authenticator {
 
  private:
   struct Shared;
+  void authenticate_bearer(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept;
+  void authenticate_pop(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept;
   std::shared_ptr<Shared> shared_;  // also held by queued fetch jobs
   std::unique_ptr<FetchWorker> worker_;
 };

@@ -11,6 +11,7 @@
 
 #include "azure_cli.hpp"
 #include "client_assertion.hpp"
+#include "clusterconnect/ascii.hpp"
 #include "encoding.hpp"
 #include "entra_authenticator.hpp"
 
@@ -223,6 +224,7 @@ Result<EntraCredential::Acquired> EntraCredential::token_request(const std::stri
   Acquired a;
   a.access_token = j.value("access_token", std::string());
   a.refresh_token = j.value("refresh_token", std::string());
+  a.token_type = j.value("token_type", std::string());
   a.expires_in = number_or_string(j, "expires_in");
   if (a.access_token.empty() || a.expires_in <= 0) return fail(std::string(what) + ": the token response has no access_token or expires_in");
   return a;
@@ -249,6 +251,7 @@ Result<EntraCredential::Acquired> EntraCredential::client_credentials(const std:
     f.emplace_back("client_assertion_type", jwt_bearer);
     f.emplace_back("client_assertion", *assertion);
   }
+  add_pop_fields(f);
   return token_request(ep.token, form_encode(f), what);
 }
 
@@ -257,6 +260,7 @@ Result<EntraCredential::Acquired> EntraCredential::refresh(const std::string& re
                   {"client_id", config_.client_id},
                   {"refresh_token", refresh_token},
                   {"scope", scope_for(resource) + " offline_access"}};
+  add_pop_fields(f);
   return token_request(ep.token, form_encode(f), "token refresh");
 }
 
@@ -284,7 +288,9 @@ Result<EntraCredential::Acquired> EntraCredential::device_code(const std::string
   config_.device_code_prompt(prompt);
 
   const auto deadline = std::chrono::steady_clock::now() + prompt.expires_in;
-  const std::string body = form_encode({{"grant_type", device_code_grant}, {"client_id", config_.client_id}, {"device_code", device_code}});
+  FormFields poll = {{"grant_type", device_code_grant}, {"client_id", config_.client_id}, {"device_code", device_code}};
+  add_pop_fields(poll);
+  const std::string body = form_encode(poll);
   for (;;) {
     config_.sleep(std::chrono::seconds(interval));
     if (std::chrono::steady_clock::now() > deadline) return fail("the sign-in code expired before sign-in finished; run the command again");
@@ -296,6 +302,7 @@ Result<EntraCredential::Acquired> EntraCredential::device_code(const std::string
       Acquired a;
       a.access_token = pj.value("access_token", std::string());
       a.refresh_token = pj.value("refresh_token", std::string());
+      a.token_type = pj.value("token_type", std::string());
       a.expires_in = number_or_string(pj, "expires_in");
       if (a.access_token.empty() || a.expires_in <= 0) return fail("device-code sign-in: the token response has no access_token or expires_in");
       return a;
@@ -322,64 +329,142 @@ Result<EntraCredential::Acquired> EntraCredential::azure_cli(const std::string& 
   return a;
 }
 
+void EntraCredential::add_pop_fields(FormFields& f) const {
+  if (!requesting_pop_ || !pop_key_) return;
+  f.emplace_back("token_type", "pop");
+  f.emplace_back("req_cnf", pop_req_cnf(pop_key_->thumbprint()));
+}
+
+std::shared_ptr<PopSigner> EntraCredential::pop_signer() noexcept {
+  try {
+    std::lock_guard lock(mutex_);
+    if (!pop_key_) {
+      auto made = PopKey::generate();
+      if (!made) return nullptr;
+      pop_key_ = *made;
+    }
+    return pop_key_;
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 Result<AccessToken> EntraCredential::get_token(const std::string& resource) noexcept {
   try {
-    if (resource.empty()) return fail("no resource given to get a token for");
     std::lock_guard lock(mutex_);
-    const std::string key = TokenCache::key(config_.authority, config_.tenant_id, config_.client_id, config_.method == "azure-cli" ? "az:" + resource : resource);
-    std::optional<CachedToken> cached;
-    if (auto it = memory_.find(key); it != memory_.end()) cached = it->second;
-    // The Azure CLI keeps its own cache; ours would only hold a copy on disk.
-    if (!cached && disk_ && config_.method != "azure-cli") cached = disk_->load(key);
-
-    if (cached && !cached->access_token.empty() && now() < cached->expires_on - refresh_margin(*cached)) {
-      memory_[key] = *cached;
-      return AccessToken{cached->access_token, std::chrono::system_clock::time_point(std::chrono::seconds(cached->expires_on))};
-    }
-
-    Result<Acquired> got = fail("not acquired");
-    long long expires_on = 0;
-    if (config_.method == "azure-cli") {
-      got = azure_cli(resource, expires_on);
-    } else {
-      auto ep = endpoints();
-      if (!ep) return fail(ep.error());
-      if (cached && !cached->refresh_token.empty()) {
-        got = refresh(resource, cached->refresh_token, *ep);
-        if (!got) {
-          // A refused refresh token (revoked, expired, consent changed) means
-          // a full sign-in; a network failure does not: prompting a person
-          // for a device code because the provider was briefly unreachable
-          // would be wrong, so that error goes back to the caller.
-          const bool refused = last_oauth_error_ == "invalid_grant" || last_oauth_error_ == "interaction_required";
-          if (!refused && config_.method == "device-code") return fail(got.error());
-          memory_.erase(key);
-          if (disk_) disk_->erase(key);
-          cached.reset();
-        }
-      }
-      if (!got) {
-        if (config_.method == "device-code") {
-          got = device_code(resource, *ep);
-        } else {
-          got = client_credentials(resource, *ep);
-        }
-      }
-    }
-    if (!got) return fail(got.error());
-
-    CachedToken fresh;
-    fresh.access_token = got->access_token;
-    fresh.issued_on = now();
-    fresh.expires_on = expires_on ? expires_on : fresh.issued_on + got->expires_in;
-    // Entra keeps a refresh token valid when it sends no new one.
-    fresh.refresh_token = !got->refresh_token.empty() ? got->refresh_token : (cached ? cached->refresh_token : std::string());
-    memory_[key] = fresh;
-    if (disk_ && config_.method != "azure-cli") disk_->store(key, fresh);
-    return AccessToken{fresh.access_token, std::chrono::system_clock::time_point(std::chrono::seconds(fresh.expires_on))};
+    return get(resource, false);
   } catch (const std::exception& e) {
     return fail(std::string("credential:entra: ") + e.what());
   }
+}
+
+Result<AccessToken> EntraCredential::get_pop_token(const std::string& resource) noexcept {
+  try {
+    if (config_.method == "azure-cli")
+      return fail(
+          "the Azure CLI cannot obtain proof-of-possession tokens; sign in with --auth-method device-code or an "
+          "application credential, or connect without --pop");
+    if (!pop_signer()) return fail("cannot generate an RSA key for proof-of-possession tokens");
+    std::lock_guard lock(mutex_);
+    requesting_pop_ = true;
+    auto got = get(resource, true);
+    requesting_pop_ = false;
+    return got;
+  } catch (const std::exception& e) {
+    requesting_pop_ = false;
+    return fail(std::string("credential:entra: ") + e.what());
+  }
+}
+
+Result<AccessToken> EntraCredential::get(const std::string& resource, bool pop) {
+  if (resource.empty()) return fail("no resource given to get a token for");
+  const std::string key = TokenCache::key(config_.authority, config_.tenant_id, config_.client_id,
+                                          config_.method == "azure-cli" ? "az:" + resource : resource);
+  // A PoP token is good only with the key it was issued for: cached by that
+  // key's thumbprint, in memory only (the key itself never leaves memory).
+  const std::string pop_key = pop ? TokenCache::key(config_.authority, config_.tenant_id, config_.client_id,
+                                                    "pop:" + pop_key_->thumbprint() + ":" + resource)
+                                  : std::string();
+  const std::string& own_key = pop ? pop_key : key;
+  std::optional<CachedToken> cached;
+  if (auto it = memory_.find(own_key); it != memory_.end()) cached = it->second;
+  // The Azure CLI keeps its own cache; ours would only hold a copy on disk.
+  if (!cached && !pop && disk_ && config_.method != "azure-cli") cached = disk_->load(key);
+
+  if (cached && !cached->access_token.empty() && now() < cached->expires_on - refresh_margin(*cached)) {
+    memory_[own_key] = *cached;
+    return AccessToken{cached->access_token,
+                       std::chrono::system_clock::time_point(std::chrono::seconds(cached->expires_on))};
+  }
+  // A refresh token is not bound to a key: a PoP sign-in may start from the
+  // bearer entry's refresh token, and shares its own with it (below).
+  std::optional<CachedToken> bearer_entry;
+  if (pop) {
+    if (auto it = memory_.find(key); it != memory_.end()) bearer_entry = it->second;
+    if (!bearer_entry && disk_) bearer_entry = disk_->load(key);
+    if ((!cached || cached->refresh_token.empty()) && bearer_entry && !bearer_entry->refresh_token.empty()) {
+      CachedToken from_bearer;
+      from_bearer.refresh_token = bearer_entry->refresh_token;
+      cached = from_bearer;
+    }
+  }
+
+  Result<Acquired> got = fail("not acquired");
+  long long expires_on = 0;
+  if (config_.method == "azure-cli") {
+    got = azure_cli(resource, expires_on);
+  } else {
+    auto ep = endpoints();
+    if (!ep) return fail(ep.error());
+    if (cached && !cached->refresh_token.empty()) {
+      got = refresh(resource, cached->refresh_token, *ep);
+      if (!got) {
+        // A refused refresh token (revoked, expired, consent changed) means
+        // a full sign-in; a network failure does not: prompting a person
+        // for a device code because the provider was briefly unreachable
+        // would be wrong, so that error goes back to the caller.
+        const bool refused = last_oauth_error_ == "invalid_grant" || last_oauth_error_ == "interaction_required";
+        if (!refused && config_.method == "device-code") return fail(got.error());
+        memory_.erase(own_key);
+        if (!pop && disk_) disk_->erase(key);
+        cached.reset();
+      }
+    }
+    if (!got) {
+      if (config_.method == "device-code") {
+        got = device_code(resource, *ep);
+      } else {
+        got = client_credentials(resource, *ep);
+      }
+    }
+  }
+  if (!got) return fail(got.error());
+  if (pop && !ascii_iequals(got->token_type, "pop"))
+    return fail("the identity provider issued a '" + got->token_type +
+                "' token where a proof-of-possession token was asked for: it does not support PoP tokens for " +
+                resource + "; connect without --pop");
+
+  CachedToken fresh;
+  fresh.access_token = got->access_token;
+  fresh.issued_on = now();
+  fresh.expires_on = expires_on ? expires_on : fresh.issued_on + got->expires_in;
+  // Entra keeps a refresh token valid when it sends no new one.
+  fresh.refresh_token =
+      !got->refresh_token.empty() ? got->refresh_token : (cached ? cached->refresh_token : std::string());
+  memory_[own_key] = fresh;
+  if (pop) {
+    // The rotated refresh token replaces the bearer entry's, whose access
+    // token stays; the PoP access token is not written anywhere.
+    if (!got->refresh_token.empty() && config_.method != "azure-cli") {
+      CachedToken shared = bearer_entry ? *bearer_entry : CachedToken{};
+      shared.refresh_token = got->refresh_token;
+      memory_[key] = shared;
+      if (disk_) disk_->store(key, shared);
+    }
+  } else if (disk_ && config_.method != "azure-cli") {
+    disk_->store(key, fresh);
+  }
+  return AccessToken{fresh.access_token, std::chrono::system_clock::time_point(std::chrono::seconds(fresh.expires_on))};
 }
 
 }  // namespace clusterconnect::entra

@@ -19,7 +19,9 @@
 
 #include "clusterconnect/credential.hpp"
 #include "clusterconnect/result.hpp"
+#include "encoding.hpp"
 #include "http_client.hpp"
+#include "pop.hpp"
 #include "token_cache.hpp"
 
 namespace clusterconnect::entra {
@@ -71,6 +73,14 @@ class EntraCredential final : public TokenCredential {
 
   Result<AccessToken> get_token(const std::string& resource) noexcept override;
   std::string method() const override { return config_.method; }
+  // Proof-of-possession: the token request carries token_type=pop and
+  // req_cnf naming pop_signer()'s key (an RSA-2048 key made on first use,
+  // kept in this process's memory only). PoP access tokens are cached in
+  // memory only, keyed by the key's thumbprint, so a cached one is never
+  // used with another key; refresh tokens are shared with bearer sign-in.
+  // The Azure CLI method cannot obtain them.
+  Result<AccessToken> get_pop_token(const std::string& resource) noexcept override;
+  std::shared_ptr<PopSigner> pop_signer() noexcept override;
 
  private:
   struct Endpoints {
@@ -80,16 +90,19 @@ class EntraCredential final : public TokenCredential {
   struct Acquired {
     std::string access_token;
     std::string refresh_token;
+    std::string token_type;
     long long expires_in = 0;
   };
 
   Result<Endpoints> endpoints();
-  Result<Acquired> acquire(const std::string& resource);
+  Result<AccessToken> get(const std::string& resource, bool pop);
   Result<Acquired> client_credentials(const std::string& resource, const Endpoints& ep);
   Result<Acquired> device_code(const std::string& resource, const Endpoints& ep);
   Result<Acquired> refresh(const std::string& resource, const std::string& refresh_token, const Endpoints& ep);
   Result<Acquired> azure_cli(const std::string& resource, long long& expires_on);
   Result<Acquired> token_request(const std::string& url, const std::string& body, const char* what);
+  Result<Acquired> check_token_type(Result<Acquired> got, const char* what);
+  void add_pop_fields(FormFields& f) const;
   long long now() const;
 
   CredentialConfig config_;
@@ -99,6 +112,8 @@ class EntraCredential final : public TokenCredential {
   std::optional<Endpoints> endpoints_;
   std::map<std::string, CachedToken> memory_;
   std::string last_oauth_error_;  // `error` of the last refused token request
+  std::shared_ptr<PopKey> pop_key_;  // made on first use
+  bool requesting_pop_ = false;      // the token requests of the current get() ask for PoP
 };
 
 // Seconds before expiry at which a cached token is replaced: five minutes,

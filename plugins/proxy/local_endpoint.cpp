@@ -4,6 +4,8 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
+#include <cctype>
+
 namespace clusterconnect::proxy {
 
 std::string random_secret() {
@@ -16,6 +18,14 @@ std::string random_secret() {
     out += hex[b & 15];
   }
   return out;
+}
+
+std::string cluster_resource_id(const std::string& subscription, const std::string& resource_group,
+                                const std::string& name) {
+  std::string id = "/subscriptions/" + subscription + "/resourceGroups/" + resource_group +
+                   "/providers/Microsoft.Kubernetes/connectedClusters/" + name;
+  for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return id;
 }
 
 bool secret_equals(std::string_view a, std::string_view b) {
@@ -41,7 +51,20 @@ void LocalPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
                                  "this endpoint accepts only the credential in the kubeconfig written by connectedk8s proxy");
     return done(std::move(d));
   }
-  head.set("Authorization", "Bearer " + token_->get());
+  if (pop_.signer) {
+    // One RSA signature per request, with the key object the credential holds.
+    auto signed_request = pop_.signer->sign_request(token_->get(), pop_.target);
+    if (!signed_request) {
+      logger_->error("cannot sign the request for the cluster: {}", signed_request.error());
+      d.forward = false;
+      d.reply = http::status_reply(500, "InternalError",
+                                   "connectedk8s proxy could not sign the request: " + signed_request.error());
+      return done(std::move(d));
+    }
+    head.set("Authorization", "Bearer " + signed_request.value());
+  } else {
+    head.set("Authorization", "Bearer " + token_->get());
+  }
   d.forward = true;
   done(std::move(d));
 }

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 
+#include "clusterconnect/credential.hpp"
 #include "clusterconnect/http/forward.hpp"
 
 namespace spdlog {
@@ -33,10 +34,22 @@ class ForwardedToken {
   std::string token_;
 };
 
+// Proof-of-possession: every forwarded request carries a Signed HTTP Request
+// made with `signer` for `target` (the cluster's resource ID) around the
+// user's PoP token, instead of the token itself.
+struct PopSigning {
+  std::shared_ptr<PopSigner> signer;
+  std::string target;
+};
+
 class LocalPolicy final : public http::ForwardPolicy {
  public:
-  LocalPolicy(std::string session_secret, std::shared_ptr<ForwardedToken> token, std::shared_ptr<spdlog::logger> logger)
-      : secret_(std::move(session_secret)), token_(std::move(token)), logger_(std::move(logger)) {}
+  LocalPolicy(std::string session_secret, std::shared_ptr<ForwardedToken> token, std::shared_ptr<spdlog::logger> logger,
+              PopSigning pop = {})
+      : secret_(std::move(session_secret)),
+        token_(std::move(token)),
+        logger_(std::move(logger)),
+        pop_(std::move(pop)) {}
 
   void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override;
   void on_complete(const http::ExchangeRecord& record) noexcept override;
@@ -48,6 +61,7 @@ class LocalPolicy final : public http::ForwardPolicy {
   std::string secret_;
   std::shared_ptr<ForwardedToken> token_;
   std::shared_ptr<spdlog::logger> logger_;
+  PopSigning pop_;
   mutable std::mutex mutex_;
   mutable std::condition_variable idle_;
   int in_flight_ = 0;
@@ -55,6 +69,11 @@ class LocalPolicy final : public http::ForwardPolicy {
 
 // 32 random bytes, hex: the per-session local credential.
 std::string random_secret();
+
+// A connected cluster's ARM resource ID in lower case, as proof-of-possession
+// requests name it (`u`).
+std::string cluster_resource_id(const std::string& subscription, const std::string& resource_group,
+                                const std::string& name);
 
 // Constant-time comparison, so the secret cannot be found byte by byte.
 bool secret_equals(std::string_view a, std::string_view b);

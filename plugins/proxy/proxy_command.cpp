@@ -193,6 +193,11 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_flag("--allow-http-loopback-authority", opts_.allow_http_loopback_authority,
                 "Accept an http:// identity provider on a loopback address (local test setups only)")
       ->envname("CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY");
+  sub->add_flag(
+         "--pop", opts_.pop,
+         "Use a proof-of-possession token bound to a key this process holds, and sign every request for this cluster "
+         "with it (the agent must run with --pop)")
+      ->envname("CONNECTEDK8S_POP");
   sub->add_option("--refresh-interval", opts_.refresh_seconds,
                   "Longest time in seconds between token checks (each token is also renewed at half its lifetime)")
       ->check(CLI::Range(1, 3600))->capture_default_str();
@@ -240,6 +245,9 @@ int ProxyCommand::run_proxy() {
     progress.failed(message);
     return 1;
   };
+  if (opts_.pop && token_mode)
+    return fail_with(
+        "--pop signs Entra ID tokens; a service-account token (--token, --token-file) cannot be used with it");
   if (opts_.subscription.empty()) return fail_with("no subscription: pass --subscription or set AZURE_SUBSCRIPTION_ID");
   if (opts_.endpoint.empty()) return fail_with("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
   auto transport = caps.transport("ws");
@@ -273,12 +281,21 @@ int ProxyCommand::run_proxy() {
   if (token_mode) {
     forwarded->set(opts_.token);
   } else {
-    auto cluster_token = credential.value()->get_token(opts_.server_app_id);
+    auto cluster_token = opts_.pop ? credential.value()->get_pop_token(opts_.server_app_id)
+                                   : credential.value()->get_token(opts_.server_app_id);
     if (!cluster_token) return fail_with(cluster_token.error());
     forwarded->set(cluster_token->token);
     forwarded_expiry = cluster_token->expires_on;
   }
-  progress.done(credential.value()->method());
+  // With --pop every request is signed with the key the token is bound to,
+  // for this cluster only.
+  PopSigning pop;
+  if (opts_.pop) {
+    pop.signer = credential.value()->pop_signer();
+    if (!pop.signer) return fail_with("the credential module holds no proof-of-possession key");
+    pop.target = cluster_resource_id(opts_.subscription, opts_.resource_group, opts_.name);
+  }
+  progress.done(credential.value()->method() + (opts_.pop ? ", proof-of-possession" : ""));
 
   // 2. Cluster connection details.
   progress.begin("credentials", "Fetching the connection details of cluster " + opts_.name);
@@ -305,7 +322,8 @@ int ProxyCommand::run_proxy() {
     auto next_forwarded = std::chrono::system_clock::time_point::max();
     if (!token_mode) {
       if (now >= renew_at(forwarded_issued, forwarded_expiry, 5min)) {
-        if (auto t = credential->get_token(opts_.server_app_id)) {
+        if (auto t = opts_.pop ? credential->get_pop_token(opts_.server_app_id)
+                               : credential->get_token(opts_.server_app_id)) {
           forwarded->set(t->token);
           forwarded_expiry = t->expires_on;
           forwarded_issued = now;
@@ -383,7 +401,7 @@ int ProxyCommand::run_proxy() {
   auto server_ctx = tls::make_server_context_pem(leaf->cert, leaf->key);
   if (!server_ctx) return fail_with("local TLS: " + server_ctx.error());
   const std::string secret = random_secret();
-  auto policy = std::make_shared<LocalPolicy>(secret, forwarded, logger);
+  auto policy = std::make_shared<LocalPolicy>(secret, forwarded, logger, pop);
   // A stream the relay refuses because the tunnel's connect token expired
   // (HTTP 401 on a redial) is opened once more after the refresher fetched
   // a new token from the management API.

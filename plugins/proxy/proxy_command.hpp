@@ -29,6 +29,7 @@ struct ProxyOptions {
   std::string management_resource;  // empty: the relay's, from its /metadata/endpoints
   std::string server_app_id = "6256c85f-0aad-4d50-b960-e6e9b21efe35";
   bool allow_http_loopback_authority = false;
+  bool pop = false;  // proof-of-possession tokens, each request signed for the cluster
   unsigned refresh_seconds = 60;
   std::vector<std::string> command;  // after "--": CI mode
 };

@@ -34,6 +34,9 @@ enum class AuthFailure {
   wrong_issuer,
   group_overage,
   keys_unavailable,
+  pop_required,   // a bearer token where only proof-of-possession tokens are accepted
+  wrong_cluster,  // a proof-of-possession token signed for another cluster
+  replayed,       // a proof-of-possession token whose nonce was seen before
 };
 
 const char* to_string(AuthFailure f) noexcept;

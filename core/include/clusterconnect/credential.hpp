@@ -18,6 +18,22 @@ struct AccessToken {
   std::chrono::system_clock::time_point expires_on;
 };
 
+// Proof-of-possession (Entra's PoP scheme, as kubelogin --pop-enabled uses
+// it for Azure Arc): a key pair the credential holds in memory only. Tokens
+// from get_pop_token() carry `cnf.kid` = thumbprint(), and a resource server
+// accepts them only inside a Signed HTTP Request made with this key.
+class PopSigner {
+ public:
+  virtual ~PopSigner() = default;
+  // RFC 7638 SHA-256 thumbprint of the public key (JWK), base64url.
+  virtual std::string thumbprint() const = 0;
+  // A Signed HTTP Request for one request: a JWT with header
+  // {"typ":"pop","alg":"RS256","kid":thumbprint} and payload {"at": access
+  // token, "ts": now, "u": target, "cnf": {"jwk": public key}, "nonce": 128
+  // random bits}, signed with the key. One RSA signature; any thread.
+  virtual Result<std::string> sign_request(const std::string& access_token, const std::string& target) noexcept = 0;
+};
+
 class TokenCredential {
  public:
   virtual ~TokenCredential() = default;
@@ -26,6 +42,13 @@ class TokenCredential {
   virtual Result<AccessToken> get_token(const std::string& resource) noexcept = 0;
   // Which method was chosen ("client-secret", "device-code", ...), for reports.
   virtual std::string method() const = 0;
+  // A proof-of-possession token for `resource`, bound to pop_signer()'s key.
+  // Fails when the method or the identity provider cannot issue one.
+  virtual Result<AccessToken> get_pop_token(const std::string& resource) noexcept {
+    return fail("the '" + method() + "' credential cannot obtain proof-of-possession tokens for " + resource);
+  }
+  // The key get_pop_token() binds tokens to; null without PoP support.
+  virtual std::shared_ptr<PopSigner> pop_signer() noexcept { return nullptr; }
 };
 
 class CredentialCapability {

@@ -19,7 +19,7 @@
 #define CLUSTERCONNECT_STR(x) CLUSTERCONNECT_STR2(x)
 
 // Interface revision: bump on any change to a header in this directory.
-#define CLUSTERCONNECT_INTERFACE_REVISION 1
+#define CLUSTERCONNECT_INTERFACE_REVISION 2
 
 // Modules and hosts must agree on the interface headers, the compiler, the
 // standard library and the Boost and nlohmann versions: Asio, Beast and json

@@ -61,3 +61,25 @@ TEST_CASE("agent: a broken config file or value is a clear error", "[agent][conf
                     "CLUSTERCONNECT_RELAY_URL", "AZURE_AUTHORITY_HOST"})
     CHECK_THAT(help.output, Catch::Contains(flag));
 }
+
+TEST_CASE("agent: --pop needs the cluster's resource ID, in its ARM form", "[agent][config][pop]") {
+  AgentRun agent;
+  const std::string tenant = " --tenant 72f988bf-86f1-41af-91ab-2d7cd011db47";
+  auto missing = agent("", "--pop" + tenant);
+  CHECK(missing.status == 2);
+  CHECK_THAT(missing.output, Catch::Contains("--pop needs --cluster-resource-id"));
+  auto token_mode = agent("", "--pop --mode token --cluster-resource-id x");
+  CHECK(token_mode.status == 2);
+  CHECK_THAT(token_mode.output, Catch::Contains("--pop needs --mode entra or both"));
+  auto malformed = agent("", "--pop --cluster-resource-id prod-eu" + tenant);
+  CHECK(malformed.status == 2);
+  CHECK_THAT(malformed.output, Catch::Contains("not a connected cluster's resource ID"));
+  // From the environment or the config file, as every option.
+  const std::string id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Kubernetes/connectedClusters/prod-eu";
+  CHECK_THAT(agent("CLUSTERCONNECT_POP=true CLUSTERCONNECT_CLUSTER_RESOURCE_ID=" + id, tenant).output,
+             Catch::Contains(no_api_server));
+  CHECK_THAT(agent("", "--config " + agent.config("pop: true\ncluster-resource-id: " + id + "\n") + tenant).output,
+             Catch::Contains(no_api_server));
+  CHECK_THAT(agent("", "--config " + agent.config("pop: true\n") + tenant).output,
+             Catch::Contains("--pop needs --cluster-resource-id"));
+}

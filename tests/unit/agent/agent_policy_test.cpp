@@ -197,3 +197,30 @@ TEST_CASE("an upgraded connection is given the expiry of the token that opened i
   auto plain = with_token("good");
   CHECK(decide(*f.policy(AuthMode::entra), plain).pipe_deadline == std::chrono::system_clock::time_point{});
 }
+
+TEST_CASE("an upgraded connection opened with a proof-of-possession token ends when the access token inside expires",
+          "[agent][policy][pop]") {
+  Fixture f;
+  // {"typ":"pop","alg":"RS256"} . {"at":"<header>.{"exp":2000000000}.<sig>","ts":1}
+  const std::string inner = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln";
+  const std::string payload = nlohmann::json{{"at", inner}, {"ts", 1}}.dump();
+  std::string encoded;
+  {
+    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned buffer = 0;
+    int bits = 0;
+    for (unsigned char c : payload) {
+      buffer = (buffer << 8) | c;
+      bits += 8;
+      while (bits >= 6) {
+        bits -= 6;
+        encoded += alphabet[(buffer >> bits) & 63];
+      }
+    }
+    if (bits > 0) encoded += alphabet[(buffer << (6 - bits)) & 63];
+  }
+  auto head = with_token("eyJ0eXAiOiJwb3AiLCJhbGciOiJSUzI1NiJ9." + encoded + ".c2ln");
+  auto d = decide(*f.policy(AuthMode::entra), head);
+  REQUIRE(d.forward);
+  CHECK(d.pipe_deadline == std::chrono::system_clock::time_point(std::chrono::seconds(2000000000)));
+}

@@ -75,3 +75,55 @@ TEST_CASE("wait_idle returns when the last request completes, or reports that on
   CHECK(waiter.get());
   CHECK(policy.in_flight() == 0);
 }
+
+namespace {
+
+// Records what it is asked to sign; each signature is new.
+class RecordingSigner final : public PopSigner {
+ public:
+  std::string thumbprint() const override { return "thumb"; }
+  Result<std::string> sign_request(const std::string& access_token, const std::string& target) noexcept override {
+    std::lock_guard lock(mutex);
+    calls.emplace_back(access_token, target);
+    if (fail_next) return fail("the key is gone");
+    return "shr-" + std::to_string(calls.size()) + "-" + access_token + "-" + target;
+  }
+  std::mutex mutex;
+  std::vector<std::pair<std::string, std::string>> calls;
+  bool fail_next = false;
+};
+
+}  // namespace
+
+TEST_CASE("with --pop every forwarded request carries its own Signed HTTP Request for the cluster",
+          "[proxy][local][pop]") {
+  auto token = std::make_shared<ForwardedToken>();
+  token->set("pop-token");
+  auto signer = std::make_shared<RecordingSigner>();
+  const std::string cluster = cluster_resource_id("SUB-1", "Prod", "Prod-EU");
+  CHECK(cluster == "/subscriptions/sub-1/resourcegroups/prod/providers/microsoft.kubernetes/connectedclusters/prod-eu");
+  LocalPolicy policy("s3cret", token, quiet(), PopSigning{signer, cluster});
+
+  auto first = request("/api", "Bearer s3cret");
+  CHECK(decide(policy, first).forward);
+  CHECK(*first.find("authorization") == "Bearer shr-1-pop-token-" + cluster);
+  // The renewed token goes into the next signature.
+  token->set("renewed");
+  auto second = request("/api/v1/pods", "Bearer s3cret");
+  CHECK(decide(policy, second).forward);
+  CHECK(*second.find("authorization") == "Bearer shr-2-renewed-" + cluster);
+  REQUIRE(signer->calls.size() == 2);
+
+  // Nothing is signed for a caller without the session credential.
+  auto stranger = request("/api", "Bearer guess");
+  CHECK_FALSE(decide(policy, stranger).forward);
+  CHECK(signer->calls.size() == 2);
+
+  // A signing failure is an error reply, never the bare token.
+  signer->fail_next = true;
+  auto failed = request("/api", "Bearer s3cret");
+  auto d = decide(policy, failed);
+  CHECK_FALSE(d.forward);
+  CHECK(d.reply.status == 500);
+  CHECK(*failed.find("authorization") == "Bearer s3cret");
+}
