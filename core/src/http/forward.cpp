@@ -877,7 +877,8 @@ class Session : public std::enable_shared_from_this<Session> {
     up_.reset();  // never reused for another request
     if (!up) return close_session();
     pipes_open_ = 2;
-    arm_pipe_deadline(up);
+    // A deadline already passed: no byte crosses.
+    if (!arm_pipe_deadline(up)) return;
     // Bytes that arrived behind the heads belong to the new protocol.
     pipe_flush(up, true);
     pipe_flush(up, false);
@@ -885,20 +886,30 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The policy's deadline for the upgraded connection (e.g. the expiry of
   // the token that opened it). The request timers are idle during pipes.
-  void arm_pipe_deadline(const UpstreamPtr& up) {
-    if (pipe_deadline_ == std::chrono::system_clock::time_point{}) return;
+  // False when it has already passed and the connection was closed.
+  bool arm_pipe_deadline(const UpstreamPtr& up) {
+    if (pipe_deadline_ == std::chrono::system_clock::time_point{}) return true;
     auto left = std::chrono::duration_cast<std::chrono::steady_clock::duration>(pipe_deadline_ - std::chrono::system_clock::now());
-    timer_.expires_after(std::max(left, std::chrono::steady_clock::duration::zero()));
+    if (left <= std::chrono::steady_clock::duration::zero()) {
+      close_at_deadline(up);
+      return false;
+    }
+    timer_.expires_after(left);
     timer_.async_wait([self = shared_from_this(), up, gen = ++timer_gen_](error_code ec) {
       if (ec || gen != self->timer_gen_ || self->pipes_open_ == 0) return;
-      self->pipes_open_ = 0;
-      const std::string reason = self->pipe_deadline_reason_.empty() ? "connection deadline reached" : self->pipe_deadline_reason_;
-      if (self->log_) self->log_->info("http {}: upgraded connection closed: {}", self->peer_, reason);
-      self->rec_.notes.push_back({"closed", reason});
-      up->io.stream()->reset(reason);
-      self->in_.stream()->reset(reason);
-      self->complete_record();
+      self->close_at_deadline(up);
     });
+    return true;
+  }
+
+  void close_at_deadline(const UpstreamPtr& up) {
+    pipes_open_ = 0;
+    const std::string reason = pipe_deadline_reason_.empty() ? "connection deadline reached" : pipe_deadline_reason_;
+    if (log_) log_->info("http {}: upgraded connection closed: {}", peer_, reason);
+    rec_.notes.push_back({"closed", reason});
+    up->io.stream()->reset(reason);
+    in_.stream()->reset(reason);
+    complete_record();
   }
 
   // inbound -> upstream when `to_upstream`, else upstream -> inbound.
