@@ -20,6 +20,12 @@ if(CLUSTERCONNECT_TSAN)
   target_compile_options(clusterconnect_options INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
   target_link_options(clusterconnect_options INTERFACE -fsanitize=thread)
 endif()
+# Under the sanitizers GCC's flow analysis reports "may be used uninitialized"
+# inside libstdc++'s own headers (<regex> building std::function states):
+# false positives that warnings-as-errors would turn into a failed build.
+if((CLUSTERCONNECT_SANITIZE OR CLUSTERCONNECT_TSAN) AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  target_compile_options(clusterconnect_options INTERFACE -Wno-maybe-uninitialized)
+endif()
 
 set(CLUSTERCONNECT_PLUGIN_INSTALL_DIR "${CMAKE_INSTALL_LIBDIR}/connectedk8s/plugins")
 # Build-tree plugin directory, laid out like the install tree so binaries find
