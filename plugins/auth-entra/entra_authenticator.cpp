@@ -15,13 +15,6 @@
 namespace clusterconnect::entra {
 namespace {
 
-AuthOutcome reject(AuthFailure f, std::string message) {
-  AuthOutcome o;
-  o.failure = f;
-  o.message = std::move(message);
-  return o;
-}
-
 std::string trim_authority(std::string a) {
   while (!a.empty() && a.back() == '/') a.pop_back();
   return a;

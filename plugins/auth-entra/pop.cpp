@@ -15,13 +15,6 @@
 namespace clusterconnect::entra {
 namespace {
 
-AuthOutcome reject(AuthFailure f, std::string message) {
-  AuthOutcome o;
-  o.failure = f;
-  o.message = std::move(message);
-  return o;
-}
-
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
            return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));

@@ -40,6 +40,25 @@ std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   return size * n;
 }
 
+// Verified HTTPS only, bounded in time. The relay's CA from `ca_file`, else
+// SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL honours them (libcurl on its own
+// reads only its built-in path).
+void set_https_options(CURL* c, const std::string& ca_file, char* err) {
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+  if (!ca_file.empty()) {
+    curl_easy_setopt(c, CURLOPT_CAINFO, ca_file.c_str());
+  } else {
+    if (const char* f = std::getenv("SSL_CERT_FILE"); f && *f) curl_easy_setopt(c, CURLOPT_CAINFO, f);
+    if (const char* d = std::getenv("SSL_CERT_DIR"); d && *d) curl_easy_setopt(c, CURLOPT_CAPATH, d);
+  }
+}
+
 Result<Response> post_once(const std::string& url, const std::string& body, const std::string& token,
                            const std::string& ca_file) {
   std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
@@ -62,21 +81,7 @@ Result<Response> post_once(const std::string& url, const std::string& body, cons
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
   curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-  if (!ca_file.empty()) {
-    curl_easy_setopt(c, CURLOPT_CAINFO, ca_file.c_str());
-  } else {
-    // SSL_CERT_FILE / SSL_CERT_DIR as OpenSSL honours them; libcurl on its
-    // own reads only its built-in path.
-    if (const char* f = std::getenv("SSL_CERT_FILE"); f && *f) curl_easy_setopt(c, CURLOPT_CAINFO, f);
-    if (const char* d = std::getenv("SSL_CERT_DIR"); d && *d) curl_easy_setopt(c, CURLOPT_CAPATH, d);
-  }
+  set_https_options(c, ca_file, err);
   CURLcode rc = curl_easy_perform(c);
   if (rc != CURLE_OK)
     return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));
@@ -157,14 +162,7 @@ Result<std::string> discover_management_audience(const ManagementClientOptions& 
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-  if (!o.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, o.ca_file.c_str());
+  set_https_options(c, o.ca_file, err);
   if (CURLcode rc = curl_easy_perform(c); rc != CURLE_OK)
     return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
