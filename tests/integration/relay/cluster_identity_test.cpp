@@ -74,6 +74,7 @@ std::shared_ptr<TunnelListener> listen_as(ModuleHost& host, RelayProcess& relay,
   auto l = host.transport().listen(std::move(o), agent.handler());
   REQUIRE(l);
   REQUIRE(wait_until([&] { return l->status().tunnels_up == 2; }, 20s));
+  REQUIRE(wait_until([&] { return relay.agent_tunnels(path) == 2; }, 20s));
   return l;
 }
 
@@ -207,10 +208,19 @@ TEST_CASE("one client tunnel holds at most max_streams_per_client streams", "[re
   held.front()->reset("done");
   held.erase(held.begin());
   // Once one ends, the client may open again.
-  REQUIRE(wait_until([&] { return !open_stream(*client).ec; }, 20s));
+  REQUIRE(wait_until(
+      [&] {
+        auto o = open_stream(*client);
+        if (o.ec) return false;
+        o.stream->reset("test over");
+        return true;
+      },
+      20s));
   for (auto& s : held) s->reset("test over");
   client->close();
   listener->close();
+  // Both tunnels end, with the streams they hold, before the host stops.
+  CHECK(wait_until([&] { return relay.tunnels(path_a, "agent") + relay.tunnels(path_a, "client") == 0; }, 20s));
 }
 
 TEST_CASE("a registry that names one cluster twice is refused", "[relay][config][security]") {

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <future>
 #include <sstream>
@@ -126,6 +127,18 @@ class RelayProcess {
   std::string metrics_url(const std::string& path = "/metrics") const {
     return "http://127.0.0.1:" + std::to_string(metrics_port_.load()) + path;
   }
+  // The tunnels the relay holds for a hybrid connection on one side ("agent"
+  // or "client"), from its /metrics. An agent counts a tunnel up once it reads
+  // the 101, a moment before the relay files it, so a test that opens a stream
+  // next waits for the relay's count; and a session that still holds streams
+  // when the host stops is only reclaimed if it was closed first.
+  unsigned tunnels(const std::string& path, const std::string& side) const {
+    const auto metrics = run("curl -sS --max-time 10 " + quote(metrics_url())).output;
+    const std::string key = "clusterconnect_relay_tunnels{hybrid_connection=\"" + path + "\",side=\"" + side + "\"} ";
+    const auto at = metrics.find(key);
+    return at == std::string::npos ? 0u : static_cast<unsigned>(std::strtoul(metrics.c_str() + at + key.size(), nullptr, 10));
+  }
+  unsigned agent_tunnels(const std::string& path = demo_path) const { return tunnels(path, "agent"); }
   const std::string& ca_file() const { return ca_file_; }
   std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }
   std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }

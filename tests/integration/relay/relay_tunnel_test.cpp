@@ -22,6 +22,7 @@ std::shared_ptr<TunnelListener> start_agent(ModuleHost& host, const RelayProcess
   auto l = host.transport().listen(std::move(o), agent.handler());
   REQUIRE(l);
   REQUIRE(wait_until([&] { return l->status().tunnels_up == tunnels; }, 10s));
+  REQUIRE(wait_until([&] { return relay.agent_tunnels() == tunnels; }, 10s));
   return l;
 }
 
