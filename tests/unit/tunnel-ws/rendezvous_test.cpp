@@ -1,0 +1,372 @@
+// The rendezvous pieces: the ClientHello peeker (fed real ClientHellos from
+// OpenSSL, then cut, re-fragmented and tampered with), tickets, the proxy
+// leg's preamble and the relay's answer, and the control-channel messages.
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <set>
+#include <vector>
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+
+#include "rendezvous/client_hello.hpp"
+#include "rendezvous/control_message.hpp"
+#include "rendezvous/preamble.hpp"
+
+using namespace clusterconnect::tunnel::rendezvous;
+using Bytes = std::vector<std::uint8_t>;
+
+namespace {
+
+// What an OpenSSL client sends first: its ClientHello, in TLS records.
+Bytes real_client_hello(const char* server_name, int max_version = TLS1_3_VERSION) {
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  REQUIRE(ctx);
+  REQUIRE(SSL_CTX_set_max_proto_version(ctx.get(), max_version) == 1);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+  BIO* in = BIO_new(BIO_s_mem());
+  BIO* out = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl.get(), in, out);  // owned by the SSL from here
+  if (server_name) REQUIRE(SSL_set_tlsext_host_name(ssl.get(), server_name) == 1);
+  SSL_set_connect_state(ssl.get());
+  REQUIRE(SSL_do_handshake(ssl.get()) == -1);
+  REQUIRE(SSL_get_error(ssl.get(), -1) == SSL_ERROR_WANT_READ);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(out, &data);
+  REQUIRE(n > 0);
+  return Bytes(data, data + n);
+}
+
+// The handshake bytes of a run of TLS records.
+Bytes handshake_layer(const Bytes& records) {
+  Bytes hs;
+  for (std::size_t at = 0; at + 5 <= records.size();) {
+    const std::size_t len = std::size_t{records[at + 3]} << 8 | records[at + 4];
+    hs.insert(hs.end(), records.begin() + static_cast<long>(at + 5), records.begin() + static_cast<long>(at + 5 + len));
+    at += 5 + len;
+  }
+  return hs;
+}
+
+// The same handshake bytes cut into records of at most `size` bytes.
+Bytes in_records(const Bytes& hs, std::size_t size) {
+  Bytes out;
+  for (std::size_t at = 0; at < hs.size(); at += size) {
+    const std::size_t n = std::min(size, hs.size() - at);
+    out.insert(out.end(), {22, 3, 1, static_cast<std::uint8_t>(n >> 8), static_cast<std::uint8_t>(n)});
+    out.insert(out.end(), hs.begin() + static_cast<long>(at), hs.begin() + static_cast<long>(at + n));
+  }
+  return out;
+}
+
+void put16(Bytes& b, std::size_t v) {
+  b.push_back(static_cast<std::uint8_t>(v >> 8));
+  b.push_back(static_cast<std::uint8_t>(v));
+}
+
+struct Extension {
+  std::uint16_t type;
+  Bytes data;
+};
+
+Extension server_name_ext(const std::vector<std::string>& hosts) {
+  Bytes list;
+  for (const auto& h : hosts) {
+    list.push_back(0);
+    put16(list, h.size());
+    list.insert(list.end(), h.begin(), h.end());
+  }
+  Extension e{0, {}};
+  put16(e.data, list.size());
+  e.data.insert(e.data.end(), list.begin(), list.end());
+  return e;
+}
+
+// A minimal TLS 1.2-shaped ClientHello, built by hand for the shapes no
+// library would send; in one record.
+Bytes synthetic_client_hello(const std::vector<Extension>& extensions, bool with_extensions_block = true) {
+  Bytes body{3, 3};
+  body.insert(body.end(), 32, 0xab);  // random
+  body.push_back(0);                  // session id
+  put16(body, 2);
+  body.insert(body.end(), {0x13, 0x01});  // one cipher suite
+  body.insert(body.end(), {1, 0});        // null compression
+  if (with_extensions_block) {
+    Bytes ext;
+    for (const auto& e : extensions) {
+      put16(ext, e.type);
+      put16(ext, e.data.size());
+      ext.insert(ext.end(), e.data.begin(), e.data.end());
+    }
+    put16(body, ext.size());
+    body.insert(body.end(), ext.begin(), ext.end());
+  }
+  Bytes hs{1, 0, static_cast<std::uint8_t>(body.size() >> 8), static_cast<std::uint8_t>(body.size())};
+  hs.insert(hs.end(), body.begin(), body.end());
+  return in_records(hs, 16384);
+}
+
+Bytes text(std::string_view s) { return Bytes(s.begin(), s.end()); }
+
+HelloPeek peek(const Bytes& b) { return peek_client_hello(b); }
+
+}  // namespace
+
+TEST_CASE("a real ClientHello yields its server name, and no prefix of it does", "[rendezvous]") {
+  for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    INFO("max version " << version);
+    const auto hello = real_client_hello("relay.example.net", version);
+    auto p = peek(hello);
+    REQUIRE(p.state == HelloPeek::State::complete);
+    CHECK(p.server_name == "relay.example.net");
+    for (std::size_t n = 0; n < hello.size(); ++n) {
+      auto part = peek(Bytes(hello.begin(), hello.begin() + static_cast<long>(n)));
+      INFO("first " << n << " bytes");
+      REQUIRE(part.state == HelloPeek::State::need_more);
+    }
+    // What follows the ClientHello does not change the answer.
+    auto more = hello;
+    more.insert(more.end(), {23, 3, 3, 0, 1, 0});
+    CHECK(peek(more).server_name == "relay.example.net");
+  }
+}
+
+TEST_CASE("a ClientHello split over several TLS records is reassembled", "[rendezvous]") {
+  const auto hs = handshake_layer(real_client_hello("abc.relay.example.net"));
+  for (std::size_t size : {hs.size() / 2 + 1, std::size_t{100}, std::size_t{37}}) {
+    INFO("records of " << size << " bytes");
+    const auto records = in_records(hs, size);
+    auto p = peek(records);
+    REQUIRE(p.state == HelloPeek::State::complete);
+    CHECK(p.server_name == "abc.relay.example.net");
+    CHECK(peek(Bytes(records.begin(), records.end() - 1)).state == HelloPeek::State::need_more);
+  }
+  auto p = peek(in_records(hs, 1));
+  REQUIRE(p.state == HelloPeek::State::invalid);
+  CHECK_THAT(p.error, Catch::Contains("more than 32 records"));
+}
+
+TEST_CASE("a ClientHello without a server name is complete, with none", "[rendezvous]") {
+  auto p = peek(real_client_hello(nullptr));
+  REQUIRE(p.state == HelloPeek::State::complete);
+  CHECK(p.server_name.empty());
+  auto bare = peek(synthetic_client_hello({}, false));
+  REQUIRE(bare.state == HelloPeek::State::complete);
+  CHECK(bare.server_name.empty());
+}
+
+TEST_CASE("what is not a ClientHello is refused from its first bytes", "[rendezvous]") {
+  struct Case {
+    Bytes bytes;
+    std::string why;
+  };
+  const std::vector<Case> cases{
+      {text("G"), "not a TLS handshake"},                   // plain HTTP, one byte is enough
+      {{0x80, 0x2e, 0x01}, "not a TLS handshake"},          // SSLv2-compatible hello
+      {{21, 3, 3, 0, 2, 2, 40}, "not a TLS handshake"},     // an alert
+      {{22, 9}, "not a TLS record"},                        // wrong major version
+      {{22, 3, 1, 0, 0}, "empty TLS handshake record"},     // zero-length record
+      {{22, 3, 1, 0x40, 0x01}, "longer than 16 KiB"},       // oversized record
+      {{22, 3, 1, 0, 4, 2, 0, 0, 0}, "not a ClientHello"},  // a ServerHello
+      {{22, 3, 1, 0, 4, 1, 0, 0x40, 0x01}, "the limit is 16384"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.why);
+    auto p = peek(c.bytes);
+    REQUIRE(p.state == HelloPeek::State::invalid);
+    CHECK_THAT(p.error, Catch::Contains(c.why));
+  }
+  // A second record that is not a handshake, before the hello is complete.
+  auto hs = handshake_layer(real_client_hello("x.example"));
+  auto records = in_records(Bytes(hs.begin(), hs.begin() + 50), 50);
+  records.insert(records.end(), {23, 3, 3, 0, 1, 0});
+  auto p = peek(records);
+  REQUIRE(p.state == HelloPeek::State::invalid);
+  CHECK_THAT(p.error, Catch::Contains("non-handshake TLS record"));
+}
+
+TEST_CASE("a malformed ClientHello is refused with what was wrong", "[rendezvous]") {
+  auto p = peek(synthetic_client_hello({server_name_ext({"a.example"}), server_name_ext({"b.example"})}));
+  REQUIRE(p.state == HelloPeek::State::invalid);
+  CHECK_THAT(p.error, Catch::Contains("repeats extension 0"));
+
+  p = peek(synthetic_client_hello({server_name_ext({"a.example", "b.example"})}));
+  REQUIRE(p.state == HelloPeek::State::invalid);
+  CHECK_THAT(p.error, Catch::Contains("more than one host"));
+
+  for (const auto& bad :
+       std::vector<std::string>{"a b.example", std::string("a\0b.example", 11), "a.example\n", std::string(256, 'a'), ""}) {
+    p = peek(synthetic_client_hello({server_name_ext({bad})}));
+    REQUIRE(p.state == HelloPeek::State::invalid);
+    CHECK_THAT(p.error, Catch::Contains("not a host name"));
+  }
+
+  // Every length field one too long or one too short: refused, never read past.
+  const auto good = synthetic_client_hello({server_name_ext({"a.example"}), Extension{0xff01, {0}}});
+  REQUIRE(peek(good).state == HelloPeek::State::complete);
+  std::set<std::string> errors;
+  for (std::size_t at = 5 + 4; at + 1 < good.size(); ++at) {
+    for (int delta : {-1, 1}) {
+      auto bad = good;
+      bad[at] = static_cast<std::uint8_t>(bad[at] + delta);
+      auto r = peek(bad);
+      if (r.state == HelloPeek::State::invalid) errors.insert(r.error);
+    }
+  }
+  CHECK(errors.count("malformed ClientHello extensions") == 1);
+  CHECK(errors.count("malformed server_name extension") == 1);
+  CHECK(errors.count("malformed ClientHello session id") == 1);
+}
+
+TEST_CASE("tickets are random, and only this relay's names carry one", "[rendezvous]") {
+  const auto a = make_ticket(), b = make_ticket();
+  CHECK(is_ticket(a));
+  CHECK(a.size() == 32);
+  CHECK(a != b);
+  CHECK(a.find_first_not_of("0123456789abcdef") == std::string::npos);
+
+  const auto name = ticket_server_name(a, "relay.example.net");
+  CHECK(name == a + ".relay.example.net");
+  CHECK(ticket_from_server_name(name, "relay.example.net") == a);
+  CHECK(ticket_from_server_name(name + ".", "RELAY.example.NET") == a);
+  std::string upper = a;
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  CHECK(ticket_from_server_name(upper + ".relay.example.net", "relay.example.net") == a);
+
+  CHECK_FALSE(ticket_from_server_name(name, "other.example.net"));
+  CHECK_FALSE(ticket_from_server_name(name, "example.net"));  // a suffix is not the host
+  CHECK_FALSE(ticket_from_server_name("relay.example.net", "example.net"));
+  CHECK_FALSE(ticket_from_server_name(a.substr(1) + ".relay.example.net", "relay.example.net"));
+  CHECK_FALSE(ticket_from_server_name(a.substr(1) + "g.relay.example.net", "relay.example.net"));
+  CHECK_FALSE(ticket_from_server_name(a, ""));
+
+  // The name an agent's TLS client would send survives the peeker.
+  auto p = peek(real_client_hello(name.c_str()));
+  REQUIRE(p.state == HelloPeek::State::complete);
+  CHECK(ticket_from_server_name(p.server_name, "relay.example.net") == a);
+}
+
+TEST_CASE("the proxy's preamble names its ticket in one line", "[rendezvous]") {
+  const auto t = make_ticket();
+  const auto line = make_preamble(t);
+  CHECK(line == "CLUSTERCONNECT-RENDEZVOUS/1 " + t + "\r\n");
+  auto bytes = text(line);
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    auto part = Bytes(bytes.begin(), bytes.begin() + static_cast<long>(n));
+    INFO("first " << n << " bytes");
+    REQUIRE(parse_preamble(part).state == LinePeek::State::need_more);
+    REQUIRE(classify_leg(part) == (n < 27 ? Leg::undecided : Leg::proxy));
+  }
+  bytes.insert(bytes.end(), {22, 3, 1});  // what follows is the other leg's business
+  auto p = parse_preamble(bytes);
+  REQUIRE(p.state == LinePeek::State::complete);
+  CHECK(p.ticket == t);
+  CHECK(p.consumed == line.size());
+
+  CHECK(classify_leg(real_client_hello("x.example")) == Leg::agent);
+  CHECK(classify_leg(text("GET / HTTP/1.1\r\n")) == Leg::unknown);
+  CHECK(classify_leg(text("CLUSTERCONNECT-RENDEZVOUZ")) == Leg::unknown);
+  CHECK(classify_leg({}) == Leg::undecided);
+
+  struct Case {
+    std::string line, why;
+  };
+  const std::vector<Case> cases{
+      {"CLUSTERCONNECT-RENDEZVOUS/1 " + t + "\n", "CRLF"},
+      {"CLUSTERCONNECT-RENDEZVOUS/1 " + t + "\rX\r\n", "bare CR"},
+      {"CLUSTERCONNECT-RENDEZVOUS/1 " + t + "\t\r\n", "control"},
+      {"CLUSTERCONNECT-RENDEZVOUS/2 " + t + "\r\n", "not a rendezvous preamble"},
+      {"CLUSTERCONNECT-RENDEZVOUS/1  " + t + "\r\n", "no valid ticket"},
+      {"CLUSTERCONNECT-RENDEZVOUS/1 " + t.substr(2) + "\r\n", "no valid ticket"},
+      {"CLUSTERCONNECT-RENDEZVOUS/1 " + std::string(300, 'a'), "longer than 256"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.why);
+    auto r = parse_preamble(text(c.line));
+    REQUIRE(r.state == LinePeek::State::invalid);
+    CHECK_THAT(r.error, Catch::Contains(c.why));
+  }
+}
+
+TEST_CASE("the relay's answer carries a status and a printable reason", "[rendezvous]") {
+  auto ok = parse_reply(text(make_reply(200, "paired")));
+  REQUIRE(ok.state == LinePeek::State::complete);
+  CHECK(ok.status == 200);
+  CHECK(ok.reason == "paired");
+
+  auto refused = parse_reply(text(make_reply(504, std::string("no agent answered\r\nwithin 30 s\x01") + std::string(400, 'x'))));
+  REQUIRE(refused.state == LinePeek::State::complete);
+  CHECK(refused.status == 504);
+  CHECK(refused.reason.rfind("no agent answered??within 30 s?xxx", 0) == 0);
+  CHECK(refused.consumed == max_preamble_line);
+
+  CHECK(parse_reply(text(make_reply(42, "odd"))).status == 500);
+  CHECK(parse_reply(text("CLUSTERCONNECT-RENDEZVOUS/1 20\r\n")).state == LinePeek::State::invalid);
+  CHECK(parse_reply(text("CLUSTERCONNECT-RENDEZVOUS/1 2000 x\r\n")).state == LinePeek::State::invalid);
+  CHECK(parse_reply(text("HTTP/1.1 200 OK\r\n")).state == LinePeek::State::invalid);
+  CHECK(parse_reply(text("CLUSTERCONNECT-RENDEZVOUS/1 200")).state == LinePeek::State::need_more);
+}
+
+TEST_CASE("control-channel messages in Hybrid Connections' shape", "[rendezvous]") {
+  const std::string accept = R"({"accept":{"address":"wss://relay.example.net/$hc/clusters/s/g/n?sb-hc-action=accept&sb-hc-id=4cb5",)"
+                             R"("id":"4cb5","connectHeaders":{"Host":"relay.example.net","User-Agent":"kubectl"},)"
+                             R"("remoteEndpoint":{"address":"10.1.2.3","port":51234}}})";
+  auto p = parse_control_message(accept);
+  REQUIRE(p.state == ControlParse::State::ok);
+  const auto& a = std::get<AcceptMessage>(p.message);
+  CHECK(a.id == "4cb5");
+  CHECK(a.address.rfind("wss://relay.example.net/$hc/", 0) == 0);
+  CHECK(a.connect_headers.at("User-Agent") == "kubectl");
+  REQUIRE(a.remote_endpoint);
+  CHECK(a.remote_endpoint->port == 51234);
+  // What we send parses back to the same message.
+  auto again = parse_control_message(to_json(a));
+  REQUIRE(again.state == ControlParse::State::ok);
+  CHECK(std::get<AcceptMessage>(again.message).connect_headers == a.connect_headers);
+  CHECK(std::get<AcceptMessage>(again.message).remote_endpoint->address == "10.1.2.3");
+
+  // Optional members may be missing or null.
+  auto minimal = parse_control_message(R"({"accept":{"address":"tls://relay:443","id":"t","connectHeaders":null}})");
+  REQUIRE(minimal.state == ControlParse::State::ok);
+  CHECK_FALSE(std::get<AcceptMessage>(minimal.message).remote_endpoint);
+
+  auto renew = parse_control_message(to_json(RenewTokenMessage{"SharedAccessSignature sr=x&sig=y&se=1&skn=listen"}));
+  REQUIRE(renew.state == ControlParse::State::ok);
+  CHECK(std::get<RenewTokenMessage>(renew.message).token == "SharedAccessSignature sr=x&sig=y&se=1&skn=listen");
+
+  auto request = parse_control_message(R"({"request":{"address":"wss://x","id":"1","method":"GET"}})");
+  CHECK(request.state == ControlParse::State::unknown_kind);
+  CHECK(request.kind == "request");
+}
+
+TEST_CASE("a malformed control message is refused and never echoes a token", "[rendezvous]") {
+  const std::string secret = "SharedAccessSignature sr=secret-resource&sig=c2VjcmV0&se=1&skn=listen";
+  struct Case {
+    std::string json, why;
+  };
+  const std::vector<Case> cases{
+      {"not json", "not JSON"},
+      {"[1]", "one member"},
+      {R"({"accept":{"address":"a","id":"b"},"renewToken":{"token":"t"}})", "one member"},
+      {R"({"accept":"x"})", "not an object"},
+      {R"({"accept":{"id":"b"}})", "'address'"},
+      {R"({"accept":{"address":"","id":"b"}})", "'address'"},
+      {R"({"accept":{"address":"a","id":7}})", "'id'"},
+      {R"({"accept":{"address":"a","id":"b","connectHeaders":{"X":1}}})", "not a string"},
+      {R"({"accept":{"address":"a","id":"b","remoteEndpoint":{"port":70000}}})", "port number"},
+      {R"({"accept":{"address":"a","id":"b","remoteEndpoint":{"port":-1}}})", "port number"},
+      {R"({"renewToken":{"token":["x"]}})", "'token'"},
+      {R"({"renewToken":{"token":")" + secret + std::string(5000, 'x') + R"("}})", "'token'"},
+      {R"({"renewToken":{"token":")" + secret + R"(")", "not JSON"},
+      {std::string(70000, ' ') + "{}", "larger than 64 KiB"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.why);
+    auto p = parse_control_message(c.json);
+    REQUIRE(p.state == ControlParse::State::invalid);
+    CHECK_THAT(p.error, Catch::Contains(c.why));
+    CHECK(p.error.find("secret") == std::string::npos);
+  }
+}
