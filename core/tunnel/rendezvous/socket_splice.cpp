@@ -1,0 +1,209 @@
+#include "rendezvous/socket_splice.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <mutex>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+namespace clusterconnect::tunnel::rendezvous {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+// Bytes one pump moves before it lets other work on the thread run.
+constexpr std::uint64_t turn_bytes = 1 << 20;
+constexpr std::size_t splice_chunk = 1 << 20;
+
+struct Pipe {
+  int read = -1, write = -1;
+  Pipe() = default;
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  ~Pipe() {
+    if (read >= 0) ::close(read);
+    if (write >= 0) ::close(write);
+  }
+  bool open(int size, boost::system::error_code& ec) {
+    int fds[2];
+    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+      ec = boost::system::error_code(errno, boost::system::system_category());
+      return false;
+    }
+    read = fds[0];
+    write = fds[1];
+    if (size > 0) (void)::fcntl(write, F_SETPIPE_SZ, size);  // a smaller pipe than asked still works
+    return true;
+  }
+};
+
+class Splice final : public SocketSplice, public std::enable_shared_from_this<Splice> {
+ public:
+  Splice(tcp::socket a, tcp::socket b, SpliceOptions options, Done done)
+      : strand_(asio::make_strand(a.get_executor())),
+        a_(std::move(a)),
+        b_(std::move(b)),
+        idle_(strand_),
+        options_(options),
+        done_(std::move(done)),
+        ab_{a_, b_, "a", "b"},
+        ba_{b_, a_, "b", "a"} {}
+
+  bool init(boost::system::error_code& ec) {
+    if (!ab_.pipe.open(options_.pipe_size, ec) || !ba_.pipe.open(options_.pipe_size, ec)) return false;
+    a_.native_non_blocking(true, ec);
+    if (!ec) b_.native_non_blocking(true, ec);
+    return !ec;
+  }
+
+  void start() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      self->arm_idle();
+      self->pump(self->ab_);
+      self->pump(self->ba_);
+    });
+  }
+
+  void close(std::string reason) override {
+    asio::post(strand_, [self = shared_from_this(), reason = std::move(reason)]() mutable {
+      self->finish(asio::error::operation_aborted, std::move(reason));
+    });
+  }
+
+ private:
+  struct Direction {
+    Direction(tcp::socket& f, tcp::socket& t, const char* fn, const char* tn)
+        : from(f), to(t), from_name(fn), to_name(tn) {}
+    tcp::socket& from;
+    tcp::socket& to;
+    const char* from_name;
+    const char* to_name;
+    Pipe pipe;
+    std::size_t in_pipe = 0;
+    std::uint64_t moved = 0;
+    bool eof = false;
+    bool done = false;
+  };
+
+  static boost::system::error_code last_error() { return {errno, boost::system::system_category()}; }
+
+  void pump(Direction& d) {
+    std::uint64_t this_turn = 0;
+    while (!finished_ && !d.done) {
+      if (this_turn >= turn_bytes) {
+        // Fair to the other direction and to every other splice on this thread.
+        asio::post(strand_, [self = shared_from_this(), &d] { self->pump(d); });
+        return;
+      }
+      if (d.in_pipe > 0) {
+        const ssize_t n = ::splice(d.pipe.read, nullptr, d.to.native_handle(), nullptr, d.in_pipe,
+                                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          d.in_pipe -= static_cast<std::size_t>(n);
+          d.moved += static_cast<std::uint64_t>(n);
+          this_turn += static_cast<std::uint64_t>(n);
+          active_ = true;
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return wait(d, d.to, tcp::socket::wait_write);
+        return finish(n < 0 ? last_error() : boost::system::error_code(asio::error::broken_pipe),
+                      std::string("sending to leg ") + d.to_name);
+      }
+      if (d.eof) {
+        // Pass the end of stream on; the other direction may still run.
+        boost::system::error_code ignored;
+        d.to.shutdown(tcp::socket::shutdown_send, ignored);
+        d.done = true;
+        if (ab_.done && ba_.done) finish({}, "both legs finished");
+        return;
+      }
+      // The pipe is empty here, so EAGAIN means the socket has nothing to read.
+      const ssize_t n = ::splice(d.from.native_handle(), nullptr, d.pipe.write, nullptr, splice_chunk,
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        d.in_pipe = static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n == 0) {
+        d.eof = true;
+        continue;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return wait(d, d.from, tcp::socket::wait_read);
+      return finish(last_error(), std::string("receiving from leg ") + d.from_name);
+    }
+  }
+
+  void wait(Direction& d, tcp::socket& s, tcp::socket::wait_type type) {
+    s.async_wait(type, asio::bind_executor(strand_, [self = shared_from_this(), &d](boost::system::error_code ec) {
+                   if (self->finished_) return;
+                   if (ec) return self->finish(ec, "waiting on a leg");
+                   self->pump(d);
+                 }));
+  }
+
+  // Ends a splice that saw no byte for a whole idle period.
+  void arm_idle() {
+    idle_.expires_after(options_.idle_timeout);
+    idle_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->finished_) return;
+      if (!self->active_) return self->finish(asio::error::timed_out, "no byte moved within the idle timeout");
+      self->active_ = false;
+      self->arm_idle();
+    });
+  }
+
+  void finish(boost::system::error_code ec, std::string reason) {
+    if (finished_) return;
+    finished_ = true;
+    idle_.cancel();
+    boost::system::error_code ignored;
+    a_.close(ignored);  // completes any wait with operation_aborted
+    b_.close(ignored);
+    SpliceResult r;
+    r.a_to_b = ab_.moved;
+    r.b_to_a = ba_.moved;
+    r.ec = ec;
+    r.reason = std::move(reason);
+    if (auto done = std::move(done_)) done(r);
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  tcp::socket a_, b_;
+  asio::steady_timer idle_;
+  SpliceOptions options_;
+  Done done_;
+  Direction ab_, ba_;
+  bool finished_ = false;
+  bool active_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<SocketSplice> start_splice(tcp::socket a, tcp::socket b, SpliceOptions options, SocketSplice::Done done,
+                                           boost::system::error_code& ec) {
+  // splice(2) to a socket whose peer has gone raises SIGPIPE and cannot be
+  // told not to (send(2) has MSG_NOSIGNAL): a process that splices ignores it.
+  static std::once_flag sigpipe;
+  std::call_once(sigpipe, [] {
+    struct sigaction old {};
+    if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
+  });
+  auto s = std::make_shared<Splice>(std::move(a), std::move(b), options, std::move(done));
+  if (!s->init(ec)) return nullptr;
+  s->start();
+  return s;
+}
+
+}  // namespace clusterconnect::tunnel::rendezvous
