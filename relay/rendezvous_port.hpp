@@ -1,0 +1,96 @@
+#pragma once
+// The relay's rendezvous port. Both legs of every rendezvous connect here:
+// an agent's leg opens with a TLS ClientHello whose server name carries the
+// ticket, a proxy's leg with a preamble line naming it. The port tells them
+// apart by their first byte, pairs them by ticket (RendezvousBook), answers
+// the proxy's leg with one line, hands it the agent's ClientHello and from
+// then on splices the two sockets. It never terminates TLS: what runs inside
+// is end to end between the proxy and the agent.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <spdlog/logger.h>
+
+#include "rendezvous/socket_splice.hpp"
+#include "rendezvous_book.hpp"
+
+namespace clusterconnect::relay {
+
+struct RendezvousPortOptions {
+  // The name agents put after their ticket in SNI: "<ticket>.<relay_host>".
+  std::string relay_host;
+  // A leg must identify itself (whole ClientHello or preamble line) within this.
+  std::chrono::milliseconds identify_timeout{std::chrono::seconds(10)};
+  // Connections not yet paired: being identified or waiting for their other leg.
+  std::size_t max_unpaired = 1024;
+  RendezvousLimits book;
+  tunnel::rendezvous::SpliceOptions splice;
+};
+
+struct RendezvousCounters {
+  std::atomic<std::uint64_t> paired{0};
+  std::atomic<std::uint64_t> expired{0};
+  std::atomic<std::uint64_t> refused{0};  // unknown or spent tickets, malformed first bytes, limits, timeouts
+  std::atomic<std::int64_t> unpaired{0};
+  std::atomic<std::int64_t> splices_active{0};
+  std::atomic<std::uint64_t> bytes_proxy_to_agent{0};
+  std::atomic<std::uint64_t> bytes_agent_to_proxy{0};
+};
+
+class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
+ public:
+  static std::shared_ptr<RendezvousPort> listen(boost::asio::io_context& io, const boost::asio::ip::tcp::endpoint& at,
+                                                RendezvousPortOptions options, std::shared_ptr<spdlog::logger> logger,
+                                                boost::system::error_code& ec);
+  ~RendezvousPort();
+
+  unsigned short port() const { return port_; }
+
+  // A rendezvous for a connect authorised for `cluster`: its fresh ticket,
+  // or empty with `why` set when a pending limit is reached.
+  std::string open(const std::string& cluster, std::string& why);
+  // Withdraws a rendezvous whose connect went away; a leg that waits is closed.
+  void cancel(const std::string& ticket);
+
+  // Stops accepting and closes every leg and splice.
+  void close();
+
+  const RendezvousCounters& counters() const { return counters_; }
+
+ private:
+  struct Leg;
+  class Identify;
+  friend class Identify;
+
+  RendezvousPort(boost::asio::io_context& io, RendezvousPortOptions options, std::shared_ptr<spdlog::logger> logger);
+  void do_accept();
+  void arm_sweep();
+  void present(const std::string& ticket, LegSide side, std::shared_ptr<Leg> leg);
+  void pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent, const std::string& cluster);
+  void refuse(const std::shared_ptr<Leg>& leg, LegSide side, unsigned status, const std::string& reason);
+
+  boost::asio::io_context& io_;
+  boost::asio::strand<boost::asio::io_context::executor_type> strand_;  // the acceptor and the sweep
+  boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer sweep_;
+  RendezvousPortOptions options_;
+  std::shared_ptr<spdlog::logger> logger_;
+  unsigned short port_ = 0;
+  RendezvousCounters counters_;
+
+  std::mutex mutex_;  // the book and the splice set
+  RendezvousBook<std::shared_ptr<Leg>> book_;
+  std::vector<std::weak_ptr<tunnel::rendezvous::SocketSplice>> splices_;
+  bool closed_ = false;
+};
+
+}  // namespace clusterconnect::relay
