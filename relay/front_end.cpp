@@ -3,6 +3,7 @@
 #include "protocol/ws_channel.hpp"
 
 #include <atomic>
+#include <deque>
 #include <mutex>
 #include <optional>
 
@@ -15,6 +16,8 @@
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/url.hpp"
 #include "clusterconnect/version.hpp"
+#include "rendezvous/control_message.hpp"
+#include "rendezvous_port.hpp"
 
 namespace clusterconnect::relay {
 
@@ -137,6 +140,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_tunnel();
   void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                    TokenVerifier verify);
+  void handle_rendezvous_connect(const ClusterEntry* cluster);
+  void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
+                              const std::string& requested);
   void handle_management();
   void respond(unsigned status, std::string content_type, std::string body);
   void respond_error(unsigned status, std::string_view message) {
@@ -190,6 +196,22 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     api_ = std::move(api);
   }
   void set_ready(bool ready) noexcept override { ready_ = ready; }
+  void set_rendezvous(std::shared_ptr<RendezvousPort> port, std::string advertise) override {
+    std::lock_guard lock(mutex_);
+    rendezvous_ = std::move(port);
+    rendezvous_address_ = "tls://" + advertise;
+  }
+  void close_control_channels(const std::string& reason) noexcept override {
+    try {
+      listeners_.close_all(1001, reason);
+    } catch (...) {
+    }
+  }
+  std::pair<std::shared_ptr<RendezvousPort>, std::string> rendezvous() const {
+    std::lock_guard lock(mutex_);
+    return {rendezvous_, rendezvous_address_};
+  }
+  ListenerRegistry& listeners() { return listeners_; }
   void stop_accepting() noexcept override {
     try {
       asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
@@ -232,6 +254,36 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   spdlog::logger& log() { return *logger_; }
   const std::shared_ptr<spdlog::logger>& logger() { return logger_; }
 
+  std::string render_rendezvous_metrics() const {
+    std::string out =
+        "# HELP clusterconnect_relay_listeners Agents' control channels (rendezvous listeners), by cluster.\n"
+        "# TYPE clusterconnect_relay_listeners gauge\n";
+    std::map<std::string, std::size_t> by_hc;
+    for (const auto& c : config_.clusters) by_hc[c.hybrid_connection] = 0;
+    for (const auto& [cluster, n] : listeners_.counts()) by_hc[cluster->hybrid_connection] = n;
+    for (const auto& [hc, n] : by_hc)
+      out += "clusterconnect_relay_listeners{hybrid_connection=\"" + hc + "\"} " + std::to_string(n) + "\n";
+    auto [port, address] = rendezvous();
+    if (!port) return out;
+    const auto& c = port->counters();
+    out += "# HELP clusterconnect_relay_rendezvous_total Rendezvous legs, by outcome.\n"
+           "# TYPE clusterconnect_relay_rendezvous_total counter\n"
+           "clusterconnect_relay_rendezvous_total{outcome=\"paired\"} " + std::to_string(c.paired.load()) + "\n"
+           "clusterconnect_relay_rendezvous_total{outcome=\"expired\"} " + std::to_string(c.expired.load()) + "\n"
+           "clusterconnect_relay_rendezvous_total{outcome=\"refused\"} " + std::to_string(c.refused.load()) + "\n";
+    out += "# HELP clusterconnect_relay_rendezvous_unpaired Rendezvous legs connected and not yet paired.\n"
+           "# TYPE clusterconnect_relay_rendezvous_unpaired gauge\n"
+           "clusterconnect_relay_rendezvous_unpaired " + std::to_string(c.unpaired.load()) + "\n";
+    out += "# HELP clusterconnect_relay_rendezvous_spliced Paired rendezvous whose bytes the relay moves now.\n"
+           "# TYPE clusterconnect_relay_rendezvous_spliced gauge\n"
+           "clusterconnect_relay_rendezvous_spliced " + std::to_string(c.splices_active.load()) + "\n";
+    out += "# HELP clusterconnect_relay_rendezvous_bytes_total Bytes spliced between ended rendezvous legs, by direction.\n"
+           "# TYPE clusterconnect_relay_rendezvous_bytes_total counter\n"
+           "clusterconnect_relay_rendezvous_bytes_total{direction=\"proxy_to_agent\"} " + std::to_string(c.bytes_proxy_to_agent.load()) + "\n"
+           "clusterconnect_relay_rendezvous_bytes_total{direction=\"agent_to_proxy\"} " + std::to_string(c.bytes_agent_to_proxy.load()) + "\n";
+    return out;
+  }
+
   std::string render_metrics() const {
     std::string out = switch_->render_tunnel_metrics();
     out += "# HELP clusterconnect_relay_streams_active Client streams spliced to an agent right now.\n"
@@ -255,6 +307,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            "# TYPE clusterconnect_relay_open_failures_total counter\n";
     for (const auto& [reason, n] : metrics_.open_failures())
       out += "clusterconnect_relay_open_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
+    out += render_rendezvous_metrics();
     return out;
   }
 
@@ -295,8 +348,155 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   std::shared_ptr<ManagementApi> api_;
   std::map<std::string, std::size_t> pending_by_address_;
   std::shared_ptr<tcp::acceptor> metrics_acceptor_;
+  ListenerRegistry listeners_{config_.limits.max_tunnels_per_cluster};
+  std::shared_ptr<RendezvousPort> rendezvous_;
+  std::string rendezvous_address_;
   std::atomic<bool> ready_{false};
   unsigned short port_ = 0;
+};
+
+// An agent's control channel, in Hybrid Connections' shape: JSON text
+// messages only (`accept` to the agent, `renewToken` from it) and WebSocket
+// pings; it ends when its token expires unless a renewal came in time.
+class ControlChannel final : public ControlChannelSink, public std::enable_shared_from_this<ControlChannel> {
+ public:
+  // Messages queued and not yet written; beyond it the channel takes no more.
+  static constexpr std::size_t queue_limit = 256;
+
+  ControlChannel(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, const ClusterEntry* cluster,
+                 std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer)
+      : ws_(std::move(ws)),
+        front_(std::move(front)),
+        cluster_(cluster),
+        expiry_(expiry),
+        verify_(std::move(verify)),
+        peer_(std::move(peer)),
+        timer_(ws_.get_executor()),
+        lease_(front_->tunnel_switch().connection_lease()) {}
+
+  void start(std::uint64_t id) {
+    id_ = id;
+    front_->log().info("control channel for cluster {} is up ({})", cluster_->resource_id(), peer_);
+    arm_expiry();
+    do_read();
+  }
+
+  bool send(std::string text) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_ || queued_ >= queue_limit) return false;
+      ++queued_;
+    }
+    asio::post(ws_.get_executor(), [self = shared_from_this(), text = std::move(text)]() mutable {
+      self->queue_.push_back(std::move(text));
+      self->flush();
+    });
+    return true;
+  }
+
+  void close(std::uint16_t code, std::string reason) override {
+    asio::post(ws_.get_executor(), [self = shared_from_this(), code, reason = std::move(reason)]() mutable {
+      self->do_close(code, std::move(reason));
+    });
+  }
+
+ private:
+  void do_read() {
+    ws_.async_read(buffer_, [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
+  void on_read(error_code ec) {
+    if (ec) return finish(ec == websocket::error::closed ? "closed by the agent" : "transport: " + ec.message());
+    if (!ws_.got_text()) {
+      buffer_.consume(buffer_.size());
+      return do_close(1003, "the control channel carries JSON text messages only");
+    }
+    const std::string text = beast::buffers_to_string(buffer_.data());
+    buffer_.consume(buffer_.size());
+    auto m = tunnel::rendezvous::parse_control_message(text);
+    using State = tunnel::rendezvous::ControlParse::State;
+    if (m.state == State::invalid) return do_close(1007, "invalid control message: " + m.error);
+    if (m.state == State::unknown_kind) {
+      front_->log().debug("control channel {}: ignored a '{}' message", peer_, m.kind);
+    } else if (auto* renew = std::get_if<tunnel::rendezvous::RenewTokenMessage>(&m.message)) {
+      TokenCheck c = verify_(renew->token);
+      if (!c.ok) {
+        // The channel keeps its current token and ends when it expires.
+        front_->log().warn("control channel {}: token renewal refused ({}): {}", peer_, c.status, c.reason);
+      } else if (c.expiry > expiry_) {
+        expiry_ = c.expiry;
+        arm_expiry();
+      }
+    } else {
+      front_->log().debug("control channel {}: ignored a message only the relay sends", peer_);
+    }
+    do_read();
+  }
+
+  void flush() {
+    if (writing_ || queue_.empty() || closing_) return;
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(asio::buffer(queue_.front()), [self = shared_from_this()](error_code ec, std::size_t) {
+      self->writing_ = false;
+      self->queue_.pop_front();
+      {
+        std::lock_guard lock(self->mutex_);
+        --self->queued_;
+      }
+      if (ec) return self->finish("transport: " + ec.message());
+      self->flush();
+    });
+  }
+
+  void arm_expiry() {
+    timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::max(expiry_ - std::chrono::system_clock::now(), std::chrono::system_clock::duration::zero())));
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec) self->do_close(1008, "token expired");
+    });
+  }
+
+  void do_close(std::uint16_t code, std::string reason) {
+    if (closing_) return;
+    closing_ = true;
+    mark_closed();
+    front_->log().info("control channel for cluster {} ({}): closing ({}): {}", cluster_->resource_id(), peer_, code, reason);
+    beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
+    ws_.async_close(websocket::close_reason(static_cast<websocket::close_code>(code), reason), [self = shared_from_this()](error_code) { self->finish("closed"); });
+  }
+
+  void finish(const std::string& why) {
+    if (finished_) return;
+    finished_ = true;
+    mark_closed();
+    timer_.cancel();
+    front_->listeners().remove(id_);
+    front_->log().debug("control channel for cluster {} ({}) ended: {}", cluster_->resource_id(), peer_, why);
+    error_code ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+  }
+
+  void mark_closed() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+  }
+
+  tunnel::WsStream ws_;
+  std::shared_ptr<FrontEndImpl> front_;
+  const ClusterEntry* cluster_;
+  std::chrono::system_clock::time_point expiry_;
+  TokenVerifier verify_;
+  std::string peer_;
+  asio::steady_timer timer_;
+  std::shared_ptr<void> lease_;
+  beast::flat_buffer buffer_;
+  std::deque<std::string> queue_;
+  std::uint64_t id_ = 0;
+  bool writing_ = false, closing_ = false, finished_ = false;
+  std::mutex mutex_;
+  std::size_t queued_ = 0;
+  bool closed_ = false;
 };
 
 HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl> front, std::string address)
@@ -385,7 +585,6 @@ void HttpConnection::handle_tunnel() {
     front_->log().info("tunnel handshake from {} refused ({}): {}", peer_, status, message);
     respond_error(status, message);
   };
-  if (!websocket::is_upgrade(req_)) return refuse(400, "not_websocket", "tunnel endpoints take WebSocket upgrades only");
   std::string_view target = req_.target();
   auto q = target.find('?');
   std::string_view raw_path = target.substr(5, q == std::string_view::npos ? std::string_view::npos : q - 5);
@@ -405,8 +604,17 @@ void HttpConnection::handle_tunnel() {
   if (token.empty() && query.count("sb-hc-token")) token = query["sb-hc-token"];
   const std::string host = config.public_host.empty() ? std::string(req_[http::field::host]) : config.public_host;
   const std::string requested = "https://" + host + "/" + hc;
+  const bool upgrade = websocket::is_upgrade(req_);
+  const bool rendezvous_connect = !upgrade && action == "connect" && req_.method() == http::verb::post;
+  if (!upgrade && !rendezvous_connect)
+    return refuse(400, "not_websocket", "tunnel endpoints take WebSocket upgrades, or a POST to connect by rendezvous");
   TokenCheck check = check_tunnel_token(*cluster, requested, action, token);
   if (!check.ok) return refuse(check.status, check.label, check.reason);
+  if (rendezvous_connect) return handle_rendezvous_connect(cluster);
+  // A listener that does not ask for the tunnel protocol gets a control
+  // channel: it is announced rendezvous instead of carrying streams.
+  if (action == "listen" && !offers_subprotocol(req_[http::field::sec_websocket_protocol]))
+    return accept_control_channel(cluster, check.expiry, requested);
   if (!offers_subprotocol(req_[http::field::sec_websocket_protocol]))
     return refuse(400, "no_subprotocol", std::string("Sec-WebSocket-Protocol must offer ") + tunnel::subprotocol);
   const TunnelSide side = action == "listen" ? TunnelSide::agent : TunnelSide::client;
@@ -454,6 +662,69 @@ void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEn
       front_->logger());
   ws_.reset();
   sw.add_tunnel(side, *cluster, std::move(session), expiry, std::move(verify));
+}
+
+void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
+                                            const std::string& requested) {
+  if (front_->listeners().count(cluster) >= front_->config().limits.max_tunnels_per_cluster) {
+    front_->metrics().handshake_failure("listener_limit");
+    return respond_error(429, "cluster " + cluster->name + " has its maximum of listeners");
+  }
+  beast::get_lowest_layer(stream_).expires_never();
+  ws_.emplace(std::move(stream_));
+  websocket::stream_base::timeout t{};
+  t.handshake_timeout = handshake_timeout;
+  // Beast pings a quiet channel and drops one that stays silent.
+  t.idle_timeout = std::chrono::duration_cast<std::chrono::seconds>(front_->config().limits.idle_timeout);
+  t.keep_alive_pings = true;
+  ws_->set_option(t);
+  ws_->read_message_max(tunnel::rendezvous::max_control_message);
+  ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+  }));
+  TokenVerifier verify = [cluster, requested](std::string_view t) { return check_tunnel_token(*cluster, requested, "listen", t); };
+  ws_->async_accept(req_, [self = shared_from_this(), cluster, expiry, verify = std::move(verify)](error_code ec) mutable {
+    if (ec) {
+      self->front_->metrics().handshake_failure("upgrade");
+      self->front_->log().info("WebSocket upgrade from {} failed: {}", self->peer_, ec.message());
+      return;
+    }
+    auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, cluster, expiry, std::move(verify),
+                                                    self->peer_);
+    self->ws_.reset();
+    auto id = self->front_->listeners().add(cluster, channel);
+    if (!id) return channel->close(1008, "the cluster has its maximum of listeners");
+    channel->start(*id);
+  });
+}
+
+void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster) {
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    front_->metrics().open_failure(label);
+    front_->log().info("rendezvous connect from {} for {} refused ({}): {}", peer_, cluster->resource_id(), status, message);
+    respond_error(status, message);
+  };
+  auto [port, address] = front_->rendezvous();
+  if (!port) return refuse(404, "no_rendezvous", "this relay does not serve rendezvous; connect with a WebSocket tunnel");
+  if (front_->listeners().count(cluster) == 0)
+    return refuse(404, "no_agent", "no agent connected for cluster " + cluster->name + " (" + cluster->resource_id() + ")");
+  std::string why;
+  const std::string ticket = port->open(cluster->resource_id(), why);
+  if (ticket.empty()) return refuse(503, "rendezvous_limit", why);
+  tunnel::rendezvous::AcceptMessage accept;
+  accept.address = address;
+  accept.id = ticket;
+  error_code ignored;
+  const auto remote = beast::get_lowest_layer(stream_).socket().remote_endpoint(ignored);
+  accept.remote_endpoint = tunnel::rendezvous::RemoteEndpoint{remote.address().to_string(), remote.port()};
+  if (!front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(accept))) {
+    port->cancel(ticket);
+    return refuse(404, "no_agent", "no agent of cluster " + cluster->name + " (" + cluster->resource_id() +
+                                       ") took the rendezvous; retry");
+  }
+  const auto ttl = std::chrono::duration_cast<std::chrono::seconds>(port->ttl()).count();
+  nlohmann::json body{{"rendezvous", {{"address", address}, {"ticket", ticket}, {"expiresInSeconds", ttl}}}};
+  respond(200, "application/json", body.dump());
 }
 
 void HttpConnection::handle_management() {

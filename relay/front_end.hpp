@@ -8,6 +8,7 @@
 
 #include "clusterconnect/asio_fwd.hpp"
 #include "clusterconnect/result.hpp"
+#include "listener_registry.hpp"
 #include "management_api.hpp"
 #include "relay_config.hpp"
 #include "relay_metrics.hpp"
@@ -18,6 +19,8 @@ class context;
 }
 
 namespace clusterconnect::relay {
+
+class RendezvousPort;
 
 class FrontEnd {
  public:
@@ -34,6 +37,11 @@ class FrontEnd {
   // set they get 404 with an ARM-shaped error body.
   virtual void set_management_api(std::shared_ptr<ManagementApi> api) = 0;
   virtual void set_ready(bool ready) noexcept = 0;
+  // Serves rendezvous: a POST connect gets a ticket for `port`, announced to
+  // one of the cluster's control channels as `tls://<advertise>`.
+  virtual void set_rendezvous(std::shared_ptr<RendezvousPort> port, std::string advertise) = 0;
+  // Closes every agent control channel (1001) with `reason`.
+  virtual void close_control_channels(const std::string& reason) noexcept = 0;
   // Stops accepting connections; thread-safe, idempotent.
   virtual void stop_accepting() noexcept = 0;
   // A plain-HTTP listener for /metrics (which names every cluster), /healthz

@@ -22,6 +22,7 @@
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/registry.hpp"
 #include "front_end.hpp"
+#include "rendezvous_port.hpp"
 #include "management_api.hpp"
 #include "relay_config.hpp"
 #include "tunnel_switch.hpp"
@@ -49,9 +50,11 @@ TlsFiles make_dev_tls(const std::filesystem::path& dir) {
   return TlsFiles{server->cert, server->key, std::filesystem::absolute(dir / "ca.crt").string()};
 }
 
-void write_ready_file(const std::string& path, unsigned short port, const std::string& ca_file, unsigned short metrics_port) {
+void write_ready_file(const std::string& path, unsigned short port, const std::string& ca_file, unsigned short metrics_port,
+                      unsigned short rendezvous_port) {
   nlohmann::json j{{"port", port}, {"ca_file", ca_file}};
   if (metrics_port) j["metrics_port"] = metrics_port;
+  if (rendezvous_port) j["rendezvous_port"] = rendezvous_port;
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
@@ -148,6 +151,7 @@ int main(int argc, char** argv) try {
   std::string log_format = "text";
   app.add_option("--log-format", log_format, "Log format: text or json")->check(CLI::IsMember({"text", "json"}));
   std::string config_file, listen, ready_file, dev_tls, cert_file, key_file, public_host, metrics_listen;
+  std::string rendezvous_listen, rendezvous_advertise;
   app.add_option("--config", config_file, "Relay configuration file (JSON): clusters, keys, limits")->check(CLI::ExistingFile);
   app.add_option("--listen", listen, "Listen address ADDRESS:PORT (port 0: any free port); default from the config or 127.0.0.1:8443");
   app.add_option("--ready-file", ready_file,
@@ -155,6 +159,12 @@ int main(int argc, char** argv) try {
   app.add_option("--metrics-listen", metrics_listen,
                  "ADDRESS:PORT for /metrics, /healthz, /readyz over plain HTTP (port 0: any free port); /metrics names "
                  "every cluster, so keep it off the public network. Default: from the config, else none");
+  app.add_option("--rendezvous-listen", rendezvous_listen,
+                 "ADDRESS:PORT where proxies' and agents' rendezvous legs meet (port 0: any free port); the relay "
+                 "splices them and never terminates the TLS inside. Default: none (WebSocket tunnels only)");
+  app.add_option("--rendezvous-advertise", rendezvous_advertise,
+                 "HOST:PORT agents dial for a rendezvous; HOST (a DNS name or IPv4 address) also follows the ticket in "
+                 "their TLS server name. Default: the public host's name and the rendezvous port");
   app.add_option("--dev-tls", dev_tls, "Development TLS: keep a self-signed CA in DIR and issue a server certificate for 127.0.0.1/localhost");
   app.add_option("--cert-file", cert_file, "Server certificate chain (PEM)");
   app.add_option("--key-file", key_file, "Server private key (PEM)");
@@ -228,6 +238,25 @@ int main(int argc, char** argv) try {
         "the management API needs public_host (--public-host HOST[:PORT]): the name clients dial, signed into every "
         "connect token");
   front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, tunnel_switch, *logger));
+  std::shared_ptr<RendezvousPort> rendezvous;
+  if (!rendezvous_listen.empty()) {
+    auto [raddress, rport] = split_listen(rendezvous_listen);
+    error_code ec;
+    const auto raddr = asio::ip::make_address(raddress, ec);
+    if (ec) throw std::runtime_error("--rendezvous-listen: '" + raddress + "' is not an IP address");
+    RendezvousPortOptions ro;
+    std::string advertise = rendezvous_advertise;
+    std::string host = advertise.empty() ? (config.public_host.empty() ? raddress : config.public_host) : advertise;
+    if (auto colon = host.rfind(':'); colon != std::string::npos && host.find(':') == colon) host.erase(colon);
+    if (host.empty() || host.find_first_of("[]:") != std::string::npos)
+      throw std::runtime_error("--rendezvous-advertise: the host must be a DNS name or an IPv4 address, got '" + host + "'");
+    ro.relay_host = host;
+    rendezvous = RendezvousPort::listen(runtime.io_context(), {raddr, rport}, ro, logger, ec);
+    if (!rendezvous) throw std::runtime_error("--rendezvous-listen " + rendezvous_listen + ": " + ec.message());
+    if (advertise.empty()) advertise = host + ":" + std::to_string(rendezvous->port());
+    front.value()->set_rendezvous(rendezvous, advertise);
+    logger->info("rendezvous on {}:{}, announced as tls://{}", raddress, rendezvous->port(), advertise);
+  }
   unsigned short metrics_port = 0;
   if (!config.metrics_listen.empty()) {
     auto [maddress, mport] = split_listen(config.metrics_listen);
@@ -257,7 +286,8 @@ int main(int argc, char** argv) try {
   std::printf("listening on %s:%u\n", address.c_str(), static_cast<unsigned>(bound));
   if (metrics_port) std::printf("metrics on http://%s:%u/metrics\n", split_listen(config.metrics_listen).first.c_str(), static_cast<unsigned>(metrics_port));
   std::fflush(stdout);
-  if (!ready_file.empty()) write_ready_file(ready_file, bound, tls_files.ca_file, metrics_port);
+  if (!ready_file.empty())
+    write_ready_file(ready_file, bound, tls_files.ca_file, metrics_port, rendezvous ? rendezvous->port() : 0);
 
   {
     std::unique_lock lock(mutex);
@@ -265,6 +295,8 @@ int main(int argc, char** argv) try {
   }
   front.value()->set_ready(false);
   front.value()->stop_accepting();
+  front.value()->close_control_channels("relay is shutting down");
+  if (rendezvous) rendezvous->close();
   tunnel_switch->drain();
   // Every tunnel got GOAWAY: each closes by itself once its streams are done
   // and what it queued has gone out. What is still open at the drain timeout

@@ -65,6 +65,7 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
   void close();
 
   const RendezvousCounters& counters() const { return counters_; }
+  std::chrono::milliseconds ttl() const { return options_.book.ttl; }
 
  private:
   struct Leg;

@@ -1,0 +1,67 @@
+#include "listener_registry.hpp"
+
+#include <algorithm>
+
+namespace clusterconnect::relay {
+
+std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(listeners_, [](const Listener& l) { return l.sink.expired(); });
+  const auto n = std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.cluster == cluster; });
+  if (static_cast<std::size_t>(n) >= max_per_cluster_) return std::nullopt;
+  listeners_.push_back(Listener{next_id_, cluster, std::move(sink), 0});
+  return next_id_++;
+}
+
+void ListenerRegistry::remove(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(listeners_, [&](const Listener& l) { return l.id == id; });
+}
+
+bool ListenerRegistry::send_to_one(const ClusterEntry* cluster, const std::string& text) {
+  // Candidates in order of last use, chosen under the lock, sent outside it.
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<ControlChannelSink>>> candidates;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& l : listeners_)
+      if (l.cluster == cluster)
+        if (auto s = l.sink.lock()) candidates.emplace_back(l.last_used, std::move(s));
+    std::stable_sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
+  for (auto& [used, sink] : candidates) {
+    if (!sink->send(text)) continue;
+    std::lock_guard lock(mutex_);
+    const auto stamp = ++use_clock_;
+    for (auto& l : listeners_)
+      if (l.sink.lock() == sink) l.last_used = stamp;
+    return true;
+  }
+  return false;
+}
+
+std::size_t ListenerRegistry::count(const ClusterEntry* cluster) const {
+  std::lock_guard lock(mutex_);
+  return static_cast<std::size_t>(std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) {
+    return l.cluster == cluster && !l.sink.expired();
+  }));
+}
+
+std::map<const ClusterEntry*, std::size_t> ListenerRegistry::counts() const {
+  std::lock_guard lock(mutex_);
+  std::map<const ClusterEntry*, std::size_t> out;
+  for (const auto& l : listeners_)
+    if (!l.sink.expired()) ++out[l.cluster];
+  return out;
+}
+
+void ListenerRegistry::close_all(std::uint16_t code, const std::string& reason) {
+  std::vector<std::shared_ptr<ControlChannelSink>> sinks;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& l : listeners_)
+      if (auto s = l.sink.lock()) sinks.push_back(std::move(s));
+  }
+  for (auto& s : sinks) s->close(code, reason);
+}
+
+}  // namespace clusterconnect::relay

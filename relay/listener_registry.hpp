@@ -1,0 +1,60 @@
+#pragma once
+// The agents' control channels (Hybrid Connections listeners), by cluster:
+// a connect is announced with an `accept` message on one of them, the least
+// recently used, so a cluster's listeners share the rendezvous.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace clusterconnect::relay {
+
+struct ClusterEntry;
+
+class ControlChannelSink {
+ public:
+  virtual ~ControlChannelSink() = default;
+  // Queues one text message; false when the channel is closed or its queue
+  // is full (a listener that does not read gets no more rendezvous).
+  virtual bool send(std::string text) = 0;
+  // WebSocket close code and reason (1001 going away, 1008 policy).
+  virtual void close(std::uint16_t code, std::string reason) = 0;
+};
+
+class ListenerRegistry {
+ public:
+  explicit ListenerRegistry(std::size_t max_per_cluster) : max_per_cluster_(max_per_cluster) {}
+
+  // A new listener for `cluster`: its id, or nothing when the cluster has
+  // its maximum of listeners.
+  std::optional<std::uint64_t> add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink);
+  void remove(std::uint64_t id);
+
+  // Sends `text` to one listener of the cluster, the one that was given a
+  // message longest ago (or never); another is tried if it refuses. False
+  // when none took it.
+  bool send_to_one(const ClusterEntry* cluster, const std::string& text);
+
+  std::size_t count(const ClusterEntry* cluster) const;
+  std::map<const ClusterEntry*, std::size_t> counts() const;
+  void close_all(std::uint16_t code, const std::string& reason);
+
+ private:
+  struct Listener {
+    std::uint64_t id;
+    const ClusterEntry* cluster;
+    std::weak_ptr<ControlChannelSink> sink;
+    std::uint64_t last_used;  // 0: never
+  };
+  std::size_t max_per_cluster_;
+  mutable std::mutex mutex_;
+  std::vector<Listener> listeners_;
+  std::uint64_t next_id_ = 1;
+  std::uint64_t use_clock_ = 0;
+};
+
+}  // namespace clusterconnect::relay
