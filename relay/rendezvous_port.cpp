@@ -230,18 +230,17 @@ void RendezvousPort::arm_sweep() {
 void RendezvousPort::present(const std::string& ticket, LegSide side, std::shared_ptr<Leg> leg) {
   using Book = RendezvousBook<std::shared_ptr<Leg>>;
   std::variant<Book::Parked, Book::Paired, Book::Refused> r;
+  bool closed = false;
   {
     std::lock_guard lock(mutex_);
-    if (closed_) {
-      r = Book::Refused{std::move(leg), "the relay is shutting down"};
-    } else {
-      r = book_.present(ticket, side, std::move(leg), Book::Clock::now());
-    }
+    closed = closed_;
+    if (closed) r = Book::Refused{std::move(leg), "the relay is shutting down"};
+    else r = book_.present(ticket, side, std::move(leg), Book::Clock::now());
   }
   if (auto* p = std::get_if<Book::Paired>(&r)) return pair(std::move(p->proxy), std::move(p->agent), p->cluster);
   if (auto* f = std::get_if<Book::Refused>(&r)) {
     logger_->info("rendezvous leg from {} refused: {}", f->leg->peer, f->reason);
-    refuse(f->leg, side, 404, f->reason);
+    refuse(f->leg, side, closed ? 503 : 404, f->reason);
   }
 }
 

@@ -56,7 +56,9 @@ class RelayProcess {
   }
   // A relay with the caller's registry; `files` (name -> content, e.g. key
   // files) are written beside the configuration.
-  RelayProcess(const nlohmann::json& config, const std::map<std::string, std::string>& files) {
+  RelayProcess(const nlohmann::json& config, const std::map<std::string, std::string>& files,
+               std::vector<std::string> extra_args = {})
+      : extra_(std::move(extra_args)) {
     for (const auto& [name, content] : files) write_file(dir_.path() / name, content);
     write_file(dir_.path() / "relay.json", config.dump(2));
     start(0);
@@ -91,6 +93,7 @@ class RelayProcess {
         port_ = j["port"].get<unsigned short>();
         ca_file_ = j["ca_file"].get<std::string>();
         metrics_port_ = j.value("metrics_port", static_cast<unsigned short>(0));
+        rendezvous_port_ = j.value("rendezvous_port", static_cast<unsigned short>(0));
         return;
       }
       int status = 0;
@@ -123,6 +126,8 @@ class RelayProcess {
   }
 
   unsigned short port() const { return port_.load(); }
+  // With --rendezvous-listen: where both legs of a rendezvous connect.
+  unsigned short rendezvous_port() const { return rendezvous_port_.load(); }
   // Plain HTTP: /metrics, /healthz, /readyz.
   std::string metrics_url(const std::string& path = "/metrics") const {
     return "http://127.0.0.1:" + std::to_string(metrics_port_.load()) + path;
@@ -166,6 +171,7 @@ class RelayProcess {
   // Read by agents' token callbacks on I/O threads while a restart writes it.
   std::atomic<unsigned short> port_{0};
   std::atomic<unsigned short> metrics_port_{0};
+  std::atomic<unsigned short> rendezvous_port_{0};
   std::string ca_file_;
 };
 

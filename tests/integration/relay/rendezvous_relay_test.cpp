@@ -1,0 +1,225 @@
+// Rendezvous through a real relay process: an agent's control channel (a
+// WebSocket without the tunnel subprotocol) is announced a connect, both legs
+// meet at the rendezvous port and run mutual TLS end to end; and what the
+// relay refuses.
+
+#include <catch2/catch.hpp>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+
+#include "relay_fixture.hpp"
+#include "rendezvous/client_hello.hpp"
+#include "rendezvous/control_message.hpp"
+#include "rendezvous_legs.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::test;
+using namespace std::chrono_literals;
+namespace beast = boost::beast;
+namespace websocket = beast::websocket;
+namespace rv = clusterconnect::tunnel::rendezvous;
+
+namespace {
+
+const std::string subscription = "00000000-0000-0000-0000-000000000000";
+const std::string path_a = "clusters/" + subscription + "/team-a/prod";
+const std::string path_b = "clusters/" + subscription + "/team-b/prod";
+
+// Two clusters called "prod", in resource groups team-a and team-b, and a
+// rendezvous port.
+RelayProcess rendezvous_relay() {
+  auto cluster = [](const std::string& group, const std::string& path, const std::string& key_prefix) {
+    return nlohmann::json{{"subscription", subscription},
+                          {"resource_group", group},
+                          {"name", "prod"},
+                          {"hybrid_connection", path},
+                          {"keys",
+                           {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", key_prefix + "-listen.key"}},
+                            {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", key_prefix + "-connect.key"}}}}};
+  };
+  nlohmann::json config{{"clusters", {cluster("team-a", path_a, "a"), cluster("team-b", path_b, "b")}}};
+  return RelayProcess(config,
+                      {{"a-listen.key", "a-listen\n"},
+                       {"a-connect.key", "a-connect\n"},
+                       {"b-listen.key", "b-listen\n"},
+                       {"b-connect.key", "b-connect\n"}},
+                      {"--rendezvous-listen", "127.0.0.1:0"});
+}
+
+// An agent's control channel: a WebSocket to the relay that offers no
+// subprotocol, read with a time limit.
+class ControlClient {
+ public:
+  ControlClient(const RelayProcess& relay, const std::string& path, const std::string& token) {
+    ctx_.load_verify_file(relay.ca_file());
+    ctx_.set_verify_mode(asio::ssl::verify_peer);
+    asio::ip::tcp::resolver resolver(io_);
+    beast::get_lowest_layer(ws_).connect(resolver.resolve("127.0.0.1", std::to_string(relay.port())));
+    ws_.next_layer().handshake(asio::ssl::stream_base::client);
+    ws_.set_option(websocket::stream_base::decorator(
+        [token](websocket::request_type& req) { req.set("ServiceBusAuthorization", token); }));
+    ws_.handshake(relay.host(), "/$hc/" + path + "?sb-hc-action=listen");
+  }
+
+  // The next text message, or nothing when the channel closed (then
+  // close_code() says how).
+  std::optional<std::string> next(std::chrono::seconds limit = 30s) {
+    bool done = false;
+    std::optional<std::string> got;
+    ws_.async_read(buffer_, [&](beast::error_code ec, std::size_t) {
+      done = true;
+      if (!ec) got = beast::buffers_to_string(buffer_.data());
+      buffer_.consume(buffer_.size());
+    });
+    io_.restart();
+    io_.run_for(limit);
+    REQUIRE(done);
+    return got;
+  }
+  void send_text(const std::string& text) {
+    ws_.text(true);
+    ws_.write(asio::buffer(text));
+  }
+  void send_binary(const std::string& bytes) {
+    ws_.binary(true);
+    ws_.write(asio::buffer(bytes));
+  }
+  unsigned close_code() const { return ws_.reason().code; }
+  std::string close_reason() const { return std::string(ws_.reason().reason.c_str()); }
+
+ private:
+  asio::io_context io_;
+  asio::ssl::context ctx_{asio::ssl::context::tls_client};
+  websocket::stream<beast::ssl_stream<beast::tcp_stream>> ws_{io_, ctx_};
+  beast::flat_buffer buffer_;
+};
+
+std::string listeners_metric(const RelayProcess& relay, const std::string& path) {
+  const auto metrics = run("curl -sS --max-time 10 " + quote(relay.metrics_url())).output;
+  const std::string key = "clusterconnect_relay_listeners{hybrid_connection=\"" + path + "\"} ";
+  const auto at = metrics.find(key);
+  return at == std::string::npos ? "" : metrics.substr(at + key.size(), metrics.find('\n', at) - at - key.size());
+}
+
+// POST connect with a connect token: the relay's answer (status line and body).
+CommandResult connect(const RelayProcess& relay, const std::string& path, const std::string& token) {
+  return run("curl -sS --max-time 20 -w '\\n%{http_code}' --cacert " + quote(relay.ca_file()) + " -X POST -H " +
+             quote("ServiceBusAuthorization: " + token) + " " +
+             quote("https://" + relay.host() + "/$hc/" + path + "?sb-hc-action=connect"));
+}
+
+std::pair<unsigned, nlohmann::json> connect_json(const RelayProcess& relay, const std::string& path, const std::string& token) {
+  auto r = connect(relay, path, token);
+  const auto nl = r.output.rfind('\n');
+  REQUIRE(nl != std::string::npos);
+  const unsigned status = static_cast<unsigned>(std::stoul(r.output.substr(nl + 1)));
+  return {status, nlohmann::json::parse(r.output.substr(0, nl), nullptr, false)};
+}
+
+}  // namespace
+
+TEST_CASE("rendezvous through the relay: the connect is announced to the cluster's agent and the legs run TLS end to end",
+          "[relay][rendezvous]") {
+  auto relay = rendezvous_relay();
+  REQUIRE(relay.rendezvous_port() != 0);
+  ControlClient agent_a(relay, path_a, relay.token("listen", "a-listen", path_a));
+  ControlClient agent_b(relay, path_b, relay.token("listen", "b-listen", path_b));
+  REQUIRE(wait_until([&] { return listeners_metric(relay, path_a) == "1" && listeners_metric(relay, path_b) == "1"; }, 20s));
+
+  auto [status, body] = connect_json(relay, path_a, relay.token("connect", "a-connect", path_a));
+  REQUIRE(status == 200);
+  const std::string ticket = body["rendezvous"]["ticket"].get<std::string>();
+  const std::string address = body["rendezvous"]["address"].get<std::string>();
+  CHECK(rv::is_ticket(ticket));
+  CHECK(address == "tls://127.0.0.1:" + std::to_string(relay.rendezvous_port()));
+  CHECK(body["rendezvous"]["expiresInSeconds"] == 30);
+
+  // Only team-a's agent hears of it, with the same ticket and address.
+  auto text = agent_a.next();
+  REQUIRE(text);
+  auto m = rv::parse_control_message(*text);
+  REQUIRE(m.state == rv::ControlParse::State::ok);
+  const auto& accept = std::get<rv::AcceptMessage>(m.message);
+  CHECK(accept.id == ticket);
+  CHECK(accept.address == address);
+  REQUIRE(accept.remote_endpoint);
+  CHECK(accept.remote_endpoint->address == "127.0.0.1");
+
+  const Identity agent_id("agent"), proxy_id("proxy");
+  const auto data = payload(1 << 20);
+  auto proxy = proxy_leg(relay.rendezvous_port(), ticket, proxy_id, agent_id, data);
+  auto agent = agent_leg(relay.rendezvous_port(), rv::ticket_server_name(ticket, "127.0.0.1"), agent_id, proxy_id);
+  auto p = proxy.get();
+  auto a = agent.get();
+  CHECK(p.answer == "CLUSTERCONNECT-RENDEZVOUS/1 200 paired\r\n");
+  REQUIRE(p.handshake);
+  REQUIRE(a.handshake);
+  CHECK(p.agent_fingerprint == agent_id.fingerprint());
+  CHECK(p.greeting == "hello from the agent");
+  CHECK(a.received == data);
+
+  // team-b's connect goes to team-b's agent, not team-a's.
+  auto [status_b, body_b] = connect_json(relay, path_b, relay.token("connect", "b-connect", path_b));
+  REQUIRE(status_b == 200);
+  auto text_b = agent_b.next();
+  REQUIRE(text_b);
+  CHECK_THAT(*text_b, Catch::Contains(body_b["rendezvous"]["ticket"].get<std::string>()));
+  CHECK(wait_until([&] {
+    const auto metrics = run("curl -sS --max-time 10 " + quote(relay.metrics_url())).output;
+    return metrics.find("clusterconnect_relay_rendezvous_total{outcome=\"paired\"} 1") != std::string::npos;
+  }, 20s));
+}
+
+TEST_CASE("a connect with no agent listening is refused at once, and a connect token cannot listen", "[relay][rendezvous]") {
+  auto relay = rendezvous_relay();
+  auto [status, body] = connect_json(relay, path_a, relay.token("connect", "a-connect", path_a));
+  CHECK(status == 404);
+  CHECK_THAT(body.dump(), Catch::Contains("no agent connected for cluster prod") && Catch::Contains("team-a"));
+  // A listen key does not connect, a connect key does not listen, and one
+  // cluster's key does not open the other's.
+  CHECK_THAT(connect(relay, path_a, relay.token("listen", "a-listen", path_a)).output, Catch::EndsWith("403"));
+  CHECK_THAT(connect(relay, path_a, relay.token("connect", "b-connect", path_a)).output, Catch::EndsWith("401"));
+  CHECK_THROWS(ControlClient(relay, path_a, relay.token("connect", "a-connect", path_a)));
+}
+
+TEST_CASE("a control channel carries JSON text only and ends when its token expires unless renewed", "[relay][rendezvous]") {
+  auto relay = rendezvous_relay();
+  SECTION("a binary frame closes it with 1003") {
+    ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+    agent.send_binary(std::string("\x00\x01", 2));
+    CHECK_FALSE(agent.next());
+    CHECK(agent.close_code() == 1003);
+  }
+  SECTION("a message that is not JSON closes it with 1007") {
+    ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+    agent.send_text("{nope");
+    CHECK_FALSE(agent.next());
+    CHECK(agent.close_code() == 1007);
+  }
+  SECTION("an expired token closes it with 1008") {
+    ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a, 2s));
+    CHECK_FALSE(agent.next());
+    CHECK(agent.close_code() == 1008);
+    CHECK(agent.close_reason() == "token expired");
+  }
+  SECTION("a renewed token keeps it open past the first one's expiry") {
+    const auto first_expiry = std::chrono::system_clock::now() + 2s;
+    ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a, 2s));
+    agent.send_text(rv::to_json(rv::RenewTokenMessage{relay.token("listen", "a-listen", path_a, 1h)}));
+    // A forged renewal is refused and changes nothing.
+    agent.send_text(rv::to_json(rv::RenewTokenMessage{relay.token("listen", "wrong-secret", path_a, 1h)}));
+    REQUIRE(wait_until([&] { return std::chrono::system_clock::now() > first_expiry + 1s; }, 10s));
+    auto [status, body] = connect_json(relay, path_a, relay.token("connect", "a-connect", path_a));
+    CHECK(status == 200);
+    auto text = agent.next();
+    REQUIRE(text);
+    CHECK_THAT(*text, Catch::Contains("\"accept\""));
+    CHECK_THAT(relay.log(), Catch::Contains("token renewal refused"));
+  }
+}
