@@ -80,6 +80,22 @@ class ControlChannel:
                                bytes(c ^ mask[i % 4] for i, c in enumerate(payload)))
 
 
+def transfer(src, dst, total, block):
+    """Sends `total` bytes from src while a thread reads them at dst."""
+    def drain():
+        got = 0
+        while got < total:
+            got += len(dst.recv(1 << 20))
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    sent = 0
+    while sent < total:
+        src.sendall(block)
+        sent += len(block)
+    reader.join()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("stage")
@@ -155,25 +171,8 @@ def main():
             hs.join()
             cpu0, t0 = proc_cpu(relay.pid), time.monotonic()
 
-            def drain(sock, n):
-                got = 0
-                while got < n:
-                    got += len(sock.recv(1 << 20))
-
-            r = threading.Thread(target=drain, args=(agent, total))
-            r.start()
-            sent = 0
-            while sent < total:
-                proxy.sendall(block)
-                sent += len(block)
-            r.join()
-            r = threading.Thread(target=drain, args=(proxy, total))
-            r.start()
-            sent = 0
-            while sent < total:
-                agent.sendall(block)
-                sent += len(block)
-            r.join()
+            transfer(proxy, agent, total, block)
+            transfer(agent, proxy, total, block)
             cpu1, t1 = proc_cpu(relay.pid), time.monotonic()
             proxy.close()
             agent.close()

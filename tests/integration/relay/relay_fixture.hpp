@@ -175,6 +175,33 @@ class RelayProcess {
   std::string ca_file_;
 };
 
+// Two clusters called "prod" in one subscription, in resource groups team-a
+// and team-b, each with its own listen and connect keys (secrets "a-listen",
+// "a-connect", "b-listen", "b-connect"): names repeat, identities do not.
+inline const std::string prod_subscription = "00000000-0000-0000-0000-000000000000";
+inline const std::string path_a = "clusters/" + prod_subscription + "/team-a/prod";
+inline const std::string path_b = "clusters/" + prod_subscription + "/team-b/prod";
+inline RelayProcess same_named_clusters(nlohmann::json limits = {{"max_tunnels_per_cluster", 2}},
+                                        std::vector<std::string> extra_args = {}) {
+  auto cluster = [](const std::string& group, const std::string& path, const std::string& key_prefix) {
+    return nlohmann::json{{"subscription", prod_subscription},
+                          {"resource_group", group},
+                          {"name", "prod"},
+                          {"hybrid_connection", path},
+                          {"keys",
+                           {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", key_prefix + "-listen.key"}},
+                            {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", key_prefix + "-connect.key"}}}}};
+  };
+  nlohmann::json config{{"clusters", {cluster("team-a", path_a, "a"), cluster("team-b", path_b, "b")}},
+                        {"limits", limits}};
+  return RelayProcess(config,
+                      {{"a-listen.key", "a-listen\n"},
+                       {"a-connect.key", "a-connect\n"},
+                       {"b-listen.key", "b-listen\n"},
+                       {"b-connect.key", "b-connect\n"}},
+                      std::move(extra_args));
+}
+
 // A host runtime with the tunnel-ws module loaded from the build's stage.
 class ModuleHost {
  public:

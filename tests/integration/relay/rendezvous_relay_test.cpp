@@ -27,29 +27,9 @@ namespace rv = clusterconnect::tunnel::rendezvous;
 
 namespace {
 
-const std::string subscription = "00000000-0000-0000-0000-000000000000";
-const std::string path_a = "clusters/" + subscription + "/team-a/prod";
-const std::string path_b = "clusters/" + subscription + "/team-b/prod";
-
-// Two clusters called "prod", in resource groups team-a and team-b, and a
-// rendezvous port.
+// Two clusters called "prod" and a rendezvous port.
 RelayProcess rendezvous_relay() {
-  auto cluster = [](const std::string& group, const std::string& path, const std::string& key_prefix) {
-    return nlohmann::json{{"subscription", subscription},
-                          {"resource_group", group},
-                          {"name", "prod"},
-                          {"hybrid_connection", path},
-                          {"keys",
-                           {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", key_prefix + "-listen.key"}},
-                            {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", key_prefix + "-connect.key"}}}}};
-  };
-  nlohmann::json config{{"clusters", {cluster("team-a", path_a, "a"), cluster("team-b", path_b, "b")}}};
-  return RelayProcess(config,
-                      {{"a-listen.key", "a-listen\n"},
-                       {"a-connect.key", "a-connect\n"},
-                       {"b-listen.key", "b-listen\n"},
-                       {"b-connect.key", "b-connect\n"}},
-                      {"--rendezvous-listen", "127.0.0.1:0"});
+  return same_named_clusters(nlohmann::json::object(), {"--rendezvous-listen", "127.0.0.1:0"});
 }
 
 // An agent's control channel: a WebSocket to the relay that offers no
