@@ -266,21 +266,23 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     auto [port, address] = rendezvous();
     if (!port) return out;
     const auto& c = port->counters();
-    out += "# HELP clusterconnect_relay_rendezvous_total Rendezvous legs, by outcome.\n"
-           "# TYPE clusterconnect_relay_rendezvous_total counter\n"
-           "clusterconnect_relay_rendezvous_total{outcome=\"paired\"} " + std::to_string(c.paired.load()) + "\n"
-           "clusterconnect_relay_rendezvous_total{outcome=\"expired\"} " + std::to_string(c.expired.load()) + "\n"
-           "clusterconnect_relay_rendezvous_total{outcome=\"refused\"} " + std::to_string(c.refused.load()) + "\n";
-    out += "# HELP clusterconnect_relay_rendezvous_unpaired Rendezvous legs connected and not yet paired.\n"
-           "# TYPE clusterconnect_relay_rendezvous_unpaired gauge\n"
-           "clusterconnect_relay_rendezvous_unpaired " + std::to_string(c.unpaired.load()) + "\n";
-    out += "# HELP clusterconnect_relay_rendezvous_spliced Paired rendezvous whose bytes the relay moves now.\n"
-           "# TYPE clusterconnect_relay_rendezvous_spliced gauge\n"
-           "clusterconnect_relay_rendezvous_spliced " + std::to_string(c.splices_active.load()) + "\n";
-    out += "# HELP clusterconnect_relay_rendezvous_bytes_total Bytes spliced between ended rendezvous legs, by direction.\n"
-           "# TYPE clusterconnect_relay_rendezvous_bytes_total counter\n"
-           "clusterconnect_relay_rendezvous_bytes_total{direction=\"proxy_to_agent\"} " + std::to_string(c.bytes_proxy_to_agent.load()) + "\n"
-           "clusterconnect_relay_rendezvous_bytes_total{direction=\"agent_to_proxy\"} " + std::to_string(c.bytes_agent_to_proxy.load()) + "\n";
+    // One family in Prometheus' text format: HELP, TYPE, then `{labels} value` samples.
+    auto family = [&out](std::string_view name, std::string_view type, std::string_view help,
+                         std::initializer_list<std::pair<std::string_view, std::int64_t>> samples) {
+      out.append("# HELP ").append(name).append(" ").append(help).append("\n");
+      out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+      for (const auto& [labels, value] : samples) out.append(name).append(labels).append(" ").append(std::to_string(value)).append("\n");
+    };
+    auto n = [](const auto& counter) { return static_cast<std::int64_t>(counter.load()); };
+    family("clusterconnect_relay_rendezvous_total", "counter", "Rendezvous legs, by outcome.",
+           {{"{outcome=\"paired\"}", n(c.paired)}, {"{outcome=\"expired\"}", n(c.expired)}, {"{outcome=\"refused\"}", n(c.refused)}});
+    family("clusterconnect_relay_rendezvous_unpaired", "gauge", "Rendezvous legs connected and not yet paired.",
+           {{"", n(c.unpaired)}});
+    family("clusterconnect_relay_rendezvous_spliced", "gauge", "Paired rendezvous whose bytes the relay moves now.",
+           {{"", n(c.splices_active)}});
+    family("clusterconnect_relay_rendezvous_bytes_total", "counter", "Bytes spliced between ended rendezvous legs, by direction.",
+           {{"{direction=\"proxy_to_agent\"}", n(c.bytes_proxy_to_agent)},
+            {"{direction=\"agent_to_proxy\"}", n(c.bytes_agent_to_proxy)}});
     return out;
   }
 

@@ -25,6 +25,7 @@
 
 namespace clusterconnect::test {
 
+// A blocking loopback TCP connection.
 struct Fd {
   int fd = -1;
   explicit Fd(unsigned short port) {
@@ -36,6 +37,8 @@ struct Fd {
     REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   }
   ~Fd() { ::close(fd); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
   void send(const std::string& s) const { REQUIRE(::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size())); }
   // One line, CRLF included; empty at end of stream.
   std::string line() const {

@@ -3,11 +3,9 @@
 
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include "relay_fixture.hpp"
+#include "rendezvous_legs.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::test;
@@ -21,20 +19,7 @@ void require_curl() {
 
 // A TCP connection that says nothing: it holds a place in the relay's
 // pre-authentication budget until the relay's handshake timeout.
-struct SilentConnection {
-  explicit SilentConnection(unsigned short port) {
-    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  }
-  ~SilentConnection() { ::close(fd); }
-  SilentConnection(const SilentConnection&) = delete;
-  SilentConnection& operator=(const SilentConnection&) = delete;
-  int fd = -1;
-};
+using SilentConnection = Fd;
 
 std::string curl(const RelayProcess& relay, const std::string& args) {
   auto r = run("curl -sS --max-time 20 -o - -w '\\n%{http_code}' --cacert " + quote(relay.ca_file()) + " " + args);
