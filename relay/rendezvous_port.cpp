@@ -124,7 +124,11 @@ RendezvousPort::RendezvousPort(asio::io_context& io, RendezvousPortOptions optio
       sweep_(strand_),
       options_(std::move(options)),
       logger_(std::move(logger)),
-      book_(options_.book) {}
+      book_(options_.book) {
+  // Large pipes move more bytes per splice(2); only directions with bytes in
+  // flight hold one, so their number follows the traffic, not the connections.
+  if (!options_.splice.pipes) options_.splice.pipes = std::make_shared<tunnel::rendezvous::PipePool>(1 << 20, 16);
+}
 
 RendezvousPort::~RendezvousPort() = default;
 

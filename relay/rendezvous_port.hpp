@@ -33,6 +33,7 @@ struct RendezvousPortOptions {
   // Connections not yet paired: being identified or waiting for their other leg.
   std::size_t max_unpaired = 1024;
   RendezvousLimits book;
+  // Without a pipe pool here the port makes one: 1 MiB pipes, 16 kept.
   tunnel::rendezvous::SpliceOptions splice;
 };
 

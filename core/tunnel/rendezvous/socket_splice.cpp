@@ -25,27 +25,11 @@ namespace {
 constexpr std::uint64_t turn_bytes = 1 << 20;
 constexpr std::size_t splice_chunk = 1 << 20;
 
-struct Pipe {
-  int read = -1, write = -1;
-  Pipe() = default;
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  ~Pipe() {
-    if (read >= 0) ::close(read);
-    if (write >= 0) ::close(write);
-  }
-  bool open(int size, boost::system::error_code& ec) {
-    int fds[2];
-    if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
-      ec = boost::system::error_code(errno, boost::system::system_category());
-      return false;
-    }
-    read = fds[0];
-    write = fds[1];
-    if (size > 0) (void)::fcntl(write, F_SETPIPE_SZ, size);  // a smaller pipe than asked still works
-    return true;
-  }
-};
+void close_fds(PipePool::Fds& f) noexcept {
+  if (f.read >= 0) ::close(f.read);
+  if (f.write >= 0) ::close(f.write);
+  f = {};
+}
 
 class Splice final : public SocketSplice, public std::enable_shared_from_this<Splice> {
  public:
@@ -59,8 +43,13 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
         ab_{a_, b_, "a", "b"},
         ba_{b_, a_, "b", "a"} {}
 
+  ~Splice() override {
+    release(ab_);
+    release(ba_);
+  }
+
   bool init(boost::system::error_code& ec) {
-    if (!ab_.pipe.open(options_.pipe_size, ec) || !ba_.pipe.open(options_.pipe_size, ec)) return false;
+    if (!options_.pipes) options_.pipes = std::make_shared<PipePool>(0, 0);
     a_.native_non_blocking(true, ec);
     if (!ec) b_.native_non_blocking(true, ec);
     return !ec;
@@ -88,7 +77,7 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
     tcp::socket& to;
     const char* from_name;
     const char* to_name;
-    Pipe pipe;
+    PipePool::Fds pipe;  // held only while bytes are in flight
     std::size_t in_pipe = 0;
     std::uint64_t moved = 0;
     bool eof = false;
@@ -125,8 +114,13 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
         boost::system::error_code ignored;
         d.to.shutdown(tcp::socket::shutdown_send, ignored);
         d.done = true;
+        release(d);
         if (ab_.done && ba_.done) finish({}, "both legs finished");
         return;
+      }
+      if (d.pipe.read < 0) {
+        boost::system::error_code ec;
+        if (!options_.pipes->take(d.pipe, ec)) return finish(ec, "no pipe to splice through");
       }
       // The pipe is empty here, so EAGAIN means the socket has nothing to read.
       const ssize_t n = ::splice(d.from.native_handle(), nullptr, d.pipe.write, nullptr, splice_chunk,
@@ -140,7 +134,10 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
         continue;
       }
       if (errno == EINTR) continue;
-      if (errno == EAGAIN) return wait(d, d.from, tcp::socket::wait_read);
+      if (errno == EAGAIN) {
+        release(d);  // empty: a quiet direction holds no pipe
+        return wait(d, d.from, tcp::socket::wait_read);
+      }
       return finish(last_error(), std::string("receiving from leg ") + d.from_name);
     }
   }
@@ -151,6 +148,15 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
                    if (ec) return self->finish(ec, "waiting on a leg");
                    self->pump(d);
                  }));
+  }
+
+  // Gives an empty pipe back; one that still holds bytes is closed.
+  void release(Direction& d) noexcept {
+    if (d.pipe.read < 0) return;
+    if (d.in_pipe == 0 && options_.pipes) options_.pipes->give(d.pipe);
+    else close_fds(d.pipe);
+    d.pipe = {};
+    d.in_pipe = 0;
   }
 
   // Ends a splice that saw no byte for a whole idle period.
@@ -171,6 +177,8 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
     boost::system::error_code ignored;
     a_.close(ignored);  // completes any wait with operation_aborted
     b_.close(ignored);
+    release(ab_);
+    release(ba_);
     SpliceResult r;
     r.a_to_b = ab_.moved;
     r.b_to_a = ba_.moved;
@@ -190,6 +198,58 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
 };
 
 }  // namespace
+
+PipePool::PipePool(int pipe_size, std::size_t keep) : pipe_size_(pipe_size), keep_(keep) {}
+
+PipePool::~PipePool() {
+  for (auto& f : free_) close_fds(f);
+}
+
+bool PipePool::take(Fds& out, boost::system::error_code& ec) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!free_.empty()) {
+      out = free_.back();
+      free_.pop_back();
+      return true;
+    }
+    ++created_;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    ec = boost::system::error_code(errno, boost::system::system_category());
+    return false;
+  }
+  // Past the user's pipe budget the kernel refuses a larger size; the
+  // default-sized pipe still works.
+  if (pipe_size_ > 0) (void)::fcntl(fds[1], F_SETPIPE_SZ, pipe_size_);
+  out = Fds{fds[0], fds[1]};
+  return true;
+}
+
+void PipePool::give(Fds fds) noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    if (free_.size() < keep_) {
+      try {
+        free_.push_back(fds);
+        return;
+      } catch (...) {
+      }
+    }
+  }
+  close_fds(fds);
+}
+
+std::size_t PipePool::kept() const {
+  std::lock_guard lock(mutex_);
+  return free_.size();
+}
+
+std::size_t PipePool::created() const {
+  std::lock_guard lock(mutex_);
+  return created_;
+}
 
 std::shared_ptr<SocketSplice> start_splice(tcp::socket a, tcp::socket b, SpliceOptions options, SocketSplice::Done done,
                                            boost::system::error_code& ec) {

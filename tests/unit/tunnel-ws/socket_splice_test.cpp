@@ -215,3 +215,27 @@ TEST_CASE("a splice with no byte for its idle timeout ends", "[rendezvous][splic
   CHECK(r.ec == asio::error::timed_out);
   CHECK_THAT(r.reason, Catch::Contains("idle"));
 }
+
+TEST_CASE("a quiet splice holds no pipe, and its pipes are reused", "[rendezvous][splice]") {
+  auto pool = std::make_shared<PipePool>(0, 4);
+  SpliceOptions o;
+  o.pipes = pool;
+  Rig rig(o);
+  // Every pipe the splice made is back in the pool.
+  auto quiet = [&] {
+    for (int i = 0; i < 3000 && (pool->created() == 0 || pool->kept() != pool->created()); ++i)
+      std::this_thread::sleep_for(10ms);
+    return pool->created() > 0 && pool->kept() == pool->created();
+  };
+  REQUIRE(quiet());  // both directions looked for bytes, found none and gave their pipe back
+  std::vector<std::uint8_t> out(1024, 7), in(1024);
+  for (int round = 0; round < 3; ++round) {
+    asio::write(rig.a.peer, asio::buffer(out));
+    asio::read(rig.b.peer, asio::buffer(in));
+    asio::write(rig.b.peer, asio::buffer(out));
+    asio::read(rig.a.peer, asio::buffer(in));
+    CHECK(in == out);
+    REQUIRE(quiet());
+  }
+  CHECK(pool->created() <= 2);  // one per direction at the most, reused round after round
+}
