@@ -507,10 +507,11 @@ HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl>
 }
 
 // A connection that became a tunnel is counted by the tunnel switch from then
-// on; either way it leaves the pre-authentication budget here.
+// on; either way it leaves the pre-authentication budget here, its address's
+// place first, so a gauge that reads one less never hides a place still held.
 HttpConnection::~HttpConnection() {
-  front_->metrics().connections_active.fetch_sub(1);
   front_->release(address_);
+  front_->metrics().connections_active.fetch_sub(1);
 }
 
 void HttpConnection::run() {

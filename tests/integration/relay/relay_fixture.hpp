@@ -138,11 +138,17 @@ class RelayProcess {
   // next waits for the relay's count; and a session that still holds streams
   // when the host stops is only reclaimed if it was closed first.
   unsigned tunnels(const std::string& path, const std::string& side) const {
+    return gauge("clusterconnect_relay_tunnels{hybrid_connection=\"" + path + "\",side=\"" + side + "\"}");
+  }
+  // One series of the relay's /metrics, 0 when absent.
+  unsigned gauge(const std::string& series) const {
     const auto metrics = run("curl -sS --max-time 10 " + quote(metrics_url())).output;
-    const std::string key = "clusterconnect_relay_tunnels{hybrid_connection=\"" + path + "\",side=\"" + side + "\"} ";
+    const std::string key = "\n" + series + " ";
     const auto at = metrics.find(key);
     return at == std::string::npos ? 0u : static_cast<unsigned>(std::strtoul(metrics.c_str() + at + key.size(), nullptr, 10));
   }
+  // TLS connections that are not (yet) tunnels: the pre-authentication budget.
+  unsigned connections_active() const { return gauge("clusterconnect_relay_connections_active"); }
   unsigned agent_tunnels(const std::string& path = demo_path) const { return tunnels(path, "agent"); }
   const std::string& ca_file() const { return ca_file_; }
   std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }

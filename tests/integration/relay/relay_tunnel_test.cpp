@@ -213,7 +213,7 @@ TEST_CASE("relay restarted: agents reconnect", "[relay][tunnel]") {
   relay->stop(SIGKILL);
   REQUIRE(wait_until([&] { return listener->status().tunnels_up == 0; }, 60s));
   relay->start(port);
-  CHECK(wait_until([&] { return listener->status().tunnels_up == 2; }, 60s));
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2 && relay->agent_tunnels() == 2; }, 60s));
   auto client = start_client(host, *relay);
   auto o = open_stream(*client);
   REQUIRE_FALSE(o.ec);
@@ -308,7 +308,7 @@ TEST_CASE("short-lived tokens: agents renew their tunnels, clients redial, no st
   lo.backoff_initial = 50ms;
   lo.backoff_max = 1000ms;
   auto listener = host.transport().listen(std::move(lo), agent.handler());
-  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2; }, 10s));
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2 && relay.agent_tunnels() == 2; }, 10s));
   auto client = host.transport().dial(relay.endpoint(), [&relay] { return relay.token("connect", "connect-secret", demo_path, 3s); });
   // The tokens are checked by the relay process on the wall clock: the loop
   // runs past two expiries of the first tokens; every attempt must succeed.
