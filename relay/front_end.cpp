@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "clusterconnect/ascii.hpp"
+#include "clusterconnect/certificates.hpp"
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/url.hpp"
 #include "clusterconnect/version.hpp"
@@ -720,6 +722,12 @@ void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster) {
   error_code ignored;
   const auto remote = beast::get_lowest_layer(stream_).socket().remote_endpoint(ignored);
   accept.remote_endpoint = tunnel::rendezvous::RemoteEndpoint{remote.address().to_string(), remote.port()};
+  // The pin of the proxy's ephemeral key, which the agent then requires of
+  // the TLS server its leg meets; passed on as given, when it is a pin.
+  if (auto pin = req_[tunnel::rendezvous::proxy_key_pin_header]; !pin.empty()) {
+    if (!tls::is_public_key_pin(pin)) return refuse(400, "bad_proxy_key", "the proxy key pin is not 64 hex digits");
+    accept.connect_headers.emplace(std::string(tunnel::rendezvous::proxy_key_pin_header), ascii_lowered(std::string(pin)));
+  }
   if (!front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(accept))) {
     port->cancel(ticket);
     return refuse(404, "no_agent", "no agent of cluster " + cluster->name + " (" + cluster->resource_id() +

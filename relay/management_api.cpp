@@ -189,7 +189,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
          {{"expirationTime", expiry_s},
           {"hybridConnectionName", cluster->hybrid_connection},
           {"relay", public_host},
-          {"token", sas}}},
+          {"token", sas},
+          {"agentKeyPins", cluster->agent_key_pins}}},
         {"kubeconfigs", nlohmann::json::array({{{"name", "credentialUser"}, {"value", base64(kubeconfig)}}})}};
     return {200, "application/json; charset=utf-8", reply.dump()};
   }

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "clusterconnect/ascii.hpp"
+#include "clusterconnect/certificates.hpp"
 
 namespace clusterconnect::relay {
 
@@ -272,6 +273,15 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
                                      "\" is not defined (a built-in Azure role, e.g. \"Azure Arc Enabled Kubernetes "
                                      "Cluster User Role\", or one of role_definitions)");
           e.role_assignments.push_back(std::move(a));
+        }
+      }
+      if (cj.contains("agent_key_pins")) {
+        if (!cj["agent_key_pins"].is_array()) throw std::runtime_error(where + ": \"agent_key_pins\" must be an array");
+        for (const auto& pj : cj["agent_key_pins"]) {
+          if (!pj.is_string() || !tls::is_public_key_pin(pj.get<std::string>()))
+            throw std::runtime_error(where + ": agent_key_pins entries are SHA-256 pins of the agent's public key, 64 hex "
+                                             "digits (clusterconnect-agent --print-key-pin)");
+          e.agent_key_pins.push_back(ascii_lowered(pj.get<std::string>()));
         }
       }
       c.clusters.push_back(std::move(e));

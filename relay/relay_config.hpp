@@ -53,6 +53,9 @@ struct ClusterEntry {
   std::string hybrid_connection;  // path after /$hc/, several segments
   std::vector<RelayKey> keys;
   std::vector<ConfiguredRoleAssignment> role_assignments;
+  // The keys the cluster's agents prove in an end-to-end rendezvous (SHA-256
+  // of the public key, lowercase hex); handed to proxies, which pin them.
+  std::vector<std::string> agent_key_pins;
   nlohmann::json raw;
 
   const RelayKey* key(std::string_view key_name) const;

@@ -7,6 +7,7 @@
 #include <ctime>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "clusterconnect/result.hpp"
@@ -38,6 +39,15 @@ Result<void> write_private_file(const std::filesystem::path& path, const std::st
 
 // Reads the file (at most max_bytes) or fails with a message naming it.
 Result<std::string> read_small_file(const std::filesystem::path& path, std::size_t max_bytes = 1024 * 1024);
+
+// The pin of a certificate's key: SHA-256 of its DER SubjectPublicKeyInfo,
+// 64 lowercase hex digits. A certificate re-issued for the same key keeps
+// its pin. From PEM (the first certificate) or an X509* (as void*, so this
+// header needs no OpenSSL).
+Result<std::string> public_key_pin(const std::string& cert_pem);
+std::string public_key_pin_of(const void* x509);
+// 64 hex digits (either case).
+bool is_public_key_pin(std::string_view s) noexcept;
 
 // Lifetime of the local CA, in days.
 inline constexpr int local_ca_days = 30;

@@ -1,7 +1,8 @@
 #pragma once
 // Capability kind "transport": streams to a cluster through a relay.
 //   dial   (client side): one persistent tunnel, one stream per connection.
-//   listen (agent side):  N outbound tunnels; the relay hands streams over them.
+//   listen (agent side):  N outbound connections to the relay; streams come
+//                         over them (ws) or over rendezvous they announce (tls).
 
 #include <chrono>
 #include <functional>
@@ -9,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "clusterconnect/result.hpp"
 #include "clusterconnect/stream.hpp"
@@ -20,6 +22,11 @@ struct RelayEndpoint {
   std::string url;
   std::string ca_file;              // PEM bundle; empty = system store
   bool insecure_skip_verify = false;  // dev only; logged as a warning
+  // End-to-end transports (tls): the pins of the keys the cluster's agents
+  // prove (SHA-256 of the public key, hex), from listClusterUserCredential.
+  // An agent whose key is not among them gets nothing; none pinned, no
+  // stream is opened.
+  std::vector<std::string> agent_key_pins;
 };
 
 // Returns the current SAS token ("SharedAccessSignature sr=...") for the
@@ -82,6 +89,10 @@ struct ListenOptions {
   unsigned tunnels = 2;
   std::chrono::milliseconds backoff_initial{200};
   std::chrono::milliseconds backoff_max{15000};
+  // End-to-end transports (tls): the agent's certificate and key (PEM), the
+  // key the relay's registry pins for the cluster.
+  std::string identity_cert_file;
+  std::string identity_key_file;
 };
 
 struct ListenerStatus {

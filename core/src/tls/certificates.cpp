@@ -13,6 +13,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -232,6 +233,43 @@ Result<PemPair> issue_server_cert(const PemPair& ca, std::vector<std::string> dn
   auto kpem = key_pem(key.get());
   if (!kpem) return fail(kpem.error());
   return PemPair{std::move(*cpem), std::move(*kpem)};
+}
+
+std::string public_key_pin_of(const void* x509) {
+  auto* cert = static_cast<X509*>(const_cast<void*>(x509));
+  if (!cert) return {};
+  unsigned char* der = nullptr;
+  const int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+  if (n <= 0) return {};
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned len = 0;
+  const bool ok = EVP_Digest(der, static_cast<std::size_t>(n), md, &len, EVP_sha256(), nullptr) == 1;
+  OPENSSL_free(der);
+  if (!ok) return {};
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+Result<std::string> public_key_pin(const std::string& pem) {
+  Ptr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return fail("out of memory");
+  Ptr<X509> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!cert) return fail("not a PEM certificate: " + last_openssl_error());
+  auto pin = public_key_pin_of(cert.get());
+  if (pin.empty()) return fail("cannot hash the certificate's public key");
+  return pin;
+}
+
+bool is_public_key_pin(std::string_view s) noexcept {
+  if (s.size() != 64) return false;
+  for (char c : s)
+    if (!std::isxdigit(static_cast<unsigned char>(c))) return false;
+  return true;
 }
 
 Result<void> write_private_file(const std::filesystem::path& path, const std::string& content) {

@@ -19,6 +19,10 @@
 
 namespace clusterconnect::tunnel::rendezvous {
 
+// The connect request's header that carries the pin of the proxy's
+// ephemeral TLS key; the relay passes it to the agent in connectHeaders.
+inline constexpr std::string_view proxy_key_pin_header = "x-clusterconnect-proxy-key-pin";
+
 // Azure Relay's limit for a control-channel message.
 inline constexpr std::size_t max_control_message = 64 * 1024;
 

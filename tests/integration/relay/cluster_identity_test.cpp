@@ -299,7 +299,7 @@ TEST_CASE("the agent refuses a stream the relay meant for another cluster", "[tu
   MisroutingRelay relay(host.io());
   RecordingAgent agent;
   ListenOptions o;
-  o.endpoint = RelayEndpoint{relay.url(path_a), relay.ca_file(), false};
+  o.endpoint = RelayEndpoint{relay.url(path_a), relay.ca_file(), false, {}};
   o.token = [] { return make_sas_token("http://127.0.0.1/" + path_a, "listen", "x", std::chrono::system_clock::now() + 1h); };
   o.tunnels = 1;
   o.backoff_initial = 50ms;

@@ -151,9 +151,10 @@ class RelayProcess {
   unsigned connections_active() const { return gauge("clusterconnect_relay_connections_active"); }
   unsigned agent_tunnels(const std::string& path = demo_path) const { return tunnels(path, "agent"); }
   const std::string& ca_file() const { return ca_file_; }
+  const std::filesystem::path& dir() const { return dir_.path(); }
   std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }
   std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }
-  RelayEndpoint endpoint(const std::string& path = demo_path) const { return RelayEndpoint{url(path), ca_file_, false}; }
+  RelayEndpoint endpoint(const std::string& path = demo_path) const { return RelayEndpoint{url(path), ca_file_, false, {}}; }
   std::string token(const std::string& key_name, const std::string& secret, const std::string& path = demo_path,
                     std::chrono::seconds ttl = std::chrono::hours(1)) const {
     return make_sas_token("http://" + host() + "/" + path, key_name, secret, std::chrono::system_clock::now() + ttl);
@@ -208,17 +209,18 @@ inline RelayProcess same_named_clusters(nlohmann::json limits = {{"max_tunnels_p
                       std::move(extra_args));
 }
 
-// A host runtime with the tunnel-ws module loaded from the build's stage.
+// A host runtime with one transport module (tunnel-ws by default, or
+// tunnel-tls) loaded from the build's stage.
 class ModuleHost {
  public:
-  ModuleHost() : runtime_(make_logger(), 2) {
-    auto so = stage_dir() / "lib" / "connectedk8s" / "plugins" / "tunnel-ws.so";
+  explicit ModuleHost(const std::string& transport = "ws") : runtime_(make_logger(), 2) {
+    auto so = stage_dir() / "lib" / "connectedk8s" / "plugins" / ("tunnel-" + transport + ".so");
     if (!runtime_.loader().load_file(so, runtime_)) {
       std::string why = runtime_.loader().rejections().empty() ? "?" : runtime_.loader().rejections().back().reason;
-      throw std::runtime_error("tunnel-ws not loaded: " + why);
+      throw std::runtime_error("tunnel-" + transport + " not loaded: " + why);
     }
-    transport_ = runtime_.capabilities().transport("ws");
-    if (!transport_) throw std::runtime_error("no transport:ws capability");
+    transport_ = runtime_.capabilities().transport(transport);
+    if (!transport_) throw std::runtime_error("no transport:" + transport + " capability");
     runtime_.start();
   }
   ~ModuleHost() { runtime_.stop(); }

@@ -1,0 +1,200 @@
+// Client side of the tls transport: one end-to-end session with the cluster's
+// agent, made on demand by a rendezvous (connect, preamble, TLS server whose
+// client must prove a pinned agent key), one stream per async_open. A session
+// that ends (agent or relay restart) is replaced by the next open.
+
+#include <deque>
+#include <variant>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <spdlog/spdlog.h>
+
+#include "clusterconnect/ascii.hpp"
+#include "clusterconnect/certificates.hpp"
+#include "legs.hpp"
+#include "relay_calls.hpp"
+#include "tls_transport.hpp"
+
+namespace clusterconnect::tunnel_tls {
+
+namespace {
+
+// Bound on callers waiting for the session to come up.
+constexpr std::size_t max_waiters = 4096;
+
+class TlsTunnelClient final : public TunnelClient, public std::enable_shared_from_this<TlsTunnelClient> {
+ public:
+  TlsTunnelClient(HostServices& host, RelayEndpoint endpoint, TokenSource token)
+      : io_(host.io_context()),
+        strand_(asio::make_strand(host.io_context())),
+        logger_(host.logger()),
+        endpoint_(std::move(endpoint)),
+        token_(std::move(token)) {
+    for (auto& pin : endpoint_.agent_key_pins) pin = ascii_lowered(pin);
+  }
+
+  ~TlsTunnelClient() override {
+    if (session_) session_->close("client closed");
+  }
+
+  void async_open(OpenRequest request, OpenHandler handler) override {
+    asio::dispatch(strand_, [self = shared_from_this(), md = std::move(request.metadata), h = std::move(handler)]() mutable {
+      self->enqueue(Waiter{OpenWaiter{std::move(md), std::move(h)}});
+    });
+  }
+
+  void async_connect(DoneHandler handler) override {
+    asio::dispatch(strand_, [self = shared_from_this(), h = std::move(handler)]() mutable { self->enqueue(Waiter{std::move(h)}); });
+  }
+
+  void close() noexcept override {
+    try {
+      asio::dispatch(strand_, [self = shared_from_this()] {
+        self->closed_ = true;
+        if (self->session_) self->session_->close("client closed");
+        self->session_.reset();
+        self->fail_waiters(asio::error::operation_aborted, "tunnel client closed");
+      });
+    } catch (...) {
+    }
+  }
+
+ private:
+  struct OpenWaiter {
+    tunnel::Metadata metadata;
+    OpenHandler handler;
+  };
+  using Waiter = std::variant<OpenWaiter, DoneHandler>;
+
+  void enqueue(Waiter w) {
+    if (closed_) return complete(std::move(w), asio::error::operation_aborted, "tunnel client closed");
+    if (session_ && session_->usable()) return run(std::move(w));
+    if (waiters_.size() >= max_waiters)
+      return complete(std::move(w), asio::error::no_buffer_space, "too many streams waiting for the cluster");
+    waiters_.push_back(std::move(w));
+    connect();
+  }
+
+  void run(Waiter w) {
+    if (auto* o = std::get_if<OpenWaiter>(&w)) {
+      session_->async_open(std::move(o->metadata), [h = std::move(o->handler)](error_code ec, tunnel::TunnelStreamPtr s,
+                                                                               std::string reason) mutable {
+        h(ec, std::move(s), std::move(reason));
+      });
+    } else {
+      asio::post(strand_, [h = std::move(std::get<DoneHandler>(w))]() mutable { h({}); });
+    }
+  }
+
+  void complete(Waiter w, error_code ec, const std::string& reason) {
+    if (auto* o = std::get_if<OpenWaiter>(&w)) {
+      asio::post(strand_, [h = std::move(o->handler), ec, reason]() mutable { h(ec, nullptr, reason); });
+    } else {
+      asio::post(strand_, [h = std::move(std::get<DoneHandler>(w)), ec]() mutable { h(ec); });
+    }
+  }
+
+  void fail_waiters(error_code ec, const std::string& reason) {
+    auto list = std::move(waiters_);
+    waiters_.clear();
+    for (auto& w : list) complete(std::move(w), ec, reason);
+  }
+
+  void connect() {
+    if (connecting_) return;
+    if (!target_) {
+      auto t = relay_target(endpoint_);
+      if (!t) return fail_waiters(asio::error::invalid_argument, t.error());
+      target_ = t.value();
+      auto ctx = relay_tls_context(endpoint_, *logger_);
+      if (!ctx) return fail_waiters(asio::error::invalid_argument, "TLS setup for the relay: " + ctx.error());
+      relay_tls_ = ctx.value();
+    }
+    if (endpoint_.agent_key_pins.empty())
+      return fail_waiters(asio::error::access_denied,
+                          "the relay's registry pins no agent key for " + target_->hybrid_connection +
+                              ": the tls transport only talks to an agent whose key is registered");
+    if (!identity_) {
+      auto id = ephemeral_proxy_identity();
+      if (!id) return fail_waiters(asio::error::invalid_argument, id.error());
+      identity_ = id.value();
+    }
+    std::string token;
+    if (token_) {
+      auto t = token_();  // never throws: the host's exceptions end at its side
+      if (!t) return fail_waiters(asio::error::operation_not_supported, "cannot reach the relay: no relay token: " + t.error());
+      token = std::move(t.value());
+    }
+    connecting_ = true;
+    async_request_rendezvous(io_, *target_, relay_tls_, std::move(token), identity_->pin,
+                             [self = shared_from_this()](error_code ec, RendezvousOffer offer, std::string reason) mutable {
+                               asio::dispatch(self->strand_, [self, ec, offer = std::move(offer), reason = std::move(reason)]() mutable {
+                                 self->on_offer(ec, std::move(offer), std::move(reason));
+                               });
+                             });
+  }
+
+  void on_offer(error_code ec, RendezvousOffer offer, std::string reason) {
+    if (closed_) return;
+    if (ec) {
+      connecting_ = false;
+      logger_->warn("connect to {}: {}", endpoint_.url, reason);
+      return fail_waiters(ec, reason);
+    }
+    ProxyLeg leg;
+    leg.offer = std::move(offer);
+    leg.agent_pins = endpoint_.agent_key_pins;
+    leg.cluster = target_->hybrid_connection;
+    leg.session.role = tunnel::Role::dialer;
+    leg.session.name = "session with the agent of " + target_->hybrid_connection;
+    async_proxy_leg(io_, identity_->context, std::move(leg), logger_,
+                    [self = shared_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
+                      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
+                        self->on_session(ec, std::move(s), std::move(reason));
+                      });
+                    });
+  }
+
+  void on_session(error_code ec, std::shared_ptr<tunnel::Session> session, std::string reason) {
+    connecting_ = false;
+    if (closed_) {
+      if (session) session->close("client closed");
+      return;
+    }
+    if (ec) {
+      logger_->warn("rendezvous with the agent of {}: {}", target_->hybrid_connection, reason);
+      return fail_waiters(ec, reason);
+    }
+    logger_->debug("end-to-end session with the agent of {} established", target_->hybrid_connection);
+    session_ = std::move(session);
+    session_->on_closed([weak = weak_from_this(), name = target_->hybrid_connection](const std::string& why) {
+      if (auto self = weak.lock()) self->logger_->debug("session with the agent of {} closed: {}", name, why);
+    });
+    session_->start();
+    auto list = std::move(waiters_);
+    waiters_.clear();
+    for (auto& w : list) run(std::move(w));
+  }
+
+  asio::io_context& io_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  std::shared_ptr<spdlog::logger> logger_;
+  RelayEndpoint endpoint_;
+  TokenSource token_;
+  std::optional<RelayTarget> target_;
+  std::shared_ptr<asio::ssl::context> relay_tls_;
+  std::optional<ProxyIdentity> identity_;
+  std::shared_ptr<tunnel::Session> session_;
+  std::deque<Waiter> waiters_;
+  bool connecting_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<TunnelClient> make_client(HostServices& host, RelayEndpoint endpoint, TokenSource token) {
+  return std::make_shared<TlsTunnelClient>(host, std::move(endpoint), std::move(token));
+}
+
+}  // namespace clusterconnect::tunnel_tls

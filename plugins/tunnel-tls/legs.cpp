@@ -1,0 +1,257 @@
+#include "legs.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include "clusterconnect/certificates.hpp"
+#include "clusterconnect/tls_context.hpp"
+#include "protocol/stream_channel.hpp"
+#include "rendezvous/client_hello.hpp"
+#include "rendezvous/preamble.hpp"
+
+namespace clusterconnect::tunnel_tls {
+
+using tcp = asio::ip::tcp;
+using TlsSocket = asio::ssl::stream<tcp::socket>;
+namespace rv = tunnel::rendezvous;
+
+namespace {
+
+// The peer must send a certificate; whether it is the right one is decided
+// by its key's pin once the handshake is done, not by a CA.
+void ask_for_peer_certificate(asio::ssl::context& ctx) {
+  SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_3_VERSION);
+  ctx.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+  ctx.set_verify_callback([](bool, asio::ssl::verify_context&) { return true; });
+}
+
+std::string peer_pin(TlsSocket& tls) {
+  X509* peer = SSL_get1_peer_certificate(tls.native_handle());
+  if (!peer) return {};
+  auto pin = tls::public_key_pin_of(peer);
+  X509_free(peer);
+  return pin;
+}
+
+// One attempt to build a leg, bounded as a whole by a timer that closes the
+// socket; the handler runs once.
+class LegBase {
+ protected:
+  LegBase(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<spdlog::logger> logger,
+          LegHandler handler, std::chrono::milliseconds timeout)
+      : strand_(asio::make_strand(io)),
+        resolver_(strand_),
+        timer_(strand_),
+        ctx_(std::move(ctx)),
+        tls_(strand_, *ctx_),
+        logger_(std::move(logger)),
+        handler_(std::move(handler)),
+        timeout_(timeout) {}
+
+  void arm_timer() {
+    timer_.expires_after(timeout_);
+    timer_.async_wait([this, &timed_out = timed_out_, &sock = tls_.lowest_layer()](error_code ec) {
+      if (ec) return;
+      timed_out = true;
+      error_code ignored;
+      sock.close(ignored);
+    });
+  }
+
+  error_code adjust(error_code ec) const { return timed_out_ ? asio::error::timed_out : ec; }
+  std::string describe(error_code ec) const {
+    return timed_out_ ? "no answer within " + std::to_string(timeout_.count() / 1000) + " s" : ec.message();
+  }
+
+  void fail(error_code ec, std::string reason) {
+    timer_.cancel();
+    error_code ignored;
+    tls_.lowest_layer().close(ignored);
+    if (handler_) std::exchange(handler_, nullptr)(adjust(ec), nullptr, std::move(reason));
+  }
+
+  void succeed(tunnel::SessionOptions options) {
+    timer_.cancel();
+    auto session = tunnel::Session::create(strand_, std::make_unique<tunnel::StreamChannel<TlsSocket>>(std::move(tls_)),
+                                           std::move(options), logger_);
+    if (handler_) std::exchange(handler_, nullptr)({}, std::move(session), {});
+  }
+
+  asio::strand<asio::io_context::executor_type> strand_;
+  tcp::resolver resolver_;
+  asio::steady_timer timer_;
+  std::shared_ptr<asio::ssl::context> ctx_;
+  TlsSocket tls_;
+  std::shared_ptr<spdlog::logger> logger_;
+  LegHandler handler_;
+  std::chrono::milliseconds timeout_;
+  bool timed_out_ = false;
+};
+
+class AgentDial final : public LegBase, public std::enable_shared_from_this<AgentDial> {
+ public:
+  AgentDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, AgentLeg leg, std::shared_ptr<spdlog::logger> logger,
+            LegHandler handler, std::chrono::milliseconds timeout)
+      : LegBase(io, std::move(ctx), std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
+
+  void run() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      self->arm_timer();
+      self->resolver_.async_resolve(self->leg_.offer.host, self->leg_.offer.port,
+                                    [self](error_code ec, tcp::resolver::results_type r) { self->on_resolve(ec, r); });
+    });
+  }
+
+ private:
+  std::string where() const { return leg_.offer.host + ":" + leg_.offer.port; }
+
+  void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
+    if (ec) return fail(ec, "cannot resolve the rendezvous host " + leg_.offer.host + ": " + describe(ec));
+    asio::async_connect(tls_.lowest_layer(), results, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
+      self->on_connect(ec);
+    });
+  }
+
+  void on_connect(error_code ec) {
+    if (ec) return fail(ec, "cannot connect to the rendezvous at " + where() + ": " + describe(ec));
+    tls_.lowest_layer().set_option(tcp::no_delay(true), ec);
+    const auto name = rv::ticket_server_name(leg_.offer.ticket, leg_.offer.host);
+    if (!SSL_set_tlsext_host_name(tls_.native_handle(), name.c_str()))
+      return fail(asio::error::invalid_argument, "TLS refused the rendezvous server name");
+    tls_.async_handshake(asio::ssl::stream_base::client, [self = shared_from_this()](error_code ec) { self->on_tls(ec); });
+  }
+
+  void on_tls(error_code ec) {
+    if (ec) return fail(ec, "the TLS handshake with the proxy through " + where() + " failed: " + describe(ec));
+    const auto got = peer_pin(tls_);
+    if (got != leg_.proxy_pin)
+      return fail(asio::error::access_denied, "the rendezvous peer proved key sha256:" + got +
+                                                  ", not the proxy's sha256:" + leg_.proxy_pin + " the relay announced");
+    succeed(std::move(leg_.session));
+  }
+
+  AgentLeg leg_;
+};
+
+class ProxyDial final : public LegBase, public std::enable_shared_from_this<ProxyDial> {
+ public:
+  ProxyDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, ProxyLeg leg, std::shared_ptr<spdlog::logger> logger,
+            LegHandler handler, std::chrono::milliseconds timeout)
+      : LegBase(io, std::move(ctx), std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
+
+  void run() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      self->arm_timer();
+      self->resolver_.async_resolve(self->leg_.offer.host, self->leg_.offer.port,
+                                    [self](error_code ec, tcp::resolver::results_type r) { self->on_resolve(ec, r); });
+    });
+  }
+
+ private:
+  std::string where() const { return leg_.offer.host + ":" + leg_.offer.port; }
+
+  void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
+    if (ec) return fail(ec, "cannot resolve the rendezvous host " + leg_.offer.host + ": " + describe(ec));
+    asio::async_connect(tls_.lowest_layer(), results, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
+      self->on_connect(ec);
+    });
+  }
+
+  void on_connect(error_code ec) {
+    if (ec) return fail(ec, "cannot connect to the rendezvous at " + where() + ": " + describe(ec));
+    tls_.lowest_layer().set_option(tcp::no_delay(true), ec);
+    preamble_ = rv::make_preamble(leg_.offer.ticket);
+    asio::async_write(tls_.next_layer(), asio::buffer(preamble_), [self = shared_from_this()](error_code ec, std::size_t) {
+      if (ec) return self->fail(ec, "cannot send the rendezvous preamble to " + self->where() + ": " + self->describe(ec));
+      self->read_reply();
+    });
+  }
+
+  // The relay's answer, a byte at a time: what follows its line end is the
+  // agent's ClientHello, which belongs to TLS.
+  void read_reply() {
+    asio::async_read(tls_.next_layer(), asio::buffer(&byte_, 1), [self = shared_from_this()](error_code ec, std::size_t) {
+      if (ec)
+        return self->fail(ec, "the relay closed the rendezvous at " + self->where() + " without an answer: " + self->describe(ec));
+      self->reply_.push_back(static_cast<std::uint8_t>(self->byte_));
+      auto r = rv::parse_reply(self->reply_);
+      if (r.state == rv::LinePeek::State::need_more) return self->read_reply();
+      if (r.state == rv::LinePeek::State::invalid)
+        return self->fail(asio::error::invalid_argument, "the relay's rendezvous answer is malformed: " + r.error);
+      if (r.status != 200)
+        return self->fail(r.status == 504 ? asio::error::timed_out : asio::error::connection_refused,
+                          "the relay refused the rendezvous: " + std::to_string(r.status) + " " + r.reason);
+      self->tls_.async_handshake(asio::ssl::stream_base::server, [self](error_code ec) { self->on_tls(ec); });
+    });
+  }
+
+  void on_tls(error_code ec) {
+    if (ec) return fail(ec, "the TLS handshake with the agent of " + leg_.cluster + " failed: " + describe(ec));
+    const auto got = peer_pin(tls_);
+    if (std::find(leg_.agent_pins.begin(), leg_.agent_pins.end(), got) == leg_.agent_pins.end()) {
+      std::string want;
+      for (const auto& p : leg_.agent_pins) want += (want.empty() ? "sha256:" : " or sha256:") + p;
+      logger_->error("refused the agent that answered for cluster {}: it proved key sha256:{}, the relay's registry pins {}",
+                     leg_.cluster, got, want);
+      return fail(asio::error::access_denied, "the agent that answered for cluster " + leg_.cluster + " proved key sha256:" +
+                                                  got + ", but the relay's registry pins " + want +
+                                                  " for it: refused, nothing was sent to it");
+    }
+    succeed(std::move(leg_.session));
+  }
+
+  ProxyLeg leg_;
+  std::string preamble_;
+  char byte_ = 0;
+  std::vector<std::uint8_t> reply_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<asio::ssl::context>> agent_context(const std::string& cert_file, const std::string& key_file) {
+  if (cert_file.empty() || key_file.empty())
+    return fail("the tls transport needs the agent's certificate and key (identity_cert_file, identity_key_file)");
+  for (const auto& file : {cert_file, key_file})
+    if (auto readable = tls::read_small_file(file); !readable) return fail(readable.error());
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  error_code ec;
+  ctx->use_certificate_chain_file(cert_file, ec);
+  if (ec) return fail("agent certificate " + cert_file + ": " + ec.message());
+  ctx->use_private_key_file(key_file, asio::ssl::context::pem, ec);
+  if (ec) return fail("agent key " + key_file + ": " + ec.message());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    return fail("agent key " + key_file + " does not match the certificate " + cert_file);
+  ask_for_peer_certificate(*ctx);
+  return ctx;
+}
+
+Result<ProxyIdentity> ephemeral_proxy_identity() {
+  auto pem = tls::create_ca("clusterconnect proxy", 1);
+  if (!pem) return fail("cannot make the proxy's TLS key: " + pem.error());
+  auto ctx = tls::make_server_context_pem(pem->cert, pem->key);
+  if (!ctx) return fail("cannot make the proxy's TLS context: " + ctx.error());
+  auto pin = tls::public_key_pin(pem->cert);
+  if (!pin) return fail(pin.error());
+  ask_for_peer_certificate(*ctx.value());
+  return ProxyIdentity{ctx.value(), pin.value()};
+}
+
+void async_agent_leg(asio::io_context& io, std::shared_ptr<asio::ssl::context> identity, AgentLeg leg,
+                     std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout) {
+  std::make_shared<AgentDial>(io, std::move(identity), std::move(leg), std::move(logger), std::move(handler), timeout)->run();
+}
+
+void async_proxy_leg(asio::io_context& io, std::shared_ptr<asio::ssl::context> identity, ProxyLeg leg,
+                     std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout) {
+  std::make_shared<ProxyDial>(io, std::move(identity), std::move(leg), std::move(logger), std::move(handler), timeout)->run();
+}
+
+}  // namespace clusterconnect::tunnel_tls

@@ -1,0 +1,309 @@
+// Agent side of the tls transport: N control channels to the relay, each
+// reconnected with capped exponential backoff and jitter and kept alive past
+// its token by renewToken. Every accept on any of them is answered by dialing
+// the rendezvous as a TLS client with the agent's key; the session that comes
+// up carries the proxy's streams to the agent until either end closes it.
+
+#include <map>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <spdlog/spdlog.h>
+
+#include "clusterconnect/sas_token.hpp"
+#include "legs.hpp"
+#include "relay_calls.hpp"
+#include "rendezvous/control_message.hpp"
+#include "tls_transport.hpp"
+
+namespace clusterconnect::tunnel_tls {
+
+namespace {
+
+namespace rv = tunnel::rendezvous;
+
+// Rendezvous dialed at once; more accepts wait for none, they are refused
+// (the relay times the connect out and the proxy says so).
+constexpr std::size_t max_pending_legs = 256;
+
+std::optional<std::chrono::system_clock::time_point> token_expiry(const std::string& token) {
+  auto t = parse_sas_token(token);
+  if (!t) return std::nullopt;
+  return std::chrono::system_clock::time_point(std::chrono::seconds(t->expiry));
+}
+
+class TlsTunnelListener final : public TunnelListener, public std::enable_shared_from_this<TlsTunnelListener> {
+ public:
+  TlsTunnelListener(HostServices& host, ListenOptions options, AcceptHandler on_stream)
+      : io_(host.io_context()),
+        strand_(asio::make_strand(host.io_context())),
+        logger_(host.logger()),
+        options_(std::move(options)),
+        on_stream_(std::move(on_stream)),
+        rng_(std::random_device{}()) {
+    if (options_.tunnels == 0) options_.tunnels = 1;
+    if (options_.backoff_initial.count() <= 0) options_.backoff_initial = std::chrono::milliseconds(200);
+    if (options_.backoff_max < options_.backoff_initial) options_.backoff_max = options_.backoff_initial;
+  }
+
+  ~TlsTunnelListener() override {
+    for (auto& slot : slots_)
+      if (slot->channel) slot->channel->close();
+    for (auto& [_, s] : sessions_) s->close("listener closed");
+  }
+
+  Result<void> prepare() {
+    auto t = relay_target(options_.endpoint);
+    if (!t) return fail(t.error());
+    target_ = t.value();
+    auto relay = relay_tls_context(options_.endpoint, *logger_);
+    if (!relay) return fail("TLS setup for the relay: " + relay.error());
+    relay_tls_ = relay.value();
+    auto identity = agent_context(options_.identity_cert_file, options_.identity_key_file);
+    if (!identity) return fail(identity.error());
+    identity_ = identity.value();
+    return {};
+  }
+
+  void start() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      for (unsigned i = 0; i < self->options_.tunnels; ++i) {
+        self->slots_.push_back(std::make_unique<Slot>(self->strand_, i, self->options_.backoff_initial));
+        self->connect(*self->slots_.back());
+      }
+    });
+  }
+
+  ListenerStatus status() const noexcept override { return ListenerStatus{up_.load(std::memory_order_relaxed), options_.tunnels}; }
+
+  void close() noexcept override {
+    try {
+      asio::dispatch(strand_, [self = shared_from_this()] {
+        self->closed_ = true;
+        for (auto& slot : self->slots_) {
+          slot->timer.cancel();
+          slot->renew_timer.cancel();
+          if (slot->channel) slot->channel->close();
+          slot->channel.reset();
+        }
+        auto sessions = std::move(self->sessions_);
+        self->sessions_.clear();
+        for (auto& [_, s] : sessions) s->close("listener closed");
+        self->up_ = 0;
+      });
+    } catch (...) {
+    }
+  }
+
+ private:
+  struct Slot {
+    Slot(const asio::any_io_executor& ex, unsigned i, std::chrono::milliseconds b) : index(i), backoff(b), timer(ex), renew_timer(ex) {}
+    unsigned index;
+    std::chrono::milliseconds backoff;
+    asio::steady_timer timer;
+    asio::steady_timer renew_timer;
+    std::shared_ptr<ControlChannel> channel;
+    std::string token;  // the one the channel holds
+    bool connecting = false;
+    unsigned failures = 0;
+  };
+
+  void connect(Slot& slot) {
+    if (closed_ || slot.connecting) return;
+    std::string token;
+    if (options_.token) {
+      auto t = options_.token();  // fresh on every (re)connect; never throws
+      if (!t) {
+        logger_->warn("control channel {}: cannot obtain a relay token: {}", slot.index, t.error());
+        return retry_later(slot);
+      }
+      token = std::move(t.value());
+    }
+    slot.connecting = true;
+    async_open_control_channel(io_, *target_, relay_tls_, token, logger_,
+                               [weak = weak_from_this(), &slot, token](error_code ec, std::shared_ptr<ControlChannel> c,
+                                                                      std::string reason) mutable {
+                                 auto self = weak.lock();
+                                 if (!self) {
+                                   if (c) c->close();
+                                   return;
+                                 }
+                                 asio::dispatch(self->strand_, [self, &slot, ec, c = std::move(c), reason = std::move(reason),
+                                                                token = std::move(token)]() mutable {
+                                   self->on_channel(slot, ec, std::move(c), std::move(reason), std::move(token));
+                                 });
+                               });
+  }
+
+  void on_channel(Slot& slot, error_code ec, std::shared_ptr<ControlChannel> channel, std::string reason, std::string token) {
+    slot.connecting = false;
+    if (closed_) {
+      if (channel) channel->close();
+      return;
+    }
+    if (ec) {
+      // The first failure is worth a warning; a relay that stays down is not
+      // worth one line per attempt.
+      if (slot.failures++ == 0) logger_->warn("control channel {}: {}", slot.index, reason);
+      else logger_->debug("control channel {}: {}", slot.index, reason);
+      return retry_later(slot);
+    }
+    logger_->info("control channel {} to {} is up", slot.index, options_.endpoint.url);
+    slot.failures = 0;
+    slot.backoff = options_.backoff_initial;
+    slot.channel = channel;
+    slot.token = std::move(token);
+    up_.fetch_add(1, std::memory_order_relaxed);
+    std::weak_ptr<ControlChannel> which = channel;
+    channel->start(
+        [weak = weak_from_this()](std::string text) {
+          if (auto self = weak.lock())
+            asio::dispatch(self->strand_, [self, text = std::move(text)] { self->on_message(text); });
+        },
+        [weak = weak_from_this(), &slot, which](std::string why) {
+          if (auto self = weak.lock())
+            asio::dispatch(self->strand_, [self, &slot, which, why = std::move(why)] { self->on_channel_gone(slot, which, why); });
+        });
+    schedule_renewal(slot);
+  }
+
+  // renewToken at 80 % of the token's remaining lifetime; the relay closes a
+  // channel whose token expired.
+  void schedule_renewal(Slot& slot) {
+    slot.renew_timer.cancel();
+    auto expiry = token_expiry(slot.token);
+    if (!expiry) return;
+    auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(*expiry - std::chrono::system_clock::now());
+    slot.renew_timer.expires_after(std::max<std::chrono::milliseconds>(remaining * 4 / 5, std::chrono::milliseconds(500)));
+    slot.renew_timer.async_wait([weak = weak_from_this(), &slot](error_code ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) self->renew(slot);
+    });
+  }
+
+  void renew(Slot& slot) {
+    if (closed_ || !slot.channel || !options_.token) return;
+    auto t = options_.token();
+    if (!t) {
+      logger_->warn("control channel {}: cannot obtain a fresh relay token: {}", slot.index, t.error());
+      return schedule_renewal(slot);
+    }
+    if (t.value() == slot.token) return schedule_renewal(slot);
+    slot.token = std::move(t.value());
+    slot.channel->send(rv::to_json(rv::RenewTokenMessage{slot.token}));
+    logger_->debug("control channel {}: token renewed", slot.index);
+    schedule_renewal(slot);
+  }
+
+  void on_channel_gone(Slot& slot, const std::weak_ptr<ControlChannel>& which, const std::string& why) {
+    if (closed_ || !slot.channel || slot.channel != which.lock()) return;
+    logger_->warn("control channel {}: {}", slot.index, why);
+    slot.channel.reset();
+    slot.renew_timer.cancel();
+    up_.fetch_sub(1, std::memory_order_relaxed);
+    retry_later(slot);
+  }
+
+  void on_message(const std::string& text) {
+    if (closed_) return;
+    auto m = rv::parse_control_message(text);
+    if (m.state == rv::ControlParse::State::unknown_kind) return logger_->debug("control channel: ignored a {} message", m.kind);
+    if (m.state != rv::ControlParse::State::ok) return logger_->warn("control channel: a malformed message: {}", m.error);
+    auto* accept = std::get_if<rv::AcceptMessage>(&m.message);
+    if (!accept) return;
+    auto offer = parse_rendezvous_address(accept->address);
+    if (!offer) return logger_->warn("control channel: an accept with an unusable address: {}", offer.error());
+    offer->ticket = accept->id;
+    auto pin = accept->connect_headers.find(std::string(rv::proxy_key_pin_header));
+    if (pin == accept->connect_headers.end())
+      return logger_->warn("control channel: an accept names no proxy key; not answered");
+    if (pending_ >= max_pending_legs) return logger_->warn("control channel: {} rendezvous already being dialed; not answered", pending_);
+    ++pending_;
+    AgentLeg leg;
+    leg.offer = std::move(offer.value());
+    leg.proxy_pin = pin->second;
+    leg.session.role = tunnel::Role::acceptor;
+    leg.session.name = "session with a proxy" +
+                       (accept->remote_endpoint ? " at " + accept->remote_endpoint->address : std::string());
+    async_agent_leg(io_, identity_, std::move(leg), logger_,
+                    [weak = weak_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
+                      auto self = weak.lock();
+                      if (!self) {
+                        if (s) s->close("listener closed");
+                        return;
+                      }
+                      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
+                        self->on_leg(ec, std::move(s), reason);
+                      });
+                    });
+  }
+
+  void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason) {
+    --pending_;
+    if (closed_) {
+      if (session) session->close("listener closed");
+      return;
+    }
+    if (ec) return logger_->warn("rendezvous: {}", reason);
+    auto on_stream = on_stream_;
+    session->on_incoming([on_stream](tunnel::TunnelStreamPtr stream, tunnel::Metadata md) {
+      stream->accept();
+      if (on_stream) on_stream(std::move(stream), md);
+    });
+    auto* key = session.get();
+    session->on_closed([weak = weak_from_this(), key](const std::string& why) {
+      if (auto self = weak.lock())
+        asio::dispatch(self->strand_, [self, key, why] {
+          self->logger_->debug("a session with a proxy ended: {}", why);
+          self->sessions_.erase(key);
+        });
+    });
+    sessions_.emplace(key, session);
+    logger_->debug("a session with a proxy is up ({} open)", sessions_.size());
+    session->start();
+  }
+
+  void retry_later(Slot& slot) {
+    std::uniform_real_distribution<double> jitter(0.8, 1.2);
+    auto delay = std::chrono::milliseconds(static_cast<long long>(static_cast<double>(slot.backoff.count()) * jitter(rng_)));
+    slot.backoff = std::min(slot.backoff * 2, options_.backoff_max);
+    slot.timer.expires_after(delay);
+    slot.timer.async_wait([weak = weak_from_this(), &slot](error_code ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) self->connect(slot);
+    });
+  }
+
+  asio::io_context& io_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  std::shared_ptr<spdlog::logger> logger_;
+  ListenOptions options_;
+  AcceptHandler on_stream_;
+  std::optional<RelayTarget> target_;
+  std::shared_ptr<asio::ssl::context> relay_tls_;
+  std::shared_ptr<asio::ssl::context> identity_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::map<tunnel::Session*, std::shared_ptr<tunnel::Session>> sessions_;
+  std::size_t pending_ = 0;
+  std::atomic<unsigned> up_{0};
+  bool closed_ = false;
+  std::mt19937 rng_;
+};
+
+}  // namespace
+
+std::shared_ptr<TunnelListener> make_listener(HostServices& host, ListenOptions options, AcceptHandler on_stream) {
+  auto l = std::make_shared<TlsTunnelListener>(host, std::move(options), std::move(on_stream));
+  if (auto ready = l->prepare(); !ready) {
+    host.logger()->error("tunnel-tls listener: {}", ready.error());
+    return nullptr;
+  }
+  l->start();
+  return l;
+}
+
+}  // namespace clusterconnect::tunnel_tls

@@ -1,0 +1,177 @@
+// The tls transport through a real relay: the agent's control channels are
+// announced each connect, the proxy's session with the agent runs TLS and the
+// mux end to end, and the proxy talks only to an agent whose key the relay's
+// registry pins.
+
+#include <catch2/catch.hpp>
+
+#include "clusterconnect/certificates.hpp"
+#include "relay_fixture.hpp"
+
+using namespace clusterconnect;
+using namespace clusterconnect::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct AgentKey {
+  tls::PemPair pem;
+  std::string pin;
+  explicit AgentKey(const std::string& name) {
+    auto p = tls::create_ca(name, 1);
+    REQUIRE(p);
+    pem = p.value();
+    auto pin_or = tls::public_key_pin(pem.cert);
+    REQUIRE(pin_or);
+    pin = pin_or.value();
+  }
+};
+
+// One cluster, demo, whose registry pins `pins`; a rendezvous port.
+struct TlsRelay {
+  AgentKey agent_key{"demo agent"};
+  RelayProcess relay;
+  explicit TlsRelay(std::vector<std::string> pins = {})
+      : relay(config(pins.empty() ? std::vector<std::string>{agent_key.pin} : pins),
+              {{"listen.key", "listen-secret\n"},
+               {"connect.key", "connect-secret\n"},
+               {"agent.crt", agent_key.pem.cert},
+               {"agent.key", agent_key.pem.key}},
+              {"--rendezvous-listen", "127.0.0.1:0"}) {}
+
+  static nlohmann::json config(const std::vector<std::string>& pins) {
+    return {{"clusters",
+             {{{"subscription", "00000000-0000-0000-0000-000000000000"},
+               {"resource_group", "sandbox"},
+               {"name", "demo"},
+               {"hybrid_connection", demo_path},
+               {"agent_key_pins", pins},
+               {"keys",
+                {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", "listen.key"}},
+                 {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", "connect.key"}}}}}}}};
+  }
+
+  std::shared_ptr<TunnelListener> listen(ModuleHost& host, Agent& agent, unsigned channels = 2,
+                                         const std::string& cert = "agent.crt", const std::string& key = "agent.key") {
+    ListenOptions o;
+    o.endpoint = relay.endpoint();
+    o.token = [this] { return relay.listen_token(); };
+    o.tunnels = channels;
+    o.backoff_initial = 50ms;
+    o.backoff_max = 500ms;
+    o.identity_cert_file = (relay.dir() / cert).string();
+    o.identity_key_file = (relay.dir() / key).string();
+    auto l = host.transport().listen(std::move(o), agent.handler());
+    REQUIRE(l);
+    REQUIRE(wait_until([&] { return l->status().tunnels_up == channels && listeners() == channels; }, 20s));
+    return l;
+  }
+
+  unsigned listeners() const { return relay.gauge("clusterconnect_relay_listeners{hybrid_connection=\"" + demo_path + "\"}"); }
+
+  std::shared_ptr<TunnelClient> dial(ModuleHost& host, std::vector<std::string> pins) {
+    auto endpoint = relay.endpoint();
+    endpoint.agent_key_pins = std::move(pins);
+    return host.transport().dial(endpoint, [this] { return relay.connect_token(); });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("tls transport: streams run end to end between proxy and agent through the relay's rendezvous",
+          "[relay][tls-transport]") {
+  ModuleHost agent_host("tls"), client_host("tls");
+  TlsRelay r;
+  Agent agent;
+  auto listener = r.listen(agent_host, agent);
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  REQUIRE(client);
+  // Streams share one session: one rendezvous for all of them.
+  for (std::uint64_t i = 0; i < 8; ++i) {
+    auto o = open_stream(*client);
+    INFO(o.reason);
+    REQUIRE_FALSE(o.ec);
+    auto x = exchange(o.stream, 256 * 1024 + i, i, 30s);
+    INFO(x.what << ": " << x.ec.message());
+    CHECK_FALSE(x.ec);
+    CHECK(x.received_sha == x.sent_sha);
+  }
+  CHECK(agent.streams == 8);
+  CHECK(r.relay.gauge("clusterconnect_relay_rendezvous_total{outcome=\"paired\"}") == 1);
+  client->close();
+  listener->close();
+}
+
+TEST_CASE("tls transport: an agent whose key is not the pinned one gets nothing", "[relay][tls-transport][security]") {
+  ModuleHost agent_host("tls"), client_host("tls");
+  TlsRelay r;
+  Agent agent;
+  auto listener = r.listen(agent_host, agent);
+  AgentKey registered("the registered agent");
+  auto client = r.dial(client_host, {registered.pin});
+  auto o = open_stream(*client);
+  CHECK(o.ec == asio::error::access_denied);
+  CHECK_THAT(o.reason, Catch::Contains(demo_path) && Catch::Contains("sha256:" + r.agent_key.pin) &&
+                           Catch::Contains("sha256:" + registered.pin));
+  CHECK(agent.streams == 0);
+  client->close();
+  listener->close();
+}
+
+TEST_CASE("tls transport: with no agent key registered the proxy opens nothing", "[relay][tls-transport][security]") {
+  ModuleHost client_host("tls");
+  TlsRelay r;
+  auto client = r.dial(client_host, {});
+  auto o = open_stream(*client);
+  CHECK(o.ec == asio::error::access_denied);
+  CHECK_THAT(o.reason, Catch::Contains("pins no agent key") && Catch::Contains(demo_path));
+  CHECK(r.relay.gauge("clusterconnect_relay_rendezvous_total{outcome=\"paired\"}") == 0);
+}
+
+TEST_CASE("tls transport: with no agent listening the connect is refused at once", "[relay][tls-transport]") {
+  ModuleHost client_host("tls");
+  TlsRelay r;
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  auto o = open_stream(*client);
+  CHECK(o.ec);
+  CHECK_THAT(o.reason, Catch::Contains("no agent connected for cluster demo"));
+}
+
+TEST_CASE("tls transport: an agent restarted mid-session is reached again by the next open", "[relay][tls-transport]") {
+  ModuleHost agent_host("tls"), client_host("tls");
+  TlsRelay r;
+  Agent agent;
+  auto listener = r.listen(agent_host, agent);
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  auto first = open_stream(*client);
+  REQUIRE_FALSE(first.ec);
+  CHECK_FALSE(exchange(first.stream, 1000, 1, 20s).ec);
+  listener->close();
+  REQUIRE(wait_until([&] { return r.listeners() == 0; }, 20s));
+  Agent agent2;
+  auto listener2 = r.listen(agent_host, agent2);
+  // The old session ended with the agent; the next open makes a new one.
+  OpenResult again;
+  REQUIRE(wait_until([&] {
+    again = open_stream(*client);
+    return !again.ec;
+  }, 20s));
+  auto x = exchange(again.stream, 100000, 2, 20s);
+  CHECK_FALSE(x.ec);
+  CHECK(x.received_sha == x.sent_sha);
+  CHECK(agent2.streams == 1);
+  client->close();
+  listener2->close();
+}
+
+TEST_CASE("tls transport: an agent without its key files does not start", "[relay][tls-transport]") {
+  ModuleHost agent_host("tls");
+  TlsRelay r;
+  Agent agent;
+  ListenOptions o;
+  o.endpoint = r.relay.endpoint();
+  o.token = [&r] { return r.relay.listen_token(); };
+  o.identity_cert_file = (r.relay.dir() / "agent.crt").string();
+  o.identity_key_file = (r.relay.dir() / "missing.key").string();
+  CHECK_FALSE(agent_host.transport().listen(std::move(o), agent.handler()));
+}
