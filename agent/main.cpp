@@ -1,6 +1,8 @@
 // clusterconnect-agent: runs in the cluster, dials out to the relay,
 // authenticates callers and impersonates them to the API server.
 
+#include <sys/stat.h>
+
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
@@ -49,6 +51,9 @@ struct AgentOptions {
   std::string listen_key_file;
   std::string relay_token_file;
   unsigned tunnels = 2;
+  std::string transport = "tls";
+  std::string identity_cert_file;
+  std::string identity_key_file;
   std::string mode = "entra";
   std::vector<std::string> tenants;
   std::vector<std::string> audiences{arc_server_app};
@@ -83,7 +88,18 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_option("--relay-token-file", o.relay_token_file,
                  "File holding a listen token (SharedAccessSignature ...), re-read when it changes")
       ->envname("CLUSTERCONNECT_RELAY_TOKEN_FILE");
-  app.add_option("--tunnels", o.tunnels, "Tunnels kept open to the relay")->check(CLI::Range(1, 16))->capture_default_str();
+  app.add_option("--tunnels", o.tunnels,
+                 "Connections kept open to the relay: control channels (tls) or tunnels (ws)")
+      ->check(CLI::Range(1, 16))->capture_default_str();
+  app.add_option("--transport", o.transport,
+                 "tls: TLS and the stream mux run end to end with each proxy, through the relay's rendezvous (the "
+                 "relay sees ciphertext only); ws: streams through the relay's WebSocket tunnels")
+      ->check(CLI::IsMember({"tls", "ws"}))->envname("CLUSTERCONNECT_TRANSPORT")->capture_default_str();
+  app.add_option("--identity-cert-file", o.identity_cert_file,
+                 "tls: the agent's certificate (PEM); proxies require the key whose pin the relay's registry holds")
+      ->envname("CLUSTERCONNECT_IDENTITY_CERT_FILE");
+  app.add_option("--identity-key-file", o.identity_key_file, "tls: the agent's private key (PEM, mode 0600)")
+      ->envname("CLUSTERCONNECT_IDENTITY_KEY_FILE");
   app.add_option("--mode", o.mode,
                  "entra: authenticate Entra ID tokens and impersonate; token: pass service-account tokens through; "
                  "both: Entra when the token is one, else pass through")
@@ -177,13 +193,29 @@ int main(int argc, char** argv) try {
     return 2;
   }
 
+  if (o.transport == "tls") {
+    if (o.identity_cert_file.empty() || o.identity_key_file.empty()) {
+      std::fprintf(stderr,
+                   "clusterconnect-agent: --transport tls needs --identity-cert-file and --identity-key-file: the key "
+                   "proxies pin (its pin goes in the relay's registry as agent_key_pins)\n");
+      return 2;
+    }
+    struct stat st {};
+    if (::stat(o.identity_key_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+      std::fprintf(stderr, "clusterconnect-agent: %s is readable by other users (mode %03o); make it 0600\n",
+                   o.identity_key_file.c_str(), static_cast<unsigned>(st.st_mode & 0777));
+      return 2;
+    }
+  }
+
   host::Runtime runtime(logger, o.threads);
   runtime.load_plugins();
   auto& io = runtime.io_context();
 
-  auto transport = runtime.capabilities().transport("ws");
+  auto transport = runtime.capabilities().transport(o.transport);
   if (!transport) {
-    std::fprintf(stderr, "clusterconnect-agent: no transport:ws module was loaded; see the warnings above\n");
+    std::fprintf(stderr, "clusterconnect-agent: no transport:%s module was loaded; see the warnings above\n",
+                 o.transport.c_str());
     return 1;
   }
   std::shared_ptr<Authenticator> authenticator;
@@ -237,7 +269,9 @@ int main(int argc, char** argv) try {
   // threads start: the listener and the health server are complete objects
   // by then, and nothing assigns them later.
   ListenOptions listen_options;
-  listen_options.endpoint = {o.relay_url, o.relay_ca_file, o.relay_insecure_skip_verify};
+  listen_options.endpoint = {o.relay_url, o.relay_ca_file, o.relay_insecure_skip_verify, {}};
+  listen_options.identity_cert_file = o.identity_cert_file;
+  listen_options.identity_key_file = o.identity_key_file;
   listen_options.token = [rt = relay_token.value()] { return rt->current(); };
   listen_options.tunnels = o.tunnels;
   http::Limits limits;

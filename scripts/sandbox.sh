@@ -12,6 +12,8 @@
 # backend instead of the stand-in API server (benchmarks use nginx).
 # SANDBOX_AGENT_ARGS adds agent flags; SANDBOX_CONNECT_TOKEN_SECONDS sets the
 # lifetime of the relay connect tokens the management API issues.
+# SANDBOX_TRANSPORT=ws runs the agent and the proxy over the relay's WebSocket
+# tunnels instead of end-to-end TLS through its rendezvous (tls, the default).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,6 +25,8 @@ dir="$(cd "$dir" && pwd)"
 bin="${3:-$root/build/release/stage/bin}"
 [ -d "$bin" ] && bin="$(cd "$bin" && pwd)"
 fixtures="$root/tests/fixtures"
+transport="${SANDBOX_TRANSPORT:-tls}"
+case "$transport" in tls|ws) ;; *) echo "SANDBOX_TRANSPORT must be tls or ws" >&2; exit 2 ;; esac
 
 tenant="72f988bf-86f1-41af-91ab-2d7cd011db47"
 subscription="00000000-0000-0000-0000-00000000c0de"
@@ -141,9 +145,16 @@ JSON
     const st=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
     const oids=[st.clients.secret.oid, ...Object.values(st.users).map(u=>u.oid)];
     console.log(JSON.stringify(oids.map(o=>({principal:o, role:"Azure Arc Enabled Kubernetes Cluster User Role"}))))' "$s/idp/state.json")"
+  # The agent's own key, which proxies pin: its SHA-256 pin goes in the registry.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=clusterconnect-agent demo" \
+    -keyout "$s/agent-identity.key" -out "$s/agent-identity.crt" 2>/dev/null
+  chmod 600 "$s/agent-identity.key"
+  local agent_pin
+  agent_pin="$(openssl x509 -in "$s/agent-identity.crt" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)"
   cat >"$s/relay.json" <<JSON
 {"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
    "hybrid_connection": "clusters/$subscription/sandbox/demo",
+   "agent_key_pins": ["$agent_pin"],
    "keys": [{"name": "listen", "rights": ["listen"], "secret_file": "listen.key"},
             {"name": "connect", "rights": ["connect"], "secret_file": "connect.key"}],
    "role_assignments": $principals}],
@@ -151,7 +162,7 @@ JSON
                 "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600}}}
 JSON
   start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
-    --ready-file "$s/relay.ready"
+    --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
   wait_ready relay "$s/relay.ready"
   local relay_port relay_ca
   relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
@@ -161,13 +172,14 @@ JSON
   start agent "$bin/clusterconnect-agent" \
     --relay-url "wss://127.0.0.1:$relay_port/\$hc/clusters/$subscription/sandbox/demo" --relay-ca-file "$relay_ca" \
     --listen-key-name listen --listen-key-file "$s/listen.key" --tunnels 2 --mode both \
+    --transport "$transport" --identity-cert-file "$s/agent-identity.crt" --identity-key-file "$s/agent-identity.key" \
     --tenant "$tenant" --authority "$authority" --allow-http-loopback-authority \
     --apiserver-url "${SANDBOX_UPSTREAM_URL:-https://127.0.0.1:$api_port}" \
     --apiserver-ca-file "${SANDBOX_UPSTREAM_CA:-$s/apiserver-ca.crt}" \
     --token-file "$s/agent-sa.token" --health-listen 127.0.0.1:0 --ready-file "$s/agent.ready" \
     --audit-log "$dir/logs/agent-audit.jsonl" ${SANDBOX_AGENT_ARGS:-}
   wait_ready agent "$s/agent.ready"
-  log "agent: connected with 2 tunnels (health on port $(json "$s/agent.ready" health_port))"
+  log "agent: connected over $transport (health on port $(json "$s/agent.ready" health_port))"
 
   # What a user's shell needs for `connectedk8s proxy -n demo -g sandbox`.
   local sp_client sp_secret
@@ -183,6 +195,7 @@ export AZURE_AUTHORITY_HOST="$authority"
 export AZURE_SUBSCRIPTION_ID="$subscription"
 export CONNECTEDK8S_ENDPOINT="https://127.0.0.1:$relay_port"
 export CONNECTEDK8S_CA_FILE="$relay_ca"
+export CONNECTEDK8S_TRANSPORT="$transport"
 export CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY=1
 export XDG_CONFIG_HOME="$dir/home/config"
 export XDG_CACHE_HOME="$dir/home/cache"

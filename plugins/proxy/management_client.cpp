@@ -1,5 +1,7 @@
 #include "management_client.hpp"
 
+#include "clusterconnect/certificates.hpp"
+
 #include <curl/curl.h>
 
 #include <cstdlib>
@@ -141,6 +143,13 @@ Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOpt
     c.hybrid_connection = hc.at("hybridConnectionName").get<std::string>();
     c.token = hc.at("token").get<std::string>();
     c.expires_on = std::chrono::system_clock::time_point(std::chrono::seconds(hc.at("expirationTime").get<std::int64_t>()));
+    if (hc.contains("agentKeyPins")) {
+      for (const auto& pin : hc.at("agentKeyPins")) {
+        if (!pin.is_string() || !tls::is_public_key_pin(pin.get<std::string>()))
+          return fail("listClusterUserCredential returned an agent key pin that is not 64 hex digits");
+        c.agent_key_pins.push_back(pin.get<std::string>());
+      }
+    }
     if (c.relay.empty() || c.hybrid_connection.empty() || c.token.empty())
       return fail("listClusterUserCredential returned an incomplete hybridConnectionConfig");
     return c;

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "clusterconnect/result.hpp"
 
@@ -21,6 +22,8 @@ struct ClusterCredential {
   std::string hybrid_connection;     // path after /$hc/
   std::string token;                 // SharedAccessSignature ... (connect right)
   std::chrono::system_clock::time_point expires_on;
+  // The pins of the keys the cluster's agents prove end to end (tls transport).
+  std::vector<std::string> agent_key_pins;
 };
 
 struct ManagementClientOptions {

@@ -201,6 +201,10 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_option("--refresh-interval", opts_.refresh_seconds,
                   "Longest time in seconds between token checks (each token is also renewed at half its lifetime)")
       ->check(CLI::Range(1, 3600))->capture_default_str();
+  sub->add_option("--transport", opts_.transport,
+                  "tls: TLS runs end to end with the cluster's agent, whose key the relay's registry pins (the relay "
+                  "sees ciphertext only); ws: through the relay's WebSocket tunnels")
+      ->check(CLI::IsMember({"tls", "ws"}))->envname("CONNECTEDK8S_TRANSPORT")->capture_default_str();
   sub->add_option("command", opts_.command, "After '--': run this command with KUBECONFIG set, then exit with its status");
   return sub;
 } catch (...) {
@@ -250,11 +254,12 @@ int ProxyCommand::run_proxy() {
         "--pop signs Entra ID tokens; a service-account token (--token, --token-file) cannot be used with it");
   if (opts_.subscription.empty()) return fail_with("no subscription: pass --subscription or set AZURE_SUBSCRIPTION_ID");
   if (opts_.endpoint.empty()) return fail_with("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
-  auto transport = caps.transport("ws");
+  auto transport = caps.transport(opts_.transport);
   auto kubeconfig = caps.kubeconfig("yaml");
   auto credential_cap = caps.credential("entra");
   if (!transport || !kubeconfig || !credential_cap)
-    return fail_with("a module is missing (transport:ws, kubeconfig:yaml and credential:entra are needed); see 'connectedk8s plugin list'");
+    return fail_with("a module is missing (transport:" + opts_.transport +
+                     ", kubeconfig:yaml and credential:entra are needed); see 'connectedk8s plugin list'");
 
   // 1. Sign in.
   progress.begin("sign-in", "Signing in to Microsoft Entra ID");
@@ -367,8 +372,10 @@ int ProxyCommand::run_proxy() {
 
 
   // 3. Dial the relay.
-  progress.begin("dial", "Connecting to the relay");
-  RelayEndpoint endpoint{"wss://" + details->relay + "/$hc/" + details->hybrid_connection, opts_.ca_file, false};
+  progress.begin("dial", opts_.transport == "tls" ? "Connecting to the cluster's agent through the relay (end to end)"
+                                                   : "Connecting to the relay");
+  RelayEndpoint endpoint{"wss://" + details->relay + "/$hc/" + details->hybrid_connection, opts_.ca_file, false,
+                         details->agent_key_pins};
   // The tunnel asks for the token before every dial and renewal; one that has
   // expired is renewed at once (the refresher may have failed or be late).
   auto client = transport->dial(endpoint, [relay_token, details_expiry = relay_expiry, weak_refresher] {

@@ -31,6 +31,7 @@ struct ProxyOptions {
   bool allow_http_loopback_authority = false;
   bool pop = false;  // proof-of-possession tokens, each request signed for the cluster
   unsigned refresh_seconds = 60;
+  std::string transport = "tls";  // tls: end to end with the agent; ws: the relay's tunnels
   std::vector<std::string> command;  // after "--": CI mode
 };
 
