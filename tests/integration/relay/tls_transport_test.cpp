@@ -175,3 +175,100 @@ TEST_CASE("tls transport: an agent without its key files does not start", "[rela
   o.identity_key_file = (r.relay.dir() / "missing.key").string();
   CHECK_FALSE(agent_host.transport().listen(std::move(o), agent.handler()));
 }
+
+TEST_CASE("tls transport: two clusters called prod in different resource groups each reach only their own agent",
+          "[relay][tls-transport][security]") {
+  AgentKey key_a("team-a prod agent"), key_b("team-b prod agent");
+  auto cluster = [](const std::string& group, const std::string& path, const std::string& prefix, const std::string& pin) {
+    return nlohmann::json{{"subscription", prod_subscription},
+                          {"resource_group", group},
+                          {"name", "prod"},
+                          {"hybrid_connection", path},
+                          {"agent_key_pins", {pin}},
+                          {"keys",
+                           {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", prefix + "-listen.key"}},
+                            {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", prefix + "-connect.key"}}}}};
+  };
+  RelayProcess relay({{"clusters", {cluster("team-a", path_a, "a", key_a.pin), cluster("team-b", path_b, "b", key_b.pin)}}},
+                     {{"a-listen.key", "a-listen\n"},
+                      {"a-connect.key", "a-connect\n"},
+                      {"b-listen.key", "b-listen\n"},
+                      {"b-connect.key", "b-connect\n"},
+                      {"a.crt", key_a.pem.cert},
+                      {"a.key", key_a.pem.key},
+                      {"b.crt", key_b.pem.cert},
+                      {"b.key", key_b.pem.key}},
+                     {"--rendezvous-listen", "127.0.0.1:0"});
+  ModuleHost agents("tls"), clients("tls");
+  Agent agent_a, agent_b;
+  auto listen = [&](Agent& agent, const std::string& path, const std::string& prefix) {
+    ListenOptions o;
+    o.endpoint = relay.endpoint(path);
+    o.token = [&relay, path, prefix] { return relay.token("listen", prefix + "-listen", path); };
+    o.tunnels = 1;
+    o.identity_cert_file = (relay.dir() / (prefix + ".crt")).string();
+    o.identity_key_file = (relay.dir() / (prefix + ".key")).string();
+    auto l = agents.transport().listen(std::move(o), agent.handler());
+    REQUIRE(l);
+    REQUIRE(wait_until([&] {
+      return relay.gauge("clusterconnect_relay_listeners{hybrid_connection=\"" + path + "\"}") == 1;
+    }, 20s));
+    return l;
+  };
+  auto listener_a = listen(agent_a, path_a, "a");
+  auto listener_b = listen(agent_b, path_b, "b");
+  auto dial = [&](const std::string& path, const std::string& prefix, const std::string& pin) {
+    auto endpoint = relay.endpoint(path);
+    endpoint.agent_key_pins = {pin};
+    return clients.transport().dial(endpoint, [&relay, path, prefix] { return relay.token("connect", prefix + "-connect", path); });
+  };
+  auto client_a = dial(path_a, "a", key_a.pin);
+  auto client_b = dial(path_b, "b", key_b.pin);
+  for (int i = 0; i < 3; ++i) {
+    auto o = open_stream(*client_a);
+    REQUIRE_FALSE(o.ec);
+    CHECK_FALSE(exchange(o.stream, 5000, static_cast<std::uint64_t>(i), 20s).ec);
+  }
+  auto o = open_stream(*client_b);
+  REQUIRE_FALSE(o.ec);
+  CHECK_FALSE(exchange(o.stream, 5000, 9, 20s).ec);
+  CHECK(agent_a.streams == 3);
+  CHECK(agent_b.streams == 1);
+  // A team-b connect token names team-b's path: it cannot reach team-a.
+  auto crossed = relay.endpoint(path_a);
+  crossed.agent_key_pins = {key_a.pin};
+  auto client_x = clients.transport().dial(crossed, [&relay] { return relay.token("connect", "b-connect", path_b); });
+  auto x = open_stream(*client_x);
+  CHECK(x.ec);
+  CHECK(agent_a.streams == 3);
+  for (auto* c : {&client_a, &client_b, &client_x}) (*c)->close();
+  listener_a->close();
+  listener_b->close();
+}
+
+TEST_CASE("tls transport: after a relay restart the agent comes back and new opens work without a new client",
+          "[relay][tls-transport]") {
+  ModuleHost agent_host("tls"), client_host("tls");
+  TlsRelay r;
+  Agent agent;
+  auto listener = r.listen(agent_host, agent);
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  auto first = open_stream(*client);
+  REQUIRE_FALSE(first.ec);
+  CHECK_FALSE(exchange(first.stream, 1000, 1, 20s).ec);
+  const unsigned short port = r.relay.port();
+  r.relay.stop(SIGKILL);
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 0; }, 60s));
+  r.relay.start(port);
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2 && r.listeners() == 2; }, 60s));
+  OpenResult again;
+  REQUIRE(wait_until([&] {
+    again = open_stream(*client);
+    return !again.ec;
+  }, 20s));
+  auto x = exchange(again.stream, 100000, 2, 20s);
+  CHECK_FALSE(x.ec);
+  CHECK(x.received_sha == x.sent_sha);
+  client->close();
+  listener->close();
+}
