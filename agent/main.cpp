@@ -201,8 +201,12 @@ int main(int argc, char** argv) try {
       return 2;
     }
     struct stat st {};
-    if (::stat(o.identity_key_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-      std::fprintf(stderr, "clusterconnect-agent: %s is readable by other users (mode %03o); make it 0600\n",
+    // Group read is allowed: Kubernetes gives a Secret's files to the pod's
+    // fsGroup (0440); other users may not read it, nor the group write it.
+    if (::stat(o.identity_key_file.c_str(), &st) == 0 && (st.st_mode & 027) != 0) {
+      std::fprintf(stderr,
+                   "clusterconnect-agent: the identity key %s is open to other users (mode %03o); make it 0600 (or "
+                   "0440 for a Kubernetes Secret read through fsGroup)\n",
                    o.identity_key_file.c_str(), static_cast<unsigned>(st.st_mode & 0777));
       return 2;
     }

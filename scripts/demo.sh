@@ -3,14 +3,27 @@
 # sandbox (stand-in API server, oidc-provider as Entra ID, relay, agent) and
 # runs kubectl through `connectedk8s proxy` on a short tour.
 #
-#   scripts/demo.sh          set up, build, run the tour, stop everything
-#   scripts/demo.sh --keep   leave the sandbox running and print how to use it
-#   scripts/demo.sh --down   stop a sandbox left running by --keep
+#   scripts/demo.sh                  set up, build, run the tour, stop everything
+#   scripts/demo.sh --keep           leave the sandbox running and print how to use it
+#   scripts/demo.sh --down           stop a sandbox left running by --keep
+#   scripts/demo.sh --transport ws   the tour over the relay's WebSocket tunnels
+#                                    instead of end-to-end TLS (tls, the default)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 sandbox="${CLUSTERCONNECT_SANDBOX:-$root/sandbox}"
-mode="${1:-}"
+mode=""
+export SANDBOX_TRANSPORT="${SANDBOX_TRANSPORT:-tls}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep|--down) mode="$1" ;;
+    --transport) SANDBOX_TRANSPORT="${2:?--transport needs tls or ws}"; shift ;;
+    --transport=*) SANDBOX_TRANSPORT="${1#--transport=}" ;;
+    *) echo "usage: $0 [--keep|--down] [--transport tls|ws]" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$SANDBOX_TRANSPORT" in tls|ws) ;; *) echo "--transport must be tls or ws" >&2; exit 2 ;; esac
 
 if [ "$mode" = "--down" ]; then
   scripts/sandbox.sh down "$sandbox"
@@ -28,7 +41,7 @@ if [ -z "$bin" ]; then
   bin="$root/build/release/stage/bin"
 fi
 
-echo "== starting the sandbox in $sandbox ==" >&2
+echo "== starting the sandbox in $sandbox (transport $SANDBOX_TRANSPORT) ==" >&2
 scripts/sandbox.sh up "$sandbox" "$bin"
 if [ "$mode" != "--keep" ]; then trap 'scripts/sandbox.sh down "$sandbox"' EXIT; fi
 # shellcheck disable=SC1091
