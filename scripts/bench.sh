@@ -8,7 +8,10 @@
 #                   and aes128-gcm@openssh.com: the peer at its best
 #   haproxy-2hop    client -> HAProxy -> HAProxy -> nginx, each hop TLS, nbthread 1
 #   clusterconnect  client -> connectedk8s proxy -> relay -> agent -> nginx, with the
-#                   Entra token checked and impersonation added on every request
+#                   Entra token checked and impersonation added on every request;
+#                   TLS and the mux end to end, the relay splicing (tls transport)
+#   clusterconnect-ws  the same over the relay's WebSocket tunnels (ws transport,
+#                   the relay terminating TLS and the mux on both sides)
 #
 # Then kubectl wall time direct vs through the chain (stand-in API server),
 # `connectedk8s --version` and proxy time-to-ready, and scale figures for
@@ -20,7 +23,7 @@
 #                    [--no-scale] [--no-kubectl] [--no-install] [--no-build]
 #                    [--no-doc] [--keep] [--held N] [--watches N] [--agents N] [--profile DIR]
 #
-# --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect
+# --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws
 # (direct is always measured: every ratio needs it). --profile DIR only profiles
 # the clusterconnect chain under load (scripts/bench/profile.sh) into DIR.
 # Runs as root (sshd needs it).
@@ -44,7 +47,7 @@ bin="$root/build/release/stage/bin"
 rounds=3
 duration=5
 quick=0
-only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect"
+only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws"
 scale=1
 kubectl_figs=1
 install=1
@@ -95,7 +98,7 @@ if [ -n "$profile_dir" ]; then
   mkdir -p "$profile_dir"; profile_dir="$(cd "$profile_dir" && pwd)"
 fi
 columns=()
-for c in direct ssh-R ssh-R-tuned haproxy-2hop clusterconnect; do
+for c in direct ssh-R ssh-R-tuned haproxy-2hop clusterconnect clusterconnect-ws; do
   [[ ",$only," == *",$c,"* || $c == direct ]] && columns+=("$c")
 done
 
@@ -340,16 +343,23 @@ sandbox_up_plain() {
     >"$work/logs/$1.log" 2>&1 || { warn_log "scripts/sandbox.sh up failed" "$1"; return 1; }
 }
 
-if [[ " ${columns[*]} " == *" clusterconnect "* ]]; then
-  log "starting clusterconnect (sandbox with nginx behind the agent)"
-  if sandbox_up sb-nginx "https://127.0.0.1:$nginx_port" "$certs/ca.crt" && start_proxy cc-proxy "$work/sb-nginx"; then
-    URL[clusterconnect]="$PROXY_URL"; TOKEN[clusterconnect]="$PROXY_TOKEN"; CA[clusterconnect]="$PROXY_CA"
-    IPIDS[clusterconnect]="$(cat "$work/sb-nginx/pids/relay.pid") $(cat "$work/sb-nginx/pids/agent.pid") ${PID[cc-proxy]}"
+# The chain's parts per column: its sandbox directory and its proxy's name.
+declare -A CC_SB=() CC_PROXY=()
+start_chain() {  # COLUMN TRANSPORT SANDBOX PROXY
+  local c="$1" t="$2" sb="$3" px="$4"
+  [[ " ${columns[*]} " == *" $c "* ]] || return 0
+  log "starting $c (sandbox with nginx behind the agent, transport $t)"
+  if SANDBOX_TRANSPORT="$t" sandbox_up "$sb" "https://127.0.0.1:$nginx_port" "$certs/ca.crt" && start_proxy "$px" "$work/$sb"; then
+    URL[$c]="$PROXY_URL"; TOKEN[$c]="$PROXY_TOKEN"; CA[$c]="$PROXY_CA"
+    IPIDS[$c]="$(cat "$work/$sb/pids/relay.pid") $(cat "$work/$sb/pids/agent.pid") ${PID[$px]}"
+    CC_SB[$c]="$work/$sb"; CC_PROXY[$c]="$px"
   else
-    log "clusterconnect column skipped: the chain did not start (logs above)"
-    cols=(); for c in "${columns[@]}"; do [ "$c" != clusterconnect ] && cols+=("$c"); done; columns=("${cols[@]}")
+    log "$c column skipped: the chain did not start (logs above)"
+    local cols=() x; for x in "${columns[@]}"; do [ "$x" != "$c" ] && cols+=("$x"); done; columns=("${cols[@]}")
   fi
-fi
+}
+start_chain clusterconnect tls sb-nginx cc-proxy
+start_chain clusterconnect-ws ws sb-nginx-ws cc-ws-proxy
 
 # ---------------------------------------------------------------- measurements
 auth_args() { [ -n "${TOKEN[$1]}" ] && printf '%s\n' -H "Authorization: Bearer ${TOKEN[$1]}"; return 0; }
@@ -411,9 +421,9 @@ for c in "${columns[@]}"; do
   # shellcheck disable=SC2086
   idle="$(rss ${IPIDS[$c]})"
   declare -A part_pid=() idle_part=()
-  if [ "$c" = clusterconnect ]; then
-    part_pid=([relay]="$(cat "$work/sb-nginx/pids/relay.pid")" [agent]="$(cat "$work/sb-nginx/pids/agent.pid")"
-              [proxy]="${PID[cc-proxy]}")
+  if [ -n "${CC_SB[$c]:-}" ]; then
+    part_pid=([relay]="$(cat "${CC_SB[$c]}/pids/relay.pid")" [agent]="$(cat "${CC_SB[$c]}/pids/agent.pid")"
+              [proxy]="${PID[${CC_PROXY[$c]}]}")
     for part in relay agent proxy; do idle_part[$part]="$(rss "${part_pid[$part]}")"; done
   fi
   ready="$work/hold-$c.json"
@@ -430,7 +440,7 @@ for c in "${columns[@]}"; do
       record "$c" held_ok "$ok"
       [ "$ok" -lt "$held" ] && log "$c: only $ok of $held connections held: $(cat "$ready")"
     fi
-    if [ "$c" = clusterconnect ] && [ "${ok:-0}" -gt 0 ]; then
+    if [ -n "${CC_SB[$c]:-}" ] && [ "${ok:-0}" -gt 0 ]; then
       # Where the memory goes, per component.
       for part in relay agent proxy; do
         record "$c" "detail_kb_per_conn_$part" "$(python3 -c "print(round(($(rss "${part_pid[$part]}")-${idle_part[$part]})/$ok, 1))")"
@@ -460,6 +470,7 @@ for ((r = 1; r <= rounds; r++)); do
     # 3. bulk, with the intermediaries' CPU time around it
     # shellcheck disable=SC2086
     [ -n "${IPIDS[$c]}" ] && cpu0="$(cpu ${IPIDS[$c]})"
+    [ -n "${CC_SB[$c]:-}" ] && relay_cpu0="$(cpu "$(cat "${CC_SB[$c]}/pids/relay.pid")")"
     read -r speed size code < <(curl_c "$c" -o /dev/null --max-time 120 -w '%{speed_download} %{size_download} %{http_code}\n' \
       "${URL[$c]}$bulk_path" || echo "0 0 000")
     if [ "$code" = 200 ] && [ "$size" = "$bulk_bytes" ]; then
@@ -467,6 +478,10 @@ for ((r = 1; r <= rounds; r++)); do
       if [ -n "${IPIDS[$c]}" ]; then
         # shellcheck disable=SC2086
         record "$c" cpu_s_per_gib "$(python3 -c "print(round(($(cpu ${IPIDS[$c]})-$cpu0)/($size/2**30), 2))")"
+      fi
+      if [ -n "${CC_SB[$c]:-}" ]; then
+        record "$c" detail_relay_cpu_s_per_gib \
+          "$(python3 -c "print(round(($(cpu "$(cat "${CC_SB[$c]}/pids/relay.pid")")-$relay_cpu0)/($size/2**30), 3))")"
       fi
     else
       log "$c: bulk transfer failed (HTTP $code, $size bytes)"
@@ -590,6 +605,13 @@ PY
 relay_metric() {  # METRICS_PORT NAME-PREFIX
   curl -s --max-time 5 "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {print $NF; exit}'
 }
+# An agent's connections to the relay: its control channels (tls) plus its tunnels (ws).
+agent_connections() {  # METRICS_PORT
+  local hc="clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo" a b
+  a="$(relay_metric "$1" "clusterconnect_relay_tunnels{hybrid_connection=\"$hc\",side=\"agent\"}")"
+  b="$(relay_metric "$1" "clusterconnect_relay_listeners{hybrid_connection=\"$hc\"}")"
+  echo $(( ${a:-0} + ${b:-0} ))
+}
 
 start_relay_clone() {  # NAME: a second relay from the sb-api relay's command line, with room for the scale runs
   local name="$1" d="$work/$1"
@@ -686,12 +708,12 @@ run_scale() {
   done
   want=$((agents * agent_tunnels)); have=0
   for i in $(seq 1 120); do
-    have="$(relay_metric "$t_metrics" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
+    have="$(agent_connections "$t_metrics")"
     [ "${have:-0}" -ge "$want" ] && break
     sleep 0.5
   done
   sleep 1
-  have="$(relay_metric "$t_metrics" "clusterconnect_relay_tunnels{hybrid_connection=\"clusters/00000000-0000-0000-0000-00000000c0de/sandbox/demo\",side=\"agent\"}")"
+  have="$(agent_connections "$t_metrics")"
   t1rss="$(rss "${PID[relay-tunnels]}")"
   record clusterconnect tunnels "${have:-0}"
   [ "${have:-0}" -gt 0 ] && record clusterconnect tunnel_kb_relay "$(python3 -c "print(round(($t1rss-$t0rss)/$have, 2))")"
