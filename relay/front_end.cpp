@@ -142,7 +142,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_tunnel();
   void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                    TokenVerifier verify);
-  void handle_rendezvous_connect(const ClusterEntry* cluster);
+  void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
   void handle_management();
@@ -615,7 +615,7 @@ void HttpConnection::handle_tunnel() {
     return refuse(400, "not_websocket", "tunnel endpoints take WebSocket upgrades, or a POST to connect by rendezvous");
   TokenCheck check = check_tunnel_token(*cluster, requested, action, token);
   if (!check.ok) return refuse(check.status, check.label, check.reason);
-  if (rendezvous_connect) return handle_rendezvous_connect(cluster);
+  if (rendezvous_connect) return handle_rendezvous_connect(cluster, token);
   // A listener that does not ask for the tunnel protocol gets a control
   // channel: it is announced rendezvous instead of carrying streams.
   if (action == "listen" && !offers_subprotocol(req_[http::field::sec_websocket_protocol]))
@@ -703,7 +703,7 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
   });
 }
 
-void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster) {
+void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token) {
   auto refuse = [&](unsigned status, std::string label, std::string_view message) {
     front_->metrics().open_failure(label);
     front_->log().info("rendezvous connect from {} for {} refused ({}): {}", peer_, cluster->resource_id(), status, message);
@@ -714,7 +714,9 @@ void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster) {
   if (front_->listeners().count(cluster) == 0)
     return refuse(404, "no_agent", "no agent connected for cluster " + cluster->name + " (" + cluster->resource_id() + ")");
   std::string why;
-  const std::string ticket = port->open(cluster->resource_id(), why);
+  // Pending rendezvous are also counted per connect token (by its signature).
+  auto sas = parse_sas_token(token);
+  const std::string ticket = port->open(cluster->resource_id(), sas ? sas->signature : token, why);
   if (ticket.empty()) return refuse(503, "rendezvous_limit", why);
   tunnel::rendezvous::AcceptMessage accept;
   accept.address = address;

@@ -28,6 +28,9 @@ struct RendezvousLimits {
   std::size_t pending_per_cluster = 256;
   std::size_t pending_total = 10000;
   std::chrono::milliseconds ttl{std::chrono::seconds(30)};
+  // Of a cluster's, opened with one client's credential (its connect token):
+  // one leaked or looping client cannot take the cluster's whole budget.
+  std::size_t pending_per_client = 32;
 };
 
 template <typename Leg>
@@ -54,9 +57,22 @@ class RendezvousBook {
   explicit RendezvousBook(RendezvousLimits limits = {}) : limits_(limits) {}
 
   // Registers a rendezvous for `cluster` under `ticket` (fresh, from
-  // make_ticket). False, with nothing registered, when the cluster or the
-  // relay already has its maximum pending, or the ticket is in use.
+  // make_ticket), opened by `client` (a key for its credential; empty: not
+  // counted per client). False, with nothing registered, when the client, the
+  // cluster or the relay already has its maximum pending, or the ticket is in
+  // use.
   bool open(const std::string& ticket, const std::string& cluster, Clock::time_point now, std::string& why) {
+    return open(ticket, cluster, std::string(), now, why);
+  }
+  bool open(const std::string& ticket, const std::string& cluster, const std::string& client, Clock::time_point now,
+            std::string& why) {
+    if (!client.empty()) {
+      auto c = per_client_.find(client);
+      if (c != per_client_.end() && c->second >= limits_.pending_per_client) {
+        why = "this client has " + std::to_string(c->second) + " rendezvous pending, its maximum; retry shortly";
+        return false;
+      }
+    }
     if (entries_.size() >= limits_.pending_total) {
       why = "the relay has " + std::to_string(entries_.size()) + " rendezvous pending, its maximum; retry shortly";
       return false;
@@ -67,11 +83,12 @@ class RendezvousBook {
       return false;
     }
     const auto expiry = now + limits_.ttl;
-    if (!entries_.emplace(ticket, Entry{cluster, expiry, std::nullopt, std::nullopt}).second) {
+    if (!entries_.emplace(ticket, Entry{cluster, client, expiry, std::nullopt, std::nullopt}).second) {
       why = "ticket in use";
       return false;
     }
     ++n;
+    if (!client.empty()) ++per_client_[client];
     by_expiry_.emplace_back(expiry, ticket);  // the ttl is fixed: opening order is expiry order
     return true;
   }
@@ -142,6 +159,7 @@ class RendezvousBook {
  private:
   struct Entry {
     std::string cluster;
+    std::string client;
     Clock::time_point expiry;
     std::optional<Leg> proxy;
     std::optional<Leg> agent;
@@ -151,12 +169,17 @@ class RendezvousBook {
   typename Map::iterator erase(typename Map::iterator it) {
     auto c = per_cluster_.find(it->second.cluster);
     if (c != per_cluster_.end() && --c->second == 0) per_cluster_.erase(c);
+    if (!it->second.client.empty()) {
+      auto k = per_client_.find(it->second.client);
+      if (k != per_client_.end() && --k->second == 0) per_client_.erase(k);
+    }
     return entries_.erase(it);
   }
 
   RendezvousLimits limits_;
   Map entries_;
   std::map<std::string, std::size_t> per_cluster_;
+  std::unordered_map<std::string, std::size_t> per_client_;
   std::deque<std::pair<Clock::time_point, std::string>> by_expiry_;
 };
 

@@ -181,7 +181,7 @@ void RendezvousPort::do_accept() {
   });
 }
 
-std::string RendezvousPort::open(const std::string& cluster, std::string& why) {
+std::string RendezvousPort::open(const std::string& cluster, const std::string& client, std::string& why) {
   std::string ticket = rv::make_ticket();
   if (ticket.empty()) {
     why = "no random bytes for a ticket";
@@ -192,7 +192,7 @@ std::string RendezvousPort::open(const std::string& cluster, std::string& why) {
     why = "the relay is shutting down";
     return {};
   }
-  if (!book_.open(ticket, cluster, RendezvousBook<std::shared_ptr<Leg>>::Clock::now(), why)) return {};
+  if (!book_.open(ticket, cluster, client, RendezvousBook<std::shared_ptr<Leg>>::Clock::now(), why)) return {};
   return ticket;
 }
 

@@ -56,9 +56,10 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
 
   unsigned short port() const { return port_; }
 
-  // A rendezvous for a connect authorised for `cluster`: its fresh ticket,
-  // or empty with `why` set when a pending limit is reached.
-  std::string open(const std::string& cluster, std::string& why);
+  // A rendezvous for a connect authorised for `cluster` with the credential
+  // `client` names: its fresh ticket, or empty with `why` set when a pending
+  // limit is reached.
+  std::string open(const std::string& cluster, const std::string& client, std::string& why);
   // Withdraws a rendezvous whose connect went away; a leg that waits is closed.
   void cancel(const std::string& ticket);
 

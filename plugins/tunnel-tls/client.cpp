@@ -1,9 +1,13 @@
-// Client side of the tls transport: one end-to-end session with the cluster's
-// agent, made on demand by a rendezvous (connect, preamble, TLS server whose
-// client must prove a pinned agent key), one stream per async_open. A session
-// that ends (agent or relay restart) is replaced by the next open.
+// Client side of the tls transport: end-to-end sessions with the cluster's
+// agents, made on demand by a rendezvous (connect, preamble, TLS server whose
+// client must prove a pinned agent key), one stream per async_open. Streams
+// share one session until it holds its maximum; then another rendezvous adds a
+// session. A session that ends (agent or relay restart) is replaced by the
+// next open.
 
+#include <atomic>
 #include <deque>
+#include <vector>
 #include <variant>
 
 #include <boost/asio/post.hpp>
@@ -20,8 +24,10 @@ namespace clusterconnect::tunnel_tls {
 
 namespace {
 
-// Bound on callers waiting for the session to come up.
+// Bound on callers waiting for a session to come up.
 constexpr std::size_t max_waiters = 4096;
+// Streams one session carries at most (the mux's limit on either end).
+const std::size_t streams_per_session = tunnel::SessionOptions{}.max_streams;
 
 class TlsTunnelClient final : public TunnelClient, public std::enable_shared_from_this<TlsTunnelClient> {
  public:
@@ -35,7 +41,7 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
   }
 
   ~TlsTunnelClient() override {
-    if (session_) session_->close("client closed");
+    for (auto& l : sessions_) l->session->close("client closed");
   }
 
   void async_open(OpenRequest request, OpenHandler handler) override {
@@ -52,8 +58,8 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
     try {
       asio::dispatch(strand_, [self = shared_from_this()] {
         self->closed_ = true;
-        if (self->session_) self->session_->close("client closed");
-        self->session_.reset();
+        for (auto& l : self->sessions_) l->session->close("client closed");
+        self->sessions_.clear();
         self->fail_waiters(asio::error::operation_aborted, "tunnel client closed");
       });
     } catch (...) {
@@ -67,19 +73,36 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
   };
   using Waiter = std::variant<OpenWaiter, DoneHandler>;
 
+  // A session and the opens it has been given that it has not answered yet
+  // (they count against its limit before the mux counts them).
+  struct Live {
+    std::shared_ptr<tunnel::Session> session;
+    std::atomic<std::size_t> opening{0};
+  };
+
+  // A usable session with room for one more stream; ended ones are dropped.
+  std::shared_ptr<Live> pick() {
+    std::erase_if(sessions_, [](const std::shared_ptr<Live>& l) { return l->session->closed(); });
+    for (auto& l : sessions_)
+      if (l->session->usable() && l->session->active_streams() + l->opening.load() < streams_per_session) return l;
+    return nullptr;
+  }
+
   void enqueue(Waiter w) {
     if (closed_) return complete(std::move(w), asio::error::operation_aborted, "tunnel client closed");
-    if (session_ && session_->usable()) return run(std::move(w));
+    if (auto l = pick()) return run(l, std::move(w));
     if (waiters_.size() >= max_waiters)
       return complete(std::move(w), asio::error::no_buffer_space, "too many streams waiting for the cluster");
     waiters_.push_back(std::move(w));
     connect();
   }
 
-  void run(Waiter w) {
+  void run(const std::shared_ptr<Live>& l, Waiter w) {
     if (auto* o = std::get_if<OpenWaiter>(&w)) {
-      session_->async_open(std::move(o->metadata), [h = std::move(o->handler)](error_code ec, tunnel::TunnelStreamPtr s,
-                                                                               std::string reason) mutable {
+      ++l->opening;
+      l->session->async_open(std::move(o->metadata), [l, h = std::move(o->handler)](error_code ec, tunnel::TunnelStreamPtr s,
+                                                                                  std::string reason) mutable {
+        --l->opening;
         h(ec, std::move(s), std::move(reason));
       });
     } else {
@@ -166,15 +189,23 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
       logger_->warn("rendezvous with the agent of {}: {}", target_->hybrid_connection, reason);
       return fail_waiters(ec, reason);
     }
-    logger_->debug("end-to-end session with the agent of {} established", target_->hybrid_connection);
-    session_ = std::move(session);
-    session_->on_closed([weak = weak_from_this(), name = target_->hybrid_connection](const std::string& why) {
+    auto live = std::make_shared<Live>();
+    live->session = std::move(session);
+    live->session->on_closed([weak = weak_from_this(), name = target_->hybrid_connection](const std::string& why) {
       if (auto self = weak.lock()) self->logger_->debug("session with the agent of {} closed: {}", name, why);
     });
-    session_->start();
+    live->session->start();
+    sessions_.push_back(live);
+    logger_->debug("end-to-end session with the agent of {} established ({} open)", target_->hybrid_connection,
+                   sessions_.size());
+    // Waiters go to sessions with room; past that they wait for one more.
     auto list = std::move(waiters_);
     waiters_.clear();
-    for (auto& w : list) run(std::move(w));
+    for (auto& w : list) {
+      if (auto l = pick()) run(l, std::move(w));
+      else waiters_.push_back(std::move(w));
+    }
+    if (!waiters_.empty()) connect();
   }
 
   asio::io_context& io_;
@@ -185,7 +216,7 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
   std::optional<RelayTarget> target_;
   std::shared_ptr<asio::ssl::context> relay_tls_;
   std::optional<ProxyIdentity> identity_;
-  std::shared_ptr<tunnel::Session> session_;
+  std::vector<std::shared_ptr<Live>> sessions_;
   std::deque<Waiter> waiters_;
   bool connecting_ = false;
   bool closed_ = false;

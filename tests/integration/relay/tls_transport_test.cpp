@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "clusterconnect/certificates.hpp"
+#include "protocol/session.hpp"
 #include "relay_fixture.hpp"
 
 using namespace clusterconnect;
@@ -269,6 +270,30 @@ TEST_CASE("tls transport: after a relay restart the agent comes back and new ope
   auto x = exchange(again.stream, 100000, 2, 20s);
   CHECK_FALSE(x.ec);
   CHECK(x.received_sha == x.sent_sha);
+  client->close();
+  listener->close();
+}
+
+TEST_CASE("tls transport: a client whose session holds its maximum of streams makes another rendezvous",
+          "[relay][tls-transport]") {
+  ModuleHost agent_host("tls"), client_host("tls");
+  TlsRelay r;
+  Agent agent;
+  auto listener = r.listen(agent_host, agent);
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  const std::size_t per_session = tunnel::SessionOptions{}.max_streams;
+  std::vector<StreamPtr> held;
+  for (std::size_t i = 0; i < per_session + 4; ++i) {
+    auto o = open_stream(*client);
+    INFO("stream " << i << ": " << o.reason);
+    REQUIRE_FALSE(o.ec);
+    held.push_back(std::move(o.stream));
+  }
+  CHECK(r.relay.gauge("clusterconnect_relay_rendezvous_total{outcome=\"paired\"}") == 2);
+  auto x = exchange(held.back(), 10000, 3, 30s);
+  CHECK_FALSE(x.ec);
+  CHECK(x.received_sha == x.sent_sha);
+  held.clear();
   client->close();
   listener->close();
 }

@@ -114,3 +114,25 @@ TEST_CASE("pending rendezvous are bounded per cluster and in all", "[relay][rend
   CHECK_FALSE(book.cancel("a1"));
   CHECK(book.open("a3", cluster_a, t0, why));
 }
+
+TEST_CASE("pending rendezvous are bounded per client credential", "[relay][rendezvous]") {
+  Book book(RendezvousLimits{10, 100, 30s, 2});
+  std::string why;
+  REQUIRE(book.open("c1", cluster_a, "token-1", t0, why));
+  REQUIRE(book.open("c2", cluster_a, "token-1", t0, why));
+  CHECK_FALSE(book.open("c3", cluster_a, "token-1", t0, why));
+  CHECK_THAT(why, Catch::Contains("this client has 2 rendezvous pending"));
+  // Another client of the same cluster still gets its own.
+  REQUIRE(book.open("d1", cluster_a, "token-2", t0, why));
+  // A paired rendezvous gives its client's place back.
+  CHECK(std::holds_alternative<Book::Parked>(book.present("c1", LegSide::proxy, std::make_unique<int>(1), t0)));
+  CHECK(std::holds_alternative<Book::Paired>(book.present("c1", LegSide::agent, std::make_unique<int>(2), t0)));
+  REQUIRE(book.open("c3", cluster_a, "token-1", t0, why));
+  // So do cancelled and expired ones.
+  book.cancel("c2");
+  REQUIRE(book.open("c4", cluster_a, "token-1", t0 + 10s, why));
+  CHECK_FALSE(book.open("c5", cluster_a, "token-1", t0 + 10s, why));
+  book.expire(t0 + 30s);  // c3 and d1 expire; c4 lives to t0 + 40s
+  REQUIRE(book.open("c5", cluster_a, "token-1", t0 + 30s, why));
+  CHECK(book.pending(cluster_a) == 2);
+}

@@ -54,7 +54,7 @@ struct Relay {
   }
   std::string ticket() {
     std::string why;
-    auto t = port->open(cluster, why);
+    auto t = port->open(cluster, "client", why);
     REQUIRE(!t.empty());
     return t;
   }
