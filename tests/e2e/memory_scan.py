@@ -23,14 +23,25 @@ def scan(pid, needles):
             if line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
                 continue
             start, end = int(m.group(1), 16), int(m.group(2), 16)
-            try:
-                mem.seek(start)
-                data = mem.read(end - start)
-            except (OSError, OverflowError, ValueError):
-                continue
-            readable += 1
-            for n in needles:
-                counts[n] += data.count(n.encode())
+            # In chunks that overlap by a needle's length less one, so a needle
+            # across a chunk boundary is counted once.
+            chunk, overlap, tail, ok = 16 << 20, max(len(n) for n in needles) - 1, b"", False
+            at = start
+            while at < end:
+                try:
+                    mem.seek(at)
+                    data = mem.read(min(chunk, end - at))
+                except (OSError, OverflowError, ValueError):
+                    break
+                ok = True
+                window = tail + data
+                for n in needles:
+                    counts[n] += window.count(n.encode()) - tail.count(n.encode())
+                tail = window[-overlap:] if overlap else b""
+                at += len(data)
+                if not data:
+                    break
+            readable += ok
     if readable == 0:
         sys.exit(f"memory_scan: no mapping of process {pid} could be read")
     return counts
