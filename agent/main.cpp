@@ -27,6 +27,7 @@
 #include "agent_policy.hpp"
 #include "api_server.hpp"
 #include "audit_log.hpp"
+#include "clusterconnect/certificates.hpp"
 #include "clusterconnect/host/config_file.hpp"
 #include "clusterconnect/host/runtime.hpp"
 #include "clusterconnect/transport.hpp"
@@ -54,6 +55,7 @@ struct AgentOptions {
   std::string transport = "tls";
   std::string identity_cert_file;
   std::string identity_key_file;
+  bool print_key_pin = false;
   std::string mode = "entra";
   std::vector<std::string> tenants;
   std::vector<std::string> audiences{arc_server_app};
@@ -74,8 +76,8 @@ struct AgentOptions {
 };
 
 void add_options(CLI::App& app, AgentOptions& o) {
-  app.add_option("--relay-url", o.relay_url, "Relay endpoint: wss://HOST[:PORT]/$hc/HYBRID_CONNECTION")
-      ->envname("CLUSTERCONNECT_RELAY_URL")->required();
+  app.add_option("--relay-url", o.relay_url, "Relay endpoint: wss://HOST[:PORT]/$hc/HYBRID_CONNECTION (required)")
+      ->envname("CLUSTERCONNECT_RELAY_URL");
   app.add_option("--relay-ca-file", o.relay_ca_file, "CA bundle that verifies the relay (default: system store)")
       ->envname("CLUSTERCONNECT_RELAY_CA_FILE");
   app.add_flag("--relay-insecure-skip-verify", o.relay_insecure_skip_verify,
@@ -100,6 +102,8 @@ void add_options(CLI::App& app, AgentOptions& o) {
       ->envname("CLUSTERCONNECT_IDENTITY_CERT_FILE");
   app.add_option("--identity-key-file", o.identity_key_file, "tls: the agent's private key (PEM, mode 0600)")
       ->envname("CLUSTERCONNECT_IDENTITY_KEY_FILE");
+  app.add_flag("--print-key-pin", o.print_key_pin,
+               "Print the pin of --identity-cert-file's key (what the relay's registry lists in agent_key_pins) and exit");
   app.add_option("--mode", o.mode,
                  "entra: authenticate Entra ID tokens and impersonate; token: pass service-account tokens through; "
                  "both: Entra when the token is one, else pass through")
@@ -171,6 +175,24 @@ int main(int argc, char** argv) try {
   add_options(app, o);
   CLI11_PARSE(app, argc, argv);
 
+  if (o.print_key_pin) {
+    if (o.identity_cert_file.empty()) {
+      std::fprintf(stderr, "clusterconnect-agent: --print-key-pin needs --identity-cert-file\n");
+      return 2;
+    }
+    auto pem = tls::read_small_file(o.identity_cert_file);
+    auto pin = pem ? tls::public_key_pin(pem.value()) : Result<std::string>(fail(pem.error()));
+    if (!pin) {
+      std::fprintf(stderr, "clusterconnect-agent: %s: %s\n", o.identity_cert_file.c_str(), pin.error().c_str());
+      return 2;
+    }
+    std::printf("%s\n", pin.value().c_str());
+    return 0;
+  }
+  if (o.relay_url.empty()) {
+    std::fprintf(stderr, "clusterconnect-agent: --relay-url is required (or CLUSTERCONNECT_RELAY_URL)\n");
+    return 2;
+  }
   if (o.listen_key_file.empty() == o.relay_token_file.empty()) {
     std::fprintf(stderr, "clusterconnect-agent: give exactly one of --listen-key-file and --relay-token-file\n");
     return 2;

@@ -150,7 +150,7 @@ JSON
     -keyout "$s/agent-identity.key" -out "$s/agent-identity.crt" 2>/dev/null
   chmod 600 "$s/agent-identity.key"
   local agent_pin
-  agent_pin="$(openssl x509 -in "$s/agent-identity.crt" -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)"
+  agent_pin="$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "$s/agent-identity.crt")"
   cat >"$s/relay.json" <<JSON
 {"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
    "hybrid_connection": "clusters/$subscription/sandbox/demo",

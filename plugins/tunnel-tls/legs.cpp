@@ -41,13 +41,26 @@ std::string peer_pin(TlsSocket& tls) {
   return pin;
 }
 
-// One attempt to build a leg, bounded as a whole by a timer that closes the
-// socket; the handler runs once.
-class LegBase {
+// One attempt to build a leg: TCP to the rendezvous address, then what the
+// side does on it (on_connected), bounded as a whole by a timer that closes
+// the socket; the handler runs once.
+class LegBase : public std::enable_shared_from_this<LegBase> {
+ public:
+  virtual ~LegBase() = default;
+
+  void run() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      self->arm_timer();
+      self->resolver_.async_resolve(self->offer_.host, self->offer_.port,
+                                    [self](error_code ec, tcp::resolver::results_type r) { self->on_resolve(ec, r); });
+    });
+  }
+
  protected:
-  LegBase(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<spdlog::logger> logger,
-          LegHandler handler, std::chrono::milliseconds timeout)
-      : strand_(asio::make_strand(io)),
+  LegBase(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, RendezvousOffer offer,
+          std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout)
+      : offer_(std::move(offer)),
+        strand_(asio::make_strand(io)),
         resolver_(strand_),
         timer_(strand_),
         ctx_(std::move(ctx)),
@@ -55,6 +68,25 @@ class LegBase {
         logger_(std::move(logger)),
         handler_(std::move(handler)),
         timeout_(timeout) {}
+
+  // The TCP connection is up (TCP_NODELAY set).
+  virtual void on_connected() = 0;
+
+  std::string where() const { return offer_.host + ":" + offer_.port; }
+
+  template <class Derived>
+  std::shared_ptr<Derived> self_as() {
+    return std::static_pointer_cast<Derived>(shared_from_this());
+  }
+
+  void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
+    if (ec) return fail(ec, "cannot resolve the rendezvous host " + offer_.host + ": " + describe(ec));
+    asio::async_connect(tls_.lowest_layer(), results, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
+      if (ec) return self->fail(ec, "cannot connect to the rendezvous at " + self->where() + ": " + self->describe(ec));
+      self->tls_.lowest_layer().set_option(tcp::no_delay(true), ec);
+      self->on_connected();
+    });
+  }
 
   void arm_timer() {
     timer_.expires_after(timeout_);
@@ -85,6 +117,7 @@ class LegBase {
     if (handler_) std::exchange(handler_, nullptr)({}, std::move(session), {});
   }
 
+  RendezvousOffer offer_;
   asio::strand<asio::io_context::executor_type> strand_;
   tcp::resolver resolver_;
   asio::steady_timer timer_;
@@ -96,37 +129,19 @@ class LegBase {
   bool timed_out_ = false;
 };
 
-class AgentDial final : public LegBase, public std::enable_shared_from_this<AgentDial> {
+class AgentDial final : public LegBase {
  public:
   AgentDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, AgentLeg leg, std::shared_ptr<spdlog::logger> logger,
             LegHandler handler, std::chrono::milliseconds timeout)
-      : LegBase(io, std::move(ctx), std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
-
-  void run() {
-    asio::dispatch(strand_, [self = shared_from_this()] {
-      self->arm_timer();
-      self->resolver_.async_resolve(self->leg_.offer.host, self->leg_.offer.port,
-                                    [self](error_code ec, tcp::resolver::results_type r) { self->on_resolve(ec, r); });
-    });
-  }
+      : LegBase(io, std::move(ctx), leg.offer, std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
 
  private:
-  std::string where() const { return leg_.offer.host + ":" + leg_.offer.port; }
-
-  void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
-    if (ec) return fail(ec, "cannot resolve the rendezvous host " + leg_.offer.host + ": " + describe(ec));
-    asio::async_connect(tls_.lowest_layer(), results, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
-      self->on_connect(ec);
-    });
-  }
-
-  void on_connect(error_code ec) {
-    if (ec) return fail(ec, "cannot connect to the rendezvous at " + where() + ": " + describe(ec));
-    tls_.lowest_layer().set_option(tcp::no_delay(true), ec);
-    const auto name = rv::ticket_server_name(leg_.offer.ticket, leg_.offer.host);
+  void on_connected() override {
+    const auto name = rv::ticket_server_name(offer_.ticket, offer_.host);
     if (!SSL_set_tlsext_host_name(tls_.native_handle(), name.c_str()))
       return fail(asio::error::invalid_argument, "TLS refused the rendezvous server name");
-    tls_.async_handshake(asio::ssl::stream_base::client, [self = shared_from_this()](error_code ec) { self->on_tls(ec); });
+    tls_.async_handshake(asio::ssl::stream_base::client,
+                         [self = self_as<AgentDial>()](error_code ec) { self->on_tls(ec); });
   }
 
   void on_tls(error_code ec) {
@@ -141,35 +156,16 @@ class AgentDial final : public LegBase, public std::enable_shared_from_this<Agen
   AgentLeg leg_;
 };
 
-class ProxyDial final : public LegBase, public std::enable_shared_from_this<ProxyDial> {
+class ProxyDial final : public LegBase {
  public:
   ProxyDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, ProxyLeg leg, std::shared_ptr<spdlog::logger> logger,
             LegHandler handler, std::chrono::milliseconds timeout)
-      : LegBase(io, std::move(ctx), std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
-
-  void run() {
-    asio::dispatch(strand_, [self = shared_from_this()] {
-      self->arm_timer();
-      self->resolver_.async_resolve(self->leg_.offer.host, self->leg_.offer.port,
-                                    [self](error_code ec, tcp::resolver::results_type r) { self->on_resolve(ec, r); });
-    });
-  }
+      : LegBase(io, std::move(ctx), leg.offer, std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
 
  private:
-  std::string where() const { return leg_.offer.host + ":" + leg_.offer.port; }
-
-  void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
-    if (ec) return fail(ec, "cannot resolve the rendezvous host " + leg_.offer.host + ": " + describe(ec));
-    asio::async_connect(tls_.lowest_layer(), results, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
-      self->on_connect(ec);
-    });
-  }
-
-  void on_connect(error_code ec) {
-    if (ec) return fail(ec, "cannot connect to the rendezvous at " + where() + ": " + describe(ec));
-    tls_.lowest_layer().set_option(tcp::no_delay(true), ec);
-    preamble_ = rv::make_preamble(leg_.offer.ticket);
-    asio::async_write(tls_.next_layer(), asio::buffer(preamble_), [self = shared_from_this()](error_code ec, std::size_t) {
+  void on_connected() override {
+    preamble_ = rv::make_preamble(offer_.ticket);
+    asio::async_write(tls_.next_layer(), asio::buffer(preamble_), [self = self_as<ProxyDial>()](error_code ec, std::size_t) {
       if (ec) return self->fail(ec, "cannot send the rendezvous preamble to " + self->where() + ": " + self->describe(ec));
       self->read_reply();
     });
@@ -178,7 +174,7 @@ class ProxyDial final : public LegBase, public std::enable_shared_from_this<Prox
   // The relay's answer, a byte at a time: what follows its line end is the
   // agent's ClientHello, which belongs to TLS.
   void read_reply() {
-    asio::async_read(tls_.next_layer(), asio::buffer(&byte_, 1), [self = shared_from_this()](error_code ec, std::size_t) {
+    asio::async_read(tls_.next_layer(), asio::buffer(&byte_, 1), [self = self_as<ProxyDial>()](error_code ec, std::size_t) {
       if (ec)
         return self->fail(ec, "the relay closed the rendezvous at " + self->where() + " without an answer: " + self->describe(ec));
       self->reply_.push_back(static_cast<std::uint8_t>(self->byte_));

@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "clusterconnect/certificates.hpp"
+
 #include <fstream>
 
 #include "../../support/test_env.hpp"
@@ -109,4 +111,21 @@ TEST_CASE("agent: the tls transport needs the agent's identity, its key closed t
   CHECK_THAT(agent("", agent.identity(0440) + tenant).output, !Catch::Contains("open to other users"));
   // The ws transport needs none.
   CHECK_THAT(agent.bare("", "--transport ws" + tenant).output, !Catch::Contains("identity"));
+}
+
+TEST_CASE("agent: --print-key-pin prints the pin the registry lists, and nothing else is needed", "[agent][config]") {
+  TempDir dir;
+  auto pem = clusterconnect::tls::create_ca("agent", 1);
+  REQUIRE(pem);
+  std::ofstream(dir.path() / "agent.crt") << pem->cert;
+  auto want = clusterconnect::tls::public_key_pin(pem->cert);
+  REQUIRE(want);
+  const auto agent = quote((stage_dir() / "bin" / "clusterconnect-agent").string());
+  auto r = run("env -u CLUSTERCONNECT_RELAY_URL " + agent + " --print-key-pin --identity-cert-file " +
+               quote((dir.path() / "agent.crt").string()));
+  CHECK(r.status == 0);
+  CHECK(r.output == want.value() + "\n");
+  auto bad = run(agent + " --print-key-pin --identity-cert-file " + quote((dir.path() / "missing.crt").string()));
+  CHECK(bad.status == 2);
+  CHECK_THAT(bad.output, Catch::Contains("missing.crt"));
 }
