@@ -118,20 +118,22 @@ struct Rig {
   asio::io_context test_io;
   Leg a = make_leg(relay.io, test_io);
   Leg b = make_leg(relay.io, test_io);
-  std::promise<SpliceResult> result;
+  // Held by the splice's callback too: a splice that ends while the rig is
+  // being torn down (its peers close) still has a promise to keep.
+  std::shared_ptr<std::promise<SpliceResult>> result = std::make_shared<std::promise<SpliceResult>>();
+  std::future<SpliceResult> future = result->get_future();
   std::shared_ptr<SocketSplice> splice;
 
   explicit Rig(SpliceOptions options = {}) {
     boost::system::error_code ec;
     splice = start_splice(std::move(a.relay_end), std::move(b.relay_end), options,
-                          [this](const SpliceResult& r) { result.set_value(r); }, ec);
+                          [p = result](const SpliceResult& r) { p->set_value(r); }, ec);
     REQUIRE_FALSE(ec);
     REQUIRE(splice);
   }
   SpliceResult wait() {
-    auto f = result.get_future();
-    REQUIRE(f.wait_for(120s) == std::future_status::ready);
-    return f.get();
+    REQUIRE(future.wait_for(120s) == std::future_status::ready);
+    return future.get();
   }
 };
 
