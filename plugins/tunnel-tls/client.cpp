@@ -15,7 +15,6 @@
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/ascii.hpp"
-#include "clusterconnect/certificates.hpp"
 #include "legs.hpp"
 #include "relay_calls.hpp"
 #include "tls_transport.hpp"

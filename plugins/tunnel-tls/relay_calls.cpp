@@ -74,8 +74,7 @@ void open_tls(std::shared_ptr<Self> self, tcp::resolver& resolver, Stream& tls, 
 class WsControlChannel final : public ControlChannel, public std::enable_shared_from_this<WsControlChannel> {
  public:
   using Ws = websocket::stream<TlsStream>;
-  WsControlChannel(Ws ws, asio::any_io_executor strand, std::shared_ptr<spdlog::logger> logger)
-      : ws_(std::move(ws)), strand_(std::move(strand)), logger_(std::move(logger)) {}
+  WsControlChannel(Ws ws, asio::any_io_executor strand) : ws_(std::move(ws)), strand_(std::move(strand)) {}
 
   void start(std::function<void(std::string)> on_message, std::function<void(std::string)> on_closed) override {
     asio::dispatch(strand_, [self = shared_from_this(), m = std::move(on_message), c = std::move(on_closed)]() mutable {
@@ -145,7 +144,6 @@ class WsControlChannel final : public ControlChannel, public std::enable_shared_
 
   Ws ws_;
   asio::any_io_executor strand_;
-  std::shared_ptr<spdlog::logger> logger_;
   beast::flat_buffer buffer_;
   std::deque<std::string> queue_;
   std::function<void(std::string)> on_message_;
@@ -198,7 +196,7 @@ class OpenControl : public std::enable_shared_from_this<OpenControl> {
                           if (ec == websocket::error::upgrade_declined)
                             return self->fail(refusal_code(self->res_.result()), describe_refusal(self->res_, "control channel"));
                           if (ec) return self->fail(ec, "WebSocket upgrade with " + self->target_.host_header + " failed: " + ec.message());
-                          auto channel = std::make_shared<WsControlChannel>(std::move(self->ws_), self->strand_, self->logger_);
+                          auto channel = std::make_shared<WsControlChannel>(std::move(self->ws_), self->strand_);
                           self->handler_({}, std::move(channel), {});
                         });
   }

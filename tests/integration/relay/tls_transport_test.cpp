@@ -77,6 +77,25 @@ struct TlsRelay {
   }
 };
 
+// A client pinned to the agent's key, after one stream has gone through it.
+std::shared_ptr<TunnelClient> dial_and_use(TlsRelay& r, ModuleHost& host) {
+  auto client = r.dial(host, {r.agent_key.pin});
+  auto first = open_stream(*client);
+  REQUIRE_FALSE(first.ec);
+  CHECK_FALSE(exchange(first.stream, 1000, 1, 20s).ec);
+  return client;
+}
+
+// Opens until the agent answers again (after a restart), then one exchange.
+ExchangeResult open_once_back(TunnelClient& client) {
+  OpenResult again;
+  REQUIRE(wait_until([&] {
+    again = open_stream(client);
+    return !again.ec;
+  }, 20s));
+  return exchange(again.stream, 100000, 2, 20s);
+}
+
 }  // namespace
 
 TEST_CASE("tls transport: streams run end to end between proxy and agent through the relay's rendezvous",
@@ -143,21 +162,13 @@ TEST_CASE("tls transport: an agent restarted mid-session is reached again by the
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
-  auto client = r.dial(client_host, {r.agent_key.pin});
-  auto first = open_stream(*client);
-  REQUIRE_FALSE(first.ec);
-  CHECK_FALSE(exchange(first.stream, 1000, 1, 20s).ec);
+  auto client = dial_and_use(r, client_host);
   listener->close();
   REQUIRE(wait_until([&] { return r.listeners() == 0; }, 20s));
   Agent agent2;
   auto listener2 = r.listen(agent_host, agent2);
   // The old session ended with the agent; the next open makes a new one.
-  OpenResult again;
-  REQUIRE(wait_until([&] {
-    again = open_stream(*client);
-    return !again.ec;
-  }, 20s));
-  auto x = exchange(again.stream, 100000, 2, 20s);
+  auto x = open_once_back(*client);
   CHECK_FALSE(x.ec);
   CHECK(x.received_sha == x.sent_sha);
   CHECK(agent2.streams == 1);
@@ -253,21 +264,13 @@ TEST_CASE("tls transport: after a relay restart the agent comes back and new ope
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
-  auto client = r.dial(client_host, {r.agent_key.pin});
-  auto first = open_stream(*client);
-  REQUIRE_FALSE(first.ec);
-  CHECK_FALSE(exchange(first.stream, 1000, 1, 20s).ec);
+  auto client = dial_and_use(r, client_host);
   const unsigned short port = r.relay.port();
   r.relay.stop(SIGKILL);
   REQUIRE(wait_until([&] { return listener->status().tunnels_up == 0; }, 60s));
   r.relay.start(port);
   REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2 && r.listeners() == 2; }, 60s));
-  OpenResult again;
-  REQUIRE(wait_until([&] {
-    again = open_stream(*client);
-    return !again.ec;
-  }, 20s));
-  auto x = exchange(again.stream, 100000, 2, 20s);
+  auto x = open_once_back(*client);
   CHECK_FALSE(x.ec);
   CHECK(x.received_sha == x.sent_sha);
   client->close();
