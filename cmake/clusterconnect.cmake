@@ -45,7 +45,9 @@ function(clusterconnect_add_module name)
     LIBRARY_OUTPUT_DIRECTORY "${CLUSTERCONNECT_STAGE_DIR}/lib/connectedk8s/plugins"
     BUILD_RPATH "\$ORIGIN/../.."
     INSTALL_RPATH "\$ORIGIN/../..")
-  target_link_options(${name} PRIVATE -Wl,--no-undefined)
+  # Debug builds of the Beast-heavy modules carry hundreds of MB of DWARF;
+  # compressed, they stay well under the loader's size limit.
+  target_link_options(${name} PRIVATE -Wl,--no-undefined -Wl,--compress-debug-sections=zlib)
   install(TARGETS ${name} LIBRARY DESTINATION ${CLUSTERCONNECT_PLUGIN_INSTALL_DIR})
 endfunction()
 

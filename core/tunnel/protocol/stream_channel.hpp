@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/socket_base.hpp>
 #include <boost/asio/write.hpp>
 
 #include "frame.hpp"

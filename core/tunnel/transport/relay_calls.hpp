@@ -20,7 +20,7 @@ namespace boost::asio::ssl {
 class context;
 }
 
-namespace clusterconnect::tunnel_tls {
+namespace clusterconnect::tunnel::transport {
 
 struct RelayTarget {
   std::string host;         // for DNS, SNI and certificate verification
@@ -72,4 +72,4 @@ void async_request_rendezvous(asio::io_context& io, RelayTarget target, std::sha
 // "tls://HOST:PORT" as the relay announces a rendezvous address.
 Result<RendezvousOffer> parse_rendezvous_address(const std::string& address);
 
-}  // namespace clusterconnect::tunnel_tls
+}  // namespace clusterconnect::tunnel::transport

@@ -1,8 +1,9 @@
-// Agent side of the tls transport: N control channels to the relay, each
-// reconnected with capped exponential backoff and jitter and kept alive past
-// its token by renewToken. Every accept on any of them is answered by dialing
-// the rendezvous as a TLS client with the agent's key; the session that comes
-// up carries the proxy's streams to the agent until either end closes it.
+// Agent side of the rendezvous transports: N control channels to the relay,
+// each reconnected with capped exponential backoff and jitter and kept alive
+// past its token by renewToken. Every accept on any of them is answered by
+// dialing the address it names (tls://HOST:PORT, or a wss:// accept URL) and,
+// inside, TLS as the client with the agent's key; the session that comes up
+// carries the proxy's streams to the agent until either end closes it.
 
 #include <map>
 #include <optional>
@@ -14,13 +15,14 @@
 #include <boost/asio/strand.hpp>
 #include <spdlog/spdlog.h>
 
+#include "clusterconnect/ascii.hpp"
 #include "clusterconnect/sas_token.hpp"
 #include "legs.hpp"
 #include "relay_calls.hpp"
 #include "rendezvous/control_message.hpp"
-#include "tls_transport.hpp"
+#include "rendezvous_transport.hpp"
 
-namespace clusterconnect::tunnel_tls {
+namespace clusterconnect::tunnel::transport {
 
 namespace {
 
@@ -36,9 +38,9 @@ std::optional<std::chrono::system_clock::time_point> token_expiry(const std::str
   return std::chrono::system_clock::time_point(std::chrono::seconds(t->expiry));
 }
 
-class TlsTunnelListener final : public TunnelListener, public std::enable_shared_from_this<TlsTunnelListener> {
+class RendezvousListener final : public TunnelListener, public std::enable_shared_from_this<RendezvousListener> {
  public:
-  TlsTunnelListener(HostServices& host, ListenOptions options, AcceptHandler on_stream)
+  RendezvousListener(HostServices& host, ListenOptions options, AcceptHandler on_stream)
       : io_(host.io_context()),
         strand_(asio::make_strand(host.io_context())),
         logger_(host.logger()),
@@ -50,7 +52,7 @@ class TlsTunnelListener final : public TunnelListener, public std::enable_shared
     if (options_.backoff_max < options_.backoff_initial) options_.backoff_max = options_.backoff_initial;
   }
 
-  ~TlsTunnelListener() override {
+  ~RendezvousListener() override {
     for (auto& slot : slots_)
       if (slot->channel) slot->channel->close();
     for (auto& [_, s] : sessions_) s->close("listener closed");
@@ -215,31 +217,47 @@ class TlsTunnelListener final : public TunnelListener, public std::enable_shared
     if (m.state != rv::ControlParse::State::ok) return logger_->warn("control channel: a malformed message: {}", m.error);
     auto* accept = std::get_if<rv::AcceptMessage>(&m.message);
     if (!accept) return;
-    auto offer = parse_rendezvous_address(accept->address);
-    if (!offer) return logger_->warn("control channel: an accept with an unusable address: {}", offer.error());
-    offer->ticket = accept->id;
-    auto pin = accept->connect_headers.find(std::string(rv::proxy_key_pin_header));
-    if (pin == accept->connect_headers.end())
-      return logger_->warn("control channel: an accept names no proxy key; not answered");
+    // Header names in connectHeaders are matched without regard to case.
+    std::string proxy_pin;
+    for (const auto& [name, value] : accept->connect_headers)
+      if (ascii_iequals(name, rv::proxy_key_pin_header)) proxy_pin = value;
+    if (proxy_pin.empty()) return logger_->warn("control channel: an accept names no proxy key; not answered");
+    const bool ws = accept->address.rfind("wss://", 0) == 0;
+    std::optional<RendezvousOffer> offer;
+    if (!ws) {
+      auto parsed = parse_rendezvous_address(accept->address);
+      if (!parsed) return logger_->warn("control channel: an accept with an unusable address: {}", parsed.error());
+      offer = std::move(parsed.value());
+      offer->ticket = accept->id;
+    }
     if (pending_ >= max_pending_legs) return logger_->warn("control channel: {} rendezvous already being dialed; not answered", pending_);
     ++pending_;
+    tunnel::SessionOptions session;
+    session.role = tunnel::Role::acceptor;
+    session.name = "session with a proxy" + (accept->remote_endpoint ? " at " + accept->remote_endpoint->address : std::string());
+    LegHandler done = [weak = weak_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
+      auto self = weak.lock();
+      if (!self) {
+        if (s) s->close("listener closed");
+        return;
+      }
+      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
+        self->on_leg(ec, std::move(s), reason);
+      });
+    };
+    if (ws) {
+      AgentWsLeg leg;
+      leg.address = accept->address;
+      leg.relay_tls = relay_tls_;
+      leg.proxy_pin = ascii_lowered(proxy_pin);
+      leg.session = std::move(session);
+      return async_agent_ws_leg(io_, identity_, std::move(leg), logger_, std::move(done));
+    }
     AgentLeg leg;
-    leg.offer = std::move(offer.value());
-    leg.proxy_pin = pin->second;
-    leg.session.role = tunnel::Role::acceptor;
-    leg.session.name = "session with a proxy" +
-                       (accept->remote_endpoint ? " at " + accept->remote_endpoint->address : std::string());
-    async_agent_leg(io_, identity_, std::move(leg), logger_,
-                    [weak = weak_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
-                      auto self = weak.lock();
-                      if (!self) {
-                        if (s) s->close("listener closed");
-                        return;
-                      }
-                      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
-                        self->on_leg(ec, std::move(s), reason);
-                      });
-                    });
+    leg.offer = std::move(*offer);
+    leg.proxy_pin = ascii_lowered(proxy_pin);
+    leg.session = std::move(session);
+    async_agent_leg(io_, identity_, std::move(leg), logger_, std::move(done));
   }
 
   void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason) {
@@ -297,13 +315,13 @@ class TlsTunnelListener final : public TunnelListener, public std::enable_shared
 }  // namespace
 
 std::shared_ptr<TunnelListener> make_listener(HostServices& host, ListenOptions options, AcceptHandler on_stream) {
-  auto l = std::make_shared<TlsTunnelListener>(host, std::move(options), std::move(on_stream));
+  auto l = std::make_shared<RendezvousListener>(host, std::move(options), std::move(on_stream));
   if (auto ready = l->prepare(); !ready) {
-    host.logger()->error("tunnel-tls listener: {}", ready.error());
+    host.logger()->error("transport listener: {}", ready.error());
     return nullptr;
   }
   l->start();
   return l;
 }
 
-}  // namespace clusterconnect::tunnel_tls
+}  // namespace clusterconnect::tunnel::transport

@@ -17,7 +17,7 @@
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous/preamble.hpp"
 
-namespace clusterconnect::tunnel_tls {
+namespace clusterconnect::tunnel::transport {
 
 using tcp = asio::ip::tcp;
 using TlsSocket = asio::ssl::stream<tcp::socket>;
@@ -33,8 +33,8 @@ void ask_for_peer_certificate(asio::ssl::context& ctx) {
   ctx.set_verify_callback([](bool, asio::ssl::verify_context&) { return true; });
 }
 
-std::string peer_pin(TlsSocket& tls) {
-  X509* peer = SSL_get1_peer_certificate(tls.native_handle());
+std::string peer_pin(SSL* tls) {
+  X509* peer = SSL_get1_peer_certificate(tls);
   if (!peer) return {};
   auto pin = tls::public_key_pin_of(peer);
   X509_free(peer);
@@ -146,10 +146,8 @@ class AgentDial final : public LegBase {
 
   void on_tls(error_code ec) {
     if (ec) return fail(ec, "the TLS handshake with the proxy through " + where() + " failed: " + describe(ec));
-    const auto got = peer_pin(tls_);
-    if (got != leg_.proxy_pin)
-      return fail(asio::error::access_denied, "the rendezvous peer proved key sha256:" + got +
-                                                  ", not the proxy's sha256:" + leg_.proxy_pin + " the relay announced");
+    if (auto refused = check_proxy_key(tls_.native_handle(), leg_.proxy_pin); !refused.empty())
+      return fail(asio::error::access_denied, refused);
     succeed(std::move(leg_.session));
   }
 
@@ -191,15 +189,9 @@ class ProxyDial final : public LegBase {
 
   void on_tls(error_code ec) {
     if (ec) return fail(ec, "the TLS handshake with the agent of " + leg_.cluster + " failed: " + describe(ec));
-    const auto got = peer_pin(tls_);
-    if (std::find(leg_.agent_pins.begin(), leg_.agent_pins.end(), got) == leg_.agent_pins.end()) {
-      std::string want;
-      for (const auto& p : leg_.agent_pins) want += (want.empty() ? "sha256:" : " or sha256:") + p;
-      logger_->error("refused the agent that answered for cluster {}: it proved key sha256:{}, the relay's registry pins {}",
-                     leg_.cluster, got, want);
-      return fail(asio::error::access_denied, "the agent that answered for cluster " + leg_.cluster + " proved key sha256:" +
-                                                  got + ", but the relay's registry pins " + want +
-                                                  " for it: refused, nothing was sent to it");
+    if (auto refused = check_agent_key(tls_.native_handle(), leg_.agent_pins, leg_.cluster); !refused.empty()) {
+      logger_->error("{}", refused);
+      return fail(asio::error::access_denied, refused);
     }
     succeed(std::move(leg_.session));
   }
@@ -211,6 +203,21 @@ class ProxyDial final : public LegBase {
 };
 
 }  // namespace
+
+std::string check_proxy_key(SSL* tls, const std::string& expected_pin) {
+  const auto got = peer_pin(tls);
+  if (got == expected_pin) return {};
+  return "the rendezvous peer proved key sha256:" + got + ", not the proxy's sha256:" + expected_pin + " the relay announced";
+}
+
+std::string check_agent_key(SSL* tls, const std::vector<std::string>& pins, const std::string& cluster) {
+  const auto got = peer_pin(tls);
+  if (std::find(pins.begin(), pins.end(), got) != pins.end()) return {};
+  std::string want;
+  for (const auto& p : pins) want += (want.empty() ? "sha256:" : " or sha256:") + p;
+  return "the agent that answered for cluster " + cluster + " proved key sha256:" + got + ", but the relay's registry pins " +
+         want + " for it: refused, nothing was sent to it";
+}
 
 Result<std::shared_ptr<asio::ssl::context>> agent_context(const std::string& cert_file, const std::string& key_file) {
   if (cert_file.empty() || key_file.empty())
@@ -250,4 +257,4 @@ void async_proxy_leg(asio::io_context& io, std::shared_ptr<asio::ssl::context> i
   std::make_shared<ProxyDial>(io, std::move(identity), std::move(leg), std::move(logger), std::move(handler), timeout)->run();
 }
 
-}  // namespace clusterconnect::tunnel_tls
+}  // namespace clusterconnect::tunnel::transport

@@ -1,6 +1,8 @@
-// Client side of the tls transport: end-to-end sessions with the cluster's
-// agents, made on demand by a rendezvous (connect, preamble, TLS server whose
-// client must prove a pinned agent key), one stream per async_open. Streams
+// Client side of the rendezvous transports: end-to-end sessions with the
+// cluster's agents, made on demand by a rendezvous in the client's form (tls:
+// connect, then a preamble on the rendezvous port; ws: a Hybrid Connections
+// sender's WebSocket), inside which this side is the TLS server whose client
+// must prove a pinned agent key; one stream per async_open. Streams
 // share one session until it holds its maximum; then another rendezvous adds a
 // session. A session that ends (agent or relay restart) is replaced by the
 // next open.
@@ -17,9 +19,9 @@
 #include "clusterconnect/ascii.hpp"
 #include "legs.hpp"
 #include "relay_calls.hpp"
-#include "tls_transport.hpp"
+#include "rendezvous_transport.hpp"
 
-namespace clusterconnect::tunnel_tls {
+namespace clusterconnect::tunnel::transport {
 
 namespace {
 
@@ -28,10 +30,11 @@ constexpr std::size_t max_waiters = 4096;
 // Streams one session carries at most (the mux's limit on either end).
 const std::size_t streams_per_session = tunnel::SessionOptions{}.max_streams;
 
-class TlsTunnelClient final : public TunnelClient, public std::enable_shared_from_this<TlsTunnelClient> {
+class RendezvousClient final : public TunnelClient, public std::enable_shared_from_this<RendezvousClient> {
  public:
-  TlsTunnelClient(HostServices& host, RelayEndpoint endpoint, TokenSource token)
-      : io_(host.io_context()),
+  RendezvousClient(HostServices& host, RelayEndpoint endpoint, TokenSource token, Form form)
+      : form_(form),
+        io_(host.io_context()),
         strand_(asio::make_strand(host.io_context())),
         logger_(host.logger()),
         endpoint_(std::move(endpoint)),
@@ -39,7 +42,7 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
     for (auto& pin : endpoint_.agent_key_pins) pin = ascii_lowered(pin);
   }
 
-  ~TlsTunnelClient() override {
+  ~RendezvousClient() override {
     for (auto& l : sessions_) l->session->close("client closed");
   }
 
@@ -149,6 +152,16 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
       token = std::move(t.value());
     }
     connecting_ = true;
+    if (form_ == Form::ws) {
+      ProxyWsLeg leg;
+      leg.target = *target_;
+      leg.relay_tls = relay_tls_;
+      leg.token = std::move(token);
+      leg.own_pin = identity_->pin;
+      leg.agent_pins = endpoint_.agent_key_pins;
+      leg.session = session_options();
+      return async_proxy_ws_leg(io_, identity_->context, std::move(leg), logger_, leg_done());
+    }
     async_request_rendezvous(io_, *target_, relay_tls_, std::move(token), identity_->pin,
                              [self = shared_from_this()](error_code ec, RendezvousOffer offer, std::string reason) mutable {
                                asio::dispatch(self->strand_, [self, ec, offer = std::move(offer), reason = std::move(reason)]() mutable {
@@ -168,14 +181,23 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
     leg.offer = std::move(offer);
     leg.agent_pins = endpoint_.agent_key_pins;
     leg.cluster = target_->hybrid_connection;
-    leg.session.role = tunnel::Role::dialer;
-    leg.session.name = "session with the agent of " + target_->hybrid_connection;
-    async_proxy_leg(io_, identity_->context, std::move(leg), logger_,
-                    [self = shared_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
-                      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
-                        self->on_session(ec, std::move(s), std::move(reason));
-                      });
-                    });
+    leg.session = session_options();
+    async_proxy_leg(io_, identity_->context, std::move(leg), logger_, leg_done());
+  }
+
+  tunnel::SessionOptions session_options() const {
+    tunnel::SessionOptions o;
+    o.role = tunnel::Role::dialer;
+    o.name = "session with the agent of " + target_->hybrid_connection;
+    return o;
+  }
+
+  LegHandler leg_done() {
+    return [self = shared_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
+      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
+        self->on_session(ec, std::move(s), std::move(reason));
+      });
+    };
   }
 
   void on_session(error_code ec, std::shared_ptr<tunnel::Session> session, std::string reason) {
@@ -207,6 +229,7 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
     if (!waiters_.empty()) connect();
   }
 
+  Form form_;
   asio::io_context& io_;
   asio::strand<asio::io_context::executor_type> strand_;
   std::shared_ptr<spdlog::logger> logger_;
@@ -223,8 +246,8 @@ class TlsTunnelClient final : public TunnelClient, public std::enable_shared_fro
 
 }  // namespace
 
-std::shared_ptr<TunnelClient> make_client(HostServices& host, RelayEndpoint endpoint, TokenSource token) {
-  return std::make_shared<TlsTunnelClient>(host, std::move(endpoint), std::move(token));
+std::shared_ptr<TunnelClient> make_client(HostServices& host, RelayEndpoint endpoint, TokenSource token, Form form) {
+  return std::make_shared<RendezvousClient>(host, std::move(endpoint), std::move(token), form);
 }
 
-}  // namespace clusterconnect::tunnel_tls
+}  // namespace clusterconnect::tunnel::transport
