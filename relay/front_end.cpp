@@ -18,8 +18,11 @@
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/url.hpp"
 #include "clusterconnect/version.hpp"
+#include "rendezvous/client_hello.hpp"
 #include "rendezvous/control_message.hpp"
+#include "rendezvous_book.hpp"
 #include "rendezvous_port.hpp"
+#include "ws_pump.hpp"
 
 namespace clusterconnect::relay {
 
@@ -133,6 +136,12 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   ~HttpConnection();
   void run();
 
+  // A parked Hybrid Connections sender (ws form), from any thread: the
+  // listener's accept WebSocket is up (`subprotocol`: what it chose), it
+  // rejected the rendezvous, or none came in time.
+  void sender_accepted(tunnel::WsStream listener, std::string subprotocol);
+  void sender_refused(unsigned status, std::string description);
+
  private:
   void on_tls(error_code ec);
   void do_read();
@@ -143,6 +152,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                    TokenVerifier verify);
   void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
+  void park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& host);
+  void handle_listener_accept(std::map<std::string, std::string>& query);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
   void handle_management();
@@ -162,7 +173,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   std::shared_ptr<http::response<http::string_body>> res_;
   std::string peer_;
   std::string address_;
+  std::optional<asio::steady_timer> park_timer_;
+  bool released_ = false;  // authenticated: out of its address's pre-authentication budget
 };
+
+void front_log_upgrade_failure(FrontEndImpl& front, const std::string& peer, error_code ec);
 
 class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<FrontEndImpl> {
  public:
@@ -206,6 +221,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   void close_control_channels(const std::string& reason) noexcept override {
     try {
       listeners_.close_all(1001, reason);
+      close_ws_rendezvous(reason);
     } catch (...) {
     }
   }
@@ -214,6 +230,62 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     return {rendezvous_, rendezvous_address_};
   }
   ListenerRegistry& listeners() { return listeners_; }
+
+  // The ws form's pending rendezvous: senders parked by id until their
+  // listener accepts, rejects, or the ttl passes (then they get 504).
+  bool ws_open(const std::string& id, const ClusterEntry& cluster, const std::string& client,
+               std::shared_ptr<HttpConnection> sender, std::string& why) {
+    ws_expire();
+    std::lock_guard lock(ws_mutex_);
+    const auto now = RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now();
+    if (!ws_book_.open(id, cluster.resource_id(), client, now, why)) return false;
+    ws_book_.present(id, LegSide::proxy, std::move(sender), now);
+    return true;
+  }
+  // The sender parked under `id`, taken (the id is spent); null when none is.
+  std::shared_ptr<HttpConnection> ws_take(const std::string& id, std::shared_ptr<HttpConnection> listener) {
+    std::lock_guard lock(ws_mutex_);
+    auto r = ws_book_.present(id, LegSide::agent, std::move(listener), RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now());
+    if (auto* paired = std::get_if<RendezvousBook<std::shared_ptr<HttpConnection>>::Paired>(&r)) return std::move(paired->proxy);
+    return nullptr;
+  }
+  void ws_cancel(const std::string& id) {
+    std::lock_guard lock(ws_mutex_);
+    ws_book_.cancel(id);
+  }
+  void ws_expire() {
+    std::vector<RendezvousBook<std::shared_ptr<HttpConnection>>::Expired> gone;
+    {
+      std::lock_guard lock(ws_mutex_);
+      gone = ws_book_.expire(RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now());
+    }
+    for (auto& e : gone) {
+      ws_counters_.expired.fetch_add(1);
+      e.leg->sender_refused(504, "no agent answered within " + std::to_string(ws_limits_.ttl.count() / 1000) + " s");
+    }
+  }
+  std::chrono::milliseconds ws_ttl() const { return ws_limits_.ttl; }
+  void ws_paired(tunnel::WsStream sender, tunnel::WsStream listener) {
+    // The pair's two connections count as open until the pump lets them go.
+    metrics_.connections_active.fetch_add(2);
+    std::shared_ptr<void> lease(nullptr, [m = &metrics_](void*) { m->connections_active.fetch_sub(2); });
+    auto pump = start_ws_pump(std::move(sender), std::move(listener), ws_counters_, std::move(lease));
+    ws_counters_.paired.fetch_add(1);
+    std::lock_guard lock(ws_mutex_);
+    std::erase_if(ws_pumps_, [](const std::weak_ptr<WsPump>& w) { return w.expired(); });
+    ws_pumps_.push_back(pump);
+  }
+  WsRendezvousCounters& ws_counters() { return ws_counters_; }
+  void close_ws_rendezvous(const std::string& reason) {
+    std::vector<std::weak_ptr<WsPump>> pumps;
+    {
+      std::lock_guard lock(ws_mutex_);
+      pumps.swap(ws_pumps_);
+    }
+    for (auto& w : pumps)
+      if (auto p = w.lock()) p->close(reason);
+  }
+
   void stop_accepting() noexcept override {
     try {
       asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
@@ -265,9 +337,6 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     for (const auto& [cluster, n] : listeners_.counts()) by_hc[cluster->hybrid_connection] = n;
     for (const auto& [hc, n] : by_hc)
       out += "clusterconnect_relay_listeners{hybrid_connection=\"" + hc + "\"} " + std::to_string(n) + "\n";
-    auto [port, address] = rendezvous();
-    if (!port) return out;
-    const auto& c = port->counters();
     // One family in Prometheus' text format: HELP, TYPE, then `{labels} value` samples.
     auto family = [&out](std::string_view name, std::string_view type, std::string_view help,
                          std::initializer_list<std::pair<std::string_view, std::int64_t>> samples) {
@@ -276,6 +345,17 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
       for (const auto& [labels, value] : samples) out.append(name).append(labels).append(" ").append(std::to_string(value)).append("\n");
     };
     auto n = [](const auto& counter) { return static_cast<std::int64_t>(counter.load()); };
+    const auto& w = ws_counters_;
+    family("clusterconnect_relay_ws_rendezvous_total", "counter", "WebSocket rendezvous (Hybrid Connections senders), by outcome.",
+           {{"{outcome=\"paired\"}", n(w.paired)}, {"{outcome=\"rejected\"}", n(w.rejected)}, {"{outcome=\"expired\"}", n(w.expired)}});
+    family("clusterconnect_relay_ws_rendezvous_active", "gauge", "Paired WebSocket rendezvous whose messages the relay passes on now.",
+           {{"", n(w.active)}});
+    family("clusterconnect_relay_ws_rendezvous_bytes_total", "counter", "Message bytes passed between paired WebSockets, by direction.",
+           {{"{direction=\"sender_to_listener\"}", n(w.bytes_sender_to_listener)},
+            {"{direction=\"listener_to_sender\"}", n(w.bytes_listener_to_sender)}});
+    auto [port, address] = rendezvous();
+    if (!port) return out;
+    const auto& c = port->counters();
     family("clusterconnect_relay_rendezvous_total", "counter", "Rendezvous legs, by outcome.",
            {{"{outcome=\"paired\"}", n(c.paired)}, {"{outcome=\"expired\"}", n(c.expired)}, {"{outcome=\"refused\"}", n(c.refused)}});
     family("clusterconnect_relay_rendezvous_unpaired", "gauge", "Rendezvous legs connected and not yet paired.",
@@ -355,6 +435,11 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   ListenerRegistry listeners_{config_.limits.max_tunnels_per_cluster};
   std::shared_ptr<RendezvousPort> rendezvous_;
   std::string rendezvous_address_;
+  RendezvousLimits ws_limits_;
+  std::mutex ws_mutex_;
+  RendezvousBook<std::shared_ptr<HttpConnection>> ws_book_{ws_limits_};
+  WsRendezvousCounters ws_counters_;
+  std::vector<std::weak_ptr<WsPump>> ws_pumps_;
   std::atomic<bool> ready_{false};
   unsigned short port_ = 0;
 };
@@ -362,6 +447,11 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
 // An agent's control channel, in Hybrid Connections' shape: JSON text
 // messages only (`accept` to the agent, `renewToken` from it) and WebSocket
 // pings; it ends when its token expires unless a renewal came in time.
+void front_log_upgrade_failure(FrontEndImpl& front, const std::string& peer, error_code ec) {
+  front.metrics().handshake_failure("upgrade");
+  front.log().info("WebSocket upgrade from {} failed: {}", peer, ec.message());
+}
+
 class ControlChannel final : public ControlChannelSink, public std::enable_shared_from_this<ControlChannel> {
  public:
   // Messages queued and not yet written; beyond it the channel takes no more.
@@ -512,7 +602,7 @@ HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl>
 // on; either way it leaves the pre-authentication budget here, its address's
 // place first, so a gauge that reads one less never hides a place still held.
 HttpConnection::~HttpConnection() {
-  front_->release(address_);
+  if (!released_) front_->release(address_);
   front_->metrics().connections_active.fetch_sub(1);
 }
 
@@ -601,9 +691,12 @@ void HttpConnection::handle_tunnel() {
   const ClusterEntry* cluster = config.cluster_by_path(hc);
   if (!cluster) return refuse(404, "not_found", "no hybrid connection at /$hc/" + hc);
   const std::string action = query.count("sb-hc-action") ? query["sb-hc-action"] : std::string{};
-  if (action != "listen" && action != "connect")
-    return refuse(400, "bad_action", "sb-hc-action must be 'listen' or 'connect'");
+  if (action != "listen" && action != "connect" && action != "accept")
+    return refuse(400, "bad_action", "sb-hc-action must be 'listen', 'connect' or 'accept'");
   if (front_->tunnel_switch().draining()) return refuse(503, "draining", "the relay is shutting down; retry");
+  // A listener's answer to an accept: its id is the credential (random,
+  // single-use, 30 s), as the address the relay sent names it.
+  if (action == "accept") return handle_listener_accept(query);
 
   std::string token(req_["ServiceBusAuthorization"]);
   if (token.empty() && query.count("sb-hc-token")) token = query["sb-hc-token"];
@@ -620,6 +713,10 @@ void HttpConnection::handle_tunnel() {
   // channel: it is announced rendezvous instead of carrying streams.
   if (action == "listen" && !offers_subprotocol(req_[http::field::sec_websocket_protocol]))
     return accept_control_channel(cluster, check.expiry, requested);
+  // A sender that does not ask for the tunnel protocol is a Hybrid
+  // Connections sender: parked until one of the cluster's listeners accepts.
+  if (action == "connect" && !offers_subprotocol(req_[http::field::sec_websocket_protocol]))
+    return park_sender(cluster, token, "wss://" + host + "/$hc/" + std::string(raw_path));
   if (!offers_subprotocol(req_[http::field::sec_websocket_protocol]))
     return refuse(400, "no_subprotocol", std::string("Sec-WebSocket-Protocol must offer ") + tunnel::subprotocol);
   const TunnelSide side = action == "listen" ? TunnelSide::agent : TunnelSide::client;
@@ -738,6 +835,152 @@ void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster, cons
   const auto ttl = std::chrono::duration_cast<std::chrono::seconds>(port->ttl()).count();
   nlohmann::json body{{"rendezvous", {{"address", address}, {"ticket", ticket}, {"expiresInSeconds", ttl}}}};
   respond(200, "application/json", body.dump());
+}
+
+void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& address) {
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    front_->metrics().open_failure(label);
+    front_->log().info("connect from {} for {} refused ({}): {}", peer_, cluster->resource_id(), status, message);
+    respond_error(status, message);
+  };
+  if (front_->listeners().count(cluster) == 0)
+    return refuse(404, "no_agent", "no agent connected for cluster " + cluster->name + " (" + cluster->resource_id() + ")");
+  tunnel::rendezvous::AcceptMessage accept;
+  accept.id = tunnel::rendezvous::make_ticket();
+  accept.address = address + "?sb-hc-action=accept&sb-hc-id=" + accept.id;
+  // The sender's headers go to the listener, as Hybrid Connections passes
+  // them (the WebSocket key, version, protocols), except its credentials.
+  for (const auto& field : req_) {
+    const std::string name(field.name_string());
+    if (ascii_iequals(name, "ServiceBusAuthorization") || ascii_iequals(name, "Authorization") || ascii_iequals(name, "Cookie"))
+      continue;
+    if (ascii_iequals(name, tunnel::rendezvous::proxy_key_pin_header)) {
+      if (!tls::is_public_key_pin(field.value())) return refuse(400, "bad_proxy_key", "the proxy key pin is not 64 hex digits");
+      accept.connect_headers[std::string(tunnel::rendezvous::proxy_key_pin_header)] = ascii_lowered(std::string(field.value()));
+      continue;
+    }
+    auto [it, fresh] = accept.connect_headers.emplace(name, std::string(field.value()));
+    if (!fresh) it->second += ", " + std::string(field.value());
+  }
+  error_code ignored;
+  const auto remote = beast::get_lowest_layer(stream_).socket().remote_endpoint(ignored);
+  accept.remote_endpoint = tunnel::rendezvous::RemoteEndpoint{remote.address().to_string(), remote.port()};
+  std::string why;
+  auto sas = parse_sas_token(token);
+  if (!front_->ws_open(accept.id, *cluster, sas ? sas->signature : token, shared_from_this(), why))
+    return refuse(503, "rendezvous_limit", why);
+  if (!front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(accept))) {
+    front_->ws_cancel(accept.id);
+    return refuse(404, "no_agent", "no agent of cluster " + cluster->name + " (" + cluster->resource_id() + ") took the rendezvous; retry");
+  }
+  // Parked: nothing is read until the listener answers; the book's ttl ends it.
+  front_->release(address_);
+  released_ = true;
+  beast::get_lowest_layer(stream_).expires_never();
+  park_timer_.emplace(stream_.get_executor());
+  park_timer_->expires_after(front_->ws_ttl() + std::chrono::milliseconds(100));
+  park_timer_->async_wait([self = shared_from_this()](error_code ec) {
+    if (!ec) self->front_->ws_expire();
+  });
+}
+
+void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subprotocol) {
+  auto held = std::make_shared<tunnel::WsStream>(std::move(listener));
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), held, subprotocol = std::move(subprotocol)]() mutable {
+    if (self->park_timer_) self->park_timer_->cancel();
+    // The listener's choice of subprotocol, if the sender offered it.
+    std::string chosen;
+    for (std::string_view offered = self->req_[http::field::sec_websocket_protocol]; !offered.empty() && !subprotocol.empty();) {
+      auto comma = offered.find(',');
+      std::string_view item = offered.substr(0, comma);
+      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+      if (item == subprotocol) chosen = subprotocol;
+      offered = comma == std::string_view::npos ? std::string_view{} : offered.substr(comma + 1);
+    }
+    self->ws_.emplace(std::move(self->stream_));
+    websocket::stream_base::timeout t{};
+    t.handshake_timeout = handshake_timeout;
+    t.idle_timeout = websocket::stream_base::none();
+    t.keep_alive_pings = false;
+    self->ws_->set_option(t);
+    self->ws_->set_option(websocket::stream_base::decorator([chosen](websocket::response_type& res) {
+      if (!chosen.empty()) res.set(http::field::sec_websocket_protocol, chosen);
+      res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+    }));
+    self->ws_->async_accept(self->req_, [self, held](error_code ec) {
+      if (ec) {
+        front_log_upgrade_failure(*self->front_, self->peer_, ec);
+        asio::dispatch(held->get_executor(), [held] {
+          held->async_close(websocket::close_reason(websocket::close_code::going_away, "the sender went away"), [held](error_code) {});
+        });
+        return;
+      }
+      self->front_->ws_paired(std::move(*self->ws_), std::move(*held));
+      self->ws_.reset();
+    });
+  });
+}
+
+void HttpConnection::sender_refused(unsigned status, std::string description) {
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, description = std::move(description)] {
+    if (self->park_timer_) self->park_timer_->cancel();
+    if (status == 504) self->front_->metrics().open_failure("rendezvous_timeout");
+    self->front_->log().info("connect from {} not paired ({}): {}", self->peer_, status, description);
+    self->respond_error(status, description);
+  });
+}
+
+void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& query) {
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    front_->metrics().handshake_failure(label);
+    front_->log().info("rendezvous accept from {} refused ({}): {}", peer_, status, message);
+    respond_error(status, message);
+  };
+  const std::string id = query.count("sb-hc-id") ? query["sb-hc-id"] : std::string{};
+  if (!tunnel::rendezvous::is_ticket(id)) return refuse(404, "unknown_rendezvous", "no rendezvous is pending under this id");
+  // A rejection names its status (Hybrid Connections' parameter names, with
+  // and without the sb-hc- prefix).
+  auto param = [&query](const char* name) -> std::optional<std::string> {
+    for (std::string key : {std::string("sb-hc-") + name, std::string(name)})
+      if (auto it = query.find(key); it != query.end()) return it->second;
+    return std::nullopt;
+  };
+  const auto status_text = param("statusCode");
+  const bool upgrade = websocket::is_upgrade(req_);
+  if (!status_text && !upgrade) return refuse(400, "not_websocket", "an accept is a WebSocket upgrade, or a rejection with a statusCode");
+  auto sender = front_->ws_take(id, shared_from_this());
+  if (!sender) return refuse(404, "unknown_rendezvous", "no rendezvous is pending under this id (expired or already answered)");
+  if (status_text) {
+    unsigned status = 0;
+    for (char c : *status_text) status = c >= '0' && c <= '9' && status < 1000 ? status * 10 + static_cast<unsigned>(c - '0') : 1000;
+    if (status < 400 || status > 599) status = 502;
+    std::string description = param("statusDescription").value_or("the listener rejected the connection");
+    if (description.size() > 200) description.resize(200);
+    front_->ws_counters().rejected.fetch_add(1);
+    sender->sender_refused(status, std::move(description));
+    // Hybrid Connections answers a rejection with 410: no WebSocket was made.
+    return respond_error(410, "rejection passed to the sender");
+  }
+  const std::string subprotocol(req_[http::field::sec_websocket_protocol]);
+  beast::get_lowest_layer(stream_).expires_never();
+  ws_.emplace(std::move(stream_));
+  websocket::stream_base::timeout t{};
+  t.handshake_timeout = handshake_timeout;
+  t.idle_timeout = websocket::stream_base::none();
+  t.keep_alive_pings = false;
+  ws_->set_option(t);
+  ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+  }));
+  ws_->async_accept(req_, [self = shared_from_this(), sender, subprotocol](error_code ec) {
+    if (ec) {
+      front_log_upgrade_failure(*self->front_, self->peer_, ec);
+      return sender->sender_refused(502, "the listener's accept WebSocket failed: " + ec.message());
+    }
+    sender->sender_accepted(std::move(*self->ws_), subprotocol);
+    self->ws_.reset();
+  });
 }
 
 void HttpConnection::handle_management() {

@@ -68,21 +68,24 @@ TEST_CASE("one address cannot take the whole budget of connections that are not 
                            {"hybrid_connection", demo_path},
                            {"keys", {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", "listen.key"}}}}}}},
                         {"limits", {{"max_connections_per_address", 3}}}};
-  RelayProcess relay(config, {{"listen.key", "listen-secret\n"}});
-  // Established tunnels leave the budget: three agent tunnels from this
-  // address, then three silent connections, and the budget is just full.
+  AgentKey key("demo agent");
+  config["clusters"][0]["agent_key_pins"] = {key.pin};
+  RelayProcess relay(config, {{"listen.key", "listen-secret\n"}, {"agent.crt", key.pem.cert}, {"agent.key", key.pem.key}});
+  // Established control channels leave the budget: three from this address,
+  // then three silent connections, and the budget is just full.
   ModuleHost host;
   Agent agent;
   ListenOptions o;
   o.endpoint = relay.endpoint();
   o.token = [&relay] { return relay.listen_token(); };
   o.tunnels = 3;
+  relay.set_agent_identity(o);
   auto listener = host.transport().listen(std::move(o), agent.handler());
   REQUIRE(listener);
   REQUIRE(wait_until([&] { return listener->status().tunnels_up == 3; }, 20s));
-  // The agent sees its 101 a moment before the relay files the tunnel and lets
-  // go of the connection's place in the budget.
-  REQUIRE(wait_until([&] { return relay.agent_tunnels() == 3 && relay.connections_active() == 0; }, 20s));
+  // The agent sees its 101 a moment before the relay files the channel and
+  // lets go of the connection's place in the budget.
+  REQUIRE(wait_until([&] { return relay.listeners() == 3 && relay.connections_active() == 0; }, 20s));
   std::vector<std::unique_ptr<SilentConnection>> silent;
   for (int i = 0; i < 3; ++i) silent.push_back(std::make_unique<SilentConnection>(relay.port()));
   // Accepted in order: once the relay has counted the three, the next is refused.

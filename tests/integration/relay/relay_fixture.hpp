@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
+#include "clusterconnect/certificates.hpp"
 #include "clusterconnect/host/runtime.hpp"
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/transport.hpp"
@@ -31,18 +32,40 @@ namespace clusterconnect::test {
 inline const std::string demo_path = "clusters/00000000-0000-0000-0000-000000000000/sandbox/demo";
 inline const std::string other_path = "clusters/00000000-0000-0000-0000-000000000000/sandbox/other";
 
+// An agent's key pair and the pin the relay's registry keeps for it.
+struct AgentKey {
+  tls::PemPair pem;
+  std::string pin;
+  explicit AgentKey(const std::string& name) {
+    auto p = tls::create_ca(name, 1);
+    if (!p) throw std::runtime_error("agent key: " + p.error());
+    pem = p.value();
+    auto pin_or = tls::public_key_pin(pem.cert);
+    if (!pin_or) throw std::runtime_error("agent key pin: " + pin_or.error());
+    pin = pin_or.value();
+  }
+};
+
+// The default relay: clusters demo and other, demo's agent key (agent.crt,
+// agent.key beside the configuration) pinned, a rendezvous port.
 class RelayProcess {
  public:
   explicit RelayProcess(std::vector<std::string> extra_args = {}, unsigned short port = 0) : extra_(std::move(extra_args)) {
     write_file(dir_.path() / "listen.key", "listen-secret\n");
     write_file(dir_.path() / "connect.key", "connect-secret\n");
     write_file(dir_.path() / "other.key", "other-secret\n");
+    AgentKey agent("demo agent");
+    write_file(dir_.path() / "agent.crt", agent.pem.cert);
+    write_file(dir_.path() / "agent.key", agent.pem.key);
+    agent_pin_ = agent.pin;
+    extra_.insert(extra_.end(), {"--rendezvous-listen", "127.0.0.1:0"});
     nlohmann::json cfg = {
         {"clusters",
          {{{"subscription", "00000000-0000-0000-0000-000000000000"},
            {"resource_group", "sandbox"},
            {"name", "demo"},
            {"hybrid_connection", demo_path},
+           {"agent_key_pins", {agent.pin}},
            {"keys",
             {{{"name", "listen"}, {"rights", {"listen"}}, {"secret_file", "listen.key"}},
              {{"name", "connect"}, {"rights", {"connect"}}, {"secret_file", "connect.key"}}}}},
@@ -154,7 +177,18 @@ class RelayProcess {
   const std::filesystem::path& dir() const { return dir_.path(); }
   std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }
   std::string url(const std::string& path = demo_path) const { return "wss://" + host() + "/$hc/" + path; }
-  RelayEndpoint endpoint(const std::string& path = demo_path) const { return RelayEndpoint{url(path), ca_file_, false, {}}; }
+  // Pinned to the default agent key.
+  RelayEndpoint endpoint(const std::string& path = demo_path) const {
+    return RelayEndpoint{url(path), ca_file_, false, agent_pin_.empty() ? std::vector<std::string>{} : std::vector<std::string>{agent_pin_}};
+  }
+  // The default agent's identity, as ListenOptions takes it.
+  void set_agent_identity(ListenOptions& o) const {
+    o.identity_cert_file = (dir_.path() / "agent.crt").string();
+    o.identity_key_file = (dir_.path() / "agent.key").string();
+  }
+  unsigned listeners(const std::string& path = demo_path) const {
+    return gauge("clusterconnect_relay_listeners{hybrid_connection=\"" + path + "\"}");
+  }
   std::string token(const std::string& key_name, const std::string& secret, const std::string& path = demo_path,
                     std::chrono::seconds ttl = std::chrono::hours(1)) const {
     return make_sas_token("http://" + host() + "/" + path, key_name, secret, std::chrono::system_clock::now() + ttl);
@@ -180,6 +214,7 @@ class RelayProcess {
   std::atomic<unsigned short> metrics_port_{0};
   std::atomic<unsigned short> rendezvous_port_{0};
   std::string ca_file_;
+  std::string agent_pin_;  // the default registry's demo agent
 };
 
 // Two clusters called "prod" in one subscription, in resource groups team-a

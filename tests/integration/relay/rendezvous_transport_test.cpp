@@ -1,7 +1,8 @@
-// The tls transport through a real relay: the agent's control channels are
+// Both rendezvous transports (tls: spliced TCP legs; ws: Hybrid Connections
+// WebSockets) through a real relay: the agent's control channels are
 // announced each connect, the proxy's session with the agent runs TLS and the
 // mux end to end, and the proxy talks only to an agent whose key the relay's
-// registry pins.
+// registry pins. Every case runs in both forms.
 
 #include <catch2/catch.hpp>
 
@@ -14,19 +15,6 @@ using namespace clusterconnect::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-struct AgentKey {
-  tls::PemPair pem;
-  std::string pin;
-  explicit AgentKey(const std::string& name) {
-    auto p = tls::create_ca(name, 1);
-    REQUIRE(p);
-    pem = p.value();
-    auto pin_or = tls::public_key_pin(pem.cert);
-    REQUIRE(pin_or);
-    pin = pin_or.value();
-  }
-};
 
 // One cluster, demo, whose registry pins `pins`; a rendezvous port.
 struct TlsRelay {
@@ -68,6 +56,12 @@ struct TlsRelay {
     return l;
   }
 
+  // Rendezvous the relay paired, in the form's own counter.
+  unsigned paired(const std::string& form) const {
+    return relay.gauge(form == "ws" ? "clusterconnect_relay_ws_rendezvous_total{outcome=\"paired\"}"
+                                    : "clusterconnect_relay_rendezvous_total{outcome=\"paired\"}");
+  }
+
   unsigned listeners() const { return relay.gauge("clusterconnect_relay_listeners{hybrid_connection=\"" + demo_path + "\"}"); }
 
   std::shared_ptr<TunnelClient> dial(ModuleHost& host, std::vector<std::string> pins) {
@@ -98,9 +92,10 @@ ExchangeResult open_once_back(TunnelClient& client) {
 
 }  // namespace
 
-TEST_CASE("tls transport: streams run end to end between proxy and agent through the relay's rendezvous",
-          "[relay][tls-transport]") {
-  ModuleHost agent_host("tls"), client_host("tls");
+TEST_CASE("rendezvous transport: streams run end to end between proxy and agent through the relay's rendezvous",
+          "[relay][transport]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost agent_host(form), client_host(form);
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
@@ -117,13 +112,14 @@ TEST_CASE("tls transport: streams run end to end between proxy and agent through
     CHECK(x.received_sha == x.sent_sha);
   }
   CHECK(agent.streams == 8);
-  CHECK(r.relay.gauge("clusterconnect_relay_rendezvous_total{outcome=\"paired\"}") == 1);
+  CHECK(r.paired(form) == 1);
   client->close();
   listener->close();
 }
 
-TEST_CASE("tls transport: an agent whose key is not the pinned one gets nothing", "[relay][tls-transport][security]") {
-  ModuleHost agent_host("tls"), client_host("tls");
+TEST_CASE("rendezvous transport: an agent whose key is not the pinned one gets nothing", "[relay][transport][security]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost agent_host(form), client_host(form);
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
@@ -138,18 +134,20 @@ TEST_CASE("tls transport: an agent whose key is not the pinned one gets nothing"
   listener->close();
 }
 
-TEST_CASE("tls transport: with no agent key registered the proxy opens nothing", "[relay][tls-transport][security]") {
-  ModuleHost client_host("tls");
+TEST_CASE("rendezvous transport: with no agent key registered the proxy opens nothing", "[relay][transport][security]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost client_host(form);
   TlsRelay r;
   auto client = r.dial(client_host, {});
   auto o = open_stream(*client);
   CHECK(o.ec == asio::error::access_denied);
   CHECK_THAT(o.reason, Catch::Contains("pins no agent key") && Catch::Contains(demo_path));
-  CHECK(r.relay.gauge("clusterconnect_relay_rendezvous_total{outcome=\"paired\"}") == 0);
+  CHECK(r.paired(form) == 0);
 }
 
-TEST_CASE("tls transport: with no agent listening the connect is refused at once", "[relay][tls-transport]") {
-  ModuleHost client_host("tls");
+TEST_CASE("rendezvous transport: with no agent listening the connect is refused at once", "[relay][transport]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost client_host(form);
   TlsRelay r;
   auto client = r.dial(client_host, {r.agent_key.pin});
   auto o = open_stream(*client);
@@ -157,8 +155,9 @@ TEST_CASE("tls transport: with no agent listening the connect is refused at once
   CHECK_THAT(o.reason, Catch::Contains("no agent connected for cluster demo"));
 }
 
-TEST_CASE("tls transport: an agent restarted mid-session is reached again by the next open", "[relay][tls-transport]") {
-  ModuleHost agent_host("tls"), client_host("tls");
+TEST_CASE("rendezvous transport: an agent restarted mid-session is reached again by the next open", "[relay][transport]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost agent_host(form), client_host(form);
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
@@ -176,8 +175,9 @@ TEST_CASE("tls transport: an agent restarted mid-session is reached again by the
   listener2->close();
 }
 
-TEST_CASE("tls transport: an agent without its key files does not start", "[relay][tls-transport]") {
-  ModuleHost agent_host("tls");
+TEST_CASE("rendezvous transport: an agent without its key files does not start", "[relay][transport]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost agent_host(form);
   TlsRelay r;
   Agent agent;
   ListenOptions o;
@@ -188,8 +188,9 @@ TEST_CASE("tls transport: an agent without its key files does not start", "[rela
   CHECK_FALSE(agent_host.transport().listen(std::move(o), agent.handler()));
 }
 
-TEST_CASE("tls transport: two clusters called prod in different resource groups each reach only their own agent",
-          "[relay][tls-transport][security]") {
+TEST_CASE("rendezvous transport: two clusters called prod in different resource groups each reach only their own agent",
+          "[relay][transport][security]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   AgentKey key_a("team-a prod agent"), key_b("team-b prod agent");
   auto cluster = [](const std::string& group, const std::string& path, const std::string& prefix, const std::string& pin) {
     return nlohmann::json{{"subscription", prod_subscription},
@@ -211,7 +212,7 @@ TEST_CASE("tls transport: two clusters called prod in different resource groups 
                       {"b.crt", key_b.pem.cert},
                       {"b.key", key_b.pem.key}},
                      {"--rendezvous-listen", "127.0.0.1:0"});
-  ModuleHost agents("tls"), clients("tls");
+  ModuleHost agents(form), clients(form);
   Agent agent_a, agent_b;
   auto listen = [&](Agent& agent, const std::string& path, const std::string& prefix) {
     ListenOptions o;
@@ -258,9 +259,10 @@ TEST_CASE("tls transport: two clusters called prod in different resource groups 
   listener_b->close();
 }
 
-TEST_CASE("tls transport: after a relay restart the agent comes back and new opens work without a new client",
-          "[relay][tls-transport]") {
-  ModuleHost agent_host("tls"), client_host("tls");
+TEST_CASE("rendezvous transport: after a relay restart the agent comes back and new opens work without a new client",
+          "[relay][transport]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost agent_host(form), client_host(form);
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
@@ -277,9 +279,10 @@ TEST_CASE("tls transport: after a relay restart the agent comes back and new ope
   listener->close();
 }
 
-TEST_CASE("tls transport: a client whose session holds its maximum of streams makes another rendezvous",
-          "[relay][tls-transport]") {
-  ModuleHost agent_host("tls"), client_host("tls");
+TEST_CASE("rendezvous transport: a client whose session holds its maximum of streams makes another rendezvous",
+          "[relay][transport]") {
+  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
+  ModuleHost agent_host(form), client_host(form);
   TlsRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
@@ -292,7 +295,7 @@ TEST_CASE("tls transport: a client whose session holds its maximum of streams ma
     REQUIRE_FALSE(o.ec);
     held.push_back(std::move(o.stream));
   }
-  CHECK(r.relay.gauge("clusterconnect_relay_rendezvous_total{outcome=\"paired\"}") == 2);
+  CHECK(r.paired(form) == 2);
   auto x = exchange(held.back(), 10000, 3, 30s);
   CHECK_FALSE(x.ec);
   CHECK(x.received_sha == x.sent_sha);
