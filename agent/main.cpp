@@ -91,16 +91,17 @@ void add_options(CLI::App& app, AgentOptions& o) {
                  "File holding a listen token (SharedAccessSignature ...), re-read when it changes")
       ->envname("CLUSTERCONNECT_RELAY_TOKEN_FILE");
   app.add_option("--tunnels", o.tunnels,
-                 "Connections kept open to the relay: control channels (tls) or tunnels (ws)")
+                 "Control channels kept open to the relay")
       ->check(CLI::Range(1, 16))->capture_default_str();
   app.add_option("--transport", o.transport,
-                 "tls: TLS and the stream mux run end to end with each proxy, through the relay's rendezvous (the "
-                 "relay sees ciphertext only); ws: streams through the relay's WebSocket tunnels")
+                 "How proxies reach this agent through the relay; either way TLS and the stream mux run end to end "
+                 "(the relay sees ciphertext only). tls: raw TCP legs the relay splices; ws: WebSocket legs in Azure "
+                 "Relay Hybrid Connections' shape (for HTTP proxies, and Azure Relay). The agent answers both")
       ->check(CLI::IsMember({"tls", "ws"}))->envname("CLUSTERCONNECT_TRANSPORT")->capture_default_str();
   app.add_option("--identity-cert-file", o.identity_cert_file,
-                 "tls: the agent's certificate (PEM); proxies require the key whose pin the relay's registry holds")
+                 "The agent's certificate (PEM); proxies require the key whose pin the relay's registry holds")
       ->envname("CLUSTERCONNECT_IDENTITY_CERT_FILE");
-  app.add_option("--identity-key-file", o.identity_key_file, "tls: the agent's private key (PEM, mode 0600)")
+  app.add_option("--identity-key-file", o.identity_key_file, "The agent's private key (PEM, mode 0600)")
       ->envname("CLUSTERCONNECT_IDENTITY_KEY_FILE");
   app.add_flag("--print-key-pin", o.print_key_pin,
                "Print the pin of --identity-cert-file's key (what the relay's registry lists in agent_key_pins) and exit");
@@ -215,11 +216,11 @@ int main(int argc, char** argv) try {
     return 2;
   }
 
-  if (o.transport == "tls") {
+  {
     if (o.identity_cert_file.empty() || o.identity_key_file.empty()) {
       std::fprintf(stderr,
-                   "clusterconnect-agent: --transport tls needs --identity-cert-file and --identity-key-file: the key "
-                   "proxies pin (its pin goes in the relay's registry as agent_key_pins)\n");
+                   "clusterconnect-agent: --identity-cert-file and --identity-key-file are required: the key proxies "
+                   "pin (its pin goes in the relay's registry as agent_key_pins)\n");
       return 2;
     }
     struct stat st {};

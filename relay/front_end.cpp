@@ -1,8 +1,10 @@
 #include "front_end.hpp"
 
-#include "protocol/ws_channel.hpp"
+#include "protocol/ws_stream.hpp"
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -73,17 +75,29 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
   return out;
 }
 
-bool offers_subprotocol(std::string_view header) {
-  while (!header.empty()) {
+// Whether a Sec-WebSocket-Protocol list offers `name`.
+bool offers_subprotocol(std::string_view header, std::string_view name) {
+  while (!header.empty() && !name.empty()) {
     auto comma = header.find(',');
     std::string_view item = header.substr(0, comma);
     while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
     while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-    if (item == tunnel::subprotocol) return true;
+    if (item == name) return true;
     header = comma == std::string_view::npos ? std::string_view{} : header.substr(comma + 1);
   }
   return false;
 }
+
+// The verdict on a token, the same at the handshake and for renewToken.
+struct TokenCheck {
+  bool ok = false;
+  unsigned status = 200;  // 401 missing/invalid/expired, 403 wrong path or no right
+  std::string label;      // metrics label
+  std::string reason;     // one line, never containing the token
+  std::chrono::system_clock::time_point expiry{};
+};
+// Checks a token for the path and action a channel was opened for.
+using TokenVerifier = std::function<TokenCheck(std::string_view token)>;
 
 std::string sas_failure_label(SasError e) {
   switch (e) {
@@ -98,7 +112,7 @@ std::string sas_failure_label(SasError e) {
   return "other";
 }
 
-// The one check of a tunnel token, at the handshake and for RENEW: signature,
+// The one check of a token, at the handshake and for renewToken: signature,
 // expiry, the resource covers `requested_resource`, the key grants `action`.
 TokenCheck check_tunnel_token(const ClusterEntry& cluster, const std::string& requested_resource, const std::string& action,
                               std::string_view token, std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) {
@@ -149,8 +163,6 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void on_read(error_code ec);
   void route();
   void handle_tunnel();
-  void on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
-                   TokenVerifier verify);
   void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
   void park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& host);
   void handle_listener_accept(std::map<std::string, std::string>& query);
@@ -182,12 +194,11 @@ void front_log_upgrade_failure(FrontEndImpl& front, const std::string& peer, err
 class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<FrontEndImpl> {
  public:
   FrontEndImpl(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
-               std::shared_ptr<TunnelSwitch> sw, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger)
+               RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger)
       : io_(io),
         acceptor_(asio::make_strand(io)),
         tls_(std::move(tls)),
         config_(config),
-        switch_(std::move(sw)),
         metrics_(metrics),
         logger_(std::move(logger)) {}
 
@@ -268,7 +279,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   void ws_paired(tunnel::WsStream sender, tunnel::WsStream listener) {
     // The pair's two connections count as open until the pump lets them go.
     metrics_.connections_active.fetch_add(2);
-    std::shared_ptr<void> lease(nullptr, [m = &metrics_](void*) { m->connections_active.fetch_sub(2); });
+    std::shared_ptr<void> lease(nullptr, [m = &metrics_, held = connection_lease()](void*) mutable {
+      m->connections_active.fetch_sub(2);
+      held.reset();
+    });
     auto pump = start_ws_pump(std::move(sender), std::move(listener), ws_counters_, std::move(lease));
     ws_counters_.paired.fetch_add(1);
     std::lock_guard lock(ws_mutex_);
@@ -287,6 +301,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   }
 
   void stop_accepting() noexcept override {
+    draining_ = true;
     try {
       asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
         error_code ignored;
@@ -319,11 +334,31 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     if (it != pending_by_address_.end() && --it->second == 0) pending_by_address_.erase(it);
   }
   Result<unsigned short> serve_metrics(const std::string& address, unsigned short port) override;
-  bool ready() const noexcept { return ready_ && !switch_->draining(); }
+  bool ready() const noexcept { return ready_ && !draining_; }
+  bool draining() const noexcept { return draining_; }
   asio::ssl::context& tls() { return *tls_; }
   const RelayConfig& config() const { return config_; }
-  TunnelSwitch& tunnel_switch() { return *switch_; }
-  const std::shared_ptr<TunnelSwitch>& switch_ptr() { return switch_; }
+  // Held by every connection the relay keeps past its handshake (control
+  // channels, paired WebSockets) until it is closed, for shutdown to wait on.
+  std::shared_ptr<void> connection_lease() {
+    {
+      std::lock_guard lock(lease_mutex_);
+      ++leased_;
+    }
+    return std::shared_ptr<void>(nullptr, [self = shared_from_this()](void*) {
+      std::lock_guard lock(self->lease_mutex_);
+      if (--self->leased_ == 0) self->all_closed_.notify_all();
+    });
+  }
+  bool wait_closed(std::chrono::steady_clock::time_point deadline) override {
+    std::unique_lock lock(lease_mutex_);
+    return all_closed_.wait_until(lock, deadline, [this] { return leased_ == 0; });
+  }
+  unsigned listeners(const std::string& hybrid_connection) const override {
+    for (const auto& [cluster, n] : listeners_.counts())
+      if (cluster->hybrid_connection == hybrid_connection) return static_cast<unsigned>(n);
+    return 0;
+  }
   RelayMetrics& metrics() { return metrics_; }
   spdlog::logger& log() { return *logger_; }
   const std::shared_ptr<spdlog::logger>& logger() { return logger_; }
@@ -369,17 +404,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   }
 
   std::string render_metrics() const {
-    std::string out = switch_->render_tunnel_metrics();
-    out += "# HELP clusterconnect_relay_streams_active Client streams spliced to an agent right now.\n"
-           "# TYPE clusterconnect_relay_streams_active gauge\n"
-           "clusterconnect_relay_streams_active " + std::to_string(metrics_.streams_active.load()) + "\n";
-    out += "# HELP clusterconnect_relay_streams_total Client streams spliced to an agent.\n"
-           "# TYPE clusterconnect_relay_streams_total counter\n"
-           "clusterconnect_relay_streams_total " + std::to_string(metrics_.streams_total.load()) + "\n";
-    out += "# HELP clusterconnect_relay_bytes_total Payload bytes forwarded, by direction.\n"
-           "# TYPE clusterconnect_relay_bytes_total counter\n"
-           "clusterconnect_relay_bytes_total{direction=\"client_to_agent\"} " + std::to_string(metrics_.bytes_client_to_agent.load()) + "\n"
-           "clusterconnect_relay_bytes_total{direction=\"agent_to_client\"} " + std::to_string(metrics_.bytes_agent_to_client.load()) + "\n";
+    std::string out;
     out += "# HELP clusterconnect_relay_connections_active TLS connections open.\n"
            "# TYPE clusterconnect_relay_connections_active gauge\n"
            "clusterconnect_relay_connections_active " + std::to_string(metrics_.connections_active.load()) + "\n";
@@ -387,7 +412,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            "# TYPE clusterconnect_relay_handshake_failures_total counter\n";
     for (const auto& [reason, n] : metrics_.handshake_failures())
       out += "clusterconnect_relay_handshake_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
-    out += "# HELP clusterconnect_relay_open_failures_total Client streams refused, by reason.\n"
+    out += "# HELP clusterconnect_relay_open_failures_total Connects refused or not paired, by reason.\n"
            "# TYPE clusterconnect_relay_open_failures_total counter\n";
     for (const auto& [reason, n] : metrics_.open_failures())
       out += "clusterconnect_relay_open_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
@@ -425,7 +450,6 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   tcp::acceptor acceptor_;
   std::shared_ptr<asio::ssl::context> tls_;
   const RelayConfig& config_;
-  std::shared_ptr<TunnelSwitch> switch_;
   RelayMetrics& metrics_;
   std::shared_ptr<spdlog::logger> logger_;
   mutable std::mutex mutex_;
@@ -441,6 +465,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   WsRendezvousCounters ws_counters_;
   std::vector<std::weak_ptr<WsPump>> ws_pumps_;
   std::atomic<bool> ready_{false};
+  std::atomic<bool> draining_{false};
+  std::mutex lease_mutex_;
+  std::condition_variable all_closed_;
+  std::size_t leased_ = 0;
   unsigned short port_ = 0;
 };
 
@@ -466,7 +494,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
         verify_(std::move(verify)),
         peer_(std::move(peer)),
         timer_(ws_.get_executor()),
-        lease_(front_->tunnel_switch().connection_lease()) {}
+        lease_(front_->connection_lease()) {}
 
   void start(std::uint64_t id) {
     id_ = id;
@@ -598,8 +626,9 @@ HttpConnection::HttpConnection(tcp::socket socket, std::shared_ptr<FrontEndImpl>
   front_->metrics().connections_active.fetch_add(1);
 }
 
-// A connection that became a tunnel is counted by the tunnel switch from then
-// on; either way it leaves the pre-authentication budget here, its address's
+// A connection that became a control channel or a paired WebSocket is
+// counted by its lease from then on; either way it leaves the
+// pre-authentication budget here (a parked sender earlier), its address's
 // place first, so a gauge that reads one less never hides a place still held.
 HttpConnection::~HttpConnection() {
   if (!released_) front_->release(address_);
@@ -667,7 +696,7 @@ void HttpConnection::route() {
   if (req_.method() == http::verb::get && path == "/healthz") return respond(200, "text/plain", "ok\n");
   if (req_.method() == http::verb::get && path == "/readyz") {
     if (front_->ready()) return respond(200, "text/plain", "ready\n");
-    return respond(503, "text/plain", front_->tunnel_switch().draining() ? "draining\n" : "starting\n");
+    return respond(503, "text/plain", front_->draining() ? "draining\n" : "starting\n");
   }
   // /metrics names every cluster: it is served on the metrics listener only.
   handle_management();
@@ -693,7 +722,7 @@ void HttpConnection::handle_tunnel() {
   const std::string action = query.count("sb-hc-action") ? query["sb-hc-action"] : std::string{};
   if (action != "listen" && action != "connect" && action != "accept")
     return refuse(400, "bad_action", "sb-hc-action must be 'listen', 'connect' or 'accept'");
-  if (front_->tunnel_switch().draining()) return refuse(503, "draining", "the relay is shutting down; retry");
+  if (front_->draining()) return refuse(503, "draining", "the relay is shutting down; retry");
   // A listener's answer to an accept: its id is the credential (random,
   // single-use, 30 s), as the address the relay sent names it.
   if (action == "accept") return handle_listener_accept(query);
@@ -705,65 +734,14 @@ void HttpConnection::handle_tunnel() {
   const bool upgrade = websocket::is_upgrade(req_);
   const bool rendezvous_connect = !upgrade && action == "connect" && req_.method() == http::verb::post;
   if (!upgrade && !rendezvous_connect)
-    return refuse(400, "not_websocket", "tunnel endpoints take WebSocket upgrades, or a POST to connect by rendezvous");
+    return refuse(400, "not_websocket", "hybrid connection endpoints take WebSocket upgrades, or a POST to connect by rendezvous");
   TokenCheck check = check_tunnel_token(*cluster, requested, action, token);
   if (!check.ok) return refuse(check.status, check.label, check.reason);
   if (rendezvous_connect) return handle_rendezvous_connect(cluster, token);
-  // A listener that does not ask for the tunnel protocol gets a control
-  // channel: it is announced rendezvous instead of carrying streams.
-  if (action == "listen" && !offers_subprotocol(req_[http::field::sec_websocket_protocol]))
-    return accept_control_channel(cluster, check.expiry, requested);
-  // A sender that does not ask for the tunnel protocol is a Hybrid
-  // Connections sender: parked until one of the cluster's listeners accepts.
-  if (action == "connect" && !offers_subprotocol(req_[http::field::sec_websocket_protocol]))
-    return park_sender(cluster, token, "wss://" + host + "/$hc/" + std::string(raw_path));
-  if (!offers_subprotocol(req_[http::field::sec_websocket_protocol]))
-    return refuse(400, "no_subprotocol", std::string("Sec-WebSocket-Protocol must offer ") + tunnel::subprotocol);
-  const TunnelSide side = action == "listen" ? TunnelSide::agent : TunnelSide::client;
-  if (front_->tunnel_switch().tunnel_count() >= config.limits.max_tunnels)
-    return refuse(503, "relay_full", "the relay holds its maximum of tunnels; retry later");
-  if (side == TunnelSide::agent && !front_->tunnel_switch().may_add_agent(*cluster))
-    return refuse(429, "tunnel_limit", "cluster " + cluster->name + " has its maximum of agent tunnels");
-
-  beast::get_lowest_layer(stream_).expires_never();
-  ws_.emplace(std::move(stream_));
-  websocket::stream_base::timeout t{};
-  t.handshake_timeout = handshake_timeout;
-  t.idle_timeout = websocket::stream_base::none();
-  t.keep_alive_pings = false;
-  ws_->set_option(t);
-  ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
-    res.set(http::field::sec_websocket_protocol, tunnel::subprotocol);
-    res.set(tunnel::features_header, tunnel::feature_renew);
-    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
-  }));
-  // RENEW on this tunnel is checked against the same path and action.
-  TokenVerifier verify = [cluster, requested, action](std::string_view t) {
-    return check_tunnel_token(*cluster, requested, action, t);
-  };
-  ws_->async_accept(req_, [self = shared_from_this(), side, cluster, expiry = check.expiry,
-                           verify = std::move(verify)](error_code ec) mutable {
-    self->on_upgraded(ec, side, cluster, expiry, std::move(verify));
-  });
-}
-
-void HttpConnection::on_upgraded(error_code ec, TunnelSide side, const ClusterEntry* cluster,
-                                 std::chrono::system_clock::time_point expiry, TokenVerifier verify) {
-  if (ec) {
-    front_->metrics().handshake_failure("upgrade");
-    front_->log().info("WebSocket upgrade from {} failed: {}", peer_, ec.message());
-    return;
-  }
-  tunnel::configure_established(*ws_);
-  auto executor = ws_->get_executor();
-  auto& sw = front_->tunnel_switch();
-  auto options = sw.session_options(side, std::string(side == TunnelSide::agent ? "agent" : "client") + " tunnel " + peer_ +
-                                              " (" + cluster->name + ")");
-  auto session = tunnel::Session::create(
-      executor, std::make_unique<tunnel::WsChannel>(std::move(*ws_), sw.connection_lease()), std::move(options),
-      front_->logger());
-  ws_.reset();
-  sw.add_tunnel(side, *cluster, std::move(session), expiry, std::move(verify));
+  // Hybrid Connections: a listener gets a control channel, a sender is
+  // parked until one of the cluster's listeners accepts.
+  if (action == "listen") return accept_control_channel(cluster, check.expiry, requested);
+  park_sender(cluster, token, "wss://" + host + "/$hc/" + std::string(raw_path));
 }
 
 void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
@@ -889,15 +867,8 @@ void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subp
   asio::dispatch(stream_.get_executor(), [self = shared_from_this(), held, subprotocol = std::move(subprotocol)]() mutable {
     if (self->park_timer_) self->park_timer_->cancel();
     // The listener's choice of subprotocol, if the sender offered it.
-    std::string chosen;
-    for (std::string_view offered = self->req_[http::field::sec_websocket_protocol]; !offered.empty() && !subprotocol.empty();) {
-      auto comma = offered.find(',');
-      std::string_view item = offered.substr(0, comma);
-      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-      if (item == subprotocol) chosen = subprotocol;
-      offered = comma == std::string_view::npos ? std::string_view{} : offered.substr(comma + 1);
-    }
+    const std::string chosen =
+        offers_subprotocol(self->req_[http::field::sec_websocket_protocol], subprotocol) ? subprotocol : std::string();
     self->ws_.emplace(std::move(self->stream_));
     websocket::stream_base::timeout t{};
     t.handshake_timeout = handshake_timeout;
@@ -1062,7 +1033,7 @@ class MetricsConnection : public std::enable_shared_from_this<MetricsConnection>
       status = 200, body = "ok\n";
     } else if (path == "/readyz") {
       const bool ready = front_->ready();
-      status = ready ? 200 : 503, body = ready ? "ready\n" : front_->tunnel_switch().draining() ? "draining\n" : "starting\n";
+      status = ready ? 200 : 503, body = ready ? "ready\n" : front_->draining() ? "draining\n" : "starting\n";
     }
     res_.result(static_cast<http::status>(status));
     res_.version(11);
@@ -1112,9 +1083,9 @@ Result<unsigned short> FrontEndImpl::serve_metrics(const std::string& address, u
 
 Result<std::shared_ptr<FrontEnd>> FrontEnd::listen(asio::io_context& io, const std::string& address, unsigned short port,
                                                    std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
-                                                   std::shared_ptr<TunnelSwitch> tunnel_switch, RelayMetrics& metrics,
+                                                   RelayMetrics& metrics,
                                                    std::shared_ptr<spdlog::logger> logger) {
-  auto fe = std::make_shared<FrontEndImpl>(io, std::move(tls), config, std::move(tunnel_switch), metrics, std::move(logger));
+  auto fe = std::make_shared<FrontEndImpl>(io, std::move(tls), config, metrics, std::move(logger));
   if (auto r = fe->bind(address, port); !r) return fail(r.error());
   fe->start();
   return std::shared_ptr<FrontEnd>(fe);

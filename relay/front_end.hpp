@@ -3,6 +3,7 @@
 // and everything else to the management API. Light header; Beast lives in
 // front_end.cpp only.
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -12,7 +13,6 @@
 #include "management_api.hpp"
 #include "relay_config.hpp"
 #include "relay_metrics.hpp"
-#include "tunnel_switch.hpp"
 
 namespace boost::asio::ssl {
 class context;
@@ -29,7 +29,7 @@ class FrontEnd {
   // Binds and starts accepting. Port 0 picks an ephemeral port.
   static Result<std::shared_ptr<FrontEnd>> listen(asio::io_context& io, const std::string& address, unsigned short port,
                                                   std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
-                                                  std::shared_ptr<TunnelSwitch> tunnel_switch, RelayMetrics& metrics,
+                                                  RelayMetrics& metrics,
                                                   std::shared_ptr<spdlog::logger> logger);
 
   virtual unsigned short port() const noexcept = 0;
@@ -40,10 +40,16 @@ class FrontEnd {
   // Serves rendezvous: a POST connect gets a ticket for `port`, announced to
   // one of the cluster's control channels as `tls://<advertise>`.
   virtual void set_rendezvous(std::shared_ptr<RendezvousPort> port, std::string advertise) = 0;
-  // Closes every agent control channel (1001) with `reason`.
+  // Closes every agent control channel and paired WebSocket (1001) with `reason`.
   virtual void close_control_channels(const std::string& reason) noexcept = 0;
-  // Stops accepting connections; thread-safe, idempotent.
+  // Stops accepting connections and refuses handshakes still being read
+  // (503, draining); thread-safe, idempotent.
   virtual void stop_accepting() noexcept = 0;
+  // Blocks (shutdown only) until every control channel and paired WebSocket
+  // has closed, or the deadline; true when all have.
+  virtual bool wait_closed(std::chrono::steady_clock::time_point deadline) = 0;
+  // Control channels up for a hybrid connection (its agents' presence).
+  virtual unsigned listeners(const std::string& hybrid_connection) const = 0;
   // A plain-HTTP listener for /metrics (which names every cluster), /healthz
   // and /readyz, apart from the public port; returns its port.
   virtual Result<unsigned short> serve_metrics(const std::string& address, unsigned short port) = 0;

@@ -25,7 +25,6 @@
 #include "rendezvous_port.hpp"
 #include "management_api.hpp"
 #include "relay_config.hpp"
-#include "tunnel_switch.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::relay;
@@ -68,7 +67,7 @@ void write_ready_file(const std::string& path, unsigned short port, const std::s
 // authenticator, configured by the config file's "management" section (its
 // tenants, audiences, authority...). Without that section it answers 503.
 std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime, std::shared_ptr<RelayConfig> config,
-                                                         std::shared_ptr<TunnelSwitch> tunnel_switch, spdlog::logger& logger) {
+                                                         std::weak_ptr<FrontEnd> front, spdlog::logger& logger) {
   std::shared_ptr<Authenticator> authenticator;
   const auto& m = config->management;
   if (m.is_object() && m.contains("tenants")) {
@@ -113,11 +112,10 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
       throw std::runtime_error("management.token_lifetime_seconds must be between 30 and 86400");
     options.token_lifetime = std::chrono::seconds(t.get<std::uint64_t>());
   }
-  std::weak_ptr<TunnelSwitch> weak = tunnel_switch;
   return make_management_api(std::move(config), options, std::move(authenticator),
-                             [weak](const std::string& hc) -> unsigned {
-                               auto sw = weak.lock();
-                               return sw ? sw->agent_tunnels(hc) : 0u;
+                             [front](const std::string& hc) -> unsigned {
+                               auto f = front.lock();
+                               return f ? f->listeners(hc) : 0u;
                              },
                              runtime.logger());
 }
@@ -169,17 +167,13 @@ int main(int argc, char** argv) try {
   app.add_option("--cert-file", cert_file, "Server certificate chain (PEM)");
   app.add_option("--key-file", key_file, "Server private key (PEM)");
   app.add_option("--public-host", public_host, "HOST[:PORT] clients and agents use (tokens are checked against it); default: the request's Host");
-  std::optional<std::uint32_t> stream_window, tunnel_window;
-  std::optional<std::size_t> max_streams, max_tunnels, max_connections;
-  std::optional<double> drain_timeout, ping_interval, idle_timeout;
-  app.add_option("--stream-window", stream_window, "Per-stream flow-control window in bytes (>= 262144)");
-  app.add_option("--tunnel-window", tunnel_window, "Per-tunnel flow-control window in bytes (>= 16777216)");
-  app.add_option("--max-streams-per-tunnel", max_streams, "Concurrent streams per tunnel");
-  app.add_option("--max-tunnels-per-cluster", max_tunnels, "Agent tunnels per cluster");
-  app.add_option("--max-connections", max_connections, "Open TLS connections");
-  app.add_option("--drain-timeout", drain_timeout, "Seconds to let streams finish after SIGTERM (default 30)");
-  app.add_option("--ping-interval", ping_interval, "Seconds between keepalive PINGs (default 15)");
-  app.add_option("--idle-timeout", idle_timeout, "Seconds without traffic before a tunnel is closed (default 45)");
+  std::optional<std::size_t> max_tunnels, max_connections;
+  std::optional<double> drain_timeout, idle_timeout;
+  app.add_option("--max-tunnels-per-cluster", max_tunnels, "Agents' control channels per cluster (default 25)");
+  app.add_option("--max-connections", max_connections, "Open TLS connections not yet authenticated");
+  app.add_option("--drain-timeout", drain_timeout,
+                 "Seconds after SIGTERM for control channels and paired WebSockets to finish closing (default 30)");
+  app.add_option("--idle-timeout", idle_timeout, "Seconds a control channel may leave a ping unanswered (default 45)");
   unsigned threads = 2;
   app.add_option("--threads", threads, "I/O threads")->check(CLI::Range(1u, 256u));
   CLI11_PARSE(app, argc, argv);
@@ -195,15 +189,11 @@ int main(int argc, char** argv) try {
   if (!public_host.empty()) config.public_host = public_host;
   if (!metrics_listen.empty()) config.metrics_listen = metrics_listen;
   auto secs = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
-  if (stream_window) config.limits.stream_window = *stream_window;
-  if (tunnel_window) config.limits.tunnel_window = *tunnel_window;
-  if (max_streams) config.limits.max_streams_per_tunnel = *max_streams;
   if (max_tunnels) config.limits.max_tunnels_per_cluster = *max_tunnels;
   if (max_connections) config.limits.max_connections = *max_connections;
   if (drain_timeout) config.limits.drain_timeout = secs(*drain_timeout);
-  if (ping_interval) config.limits.ping_interval = secs(*ping_interval);
   if (idle_timeout) config.limits.idle_timeout = secs(*idle_timeout);
-  if (config.clusters.empty()) logger->warn("no clusters configured: every tunnel handshake will get 404");
+  if (config.clusters.empty()) logger->warn("no clusters configured: every hybrid connection handshake will get 404");
 
   TlsFiles tls_files;
   std::shared_ptr<asio::ssl::context> tls_context;
@@ -226,9 +216,8 @@ int main(int argc, char** argv) try {
   host::Runtime runtime(logger, threads);
   runtime.load_plugins();
   RelayMetrics metrics;
-  auto tunnel_switch = std::make_shared<TunnelSwitch>(config, metrics, logger);
   auto [address, port] = split_listen(config.listen);
-  auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, tunnel_switch, metrics, logger);
+  auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, metrics, logger);
   if (!front) throw std::runtime_error(front.error());
   // Development TLS certifies 127.0.0.1: that is the name clients use then.
   if (config.public_host.empty() && !dev_tls.empty())
@@ -237,7 +226,7 @@ int main(int argc, char** argv) try {
     throw std::runtime_error(
         "the management API needs public_host (--public-host HOST[:PORT]): the name clients dial, signed into every "
         "connect token");
-  front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, tunnel_switch, *logger));
+  front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, front.value(), *logger));
   std::shared_ptr<RendezvousPort> rendezvous;
   if (!rendezvous_listen.empty()) {
     auto [raddress, rport] = split_listen(rendezvous_listen);
@@ -297,20 +286,11 @@ int main(int argc, char** argv) try {
   front.value()->stop_accepting();
   front.value()->close_control_channels("relay is shutting down");
   if (rendezvous) rendezvous->close();
-  tunnel_switch->drain();
-  // Every tunnel got GOAWAY: each closes by itself once its streams are done
-  // and what it queued has gone out. What is still open at the drain timeout
-  // is closed; the close frames go out before the I/O threads stop (a peer
-  // that does not answer the closing handshake is given up on after the
-  // WebSocket's own close timeout).
-  const auto drain_deadline = std::chrono::steady_clock::now() + config.limits.drain_timeout;
-  if (!metrics.wait_idle(drain_deadline))
-    logger->warn("drain timeout: closing {} stream(s) still in flight", tunnel_switch->active_streams());
-  if (!tunnel_switch->wait_connections_closed(std::min(drain_deadline, std::chrono::steady_clock::now() + std::chrono::seconds(5)))) {
-    tunnel_switch->close_all("relay shut down");
-    if (!tunnel_switch->wait_connections_closed(std::chrono::steady_clock::now() + std::chrono::seconds(6)))
-      logger->debug("some tunnels did not finish their closing handshake");
-  }
+  // Every control channel and paired WebSocket got a close frame; each ends
+  // when its peer answers it, or its WebSocket's close timeout passes.
+  if (!front.value()->wait_closed(std::chrono::steady_clock::now() +
+                                  std::min<std::chrono::steady_clock::duration>(config.limits.drain_timeout, std::chrono::seconds(10))))
+    logger->debug("some connections did not finish their closing handshake");
   runtime.stop();
   logger->info("relay stopped");
   return 0;

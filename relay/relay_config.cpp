@@ -175,17 +175,10 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     const auto& l = j["limits"];
     const std::string where = "relay config limits";
     if (!l.is_object()) throw std::runtime_error("relay config: \"limits\" must be an object");
-    read_number(l, "stream_window", c.limits.stream_window, where);
-    read_number(l, "tunnel_window", c.limits.tunnel_window, where);
-    read_number(l, "max_streams_per_tunnel", c.limits.max_streams_per_tunnel, where);
-    read_number(l, "max_streams_per_client", c.limits.max_streams_per_client, where);
     read_number(l, "max_tunnels_per_cluster", c.limits.max_tunnels_per_cluster, where);
     read_number(l, "max_connections", c.limits.max_connections, where);
     read_number(l, "max_connections_per_address", c.limits.max_connections_per_address, where);
-    read_number(l, "max_tunnels", c.limits.max_tunnels, where);
-    read_ms(l, "ping_interval_ms", c.limits.ping_interval, where);
     read_ms(l, "idle_timeout_ms", c.limits.idle_timeout, where);
-    read_ms(l, "open_timeout_ms", c.limits.open_timeout, where);
     read_ms(l, "drain_timeout_ms", c.limits.drain_timeout, where);
   }
   if (j.contains("management")) c.management = j["management"];

@@ -66,19 +66,13 @@ struct ClusterEntry {
   const RelayKey* key_with_right(std::string_view right) const;
 };
 
+// The relay carries no mux since v2: what is left to limit is connections.
 struct RelayLimits {
-  std::uint32_t stream_window = 256 * 1024;
-  std::uint32_t tunnel_window = 16 * 1024 * 1024;
-  std::size_t max_streams_per_tunnel = 4096;
-  std::size_t max_streams_per_client = 1024;  // streams one client tunnel may hold at once
-  std::size_t max_tunnels_per_cluster = 25;  // as Azure Relay's listeners per hybrid connection
-  std::size_t max_connections = 10000;           // TLS connections not (yet) tunnels: handshakes, management calls
+  std::size_t max_tunnels_per_cluster = 25;  // control channels, as Azure Relay's listeners per hybrid connection
+  std::size_t max_connections = 10000;           // TLS connections not (yet) authenticated: handshakes, management calls
   std::size_t max_connections_per_address = 256;  // of those, from one client address
-  std::size_t max_tunnels = 10000;               // established tunnels, all clusters
-  std::chrono::milliseconds ping_interval{15000};
-  std::chrono::milliseconds idle_timeout{45000};
-  std::chrono::milliseconds open_timeout{15000};
-  std::chrono::milliseconds drain_timeout{30000};
+  std::chrono::milliseconds idle_timeout{45000};  // a control channel that answers no ping for this long is dropped
+  std::chrono::milliseconds drain_timeout{30000};  // after SIGTERM, for channels to finish their closing handshakes
 };
 
 struct RelayConfig {

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "protocol/ws_channel.hpp"
+#include "protocol/ws_stream.hpp"
 
 namespace clusterconnect::relay {
 

@@ -6,7 +6,7 @@
 #   scripts/demo.sh                  set up, build, run the tour, stop everything
 #   scripts/demo.sh --keep           leave the sandbox running and print how to use it
 #   scripts/demo.sh --down           stop a sandbox left running by --keep
-#   scripts/demo.sh --transport ws   the tour over the relay's WebSocket tunnels
+#   scripts/demo.sh --transport ws   the tour over Hybrid Connections WebSocket rendezvous
 #                                    instead of end-to-end TLS (tls, the default)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -12,8 +12,9 @@
 # backend instead of the stand-in API server (benchmarks use nginx).
 # SANDBOX_AGENT_ARGS adds agent flags; SANDBOX_CONNECT_TOKEN_SECONDS sets the
 # lifetime of the relay connect tokens the management API issues.
-# SANDBOX_TRANSPORT=ws runs the agent and the proxy over the relay's WebSocket
-# tunnels instead of end-to-end TLS through its rendezvous (tls, the default).
+# SANDBOX_TRANSPORT=ws makes the proxy's rendezvous leg a WebSocket in Azure
+# Relay Hybrid Connections' shape instead of a raw TCP leg (tls, the default);
+# either way TLS and the mux run end to end between proxy and agent.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -202,8 +202,9 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
                   "Longest time in seconds between token checks (each token is also renewed at half its lifetime)")
       ->check(CLI::Range(1, 3600))->capture_default_str();
   sub->add_option("--transport", opts_.transport,
-                  "tls: TLS runs end to end with the cluster's agent, whose key the relay's registry pins (the relay "
-                  "sees ciphertext only); ws: through the relay's WebSocket tunnels")
+                  "How to reach the cluster's agent through the relay; either way TLS runs end to end with it, whose key "
+                  "the relay's registry pins (the relay sees ciphertext only). tls: a raw TCP leg the relay splices; "
+                  "ws: a WebSocket in Azure Relay Hybrid Connections' shape (through HTTP proxies, and Azure Relay)")
       ->check(CLI::IsMember({"tls", "ws"}))->envname("CONNECTEDK8S_TRANSPORT")->capture_default_str();
   sub->add_option("command", opts_.command, "After '--': run this command with KUBECONFIG set, then exit with its status");
   return sub;
@@ -372,8 +373,7 @@ int ProxyCommand::run_proxy() {
 
 
   // 3. Dial the relay.
-  progress.begin("dial", opts_.transport == "tls" ? "Connecting to the cluster's agent through the relay (end to end)"
-                                                   : "Connecting to the relay");
+  progress.begin("dial", "Connecting to the cluster's agent through the relay (end to end)");
   RelayEndpoint endpoint{"wss://" + details->relay + "/$hc/" + details->hybrid_connection, opts_.ca_file, false,
                          details->agent_key_pins};
   // The tunnel asks for the token before every dial and renewal; one that has

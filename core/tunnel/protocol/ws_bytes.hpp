@@ -8,7 +8,7 @@
 #include <memory>
 #include <utility>
 
-#include "ws_channel.hpp"
+#include "ws_stream.hpp"
 
 namespace clusterconnect::tunnel {
 

@@ -37,7 +37,7 @@ TEST_CASE("the public port does not serve /metrics; the metrics listener does", 
   CHECK(status_of(curl(relay, "https://" + relay.host() + "/healthz")) == "200");
   auto metrics = run("curl -sS --max-time 20 " + quote(relay.metrics_url()));
   REQUIRE(metrics.status == 0);
-  CHECK_THAT(metrics.output, Catch::Contains("clusterconnect_relay_tunnels{hybrid_connection=\"" + demo_path + "\""));
+  CHECK_THAT(metrics.output, Catch::Contains("clusterconnect_relay_listeners{hybrid_connection=\"" + demo_path + "\""));
   CHECK(run("curl -sS --max-time 20 " + quote(relay.metrics_url("/readyz"))).output == "ready\n");
   CHECK_THAT(run("curl -sS --max-time 20 -X POST " + quote(relay.metrics_url())).output, Catch::Contains("GET only"));
 }

@@ -14,7 +14,7 @@ TEST_CASE("relay config: clusters, keys with secrets relative to the file, limit
   std::ofstream(dir.path() / "relay.json") << R"({
     "listen": "127.0.0.1:9443", "public_host": "relay.example:443",
     "tls": {"cert_file": "tls/server.crt", "key_file": "/abs/server.key"},
-    "limits": {"stream_window": 524288, "drain_timeout_ms": 5000, "max_tunnels_per_cluster": 3},
+    "limits": {"max_connections_per_address": 12, "drain_timeout_ms": 5000, "max_tunnels_per_cluster": 3},
     "clusters": [{"subscription": "sub", "resource_group": "rg", "name": "demo",
                   "hybrid_connection": "/clusters/sub/rg/demo/",
                   "keys": [{"name": "listen", "rights": ["listen"], "secret_file": "listen.key"}],
@@ -26,7 +26,7 @@ TEST_CASE("relay config: clusters, keys with secrets relative to the file, limit
   CHECK(c.public_host == "relay.example:443");
   CHECK(c.cert_file == (dir.path() / "tls/server.crt").string());
   CHECK(c.key_file == "/abs/server.key");
-  CHECK(c.limits.stream_window == 524288);
+  CHECK(c.limits.max_connections_per_address == 12);
   CHECK(c.limits.drain_timeout == std::chrono::milliseconds(5000));
   CHECK(c.limits.max_tunnels_per_cluster == 3);
   REQUIRE(c.clusters.size() == 1);
@@ -62,5 +62,5 @@ TEST_CASE("relay config errors name the file and the field", "[relay][config]") 
              Catch::Contains("missing.key"));
   CHECK_THAT(load(R"({"clusters": [{"name": "x", "hybrid_connection": "a"}, {"name": "y", "hybrid_connection": "A"}]})"),
              Catch::Contains("used twice"));
-  CHECK_THAT(load(R"({"limits": {"stream_window": -1}})"), Catch::Contains("stream_window"));
+  CHECK_THAT(load(R"({"limits": {"max_connections": -1}})"), Catch::Contains("max_connections"));
 }

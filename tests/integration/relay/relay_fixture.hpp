@@ -155,14 +155,6 @@ class RelayProcess {
   std::string metrics_url(const std::string& path = "/metrics") const {
     return "http://127.0.0.1:" + std::to_string(metrics_port_.load()) + path;
   }
-  // The tunnels the relay holds for a hybrid connection on one side ("agent"
-  // or "client"), from its /metrics. An agent counts a tunnel up once it reads
-  // the 101, a moment before the relay files it, so a test that opens a stream
-  // next waits for the relay's count; and a session that still holds streams
-  // when the host stops is only reclaimed if it was closed first.
-  unsigned tunnels(const std::string& path, const std::string& side) const {
-    return gauge("clusterconnect_relay_tunnels{hybrid_connection=\"" + path + "\",side=\"" + side + "\"}");
-  }
   // One series of the relay's /metrics, 0 when absent.
   unsigned gauge(const std::string& series) const {
     const auto metrics = run("curl -sS --max-time 10 " + quote(metrics_url())).output;
@@ -172,7 +164,6 @@ class RelayProcess {
   }
   // TLS connections that are not (yet) tunnels: the pre-authentication budget.
   unsigned connections_active() const { return gauge("clusterconnect_relay_connections_active"); }
-  unsigned agent_tunnels(const std::string& path = demo_path) const { return tunnels(path, "agent"); }
   const std::string& ca_file() const { return ca_file_; }
   const std::filesystem::path& dir() const { return dir_.path(); }
   std::string host() const { return "127.0.0.1:" + std::to_string(port_.load()); }

@@ -1,7 +1,8 @@
 // Rendezvous through a real relay process: an agent's control channel (a
-// WebSocket without the tunnel subprotocol) is announced a connect, both legs
-// meet at the rendezvous port and run mutual TLS end to end; and what the
-// relay refuses.
+// WebSocket without the tunnel subprotocol) is announced a connect; in the tls
+// form both legs meet at the rendezvous port and run mutual TLS end to end, in
+// the ws form the relay holds a Hybrid Connections sender's upgrade until the
+// listener accepts and then passes messages on; and what the relay refuses.
 
 #include <catch2/catch.hpp>
 
@@ -13,6 +14,7 @@
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
 
+#include "clusterconnect/ascii.hpp"
 #include "relay_fixture.hpp"
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous/control_message.hpp"
@@ -202,4 +204,186 @@ TEST_CASE("a control channel carries JSON text only and ends when its token expi
     CHECK_THAT(*text, Catch::Contains("\"accept\""));
     CHECK_THAT(relay.log(), Catch::Contains("token renewal refused"));
   }
+}
+
+namespace {
+
+// One raw WebSocket to the relay's public port (a Hybrid Connections sender
+// or a listener's accept), every operation bounded.
+class RawWs {
+ public:
+  explicit RawWs(const RelayProcess& relay) {
+    ctx_.load_verify_file(relay.ca_file());
+    ctx_.set_verify_mode(asio::ssl::verify_peer);
+    asio::ip::tcp::resolver resolver(io_);
+    beast::get_lowest_layer(ws_).connect(resolver.resolve("127.0.0.1", std::to_string(relay.port())));
+    ws_.next_layer().handshake(asio::ssl::stream_base::client);
+  }
+
+  beast::error_code upgrade(const std::string& host, const std::string& target, std::map<std::string, std::string> headers,
+                            std::chrono::seconds limit = 40s) {
+    ws_.set_option(websocket::stream_base::decorator([headers](websocket::request_type& req) {
+      for (const auto& [k, v] : headers) req.set(k, v);
+    }));
+    beast::error_code result = asio::error::timed_out;
+    ws_.async_handshake(response, host, target, [&](beast::error_code ec) { result = ec; });
+    run(limit);
+    return result;
+  }
+
+  // The next message: (text?, bytes), or nothing when the socket closed.
+  std::optional<std::pair<bool, std::string>> read(std::chrono::seconds limit = 20s) {
+    std::optional<std::pair<bool, std::string>> got;
+    bool done = false;
+    beast::flat_buffer buffer;
+    ws_.async_read(buffer, [&](beast::error_code ec, std::size_t) {
+      done = true;
+      if (!ec) got.emplace(ws_.got_text(), beast::buffers_to_string(buffer.data()));
+    });
+    run(limit);
+    REQUIRE(done);
+    return got;
+  }
+
+  void write(bool text, const std::string& bytes) {
+    ws_.text(text);
+    bool done = false;
+    ws_.async_write(asio::buffer(bytes), [&](beast::error_code ec, std::size_t) {
+      REQUIRE_FALSE(ec);
+      done = true;
+    });
+    run(20s);
+    REQUIRE(done);
+  }
+
+  void close(std::uint16_t code, const std::string& reason) {
+    bool done = false;
+    websocket::close_reason why;
+    why.code = code;
+    why.reason = reason;
+    ws_.async_close(why, [&](beast::error_code) { done = true; });
+    run(20s);
+    CHECK(done);
+  }
+
+  websocket::close_reason reason() const { return ws_.reason(); }
+  websocket::response_type response;
+
+ private:
+  void run(std::chrono::seconds limit) {
+    io_.restart();
+    io_.run_for(limit);
+  }
+
+  asio::io_context io_;
+  asio::ssl::context ctx_{asio::ssl::context::tls_client};
+  websocket::stream<beast::ssl_stream<beast::tcp_stream>> ws_{io_, ctx_};
+};
+
+// The accept the relay sent the listener for a parked sender.
+rv::AcceptMessage next_accept(ControlClient& agent) {
+  auto text = agent.next();
+  REQUIRE(text);
+  auto m = rv::parse_control_message(*text);
+  REQUIRE(m.state == rv::ControlParse::State::ok);
+  auto* accept = std::get_if<rv::AcceptMessage>(&m.message);
+  REQUIRE(accept);
+  return *accept;
+}
+
+// "wss://HOST/PATH?QUERY" -> "/PATH?QUERY".
+std::string target_of(const std::string& url) {
+  const auto slash = url.find('/', url.find("://") + 3);
+  return url.substr(slash);
+}
+
+}  // namespace
+
+TEST_CASE("ws form: a sender's upgrade waits for the listener's accept, then messages pass one to one",
+          "[relay][rendezvous][ws]") {
+  auto relay = rendezvous_relay();
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  const std::string connect_target = "/$hc/" + path_a + "?sb-hc-action=connect";
+  const std::string token = relay.token("connect", "a-connect", path_a);
+
+  RawWs sender(relay);
+  beast::error_code sender_ec = asio::error::would_block;
+  std::thread connecting([&] {
+    sender_ec = sender.upgrade(relay.host(), connect_target,
+                               {{"ServiceBusAuthorization", token}, {"Sec-WebSocket-Protocol", "chat, echo"}, {"X-Trace", "42"}});
+  });
+  auto accept = next_accept(agent);
+  CHECK_THAT(accept.address, Catch::StartsWith("wss://" + relay.host() + "/$hc/" + path_a + "?sb-hc-action=accept&sb-hc-id="));
+  CHECK(accept.id.size() >= 20);
+  // The sender's headers reach the listener, its credentials do not.
+  std::map<std::string, std::string> headers;
+  for (const auto& [k, v] : accept.connect_headers) headers[ascii_lowered(k)] = v;
+  CHECK(headers.count("sec-websocket-key") == 1);
+  CHECK(headers["x-trace"] == "42");
+  CHECK(headers["sec-websocket-protocol"] == "chat, echo");
+  CHECK(headers.count("servicebusauthorization") == 0);
+  REQUIRE(accept.remote_endpoint);
+  CHECK(accept.remote_endpoint->address == "127.0.0.1");
+
+  RawWs listener(relay);
+  REQUIRE_FALSE(listener.upgrade(relay.host(), target_of(accept.address), {{"Sec-WebSocket-Protocol", "echo"}}));
+  connecting.join();
+  REQUIRE_FALSE(sender_ec);
+  CHECK(sender.response[beast::http::field::sec_websocket_protocol] == "echo");
+
+  sender.write(true, "hello");
+  auto got = listener.read();
+  REQUIRE(got);
+  CHECK(got->first);
+  CHECK(got->second == "hello");
+  std::string big(1024 * 1024, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31 % 251);
+  listener.write(false, big);
+  got = sender.read();
+  REQUIRE(got);
+  CHECK_FALSE(got->first);
+  CHECK(got->second == big);
+  listener.write(false, "");
+  got = sender.read();
+  REQUIRE(got);
+  CHECK(got->second.empty());
+
+  // The id is spent: a second accept with it finds nothing.
+  RawWs again(relay);
+  CHECK(again.upgrade(relay.host(), target_of(accept.address), {}) == websocket::error::upgrade_declined);
+  CHECK(again.response.result_int() == 404);
+
+  // A close passes through with its code and reason.
+  sender.close(4000, "done here");
+  CHECK_FALSE(listener.read());
+  CHECK(listener.reason().code == 4000);
+  CHECK(std::string(listener.reason().reason.c_str()) == "done here");
+  CHECK(relay.gauge("clusterconnect_relay_ws_rendezvous_total{outcome=\"paired\"}") == 1);
+}
+
+TEST_CASE("ws form: a listener's rejection reaches the sender with its status", "[relay][rendezvous][ws]") {
+  auto relay = rendezvous_relay();
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  RawWs sender(relay);
+  beast::error_code sender_ec;
+  std::thread connecting([&] {
+    sender_ec = sender.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect",
+                               {{"ServiceBusAuthorization", relay.token("connect", "a-connect", path_a)}});
+  });
+  auto accept = next_accept(agent);
+  // As Microsoft's SDKs send it: no sb-hc- prefix.
+  auto rejected = run("curl -sS --max-time 20 -o /dev/null -w '%{http_code}' --cacert " + quote(relay.ca_file()) + " " +
+                      quote("https" + accept.address.substr(3) + "&statusCode=403&statusDescription=not%20today"));
+  CHECK(rejected.output == "410");
+  connecting.join();
+  CHECK(sender_ec == websocket::error::upgrade_declined);
+  CHECK(sender.response.result_int() == 403);
+  CHECK_THAT(sender.response.body(), Catch::Contains("not today"));
+  CHECK(relay.gauge("clusterconnect_relay_ws_rendezvous_total{outcome=\"rejected\"}") == 1);
+  // A sender whose cluster has no listener is refused at once.
+  RawWs lonely(relay);
+  CHECK(lonely.upgrade(relay.host(), "/$hc/" + path_b + "?sb-hc-action=connect",
+                       {{"ServiceBusAuthorization", relay.token("connect", "b-connect", path_b)}}) ==
+        websocket::error::upgrade_declined);
+  CHECK(lonely.response.result_int() == 404);
 }

@@ -15,7 +15,7 @@ namespace {
 struct AgentRun {
   TempDir dir;
   AgentRun() { std::ofstream(dir.path() / "listen.key") << "secret\n"; }
-  // With the identity the tls transport needs unless `args` names one.
+  // With the identity either transport needs unless `args` names one.
   CommandResult operator()(const std::string& env, const std::string& args) const {
     return bare(env, (args.find("--identity-") == std::string::npos ? identity() : std::string()) + args);
   }
@@ -25,7 +25,7 @@ struct AgentRun {
                " --relay-url 'wss://relay.example/$hc/clusters/a' --listen-key-file " +
                quote((dir.path() / "listen.key").string()) + " --health-listen 127.0.0.1:0 " + args);
   }
-  // The identity the tls transport (the default) needs, as flags.
+  // The identity the agent needs, as flags.
   std::string identity(unsigned key_mode = 0600) const {
     std::ofstream(dir.path() / "agent.crt") << "certificate\n";
     std::ofstream(dir.path() / "agent.key") << "key\n";
@@ -98,19 +98,21 @@ TEST_CASE("agent: --pop needs the cluster's resource ID, in its ARM form", "[age
              Catch::Contains("--pop needs --cluster-resource-id"));
 }
 
-TEST_CASE("agent: the tls transport needs the agent's identity, its key closed to other users", "[agent][config]") {
+TEST_CASE("agent: either transport needs the agent's identity, its key closed to other users", "[agent][config]") {
   AgentRun agent;
   const std::string tenant = " --tenant 72f988bf-86f1-41af-91ab-2d7cd011db47";
   auto none = agent.bare("", tenant);
   CHECK(none.status == 2);
-  CHECK_THAT(none.output, Catch::Contains("--transport tls needs --identity-cert-file and --identity-key-file"));
+  CHECK_THAT(none.output, Catch::Contains("--identity-cert-file and --identity-key-file are required"));
   auto open_key = agent("", agent.identity(0644) + tenant);
   CHECK(open_key.status == 2);
   CHECK_THAT(open_key.output, Catch::Contains("open to other users (mode 644)"));
   // Group read (a Kubernetes Secret read through fsGroup) passes this check.
   CHECK_THAT(agent("", agent.identity(0440) + tenant).output, !Catch::Contains("open to other users"));
-  // The ws transport needs none.
-  CHECK_THAT(agent.bare("", "--transport ws" + tenant).output, !Catch::Contains("identity"));
+  // The ws form runs the same TLS end to end: the same identity.
+  auto ws = agent.bare("", "--transport ws" + tenant);
+  CHECK(ws.status == 2);
+  CHECK_THAT(ws.output, Catch::Contains("--identity-cert-file and --identity-key-file are required"));
 }
 
 TEST_CASE("agent: --print-key-pin prints the pin the registry lists, and nothing else is needed", "[agent][config]") {
