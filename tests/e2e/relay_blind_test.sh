@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The relay switches ciphertext it cannot read: after kubectl has run through
-# it over the tls transport, and while a watch is still open, the relay's
-# memory (read from /proc/PID/mem) holds neither the session's bearer token
-# nor a request line; the same scan of the agent finds both, so the scan works.
+# it, over each transport (tls: spliced TCP legs; ws: WebSockets whose own TLS
+# the relay terminates, with TLS end to end inside), and while a watch is
+# still open, the relay's memory (read from /proc/PID/mem) holds neither the
+# session's bearer token nor a request line; the same scan of the agent finds
+# both, so the scan works.
 # Usage: relay_blind_test.sh BIN_DIR
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -15,6 +17,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   "$root/scripts/sandbox.sh" down "$work/sandbox-tls" >/dev/null 2>&1
+  "$root/scripts/sandbox.sh" down "$work/sandbox-ws" >/dev/null 2>&1
   if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
 }
 trap cleanup EXIT
@@ -83,6 +86,7 @@ run_transport() {  # tls|ws
 }
 
 run_transport tls
+run_transport ws
 
 echo
 if [ "$failures" -eq 0 ]; then echo "relay_blind: all checks passed"; else echo "relay_blind: $failures check(s) failed"; fi

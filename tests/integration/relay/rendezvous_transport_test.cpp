@@ -17,10 +17,10 @@ using namespace std::chrono_literals;
 namespace {
 
 // One cluster, demo, whose registry pins `pins`; a rendezvous port.
-struct TlsRelay {
+struct PinnedRelay {
   AgentKey agent_key{"demo agent"};
   RelayProcess relay;
-  explicit TlsRelay(std::vector<std::string> pins = {})
+  explicit PinnedRelay(std::vector<std::string> pins = {})
       : relay(config(pins.empty() ? std::vector<std::string>{agent_key.pin} : pins),
               {{"listen.key", "listen-secret\n"},
                {"connect.key", "connect-secret\n"},
@@ -72,7 +72,7 @@ struct TlsRelay {
 };
 
 // A client pinned to the agent's key, after one stream has gone through it.
-std::shared_ptr<TunnelClient> dial_and_use(TlsRelay& r, ModuleHost& host) {
+std::shared_ptr<TunnelClient> dial_and_use(PinnedRelay& r, ModuleHost& host) {
   auto client = r.dial(host, {r.agent_key.pin});
   auto first = open_stream(*client);
   REQUIRE_FALSE(first.ec);
@@ -96,7 +96,7 @@ TEST_CASE("rendezvous transport: streams run end to end between proxy and agent 
           "[relay][transport]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost agent_host(form), client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
   auto client = r.dial(client_host, {r.agent_key.pin});
@@ -120,7 +120,7 @@ TEST_CASE("rendezvous transport: streams run end to end between proxy and agent 
 TEST_CASE("rendezvous transport: an agent whose key is not the pinned one gets nothing", "[relay][transport][security]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost agent_host(form), client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
   AgentKey registered("the registered agent");
@@ -137,7 +137,7 @@ TEST_CASE("rendezvous transport: an agent whose key is not the pinned one gets n
 TEST_CASE("rendezvous transport: with no agent key registered the proxy opens nothing", "[relay][transport][security]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   auto client = r.dial(client_host, {});
   auto o = open_stream(*client);
   CHECK(o.ec == asio::error::access_denied);
@@ -148,7 +148,7 @@ TEST_CASE("rendezvous transport: with no agent key registered the proxy opens no
 TEST_CASE("rendezvous transport: with no agent listening the connect is refused at once", "[relay][transport]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   auto client = r.dial(client_host, {r.agent_key.pin});
   auto o = open_stream(*client);
   CHECK(o.ec);
@@ -158,7 +158,7 @@ TEST_CASE("rendezvous transport: with no agent listening the connect is refused 
 TEST_CASE("rendezvous transport: an agent restarted mid-session is reached again by the next open", "[relay][transport]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost agent_host(form), client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
   auto client = dial_and_use(r, client_host);
@@ -178,7 +178,7 @@ TEST_CASE("rendezvous transport: an agent restarted mid-session is reached again
 TEST_CASE("rendezvous transport: an agent without its key files does not start", "[relay][transport]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost agent_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   Agent agent;
   ListenOptions o;
   o.endpoint = r.relay.endpoint();
@@ -263,7 +263,7 @@ TEST_CASE("rendezvous transport: after a relay restart the agent comes back and 
           "[relay][transport]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost agent_host(form), client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
   auto client = dial_and_use(r, client_host);
@@ -283,7 +283,7 @@ TEST_CASE("rendezvous transport: a client whose session holds its maximum of str
           "[relay][transport]") {
   const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
   ModuleHost agent_host(form), client_host(form);
-  TlsRelay r;
+  PinnedRelay r;
   Agent agent;
   auto listener = r.listen(agent_host, agent);
   auto client = r.dial(client_host, {r.agent_key.pin});
