@@ -933,7 +933,12 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
     // Hybrid Connections answers a rejection with 410: no WebSocket was made.
     return respond_error(410, "rejection passed to the sender");
   }
-  const std::string subprotocol(req_[http::field::sec_websocket_protocol]);
+  // The listener names the subprotocol it chose for the sender by offering
+  // it on its own upgrade (Microsoft's SDKs do), and expects it back.
+  std::string subprotocol(req_[http::field::sec_websocket_protocol]);
+  subprotocol = subprotocol.substr(0, subprotocol.find(','));
+  while (!subprotocol.empty() && subprotocol.back() == ' ') subprotocol.pop_back();
+  while (!subprotocol.empty() && subprotocol.front() == ' ') subprotocol.erase(0, 1);
   beast::get_lowest_layer(stream_).expires_never();
   ws_.emplace(std::move(stream_));
   websocket::stream_base::timeout t{};
@@ -941,7 +946,8 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
   t.idle_timeout = websocket::stream_base::none();
   t.keep_alive_pings = false;
   ws_->set_option(t);
-  ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+  ws_->set_option(websocket::stream_base::decorator([subprotocol](websocket::response_type& res) {
+    if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
     res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
   }));
   ws_->async_accept(req_, [self = shared_from_this(), sender, subprotocol](error_code ec) {

@@ -12,6 +12,8 @@
 # backend instead of the stand-in API server (benchmarks use nginx).
 # SANDBOX_AGENT_ARGS adds agent flags; SANDBOX_CONNECT_TOKEN_SECONDS sets the
 # lifetime of the relay connect tokens the management API issues.
+# SANDBOX_REGISTERED_AGENT_CERT registers that certificate's key pin instead
+# of the agent's own (tests of an agent the proxy must refuse).
 # SANDBOX_TRANSPORT=ws makes the proxy's rendezvous leg a WebSocket in Azure
 # Relay Hybrid Connections' shape instead of a raw TCP leg (tls, the default);
 # either way TLS and the mux run end to end between proxy and agent.
@@ -151,7 +153,7 @@ JSON
     -keyout "$s/agent-identity.key" -out "$s/agent-identity.crt" 2>/dev/null
   chmod 600 "$s/agent-identity.key"
   local agent_pin
-  agent_pin="$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "$s/agent-identity.crt")"
+  agent_pin="$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "${SANDBOX_REGISTERED_AGENT_CERT:-$s/agent-identity.crt}")"
   cat >"$s/relay.json" <<JSON
 {"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
    "hybrid_connection": "clusters/$subscription/sandbox/demo",

@@ -390,11 +390,12 @@ int ProxyCommand::run_proxy() {
     auto f = connected.get_future();
     if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
       client->close();
-      return fail_with("timed out connecting to the relay at " + details->relay);
+      return fail_with("timed out reaching the cluster's agent through the relay at " + details->relay);
     }
     if (auto ec = f.get()) {
       client->close();
-      return fail_with("cannot connect to the relay at " + details->relay + ": " + ec.message());
+      return fail_with("cannot reach the cluster's agent through the relay at " + details->relay + ": " + ec.message() +
+                       " (the reason is logged above)");
     }
   }
   progress.done();

@@ -4,16 +4,19 @@
 # its child command inherits, and relay connect tokens at the shortest
 # lifetime the relay's management API issues (30 s).
 #
-# Usage: proxy_client_test.sh BIN_DIR lifecycle|renewal
+# Usage: proxy_client_test.sh BIN_DIR lifecycle|renewal|foreign-agent
 #   lifecycle  200 start/stop cycles (SIGTERM and SIGINT), each must exit 0;
 #              listen failures; --token-file; the child's environment
 #   renewal    30 s connect tokens: a `kubectl logs -f` opened first keeps
 #              streaming across several token lifetimes, and new requests
 #              keep working, with the default --refresh-interval
+#   foreign-agent  the relay's registry pins another key than the agent's:
+#              the proxy refuses the agent over either transport, naming the
+#              cluster and both pins, and nothing reaches the agent
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal}"
-mode="${2:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal}"
+bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal|foreign-agent}"
+mode="${2:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal|foreign-agent}"
 work="$(mktemp -d /tmp/cc-proxy.XXXXXX)"
 sandbox="$work/sandbox"
 pids=()
@@ -65,6 +68,12 @@ wait_exit() {
 }
 
 if [ "$mode" = renewal ]; then export SANDBOX_CONNECT_TOKEN_SECONDS=30; fi
+if [ "$mode" = foreign-agent ]; then
+  # The registry pins this key; the agent runs with its own.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=the registered agent" \
+    -keyout "$work/registered.key" -out "$work/registered.crt" 2>/dev/null
+  export SANDBOX_REGISTERED_AGENT_CERT="$work/registered.crt"
+fi
 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
 # shellcheck disable=SC1091
 source "$sandbox/env.sh"
@@ -187,9 +196,34 @@ renewal() {
   fi
 }
 
+foreign_agent() {
+  local registered agent t out rc
+  registered="$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "$work/registered.crt")"
+  agent="$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "$sandbox/state/agent-identity.crt")"
+  printf '%s\n' "$SANDBOX_CI_TOKEN" >"$work/ci.token"
+  chmod 600 "$work/ci.token"
+  for t in tls ws; do
+    out="$(timeout 90 "$bin/connectedk8s" proxy -n demo -g sandbox --transport "$t" --token-file "$work/ci.token" \
+      -f "$work/foreign-$t.kubeconfig" --port 0 -- kubectl get ns 2>&1)"; rc=$?
+    if [ $rc -ne 0 ] && [[ "$out" == *"sandbox/demo"* ]] && [[ "$out" == *"sha256:$agent"* ]] &&
+       [[ "$out" == *"sha256:$registered"* ]] && [[ "$out" == *"cannot reach the cluster's agent"* ]]; then
+      pass "$t: the proxy refuses an agent whose key is not the registered one, naming the cluster and both pins"
+    else
+      fail "$t: the proxy refuses an agent whose key is not the registered one, naming the cluster and both pins" \
+        "exit $rc" "$out"
+    fi
+  done
+  if [ -s "$sandbox/logs/agent-audit.jsonl" ]; then
+    fail "nothing reached the agent" "$(head -3 "$sandbox/logs/agent-audit.jsonl")"
+  else
+    pass "nothing reached the agent (its audit log is empty)"
+  fi
+}
+
 case "$mode" in
   lifecycle) lifecycle ;;
   renewal) renewal ;;
+  foreign-agent) foreign_agent ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 

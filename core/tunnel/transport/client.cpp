@@ -207,7 +207,9 @@ class RendezvousClient final : public TunnelClient, public std::enable_shared_fr
       return;
     }
     if (ec) {
-      logger_->warn("rendezvous with the agent of {}: {}", target_->hybrid_connection, reason);
+      // A refused agent key is a security event, and its reason says it all.
+      if (ec == asio::error::access_denied) logger_->error("{}", reason);
+      else logger_->warn("rendezvous with the agent of {}: {}", target_->hybrid_connection, reason);
       return fail_waiters(ec, reason);
     }
     auto live = std::make_shared<Live>();

@@ -189,10 +189,8 @@ class ProxyDial final : public LegBase {
 
   void on_tls(error_code ec) {
     if (ec) return fail(ec, "the TLS handshake with the agent of " + leg_.cluster + " failed: " + describe(ec));
-    if (auto refused = check_agent_key(tls_.native_handle(), leg_.agent_pins, leg_.cluster); !refused.empty()) {
-      logger_->error("{}", refused);
+    if (auto refused = check_agent_key(tls_.native_handle(), leg_.agent_pins, leg_.cluster); !refused.empty())
       return fail(asio::error::access_denied, refused);
-    }
     succeed(std::move(leg_.session));
   }
 

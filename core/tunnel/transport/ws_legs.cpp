@@ -170,9 +170,7 @@ class ProxyWsDial final : public WsLegBase {
   }
 
   std::string check_peer(InnerTls& tls) override {
-    auto refused = check_agent_key(tls.native_handle(), leg_.agent_pins, target_.hybrid_connection);
-    if (!refused.empty()) logger_->error("{}", refused);
-    return refused;
+    return check_agent_key(tls.native_handle(), leg_.agent_pins, target_.hybrid_connection);
   }
 
   ProxyWsLeg leg_;

@@ -327,6 +327,9 @@ TEST_CASE("ws form: a sender's upgrade waits for the listener's accept, then mes
 
   RawWs listener(relay);
   REQUIRE_FALSE(listener.upgrade(relay.host(), target_of(accept.address), {{"Sec-WebSocket-Protocol", "echo"}}));
+  // The listener's choice goes back to it (Microsoft's SDK offers it on its
+  // own upgrade and requires it) and on to the sender.
+  CHECK(listener.response[beast::http::field::sec_websocket_protocol] == "echo");
   connecting.join();
   REQUIRE_FALSE(sender_ec);
   CHECK(sender.response[beast::http::field::sec_websocket_protocol] == "echo");
