@@ -898,6 +898,8 @@ void HttpConnection::sender_refused(unsigned status, std::string description) {
     if (self->park_timer_) self->park_timer_->cancel();
     if (status == 504) self->front_->metrics().open_failure("rendezvous_timeout");
     self->front_->log().info("connect from {} not paired ({}): {}", self->peer_, status, description);
+    // It left the pre-authentication budget when it was parked: it ends here.
+    self->req_.keep_alive(false);
     self->respond_error(status, description);
   });
 }
