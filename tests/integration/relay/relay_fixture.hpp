@@ -314,8 +314,14 @@ class Sha256 {
 // Agent side: echoes ("echo"), or writes forever ("source"), by OPEN metadata.
 class AgentStream : public std::enable_shared_from_this<AgentStream> {
  public:
-  AgentStream(StreamPtr s, std::atomic<std::uint64_t>* source_bytes, std::atomic<std::uint64_t>* echoed_bytes = nullptr)
-      : s_(std::move(s)), source_bytes_(source_bytes), echoed_bytes_(echoed_bytes) {}
+  AgentStream(StreamPtr s, std::atomic<std::uint64_t>* source_bytes, std::atomic<std::uint64_t>* echoed_bytes = nullptr,
+              std::atomic<int>* live = nullptr)
+      : s_(std::move(s)), source_bytes_(source_bytes), echoed_bytes_(echoed_bytes), live_(live) {
+    if (live_) ++*live_;
+  }
+  ~AgentStream() {
+    if (live_) --*live_;
+  }
   void echo() { read(); }
   // Reads to eof, then answers with the hex sha256 of what it read.
   void digest() {
@@ -374,6 +380,7 @@ class AgentStream : public std::enable_shared_from_this<AgentStream> {
   StreamPtr s_;
   std::atomic<std::uint64_t>* source_bytes_;
   std::atomic<std::uint64_t>* echoed_bytes_;
+  std::atomic<int>* live_;
   std::array<std::uint8_t, 64 * 1024> buf_{};
   std::shared_ptr<Sha256> hash_;
   std::string answer_;
@@ -383,10 +390,12 @@ struct Agent {
   std::atomic<std::uint64_t> source_bytes{0};
   std::atomic<std::uint64_t> echoed_bytes{0};
   std::atomic<unsigned> streams{0};
+  // Streams the agent still serves: one whose peer reset it lets go of it.
+  std::atomic<int> live{0};
   AcceptHandler handler() {
     return [this](StreamPtr s, const std::map<std::string, std::string>& md) {
       ++streams;
-      auto a = std::make_shared<AgentStream>(std::move(s), &source_bytes, &echoed_bytes);
+      auto a = std::make_shared<AgentStream>(std::move(s), &source_bytes, &echoed_bytes, &live);
       auto it = md.find("mode");
       if (it != md.end() && it->second == "source") a->source();
       else if (it != md.end() && it->second == "sha256") a->digest();

@@ -164,9 +164,13 @@ TEST_CASE("a stalled reader does not slow other streams", "[relay][tunnel]") {
   auto r = exchange(o.stream, 16 * 1024 * 1024, 3, 300s);
   REQUIRE_FALSE(r.ec);
   CHECK(r.received_sha == r.sent_sha);
-  // 16 MiB later on the same tunnel, the stalled stream is still held to its windows.
+  // 16 MiB later on the same session, the stalled stream is still held to its windows.
   CHECK(agent.source_bytes.load() <= bound);
+  // The reset reaches the agent, whose writer (blocked by the window) lets go.
   stalled.stream->reset("test done");
+  CHECK(wait_until([&] { return agent.live.load() == 0; }, 20s));
+  client->close();
+  listener->close();
 }
 
 TEST_CASE("no agent: the open fails at once with the relay's reason", "[relay][tunnel]") {
