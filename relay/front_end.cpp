@@ -41,6 +41,23 @@ constexpr std::size_t body_limit = 16 * 1024;
 constexpr auto handshake_timeout = std::chrono::seconds(10);
 constexpr auto idle_timeout = std::chrono::seconds(60);
 
+// How the relay answers a WebSocket upgrade: its Server header, the chosen
+// subprotocol if any, the handshake bounded. A control channel the relay
+// keeps alive itself (pings, dropped after `idle` of silence); a paired leg
+// neither, its peers own its liveness.
+void configure_upgrade(tunnel::WsStream& ws, std::string subprotocol,
+                       std::optional<std::chrono::seconds> idle = std::nullopt) {
+  websocket::stream_base::timeout t{};
+  t.handshake_timeout = handshake_timeout;
+  t.idle_timeout = idle ? *idle : websocket::stream_base::none();
+  t.keep_alive_pings = idle.has_value();
+  ws.set_option(t);
+  ws.set_option(websocket::stream_base::decorator([subprotocol = std::move(subprotocol)](websocket::response_type& res) {
+    if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
+    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+  }));
+}
+
 std::string error_body(std::string_view code, std::string_view message) {
   return nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump();
 }
@@ -752,16 +769,8 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
   }
   beast::get_lowest_layer(stream_).expires_never();
   ws_.emplace(std::move(stream_));
-  websocket::stream_base::timeout t{};
-  t.handshake_timeout = handshake_timeout;
-  // Beast pings a quiet channel and drops one that stays silent.
-  t.idle_timeout = std::chrono::duration_cast<std::chrono::seconds>(front_->config().limits.idle_timeout);
-  t.keep_alive_pings = true;
-  ws_->set_option(t);
+  configure_upgrade(*ws_, {}, std::chrono::duration_cast<std::chrono::seconds>(front_->config().limits.idle_timeout));
   ws_->read_message_max(tunnel::rendezvous::max_control_message);
-  ws_->set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
-    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
-  }));
   TokenVerifier verify = [cluster, requested](std::string_view t) { return check_tunnel_token(*cluster, requested, "listen", t); };
   ws_->async_accept(req_, [self = shared_from_this(), cluster, expiry, verify = std::move(verify)](error_code ec) mutable {
     if (ec) {
@@ -870,15 +879,7 @@ void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subp
     const std::string chosen =
         offers_subprotocol(self->req_[http::field::sec_websocket_protocol], subprotocol) ? subprotocol : std::string();
     self->ws_.emplace(std::move(self->stream_));
-    websocket::stream_base::timeout t{};
-    t.handshake_timeout = handshake_timeout;
-    t.idle_timeout = websocket::stream_base::none();
-    t.keep_alive_pings = false;
-    self->ws_->set_option(t);
-    self->ws_->set_option(websocket::stream_base::decorator([chosen](websocket::response_type& res) {
-      if (!chosen.empty()) res.set(http::field::sec_websocket_protocol, chosen);
-      res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
-    }));
+    configure_upgrade(*self->ws_, chosen);
     self->ws_->async_accept(self->req_, [self, held](error_code ec) {
       if (ec) {
         front_log_upgrade_failure(*self->front_, self->peer_, ec);
@@ -943,15 +944,7 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
   while (!subprotocol.empty() && subprotocol.front() == ' ') subprotocol.erase(0, 1);
   beast::get_lowest_layer(stream_).expires_never();
   ws_.emplace(std::move(stream_));
-  websocket::stream_base::timeout t{};
-  t.handshake_timeout = handshake_timeout;
-  t.idle_timeout = websocket::stream_base::none();
-  t.keep_alive_pings = false;
-  ws_->set_option(t);
-  ws_->set_option(websocket::stream_base::decorator([subprotocol](websocket::response_type& res) {
-    if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
-    res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
-  }));
+  configure_upgrade(*ws_, subprotocol);
   ws_->async_accept(req_, [self = shared_from_this(), sender, subprotocol](error_code ec) {
     if (ec) {
       front_log_upgrade_failure(*self->front_, self->peer_, ec);

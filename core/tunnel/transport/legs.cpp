@@ -4,8 +4,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/ssl.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -13,6 +11,7 @@
 
 #include "clusterconnect/certificates.hpp"
 #include "clusterconnect/tls_context.hpp"
+#include "leg_base.hpp"
 #include "protocol/stream_channel.hpp"
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous/preamble.hpp"
@@ -41,15 +40,12 @@ std::string peer_pin(SSL* tls) {
   return pin;
 }
 
-// One attempt to build a leg: TCP to the rendezvous address, then what the
-// side does on it (on_connected), bounded as a whole by a timer that closes
-// the socket; the handler runs once.
-class LegBase : public std::enable_shared_from_this<LegBase> {
+// One attempt to build a tls-form leg: TCP to the rendezvous address, then
+// what the side does on it (on_connected).
+class TcpLeg : public LegBase {
  public:
-  virtual ~LegBase() = default;
-
   void run() {
-    asio::dispatch(strand_, [self = shared_from_this()] {
+    asio::dispatch(strand_, [self = self_as<TcpLeg>()] {
       self->arm_timer();
       self->resolver_.async_resolve(self->offer_.host, self->offer_.port,
                                     [self](error_code ec, tcp::resolver::results_type r) { self->on_resolve(ec, r); });
@@ -57,83 +53,47 @@ class LegBase : public std::enable_shared_from_this<LegBase> {
   }
 
  protected:
-  LegBase(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, RendezvousOffer offer,
-          std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout)
-      : offer_(std::move(offer)),
-        strand_(asio::make_strand(io)),
-        resolver_(strand_),
-        timer_(strand_),
+  TcpLeg(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, RendezvousOffer offer,
+         std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout)
+      : LegBase(io, std::move(logger), std::move(handler), timeout),
+        offer_(std::move(offer)),
         ctx_(std::move(ctx)),
-        tls_(strand_, *ctx_),
-        logger_(std::move(logger)),
-        handler_(std::move(handler)),
-        timeout_(timeout) {}
+        tls_(strand_, *ctx_) {}
 
   // The TCP connection is up (TCP_NODELAY set).
   virtual void on_connected() = 0;
 
   std::string where() const { return offer_.host + ":" + offer_.port; }
 
-  template <class Derived>
-  std::shared_ptr<Derived> self_as() {
-    return std::static_pointer_cast<Derived>(shared_from_this());
+  void close_socket() override {
+    error_code ignored;
+    tls_.lowest_layer().close(ignored);
   }
 
+  void succeed(tunnel::SessionOptions options) {
+    LegBase::succeed(std::make_unique<tunnel::StreamChannel<TlsSocket>>(std::move(tls_)), std::move(options));
+  }
+
+  RendezvousOffer offer_;
+  std::shared_ptr<asio::ssl::context> ctx_;
+  TlsSocket tls_;
+
+ private:
   void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
     if (ec) return fail(ec, "cannot resolve the rendezvous host " + offer_.host + ": " + describe(ec));
-    asio::async_connect(tls_.lowest_layer(), results, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
+    asio::async_connect(tls_.lowest_layer(), results, [self = self_as<TcpLeg>()](error_code ec, const tcp::endpoint&) {
       if (ec) return self->fail(ec, "cannot connect to the rendezvous at " + self->where() + ": " + self->describe(ec));
       self->tls_.lowest_layer().set_option(tcp::no_delay(true), ec);
       self->on_connected();
     });
   }
-
-  void arm_timer() {
-    timer_.expires_after(timeout_);
-    timer_.async_wait([this, &timed_out = timed_out_, &sock = tls_.lowest_layer()](error_code ec) {
-      if (ec) return;
-      timed_out = true;
-      error_code ignored;
-      sock.close(ignored);
-    });
-  }
-
-  error_code adjust(error_code ec) const { return timed_out_ ? asio::error::timed_out : ec; }
-  std::string describe(error_code ec) const {
-    return timed_out_ ? "no answer within " + std::to_string(timeout_.count() / 1000) + " s" : ec.message();
-  }
-
-  void fail(error_code ec, std::string reason) {
-    timer_.cancel();
-    error_code ignored;
-    tls_.lowest_layer().close(ignored);
-    if (handler_) std::exchange(handler_, nullptr)(adjust(ec), nullptr, std::move(reason));
-  }
-
-  void succeed(tunnel::SessionOptions options) {
-    timer_.cancel();
-    auto session = tunnel::Session::create(strand_, std::make_unique<tunnel::StreamChannel<TlsSocket>>(std::move(tls_)),
-                                           std::move(options), logger_);
-    if (handler_) std::exchange(handler_, nullptr)({}, std::move(session), {});
-  }
-
-  RendezvousOffer offer_;
-  asio::strand<asio::io_context::executor_type> strand_;
-  tcp::resolver resolver_;
-  asio::steady_timer timer_;
-  std::shared_ptr<asio::ssl::context> ctx_;
-  TlsSocket tls_;
-  std::shared_ptr<spdlog::logger> logger_;
-  LegHandler handler_;
-  std::chrono::milliseconds timeout_;
-  bool timed_out_ = false;
 };
 
-class AgentDial final : public LegBase {
+class AgentDial final : public TcpLeg {
  public:
   AgentDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, AgentLeg leg, std::shared_ptr<spdlog::logger> logger,
             LegHandler handler, std::chrono::milliseconds timeout)
-      : LegBase(io, std::move(ctx), leg.offer, std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
+      : TcpLeg(io, std::move(ctx), leg.offer, std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
 
  private:
   void on_connected() override {
@@ -154,11 +114,11 @@ class AgentDial final : public LegBase {
   AgentLeg leg_;
 };
 
-class ProxyDial final : public LegBase {
+class ProxyDial final : public TcpLeg {
  public:
   ProxyDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> ctx, ProxyLeg leg, std::shared_ptr<spdlog::logger> logger,
             LegHandler handler, std::chrono::milliseconds timeout)
-      : LegBase(io, std::move(ctx), leg.offer, std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
+      : TcpLeg(io, std::move(ctx), leg.offer, std::move(logger), std::move(handler), timeout), leg_(std::move(leg)) {}
 
  private:
   void on_connected() override {

@@ -6,13 +6,11 @@
 
 #include <optional>
 
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/url.hpp"
 #include "clusterconnect/version.hpp"
-#include "legs.hpp"
+#include "leg_base.hpp"
 #include "protocol/stream_channel.hpp"
 #include "protocol/ws_bytes.hpp"
 #include "relay_connection.hpp"
@@ -25,14 +23,11 @@ namespace {
 using InnerTls = asio::ssl::stream<tunnel::WsBytes>;
 
 // One attempt: verified TLS to the relay, the WebSocket upgrade (the side's
-// own), then TLS end to end inside the WebSocket, bounded as a whole by a
-// timer that closes the socket; the handler runs once.
-class WsLegBase : public std::enable_shared_from_this<WsLegBase> {
+// own), then TLS end to end inside the WebSocket.
+class WsLeg : public LegBase {
  public:
-  virtual ~WsLegBase() = default;
-
   void run() {
-    asio::dispatch(strand_, [self = shared_from_this()] {
+    asio::dispatch(strand_, [self = self_as<WsLeg>()] {
       self->arm_timer();
       open_tls(self, self->resolver_, self->ws_->next_layer(), self->target_, self->timeout_,
                [self](error_code ec, std::string reason) {
@@ -49,17 +44,12 @@ class WsLegBase : public std::enable_shared_from_this<WsLegBase> {
   }
 
  protected:
-  WsLegBase(asio::io_context& io, std::shared_ptr<asio::ssl::context> relay_tls, std::shared_ptr<asio::ssl::context> identity,
-            RelayTarget target, std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout)
-      : strand_(asio::make_strand(io)),
-        resolver_(strand_),
-        timer_(strand_),
+  WsLeg(asio::io_context& io, std::shared_ptr<asio::ssl::context> relay_tls, std::shared_ptr<asio::ssl::context> identity,
+        RelayTarget target, std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout)
+      : LegBase(io, std::move(logger), std::move(handler), timeout),
         relay_tls_(std::move(relay_tls)),
         identity_(std::move(identity)),
-        target_(std::move(target)),
-        logger_(std::move(logger)),
-        handler_(std::move(handler)),
-        timeout_(timeout) {
+        target_(std::move(target)) {
     ws_.emplace(strand_, *relay_tls_);
   }
 
@@ -72,76 +62,36 @@ class WsLegBase : public std::enable_shared_from_this<WsLegBase> {
     tunnel::configure_established(*ws_);
     inner_.emplace(tunnel::WsBytes(std::move(*ws_)), *identity_);
     ws_.reset();
-    inner_->async_handshake(side, [self = shared_from_this()](error_code ec) {
+    inner_->async_handshake(side, [self = self_as<WsLeg>()](error_code ec) {
       if (ec) return self->fail(ec, "the TLS handshake inside the rendezvous failed: " + self->describe(ec));
       if (auto refused = self->check_peer(*self->inner_); !refused.empty())
         return self->fail(asio::error::access_denied, std::move(refused));
-      self->succeed();
+      auto channel = std::make_unique<tunnel::StreamChannel<InnerTls>>(std::move(*self->inner_));
+      self->inner_.reset();
+      self->succeed(std::move(channel), std::move(self->options_));
     });
   }
 
-  std::string describe(error_code ec) const {
-    return timed_out_ ? "no answer within " + std::to_string(timeout_.count() / 1000) + " s" : ec.message();
+  void close_socket() override {
+    error_code ignored;
+    if (inner_) inner_->lowest_layer().close(ignored);
+    else if (ws_) beast::get_lowest_layer(*ws_).socket().close(ignored);
   }
 
-  void fail(error_code ec, std::string reason) {
-    timer_.cancel();
-    close_socket();
-    if (handler_) std::exchange(handler_, nullptr)(timed_out_ ? asio::error::timed_out : ec, nullptr, std::move(reason));
-  }
-
-  template <class Derived>
-  std::shared_ptr<Derived> self_as() {
-    return std::static_pointer_cast<Derived>(shared_from_this());
-  }
-
-  asio::strand<asio::io_context::executor_type> strand_;
-  tcp::resolver resolver_;
-  asio::steady_timer timer_;
   std::shared_ptr<asio::ssl::context> relay_tls_;
   std::shared_ptr<asio::ssl::context> identity_;
   RelayTarget target_;
   std::optional<tunnel::WsStream> ws_;
   std::optional<InnerTls> inner_;
   websocket::response_type res_;
-  std::shared_ptr<spdlog::logger> logger_;
   tunnel::SessionOptions options_;
-
- private:
-  void arm_timer() {
-    timer_.expires_after(timeout_);
-    timer_.async_wait([weak = weak_from_this()](error_code ec) {
-      auto self = weak.lock();
-      if (ec || !self) return;
-      self->timed_out_ = true;
-      self->close_socket();
-    });
-  }
-
-  void close_socket() {
-    error_code ignored;
-    if (inner_) inner_->lowest_layer().close(ignored);
-    else if (ws_) beast::get_lowest_layer(*ws_).socket().close(ignored);
-  }
-
-  void succeed() {
-    timer_.cancel();
-    auto session = tunnel::Session::create(strand_, std::make_unique<tunnel::StreamChannel<InnerTls>>(std::move(*inner_)),
-                                           std::move(options_), logger_);
-    inner_.reset();
-    if (handler_) std::exchange(handler_, nullptr)({}, std::move(session), {});
-  }
-
-  LegHandler handler_;
-  std::chrono::milliseconds timeout_;
-  bool timed_out_ = false;
 };
 
-class ProxyWsDial final : public WsLegBase {
+class ProxyWsDial final : public WsLeg {
  public:
   ProxyWsDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> identity, ProxyWsLeg leg,
               std::shared_ptr<spdlog::logger> logger, LegHandler handler, std::chrono::milliseconds timeout)
-      : WsLegBase(io, leg.relay_tls, std::move(identity), leg.target, std::move(logger), std::move(handler), timeout),
+      : WsLeg(io, leg.relay_tls, std::move(identity), leg.target, std::move(logger), std::move(handler), timeout),
         leg_(std::move(leg)) {
     options_ = std::move(leg_.session);
   }
@@ -176,12 +126,12 @@ class ProxyWsDial final : public WsLegBase {
   ProxyWsLeg leg_;
 };
 
-class AgentWsDial final : public WsLegBase {
+class AgentWsDial final : public WsLeg {
  public:
   AgentWsDial(asio::io_context& io, std::shared_ptr<asio::ssl::context> identity, AgentWsLeg leg, RelayTarget target,
               std::string request_target, std::shared_ptr<spdlog::logger> logger, LegHandler handler,
               std::chrono::milliseconds timeout)
-      : WsLegBase(io, leg.relay_tls, std::move(identity), std::move(target), std::move(logger), std::move(handler), timeout),
+      : WsLeg(io, leg.relay_tls, std::move(identity), std::move(target), std::move(logger), std::move(handler), timeout),
         leg_(std::move(leg)),
         request_target_(std::move(request_target)) {
     options_ = std::move(leg_.session);

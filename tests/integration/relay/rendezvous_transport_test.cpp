@@ -71,6 +71,17 @@ struct PinnedRelay {
   }
 };
 
+// A case in one form with the agent listening: one module host per side, the
+// relay, the agent and its listener, torn down in reverse.
+struct ListeningAgent {
+  std::string form;
+  ModuleHost agent_host{form}, client_host{form};
+  PinnedRelay r;
+  Agent agent;
+  std::shared_ptr<TunnelListener> listener = r.listen(agent_host, agent);
+  explicit ListeningAgent(std::string f) : form(std::move(f)) {}
+};
+
 // A client pinned to the agent's key, after one stream has gone through it.
 std::shared_ptr<TunnelClient> dial_and_use(PinnedRelay& r, ModuleHost& host) {
   auto client = r.dial(host, {r.agent_key.pin});
@@ -94,11 +105,8 @@ ExchangeResult open_once_back(TunnelClient& client) {
 
 TEST_CASE("rendezvous transport: streams run end to end between proxy and agent through the relay's rendezvous",
           "[relay][transport]") {
-  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
-  ModuleHost agent_host(form), client_host(form);
-  PinnedRelay r;
-  Agent agent;
-  auto listener = r.listen(agent_host, agent);
+  ListeningAgent rig(GENERATE(as<std::string>{}, "tls", "ws"));
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
   auto client = r.dial(client_host, {r.agent_key.pin});
   REQUIRE(client);
   // Streams share one session: one rendezvous for all of them.
@@ -118,11 +126,8 @@ TEST_CASE("rendezvous transport: streams run end to end between proxy and agent 
 }
 
 TEST_CASE("rendezvous transport: an agent whose key is not the pinned one gets nothing", "[relay][transport][security]") {
-  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
-  ModuleHost agent_host(form), client_host(form);
-  PinnedRelay r;
-  Agent agent;
-  auto listener = r.listen(agent_host, agent);
+  ListeningAgent rig(GENERATE(as<std::string>{}, "tls", "ws"));
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
   AgentKey registered("the registered agent");
   auto client = r.dial(client_host, {registered.pin});
   auto o = open_stream(*client);
@@ -156,11 +161,8 @@ TEST_CASE("rendezvous transport: with no agent listening the connect is refused 
 }
 
 TEST_CASE("rendezvous transport: an agent restarted mid-session is reached again by the next open", "[relay][transport]") {
-  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
-  ModuleHost agent_host(form), client_host(form);
-  PinnedRelay r;
-  Agent agent;
-  auto listener = r.listen(agent_host, agent);
+  ListeningAgent rig(GENERATE(as<std::string>{}, "tls", "ws"));
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
   auto client = dial_and_use(r, client_host);
   listener->close();
   REQUIRE(wait_until([&] { return r.listeners() == 0; }, 20s));
@@ -261,11 +263,8 @@ TEST_CASE("rendezvous transport: two clusters called prod in different resource 
 
 TEST_CASE("rendezvous transport: after a relay restart the agent comes back and new opens work without a new client",
           "[relay][transport]") {
-  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
-  ModuleHost agent_host(form), client_host(form);
-  PinnedRelay r;
-  Agent agent;
-  auto listener = r.listen(agent_host, agent);
+  ListeningAgent rig(GENERATE(as<std::string>{}, "tls", "ws"));
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
   auto client = dial_and_use(r, client_host);
   const unsigned short port = r.relay.port();
   r.relay.stop(SIGKILL);
@@ -281,11 +280,8 @@ TEST_CASE("rendezvous transport: after a relay restart the agent comes back and 
 
 TEST_CASE("rendezvous transport: a client whose session holds its maximum of streams makes another rendezvous",
           "[relay][transport]") {
-  const std::string form = GENERATE(as<std::string>{}, "tls", "ws");
-  ModuleHost agent_host(form), client_host(form);
-  PinnedRelay r;
-  Agent agent;
-  auto listener = r.listen(agent_host, agent);
+  ListeningAgent rig(GENERATE(as<std::string>{}, "tls", "ws"));
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
   auto client = r.dial(client_host, {r.agent_key.pin});
   const std::size_t per_session = tunnel::SessionOptions{}.max_streams;
   std::vector<StreamPtr> held;
