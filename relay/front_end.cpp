@@ -58,6 +58,13 @@ void configure_upgrade(tunnel::WsStream& ws, std::string subprotocol,
   }));
 }
 
+// 16 KiB, 4 MiB, 1000 bytes.
+std::string size_text(std::size_t n) {
+  if (n > 0 && n % (1024 * 1024) == 0) return std::to_string(n / (1024 * 1024)) + " MiB";
+  if (n > 0 && n % 1024 == 0) return std::to_string(n / 1024) + " KiB";
+  return std::to_string(n) + " bytes";
+}
+
 std::string error_body(std::string_view code, std::string_view message) {
   return nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump();
 }
@@ -173,6 +180,13 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void sender_accepted(tunnel::WsStream listener, std::string subprotocol);
   void sender_refused(unsigned status, std::string description);
 
+  // An HTTP-mode request's outcome, from any thread: the listener's response
+  // (passed on to the sender as it is, once), or a failure answered with
+  // `status`. Either is ignored unless `id` is the request this connection
+  // waits for.
+  void hc_respond(std::string id, tunnel::rendezvous::ResponseMessage response, std::string body);
+  void hc_fail(std::string id, unsigned status, std::string why);
+
  private:
   void on_tls(error_code ec);
   void do_read();
@@ -185,8 +199,14 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_listener_accept(std::map<std::string, std::string>& query);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
+  const ClusterEntry* http_mode_cluster(std::string_view target) const;
+  void read_body();
+  void handle_hc_request(const ClusterEntry* cluster);
+  void handle_listener_request(const ClusterEntry* cluster, std::map<std::string, std::string>& query);
+  void hc_finish(const std::string& id);
   void handle_management();
   void respond(unsigned status, std::string content_type, std::string body);
+  void send_response(std::shared_ptr<http::response<http::string_body>> res, bool keep_alive);
   void respond_error(unsigned status, std::string_view message) {
     respond(status, "application/json", error_body(status_code_name(status), message));
   }
@@ -203,6 +223,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   std::string peer_;
   std::string address_;
   std::optional<asio::steady_timer> park_timer_;
+  std::string hc_id_;  // the HTTP-mode request waiting for its response
+  bool hc_head_ = false;
+  std::optional<asio::steady_timer> hc_timer_;
   bool released_ = false;  // authenticated: out of its address's pre-authentication budget
 };
 
@@ -307,6 +330,74 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     ws_pumps_.push_back(pump);
   }
   WsRendezvousCounters& ws_counters() { return ws_counters_; }
+
+  // Hybrid Connections HTTP mode: requests waiting for their listener's
+  // response, by id (random, single use: it is what a listener's response or
+  // rendezvous names). `request` and `body` are kept only for a request that
+  // was announced and is delivered on the listener's rendezvous WebSocket.
+  struct HttpPending {
+    std::weak_ptr<HttpConnection> sender;
+    const ClusterEntry* cluster = nullptr;
+    std::string request;
+    std::optional<std::string> body;
+    std::uint64_t listener = 0;  // the control channel it went to, once known
+  };
+  bool http_open(const std::string& id, HttpPending pending, std::string& why) {
+    std::lock_guard lock(http_mutex_);
+    if (http_pending_.size() >= ws_limits_.pending_total) {
+      why = "the relay has " + std::to_string(http_pending_.size()) + " HTTP requests pending, its maximum; retry shortly";
+      return false;
+    }
+    auto& n = http_per_cluster_[pending.cluster];
+    if (n >= ws_limits_.pending_per_cluster) {
+      why = "the hybrid connection has " + std::to_string(n) + " HTTP requests pending, its maximum; retry shortly";
+      return false;
+    }
+    if (!http_pending_.emplace(id, std::move(pending)).second) {
+      why = "request id in use";
+      return false;
+    }
+    ++n;
+    return true;
+  }
+  // The request pending under `id` for `cluster`, taken (its id is spent).
+  std::optional<HttpPending> http_take(const std::string& id, const ClusterEntry* cluster) {
+    std::lock_guard lock(http_mutex_);
+    auto it = http_pending_.find(id);
+    if (it == http_pending_.end() || it->second.cluster != cluster) return std::nullopt;
+    HttpPending out = std::move(it->second);
+    http_pending_.erase(it);
+    if (--http_per_cluster_[cluster] == 0) http_per_cluster_.erase(cluster);
+    return out;
+  }
+  void http_sent_to(const std::string& id, std::uint64_t listener) {
+    std::lock_guard lock(http_mutex_);
+    if (auto it = http_pending_.find(id); it != http_pending_.end()) it->second.listener = listener;
+  }
+  // The requests a control channel took and had not answered when it ended:
+  // their senders get 502 now rather than a timeout later.
+  void http_listener_gone(std::uint64_t listener) {
+    std::vector<std::pair<std::string, std::shared_ptr<HttpConnection>>> orphans;
+    {
+      std::lock_guard lock(http_mutex_);
+      for (auto it = http_pending_.begin(); it != http_pending_.end();) {
+        if (it->second.listener != listener || !it->second.request.empty()) {
+          ++it;
+          continue;
+        }
+        if (auto sender = it->second.sender.lock()) orphans.emplace_back(it->first, std::move(sender));
+        if (--http_per_cluster_[it->second.cluster] == 0) http_per_cluster_.erase(it->second.cluster);
+        it = http_pending_.erase(it);
+      }
+    }
+    for (auto& [id, sender] : orphans) sender->hc_fail(id, 502, "the listener went away before it responded");
+  }
+  struct HttpCounters {
+    std::atomic<std::uint64_t> responded{0};
+    std::atomic<std::uint64_t> failed{0};  // no listener, refused, timed out, or a malformed response
+    std::atomic<std::uint64_t> over_rendezvous{0};
+  };
+  HttpCounters& http_counters() { return http_counters_; }
   void close_ws_rendezvous(const std::string& reason) {
     std::vector<std::weak_ptr<WsPump>> pumps;
     {
@@ -405,6 +496,13 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     family("clusterconnect_relay_ws_rendezvous_bytes_total", "counter", "Message bytes passed between paired WebSockets, by direction.",
            {{"{direction=\"sender_to_listener\"}", n(w.bytes_sender_to_listener)},
             {"{direction=\"listener_to_sender\"}", n(w.bytes_listener_to_sender)}});
+    const auto& h = http_counters_;
+    family("clusterconnect_relay_http_requests_total", "counter",
+           "Hybrid Connections HTTP-mode requests, by outcome (responded: the listener's response was passed on).",
+           {{"{outcome=\"responded\"}", n(h.responded)}, {"{outcome=\"failed\"}", n(h.failed)}});
+    family("clusterconnect_relay_http_rendezvous_total", "counter",
+           "HTTP-mode requests or responses too large for the control channel, carried on a rendezvous WebSocket.",
+           {{"", n(h.over_rendezvous)}});
     auto [port, address] = rendezvous();
     if (!port) return out;
     const auto& c = port->counters();
@@ -481,6 +579,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   RendezvousBook<std::shared_ptr<HttpConnection>> ws_book_{ws_limits_};
   WsRendezvousCounters ws_counters_;
   std::vector<std::weak_ptr<WsPump>> ws_pumps_;
+  std::mutex http_mutex_;
+  std::map<std::string, HttpPending> http_pending_;
+  std::map<const ClusterEntry*, std::size_t> http_per_cluster_;
+  HttpCounters http_counters_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
   std::mutex lease_mutex_;
@@ -520,14 +622,15 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
     do_read();
   }
 
-  bool send(std::string text) override {
+  bool send(std::string text, std::optional<std::string> binary) override {
     {
       std::lock_guard lock(mutex_);
       if (closed_ || queued_ >= queue_limit) return false;
-      ++queued_;
+      queued_ += binary ? 2 : 1;
     }
-    asio::post(ws_.get_executor(), [self = shared_from_this(), text = std::move(text)]() mutable {
-      self->queue_.push_back(std::move(text));
+    asio::post(ws_.get_executor(), [self = shared_from_this(), text = std::move(text), binary = std::move(binary)]() mutable {
+      self->queue_.push_back(Outgoing{std::move(text), false});
+      if (binary) self->queue_.push_back(Outgoing{std::move(*binary), true});
       self->flush();
     });
     return true;
@@ -547,9 +650,18 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   void on_read(error_code ec) {
     if (ec) return finish(ec == websocket::error::closed ? "closed by the agent" : "transport: " + ec.message());
     if (!ws_.got_text()) {
+      // Only an HTTP-mode response's body, right after the response.
+      if (!response_) {
+        buffer_.consume(buffer_.size());
+        return do_close(1003, "the control channel carries JSON text messages, and a binary body only after a response that announces one");
+      }
+      auto response = std::move(*response_);
+      response_.reset();
+      pass_response(std::move(response), beast::buffers_to_string(buffer_.data()));
       buffer_.consume(buffer_.size());
-      return do_close(1003, "the control channel carries JSON text messages only");
+      return do_read();
     }
+    if (response_) return do_close(1003, "a response announced a body, and a text message came instead");
     const std::string text = beast::buffers_to_string(buffer_.data());
     buffer_.consume(buffer_.size());
     auto m = tunnel::rendezvous::parse_control_message(text);
@@ -557,6 +669,9 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
     if (m.state == State::invalid) return do_close(1007, "invalid control message: " + m.error);
     if (m.state == State::unknown_kind) {
       front_->log().debug("control channel {}: ignored a '{}' message", peer_, m.kind);
+    } else if (auto* response = std::get_if<tunnel::rendezvous::ResponseMessage>(&m.message)) {
+      if (response->body) response_ = std::move(*response);
+      else pass_response(std::move(*response), {});
     } else if (auto* renew = std::get_if<tunnel::rendezvous::RenewTokenMessage>(&m.message)) {
       TokenCheck c = verify_(renew->token);
       if (!c.ok) {
@@ -572,11 +687,21 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
     do_read();
   }
 
+  // An HTTP-mode response to the sender that waits for it; one to no
+  // pending request of this cluster (it timed out, or never was) is dropped.
+  void pass_response(tunnel::rendezvous::ResponseMessage response, std::string body) {
+    auto pending = front_->http_take(response.request_id, cluster_);
+    auto sender = pending ? pending->sender.lock() : nullptr;
+    if (!sender) return front_->log().debug("control channel {}: a response to no pending request", peer_);
+    const std::string id = response.request_id;
+    sender->hc_respond(id, std::move(response), std::move(body));
+  }
+
   void flush() {
     if (writing_ || queue_.empty() || closing_) return;
     writing_ = true;
-    ws_.text(true);
-    ws_.async_write(asio::buffer(queue_.front()), [self = shared_from_this()](error_code ec, std::size_t) {
+    ws_.text(!queue_.front().binary);
+    ws_.async_write(asio::buffer(queue_.front().data), [self = shared_from_this()](error_code ec, std::size_t) {
       self->writing_ = false;
       self->queue_.pop_front();
       {
@@ -611,6 +736,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
     mark_closed();
     timer_.cancel();
     front_->listeners().remove(id_);
+    front_->http_listener_gone(id_);
     front_->log().debug("control channel for cluster {} ({}) ended: {}", cluster_->resource_id(), peer_, why);
     error_code ignored;
     beast::get_lowest_layer(ws_).socket().close(ignored);
@@ -630,7 +756,12 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   asio::steady_timer timer_;
   std::shared_ptr<void> lease_;
   beast::flat_buffer buffer_;
-  std::deque<std::string> queue_;
+  struct Outgoing {
+    std::string data;
+    bool binary;
+  };
+  std::deque<Outgoing> queue_;
+  std::optional<tunnel::rendezvous::ResponseMessage> response_;  // its body is the next message
   std::uint64_t id_ = 0;
   bool writing_ = false, closing_ = false, finished_ = false;
   std::mutex mutex_;
@@ -674,14 +805,18 @@ void HttpConnection::on_tls(error_code ec) {
 void HttpConnection::do_read() {
   parser_.emplace();
   parser_->header_limit(header_limit);
-  parser_->body_limit(body_limit);
+  // The head is read under the largest limit; on_header applies the one
+  // that holds for the request.
+  parser_->body_limit(std::max<std::uint64_t>(body_limit, front_->config().limits.max_http_body));
   beast::get_lowest_layer(stream_).expires_after(idle_timeout);
   http::async_read_header(stream_, buffer_, *parser_,
                           [self = shared_from_this()](error_code ec, std::size_t) { self->on_header(ec); });
 }
 
-// The head decides what a body may be: none for a tunnel handshake (it is
-// refused before a byte of it is read), at most body_limit otherwise.
+// The head decides what a body may be: none for a tunnel handshake, up to
+// max_http_body for an HTTP-mode request (it goes to its listener), at most
+// body_limit otherwise; a body too large is refused before a byte of it is
+// read.
 void HttpConnection::on_header(error_code ec) {
   if (ec) return on_read(ec);
   std::string_view target = parser_->get().target();
@@ -691,15 +826,31 @@ void HttpConnection::on_header(error_code ec) {
     req_ = {};
     return respond_error(400, "a tunnel handshake carries no body");
   }
+  const std::size_t limit = has_body && http_mode_cluster(target) ? front_->config().limits.max_http_body : body_limit;
+  if (parser_->content_length().value_or(0) > limit) return on_read(http::error::body_limit);
+  parser_->body_limit(limit);
+  if (has_body && ascii_iequals(parser_->get()[http::field::expect], "100-continue")) {
+    auto go_on = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
+    return http::async_write(stream_, *go_on, [self = shared_from_this(), go_on](error_code e, std::size_t) {
+      if (e) return;
+      self->read_body();
+    });
+  }
+  read_body();
+}
+
+void HttpConnection::read_body() {
   http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](error_code e, std::size_t) { self->on_read(e); });
 }
 
 void HttpConnection::on_read(error_code ec) {
   if (ec == http::error::end_of_stream) return do_close();
   if (ec == http::error::header_limit || ec == http::error::body_limit) {
+    const auto limit = http_mode_cluster(parser_->get().target()) ? front_->config().limits.max_http_body : body_limit;
     req_ = {};
     return respond_error(ec == http::error::header_limit ? 431 : 413,
-                         ec == http::error::header_limit ? "request header too large" : "request body too large (limit 16 KiB)");
+                         ec == http::error::header_limit ? "request header too large"
+                                                         : "request body too large (limit " + size_text(limit) + ")");
   }
   if (ec) return;  // timeout or a peer gone: nothing to answer
   req_ = parser_->release();
@@ -715,6 +866,7 @@ void HttpConnection::route() {
     if (front_->ready()) return respond(200, "text/plain", "ready\n");
     return respond(503, "text/plain", front_->draining() ? "draining\n" : "starting\n");
   }
+  if (const ClusterEntry* cluster = http_mode_cluster(target)) return handle_hc_request(cluster);
   // /metrics names every cluster: it is served on the metrics listener only.
   handle_management();
 }
@@ -737,12 +889,14 @@ void HttpConnection::handle_tunnel() {
   const ClusterEntry* cluster = config.cluster_by_path(hc);
   if (!cluster) return refuse(404, "not_found", "no hybrid connection at /$hc/" + hc);
   const std::string action = query.count("sb-hc-action") ? query["sb-hc-action"] : std::string{};
-  if (action != "listen" && action != "connect" && action != "accept")
-    return refuse(400, "bad_action", "sb-hc-action must be 'listen', 'connect' or 'accept'");
+  if (action != "listen" && action != "connect" && action != "accept" && action != "request")
+    return refuse(400, "bad_action", "sb-hc-action must be 'listen', 'connect', 'accept' or 'request'");
   if (front_->draining()) return refuse(503, "draining", "the relay is shutting down; retry");
-  // A listener's answer to an accept: its id is the credential (random,
-  // single-use, 30 s), as the address the relay sent names it.
+  // A listener's answer to an accept, or its rendezvous for an HTTP-mode
+  // request: the id is the credential (random, single-use), as the address
+  // the relay sent names it.
   if (action == "accept") return handle_listener_accept(query);
+  if (action == "request") return handle_listener_request(cluster, query);
 
   std::string token(req_["ServiceBusAuthorization"]);
   if (token.empty() && query.count("sb-hc-token")) token = query["sb-hc-token"];
@@ -955,6 +1109,305 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
   });
 }
 
+// Hybrid Connections HTTP mode: a request to https://HOST/PATH[/…] whose
+// path names a hybrid connection (the longest registered prefix).
+const ClusterEntry* HttpConnection::http_mode_cluster(std::string_view target) const {
+  std::string_view path = target.substr(0, target.find('?'));
+  if (path.size() < 2 || path.front() != '/' || path.rfind("/$hc/", 0) == 0) return nullptr;
+  std::string decoded;
+  if (!percent_decode(path.substr(1), decoded)) return nullptr;
+  std::string_view rest;
+  return front_->config().cluster_by_path_prefix(decoded, rest);
+}
+
+namespace {
+
+// The request target as the listener gets it: the relay's own query
+// parameters (sb-hc-token and the like) taken out.
+std::string listener_target(std::string_view target) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return std::string(target);
+  std::string out(target.substr(0, q));
+  std::string_view rest = target.substr(q + 1);
+  char sep = '?';
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    std::string_view kv = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+    if (kv.empty() || ascii_iequals(kv.substr(0, 6), "sb-hc-")) continue;
+    out += sep;
+    out.append(kv);
+    sep = '&';
+  }
+  return out;
+}
+
+// Fields that belong to one hop, not to the request or response the relay
+// passes on.
+bool hop_by_hop(std::string_view name) {
+  for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"})
+    if (ascii_iequals(name, h)) return true;
+  return false;
+}
+
+bool header_name_ok(std::string_view name) {
+  if (name.empty()) return false;
+  for (char c : name)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos))
+      return false;
+  return true;
+}
+
+bool header_value_ok(std::string_view value) {
+  return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
+
+}  // namespace
+
+// An HTTP-mode exchange on the listener's rendezvous WebSocket: the request,
+// when it was only announced on the control channel, goes to the listener
+// there; one response comes back and is passed to the sender; then the
+// WebSocket is closed.
+class HcRendezvous : public std::enable_shared_from_this<HcRendezvous> {
+ public:
+  HcRendezvous(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, std::shared_ptr<HttpConnection> sender, std::string id,
+               std::string request, std::optional<std::string> body)
+      : ws_(std::move(ws)),
+        front_(std::move(front)),
+        sender_(std::move(sender)),
+        id_(std::move(id)),
+        request_(std::move(request)),
+        body_(std::move(body)),
+        timer_(ws_.get_executor()),
+        lease_(front_->connection_lease()) {}
+
+  void start() {
+    front_->http_counters().over_rendezvous.fetch_add(1);
+    const auto& limits = front_->config().limits;
+    ws_.read_message_max(std::max(limits.max_http_body, tunnel::rendezvous::max_control_message));
+    timer_.expires_after(limits.http_response_timeout);
+    timer_.async_wait([weak = weak_from_this()](error_code ec) {
+      if (auto self = weak.lock(); self && !ec) self->fail(504, "the listener did not respond in time");
+    });
+    if (request_.empty()) return read();
+    ws_.text(true);
+    ws_.async_write(asio::buffer(request_), [self = shared_from_this()](error_code ec, std::size_t) {
+      if (ec) return self->fail(502, "the request could not be sent on the listener's rendezvous: " + ec.message());
+      if (!self->body_) return self->read();
+      self->ws_.binary(true);
+      self->ws_.async_write(asio::buffer(*self->body_), [self](error_code ec, std::size_t) {
+        if (ec) return self->fail(502, "the request body could not be sent on the listener's rendezvous: " + ec.message());
+        self->body_.reset();
+        self->read();
+      });
+    });
+  }
+
+ private:
+  void read() {
+    ws_.async_read(buffer_, [self = shared_from_this()](error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
+  void on_read(error_code ec) {
+    if (ec == websocket::error::message_too_big)
+      return fail(502, "the listener's response is larger than the relay passes on (" +
+                           size_text(front_->config().limits.max_http_body) + ")");
+    if (ec) return fail(502, "the listener's rendezvous ended before its response: " + ec.message());
+    std::string data = beast::buffers_to_string(buffer_.data());
+    buffer_.consume(buffer_.size());
+    if (response_) {
+      if (ws_.got_text()) return fail(502, "the listener sent text where its response body belongs");
+      auto response = std::move(*response_);
+      response_.reset();
+      return deliver(std::move(response), std::move(data));
+    }
+    if (!ws_.got_text()) return fail(502, "the listener sent a binary message before its response");
+    auto m = tunnel::rendezvous::parse_control_message(data);
+    auto* response = std::get_if<tunnel::rendezvous::ResponseMessage>(&m.message);
+    if (m.state != tunnel::rendezvous::ControlParse::State::ok || !response)
+      return fail(502, "the listener's response is malformed" + (m.error.empty() ? std::string() : ": " + m.error));
+    if (response->request_id != id_) return fail(502, "the listener responded to another request");
+    if (!response->body) return deliver(std::move(*response), {});
+    response_ = std::move(*response);
+    read();
+  }
+
+  void deliver(tunnel::rendezvous::ResponseMessage response, std::string body) {
+    timer_.cancel();
+    sender_->hc_respond(id_, std::move(response), std::move(body));
+    ws_.async_close(websocket::close_code::normal, [self = shared_from_this()](error_code) {});
+  }
+
+  void fail(unsigned status, std::string why) {
+    if (failed_) return;
+    failed_ = true;
+    timer_.cancel();
+    sender_->hc_fail(id_, status, std::move(why));
+    error_code ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+  }
+
+  tunnel::WsStream ws_;
+  std::shared_ptr<FrontEndImpl> front_;
+  std::shared_ptr<HttpConnection> sender_;
+  std::string id_;
+  std::string request_;
+  std::optional<std::string> body_;
+  asio::steady_timer timer_;
+  std::shared_ptr<void> lease_;
+  beast::flat_buffer buffer_;
+  std::optional<tunnel::rendezvous::ResponseMessage> response_;  // its body is the next message
+  bool failed_ = false;
+};
+
+void HttpConnection::handle_hc_request(const ClusterEntry* cluster) {
+  const std::string& hc = cluster->hybrid_connection;
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    front_->metrics().open_failure(label);
+    front_->http_counters().failed.fetch_add(1);
+    front_->log().info("HTTP request from {} for {} refused ({}): {}", peer_, cluster->resource_id(), status, message);
+    respond_error(status, message);
+  };
+  if (front_->draining()) return refuse(503, "draining", "the relay is shutting down; retry");
+  std::string_view target = req_.target();
+  const auto q = target.find('?');
+  auto query = parse_query(q == std::string_view::npos ? std::string_view{} : target.substr(q + 1));
+  std::string token(req_["ServiceBusAuthorization"]);
+  if (token.empty() && query.count("sb-hc-token")) token = query["sb-hc-token"];
+  const auto& config = front_->config();
+  const std::string host = config.public_host.empty() ? std::string(req_[http::field::host]) : config.public_host;
+  TokenCheck check = check_tunnel_token(*cluster, "https://" + host + "/" + hc, "connect", token);
+  if (!check.ok) return refuse(check.status, check.label, check.reason);
+  if (front_->listeners().count(cluster) == 0)
+    return refuse(404, "no_agent", "no listener is connected to hybrid connection " + hc);
+
+  tunnel::rendezvous::RequestMessage request;
+  request.id = tunnel::rendezvous::make_ticket();
+  request.address = "wss://" + host + "/$hc/" + hc + "?sb-hc-action=request&sb-hc-id=" + request.id;
+  error_code ignored;
+  const auto remote = beast::get_lowest_layer(stream_).socket().remote_endpoint(ignored);
+  request.remote_endpoint = tunnel::rendezvous::RemoteEndpoint{remote.address().to_string(), remote.port()};
+  tunnel::rendezvous::RequestMessage announced = request;  // address and id only
+  request.target = listener_target(target);
+  request.method = std::string(req_.method_string());
+  // The sender's headers, except its credential for the relay and what
+  // belongs to this hop.
+  for (const auto& field : req_) {
+    const std::string name(field.name_string());
+    if (ascii_iequals(name, "ServiceBusAuthorization") || hop_by_hop(name)) continue;
+    auto [it, fresh] = request.headers.emplace(name, std::string(field.value()));
+    if (!fresh) it->second += ", " + std::string(field.value());
+  }
+  std::optional<std::string> body;
+  if (!req_.body().empty()) {
+    request.body = true;
+    body = std::move(req_.body());
+  }
+  std::string message = tunnel::rendezvous::to_json(request);
+  // What fits in one control-channel message with its body goes there;
+  // anything larger is announced, and delivered on the listener's rendezvous.
+  const bool on_channel = message.size() + (body ? body->size() : 0) <= tunnel::rendezvous::max_control_message;
+  FrontEndImpl::HttpPending pending{weak_from_this(), cluster, {}, std::nullopt};
+  if (!on_channel) {
+    pending.request = message;
+    pending.body = std::move(body);
+  }
+  std::string why;
+  if (!front_->http_open(request.id, std::move(pending), why)) return refuse(503, "rendezvous_limit", why);
+  const auto sent = on_channel ? front_->listeners().send_to_one(cluster, message, body)
+                               : front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(announced));
+  if (sent) front_->http_sent_to(request.id, *sent);
+  if (!sent) {
+    front_->http_take(request.id, cluster);
+    return refuse(404, "no_agent", "no listener of hybrid connection " + hc + " took the request; retry");
+  }
+  // Authenticated and waiting: nothing is read until the response.
+  if (!released_) {
+    front_->release(address_);
+    released_ = true;
+  }
+  hc_id_ = request.id;
+  hc_head_ = req_.method() == http::verb::head;
+  hc_timer_.emplace(stream_.get_executor());
+  hc_timer_->expires_after(config.limits.http_response_timeout);
+  hc_timer_->async_wait([self = shared_from_this(), id = request.id, cluster](error_code ec) {
+    if (ec || !self->front_->http_take(id, cluster)) return;
+    self->hc_fail(id, 504, "the listener did not respond within " +
+                               std::to_string(self->front_->config().limits.http_response_timeout.count() / 1000) + " s");
+  });
+}
+
+void HttpConnection::hc_finish(const std::string& id) {
+  if (hc_id_ != id) return;
+  hc_id_.clear();
+  if (hc_timer_) hc_timer_->cancel();
+}
+
+void HttpConnection::hc_respond(std::string id, tunnel::rendezvous::ResponseMessage response, std::string body) {
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), id = std::move(id), response = std::move(response),
+                                          body = std::move(body)]() mutable {
+    if (id.empty() || self->hc_id_ != id) return;
+    self->hc_finish(id);
+    auto bad = [&](std::string_view why) {
+      self->front_->http_counters().failed.fetch_add(1);
+      self->front_->log().info("HTTP response for {} refused: {}", self->peer_, why);
+      self->respond_error(502, why);
+    };
+    if (response.status < 200) return bad("the listener's response has no final status (" + std::to_string(response.status) + ")");
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(response.status),
+                                                                   self->req_.version() ? self->req_.version() : 11);
+    if (!response.description.empty()) res->reason(response.description);
+    const bool no_body = self->hc_head_ || response.status == 204 || response.status == 304;
+    for (const auto& [name, value] : response.headers) {
+      if (!header_name_ok(name) || !header_value_ok(value)) return bad("the listener's response has a malformed header");
+      if (hop_by_hop(name) || (ascii_iequals(name, "content-length") && !self->hc_head_)) continue;
+      res->insert(name, value);
+    }
+    if (!no_body) {
+      res->body() = std::move(body);
+      res->content_length(res->body().size());
+    }
+    self->front_->http_counters().responded.fetch_add(1);
+    self->send_response(std::move(res), self->req_.keep_alive());
+  });
+}
+
+void HttpConnection::hc_fail(std::string id, unsigned status, std::string why) {
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), id = std::move(id), status, why = std::move(why)] {
+    if (id.empty() || self->hc_id_ != id) return;
+    self->hc_finish(id);
+    self->front_->http_counters().failed.fetch_add(1);
+    self->front_->log().info("HTTP request from {} failed ({}): {}", self->peer_, status, why);
+    self->respond_error(status, why);
+  });
+}
+
+void HttpConnection::handle_listener_request(const ClusterEntry* cluster, std::map<std::string, std::string>& query) {
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    front_->metrics().handshake_failure(label);
+    front_->log().info("request rendezvous from {} refused ({}): {}", peer_, status, message);
+    respond_error(status, message);
+  };
+  const std::string id = query.count("sb-hc-id") ? query["sb-hc-id"] : std::string{};
+  if (!tunnel::rendezvous::is_ticket(id)) return refuse(404, "unknown_request", "no request is pending under this id");
+  if (!websocket::is_upgrade(req_)) return refuse(400, "not_websocket", "a request rendezvous is a WebSocket upgrade");
+  auto pending = front_->http_take(id, cluster);
+  auto sender = pending ? pending->sender.lock() : nullptr;
+  if (!sender) return refuse(404, "unknown_request", "no request is pending under this id (answered, expired or gone)");
+  beast::get_lowest_layer(stream_).expires_never();
+  ws_.emplace(std::move(stream_));
+  configure_upgrade(*ws_, {});
+  ws_->async_accept(req_, [self = shared_from_this(), sender, id, pending = std::move(*pending)](error_code ec) mutable {
+    if (ec) {
+      front_log_upgrade_failure(*self->front_, self->peer_, ec);
+      return sender->hc_fail(id, 502, "the listener's rendezvous WebSocket failed: " + ec.message());
+    }
+    std::make_shared<HcRendezvous>(std::move(*self->ws_), self->front_, sender, id, std::move(pending.request), std::move(pending.body))
+        ->start();
+    self->ws_.reset();
+  });
+}
+
 void HttpConnection::handle_management() {
   auto api = front_->api();
   if (!api) return respond_error(404, "no such endpoint: " + std::string(req_.target().substr(0, 200)));
@@ -976,13 +1429,17 @@ void HttpConnection::handle_management() {
 }
 
 void HttpConnection::respond(unsigned status, std::string content_type, std::string body) {
-  res_ = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
-  res_->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
-  res_->set(http::field::content_type, content_type);
-  res_->body() = std::move(body);
-  const bool keep_alive = req_.keep_alive() && status < 500 && status != 413 && status != 431;
+  auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
+  res->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+  res->set(http::field::content_type, content_type);
+  res->body() = std::move(body);
+  res->prepare_payload();
+  send_response(std::move(res), req_.keep_alive() && status < 500 && status != 413 && status != 431);
+}
+
+void HttpConnection::send_response(std::shared_ptr<http::response<http::string_body>> res, bool keep_alive) {
+  res_ = std::move(res);
   res_->keep_alive(keep_alive);
-  res_->prepare_payload();
   beast::get_lowest_layer(stream_).expires_after(idle_timeout);
   http::async_write(stream_, *res_, [self = shared_from_this(), keep_alive](error_code ec, std::size_t) {
     self->on_write(ec, keep_alive);

@@ -18,25 +18,31 @@ void ListenerRegistry::remove(std::uint64_t id) {
   std::erase_if(listeners_, [&](const Listener& l) { return l.id == id; });
 }
 
-bool ListenerRegistry::send_to_one(const ClusterEntry* cluster, const std::string& text) {
+std::optional<std::uint64_t> ListenerRegistry::send_to_one(const ClusterEntry* cluster, const std::string& text,
+                                                         const std::optional<std::string>& binary) {
   // Candidates in order of last use, chosen under the lock, sent outside it.
-  std::vector<std::pair<std::uint64_t, std::shared_ptr<ControlChannelSink>>> candidates;
+  struct Candidate {
+    std::uint64_t last_used;
+    std::uint64_t id;
+    std::shared_ptr<ControlChannelSink> sink;
+  };
+  std::vector<Candidate> candidates;
   {
     std::lock_guard lock(mutex_);
     for (auto& l : listeners_)
       if (l.cluster == cluster)
-        if (auto s = l.sink.lock()) candidates.emplace_back(l.last_used, std::move(s));
-    std::stable_sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        if (auto s = l.sink.lock()) candidates.push_back(Candidate{l.last_used, l.id, std::move(s)});
+    std::stable_sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) { return a.last_used < b.last_used; });
   }
-  for (auto& [used, sink] : candidates) {
-    if (!sink->send(text)) continue;
+  for (auto& c : candidates) {
+    if (!c.sink->send(text, binary)) continue;
     std::lock_guard lock(mutex_);
     const auto stamp = ++use_clock_;
     for (auto& l : listeners_)
-      if (l.sink.lock() == sink) l.last_used = stamp;
-    return true;
+      if (l.id == c.id) l.last_used = stamp;
+    return c.id;
   }
-  return false;
+  return std::nullopt;
 }
 
 std::size_t ListenerRegistry::count(const ClusterEntry* cluster) const {

@@ -18,9 +18,11 @@ struct ClusterEntry;
 class ControlChannelSink {
  public:
   virtual ~ControlChannelSink() = default;
-  // Queues one text message; false when the channel is closed or its queue
-  // is full (a listener that does not read gets no more rendezvous).
-  virtual bool send(std::string text) = 0;
+  // Queues one text message, and `binary` right after it when given (an
+  // HTTP-mode request's body: nothing else goes between); false when the
+  // channel is closed or its queue is full (a listener that does not read
+  // gets no more rendezvous).
+  virtual bool send(std::string text, std::optional<std::string> binary = std::nullopt) = 0;
   // WebSocket close code and reason (1001 going away, 1008 policy).
   virtual void close(std::uint16_t code, std::string reason) = 0;
 };
@@ -34,10 +36,11 @@ class ListenerRegistry {
   std::optional<std::uint64_t> add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink);
   void remove(std::uint64_t id);
 
-  // Sends `text` to one listener of the cluster, the one that was given a
-  // message longest ago (or never); another is tried if it refuses. False
-  // when none took it.
-  bool send_to_one(const ClusterEntry* cluster, const std::string& text);
+  // Sends `text` (and `binary` after it) to one listener of the cluster, the
+  // one that was given a message longest ago (or never); another is tried if
+  // it refuses. The id of the listener that took it; none when none did.
+  std::optional<std::uint64_t> send_to_one(const ClusterEntry* cluster, const std::string& text,
+                                           const std::optional<std::string>& binary = std::nullopt);
 
   std::size_t count(const ClusterEntry* cluster) const;
   std::map<const ClusterEntry*, std::size_t> counts() const;

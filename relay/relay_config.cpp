@@ -146,6 +146,19 @@ const ClusterEntry* RelayConfig::cluster_by_path(std::string_view path) const {
   return nullptr;
 }
 
+const ClusterEntry* RelayConfig::cluster_by_path_prefix(std::string_view path, std::string_view& rest) const {
+  const ClusterEntry* best = nullptr;
+  for (const auto& c : clusters) {
+    const auto& hc = c.hybrid_connection;
+    if (hc.size() > path.size() || (best && hc.size() <= best->hybrid_connection.size())) continue;
+    if (!iequals(hc, path.substr(0, hc.size()))) continue;
+    if (path.size() > hc.size() && path[hc.size()] != '/') continue;
+    best = &c;
+  }
+  if (best) rest = path.substr(best->hybrid_connection.size());
+  return best;
+}
+
 const ClusterEntry* RelayConfig::cluster_by_name(std::string_view subscription, std::string_view resource_group,
                                                  std::string_view name) const {
   for (const auto& c : clusters)
@@ -180,6 +193,8 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     read_number(l, "max_connections_per_address", c.limits.max_connections_per_address, where);
     read_ms(l, "idle_timeout_ms", c.limits.idle_timeout, where);
     read_ms(l, "drain_timeout_ms", c.limits.drain_timeout, where);
+    read_number(l, "max_http_body", c.limits.max_http_body, where);
+    read_ms(l, "http_response_timeout_ms", c.limits.http_response_timeout, where);
   }
   if (j.contains("management")) c.management = j["management"];
   if (j.contains("role_definitions")) {

@@ -73,6 +73,10 @@ struct RelayLimits {
   std::size_t max_connections_per_address = 256;  // of those, from one client address
   std::chrono::milliseconds idle_timeout{45000};  // a control channel that answers no ping for this long is dropped
   std::chrono::milliseconds drain_timeout{30000};  // after SIGTERM, for channels to finish their closing handshakes
+  // Hybrid Connections HTTP mode: a request's or a response's body is held
+  // whole by the relay, up to this many bytes (413 / 502 beyond it).
+  std::size_t max_http_body = 4 * 1024 * 1024;
+  std::chrono::milliseconds http_response_timeout{60000};  // for a listener's response (then 504)
 };
 
 struct RelayConfig {
@@ -90,6 +94,10 @@ struct RelayConfig {
 
   // The cluster whose hybrid connection path is `path` (case-insensitive), or null.
   const ClusterEntry* cluster_by_path(std::string_view path) const;
+  // The cluster whose path is the longest one that is `path` or a prefix of it
+  // ending at a '/' (case-insensitive); `rest` is what follows it ("" or
+  // "/…"). Null when none is.
+  const ClusterEntry* cluster_by_path_prefix(std::string_view path, std::string_view& rest) const;
   const ClusterEntry* cluster_by_name(std::string_view subscription, std::string_view resource_group,
                                       std::string_view name) const;
   // The registry's role of that name, else the built-in one, else null (case-insensitive).

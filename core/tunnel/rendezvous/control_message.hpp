@@ -6,7 +6,18 @@
 //                               "remoteEndpoint":{"address":"…","port":N}}}
 //   agent -> relay  {"renewToken":{"token":"SharedAccessSignature …"}}
 //
-// Hybrid Connections defines more kinds (HTTP mode's "request"); a message of
+// and HTTP mode's pair, each followed by one binary message with the body
+// when "body" is true:
+//
+//   relay -> listener {"request":{"address":"…","id":"…","requestTarget":"/…",
+//                                 "method":"GET","remoteEndpoint":{…},
+//                                 "requestHeaders":{…},"body":true}}
+//   listener -> relay {"response":{"requestId":"…","statusCode":200,
+//                                  "statusDescription":"OK",
+//                                  "responseHeaders":{…},"body":true}}
+//
+// A request too large for the control channel is announced with its address
+// and id only; the listener dials the address and gets it there. A message of
 // a kind this side does not handle is reported as such, not as malformed.
 
 #include <cstddef>
@@ -42,7 +53,27 @@ struct RenewTokenMessage {
   std::string token;
 };
 
-using ControlMessage = std::variant<AcceptMessage, RenewTokenMessage>;
+// HTTP mode. `method` empty: only announced, the request itself follows on
+// the rendezvous WebSocket at `address`.
+struct RequestMessage {
+  std::string address;
+  std::string id;
+  std::string target;  // requestTarget: path and query as the sender sent them
+  std::string method;
+  std::optional<RemoteEndpoint> remote_endpoint;
+  std::map<std::string, std::string> headers;
+  bool body = false;
+};
+
+struct ResponseMessage {
+  std::string request_id;
+  unsigned status = 0;  // 100..999
+  std::string description;
+  std::map<std::string, std::string> headers;
+  bool body = false;
+};
+
+using ControlMessage = std::variant<AcceptMessage, RenewTokenMessage, RequestMessage, ResponseMessage>;
 
 struct ControlParse {
   enum class State { ok, unknown_kind, invalid };
@@ -55,5 +86,7 @@ struct ControlParse {
 ControlParse parse_control_message(std::string_view text);
 std::string to_json(const AcceptMessage& m);
 std::string to_json(const RenewTokenMessage& m);
+std::string to_json(const RequestMessage& m);
+std::string to_json(const ResponseMessage& m);
 
 }  // namespace clusterconnect::tunnel::rendezvous

@@ -162,9 +162,9 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     up_.fetch_add(1, std::memory_order_relaxed);
     std::weak_ptr<ControlChannel> which = channel;
     channel->start(
-        [weak = weak_from_this()](std::string text) {
+        [weak = weak_from_this(), which](std::string text) {
           if (auto self = weak.lock())
-            asio::dispatch(self->strand_, [self, text = std::move(text)] { self->on_message(text); });
+            asio::dispatch(self->strand_, [self, which, text = std::move(text)] { self->on_message(text, which); });
         },
         [weak = weak_from_this(), &slot, which](std::string why) {
           if (auto self = weak.lock())
@@ -210,11 +210,25 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     retry_later(slot);
   }
 
-  void on_message(const std::string& text) {
+  // Hybrid Connections HTTP mode: a listener without a request handler
+  // answers 501, as Microsoft's SDKs do. A request only announced (too large
+  // for the control channel) gets the same answer there.
+  void refuse_request(const rv::RequestMessage& request, const std::weak_ptr<ControlChannel>& which) {
+    logger_->info("control channel: refused an HTTP request{} (this agent takes rendezvous connections only)",
+                  request.method.empty() ? std::string() : " " + request.method);
+    rv::ResponseMessage response;
+    response.request_id = request.id;
+    response.status = 501;
+    response.description = "Not Implemented";
+    if (auto channel = which.lock()) channel->send(rv::to_json(response));
+  }
+
+  void on_message(const std::string& text, const std::weak_ptr<ControlChannel>& which) {
     if (closed_) return;
     auto m = rv::parse_control_message(text);
     if (m.state == rv::ControlParse::State::unknown_kind) return logger_->debug("control channel: ignored a {} message", m.kind);
     if (m.state != rv::ControlParse::State::ok) return logger_->warn("control channel: a malformed message: {}", m.error);
+    if (auto* request = std::get_if<rv::RequestMessage>(&m.message)) return refuse_request(*request, which);
     auto* accept = std::get_if<rv::AcceptMessage>(&m.message);
     if (!accept) return;
     // Header names in connectHeaders are matched without regard to case.

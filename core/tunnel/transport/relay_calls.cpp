@@ -51,7 +51,12 @@ class WsControlChannel final : public ControlChannel, public std::enable_shared_
           why += " (" + std::string(self->ws_.reason().reason.c_str()) + ")";
         return self->end(why, false);
       }
-      if (!self->ws_.got_text()) return self->end("the relay sent a binary message on the control channel", true);
+      if (!self->ws_.got_text()) {
+        // An HTTP-mode request's body (Hybrid Connections): the request was
+        // already answered, this side takes WebSocket connections only.
+        self->buffer_.consume(self->buffer_.size());
+        return self->read();
+      }
       std::string text = beast::buffers_to_string(self->buffer_.data());
       self->buffer_.consume(self->buffer_.size());
       // A copy: the handler may close the channel, which drops its own.

@@ -45,6 +45,31 @@ TEST_CASE("relay config: clusters, keys with secrets relative to the file, limit
   CHECK(c.raw.at("future").at("a") == 1);
 }
 
+TEST_CASE("relay config: a path finds the hybrid connection that is its longest prefix", "[relay][config]") {
+  TempDir dir;
+  std::ofstream(dir.path() / "k") << "s\n";
+  std::ofstream(dir.path() / "relay.json") << R"({"clusters": [
+    {"subscription": "s", "resource_group": "g", "name": "a", "hybrid_connection": "hc/a",
+     "keys": [{"name": "k", "rights": ["listen"], "secret_file": "k"}]},
+    {"subscription": "s", "resource_group": "g", "name": "ab", "hybrid_connection": "hc/a/b",
+     "keys": [{"name": "k", "rights": ["listen"], "secret_file": "k"}]}]})";
+  auto c = load_relay_config(dir.path() / "relay.json");
+  std::string_view rest;
+  auto* a = c.cluster_by_path_prefix("hc/a", rest);
+  REQUIRE(a);
+  CHECK(a->name == "a");
+  CHECK(rest.empty());
+  CHECK(c.cluster_by_path_prefix("HC/A/x/y", rest) == a);
+  CHECK(rest == "/x/y");
+  auto* ab = c.cluster_by_path_prefix("hc/a/b/c", rest);
+  REQUIRE(ab);
+  CHECK(ab->name == "ab");
+  CHECK(rest == "/c");
+  // A prefix ends at a segment boundary.
+  CHECK(c.cluster_by_path_prefix("hc/abc", rest) == nullptr);
+  CHECK(c.cluster_by_path_prefix("hc", rest) == nullptr);
+}
+
 TEST_CASE("relay config errors name the file and the field", "[relay][config]") {
   TempDir dir;
   auto load = [&](const std::string& text) {

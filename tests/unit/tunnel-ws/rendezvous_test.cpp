@@ -3,6 +3,7 @@
 // leg's preamble and the relay's answer, and the control-channel messages.
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include <memory>
 #include <set>
@@ -336,9 +337,82 @@ TEST_CASE("control-channel messages in Hybrid Connections' shape", "[rendezvous]
   REQUIRE(renew.state == ControlParse::State::ok);
   CHECK(std::get<RenewTokenMessage>(renew.message).token == "SharedAccessSignature sr=x&sig=y&se=1&skn=listen");
 
-  auto request = parse_control_message(R"({"request":{"address":"wss://x","id":"1","method":"GET"}})");
-  CHECK(request.state == ControlParse::State::unknown_kind);
-  CHECK(request.kind == "request");
+  auto other = parse_control_message(R"({"sessionInfo":{"id":"1"}})");
+  CHECK(other.state == ControlParse::State::unknown_kind);
+  CHECK(other.kind == "sessionInfo");
+}
+
+TEST_CASE("HTTP-mode requests and responses in Hybrid Connections' shape", "[rendezvous]") {
+  // A request as the relay sends it, and as Microsoft's SDKs read it.
+  RequestMessage r;
+  r.address = "wss://relay.example.net/$hc/hc/echo?sb-hc-action=request&sb-hc-id=ab12";
+  r.id = "ab12";
+  r.target = "/hc/echo/sub?x=1";
+  r.method = "POST";
+  r.headers = {{"Content-Type", "text/plain"}, {"X-Trace", "1"}};
+  r.remote_endpoint = RemoteEndpoint{"10.0.0.7", 40000};
+  r.body = true;
+  const auto j = nlohmann::json::parse(to_json(r));
+  CHECK(j.at("request").at("requestTarget") == "/hc/echo/sub?x=1");
+  CHECK(j.at("request").at("requestHeaders").at("X-Trace") == "1");
+  CHECK(j.at("request").at("body") == true);
+  auto back = parse_control_message(to_json(r));
+  REQUIRE(back.state == ControlParse::State::ok);
+  const auto& rb = std::get<RequestMessage>(back.message);
+  CHECK(rb.method == "POST");
+  CHECK(rb.headers == r.headers);
+  CHECK(rb.remote_endpoint->port == 40000);
+
+  // Announced only: address and id, nothing the listener would take as a request.
+  RequestMessage announced;
+  announced.address = r.address;
+  announced.id = r.id;
+  const auto ja = nlohmann::json::parse(to_json(announced));
+  CHECK_FALSE(ja.at("request").contains("method"));
+  CHECK_FALSE(ja.at("request").contains("requestTarget"));
+
+  // Responses: statusCode as a number (hyco-https) or a string, headers
+  // with array values joined, body flag.
+  auto a = parse_control_message(
+      R"({"response":{"requestId":"ab12","statusCode":201,"statusDescription":"Created","responseHeaders":{"x-a":"1","x-b":["2","3"]},"body":true}})");
+  REQUIRE(a.state == ControlParse::State::ok);
+  const auto& ra = std::get<ResponseMessage>(a.message);
+  CHECK(ra.status == 201);
+  CHECK(ra.description == "Created");
+  CHECK(ra.headers.at("x-b") == "2, 3");
+  CHECK(ra.body);
+  auto b = parse_control_message(R"({"response":{"requestId":"ab12","statusCode":"404"}})");
+  REQUIRE(b.state == ControlParse::State::ok);
+  CHECK(std::get<ResponseMessage>(b.message).status == 404);
+  CHECK_FALSE(std::get<ResponseMessage>(b.message).body);
+  auto again = parse_control_message(to_json(ra));
+  REQUIRE(again.state == ControlParse::State::ok);
+  CHECK(std::get<ResponseMessage>(again.message).headers == ra.headers);
+}
+
+TEST_CASE("a malformed HTTP-mode response is refused with what was wrong", "[rendezvous]") {
+  struct Case {
+    std::string json, why;
+  };
+  const std::vector<Case> cases{
+      {R"({"response":{"statusCode":200}})", "requestId"},
+      {R"({"response":{"requestId":"1","statusCode":99}})", "statusCode"},
+      {R"({"response":{"requestId":"1","statusCode":"2000"}})", "statusCode"},
+      {R"({"response":{"requestId":"1","statusCode":"abc"}})", "statusCode"},
+      {R"({"response":{"requestId":"1"}})", "statusCode"},
+      {R"({"response":{"requestId":"1","statusCode":200,"statusDescription":"OK\r\nX-Injected: 1"}})", "control character"},
+      {R"({"response":{"requestId":"1","statusCode":200,"responseHeaders":{"a":{"b":1}}}})", "responseHeaders"},
+      {R"({"response":{"requestId":"1","statusCode":200,"responseHeaders":[]}})", "responseHeaders"},
+      {R"({"response":{"requestId":"1","statusCode":200,"body":"yes"}})", "body"},
+      {R"({"request":{"id":"1"}})", "address"},
+      {R"({"request":{"address":"wss://x","id":"1","requestHeaders":{"a":true}}})", "requestHeaders"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.json);
+    auto p = parse_control_message(c.json);
+    CHECK(p.state == ControlParse::State::invalid);
+    CHECK_THAT(p.error, Catch::Contains(c.why));
+  }
 }
 
 TEST_CASE("a malformed control message is refused and never echoes a token", "[rendezvous]") {
