@@ -271,3 +271,52 @@ TEST_CASE("HTTP mode: a listener's bad or missing response is answered 502 or 50
   CHECK(broken.status == 502);
   CHECK_THAT(broken.body, Catch::Contains("went away"));
 }
+
+TEST_CASE("Hybrid Connections paths: a sender may add segments after the path, a listener names it exactly",
+          "[relay][hc]") {
+  auto relay = same_named_clusters();
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  RawWs sender(relay);
+  beast::error_code sender_ec = asio::error::would_block;
+  std::thread connecting([&] {
+    sender_ec = sender.upgrade(relay.host(), "/$hc/" + path_a + "/tenant/7?sb-hc-action=connect",
+                               {{"ServiceBusAuthorization", relay.token("connect", "a-connect", path_a)}});
+  });
+  auto accept = next_accept(agent);
+  // The accept names the hybrid connection itself.
+  CHECK_THAT(accept.address, Catch::StartsWith("wss://" + relay.host() + "/$hc/" + path_a + "?sb-hc-action=accept"));
+  RawWs listener(relay);
+  REQUIRE_FALSE(listener.upgrade(relay.host(), target_of(accept.address), {}));
+  connecting.join();
+  CHECK_FALSE(sender_ec);
+
+  RawWs suffixed(relay);
+  CHECK(suffixed.upgrade(relay.host(), "/$hc/" + path_a + "/tenant/7?sb-hc-action=listen",
+                         {{"ServiceBusAuthorization", relay.token("listen", "a-listen", path_a)}}) ==
+        websocket::error::upgrade_declined);
+  CHECK(suffixed.response.result_int() == 404);
+}
+
+TEST_CASE("Hybrid Connections listeners: one refused again and again is told to wait, whatever its token",
+          "[relay][hc][security]") {
+  auto relay = same_named_clusters();
+  const std::string bad = relay.token("listen", "not-the-secret", path_a);
+  for (int i = 0; i < 10; ++i) {
+    RawWs listener(relay);
+    CHECK(listener.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=listen", {{"ServiceBusAuthorization", bad}}) ==
+          websocket::error::upgrade_declined);
+    CHECK(listener.response.result_int() == 401);
+  }
+  RawWs throttled(relay);
+  CHECK(throttled.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=listen",
+                          {{"ServiceBusAuthorization", relay.token("listen", "a-listen", path_a)}}) ==
+        websocket::error::upgrade_declined);
+  CHECK(throttled.response.result_int() == 429);
+  const std::string retry(throttled.response[beast::http::field::retry_after]);
+  REQUIRE_FALSE(retry.empty());
+  CHECK(std::stoi(retry) >= 1);
+  CHECK(std::stoi(retry) <= 10);
+  CHECK(relay.gauge("clusterconnect_relay_handshake_failures_total{reason=\"listener_throttled\"}") == 1);
+  // Senders from the same address are not affected.
+  CHECK(send(relay, "GET", "/" + path_a, relay.token("connect", "a-connect", path_a)).status == 404);
+}
