@@ -205,8 +205,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_listener_request(const ClusterEntry* cluster, std::map<std::string, std::string>& query);
   void hc_finish(const std::string& id);
   void handle_management();
-  void respond(unsigned status, std::string content_type, std::string body,
-               std::initializer_list<std::pair<http::field, std::string>> extra = {});
+  void respond(unsigned status, std::string content_type, std::string body);
   void send_response(std::shared_ptr<http::response<http::string_body>> res, bool keep_alive);
   void respond_error(unsigned status, std::string_view message) {
     respond(status, "application/json", error_body(status_code_name(status), message));
@@ -437,35 +436,6 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     ++n;
     return true;
   }
-  // Listeners refused at the handshake (401, 403, 404), by client address:
-  // one that retries in a loop without backing off (some SDKs do) is
-  // answered 429 for the rest of the window, its token not even checked.
-  static constexpr auto refusal_window = std::chrono::seconds(10);
-  static constexpr unsigned refusals_allowed = 10;
-  // Seconds until `address` may try again; 0 when it may now.
-  unsigned listen_throttled(const std::string& address) {
-    std::lock_guard lock(mutex_);
-    auto it = listen_refusals_.find(address);
-    if (it == listen_refusals_.end()) return 0;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - it->second.first >= refusal_window) {
-      listen_refusals_.erase(it);
-      return 0;
-    }
-    if (it->second.second < refusals_allowed) return 0;
-    return static_cast<unsigned>(
-        std::chrono::ceil<std::chrono::seconds>(it->second.first + refusal_window - now).count());
-  }
-  void listen_refused(const std::string& address) {
-    std::lock_guard lock(mutex_);
-    const auto now = std::chrono::steady_clock::now();
-    if (listen_refusals_.size() >= 10000)
-      std::erase_if(listen_refusals_, [now](const auto& e) { return now - e.second.first >= refusal_window; });
-    auto [it, fresh] = listen_refusals_.emplace(address, std::make_pair(now, 0u));
-    if (!fresh && now - it->second.first >= refusal_window) it->second = {now, 0u};
-    ++it->second.second;
-  }
-
   void release(const std::string& address) {
     std::lock_guard lock(mutex_);
     auto it = pending_by_address_.find(address);
@@ -600,7 +570,6 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   mutable std::mutex mutex_;
   std::shared_ptr<ManagementApi> api_;
   std::map<std::string, std::size_t> pending_by_address_;
-  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, unsigned>> listen_refusals_;
   std::shared_ptr<tcp::acceptor> metrics_acceptor_;
   ListenerRegistry listeners_{config_.limits.max_tunnels_per_cluster};
   std::shared_ptr<RendezvousPort> rendezvous_;
@@ -912,18 +881,8 @@ void HttpConnection::handle_tunnel() {
   auto refuse = [&](unsigned status, std::string label, std::string_view message) {
     metrics.handshake_failure(label);
     front_->log().info("tunnel handshake from {} refused ({}): {}", peer_, status, message);
-    if (action == "listen" && (status == 401 || status == 403 || status == 404)) front_->listen_refused(address_);
     respond_error(status, message);
   };
-  if (action == "listen") {
-    if (const unsigned wait = front_->listen_throttled(address_)) {
-      metrics.handshake_failure("listener_throttled");
-      return respond(429, "application/json",
-                     error_body("TooManyRequests", "this address was refused " + std::to_string(FrontEndImpl::refusals_allowed) +
-                                                       " times; retry in " + std::to_string(wait) + " s"),
-                     {{http::field::retry_after, std::to_string(wait)}});
-    }
-  }
   std::string hc;
   if (!percent_decode(raw_path, hc)) return refuse(400, "bad_path", "the path is not valid percent-encoding");
   while (!hc.empty() && hc.back() == '/') hc.pop_back();
@@ -1474,12 +1433,10 @@ void HttpConnection::handle_management() {
   });
 }
 
-void HttpConnection::respond(unsigned status, std::string content_type, std::string body,
-                             std::initializer_list<std::pair<http::field, std::string>> extra) {
+void HttpConnection::respond(unsigned status, std::string content_type, std::string body) {
   auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
   res->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
   res->set(http::field::content_type, content_type);
-  for (const auto& [field, value] : extra) res->set(field, value);
   res->body() = std::move(body);
   res->prepare_payload();
   send_response(std::move(res), req_.keep_alive() && status < 500 && status != 413 && status != 431);

@@ -296,27 +296,3 @@ TEST_CASE("Hybrid Connections paths: a sender may add segments after the path, a
         websocket::error::upgrade_declined);
   CHECK(suffixed.response.result_int() == 404);
 }
-
-TEST_CASE("Hybrid Connections listeners: one refused again and again is told to wait, whatever its token",
-          "[relay][hc][security]") {
-  auto relay = same_named_clusters();
-  const std::string bad = relay.token("listen", "not-the-secret", path_a);
-  for (int i = 0; i < 10; ++i) {
-    RawWs listener(relay);
-    CHECK(listener.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=listen", {{"ServiceBusAuthorization", bad}}) ==
-          websocket::error::upgrade_declined);
-    CHECK(listener.response.result_int() == 401);
-  }
-  RawWs throttled(relay);
-  CHECK(throttled.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=listen",
-                          {{"ServiceBusAuthorization", relay.token("listen", "a-listen", path_a)}}) ==
-        websocket::error::upgrade_declined);
-  CHECK(throttled.response.result_int() == 429);
-  const std::string retry(throttled.response[beast::http::field::retry_after]);
-  REQUIRE_FALSE(retry.empty());
-  CHECK(std::stoi(retry) >= 1);
-  CHECK(std::stoi(retry) <= 10);
-  CHECK(relay.gauge("clusterconnect_relay_handshake_failures_total{reason=\"listener_throttled\"}") == 1);
-  // Senders from the same address are not affected.
-  CHECK(send(relay, "GET", "/" + path_a, relay.token("connect", "a-connect", path_a)).status == 404);
-}
