@@ -58,6 +58,17 @@ void configure_upgrade(tunnel::WsStream& ws, std::string subprotocol,
   }));
 }
 
+// Text fit for a status line's reason phrase: visible ASCII and spaces, at
+// most 200 characters; empty when nothing is left.
+std::string reason_phrase(std::string_view text) {
+  std::string out;
+  for (char c : text)
+    if (out.size() < 200 && c >= ' ' && c <= '~') out += c;
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  while (!out.empty() && out.front() == ' ') out.erase(0, 1);
+  return out;
+}
+
 std::string error_body(std::string_view code, std::string_view message) {
   return nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump();
 }
@@ -171,7 +182,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   // listener's accept WebSocket is up (`subprotocol`: what it chose), it
   // rejected the rendezvous, or none came in time.
   void sender_accepted(tunnel::WsStream listener, std::string subprotocol);
-  void sender_refused(unsigned status, std::string description);
+  // `rejected`: the listener's own rejection (its statusDescription).
+  void sender_refused(unsigned status, std::string description, bool rejected = false);
 
  private:
   void on_tls(error_code ec);
@@ -186,9 +198,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
   void handle_management();
-  void respond(unsigned status, std::string content_type, std::string body);
-  void respond_error(unsigned status, std::string_view message) {
-    respond(status, "application/json", error_body(status_code_name(status), message));
+  // `reason`: the status line's reason phrase, when not the standard one.
+  void respond(unsigned status, std::string content_type, std::string body, std::string_view reason = {});
+  void respond_error(unsigned status, std::string_view message, std::string_view reason = {}) {
+    respond(status, "application/json", error_body(status_code_name(status), message), reason);
   }
   void on_write(error_code ec, bool keep_alive);
   void do_close();
@@ -894,14 +907,16 @@ void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subp
   });
 }
 
-void HttpConnection::sender_refused(unsigned status, std::string description) {
-  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, description = std::move(description)] {
+void HttpConnection::sender_refused(unsigned status, std::string description, bool rejected) {
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, description = std::move(description), rejected] {
     if (self->park_timer_) self->park_timer_->cancel();
     if (status == 504) self->front_->metrics().open_failure("rendezvous_timeout");
     self->front_->log().info("connect from {} not paired ({}): {}", self->peer_, status, description);
     // It left the pre-authentication budget when it was parked: it ends here.
     self->req_.keep_alive(false);
-    self->respond_error(status, description);
+    // A listener's rejection also names its statusDescription in the status
+    // line, where a sender that reads no body finds it.
+    self->respond_error(status, description, rejected ? reason_phrase(description) : std::string());
   });
 }
 
@@ -932,7 +947,7 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
     std::string description = param("statusDescription").value_or("the listener rejected the connection");
     if (description.size() > 200) description.resize(200);
     front_->ws_counters().rejected.fetch_add(1);
-    sender->sender_refused(status, std::move(description));
+    sender->sender_refused(status, std::move(description), true);
     // Hybrid Connections answers a rejection with 410: no WebSocket was made.
     return respond_error(410, "rejection passed to the sender");
   }
@@ -975,8 +990,9 @@ void HttpConnection::handle_management() {
   });
 }
 
-void HttpConnection::respond(unsigned status, std::string content_type, std::string body) {
+void HttpConnection::respond(unsigned status, std::string content_type, std::string body, std::string_view reason) {
   res_ = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
+  if (!reason.empty()) res_->reason(reason);
   res_->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
   res_->set(http::field::content_type, content_type);
   res_->body() = std::move(body);

@@ -382,7 +382,28 @@ TEST_CASE("ws form: a listener's rejection reaches the sender with its status", 
   CHECK(sender_ec == websocket::error::upgrade_declined);
   CHECK(sender.response.result_int() == 403);
   CHECK_THAT(sender.response.body(), Catch::Contains("not today"));
+  // The description is the status line's reason phrase too (hyco-ws senders
+  // see only the status line).
+  CHECK(std::string(sender.response.reason()) == "not today");
   CHECK(relay.gauge("clusterconnect_relay_ws_rendezvous_total{outcome=\"rejected\"}") == 1);
+  {
+    // A description that would break the status line is cut to what fits.
+    RawWs second(relay);
+    beast::error_code second_ec;
+    std::thread again([&] {
+      second_ec = second.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect",
+                                 {{"ServiceBusAuthorization", relay.token("connect", "a-connect", path_a)}});
+    });
+    auto next = next_accept(agent);
+    auto r = run("curl -sS --max-time 20 -o /dev/null -w '%{http_code}' --cacert " + quote(relay.ca_file()) + " " +
+                 quote("https" + next.address.substr(3) + "&sb-hc-statusCode=451&sb-hc-statusDescription=%20bad%0D%0AX-Injected:%201%20"));
+    CHECK(r.output == "410");
+    again.join();
+    CHECK(second_ec == websocket::error::upgrade_declined);
+    CHECK(second.response.result_int() == 451);
+    CHECK(std::string(second.response.reason()) == "badX-Injected: 1");
+    CHECK(second.response.count("X-Injected") == 0);
+  }
   // A sender whose cluster has no listener is refused at once.
   RawWs lonely(relay);
   CHECK(lonely.upgrade(relay.host(), "/$hc/" + path_b + "?sb-hc-action=connect",
