@@ -195,6 +195,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
   void park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& host);
   void handle_listener_accept(std::map<std::string, std::string>& query);
+  void refuse_listener(unsigned status, std::string message);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
   void handle_management();
@@ -358,6 +359,31 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     ++n;
     return true;
   }
+  // A listen handshake from `address` was refused with a 4xx: how long to
+  // hold the answer. Microsoft's SDKs reconnect at once (hyco-ws twice per
+  // failure), so the second refusal within a minute waits 250 ms, each further
+  // one twice as long, up to 10 s; the held connections stay in the address's
+  // pre-authentication budget, which bounds them.
+  std::chrono::milliseconds listen_refused(const std::string& address) {
+    using namespace std::chrono_literals;
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(mutex_);
+    auto it = listen_refusals_.find(address);
+    if (it != listen_refusals_.end() && now - it->second.last > 60s) {
+      listen_refusals_.erase(it);
+      it = listen_refusals_.end();
+    }
+    if (it == listen_refusals_.end()) {
+      if (listen_refusals_.size() >= 10000)
+        std::erase_if(listen_refusals_, [&](const auto& kv) { return now - kv.second.last > 60s; });
+      if (listen_refusals_.size() < 10000) listen_refusals_.emplace(address, ListenRefusals{1, now});
+      return 0ms;
+    }
+    auto& r = it->second;
+    r.last = now;
+    r.count = std::min<unsigned>(r.count + 1, 64);
+    return std::min<std::chrono::milliseconds>(250ms * (1u << std::min(r.count - 2, 6u)), 10s);
+  }
   void release(const std::string& address) {
     std::lock_guard lock(mutex_);
     auto it = pending_by_address_.find(address);
@@ -485,6 +511,11 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   mutable std::mutex mutex_;
   std::shared_ptr<ManagementApi> api_;
   std::map<std::string, std::size_t> pending_by_address_;
+  struct ListenRefusals {
+    unsigned count;
+    std::chrono::steady_clock::time_point last;
+  };
+  std::map<std::string, ListenRefusals> listen_refusals_;
   std::shared_ptr<tcp::acceptor> metrics_acceptor_;
   ListenerRegistry listeners_{config_.limits.max_tunnels_per_cluster};
   std::shared_ptr<RendezvousPort> rendezvous_;
@@ -734,15 +765,17 @@ void HttpConnection::route() {
 
 void HttpConnection::handle_tunnel() {
   auto& metrics = front_->metrics();
-  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
-    metrics.handshake_failure(label);
-    front_->log().info("tunnel handshake from {} refused ({}): {}", peer_, status, message);
-    respond_error(status, message);
-  };
   std::string_view target = req_.target();
   auto q = target.find('?');
   std::string_view raw_path = target.substr(5, q == std::string_view::npos ? std::string_view::npos : q - 5);
   auto query = parse_query(q == std::string_view::npos ? std::string_view{} : target.substr(q + 1));
+  const bool listening = query.count("sb-hc-action") && query["sb-hc-action"] == "listen";
+  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
+    metrics.handshake_failure(label);
+    front_->log().info("tunnel handshake from {} refused ({}): {}", peer_, status, message);
+    if (listening) return refuse_listener(status, std::string(message));
+    respond_error(status, message);
+  };
   std::string hc;
   if (!percent_decode(raw_path, hc)) return refuse(400, "bad_path", "the path is not valid percent-encoding");
   while (!hc.empty() && hc.back() == '/') hc.pop_back();
@@ -778,7 +811,7 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
                                             const std::string& requested) {
   if (front_->listeners().count(cluster) >= front_->config().limits.max_tunnels_per_cluster) {
     front_->metrics().handshake_failure("listener_limit");
-    return respond_error(429, "cluster " + cluster->name + " has its maximum of listeners");
+    return refuse_listener(429, "cluster " + cluster->name + " has its maximum of listeners");
   }
   beast::get_lowest_layer(stream_).expires_never();
   ws_.emplace(std::move(stream_));
@@ -967,6 +1000,20 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
     }
     sender->sender_accepted(std::move(*self->ws_), subprotocol);
     self->ws_.reset();
+  });
+}
+
+// A refused listener: answered at once the first time, later when its
+// address keeps coming back refused (FrontEndImpl::listen_refused).
+void HttpConnection::refuse_listener(unsigned status, std::string message) {
+  const auto delay = status >= 400 && status < 500 ? front_->listen_refused(address_) : std::chrono::milliseconds(0);
+  if (delay.count() == 0) return respond_error(status, message);
+  front_->log().debug("listener {} refused again: answering in {} ms", peer_, delay.count());
+  req_.keep_alive(false);
+  park_timer_.emplace(stream_.get_executor());
+  park_timer_->expires_after(delay);
+  park_timer_->async_wait([self = shared_from_this(), status, message = std::move(message)](error_code ec) {
+    if (!ec) self->respond_error(status, message);
   });
 }
 

@@ -411,3 +411,29 @@ TEST_CASE("ws form: a listener's rejection reaches the sender with its status", 
         websocket::error::upgrade_declined);
   CHECK(lonely.response.result_int() == 404);
 }
+
+TEST_CASE("a listener refused again and again is answered later each time and a good one is not held",
+          "[relay][rendezvous]") {
+  // Microsoft's SDKs reconnect a refused listener at once (hyco-ws twice per
+  // failure): the relay holds each further refusal from that address longer.
+  auto relay = rendezvous_relay();
+  const auto forged = relay.token("listen", "wrong-secret", path_a);
+  auto refused = [&] {
+    RawWs ws(relay);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(ws.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=listen", {{"ServiceBusAuthorization", forged}}) ==
+          websocket::error::upgrade_declined);
+    CHECK(ws.response.result_int() == 401);
+    return std::chrono::steady_clock::now() - start;
+  };
+  refused();
+  CHECK(refused() >= 250ms);
+  CHECK(refused() >= 500ms);
+  // A listener whose token is good is accepted from the same address.
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  auto [status, body] = connect_json(relay, path_a, relay.token("connect", "a-connect", path_a));
+  CHECK(status == 200);
+  auto text = agent.next();
+  REQUIRE(text);
+  CHECK_THAT(*text, Catch::Contains("\"accept\""));
+}
