@@ -65,6 +65,17 @@ std::string size_text(std::size_t n) {
   return std::to_string(n) + " bytes";
 }
 
+// Text fit for a status line's reason phrase: visible ASCII and spaces, at
+// most 200 characters; empty when nothing is left.
+std::string reason_phrase(std::string_view text) {
+  std::string out;
+  for (char c : text)
+    if (out.size() < 200 && c >= ' ' && c <= '~') out += c;
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  while (!out.empty() && out.front() == ' ') out.erase(0, 1);
+  return out;
+}
+
 std::string error_body(std::string_view code, std::string_view message) {
   return nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump();
 }
@@ -178,7 +189,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   // listener's accept WebSocket is up (`subprotocol`: what it chose), it
   // rejected the rendezvous, or none came in time.
   void sender_accepted(tunnel::WsStream listener, std::string subprotocol);
-  void sender_refused(unsigned status, std::string description);
+  // `rejected`: the listener's own rejection (its statusDescription).
+  void sender_refused(unsigned status, std::string description, bool rejected = false);
 
   // An HTTP-mode request's outcome, from any thread: the listener's response
   // (passed on to the sender as it is, once), or a failure answered with
@@ -197,6 +209,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
   void park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& host);
   void handle_listener_accept(std::map<std::string, std::string>& query);
+  void refuse_listener(unsigned status, std::string message);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
   const ClusterEntry* http_mode_cluster(std::string_view target) const;
@@ -205,10 +218,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_listener_request(const ClusterEntry* cluster, std::map<std::string, std::string>& query);
   void hc_finish(const std::string& id);
   void handle_management();
-  void respond(unsigned status, std::string content_type, std::string body);
+  // `reason`: the status line's reason phrase, when not the standard one.
+  void respond(unsigned status, std::string content_type, std::string body, std::string_view reason = {});
   void send_response(std::shared_ptr<http::response<http::string_body>> res, bool keep_alive);
-  void respond_error(unsigned status, std::string_view message) {
-    respond(status, "application/json", error_body(status_code_name(status), message));
+  void respond_error(unsigned status, std::string_view message, std::string_view reason = {}) {
+    respond(status, "application/json", error_body(status_code_name(status), message), reason);
   }
   void on_write(error_code ec, bool keep_alive);
   void do_close();
@@ -436,6 +450,31 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     ++n;
     return true;
   }
+  // A listen handshake from `address` was refused with a 4xx: how long to
+  // hold the answer. Microsoft's SDKs reconnect at once (hyco-ws twice per
+  // failure), so the second refusal within a minute waits 250 ms, each further
+  // one twice as long, up to 10 s; the held connections stay in the address's
+  // pre-authentication budget, which bounds them.
+  std::chrono::milliseconds listen_refused(const std::string& address) {
+    using namespace std::chrono_literals;
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(mutex_);
+    auto it = listen_refusals_.find(address);
+    if (it != listen_refusals_.end() && now - it->second.last > 60s) {
+      listen_refusals_.erase(it);
+      it = listen_refusals_.end();
+    }
+    if (it == listen_refusals_.end()) {
+      if (listen_refusals_.size() >= 10000)
+        std::erase_if(listen_refusals_, [&](const auto& kv) { return now - kv.second.last > 60s; });
+      if (listen_refusals_.size() < 10000) listen_refusals_.emplace(address, ListenRefusals{1, now});
+      return 0ms;
+    }
+    auto& r = it->second;
+    r.last = now;
+    r.count = std::min<unsigned>(r.count + 1, 64);
+    return std::min<std::chrono::milliseconds>(250ms * (1u << std::min(r.count - 2, 6u)), 10s);
+  }
   void release(const std::string& address) {
     std::lock_guard lock(mutex_);
     auto it = pending_by_address_.find(address);
@@ -570,6 +609,11 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   mutable std::mutex mutex_;
   std::shared_ptr<ManagementApi> api_;
   std::map<std::string, std::size_t> pending_by_address_;
+  struct ListenRefusals {
+    unsigned count;
+    std::chrono::steady_clock::time_point last;
+  };
+  std::map<std::string, ListenRefusals> listen_refusals_;
   std::shared_ptr<tcp::acceptor> metrics_acceptor_;
   ListenerRegistry listeners_{config_.limits.max_tunnels_per_cluster};
   std::shared_ptr<RendezvousPort> rendezvous_;
@@ -881,6 +925,7 @@ void HttpConnection::handle_tunnel() {
   auto refuse = [&](unsigned status, std::string label, std::string_view message) {
     metrics.handshake_failure(label);
     front_->log().info("tunnel handshake from {} refused ({}): {}", peer_, status, message);
+    if (action == "listen") return refuse_listener(status, std::string(message));
     respond_error(status, message);
   };
   std::string hc;
@@ -924,7 +969,7 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
                                             const std::string& requested) {
   if (front_->listeners().count(cluster) >= front_->config().limits.max_tunnels_per_cluster) {
     front_->metrics().handshake_failure("listener_limit");
-    return respond_error(429, "cluster " + cluster->name + " has its maximum of listeners");
+    return refuse_listener(429, "cluster " + cluster->name + " has its maximum of listeners");
   }
   beast::get_lowest_layer(stream_).expires_never();
   ws_.emplace(std::move(stream_));
@@ -1053,14 +1098,16 @@ void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subp
   });
 }
 
-void HttpConnection::sender_refused(unsigned status, std::string description) {
-  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, description = std::move(description)] {
+void HttpConnection::sender_refused(unsigned status, std::string description, bool rejected) {
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, description = std::move(description), rejected] {
     if (self->park_timer_) self->park_timer_->cancel();
     if (status == 504) self->front_->metrics().open_failure("rendezvous_timeout");
     self->front_->log().info("connect from {} not paired ({}): {}", self->peer_, status, description);
     // It left the pre-authentication budget when it was parked: it ends here.
     self->req_.keep_alive(false);
-    self->respond_error(status, description);
+    // A listener's rejection also names its statusDescription in the status
+    // line, where a sender that reads no body finds it.
+    self->respond_error(status, description, rejected ? reason_phrase(description) : std::string());
   });
 }
 
@@ -1091,7 +1138,7 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
     std::string description = param("statusDescription").value_or("the listener rejected the connection");
     if (description.size() > 200) description.resize(200);
     front_->ws_counters().rejected.fetch_add(1);
-    sender->sender_refused(status, std::move(description));
+    sender->sender_refused(status, std::move(description), true);
     // Hybrid Connections answers a rejection with 410: no WebSocket was made.
     return respond_error(410, "rejection passed to the sender");
   }
@@ -1410,6 +1457,19 @@ void HttpConnection::handle_listener_request(const ClusterEntry* cluster, std::m
     std::make_shared<HcRendezvous>(std::move(*self->ws_), self->front_, sender, id, std::move(pending.request), std::move(pending.body))
         ->start();
     self->ws_.reset();
+}
+
+// A refused listener: answered at once the first time, later when its
+// address keeps coming back refused (FrontEndImpl::listen_refused).
+void HttpConnection::refuse_listener(unsigned status, std::string message) {
+  const auto delay = status >= 400 && status < 500 ? front_->listen_refused(address_) : std::chrono::milliseconds(0);
+  if (delay.count() == 0) return respond_error(status, message);
+  front_->log().debug("listener {} refused again: answering in {} ms", peer_, delay.count());
+  req_.keep_alive(false);
+  park_timer_.emplace(stream_.get_executor());
+  park_timer_->expires_after(delay);
+  park_timer_->async_wait([self = shared_from_this(), status, message = std::move(message)](error_code ec) {
+    if (!ec) self->respond_error(status, message);
   });
 }
 
@@ -1433,8 +1493,9 @@ void HttpConnection::handle_management() {
   });
 }
 
-void HttpConnection::respond(unsigned status, std::string content_type, std::string body) {
+void HttpConnection::respond(unsigned status, std::string content_type, std::string body, std::string_view reason) {
   auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
+  if (!reason.empty()) res->reason(reason);
   res->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
   res->set(http::field::content_type, content_type);
   res->body() = std::move(body);

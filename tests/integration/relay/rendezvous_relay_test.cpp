@@ -242,11 +242,58 @@ TEST_CASE("ws form: a listener's rejection reaches the sender with its status", 
   CHECK(sender_ec == websocket::error::upgrade_declined);
   CHECK(sender.response.result_int() == 403);
   CHECK_THAT(sender.response.body(), Catch::Contains("not today"));
+  // The description is the status line's reason phrase too (hyco-ws senders
+  // see only the status line).
+  CHECK(std::string(sender.response.reason()) == "not today");
   CHECK(relay.gauge("clusterconnect_relay_ws_rendezvous_total{outcome=\"rejected\"}") == 1);
+  {
+    // A description that would break the status line is cut to what fits.
+    RawWs second(relay);
+    beast::error_code second_ec;
+    std::thread again([&] {
+      second_ec = second.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect",
+                                 {{"ServiceBusAuthorization", relay.token("connect", "a-connect", path_a)}});
+    });
+    auto next = next_accept(agent);
+    auto r = run("curl -sS --max-time 20 -o /dev/null -w '%{http_code}' --cacert " + quote(relay.ca_file()) + " " +
+                 quote("https" + next.address.substr(3) + "&sb-hc-statusCode=451&sb-hc-statusDescription=%20bad%0D%0AX-Injected:%201%20"));
+    CHECK(r.output == "410");
+    again.join();
+    CHECK(second_ec == websocket::error::upgrade_declined);
+    CHECK(second.response.result_int() == 451);
+    CHECK(std::string(second.response.reason()) == "badX-Injected: 1");
+    CHECK(second.response.count("X-Injected") == 0);
+  }
   // A sender whose cluster has no listener is refused at once.
   RawWs lonely(relay);
   CHECK(lonely.upgrade(relay.host(), "/$hc/" + path_b + "?sb-hc-action=connect",
                        {{"ServiceBusAuthorization", relay.token("connect", "b-connect", path_b)}}) ==
         websocket::error::upgrade_declined);
   CHECK(lonely.response.result_int() == 404);
+}
+
+TEST_CASE("a listener refused again and again is answered later each time and a good one is not held",
+          "[relay][rendezvous]") {
+  // Microsoft's SDKs reconnect a refused listener at once (hyco-ws twice per
+  // failure): the relay holds each further refusal from that address longer.
+  auto relay = rendezvous_relay();
+  const auto forged = relay.token("listen", "wrong-secret", path_a);
+  auto refused = [&] {
+    RawWs ws(relay);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(ws.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=listen", {{"ServiceBusAuthorization", forged}}) ==
+          websocket::error::upgrade_declined);
+    CHECK(ws.response.result_int() == 401);
+    return std::chrono::steady_clock::now() - start;
+  };
+  refused();
+  CHECK(refused() >= 250ms);
+  CHECK(refused() >= 500ms);
+  // A listener whose token is good is accepted from the same address.
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  auto [status, body] = connect_json(relay, path_a, relay.token("connect", "a-connect", path_a));
+  CHECK(status == 200);
+  auto text = agent.next();
+  REQUIRE(text);
+  CHECK_THAT(*text, Catch::Contains("\"accept\""));
 }

@@ -6,6 +6,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "clusterconnect/certificates.hpp"
 #include "protocol/session.hpp"
 #include "relay_fixture.hpp"
@@ -298,4 +303,91 @@ TEST_CASE("rendezvous transport: a client whose session holds its maximum of str
   held.clear();
   client->close();
   listener->close();
+}
+
+namespace {
+
+// Microsoft's hyco-ws as the listener, playing the agent's part in Node
+// (tests/fixtures/hyco/hyco_ws_echo_agent.js): a process, stopped with
+// SIGTERM when the test ends.
+class HycoEchoAgent {
+ public:
+  HycoEchoAgent(const PinnedRelay& r, const std::filesystem::path& node) {
+    const auto dir = r.relay.dir();
+    std::ofstream(dir / "agent-listen.secret") << "listen-secret\n";
+    ready_ = dir / "hyco-agent.ready";
+    log_ = dir / "hyco-agent.log";
+    std::vector<std::string> args = {node.string(),
+                                     (source_dir() / "tests/fixtures/hyco/hyco_ws_echo_agent.js").string(),
+                                     "--url", r.relay.url(),
+                                     "--key-name", "listen",
+                                     "--key-file", (dir / "agent-listen.secret").string(),
+                                     "--cert", (dir / "agent.crt").string(),
+                                     "--key", (dir / "agent.key").string(),
+                                     "--ready-file", ready_.string()};
+    const std::string ca = "NODE_EXTRA_CA_CERTS=" + r.relay.ca_file();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::putenv(const_cast<char*>(ca.c_str()));
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+  }
+  ~HycoEchoAgent() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    if (!wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, 10s)) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+    }
+  }
+  bool listening() const { return std::filesystem::exists(ready_); }
+  std::string log() const {
+    std::ifstream in(log_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::filesystem::path ready_, log_;
+};
+
+}  // namespace
+
+TEST_CASE("rendezvous transport: the proxy's ws form reaches a hyco-ws listener that plays the agent",
+          "[relay][transport][hyco]") {
+  const auto node = run("command -v node");
+  if (node.status != 0) CLUSTERCONNECT_SKIP("node is not installed (apt-get install nodejs npm): the hyco-ws listener not run");
+  if (!std::filesystem::exists(source_dir() / "tests/fixtures/node_modules/hyco-ws"))
+    CLUSTERCONNECT_SKIP("tests/fixtures/node_modules is missing (scripts/setup.sh runs npm ci): the hyco-ws listener not run");
+  std::string node_path = node.output;
+  while (!node_path.empty() && (node_path.back() == '\n' || node_path.back() == ' ')) node_path.pop_back();
+  PinnedRelay r;
+  HycoEchoAgent hyco(r, node_path);
+  REQUIRE(wait_until([&] { return hyco.listening(); }, 20s));
+  ModuleHost client_host("ws");
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  REQUIRE(client);
+  // Two streams on one session; each under the echo's credit (256 KiB).
+  for (std::uint64_t i = 0; i < 2; ++i) {
+    auto o = open_stream(*client);
+    INFO(o.reason << "\n" << hyco.log());
+    REQUIRE_FALSE(o.ec);
+    auto x = exchange(o.stream, 100000 + i, i, 30s);
+    INFO(x.what << ": " << x.ec.message());
+    CHECK_FALSE(x.ec);
+    CHECK(x.received_sha == x.sent_sha);
+  }
+  CHECK(r.paired("ws") == 1);
+  CHECK_THAT(hyco.log(), Catch::Contains("TLS up with the proxy, TLSv1.3"));
+  client->close();
 }
