@@ -1457,6 +1457,7 @@ void HttpConnection::handle_listener_request(const ClusterEntry* cluster, std::m
     std::make_shared<HcRendezvous>(std::move(*self->ws_), self->front_, sender, id, std::move(pending.request), std::move(pending.body))
         ->start();
     self->ws_.reset();
+  });
 }
 
 // A refused listener: answered at once the first time, later when its
