@@ -224,21 +224,34 @@ TEST_CASE("ws form: a sender's upgrade waits for the listener's accept, then mes
   CHECK(relay.gauge("clusterconnect_relay_ws_rendezvous_total{outcome=\"paired\"}") == 1);
 }
 
-TEST_CASE("ws form: a listener's rejection reaches the sender with its status", "[relay][rendezvous][ws]") {
-  auto relay = rendezvous_relay();
-  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
-  RawWs sender(relay);
+namespace {
+
+// Parks `sender` on team-a's path and has the listener reject it by
+// requesting the accept address with `params` appended: the status the
+// rejecting request got, and how the sender's upgrade ended.
+std::pair<std::string, beast::error_code> reject_sender(const RelayProcess& relay, ControlClient& agent, RawWs& sender,
+                                                        const std::string& params) {
   beast::error_code sender_ec;
   std::thread connecting([&] {
     sender_ec = sender.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect",
                                {{"ServiceBusAuthorization", relay.token("connect", "a-connect", path_a)}});
   });
   auto accept = next_accept(agent);
-  // As Microsoft's SDKs send it: no sb-hc- prefix.
   auto rejected = run("curl -sS --max-time 20 -o /dev/null -w '%{http_code}' --cacert " + quote(relay.ca_file()) + " " +
-                      quote("https" + accept.address.substr(3) + "&statusCode=403&statusDescription=not%20today"));
-  CHECK(rejected.output == "410");
+                      quote("https" + accept.address.substr(3) + params));
   connecting.join();
+  return {rejected.output, sender_ec};
+}
+
+}  // namespace
+
+TEST_CASE("ws form: a listener's rejection reaches the sender with its status", "[relay][rendezvous][ws]") {
+  auto relay = rendezvous_relay();
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  RawWs sender(relay);
+  // As Microsoft's SDKs send it: no sb-hc- prefix.
+  auto [rejected, sender_ec] = reject_sender(relay, agent, sender, "&statusCode=403&statusDescription=not%20today");
+  CHECK(rejected == "410");
   CHECK(sender_ec == websocket::error::upgrade_declined);
   CHECK(sender.response.result_int() == 403);
   CHECK_THAT(sender.response.body(), Catch::Contains("not today"));
@@ -249,16 +262,9 @@ TEST_CASE("ws form: a listener's rejection reaches the sender with its status", 
   {
     // A description that would break the status line is cut to what fits.
     RawWs second(relay);
-    beast::error_code second_ec;
-    std::thread again([&] {
-      second_ec = second.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect",
-                                 {{"ServiceBusAuthorization", relay.token("connect", "a-connect", path_a)}});
-    });
-    auto next = next_accept(agent);
-    auto r = run("curl -sS --max-time 20 -o /dev/null -w '%{http_code}' --cacert " + quote(relay.ca_file()) + " " +
-                 quote("https" + next.address.substr(3) + "&sb-hc-statusCode=451&sb-hc-statusDescription=%20bad%0D%0AX-Injected:%201%20"));
-    CHECK(r.output == "410");
-    again.join();
+    auto [r, second_ec] =
+        reject_sender(relay, agent, second, "&sb-hc-statusCode=451&sb-hc-statusDescription=%20bad%0D%0AX-Injected:%201%20");
+    CHECK(r == "410");
     CHECK(second_ec == websocket::error::upgrade_declined);
     CHECK(second.response.result_int() == 451);
     CHECK(std::string(second.response.reason()) == "badX-Injected: 1");
