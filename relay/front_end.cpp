@@ -209,6 +209,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
   void park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& host);
   void handle_listener_accept(std::map<std::string, std::string>& query);
+  // A refused handshake: counted under `label`, one log line naming `what`.
+  void refuse_handshake(std::string_view what, unsigned status, const std::string& label, std::string_view message);
   void refuse_listener(unsigned status, std::string message);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
@@ -1102,7 +1104,7 @@ void HttpConnection::sender_refused(unsigned status, std::string description, bo
   asio::dispatch(stream_.get_executor(), [self = shared_from_this(), status, description = std::move(description), rejected] {
     if (self->park_timer_) self->park_timer_->cancel();
     if (status == 504) self->front_->metrics().open_failure("rendezvous_timeout");
-    self->front_->log().info("connect from {} not paired ({}): {}", self->peer_, status, description);
+    self->front_->log().info("connect from {} not paired ({}): {}", self->peer_, status, reason_phrase(description));
     // It left the pre-authentication budget when it was parked: it ends here.
     self->req_.keep_alive(false);
     // A listener's rejection also names its statusDescription in the status
@@ -1111,11 +1113,16 @@ void HttpConnection::sender_refused(unsigned status, std::string description, bo
   });
 }
 
+void HttpConnection::refuse_handshake(std::string_view what, unsigned status, const std::string& label,
+                                      std::string_view message) {
+  front_->metrics().handshake_failure(label);
+  front_->log().info("{} from {} refused ({}): {}", what, peer_, status, message);
+  respond_error(status, message);
+}
+
 void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& query) {
-  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
-    front_->metrics().handshake_failure(label);
-    front_->log().info("rendezvous accept from {} refused ({}): {}", peer_, status, message);
-    respond_error(status, message);
+  auto refuse = [&](unsigned status, const std::string& label, std::string_view message) {
+    refuse_handshake("rendezvous accept", status, label, message);
   };
   const std::string id = query.count("sb-hc-id") ? query["sb-hc-id"] : std::string{};
   if (!tunnel::rendezvous::is_ticket(id)) return refuse(404, "unknown_rendezvous", "no rendezvous is pending under this id");
@@ -1435,10 +1442,8 @@ void HttpConnection::hc_fail(std::string id, unsigned status, std::string why) {
 }
 
 void HttpConnection::handle_listener_request(const ClusterEntry* cluster, std::map<std::string, std::string>& query) {
-  auto refuse = [&](unsigned status, std::string label, std::string_view message) {
-    front_->metrics().handshake_failure(label);
-    front_->log().info("request rendezvous from {} refused ({}): {}", peer_, status, message);
-    respond_error(status, message);
+  auto refuse = [&](unsigned status, const std::string& label, std::string_view message) {
+    refuse_handshake("request rendezvous", status, label, message);
   };
   const std::string id = query.count("sb-hc-id") ? query["sb-hc-id"] : std::string{};
   if (!tunnel::rendezvous::is_ticket(id)) return refuse(404, "unknown_request", "no request is pending under this id");
