@@ -31,23 +31,39 @@ if [ "$mode" = "--down" ]; then
   exit 0
 fi
 
-scripts/setup.sh
+# Everything the set-up and the build print goes to one log; the terminal gets
+# the steps and the build's progress.
+mkdir -p "$root/build"
+log="$root/build/demo.log"
+: >"$log"
+failed_in() {
+  echo "demo: $1 failed; the last lines of $log:" >&2
+  tail -n 25 "$log" >&2
+  exit 1
+}
+
+echo "== [1/4] checking what the build and the sandbox need (a few minutes on a fresh machine; log: $log) ==" >&2
+CLUSTERCONNECT_SETUP_LOG="$log" scripts/setup.sh || failed_in "the set-up"
 # CLUSTERCONNECT_BIN names already-built binaries (the test suite uses its own build).
 bin="${CLUSTERCONNECT_BIN:-}"
 if [ -z "$bin" ]; then
-  echo "== building (release) ==" >&2
-  cmake --preset release >/dev/null
-  cmake --build --preset release >/dev/null
+  echo "== [2/4] building (release; log: $log) ==" >&2
+  cmake --preset release >>"$log" 2>&1 || failed_in "configuring the build"
+  tty=0; [ -t 2 ] && tty=1
+  cmake --build --preset release 2>&1 | tee -a "$log" | awk -v tty=$tty -f "$root/scripts/progress.awk" >&2 ||
+    failed_in "the build"
   bin="$root/build/release/stage/bin"
+else
+  echo "== [2/4] using the binaries in $bin ==" >&2
 fi
 
-echo "== starting the sandbox in $sandbox (transport $SANDBOX_TRANSPORT) ==" >&2
+echo "== [3/4] starting the sandbox in $sandbox (transport $SANDBOX_TRANSPORT) ==" >&2
 scripts/sandbox.sh up "$sandbox" "$bin"
 if [ "$mode" != "--keep" ]; then trap 'scripts/sandbox.sh down "$sandbox"' EXIT; fi
 # shellcheck disable=SC1091
 source "$sandbox/env.sh"
 
-echo "== kubectl through connectedk8s proxy -n demo -g sandbox ==" >&2
+echo "== [4/4] kubectl through connectedk8s proxy -n demo -g sandbox ==" >&2
 export DEMO_STATE="$sandbox/state" DEMO_LOGS="$sandbox/logs"
 status=0
 "$bin/connectedk8s" proxy -n demo -g sandbox --port 0 -- "$root/scripts/demo-tour.sh" || status=$?

@@ -16,12 +16,22 @@ done
 if command -v node >/dev/null && command -v npm >/dev/null; then
   missing=("${missing[@]/#nodejs/}"); missing=("${missing[@]/#npm/}")
 fi
+# What apt-get and npm print goes to this log; a failure shows its end.
+log="${CLUSTERCONNECT_SETUP_LOG:-${TMPDIR:-/tmp}/clusterconnect-setup.log}"
+failed_in() {
+  echo "setup: $1 failed; the last lines of $log:" >&2
+  tail -n 20 "$log" >&2
+  exit 1
+}
+
 read -r -a missing <<<"${missing[*]}"
 if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}" >&2
+  echo "setup: installing ${#missing[@]} Debian packages (${missing[*]}); log: $log" >&2
   sudo_cmd=(); [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  "${sudo_cmd[@]}" apt-get update -qq >>"$log" 2>&1 || failed_in "apt-get update"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1 ||
+    failed_in "apt-get install"
+  echo "setup: packages installed" >&2
 fi
 
 # Versions, not just presence: the fixtures need Node.js >= 20; the end-to-end
@@ -60,7 +70,8 @@ fi
 # with pinned dependencies.
 if [ -f tests/fixtures/package-lock.json ]; then
   if [ ! -d tests/fixtures/node_modules ] || [ tests/fixtures/package-lock.json -nt tests/fixtures/node_modules/.package-lock.json ]; then
-    (cd tests/fixtures && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "setup: installing the test fixtures' npm packages (tests/fixtures); log: $log" >&2
+    (cd tests/fixtures && npm ci --no-audit --no-fund --loglevel=error >>"$log" 2>&1) || failed_in "npm ci in tests/fixtures"
   fi
 fi
 

@@ -10,7 +10,8 @@ rc=$?
 echo "$out"
 failed=0
 [ $rc -eq 0 ] || { echo "FAIL: demo.sh exited $rc"; failed=1; }
-for want in '(transport tls)' '$ kubectl get namespaces' 'kube-system' '$ kubectl auth whoami' 'Extra: oid' \
+for want in '== [1/4] checking' '== [2/4] using the binaries' '== [3/4] starting the sandbox' '== [4/4] kubectl' \
+            '(transport tls)' '$ kubectl get namespaces' 'kube-system' '$ kubectl auth whoami' 'Extra: oid' \
             'hello from clusterconnect' '$ kubectl exec web-0 -- whoami' 'handled by:' 'All steps worked.'; do
   [[ "$out" == *"$want"* ]] || { echo "FAIL: the tour did not print: $want"; failed=1; }
 done
