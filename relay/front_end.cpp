@@ -1494,7 +1494,15 @@ void HttpConnection::handle_management() {
   mr.body = std::move(req_.body());
   api->handle(std::move(mr), [self = shared_from_this()](ManagementResponse r) {
     asio::post(self->stream_.get_executor(), [self, r = std::move(r)]() mutable {
-      self->respond(r.status, std::move(r.content_type), std::move(r.body));
+      auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(r.status),
+                                                                     self->req_.version() ? self->req_.version() : 11);
+      res->set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+      res->set(http::field::content_type, r.content_type);
+      for (const auto& [name, value] : r.headers)
+        if (header_name_ok(name) && header_value_ok(value)) res->set(name, value);
+      res->body() = std::move(r.body);
+      res->prepare_payload();
+      self->send_response(std::move(res), self->req_.keep_alive() && r.status < 500);
     });
   });
 }

@@ -104,6 +104,11 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
                          ? m["tenants"][0].get<std::string>()
                          : std::string();
     options.authority = m.value("authority", std::string());
+    if (m.contains("location")) {
+      if (!m["location"].is_string() || m["location"].get<std::string>().empty())
+        throw std::runtime_error("management.location must be a region name (a non-empty string)");
+      options.location = m["location"].get<std::string>();
+    }
   }
   if (m.is_object() && m.contains("token_lifetime_seconds")) {
     const auto& t = m["token_lifetime_seconds"];

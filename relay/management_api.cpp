@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/ascii.hpp"
@@ -28,14 +29,16 @@ std::string base64(const std::string& in) {
 
 ManagementResponse arm_error(unsigned status, const std::string& code, const std::string& message) {
   return {status, "application/json; charset=utf-8",
-          nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump()};
+          nlohmann::json{{"error", {{"code", code}, {"message", message}}}}.dump(), {}};
 }
 
-// /subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.Kubernetes/connectedClusters/{n}[/{action}]
-// ARM matches the fixed segments case-insensitively (clients send
-// "resourcegroups" too).
+// /subscriptions/{s}/resourceGroups/{g}/providers/Microsoft.Kubernetes/connectedClusters/{n}[/{action}],
+// and the lists: the same without /{n}, and /subscriptions/{s}/providers/
+// Microsoft.Kubernetes/connectedClusters. ARM matches the fixed segments
+// case-insensitively (clients send "resourcegroups" too).
 struct ArmPath {
   std::string subscription, resource_group, name, action;
+  bool list = false;  // name is empty; resource_group too for a subscription's list
 };
 
 std::optional<ArmPath> parse_arm_path(const std::string& path) {
@@ -50,11 +53,56 @@ std::optional<ArmPath> parse_arm_path(const std::string& path) {
     start = end + 1;
   }
   if (!seg.empty() && seg.back().empty()) seg.pop_back();
+  auto provider = [&](std::size_t at) {
+    return seg.size() > at + 2 && lower(seg[at]) == "providers" && lower(seg[at + 1]) == "microsoft.kubernetes" &&
+           lower(seg[at + 2]) == "connectedclusters";
+  };
+  if (seg.size() < 5 || lower(seg[0]) != "subscriptions" || seg[1].empty()) return std::nullopt;
+  if (seg.size() == 5 && provider(2)) return ArmPath{seg[1], "", "", "", true};
+  if (seg.size() < 7 || lower(seg[2]) != "resourcegroups" || seg[3].empty() || !provider(4)) return std::nullopt;
+  if (seg.size() == 7) return ArmPath{seg[1], seg[3], "", "", true};
   if (seg.size() != 8 && seg.size() != 9) return std::nullopt;
-  if (lower(seg[0]) != "subscriptions" || lower(seg[2]) != "resourcegroups" || lower(seg[4]) != "providers" ||
-      lower(seg[5]) != "microsoft.kubernetes" || lower(seg[6]) != "connectedclusters")
-    return std::nullopt;
-  return ArmPath{seg[1], seg[3], seg[7], seg.size() == 9 ? seg[8] : ""};
+  return ArmPath{seg[1], seg[3], seg[7], seg.size() == 9 ? seg[8] : "", false};
+}
+
+// The api-versions of Microsoft.Kubernetes/connectedClusters this API
+// answers (the resource and listClusterUserCredential have kept their shape
+// across them).
+constexpr std::string_view supported_api_versions[] = {
+    "2020-01-01-preview", "2021-03-01",         "2021-04-01-preview", "2021-10-01",         "2022-05-01-preview",
+    "2022-10-01-preview", "2023-11-01-preview", "2024-01-01",         "2024-02-01-preview", "2024-06-01-preview",
+    "2024-07-01-preview", "2024-07-15-preview", "2024-12-01-preview"};
+
+std::string supported_versions_text() {
+  std::string out;
+  for (auto v : supported_api_versions) out += (out.empty() ? "" : ", ") + std::string(v);
+  return out;
+}
+
+// YYYY-MM-DD with an optional -preview (or other) suffix, as ARM spells them.
+bool well_formed_api_version(const std::string& v) {
+  if (v.size() < 10) return false;
+  for (std::size_t i = 0; i < 10; ++i)
+    if ((i == 4 || i == 7) ? v[i] != '-' : !std::isdigit(static_cast<unsigned char>(v[i]))) return false;
+  if (v.size() == 10) return true;
+  if (v[10] != '-' || v.size() == 11) return false;
+  return std::all_of(v.begin() + 11, v.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)); });
+}
+
+// A random RFC 4122 version-4 UUID, as ARM's request ids are.
+std::string new_request_id() {
+  unsigned char b[16];
+  if (RAND_bytes(b, sizeof b) != 1) std::fill(std::begin(b), std::end(b), 0);
+  b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);
+  b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += hex[b[i] >> 4];
+    out += hex[b[i] & 0x0f];
+  }
+  return out;
 }
 
 std::string query_param(const std::string& query, const std::string& name) {
@@ -80,7 +128,20 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
         agents_(std::move(agents)),
         logger_(std::move(logger)) {}
 
-  void handle(ManagementRequest request, UniqueFunction<void(ManagementResponse)> respond) override {
+  void handle(ManagementRequest request, UniqueFunction<void(ManagementResponse)> respond_raw) override {
+    // Every answer carries ARM's request ids: a fresh x-ms-request-id, and the
+    // caller's correlation id (or the request id) back.
+    const std::string request_id = new_request_id();
+    std::string correlation = request_id;
+    if (auto c = request.headers.find("x-ms-correlation-request-id");
+        c != request.headers.end() && !c->second.empty() && c->second.size() <= 128 &&
+        std::all_of(c->second.begin(), c->second.end(), [](char ch) { return ch > ' ' && ch <= '~'; }))
+      correlation = c->second;
+    auto respond = [respond_raw = std::move(respond_raw), request_id, correlation](ManagementResponse r) mutable {
+      r.headers.emplace_back("x-ms-request-id", request_id);
+      r.headers.emplace_back("x-ms-correlation-request-id", correlation);
+      respond_raw(std::move(r));
+    };
     auto q = request.target.find('?');
     std::string path = request.target.substr(0, q);
     std::string query = q == std::string::npos ? "" : request.target.substr(q + 1);
@@ -97,17 +158,28 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
       return respond(arm_error(405, "MethodNotAllowed", "listClusterUserCredential takes POST"));
     if (!list_credential && request.method != "GET")
       return respond(arm_error(405, "MethodNotAllowed", "the connectedClusters resource takes GET"));
-    if (query_param(query, "api-version").empty())
+    std::string api_version;
+    if (!percent_decode(query_param(query, "api-version"), api_version) || api_version.empty())
       return respond(arm_error(400, "MissingApiVersionParameter",
                                "The api-version query parameter (?api-version=) is required for all requests."));
+    if (!well_formed_api_version(api_version))
+      return respond(arm_error(400, "InvalidApiVersionParameter",
+                               "The api-version '" + api_version.substr(0, 64) + "' is invalid. The supported versions are '" +
+                                   supported_versions_text() + "'."));
+    if (std::find(std::begin(supported_api_versions), std::end(supported_api_versions), api_version) ==
+        std::end(supported_api_versions))
+      return respond(arm_error(400, "NoRegisteredProviderFound",
+                               "No registered resource provider found for location '" + location() + "' and API version '" +
+                                   api_version + "' for type 'connectedClusters'. The supported api-versions are '" +
+                                   supported_versions_text() + "'."));
 
     std::string token;
     auto auth = request.headers.find("authorization");
     if (auth != request.headers.end() && auth->second.size() > 7 && lower(auth->second.substr(0, 7)) == "bearer ")
       token = auth->second.substr(7);
     if (token.empty())
-      return respond(arm_error(401, "AuthenticationFailed",
-                               "Authentication failed. The 'Authorization' header is missing."));
+      return respond(unauthenticated("AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.",
+                                     "The authentication failed because of missing 'Authorization' header."));
     if (!authenticator_)
       return respond(arm_error(503, "ServiceUnavailable", "the relay has no authenticator configured for its management API"));
 
@@ -129,26 +201,35 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                                 const std::string& body, const std::string& public_host) {
     if (!outcome.ok()) {
       logger_->info("management request refused: {} ({})", outcome.message, to_string(outcome.failure));
-      return arm_error(401, "InvalidAuthenticationToken", "The access token is invalid: " + outcome.message);
+      if (outcome.failure == AuthFailure::expired)
+        return unauthenticated("ExpiredAuthenticationToken", "The access token has expired: " + outcome.message,
+                               "The access token has expired.");
+      return unauthenticated("InvalidAuthenticationToken", "The access token is invalid: " + outcome.message,
+                             "The access token is invalid.");
     }
+    const auto& id = outcome.identity;
+    const bool subscription_known = std::any_of(config_->clusters.begin(), config_->clusters.end(), [&](const ClusterEntry& c) {
+      return ascii_iequals(c.subscription, arm.subscription);
+    });
+    if (!subscription_known)
+      return arm_error(404, "SubscriptionNotFound", "The subscription '" + arm.subscription + "' could not be found.");
+    const bool group_known = arm.resource_group.empty() ||
+                             std::any_of(config_->clusters.begin(), config_->clusters.end(), [&](const ClusterEntry& c) {
+                               return ascii_iequals(c.subscription, arm.subscription) &&
+                                      ascii_iequals(c.resource_group, arm.resource_group);
+                             });
+    if (!group_known)
+      return arm_error(404, "ResourceGroupNotFound", "Resource group '" + arm.resource_group + "' could not be found.");
+    if (arm.list) return list(arm, id);
     const ClusterEntry* cluster = config_->cluster_by_name(arm.subscription, arm.resource_group, arm.name);
-    std::string scope = "/subscriptions/" + arm.subscription + "/resourceGroups/" + arm.resource_group +
-                        "/providers/Microsoft.Kubernetes/connectedClusters/" + arm.name;
     if (!cluster)
       return arm_error(404, "ResourceNotFound",
                        "The Resource 'Microsoft.Kubernetes/connectedClusters/" + arm.name + "' under resource group '" +
                            arm.resource_group + "' was not found.");
-    const auto& id = outcome.identity;
+    // The registry's spelling, whatever the request's casing.
+    const std::string scope = scope_of(*cluster);
     const std::string action(list_credential ? action_list_credential : action_read);
-    // An assignment counts when it names the caller (or one of the caller's
-    // groups) and its role grants this very action.
-    bool allowed = std::any_of(cluster->role_assignments.begin(), cluster->role_assignments.end(), [&](const ConfiguredRoleAssignment& r) {
-      const bool mine = ascii_iequals(r.principal, id.uid) ||
-                        std::any_of(id.groups.begin(), id.groups.end(), [&](const std::string& g) { return ascii_iequals(g, r.principal); });
-      const RoleDefinition* role = mine ? config_->role(r.role) : nullptr;
-      return role && role->allows(action);
-    });
-    if (!allowed) {
+    if (!allows(*cluster, id, action)) {
       logger_->info("management request by {} refused: no role assignment on {}", id.uid, scope);
       return arm_error(403, "AuthorizationFailed",
                        "The client '" + id.user + "' with object id '" + id.uid +
@@ -192,7 +273,7 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
           {"token", sas},
           {"agentKeyPins", cluster->agent_key_pins}}},
         {"kubeconfigs", nlohmann::json::array({{{"name", "credentialUser"}, {"value", base64(kubeconfig)}}})}};
-    return {200, "application/json; charset=utf-8", reply.dump()};
+    return {200, "application/json; charset=utf-8", reply.dump(), {}};
   }
 
   // ARM's cloud metadata document (what `az cloud register` reads), reduced
@@ -207,20 +288,64 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                        {"identityProvider", "AAD"}}},
                      {"name", "clusterconnect-relay"},
                      {"resourceManager", "https://" + options_.public_host + "/"}};
-    return {200, "application/json; charset=utf-8", j.dump()};
+    return {200, "application/json; charset=utf-8", j.dump(), {}};
   }
 
-  ManagementResponse resource(const ClusterEntry& c, const std::string& scope) {
+  static std::string scope_of(const ClusterEntry& c) {
+    return "/subscriptions/" + c.subscription + "/resourceGroups/" + c.resource_group +
+           "/providers/Microsoft.Kubernetes/connectedClusters/" + c.name;
+  }
+
+  std::string location() const { return options_.location.empty() ? "local" : options_.location; }
+
+  // An assignment counts when it names the caller (or one of the caller's
+  // groups) and its role grants this very action.
+  bool allows(const ClusterEntry& cluster, const Identity& id, std::string_view action) const {
+    return std::any_of(cluster.role_assignments.begin(), cluster.role_assignments.end(), [&](const ConfiguredRoleAssignment& r) {
+      const bool mine = ascii_iequals(r.principal, id.uid) ||
+                        std::any_of(id.groups.begin(), id.groups.end(), [&](const std::string& g) { return ascii_iequals(g, r.principal); });
+      const RoleDefinition* role = mine ? config_->role(r.role) : nullptr;
+      return role && role->allows(std::string(action));
+    });
+  }
+
+  // ARM's 401: its error code, and a WWW-Authenticate challenge that names
+  // where to sign in.
+  ManagementResponse unauthenticated(const std::string& code, const std::string& message, const std::string& description) const {
+    auto r = arm_error(401, code, message);
+    std::string authority = options_.authority.empty() ? "https://login.microsoftonline.com/" : options_.authority;
+    if (authority.back() != '/') authority += '/';
+    r.headers.emplace_back("WWW-Authenticate", "Bearer authorization_uri=\"" + authority + options_.tenant +
+                                                   "\", error=\"invalid_token\", error_description=\"" + description + "\"");
+    return r;
+  }
+
+  // The clusters of a subscription or resource group the caller may read, as
+  // ARM lists them (one page).
+  ManagementResponse list(const ArmPath& arm, const Identity& id) {
+    nlohmann::json value = nlohmann::json::array();
+    for (const auto& c : config_->clusters) {
+      if (!ascii_iequals(c.subscription, arm.subscription)) continue;
+      if (!arm.resource_group.empty() && !ascii_iequals(c.resource_group, arm.resource_group)) continue;
+      if (allows(c, id, action_read)) value.push_back(resource_json(c));
+    }
+    return {200, "application/json; charset=utf-8", nlohmann::json{{"value", std::move(value)}}.dump(), {}};
+  }
+
+  ManagementResponse resource(const ClusterEntry& c, const std::string&) {
+    return {200, "application/json; charset=utf-8", resource_json(c).dump(), {}};
+  }
+
+  nlohmann::json resource_json(const ClusterEntry& c) {
     unsigned agents = agents_ ? agents_(c.hybrid_connection) : 0;
-    nlohmann::json r{{"id", scope},
-                     {"name", c.name},
-                     {"type", "Microsoft.Kubernetes/connectedClusters"},
-                     {"location", "local"},
-                     {"properties",
-                      {{"provisioningState", "Succeeded"},
-                       {"connectivityStatus", agents > 0 ? "Connected" : "Offline"},
-                       {"agentTunnels", agents}}}};
-    return {200, "application/json; charset=utf-8", r.dump()};
+    return nlohmann::json{{"id", scope_of(c)},
+                          {"name", c.name},
+                          {"type", "Microsoft.Kubernetes/connectedClusters"},
+                          {"location", location()},
+                          {"properties",
+                           {{"provisioningState", "Succeeded"},
+                            {"connectivityStatus", agents > 0 ? "Connected" : "Offline"},
+                            {"agentTunnels", agents}}}};
   }
 
   std::shared_ptr<const RelayConfig> config_;

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "clusterconnect/arm_audience.hpp"
@@ -33,6 +34,7 @@ struct ManagementResponse {
   unsigned status = 404;
   std::string content_type = "application/json";
   std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type (ARM's x-ms-*, WWW-Authenticate)
 };
 
 class ManagementApi {
@@ -52,6 +54,7 @@ struct ManagementOptions {
   std::vector<std::string> audiences;
   std::string tenant;
   std::string authority;
+  std::string location;  // the resources' "location" (an Azure region name, or where the relay runs); default "local"
 };
 
 // Agents connected per hybrid connection, for the resource's connectivityStatus.

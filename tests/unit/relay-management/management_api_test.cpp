@@ -20,6 +20,7 @@ class TableAuthenticator final : public Authenticator {
     if (token == "alice") o.identity = {"alice@contoso.example", "oid-alice", {"group-devs"}, {}};
     else if (token == "bob") o.identity = {"bob@contoso.example", "oid-bob", {"group-devs"}, {}};
     else if (token == "carol") o.identity = {"carol@contoso.example", "oid-carol", {"group-other"}, {}};
+    else if (token == "forged") o = AuthOutcome{AuthFailure::bad_signature, "the signature does not verify", {}};
     else o = AuthOutcome{AuthFailure::expired, "the token expired", {}};
     handler(o);
   }
@@ -198,8 +199,11 @@ TEST_CASE("missing or invalid tokens get 401, unknown clusters 404, bad bodies 4
   CHECK(error_code_of(none) == "AuthenticationFailed");
   auto bad = call("POST", credential_path("resourceGroups", "demo"), "expired-token");
   CHECK(bad.status == 401);
-  CHECK(error_code_of(bad) == "InvalidAuthenticationToken");
+  CHECK(error_code_of(bad) == "ExpiredAuthenticationToken");
   CHECK(bad.body.find("expired-token") == std::string::npos);
+  auto forged = call("POST", credential_path("resourceGroups", "demo"), "forged");
+  CHECK(forged.status == 401);
+  CHECK(error_code_of(forged) == "InvalidAuthenticationToken");
   auto missing = call("POST", credential_path("resourceGroups", "nosuch"), "alice");
   CHECK(missing.status == 404);
   CHECK(error_code_of(missing) == "ResourceNotFound");
@@ -246,4 +250,111 @@ TEST_CASE("the management API has its own audience and publishes it, never ARM's
   CHECK(j["authentication"]["audiences"] == nlohmann::json::array({"5e1a7000-0000-4000-8000-00000000c0de"}));
   CHECK(j["authentication"]["loginEndpoint"] == "https://login.example/");
   CHECK(j["authentication"]["tenant"] == "tenant-1");
+}
+
+namespace {
+
+std::string header_of(const ManagementResponse& r, const std::string& name) {
+  for (const auto& [k, v] : r.headers)
+    if (k == name) return v;
+  return {};
+}
+
+std::string cluster_path(const std::string& name, const std::string& api_version = "2021-10-01") {
+  return "/subscriptions/" + std::string(sub) + "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/" + name +
+         "?api-version=" + api_version;
+}
+
+}  // namespace
+
+TEST_CASE("api-version is checked as ARM checks it", "[relay][management][arm]") {
+  auto malformed = call("GET", cluster_path("demo", "not-a-version"), "alice", "");
+  CHECK(malformed.status == 400);
+  CHECK(error_code_of(malformed) == "InvalidApiVersionParameter");
+  CHECK_THAT(malformed.body, Catch::Contains("2021-10-01"));
+  auto unknown = call("GET", cluster_path("demo", "2099-01-01"), "alice", "");
+  CHECK(unknown.status == 400);
+  CHECK(error_code_of(unknown) == "NoRegisteredProviderFound");
+  CHECK_THAT(unknown.body, Catch::Contains("'2099-01-01'"));
+  for (const char* v : {"2021-10-01", "2024-07-15-preview", "2024-01-01"}) {
+    INFO(v);
+    CHECK(call("GET", cluster_path("demo", v), "alice", "").status == 200);
+  }
+}
+
+TEST_CASE("every answer carries ARM's request ids, and a 401 its challenge", "[relay][management][arm]") {
+  auto ok = call("GET", cluster_path("demo"), "alice", "");
+  const auto id = header_of(ok, "x-ms-request-id");
+  REQUIRE(id.size() == 36);
+  CHECK(id[14] == '4');
+  CHECK(header_of(ok, "x-ms-correlation-request-id") == id);
+  auto other = call("GET", cluster_path("demo"), "alice", "");
+  CHECK(header_of(other, "x-ms-request-id") != id);
+
+  ManagementRequest r{"GET", cluster_path("nosuch"), {{"x-ms-correlation-request-id", "c0ffee-42"}}, ""};
+  r.headers["authorization"] = "Bearer alice";
+  std::optional<ManagementResponse> out;
+  api()->handle(std::move(r), [&](ManagementResponse resp) { out = std::move(resp); });
+  REQUIRE(out);
+  CHECK(out->status == 404);
+  CHECK(header_of(*out, "x-ms-correlation-request-id") == "c0ffee-42");
+  CHECK(header_of(*out, "x-ms-request-id").size() == 36);
+
+  auto none = call("GET", cluster_path("demo"), "", "");
+  CHECK(none.status == 401);
+  CHECK_THAT(header_of(none, "WWW-Authenticate"), Catch::StartsWith("Bearer authorization_uri=") &&
+                                                       Catch::Contains("error=\"invalid_token\""));
+  auto expired = call("GET", cluster_path("demo"), "expired-token", "");
+  CHECK_THAT(header_of(expired, "WWW-Authenticate"), Catch::Contains("expired"));
+}
+
+TEST_CASE("unknown subscriptions and resource groups get ARM's codes; names come back as registered",
+          "[relay][management][arm]") {
+  auto no_sub = call("GET", "/subscriptions/99999999-0000-0000-0000-000000000000/resourceGroups/sandbox/providers/"
+                            "Microsoft.Kubernetes/connectedClusters/demo?api-version=2021-10-01",
+                     "alice", "");
+  CHECK(no_sub.status == 404);
+  CHECK(error_code_of(no_sub) == "SubscriptionNotFound");
+  auto no_group = call("GET", "/subscriptions/" + std::string(sub) +
+                                  "/resourceGroups/elsewhere/providers/Microsoft.Kubernetes/connectedClusters/demo?api-version=2021-10-01",
+                       "alice", "");
+  CHECK(no_group.status == 404);
+  CHECK(error_code_of(no_group) == "ResourceGroupNotFound");
+  auto shouted = call("GET", "/subscriptions/" + std::string(sub) +
+                                 "/resourcegroups/SANDBOX/providers/microsoft.kubernetes/connectedclusters/DEMO?api-version=2021-10-01",
+                      "alice", "");
+  REQUIRE(shouted.status == 200);
+  auto j = nlohmann::json::parse(shouted.body);
+  CHECK(j["name"] == "demo");
+  CHECK(j["id"] == "/subscriptions/" + std::string(sub) + "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/demo");
+}
+
+TEST_CASE("clusters are listed by resource group and by subscription, only those the caller may read",
+          "[relay][management][arm]") {
+  const std::string by_group = "/subscriptions/" + std::string(sub) +
+                               "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters?api-version=2021-10-01";
+  const std::string by_sub =
+      "/subscriptions/" + std::string(sub) + "/providers/Microsoft.Kubernetes/connectedClusters?api-version=2021-10-01";
+  auto names = [](const ManagementResponse& r) {
+    std::vector<std::string> out;
+    const auto j = nlohmann::json::parse(r.body);
+    for (const auto& c : j.at("value")) out.push_back(c.at("name"));
+    return out;
+  };
+  // alice reads demo (her own assignment) and team (her group's); bob reads
+  // team (his group's); carol's Reader assignment on demo lets her read it.
+  for (const auto& path : {by_group, by_sub}) {
+    INFO(path);
+    auto a = call("GET", path, "alice", "");
+    REQUIRE(a.status == 200);
+    CHECK(names(a) == std::vector<std::string>{"demo", "team"});
+    auto b = call("GET", path, "bob", "");
+    REQUIRE(b.status == 200);
+    CHECK(names(b) == std::vector<std::string>{"team"});
+    auto c = call("GET", path, "carol", "");
+    REQUIRE(c.status == 200);
+    CHECK(names(c) == std::vector<std::string>{"demo"});
+  }
+  CHECK(call("POST", by_group, "alice", "").status == 405);
+  CHECK(call("GET", by_group, "", "").status == 401);
 }
