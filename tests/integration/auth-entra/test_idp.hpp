@@ -137,12 +137,12 @@ class TestIdp {
 
   // POST /__admin/<path> with a JSON body; GET when `body` is null.
   nlohmann::json admin(const std::string& path, const nlohmann::json& body = nlohmann::json::object()) const {
-    HttpPolicy policy;
+    auth::HttpPolicy policy;
     policy.allow_http_loopback = true;
     policy.ca_file = ca_file();
     policy.max_attempts = 1;
     policy.total_timeout = std::chrono::seconds(30);
-    HttpClient http(policy);
+    auth::HttpClient http(policy);
     const std::string url = authority() + "/__admin/" + path;
     auto r = body.is_null() ? http.get(url) : http.post_json(url, body.dump());
     if (!r) throw std::runtime_error("admin " + path + ": " + r.error());
