@@ -1,13 +1,27 @@
+#include <exception>
 #include <memory>
+#include <string>
 
 #include "authenticator_factory.hpp"
 #include "clusterconnect/plugin.hpp"
 #include "oidc_authenticator.hpp"
+#include "oidc_credential.hpp"
 
 namespace clusterconnect::oidc {
 namespace {
 
-const char* const capabilities[] = {"authenticator:oidc"};
+const char* const capabilities[] = {"credential:oidc", "authenticator:oidc"};
+
+class CredentialFactory final : public CredentialCapability {
+ public:
+  Result<std::shared_ptr<TokenCredential>> create(const nlohmann::json& options) noexcept override try {
+    auto config = parse_credential_options(options);
+    if (!config) return fail(config.error());
+    return std::shared_ptr<TokenCredential>(std::make_shared<OidcCredential>(std::move(*config)));
+  } catch (const std::exception& e) {
+    return fail(std::string("credential:oidc: ") + e.what());
+  }
+};
 
 class ThisModule final : public Module {
  public:
@@ -18,7 +32,10 @@ class ThisModule final : public Module {
               if (!config) return fail(config.error());
               return std::shared_ptr<Authenticator>(
                   std::make_shared<OidcAuthenticator>(host.io_context(), std::move(*config), JwksCache::Fetch{}, host.logger()));
-            })) {}
+            })),
+        credential_(std::make_shared<CredentialFactory>()) {}
+
+  std::shared_ptr<CredentialCapability> credential(std::string_view name) noexcept override { return name == "oidc" ? credential_ : nullptr; }
 
   std::shared_ptr<AuthenticatorCapability> authenticator(std::string_view name) noexcept override {
     return name == "oidc" ? authenticator_ : nullptr;
@@ -26,6 +43,7 @@ class ThisModule final : public Module {
 
  private:
   std::shared_ptr<auth::AuthenticatorFactory> authenticator_;
+  std::shared_ptr<CredentialFactory> credential_;
 };
 
 std::unique_ptr<Module> create(HostServices& host) noexcept try {
@@ -35,7 +53,7 @@ std::unique_ptr<Module> create(HostServices& host) noexcept try {
 }
 
 const PluginDescriptor& descriptor() noexcept {
-  static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING, "auth-oidc", "0.1.0", "Generic OpenID Connect token validation",
+  static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING, "auth-oidc", "0.1.0", "Generic OpenID Connect: tokens for the proxy, token validation for the agent",
                                   capabilities, std::size(capabilities), &create};
   return d;
 }

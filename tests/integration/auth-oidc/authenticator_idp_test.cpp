@@ -7,11 +7,13 @@
 #include <openssl/pem.h>
 
 #include <atomic>
+#include <fstream>
 
 #include "../../support/authenticate.hpp"
 #include "../../support/jwt_test_keys.hpp"
 #include "jwks.hpp"
 #include "oidc_authenticator.hpp"
+#include "oidc_credential.hpp"
 #include "test_oidc_idp.hpp"
 
 using namespace clusterconnect;
@@ -202,4 +204,77 @@ TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: a key rotated at the provider is survi
   CHECK(v.authenticate(before).failure == AuthFailure::unknown_key);
   // The ES256 key was not rotated.
   CHECK(v.authenticate(idp.token("es256")).ok());
+}
+
+TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: the credential's client credentials grant yields tokens the authenticator accepts",
+                 "[auth-oidc][idp][credential]") {
+  if (skipped()) return;
+  const TestOidcIdp& idp = *this->idp;
+  const auto& client = idp.state()["clients"]["es256"];
+  auto config = parse_credential_options({{"method", "client-credentials"},
+                                          {"issuer", idp.issuer()},
+                                          {"client_id", client["client_id"]},
+                                          {"client_secret", client["client_secret"]},
+                                          {"allow_http_loopback", true}});
+  REQUIRE(config);
+  OidcCredential credential(std::move(*config));
+  const std::string resource = idp.state()["audience_prefix"].get<std::string>() + "kubernetes";
+  auto t = credential.get_token(resource);
+  INFO((t ? std::string() : t.error()));
+  REQUIRE(t);
+  CHECK(t->expires_on > std::chrono::system_clock::now() + std::chrono::minutes(5));
+  auto again = credential.get_token(resource);
+  REQUIRE(again);
+  CHECK(again->token == t->token);  // served from the cache
+
+  Validator v(idp);
+  auto out = v.authenticate(t->token);
+  INFO(out.message);
+  CHECK(out.ok());
+  CHECK(out.identity.user == idp.issuer() + "#jane");
+
+  // A wrong secret is refused with the provider's reason, never echoing the secret.
+  const std::string wrong_secret = "not-the-secret-0123456789abcdef";
+  auto bad = parse_credential_options({{"method", "client-credentials"},
+                                       {"issuer", idp.issuer()},
+                                       {"client_id", client["client_id"]},
+                                       {"client_secret", wrong_secret},
+                                       {"allow_http_loopback", true}});
+  REQUIRE(bad);
+  auto refused = OidcCredential(std::move(*bad)).get_token(resource);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().find("invalid_client") != std::string::npos);
+  CHECK(refused.error().find(wrong_secret) == std::string::npos);
+}
+
+TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: the credential reads a token file on every call and refuses an expired one",
+                 "[auth-oidc][idp][credential]") {
+  if (skipped()) return;
+  const TestOidcIdp& idp = *this->idp;
+  const auto file = dir.path() / "token";
+  const std::string first = idp.token("rs256");
+  std::ofstream(file) << first << "\n";
+  auto config = parse_credential_options({{"method", "token-file"}, {"token_file", file.string()}});
+  REQUIRE(config);
+  auto now = std::make_shared<std::chrono::system_clock::time_point>(std::chrono::system_clock::now());
+  config->clock = [now] { return *now; };
+  OidcCredential credential(std::move(*config));
+  auto t = credential.get_token("");
+  REQUIRE(t);
+  CHECK(t->token == first);
+  CHECK(Validator(idp).authenticate(t->token).ok());
+
+  const std::string second = idp.token("es256");
+  std::ofstream(file) << second;
+  t = credential.get_token("");
+  REQUIRE(t);
+  CHECK(t->token == second);  // rotated on disk, picked up at once
+
+  *now = t->expires_on + std::chrono::seconds(1);
+  auto expired = credential.get_token("");
+  REQUIRE_FALSE(expired);
+  CHECK(expired.error().find("expired") != std::string::npos);
+  std::ofstream(file) << "not a token";
+  *now = std::chrono::system_clock::now();
+  CHECK_FALSE(credential.get_token(""));
 }

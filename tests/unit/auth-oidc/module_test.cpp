@@ -6,13 +6,16 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
+
 #include "clusterconnect/authenticator.hpp"
+#include "clusterconnect/credential.hpp"
 #include "clusterconnect/host/runtime.hpp"
 #include "../../support/authenticate.hpp"
 
 using namespace clusterconnect;
 
-TEST_CASE("auth-oidc: the module provides authenticator:oidc", "[auth-oidc][module]") {
+TEST_CASE("auth-oidc: the module provides authenticator:oidc and credential:oidc", "[auth-oidc][module]") {
   auto logger = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   host::Runtime rt(logger, 1);
   REQUIRE(rt.loader().load_file(std::filesystem::path(AUTH_OIDC_MODULE_FILE), rt));
@@ -29,4 +32,16 @@ TEST_CASE("auth-oidc: the module provides authenticator:oidc", "[auth-oidc][modu
   rt.start();
   CHECK(clusterconnect::test::authenticate_on_host(*created.value(), "opaque").failure == AuthFailure::not_applicable);
   rt.stop();
+
+  auto cred = rt.capabilities().credential("oidc");
+  REQUIRE(cred);
+  auto file = cred->create({{"method", "token-file"}, {"token_file", "/nonexistent/token"}});
+  REQUIRE(file);
+  CHECK(file.value()->method() == "token-file");
+  auto missing = file.value()->get_token("");
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().find("/nonexistent/token") != std::string::npos);
+  auto no_secret = cred->create({{"method", "client-credentials"}, {"issuer", "https://idp.example"}, {"client_id", "c"}});
+  if (!std::getenv("OIDC_CLIENT_SECRET")) CHECK_FALSE(no_secret);
+  CHECK_FALSE(cred->create({{"method", "password"}}));
 }
