@@ -9,6 +9,7 @@
 #include <string>
 
 #include "clusterconnect/authenticator.hpp"
+#include "clusterconnect/host.hpp"
 
 namespace clusterconnect::auth {
 
@@ -31,5 +32,19 @@ class AuthenticatorFactory final : public AuthenticatorCapability {
   std::string name_;
   Make make_;
 };
+
+// The factory of an authenticator `Impl` constructed as
+// Impl(io_context, Config, fetch, logger) from `parse(options)` ->
+// Result<Config>, on the host's io_context and logger.
+template <class Impl, class Parse>
+std::shared_ptr<AuthenticatorFactory> make_authenticator_factory(std::string name, HostServices& host, Parse parse) {
+  return std::make_shared<AuthenticatorFactory>(
+      std::move(name), [&host, parse](const nlohmann::json& options) -> Result<std::shared_ptr<Authenticator>> {
+        auto config = parse(options);
+        if (!config) return fail(config.error());
+        return std::shared_ptr<Authenticator>(
+            std::make_shared<Impl>(host.io_context(), std::move(*config), typename Impl::Fetch{}, host.logger()));
+      });
+}
 
 }  // namespace clusterconnect::auth

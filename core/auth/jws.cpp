@@ -22,7 +22,8 @@ bool parse_strict_json_object(const std::string& text, nlohmann::json& out) {
         if (!seen.empty()) seen.pop_back();
         break;
       case nlohmann::json::parse_event_t::key:
-        if (!seen.empty() && parsed.is_string() && !seen.back().insert(parsed.get<std::string>()).second) duplicate = true;
+        if (!seen.empty() && parsed.is_string() && !seen.back().insert(parsed.get<std::string>()).second)
+          duplicate = true;
         break;
       default:
         break;
@@ -68,7 +69,6 @@ bool numeric_date(const nlohmann::json& v, long long& out) {
   return false;
 }
 
-
 std::string printable(std::string_view value, std::size_t max_length) {
   std::string out;
   for (char c : value.substr(0, max_length)) out += (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? c : '?';
@@ -96,7 +96,8 @@ ParsedJws parse_jws(std::string_view token) {
   }
   if (first_dot == std::string_view::npos) return fail(AuthFailure::malformed, "JWT has only a header (truncated?)");
   auto second_dot = token.find('.', first_dot + 1);
-  if (second_dot == std::string_view::npos) return fail(AuthFailure::malformed, "JWT has no signature part (truncated?)");
+  if (second_dot == std::string_view::npos)
+    return fail(AuthFailure::malformed, "JWT has no signature part (truncated?)");
   if (token.find('.', second_dot + 1) != std::string_view::npos) {
     return fail(AuthFailure::malformed, "token has more than three parts (an encrypted JWE is not accepted)");
   }
@@ -120,7 +121,8 @@ ParsedJws parse_jws(std::string_view token) {
 }
 std::string reserved_name_reason(std::string_view name) {
   if (name.empty()) return "it is empty";
-  if (name.size() >= 7 && ascii_iequals(name.substr(0, 7), "system:")) return "names in the 'system:' namespace are reserved for Kubernetes";
+  if (name.size() >= 7 && ascii_iequals(name.substr(0, 7), "system:"))
+    return "names in the 'system:' namespace are reserved for Kubernetes";
   for (std::size_t i = 0; i < name.size(); ++i) {
     const auto c = static_cast<unsigned char>(name[i]);
     if (c <= 0x20 || c == 0x7f) return "it contains whitespace or a control character";
@@ -137,7 +139,8 @@ std::string reserved_name_reason(std::string_view name) {
   }
   return {};
 }
-AuthOutcome check_time_window(const nlohmann::json& p, std::chrono::system_clock::time_point now, std::chrono::seconds clock_skew) {
+AuthOutcome check_time_window(const nlohmann::json& p, std::chrono::system_clock::time_point now,
+                              std::chrono::seconds clock_skew) {
   const long long now_s = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   const long long skew = clock_skew.count();
   const auto* exp = claim(p, "exp");
@@ -150,7 +153,8 @@ AuthOutcome check_time_window(const nlohmann::json& p, std::chrono::system_clock
     long long nbf_s = 0;
     if (!numeric_date(*nbf, nbf_s)) return reject(AuthFailure::malformed, "token 'nbf' claim is not a number");
     if (now_s + skew < nbf_s) {
-      return reject(AuthFailure::not_yet_valid, "token is not valid for another " + std::to_string(nbf_s - now_s) + " s (check the clocks)");
+      return reject(AuthFailure::not_yet_valid,
+                    "token is not valid for another " + std::to_string(nbf_s - now_s) + " s (check the clocks)");
     }
   }
   return {};

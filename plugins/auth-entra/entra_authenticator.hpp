@@ -65,6 +65,7 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
 
 class EntraAuthenticator final : public Authenticator {
  public:
+  using Fetch = JwksCache::Fetch;
   // `fetch` serves URLs in tests; by default HTTPS through libcurl. Key
   // fetches and their failures go to `logger` when there is one.
   EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch = {},

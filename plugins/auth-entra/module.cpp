@@ -35,14 +35,7 @@ class CredentialFactory final : public CredentialCapability {
 class ThisModule final : public Module {
  public:
   explicit ThisModule(HostServices& host)
-      : authenticator_(std::make_shared<auth::AuthenticatorFactory>(
-            "authenticator:entra",
-            [&host](const nlohmann::json& options) -> Result<std::shared_ptr<Authenticator>> {
-              auto config = parse_authenticator_options(options);
-              if (!config) return fail(config.error());
-              return std::shared_ptr<Authenticator>(
-                  std::make_shared<EntraAuthenticator>(host.io_context(), std::move(*config), JwksCache::Fetch{}, host.logger()));
-            })),
+      : authenticator_(auth::make_authenticator_factory<EntraAuthenticator>("authenticator:entra", host, parse_authenticator_options)),
         credential_(std::make_shared<CredentialFactory>(host)) {}
 
   std::shared_ptr<CredentialCapability> credential(std::string_view name) noexcept override { return name == "entra" ? credential_ : nullptr; }

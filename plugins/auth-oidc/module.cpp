@@ -23,27 +23,24 @@ class CredentialFactory final : public CredentialCapability {
   }
 };
 
+// Both capabilities of the module, made once; the host asks by name.
 class ThisModule final : public Module {
  public:
   explicit ThisModule(HostServices& host)
-      : authenticator_(std::make_shared<auth::AuthenticatorFactory>(
-            "authenticator:oidc", [&host](const nlohmann::json& options) -> Result<std::shared_ptr<Authenticator>> {
-              auto config = parse_authenticator_options(options);
-              if (!config) return fail(config.error());
-              return std::shared_ptr<Authenticator>(
-                  std::make_shared<OidcAuthenticator>(host.io_context(), std::move(*config), JwksCache::Fetch{}, host.logger()));
-            })),
-        credential_(std::make_shared<CredentialFactory>()) {}
+      : credential_(std::make_shared<CredentialFactory>()),
+        authenticator_(auth::make_authenticator_factory<OidcAuthenticator>("authenticator:oidc", host,
+                                                                           parse_authenticator_options)) {}
 
-  std::shared_ptr<CredentialCapability> credential(std::string_view name) noexcept override { return name == "oidc" ? credential_ : nullptr; }
-
+  std::shared_ptr<CredentialCapability> credential(std::string_view name) noexcept override {
+    return name == "oidc" ? credential_ : nullptr;
+  }
   std::shared_ptr<AuthenticatorCapability> authenticator(std::string_view name) noexcept override {
     return name == "oidc" ? authenticator_ : nullptr;
   }
 
  private:
-  std::shared_ptr<auth::AuthenticatorFactory> authenticator_;
-  std::shared_ptr<CredentialFactory> credential_;
+  const std::shared_ptr<CredentialCapability> credential_;
+  const std::shared_ptr<AuthenticatorCapability> authenticator_;
 };
 
 std::unique_ptr<Module> create(HostServices& host) noexcept try {
@@ -53,8 +50,13 @@ std::unique_ptr<Module> create(HostServices& host) noexcept try {
 }
 
 const PluginDescriptor& descriptor() noexcept {
-  static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING, "auth-oidc", "0.1.0", "Generic OpenID Connect: tokens for the proxy, token validation for the agent",
-                                  capabilities, std::size(capabilities), &create};
+  static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING,
+                                  "auth-oidc",
+                                  "0.1.0",
+                                  "Generic OpenID Connect: tokens for the proxy, token validation for the agent",
+                                  capabilities,
+                                  std::size(capabilities),
+                                  &create};
   return d;
 }
 

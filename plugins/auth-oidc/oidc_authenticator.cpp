@@ -1,7 +1,7 @@
 #include "oidc_authenticator.hpp"
 
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -15,7 +15,9 @@ namespace {
 
 bool valid_claim_name(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;
-  return std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == ':' || c == '/'; });
+  return std::all_of(name.begin(), name.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == ':' || c == '/';
+  });
 }
 
 std::string string_option(const nlohmann::json& o, const char* name, std::string fallback = {}) {
@@ -43,7 +45,8 @@ Result<std::map<std::string, std::string>> required_claims(const nlohmann::json&
     for (const auto& item : v) {
       const std::string s = item.is_string() ? item.get<std::string>() : std::string();
       const auto eq = s.find('=');
-      if (eq == std::string::npos || eq == 0) return fail("required claim '" + printable(s) + "' must be written claim=value");
+      if (eq == std::string::npos || eq == 0)
+        return fail("required claim '" + printable(s) + "' must be written claim=value");
       if (auto ok = add(s.substr(0, eq), s.substr(eq + 1)); !ok) return fail(ok.error());
     }
   } else {
@@ -90,20 +93,26 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
   try {
     auto& r = c.rules;
     r.issuer = string_option(o, "issuer");
-    if (r.issuer.empty()) return fail("authenticator:oidc needs 'issuer': the OpenID provider's issuer URL, exactly as its tokens carry it");
+    if (r.issuer.empty())
+      return fail(
+          "authenticator:oidc needs 'issuer': the OpenID provider's issuer URL, exactly as its tokens carry it");
     c.http.allow_http_loopback = o.value("allow_http_loopback", false);
     c.http.ca_file = string_option(o, "ca_file");
     if (auto ok = check_url_allowed(r.issuer, c.http); !ok) return fail("issuer: " + ok.error());
-    if (r.issuer.find_first_of("?#") != std::string::npos) return fail("issuer '" + printable(r.issuer) + "' must not have a query or fragment");
+    if (r.issuer.find_first_of("?#") != std::string::npos)
+      return fail("issuer '" + printable(r.issuer) + "' must not have a query or fragment");
 
     r.client_id = string_option(o, "client_id");
-    if (r.client_id.empty()) return fail("authenticator:oidc needs 'client_id': the audience every accepted token must carry");
+    if (r.client_id.empty())
+      return fail("authenticator:oidc needs 'client_id': the audience every accepted token must carry");
 
     r.username_claim = string_option(o, "username_claim", "sub");
-    if (!valid_claim_name(r.username_claim)) return fail("username_claim '" + printable(r.username_claim) + "' is not a claim name");
+    if (!valid_claim_name(r.username_claim))
+      return fail("username_claim '" + printable(r.username_claim) + "' is not a claim name");
     const std::string prefix = string_option(o, "username_prefix");
     if (!prefix.empty() && prefix != "-") {
-      if (auto why = reserved_name_reason(prefix); !why.empty()) return fail("username_prefix '" + printable(prefix) + "' is not accepted: " + why);
+      if (auto why = reserved_name_reason(prefix); !why.empty())
+        return fail("username_prefix '" + printable(prefix) + "' is not accepted: " + why);
     }
     r.username_prefix = resolve_username_prefix(prefix, r.username_claim, r.issuer);
 
@@ -124,7 +133,8 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
     r.signing_algs = std::move(*algs);
 
     const int skew = o.value("clock_skew_seconds", 60);
-    if (skew < 0 || skew > max_clock_skew_seconds) return fail("clock_skew_seconds must be between 0 and " + std::to_string(max_clock_skew_seconds));
+    if (skew < 0 || skew > max_clock_skew_seconds)
+      return fail("clock_skew_seconds must be between 0 and " + std::to_string(max_clock_skew_seconds));
     r.clock_skew = std::chrono::seconds(skew);
 
     if (auto refresh = read_key_refresh_options(o, c.key_refresh_min_interval, c.key_refresh_interval); !refresh)
@@ -135,23 +145,36 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
   return c;
 }
 
-struct OidcAuthenticator::Shared {
-  Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch, std::shared_ptr<spdlog::logger> log)
-      : io(io_context),
-        logger(std::move(log)),
-        config(std::move(c)),
-        keys(JwksCache::Settings{{}, config.key_refresh_min_interval, config.key_refresh_interval, config.key_clock,
-                                 JwksCache::Layout::issuer, config.rules.signing_algs},
-             fetch ? std::move(fetch) : http_fetcher(config.http)) {}
+namespace {
 
+// One source, the issuer, found by OpenID Connect Discovery; only keys for
+// the accepted algorithms are kept.
+JwksCache::Settings key_settings(const AuthenticatorConfig& c) {
+  JwksCache::Settings s;
+  s.min_refresh_interval = c.key_refresh_min_interval;
+  s.max_age = c.key_refresh_interval;
+  s.now = c.key_clock;
+  s.layout = JwksCache::Layout::issuer;
+  s.algorithms = c.rules.signing_algs;
+  return s;
+}
+
+}  // namespace
+
+struct OidcAuthenticator::Shared {
+  Shared(AuthenticatorConfig c, asio::io_context& context, JwksCache::Fetch fetch, std::shared_ptr<spdlog::logger> log)
+      : config(std::move(c)),
+        io(context),
+        logger(std::move(log)),
+        keys(key_settings(config), fetch ? std::move(fetch) : http_fetcher(config.http)) {}
+
+  AuthenticatorConfig config;
   asio::io_context& io;
   std::shared_ptr<spdlog::logger> logger;
-  AuthenticatorConfig config;
   JwksCache keys;  // one source: the issuer
   ClaimClock clock;
 
   const std::string& issuer() const { return config.rules.issuer; }
-
 
   // True when the cached keys decide this token without a fetch: they are
   // fresh, and either hold the key or were fetched too recently to ask again
@@ -163,13 +186,15 @@ struct OidcAuthenticator::Shared {
   AuthOutcome verify(const Jws& jws, const std::string& alg, const std::string& kid, const std::string& fetch_error) {
     auto key = keys.find(issuer(), kid);
     if (!key && keys.loaded(issuer()))
-      return reject(AuthFailure::unknown_key, "signing key '" + printable(kid) + "' is not in the current key set of " + issuer() +
-                                                  " (rotated out, or not issued by it)");
+      return reject(AuthFailure::unknown_key, "signing key '" + printable(kid) + "' is not in the current key set of " +
+                                                  issuer() + " (rotated out, or not issued by it)");
     if (!key)
-      return reject(AuthFailure::keys_unavailable, "signing keys of " + issuer() + " are unavailable: " +
-                                                       (fetch_error.empty() ? std::string("not fetched yet") : fetch_error));
+      return reject(AuthFailure::keys_unavailable,
+                    "signing keys of " + issuer() +
+                        " are unavailable: " + (fetch_error.empty() ? std::string("not fetched yet") : fetch_error));
     if (!verify_signature(alg, key.get(), jws.signing_input, jws.signature))
-      return reject(AuthFailure::bad_signature, "signature does not verify with the issuer's key '" + printable(kid) + "' (" + alg + ")");
+      return reject(AuthFailure::bad_signature,
+                    "signature does not verify with the issuer's key '" + printable(kid) + "' (" + alg + ")");
     return check_claims(jws, config.rules, clock.now());
   }
 
@@ -192,15 +217,19 @@ struct OidcAuthenticator::Shared {
   }
 };
 
-void OidcAuthenticator::set_clock(std::function<std::chrono::system_clock::time_point()> now) { shared_->clock.set(std::move(now)); }
+void OidcAuthenticator::set_clock(std::function<std::chrono::system_clock::time_point()> now) {
+  shared_->clock.set(std::move(now));
+}
 
 OidcAuthenticator::OidcAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch,
                                      std::shared_ptr<spdlog::logger> logger)
-    : shared_(std::make_shared<Shared>(io, std::move(config), std::move(fetch), std::move(logger))), worker_(std::make_unique<FetchWorker>()) {
+    : shared_(std::make_shared<Shared>(std::move(config), io, std::move(fetch), std::move(logger))),
+      worker_(std::make_unique<FetchWorker>()) {
   worker_->set_idle_task(shared_->config.key_check_period, [shared = shared_] { shared->refresh_stale_keys(); });
 }
 
-void OidcAuthenticator::async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
+void OidcAuthenticator::async_authenticate(std::string bearer_token,
+                                           UniqueFunction<void(AuthOutcome)> handler) noexcept {
   AuthOutcome outcome;
   try {
     auto parsed = parse_jws(bearer_token);
@@ -214,10 +243,14 @@ void OidcAuthenticator::async_authenticate(std::string bearer_token, UniqueFunct
     if (kid.empty()) return handler(reject(AuthFailure::unknown_key, "token header names no signing key ('kid')"));
     if (shared_->decidable(kid)) return handler(shared_->verify(parsed.jws, alg, kid, ""));
 
-    FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), alg, kid, handler = std::move(handler)](bool cancelled) mutable {
-      AuthOutcome result = cancelled ? reject(AuthFailure::keys_unavailable, "signing keys could not be fetched now (shutting down, or too many fetches pending)")
-                                     : shared->refresh_and_verify(jws, alg, kid);
-      asio::post(shared->io, [handler = std::move(handler), result = std::move(result)]() mutable { handler(std::move(result)); });
+    FetchWorker::Job job = [shared = shared_, jws = std::move(parsed.jws), alg, kid,
+                            handler = std::move(handler)](bool cancelled) mutable {
+      AuthOutcome result =
+          cancelled ? reject(AuthFailure::keys_unavailable,
+                             "signing keys could not be fetched now (shutting down, or too many fetches pending)")
+                    : shared->refresh_and_verify(jws, alg, kid);
+      asio::post(shared->io,
+                 [handler = std::move(handler), result = std::move(result)]() mutable { handler(std::move(result)); });
     };
     if (!worker_->post(job)) job(true);  // not taken: its handler is still inside it
     return;

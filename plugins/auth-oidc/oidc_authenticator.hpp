@@ -47,6 +47,7 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
 
 class OidcAuthenticator final : public Authenticator {
  public:
+  using Fetch = JwksCache::Fetch;
   // `fetch` serves URLs in tests; by default HTTPS through libcurl.
   OidcAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch = {},
                     std::shared_ptr<spdlog::logger> logger = nullptr);

@@ -56,11 +56,13 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options)
     c.method = o.value("method", std::string("client-credentials"));
     if (c.method == "token-file") {
       c.token_file = env_or("OIDC_TOKEN_FILE", o.value("token_file", std::string()));
-      if (c.token_file.empty()) return fail("credential:oidc method token-file needs 'token_file' (or OIDC_TOKEN_FILE)");
+      if (c.token_file.empty())
+        return fail("credential:oidc method token-file needs 'token_file' (or OIDC_TOKEN_FILE)");
       return c;
     }
     if (c.method != "client-credentials")
-      return fail("credential:oidc method '" + auth::printable(c.method) + "' is not supported; use client-credentials or token-file");
+      return fail("credential:oidc method '" + auth::printable(c.method) +
+                  "' is not supported; use client-credentials or token-file");
     c.issuer = o.value("issuer", std::string());
     c.client_id = o.value("client_id", std::string());
     c.client_secret = env_or("OIDC_CLIENT_SECRET", o.value("client_secret", std::string()));
@@ -70,7 +72,8 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options)
     if (c.issuer.empty()) return fail("credential:oidc needs 'issuer': the OpenID provider's issuer URL");
     if (auto ok = auth::check_url_allowed(c.issuer, c.http); !ok) return fail("issuer: " + ok.error());
     if (c.client_id.empty() || c.client_secret.empty())
-      return fail("credential:oidc method client-credentials needs 'client_id' and 'client_secret' (or OIDC_CLIENT_SECRET)");
+      return fail(
+          "credential:oidc method client-credentials needs 'client_id' and 'client_secret' (or OIDC_CLIENT_SECRET)");
   } catch (const nlohmann::json::exception& e) {
     return fail(std::string("credential:oidc options: ") + e.what());
   }
@@ -94,11 +97,13 @@ Result<AccessToken> OidcCredential::from_file() {
   std::string text(auth::max_token_size + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  if (text.size() > auth::max_token_size) return fail("the token file " + config_.token_file + " is larger than a token can be");
+  if (text.size() > auth::max_token_size)
+    return fail("the token file " + config_.token_file + " is larger than a token can be");
   AccessToken t{trimmed(std::move(text)), {}};
   auto exp = unverified_expiry(t.token);
   if (!exp) return fail("the token file " + config_.token_file + " holds no usable token: " + exp.error());
-  if (config_.clock() >= *exp) return fail("the token in " + config_.token_file + " has expired; whatever writes it has not renewed it");
+  if (config_.clock() >= *exp)
+    return fail("the token in " + config_.token_file + " has expired; whatever writes it has not renewed it");
   t.expires_on = *exp;
   return t;
 }
@@ -114,27 +119,33 @@ Result<std::string> OidcCredential::token_endpoint() {
   auto doc = nlohmann::json::parse(r->body, nullptr, false);
   if (!doc.is_object() || !doc.contains("token_endpoint") || !doc["token_endpoint"].is_string())
     return fail("the OpenID configuration at " + url + " has no token_endpoint");
-  if (auto ok = auth::check_url_allowed(doc["token_endpoint"].get<std::string>(), config_.http); !ok) return fail("token_endpoint: " + ok.error());
+  if (auto ok = auth::check_url_allowed(doc["token_endpoint"].get<std::string>(), config_.http); !ok)
+    return fail("token_endpoint: " + ok.error());
   token_endpoint_ = doc["token_endpoint"].get<std::string>();
   return token_endpoint_;
 }
 
 Result<AccessToken> OidcCredential::client_credentials(const std::string& resource) {
   const auto now = config_.clock();
-  if (auto it = cache_.find(resource); it != cache_.end() && it->second.expires_on - expiry_margin > now) return it->second;
+  if (auto it = cache_.find(resource); it != cache_.end() && it->second.expires_on - expiry_margin > now)
+    return it->second;
   auto endpoint = token_endpoint();
   if (!endpoint) return fail(endpoint.error());
-  auth::FormFields form{{"grant_type", "client_credentials"}, {"client_id", config_.client_id}, {"client_secret", config_.client_secret}};
+  auth::FormFields form{
+      {"grant_type", "client_credentials"}, {"client_id", config_.client_id}, {"client_secret", config_.client_secret}};
   if (!config_.scope.empty()) form.emplace_back("scope", config_.scope);
   if (!resource.empty()) form.emplace_back("resource", resource);
   auto r = http_.post_form(*endpoint, auth::form_encode(form));
   if (!r) return fail("token request to " + *endpoint + " failed: " + r.error());
-  if (r->status != 200) return fail("the identity provider refused the client credentials of " + config_.client_id + ": " + oauth_error(r->status, r->body));
+  if (r->status != 200)
+    return fail("the identity provider refused the client credentials of " + config_.client_id + ": " +
+                oauth_error(r->status, r->body));
   auto body = nlohmann::json::parse(r->body, nullptr, false);
   if (!body.is_object() || !body.contains("access_token") || !body["access_token"].is_string())
     return fail("the token response from " + *endpoint + " has no access_token");
   AccessToken t{body["access_token"].get<std::string>(), {}};
-  const long long expires_in = body.contains("expires_in") && body["expires_in"].is_number_integer() ? body["expires_in"].get<long long>() : 0;
+  const long long expires_in =
+      body.contains("expires_in") && body["expires_in"].is_number_integer() ? body["expires_in"].get<long long>() : 0;
   if (expires_in > 0) {
     t.expires_on = now + std::chrono::seconds(expires_in);
   } else if (auto exp = unverified_expiry(t.token)) {

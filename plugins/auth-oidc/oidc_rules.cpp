@@ -4,7 +4,8 @@
 
 namespace clusterconnect::oidc {
 
-std::string resolve_username_prefix(const std::string& configured, const std::string& username_claim, const std::string& issuer) {
+std::string resolve_username_prefix(const std::string& configured, const std::string& username_claim,
+                                    const std::string& issuer) {
   if (configured == "-") return {};
   if (!configured.empty()) return configured;
   return username_claim == "email" ? std::string() : issuer + "#";
@@ -17,7 +18,8 @@ AuthOutcome check_algorithm(const Jws& jws, const OidcRules& rules) {
   if (std::find(rules.signing_algs.begin(), rules.signing_algs.end(), name) == rules.signing_algs.end()) {
     std::string accepted;
     for (const auto& a : rules.signing_algs) accepted += (accepted.empty() ? "" : ", ") + a;
-    return reject(AuthFailure::disallowed_algorithm, "signing algorithm '" + printable(name, 16) + "' is not accepted; only " + accepted + " are");
+    return reject(AuthFailure::disallowed_algorithm,
+                  "signing algorithm '" + printable(name, 16) + "' is not accepted; only " + accepted + " are");
   }
   return {};
 }
@@ -26,22 +28,24 @@ AuthOutcome check_issuer(const Jws& jws, const OidcRules& rules) {
   const auto* iss = claim(jws.payload, "iss");
   if (!iss || !iss->is_string()) return reject(AuthFailure::malformed, "token has no 'iss' claim");
   if (iss->get_ref<const std::string&>() != rules.issuer) {
-    return reject(AuthFailure::wrong_issuer, "issuer '" + printable(iss->get_ref<const std::string&>()) + "' is not this cluster's issuer (" +
-                                                 rules.issuer + ")");
+    return reject(AuthFailure::wrong_issuer, "issuer '" + printable(iss->get_ref<const std::string&>()) +
+                                                 "' is not this cluster's issuer (" + rules.issuer + ")");
   }
   return {};
 }
 
 namespace {
 
-AuthOutcome check_issued_at(const nlohmann::json& p, std::chrono::system_clock::time_point now, std::chrono::seconds skew) {
+AuthOutcome check_issued_at(const nlohmann::json& p, std::chrono::system_clock::time_point now,
+                            std::chrono::seconds skew) {
   const auto* iat = claim(p, "iat");
   if (!iat) return {};
   long long iat_s = 0;
   if (!numeric_date(*iat, iat_s)) return reject(AuthFailure::malformed, "token 'iat' claim is not a number");
   const long long now_s = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   if (iat_s > now_s + skew.count()) {
-    return reject(AuthFailure::not_yet_valid, "token was issued " + std::to_string(iat_s - now_s) + " s in the future (check the clocks)");
+    return reject(AuthFailure::not_yet_valid,
+                  "token was issued " + std::to_string(iat_s - now_s) + " s in the future (check the clocks)");
   }
   return {};
 }
@@ -49,7 +53,8 @@ AuthOutcome check_issued_at(const nlohmann::json& p, std::chrono::system_clock::
 // A name or group as it will be impersonated, or why not.
 AuthOutcome accepted_name(const std::string& name, const char* what) {
   if (auto why = reserved_name_reason(name); !why.empty())
-    return reject(AuthFailure::malformed, std::string(what) + " '" + printable(name) + "' from the token is not accepted: " + why);
+    return reject(AuthFailure::malformed,
+                  std::string(what) + " '" + printable(name) + "' from the token is not accepted: " + why);
   return {};
 }
 
@@ -63,8 +68,8 @@ AuthOutcome check_claims(const Jws& jws, const OidcRules& rules, std::chrono::sy
   const auto audience = match_audience(p, {rules.client_id});
   if (!audience.present) return reject(AuthFailure::malformed, "token has no 'aud' claim");
   if (!audience.matched) {
-    return reject(AuthFailure::wrong_audience,
-                  "token audience '" + printable(audience.first) + "' is not this cluster's client ID (" + rules.client_id + ")");
+    return reject(AuthFailure::wrong_audience, "token audience '" + printable(audience.first) +
+                                                   "' is not this cluster's client ID (" + rules.client_id + ")");
   }
 
   for (const auto& [name, value] : rules.required_claims) {
@@ -77,19 +82,23 @@ AuthOutcome check_claims(const Jws& jws, const OidcRules& rules, std::chrono::sy
 
   const auto* user_claim = claim(p, rules.username_claim.c_str());
   if (!user_claim) {
-    return reject(AuthFailure::malformed, "token has no '" + printable(rules.username_claim) + "' claim, which this cluster takes the user name from");
+    return reject(AuthFailure::malformed, "token has no '" + printable(rules.username_claim) +
+                                              "' claim, which this cluster takes the user name from");
   }
   if (!user_claim->is_string() || user_claim->get_ref<const std::string&>().empty()) {
-    return reject(AuthFailure::malformed, "token claim '" + printable(rules.username_claim) + "' is not a non-empty string");
+    return reject(AuthFailure::malformed,
+                  "token claim '" + printable(rules.username_claim) + "' is not a non-empty string");
   }
   if (rules.username_claim == "email") {
     // kube-apiserver: an `email_verified` that is present must be true; an
     // address the provider has not verified must not become a user name.
     if (const auto* verified = claim(p, "email_verified")) {
-      if (!verified->is_boolean()) return reject(AuthFailure::malformed, "token 'email_verified' claim is not a boolean");
+      if (!verified->is_boolean())
+        return reject(AuthFailure::malformed, "token 'email_verified' claim is not a boolean");
       if (!verified->get<bool>()) {
-        return reject(AuthFailure::malformed,
-                      "the token's email address is not verified (email_verified is false); verify it at the identity provider");
+        return reject(
+            AuthFailure::malformed,
+            "the token's email address is not verified (email_verified is false); verify it at the identity provider");
       }
     }
   }
@@ -106,11 +115,14 @@ AuthOutcome check_claims(const Jws& jws, const OidcRules& rules, std::chrono::sy
         names.push_back(groups->get<std::string>());
       } else if (groups->is_array()) {
         for (const auto& g : *groups) {
-          if (!g.is_string()) return reject(AuthFailure::malformed, "token '" + printable(rules.groups_claim) + "' claim holds a non-string");
+          if (!g.is_string())
+            return reject(AuthFailure::malformed,
+                          "token '" + printable(rules.groups_claim) + "' claim holds a non-string");
           names.push_back(g.get<std::string>());
         }
       } else {
-        return reject(AuthFailure::malformed, "token '" + printable(rules.groups_claim) + "' claim is neither a string nor a list of strings");
+        return reject(AuthFailure::malformed,
+                      "token '" + printable(rules.groups_claim) + "' claim is neither a string nor a list of strings");
       }
       for (auto& g : names) {
         std::string group = rules.groups_prefix + g;

@@ -40,7 +40,8 @@ struct OidcRules {
 
 // kube-apiserver's rule for --oidc-username-prefix: unset means `issuer#`
 // for every claim but `email`, which gets none; "-" means none.
-std::string resolve_username_prefix(const std::string& configured, const std::string& username_claim, const std::string& issuer);
+std::string resolve_username_prefix(const std::string& configured, const std::string& username_claim,
+                                    const std::string& issuer);
 
 // `alg` must be one of `rules.signing_algs`: never `none`, never HS*.
 AuthOutcome check_algorithm(const Jws& jws, const OidcRules& rules);

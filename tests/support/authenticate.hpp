@@ -18,7 +18,8 @@
 
 namespace clusterconnect::test {
 
-inline AuthOutcome authenticate_now(boost::asio::io_context& io, Authenticator& authenticator, const std::string& token) {
+inline AuthOutcome authenticate_now(boost::asio::io_context& io, Authenticator& authenticator,
+                                    const std::string& token) {
   std::optional<AuthOutcome> out;
   authenticator.async_authenticate(token, [&](AuthOutcome o) { out = std::move(o); });
   for (int i = 0; i < 1000 && !out; ++i) {

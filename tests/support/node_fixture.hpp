@@ -3,11 +3,11 @@
 // with its output in a log file, waits for the ready file it writes once
 // listening, and stops it by PID.
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 #include <chrono>
 #include <cstdio>
@@ -59,10 +59,11 @@ class NodeFixture {
       const std::string text = slurp_file(log);
       stop();
       if (attempt == 2)
-        throw std::runtime_error("test fixture " + args[1] + " did not become ready within 60 s, twice; first log: " + first_log +
-                                 "; second log: " + text);
+        throw std::runtime_error("test fixture " + args[1] + " did not become ready within 60 s, twice; first log: " +
+                                 first_log + "; second log: " + text);
       first_log = text;
-      std::fprintf(stderr, "test fixture did not become ready within 60 s; starting it once more (its log: %s)\n", text.c_str());
+      std::fprintf(stderr, "test fixture did not become ready within 60 s; starting it once more (its log: %s)\n",
+                   text.c_str());
       reset();
       std::error_code ignored;
       std::filesystem::remove(ready, ignored);

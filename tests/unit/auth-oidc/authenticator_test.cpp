@@ -20,12 +20,15 @@ namespace {
 const std::string issuer = "https://idp.example/realms/dev";
 const std::string client_id = "kubernetes";
 
-long long now_s() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+long long now_s() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 nlohmann::json claims() {
   const long long now = now_s();
-  return {{"iss", issuer},  {"aud", client_id},           {"sub", "user-1234"},     {"iat", now - 10},
-          {"exp", now + 600}, {"email", "jane@example.org"}, {"email_verified", true}, {"groups", {"dev", "ops"}}};
+  return {{"iss", issuer},          {"aud", client_id},        {"sub", "user-1234"},
+          {"iat", now - 10},        {"exp", now + 600},        {"email", "jane@example.org"},
+          {"email_verified", true}, {"groups", {"dev", "ops"}}};
 }
 
 // Serves the issuer's discovery document and its keys; counts fetches.
@@ -46,14 +49,16 @@ struct Fixture {
     auto config = parse_authenticator_options(options);
     REQUIRE(config);
     config->key_clock = [this] { return std::chrono::steady_clock::now() + std::chrono::seconds(advanced_s.load()); };
-    auth = std::make_shared<OidcAuthenticator>(io, std::move(*config), [this](const std::string& url) -> Result<std::string> {
-      std::lock_guard lock(mutex);
-      ++fetches;
-      if (url == issuer + "/.well-known/openid-configuration")
-        return nlohmann::json{{"issuer", published_issuer}, {"jwks_uri", issuer + "/protocol/openid-connect/certs"}}.dump();
-      if (url == issuer + "/protocol/openid-connect/certs") return jwks.dump();
-      return fail("HTTP 404 for " + url);
-    });
+    auth = std::make_shared<OidcAuthenticator>(
+        io, std::move(*config), [this](const std::string& url) -> Result<std::string> {
+          std::lock_guard lock(mutex);
+          ++fetches;
+          if (url == issuer + "/.well-known/openid-configuration")
+            return nlohmann::json{{"issuer", published_issuer}, {"jwks_uri", issuer + "/protocol/openid-connect/certs"}}
+                .dump();
+          if (url == issuer + "/protocol/openid-connect/certs") return jwks.dump();
+          return fail("HTTP 404 for " + url);
+        });
   }
 
   void set_jwks(nlohmann::json set) {
@@ -61,7 +66,9 @@ struct Fixture {
     jwks = std::move(set);
   }
 
-  AuthOutcome authenticate(const std::string& token) { return clusterconnect::test::authenticate_now(io, *auth, token); }
+  AuthOutcome authenticate(const std::string& token) {
+    return clusterconnect::test::authenticate_now(io, *auth, token);
+  }
 };
 
 }  // namespace
@@ -87,7 +94,8 @@ TEST_CASE("auth-oidc: options follow kube-apiserver's flags", "[auth-oidc][optio
   o = base();
   o["required_claims"] = {"hd=example.org", "tier=gold"};
   REQUIRE(parse_authenticator_options(o));
-  CHECK(parse_authenticator_options(o)->rules.required_claims == std::map<std::string, std::string>{{"hd", "example.org"}, {"tier", "gold"}});
+  CHECK(parse_authenticator_options(o)->rules.required_claims ==
+        std::map<std::string, std::string>{{"hd", "example.org"}, {"tier", "gold"}});
   o["signing_algs"] = "ES256";
   CHECK(parse_authenticator_options(o)->rules.signing_algs == std::vector<std::string>{"ES256"});
 
@@ -100,7 +108,8 @@ TEST_CASE("auth-oidc: options follow kube-apiserver's flags", "[auth-oidc][optio
   refused({{"issuer", issuer}}, "client_id");
   refused({{"issuer", "http://idp.example"}, {"client_id", client_id}}, "https");
   refused({{"issuer", "http://127.0.0.1:5556"}, {"client_id", client_id}}, "allow_http_loopback");
-  CHECK(parse_authenticator_options({{"issuer", "http://127.0.0.1:5556"}, {"client_id", client_id}, {"allow_http_loopback", true}}));
+  CHECK(parse_authenticator_options(
+      {{"issuer", "http://127.0.0.1:5556"}, {"client_id", client_id}, {"allow_http_loopback", true}}));
   for (const char* alg : {"none", "HS256", "RS512", "PS256"}) {
     auto bad = base();
     bad["signing_algs"] = {alg};
@@ -117,7 +126,8 @@ TEST_CASE("auth-oidc: options follow kube-apiserver's flags", "[auth-oidc][optio
   refused(bad, "clock_skew_seconds");
 }
 
-TEST_CASE("auth-oidc: RS256 and ES256 tokens map to user and groups as kube-apiserver does", "[auth-oidc][authenticator]") {
+TEST_CASE("auth-oidc: RS256 and ES256 tokens map to user and groups as kube-apiserver does",
+          "[auth-oidc][authenticator]") {
   Fixture f(nlohmann::json{{"groups_claim", "groups"}, {"groups_prefix", "oidc:"}});
   auto out = f.authenticate(rs256_token(f.rsa, claims()));
   REQUIRE(out.ok());
@@ -197,7 +207,8 @@ TEST_CASE("auth-oidc: attacks on the token are refused precisely", "[auth-oidc][
   CHECK(f.authenticate(rs256_token(f.rsa, with("aud", "another-app"))).failure == AuthFailure::wrong_audience);
   CHECK(f.authenticate(rs256_token(f.rsa, with("aud", {"a", "b"}))).failure == AuthFailure::wrong_audience);
   CHECK(f.authenticate(rs256_token(f.rsa, with("aud", {"a", client_id}))).ok());
-  CHECK(f.authenticate(rs256_token(f.rsa, with("iss", "https://evil.example/realms/dev"))).failure == AuthFailure::wrong_issuer);
+  CHECK(f.authenticate(rs256_token(f.rsa, with("iss", "https://evil.example/realms/dev"))).failure ==
+        AuthFailure::wrong_issuer);
   CHECK(f.authenticate(rs256_token(f.rsa, with("iss", issuer + "/"))).failure == AuthFailure::wrong_issuer);
 
   // alg none: no signature at all.
@@ -206,11 +217,13 @@ TEST_CASE("auth-oidc: attacks on the token are refused precisely", "[auth-oidc][
   CHECK(out.failure == AuthFailure::disallowed_algorithm);
   CHECK(out.message.find("'none'") != std::string::npos);
   // HS256 "signed" with the provider's public key as the HMAC secret.
-  CHECK(f.authenticate(hs256_token(f.rsa.public_pem(), {{"alg", "HS256"}, {"typ", "JWT"}, {"kid", "rsa-1"}}, claims())).failure ==
-        AuthFailure::disallowed_algorithm);
+  CHECK(f.authenticate(hs256_token(f.rsa.public_pem(), {{"alg", "HS256"}, {"typ", "JWT"}, {"kid", "rsa-1"}}, claims()))
+            .failure == AuthFailure::disallowed_algorithm);
   // An ES256 header naming the RSA key, and the other way round.
-  CHECK(f.authenticate(es256_token(f.ec, claims(), {{"alg", "ES256"}, {"kid", "rsa-1"}})).failure == AuthFailure::bad_signature);
-  CHECK(f.authenticate(rs256_token(f.rsa, claims(), {{"alg", "RS256"}, {"kid", "ec-1"}})).failure == AuthFailure::bad_signature);
+  CHECK(f.authenticate(es256_token(f.ec, claims(), {{"alg", "ES256"}, {"kid", "rsa-1"}})).failure ==
+        AuthFailure::bad_signature);
+  CHECK(f.authenticate(rs256_token(f.rsa, claims(), {{"alg", "RS256"}, {"kid", "ec-1"}})).failure ==
+        AuthFailure::bad_signature);
   // Signed by a key the provider never published.
   TestKey stranger("rsa-1");
   CHECK(f.authenticate(rs256_token(stranger, claims())).failure == AuthFailure::bad_signature);
@@ -221,9 +234,12 @@ TEST_CASE("auth-oidc: attacks on the token are refused precisely", "[auth-oidc][
   CHECK(f.authenticate(forged).failure == AuthFailure::bad_signature);
   // Names Kubernetes reserves are never impersonated.
   Fixture unprefixed(nlohmann::json{{"username_prefix", "-"}, {"groups_claim", "groups"}});
-  CHECK(unprefixed.authenticate(rs256_token(unprefixed.rsa, with("sub", "system:admin"))).failure == AuthFailure::malformed);
-  CHECK(unprefixed.authenticate(rs256_token(unprefixed.rsa, with("groups", {"system:masters"}))).failure == AuthFailure::malformed);
-  CHECK(unprefixed.authenticate(rs256_token(unprefixed.rsa, with("groups", {"dev", 7}))).failure == AuthFailure::malformed);
+  CHECK(unprefixed.authenticate(rs256_token(unprefixed.rsa, with("sub", "system:admin"))).failure ==
+        AuthFailure::malformed);
+  CHECK(unprefixed.authenticate(rs256_token(unprefixed.rsa, with("groups", {"system:masters"}))).failure ==
+        AuthFailure::malformed);
+  CHECK(unprefixed.authenticate(rs256_token(unprefixed.rsa, with("groups", {"dev", 7}))).failure ==
+        AuthFailure::malformed);
   // No kid, and not a JWT at all.
   CHECK(f.authenticate(rs256_token(f.rsa, claims(), {{"alg", "RS256"}})).failure == AuthFailure::unknown_key);
   CHECK(f.authenticate("opaque-service-account-token").failure == AuthFailure::not_applicable);
@@ -252,7 +268,8 @@ TEST_CASE("auth-oidc: an unknown kid refetches the keys at a bounded rate", "[au
   // until the interval has passed again.
   CHECK(f.authenticate(rs256_token(f.rsa, claims())).failure == AuthFailure::unknown_key);
   TestKey invented("invented");
-  for (int i = 0; i < 5; ++i) CHECK(f.authenticate(rs256_token(invented, claims())).failure == AuthFailure::unknown_key);
+  for (int i = 0; i < 5; ++i)
+    CHECK(f.authenticate(rs256_token(invented, claims())).failure == AuthFailure::unknown_key);
   CHECK(f.fetches == 4);
 }
 

@@ -8,10 +8,10 @@
 
 #include <cstdlib>
 
+#include "../../support/authenticate.hpp"
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/credential.hpp"
 #include "clusterconnect/host/runtime.hpp"
-#include "../../support/authenticate.hpp"
 
 using namespace clusterconnect;
 
@@ -41,7 +41,8 @@ TEST_CASE("auth-oidc: the module provides authenticator:oidc and credential:oidc
   auto missing = file.value()->get_token("");
   REQUIRE_FALSE(missing);
   CHECK(missing.error().find("/nonexistent/token") != std::string::npos);
-  auto no_secret = cred->create({{"method", "client-credentials"}, {"issuer", "https://idp.example"}, {"client_id", "c"}});
+  auto no_secret =
+      cred->create({{"method", "client-credentials"}, {"issuer", "https://idp.example"}, {"client_id", "c"}});
   if (!std::getenv("OIDC_CLIENT_SECRET")) CHECK_FALSE(no_secret);
   CHECK_FALSE(cred->create({{"method", "password"}}));
 }
