@@ -72,13 +72,14 @@ std::string unverified_subject(const std::string& token) {
 
 AgentPolicy::AgentPolicy(AuthMode mode, std::shared_ptr<Authenticator> authenticator, std::shared_ptr<ApiServer> api,
                          std::shared_ptr<AuditLog> audit, std::shared_ptr<AgentMetrics> metrics,
-                         std::shared_ptr<spdlog::logger> logger)
+                         std::shared_ptr<spdlog::logger> logger, std::string backend)
     : mode_(mode),
       authenticator_(std::move(authenticator)),
       api_(std::move(api)),
       audit_(std::move(audit)),
       metrics_(std::move(metrics)),
-      logger_(std::move(logger)) {}
+      logger_(std::move(logger)),
+      backend_(std::move(backend)) {}
 
 void AgentPolicy::reject(AuthFailure failure, const std::string& why, UniqueFunction<void(http::Decision)>& done) {
   metrics_->auth_failure(to_string(failure));
@@ -161,13 +162,14 @@ void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
   authenticator_->async_authenticate(
       std::move(token), [this, &head, expiry, done = std::move(done)](AuthOutcome outcome) mutable {
         if (outcome.ok()) return impersonate(head, outcome.identity, expiry, done);
-        // In `both` mode a token that is not an Entra token for this cluster
+        // In `both` mode a token that is not this backend's token for this cluster
         // (a service-account JWT has another issuer) goes to the API server
         // unchanged, which authenticates it itself.
         if (mode_ == AuthMode::both &&
             (outcome.failure == AuthFailure::not_applicable || outcome.failure == AuthFailure::wrong_issuer))
           return pass_through(head, done);
-        reject(outcome.failure, "Entra ID token rejected: " + outcome.message, done);
+        reject(outcome.failure, (backend_ == "entra" ? "Entra ID" : "OpenID Connect") + std::string(" token rejected: ") + outcome.message,
+               done);
       });
 }
 
@@ -176,7 +178,7 @@ void AgentPolicy::on_complete(const http::ExchangeRecord& record) noexcept {
     metrics_->request_done(record.status, record.duration, record.upgraded);
     // A request answered 401/403 here never reached the API server with an
     // identity; one forwarded without a user was a pass-through token.
-    const char* method = !record.user.empty() ? "entra" : record.status == 401 ? "rejected" : "token";
+    const char* method = !record.user.empty() ? backend_.c_str() : record.status == 401 ? "rejected" : "token";
     if (audit_ && !audit_->write(record, method)) metrics_->audit_dropped();
   } catch (...) {
     // Auditing must never take the data path down.

@@ -25,7 +25,7 @@ class AgentPolicy final : public http::ForwardPolicy {
  public:
   AgentPolicy(AuthMode mode, std::shared_ptr<Authenticator> authenticator, std::shared_ptr<ApiServer> api,
               std::shared_ptr<AuditLog> audit, std::shared_ptr<AgentMetrics> metrics,
-              std::shared_ptr<spdlog::logger> logger);
+              std::shared_ptr<spdlog::logger> logger, std::string backend = "entra");
 
   void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override;
   void on_complete(const http::ExchangeRecord& record) noexcept override;
@@ -42,6 +42,7 @@ class AgentPolicy final : public http::ForwardPolicy {
   std::shared_ptr<AuditLog> audit_;
   std::shared_ptr<AgentMetrics> metrics_;
   std::shared_ptr<spdlog::logger> logger_;
+  std::string backend_;  // the authenticator's name ("entra", "oidc"): in messages and the audit log
 };
 
 }  // namespace clusterconnect::agent

@@ -57,6 +57,17 @@ struct AgentOptions {
   std::string identity_key_file;
   bool print_key_pin = false;
   std::string mode = "entra";
+  std::string auth = "entra";
+  std::string oidc_issuer_url;
+  std::string oidc_client_id;
+  std::string oidc_username_claim = "sub";
+  std::string oidc_username_prefix;
+  std::string oidc_groups_claim;
+  std::string oidc_groups_prefix;
+  std::vector<std::string> oidc_required_claims;
+  std::string oidc_signing_algs = "RS256,ES256";
+  std::string oidc_ca_file;
+  bool oidc_allow_http_loopback = false;
   std::vector<std::string> tenants;
   std::vector<std::string> audiences{arc_server_app};
   std::string authority;
@@ -106,9 +117,31 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_flag("--print-key-pin", o.print_key_pin,
                "Print the pin of --identity-cert-file's key (what the relay's registry lists in agent_key_pins) and exit");
   app.add_option("--mode", o.mode,
-                 "entra: authenticate Entra ID tokens and impersonate; token: pass service-account tokens through; "
-                 "both: Entra when the token is one, else pass through")
-      ->check(CLI::IsMember({"entra", "token", "both"}))->envname("CLUSTERCONNECT_MODE")->capture_default_str();
+                 "entra (or authenticate): authenticate tokens with the --auth backend and impersonate; token: pass "
+                 "service-account tokens through; both: authenticate when the token is the backend's, else pass through")
+      ->check(CLI::IsMember({"entra", "authenticate", "token", "both"}))->envname("CLUSTERCONNECT_MODE")->capture_default_str();
+  app.add_option("--auth", o.auth,
+                 "Identity backend that authenticates callers: entra (Microsoft Entra ID, the authenticator:entra "
+                 "module) or oidc (any OpenID Connect provider, the authenticator:oidc module; see the --oidc-* options)")
+      ->check(CLI::IsMember({"entra", "oidc"}))->envname("CLUSTERCONNECT_AUTH")->capture_default_str();
+  app.add_option("--oidc-issuer-url", o.oidc_issuer_url,
+                 "OIDC: the provider's issuer URL, exactly as tokens carry it (as kube-apiserver's --oidc-issuer-url)")
+      ->envname("CLUSTERCONNECT_OIDC_ISSUER_URL");
+  app.add_option("--oidc-client-id", o.oidc_client_id, "OIDC: the audience every accepted token must carry (--oidc-client-id)")
+      ->envname("CLUSTERCONNECT_OIDC_CLIENT_ID");
+  app.add_option("--oidc-username-claim", o.oidc_username_claim, "OIDC: claim the user name comes from (--oidc-username-claim)")
+      ->capture_default_str();
+  app.add_option("--oidc-username-prefix", o.oidc_username_prefix,
+                 "OIDC: prefix for user names; default ISSUER# for claims other than email, '-' for none (--oidc-username-prefix)");
+  app.add_option("--oidc-groups-claim", o.oidc_groups_claim, "OIDC: claim the groups come from; none when empty (--oidc-groups-claim)");
+  app.add_option("--oidc-groups-prefix", o.oidc_groups_prefix, "OIDC: prefix for group names (--oidc-groups-prefix)");
+  app.add_option("--oidc-required-claim", o.oidc_required_claims,
+                 "OIDC: claim=value every accepted token must carry (repeatable; --oidc-required-claim)");
+  app.add_option("--oidc-signing-algs", o.oidc_signing_algs, "OIDC: accepted signing algorithms, among RS256 and ES256")
+      ->capture_default_str();
+  app.add_option("--oidc-ca-file", o.oidc_ca_file, "OIDC: CA bundle that verifies the issuer (default: system store)");
+  app.add_flag("--oidc-allow-http-loopback", o.oidc_allow_http_loopback,
+               "OIDC: accept an http:// issuer on a loopback address (test identity providers only)");
   app.add_option("--tenant", o.tenants, "Entra tenant ID whose tokens are accepted (repeatable)")->envname("AZURE_TENANT_ID");
   app.add_option("--audience", o.audiences, "Accepted token audience (repeatable; default: the Arc cluster-connect server app)")
       ->capture_default_str();
@@ -148,6 +181,39 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_option("--audit-log", o.audit_log, "Audit log file, one JSON line per request ('-' = stdout, '' = off)")
       ->capture_default_str();
   app.add_option("--threads", o.threads, "I/O threads")->check(CLI::Range(1, 64))->capture_default_str();
+}
+
+// authenticator:entra's options from the flags.
+nlohmann::json entra_options(const AgentOptions& o) {
+  nlohmann::json options{{"tenants", o.tenants},
+                         {"audiences", o.audiences},
+                         {"allow_http_loopback", o.allow_http_loopback_authority},
+                         {"clock_skew_seconds", o.clock_skew},
+                         {"username_claim", o.username_claim},
+                         {"username_prefix", o.username_prefix},
+                         {"groups_prefix", o.groups_prefix},
+                         {"ca_file", o.authority_ca_file}};
+  if (!o.authority.empty()) options["authority"] = o.authority;
+  options["pop"] = o.pop;
+  if (!o.cluster_resource_id.empty()) options["cluster_resource_id"] = o.cluster_resource_id;
+  return options;
+}
+
+// authenticator:oidc's options from the --oidc-* flags; --clock-skew only
+// when given (the backend's own default is smaller than Entra's).
+nlohmann::json oidc_options(const AgentOptions& o, bool clock_skew_given) {
+  nlohmann::json options{{"issuer", o.oidc_issuer_url},
+                         {"client_id", o.oidc_client_id},
+                         {"username_claim", o.oidc_username_claim},
+                         {"username_prefix", o.oidc_username_prefix},
+                         {"groups_claim", o.oidc_groups_claim},
+                         {"groups_prefix", o.oidc_groups_prefix},
+                         {"required_claims", o.oidc_required_claims},
+                         {"signing_algs", o.oidc_signing_algs},
+                         {"allow_http_loopback", o.oidc_allow_http_loopback},
+                         {"ca_file", o.oidc_ca_file}};
+  if (clock_skew_given) options["clock_skew_seconds"] = o.clock_skew;
+  return options;
 }
 
 void write_ready_file(const std::string& path, unsigned short health_port) {
@@ -199,7 +265,15 @@ int main(int argc, char** argv) try {
     return 2;
   }
   AuthMode mode = o.mode == "token" ? AuthMode::token : o.mode == "both" ? AuthMode::both : AuthMode::entra;
-  if (mode != AuthMode::token && o.tenants.empty()) {
+  if (mode != AuthMode::token && o.auth == "oidc" && (o.oidc_issuer_url.empty() || o.oidc_client_id.empty())) {
+    std::fprintf(stderr, "clusterconnect-agent: --auth oidc needs --oidc-issuer-url and --oidc-client-id\n");
+    return 2;
+  }
+  if (o.pop && o.auth != "entra") {
+    std::fprintf(stderr, "clusterconnect-agent: --pop needs --auth entra: proof-of-possession tokens are Entra ID's\n");
+    return 2;
+  }
+  if (mode != AuthMode::token && o.auth == "entra" && o.tenants.empty()) {
     std::fprintf(stderr, "clusterconnect-agent: --tenant is required in %s mode (or set AZURE_TENANT_ID)\n", o.mode.c_str());
     return 2;
   }
@@ -247,23 +321,12 @@ int main(int argc, char** argv) try {
   }
   std::shared_ptr<Authenticator> authenticator;
   if (mode != AuthMode::token) {
-    auto cap = runtime.capabilities().authenticator("entra");
+    auto cap = runtime.capabilities().authenticator(o.auth);
     if (!cap) {
-      std::fprintf(stderr, "clusterconnect-agent: no authenticator:entra module was loaded; see the warnings above\n");
+      std::fprintf(stderr, "clusterconnect-agent: no authenticator:%s module was loaded; see the warnings above\n", o.auth.c_str());
       return 1;
     }
-    nlohmann::json options{{"tenants", o.tenants},
-                           {"audiences", o.audiences},
-                           {"allow_http_loopback", o.allow_http_loopback_authority},
-                           {"clock_skew_seconds", o.clock_skew},
-                           {"username_claim", o.username_claim},
-                           {"username_prefix", o.username_prefix},
-                           {"groups_prefix", o.groups_prefix},
-                           {"ca_file", o.authority_ca_file}};
-    if (!o.authority.empty()) options["authority"] = o.authority;
-    options["pop"] = o.pop;
-    if (!o.cluster_resource_id.empty()) options["cluster_resource_id"] = o.cluster_resource_id;
-    auto made = cap->create(options);
+    auto made = cap->create(o.auth == "oidc" ? oidc_options(o, app.count("--clock-skew") > 0) : entra_options(o));
     if (!made) {
       std::fprintf(stderr, "clusterconnect-agent: %s\n", made.error().c_str());
       return 2;
@@ -288,7 +351,7 @@ int main(int argc, char** argv) try {
   }
   auto metrics = std::make_shared<AgentMetrics>();
   auto policy = std::make_shared<AgentPolicy>(mode, authenticator, api.value(), std::shared_ptr<AuditLog>(std::move(audit.value())),
-                                              metrics, logger);
+                                              metrics, logger, o.auth);
   if (o.relay_insecure_skip_verify)
     logger->warn("--relay-insecure-skip-verify: the relay's certificate is NOT verified; use this only in development");
 
@@ -345,7 +408,7 @@ int main(int argc, char** argv) try {
   // shutdown it can let them finish the work in flight, close frames and
   // stream resets included, instead of stopping them mid-write.
   IoThreads io_threads(io, o.threads);
-  logger->info("agent {} started: relay {}, mode {}{}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode,
+  logger->info("agent {} started: relay {}, mode {}, auth {}{}, health on port {}", CLUSTERCONNECT_VERSION, o.relay_url, o.mode, o.auth,
                o.pop ? " (proof-of-possession tokens only, for " + o.cluster_resource_id + ")" : std::string(),
                health.value()->port());
 

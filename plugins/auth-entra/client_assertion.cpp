@@ -11,6 +11,9 @@
 #include "encoding.hpp"
 
 namespace clusterconnect::entra {
+
+using auth::base64url_encode;
+using auth::random_uuid;
 namespace {
 
 constexpr std::size_t max_pem_size = 256 * 1024;

@@ -9,6 +9,7 @@
 
 #include <openssl/sha.h>
 
+#include "claim_clock.hpp"
 #include "fetch_worker.hpp"
 #include "pop.hpp"
 
@@ -106,12 +107,8 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
       (std::string(name) == "username_prefix" ? c.rules.username_prefix : c.rules.groups_prefix) = prefix;
     }
 
-    const int interval = o.value("key_refresh_min_interval_seconds", 10);
-    if (interval < 1 || interval > 3600) return fail("key_refresh_min_interval_seconds must be between 1 and 3600");
-    c.key_refresh_min_interval = std::chrono::seconds(interval);
-    const int refresh = o.value("key_refresh_interval_seconds", 3600);
-    if (refresh < 60 || refresh > 86400) return fail("key_refresh_interval_seconds must be between 60 and 86400");
-    c.key_refresh_interval = std::chrono::seconds(refresh);
+    if (auto refresh = read_key_refresh_options(o, c.key_refresh_min_interval, c.key_refresh_interval); !refresh)
+      return fail(refresh.error());
 
     c.pop = o.value("pop", false);
     const std::string resource_id = o.value("cluster_resource_id", std::string());
@@ -137,16 +134,6 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
   return c;
 }
 
-JwksCache::Fetch http_fetcher(HttpPolicy policy) {
-  auto client = std::make_shared<HttpClient>(std::move(policy));
-  return [client](const std::string& url) -> Result<std::string> {
-    auto r = client->get(url);
-    if (!r) return fail(r.error());
-    if (r->status != 200) return fail("GET " + url + " answered HTTP " + std::to_string(r->status));
-    return std::move(r->body);
-  };
-}
-
 struct EntraAuthenticator::Shared {
   Shared(asio::io_context& io_context, AuthenticatorConfig c, JwksCache::Fetch fetch,
          std::shared_ptr<spdlog::logger> log)
@@ -163,19 +150,14 @@ struct EntraAuthenticator::Shared {
   AuthenticatorConfig config;
   JwksCache keys;
   NonceCache nonces;  // of accepted proof-of-possession requests
-  std::mutex clock_mutex;
-  std::function<std::chrono::system_clock::time_point()> now = [] { return std::chrono::system_clock::now(); };
+  ClaimClock clock;
 
-  std::chrono::system_clock::time_point current_time() {
-    std::lock_guard lock(clock_mutex);
-    return now();
-  }
 
   AuthOutcome finish(const Jws& jws, const PublicKey& key, const std::string& kid, const std::string& digest) {
     if (!verify_rs256(key.get(), jws.signing_input, jws.signature)) {
       return reject(AuthFailure::bad_signature, "signature does not verify with the tenant's key '" + printable(kid) + "'");
     }
-    auto outcome = check_claims(jws, config.rules, current_time());
+    auto outcome = check_claims(jws, config.rules, clock.now());
     if (outcome.ok() && jws.payload.contains("exp") && jws.payload["exp"].is_number()) {
       auto exp = std::chrono::system_clock::time_point(std::chrono::seconds(jws.payload["exp"].get<std::int64_t>()));
       remember(digest, outcome, exp + config.rules.clock_skew, jws, kid);
@@ -205,7 +187,7 @@ struct EntraAuthenticator::Shared {
   }
 
   std::optional<AuthOutcome> recall(const std::string& digest) {
-    auto now = current_time();
+    auto now = clock.now();
     std::lock_guard lock(verified_mutex);
     auto it = verified.find(digest);
     if (it == verified.end()) return std::nullopt;
@@ -222,7 +204,7 @@ struct EntraAuthenticator::Shared {
                 const Jws& jws, const std::string& kid) {
     auto tid = jws.payload.contains("tid") && jws.payload["tid"].is_string() ? jws.payload["tid"].get<std::string>() : "";
     for (auto& ch : tid) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    auto now = current_time();
+    auto now = clock.now();
     std::lock_guard lock(verified_mutex);
     if (verified.size() >= max_verified) {
       for (auto it = verified.begin(); it != verified.end();) it = it->second.valid_until <= now ? verified.erase(it) : std::next(it);
@@ -271,10 +253,7 @@ EntraAuthenticator::EntraAuthenticator(asio::io_context& io, AuthenticatorConfig
 
 EntraAuthenticator::~EntraAuthenticator() = default;
 
-void EntraAuthenticator::set_clock(std::function<std::chrono::system_clock::time_point()> now) {
-  std::lock_guard lock(shared_->clock_mutex);
-  shared_->now = std::move(now);
-}
+void EntraAuthenticator::set_clock(std::function<std::chrono::system_clock::time_point()> now) { shared_->clock.set(std::move(now)); }
 
 void EntraAuthenticator::async_authenticate(std::string bearer_token, UniqueFunction<void(AuthOutcome)> handler) noexcept {
   if (shared_->config.pop) return authenticate_pop(std::move(bearer_token), std::move(handler));
@@ -297,7 +276,7 @@ void EntraAuthenticator::authenticate_pop(std::string token, UniqueFunction<void
                             "a bearer token was presented, but this cluster accepts only proof-of-possession tokens; "
                             "connect with 'connectedk8s proxy --pop'"));
     }
-    auto shr = check_signed_request(parsed.jws, shared_->config.cluster_resource_id, shared_->current_time());
+    auto shr = check_signed_request(parsed.jws, shared_->config.cluster_resource_id, shared_->clock.now());
     if (!shr.ok()) return handler(std::move(shr.outcome));
     auto inner = parse_jws(shr.request.access_token);
     if (!inner.ok())
@@ -315,7 +294,7 @@ void EntraAuthenticator::authenticate_pop(std::string token, UniqueFunction<void
                             return handler(std::move(result));
                           }
                           // Last, so only a request that passed every check uses up its nonce.
-                          if (auto fresh = shared->nonces.use(nonce, ts, shared->current_time()); !fresh.ok())
+                          if (auto fresh = shared->nonces.use(nonce, ts, shared->clock.now()); !fresh.ok())
                             return handler(std::move(fresh));
                           handler(std::move(result));
                         });

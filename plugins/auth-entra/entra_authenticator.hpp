@@ -21,9 +21,11 @@ namespace spdlog {
 class logger;
 }
 
-namespace clusterconnect::entra {
-
+namespace clusterconnect::auth {
 class FetchWorker;
+}
+
+namespace clusterconnect::entra {
 
 inline constexpr const char* arc_server_app_id = "6256c85f-0aad-4d50-b960-e6e9b21efe35";
 inline constexpr const char* default_authority = "https://login.microsoftonline.com";
@@ -63,6 +65,7 @@ Result<AuthenticatorConfig> parse_authenticator_options(const nlohmann::json& op
 
 class EntraAuthenticator final : public Authenticator {
  public:
+  using Fetch = JwksCache::Fetch;
   // `fetch` serves URLs in tests; by default HTTPS through libcurl. Key
   // fetches and their failures go to `logger` when there is one.
   EntraAuthenticator(asio::io_context& io, AuthenticatorConfig config, JwksCache::Fetch fetch = {},
@@ -81,9 +84,6 @@ class EntraAuthenticator final : public Authenticator {
   std::shared_ptr<Shared> shared_;  // also held by queued fetch jobs
   std::unique_ptr<FetchWorker> worker_;
 };
-
-// The fetcher the authenticator uses by default: GET, 200 only.
-JwksCache::Fetch http_fetcher(HttpPolicy policy);
 
 // The tenant's name as it appears in issuers and URLs: tenant IDs and
 // verified domain names only.

@@ -4,6 +4,7 @@
 
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/credential.hpp"
+#include "authenticator_factory.hpp"
 #include "clusterconnect/plugin.hpp"
 #include "entra_authenticator.hpp"
 #include "entra_credential.hpp"
@@ -12,24 +13,6 @@ namespace clusterconnect::entra {
 namespace {
 
 const char* const capabilities[] = {"credential:entra", "authenticator:entra"};
-
-class AuthenticatorFactory final : public AuthenticatorCapability {
- public:
-  explicit AuthenticatorFactory(HostServices& host) : host_(host) {}
-
-  Result<std::shared_ptr<Authenticator>> create(const nlohmann::json& options) noexcept override {
-    try {
-      auto config = parse_authenticator_options(options);
-      if (!config) return fail(config.error());
-      return std::shared_ptr<Authenticator>(std::make_shared<EntraAuthenticator>(host_.io_context(), std::move(*config), JwksCache::Fetch{}, host_.logger()));
-    } catch (const std::exception& e) {
-      return fail(std::string("authenticator:entra: ") + e.what());
-    }
-  }
-
- private:
-  HostServices& host_;
-};
 
 class CredentialFactory final : public CredentialCapability {
  public:
@@ -52,7 +35,8 @@ class CredentialFactory final : public CredentialCapability {
 class ThisModule final : public Module {
  public:
   explicit ThisModule(HostServices& host)
-      : authenticator_(std::make_shared<AuthenticatorFactory>(host)), credential_(std::make_shared<CredentialFactory>(host)) {}
+      : authenticator_(auth::make_authenticator_factory<EntraAuthenticator>("authenticator:entra", host, parse_authenticator_options)),
+        credential_(std::make_shared<CredentialFactory>(host)) {}
 
   std::shared_ptr<CredentialCapability> credential(std::string_view name) noexcept override { return name == "entra" ? credential_ : nullptr; }
 
@@ -61,7 +45,7 @@ class ThisModule final : public Module {
   }
 
  private:
-  std::shared_ptr<AuthenticatorFactory> authenticator_;
+  std::shared_ptr<auth::AuthenticatorFactory> authenticator_;
   std::shared_ptr<CredentialFactory> credential_;
 };
 

@@ -28,14 +28,6 @@
 
 namespace clusterconnect::entra {
 
-// A refused token's outcome.
-inline AuthOutcome reject(AuthFailure f, std::string message) {
-  AuthOutcome o;
-  o.failure = f;
-  o.message = std::move(message);
-  return o;
-}
-
 // How old a Signed HTTP Request may be (guard's window), and how far ahead of
 // the verifier's clock its `ts` may be.
 inline constexpr std::chrono::seconds pop_max_age{15 * 60};

@@ -131,3 +131,28 @@ TEST_CASE("agent: --print-key-pin prints the pin the registry lists, and nothing
   CHECK(bad.status == 2);
   CHECK_THAT(bad.output, Catch::Contains("missing.crt"));
 }
+
+TEST_CASE("agent: --auth oidc picks the OIDC backend by configuration", "[agent][config][oidc]") {
+  AgentRun agent;
+  auto missing = agent("", "--auth oidc");
+  CHECK(missing.status == 2);
+  CHECK_THAT(missing.output, Catch::Contains("--auth oidc needs --oidc-issuer-url and --oidc-client-id"));
+  // The authenticator:oidc module itself refuses a plain-http issuer: the agent loaded it, not Entra's.
+  auto http_issuer = agent("", "--auth oidc --oidc-issuer-url http://idp.example --oidc-client-id kubernetes");
+  CHECK(http_issuer.status == 2);
+  CHECK_THAT(http_issuer.output, Catch::Contains("must use https"));
+  auto bad_alg = agent("", "--auth oidc --oidc-issuer-url https://idp.example --oidc-client-id kubernetes --oidc-signing-algs HS256");
+  CHECK(bad_alg.status == 2);
+  CHECK_THAT(bad_alg.output, Catch::Contains("'HS256' is not supported"));
+  // No tenant needed; from the environment or the config file, as every option.
+  CHECK_THAT(agent("CLUSTERCONNECT_AUTH=oidc", "--oidc-issuer-url https://idp.example --oidc-client-id kubernetes").output,
+             Catch::Contains(no_api_server));
+  CHECK_THAT(agent("", "--config " +
+                           agent.config("auth: oidc\noidc-issuer-url: https://idp.example\noidc-client-id: kubernetes\n"
+                                        "oidc-required-claim: [hd=example.org]\n"))
+                 .output,
+             Catch::Contains(no_api_server));
+  auto pop = agent("", "--auth oidc --oidc-issuer-url https://idp.example --oidc-client-id kubernetes --pop --cluster-resource-id x");
+  CHECK(pop.status == 2);
+  CHECK_THAT(pop.output, Catch::Contains("--pop needs --auth entra"));
+}

@@ -8,12 +8,13 @@
 #include <thread>
 
 #include "entra_authenticator.hpp"
-#include "test_tokens.hpp"
+#include "../../support/authenticate.hpp"
+#include "../../support/jwt_test_keys.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::entra;
-using clusterconnect::entra::test::rs256_token;
-using clusterconnect::entra::test::TestKey;
+using clusterconnect::auth::test::rs256_token;
+using clusterconnect::auth::test::TestKey;
 
 namespace {
 
@@ -92,25 +93,7 @@ struct Fixture {
     return urls;
   }
 
-  AuthOutcome authenticate(const std::string& token) {
-    std::optional<AuthOutcome> out;
-    auth->async_authenticate(token, [&](AuthOutcome o) { out = std::move(o); });
-    // The fetch thread posts the completion; poll until it arrives.
-    for (int i = 0; i < 1000 && !out; ++i) {
-      io.restart();
-      io.run_for(std::chrono::milliseconds(5));
-      if (!out) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    REQUIRE(out);
-    // A rejection says why, and never repeats the credential.
-    if (!out->ok()) {
-      CHECK_FALSE(out->message.empty());
-      if (token.size() > 40) CHECK(out->message.find(token.substr(token.size() - 40)) == std::string::npos);
-      auto dot = token.find('.');
-      if (dot != std::string::npos && dot > 20) CHECK(out->message.find(token.substr(0, dot)) == std::string::npos);
-    }
-    return *out;
-  }
+  AuthOutcome authenticate(const std::string& token) { return clusterconnect::test::authenticate_now(io, *auth, token); }
 
   std::string token(const nlohmann::json& claims) { return rs256_token(key, claims); }
 };
@@ -293,14 +276,14 @@ TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
   }
   SECTION("alg none") {
     nlohmann::json h = {{"alg", "none"}, {"typ", "JWT"}};
-    auto t = test::encode_part(h) + "." + test::encode_part(user_claims()) + ".";
+    auto t = auth::test::encode_part(h) + "." + auth::test::encode_part(user_claims()) + ".";
     CHECK(f.authenticate(t).failure == AuthFailure::disallowed_algorithm);
   }
   SECTION("HS256 signed with the public key") {
     nlohmann::json h = {{"alg", "HS256"}, {"typ", "JWT"}, {"kid", f.key.kid()}};
-    CHECK(f.authenticate(test::hs256_token(f.key.public_pem(), h, user_claims())).failure == AuthFailure::disallowed_algorithm);
+    CHECK(f.authenticate(auth::test::hs256_token(f.key.public_pem(), h, user_claims())).failure == AuthFailure::disallowed_algorithm);
     nlohmann::json jwk = f.key.jwk();
-    CHECK(f.authenticate(test::hs256_token(jwk["n"].get<std::string>(), h, user_claims())).failure == AuthFailure::disallowed_algorithm);
+    CHECK(f.authenticate(auth::test::hs256_token(jwk["n"].get<std::string>(), h, user_claims())).failure == AuthFailure::disallowed_algorithm);
   }
   SECTION("other asymmetric algorithms") {
     for (const char* alg : {"ES256", "PS256", "RS512", "rs256"}) {
@@ -328,7 +311,7 @@ TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
     auto c = user_claims();
     c["upn"] = "admin@contoso.example";
     auto first = t.find('.'), second = t.find('.', first + 1);
-    auto forged = t.substr(0, first + 1) + test::encode_part(c) + t.substr(second);
+    auto forged = t.substr(0, first + 1) + auth::test::encode_part(c) + t.substr(second);
     CHECK(f.authenticate(forged).failure == AuthFailure::bad_signature);
   }
   SECTION("truncated") {
@@ -359,7 +342,7 @@ TEST_CASE("auth-entra: the JWT attack matrix", "[auth-entra][authenticator]") {
     CHECK(out.message.find("overage") != std::string::npos);
   }
   SECTION("duplicate claims") {
-    auto header = test::encode_part({{"alg", "RS256"}, {"kid", f.key.kid()}});
+    auto header = auth::test::encode_part({{"alg", "RS256"}, {"kid", f.key.kid()}});
     auto c = user_claims();
     c["aud"] = "something-else";
     std::string dup = c.dump();

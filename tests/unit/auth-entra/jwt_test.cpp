@@ -1,7 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "jwt.hpp"
-#include "test_tokens.hpp"
+#include "../../support/jwt_test_keys.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::entra;

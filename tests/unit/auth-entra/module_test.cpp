@@ -6,11 +6,10 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
-#include <future>
-
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/credential.hpp"
 #include "clusterconnect/host/runtime.hpp"
+#include "../../support/authenticate.hpp"
 
 using namespace clusterconnect;
 
@@ -30,11 +29,7 @@ TEST_CASE("auth-entra: the module provides authenticator:entra and credential:en
 
   // A token that is not a JWT completes at once, with no key fetch.
   rt.start();
-  std::promise<AuthOutcome> done;
-  created.value()->async_authenticate("opaque", [&](AuthOutcome o) { done.set_value(std::move(o)); });
-  auto f = done.get_future();
-  REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
-  CHECK(f.get().failure == AuthFailure::not_applicable);
+  CHECK(clusterconnect::test::authenticate_on_host(*created.value(), "opaque").failure == AuthFailure::not_applicable);
 
   auto cred = rt.capabilities().credential("entra");
   REQUIRE(cred);

@@ -12,14 +12,15 @@
 #include "entra_credential.hpp"
 #include "jwks.hpp"
 #include "pop.hpp"
-#include "test_tokens.hpp"
+#include "../../support/authenticate.hpp"
+#include "../../support/jwt_test_keys.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::entra;
-using clusterconnect::entra::test::encode_part;
-using clusterconnect::entra::test::hs256_token;
-using clusterconnect::entra::test::rs256_token;
-using clusterconnect::entra::test::TestKey;
+using clusterconnect::auth::test::encode_part;
+using clusterconnect::auth::test::hs256_token;
+using clusterconnect::auth::test::rs256_token;
+using clusterconnect::auth::test::TestKey;
 
 namespace {
 
@@ -104,22 +105,7 @@ struct Fixture {
     return *t;
   }
 
-  AuthOutcome authenticate(const std::string& token) {
-    std::optional<AuthOutcome> out;
-    auth->async_authenticate(token, [&](AuthOutcome o) { out = std::move(o); });
-    for (int i = 0; i < 1000 && !out; ++i) {
-      io.restart();
-      io.run_for(std::chrono::milliseconds(5));
-      if (!out) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    REQUIRE(out);
-    if (!out->ok()) {
-      CHECK_FALSE(out->message.empty());
-      // A refusal never repeats a credential.
-      CHECK(out->message.find(token.substr(token.size() - 40)) == std::string::npos);
-    }
-    return *out;
-  }
+  AuthOutcome authenticate(const std::string& token) { return clusterconnect::test::authenticate_now(io, *auth, token); }
 };
 
 // A Signed HTTP Request put together by hand: any header, payload and key.

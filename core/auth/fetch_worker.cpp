@@ -1,6 +1,6 @@
 #include "fetch_worker.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 
 FetchWorker::FetchWorker(std::size_t max_queued) : max_queued_(max_queued), thread_([this] { run(); }) {}
 
@@ -60,4 +60,4 @@ void FetchWorker::run() {
   }
 }
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth

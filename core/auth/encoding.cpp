@@ -8,7 +8,7 @@
 
 #include "clusterconnect/url.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 namespace {
 
 constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -92,4 +92,4 @@ std::string random_uuid() {
   return buf;
 }
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth

@@ -1,5 +1,5 @@
 #pragma once
-// Encodings the Entra protocols use: unpadded base64url (JWS, JWK) and
+// Encodings the OAuth and OpenID Connect protocols use: unpadded base64url (JWS, JWK) and
 // application/x-www-form-urlencoded request bodies (token endpoint).
 
 #include <optional>
@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 
 // Strict RFC 7515 base64url: alphabet [A-Za-z0-9-_] only, no padding, no
 // whitespace, and no set bits in the unused tail, so every byte string has
@@ -22,4 +22,4 @@ std::string form_encode(const FormFields& fields);
 // A random version-4 UUID, lower case (client assertion `jti`).
 std::string random_uuid();
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth

@@ -11,7 +11,7 @@
 
 #include "clusterconnect/url.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 namespace {
 
 void global_init_once() {
@@ -123,7 +123,7 @@ Result<HttpResponse> HttpClient::perform(const std::string& url, const std::stri
     set_trust_anchors(c, policy_.ca_file);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(policy_.connect_timeout.count()));
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(policy_.total_timeout.count()));
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "clusterconnect-auth-entra/0.1");
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "clusterconnect/0.1");
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
@@ -169,4 +169,14 @@ Result<HttpResponse> HttpClient::perform(const std::string& url, const std::stri
   return fail("request to " + url + " failed: " + last_error);
 }
 
-}  // namespace clusterconnect::entra
+std::function<Result<std::string>(const std::string& url)> http_fetcher(HttpPolicy policy) {
+  auto client = std::make_shared<HttpClient>(std::move(policy));
+  return [client](const std::string& url) -> Result<std::string> {
+    auto r = client->get(url);
+    if (!r) return fail(r.error());
+    if (r->status != 200) return fail("GET " + url + " answered HTTP " + std::to_string(r->status));
+    return std::move(r->body);
+  };
+}
+
+}  // namespace clusterconnect::auth

@@ -13,7 +13,7 @@
 
 #include "clusterconnect/unique_function.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 
 class FetchWorker {
  public:
@@ -46,4 +46,4 @@ class FetchWorker {
   std::thread thread_;
 };
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth

@@ -2,13 +2,16 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
 #include <openssl/param_build.h>
+
+#include <algorithm>
 
 #include <nlohmann/json.hpp>
 
 #include "encoding.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 namespace {
 
 using BnPtr = std::unique_ptr<BIGNUM, decltype(&BN_free)>;
@@ -34,6 +37,17 @@ std::string string_member(const nlohmann::json& doc, const char* name) {
 }
 constexpr std::size_t max_keys = 64;
 
+// A public key of `type` ("RSA", "EC") from the parameters in `bld`; null on failure.
+PublicKey public_key_from(OSSL_PARAM_BLD* bld, const char* type) {
+  std::unique_ptr<OSSL_PARAM, decltype(&OSSL_PARAM_free)> params(OSSL_PARAM_BLD_to_param(bld), &OSSL_PARAM_free);
+  std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr), &EVP_PKEY_CTX_free);
+  EVP_PKEY* pkey = nullptr;
+  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
+      EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_PUBLIC_KEY, params.get()) <= 0 || !pkey)
+    return nullptr;
+  return PublicKey(pkey, &EVP_PKEY_free);
+}
+
 }  // namespace
 
 Result<PublicKey> rsa_key_from_jwk(std::string_view n64, std::string_view e64) {
@@ -50,24 +64,80 @@ Result<PublicKey> rsa_key_from_jwk(std::string_view n64, std::string_view e64) {
   if (!bld || !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, bn_n.get()) ||
       !OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, bn_e.get()))
     return fail("could not build an RSA key");
-  std::unique_ptr<OSSL_PARAM, decltype(&OSSL_PARAM_free)> params(OSSL_PARAM_BLD_to_param(bld.get()), &OSSL_PARAM_free);
-  std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr), &EVP_PKEY_CTX_free);
-  EVP_PKEY* pkey = nullptr;
-  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
-      EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_PUBLIC_KEY, params.get()) <= 0 || !pkey)
-    return fail("could not build an RSA key");
-  return PublicKey(pkey, &EVP_PKEY_free);
+  auto key = public_key_from(bld.get(), "RSA");
+  if (!key) return fail("could not build an RSA key");
+  return key;
 }
 
-bool verify_rs256(EVP_PKEY* key, std::string_view signing_input, std::string_view signature) {
-  if (!key || signature.size() != static_cast<std::size_t>(EVP_PKEY_get_size(key))) return false;
+Result<PublicKey> p256_key_from_jwk(std::string_view x64, std::string_view y64) {
+  auto x = base64url_decode(x64);
+  auto y = base64url_decode(y64);
+  // RFC 7518 6.2.1.2: the coordinates are exactly the field size.
+  if (!x || !y || x->size() != 32 || y->size() != 32) return fail("EC key has an invalid 'x' or 'y' for P-256");
+  const std::string point = "\x04" + *x + *y;  // uncompressed SEC1 point
+  std::unique_ptr<OSSL_PARAM_BLD, decltype(&OSSL_PARAM_BLD_free)> bld(OSSL_PARAM_BLD_new(), &OSSL_PARAM_BLD_free);
+  if (!bld || !OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
+      !OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()))
+    return fail("could not build an EC key");
+  auto key = public_key_from(bld.get(), "EC");
+  if (!key) return fail("EC key is not a point on P-256");
+  // fromdata does not check that the point is on the curve.
+  std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr), &EVP_PKEY_CTX_free);
+  if (!check || EVP_PKEY_public_check(check.get()) != 1) return fail("EC key is not a point on P-256");
+  return key;
+}
+
+namespace {
+
+bool digest_verify(EVP_PKEY* key, std::string_view signing_input, std::string_view signature) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> md(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
   if (!md || EVP_DigestVerifyInit(md.get(), nullptr, EVP_sha256(), nullptr, key) != 1) return false;
   return EVP_DigestVerify(md.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
                           reinterpret_cast<const unsigned char*>(signing_input.data()), signing_input.size()) == 1;
 }
 
-Result<KeyMap> parse_jwks(std::string_view document) {
+bool is_p256(EVP_PKEY* key) {
+  char group[32] = {0};
+  std::size_t len = 0;
+  return EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+         EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, &len) == 1 &&
+         std::string_view(group, len) == "prime256v1";
+}
+
+}  // namespace
+
+bool verify_rs256(EVP_PKEY* key, std::string_view signing_input, std::string_view signature) {
+  if (!key || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) return false;
+  if (signature.size() != static_cast<std::size_t>(EVP_PKEY_get_size(key))) return false;
+  return digest_verify(key, signing_input, signature);
+}
+
+bool verify_es256(EVP_PKEY* key, std::string_view signing_input, std::string_view signature) {
+  if (!key || !is_p256(key) || signature.size() != 64) return false;
+  // OpenSSL verifies DER; JWS carries R || S (RFC 7518 3.4).
+  std::unique_ptr<ECDSA_SIG, decltype(&ECDSA_SIG_free)> sig(ECDSA_SIG_new(), &ECDSA_SIG_free);
+  BIGNUM* r = BN_bin2bn(reinterpret_cast<const unsigned char*>(signature.data()), 32, nullptr);
+  BIGNUM* s = BN_bin2bn(reinterpret_cast<const unsigned char*>(signature.data()) + 32, 32, nullptr);
+  if (!sig || !r || !s || ECDSA_SIG_set0(sig.get(), r, s) != 1) {
+    BN_free(r);
+    BN_free(s);
+    return false;
+  }
+  unsigned char* der = nullptr;
+  const int der_len = i2d_ECDSA_SIG(sig.get(), &der);
+  if (der_len <= 0) return false;
+  std::unique_ptr<unsigned char, void (*)(unsigned char*)> owned(der, [](unsigned char* p) { OPENSSL_free(p); });
+  return digest_verify(key, signing_input, std::string_view(reinterpret_cast<const char*>(der), static_cast<std::size_t>(der_len)));
+}
+
+bool verify_signature(std::string_view alg, EVP_PKEY* key, std::string_view signing_input, std::string_view signature) {
+  if (alg == "RS256") return verify_rs256(key, signing_input, signature);
+  if (alg == "ES256") return verify_es256(key, signing_input, signature);
+  return false;
+}
+
+Result<KeyMap> parse_jwks(std::string_view document, const std::vector<std::string>& algorithms) {
+  auto accepts = [&](const char* alg) { return std::find(algorithms.begin(), algorithms.end(), alg) != algorithms.end(); };
   auto doc = nlohmann::json::parse(document, nullptr, false);
   if (doc.is_discarded() || !doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array()) {
     return fail("key set is not a JWKS document (no 'keys' array)");
@@ -77,27 +147,45 @@ Result<KeyMap> parse_jwks(std::string_view document) {
     if (keys.size() >= max_keys) break;
     if (!k.is_object()) continue;
     auto str = [&](const char* name) { return k.contains(name) && k[name].is_string() ? k[name].get<std::string>() : std::string(); };
-    if (str("kty") != "RSA") continue;
+    const std::string kty = str("kty");
+    // The algorithm a key serves follows from its type: RSA keys RS256, P-256 keys ES256.
+    const char* key_alg = kty == "RSA" ? "RS256" : kty == "EC" && str("crv") == "P-256" ? "ES256" : nullptr;
+    if (!key_alg || !accepts(key_alg)) continue;
     const std::string use = str("use");
     if (!use.empty() && use != "sig") continue;
     const std::string alg = str("alg");
-    if (!alg.empty() && alg != "RS256") continue;
+    if (!alg.empty() && alg != key_alg) continue;
     const std::string kid = str("kid");
     if (kid.empty()) continue;
-    auto key = rsa_key_from_jwk(str("n"), str("e"));
-    if (!key) continue;  // one bad entry must not take the tenant's other keys down
+    auto key = kty == "RSA" ? rsa_key_from_jwk(str("n"), str("e")) : p256_key_from_jwk(str("x"), str("y"));
+    if (!key) continue;  // one bad entry must not take the provider's other keys down
     keys.emplace(kid, std::move(*key));
   }
-  if (keys.empty()) return fail("key set holds no usable RSA signing key");
+  if (keys.empty()) return fail(accepts("ES256") ? "key set holds no usable signing key" : "key set holds no usable RSA signing key");
   return keys;
+}
+
+Result<void> read_key_refresh_options(const nlohmann::json& o, std::chrono::seconds& min_interval, std::chrono::seconds& interval) {
+  const int least = o.value("key_refresh_min_interval_seconds", 10);
+  if (least < 1 || least > 3600) return fail("key_refresh_min_interval_seconds must be between 1 and 3600");
+  const int every = o.value("key_refresh_interval_seconds", 3600);
+  if (every < 60 || every > 86400) return fail("key_refresh_interval_seconds must be between 60 and 86400");
+  min_interval = std::chrono::seconds(least);
+  interval = std::chrono::seconds(every);
+  return {};
 }
 
 JwksCache::JwksCache(Settings settings, Fetch fetch) : settings_(std::move(settings)), fetch_(std::move(fetch)) {
   if (!settings_.now) settings_.now = [] { return std::chrono::steady_clock::now(); };
 }
 
-std::string JwksCache::discovery_url(const std::string& tenant) const {
-  return settings_.authority + "/" + tenant + "/v2.0/.well-known/openid-configuration";
+std::string JwksCache::discovery_url(const std::string& source) const {
+  if (settings_.layout == Layout::issuer) {
+    std::string base = source;
+    while (!base.empty() && base.back() == '/') base.pop_back();
+    return base + "/.well-known/openid-configuration";
+  }
+  return settings_.authority + "/" + source + "/v2.0/.well-known/openid-configuration";
 }
 
 std::string JwksCache::v1_discovery_url(const std::string& tenant) const {
@@ -174,20 +262,26 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   const std::string v2_issuer = substitute_tenant(string_member(doc, "issuer"), tenant);
   if (v2_issuer.empty()) return record_failure("OpenID configuration at " + discovery + " has no issuer");
   std::vector<std::string> issuers{v2_issuer};
+  // OpenID Connect Discovery 1.0, 4.3: the document must be the issuer's own.
+  if (settings_.layout == Layout::issuer && v2_issuer != tenant)
+    return record_failure("OpenID configuration at " + discovery + " names issuer '" + v2_issuer + "', not '" + tenant + "'");
   // The v1 document names the issuer of v1 tokens (sts.windows.net for the
   // public cloud, another host in sovereign clouds). Optional: an authority
   // without one issues v2 tokens only.
-  if (auto v1_text = fetch_(v1_discovery_url(tenant))) {
-    auto v1 = nlohmann::json::parse(*v1_text, nullptr, false);
-    if (!v1.is_discarded() && v1.is_object()) {
-      auto v1_issuer = substitute_tenant(string_member(v1, "issuer"), tenant);
-      if (!v1_issuer.empty() && v1_issuer != v2_issuer) issuers.push_back(std::move(v1_issuer));
+  if (settings_.layout == Layout::tenant_paths) {
+    if (auto v1_text = fetch_(v1_discovery_url(tenant))) {
+      auto v1 = nlohmann::json::parse(*v1_text, nullptr, false);
+      if (!v1.is_discarded() && v1.is_object()) {
+        auto v1_issuer = substitute_tenant(string_member(v1, "issuer"), tenant);
+        if (!v1_issuer.empty() && v1_issuer != v2_issuer) issuers.push_back(std::move(v1_issuer));
+      }
     }
   }
+
   const std::string jwks_uri = string_member(doc, "jwks_uri");
   auto jwks_text = fetch_(jwks_uri);
   if (!jwks_text) return record_failure("cannot read the tenant's signing keys: " + jwks_text.error());
-  auto keys = parse_jwks(*jwks_text);
+  auto keys = parse_jwks(*jwks_text, settings_.algorithms);
   if (!keys) return record_failure("signing keys at " + jwks_uri + ": " + keys.error());
 
   std::lock_guard lock(mutex_);
@@ -200,4 +294,4 @@ Result<bool> JwksCache::refresh(const std::string& tenant) {
   return true;
 }
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth

@@ -1,15 +1,16 @@
 #pragma once
-// Blocking HTTPS for the identity provider (discovery, keys, token
+// Blocking HTTPS for identity providers (discovery, keys, token
 // endpoint), on libcurl. Control plane only: callers run it on their own
 // thread, never on an io thread.
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 
 #include "clusterconnect/result.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 
 struct HttpPolicy {
   std::string ca_file;               // CA bundle; when empty SSL_CERT_FILE / SSL_CERT_DIR, else the system store
@@ -48,8 +49,12 @@ class HttpClient {
   HttpPolicy policy_;
 };
 
+// A blocking GET that answers the body of a 200 response, else the reason:
+// what the key cache (JwksCache::Fetch) uses by default.
+std::function<Result<std::string>(const std::string& url)> http_fetcher(HttpPolicy policy);
+
 // Responses larger than this are cut off and fail: discovery documents and
 // key sets are a few KiB.
 constexpr std::size_t max_response_size = 1024 * 1024;
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth

@@ -1,7 +1,7 @@
 #pragma once
-// Signing keys and issuers of Entra ID tenants: OIDC discovery (the v2 and
-// the v1 document) -> issuers and jwks_uri -> RSA keys by `kid`, cached per
-// tenant and refreshed on an unknown `kid` at a bounded rate, so a key
+// Signing keys and issuers of OpenID providers: OIDC discovery -> issuers and
+// jwks_uri -> keys by `kid`, cached per source (an Entra tenant, or an
+// issuer) and refreshed on an unknown `kid` at a bounded rate, so a key
 // rotation at the provider is picked up without a restart while a stream of
 // forged `kid`s cannot turn into a stream of fetches.
 
@@ -16,22 +16,38 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "clusterconnect/result.hpp"
 
-namespace clusterconnect::entra {
+namespace clusterconnect::auth {
 
 using PublicKey = std::shared_ptr<EVP_PKEY>;
 using KeyMap = std::map<std::string, PublicKey>;
 
-// RSA signing keys from a JWKS document; other key types and keys marked
-// for encryption are skipped, RSA keys under 2048 bits are refused.
-Result<KeyMap> parse_jwks(std::string_view document);
+// Signing keys for `algorithms` (RS256: RSA keys of 2048 bits or more;
+// ES256: EC keys on P-256) from a JWKS document. Other key types, keys
+// marked for encryption and keys whose `alg` is not accepted are skipped.
+Result<KeyMap> parse_jwks(std::string_view document, const std::vector<std::string>& algorithms = {"RS256"});
 
 // An RSA public key from the JWK members `n` and `e` (base64url).
 Result<PublicKey> rsa_key_from_jwk(std::string_view n, std::string_view e);
+// A P-256 public key from the JWK members `x` and `y` (base64url).
+Result<PublicKey> p256_key_from_jwk(std::string_view x, std::string_view y);
 
-// RSASSA-PKCS1-v1_5 with SHA-256 over `signing_input`.
+// RSASSA-PKCS1-v1_5 with SHA-256 over `signing_input`; RSA keys only.
 bool verify_rs256(EVP_PKEY* key, std::string_view signing_input, std::string_view signature);
+// ECDSA P-256 with SHA-256, the signature as JWS writes it (R || S, 64
+// bytes); P-256 keys only.
+bool verify_es256(EVP_PKEY* key, std::string_view signing_input, std::string_view signature);
+// verify_rs256 or verify_es256 by the token's `alg`; false for any other.
+bool verify_signature(std::string_view alg, EVP_PKEY* key, std::string_view signing_input, std::string_view signature);
+
+// The key cache's options as the authenticators take them:
+// `key_refresh_min_interval_seconds` (1..3600, default 10) and
+// `key_refresh_interval_seconds` (60..86400, default 3600).
+Result<void> read_key_refresh_options(const nlohmann::json& options, std::chrono::seconds& min_interval,
+                                      std::chrono::seconds& interval);
 
 class JwksCache {
  public:
@@ -40,6 +56,14 @@ class JwksCache {
 
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
 
+  // Where a source's discovery documents are. tenant_paths (Entra ID): the
+  // source is a tenant, {authority}/{tenant}/v2.0/.well-known/openid-configuration
+  // then, optional, the v1 document {authority}/{tenant}/.well-known/openid-configuration.
+  // issuer (OpenID Connect Discovery 1.0): the source is the issuer URL,
+  // {issuer}/.well-known/openid-configuration, whose `issuer` must be the
+  // source exactly; `authority` is unused.
+  enum class Layout { tenant_paths, issuer };
+
   struct Settings {
     std::string authority;  // no trailing '/'
     std::chrono::seconds min_refresh_interval{10};
@@ -47,6 +71,8 @@ class JwksCache {
     // background, and before they are relied on again.
     std::chrono::seconds max_age{std::chrono::hours(1)};
     Clock now;  // default: std::chrono::steady_clock::now (tests inject one)
+    Layout layout = Layout::tenant_paths;
+    std::vector<std::string> algorithms{"RS256"};  // which keys are kept (parse_jwks)
   };
 
   JwksCache(Settings settings, Fetch fetch);
@@ -71,9 +97,9 @@ class JwksCache {
   // cannot be fetched; the previous key set then stays in use.
   Result<bool> refresh(const std::string& tenant);
 
-  // {authority}/{tenant}/v2.0/.well-known/openid-configuration
-  std::string discovery_url(const std::string& tenant) const;
-  // {authority}/{tenant}/.well-known/openid-configuration
+  // The (first) discovery document of a source, by the layout.
+  std::string discovery_url(const std::string& source) const;
+  // tenant_paths: {authority}/{tenant}/.well-known/openid-configuration
   std::string v1_discovery_url(const std::string& tenant) const;
 
  private:
@@ -98,4 +124,4 @@ class JwksCache {
   std::mutex fetch_mutex_;
 };
 
-}  // namespace clusterconnect::entra
+}  // namespace clusterconnect::auth
