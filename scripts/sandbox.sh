@@ -111,7 +111,8 @@ up() {
   # 1. Identity provider.
   start idp node "$fixtures/idp/server.js" --port 0 --tenant "$tenant" --ready-file "$s/idp.ready" \
     --state-dir "$s/idp" --admin
-  wait_ready idp "$s/idp.ready"
+  # Node and oidc-provider start slowly on a loaded machine (key generation).
+  wait_ready idp "$s/idp.ready" 90
   local authority; authority="$(json "$s/idp.ready" authority)"
   log "identity provider: $authority (tenant $tenant)"
 

@@ -29,19 +29,21 @@ std::string reason_for(const host::PluginLoader& l, const fs::path& p) {
 
 }  // namespace
 
-TEST_CASE("the five real modules load and register their capabilities", "[loader]") {
+TEST_CASE("the six real modules load and register their capabilities", "[loader]") {
   host::Runtime rt(spdlog::default_logger(), 1);
   rt.loader().load_directory(real_plugins(), rt);
   CHECK(rt.loader().rejections().empty());
   std::vector<std::string> names;
   for (const auto& m : rt.loader().modules()) names.push_back(m.name);
   std::sort(names.begin(), names.end());
-  CHECK(names == std::vector<std::string>{"auth-entra", "kubeconfig", "proxy", "tunnel-tls", "tunnel-ws"});
+  CHECK(names == std::vector<std::string>{"auth-entra", "auth-oidc", "kubeconfig", "proxy", "tunnel-tls", "tunnel-ws"});
   CHECK(rt.capabilities().provider("transport:ws") != nullptr);
   CHECK(rt.capabilities().provider("transport:tls") != nullptr);
   CHECK(rt.capabilities().provider("command:proxy") != nullptr);
   CHECK(rt.capabilities().provider("kubeconfig:yaml") != nullptr);
   CHECK(rt.capabilities().provider("authenticator:entra") != nullptr);
+  CHECK(rt.capabilities().provider("authenticator:oidc") != nullptr);
+  CHECK(rt.capabilities().provider("credential:oidc") != nullptr);
   CHECK(rt.capabilities().command("proxy") != nullptr);
 }
 
