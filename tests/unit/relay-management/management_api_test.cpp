@@ -69,6 +69,11 @@ std::string credential_path(const std::string& rg_segment, const std::string& cl
          "/sandbox/providers/Microsoft.Kubernetes/connectedClusters/" + cluster + "/listClusterUserCredential?api-version=2021-10-01";
 }
 
+std::string cluster_path(const std::string& name, const std::string& api_version = "2021-10-01") {
+  return "/subscriptions/" + std::string(sub) + "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/" + name +
+         "?api-version=" + api_version;
+}
+
 std::string error_code_of(const ManagementResponse& r) { return nlohmann::json::parse(r.body)["error"]["code"]; }
 
 }  // namespace
@@ -218,9 +223,7 @@ TEST_CASE("missing or invalid tokens get 401, unknown clusters 404, bad bodies 4
 }
 
 TEST_CASE("GET on the cluster resource answers the resource with its connectivity", "[relay][management]") {
-  auto r = call("GET", "/subscriptions/" + std::string(sub) +
-                           "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/demo?api-version=2021-10-01",
-                "alice", "");
+  auto r = call("GET", cluster_path("demo"), "alice", "");
   REQUIRE(r.status == 200);
   auto j = nlohmann::json::parse(r.body);
   CHECK(j["type"] == "Microsoft.Kubernetes/connectedClusters");
@@ -258,11 +261,6 @@ std::string header_of(const ManagementResponse& r, const std::string& name) {
   for (const auto& [k, v] : r.headers)
     if (k == name) return v;
   return {};
-}
-
-std::string cluster_path(const std::string& name, const std::string& api_version = "2021-10-01") {
-  return "/subscriptions/" + std::string(sub) + "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/" + name +
-         "?api-version=" + api_version;
 }
 
 }  // namespace
