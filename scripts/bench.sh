@@ -23,9 +23,12 @@
 #   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--only LIST]
 #                    [--no-scale] [--no-kubectl] [--no-install] [--no-build]
 #                    [--no-doc] [--keep] [--held N] [--watches N] [--agents N] [--profile DIR]
+#                    [--baseline BIN_DIR]
 #
 # --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws
-# (direct is always measured: every ratio needs it). --profile DIR only profiles
+# (direct is always measured: every ratio needs it). --baseline BIN_DIR adds the
+# column clusterconnect-baseline: the tls chain from another build's binaries
+# (its stage/bin), measured in the same interleaved rounds, for before/after. --profile DIR only profiles
 # the clusterconnect chain under load (scripts/bench/profile.sh) into DIR.
 # Runs as root (sshd needs it).
 set -euo pipefail
@@ -80,6 +83,7 @@ while [ $# -gt 0 ]; do
     --agents) agents_opt="$2"; shift ;;
     --held) held_opt="$2"; shift ;;
     --profile) profile_dir="$2"; shift ;;
+    --baseline) baseline_bin="$(cd "$2" && pwd)"; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -101,6 +105,7 @@ fi
 columns=()
 for c in direct ssh-R ssh-R-tuned haproxy-2hop clusterconnect clusterconnect-ws; do
   [[ ",$only," == *",$c,"* || $c == direct ]] && columns+=("$c")
+  [ "$c" = clusterconnect ] && [ -n "${baseline_bin:-}" ] && columns+=(clusterconnect-baseline)
 done
 
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -222,6 +227,7 @@ warn_log() { log "$1"; tail -n 20 "$work/logs/$2.log" >&2 || true; return 1; }
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
 rss() { python3 "$here/procstat.py" rss "$@"; }
 cpu() { python3 "$here/procstat.py" cpu "$@"; }
+csw() { python3 "$here/procstat.py" csw "$@"; }
 jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(v.get(sys.argv[2], "") if v.get(sys.argv[2]) is not None else "")' "$1" "$2"; }
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v) if v else "")' "$@"; }
 
@@ -333,7 +339,7 @@ start_proxy() {
 sandbox_up() {
   local d="$work/$1"
   sandboxes+=("$d")
-  SANDBOX_UPSTREAM_URL="${2:-}" SANDBOX_UPSTREAM_CA="${3:-}" "$root/scripts/sandbox.sh" up "$d" "$bin" \
+  SANDBOX_UPSTREAM_URL="${2:-}" SANDBOX_UPSTREAM_CA="${3:-}" "$root/scripts/sandbox.sh" up "$d" "${SANDBOX_BIN:-$bin}" \
     >"$work/logs/$1.log" 2>&1 || { warn_log "scripts/sandbox.sh up failed" "$1"; return 1; }
 }
 # Without the variables sandbox.sh uses its stand-in API server.
@@ -346,11 +352,11 @@ sandbox_up_plain() {
 
 # The chain's parts per column: its sandbox directory and its proxy's name.
 declare -A CC_SB=() CC_PROXY=()
-start_chain() {  # COLUMN TRANSPORT SANDBOX PROXY
-  local c="$1" t="$2" sb="$3" px="$4"
+start_chain() {  # COLUMN TRANSPORT SANDBOX PROXY [BIN_DIR]
+  local c="$1" t="$2" sb="$3" px="$4" b="${5:-$bin}"
   [[ " ${columns[*]} " == *" $c "* ]] || return 0
   log "starting $c (sandbox with nginx behind the agent, transport $t)"
-  if SANDBOX_TRANSPORT="$t" sandbox_up "$sb" "https://127.0.0.1:$nginx_port" "$certs/ca.crt" && start_proxy "$px" "$work/$sb"; then
+  if SANDBOX_TRANSPORT="$t" SANDBOX_BIN="$b" sandbox_up "$sb" "https://127.0.0.1:$nginx_port" "$certs/ca.crt" && start_proxy "$px" "$work/$sb"; then
     URL[$c]="$PROXY_URL"; TOKEN[$c]="$PROXY_TOKEN"; CA[$c]="$PROXY_CA"
     IPIDS[$c]="$(cat "$work/$sb/pids/relay.pid") $(cat "$work/$sb/pids/agent.pid") ${PID[$px]}"
     CC_SB[$c]="$work/$sb"; CC_PROXY[$c]="$px"
@@ -361,6 +367,7 @@ start_chain() {  # COLUMN TRANSPORT SANDBOX PROXY
 }
 start_chain clusterconnect tls sb-nginx cc-proxy
 start_chain clusterconnect-ws ws sb-nginx-ws cc-ws-proxy
+[ -n "${baseline_bin:-}" ] && start_chain clusterconnect-baseline tls sb-nginx-base cc-base-proxy "$baseline_bin"
 
 # ---------------------------------------------------------------- measurements
 auth_args() { [ -n "${TOKEN[$1]}" ] && printf '%s\n' -H "Authorization: Bearer ${TOKEN[$1]}"; return 0; }
@@ -471,7 +478,14 @@ for ((r = 1; r <= rounds; r++)); do
     # 3. bulk, with the intermediaries' CPU time around it
     # shellcheck disable=SC2086
     [ -n "${IPIDS[$c]}" ] && cpu0="$(cpu ${IPIDS[$c]})"
-    [ -n "${CC_SB[$c]:-}" ] && relay_cpu0="$(cpu "$(cat "${CC_SB[$c]}/pids/relay.pid")")"
+    declare -A part_cpu0=() part_csw0=() part_pids=()
+    if [ -n "${CC_SB[$c]:-}" ]; then
+      part_pids=([relay]="$(cat "${CC_SB[$c]}/pids/relay.pid")" [agent]="$(cat "${CC_SB[$c]}/pids/agent.pid")"
+                 [proxy]="${PID[${CC_PROXY[$c]}]}")
+      for part in relay agent proxy; do
+        part_cpu0[$part]="$(cpu "${part_pids[$part]}")"; part_csw0[$part]="$(csw "${part_pids[$part]}")"
+      done
+    fi
     read -r speed size code < <(curl_c "$c" -o /dev/null --max-time 120 -w '%{speed_download} %{size_download} %{http_code}\n' \
       "${URL[$c]}$bulk_path" || echo "0 0 000")
     if [ "$code" = 200 ] && [ "$size" = "$bulk_bytes" ]; then
@@ -480,10 +494,13 @@ for ((r = 1; r <= rounds; r++)); do
         # shellcheck disable=SC2086
         record "$c" cpu_s_per_gib "$(python3 -c "print(round(($(cpu ${IPIDS[$c]})-$cpu0)/($size/2**30), 2))")"
       fi
-      if [ -n "${CC_SB[$c]:-}" ]; then
-        record "$c" detail_relay_cpu_s_per_gib \
-          "$(python3 -c "print(round(($(cpu "$(cat "${CC_SB[$c]}/pids/relay.pid")")-$relay_cpu0)/($size/2**30), 3))")"
-      fi
+      # Per component: CPU and context switches (sleeps and wake-ups) per GiB.
+      for part in "${!part_pids[@]}"; do
+        record "$c" "detail_${part}_cpu_s_per_gib" \
+          "$(python3 -c "print(round(($(cpu "${part_pids[$part]}")-${part_cpu0[$part]})/($size/2**30), 3))")"
+        record "$c" "detail_${part}_csw_per_gib" \
+          "$(python3 -c "print(round(($(csw "${part_pids[$part]}")-${part_csw0[$part]})/($size/2**30)))")"
+      done
     else
       log "$c: bulk transfer failed (HTTP $code, $size bytes)"
     fi

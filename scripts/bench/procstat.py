@@ -3,6 +3,8 @@
 
   procstat.py rss PID...   sum of VmRSS in KiB over each PID and its descendants
   procstat.py cpu PID...   sum of utime+stime in seconds over the same processes
+  procstat.py csw PID...   sum of context switches (voluntary and not) over their threads:
+                           how often they slept and woke, the cost that follows write sizes
 
 Descendants count because sshd forks a child per connection and that child holds
 the tunnel's buffers; a figure for sshd alone would flatter it.
@@ -65,12 +67,31 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def context_switches(pid):
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def main():
-    if len(sys.argv) < 3 or sys.argv[1] not in ("rss", "cpu"):
-        sys.exit("usage: procstat.py rss|cpu PID...")
+    if len(sys.argv) < 3 or sys.argv[1] not in ("rss", "cpu", "csw"):
+        sys.exit("usage: procstat.py rss|cpu|csw PID...")
     pids = tree(int(p) for p in sys.argv[2:])
     if sys.argv[1] == "rss":
         print(sum(rss_kib(p) for p in pids))
+    elif sys.argv[1] == "csw":
+        print(sum(context_switches(p) for p in pids))
     else:
         print(f"{sum(cpu_seconds(p) for p in pids):.2f}")
 

@@ -37,7 +37,17 @@ class StreamChannel final : public MessageChannel {
   }
 
   void async_write_message(asio::const_buffer message, DoneHandler handler) override {
-    asio::async_write(core_->stream, message, [h = std::move(handler)](error_code ec, std::size_t) mutable { h(ec); });
+    auto& stream = core_->stream;
+    if constexpr (requires { stream.next_layer().begin_batch(); }) {
+      // TLS over a batching layer: the message's records leave in few writes.
+      stream.next_layer().begin_batch();
+      asio::async_write(stream, message, [core = core_, h = std::move(handler)](error_code ec, std::size_t) mutable {
+        if (ec) return h(ec);
+        core->stream.next_layer().async_flush([h = std::move(h)](error_code ec) mutable { h(ec); });
+      });
+    } else {
+      asio::async_write(stream, message, [h = std::move(handler)](error_code ec, std::size_t) mutable { h(ec); });
+    }
   }
 
   void close(std::uint16_t, std::string) noexcept override {

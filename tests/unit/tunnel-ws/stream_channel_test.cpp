@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/certificates.hpp"
+#include "protocol/batching_stream.hpp"
 #include "protocol/frame.hpp"
 #include "protocol/session.hpp"
 #include "protocol/stream_channel.hpp"
@@ -120,9 +121,9 @@ std::future<error_code> write_all(TunnelStreamPtr s, std::shared_ptr<const std::
   return f;
 }
 
-}  // namespace
-
-TEST_CASE("the mux runs end to end inside TLS over a byte stream", "[session][stream-channel]") {
+// Three 8 MiB streams echoed by the agent end through one session inside TLS.
+template <typename Tls>
+void echo_inside_tls() {
   Io io;
   auto [a, b] = socket_pair(io.io);
   // The agent end is the TLS client, the proxy end the server (as in a rendezvous).
@@ -133,7 +134,6 @@ TEST_CASE("the mux runs end to end inside TLS over a byte stream", "[session][st
   server_ctx.use_private_key(asio::buffer(id.value().key), asio::ssl::context::pem);
   client_ctx.add_certificate_authority(asio::buffer(id.value().cert));
   client_ctx.set_verify_mode(asio::ssl::verify_peer);
-  using Tls = asio::ssl::stream<tcp::socket>;
   Tls proxy_tls(std::move(a), server_ctx), agent_tls(std::move(b), client_ctx);
   std::promise<error_code> hs_proxy, hs_agent;
   proxy_tls.async_handshake(asio::ssl::stream_base::server, [&](error_code ec) { hs_proxy.set_value(ec); });
@@ -180,6 +180,16 @@ TEST_CASE("the mux runs end to end inside TLS over a byte stream", "[session][st
   }
   proxy->close("test over");
   agent->close("test over");
+}
+
+}  // namespace
+
+TEST_CASE("the mux runs end to end inside TLS over a byte stream", "[session][stream-channel]") {
+  echo_inside_tls<asio::ssl::stream<tcp::socket>>();
+}
+
+TEST_CASE("the mux runs end to end inside TLS whose records leave in batches", "[session][stream-channel]") {
+  echo_inside_tls<asio::ssl::stream<BatchingStream<tcp::socket>>>();
 }
 
 TEST_CASE("frames that arrive a byte at a time reach the session whole, and an impossible length closes it",
