@@ -191,3 +191,44 @@ TEST_CASE("auth-entra/github-actions: each refusal says what was wrong", "[auth-
     CHECK(got.error().find("id-token: write") != std::string::npos);
   }
 }
+
+TEST_CASE("auth-entra/idp: a federated token file from an external issuer (Azure Pipelines and GitLab)", "[auth-entra][idp][credential]") {
+  REQUIRE_IDP();
+  clusterconnect::test::TempDir dir;
+  // The stand-in plays GitLab's issuer here: a job's ID token, written to a file
+  // as the pipeline's script does.
+  ActionsOidcStandIn gitlab(dir.path());
+  const std::string gitlab_subject = "project_path:contoso/deployments:ref_type:branch:ref:main";
+  gitlab.set_job({{"subject", gitlab_subject}});
+  TestIdp idp(dir.path(), {{"federated_credentials", {{{"issuer", gitlab.issuer()}, {"subject", gitlab_subject}}}}});
+  auth::HttpPolicy loopback;
+  loopback.allow_http_loopback = true;
+  auto id_token = auth::fetch_actions_id_token(auth::HttpClient(loopback), {gitlab.request_url(), gitlab.request_token()},
+                                               auth::entra_token_exchange_audience);
+  INFO((id_token ? std::string() : id_token.error()));
+  REQUIRE(id_token);
+  const auto file = dir.path() / "federated-token";
+  std::ofstream(file) << *id_token;
+
+  auto options = options_for(idp);
+  options["federated_token_file"] = file.string();
+  auto config = parse_credential_options(options, {});
+  REQUIRE(config);
+  CHECK(config->method == "workload-identity");
+  auto token = std::make_shared<EntraCredential>(std::move(*config))->get_token(arc_server_app_id);
+  INFO((token ? std::string() : token.error()));
+  REQUIRE(token);
+  CHECK(validate(idp, token->token).ok());
+  CHECK(idp.admin("state", nullptr)["federated_sign_ins"] == 1);
+
+  // A token of another project is refused with the subject named.
+  gitlab.set_job({{"subject", "project_path:contoso/other:ref_type:branch:ref:main"}});
+  id_token = auth::fetch_actions_id_token(auth::HttpClient(loopback), {gitlab.request_url(), gitlab.request_token()},
+                                          auth::entra_token_exchange_audience);
+  REQUIRE(id_token);
+  std::ofstream(file, std::ios::trunc) << *id_token;
+  auto refused = sign_in(options);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().find("AADSTS700213") != std::string::npos);
+  CHECK(refused.error().find("project_path:contoso/other") != std::string::npos);
+}
