@@ -67,7 +67,7 @@ TEST_CASE("auth-oidc/idp: device code with PKCE", "[auth-oidc][idp][credential]"
   REQUIRE(token);
   REQUIRE(completed.valid());
   CHECK(completed.get()["ok"] == true);
-  CHECK(pkce_checked(idp) == 1);
+  CHECK(pkce_checked(idp) >= 1);  // every poll (pending ones too) presented the verifier
 
   // The token is the person's, for the cluster's audience: the agent's
   // authenticator accepts it.
