@@ -93,6 +93,10 @@ HttpClient::HttpClient(HttpPolicy policy) : policy_(std::move(policy)) { global_
 
 Result<HttpResponse> HttpClient::get(const std::string& url) const { return perform(url, nullptr, nullptr); }
 
+Result<HttpResponse> HttpClient::get(const std::string& url, const std::vector<std::string>& headers) const {
+  return perform(url, nullptr, nullptr, headers);
+}
+
 Result<HttpResponse> HttpClient::post_form(const std::string& url, const std::string& body) const {
   return perform(url, &body, "Content-Type: application/x-www-form-urlencoded");
 }
@@ -101,7 +105,8 @@ Result<HttpResponse> HttpClient::post_json(const std::string& url, const std::st
   return perform(url, &body, "Content-Type: application/json");
 }
 
-Result<HttpResponse> HttpClient::perform(const std::string& url, const std::string* form_body, const char* content_type) const {
+Result<HttpResponse> HttpClient::perform(const std::string& url, const std::string* form_body, const char* content_type,
+                                         const std::vector<std::string>& extra_headers) const {
   if (auto ok = check_url_allowed(url, policy_); !ok) return fail(ok.error());
   std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), &curl_easy_cleanup);
   if (!curl) return fail("could not initialise libcurl");
@@ -131,6 +136,7 @@ Result<HttpResponse> HttpClient::perform(const std::string& url, const std::stri
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
     struct curl_slist* headers = curl_slist_append(nullptr, "Accept: application/json");
     if (content_type) headers = curl_slist_append(headers, content_type);
+    for (const auto& h : extra_headers) headers = curl_slist_append(headers, h.c_str());
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
     if (form_body) {
       curl_easy_setopt(c, CURLOPT_POST, 1L);

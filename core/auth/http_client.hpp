@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "clusterconnect/result.hpp"
 
@@ -37,6 +38,9 @@ class HttpClient {
   explicit HttpClient(HttpPolicy policy);
 
   Result<HttpResponse> get(const std::string& url) const;
+  // GET with extra request headers ("Name: value"), e.g. an Authorization
+  // header; they are sent only to `url` (redirects are never followed).
+  Result<HttpResponse> get(const std::string& url, const std::vector<std::string>& headers) const;
   // application/x-www-form-urlencoded POST.
   Result<HttpResponse> post_form(const std::string& url, const std::string& body) const;
   Result<HttpResponse> post_json(const std::string& url, const std::string& body) const;
@@ -44,7 +48,8 @@ class HttpClient {
   const HttpPolicy& policy() const noexcept { return policy_; }
 
  private:
-  Result<HttpResponse> perform(const std::string& url, const std::string* body, const char* content_type) const;
+  Result<HttpResponse> perform(const std::string& url, const std::string* body, const char* content_type,
+                               const std::vector<std::string>& headers = {}) const;
 
   HttpPolicy policy_;
 };

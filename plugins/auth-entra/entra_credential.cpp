@@ -107,6 +107,11 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
     c.certificate_path = env_or(o, "certificate_path", "AZURE_CLIENT_CERTIFICATE_PATH");
     c.federated_token_file = env_or(o, "federated_token_file", "AZURE_FEDERATED_TOKEN_FILE");
     c.authority = env_or(o, "authority", "AZURE_AUTHORITY_HOST");
+    // The runner's request token is a job-scoped secret: from the
+    // environment only, where the runner puts it, never from a config file.
+    if (auto runner = actions_id_token_request_from_env()) c.actions_id_token = *runner;
+    c.federated_audience = o.value("federated_audience", std::string(entra_token_exchange_audience));
+    if (c.federated_audience.empty()) return fail("federated_audience must not be empty");
     if (c.authority.empty()) c.authority = default_authority;
     while (!c.authority.empty() && c.authority.back() == '/') c.authority.pop_back();
     c.http.allow_http_loopback = o.value("allow_http_loopback", false);
@@ -123,6 +128,8 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
         method = "client-certificate";
       } else if (have_app && !c.federated_token_file.empty()) {
         method = "workload-identity";
+      } else if (have_app && !c.actions_id_token.url.empty()) {
+        method = "github-actions";
       } else if (!find_on_path(c.az_command).empty()) {
         method = "azure-cli";
       } else if (::isatty(STDERR_FILENO)) {
@@ -130,7 +137,8 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
       } else {
         return fail(
             "no Entra ID credential is available: set AZURE_CLIENT_ID and AZURE_TENANT_ID with AZURE_CLIENT_SECRET, "
-            "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE; or install the Azure CLI and run 'az login'; "
+            "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_FEDERATED_TOKEN_FILE (or, in GitHub Actions, give the job "
+            "'permissions: id-token: write'); or install the Azure CLI and run 'az login'; "
             "or run on a terminal to sign in with a device code");
       }
     }
@@ -153,12 +161,20 @@ Result<CredentialConfig> parse_credential_options(const nlohmann::json& options,
       if (!(ok = need(c.tenant_id, "a tenant ID (tenant_id or AZURE_TENANT_ID)"))) return fail(ok.error());
       if (!(ok = need(c.federated_token_file, "a federated token file (federated_token_file or AZURE_FEDERATED_TOKEN_FILE)")))
         return fail(ok.error());
+    } else if (method == "github-actions") {
+      if (!(ok = need(c.client_id, "a client ID (client_id or AZURE_CLIENT_ID)"))) return fail(ok.error());
+      if (!(ok = need(c.tenant_id, "a tenant ID (tenant_id or AZURE_TENANT_ID)"))) return fail(ok.error());
+      if (c.actions_id_token.url.empty())
+        return fail(
+            "credential method 'github-actions' needs ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN, "
+            "which the runner sets only for a job with 'permissions: id-token: write'");
+      if (auto url_ok = check_actions_id_token_url(c.actions_id_token.url, c.http); !url_ok) return fail(url_ok.error());
     } else if (method == "device-code") {
       if (c.client_id.empty()) c.client_id = azure_cli_client_id;
       if (c.tenant_id.empty()) c.tenant_id = "organizations";
     } else if (method != "azure-cli") {
       return fail("unknown credential method '" + method +
-                  "'; use auto, client-secret, client-certificate, workload-identity, azure-cli or device-code");
+                  "'; use auto, client-secret, client-certificate, workload-identity, github-actions, azure-cli or device-code");
     }
     if (!c.tenant_id.empty() && !valid_tenant(c.tenant_id)) return fail("tenant '" + c.tenant_id + "' is not a tenant ID or domain name");
     c.method = method;
@@ -244,15 +260,24 @@ Result<EntraCredential::Acquired> EntraCredential::client_credentials(const std:
     f.emplace_back("client_assertion_type", jwt_bearer);
     f.emplace_back("client_assertion", *assertion);
   } else {
-    what = "workload identity sign-in";
-    // Re-read every time: the kubelet rotates the projected token file.
-    auto assertion = read_federated_token(config_.federated_token_file);
+    auto assertion = federated_assertion(what);
     if (!assertion) return fail(assertion.error());
     f.emplace_back("client_assertion_type", jwt_bearer);
     f.emplace_back("client_assertion", *assertion);
   }
   add_pop_fields(f);
   return token_request(ep.token, form_encode(f), what);
+}
+
+// A fresh federated token for every exchange: the kubelet rotates the
+// projected token file, and the runner's tokens live minutes.
+Result<std::string> EntraCredential::federated_assertion(const char*& what) {
+  if (config_.method == "github-actions") {
+    what = "GitHub Actions workload identity sign-in";
+    return fetch_actions_id_token(http_, config_.actions_id_token, config_.federated_audience);
+  }
+  what = "workload identity sign-in";
+  return read_federated_token(config_.federated_token_file);
 }
 
 Result<EntraCredential::Acquired> EntraCredential::refresh(const std::string& resource, const std::string& refresh_token, const Endpoints& ep) {

@@ -1,8 +1,9 @@
 #pragma once
 // Capability "credential:entra": access tokens from Microsoft Entra ID for a
 // resource, by the methods the Azure SDK's default chain knows (client
-// secret, client certificate, workload identity federation, Azure CLI
-// hand-off) plus the device-code sign-in for people on a terminal.
+// secret, client certificate, workload identity federation from a token
+// file or from the GitHub Actions runner, Azure CLI hand-off) plus the
+// device-code sign-in for people on a terminal.
 // Control plane: get_token blocks on HTTP; never call it on an io thread.
 
 #include <chrono>
@@ -17,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actions_id_token.hpp"
 #include "clusterconnect/credential.hpp"
 #include "clusterconnect/result.hpp"
 #include "encoding.hpp"
@@ -38,13 +40,15 @@ struct DeviceCodePrompt {
 };
 
 struct CredentialConfig {
-  std::string method;  // resolved: client-secret, client-certificate, workload-identity, azure-cli, device-code
+  std::string method;  // resolved: client-secret, client-certificate, workload-identity, github-actions, azure-cli, device-code
   std::string authority;
   std::string tenant_id;
   std::string client_id;
   std::string client_secret;
   std::string certificate_path;
   std::string federated_token_file;
+  ActionsIdTokenRequest actions_id_token;  // github-actions: the runner's token endpoint and request token
+  std::string federated_audience = entra_token_exchange_audience;  // `aud` asked of the runner
   HttpPolicy http;
   std::filesystem::path cache_file;  // empty: in-memory cache only
   std::function<void(const DeviceCodePrompt&)> device_code_prompt;
@@ -58,12 +62,16 @@ struct CredentialConfig {
 };
 
 // Options JSON: {"method": "auto"|..., "tenant_id", "client_id", "client_secret",
-//   "certificate_path", "federated_token_file", "authority", "ca_file",
+//   "certificate_path", "federated_token_file", "federated_audience", "authority", "ca_file",
 //   "allow_http_loopback", "cache": true, "device_code_prompt": "text"|"json"}; unset fields come from AZURE_TENANT_ID,
 // AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH,
-// AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST. "auto" picks, in order:
-// client secret, certificate, workload identity (when their settings are
-// present), Azure CLI (when `az` is on PATH), device code (on a terminal).
+// AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST; the GitHub Actions
+// runner's endpoint always from ACTIONS_ID_TOKEN_REQUEST_URL and
+// ACTIONS_ID_TOKEN_REQUEST_TOKEN. "auto" picks, in order: client secret,
+// certificate, workload identity from a token file, GitHub Actions (when
+// their settings are present), Azure CLI (when `az` is on PATH), device code
+// (on a terminal): explicit settings before ambient ones, as the Azure SDK's
+// environment and workload identity credentials come before its CLI one.
 // The token cache file lives in `cache_dir` (when given and "cache" is true).
 Result<CredentialConfig> parse_credential_options(const nlohmann::json& options, const std::filesystem::path& cache_dir);
 
@@ -97,6 +105,7 @@ class EntraCredential final : public TokenCredential {
   Result<Endpoints> endpoints();
   Result<AccessToken> get(const std::string& resource, bool pop);
   Result<Acquired> client_credentials(const std::string& resource, const Endpoints& ep);
+  Result<std::string> federated_assertion(const char*& what);
   Result<Acquired> device_code(const std::string& resource, const Endpoints& ep);
   Result<Acquired> refresh(const std::string& resource, const std::string& refresh_token, const Endpoints& ep);
   Result<Acquired> azure_cli(const std::string& resource, long long& expires_on);

@@ -82,19 +82,22 @@ AuthOutcome validate(const TestIdp& idp, const std::string& token) {
   return *out;
 }
 
-// A federated token as a workload's token issuer would mint it, signed with
-// the key the IdP registered for the workload-identity client.
-std::string federated_token(const TestIdp& idp, const std::string& key_path) {
+// A federated token as a workload's token issuer (the IdP's built-in
+// stand-in for a cluster's service-account issuer) would mint it, signed
+// with `key_path`; `jti` receives its ID.
+std::string federated_token(const TestIdp& idp, const std::string& key_path, std::string* jti = nullptr,
+                            const std::string& audience = auth::entra_token_exchange_audience) {
   const auto& c = idp.state()["clients"]["federated"];
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(key_path.c_str(), "r"), &BIO_free);
   REQUIRE(bio);
   std::shared_ptr<EVP_PKEY> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr), &EVP_PKEY_free);
   REQUIRE(key);
   const long long now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  const std::string client_id = c["client_id"];
+  const std::string id = random_uuid();
+  if (jti) *jti = id;
   nlohmann::json header = {{"alg", "RS256"}, {"typ", "JWT"}, {"kid", c["kid"]}};
-  nlohmann::json payload = {{"iss", client_id}, {"sub", client_id}, {"aud", idp.token_endpoint()}, {"jti", random_uuid()},
-                            {"iat", now},       {"exp", now + 3600}};
+  nlohmann::json payload = {{"iss", c["workload_issuer"]}, {"sub", c["workload_subject"]}, {"aud", audience}, {"jti", id},
+                            {"iat", now},                  {"exp", now + 3600}};
   const std::string input = base64url_encode(header.dump()) + "." + base64url_encode(payload.dump());
   auto sig = sign_rs256(key.get(), input);
   REQUIRE(sig);
@@ -210,7 +213,8 @@ TEST_CASE("auth-entra/idp: workload identity federation re-reads the token file"
   const auto& c = idp.state()["clients"]["federated"];
   const std::string key_path = c["key_path"];
   const auto file = dir.path() / "federated-token";
-  write_file(file, federated_token(idp, key_path));
+  std::string first_jti;
+  write_file(file, federated_token(idp, key_path, &first_jti));
   idp.admin("access-token-lifetime", {{"seconds", 4}});
 
   auto options = base_options(idp);
@@ -223,16 +227,18 @@ TEST_CASE("auth-entra/idp: workload identity federation re-reads the token file"
   INFO((first ? std::string() : first.error()));
   REQUIRE(first);
   REQUIRE(validate(idp, first->token).ok());
+  CHECK(idp.admin("state", nullptr)["last_federated_jti"] == first_jti);
 
-  // Past half the 4 s lifetime the cached token is replaced. The provider
-  // refuses a replayed assertion, so the second token can only come from the
-  // rotated file's new contents.
+  // Past half the 4 s lifetime the cached token is replaced, with the
+  // rotated file's new contents as the assertion.
   clock.advance(std::chrono::milliseconds(2500));
-  write_file(file, federated_token(idp, key_path));
+  std::string second_jti;
+  write_file(file, federated_token(idp, key_path, &second_jti));
   auto second = cred->get_token(arc_server_app_id);
   INFO((second ? std::string() : second.error()));
   REQUIRE(second);
   CHECK(second->token != first->token);
+  CHECK(idp.admin("state", nullptr)["last_federated_jti"] == second_jti);
 
   // An assertion from an issuer the client does not trust is refused.
   idp.admin("access-token-lifetime", {{"seconds", 3600}});
@@ -243,6 +249,13 @@ TEST_CASE("auth-entra/idp: workload identity federation re-reads the token file"
   auto refused = make_credential(options)->get_token(arc_server_app_id);
   REQUIRE_FALSE(refused);
   CHECK(refused.error().find("workload identity sign-in was refused") != std::string::npos);
+  CHECK(refused.error().find("AADSTS700027") != std::string::npos);
+
+  // A token for another audience than Entra's token exchange is refused too.
+  write_file(stranger_file, federated_token(idp, key_path, nullptr, "https://kubernetes.default.svc"));
+  auto wrong_audience = make_credential(options)->get_token(arc_server_app_id);
+  REQUIRE_FALSE(wrong_audience);
+  CHECK(wrong_audience.error().find("AADSTS700212") != std::string::npos);
 }
 
 TEST_CASE("auth-entra/idp: device code, then refresh before expiry", "[auth-entra][idp][credential]") {

@@ -40,7 +40,8 @@ class CleanEnvironment {
 
  private:
   static constexpr const char* names[] = {"AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
-                                          "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "PATH"};
+                                          "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "PATH",
+                                          "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"};
   std::vector<std::pair<std::string, std::string>> saved_;
 };
 
@@ -198,4 +199,49 @@ TEST_CASE("auth-entra: Azure CLI output", "[auth-entra][credential]") {
   CHECK_FALSE(parse_azure_cli_output(R"({"expiresOn":"2027-01-15 08:00:00"})"));
   CHECK_FALSE(parse_azure_cli_output(R"({"accessToken":"t"})"));
   CHECK_FALSE(parse_azure_cli_output("ERROR: Please run 'az login'"));
+}
+
+TEST_CASE("auth-entra: the GitHub Actions runner's token comes after explicit settings and before the Azure CLI", "[auth-entra][credential]") {
+  CleanEnvironment env;
+  ::setenv("AZURE_TENANT_ID", "t1", 1);
+  ::setenv("AZURE_CLIENT_ID", "c1", 1);
+  ::setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "https://pipelines.actions.githubusercontent.com/x/idtoken?api-version=2.0", 1);
+  ::setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token", 1);
+  // `az` on PATH (GitHub's hosted runners have it) does not win over the runner's token.
+  const auto bin = fs::temp_directory_path() / ("az-path-" + std::to_string(::getpid()));
+  fs::create_directories(bin);
+  std::ofstream(bin / "az") << "#!/bin/sh\nexit 1\n";
+  fs::permissions(bin / "az", fs::perms::owner_all);
+  ::setenv("PATH", bin.c_str(), 1);
+
+  auto gh = parse_credential_options(nlohmann::json::object(), {});
+  REQUIRE(gh);
+  CHECK(gh->method == "github-actions");
+  CHECK(gh->federated_audience == "api://AzureADTokenExchange");
+  CHECK(gh->actions_id_token.token == "request-token");
+
+  ::setenv("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token", 1);
+  auto wi = parse_credential_options(nlohmann::json::object(), {});
+  REQUIRE(wi);
+  CHECK(wi->method == "workload-identity");  // an explicit token file first
+  ::unsetenv("AZURE_FEDERATED_TOKEN_FILE");
+
+  auto sovereign = parse_credential_options({{"federated_audience", "api://AzureADTokenExchangeUSGov"}}, {});
+  REQUIRE(sovereign);
+  CHECK(sovereign->federated_audience == "api://AzureADTokenExchangeUSGov");
+
+  // Without a client the runner's token cannot name an application: the CLI.
+  ::unsetenv("AZURE_CLIENT_ID");
+  auto cli = parse_credential_options(nlohmann::json::object(), {});
+  REQUIRE(cli);
+  CHECK(cli->method == "azure-cli");
+
+  // The request token is never sent over plain http to another host.
+  ::setenv("AZURE_CLIENT_ID", "c1", 1);
+  ::setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "http://runner.example/idtoken?api-version=2.0", 1);
+  auto plain = parse_credential_options({{"allow_http_loopback", true}}, {});
+  REQUIRE_FALSE(plain);
+  CHECK(plain.error().find("must use https") != std::string::npos);
+  CHECK(plain.error().find("request-token") == std::string::npos);
+  fs::remove_all(bin);
 }
