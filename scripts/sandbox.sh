@@ -14,6 +14,9 @@
 # lifetime of the relay connect tokens the management API issues.
 # SANDBOX_REGISTERED_AGENT_CERT registers that certificate's key pin instead
 # of the agent's own (tests of an agent the proxy must refuse).
+# SANDBOX_SECOND_CLUSTER=1 adds cluster `second` in resource group `sandbox2`,
+# with its own stand-in API server and agent; the certificate client of the
+# identity provider may use it (and not demo), as may everyone who may use demo.
 # SANDBOX_TRANSPORT=ws makes the proxy's rendezvous leg a WebSocket in Azure
 # Relay Hybrid Connections' shape instead of a raw TCP leg (tls, the default);
 # either way TLS and the mux run end to end between proxy and agent.
@@ -140,6 +143,14 @@ JSON
   wait_ready apiserver "$s/apiserver.ready"
   local api_port; api_port="$(json "$s/apiserver.ready" port)"
   log "stand-in API server: https://127.0.0.1:$api_port"
+  local api2_port=""
+  if [ -n "${SANDBOX_SECOND_CLUSTER:-}" ]; then
+    start apiserver2 node "$fixtures/apiserver/server.js" --port 0 --cert "$s/apiserver.crt" --key "$s/apiserver.key" \
+      --ready-file "$s/apiserver2.ready" --tokens "$s/apiserver-tokens.json" --log "$dir/logs/apiserver2-requests.jsonl"
+    wait_ready apiserver2 "$s/apiserver2.ready"
+    api2_port="$(json "$s/apiserver2.ready" port)"
+    log "stand-in API server of cluster second: https://127.0.0.1:$api2_port"
+  fi
 
   # 3. Relay: registry with cluster demo in resource group sandbox.
   openssl rand -base64 32 | tr -d '\n' >"$s/listen.key"; chmod 600 "$s/listen.key"
@@ -155,13 +166,33 @@ JSON
   chmod 600 "$s/agent-identity.key"
   local agent_pin
   agent_pin="$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "${SANDBOX_REGISTERED_AGENT_CERT:-$s/agent-identity.crt}")"
+  local second_cluster=""
+  if [ -n "${SANDBOX_SECOND_CLUSTER:-}" ]; then
+    openssl rand -base64 32 | tr -d '\n' >"$s/listen2.key"; chmod 600 "$s/listen2.key"
+    openssl rand -base64 32 | tr -d '\n' >"$s/connect2.key"; chmod 600 "$s/connect2.key"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=clusterconnect-agent second" \
+      -keyout "$s/agent2-identity.key" -out "$s/agent2-identity.crt" 2>/dev/null
+    chmod 600 "$s/agent2-identity.key"
+    local second_principals
+    second_principals="$(node -e '
+      const st=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
+      const oids=[st.clients.secret.oid, st.clients.certificate.oid, ...Object.values(st.users).map(u=>u.oid)];
+      console.log(JSON.stringify(oids.map(o=>({principal:o, role:"Azure Arc Enabled Kubernetes Cluster User Role"}))))' "$s/idp/state.json")"
+    second_cluster=",
+  {\"subscription\": \"$subscription\", \"resource_group\": \"sandbox2\", \"name\": \"second\",
+   \"hybrid_connection\": \"clusters/$subscription/sandbox2/second\",
+   \"agent_key_pins\": [\"$("$bin/clusterconnect-agent" --print-key-pin --identity-cert-file "$s/agent2-identity.crt")\"],
+   \"keys\": [{\"name\": \"listen\", \"rights\": [\"listen\"], \"secret_file\": \"listen2.key\"},
+            {\"name\": \"connect\", \"rights\": [\"connect\"], \"secret_file\": \"connect2.key\"}],
+   \"role_assignments\": $second_principals}"
+  fi
   cat >"$s/relay.json" <<JSON
 {"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
    "hybrid_connection": "clusters/$subscription/sandbox/demo",
    "agent_key_pins": ["$agent_pin"],
    "keys": [{"name": "listen", "rights": ["listen"], "secret_file": "listen.key"},
             {"name": "connect", "rights": ["connect"], "secret_file": "connect.key"}],
-   "role_assignments": $principals}],
+   "role_assignments": $principals}$second_cluster],
  "management": {"tenants": ["$tenant"], "audiences": ["$management_resource"], "authority": "$authority",
                 "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600}}}
 JSON
@@ -184,6 +215,18 @@ JSON
     --audit-log "$dir/logs/agent-audit.jsonl" ${SANDBOX_AGENT_ARGS:-}
   wait_ready agent "$s/agent.ready"
   log "agent: connected over $transport (health on port $(json "$s/agent.ready" health_port))"
+  if [ -n "${SANDBOX_SECOND_CLUSTER:-}" ]; then
+    start agent2 "$bin/clusterconnect-agent" \
+      --relay-url "wss://127.0.0.1:$relay_port/\$hc/clusters/$subscription/sandbox2/second" --relay-ca-file "$relay_ca" \
+      --listen-key-name listen --listen-key-file "$s/listen2.key" --tunnels 2 --mode both \
+      --transport "$transport" --identity-cert-file "$s/agent2-identity.crt" --identity-key-file "$s/agent2-identity.key" \
+      --tenant "$tenant" --authority "$authority" --allow-http-loopback-authority \
+      --apiserver-url "https://127.0.0.1:$api2_port" --apiserver-ca-file "$s/apiserver-ca.crt" \
+      --token-file "$s/agent-sa.token" --health-listen 127.0.0.1:0 --ready-file "$s/agent2.ready" \
+      --audit-log "$dir/logs/agent2-audit.jsonl" ${SANDBOX_AGENT_ARGS:-}
+    wait_ready agent2 "$s/agent2.ready"
+    log "agent of cluster second: connected over $transport"
+  fi
 
   # What a user's shell needs for `connectedk8s proxy -n demo -g sandbox`.
   local sp_client sp_secret

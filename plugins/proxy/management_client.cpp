@@ -4,12 +4,14 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "clusterconnect/arm_audience.hpp"
+#include "clusterconnect/ascii.hpp"
 #include "clusterconnect/url.hpp"
 
 namespace clusterconnect::proxy {
@@ -91,6 +93,31 @@ Result<Response> post_once(const std::string& url, const std::string& body, cons
   return r;
 }
 
+Result<Response> get_once(const std::string& url, const std::string& token, const std::string& ca_file) {
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
+  if (!curl) return fail("cannot initialise libcurl");
+  Response r;
+  curl_slist* headers = nullptr;
+  headers = curl_slist_append(headers, "Accept: application/json");
+  std::string auth = "Authorization: Bearer " + token;
+  headers = curl_slist_append(headers, auth.c_str());
+  std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> header_guard(headers, curl_slist_free_all);
+  char err[CURL_ERROR_SIZE] = {};
+  CURL* c = curl.get();
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+  set_https_options(c, ca_file, err);
+  CURLcode rc = curl_easy_perform(c);
+  if (rc != CURLE_OK)
+    return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  return r;
+}
+
 std::string arm_error(const Response& r) {
   try {
     auto j = nlohmann::json::parse(r.body);
@@ -156,6 +183,85 @@ Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOpt
   } catch (const std::exception& e) {
     return fail(std::string("listClusterUserCredential returned an unexpected body: ") + e.what());
   }
+}
+
+Result<ClusterRef> parse_cluster_id(const std::string& id) {
+  std::vector<std::string> seg;
+  std::size_t start = 0;
+  while (start <= id.size() && seg.size() < 16) {
+    auto end = id.find('/', start);
+    if (end == std::string::npos) end = id.size();
+    seg.push_back(id.substr(start, end - start));
+    start = end + 1;
+  }
+  auto is = [&](std::size_t i, std::string_view word) {
+    return seg.size() > i && ascii_iequals(seg[i], word);
+  };
+  if (seg.size() != 9 || !seg[0].empty() || !is(1, "subscriptions") || !is(3, "resourcegroups") || !is(5, "providers") ||
+      !is(6, "microsoft.kubernetes") || !is(7, "connectedclusters") || seg[2].empty() || seg[4].empty() || seg[8].empty())
+    return fail("'" + id.substr(0, 200) + "' is not a connected cluster's resource ID");
+  ClusterRef ref;
+  if (!percent_decode(seg[2], ref.subscription) || !percent_decode(seg[4], ref.resource_group) ||
+      !percent_decode(seg[8], ref.name))
+    return fail("'" + id.substr(0, 200) + "' is not a connected cluster's resource ID");
+  return ref;
+}
+
+Result<std::vector<ClusterRef>> list_connected_clusters(const ManagementClientOptions& o, const std::string& subscription,
+                                                        const std::string& resource_group,
+                                                        const std::string& access_token) {
+  auto endpoint = parse_url(o.endpoint);
+  if (!endpoint) return fail("--endpoint: " + endpoint.error());
+  if (endpoint->scheme != "https") return fail("--endpoint must be an https:// URL");
+  const std::string base = "https://" + endpoint->authority();
+  std::string url = base + "/subscriptions/" + percent_encode(subscription) +
+                    (resource_group.empty() ? "" : "/resourceGroups/" + percent_encode(resource_group)) +
+                    "/providers/Microsoft.Kubernetes/connectedClusters?api-version=" + o.api_version;
+  const std::string scope = resource_group.empty() ? "subscription " + subscription : "resource group " + resource_group;
+  std::vector<ClusterRef> out;
+  // Pages are bounded, and a nextLink is followed only on the same endpoint:
+  // the bearer token goes nowhere else.
+  constexpr int max_pages = 100;
+  constexpr std::size_t max_clusters = 10000;
+  for (int page = 0; !url.empty(); ++page) {
+    if (page >= max_pages) return fail("the list of clusters in " + scope + " has more than 100 pages; name the clusters with -n");
+    Response r;
+    for (int attempt = 0;; ++attempt) {
+      auto sent = get_once(url, access_token, o.ca_file);
+      if (!sent) {
+        if (attempt >= 3) return fail(sent.error());
+        std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));
+        continue;
+      }
+      r = std::move(sent.value());
+      if (!(r.status == 429 || r.status >= 500) || attempt >= 3) break;
+      auto wait = r.retry_after >= 0 ? std::chrono::milliseconds(std::min(r.retry_after, 30L) * 1000)
+                                     : std::chrono::milliseconds(250 << attempt);
+      std::this_thread::sleep_for(wait);
+    }
+    if (r.status == 401) return fail("the management endpoint refused the sign-in (" + arm_error(r) + ")");
+    if (r.status == 404) return fail(scope + " was not found (" + arm_error(r) + ")");
+    if (r.status != 200) return fail("listing the connected clusters of " + scope + " failed: " + arm_error(r));
+    url.clear();
+    try {
+      auto j = nlohmann::json::parse(r.body);
+      for (const auto& item : j.at("value")) {
+        auto ref = parse_cluster_id(item.at("id").get<std::string>());
+        if (!ref) return fail("the list of connected clusters holds " + ref.error());
+        if (out.size() >= max_clusters) return fail("the list of clusters in " + scope + " is too long; name the clusters with -n");
+        out.push_back(std::move(ref.value()));
+      }
+      if (auto next = j.find("nextLink"); next != j.end() && next->is_string() && !next->get<std::string>().empty()) {
+        url = next->get<std::string>();
+        if (url.rfind(base + "/", 0) != 0)
+          return fail("the list of connected clusters continues on another host (" + url.substr(0, 200) +
+                      "); refusing to send the token there");
+      }
+    } catch (const std::exception& e) {
+      return fail("the list of connected clusters of " + scope + " has an unexpected body: " + e.what());
+    }
+  }
+  return out;
 }
 
 Result<std::string> discover_management_audience(const ManagementClientOptions& o) {

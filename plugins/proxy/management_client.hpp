@@ -43,4 +43,18 @@ Result<std::string> discover_management_audience(const ManagementClientOptions& 
 Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOptions& options, const ClusterRef& cluster,
                                                        const std::string& access_token, bool token_mode);
 
+// The connected clusters of a subscription (or of one resource group of it,
+// when `resource_group` is not empty) that the caller may read, as ARM lists
+// them (GET .../connectedClusters, following nextLink on the same endpoint),
+// each named by its resource ID.
+Result<std::vector<ClusterRef>> list_connected_clusters(const ManagementClientOptions& options,
+                                                        const std::string& subscription,
+                                                        const std::string& resource_group,
+                                                        const std::string& access_token);
+
+// Subscription, group and name from a connectedClusters resource ID
+// (/subscriptions/S/resourceGroups/G/providers/Microsoft.Kubernetes/connectedClusters/N),
+// the fixed segments compared case-insensitively as ARM does.
+Result<ClusterRef> parse_cluster_id(const std::string& id);
+
 }  // namespace clusterconnect::proxy

@@ -1,7 +1,8 @@
 #pragma once
-// `connectedk8s proxy`: sign in, fetch the cluster's connection details, dial
-// the relay, listen locally, write the kubeconfig, then serve until stopped
-// (or, with `-- COMMAND`, until the command exits).
+// `connectedk8s proxy`: sign in once, fetch each cluster's connection
+// details, listen locally (one port per cluster), write one kubeconfig context
+// per cluster, then serve until stopped (or, with `-- COMMAND`, until the
+// command exits). `connectedk8s proxy status` lists the proxies that run.
 
 #include <string>
 #include <vector>
@@ -12,7 +13,8 @@
 namespace clusterconnect::proxy {
 
 struct ProxyOptions {
-  std::string name;
+  std::vector<std::string> names;  // -n NAME or -n GROUP/NAME, repeated
+  bool all = false;                // --all: every cluster the user can read
   std::string resource_group;
   std::string subscription;
   std::string token;          // service-account mode (visible in the process list)
@@ -43,8 +45,11 @@ class ProxyCommand final : public CommandCapability {
 
  private:
   int run_proxy();
+  int run_status();
   HostServices& host_;
   ProxyOptions opts_;
+  CLI::App* status_ = nullptr;
+  std::string status_output_ = "text";
 };
 
 }  // namespace clusterconnect::proxy
