@@ -302,6 +302,7 @@ class EtcdStore final : public RegistryStore {
       std::lock_guard lock(stop_mutex_);
       stopping_ = true;
     }
+    stop_flag_ = true;  // ends a watch in progress (libcurl's progress callback)
     stop_cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
