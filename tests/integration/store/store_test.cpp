@@ -238,3 +238,27 @@ TEST_CASE("file store: admin commands rewrite the registry with 0600 files and a
   CHECK(missing.status == 1);
   CHECK_THAT(missing.output, Catch::Contains("no cluster"));
 }
+
+TEST_CASE("etcd store: import moves a file registry into etcd and agent-cert set pins the agent's key", "[relay][store][etcd]") {
+  if (!have_etcd()) return;
+  EtcdServer etcd;
+  RelayProcess file_relay;  // the default registry: demo (pinned) and other, keys in secret files
+  const std::string config = quote((file_relay.dir() / "relay.json").string());
+  auto imported = admin("--config " + config + " --store " + etcd.store() + " import");
+  INFO(imported.output);
+  REQUIRE(imported.status == 0);
+  CHECK_THAT(imported.output, Catch::Contains("imported 2 cluster(s)"));
+  RelayProcess relay(nlohmann::json::object(), std::map<std::string, std::string>{},
+                     std::vector<std::string>{"--store", etcd.store()});
+  CHECK(listen_accepted(relay, demo_path, relay.listen_token()));
+
+  AgentKey agent("new agent");
+  const auto cert = relay.dir() / "new-agent.crt";
+  std::ofstream(cert) << agent.pem.cert;
+  const std::string demo = "-s 00000000-0000-0000-0000-000000000000 -g sandbox -n demo";
+  auto set = admin("agent-cert set " + demo + " --cert " + quote(cert.string()) + " --store " + etcd.store());
+  INFO(set.output);
+  REQUIRE(set.status == 0);
+  auto shown = nlohmann::json::parse(admin("cluster show " + demo + " -o json --store " + etcd.store()).output);
+  CHECK(shown["agent_key_pins"] == nlohmann::json::array({agent.pin}));
+}
