@@ -23,6 +23,7 @@
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous/control_message.hpp"
 #include "rendezvous_book.hpp"
+#include "registry_store.hpp"
 #include "rendezvous_port.hpp"
 #include "ws_pump.hpp"
 
@@ -214,7 +215,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void refuse_listener(unsigned status, std::string message);
   void accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
                               const std::string& requested);
-  const ClusterEntry* http_mode_cluster(std::string_view target) const;
+  // The HTTP-mode cluster a target names, in the snapshot the connection
+  // then holds (registry_).
+  const ClusterEntry* http_mode_cluster(std::string_view target);
   void read_body();
   void handle_hc_request(const ClusterEntry* cluster);
   void handle_listener_request(const ClusterEntry* cluster, std::map<std::string, std::string>& query);
@@ -243,6 +246,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool hc_head_ = false;
   std::optional<asio::steady_timer> hc_timer_;
   bool released_ = false;  // authenticated: out of its address's pre-authentication budget
+  // The registry snapshot this connection's cluster entry belongs to.
+  std::shared_ptr<const Registry> registry_;
 };
 
 void front_log_upgrade_failure(FrontEndImpl& front, const std::string& peer, error_code ec);
@@ -250,11 +255,12 @@ void front_log_upgrade_failure(FrontEndImpl& front, const std::string& peer, err
 class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<FrontEndImpl> {
  public:
   FrontEndImpl(asio::io_context& io, std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
-               RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger)
+               std::shared_ptr<RegistryStore> store, RelayMetrics& metrics, std::shared_ptr<spdlog::logger> logger)
       : io_(io),
         acceptor_(asio::make_strand(io)),
         tls_(std::move(tls)),
         config_(config),
+        store_(std::move(store)),
         metrics_(metrics),
         logger_(std::move(logger)) {}
 
@@ -292,6 +298,19 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     } catch (...) {
     }
   }
+  // A cluster gone from the registry loses its control channels (Hybrid
+  // Connections' 1001 for a path that is gone). Its keys, roles and pins are
+  // read from the current snapshot at each check: nothing else to do.
+  void registry_changed(const Registry&, const Registry& after) noexcept override {
+    try {
+      const auto n = listeners_.close_unless(
+          [&](const std::string& identity) { return after.cluster_by_identity(identity) != nullptr; }, 1001,
+          "the cluster was removed from the relay's registry");
+      if (n) logger_->info("registry change: closed {} control channel(s) of removed clusters", n);
+    } catch (...) {
+    }
+  }
+  std::shared_ptr<const Registry> registry() const { return store_->snapshot(); }
   std::pair<std::shared_ptr<RendezvousPort>, std::string> rendezvous() const {
     std::lock_guard lock(mutex_);
     return {rendezvous_, rendezvous_address_};
@@ -353,7 +372,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   // was announced and is delivered on the listener's rendezvous WebSocket.
   struct HttpPending {
     std::weak_ptr<HttpConnection> sender;
-    const ClusterEntry* cluster = nullptr;
+    std::string cluster;  // its identity
     std::string request;
     std::optional<std::string> body;
     std::uint64_t listener = 0;  // the control channel it went to, once known
@@ -380,10 +399,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   std::optional<HttpPending> http_take(const std::string& id, const ClusterEntry* cluster) {
     std::lock_guard lock(http_mutex_);
     auto it = http_pending_.find(id);
-    if (it == http_pending_.end() || it->second.cluster != cluster) return std::nullopt;
+    if (it == http_pending_.end() || it->second.cluster != cluster->identity()) return std::nullopt;
     HttpPending out = std::move(it->second);
     http_pending_.erase(it);
-    if (--http_per_cluster_[cluster] == 0) http_per_cluster_.erase(cluster);
+    if (--http_per_cluster_[out.cluster] == 0) http_per_cluster_.erase(out.cluster);
     return out;
   }
   void http_sent_to(const std::string& id, std::uint64_t listener) {
@@ -504,9 +523,9 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     return all_closed_.wait_until(lock, deadline, [this] { return leased_ == 0; });
   }
   unsigned listeners(const std::string& hybrid_connection) const override {
-    for (const auto& [cluster, n] : listeners_.counts())
-      if (cluster->hybrid_connection == hybrid_connection) return static_cast<unsigned>(n);
-    return 0;
+    const auto counts = listeners_.counts();
+    auto it = counts.find(hybrid_connection);
+    return it == counts.end() ? 0u : static_cast<unsigned>(it->second);
   }
   RelayMetrics& metrics() { return metrics_; }
   spdlog::logger& log() { return *logger_; }
@@ -517,8 +536,8 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
         "# HELP clusterconnect_relay_listeners Agents' control channels (rendezvous listeners), by cluster.\n"
         "# TYPE clusterconnect_relay_listeners gauge\n";
     std::map<std::string, std::size_t> by_hc;
-    for (const auto& c : config_.clusters) by_hc[c.hybrid_connection] = 0;
-    for (const auto& [cluster, n] : listeners_.counts()) by_hc[cluster->hybrid_connection] = n;
+    for (const auto& c : registry()->clusters) by_hc[c.hybrid_connection] = 0;
+    for (const auto& [hc, n] : listeners_.counts()) by_hc[hc] = n;
     for (const auto& [hc, n] : by_hc)
       out += "clusterconnect_relay_listeners{hybrid_connection=\"" + hc + "\"} " + std::to_string(n) + "\n";
     // One family in Prometheus' text format: HELP, TYPE, then `{labels} value` samples.
@@ -572,6 +591,12 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            "# TYPE clusterconnect_relay_open_failures_total counter\n";
     for (const auto& [reason, n] : metrics_.open_failures())
       out += "clusterconnect_relay_open_failures_total{reason=\"" + reason + "\"} " + std::to_string(n) + "\n";
+    out += "# HELP clusterconnect_relay_registry_records_refused_total Registry records refused (malformed or colliding), each counted once per revision.\n"
+           "# TYPE clusterconnect_relay_registry_records_refused_total counter\n"
+           "clusterconnect_relay_registry_records_refused_total " + std::to_string(metrics_.registry_records_refused_total.load()) + "\n"
+           "# HELP clusterconnect_relay_registry_records_refused Registry records refused now.\n"
+           "# TYPE clusterconnect_relay_registry_records_refused gauge\n"
+           "clusterconnect_relay_registry_records_refused " + std::to_string(metrics_.registry_records_refused.load()) + "\n";
     out += render_rendezvous_metrics();
     return out;
   }
@@ -606,6 +631,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   tcp::acceptor acceptor_;
   std::shared_ptr<asio::ssl::context> tls_;
   const RelayConfig& config_;
+  std::shared_ptr<RegistryStore> store_;
   RelayMetrics& metrics_;
   std::shared_ptr<spdlog::logger> logger_;
   mutable std::mutex mutex_;
@@ -627,7 +653,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   std::vector<std::weak_ptr<WsPump>> ws_pumps_;
   std::mutex http_mutex_;
   std::map<std::string, HttpPending> http_pending_;
-  std::map<const ClusterEntry*, std::size_t> http_per_cluster_;
+  std::map<std::string, std::size_t> http_per_cluster_;  // by cluster identity
   HttpCounters http_counters_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
@@ -650,10 +676,11 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   // Messages queued and not yet written; beyond it the channel takes no more.
   static constexpr std::size_t queue_limit = 256;
 
-  ControlChannel(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, const ClusterEntry* cluster,
-                 std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer)
+  ControlChannel(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, std::shared_ptr<const Registry> registry,
+                 const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer)
       : ws_(std::move(ws)),
         front_(std::move(front)),
+        registry_(std::move(registry)),
         cluster_(cluster),
         expiry_(expiry),
         verify_(std::move(verify)),
@@ -795,6 +822,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
 
   tunnel::WsStream ws_;
   std::shared_ptr<FrontEndImpl> front_;
+  std::shared_ptr<const Registry> registry_;  // holds cluster_ (the entry as the channel was accepted)
   const ClusterEntry* cluster_;
   std::chrono::system_clock::time_point expiry_;
   TokenVerifier verify_;
@@ -934,11 +962,13 @@ void HttpConnection::handle_tunnel() {
   if (!percent_decode(raw_path, hc)) return refuse(400, "bad_path", "the path is not valid percent-encoding");
   while (!hc.empty() && hc.back() == '/') hc.pop_back();
   const auto& config = front_->config();
+  // Tokens are checked against the registry as it is now.
+  registry_ = front_->registry();
   // A listener names its hybrid connection exactly; a sender may add
   // segments after it (the longest registered prefix is the one).
   std::string_view rest;
   const ClusterEntry* cluster =
-      action == "connect" ? config.cluster_by_path_prefix(hc, rest) : config.cluster_by_path(hc);
+      action == "connect" ? registry_->cluster_by_path_prefix(hc, rest) : registry_->cluster_by_path(hc);
   if (!cluster) return refuse(404, "not_found", "no hybrid connection at /$hc/" + hc);
   hc = cluster->hybrid_connection;
   if (action != "listen" && action != "connect" && action != "accept" && action != "request")
@@ -977,15 +1007,26 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
   ws_.emplace(std::move(stream_));
   configure_upgrade(*ws_, {}, std::chrono::duration_cast<std::chrono::seconds>(front_->config().limits.idle_timeout));
   ws_->read_message_max(tunnel::rendezvous::max_control_message);
-  TokenVerifier verify = [cluster, requested](std::string_view t) { return check_tunnel_token(*cluster, requested, "listen", t); };
+  // A renewal is checked against the registry as it is then: a rotated key
+  // or a removed cluster refuses it.
+  TokenVerifier verify = [front = front_, identity = cluster->identity(), requested](std::string_view t) {
+    auto registry = front->registry();
+    if (const ClusterEntry* now = registry->cluster_by_identity(identity))
+      return check_tunnel_token(*now, requested, "listen", t);
+    TokenCheck gone;
+    gone.status = 404;
+    gone.label = "not_found";
+    gone.reason = "the cluster is no longer in the relay's registry";
+    return gone;
+  };
   ws_->async_accept(req_, [self = shared_from_this(), cluster, expiry, verify = std::move(verify)](error_code ec) mutable {
     if (ec) {
       self->front_->metrics().handshake_failure("upgrade");
       self->front_->log().info("WebSocket upgrade from {} failed: {}", self->peer_, ec.message());
       return;
     }
-    auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, cluster, expiry, std::move(verify),
-                                                    self->peer_);
+    auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, self->registry_, cluster, expiry,
+                                                    std::move(verify), self->peer_);
     self->ws_.reset();
     auto id = self->front_->listeners().add(cluster, channel);
     if (!id) return channel->close(1008, "the cluster has its maximum of listeners");
@@ -1170,13 +1211,14 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
 
 // Hybrid Connections HTTP mode: a request to https://HOST/PATH[/…] whose
 // path names a hybrid connection (the longest registered prefix).
-const ClusterEntry* HttpConnection::http_mode_cluster(std::string_view target) const {
+const ClusterEntry* HttpConnection::http_mode_cluster(std::string_view target) {
   std::string_view path = target.substr(0, target.find('?'));
   if (path.size() < 2 || path.front() != '/' || path.rfind("/$hc/", 0) == 0) return nullptr;
   std::string decoded;
   if (!percent_decode(path.substr(1), decoded)) return nullptr;
   std::string_view rest;
-  return front_->config().cluster_by_path_prefix(decoded, rest);
+  registry_ = front_->registry();
+  return registry_->cluster_by_path_prefix(decoded, rest);
 }
 
 namespace {
@@ -1366,7 +1408,7 @@ void HttpConnection::handle_hc_request(const ClusterEntry* cluster) {
   // What fits in one control-channel message with its body goes there;
   // anything larger is announced, and delivered on the listener's rendezvous.
   const bool on_channel = message.size() + (body ? body->size() : 0) <= tunnel::rendezvous::max_control_message;
-  FrontEndImpl::HttpPending pending{weak_from_this(), cluster, {}, std::nullopt};
+  FrontEndImpl::HttpPending pending{weak_from_this(), cluster->identity(), {}, std::nullopt};
   if (!on_channel) {
     pending.request = message;
     pending.body = std::move(body);
@@ -1621,9 +1663,9 @@ Result<unsigned short> FrontEndImpl::serve_metrics(const std::string& address, u
 
 Result<std::shared_ptr<FrontEnd>> FrontEnd::listen(asio::io_context& io, const std::string& address, unsigned short port,
                                                    std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
-                                                   RelayMetrics& metrics,
+                                                   std::shared_ptr<RegistryStore> registry, RelayMetrics& metrics,
                                                    std::shared_ptr<spdlog::logger> logger) {
-  auto fe = std::make_shared<FrontEndImpl>(io, std::move(tls), config, metrics, std::move(logger));
+  auto fe = std::make_shared<FrontEndImpl>(io, std::move(tls), config, std::move(registry), metrics, std::move(logger));
   if (auto r = fe->bind(address, port); !r) return fail(r.error());
   fe->start();
   return std::shared_ptr<FrontEnd>(fe);

@@ -21,15 +21,18 @@ class context;
 namespace clusterconnect::relay {
 
 class RendezvousPort;
+class RegistryStore;
 
 class FrontEnd {
  public:
   virtual ~FrontEnd() = default;
 
-  // Binds and starts accepting. Port 0 picks an ephemeral port.
+  // Binds and starts accepting. Port 0 picks an ephemeral port. `config`
+  // gives the settings (it must outlive the front end), `registry` the
+  // clusters: every lookup reads its current snapshot.
   static Result<std::shared_ptr<FrontEnd>> listen(asio::io_context& io, const std::string& address, unsigned short port,
                                                   std::shared_ptr<asio::ssl::context> tls, const RelayConfig& config,
-                                                  RelayMetrics& metrics,
+                                                  std::shared_ptr<RegistryStore> registry, RelayMetrics& metrics,
                                                   std::shared_ptr<spdlog::logger> logger);
 
   virtual unsigned short port() const noexcept = 0;
@@ -48,6 +51,9 @@ class FrontEnd {
   // Blocks (shutdown only) until every control channel and paired WebSocket
   // has closed, or the deadline; true when all have.
   virtual bool wait_closed(std::chrono::steady_clock::time_point deadline) = 0;
+  // After a registry change (the store's thread): closes the control
+  // channels of clusters no longer in `after`, with a reason.
+  virtual void registry_changed(const Registry& before, const Registry& after) noexcept = 0;
   // Control channels up for a hybrid connection (its agents' presence).
   virtual unsigned listeners(const std::string& hybrid_connection) const = 0;
   // A plain-HTTP listener for /metrics (which names every cluster), /healthz

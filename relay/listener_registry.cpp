@@ -2,14 +2,17 @@
 
 #include <algorithm>
 
+#include "relay_config.hpp"
+
 namespace clusterconnect::relay {
 
 std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink) {
   std::lock_guard lock(mutex_);
   std::erase_if(listeners_, [](const Listener& l) { return l.sink.expired(); });
-  const auto n = std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.cluster == cluster; });
+  const auto identity = cluster->identity();
+  const auto n = std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity; });
   if (static_cast<std::size_t>(n) >= max_per_cluster_) return std::nullopt;
-  listeners_.push_back(Listener{next_id_, cluster, std::move(sink), 0});
+  listeners_.push_back(Listener{next_id_, identity, cluster->hybrid_connection, std::move(sink), 0});
   return next_id_++;
 }
 
@@ -27,10 +30,11 @@ std::optional<std::uint64_t> ListenerRegistry::send_to_one(const ClusterEntry* c
     std::shared_ptr<ControlChannelSink> sink;
   };
   std::vector<Candidate> candidates;
+  const auto identity = cluster->identity();
   {
     std::lock_guard lock(mutex_);
     for (auto& l : listeners_)
-      if (l.cluster == cluster)
+      if (l.identity == identity)
         if (auto s = l.sink.lock()) candidates.push_back(Candidate{l.last_used, l.id, std::move(s)});
     std::stable_sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) { return a.last_used < b.last_used; });
   }
@@ -46,17 +50,18 @@ std::optional<std::uint64_t> ListenerRegistry::send_to_one(const ClusterEntry* c
 }
 
 std::size_t ListenerRegistry::count(const ClusterEntry* cluster) const {
+  const auto identity = cluster->identity();
   std::lock_guard lock(mutex_);
   return static_cast<std::size_t>(std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) {
-    return l.cluster == cluster && !l.sink.expired();
+    return l.identity == identity && !l.sink.expired();
   }));
 }
 
-std::map<const ClusterEntry*, std::size_t> ListenerRegistry::counts() const {
+std::map<std::string, std::size_t> ListenerRegistry::counts() const {
   std::lock_guard lock(mutex_);
-  std::map<const ClusterEntry*, std::size_t> out;
+  std::map<std::string, std::size_t> out;
   for (const auto& l : listeners_)
-    if (!l.sink.expired()) ++out[l.cluster];
+    if (!l.sink.expired()) ++out[l.hybrid_connection];
   return out;
 }
 
@@ -68,6 +73,19 @@ void ListenerRegistry::close_all(std::uint16_t code, const std::string& reason) 
       if (auto s = l.sink.lock()) sinks.push_back(std::move(s));
   }
   for (auto& s : sinks) s->close(code, reason);
+}
+
+std::size_t ListenerRegistry::close_unless(const std::function<bool(const std::string& identity)>& keep, std::uint16_t code,
+                                           const std::string& reason) {
+  std::vector<std::shared_ptr<ControlChannelSink>> sinks;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& l : listeners_)
+      if (!keep(l.identity))
+        if (auto s = l.sink.lock()) sinks.push_back(std::move(s));
+  }
+  for (auto& s : sinks) s->close(code, reason);
+  return sinks.size();
 }
 
 }  // namespace clusterconnect::relay

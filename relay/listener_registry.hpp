@@ -1,9 +1,12 @@
 #pragma once
 // The agents' control channels (Hybrid Connections listeners), by cluster:
 // a connect is announced with an `accept` message on one of them, the least
-// recently used, so a cluster's listeners share the rendezvous.
+// recently used, so a cluster's listeners share the rendezvous. Listeners
+// are kept by the cluster's identity, not its entry's address: registry
+// snapshots come and go while a control channel stays up.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,13 +46,19 @@ class ListenerRegistry {
                                            const std::optional<std::string>& binary = std::nullopt);
 
   std::size_t count(const ClusterEntry* cluster) const;
-  std::map<const ClusterEntry*, std::size_t> counts() const;
+  // Listeners by hybrid connection path.
+  std::map<std::string, std::size_t> counts() const;
   void close_all(std::uint16_t code, const std::string& reason);
+  // Closes the listeners of clusters (by ClusterEntry::identity()) that
+  // `keep` rejects; how many.
+  std::size_t close_unless(const std::function<bool(const std::string& identity)>& keep, std::uint16_t code,
+                           const std::string& reason);
 
  private:
   struct Listener {
     std::uint64_t id;
-    const ClusterEntry* cluster;
+    std::string identity;
+    std::string hybrid_connection;
     std::weak_ptr<ControlChannelSink> sink;
     std::uint64_t last_used;  // 0: never
   };

@@ -21,9 +21,11 @@
 #include "clusterconnect/version.hpp"
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/registry.hpp"
+#include "admin_commands.hpp"
 #include "front_end.hpp"
 #include "rendezvous_port.hpp"
 #include "management_api.hpp"
+#include "registry_store.hpp"
 #include "relay_config.hpp"
 
 using namespace clusterconnect;
@@ -67,7 +69,8 @@ void write_ready_file(const std::string& path, unsigned short port, const std::s
 // authenticator, configured by the config file's "management" section (its
 // tenants, audiences, authority...). Without that section it answers 503.
 std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime, std::shared_ptr<RelayConfig> config,
-                                                         std::weak_ptr<FrontEnd> front, spdlog::logger& logger) {
+                                                         std::shared_ptr<RegistryStore> store, std::weak_ptr<FrontEnd> front,
+                                                         spdlog::logger& logger) {
   std::shared_ptr<Authenticator> authenticator;
   const auto& m = config->management;
   if (m.is_object() && m.contains("tenants")) {
@@ -117,7 +120,7 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
       throw std::runtime_error("management.token_lifetime_seconds must be between 30 and 86400");
     options.token_lifetime = std::chrono::seconds(t.get<std::uint64_t>());
   }
-  return make_management_api(std::move(config), options, std::move(authenticator),
+  return make_management_api([store] { return store->snapshot(); }, options, std::move(authenticator),
                              [front](const std::string& hc) -> unsigned {
                                auto f = front.lock();
                                return f ? f->listeners(hc) : 0u;
@@ -181,13 +184,21 @@ int main(int argc, char** argv) try {
   app.add_option("--idle-timeout", idle_timeout, "Seconds a control channel may leave a ping unanswered (default 45)");
   unsigned threads = 2;
   app.add_option("--threads", threads, "I/O threads")->check(CLI::Range(1u, 256u));
+  StoreFlags store_flags;
+  add_store_options(app, store_flags);
+  add_admin_commands(app, store_flags, config_file);
   CLI11_PARSE(app, argc, argv);
+  if (app.get_subcommands().size() > 0) return run_admin_command(app, store_flags, config_file, *logger);
 
   // Shared with the management API, which keeps a reference for its lifetime.
   auto config_ptr = std::make_shared<RelayConfig>(
       config_file.empty() ? parse_relay_config(nlohmann::json::object(), std::filesystem::current_path())
                           : load_relay_config(config_file));
   RelayConfig& config = *config_ptr;
+  RelayMetrics metrics;
+  std::shared_ptr<RegistryStore> store = open_store(store_flags, config_file, logger, &metrics);
+  if (!store_flags.url.empty() && !config.clusters.empty())
+    logger->warn("--store is set: the clusters in {} are not used (move them with `clusterconnect-relay import`)", config_file);
   if (!listen.empty()) config.listen = listen;
   if (!cert_file.empty()) config.cert_file = cert_file;
   if (!key_file.empty()) config.key_file = key_file;
@@ -198,7 +209,7 @@ int main(int argc, char** argv) try {
   if (max_connections) config.limits.max_connections = *max_connections;
   if (drain_timeout) config.limits.drain_timeout = secs(*drain_timeout);
   if (idle_timeout) config.limits.idle_timeout = secs(*idle_timeout);
-  if (config.clusters.empty()) logger->warn("no clusters configured: every hybrid connection handshake will get 404");
+  if (store->snapshot()->clusters.empty()) logger->warn("no clusters configured: every hybrid connection handshake will get 404");
 
   TlsFiles tls_files;
   std::shared_ptr<asio::ssl::context> tls_context;
@@ -220,10 +231,15 @@ int main(int argc, char** argv) try {
 
   host::Runtime runtime(logger, threads);
   runtime.load_plugins();
-  RelayMetrics metrics;
   auto [address, port] = split_listen(config.listen);
-  auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, metrics, logger);
+  auto front = FrontEnd::listen(runtime.io_context(), address, port, tls_context, config, store, metrics, logger);
   if (!front) throw std::runtime_error(front.error());
+  store->on_change([weak = std::weak_ptr<FrontEnd>(front.value()), logger](const Registry& before, const Registry& after) {
+    logger->info("registry changed: {} cluster(s), was {}", after.clusters.size(), before.clusters.size());
+    if (auto f = weak.lock()) f->registry_changed(before, after);
+  });
+  store->start_watching();
+  logger->info("registry: {}", store->describe());
   // Development TLS certifies 127.0.0.1: that is the name clients use then.
   if (config.public_host.empty() && !dev_tls.empty())
     config.public_host = "127.0.0.1:" + std::to_string(front.value()->port());
@@ -231,7 +247,7 @@ int main(int argc, char** argv) try {
     throw std::runtime_error(
         "the management API needs public_host (--public-host HOST[:PORT]): the name clients dial, signed into every "
         "connect token");
-  front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, front.value(), *logger));
+  front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, store, front.value(), *logger));
   std::shared_ptr<RendezvousPort> rendezvous;
   if (!rendezvous_listen.empty()) {
     auto [raddress, rport] = split_listen(rendezvous_listen);
@@ -276,7 +292,7 @@ int main(int argc, char** argv) try {
   front.value()->set_ready(true);
   const unsigned short bound = front.value()->port();
   logger->info("clusterconnect-relay {} listening on {}:{} ({} cluster(s))", CLUSTERCONNECT_VERSION, address, bound,
-               config.clusters.size());
+               store->snapshot()->clusters.size());
   std::printf("listening on %s:%u\n", address.c_str(), static_cast<unsigned>(bound));
   if (metrics_port) std::printf("metrics on http://%s:%u/metrics\n", split_listen(config.metrics_listen).first.c_str(), static_cast<unsigned>(metrics_port));
   std::fflush(stdout);
@@ -296,6 +312,7 @@ int main(int argc, char** argv) try {
   if (!front.value()->wait_closed(std::chrono::steady_clock::now() +
                                   std::min<std::chrono::steady_clock::duration>(config.limits.drain_timeout, std::chrono::seconds(10))))
     logger->debug("some connections did not finish their closing handshake");
+  store->stop();
   runtime.stop();
   logger->info("relay stopped");
   return 0;

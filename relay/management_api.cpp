@@ -120,9 +120,9 @@ std::string query_param(const std::string& query, const std::string& name) {
 
 class Api final : public ManagementApi, public std::enable_shared_from_this<Api> {
  public:
-  Api(std::shared_ptr<const RelayConfig> config, ManagementOptions options, std::shared_ptr<Authenticator> authenticator,
-      AgentCount agents, std::shared_ptr<spdlog::logger> logger)
-      : config_(std::move(config)),
+  Api(RegistrySnapshot registry, ManagementOptions options, std::shared_ptr<Authenticator> authenticator, AgentCount agents,
+      std::shared_ptr<spdlog::logger> logger)
+      : registry_(std::move(registry)),
         options_(std::move(options)),
         authenticator_(std::move(authenticator)),
         agents_(std::move(agents)),
@@ -208,20 +208,24 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                              "The access token is invalid.");
     }
     const auto& id = outcome.identity;
-    const bool subscription_known = std::any_of(config_->clusters.begin(), config_->clusters.end(), [&](const ClusterEntry& c) {
+    // One snapshot for the whole call, taken now: the registry as it is
+    // when the caller is known.
+    const auto snapshot = registry_();
+    const Registry& reg = *snapshot;
+    const bool subscription_known = std::any_of(reg.clusters.begin(), reg.clusters.end(), [&](const ClusterEntry& c) {
       return ascii_iequals(c.subscription, arm.subscription);
     });
     if (!subscription_known)
       return arm_error(404, "SubscriptionNotFound", "The subscription '" + arm.subscription + "' could not be found.");
     const bool group_known = arm.resource_group.empty() ||
-                             std::any_of(config_->clusters.begin(), config_->clusters.end(), [&](const ClusterEntry& c) {
+                             std::any_of(reg.clusters.begin(), reg.clusters.end(), [&](const ClusterEntry& c) {
                                return ascii_iequals(c.subscription, arm.subscription) &&
                                       ascii_iequals(c.resource_group, arm.resource_group);
                              });
     if (!group_known)
       return arm_error(404, "ResourceGroupNotFound", "Resource group '" + arm.resource_group + "' could not be found.");
-    if (arm.list) return list(arm, id);
-    const ClusterEntry* cluster = config_->cluster_by_name(arm.subscription, arm.resource_group, arm.name);
+    if (arm.list) return list(reg, arm, id);
+    const ClusterEntry* cluster = reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name);
     if (!cluster)
       return arm_error(404, "ResourceNotFound",
                        "The Resource 'Microsoft.Kubernetes/connectedClusters/" + arm.name + "' under resource group '" +
@@ -229,7 +233,7 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     // The registry's spelling, whatever the request's casing.
     const std::string scope = scope_of(*cluster);
     const std::string action(list_credential ? action_list_credential : action_read);
-    if (!allows(*cluster, id, action)) {
+    if (!allows(reg, *cluster, id, action)) {
       logger_->info("management request by {} refused: no role assignment on {}", id.uid, scope);
       return arm_error(403, "AuthorizationFailed",
                        "The client '" + id.user + "' with object id '" + id.uid +
@@ -300,11 +304,11 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
 
   // An assignment counts when it names the caller (or one of the caller's
   // groups) and its role grants this very action.
-  bool allows(const ClusterEntry& cluster, const Identity& id, std::string_view action) const {
+  bool allows(const Registry& reg, const ClusterEntry& cluster, const Identity& id, std::string_view action) const {
     return std::any_of(cluster.role_assignments.begin(), cluster.role_assignments.end(), [&](const ConfiguredRoleAssignment& r) {
       const bool mine = ascii_iequals(r.principal, id.uid) ||
                         std::any_of(id.groups.begin(), id.groups.end(), [&](const std::string& g) { return ascii_iequals(g, r.principal); });
-      const RoleDefinition* role = mine ? config_->role(r.role) : nullptr;
+      const RoleDefinition* role = mine ? reg.role(r.role) : nullptr;
       return role && role->allows(std::string(action));
     });
   }
@@ -322,12 +326,12 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
 
   // The clusters of a subscription or resource group the caller may read, as
   // ARM lists them (one page).
-  ManagementResponse list(const ArmPath& arm, const Identity& id) {
+  ManagementResponse list(const Registry& reg, const ArmPath& arm, const Identity& id) {
     nlohmann::json value = nlohmann::json::array();
-    for (const auto& c : config_->clusters) {
+    for (const auto& c : reg.clusters) {
       if (!ascii_iequals(c.subscription, arm.subscription)) continue;
       if (!arm.resource_group.empty() && !ascii_iequals(c.resource_group, arm.resource_group)) continue;
-      if (allows(c, id, action_read)) value.push_back(resource_json(c));
+      if (allows(reg, c, id, action_read)) value.push_back(resource_json(c));
     }
     return {200, "application/json; charset=utf-8", nlohmann::json{{"value", std::move(value)}}.dump(), {}};
   }
@@ -348,7 +352,7 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                             {"agentTunnels", agents}}}};
   }
 
-  std::shared_ptr<const RelayConfig> config_;
+  RegistrySnapshot registry_;
   ManagementOptions options_;
   std::shared_ptr<Authenticator> authenticator_;
   AgentCount agents_;
@@ -357,11 +361,19 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
 
 }  // namespace
 
+std::shared_ptr<ManagementApi> make_management_api(RegistrySnapshot registry, ManagementOptions options,
+                                                   std::shared_ptr<Authenticator> authenticator, AgentCount agents,
+                                                   std::shared_ptr<spdlog::logger> logger) {
+  return std::make_shared<Api>(std::move(registry), std::move(options), std::move(authenticator), std::move(agents),
+                               std::move(logger));
+}
+
 std::shared_ptr<ManagementApi> make_management_api(std::shared_ptr<const RelayConfig> config, ManagementOptions options,
                                                    std::shared_ptr<Authenticator> authenticator, AgentCount agents,
                                                    std::shared_ptr<spdlog::logger> logger) {
-  return std::make_shared<Api>(std::move(config), std::move(options), std::move(authenticator), std::move(agents),
-                               std::move(logger));
+  std::shared_ptr<const Registry> fixed = std::move(config);
+  return make_management_api([fixed] { return fixed; }, std::move(options), std::move(authenticator), std::move(agents),
+                             std::move(logger));
 }
 
 }  // namespace clusterconnect::relay

@@ -45,6 +45,10 @@ class ManagementApi {
 };
 
 struct RelayConfig;
+struct Registry;
+
+// The registry as it is now (a snapshot; never null).
+using RegistrySnapshot = std::function<std::shared_ptr<const Registry>()>;
 
 struct ManagementOptions {
   std::string public_host;  // HOST[:PORT] clients dial for tunnels, signed into connect tokens; required
@@ -63,6 +67,12 @@ using AgentCount = std::function<unsigned(const std::string& hybrid_connection)>
 // The ARM-shaped API over the relay's registry: callers authenticate with an
 // Entra token for the relay's audience; a role assignment on the cluster (their
 // object ID or one of their groups) lets them list its connect credential.
+// Every call reads the registry's current snapshot once it has authenticated
+// its caller: a removed role assignment refuses the next call.
+std::shared_ptr<ManagementApi> make_management_api(RegistrySnapshot registry, ManagementOptions options,
+                                                   std::shared_ptr<Authenticator> authenticator, AgentCount agents,
+                                                   std::shared_ptr<spdlog::logger> logger);
+// Over a fixed registry (the configuration's).
 std::shared_ptr<ManagementApi> make_management_api(std::shared_ptr<const RelayConfig> config, ManagementOptions options,
                                                    std::shared_ptr<Authenticator> authenticator, AgentCount agents,
                                                    std::shared_ptr<spdlog::logger> logger);

@@ -115,7 +115,7 @@ const std::vector<RoleDefinition>& builtin_role_definitions() {
   return roles;
 }
 
-const RoleDefinition* RelayConfig::role(std::string_view name) const {
+const RoleDefinition* Registry::role(std::string_view name) const {
   for (const auto& r : role_definitions)
     if (iequals(r.name, name)) return &r;
   for (const auto& r : builtin_role_definitions())
@@ -135,18 +135,26 @@ const RelayKey* ClusterEntry::key_with_right(std::string_view right) const {
   return nullptr;
 }
 
+std::string ClusterEntry::identity() const { return ascii_lowered(resource_id()); }
+
+const ClusterEntry* Registry::cluster_by_identity(std::string_view identity) const {
+  for (const auto& c : clusters)
+    if (iequals(c.resource_id(), identity)) return &c;
+  return nullptr;
+}
+
 std::string ClusterEntry::resource_id() const {
   return "/subscriptions/" + subscription + "/resourceGroups/" + resource_group +
          "/providers/Microsoft.Kubernetes/connectedClusters/" + name;
 }
 
-const ClusterEntry* RelayConfig::cluster_by_path(std::string_view path) const {
+const ClusterEntry* Registry::cluster_by_path(std::string_view path) const {
   for (const auto& c : clusters)
     if (iequals(c.hybrid_connection, path)) return &c;
   return nullptr;
 }
 
-const ClusterEntry* RelayConfig::cluster_by_path_prefix(std::string_view path, std::string_view& rest) const {
+const ClusterEntry* Registry::cluster_by_path_prefix(std::string_view path, std::string_view& rest) const {
   const ClusterEntry* best = nullptr;
   for (const auto& c : clusters) {
     const auto& hc = c.hybrid_connection;
@@ -159,11 +167,105 @@ const ClusterEntry* RelayConfig::cluster_by_path_prefix(std::string_view path, s
   return best;
 }
 
-const ClusterEntry* RelayConfig::cluster_by_name(std::string_view subscription, std::string_view resource_group,
+const ClusterEntry* Registry::cluster_by_name(std::string_view subscription, std::string_view resource_group,
                                                  std::string_view name) const {
   for (const auto& c : clusters)
     if (iequals(c.subscription, subscription) && iequals(c.resource_group, resource_group) && iequals(c.name, name)) return &c;
   return nullptr;
+}
+
+RoleDefinition parse_role_definition(const nlohmann::json& rj, const std::string& where, const Registry& registry) {
+  if (!rj.is_object()) throw std::runtime_error(where + ": must be an object");
+  RoleDefinition r;
+  r.name = get_string(rj, "name", where, true);
+  auto strings = [&](const char* field, std::vector<std::string>& out) {
+    if (!rj.contains(field)) return;
+    if (!rj[field].is_array()) throw std::runtime_error(where + ": \"" + field + "\" must be an array of strings");
+    for (const auto& a : rj[field]) {
+      if (!a.is_string() || a.get<std::string>().empty())
+        throw std::runtime_error(where + ": \"" + field + "\" must be an array of non-empty strings");
+      out.push_back(a.get<std::string>());
+    }
+  };
+  strings("actions", r.actions);
+  strings("not_actions", r.not_actions);
+  if (registry.role(r.name)) throw std::runtime_error(where + ": role \"" + r.name + "\" is already defined");
+  return r;
+}
+
+ClusterEntry parse_cluster_entry(const nlohmann::json& cj, const std::string& where, const Registry& registry,
+                                 const std::filesystem::path& base_dir) {
+  if (!cj.is_object()) throw std::runtime_error(where + ": must be an object");
+  ClusterEntry e;
+  e.raw = cj;
+  e.subscription = get_string(cj, "subscription", where, false);
+  e.resource_group = get_string(cj, "resource_group", where, false);
+  e.name = get_string(cj, "name", where, true);
+  e.hybrid_connection = trim_slashes(get_string(cj, "hybrid_connection", where, true));
+  if (e.hybrid_connection.empty()) throw std::runtime_error(where + ": \"hybrid_connection\" is empty");
+  if (registry.cluster_by_path(e.hybrid_connection))
+    throw std::runtime_error(where + ": hybrid_connection \"" + e.hybrid_connection + "\" is used twice");
+  // A cluster is known by its full identity: two entries with one identity
+  // would make which of them a caller reaches depend on file order.
+  if (registry.cluster_by_name(e.subscription, e.resource_group, e.name))
+    throw std::runtime_error(where + ": cluster " + e.resource_id() + " is registered twice");
+  if (cj.contains("keys")) {
+    if (!cj["keys"].is_array()) throw std::runtime_error(where + ": \"keys\" must be an array");
+    for (std::size_t k = 0; k < cj["keys"].size(); ++k) {
+      const auto& kj = cj["keys"][k];
+      const std::string kw = where + ".keys[" + std::to_string(k) + "]";
+      if (!kj.is_object()) throw std::runtime_error(kw + ": must be an object");
+      RelayKey key;
+      key.name = get_string(kj, "name", kw, true);
+      if (kj.contains("rights")) {
+        if (!kj["rights"].is_array()) throw std::runtime_error(kw + ": \"rights\" must be an array of strings");
+        for (const auto& r : kj["rights"]) {
+          if (!r.is_string()) throw std::runtime_error(kw + ": \"rights\" must be an array of strings");
+          key.rights.push_back(r.get<std::string>());
+        }
+      }
+      if (kj.contains("secret") && kj["secret"].is_string()) {
+        // Inline: the etcd store's records (etcd is the trust root), tests and demos.
+        key.secret = kj["secret"].get<std::string>();
+        if (key.secret.empty() || key.secret.size() > 4096)
+          throw std::runtime_error(kw + ": \"secret\" must be 1 to 4096 characters");
+      } else {
+        std::filesystem::path f = get_string(kj, "secret_file", kw, true);
+        if (f.is_relative()) f = base_dir / f;
+        key.secret_file = f;
+        key.secret = read_secret(f, kw);
+      }
+      // Keys are separated by right: an agent's listen key cannot mint a
+      // client's connect token, nor the reverse.
+      if (key.has_right("listen") == key.has_right("connect"))
+        throw std::runtime_error(kw + ": a key has exactly one of the rights \"listen\" and \"connect\" (key \"" +
+                                 key.name + "\")");
+      if (e.key(key.name)) throw std::runtime_error(kw + ": key name \"" + key.name + "\" is used twice");
+      e.keys.push_back(std::move(key));
+    }
+  }
+  if (cj.contains("role_assignments")) {
+    if (!cj["role_assignments"].is_array()) throw std::runtime_error(where + ": \"role_assignments\" must be an array");
+    for (const auto& rj : cj["role_assignments"]) {
+      if (!rj.is_object()) throw std::runtime_error(where + ": role_assignments entries must be objects");
+      ConfiguredRoleAssignment a{get_string(rj, "principal", where, true), get_string(rj, "role", where, true)};
+      if (!registry.role(a.role))
+        throw std::runtime_error(where + ": role \"" + a.role +
+                                 "\" is not defined (a built-in Azure role, e.g. \"Azure Arc Enabled Kubernetes "
+                                 "Cluster User Role\", or one of role_definitions)");
+      e.role_assignments.push_back(std::move(a));
+    }
+  }
+  if (cj.contains("agent_key_pins")) {
+    if (!cj["agent_key_pins"].is_array()) throw std::runtime_error(where + ": \"agent_key_pins\" must be an array");
+    for (const auto& pj : cj["agent_key_pins"]) {
+      if (!pj.is_string() || !tls::is_public_key_pin(pj.get<std::string>()))
+        throw std::runtime_error(where + ": agent_key_pins entries are SHA-256 pins of the agent's public key, 64 hex "
+                                         "digits (clusterconnect-agent --print-key-pin)");
+      e.agent_key_pins.push_back(ascii_lowered(pj.get<std::string>()));
+    }
+  }
+  return e;
 }
 
 RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::path& base_dir) {
@@ -202,22 +304,7 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     for (std::size_t i = 0; i < j["role_definitions"].size(); ++i) {
       const auto& rj = j["role_definitions"][i];
       const std::string where = "relay config role_definitions[" + std::to_string(i) + "]";
-      if (!rj.is_object()) throw std::runtime_error(where + ": must be an object");
-      RoleDefinition r;
-      r.name = get_string(rj, "name", where, true);
-      auto strings = [&](const char* field, std::vector<std::string>& out) {
-        if (!rj.contains(field)) return;
-        if (!rj[field].is_array()) throw std::runtime_error(where + ": \"" + field + "\" must be an array of strings");
-        for (const auto& a : rj[field]) {
-          if (!a.is_string() || a.get<std::string>().empty())
-            throw std::runtime_error(where + ": \"" + field + "\" must be an array of non-empty strings");
-          out.push_back(a.get<std::string>());
-        }
-      };
-      strings("actions", r.actions);
-      strings("not_actions", r.not_actions);
-      if (c.role(r.name)) throw std::runtime_error(where + ": role \"" + r.name + "\" is already defined");
-      c.role_definitions.push_back(std::move(r));
+      c.role_definitions.push_back(parse_role_definition(rj, where, c));
     }
   }
   if (j.contains("clusters")) {
@@ -225,74 +312,7 @@ RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::p
     for (std::size_t i = 0; i < j["clusters"].size(); ++i) {
       const auto& cj = j["clusters"][i];
       const std::string where = "relay config clusters[" + std::to_string(i) + "]";
-      if (!cj.is_object()) throw std::runtime_error(where + ": must be an object");
-      ClusterEntry e;
-      e.raw = cj;
-      e.subscription = get_string(cj, "subscription", where, false);
-      e.resource_group = get_string(cj, "resource_group", where, false);
-      e.name = get_string(cj, "name", where, true);
-      e.hybrid_connection = trim_slashes(get_string(cj, "hybrid_connection", where, true));
-      if (e.hybrid_connection.empty()) throw std::runtime_error(where + ": \"hybrid_connection\" is empty");
-      if (c.cluster_by_path(e.hybrid_connection))
-        throw std::runtime_error(where + ": hybrid_connection \"" + e.hybrid_connection + "\" is used twice");
-      // A cluster is known by its full identity: two entries with one identity
-      // would make which of them a caller reaches depend on file order.
-      if (c.cluster_by_name(e.subscription, e.resource_group, e.name))
-        throw std::runtime_error(where + ": cluster " + e.resource_id() + " is registered twice");
-      if (cj.contains("keys")) {
-        if (!cj["keys"].is_array()) throw std::runtime_error(where + ": \"keys\" must be an array");
-        for (std::size_t k = 0; k < cj["keys"].size(); ++k) {
-          const auto& kj = cj["keys"][k];
-          const std::string kw = where + ".keys[" + std::to_string(k) + "]";
-          if (!kj.is_object()) throw std::runtime_error(kw + ": must be an object");
-          RelayKey key;
-          key.name = get_string(kj, "name", kw, true);
-          if (kj.contains("rights")) {
-            if (!kj["rights"].is_array()) throw std::runtime_error(kw + ": \"rights\" must be an array of strings");
-            for (const auto& r : kj["rights"]) {
-              if (!r.is_string()) throw std::runtime_error(kw + ": \"rights\" must be an array of strings");
-              key.rights.push_back(r.get<std::string>());
-            }
-          }
-          if (kj.contains("secret") && kj["secret"].is_string()) {
-            key.secret = kj["secret"].get<std::string>();  // inline secrets: tests and demos only
-          } else {
-            std::filesystem::path f = get_string(kj, "secret_file", kw, true);
-            if (f.is_relative()) f = base_dir / f;
-            key.secret_file = f;
-            key.secret = read_secret(f, kw);
-          }
-          // Keys are separated by right: an agent's listen key cannot mint a
-          // client's connect token, nor the reverse.
-          if (key.has_right("listen") == key.has_right("connect"))
-            throw std::runtime_error(kw + ": a key has exactly one of the rights \"listen\" and \"connect\" (key \"" +
-                                     key.name + "\")");
-          if (e.key(key.name)) throw std::runtime_error(kw + ": key name \"" + key.name + "\" is used twice");
-          e.keys.push_back(std::move(key));
-        }
-      }
-      if (cj.contains("role_assignments")) {
-        if (!cj["role_assignments"].is_array()) throw std::runtime_error(where + ": \"role_assignments\" must be an array");
-        for (const auto& rj : cj["role_assignments"]) {
-          if (!rj.is_object()) throw std::runtime_error(where + ": role_assignments entries must be objects");
-          ConfiguredRoleAssignment a{get_string(rj, "principal", where, true), get_string(rj, "role", where, true)};
-          if (!c.role(a.role))
-            throw std::runtime_error(where + ": role \"" + a.role +
-                                     "\" is not defined (a built-in Azure role, e.g. \"Azure Arc Enabled Kubernetes "
-                                     "Cluster User Role\", or one of role_definitions)");
-          e.role_assignments.push_back(std::move(a));
-        }
-      }
-      if (cj.contains("agent_key_pins")) {
-        if (!cj["agent_key_pins"].is_array()) throw std::runtime_error(where + ": \"agent_key_pins\" must be an array");
-        for (const auto& pj : cj["agent_key_pins"]) {
-          if (!pj.is_string() || !tls::is_public_key_pin(pj.get<std::string>()))
-            throw std::runtime_error(where + ": agent_key_pins entries are SHA-256 pins of the agent's public key, 64 hex "
-                                             "digits (clusterconnect-agent --print-key-pin)");
-          e.agent_key_pins.push_back(ascii_lowered(pj.get<std::string>()));
-        }
-      }
-      c.clusters.push_back(std::move(e));
+      c.clusters.push_back(parse_cluster_entry(cj, where, c, base_dir));
     }
   }
   return c;

@@ -59,6 +59,10 @@ struct ClusterEntry {
   nlohmann::json raw;
 
   const RelayKey* key(std::string_view key_name) const;
+  // The cluster's identity as the relay keys it (its resource ID in lower
+  // case: ARM's names are case-insensitive); stable across registry changes,
+  // unlike the entry's address.
+  std::string identity() const;
   // ARM's resource ID, the cluster's full identity (names are unique only
   // within a resource group).
   std::string resource_id() const;
@@ -79,18 +83,13 @@ struct RelayLimits {
   std::chrono::milliseconds http_response_timeout{60000};  // for a listener's response (then 504)
 };
 
-struct RelayConfig {
-  std::string listen = "127.0.0.1:8443";
-  std::string cert_file;
-  std::string key_file;
-  std::string public_host;  // host[:port] clients use; empty = the request's Host
-  std::string metrics_listen;  // ADDRESS:PORT of the plain-HTTP metrics listener; empty = none
+// The registry: clusters with their keys, role assignments and agent pins,
+// and the registry's own role definitions. The relay reads it through
+// immutable snapshots (RegistryStore) that are replaced whole when the store
+// changes; an entry's address is valid as long as its snapshot is held.
+struct Registry {
   std::vector<ClusterEntry> clusters;
   std::vector<RoleDefinition> role_definitions;  // the registry's own, beside the built-in ones
-  RelayLimits limits;
-  nlohmann::json management = nlohmann::json::object();
-  nlohmann::json raw = nlohmann::json::object();
-  std::filesystem::path base_dir;  // directory of the config file
 
   // The cluster whose hybrid connection path is `path` (case-insensitive), or null.
   const ClusterEntry* cluster_by_path(std::string_view path) const;
@@ -100,9 +99,32 @@ struct RelayConfig {
   const ClusterEntry* cluster_by_path_prefix(std::string_view path, std::string_view& rest) const;
   const ClusterEntry* cluster_by_name(std::string_view subscription, std::string_view resource_group,
                                       std::string_view name) const;
+  const ClusterEntry* cluster_by_identity(std::string_view identity) const;
   // The registry's role of that name, else the built-in one, else null (case-insensitive).
   const RoleDefinition* role(std::string_view name) const;
 };
+
+// The configuration file: the relay's own settings, and the registry the
+// file store serves (its "clusters" and "role_definitions").
+struct RelayConfig : Registry {
+  std::string listen = "127.0.0.1:8443";
+  std::string cert_file;
+  std::string key_file;
+  std::string public_host;  // host[:port] clients use; empty = the request's Host
+  std::string metrics_listen;  // ADDRESS:PORT of the plain-HTTP metrics listener; empty = none
+  RelayLimits limits;
+  nlohmann::json management = nlohmann::json::object();
+  nlohmann::json raw = nlohmann::json::object();
+  std::filesystem::path base_dir;  // directory of the config file
+};
+
+// One cluster entry (the file's clusters[i], an etcd record's value), checked
+// against the roles `registry` defines and the clusters it already has (a
+// path or identity used twice is refused). `where` prefixes every message;
+// relative secret files are read from `base_dir`. Throws std::runtime_error.
+ClusterEntry parse_cluster_entry(const nlohmann::json& cj, const std::string& where, const Registry& registry,
+                                 const std::filesystem::path& base_dir);
+RoleDefinition parse_role_definition(const nlohmann::json& rj, const std::string& where, const Registry& registry);
 
 // Control plane: throws std::runtime_error with a message naming the file and field.
 RelayConfig parse_relay_config(const nlohmann::json& j, const std::filesystem::path& base_dir);

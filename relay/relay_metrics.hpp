@@ -12,6 +12,9 @@ namespace clusterconnect::relay {
 class RelayMetrics {
  public:
   std::atomic<std::int64_t> connections_active{0};
+  // Registry records the store refused (malformed, or colliding with another).
+  std::atomic<std::uint64_t> registry_records_refused_total{0};
+  std::atomic<std::int64_t> registry_records_refused{0};  // refused now
 
   void handshake_failure(const std::string& reason) { bump(handshake_failures_, reason); }
   void open_failure(const std::string& reason) { bump(open_failures_, reason); }

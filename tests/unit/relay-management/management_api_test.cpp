@@ -356,3 +356,39 @@ TEST_CASE("clusters are listed by resource group and by subscription, only those
   CHECK(call("POST", by_group, "alice", "").status == 405);
   CHECK(call("GET", by_group, "", "").status == 401);
 }
+
+TEST_CASE("management API: each call reads the registry as it is then (a removed role assignment refuses the next credential)",
+          "[relay][management][registry]") {
+  auto first = std::make_shared<Registry>();
+  ClusterEntry demo;
+  demo.subscription = sub;
+  demo.resource_group = "sandbox";
+  demo.name = "demo";
+  demo.hybrid_connection = "clusters/demo";
+  demo.keys = {RelayKey{"connect", {"connect"}, "s3cret-key", {}}};
+  demo.role_assignments = {{"oid-alice", "Azure Arc Enabled Kubernetes Cluster User Role"}};
+  first->clusters = {demo};
+  auto second = std::make_shared<Registry>(*first);
+  second->clusters[0].role_assignments.clear();
+  std::shared_ptr<const Registry> current = first;
+  ManagementOptions options;
+  options.public_host = "relay.example:8443";
+  auto management = make_management_api([&current] { return current; }, options, std::make_shared<TableAuthenticator>(),
+                                        nullptr, spdlog::default_logger());
+  auto list = [&] {
+    ManagementRequest r{"POST",
+                        "/subscriptions/" + std::string(sub) +
+                            "/resourceGroups/sandbox/providers/Microsoft.Kubernetes/connectedClusters/demo/"
+                            "listClusterUserCredential?api-version=2024-01-01",
+                        {{"authorization", "Bearer alice"}},
+                        R"({"authenticationMethod":"AAD","clientProxy":true})"};
+    ManagementResponse out;
+    management->handle(r, [&out](ManagementResponse resp) { out = std::move(resp); });
+    return out;
+  };
+  CHECK(list().status == 200);
+  current = second;
+  auto refused = list();
+  CHECK(refused.status == 403);
+  CHECK_THAT(refused.body, Catch::Contains("AuthorizationFailed"));
+}

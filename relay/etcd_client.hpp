@@ -1,0 +1,71 @@
+#pragma once
+// etcd's v3 API as JSON over HTTP/1.1 (its gRPC gateway, `/v3/…`), on
+// libcurl. Control plane: blocking calls, made from the relay's store thread
+// and admin commands, never from an io thread. Keys and values are base64 on
+// the wire; these helpers take and give them as plain strings.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "clusterconnect/result.hpp"
+
+namespace clusterconnect::relay {
+
+struct EtcdOptions;
+
+struct EtcdKeyValue {
+  std::string key;
+  std::string value;
+  std::int64_t mod_revision = 0;
+};
+
+struct EtcdEvent {
+  bool deleted = false;
+  EtcdKeyValue kv;
+};
+
+class EtcdClient {
+ public:
+  explicit EtcdClient(const EtcdOptions& options);
+
+  // POST `path` (e.g. "/v3/kv/range") with `body` to the first endpoint
+  // that answers; the reply's JSON, or why none did (naming the endpoints).
+  Result<nlohmann::json> call(const std::string& path, const nlohmann::json& body) const;
+
+  // Every key under `prefix`, and the store's revision they were read at.
+  Result<std::pair<std::vector<EtcdKeyValue>, std::int64_t>> range_prefix(const std::string& prefix) const;
+  Result<std::vector<EtcdKeyValue>> get(const std::string& key) const;
+  // Writes `value` (or deletes, when null) only if the key's mod_revision is
+  // still `expected` (0: the key does not exist). False when it changed.
+  Result<bool> put_if(const std::string& key, const std::string* value, std::int64_t expected) const;
+  Result<void> put(const std::string& key, const std::string& value) const;
+
+  // Streams the changes under `prefix` from `start_revision` until `stop`,
+  // the connection ends (an error), or etcd cancels the watch (e.g. the
+  // revision was compacted: `compacted` is set). Blocking.
+  struct WatchEnd {
+    std::string error;
+    bool compacted = false;
+  };
+  WatchEnd watch_prefix(const std::string& prefix, std::int64_t start_revision, const std::atomic<bool>& stop,
+                        const std::function<void(const std::vector<EtcdEvent>&, std::int64_t revision)>& on_events) const;
+
+  std::string endpoints_text() const;
+
+ private:
+  std::vector<std::string> endpoints_;
+  std::string ca_file_, cert_file_, key_file_;
+};
+
+std::string base64_encode(const std::string& in);
+bool base64_decode(const std::string& in, std::string& out);
+// The key just past every key that starts with `prefix` (etcd's range_end).
+std::string prefix_end(std::string prefix);
+
+}  // namespace clusterconnect::relay
