@@ -37,10 +37,15 @@ namespace bhttp = boost::beast::http;
 using Strand = asio::strand<asio::io_context::executor_type>;
 using Clock = std::chrono::steady_clock;
 
-// Body bytes moved per read: one TLS record's worth. Also the granularity of
-// chunk re-encoding: a chunk that arrives is forwarded as soon as it (or this
-// much of it) is read.
+// Body bytes moved per read: one TLS record's worth at first. Also the
+// granularity of chunk re-encoding: a chunk that arrives is forwarded as soon
+// as it (or this much of it) is read.
 constexpr std::size_t kPumpBuffer = 16 * 1024;
+// A direction whose read fills its buffer is a transfer in bulk: its buffer
+// (and its read buffer) grow to this, so it moves in fewer, larger pieces
+// (one DATA frame, one run of TLS records, one wake-up per hop per piece).
+// Quiet connections and watches keep the small size.
+constexpr std::size_t kPumpBufferBulk = 64 * 1024;
 // Read-buffer capacity reserved up front: Beast reads at most
 // max(512, capacity - size) bytes per call, so an empty buffer would move
 // bodies in 512-byte pieces, each becoming its own write downstream.
@@ -401,8 +406,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_request_body(UpstreamPtr up, bool with_head) {
     auto& body = req_->get().body();
-    body.data = a_buf();
-    body.size = kPumpBuffer;
+    if (a_.grow) in_buf_.reserve(kPumpBufferBulk);
+    body.data = a_.for_read();
+    body.size = a_.size;
     in_reading_ = true;
     bhttp::async_read_some(in_, in_buf_, *req_,
                            [self = shared_from_this(), up = std::move(up), with_head, attempt = attempt_](
@@ -425,7 +431,8 @@ class Session : public std::enable_shared_from_this<Session> {
       log_failure(ec, "read request body");
       return abort_exchange(std::nullopt);
     }
-    std::size_t n = kPumpBuffer - req_->get().body().size;
+    std::size_t n = a_.size - req_->get().body().size;
+    a_.read(n);
     rec_.bytes_in += n;
     write_request(std::move(up), with_head, n, req_->is_done());
   }
@@ -565,8 +572,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_response_body(UpstreamPtr up, bool with_head) {
     auto& body = up->parser->get().body();
-    body.data = b_buf();
-    body.size = kPumpBuffer;
+    if (b_.grow) up->buffer.reserve(kPumpBufferBulk);
+    body.data = b_.for_read();
+    body.size = b_.size;
     auto& io = up->io;
     auto& buffer = up->buffer;
     auto& parser = *up->parser;
@@ -581,7 +589,8 @@ class Session : public std::enable_shared_from_this<Session> {
                                self->log_failure(ec, "read response body");
                                return self->abort_exchange(std::nullopt);
                              }
-                             std::size_t n = kPumpBuffer - up->parser->get().body().size;
+                             std::size_t n = self->b_.size - up->parser->get().body().size;
+                             self->b_.read(n);
                              self->rec_.bytes_out += n;
                              self->write_response(std::move(up), with_head, n, up->parser->is_done());
                            });
@@ -859,7 +868,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void linger() {
-    in_.async_read_some(asio::buffer(a_buf(), kPumpBuffer), [self = shared_from_this()](error_code ec,
+    in_.async_read_some(asio::buffer(a_.for_read(), a_.size), [self = shared_from_this()](error_code ec,
                                                                                              std::size_t n) {
       self->lingered_ += n;
       if (ec || self->lingered_ > kLingerBytes) {
@@ -932,10 +941,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void pipe_read(UpstreamPtr up, bool to_upstream) {
-    char* buf = to_upstream ? a_buf() : b_buf();
+    PumpBuffer& pb = to_upstream ? a_ : b_;
+    char* buf = pb.for_read();
+    const std::size_t size = pb.size;
     auto on_read = [self = shared_from_this(), up, to_upstream, buf](error_code ec, std::size_t n) mutable {
       if (ec == asio::error::eof) return self->pipe_eof(std::move(up), to_upstream);
       if (ec) return self->pipe_failed(ec, std::move(up));
+      (to_upstream ? self->a_ : self->b_).read(n);
       auto on_write = [self, up, to_upstream](error_code ec, std::size_t) mutable {
         if (ec) return self->pipe_failed(ec, std::move(up));
         self->pipe_read(std::move(up), to_upstream);
@@ -948,8 +960,8 @@ class Session : public std::enable_shared_from_this<Session> {
         asio::async_write(self->in_, asio::buffer(buf, n), std::move(on_write));
       }
     };
-    if (to_upstream) in_.async_read_some(asio::buffer(buf, kPumpBuffer), std::move(on_read));
-    else up->io.async_read_some(asio::buffer(buf, kPumpBuffer), std::move(on_read));
+    if (to_upstream) in_.async_read_some(asio::buffer(buf, size), std::move(on_read));
+    else up->io.async_read_some(asio::buffer(buf, size), std::move(on_read));
   }
 
   void pipe_eof(UpstreamPtr up, bool to_upstream) {
@@ -981,14 +993,28 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // ---- buffers, timers and logging ----------------------------------------------
 
-  char* a_buf() {
-    if (!a_buf_) a_buf_.reset(new char[kPumpBuffer]);
-    return a_buf_.get();
-  }
-  char* b_buf() {
-    if (!b_buf_) b_buf_.reset(new char[kPumpBuffer]);
-    return b_buf_.get();
-  }
+  // One direction's body buffer: allocated on first use, grown between reads.
+  struct PumpBuffer {
+    std::unique_ptr<char[]> bytes;
+    std::size_t size = 0;
+    bool grow = false;
+    // Where the next read goes (growing first if the last read filled it).
+    char* for_read() {
+      if (!bytes || grow) {
+        size = bytes ? kPumpBufferBulk : kPumpBuffer;
+        bytes.reset(new char[size]);
+        grow = false;
+      }
+      return bytes.get();
+    }
+    char* data() { return bytes.get(); }
+    void read(std::size_t n) {
+      if (n == size && size < kPumpBufferBulk) grow = true;
+    }
+  };
+
+  char* a_buf() { return a_.data(); }
+  char* b_buf() { return b_.data(); }
 
   void arm_timer(std::chrono::seconds after) {
     timed_out_ = false;
@@ -1027,7 +1053,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string req_wire_, res_wire_;
   // Allocated on first use: most requests have no body, and a connection
   // that is only held open needs neither.
-  std::unique_ptr<char[]> a_buf_, b_buf_;
+  PumpBuffer a_, b_;  // a: inbound -> upstream, b: upstream -> inbound
   std::array<asio::const_buffer, 5> a_out_, b_out_;
   char a_chunk_[24] = {}, b_chunk_[24] = {};
 

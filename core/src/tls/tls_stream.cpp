@@ -2,6 +2,7 @@
 #include "clusterconnect/tls.hpp"
 
 #include "clusterconnect/tls_context.hpp"
+#include "clusterconnect/batching_stream.hpp"
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -31,22 +32,22 @@ using tcp = asio::ip::tcp;
 // its payload) are coalesced into one TLS record instead of one per buffer.
 constexpr std::size_t kGatherLimit = 16 * 1024;
 
+// TLS over a layer that sends the records of one write together: a 64 KiB
+// write leaves in one socket write, not four.
+using SslStream = asio::ssl::stream<BatchingStream<tcp::socket>>;
+
 class TlsStream final : public Stream, public std::enable_shared_from_this<TlsStream> {
  public:
   TlsStream(tcp::socket socket, std::shared_ptr<asio::ssl::context> context, std::string peer)
       : context_(std::move(context)), ssl_(std::move(socket), *context_), peer_(std::move(peer)) {}
 
-  asio::ssl::stream<tcp::socket>& ssl() noexcept { return ssl_; }
+  SslStream& ssl() noexcept { return ssl_; }
 
   asio::any_io_executor get_executor() override { return ssl_.get_executor(); }
 
   void async_read_some(asio::mutable_buffer buffer, IoHandler handler) override {
     asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
-      self->ssl_.async_read_some(buffer, [h = std::move(h)](error_code ec, std::size_t n) mutable {
-        // A peer that closes TCP without close_notify: see tls.hpp.
-        if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
-        h(ec, n);
-      });
+      self->read_more(buffer, 0, std::move(h));
     });
   }
 
@@ -82,7 +83,12 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
         asio::post(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(asio::error::shut_down, 0); });
         return;
       }
-      self->ssl_.async_write_some(out, std::move(h));
+      // The whole buffer, its records gathered into few socket writes.
+      self->ssl_.next_layer().begin_batch();
+      asio::async_write(self->ssl_, out, [self, h = std::move(h)](error_code ec, std::size_t n) mutable {
+        self->ssl_.next_layer().async_flush([h = std::move(h), n](error_code fec) mutable { h(fec, fec ? 0 : n); });
+        (void)ec;  // a failed record write fails the flush too
+      });
     });
   }
 
@@ -96,7 +102,7 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
     try {
       asio::dispatch(ssl_.get_executor(), [self = shared_from_this()] {
         error_code ignored;
-        self->ssl_.next_layer().close(ignored);
+        self->ssl_.lowest_layer().close(ignored);
       });
     } catch (...) {
       // Only allocation can throw here; the socket then closes with the stream.
@@ -106,6 +112,33 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   std::string describe() const override { return peer_; }
 
  private:
+  // One TLS record per read is what asio's stream gives; while more has
+  // already arrived (decrypted and waiting, or on the socket) and the buffer
+  // has room, read on, so a bulk transfer moves in large pieces and every
+  // hop after this one is woken once per piece rather than per record.
+  void read_more(asio::mutable_buffer buffer, std::size_t got, IoHandler h) {
+    ssl_.async_read_some(asio::buffer(buffer + got),
+                         [self = shared_from_this(), buffer, got, h = std::move(h)](error_code ec, std::size_t n) mutable {
+                           // A peer that closes TCP without close_notify: see tls.hpp.
+                           if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
+                           const std::size_t total = got + n;
+                           if (ec) return total > 0 ? h(error_code{}, total) : h(ec, 0);
+                           if (total < buffer.size() && self->more_ready()) return self->read_more(buffer, total, std::move(h));
+                           h(error_code{}, total);
+                         });
+  }
+
+  bool more_ready() {
+    if (SSL_pending(ssl_.native_handle()) > 0) return true;
+    error_code ec;
+    const std::size_t waiting = ssl_.lowest_layer().available(ec);
+    return !ec && waiting >= kReadOnAtLeast;
+  }
+
+  // A whole record's worth on the socket: less is more likely the tail of a
+  // response than the next piece of a transfer.
+  static constexpr std::size_t kReadOnAtLeast = 4 * 1024;
+
   // Sends close_notify, then a TCP FIN, keeping the read side open. Asio's
   // async_shutdown cannot be used: it waits for the peer's close_notify by
   // reading, which would race the stream's own outstanding read. So the alert
@@ -138,13 +171,13 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
     asio::async_write(ssl_.next_layer(), asio::buffer(alert_),
                       [self = shared_from_this(), h = std::move(handler)](error_code ec, std::size_t) mutable {
                         error_code ignored;
-                        self->ssl_.next_layer().shutdown(tcp::socket::shutdown_send, ignored);
+                        self->ssl_.lowest_layer().shutdown(tcp::socket::shutdown_send, ignored);
                         h(ec);
                       });
   }
 
   std::shared_ptr<asio::ssl::context> context_;  // outlives ssl_
-  asio::ssl::stream<tcp::socket> ssl_;
+  SslStream ssl_;
   std::string peer_;
   std::vector<char> gather_;
   std::vector<char> alert_;
@@ -187,7 +220,7 @@ class ConnectOp : public std::enable_shared_from_this<ConnectOp> {
         self->resolver_.cancel();
         error_code ignored;
         self->socket_.close(ignored);
-        if (self->stream_) self->stream_->ssl().next_layer().close(ignored);
+        if (self->stream_) self->stream_->ssl().lowest_layer().close(ignored);
       });
       // "[::1]" as written in URLs; the resolver wants the bare literal.
       std::string name = self->host_;
@@ -337,7 +370,7 @@ class TlsServerImpl final : public TlsServer, public std::enable_shared_from_thi
       if (ec) return;
       if (auto s = weak.lock()) {
         error_code ignored;
-        s->ssl().next_layer().close(ignored);
+        s->ssl().lowest_layer().close(ignored);
       }
     });
     asio::dispatch(ex, [self = shared_from_this(), stream, timer]() mutable {

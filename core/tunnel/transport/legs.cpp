@@ -12,7 +12,7 @@
 #include "clusterconnect/certificates.hpp"
 #include "clusterconnect/tls_context.hpp"
 #include "leg_base.hpp"
-#include "protocol/batching_stream.hpp"
+#include "clusterconnect/batching_stream.hpp"
 #include "protocol/stream_channel.hpp"
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous/preamble.hpp"
@@ -21,7 +21,7 @@ namespace clusterconnect::tunnel::transport {
 
 using tcp = asio::ip::tcp;
 // TLS over a layer that writes a message's records in few socket writes.
-using TlsSocket = asio::ssl::stream<tunnel::BatchingStream<tcp::socket>>;
+using TlsSocket = asio::ssl::stream<BatchingStream<tcp::socket>>;
 namespace rv = tunnel::rendezvous;
 
 namespace {

@@ -13,11 +13,11 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 
-#include "protocol/batching_stream.hpp"
+#include "clusterconnect/batching_stream.hpp"
 
 namespace asio = boost::asio;
 using boost::system::error_code;
-using clusterconnect::tunnel::BatchingStream;
+using clusterconnect::BatchingStream;
 
 namespace {
 

@@ -16,7 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/certificates.hpp"
-#include "protocol/batching_stream.hpp"
+#include "clusterconnect/batching_stream.hpp"
 #include "protocol/frame.hpp"
 #include "protocol/session.hpp"
 #include "protocol/stream_channel.hpp"

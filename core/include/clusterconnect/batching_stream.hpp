@@ -25,7 +25,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/system/error_code.hpp>
 
-namespace clusterconnect::tunnel {
+namespace clusterconnect {
 
 template <typename Next>
 class BatchingStream {
@@ -186,4 +186,4 @@ class BatchingStream {
   std::shared_ptr<State> state_;  // handlers keep it alive past a close
 };
 
-}  // namespace clusterconnect::tunnel
+}  // namespace clusterconnect
