@@ -416,7 +416,8 @@ for c in "${columns[@]}"; do wrk_run "$c" "$work/logs/warm-$c.txt" -t1 -c4 -d1s;
 if [ -n "$profile_dir" ]; then
   command -v perf >/dev/null || { apt-get install -y -qq linux-perf >/dev/null 2>&1 || die "perf is missing (Debian: linux-perf)"; }
   command -v strace >/dev/null || { apt-get install -y -qq strace >/dev/null 2>&1 || die "strace is missing"; }
-  "$here/profile.sh" "$profile_dir" "${URL[clusterconnect]}$small_path" "${TOKEN[clusterconnect]}" \
+  PROFILE_BULK_URL="${URL[clusterconnect]}$bulk_path" PROFILE_CA="${CA[clusterconnect]}" \
+    "$here/profile.sh" "$profile_dir" "${URL[clusterconnect]}$small_path" "${TOKEN[clusterconnect]}" \
     proxy="${PID[cc-proxy]}" relay="$(cat "$work/sb-nginx/pids/relay.pid")" agent="$(cat "$work/sb-nginx/pids/agent.pid")"
   exit 0
 fi

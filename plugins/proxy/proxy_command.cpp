@@ -196,7 +196,7 @@ CLI::App* ProxyCommand::add_to(CLI::App& root) noexcept try {
   sub->add_option("-o,--output", opts_.output, "Progress format on stderr: text or json (with --log-format json, every stderr line is JSON)")
       ->check(CLI::IsMember({"text", "json"}));
   sub->add_option("--auth-method", opts_.auth_method,
-                  "Sign-in: auto, client-secret, client-certificate, workload-identity, azure-cli, device-code")
+                  "Sign-in: auto, client-secret, client-certificate, workload-identity, github-actions, azure-cli, device-code")
       ->envname("CONNECTEDK8S_AUTH_METHOD")->capture_default_str();
   sub->add_option("--management-resource", opts_.management_resource,
                   "Token audience of the relay's management API (default: the one it publishes at /metadata/endpoints)")

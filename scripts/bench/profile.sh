@@ -6,7 +6,10 @@
 #
 #   profile.sh OUT_DIR URL TOKEN NAME=PID [NAME=PID...]
 #
-# URL is the small-request URL through the chain. Called by `bench.sh --profile`;
+# URL is the small-request URL through the chain. With PROFILE_BULK_URL (and
+# PROFILE_CA, the CA that verifies it) set, a bulk download through the chain is
+# profiled too: per process, syscalls and context switches per MiB, and where
+# the CPU goes (bulk-*.txt). Called by `bench.sh --profile`;
 # every run is bounded in time. Adds a uprobe on libc's malloc for the duration
 # and removes it afterwards.
 set -euo pipefail
@@ -112,4 +115,46 @@ for np in "$@"; do
   perf report -i "$out/perf-$name-dwarf.data" --children --percent-limit 3 --stdio -g caller,0.5,callee --max-stack 24 2>/dev/null \
     | grep -v '^$' | sed 's/ *$//' | cut -c1-200 | head -400 >"$out/perf-$name-callers.txt" || true
 done
+# A bulk download: what each process spends per MiB moved.
+if [ -n "${PROFILE_BULK_URL:-}" ]; then
+  bulk_sum="$out/bulk-summary.md"
+  {
+    echo "| process | syscalls / MiB | context switches / MiB | splice+recv+read / MiB | send+write / MiB |"
+    echo "|---|---|---|---|---|"
+  } >"$bulk_sum"
+  for np in "$@"; do
+    name="${np%%=*}" pid="${np#*=}"
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_splice,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg,syscalls:sys_enter_read,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_write,syscalls:sys_enter_writev \
+      -p "$pid" -o "$out/bulk-stat-$name.csv" -- sleep 30 &
+    stat_pid=$!
+    sleep 0.3
+    bytes="$(timeout 25 curl -s --http1.1 --cacert "$PROFILE_CA" "${hdr[@]}" -o /dev/null -w '%{size_download}' "$PROFILE_BULK_URL" || echo 0)"
+    kill -INT "$stat_pid" 2>/dev/null || true
+    wait "$stat_pid" 2>/dev/null || true
+    python3 - "$out/bulk-stat-$name.csv" "${bytes:-0}" "$name" >>"$bulk_sum" <<'PY'
+import sys
+counts = {}
+for line in open(sys.argv[1]):
+    parts = line.strip().split(",")
+    if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+        counts[parts[2]] = float(parts[0])
+mib = max(1.0, float(sys.argv[2]) / 2**20)
+g = lambda *ks: sum(counts.get(k, 0) for k in ks) / mib
+s = lambda n: "syscalls:sys_enter_" + n
+print(f"| {sys.argv[3]} | {g('raw_syscalls:sys_enter'):.1f} | {g('context-switches'):.1f} | "
+      f"{g(s('splice'), s('recvfrom'), s('recvmsg'), s('read')):.1f} | {g(s('sendto'), s('sendmsg'), s('write'), s('writev')):.1f} |")
+PY
+  done
+  perf record -q -e cpu-clock -F 1999 -g -p "$pids" -o "$out/bulk-perf.data" -- sleep 30 2>/dev/null &
+  rec_pid=$!
+  sleep 0.3
+  timeout 25 curl -s --http1.1 --cacert "$PROFILE_CA" "${hdr[@]}" -o /dev/null "$PROFILE_BULK_URL" || true
+  kill -INT "$rec_pid" 2>/dev/null || true
+  wait "$rec_pid" || true
+  {
+    echo "## by thread (tid:comm)"; report "$out/bulk-perf.data" --sort pid | head -12
+    echo; echo "## top symbols"; report "$out/bulk-perf.data" --sort pid,dso,symbol | head -80
+  } >"$out/bulk-perf-report.txt" || true
+  cat "$bulk_sum"
+fi
 cat "$summary"

@@ -55,8 +55,11 @@ class CredentialCapability {
  public:
   virtual ~CredentialCapability() = default;
   // `options`: {"method": "auto"|"client-secret"|"client-certificate"|
-  //   "workload-identity"|"azure-cli"|"device-code", "tenant_id", "client_id",
-  //   "authority", "ca_file", ...}; unset fields come from AZURE_* variables.
+  //   "workload-identity"|"github-actions"|"azure-cli"|"device-code",
+  //   "tenant_id", "client_id", "authority", "ca_file", ...} for Entra ID
+  //   (unset fields come from AZURE_* variables); each credential module
+  //   documents its own methods (OpenID Connect: client-credentials,
+  //   token-file, github-actions, device-code).
   virtual Result<std::shared_ptr<TokenCredential>> create(const nlohmann::json& options) noexcept = 0;
 };
 
