@@ -372,3 +372,26 @@ TEST_CASE(
   }
   listener->close();
 }
+
+TEST_CASE("replicas: a call to /$replica/accept without the replicas' secret is refused with 401",
+          "[relay][replicas][etcd][security]") {
+  if (!have_etcd()) return;
+  Replicas rs(1, 60);
+  ModuleHost agent_host{"tls"};
+  Agent agent;
+  auto listener = rs.listen(agent_host, agent, 0);
+  const std::string accept =
+      nlohmann::json{{"accept", {{"address", "tls://127.0.0.1:9"}, {"id", std::string(32, 'a')}}}}.dump();
+  const std::string body = nlohmann::json{
+      {"cluster",
+       "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/"
+       "sandbox/providers/microsoft.kubernetes/connectedclusters/demo"},
+      {"message", accept}}.dump();
+  for (const std::string header : {"", "-H 'X-Clusterconnect-Replica-Secret: not-the-secret'"}) {
+    auto r = run("curl -sS --max-time 5 -o /dev/null -w '%{http_code}' --cacert " + quote(rs.relays[0]->ca_file()) +
+                 " " + header + " -X POST https://" + rs.relays[0]->host() + "/\\$replica/accept -d " + quote(body));
+    CHECK(r.output == "401");
+  }
+  CHECK(rs.relays[0]->gauge("clusterconnect_relay_handshake_failures_total{reason=\"replica_auth\"}") == 2);
+  listener->close();
+}
