@@ -395,3 +395,24 @@ TEST_CASE("replicas: a call to /$replica/accept without the replicas' secret is 
   CHECK(rs.relays[0]->gauge("clusterconnect_relay_handshake_failures_total{reason=\"replica_auth\"}") == 2);
   listener->close();
 }
+
+TEST_CASE("replicas: on SIGTERM a replica's control channels move to another replica and connects keep working",
+          "[relay][replicas][etcd]") {
+  if (!have_etcd()) return;
+  Replicas rs(2, 60, true);
+  ModuleHost agent_host{"tls"}, client_host{"tls"};
+  Agent agent;
+  auto listener = rs.listen_balanced(agent_host, agent, 2);
+  const std::vector<unsigned> one_each{1, 1};
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2 && rs.spread() == one_each; }, 20s));
+  CHECK(rs.relays[0]->stop(SIGTERM) == 0);
+  // Its records went with it (not 60 s later), and its channel is back on the other.
+  CHECK(rs.etcd.count(members) == 1);
+  const std::vector<unsigned> moved{0, 2};
+  REQUIRE(wait_until([&] { return listener->status().tunnels_up == 2 && rs.spread() == moved; }, 20s));
+  auto client = client_host.transport().dial(rs.balanced_endpoint(),
+                                             [&] { return rs.balanced_token("connect", "connect-secret"); });
+  reach_agent(*client, 4096);
+  client->close();
+  listener->close();
+}
