@@ -144,18 +144,20 @@ void add_store_options(CLI::App& app, StoreFlags& flags) {
   app.add_option("--store-key-file", flags.key_file, "etcds://: client key (PEM) for etcd");
 }
 
+EtcdOptions etcd_options(const StoreFlags& flags) {
+  EtcdOptions o = parse_etcd_url(flags.url);
+  o.prefix = flags.prefix;
+  if (o.prefix.empty() || o.prefix.front() != '/') o.prefix = "/" + o.prefix;
+  if (o.prefix.back() != '/') o.prefix += '/';
+  o.ca_file = flags.ca_file;
+  o.cert_file = flags.cert_file;
+  o.key_file = flags.key_file;
+  return o;
+}
+
 std::shared_ptr<RegistryStore> open_store(const StoreFlags& flags, const std::string& config_file,
                                           std::shared_ptr<spdlog::logger> logger, RelayMetrics* metrics) {
-  if (!flags.url.empty()) {
-    EtcdOptions o = parse_etcd_url(flags.url);
-    o.prefix = flags.prefix;
-    if (o.prefix.empty() || o.prefix.front() != '/') o.prefix = "/" + o.prefix;
-    if (o.prefix.back() != '/') o.prefix += '/';
-    o.ca_file = flags.ca_file;
-    o.cert_file = flags.cert_file;
-    o.key_file = flags.key_file;
-    return make_etcd_store(std::move(o), std::move(logger), metrics);
-  }
+  if (!flags.url.empty()) return make_etcd_store(etcd_options(flags), std::move(logger), metrics);
   if (!config_file.empty()) return make_file_store(config_file, std::move(logger));
   return make_fixed_store(Registry{});
 }

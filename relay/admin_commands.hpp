@@ -17,6 +17,7 @@ namespace clusterconnect::relay {
 
 class RegistryStore;
 class RelayMetrics;
+struct EtcdOptions;
 
 struct StoreFlags {
   std::string url;  // etcd://… ; empty: the --config file
@@ -28,6 +29,9 @@ void add_store_options(CLI::App& app, StoreFlags& flags);
 void add_admin_commands(CLI::App& app, const StoreFlags& flags, const std::string& config_file);
 // Runs the subcommand the command line chose; the exit code.
 int run_admin_command(CLI::App& app, const StoreFlags& flags, const std::string& config_file, spdlog::logger& logger);
+
+// The etcd the flags name (--store etcd://…, its prefix and TLS files).
+EtcdOptions etcd_options(const StoreFlags& flags);
 
 // The store the flags name: etcd, else the configuration file, else an empty
 // fixed registry. Throws with a message naming the store.

@@ -25,6 +25,7 @@
 #include "rendezvous_book.hpp"
 #include "registry_store.hpp"
 #include "rendezvous_port.hpp"
+#include "replica_peers.hpp"
 #include "ws_pump.hpp"
 
 namespace clusterconnect::relay {
@@ -210,6 +211,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void handle_rendezvous_connect(const ClusterEntry* cluster, const std::string& token);
   void park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& host);
   void handle_listener_accept(std::map<std::string, std::string>& query);
+  // Another replica's request to announce a connect on a control channel here.
+  void handle_replica_accept();
   // A refused handshake: counted under `label`, one log line naming `what`.
   void refuse_handshake(std::string_view what, unsigned status, const std::string& label, std::string_view message);
   void refuse_listener(unsigned status, std::string message);
@@ -291,6 +294,17 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     rendezvous_ = std::move(port);
     rendezvous_address_ = "tls://" + advertise;
   }
+  void set_replicas(std::shared_ptr<ReplicaPeers> peers) override {
+    listeners_.on_count_change([weak = std::weak_ptr<ReplicaPeers>(peers)](const std::string& identity, std::size_t n) {
+      if (auto p = weak.lock()) p->channels_changed(identity, n);
+    });
+    std::lock_guard lock(mutex_);
+    replicas_ = std::move(peers);
+  }
+  std::shared_ptr<ReplicaPeers> replicas() const {
+    std::lock_guard lock(mutex_);
+    return replicas_;
+  }
   void close_control_channels(const std::string& reason) noexcept override {
     try {
       listeners_.close_all(1001, reason);
@@ -335,9 +349,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     if (auto* paired = std::get_if<RendezvousBook<std::shared_ptr<HttpConnection>>::Paired>(&r)) return std::move(paired->proxy);
     return nullptr;
   }
-  void ws_cancel(const std::string& id) {
+  // True when the sender was still waiting (it is the caller's to answer).
+  bool ws_cancel(const std::string& id) {
     std::lock_guard lock(ws_mutex_);
-    ws_book_.cancel(id);
+    return ws_book_.cancel(id).has_value();
   }
   void ws_expire() {
     std::vector<RendezvousBook<std::shared_ptr<HttpConnection>>::Expired> gone;
@@ -646,6 +661,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   ListenerRegistry listeners_{config_.limits.max_tunnels_per_cluster};
   std::shared_ptr<RendezvousPort> rendezvous_;
   std::string rendezvous_address_;
+  std::shared_ptr<ReplicaPeers> replicas_;
   RendezvousLimits ws_limits_;
   std::mutex ws_mutex_;
   RendezvousBook<std::shared_ptr<HttpConnection>> ws_book_{ws_limits_};
@@ -940,6 +956,7 @@ void HttpConnection::route() {
     if (front_->ready()) return respond(200, "text/plain", "ready\n");
     return respond(503, "text/plain", front_->draining() ? "draining\n" : "starting\n");
   }
+  if (req_.method() == http::verb::post && path == replica_accept_path) return handle_replica_accept();
   if (const ClusterEntry* cluster = http_mode_cluster(target)) return handle_hc_request(cluster);
   // /metrics names every cluster: it is served on the metrics listener only.
   handle_management();
@@ -994,7 +1011,10 @@ void HttpConnection::handle_tunnel() {
   // Hybrid Connections: a listener gets a control channel, a sender is
   // parked until one of the cluster's listeners accepts.
   if (action == "listen") return accept_control_channel(cluster, check.expiry, requested);
-  park_sender(cluster, token, "wss://" + host + "/$hc/" + hc);
+  // With replicas the accept address names this replica, where the parked
+  // sender is, not the load balancer in front of them all.
+  const auto peers = front_->replicas();
+  park_sender(cluster, token, "wss://" + (peers ? peers->advertise_host() : host) + "/$hc/" + hc);
 }
 
 void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry,
@@ -1007,6 +1027,14 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
   ws_.emplace(std::move(stream_));
   configure_upgrade(*ws_, {}, std::chrono::duration_cast<std::chrono::seconds>(front_->config().limits.idle_timeout));
   ws_->read_message_max(tunnel::rendezvous::max_control_message);
+  if (auto peers = front_->replicas()) {
+    // The replica id in the handshake: an agent behind one load-balanced
+    // address spreads its control channels over distinct replicas with it.
+    ws_->set_option(websocket::stream_base::decorator([id = peers->replica_id()](websocket::response_type& res) {
+      res.set(http::field::server, std::string("clusterconnect-relay/") + CLUSTERCONNECT_VERSION);
+      res.set(tunnel::rendezvous::replica_header, id);
+    }));
+  }
   // A renewal is checked against the registry as it is then: a rotated key
   // or a removed cluster refuses it.
   TokenVerifier verify = [front = front_, identity = cluster->identity(), requested](std::string_view t) {
@@ -1042,7 +1070,9 @@ void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster, cons
   };
   auto [port, address] = front_->rendezvous();
   if (!port) return refuse(404, "no_rendezvous", "this relay does not serve rendezvous; connect with a WebSocket tunnel");
-  if (front_->listeners().count(cluster) == 0)
+  const auto peers = front_->replicas();
+  const bool local = front_->listeners().count(cluster) > 0;
+  if (!local && !(peers && peers->remote_channel(cluster->identity())))
     return refuse(404, "no_agent", "no agent connected for cluster " + cluster->name + " (" + cluster->resource_id() + ")");
   std::string why;
   // Pending rendezvous are also counted per connect token (by its signature).
@@ -1061,14 +1091,53 @@ void HttpConnection::handle_rendezvous_connect(const ClusterEntry* cluster, cons
     if (!tls::is_public_key_pin(pin)) return refuse(400, "bad_proxy_key", "the proxy key pin is not 64 hex digits");
     accept.connect_headers.emplace(std::string(tunnel::rendezvous::proxy_key_pin_header), ascii_lowered(std::string(pin)));
   }
+  const auto ttl = std::chrono::duration_cast<std::chrono::seconds>(port->ttl()).count();
+  nlohmann::json body{{"rendezvous", {{"address", address}, {"ticket", ticket}, {"expiresInSeconds", ttl}}}};
+  if (!local) {
+    // The agents are on another replica: it announces the rendezvous, whose
+    // address is this replica's port, where the proxy's leg comes.
+    peers->forward_accept(cluster->identity(), tunnel::rendezvous::to_json(accept),
+                          [self = shared_from_this(), port, ticket, body = body.dump(), name = cluster->name,
+                           id = cluster->resource_id()](bool sent, std::string failure) {
+                            asio::dispatch(self->stream_.get_executor(), [=] {
+                              if (sent) return self->respond(200, "application/json", body);
+                              port->cancel(ticket);
+                              self->front_->metrics().open_failure("no_agent");
+                              self->front_->log().info("rendezvous connect from {} for {} not forwarded: {}", self->peer_, id,
+                                                       failure);
+                              self->respond_error(404, "no agent of cluster " + name + " (" + id + ") took the rendezvous; retry");
+                            });
+                          });
+    return;
+  }
   if (!front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(accept))) {
     port->cancel(ticket);
     return refuse(404, "no_agent", "no agent of cluster " + cluster->name + " (" + cluster->resource_id() +
                                        ") took the rendezvous; retry");
   }
-  const auto ttl = std::chrono::duration_cast<std::chrono::seconds>(port->ttl()).count();
-  nlohmann::json body{{"rendezvous", {{"address", address}, {"ticket", ticket}, {"expiresInSeconds", ttl}}}};
   respond(200, "application/json", body.dump());
+}
+
+void HttpConnection::handle_replica_accept() {
+  auto peers = front_->replicas();
+  auto refuse = [&](unsigned status, const std::string& label, std::string_view message) {
+    refuse_handshake("replica accept", status, label, message);
+  };
+  if (!peers) return refuse(404, "not_found", "this relay runs without replicas");
+  if (!peers->authentic(req_[replica_secret_header])) return refuse(401, "replica_auth", "not a replica of this relay");
+  auto body = nlohmann::json::parse(req_.body(), nullptr, false);
+  if (!body.is_object() || !body.contains("cluster") || !body["cluster"].is_string() || !body.contains("message") ||
+      !body["message"].is_string())
+    return refuse(400, "bad_request", "expected {\"cluster\": identity, \"message\": accept}");
+  const std::string message = body["message"].get<std::string>();
+  auto parsed = nlohmann::json::parse(message, nullptr, false);
+  if (!parsed.is_object() || !parsed.contains("accept")) return refuse(400, "bad_request", "the message is not an accept");
+  registry_ = front_->registry();
+  const ClusterEntry* cluster = registry_->cluster_by_identity(body["cluster"].get<std::string>());
+  if (!cluster) return refuse(404, "not_found", "no such cluster in the registry");
+  if (!front_->listeners().send_to_one(cluster, message))
+    return refuse(404, "no_agent", "no control channel of the cluster here took the rendezvous");
+  respond(200, "application/json", "{}");
 }
 
 void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string& token, const std::string& address) {
@@ -1077,7 +1146,9 @@ void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string&
     front_->log().info("connect from {} for {} refused ({}): {}", peer_, cluster->resource_id(), status, message);
     respond_error(status, message);
   };
-  if (front_->listeners().count(cluster) == 0)
+  const auto peers = front_->replicas();
+  const bool local = front_->listeners().count(cluster) > 0;
+  if (!local && !(peers && peers->remote_channel(cluster->identity())))
     return refuse(404, "no_agent", "no agent connected for cluster " + cluster->name + " (" + cluster->resource_id() + ")");
   tunnel::rendezvous::AcceptMessage accept;
   accept.id = tunnel::rendezvous::make_ticket();
@@ -1103,7 +1174,18 @@ void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string&
   auto sas = parse_sas_token(token);
   if (!front_->ws_open(accept.id, *cluster, sas ? sas->signature : token, shared_from_this(), why))
     return refuse(503, "rendezvous_limit", why);
-  if (!front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(accept))) {
+  if (!local) {
+    // The agents are on another replica: it announces the rendezvous, whose
+    // address is this replica, where the sender is parked.
+    peers->forward_accept(cluster->identity(), tunnel::rendezvous::to_json(accept),
+                          [self = shared_from_this(), id = accept.id, name = cluster->name,
+                           rid = cluster->resource_id()](bool sent, std::string failure) {
+                            if (sent || !self->front_->ws_cancel(id)) return;
+                            self->front_->metrics().open_failure("no_agent");
+                            self->front_->log().info("connect for {} not forwarded: {}", rid, failure);
+                            self->sender_refused(404, "no agent of cluster " + name + " (" + rid + ") took the rendezvous; retry");
+                          });
+  } else if (!front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(accept))) {
     front_->ws_cancel(accept.id);
     return refuse(404, "no_agent", "no agent of cluster " + cluster->name + " (" + cluster->resource_id() + ") took the rendezvous; retry");
   }

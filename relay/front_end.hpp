@@ -22,6 +22,7 @@ namespace clusterconnect::relay {
 
 class RendezvousPort;
 class RegistryStore;
+class ReplicaPeers;
 
 class FrontEnd {
  public:
@@ -43,6 +44,11 @@ class FrontEnd {
   // Serves rendezvous: a POST connect gets a ticket for `port`, announced to
   // one of the cluster's control channels as `tls://<advertise>`.
   virtual void set_rendezvous(std::shared_ptr<RendezvousPort> port, std::string advertise) = 0;
+  // Replicas (--store etcd): a connect for a cluster whose control channels
+  // are on another replica is announced there; accept addresses name this
+  // replica's advertised host; the listen handshake names this replica. Set
+  // before serving.
+  virtual void set_replicas(std::shared_ptr<ReplicaPeers> peers) = 0;
   // Closes every agent control channel and paired WebSocket (1001) with `reason`.
   virtual void close_control_channels(const std::string& reason) noexcept = 0;
   // Stops accepting connections and refuses handshakes still being read

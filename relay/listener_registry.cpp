@@ -6,6 +6,16 @@
 
 namespace clusterconnect::relay {
 
+void ListenerRegistry::on_count_change(CountObserver observer) {
+  std::lock_guard lock(mutex_);
+  observer_ = std::move(observer);
+}
+
+std::size_t ListenerRegistry::count_locked(const std::string& identity) const {
+  return static_cast<std::size_t>(
+      std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity; }));
+}
+
 std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink) {
   std::lock_guard lock(mutex_);
   std::erase_if(listeners_, [](const Listener& l) { return l.sink.expired(); });
@@ -13,12 +23,17 @@ std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, 
   const auto n = std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity; });
   if (static_cast<std::size_t>(n) >= max_per_cluster_) return std::nullopt;
   listeners_.push_back(Listener{next_id_, identity, cluster->hybrid_connection, std::move(sink), 0});
+  if (observer_) observer_(identity, static_cast<std::size_t>(n) + 1);
   return next_id_++;
 }
 
 void ListenerRegistry::remove(std::uint64_t id) {
   std::lock_guard lock(mutex_);
-  std::erase_if(listeners_, [&](const Listener& l) { return l.id == id; });
+  auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.id == id; });
+  if (it == listeners_.end()) return;
+  const std::string identity = it->identity;
+  listeners_.erase(it);
+  if (observer_) observer_(identity, count_locked(identity));
 }
 
 std::optional<std::uint64_t> ListenerRegistry::send_to_one(const ClusterEntry* cluster, const std::string& text,

@@ -34,6 +34,12 @@ class ListenerRegistry {
  public:
   explicit ListenerRegistry(std::size_t max_per_cluster) : max_per_cluster_(max_per_cluster) {}
 
+  // Told (under the registry's lock, so in order) how many listeners a
+  // cluster has after each add and remove: replicas publish it. It must not
+  // call back into the registry. Set before the first listener.
+  using CountObserver = std::function<void(const std::string& identity, std::size_t count)>;
+  void on_count_change(CountObserver observer);
+
   // A new listener for `cluster`: its id, or nothing when the cluster has
   // its maximum of listeners.
   std::optional<std::uint64_t> add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink);
@@ -62,7 +68,9 @@ class ListenerRegistry {
     std::weak_ptr<ControlChannelSink> sink;
     std::uint64_t last_used;  // 0: never
   };
+  std::size_t count_locked(const std::string& identity) const;
   std::size_t max_per_cluster_;
+  CountObserver observer_;
   mutable std::mutex mutex_;
   std::vector<Listener> listeners_;
   std::uint64_t next_id_ = 1;

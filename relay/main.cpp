@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <exception>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <thread>
 
@@ -27,6 +28,7 @@
 #include "management_api.hpp"
 #include "registry_store.hpp"
 #include "relay_config.hpp"
+#include "replica_directory.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::relay;
@@ -182,6 +184,14 @@ int main(int argc, char** argv) try {
   app.add_option("--drain-timeout", drain_timeout,
                  "Seconds after SIGTERM for control channels and paired WebSockets to finish closing (default 30)");
   app.add_option("--idle-timeout", idle_timeout, "Seconds a control channel may leave a ping unanswered (default 45)");
+  std::string advertise_url, replica_id;
+  unsigned replica_ttl = 10;
+  app.add_option("--advertise-url", advertise_url,
+                 "With --store etcd: https://HOST:PORT where other replicas and agents reach this replica (not the load "
+                 "balancer); accept addresses it hands out name HOST. Default: https:// and the public host");
+  app.add_option("--replica-id", replica_id, "With --store etcd: this replica's id (default: random)");
+  app.add_option("--replica-ttl", replica_ttl, "With --store etcd: seconds this replica's records outlive it (default 10)")
+      ->check(CLI::Range(2u, 300u));
   unsigned threads = 2;
   app.add_option("--threads", threads, "I/O threads")->check(CLI::Range(1u, 256u));
   StoreFlags store_flags;
@@ -248,6 +258,26 @@ int main(int argc, char** argv) try {
         "the management API needs public_host (--public-host HOST[:PORT]): the name clients dial, signed into every "
         "connect token");
   front.value()->set_management_api(make_relay_management_api(runtime, config_ptr, store, front.value(), *logger));
+  // Replicas: registered in etcd under a lease, before any agent can connect.
+  std::shared_ptr<ReplicaDirectory> replicas;
+  if (!store_flags.url.empty()) {
+    ReplicaOptions ro;
+    ro.id = replica_id;
+    ro.advertise_url = advertise_url.empty() ? "https://" + config.public_host : advertise_url;
+    if (advertise_url.empty() && config.public_host.empty())
+      throw std::runtime_error("--store etcd needs --advertise-url https://HOST:PORT (or --public-host): where other replicas reach this one");
+    std::string cert_pem = tls_files.cert_pem;
+    if (cert_pem.empty()) {
+      std::ifstream in(config.cert_file);
+      cert_pem.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    auto pin = tls::public_key_pin(cert_pem);
+    if (!pin) throw std::runtime_error("replicas: the pin of this relay's certificate: " + pin.error());
+    ro.key_pin = pin.value();
+    ro.ttl = std::chrono::seconds(replica_ttl);
+    replicas = ReplicaDirectory::start(etcd_options(store_flags), std::move(ro), logger);
+    front.value()->set_replicas(replicas);
+  }
   std::shared_ptr<RendezvousPort> rendezvous;
   if (!rendezvous_listen.empty()) {
     auto [raddress, rport] = split_listen(rendezvous_listen);
@@ -256,7 +286,10 @@ int main(int argc, char** argv) try {
     if (ec) throw std::runtime_error("--rendezvous-listen: '" + raddress + "' is not an IP address");
     RendezvousPortOptions ro;
     std::string advertise = rendezvous_advertise;
-    std::string host = advertise.empty() ? (config.public_host.empty() ? raddress : config.public_host) : advertise;
+    std::string host = !advertise.empty()          ? advertise
+                       : replicas                   ? replicas->advertise_host()
+                       : config.public_host.empty() ? raddress
+                                                    : config.public_host;
     if (auto colon = host.rfind(':'); colon != std::string::npos && host.find(':') == colon) host.erase(colon);
     if (host.empty() || host.find_first_of("[]:") != std::string::npos)
       throw std::runtime_error("--rendezvous-advertise: the host must be a DNS name or an IPv4 address, got '" + host + "'");
@@ -305,6 +338,9 @@ int main(int argc, char** argv) try {
   }
   front.value()->set_ready(false);
   front.value()->stop_accepting();
+  // Gone from etcd first: the other replicas stop routing here, and agents
+  // that reconnect through the load balancer land elsewhere.
+  if (replicas) replicas->withdraw();
   front.value()->close_control_channels("relay is shutting down");
   if (rendezvous) rendezvous->close();
   // Every control channel and paired WebSocket got a close frame; each ends

@@ -33,6 +33,10 @@ namespace clusterconnect::tunnel::rendezvous {
 // The connect request's header that carries the pin of the proxy's
 // ephemeral TLS key; the relay passes it to the agent in connectHeaders.
 inline constexpr std::string_view proxy_key_pin_header = "x-clusterconnect-proxy-key-pin";
+// In a listen handshake's response: the id of the relay replica that holds
+// the control channel (absent without replicas). An agent spreads its
+// control channels over distinct replicas with it.
+inline constexpr std::string_view replica_header = "x-clusterconnect-replica";
 
 // Azure Relay's limit for a control-channel message.
 inline constexpr std::size_t max_control_message = 64 * 1024;

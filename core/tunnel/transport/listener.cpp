@@ -5,6 +5,7 @@
 // inside, TLS as the client with the agent's key; the session that comes up
 // carries the proxy's streams to the agent until either end closes it.
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <random>
@@ -31,6 +32,9 @@ namespace rv = tunnel::rendezvous;
 // Rendezvous dialed at once; more accepts wait for none, they are refused
 // (the relay times the connect out and the proxy says so).
 constexpr std::size_t max_pending_legs = 256;
+// Reconnects of one control channel in a row to land on a replica none of
+// the others holds; after them it stays where it is.
+constexpr unsigned max_spread_tries = 8;
 
 std::optional<std::chrono::system_clock::time_point> token_expiry(const std::string& token) {
   auto t = parse_sas_token(token);
@@ -112,6 +116,7 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     std::string token;  // the one the channel holds
     bool connecting = false;
     unsigned failures = 0;
+    unsigned spread_tries = 0;  // reconnects in a row because the replica was taken
   };
 
   void connect(Slot& slot) {
@@ -154,7 +159,24 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
       else logger_->debug("control channel {}: {}", slot.index, reason);
       return retry_later(slot);
     }
-    logger_->info("control channel {} to {} is up", slot.index, options_.endpoint.url);
+    // Behind one load-balanced address, a channel that lands on a replica
+    // another of ours holds reconnects, a bounded number of times (there may
+    // be fewer replicas than channels), so one replica's loss takes only its
+    // share of them.
+    if (const std::string replica = channel->replica(); !replica.empty()) {
+      const bool taken = std::any_of(slots_.begin(), slots_.end(), [&](const std::unique_ptr<Slot>& other) {
+        return other.get() != &slot && other->channel && other->channel->replica() == replica;
+      });
+      if (taken && slot.spread_tries < max_spread_tries) {
+        ++slot.spread_tries;
+        logger_->debug("control channel {}: replica {} already holds one of ours; reconnecting", slot.index, replica);
+        channel->close();
+        return connect(slot);
+      }
+      slot.spread_tries = 0;
+    }
+    logger_->info("control channel {} to {} is up{}", slot.index, options_.endpoint.url,
+                  channel->replica().empty() ? std::string() : " (replica " + channel->replica() + ")");
     slot.failures = 0;
     slot.backoff = options_.backoff_initial;
     slot.channel = channel;

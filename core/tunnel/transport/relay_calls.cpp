@@ -17,7 +17,9 @@ namespace {
 class WsControlChannel final : public ControlChannel, public std::enable_shared_from_this<WsControlChannel> {
  public:
   using Ws = websocket::stream<TlsStream>;
-  WsControlChannel(Ws ws, asio::any_io_executor strand) : ws_(std::move(ws)), strand_(std::move(strand)) {}
+  WsControlChannel(Ws ws, asio::any_io_executor strand, std::string replica)
+      : ws_(std::move(ws)), strand_(std::move(strand)), replica_(std::move(replica)) {}
+  std::string replica() const override { return replica_; }
 
   void start(std::function<void(std::string)> on_message, std::function<void(std::string)> on_closed) override {
     asio::dispatch(strand_, [self = shared_from_this(), m = std::move(on_message), c = std::move(on_closed)]() mutable {
@@ -92,6 +94,7 @@ class WsControlChannel final : public ControlChannel, public std::enable_shared_
 
   Ws ws_;
   asio::any_io_executor strand_;
+  std::string replica_;
   beast::flat_buffer buffer_;
   std::deque<std::string> queue_;
   std::function<void(std::string)> on_message_;
@@ -144,7 +147,9 @@ class OpenControl : public std::enable_shared_from_this<OpenControl> {
                           if (ec == websocket::error::upgrade_declined)
                             return self->fail(refusal_code(self->res_.result()), describe_refusal(self->res_, "control channel"));
                           if (ec) return self->fail(ec, "WebSocket upgrade with " + self->target_.host_header + " failed: " + ec.message());
-                          auto channel = std::make_shared<WsControlChannel>(std::move(self->ws_), self->strand_);
+                          std::string replica(self->res_[rendezvous::replica_header]);
+                          if (replica.size() > 64) replica.clear();  // an id, not a payload
+                          auto channel = std::make_shared<WsControlChannel>(std::move(self->ws_), self->strand_, std::move(replica));
                           self->handler_({}, std::move(channel), {});
                         });
   }

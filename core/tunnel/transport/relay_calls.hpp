@@ -44,6 +44,9 @@ class ControlChannel {
   // Queues one text message (renewToken).
   virtual void send(std::string text) = 0;
   virtual void close() noexcept = 0;
+  // The relay replica that holds it, as its handshake named it (empty when
+  // the relay runs without replicas).
+  virtual std::string replica() const { return {}; }
 };
 
 using ControlHandler = UniqueFunction<void(error_code, std::shared_ptr<ControlChannel>, std::string /*reason*/)>;

@@ -129,6 +129,7 @@ class RelayProcess {
     throw std::runtime_error("relay not ready in 20 s:\n" + log());
   }
 
+  bool running() const { return pid_ > 0; }
   // Returns the exit status (or -1 when it had to be killed).
   int stop(int sig, std::chrono::seconds wait = std::chrono::seconds(15)) {
     if (pid_ <= 0) return -1;
