@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -16,6 +17,7 @@
 #include "agent_identity.hpp"
 #include "agent_manifests.hpp"
 #include "clusterconnect/certificates.hpp"
+#include "kube_client.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::onboarding;
@@ -113,4 +115,78 @@ TEST_CASE("the agent identity is an EC key whose pin the relay derives from agen
   REQUIRE(other);
   CHECK_FALSE(load_agent_identity(id->cert_pem, other->key_pem));
   CHECK(other->spki_der_base64 != id->spki_der_base64);
+}
+
+TEST_CASE("manifest objects become the JSON the API server takes, at their REST paths", "[onboarding]") {
+  auto id = create_agent_identity("a", 1);
+  REQUIRE(id);
+  AgentInstall install;
+  install.relay_url = "wss://r/$hc/x";
+  install.tenant = "00000000-0000-0000-0000-000000000000";
+  std::map<std::string, std::string> paths;
+  for (const auto& o : agent_objects(install, true)) {
+    auto j = object_json(o);
+    auto path = object_path(j);
+    REQUIRE(path);
+    paths[j["kind"].get<std::string>()] = path.value();
+    if (j["kind"] == "Deployment") {
+      CHECK(j["spec"]["replicas"] == 2);
+      // YAML 1.1 as kubectl reads it: 0440 is octal.
+      CHECK(j["spec"]["template"]["spec"]["volumes"][0]["secret"]["defaultMode"] == 0440);
+      // A quoted scalar stays a string, whatever it looks like.
+      for (const auto& e : j["spec"]["template"]["spec"]["containers"][0]["env"])
+        if (e["name"] == "TENANT_ID") CHECK(e["value"].is_string());
+    }
+  }
+  CHECK(paths["Namespace"] == "/api/v1/namespaces/clusterconnect");
+  CHECK(paths["ServiceAccount"] == "/api/v1/namespaces/clusterconnect/serviceaccounts/clusterconnect-agent");
+  CHECK(paths["Secret"].rfind("/api/v1/namespaces/clusterconnect/secrets/", 0) == 0);
+  CHECK(paths["ClusterRole"] == "/apis/rbac.authorization.k8s.io/v1/clusterroles/clusterconnect-agent-impersonator");
+  CHECK(paths["ClusterRoleBinding"] ==
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/clusterconnect-agent-impersonator");
+  CHECK(paths["Deployment"] == "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
+  CHECK_FALSE(object_path(nlohmann::json{{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", {{"name", "p"}}}}));
+}
+
+TEST_CASE("the kubeconfig's context gives the server, CA and credentials; what connect cannot use is refused",
+          "[onboarding]") {
+  TempDir dir;
+  std::ofstream(dir.path() / "ca.crt") << "CA-PEM";
+  std::ofstream(dir.path() / "kubeconfig") << R"(apiVersion: v1
+kind: Config
+current-context: a
+clusters:
+- name: ca
+  cluster: {server: "https://10.0.0.1:6443/", certificate-authority: ca.crt}
+- name: insecure
+  cluster: {server: "https://10.0.0.2:6443", insecure-skip-tls-verify: true}
+contexts:
+- name: a
+  context: {cluster: ca, user: certs}
+- name: b
+  context: {cluster: insecure, user: certs}
+- name: c
+  context: {cluster: ca, user: exec}
+users:
+- name: certs
+  user: {client-certificate-data: Q0VSVA==, client-key-data: S0VZ}
+- name: exec
+  user: {exec: {command: kubelogin}}
+)";
+  auto a = load_kube_target(dir.path() / "kubeconfig", "");
+  REQUIRE(a);
+  CHECK(a->context == "a");
+  CHECK(a->server == "https://10.0.0.1:6443");
+  CHECK(a->ca_pem == "CA-PEM");
+  CHECK(a->client_cert_pem == "CERT");
+  CHECK(a->client_key_pem == "KEY");
+  auto b = load_kube_target(dir.path() / "kubeconfig", "b");
+  REQUIRE_FALSE(b);
+  CHECK_THAT(b.error(), Catch::Contains("insecure-skip-tls-verify"));
+  auto c = load_kube_target(dir.path() / "kubeconfig", "c");
+  REQUIRE_FALSE(c);
+  CHECK_THAT(c.error(), Catch::Contains("exec"));
+  auto none = load_kube_target(dir.path() / "kubeconfig", "nope");
+  REQUIRE_FALSE(none);
+  CHECK_THAT(none.error(), Catch::Contains("nope"));
 }
