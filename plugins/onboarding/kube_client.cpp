@@ -4,16 +4,15 @@
 #include <cstdlib>
 #include <memory>
 
-#include <curl/curl.h>
 #include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
 #include "clusterconnect/certificates.hpp"
+#include "https_request.hpp"
 
 namespace clusterconnect::onboarding {
 namespace {
 
-constexpr std::size_t max_response = 4 * 1024 * 1024;
 constexpr std::size_t max_kubeconfig = 1024 * 1024;
 
 std::optional<std::string> base64_decode(const std::string& in) {
@@ -55,67 +54,19 @@ Result<std::string> material(const YAML::Node& n, const std::string& field, cons
   return std::string();
 }
 
-struct Response {
-  long status = 0;
-  std::string body;
-};
-
-size_t collect(char* data, size_t size, size_t n, void* out) {
-  auto* body = static_cast<std::string*>(out);
-  if (body->size() + size * n > max_response) return 0;
-  body->append(data, size * n);
-  return size * n;
-}
-
-Result<Response> request(const KubeTarget& t, const std::string& method, const std::string& path, const std::string& body,
-                         const std::string& content_type) {
-  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> c(curl_easy_init(), &curl_easy_cleanup);
-  if (!c) return fail("cannot start an HTTP client");
-  char err[CURL_ERROR_SIZE] = {0};
-  Response r;
-  const std::string url = t.server + path;
-  curl_easy_setopt(c.get(), CURLOPT_URL, url.c_str());
-  curl_easy_setopt(c.get(), CURLOPT_ERRORBUFFER, err);
-  curl_easy_setopt(c.get(), CURLOPT_CONNECTTIMEOUT, 10L);
-  curl_easy_setopt(c.get(), CURLOPT_TIMEOUT, 30L);
-  curl_easy_setopt(c.get(), CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c.get(), CURLOPT_PROTOCOLS_STR, "https");
-  curl_easy_setopt(c.get(), CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(c.get(), CURLOPT_SSL_VERIFYHOST, 2L);
-  curl_blob ca{const_cast<char*>(t.ca_pem.data()), t.ca_pem.size(), CURL_BLOB_NOCOPY};
-  if (!t.ca_pem.empty()) curl_easy_setopt(c.get(), CURLOPT_CAINFO_BLOB, &ca);
-  curl_blob cert{const_cast<char*>(t.client_cert_pem.data()), t.client_cert_pem.size(), CURL_BLOB_NOCOPY};
-  curl_blob key{const_cast<char*>(t.client_key_pem.data()), t.client_key_pem.size(), CURL_BLOB_NOCOPY};
-  if (!t.client_cert_pem.empty()) {
-    curl_easy_setopt(c.get(), CURLOPT_SSLCERT_BLOB, &cert);
-    curl_easy_setopt(c.get(), CURLOPT_SSLKEY_BLOB, &key);
-  }
-  curl_slist* headers = nullptr;
-  const std::string auth = "Authorization: Bearer " + t.token;
-  if (!t.token.empty()) headers = curl_slist_append(headers, auth.c_str());
-  headers = curl_slist_append(headers, "Accept: application/json");
-  const std::string ct = "Content-Type: " + content_type;
-  if (!content_type.empty()) headers = curl_slist_append(headers, ct.c_str());
-  std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> owned(headers, &curl_slist_free_all);
-  curl_easy_setopt(c.get(), CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(c.get(), CURLOPT_CUSTOMREQUEST, method.c_str());
-  if (method != "GET") {
-    curl_easy_setopt(c.get(), CURLOPT_POSTFIELDS, body.data());
-    curl_easy_setopt(c.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
-  }
-  curl_easy_setopt(c.get(), CURLOPT_WRITEFUNCTION, &collect);
-  curl_easy_setopt(c.get(), CURLOPT_WRITEDATA, &r.body);
-  if (CURLcode rc = curl_easy_perform(c.get()); rc != CURLE_OK)
-    return fail("the API server " + t.server + " (context " + t.context + "): " + (err[0] ? err : curl_easy_strerror(rc)));
-  curl_easy_getinfo(c.get(), CURLINFO_RESPONSE_CODE, &r.status);
-  return r;
-}
-
 // The API server's Status message, or the status code.
-std::string status_message(const Response& r) {
+std::string status_message(const HttpsResponse& r) {
   auto j = nlohmann::json::parse(r.body, nullptr, false);
   if (j.is_object() && j.contains("message") && j["message"].is_string()) return j["message"].get<std::string>();
   return "HTTP " + std::to_string(r.status);
+}
+
+Result<HttpsResponse> request(const KubeTarget& t, const std::string& method, const std::string& path,
+                              const std::string& body, const std::string& content_type) {
+  HttpsRequest r{method, t.server + path, body, content_type, t.token, t.ca_pem, "", t.client_cert_pem, t.client_key_pem};
+  auto got = https_request(r);
+  if (!got) return fail("the API server " + t.server + " (context " + t.context + "): " + got.error());
+  return got;
 }
 
 nlohmann::json scalar_json(const YAML::Node& n) {

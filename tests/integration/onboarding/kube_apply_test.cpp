@@ -69,13 +69,8 @@ struct StandInApiServer {
 };
 
 std::vector<nlohmann::json> installable(const AgentInstall& install) {
-  // The stand-in serves core objects only: Namespace, Secret, ConfigMap.
   std::vector<nlohmann::json> out;
-  for (const auto& o : agent_objects(install, false)) {
-    auto j = object_json(o);
-    const auto kind = j["kind"].get<std::string>();
-    if (kind == "Namespace" || kind == "Secret" || kind == "ConfigMap") out.push_back(j);
-  }
+  for (const auto& o : agent_objects(install, false)) out.push_back(object_json(o));
   return out;
 }
 
@@ -97,7 +92,7 @@ TEST_CASE("connect applies its objects with the kubeconfig's credentials; applyi
   install.agent_cert_pem = id->cert_pem;
   install.agent_key_pem = id->key_pem;
   auto objects = installable(install);
-  REQUIRE(objects.size() == 4);
+  REQUIRE(objects.size() == 8);
   for (const auto& o : objects) {
     auto applied = apply_object(target.value(), o);
     INFO(o["kind"].get<std::string>());
@@ -122,6 +117,14 @@ TEST_CASE("connect applies its objects with the kubeconfig's credentials; applyi
   REQUIRE(listen);
   REQUIRE(listen->has_value());
   CHECK(secret_data(**listen, "listen.key") == std::optional<std::string>("second-listen-key"));
+
+  auto deployment = get_object(target.value(), "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
+  REQUIRE(deployment);
+  REQUIRE(deployment->has_value());
+  CHECK((**deployment)["spec"]["replicas"] == 2);
+  auto binding = get_object(target.value(), "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/clusterconnect-agent-impersonator");
+  REQUIRE(binding);
+  CHECK(binding->has_value());
 
   auto absent = get_object(target.value(), "/api/v1/namespaces/clusterconnect/secrets/nothing-here");
   REQUIRE(absent);

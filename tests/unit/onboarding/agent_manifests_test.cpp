@@ -17,6 +17,7 @@
 #include "agent_identity.hpp"
 #include "agent_manifests.hpp"
 #include "clusterconnect/certificates.hpp"
+#include "connected_clusters.hpp"
 #include "kube_client.hpp"
 
 using namespace clusterconnect;
@@ -189,4 +190,18 @@ users:
   auto none = load_kube_target(dir.path() / "kubeconfig", "nope");
   REQUIRE_FALSE(none);
   CHECK_THAT(none.error(), Catch::Contains("nope"));
+}
+
+TEST_CASE("listKeys' connection string gives the relay, the key and the hybrid connection", "[onboarding]") {
+  auto k = parse_connection_string(
+      "Endpoint=sb://relay.example:8443/;SharedAccessKeyName=listen;SharedAccessKey=abc=;EntityPath=clusters/s/g/n");
+  REQUIRE(k);
+  CHECK(k->relay == "relay.example:8443");
+  CHECK(k->key_name == "listen");
+  CHECK(k->key == "abc=");
+  CHECK(k->entity_path == "clusters/s/g/n");
+  CHECK_FALSE(parse_connection_string("Endpoint=https://relay.example/;SharedAccessKeyName=l;SharedAccessKey=k;EntityPath=e"));
+  CHECK_FALSE(parse_connection_string("Endpoint=sb://relay.example/;SharedAccessKeyName=l;EntityPath=e"));
+  CHECK(ClusterId{"s", "my group", "n"}.resource_id() ==
+        "/subscriptions/s/resourceGroups/my%20group/providers/Microsoft.Kubernetes/connectedClusters/n");
 }
