@@ -22,7 +22,12 @@ struct ConnectOptions {
   std::string location = "local";
   std::string tenant;
   std::string image;
-  std::string relay_ca_file;
+  std::string ca_file;            // CA bundle for the relay (management API, and the agent's relay-ca)
+  std::string authority_ca_file;  // CA bundle for the identity provider
+  std::string auth_method = "auto";
+  std::string management_resource;  // empty: the relay's, from /metadata/endpoints
+  unsigned timeout_seconds = 300;    // for connectivityStatus: Connected; 0: do not wait
+  bool allow_http_loopback_authority = false;
   bool dry_run = false;
   bool show_secrets = false;
   std::string output = "yaml";
@@ -35,6 +40,7 @@ class ConnectCommand final : public CommandCapability {
   int run() noexcept override;
 
  private:
+  int connect();
   HostServices& host_;
   ConnectOptions opts_;
 };
