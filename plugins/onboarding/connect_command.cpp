@@ -11,10 +11,7 @@
 
 #include "agent_identity.hpp"
 #include "agent_manifests.hpp"
-#include "clusterconnect/arm_audience.hpp"
 #include "clusterconnect/certificates.hpp"
-#include "clusterconnect/credential.hpp"
-#include "clusterconnect/registry.hpp"
 #include "connected_clusters.hpp"
 #include "kube_client.hpp"
 
@@ -54,27 +51,13 @@ CLI::App* ConnectCommand::add_to(CLI::App& root) noexcept {
     sub->add_option("-n,--name", opts_.name, "Name of the connected cluster")->required();
     sub->add_option("-g,--resource-group", opts_.resource_group, "Resource group of the connected cluster")->required();
     sub->add_option("--subscription", opts_.subscription, "Subscription ID")->envname("AZURE_SUBSCRIPTION_ID");
-    sub->add_option("--endpoint", opts_.endpoint, "Relay management endpoint, https://HOST[:PORT]")
-        ->envname("CONNECTEDK8S_ENDPOINT");
+    add_sign_in_options(*sub, opts_.sign_in);
     sub->add_option("--kube-context", opts_.kube_context, "Kubeconfig context of the cluster (default: the current one)");
     sub->add_option("--kubeconfig", opts_.kubeconfig, "Kubeconfig file (default: $KUBECONFIG's first path, else ~/.kube/config)");
     sub->add_option("-l,--location", opts_.location, "Location of the resource: the relay's (its management.location)")
         ->capture_default_str();
     sub->add_option("--tenant", opts_.tenant, "Entra tenant whose tokens the agent accepts")->envname("AZURE_TENANT_ID");
     sub->add_option("--image", opts_.image, "Agent image (default: the manifest's)");
-    sub->add_option("--ca-file", opts_.ca_file,
-                    "CA bundle that verifies the relay: for this command, and installed for the agent (relay-ca)")
-        ->envname("CONNECTEDK8S_CA_FILE");
-    sub->add_option("--authority-ca-file", opts_.authority_ca_file, "CA bundle that verifies the identity provider")
-        ->envname("CONNECTEDK8S_AUTHORITY_CA_FILE");
-    sub->add_option("--auth-method", opts_.auth_method,
-                    "Sign-in: auto, client-secret, client-certificate, workload-identity, azure-cli, device-code")
-        ->envname("CONNECTEDK8S_AUTH_METHOD")
-        ->capture_default_str();
-    sub->add_option("--management-resource", opts_.management_resource,
-                    "Token audience of the relay's management API (default: the one it publishes)");
-    sub->add_flag("--allow-http-loopback-authority", opts_.allow_http_loopback_authority,
-                  "Allow an http:// identity provider on loopback (tests and sandboxes)");
     sub->add_option("--timeout", opts_.timeout_seconds,
                     "Seconds to wait for the agent to connect (connectivityStatus Connected); 0: do not wait")
         ->capture_default_str();
@@ -96,8 +79,8 @@ int ConnectCommand::run() noexcept {
       return 2;
     }
     std::string relay_ca;
-    if (!opts_.ca_file.empty()) {
-      auto ca = tls::read_small_file(opts_.ca_file);
+    if (!opts_.sign_in.ca_file.empty()) {
+      auto ca = tls::read_small_file(opts_.sign_in.ca_file);
       if (!ca) return failed("--ca-file: " + ca.error());
       relay_ca = ca.value();
     }
@@ -105,7 +88,7 @@ int ConnectCommand::run() noexcept {
     auto identity = create_agent_identity("clusterconnect-agent " + opts_.name, 365);
     if (!identity) return failed(identity.error());
     AgentInstall install;
-    const std::string host = opts_.endpoint.empty() ? "RELAY_HOST" : host_of(opts_.endpoint);
+    const std::string host = opts_.sign_in.endpoint.empty() ? "RELAY_HOST" : host_of(opts_.sign_in.endpoint);
     install.relay_url = "wss://" + host + "/$hc/clusters/" + opts_.subscription + "/" + opts_.resource_group + "/" + opts_.name;
     install.tenant = opts_.tenant;
     install.image = opts_.image;
@@ -123,7 +106,7 @@ int ConnectCommand::run() noexcept {
 }
 
 int ConnectCommand::connect() {
-  if (opts_.endpoint.empty()) return failed("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
+  if (opts_.sign_in.endpoint.empty()) return failed("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
   const ClusterId id{opts_.subscription, opts_.resource_group, opts_.name};
 
   // 1. The cluster, with the kubeconfig's own credentials.
@@ -151,25 +134,9 @@ int ConnectCommand::connect() {
   }
 
   // 3. Sign in for the relay's management API (its own audience, never ARM's).
-  auto credential_cap = host_.capabilities().credential("entra");
-  if (!credential_cap) return failed("no credential module (credential:entra) is loaded; see 'connectedk8s plugin list'");
-  nlohmann::json cred_options{{"method", opts_.auth_method},
-                              {"allow_http_loopback", opts_.allow_http_loopback_authority},
-                              {"ca_file", opts_.authority_ca_file},
-                              {"device_code_prompt", "text"}};
-  auto credential = credential_cap->create(cred_options);
-  if (!credential) return failed(credential.error());
-  if (opts_.management_resource.empty()) {
-    auto audience = management_audience(opts_.endpoint, opts_.ca_file);
-    if (!audience) return failed(audience.error());
-    opts_.management_resource = audience.value();
-  } else if (is_arm_audience(opts_.management_resource)) {
-    return failed("--management-resource " + opts_.management_resource +
-                  " is Azure Resource Manager's audience; use the relay's application ID (leave the option out to ask the relay)");
-  }
-  auto token = credential.value()->get_token(opts_.management_resource);
-  if (!token) return failed(token.error());
-  ManagementTarget management{opts_.endpoint, opts_.ca_file, token->token};
+  auto signed_in = sign_in(host_, opts_.sign_in);
+  if (!signed_in) return failed(signed_in.error());
+  const ManagementTarget& management = signed_in.value();
 
   // 4. Register (PUT is create-or-update) and fetch the listen key.
   nlohmann::json body{{"location", opts_.location},
@@ -189,8 +156,8 @@ int ConnectCommand::connect() {
   install.listen_key = listen->key;
   install.agent_cert_pem = identity->cert_pem;
   install.agent_key_pem = identity->key_pem;
-  if (!opts_.ca_file.empty()) {
-    auto ca = tls::read_small_file(opts_.ca_file);
+  if (!opts_.sign_in.ca_file.empty()) {
+    auto ca = tls::read_small_file(opts_.sign_in.ca_file);
     if (!ca) return failed("--ca-file: " + ca.error());
     install.relay_ca_pem = ca.value();
   }

@@ -9,6 +9,7 @@
 
 #include "clusterconnect/command.hpp"
 #include "clusterconnect/host.hpp"
+#include "sign_in.hpp"
 
 namespace clusterconnect::onboarding {
 
@@ -16,18 +17,13 @@ struct ConnectOptions {
   std::string name;
   std::string resource_group;
   std::string subscription;
-  std::string endpoint;  // relay management endpoint, https://HOST[:PORT]
   std::string kube_context;
   std::string kubeconfig;
   std::string location = "local";
   std::string tenant;
   std::string image;
-  std::string ca_file;            // CA bundle for the relay (management API, and the agent's relay-ca)
-  std::string authority_ca_file;  // CA bundle for the identity provider
-  std::string auth_method = "auto";
-  std::string management_resource;  // empty: the relay's, from /metadata/endpoints
+  SignInOptions sign_in;  // its ca_file is also installed as the agent's relay-ca
   unsigned timeout_seconds = 300;    // for connectivityStatus: Connected; 0: do not wait
-  bool allow_http_loopback_authority = false;
   bool dry_run = false;
   bool show_secrets = false;
   std::string output = "yaml";

@@ -106,6 +106,19 @@ Result<std::optional<nlohmann::json>> get_cluster(const ManagementTarget& m, con
   return std::optional<nlohmann::json>(std::move(j));
 }
 
+Result<nlohmann::json> list_clusters(const ManagementTarget& m, const std::string& subscription,
+                                     const std::string& resource_group) {
+  std::string path = "/subscriptions/" + percent_encode(subscription);
+  if (!resource_group.empty()) path += "/resourceGroups/" + percent_encode(resource_group);
+  auto r = call(m, "GET", path + "/providers/Microsoft.Kubernetes/connectedClusters");
+  if (!r) return fail(r.error());
+  if (r->status != 200) return fail("listing connected clusters: " + arm_error(r.value()));
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (!j.is_object() || !j.contains("value") || !j["value"].is_array())
+    return fail("listing connected clusters: the relay's answer is not a list");
+  return j["value"];
+}
+
 Result<bool> delete_cluster(const ManagementTarget& m, const ClusterId& id) {
   auto r = call(m, "DELETE", id.resource_id());
   if (!r) return fail(r.error());

@@ -43,6 +43,10 @@ Result<nlohmann::json> put_cluster(const ManagementTarget& m, const ClusterId& i
 Result<ListenKey> list_keys(const ManagementTarget& m, const ClusterId& id);
 // GET: the resource, or nullopt on 404 ResourceNotFound.
 Result<std::optional<nlohmann::json>> get_cluster(const ManagementTarget& m, const ClusterId& id);
+// GET of the clusters the caller may read in a subscription, or one of its
+// resource groups when `resource_group` is not empty (ARM's list, one page).
+Result<nlohmann::json> list_clusters(const ManagementTarget& m, const std::string& subscription,
+                                     const std::string& resource_group);
 // DELETE: true when it existed (200), false when there was none (204).
 Result<bool> delete_cluster(const ManagementTarget& m, const ClusterId& id);
 

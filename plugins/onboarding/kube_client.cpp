@@ -192,6 +192,14 @@ Result<void> apply_object(const KubeTarget& target, const nlohmann::json& object
   return {};
 }
 
+Result<bool> delete_object(const KubeTarget& target, const std::string& path) {
+  auto r = request(target, "DELETE", path, "", "");
+  if (!r) return fail(r.error());
+  if (r->status == 404) return false;
+  if (r->status != 200 && r->status != 202) return fail("DELETE " + path + ": " + status_message(r.value()));
+  return true;
+}
+
 std::optional<std::string> secret_data(const nlohmann::json& secret, const std::string& key) {
   if (!secret.is_object() || !secret.contains("data") || !secret["data"].is_object() || !secret["data"].contains(key) ||
       !secret["data"][key].is_string())

@@ -45,6 +45,9 @@ Result<void> apply_object(const KubeTarget& target, const nlohmann::json& object
 // GET of a path: the object, or nullopt on 404.
 Result<std::optional<nlohmann::json>> get_object(const KubeTarget& target, const std::string& path);
 
+// DELETE of a path: true when it was there, false when it was not (404).
+Result<bool> delete_object(const KubeTarget& target, const std::string& path);
+
 // A Secret's data[key], decoded (nullopt when absent or not base64).
 std::optional<std::string> secret_data(const nlohmann::json& secret, const std::string& key);
 

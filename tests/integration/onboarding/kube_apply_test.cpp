@@ -129,6 +129,22 @@ TEST_CASE("connect applies its objects with the kubeconfig's credentials; applyi
   auto absent = get_object(target.value(), "/api/v1/namespaces/clusterconnect/secrets/nothing-here");
   REQUIRE(absent);
   CHECK_FALSE(absent->has_value());
+
+  // What `connectedk8s delete` does on the cluster's side: every object, then nothing left.
+  for (auto it = objects.rbegin(); it != objects.rend(); ++it) {
+    auto path = object_path(*it);
+    REQUIRE(path);
+    auto gone = delete_object(target.value(), path.value());
+    INFO(path.value());
+    REQUIRE(gone);
+    CHECK(gone.value());
+    auto again = delete_object(target.value(), path.value());
+    REQUIRE(again);
+    CHECK_FALSE(again.value());
+  }
+  auto after = get_object(target.value(), "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
+  REQUIRE(after);
+  CHECK_FALSE(after->has_value());
 }
 
 TEST_CASE("the API server's refusal is reported in its words", "[onboarding][integration]") {
