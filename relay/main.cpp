@@ -122,11 +122,13 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
     for (const auto& a : ra) {
       if (!a.is_object() || !a.contains("scope") || !a["scope"].is_string() || !a.contains("principal") ||
           !a["principal"].is_string() || !a.contains("role") || !a["role"].is_string())
-        throw std::runtime_error("management.role_assignments entries are {\"scope\", \"principal\", \"role\"} strings");
+        throw std::runtime_error(
+            "management.role_assignments entries are {\"scope\", \"principal\", \"role\"} strings");
       ManagementOptions::ScopedRoleAssignment s{a["scope"].get<std::string>(), a["principal"].get<std::string>(),
                                                 a["role"].get<std::string>()};
       const auto slash = std::count(s.scope.begin(), s.scope.end(), '/');
-      if (s.scope.rfind("/subscriptions/", 0) != 0 || (slash != 2 && !(slash == 4 && s.scope.find("/resourceGroups/") != std::string::npos)))
+      if (s.scope.rfind("/subscriptions/", 0) != 0 ||
+          (slash != 2 && !(slash == 4 && s.scope.find("/resourceGroups/") != std::string::npos)))
         throw std::runtime_error("management.role_assignments scope \"" + s.scope +
                                  "\" must be /subscriptions/{id} or /subscriptions/{id}/resourceGroups/{name}");
       if (!store->snapshot()->role(s.role))
@@ -141,12 +143,13 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
       throw std::runtime_error("management.token_lifetime_seconds must be between 30 and 86400");
     options.token_lifetime = std::chrono::seconds(t.get<std::uint64_t>());
   }
-  return make_management_api(store, options, std::move(authenticator),
-                             [front](const std::string& hc) -> unsigned {
-                               auto f = front.lock();
-                               return f ? f->listeners(hc) : 0u;
-                             },
-                             runtime.logger());
+  return make_management_api(
+      store, options, std::move(authenticator),
+      [front](const std::string& hc) -> unsigned {
+        auto f = front.lock();
+        return f ? f->listeners(hc) : 0u;
+      },
+      runtime.logger());
 }
 
 std::pair<std::string, unsigned short> split_listen(const std::string& s) {

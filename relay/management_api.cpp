@@ -13,10 +13,10 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
+#include "admin_commands.hpp"
 #include "clusterconnect/ascii.hpp"
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/url.hpp"
-#include "admin_commands.hpp"
 #include "registry_store.hpp"
 #include "relay_config.hpp"
 
@@ -200,9 +200,9 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
       return respond(arm_error(503, "ServiceUnavailable", "the relay has no public_host configured; it cannot issue connect tokens"));
     auto self = shared_from_this();
     authenticator_->async_authenticate(
-        std::move(token), [self, arm = *arm, list_credential, list_keys, write, method = request.method,
-                           body = std::move(request.body), host = std::move(host),
-                           respond = std::move(respond)](AuthOutcome outcome) mutable {
+        std::move(token),
+        [self, arm = *arm, list_credential, list_keys, write, method = request.method, body = std::move(request.body),
+         host = std::move(host), respond = std::move(respond)](AuthOutcome outcome) mutable {
           if (outcome.ok() && (write || list_keys))
             return self->writer(outcome.identity, arm, method, list_keys, body, host, std::move(respond));
           respond(self->authorized(outcome, arm, list_credential, body, host));
@@ -225,17 +225,20 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     // when the caller is known.
     const auto snapshot = registry_();
     const Registry& reg = *snapshot;
-    const bool subscription_known = std::any_of(reg.clusters.begin(), reg.clusters.end(), [&](const ClusterEntry& c) {
-      return ascii_iequals(c.subscription, arm.subscription);
-    }) || scope_known("/subscriptions/" + arm.subscription);
+    const bool subscription_known =
+        std::any_of(reg.clusters.begin(), reg.clusters.end(),
+                    [&](const ClusterEntry& c) { return ascii_iequals(c.subscription, arm.subscription); }) ||
+        scope_known("/subscriptions/" + arm.subscription);
     if (!subscription_known)
       return arm_error(404, "SubscriptionNotFound", "The subscription '" + arm.subscription + "' could not be found.");
-    const bool group_known = arm.resource_group.empty() ||
-                             std::any_of(reg.clusters.begin(), reg.clusters.end(), [&](const ClusterEntry& c) {
-                               return ascii_iequals(c.subscription, arm.subscription) &&
-                                      ascii_iequals(c.resource_group, arm.resource_group);
-                             }) ||
-                             scope_known("/subscriptions/" + arm.subscription + "/resourceGroups/" + arm.resource_group);
+    const bool group_known =
+        arm.resource_group.empty() ||
+        std::any_of(reg.clusters.begin(), reg.clusters.end(),
+                    [&](const ClusterEntry& c) {
+                      return ascii_iequals(c.subscription, arm.subscription) &&
+                             ascii_iequals(c.resource_group, arm.resource_group);
+                    }) ||
+        scope_known("/subscriptions/" + arm.subscription + "/resourceGroups/" + arm.resource_group);
     if (!group_known)
       return arm_error(404, "ResourceGroupNotFound", "Resource group '" + arm.resource_group + "' could not be found.");
     if (arm.list) return list(reg, arm, id);
@@ -387,20 +390,22 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
 
   // An assignment at a scope covers every resource under it (ARM's
   // inheritance): the resource ID starts with the scope at a '/'.
-  bool scoped_allows(const Registry& reg, const std::string& resource_id, const Identity& id, std::string_view action) const {
-    return std::any_of(options_.scoped_role_assignments.begin(), options_.scoped_role_assignments.end(),
-                       [&](const ManagementOptions::ScopedRoleAssignment& a) {
-                         std::string scope = a.scope;
-                         while (!scope.empty() && scope.back() == '/') scope.pop_back();
-                         if (scope.empty() || resource_id.size() <= scope.size() ||
-                             !ascii_iequals(resource_id.substr(0, scope.size()), scope) || resource_id[scope.size()] != '/')
-                           return false;
-                         const bool mine = ascii_iequals(a.principal, id.uid) ||
-                                           std::any_of(id.groups.begin(), id.groups.end(),
-                                                       [&](const std::string& g) { return ascii_iequals(g, a.principal); });
-                         const RoleDefinition* role = mine ? reg.role(a.role) : nullptr;
-                         return role && role->allows(action);
-                       });
+  bool scoped_allows(const Registry& reg, const std::string& resource_id, const Identity& id,
+                     std::string_view action) const {
+    return std::any_of(
+        options_.scoped_role_assignments.begin(), options_.scoped_role_assignments.end(),
+        [&](const ManagementOptions::ScopedRoleAssignment& a) {
+          std::string scope = a.scope;
+          while (!scope.empty() && scope.back() == '/') scope.pop_back();
+          if (scope.empty() || resource_id.size() <= scope.size() ||
+              !ascii_iequals(resource_id.substr(0, scope.size()), scope) || resource_id[scope.size()] != '/')
+            return false;
+          const bool mine = ascii_iequals(a.principal, id.uid) ||
+                            std::any_of(id.groups.begin(), id.groups.end(),
+                                        [&](const std::string& g) { return ascii_iequals(g, a.principal); });
+          const RoleDefinition* role = mine ? reg.role(a.role) : nullptr;
+          return role && role->allows(action);
+        });
   }
 
   bool allows_on(const Registry& reg, const ClusterEntry* cluster, const std::string& resource_id, const Identity& id,
@@ -410,8 +415,9 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
 
   static ManagementResponse forbidden(const Identity& id, std::string_view action, const std::string& scope) {
     return arm_error(403, "AuthorizationFailed",
-                     "The client '" + id.user + "' with object id '" + id.uid + "' does not have authorization to perform action '" +
-                         std::string(action) + "' over scope '" + scope + "' or the scope is invalid.");
+                     "The client '" + id.user + "' with object id '" + id.uid +
+                         "' does not have authorization to perform action '" + std::string(action) + "' over scope '" +
+                         scope + "' or the scope is invalid.");
   }
 
   // ARM's rule for connectedClusters names: 1 to 63 letters, digits, '-',
@@ -462,7 +468,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                            location() + "'.");
     if (!j.contains("identity") || !j["identity"].is_object() || !j["identity"].contains("type") ||
         !j["identity"]["type"].is_string())
-      return bad("The request content is missing the required property 'identity.type' (\"SystemAssigned\" or \"None\").");
+      return bad(
+          "The request content is missing the required property 'identity.type' (\"SystemAssigned\" or \"None\").");
     put.identity_type = j["identity"]["type"].get<std::string>();
     if (put.identity_type != "SystemAssigned" && put.identity_type != "None")
       return bad("identity.type must be \"SystemAssigned\" or \"None\".");
@@ -476,17 +483,20 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     const auto& props = j.contains("properties") && j["properties"].is_object() ? j["properties"] : nlohmann::json();
     if (!props.contains("agentPublicKeyCertificate") || !props["agentPublicKeyCertificate"].is_string() ||
         props["agentPublicKeyCertificate"].get<std::string>().empty())
-      return bad("The request content is missing the required property 'properties.agentPublicKeyCertificate' (the "
-                 "base64 DER SubjectPublicKeyInfo of the agent's public key).");
+      return bad(
+          "The request content is missing the required property 'properties.agentPublicKeyCertificate' (the "
+          "base64 DER SubjectPublicKeyInfo of the agent's public key).");
     put.agent_certificate = props["agentPublicKeyCertificate"].get<std::string>();
     const auto& b64 = put.agent_certificate;
     if (b64.size() > 8192 || b64.size() % 4 != 0)
       return bad("properties.agentPublicKeyCertificate is not base64 of a DER SubjectPublicKeyInfo.");
     std::string der(b64.size() / 4 * 3, '\0');
-    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()), reinterpret_cast<const unsigned char*>(b64.data()),
-                            static_cast<int>(b64.size()));
+    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()),
+                            reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
     if (n < 0) return bad("properties.agentPublicKeyCertificate is not base64 of a DER SubjectPublicKeyInfo.");
-    der.resize(static_cast<std::size_t>(n) - (b64.size() >= 2 && b64[b64.size() - 2] == '=' ? 2 : b64.back() == '=' ? 1 : 0));
+    der.resize(static_cast<std::size_t>(n) - (b64.size() >= 2 && b64[b64.size() - 2] == '=' ? 2
+                                              : b64.back() == '='                           ? 1
+                                                                                            : 0));
     try {
       put.agent_key_pin = agent_key_pin_from_spki_der(der);
     } catch (const std::exception&) {
@@ -498,22 +508,25 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
   // PUT, DELETE and listKeys: authorized against the current snapshot, then
   // (PUT, DELETE) written by a thread of their own, one at a time, so the
   // store's blocking calls never hold an io thread.
-  void writer(const Identity& id, const ArmPath& arm, const std::string& method, bool list_keys, const std::string& body,
-              const std::string& public_host, UniqueFunction<void(ManagementResponse)> respond) {
+  void writer(const Identity& id, const ArmPath& arm, const std::string& method, bool list_keys,
+              const std::string& body, const std::string& public_host,
+              UniqueFunction<void(ManagementResponse)> respond) {
     if (!store_)
-      return respond(arm_error(405, "MethodNotAllowed", "this relay's registry is read-only (start it with --config or --store)"));
+      return respond(
+          arm_error(405, "MethodNotAllowed", "this relay's registry is read-only (start it with --config or --store)"));
     const auto snapshot = registry_();
     const Registry& reg = *snapshot;
     const ClusterEntry* cluster = reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name);
     const std::string resource_id = cluster ? scope_of(*cluster)
-                                            : "/subscriptions/" + arm.subscription + "/resourceGroups/" + arm.resource_group +
+                                            : "/subscriptions/" + arm.subscription + "/resourceGroups/" +
+                                                  arm.resource_group +
                                                   "/providers/Microsoft.Kubernetes/connectedClusters/" + arm.name;
     const std::string write_action = "Microsoft.Kubernetes/connectedClusters/write";
     const std::string delete_action = "Microsoft.Kubernetes/connectedClusters/delete";
     const std::string& action = method == "DELETE" && !list_keys ? delete_action : write_action;
     if (!allows_on(reg, cluster, resource_id, id, action)) {
-      logger_->info("management {} by {} refused: no role grants {} on {}", list_keys ? "listKeys" : method, id.uid, action,
-                    resource_id);
+      logger_->info("management {} by {} refused: no role grants {} on {}", list_keys ? "listKeys" : method, id.uid,
+                    action, resource_id);
       return respond(forbidden(id, action, resource_id));
     }
     if (list_keys) return respond(listen_keys(cluster, arm, public_host));
@@ -542,7 +555,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
         std::lock_guard lock(self->write_mutex_);
         r = put ? self->put_cluster(arm, *put, id) : self->delete_cluster(arm, id);
       } catch (const std::exception& e) {
-        self->logger_->error("management {} {}: the registry was not changed: {}", put ? "PUT" : "DELETE", arm.name, e.what());
+        self->logger_->error("management {} {}: the registry was not changed: {}", put ? "PUT" : "DELETE", arm.name,
+                             e.what());
         r = arm_error(500, "InternalServerError", "The relay could not write its registry; see its log.");
       }
       self->writes_in_flight_.fetch_sub(1);
@@ -582,7 +596,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
       nlohmann::json identity{{"type", put.identity_type}};
       if (put.identity_type == "SystemAssigned") {
         const auto& old = current.is_object() ? current.value("identity", nlohmann::json()) : nlohmann::json();
-        identity["principalId"] = old.is_object() && old.contains("principalId") ? old["principalId"] : nlohmann::json(new_request_id());
+        identity["principalId"] =
+            old.is_object() && old.contains("principalId") ? old["principalId"] : nlohmann::json(new_request_id());
         identity["tenantId"] = options_.tenant;
       }
       record["identity"] = identity;
@@ -599,7 +614,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     entry.resource_group = arm.resource_group;
     entry.name = arm.name;
     entry.hybrid_connection = written["hybrid_connection"].get<std::string>();
-    if (auto snapshot = registry_(); const ClusterEntry* c = snapshot->cluster_by_name(arm.subscription, arm.resource_group, arm.name))
+    if (auto snapshot = registry_();
+        const ClusterEntry* c = snapshot->cluster_by_name(arm.subscription, arm.resource_group, arm.name))
       entry = *c;
     nlohmann::json body = resource_json(entry);
     body["identity"] = written["identity"];
@@ -617,7 +633,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
       return nlohmann::json();
     });
     logger_->info("cluster {} deleted by {} ({})", scope_of_name(arm), id.user, id.uid);
-    wait_visible([&](const Registry& reg) { return !reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name); });
+    wait_visible(
+        [&](const Registry& reg) { return !reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name); });
     return {existed ? 200u : 204u, "application/json; charset=utf-8", "", {}};
   }
 
@@ -631,12 +648,14 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                        "The Resource 'Microsoft.Kubernetes/connectedClusters/" + arm.name + "' under resource group '" +
                            arm.resource_group + "' was not found.");
     const RelayKey* key = cluster->key_with_right("listen");
-    if (!key) return arm_error(409, "ListenKeyMissing", "cluster " + cluster->name + " has no key with the listen right");
+    if (!key)
+      return arm_error(409, "ListenKeyMissing", "cluster " + cluster->name + " has no key with the listen right");
     // Azure Relay names its namespace without a port; ours may listen on one.
     nlohmann::json j{{"keyName", key->name},
                      {"primaryKey", key->secret},
                      {"primaryConnectionString", "Endpoint=sb://" + public_host + "/;SharedAccessKeyName=" + key->name +
-                                                     ";SharedAccessKey=" + key->secret + ";EntityPath=" + cluster->hybrid_connection}};
+                                                     ";SharedAccessKey=" + key->secret +
+                                                     ";EntityPath=" + cluster->hybrid_connection}};
     logger_->info("listKeys for {}", scope_of(*cluster));
     return {200, "application/json; charset=utf-8", j.dump(), {}};
   }

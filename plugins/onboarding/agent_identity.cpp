@@ -53,8 +53,8 @@ Result<AgentIdentity> create_agent_identity(const std::string& common_name, int 
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), -300);
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(days) * 86400);
   X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1,
-                             0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(common_name.c_str()), -1,
+                             -1, 0);
   X509_set_issuer_name(cert.get(), name);
   X509_set_pubkey(cert.get(), key.get());
   if (X509_sign(cert.get(), key.get(), EVP_sha256()) <= 0) return fail("cannot sign the agent's certificate");

@@ -4,8 +4,8 @@
 #include <cstdlib>
 #include <exception>
 
-#include <CLI/CLI.hpp>
 #include <yaml-cpp/yaml.h>
+#include <CLI/CLI.hpp>
 
 #include "agent_manifests.hpp"
 #include "connected_clusters.hpp"
@@ -21,8 +21,9 @@ int failed(const char* verb, const std::string& message) {
 
 std::string table(const nlohmann::json& clusters) {
   auto cell = [](const nlohmann::json& r, const char* a, const char* b = nullptr) {
-    const nlohmann::json& v = b ? (r.contains(a) && r[a].is_object() ? r[a].value(b, nlohmann::json()) : nlohmann::json())
-                                : r.value(a, nlohmann::json());
+    const nlohmann::json& v =
+        b ? (r.contains(a) && r[a].is_object() ? r[a].value(b, nlohmann::json()) : nlohmann::json())
+          : r.value(a, nlohmann::json());
     return v.is_string() ? v.get<std::string>() : std::string("-");
   };
   auto group = [](const nlohmann::json& r) {
@@ -46,9 +47,12 @@ std::string table(const nlohmann::json& clusters) {
 
 const char* verb_name(ClusterCommand::Verb v) {
   switch (v) {
-    case ClusterCommand::Verb::show: return "show";
-    case ClusterCommand::Verb::list: return "list";
-    case ClusterCommand::Verb::remove: return "delete";
+    case ClusterCommand::Verb::show:
+      return "show";
+    case ClusterCommand::Verb::list:
+      return "list";
+    case ClusterCommand::Verb::remove:
+      return "delete";
   }
   return "";
 }
@@ -57,9 +61,10 @@ const char* verb_name(ClusterCommand::Verb v) {
 
 CLI::App* ClusterCommand::add_to(CLI::App& root) noexcept {
   try {
-    const char* help = verb_ == Verb::show   ? "Show a connected cluster (ARM's resource)"
-                       : verb_ == Verb::list ? "List the connected clusters you may read"
-                                             : "Delete a connected cluster: its agent in the cluster, then the resource";
+    const char* help = verb_ == Verb::show ? "Show a connected cluster (ARM's resource)"
+                       : verb_ == Verb::list
+                           ? "List the connected clusters you may read"
+                           : "Delete a connected cluster: its agent in the cluster, then the resource";
     auto* sub = root.add_subcommand(verb_name(verb_), help);
     if (verb_ != Verb::list) sub->add_option("-n,--name", name_, "Name of the connected cluster")->required();
     auto* group = sub->add_option("-g,--resource-group", resource_group_, "Resource group");
@@ -67,12 +72,15 @@ CLI::App* ClusterCommand::add_to(CLI::App& root) noexcept {
     sub->add_option("--subscription", subscription_, "Subscription ID")->envname("AZURE_SUBSCRIPTION_ID");
     add_sign_in_options(*sub, sign_in_);
     if (verb_ == Verb::remove) {
-      sub->add_option("--kubeconfig", kubeconfig_, "Kubeconfig file (default: $KUBECONFIG's first path, else ~/.kube/config)");
+      sub->add_option("--kubeconfig", kubeconfig_,
+                      "Kubeconfig file (default: $KUBECONFIG's first path, else ~/.kube/config)");
       sub->add_option("--kube-context", kube_context_, "Kubeconfig context of the cluster (default: the current one)");
       sub->add_flag("--relay-only", relay_only_, "Delete the resource only; leave the agent in the cluster");
       sub->add_flag("-y,--yes", yes_, "Do not ask for confirmation");
     } else {
-      sub->add_option("-o,--output", output_, "json or table")->check(CLI::IsMember({"json", "table"}))->capture_default_str();
+      sub->add_option("-o,--output", output_, "json or table")
+          ->check(CLI::IsMember({"json", "table"}))
+          ->capture_default_str();
     }
     return sub;
   } catch (...) {
@@ -91,7 +99,8 @@ int ClusterCommand::run() noexcept {
     if (verb_ == Verb::show) {
       auto got = get_cluster(m.value(), ClusterId{subscription_, resource_group_, name_});
       if (!got) return failed(verb, got.error());
-      if (!got->has_value()) return failed(verb, "no connected cluster " + name_ + " in resource group " + resource_group_);
+      if (!got->has_value())
+        return failed(verb, "no connected cluster " + name_ + " in resource group " + resource_group_);
       out = **got;
     } else {
       auto got = list_clusters(m.value(), subscription_, resource_group_);

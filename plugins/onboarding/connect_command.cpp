@@ -6,8 +6,8 @@
 #include <exception>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <yaml-cpp/yaml.h>
+#include <CLI/CLI.hpp>
 
 #include "agent_identity.hpp"
 #include "agent_manifests.hpp"
@@ -52,11 +52,14 @@ CLI::App* ConnectCommand::add_to(CLI::App& root) noexcept {
     sub->add_option("-g,--resource-group", opts_.resource_group, "Resource group of the connected cluster")->required();
     sub->add_option("--subscription", opts_.subscription, "Subscription ID")->envname("AZURE_SUBSCRIPTION_ID");
     add_sign_in_options(*sub, opts_.sign_in);
-    sub->add_option("--kube-context", opts_.kube_context, "Kubeconfig context of the cluster (default: the current one)");
-    sub->add_option("--kubeconfig", opts_.kubeconfig, "Kubeconfig file (default: $KUBECONFIG's first path, else ~/.kube/config)");
+    sub->add_option("--kube-context", opts_.kube_context,
+                    "Kubeconfig context of the cluster (default: the current one)");
+    sub->add_option("--kubeconfig", opts_.kubeconfig,
+                    "Kubeconfig file (default: $KUBECONFIG's first path, else ~/.kube/config)");
     sub->add_option("-l,--location", opts_.location, "Location of the resource: the relay's (its management.location)")
         ->capture_default_str();
-    sub->add_option("--tenant", opts_.tenant, "Entra tenant whose tokens the agent accepts")->envname("AZURE_TENANT_ID");
+    sub->add_option("--tenant", opts_.tenant, "Entra tenant whose tokens the agent accepts")
+        ->envname("AZURE_TENANT_ID");
     sub->add_option("--image", opts_.image, "Agent image (default: the manifest's)");
     sub->add_option("--timeout", opts_.timeout_seconds,
                     "Seconds to wait for the agent to connect (connectivityStatus Connected); 0: do not wait")
@@ -89,7 +92,8 @@ int ConnectCommand::run() noexcept {
     if (!identity) return failed(identity.error());
     AgentInstall install;
     const std::string host = opts_.sign_in.endpoint.empty() ? "RELAY_HOST" : host_of(opts_.sign_in.endpoint);
-    install.relay_url = "wss://" + host + "/$hc/clusters/" + opts_.subscription + "/" + opts_.resource_group + "/" + opts_.name;
+    install.relay_url =
+        "wss://" + host + "/$hc/clusters/" + opts_.subscription + "/" + opts_.resource_group + "/" + opts_.name;
     install.tenant = opts_.tenant;
     install.image = opts_.image;
     install.agent_cert_pem = identity->cert_pem;
@@ -106,7 +110,8 @@ int ConnectCommand::run() noexcept {
 }
 
 int ConnectCommand::connect() {
-  if (opts_.sign_in.endpoint.empty()) return failed("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
+  if (opts_.sign_in.endpoint.empty())
+    return failed("no management endpoint: pass --endpoint or set CONNECTEDK8S_ENDPOINT");
   const ClusterId id{opts_.subscription, opts_.resource_group, opts_.name};
 
   // 1. The cluster, with the kubeconfig's own credentials.
@@ -124,8 +129,9 @@ int ConnectCommand::connect() {
     auto cert = secret_data(**installed, "tls.crt");
     auto key = secret_data(**installed, "tls.key");
     if (cert && key) identity = load_agent_identity(*cert, *key);
-    if (!identity) return failed("the installed Secret clusterconnect/agent-identity does not hold a usable key (" +
-                                 identity.error() + "); delete it to make a new one");
+    if (!identity)
+      return failed("the installed Secret clusterconnect/agent-identity does not hold a usable key (" +
+                    identity.error() + "); delete it to make a new one");
     step("Agent identity: kept from Secret clusterconnect/agent-identity");
   } else {
     identity = create_agent_identity("clusterconnect-agent " + opts_.name, 365);

@@ -22,8 +22,8 @@ struct ConnectOptions {
   std::string location = "local";
   std::string tenant;
   std::string image;
-  SignInOptions sign_in;  // its ca_file is also installed as the agent's relay-ca
-  unsigned timeout_seconds = 300;    // for connectivityStatus: Connected; 0: do not wait
+  SignInOptions sign_in;           // its ca_file is also installed as the agent's relay-ca
+  unsigned timeout_seconds = 300;  // for connectivityStatus: Connected; 0: do not wait
   bool dry_run = false;
   bool show_secrets = false;
   std::string output = "yaml";

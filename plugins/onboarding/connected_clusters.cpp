@@ -19,8 +19,11 @@ Result<HttpsResponse> call(const ManagementTarget& m, const std::string& method,
                            const std::string& body = "") {
   std::string endpoint = m.endpoint;
   while (!endpoint.empty() && endpoint.back() == '/') endpoint.pop_back();
-  HttpsRequest q{method, endpoint + path + "?api-version=" + m.api_version, body,
-                 body.empty() ? "" : "application/json", m.token, "", m.ca_file, "", ""};
+  HttpsRequest q{method,    endpoint + path + "?api-version=" + m.api_version,
+                 body,      body.empty() ? "" : "application/json",
+                 m.token,   "",
+                 m.ca_file, "",
+                 ""};
   auto r = https_request(q);
   if (!r) return fail("the relay's management API " + m.endpoint + ": " + r.error());
   return r;
@@ -73,7 +76,8 @@ Result<std::string> management_audience(const std::string& endpoint, const std::
     return fail("the relay at " + endpoint + " publishes no management audience at /metadata/endpoints");
   const std::string audience = j["authentication"]["audiences"][0].get<std::string>();
   if (is_arm_audience(audience))
-    return fail("the relay at " + endpoint + " asks for Azure Resource Manager's audience; a token for it is never sent to a relay");
+    return fail("the relay at " + endpoint +
+                " asks for Azure Resource Manager's audience; a token for it is never sent to a relay");
   return audience;
 }
 

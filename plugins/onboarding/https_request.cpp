@@ -62,7 +62,8 @@ Result<HttpsResponse> https_request(const HttpsRequest& q) {
   }
   curl_easy_setopt(c.get(), CURLOPT_WRITEFUNCTION, &collect);
   curl_easy_setopt(c.get(), CURLOPT_WRITEDATA, &r.body);
-  if (CURLcode rc = curl_easy_perform(c.get()); rc != CURLE_OK) return fail(err[0] ? std::string(err) : curl_easy_strerror(rc));
+  if (CURLcode rc = curl_easy_perform(c.get()); rc != CURLE_OK)
+    return fail(err[0] ? std::string(err) : curl_easy_strerror(rc));
   curl_easy_getinfo(c.get(), CURLINFO_RESPONSE_CODE, &r.status);
   return r;
 }

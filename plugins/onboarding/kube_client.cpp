@@ -21,8 +21,8 @@ std::optional<std::string> base64_decode(const std::string& in) {
     if (!std::isspace(static_cast<unsigned char>(c))) clean += c;
   if (clean.empty() || clean.size() % 4 != 0) return std::nullopt;
   std::string out(clean.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(clean.data()),
-                          static_cast<int>(clean.size()));
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(clean.data()), static_cast<int>(clean.size()));
   if (n < 0) return std::nullopt;
   std::size_t pad = clean.back() == '=' ? (clean[clean.size() - 2] == '=' ? 2 : 1) : 0;
   out.resize(static_cast<std::size_t>(n) - pad);
@@ -63,7 +63,8 @@ std::string status_message(const HttpsResponse& r) {
 
 Result<HttpsResponse> request(const KubeTarget& t, const std::string& method, const std::string& path,
                               const std::string& body, const std::string& content_type) {
-  HttpsRequest r{method, t.server + path, body, content_type, t.token, t.ca_pem, "", t.client_cert_pem, t.client_key_pem};
+  HttpsRequest r{method,          t.server + path, body, content_type, t.token, t.ca_pem, "", t.client_cert_pem,
+                 t.client_key_pem};
   auto got = https_request(r);
   if (!got) return fail("the API server " + t.server + " (context " + t.context + "): " + got.error());
   return got;
@@ -115,13 +116,16 @@ Result<KubeTarget> load_kube_target(const std::filesystem::path& kubeconfig, con
   }
   KubeTarget t;
   t.context = context.empty() && doc["current-context"] ? doc["current-context"].as<std::string>() : context;
-  if (t.context.empty()) return fail("kubeconfig " + kubeconfig.string() + " has no current context: pass --kube-context");
+  if (t.context.empty())
+    return fail("kubeconfig " + kubeconfig.string() + " has no current context: pass --kube-context");
   const YAML::Node ctx = named(doc["contexts"], t.context);
-  if (!ctx || !ctx["context"]) return fail("kubeconfig " + kubeconfig.string() + " has no context \"" + t.context + "\"");
+  if (!ctx || !ctx["context"])
+    return fail("kubeconfig " + kubeconfig.string() + " has no context \"" + t.context + "\"");
   const std::string cluster_name = ctx["context"]["cluster"] ? ctx["context"]["cluster"].as<std::string>() : "";
   const std::string user_name = ctx["context"]["user"] ? ctx["context"]["user"].as<std::string>() : "";
   const YAML::Node cluster = named(doc["clusters"], cluster_name)["cluster"];
-  if (!cluster || !cluster["server"]) return fail("kubeconfig: context \"" + t.context + "\" names no cluster with a server");
+  if (!cluster || !cluster["server"])
+    return fail("kubeconfig: context \"" + t.context + "\" names no cluster with a server");
   t.server = cluster["server"].as<std::string>();
   while (!t.server.empty() && t.server.back() == '/') t.server.pop_back();
   if (t.server.rfind("https://", 0) != 0) return fail("kubeconfig: the API server " + t.server + " is not https://");
@@ -167,9 +171,12 @@ Result<std::string> object_path(const nlohmann::json& o) {
     const char* resource;
     bool namespaced;
   };
-  static const Kind kinds[] = {{"Namespace", "namespaces", false},          {"ServiceAccount", "serviceaccounts", true},
-                               {"Secret", "secrets", true},                 {"ConfigMap", "configmaps", true},
-                               {"ClusterRole", "clusterroles", false},      {"ClusterRoleBinding", "clusterrolebindings", false},
+  static const Kind kinds[] = {{"Namespace", "namespaces", false},
+                               {"ServiceAccount", "serviceaccounts", true},
+                               {"Secret", "secrets", true},
+                               {"ConfigMap", "configmaps", true},
+                               {"ClusterRole", "clusterroles", false},
+                               {"ClusterRoleBinding", "clusterrolebindings", false},
                                {"Deployment", "deployments", true}};
   for (const auto& k : kinds) {
     if (kind != k.kind) continue;
@@ -187,8 +194,8 @@ Result<void> apply_object(const KubeTarget& target, const nlohmann::json& object
                    "application/apply-patch+yaml");
   if (!r) return fail(r.error());
   if (r->status != 200 && r->status != 201)
-    return fail("applying " + object.value("kind", std::string()) + " " + object["metadata"].value("name", std::string()) +
-                ": " + status_message(r.value()));
+    return fail("applying " + object.value("kind", std::string()) + " " +
+                object["metadata"].value("name", std::string()) + ": " + status_message(r.value()));
   return {};
 }
 

@@ -1,6 +1,6 @@
+#include "cluster_commands.hpp"
 #include "clusterconnect/command.hpp"
 #include "clusterconnect/plugin.hpp"
-#include "cluster_commands.hpp"
 #include "connect_command.hpp"
 
 namespace clusterconnect::onboarding {
@@ -35,9 +35,14 @@ class OnboardingModule final : public Module {
 std::unique_ptr<Module> create(HostServices& host) noexcept { return std::make_unique<OnboardingModule>(host); }
 
 const PluginDescriptor& descriptor() noexcept {
-  static const PluginDescriptor d{CLUSTERCONNECT_ABI_STRING, "onboarding", "0.1.0",
-                                  "connect, show, list, delete: onboarding clusters to the relay and installing their agent",
-                                  capabilities, std::size(capabilities), &create};
+  static const PluginDescriptor d{
+      CLUSTERCONNECT_ABI_STRING,
+      "onboarding",
+      "0.1.0",
+      "connect, show, list, delete: onboarding clusters to the relay and installing their agent",
+      capabilities,
+      std::size(capabilities),
+      &create};
   return d;
 }
 

@@ -9,8 +9,10 @@
 namespace clusterconnect::onboarding {
 
 void add_sign_in_options(CLI::App& app, SignInOptions& o) {
-  app.add_option("--endpoint", o.endpoint, "Relay management endpoint, https://HOST[:PORT]")->envname("CONNECTEDK8S_ENDPOINT");
-  app.add_option("--ca-file", o.ca_file, "CA bundle that verifies the relay (default: $SSL_CERT_FILE, else the system store)")
+  app.add_option("--endpoint", o.endpoint, "Relay management endpoint, https://HOST[:PORT]")
+      ->envname("CONNECTEDK8S_ENDPOINT");
+  app.add_option("--ca-file", o.ca_file,
+                 "CA bundle that verifies the relay (default: $SSL_CERT_FILE, else the system store)")
       ->envname("CONNECTEDK8S_CA_FILE");
   app.add_option("--authority-ca-file", o.authority_ca_file, "CA bundle that verifies the identity provider")
       ->envname("CONNECTEDK8S_AUTHORITY_CA_FILE");
@@ -40,7 +42,8 @@ Result<ManagementTarget> sign_in(HostServices& host, SignInOptions o) {
     o.management_resource = audience.value();
   } else if (is_arm_audience(o.management_resource)) {
     return fail("--management-resource " + o.management_resource +
-                " is Azure Resource Manager's audience; use the relay's application ID (leave the option out to ask the relay)");
+                " is Azure Resource Manager's audience; use the relay's application ID (leave the option out to ask "
+                "the relay)");
   }
   auto token = credential.value()->get_token(o.management_resource);
   if (!token) return fail(token.error());

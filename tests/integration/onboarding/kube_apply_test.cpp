@@ -25,8 +25,8 @@ namespace {
 
 std::string base64(const std::string& in) {
   std::string out(4 * ((in.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
   out.resize(static_cast<std::size_t>(n));
   return out;
 }
@@ -58,12 +58,13 @@ struct StandInApiServer {
 
   std::filesystem::path kubeconfig(const std::string& token) {
     const auto file = dir.path() / ("kubeconfig-" + token);
-    std::ofstream(file) << "apiVersion: v1\nkind: Config\ncurrent-context: sandbox\nclusters:\n- name: sandbox\n  cluster:\n"
-                           "    server: https://127.0.0.1:"
-                        << port << "\n    certificate-authority-data: " << base64(ca_pem)
-                        << "\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: u\nusers:\n- name: u\n"
-                           "  user:\n    token: "
-                        << token << "\n";
+    std::ofstream(file)
+        << "apiVersion: v1\nkind: Config\ncurrent-context: sandbox\nclusters:\n- name: sandbox\n  cluster:\n"
+           "    server: https://127.0.0.1:"
+        << port << "\n    certificate-authority-data: " << base64(ca_pem)
+        << "\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: u\nusers:\n- name: u\n"
+           "  user:\n    token: "
+        << token << "\n";
     return file;
   }
 };
@@ -118,11 +119,13 @@ TEST_CASE("connect applies its objects with the kubeconfig's credentials; applyi
   REQUIRE(listen->has_value());
   CHECK(secret_data(**listen, "listen.key") == std::optional<std::string>("second-listen-key"));
 
-  auto deployment = get_object(target.value(), "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
+  auto deployment =
+      get_object(target.value(), "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
   REQUIRE(deployment);
   REQUIRE(deployment->has_value());
   CHECK((**deployment)["spec"]["replicas"] == 2);
-  auto binding = get_object(target.value(), "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/clusterconnect-agent-impersonator");
+  auto binding = get_object(target.value(),
+                            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/clusterconnect-agent-impersonator");
   REQUIRE(binding);
   CHECK(binding->has_value());
 

@@ -37,11 +37,14 @@ AgentInstall sample(const AgentIdentity& id) {
   return i;
 }
 
-std::string key_of(const YAML::Node& o) { return o["kind"].as<std::string>() + "/" + o["metadata"]["name"].as<std::string>(); }
+std::string key_of(const YAML::Node& o) {
+  return o["kind"].as<std::string>() + "/" + o["metadata"]["name"].as<std::string>();
+}
 
 }  // namespace
 
-TEST_CASE("connect installs the kustomize base's objects and the Secrets and ConfigMap they mount", "[onboarding][deploy]") {
+TEST_CASE("connect installs the kustomize base's objects and the Secrets and ConfigMap they mount",
+          "[onboarding][deploy]") {
   auto id = create_agent_identity("clusterconnect-agent store1", 30);
   REQUIRE(id);
   auto objects = agent_objects(sample(id.value()), false);
@@ -91,7 +94,8 @@ TEST_CASE("printed objects hold no secret unless secrets are asked for", "[onboa
   CHECK(YAML::LoadAll(shown).size() == agent_objects(install, false).size());
 }
 
-TEST_CASE("the agent identity is an EC key whose pin the relay derives from agentPublicKeyCertificate", "[onboarding]") {
+TEST_CASE("the agent identity is an EC key whose pin the relay derives from agentPublicKeyCertificate",
+          "[onboarding]") {
   auto id = create_agent_identity("clusterconnect-agent store1", 30);
   REQUIRE(id);
   auto pin = tls::public_key_pin(id->cert_pem);
@@ -100,8 +104,8 @@ TEST_CASE("the agent identity is an EC key whose pin the relay derives from agen
   // agentPublicKeyCertificate is the DER SPKI whose SHA-256 is that pin.
   const std::string& b64 = id->spki_der_base64;
   std::string der(b64.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()), reinterpret_cast<const unsigned char*>(b64.data()),
-                          static_cast<int>(b64.size()));
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()),
+                          reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
   REQUIRE(n > 0);
   der.resize(static_cast<std::size_t>(n) - static_cast<std::size_t>(std::count(b64.end() - 2, b64.end(), '=')));
   unsigned char md[SHA256_DIGEST_LENGTH];
@@ -200,7 +204,8 @@ TEST_CASE("listKeys' connection string gives the relay, the key and the hybrid c
   CHECK(k->key_name == "listen");
   CHECK(k->key == "abc=");
   CHECK(k->entity_path == "clusters/s/g/n");
-  CHECK_FALSE(parse_connection_string("Endpoint=https://relay.example/;SharedAccessKeyName=l;SharedAccessKey=k;EntityPath=e"));
+  CHECK_FALSE(
+      parse_connection_string("Endpoint=https://relay.example/;SharedAccessKeyName=l;SharedAccessKey=k;EntityPath=e"));
   CHECK_FALSE(parse_connection_string("Endpoint=sb://relay.example/;SharedAccessKeyName=l;EntityPath=e"));
   CHECK(ClusterId{"s", "my group", "n"}.resource_id() ==
         "/subscriptions/s/resourceGroups/my%20group/providers/Microsoft.Kubernetes/connectedClusters/n");

@@ -8,11 +8,11 @@
 #include <future>
 #include <random>
 
-#include <nlohmann/json.hpp>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "admin_commands.hpp"
 #include "management_api.hpp"
@@ -28,10 +28,14 @@ class TableAuthenticator final : public Authenticator {
  public:
   void async_authenticate(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept override {
     AuthOutcome o;
-    if (token == "alice") o.identity = {"alice@contoso.example", "oid-alice", {}, {}};
-    else if (token == "bob") o.identity = {"bob@contoso.example", "oid-bob", {"group-ops"}, {}};
-    else if (token == "carol") o.identity = {"carol@contoso.example", "oid-carol", {}, {}};
-    else o = AuthOutcome{AuthFailure::expired, "the token expired", {}};
+    if (token == "alice")
+      o.identity = {"alice@contoso.example", "oid-alice", {}, {}};
+    else if (token == "bob")
+      o.identity = {"bob@contoso.example", "oid-bob", {"group-ops"}, {}};
+    else if (token == "carol")
+      o.identity = {"carol@contoso.example", "oid-carol", {}, {}};
+    else
+      o = AuthOutcome{AuthFailure::expired, "the token expired", {}};
     handler(o);
   }
 };
@@ -40,8 +44,8 @@ const std::string sub = "00000000-0000-0000-0000-0000000000aa";
 
 std::string base64(const std::string& in) {
   std::string out(4 * ((in.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
   out.resize(static_cast<std::size_t>(n));
   return out;
 }
@@ -79,8 +83,9 @@ struct Relay {
         {"/subscriptions/" + sub + "/resourceGroups/edge", "oid-alice", "Kubernetes Cluster - Azure Arc Onboarding"},
         {"/subscriptions/" + sub, "group-ops", "Azure Arc Kubernetes Cluster Manager"},
         {"/subscriptions/" + sub + "/resourceGroups/edge", "oid-carol", "Reader"}};
-    api = make_management_api(store, options, std::make_shared<TableAuthenticator>(), [](const std::string&) { return 0u; },
-                              spdlog::default_logger());
+    api = make_management_api(
+        store, options, std::make_shared<TableAuthenticator>(), [](const std::string&) { return 0u; },
+        spdlog::default_logger());
   }
   ~Relay() {
     store->stop();
@@ -100,8 +105,8 @@ struct Relay {
 };
 
 std::string cluster_path(const std::string& name, const std::string& group = "edge") {
-  return "/subscriptions/" + sub + "/resourceGroups/" + group + "/providers/Microsoft.Kubernetes/connectedClusters/" + name +
-         "?api-version=2024-01-01";
+  return "/subscriptions/" + sub + "/resourceGroups/" + group + "/providers/Microsoft.Kubernetes/connectedClusters/" +
+         name + "?api-version=2024-01-01";
 }
 std::string list_keys_path(const std::string& name) {
   return "/subscriptions/" + sub + "/resourceGroups/edge/providers/Microsoft.Kubernetes/connectedClusters/" + name +
@@ -119,13 +124,15 @@ std::string error_code_of(const ManagementResponse& r) { return nlohmann::json::
 
 }  // namespace
 
-TEST_CASE("PUT creates a cluster with its keys and agent pin; the same PUT again updates it", "[relay][management][onboarding]") {
+TEST_CASE("PUT creates a cluster with its keys and agent pin; the same PUT again updates it",
+          "[relay][management][onboarding]") {
   Relay relay;
   const std::string spki = new_agent_spki();
   auto created = relay.call("PUT", cluster_path("store1"), "alice", put_body(spki));
   REQUIRE(created.status == 201);
   auto body = nlohmann::json::parse(created.body);
-  CHECK(body["id"] == "/subscriptions/" + sub + "/resourceGroups/edge/providers/Microsoft.Kubernetes/connectedClusters/store1");
+  CHECK(body["id"] ==
+        "/subscriptions/" + sub + "/resourceGroups/edge/providers/Microsoft.Kubernetes/connectedClusters/store1");
   CHECK(body["name"] == "store1");
   CHECK(body["type"] == "Microsoft.Kubernetes/connectedClusters");
   CHECK(body["identity"]["type"] == "SystemAssigned");
@@ -173,8 +180,9 @@ TEST_CASE("listKeys hands the listen key in Azure Relay's shape to callers that 
   REQUIRE(c);
   CHECK(j["keyName"] == "listen");
   CHECK(j["primaryKey"] == c->key_with_right("listen")->secret);
-  CHECK(j["primaryConnectionString"] == "Endpoint=sb://relay.example:8443/;SharedAccessKeyName=listen;SharedAccessKey=" +
-                                            c->key_with_right("listen")->secret + ";EntityPath=" + c->hybrid_connection);
+  CHECK(j["primaryConnectionString"] ==
+        "Endpoint=sb://relay.example:8443/;SharedAccessKeyName=listen;SharedAccessKey=" +
+            c->key_with_right("listen")->secret + ";EntityPath=" + c->hybrid_connection);
   // A reader sees the resource, never its keys.
   CHECK(relay.call("GET", cluster_path("store2"), "carol").status == 200);
   auto refused = relay.call("POST", list_keys_path("store2"), "carol");
@@ -188,22 +196,24 @@ TEST_CASE("listKeys hands the listen key in Azure Relay's shape to callers that 
 TEST_CASE("PUT validation errors are ARM's 400s and write nothing", "[relay][management][onboarding]") {
   Relay relay;
   const std::string spki = new_agent_spki();
-  auto no_location = relay.call("PUT", cluster_path("c1"), "alice",
-                                R"({"identity":{"type":"SystemAssigned"},"properties":{"agentPublicKeyCertificate":")" +
-                                    base64(spki) + "\"}}");
+  auto no_location = relay.call(
+      "PUT", cluster_path("c1"), "alice",
+      R"({"identity":{"type":"SystemAssigned"},"properties":{"agentPublicKeyCertificate":")" + base64(spki) + "\"}}");
   CHECK(no_location.status == 400);
   CHECK(error_code_of(no_location) == "LocationRequired");
   auto elsewhere = relay.call("PUT", cluster_path("c1"), "alice", put_body(spki, "eastus"));
   CHECK(elsewhere.status == 400);
   CHECK(error_code_of(elsewhere) == "LocationNotAvailableForResourceType");
-  auto no_key = relay.call("PUT", cluster_path("c1"), "alice", R"({"location":"westeurope","identity":{"type":"SystemAssigned"}})");
+  auto no_key = relay.call("PUT", cluster_path("c1"), "alice",
+                           R"({"location":"westeurope","identity":{"type":"SystemAssigned"}})");
   CHECK(no_key.status == 400);
   CHECK(error_code_of(no_key) == "InvalidRequestContent");
   CHECK_THAT(no_key.body, Catch::Contains("agentPublicKeyCertificate"));
   auto not_a_key = relay.call("PUT", cluster_path("c1"), "alice", put_body("not a key at all"));
   CHECK(not_a_key.status == 400);
-  auto no_identity = relay.call("PUT", cluster_path("c1"), "alice",
-                                R"({"location":"westeurope","properties":{"agentPublicKeyCertificate":")" + base64(spki) + "\"}}");
+  auto no_identity =
+      relay.call("PUT", cluster_path("c1"), "alice",
+                 R"({"location":"westeurope","properties":{"agentPublicKeyCertificate":")" + base64(spki) + "\"}}");
   CHECK(no_identity.status == 400);
   auto not_json = relay.call("PUT", cluster_path("c1"), "alice", "{");
   CHECK(not_json.status == 400);
@@ -248,11 +258,13 @@ TEST_CASE("a management API over a fixed registry refuses writes", "[relay][mana
   ManagementOptions options;
   options.public_host = "relay.example:8443";
   options.scoped_role_assignments = {{"/subscriptions/" + sub, "oid-alice", "Owner"}};
-  auto api = make_management_api(std::shared_ptr<const RelayConfig>(config), options, std::make_shared<TableAuthenticator>(),
-                                  [](const std::string&) { return 0u; }, spdlog::default_logger());
+  auto api = make_management_api(
+      std::shared_ptr<const RelayConfig>(config), options, std::make_shared<TableAuthenticator>(),
+      [](const std::string&) { return 0u; }, spdlog::default_logger());
   std::optional<ManagementResponse> out;
-  api->handle(ManagementRequest{"PUT", cluster_path("c4"), {{"authorization", "Bearer alice"}}, put_body(new_agent_spki())},
-              [&](ManagementResponse r) { out = std::move(r); });
+  api->handle(
+      ManagementRequest{"PUT", cluster_path("c4"), {{"authorization", "Bearer alice"}}, put_body(new_agent_spki())},
+      [&](ManagementResponse r) { out = std::move(r); });
   REQUIRE(out);
   CHECK(out->status == 405);
 }
