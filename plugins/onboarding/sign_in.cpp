@@ -23,7 +23,8 @@ void add_sign_in_options(CLI::App& app, SignInOptions& o) {
   app.add_option("--management-resource", o.management_resource,
                  "Token audience of the relay's management API (default: the one it publishes)");
   app.add_flag("--allow-http-loopback-authority", o.allow_http_loopback_authority,
-               "Allow an http:// identity provider on loopback (tests and sandboxes)");
+               "Allow an http:// identity provider on loopback (tests and sandboxes)")
+      ->envname("CONNECTEDK8S_ALLOW_HTTP_LOOPBACK_AUTHORITY");
 }
 
 Result<ManagementTarget> sign_in(HostServices& host, SignInOptions o) {
