@@ -1,6 +1,7 @@
 // clusterconnect-relay: the connectivity service between clients and agents:
 // switches client streams onto agent tunnels.
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -115,6 +116,28 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
       options.location = m["location"].get<std::string>();
     }
   }
+  if (m.is_object() && m.contains("role_assignments")) {
+    // Assignments at a subscription or resource group: they cover every
+    // cluster below, and let their holders create clusters there (PUT).
+    const auto& ra = m["role_assignments"];
+    if (!ra.is_array()) throw std::runtime_error("management.role_assignments must be an array");
+    for (const auto& a : ra) {
+      if (!a.is_object() || !a.contains("scope") || !a["scope"].is_string() || !a.contains("principal") ||
+          !a["principal"].is_string() || !a.contains("role") || !a["role"].is_string())
+        throw std::runtime_error(
+            "management.role_assignments entries are {\"scope\", \"principal\", \"role\"} strings");
+      ManagementOptions::ScopedRoleAssignment s{a["scope"].get<std::string>(), a["principal"].get<std::string>(),
+                                                a["role"].get<std::string>()};
+      const auto slash = std::count(s.scope.begin(), s.scope.end(), '/');
+      if (s.scope.rfind("/subscriptions/", 0) != 0 ||
+          (slash != 2 && !(slash == 4 && s.scope.find("/resourceGroups/") != std::string::npos)))
+        throw std::runtime_error("management.role_assignments scope \"" + s.scope +
+                                 "\" must be /subscriptions/{id} or /subscriptions/{id}/resourceGroups/{name}");
+      if (!store->snapshot()->role(s.role))
+        throw std::runtime_error("management.role_assignments role \"" + s.role + "\" is not defined");
+      options.scoped_role_assignments.push_back(std::move(s));
+    }
+  }
   if (m.is_object() && m.contains("token_lifetime_seconds")) {
     const auto& t = m["token_lifetime_seconds"];
     // A connect token must outlive its own delivery and not be a long-lived secret.
@@ -122,12 +145,13 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
       throw std::runtime_error("management.token_lifetime_seconds must be between 30 and 86400");
     options.token_lifetime = std::chrono::seconds(t.get<std::uint64_t>());
   }
-  return make_management_api([store] { return store->snapshot(); }, options, std::move(authenticator),
-                             [front](const std::string& hc) -> unsigned {
-                               auto f = front.lock();
-                               return f ? f->listeners(hc) : 0u;
-                             },
-                             runtime.logger());
+  return make_management_api(
+      store, options, std::move(authenticator),
+      [front](const std::string& hc) -> unsigned {
+        auto f = front.lock();
+        return f ? f->listeners(hc) : 0u;
+      },
+      runtime.logger());
 }
 
 std::pair<std::string, unsigned short> split_listen(const std::string& s) {

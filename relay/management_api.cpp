@@ -1,17 +1,23 @@
 #include "management_api.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <mutex>
 #include <optional>
+#include <thread>
+#include <variant>
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
+#include "admin_commands.hpp"
 #include "clusterconnect/ascii.hpp"
 #include "clusterconnect/sas_token.hpp"
 #include "clusterconnect/url.hpp"
+#include "registry_store.hpp"
 #include "relay_config.hpp"
 
 namespace clusterconnect::relay {
@@ -152,12 +158,16 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     auto arm = parse_arm_path(path);
     if (!arm) return respond(arm_error(404, "NotFound", "no such resource or endpoint: " + path));
     bool list_credential = lower(arm->action) == "listclusterusercredential";
-    if (!arm->action.empty() && !list_credential)
+    const bool list_keys = lower(arm->action) == "listkeys";
+    if (!arm->action.empty() && !list_credential && !list_keys)
       return respond(arm_error(404, "NotFound", "unknown action '" + arm->action + "' on connectedClusters"));
-    if (list_credential && request.method != "POST")
-      return respond(arm_error(405, "MethodNotAllowed", "listClusterUserCredential takes POST"));
-    if (!list_credential && request.method != "GET")
-      return respond(arm_error(405, "MethodNotAllowed", "the connectedClusters resource takes GET"));
+    if ((list_credential || list_keys) && request.method != "POST")
+      return respond(arm_error(405, "MethodNotAllowed", arm->action + " takes POST"));
+    const bool write = !arm->list && (request.method == "PUT" || request.method == "DELETE");
+    if (!list_credential && !list_keys && request.method != "GET" && !write)
+      return respond(arm_error(405, "MethodNotAllowed",
+                               arm->list ? "a list of connectedClusters takes GET"
+                                         : "the connectedClusters resource takes GET, PUT and DELETE"));
     std::string api_version;
     if (!percent_decode(query_param(query, "api-version"), api_version) || api_version.empty())
       return respond(arm_error(400, "MissingApiVersionParameter",
@@ -190,8 +200,11 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
       return respond(arm_error(503, "ServiceUnavailable", "the relay has no public_host configured; it cannot issue connect tokens"));
     auto self = shared_from_this();
     authenticator_->async_authenticate(
-        std::move(token), [self, arm = *arm, list_credential, body = std::move(request.body), host = std::move(host),
-                           respond = std::move(respond)](AuthOutcome outcome) mutable {
+        std::move(token),
+        [self, arm = *arm, list_credential, list_keys, write, method = request.method, body = std::move(request.body),
+         host = std::move(host), respond = std::move(respond)](AuthOutcome outcome) mutable {
+          if (outcome.ok() && (write || list_keys))
+            return self->writer(outcome.identity, arm, method, list_keys, body, host, std::move(respond));
           respond(self->authorized(outcome, arm, list_credential, body, host));
         });
   }
@@ -212,16 +225,20 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     // when the caller is known.
     const auto snapshot = registry_();
     const Registry& reg = *snapshot;
-    const bool subscription_known = std::any_of(reg.clusters.begin(), reg.clusters.end(), [&](const ClusterEntry& c) {
-      return ascii_iequals(c.subscription, arm.subscription);
-    });
+    const bool subscription_known =
+        std::any_of(reg.clusters.begin(), reg.clusters.end(),
+                    [&](const ClusterEntry& c) { return ascii_iequals(c.subscription, arm.subscription); }) ||
+        scope_known("/subscriptions/" + arm.subscription);
     if (!subscription_known)
       return arm_error(404, "SubscriptionNotFound", "The subscription '" + arm.subscription + "' could not be found.");
-    const bool group_known = arm.resource_group.empty() ||
-                             std::any_of(reg.clusters.begin(), reg.clusters.end(), [&](const ClusterEntry& c) {
-                               return ascii_iequals(c.subscription, arm.subscription) &&
-                                      ascii_iequals(c.resource_group, arm.resource_group);
-                             });
+    const bool group_known =
+        arm.resource_group.empty() ||
+        std::any_of(reg.clusters.begin(), reg.clusters.end(),
+                    [&](const ClusterEntry& c) {
+                      return ascii_iequals(c.subscription, arm.subscription) &&
+                             ascii_iequals(c.resource_group, arm.resource_group);
+                    }) ||
+        scope_known("/subscriptions/" + arm.subscription + "/resourceGroups/" + arm.resource_group);
     if (!group_known)
       return arm_error(404, "ResourceGroupNotFound", "Resource group '" + arm.resource_group + "' could not be found.");
     if (arm.list) return list(reg, arm, id);
@@ -305,6 +322,7 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
   // An assignment counts when it names the caller (or one of the caller's
   // groups) and its role grants this very action.
   bool allows(const Registry& reg, const ClusterEntry& cluster, const Identity& id, std::string_view action) const {
+    if (scoped_allows(reg, scope_of(cluster), id, action)) return true;
     return std::any_of(cluster.role_assignments.begin(), cluster.role_assignments.end(), [&](const ConfiguredRoleAssignment& r) {
       const bool mine = ascii_iequals(r.principal, id.uid) ||
                         std::any_of(id.groups.begin(), id.groups.end(), [&](const std::string& g) { return ascii_iequals(g, r.principal); });
@@ -352,6 +370,318 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
                             {"agentTunnels", agents}}}};
   }
 
+  // --- Writes: PUT and DELETE of a cluster, and listKeys (our extension) ---
+
+ public:
+  void set_store(std::shared_ptr<RegistryStore> store) { store_ = std::move(store); }
+
+ private:
+  static constexpr unsigned max_writes_in_flight = 8;
+
+  // Whether a scope (a subscription or resource group) has role assignments
+  // of its own: ARM knows it even when it holds no cluster yet.
+  bool scope_known(const std::string& scope) const {
+    return std::any_of(options_.scoped_role_assignments.begin(), options_.scoped_role_assignments.end(),
+                       [&](const ManagementOptions::ScopedRoleAssignment& a) {
+                         return ascii_iequals(a.scope.substr(0, scope.size()), scope) &&
+                                (a.scope.size() == scope.size() || a.scope[scope.size()] == '/');
+                       });
+  }
+
+  // An assignment at a scope covers every resource under it (ARM's
+  // inheritance): the resource ID starts with the scope at a '/'.
+  bool scoped_allows(const Registry& reg, const std::string& resource_id, const Identity& id,
+                     std::string_view action) const {
+    return std::any_of(
+        options_.scoped_role_assignments.begin(), options_.scoped_role_assignments.end(),
+        [&](const ManagementOptions::ScopedRoleAssignment& a) {
+          std::string scope = a.scope;
+          while (!scope.empty() && scope.back() == '/') scope.pop_back();
+          if (scope.empty() || resource_id.size() <= scope.size() ||
+              !ascii_iequals(resource_id.substr(0, scope.size()), scope) || resource_id[scope.size()] != '/')
+            return false;
+          const bool mine = ascii_iequals(a.principal, id.uid) ||
+                            std::any_of(id.groups.begin(), id.groups.end(),
+                                        [&](const std::string& g) { return ascii_iequals(g, a.principal); });
+          const RoleDefinition* role = mine ? reg.role(a.role) : nullptr;
+          return role && role->allows(action);
+        });
+  }
+
+  bool allows_on(const Registry& reg, const ClusterEntry* cluster, const std::string& resource_id, const Identity& id,
+                 std::string_view action) const {
+    return cluster ? allows(reg, *cluster, id, action) : scoped_allows(reg, resource_id, id, action);
+  }
+
+  static ManagementResponse forbidden(const Identity& id, std::string_view action, const std::string& scope) {
+    return arm_error(403, "AuthorizationFailed",
+                     "The client '" + id.user + "' with object id '" + id.uid +
+                         "' does not have authorization to perform action '" + std::string(action) + "' over scope '" +
+                         scope + "' or the scope is invalid.");
+  }
+
+  // ARM's rule for connectedClusters names: 1 to 63 letters, digits, '-',
+  // '_' and '.', starting and ending with a letter or digit.
+  static bool valid_cluster_name(const std::string& n) {
+    auto alnum = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+    return !n.empty() && n.size() <= 63 && alnum(n.front()) && alnum(n.back()) &&
+           std::all_of(n.begin(), n.end(), [&](char c) { return alnum(c) || c == '-' || c == '_' || c == '.'; });
+  }
+
+  // ARM compares locations without case and spaces ("East US" is "eastus").
+  static std::string normalized_location(const std::string& l) {
+    std::string out;
+    for (char c : l)
+      if (c != ' ') out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+  }
+
+  static std::string random_key() {
+    unsigned char b[32];
+    if (RAND_bytes(b, sizeof b) != 1) throw std::runtime_error("no randomness for a new key");
+    return base64(std::string(reinterpret_cast<const char*>(b), sizeof b));
+  }
+
+  // What a PUT body asks for, checked as ARM's resource provider checks it.
+  struct ClusterPut {
+    std::string location;
+    std::string identity_type;
+    std::string agent_certificate;  // as sent (base64 SPKI DER)
+    std::string agent_key_pin;
+    nlohmann::json tags = nlohmann::json::object();
+  };
+
+  std::variant<ClusterPut, ManagementResponse> parse_put(const std::string& body) const {
+    auto bad = [](const std::string& message) { return arm_error(400, "InvalidRequestContent", message); };
+    nlohmann::json j = nlohmann::json::parse(body.empty() ? "null" : body, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return bad("The request content was invalid and could not be deserialized: a JSON object is required.");
+    ClusterPut put;
+    if (!j.contains("location") || !j["location"].is_string() || j["location"].get<std::string>().empty())
+      return arm_error(400, "LocationRequired", "The location property is required for this definition.");
+    put.location = j["location"].get<std::string>();
+    if (normalized_location(put.location) != normalized_location(location()))
+      return arm_error(400, "LocationNotAvailableForResourceType",
+                       "The provided location '" + put.location.substr(0, 64) +
+                           "' is not available for resource type 'Microsoft.Kubernetes/connectedClusters'. List of "
+                           "available regions for the resource type is '" +
+                           location() + "'.");
+    if (!j.contains("identity") || !j["identity"].is_object() || !j["identity"].contains("type") ||
+        !j["identity"]["type"].is_string())
+      return bad(
+          "The request content is missing the required property 'identity.type' (\"SystemAssigned\" or \"None\").");
+    put.identity_type = j["identity"]["type"].get<std::string>();
+    if (put.identity_type != "SystemAssigned" && put.identity_type != "None")
+      return bad("identity.type must be \"SystemAssigned\" or \"None\".");
+    if (j.contains("tags")) {
+      if (!j["tags"].is_object() || j["tags"].size() > 50) return bad("tags must be an object of at most 50 strings.");
+      for (const auto& [k, v] : j["tags"].items())
+        if (!v.is_string() || k.size() > 512 || v.get<std::string>().size() > 256)
+          return bad("tags must be an object of at most 50 strings.");
+      put.tags = j["tags"];
+    }
+    const auto& props = j.contains("properties") && j["properties"].is_object() ? j["properties"] : nlohmann::json();
+    if (!props.contains("agentPublicKeyCertificate") || !props["agentPublicKeyCertificate"].is_string() ||
+        props["agentPublicKeyCertificate"].get<std::string>().empty())
+      return bad(
+          "The request content is missing the required property 'properties.agentPublicKeyCertificate' (the "
+          "base64 DER SubjectPublicKeyInfo of the agent's public key).");
+    put.agent_certificate = props["agentPublicKeyCertificate"].get<std::string>();
+    const auto& b64 = put.agent_certificate;
+    if (b64.size() > 8192 || b64.size() % 4 != 0)
+      return bad("properties.agentPublicKeyCertificate is not base64 of a DER SubjectPublicKeyInfo.");
+    std::string der(b64.size() / 4 * 3, '\0');
+    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(der.data()),
+                            reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
+    if (n < 0) return bad("properties.agentPublicKeyCertificate is not base64 of a DER SubjectPublicKeyInfo.");
+    der.resize(static_cast<std::size_t>(n) - (b64.size() >= 2 && b64[b64.size() - 2] == '=' ? 2
+                                              : b64.back() == '='                           ? 1
+                                                                                            : 0));
+    try {
+      put.agent_key_pin = agent_key_pin_from_spki_der(der);
+    } catch (const std::exception&) {
+      return bad("properties.agentPublicKeyCertificate is not base64 of a DER SubjectPublicKeyInfo.");
+    }
+    return put;
+  }
+
+  // PUT, DELETE and listKeys: authorized against the current snapshot, then
+  // (PUT, DELETE) written by a thread of their own, one at a time, so the
+  // store's blocking calls never hold an io thread.
+  void writer(const Identity& id, const ArmPath& arm, const std::string& method, bool list_keys,
+              const std::string& body, const std::string& public_host,
+              UniqueFunction<void(ManagementResponse)> respond) {
+    if (!store_)
+      return respond(
+          arm_error(405, "MethodNotAllowed", "this relay's registry is read-only (start it with --config or --store)"));
+    const auto snapshot = registry_();
+    const Registry& reg = *snapshot;
+    const ClusterEntry* cluster = reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name);
+    const std::string resource_id = cluster ? scope_of(*cluster)
+                                            : "/subscriptions/" + arm.subscription + "/resourceGroups/" +
+                                                  arm.resource_group +
+                                                  "/providers/Microsoft.Kubernetes/connectedClusters/" + arm.name;
+    const std::string write_action = "Microsoft.Kubernetes/connectedClusters/write";
+    const std::string delete_action = "Microsoft.Kubernetes/connectedClusters/delete";
+    const std::string& action = method == "DELETE" && !list_keys ? delete_action : write_action;
+    if (!allows_on(reg, cluster, resource_id, id, action)) {
+      logger_->info("management {} by {} refused: no role grants {} on {}", list_keys ? "listKeys" : method, id.uid,
+                    action, resource_id);
+      return respond(forbidden(id, action, resource_id));
+    }
+    if (list_keys) return respond(listen_keys(cluster, arm, public_host));
+    if (method == "DELETE" && !cluster) return respond({204, "application/json; charset=utf-8", "", {}});
+    std::optional<ClusterPut> put;
+    if (method == "PUT") {
+      if (!valid_cluster_name(arm.name))
+        return respond(arm_error(400, "InvalidResourceName",
+                                 "Resource name " + arm.name.substr(0, 80) +
+                                     " is invalid. The name can be up to 63 characters long: letters, digits, '-', '_' "
+                                     "and '.', starting and ending with a letter or digit."));
+      auto parsed = parse_put(body);
+      if (auto* r = std::get_if<ManagementResponse>(&parsed)) return respond(std::move(*r));
+      put = std::get<ClusterPut>(std::move(parsed));
+    }
+    if (writes_in_flight_.fetch_add(1) >= max_writes_in_flight) {
+      writes_in_flight_.fetch_sub(1);
+      auto r = arm_error(429, "TooManyRequests", "too many registry writes in progress; retry shortly");
+      r.headers.emplace_back("Retry-After", "1");
+      return respond(std::move(r));
+    }
+    auto self = shared_from_this();
+    std::thread([self, arm, put = std::move(put), id, respond = std::move(respond)]() mutable {
+      ManagementResponse r;
+      try {
+        std::lock_guard lock(self->write_mutex_);
+        r = put ? self->put_cluster(arm, *put, id) : self->delete_cluster(arm, id);
+      } catch (const std::exception& e) {
+        self->logger_->error("management {} {}: the registry was not changed: {}", put ? "PUT" : "DELETE", arm.name,
+                             e.what());
+        r = arm_error(500, "InternalServerError", "The relay could not write its registry; see its log.");
+      }
+      self->writes_in_flight_.fetch_sub(1);
+      respond(std::move(r));
+    }).detach();
+  }
+
+  ManagementResponse put_cluster(const ArmPath& arm, const ClusterPut& put, const Identity& id) {
+    ClusterName name{arm.subscription, arm.resource_group, arm.name};
+    bool created = false;
+    nlohmann::json written;
+    store_->edit_cluster(name, [&](const nlohmann::json& current) {
+      nlohmann::json record = current;
+      created = current.is_null();
+      if (created) {
+        // The cluster's keys are made here and never leave the relay except
+        // through listKeys (listen) and connect tokens (connect).
+        auto key = [&](const std::string& key_name, const char* right) {
+          nlohmann::json k = store_->store_secret(name, key_name, random_key());
+          k["name"] = key_name;
+          k["rights"] = nlohmann::json::array({right});
+          return k;
+        };
+        record = {{"subscription", arm.subscription},
+                  {"resource_group", arm.resource_group},
+                  {"name", arm.name},
+                  {"hybrid_connection", "clusters/" + arm.subscription + "/" + arm.resource_group + "/" + arm.name},
+                  {"keys", nlohmann::json::array({key("listen", "listen"), key("connect", "connect")})},
+                  {"created_by", id.uid}};
+      }
+      // The agent's key is the one the PUT names: a new key pair replaces the
+      // pin (key rotation is a PUT with the new key).
+      record["agent_key_pins"] = nlohmann::json::array({put.agent_key_pin});
+      record["agent_public_key_certificate"] = put.agent_certificate;
+      record["location"] = location();
+      record["tags"] = put.tags;
+      nlohmann::json identity{{"type", put.identity_type}};
+      if (put.identity_type == "SystemAssigned") {
+        const auto& old = current.is_object() ? current.value("identity", nlohmann::json()) : nlohmann::json();
+        identity["principalId"] =
+            old.is_object() && old.contains("principalId") ? old["principalId"] : nlohmann::json(new_request_id());
+        identity["tenantId"] = options_.tenant;
+      }
+      record["identity"] = identity;
+      written = record;
+      return record;
+    });
+    logger_->info("cluster {} {} by {} ({})", scope_of_name(arm), created ? "created" : "updated", id.user, id.uid);
+    wait_visible([&](const Registry& reg) {
+      const ClusterEntry* c = reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name);
+      return c && c->agent_key_pins == std::vector<std::string>{put.agent_key_pin};
+    });
+    ClusterEntry entry;
+    entry.subscription = arm.subscription;
+    entry.resource_group = arm.resource_group;
+    entry.name = arm.name;
+    entry.hybrid_connection = written["hybrid_connection"].get<std::string>();
+    if (auto snapshot = registry_();
+        const ClusterEntry* c = snapshot->cluster_by_name(arm.subscription, arm.resource_group, arm.name))
+      entry = *c;
+    nlohmann::json body = resource_json(entry);
+    body["identity"] = written["identity"];
+    body["tags"] = written["tags"];
+    body["properties"]["agentPublicKeyCertificate"] = put.agent_certificate;
+    body["properties"]["provisioningState"] = "Succeeded";
+    return {created ? 201u : 200u, "application/json; charset=utf-8", body.dump(), {}};
+  }
+
+  ManagementResponse delete_cluster(const ArmPath& arm, const Identity& id) {
+    ClusterName name{arm.subscription, arm.resource_group, arm.name};
+    bool existed = false;
+    store_->edit_cluster(name, [&](const nlohmann::json& current) {
+      existed = !current.is_null();
+      return nlohmann::json();
+    });
+    logger_->info("cluster {} deleted by {} ({})", scope_of_name(arm), id.user, id.uid);
+    wait_visible(
+        [&](const Registry& reg) { return !reg.cluster_by_name(arm.subscription, arm.resource_group, arm.name); });
+    return {existed ? 200u : 204u, "application/json; charset=utf-8", "", {}};
+  }
+
+  // Our extension, shaped like Azure Relay's listKeys on a hybrid
+  // connection's authorization rule: the listen key the cluster's agent
+  // signs its control channels with. Only for callers that may write the
+  // cluster (they install the agent).
+  ManagementResponse listen_keys(const ClusterEntry* cluster, const ArmPath& arm, const std::string& public_host) {
+    if (!cluster)
+      return arm_error(404, "ResourceNotFound",
+                       "The Resource 'Microsoft.Kubernetes/connectedClusters/" + arm.name + "' under resource group '" +
+                           arm.resource_group + "' was not found.");
+    const RelayKey* key = cluster->key_with_right("listen");
+    if (!key)
+      return arm_error(409, "ListenKeyMissing", "cluster " + cluster->name + " has no key with the listen right");
+    // Azure Relay names its namespace without a port; ours may listen on one.
+    nlohmann::json j{{"keyName", key->name},
+                     {"primaryKey", key->secret},
+                     {"primaryConnectionString", "Endpoint=sb://" + public_host + "/;SharedAccessKeyName=" + key->name +
+                                                     ";SharedAccessKey=" + key->secret +
+                                                     ";EntityPath=" + cluster->hybrid_connection}};
+    logger_->info("listKeys for {}", scope_of(*cluster));
+    return {200, "application/json; charset=utf-8", j.dump(), {}};
+  }
+
+  static std::string scope_of_name(const ArmPath& arm) {
+    return "/subscriptions/" + arm.subscription + "/resourceGroups/" + arm.resource_group +
+           "/providers/Microsoft.Kubernetes/connectedClusters/" + arm.name;
+  }
+
+  // Until the relay's snapshot shows the write (bounded): a caller that gets
+  // its answer can use the cluster at once (listKeys, the agent's handshake).
+  void wait_visible(const std::function<bool(const Registry&)>& done) const {
+    const auto deadline = std::chrono::steady_clock::now() + options_.write_visible_timeout;
+    while (!done(*registry_())) {
+      if (std::chrono::steady_clock::now() >= deadline) {
+        logger_->warn("a registry write is not visible yet after {} ms; answering anyway",
+                      options_.write_visible_timeout.count());
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
+  std::shared_ptr<RegistryStore> store_;
+  std::mutex write_mutex_;
+  std::atomic<unsigned> writes_in_flight_{0};
   RegistrySnapshot registry_;
   ManagementOptions options_;
   std::shared_ptr<Authenticator> authenticator_;
@@ -366,6 +696,15 @@ std::shared_ptr<ManagementApi> make_management_api(RegistrySnapshot registry, Ma
                                                    std::shared_ptr<spdlog::logger> logger) {
   return std::make_shared<Api>(std::move(registry), std::move(options), std::move(authenticator), std::move(agents),
                                std::move(logger));
+}
+
+std::shared_ptr<ManagementApi> make_management_api(std::shared_ptr<RegistryStore> store, ManagementOptions options,
+                                                   std::shared_ptr<Authenticator> authenticator, AgentCount agents,
+                                                   std::shared_ptr<spdlog::logger> logger) {
+  auto api = std::make_shared<Api>([store] { return store->snapshot(); }, std::move(options), std::move(authenticator),
+                                   std::move(agents), std::move(logger));
+  api->set_store(std::move(store));
+  return api;
 }
 
 std::shared_ptr<ManagementApi> make_management_api(std::shared_ptr<const RelayConfig> config, ManagementOptions options,

@@ -59,6 +59,20 @@ struct ManagementOptions {
   std::string tenant;
   std::string authority;
   std::string location;  // the resources' "location" (an Azure region name, or where the relay runs); default "local"
+  // Role assignments above one cluster (a subscription or a resource group,
+  // as ARM's scopes): they cover every cluster under their scope, and the
+  // ones that grant connectedClusters/write are what lets a caller create a
+  // cluster (PUT) that has no assignments of its own yet. From the
+  // configuration's management.role_assignments.
+  struct ScopedRoleAssignment {
+    std::string scope;  // /subscriptions/{s}[/resourceGroups/{g}]
+    std::string principal;
+    std::string role;
+  };
+  std::vector<ScopedRoleAssignment> scoped_role_assignments;
+  // A write (PUT, DELETE) answers once the relay's registry snapshot shows it,
+  // or after this long (the etcd store applies changes as etcd reports them).
+  std::chrono::milliseconds write_visible_timeout{10000};
 };
 
 // Agents connected per hybrid connection, for the resource's connectivityStatus.
@@ -70,6 +84,14 @@ using AgentCount = std::function<unsigned(const std::string& hybrid_connection)>
 // Every call reads the registry's current snapshot once it has authenticated
 // its caller: a removed role assignment refuses the next call.
 std::shared_ptr<ManagementApi> make_management_api(RegistrySnapshot registry, ManagementOptions options,
+                                                   std::shared_ptr<Authenticator> authenticator, AgentCount agents,
+                                                   std::shared_ptr<spdlog::logger> logger);
+class RegistryStore;
+
+// Over a store that it reads and writes: besides the above, ARM's PUT and
+// DELETE of a cluster and the listKeys action (our extension; see
+// docs/management-api.md). Writes run one at a time on a thread of their own.
+std::shared_ptr<ManagementApi> make_management_api(std::shared_ptr<RegistryStore> store, ManagementOptions options,
                                                    std::shared_ptr<Authenticator> authenticator, AgentCount agents,
                                                    std::shared_ptr<spdlog::logger> logger);
 // Over a fixed registry (the configuration's).

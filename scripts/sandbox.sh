@@ -122,6 +122,7 @@ up() {
   # 2. Stand-in API server. The agent's service account may impersonate.
   local agent_token ci_token
   agent_token="$(openssl rand -hex 24)"; ci_token="$(openssl rand -hex 24)"
+  local admin_token; admin_token="$(openssl rand -hex 24)"  # the cluster admin who runs connectedk8s connect
   printf '%s\n' "$agent_token" >"$s/agent-sa.token"; chmod 600 "$s/agent-sa.token"
   printf '%s\n' "$ci_token" >"$s/ci-sa.token"; chmod 600 "$s/ci-sa.token"
   # The demo principals may write (the stand-in's RBAC); everyone signed in may read.
@@ -134,7 +135,8 @@ up() {
   {"token": "$agent_token", "user": "system:serviceaccount:clusterconnect:clusterconnect-agent", "uid": "agent-uid",
    "groups": ["system:serviceaccounts", "system:serviceaccounts:clusterconnect"], "can_impersonate": true},
   {"token": "$ci_token", "user": "system:serviceaccount:default:ci", "uid": "ci-uid",
-   "groups": ["system:serviceaccounts", "system:serviceaccounts:default"]}
+   "groups": ["system:serviceaccounts", "system:serviceaccounts:default"]},
+  {"token": "$admin_token", "user": "sandbox-admin", "groups": ["system:masters"]}
 ]}
 JSON
   chmod 600 "$s/apiserver-tokens.json"
@@ -186,15 +188,37 @@ JSON
             {\"name\": \"connect\", \"rights\": [\"connect\"], \"secret_file\": \"connect2.key\"}],
    \"role_assignments\": $second_principals}"
   fi
+  # Cluster demo is onboarded with `connectedk8s connect` (below): the relay
+  # starts without it, and the demo principals hold their roles on the
+  # resource group (the service principal may also create and delete
+  # clusters there). SANDBOX_ONBOARD=manual (implied by
+  # SANDBOX_REGISTERED_AGENT_CERT) writes the registry by hand instead.
+  local onboard="${SANDBOX_ONBOARD:-connect}"
+  [ -n "${SANDBOX_REGISTERED_AGENT_CERT:-}" ] && onboard=manual
+  local demo_cluster="" scoped="[]"
+  if [ "$onboard" = manual ]; then
+    demo_cluster="{\"subscription\": \"$subscription\", \"resource_group\": \"sandbox\", \"name\": \"demo\",
+   \"hybrid_connection\": \"clusters/$subscription/sandbox/demo\",
+   \"agent_key_pins\": [\"$agent_pin\"],
+   \"keys\": [{\"name\": \"listen\", \"rights\": [\"listen\"], \"secret_file\": \"listen.key\"},
+            {\"name\": \"connect\", \"rights\": [\"connect\"], \"secret_file\": \"connect.key\"}],
+   \"role_assignments\": $principals}"
+  else
+    scoped="$(node -e '
+      const st=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));
+      const scope=process.argv[2];
+      const oids=[st.clients.secret.oid, ...Object.values(st.users).map(u=>u.oid)];
+      const a=oids.map(o=>({scope, principal:o, role:"Azure Arc Enabled Kubernetes Cluster User Role"}));
+      a.push({scope, principal:st.clients.secret.oid, role:"Azure Arc Kubernetes Cluster Manager"});
+      console.log(JSON.stringify(a))' "$s/idp/state.json" "/subscriptions/$subscription/resourceGroups/sandbox")"
+    second_cluster="${second_cluster#,}"
+  fi
+  local clusters="$demo_cluster$second_cluster"
   cat >"$s/relay.json" <<JSON
-{"clusters": [{"subscription": "$subscription", "resource_group": "sandbox", "name": "demo",
-   "hybrid_connection": "clusters/$subscription/sandbox/demo",
-   "agent_key_pins": ["$agent_pin"],
-   "keys": [{"name": "listen", "rights": ["listen"], "secret_file": "listen.key"},
-            {"name": "connect", "rights": ["connect"], "secret_file": "connect.key"}],
-   "role_assignments": $principals}$second_cluster],
+{"clusters": [$clusters],
  "management": {"tenants": ["$tenant"], "audiences": ["$management_resource"], "authority": "$authority",
-                "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600}}}
+                "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600},
+                "role_assignments": $scoped}}
 JSON
   start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
     --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
@@ -202,6 +226,47 @@ JSON
   local relay_port relay_ca
   relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
   log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
+
+  local sp_client sp_secret
+  sp_client="$(json "$s/idp/state.json" clients.secret.client_id)"
+  sp_secret="$(json "$s/idp/state.json" clients.secret.client_secret)"
+  if [ "$onboard" = connect ]; then
+    # The cluster's admin kubeconfig, as a cluster's installer would hand it out.
+    cat >"$s/cluster-admin.kubeconfig" <<KUBE
+apiVersion: v1
+kind: Config
+current-context: sandbox-admin
+clusters:
+- name: sandbox
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority-data: $(base64 -w0 <"$s/apiserver-ca.crt")
+contexts:
+- name: sandbox-admin
+  context: {cluster: sandbox, user: sandbox-admin}
+users:
+- name: sandbox-admin
+  user:
+    token: $admin_token
+KUBE
+    chmod 600 "$s/cluster-admin.kubeconfig"
+    local connect_env=(env AZURE_TENANT_ID="$tenant" AZURE_CLIENT_ID="$sp_client" AZURE_CLIENT_SECRET="$sp_secret"
+      AZURE_AUTHORITY_HOST="$authority" AZURE_SUBSCRIPTION_ID="$subscription" XDG_CONFIG_HOME="$dir/home/config"
+      XDG_CACHE_HOME="$dir/home/cache")
+    local connect_args=(connect -n demo -g sandbox --endpoint "https://127.0.0.1:$relay_port" --ca-file "$relay_ca"
+      --allow-http-loopback-authority --kubeconfig "$s/cluster-admin.kubeconfig" --tenant "$tenant")
+    # Registers demo and installs the agent's objects; the sandbox plays the
+    # kubelet below, so this first run does not wait for the agent.
+    "${connect_env[@]}" "$bin/connectedk8s" "${connect_args[@]}" --timeout 0 >>"$dir/logs/connect.log" 2>&1 ||
+      die_with_log connect "connectedk8s connect failed"
+    log "connectedk8s connect -n demo -g sandbox: registered and installed"
+    # The kubelet's part: the agent's key material from the Secrets connect made.
+    local k=(kubectl --kubeconfig "$s/cluster-admin.kubeconfig" -n clusterconnect get secret)
+    "${k[@]}" relay-listen-key -o 'jsonpath={.data.listen\.key}' | base64 -d >"$s/listen.key"
+    "${k[@]}" agent-identity -o 'jsonpath={.data.tls\.crt}' | base64 -d >"$s/agent-identity.crt"
+    "${k[@]}" agent-identity -o 'jsonpath={.data.tls\.key}' | base64 -d >"$s/agent-identity.key"
+    chmod 600 "$s/listen.key" "$s/agent-identity.key"
+  fi
 
   # 4. Agent: two tunnels, Entra mode, impersonating through the stand-in.
   start agent "$bin/clusterconnect-agent" \
@@ -215,6 +280,12 @@ JSON
     --audit-log "$dir/logs/agent-audit.jsonl" ${SANDBOX_AGENT_ARGS:-}
   wait_ready agent "$s/agent.ready"
   log "agent: connected over $transport (health on port $(json "$s/agent.ready" health_port))"
+  if [ "$onboard" = connect ]; then
+    # connect again: idempotent (keeps the agent's key), and waits for Connected.
+    "${connect_env[@]}" "$bin/connectedk8s" "${connect_args[@]}" --timeout 60 >>"$dir/logs/connect.log" 2>&1 ||
+      die_with_log connect "connectedk8s connect (again) failed"
+    log "connectedk8s connect: demo is Connected"
+  fi
   if [ -n "${SANDBOX_SECOND_CLUSTER:-}" ]; then
     start agent2 "$bin/clusterconnect-agent" \
       --relay-url "wss://127.0.0.1:$relay_port/\$hc/clusters/$subscription/sandbox2/second" --relay-ca-file "$relay_ca" \
@@ -229,9 +300,6 @@ JSON
   fi
 
   # What a user's shell needs for `connectedk8s proxy -n demo -g sandbox`.
-  local sp_client sp_secret
-  sp_client="$(json "$s/idp/state.json" clients.secret.client_id)"
-  sp_secret="$(json "$s/idp/state.json" clients.secret.client_secret)"
   cat >"$dir/env.sh" <<ENV
 # Source this file to use the sandbox: connectedk8s proxy -n demo -g sandbox
 export PATH="$bin:\$PATH"

@@ -58,3 +58,17 @@ TEST_CASE("the ClusterRole lets the agent impersonate users, groups, uids and th
   CHECK(binding["roleRef"]["name"].as<std::string>() == role["metadata"]["name"].as<std::string>());
   CHECK(binding["subjects"][0]["name"].as<std::string>() == "clusterconnect-agent");
 }
+
+TEST_CASE("deploy/ is a kustomize base that builds the same objects as the manifest", "[agent][deploy]") {
+  if (run("kubectl version --client >/dev/null 2>&1").status != 0) CLUSTERCONNECT_SKIP("kubectl is not installed");
+  auto built = run("kubectl kustomize " + quote((source_dir() / "deploy").string()));
+  REQUIRE(built.status == 0);
+  auto kustomized = YAML::LoadAll(built.output);
+  std::set<std::string> from_base, from_file;
+  for (const auto& d : kustomized)
+    from_base.insert(d["kind"].as<std::string>() + "/" + d["metadata"]["name"].as<std::string>());
+  for (const auto& d : documents()) from_file.insert(d["kind"].as<std::string>() + "/" + d["metadata"]["name"].as<std::string>());
+  CHECK(from_base == from_file);
+  CHECK(from_base.count("Deployment/clusterconnect-agent") == 1);
+  CHECK(from_base.count("ClusterRoleBinding/clusterconnect-agent-impersonator") == 1);
+}
