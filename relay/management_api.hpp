@@ -16,6 +16,7 @@
 #include "clusterconnect/arm_audience.hpp"
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/unique_function.hpp"
+#include "listener_registry.hpp"
 
 namespace spdlog {
 class logger;
@@ -59,6 +60,10 @@ struct ManagementOptions {
   std::string tenant;
   std::string authority;
   std::string location;  // the resources' "location" (an Azure region name, or where the relay runs); default "local"
+  // What the relay knows of a cluster's agents (by ClusterEntry::identity()):
+  // the resource's connectivity and what its agents reported. When unset, the
+  // AgentCount alone decides connectivityStatus.
+  std::function<AgentStatus(const std::string& identity)> agent_status;
 };
 
 // Agents connected per hybrid connection, for the resource's connectivityStatus.
