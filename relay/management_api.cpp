@@ -4,6 +4,7 @@
 #include <cctype>
 #include <ctime>
 #include <optional>
+#include <variant>
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
@@ -118,6 +119,53 @@ std::string query_param(const std::string& query, const std::string& name) {
     start = end + 1;
   }
   return {};
+}
+
+// listClusterUserCredential's body (ListClusterUserCredentialProperties).
+struct CredentialRequest {
+  std::string authentication_method;  // "AAD" or "Token"
+  bool client_proxy = true;
+};
+
+// ARM's semantics: authenticationMethod is AAD (the caller's Entra token
+// reaches the cluster) or Token (a service-account token the caller brings,
+// passed through unchanged); clientProxy true asks for the relay endpoint
+// and a connect token, for a local client proxy (`connectedk8s proxy`).
+// clientProxy false asks for a kubeconfig that reaches the cluster without
+// one; a cluster behind this relay accepts no inbound connection, so there is
+// nothing such a kubeconfig could name: 400, as ARM answers a combination
+// the cluster does not support. Both properties default as the CLI sends
+// them (AAD, true) when absent.
+std::variant<CredentialRequest, ManagementResponse> parse_credential_request(const std::string& body) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body.empty() ? "{}" : body);
+  } catch (const std::exception&) {
+    return arm_error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
+  }
+  if (!j.is_object())
+    return arm_error(400, "InvalidRequestContent", "The request content must be a JSON object with authenticationMethod and clientProxy.");
+  CredentialRequest r;
+  r.authentication_method = "AAD";
+  if (j.contains("authenticationMethod")) {
+    const auto& m = j["authenticationMethod"];
+    if (!m.is_string() || (!ascii_iequals(m.get<std::string>(), "AAD") && !ascii_iequals(m.get<std::string>(), "Token")))
+      return arm_error(400, "InvalidRequestContent",
+                       "The value of authenticationMethod is invalid: it must be \"AAD\" or \"Token\".");
+    r.authentication_method = ascii_iequals(m.get<std::string>(), "AAD") ? "AAD" : "Token";
+  }
+  if (j.contains("clientProxy")) {
+    if (!j["clientProxy"].is_boolean())
+      return arm_error(400, "InvalidRequestContent", "The value of clientProxy is invalid: it must be true or false.");
+    r.client_proxy = j["clientProxy"].get<bool>();
+  }
+  if (!r.client_proxy)
+    return arm_error(400, "BadRequest",
+                     "clientProxy false (a kubeconfig that reaches the cluster's API server directly) is not supported: "
+                     "the cluster accepts no inbound connection and is reached only through the relay. Send "
+                     "clientProxy true and connect with `connectedk8s proxy`" +
+                         std::string(r.authentication_method == "Token" ? " --token." : "."));
+  return r;
 }
 
 // ARM's date-time: UTC, seconds, "Z".
@@ -294,17 +342,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     }
     if (!list_credential) return resource(*cluster, scope);
 
-    nlohmann::json request;
-    try {
-      request = nlohmann::json::parse(body.empty() ? "{}" : body);
-    } catch (const std::exception&) {
-      return arm_error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
-    }
-    std::string method = request.is_object() ? request.value("authenticationMethod", std::string("AAD")) : "";
-    if (method != "AAD" && method != "Token")
-      return arm_error(400, "InvalidRequestContent", "authenticationMethod must be \"AAD\" or \"Token\"");
-    if (request.is_object() && request.contains("clientProxy") && !request["clientProxy"].is_boolean())
-      return arm_error(400, "InvalidRequestContent", "clientProxy must be a boolean");
+    auto asked = parse_credential_request(body);
+    if (auto* refused = std::get_if<ManagementResponse>(&asked)) return std::move(*refused);
 
     const RelayKey* key = cluster->key_with_right("connect");  // connect-only: the registry refuses mixed keys
     if (!key)
@@ -313,8 +352,11 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     auto expiry_s = std::chrono::duration_cast<std::chrono::seconds>(expiry.time_since_epoch()).count();
     std::string resource_uri = "https://" + public_host + "/" + cluster->hybrid_connection;
     std::string sas = make_sas_token(resource_uri, key->name, key->secret, expiry);
-    logger_->info("issued a connect token for {} to {} ({}), valid {} s", cluster->name, id.user, id.uid,
-                  options_.token_lifetime.count());
+    // AAD and Token get the same endpoint and kubeconfig: the local proxy
+    // supplies the caller's credential either way (the Entra token, or with
+    // --token the service-account token it passes through unchanged).
+    logger_->info("issued a connect token for {} to {} ({}), {} authentication, valid {} s", cluster->name, id.user, id.uid,
+                  std::get<CredentialRequest>(asked).authentication_method, options_.token_lifetime.count());
 
     std::string user = "clusterUser_" + cluster->resource_group + "_" + cluster->name;
     std::string kubeconfig = "apiVersion: v1\nkind: Config\nclusters:\n- name: " + cluster->name +

@@ -500,3 +500,29 @@ TEST_CASE("identity and systemData come from the registry record; unknown facts 
   CHECK_FALSE(a.contains("systemData"));
   CHECK_FALSE(a["properties"].contains("agentPublicKeyCertificate"));
 }
+
+TEST_CASE("listClusterUserCredential: authenticationMethod and clientProxy with ARM's semantics", "[relay][management][arm]") {
+  auto ok = [](const std::string& body) { return call("POST", credential_path("resourceGroups", "demo"), "alice", body); };
+  auto token_mode = ok(R"({"authenticationMethod":"Token","clientProxy":true})");
+  REQUIRE(token_mode.status == 200);
+  auto j = nlohmann::json::parse(token_mode.body);
+  CHECK(j["hybridConnectionConfig"]["token"].get<std::string>().rfind("SharedAccessSignature ", 0) == 0);
+  CHECK(j["kubeconfigs"].size() == 1);
+  // No direct kubeconfig exists for a cluster behind the relay.
+  for (const char* body : {R"({"authenticationMethod":"AAD","clientProxy":false})",
+                           R"({"authenticationMethod":"Token","clientProxy":false})"}) {
+    auto r = ok(body);
+    CHECK(r.status == 400);
+    CHECK(error_code_of(r) == "BadRequest");
+    CHECK_THAT(r.body, Catch::Contains("clientProxy true"));
+  }
+  for (const char* body : {R"({"authenticationMethod":"AAD","clientProxy":"yes"})", R"({"authenticationMethod":1})",
+                           R"([1,2])", R"({"authenticationMethod":"Basic","clientProxy":true})"}) {
+    auto r = ok(body);
+    CHECK(r.status == 400);
+    CHECK(error_code_of(r) == "InvalidRequestContent");
+  }
+  // The CLI's defaults when a property is absent.
+  CHECK(ok("{}").status == 200);
+  CHECK(ok("").status == 200);
+}
