@@ -66,7 +66,8 @@ std::string guess_infrastructure(const nlohmann::json& nodes) {
 class Get : public std::enable_shared_from_this<Get> {
  public:
   using Done = UniqueFunction<void(std::string body)>;  // empty on any failure
-  Get(std::string request, std::size_t limit, Done done) : request_(std::move(request)), limit_(limit), done_(std::move(done)) {}
+  Get(std::string request, std::size_t limit, Done done)
+      : request_(std::move(request)), limit_(limit), done_(std::move(done)) {}
 
   void start(StreamPtr stream) {
     stream_ = std::move(stream);
@@ -128,10 +129,11 @@ void async_get(const http::UpstreamConnector& connector, ApiServer& api, const s
                Get::Done done) {
   auto token = api.token().get();
   if (!token) return done({});
-  auto get = std::make_shared<Get>("GET " + target + " HTTP/1.0\r\nHost: " + api.url().authority() +
-                                       "\r\nAccept: application/json\r\nUser-Agent: clusterconnect-agent\r\nAuthorization: Bearer " +
-                                       token.value() + "\r\n\r\n",
-                                   limit, std::move(done));
+  auto get = std::make_shared<Get>(
+      "GET " + target + " HTTP/1.0\r\nHost: " + api.url().authority() +
+          "\r\nAccept: application/json\r\nUser-Agent: clusterconnect-agent\r\nAuthorization: Bearer " + token.value() +
+          "\r\n\r\n",
+      limit, std::move(done));
   connector([get](error_code ec, StreamPtr stream, std::string) {
     if (ec || !stream) return get->finish({});
     get->start(std::move(stream));
