@@ -32,6 +32,7 @@
 #include "clusterconnect/host/runtime.hpp"
 #include "clusterconnect/transport.hpp"
 #include "clusterconnect/version.hpp"
+#include "cluster_report.hpp"
 #include "counted_stream.hpp"
 #include "health_server.hpp"
 #include "io_threads.hpp"
@@ -84,6 +85,8 @@ struct AgentOptions {
   std::string ready_file;
   std::string audit_log = "-";
   unsigned threads = 2;
+  std::string distribution;    // empty: guessed from the API server
+  std::string infrastructure;  // empty: guessed from the nodes
 };
 
 void add_options(CLI::App& app, AgentOptions& o) {
@@ -177,6 +180,13 @@ void add_options(CLI::App& app, AgentOptions& o) {
       ->envname("CLUSTERCONNECT_TOKEN_FILE");
   app.add_option("--health-listen", o.health_listen, "ADDRESS:PORT for /healthz, /readyz, /metrics (plain HTTP)")
       ->capture_default_str();
+  app.add_option("--distribution", o.distribution,
+                 "Kubernetes distribution reported to the relay (Arc's names: generic, k3s, aks, eks, gke, openshift, ...); "
+                 "default: guessed from the API server")
+      ->envname("CLUSTERCONNECT_DISTRIBUTION");
+  app.add_option("--infrastructure", o.infrastructure,
+                 "Infrastructure reported to the relay (generic, azure, aws, gcp, vsphere, ...); default: guessed from the nodes")
+      ->envname("CLUSTERCONNECT_INFRASTRUCTURE");
   app.add_option("--ready-file", o.ready_file, "Write {\"health_port\":N} to this file once a tunnel is up");
   app.add_option("--audit-log", o.audit_log, "Audit log file, one JSON line per request ('-' = stdout, '' = off)")
       ->capture_default_str();
@@ -364,6 +374,17 @@ int main(int argc, char** argv) try {
   listen_options.identity_key_file = o.identity_key_file;
   listen_options.token = [rt = relay_token.value()] { return rt->current(); };
   listen_options.tunnels = o.tunnels;
+  // What the relay shows on the cluster's resource: learned once before the
+  // first control channel opens (bounded; startup waits at most ~10 s for a
+  // silent API server), then refreshed every 5 minutes for the channels
+  // opened after that.
+  auto report = std::make_shared<ClusterReport>(CLUSTERCONNECT_VERSION, o.distribution, o.infrastructure);
+  {
+    asio::io_context startup;
+    report->async_refresh(api.value()->connector(startup), api.value(), [] {});
+    startup.run_for(std::chrono::seconds(12));
+  }
+  listen_options.handshake_headers = [report] { return tunnel::rendezvous::to_headers(report->latest()); };
   http::Limits limits;
   auto connector = api.value()->connector(io);
   const std::shared_ptr<TunnelListener> listener =
@@ -435,6 +456,19 @@ int main(int argc, char** argv) try {
     });
   };
   asio::post(probe_strand, probe);
+  asio::steady_timer report_timer(io);
+  std::function<void()> refresh_report = [&] {
+    report_timer.expires_after(std::chrono::minutes(5));
+    report_timer.async_wait(asio::bind_executor(probe_strand, [&](error_code e) {
+      if (e || stopping) return;
+      report->async_refresh(connector, api.value(), [&] {
+        asio::dispatch(probe_strand, [&] {
+          if (!stopping) refresh_report();
+        });
+      });
+    }));
+  };
+  asio::post(probe_strand, refresh_report);
 
   int rc = stop.get_future().get();
   listener->close();
@@ -442,6 +476,7 @@ int main(int argc, char** argv) try {
   asio::post(probe_strand, [&] {
     stopping = true;
     probe_timer.cancel();
+    report_timer.cancel();
   });
   // Wait for the io threads to run out of work: the tunnels' close frames
   // written, in-flight streams reset, the probe and health server done;

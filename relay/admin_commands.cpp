@@ -1,6 +1,7 @@
 #include "admin_commands.hpp"
 
 #include <cstdio>
+#include <ctime>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +46,15 @@ std::string hex(const unsigned char* p, std::size_t n) {
     out += digits[p[i] >> 4];
     out += digits[p[i] & 15];
   }
+  return out;
+}
+
+std::string now_arm_time() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char out[32];
+  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return out;
 }
 
@@ -133,6 +143,30 @@ std::string agent_key_pin_from_pem(const std::string& pem) {
   std::string spki(reinterpret_cast<const char*>(der), static_cast<std::size_t>(n));
   OPENSSL_free(der);
   return agent_key_pin_from_spki_der(spki);
+}
+
+std::string agent_public_key_certificate_from_pem(const std::string& pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  EVP_PKEY* key = nullptr;
+  if (bio && pem.find("-----BEGIN CERTIFICATE-----") != std::string::npos) {
+    if (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+      key = X509_get_pubkey(cert);
+      X509_free(cert);
+    }
+  } else if (bio) {
+    key = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
+  }
+  BIO_free(bio);
+  if (!key) throw std::runtime_error("neither a PEM certificate nor a PEM public key (-----BEGIN PUBLIC KEY-----)");
+  unsigned char* der = nullptr;
+  int n = i2d_PUBKEY(key, &der);
+  EVP_PKEY_free(key);
+  if (n <= 0) throw std::runtime_error("cannot encode the public key");
+  std::string out(4 * ((static_cast<std::size_t>(n) + 2) / 3), '\0');
+  int m = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), der, n);
+  OPENSSL_free(der);
+  out.resize(static_cast<std::size_t>(m));
+  return out;
 }
 
 void add_store_options(CLI::App& app, StoreFlags& flags) {
@@ -278,7 +312,10 @@ int run_admin_command(CLI::App& app, const StoreFlags& flags, const std::string&
                  {"hybrid_connection", hc},
                  {"keys", keys},
                  {"role_assignments", nlohmann::json::array()},
-                 {"agent_key_pins", nlohmann::json::array()}};
+                 {"agent_key_pins", nlohmann::json::array()},
+                 // ARM's systemData: when the resource was made (by whom is
+                 // not known to a local administrator's command).
+                 {"system_data", {{"createdAt", now_arm_time()}}}};
       return written;
     });
     auto s = shown(written, a.show_secrets);
@@ -339,8 +376,12 @@ int run_admin_command(CLI::App& app, const StoreFlags& flags, const std::string&
     auto pem = tls::read_small_file(a.cert_file, 64 * 1024);
     if (!pem) throw std::runtime_error(pem.error());
     const std::string pin = agent_key_pin_from_pem(pem.value());
+    // ARM's agentPublicKeyCertificate: the agent key given at PUT (base64
+    // DER SubjectPublicKeyInfo); the latest key set is the one shown.
+    const std::string certificate = agent_public_key_certificate_from_pem(pem.value());
     store->edit_cluster(c, [&](const nlohmann::json& current) {
       auto r = require(current, c);
+      r["agent_public_key_certificate"] = certificate;
       if (!a.add_pin || !r.contains("agent_key_pins") || !r["agent_key_pins"].is_array())
         r["agent_key_pins"] = nlohmann::json::array();
       bool present = false;

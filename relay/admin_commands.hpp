@@ -41,6 +41,9 @@ std::shared_ptr<RegistryStore> open_store(const StoreFlags& flags, const std::st
 // SHA-256 of the DER SubjectPublicKeyInfo (lowercase hex) of a PEM
 // certificate or public key, or of DER SPKI bytes; throws when it is neither.
 std::string agent_key_pin_from_pem(const std::string& pem);
+// ARM's agentPublicKeyCertificate for the same PEM: base64 of the key's DER
+// SubjectPublicKeyInfo.
+std::string agent_public_key_certificate_from_pem(const std::string& pem);
 std::string agent_key_pin_from_spki_der(const std::string& der);
 
 }  // namespace clusterconnect::relay

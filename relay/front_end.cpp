@@ -542,6 +542,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     auto it = counts.find(hybrid_connection);
     return it == counts.end() ? 0u : static_cast<unsigned>(it->second);
   }
+  AgentStatus agent_status(const std::string& identity) const override { return listeners_.status(identity); }
   RelayMetrics& metrics() { return metrics_; }
   spdlog::logger& log() { return *logger_; }
   const std::shared_ptr<spdlog::logger>& logger() { return logger_; }
@@ -1056,7 +1057,11 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
     auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, self->registry_, cluster, expiry,
                                                     std::move(verify), self->peer_);
     self->ws_.reset();
-    auto id = self->front_->listeners().add(cluster, channel);
+    // What the agent says of itself and its cluster (headers of its listen
+    // handshake; none from other Hybrid Connections listeners).
+    auto report = tunnel::rendezvous::agent_report_from_headers(
+        [&req = self->req_](std::string_view name) { return std::string(req[beast::string_view(name.data(), name.size())]); });
+    auto id = self->front_->listeners().add(cluster, channel, std::move(report));
     if (!id) return channel->close(1008, "the cluster has its maximum of listeners");
     channel->start(*id);
   });

@@ -62,6 +62,8 @@ class FrontEnd {
   virtual void registry_changed(const Registry& before, const Registry& after) noexcept = 0;
   // Control channels up for a hybrid connection (its agents' presence).
   virtual unsigned listeners(const std::string& hybrid_connection) const = 0;
+  // A cluster's agents as this relay knows them (by ClusterEntry::identity()).
+  virtual AgentStatus agent_status(const std::string& identity) const = 0;
   // A plain-HTTP listener for /metrics (which names every cluster), /healthz
   // and /readyz, apart from the public port; returns its port.
   virtual Result<unsigned short> serve_metrics(const std::string& address, unsigned short port) = 0;

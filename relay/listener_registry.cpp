@@ -16,13 +16,17 @@ std::size_t ListenerRegistry::count_locked(const std::string& identity) const {
       std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity; }));
 }
 
-std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink) {
+std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink,
+                                                   tunnel::rendezvous::AgentReport report) {
   std::lock_guard lock(mutex_);
   std::erase_if(listeners_, [](const Listener& l) { return l.sink.expired(); });
   const auto identity = cluster->identity();
   const auto n = std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity; });
   if (static_cast<std::size_t>(n) >= max_per_cluster_) return std::nullopt;
   listeners_.push_back(Listener{next_id_, identity, cluster->hybrid_connection, std::move(sink), 0});
+  auto& seen = seen_[identity];
+  seen.last_connected = std::chrono::system_clock::now();
+  if (!report.empty()) seen.report = std::move(report);
   if (observer_) observer_(identity, static_cast<std::size_t>(n) + 1);
   return next_id_++;
 }
@@ -32,8 +36,21 @@ void ListenerRegistry::remove(std::uint64_t id) {
   auto it = std::find_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.id == id; });
   if (it == listeners_.end()) return;
   const std::string identity = it->identity;
+  seen_[identity].last_connected = std::chrono::system_clock::now();
   listeners_.erase(it);
   if (observer_) observer_(identity, count_locked(identity));
+}
+
+AgentStatus ListenerRegistry::status(const std::string& identity) const {
+  std::lock_guard lock(mutex_);
+  AgentStatus out;
+  out.control_channels = static_cast<std::size_t>(std::count_if(
+      listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity && !l.sink.expired(); }));
+  if (auto it = seen_.find(identity); it != seen_.end()) {
+    out.last_connected = out.control_channels > 0 ? std::chrono::system_clock::now() : it->second.last_connected;
+    out.report = it->second.report;
+  }
+  return out;
 }
 
 std::optional<std::uint64_t> ListenerRegistry::send_to_one(const ClusterEntry* cluster, const std::string& text,

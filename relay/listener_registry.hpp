@@ -5,6 +5,7 @@
 // are kept by the cluster's identity, not its entry's address: registry
 // snapshots come and go while a control channel stays up.
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -14,9 +15,21 @@
 #include <string>
 #include <vector>
 
+#include "rendezvous/agent_report.hpp"
+
 namespace clusterconnect::relay {
 
 struct ClusterEntry;
+
+// What this relay knows of a cluster's agents, for the management API.
+struct AgentStatus {
+  std::size_t control_channels = 0;
+  // When a control channel of the cluster was last open: now while one is,
+  // else when the last one closed; none when this relay has seen none.
+  std::optional<std::chrono::system_clock::time_point> last_connected;
+  // The latest report an agent made when it opened a control channel.
+  tunnel::rendezvous::AgentReport report;
+};
 
 class ControlChannelSink {
  public:
@@ -41,8 +54,9 @@ class ListenerRegistry {
   void on_count_change(CountObserver observer);
 
   // A new listener for `cluster`: its id, or nothing when the cluster has
-  // its maximum of listeners.
-  std::optional<std::uint64_t> add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink);
+  // its maximum of listeners. A non-empty `report` replaces the cluster's.
+  std::optional<std::uint64_t> add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink,
+                                   tunnel::rendezvous::AgentReport report = {});
   void remove(std::uint64_t id);
 
   // Sends `text` (and `binary` after it) to one listener of the cluster, the
@@ -54,6 +68,8 @@ class ListenerRegistry {
   std::size_t count(const ClusterEntry* cluster) const;
   // Listeners by hybrid connection path.
   std::map<std::string, std::size_t> counts() const;
+  // The cluster's (by ClusterEntry::identity()).
+  AgentStatus status(const std::string& identity) const;
   void close_all(std::uint16_t code, const std::string& reason);
   // Closes the listeners of clusters (by ClusterEntry::identity()) that
   // `keep` rejects; how many.
@@ -73,6 +89,13 @@ class ListenerRegistry {
   CountObserver observer_;
   mutable std::mutex mutex_;
   std::vector<Listener> listeners_;
+  struct Seen {
+    std::chrono::system_clock::time_point last_connected;
+    tunnel::rendezvous::AgentReport report;
+  };
+  // By identity; one entry per cluster that ever had a control channel here
+  // (bounded by the registry's clusters).
+  std::map<std::string, Seen> seen_;
   std::uint64_t next_id_ = 1;
   std::uint64_t use_clock_ = 0;
 };

@@ -145,6 +145,10 @@ std::shared_ptr<ManagementApi> make_relay_management_api(host::Runtime& runtime,
       throw std::runtime_error("management.token_lifetime_seconds must be between 30 and 86400");
     options.token_lifetime = std::chrono::seconds(t.get<std::uint64_t>());
   }
+  options.agent_status = [front](const std::string& identity) {
+    auto f = front.lock();
+    return f ? f->agent_status(identity) : AgentStatus{};
+  };
   return make_management_api(
       store, options, std::move(authenticator),
       [front](const std::string& hc) -> unsigned {

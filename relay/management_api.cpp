@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <ctime>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
 #include "admin_commands.hpp"
@@ -122,6 +124,103 @@ std::string query_param(const std::string& query, const std::string& name) {
     start = end + 1;
   }
   return {};
+}
+
+// listClusterUserCredential's body (ListClusterUserCredentialProperties).
+struct CredentialRequest {
+  std::string authentication_method;  // "AAD" or "Token"
+  bool client_proxy = true;
+};
+
+// ARM's semantics: authenticationMethod is AAD (the caller's Entra token
+// reaches the cluster) or Token (a service-account token the caller brings,
+// passed through unchanged); clientProxy true asks for the relay endpoint
+// and a connect token, for a local client proxy (`connectedk8s proxy`).
+// clientProxy false asks for a kubeconfig that reaches the cluster without
+// one; a cluster behind this relay accepts no inbound connection, so there is
+// nothing such a kubeconfig could name: 400, as ARM answers a combination
+// the cluster does not support. Both properties default as the CLI sends
+// them (AAD, true) when absent.
+std::variant<CredentialRequest, ManagementResponse> parse_credential_request(const std::string& body) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body.empty() ? "{}" : body);
+  } catch (const std::exception&) {
+    return arm_error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
+  }
+  if (!j.is_object())
+    return arm_error(400, "InvalidRequestContent", "The request content must be a JSON object with authenticationMethod and clientProxy.");
+  CredentialRequest r;
+  r.authentication_method = "AAD";
+  if (j.contains("authenticationMethod")) {
+    const auto& m = j["authenticationMethod"];
+    if (!m.is_string() || (!ascii_iequals(m.get<std::string>(), "AAD") && !ascii_iequals(m.get<std::string>(), "Token")))
+      return arm_error(400, "InvalidRequestContent",
+                       "The value of authenticationMethod is invalid: it must be \"AAD\" or \"Token\".");
+    r.authentication_method = ascii_iequals(m.get<std::string>(), "AAD") ? "AAD" : "Token";
+  }
+  if (j.contains("clientProxy")) {
+    if (!j["clientProxy"].is_boolean())
+      return arm_error(400, "InvalidRequestContent", "The value of clientProxy is invalid: it must be true or false.");
+    r.client_proxy = j["clientProxy"].get<bool>();
+  }
+  if (!r.client_proxy)
+    return arm_error(400, "BadRequest",
+                     "clientProxy false (a kubeconfig that reaches the cluster's API server directly) is not supported: "
+                     "the cluster accepts no inbound connection and is reached only through the relay. Send "
+                     "clientProxy true and connect with `connectedk8s proxy`" +
+                         std::string(r.authentication_method == "Token" ? " --token." : "."));
+  return r;
+}
+
+// ARM's date-time: UTC, seconds, "Z".
+std::string arm_time(std::chrono::system_clock::time_point t) {
+  const std::time_t s = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&s, &tm);
+  char out[32];
+  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return out;
+}
+
+bool is_guid(const std::string& s) {
+  if (s.size() != 36) return false;
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if ((i == 8 || i == 13 || i == 18 || i == 23) ? s[i] != '-' : !std::isxdigit(static_cast<unsigned char>(s[i]))) return false;
+  return true;
+}
+
+// A GUID derived from `name` (RFC 9562 version 8: SHA-256 based), the same
+// on every replica and across restarts.
+std::string derived_guid(const std::string& name) {
+  unsigned char d[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(name.data()), name.size(), d);
+  d[6] = static_cast<unsigned char>((d[6] & 0x0f) | 0x80);
+  d[8] = static_cast<unsigned char>((d[8] & 0x3f) | 0x80);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += hex[d[i] >> 4];
+    out += hex[d[i] & 0x0f];
+  }
+  return out;
+}
+
+std::string raw_string(const nlohmann::json& raw, const char* key) {
+  if (!raw.is_object()) return {};
+  auto it = raw.find(key);
+  return it != raw.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// ARM's connectivityStatus from what this relay saw: Connected while a
+// control channel is up, Offline once the last one closed, Expired when none
+// was seen for 90 days (Arc's limit, after which an agent's managed-identity
+// certificate has expired), Connecting when no agent has ever come (here).
+std::string connectivity_status(const AgentStatus& s, std::chrono::system_clock::time_point now) {
+  if (s.control_channels > 0) return "Connected";
+  if (!s.last_connected) return "Connecting";
+  return now - *s.last_connected > std::chrono::hours(24 * 90) ? "Expired" : "Offline";
 }
 
 class Api final : public ManagementApi, public std::enable_shared_from_this<Api> {
@@ -259,17 +358,8 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     }
     if (!list_credential) return resource(*cluster, scope);
 
-    nlohmann::json request;
-    try {
-      request = nlohmann::json::parse(body.empty() ? "{}" : body);
-    } catch (const std::exception&) {
-      return arm_error(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.");
-    }
-    std::string method = request.is_object() ? request.value("authenticationMethod", std::string("AAD")) : "";
-    if (method != "AAD" && method != "Token")
-      return arm_error(400, "InvalidRequestContent", "authenticationMethod must be \"AAD\" or \"Token\"");
-    if (request.is_object() && request.contains("clientProxy") && !request["clientProxy"].is_boolean())
-      return arm_error(400, "InvalidRequestContent", "clientProxy must be a boolean");
+    auto asked = parse_credential_request(body);
+    if (auto* refused = std::get_if<ManagementResponse>(&asked)) return std::move(*refused);
 
     const RelayKey* key = cluster->key_with_right("connect");  // connect-only: the registry refuses mixed keys
     if (!key)
@@ -278,8 +368,11 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     auto expiry_s = std::chrono::duration_cast<std::chrono::seconds>(expiry.time_since_epoch()).count();
     std::string resource_uri = "https://" + public_host + "/" + cluster->hybrid_connection;
     std::string sas = make_sas_token(resource_uri, key->name, key->secret, expiry);
-    logger_->info("issued a connect token for {} to {} ({}), valid {} s", cluster->name, id.user, id.uid,
-                  options_.token_lifetime.count());
+    // AAD and Token get the same endpoint and kubeconfig: the local proxy
+    // supplies the caller's credential either way (the Entra token, or with
+    // --token the service-account token it passes through unchanged).
+    logger_->info("issued a connect token for {} to {} ({}), {} authentication, valid {} s", cluster->name, id.user, id.uid,
+                  std::get<CredentialRequest>(asked).authentication_method, options_.token_lifetime.count());
 
     std::string user = "clusterUser_" + cluster->resource_group + "_" + cluster->name;
     std::string kubeconfig = "apiVersion: v1\nkind: Config\nclusters:\n- name: " + cluster->name +
@@ -358,16 +451,70 @@ class Api final : public ManagementApi, public std::enable_shared_from_this<Api>
     return {200, "application/json; charset=utf-8", resource_json(c).dump(), {}};
   }
 
+  // The connectedCluster resource as ARM answers it. What ARM records at
+  // PUT (identity, systemData, the agent's public key, distribution) comes
+  // from the registry record when it holds it; what the agents report comes
+  // from their latest control channel; what nobody knows is left out.
   nlohmann::json resource_json(const ClusterEntry& c) {
-    unsigned agents = agents_ ? agents_(c.hybrid_connection) : 0;
-    return nlohmann::json{{"id", scope_of(c)},
-                          {"name", c.name},
-                          {"type", "Microsoft.Kubernetes/connectedClusters"},
-                          {"location", location()},
-                          {"properties",
-                           {{"provisioningState", "Succeeded"},
-                            {"connectivityStatus", agents > 0 ? "Connected" : "Offline"},
-                            {"agentTunnels", agents}}}};
+    const auto now = std::chrono::system_clock::now();
+    AgentStatus status;
+    if (options_.agent_status) status = options_.agent_status(c.identity());
+    if (agents_ && status.control_channels == 0) status.control_channels = agents_(c.hybrid_connection);
+    if (status.control_channels > 0 && !status.last_connected) status.last_connected = now;
+    const nlohmann::json& raw = c.raw;
+
+    nlohmann::json properties{{"provisioningState", "Succeeded"},
+                              {"connectivityStatus", connectivity_status(status, now)},
+                              {"agentTunnels", status.control_channels}};
+    if (auto cert = raw_string(raw, "agent_public_key_certificate"); !cert.empty())
+      properties["agentPublicKeyCertificate"] = cert;
+    const auto& r = status.report;
+    if (!r.kubernetes_version.empty())  // ARM's shape is "1.32.2", not gitVersion's "v1.32.2"
+      properties["kubernetesVersion"] =
+          r.kubernetes_version[0] == 'v' ? r.kubernetes_version.substr(1) : r.kubernetes_version;
+    if (r.node_count) properties["totalNodeCount"] = *r.node_count;
+    if (r.core_count) properties["totalCoreCount"] = *r.core_count;
+    if (!r.agent_version.empty()) properties["agentVersion"] = r.agent_version;
+    auto distribution = r.distribution.empty() ? raw_string(raw, "distribution") : r.distribution;
+    if (!distribution.empty()) properties["distribution"] = distribution;
+    auto infrastructure = r.infrastructure.empty() ? raw_string(raw, "infrastructure") : r.infrastructure;
+    if (!infrastructure.empty()) properties["infrastructure"] = infrastructure;
+    if (status.last_connected) properties["lastConnectivityTime"] = arm_time(*status.last_connected);
+
+    nlohmann::json j{{"id", scope_of(c)},
+                     {"name", c.name},
+                     {"type", "Microsoft.Kubernetes/connectedClusters"},
+                     {"location", location()},
+                     {"tags", raw.is_object() && raw.contains("tags") && raw["tags"].is_object() ? raw["tags"]
+                                                                                                : nlohmann::json::object()},
+                     {"identity", identity_json(c)},
+                     {"properties", std::move(properties)}};
+    if (auto system_data = system_data_json(raw); !system_data.empty()) j["systemData"] = std::move(system_data);
+    return j;
+  }
+
+  // ARM gives every connected cluster a system-assigned identity. The
+  // registry's record wins; otherwise the principal is derived from the
+  // resource ID (stable, distinct per cluster) and the tenant is the
+  // management API's (or derived from the subscription when it has none).
+  nlohmann::json identity_json(const ClusterEntry& c) const {
+    std::string principal, tenant;
+    if (c.raw.is_object() && c.raw.contains("identity") && c.raw["identity"].is_object()) {
+      principal = raw_string(c.raw["identity"], "principalId");
+      tenant = raw_string(c.raw["identity"], "tenantId");
+    }
+    if (principal.empty()) principal = derived_guid("connectedClusters identity " + c.identity());
+    if (tenant.empty()) tenant = is_guid(options_.tenant) ? options_.tenant : derived_guid("tenant " + lower(c.subscription));
+    return {{"type", "SystemAssigned"}, {"principalId", principal}, {"tenantId", tenant}};
+  }
+
+  // Only what the registry recorded, under ARM's names.
+  static nlohmann::json system_data_json(const nlohmann::json& raw) {
+    nlohmann::json out = nlohmann::json::object();
+    if (!raw.is_object() || !raw.contains("system_data") || !raw["system_data"].is_object()) return out;
+    for (const char* key : {"createdBy", "createdByType", "createdAt", "lastModifiedBy", "lastModifiedByType", "lastModifiedAt"})
+      if (auto v = raw_string(raw["system_data"], key); !v.empty()) out[key] = v;
+    return out;
   }
 
   // --- Writes: PUT and DELETE of a cluster, and listKeys (our extension) ---

@@ -16,6 +16,7 @@
 #include "clusterconnect/arm_audience.hpp"
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/unique_function.hpp"
+#include "listener_registry.hpp"
 
 namespace spdlog {
 class logger;
@@ -73,6 +74,10 @@ struct ManagementOptions {
   // A write (PUT, DELETE) answers once the relay's registry snapshot shows it,
   // or after this long (the etcd store applies changes as etcd reports them).
   std::chrono::milliseconds write_visible_timeout{10000};
+  // What the relay knows of a cluster's agents (by ClusterEntry::identity()):
+  // the resource's connectivity and what its agents reported. When unset, the
+  // AgentCount alone decides connectivityStatus.
+  std::function<AgentStatus(const std::string& identity)> agent_status;
 };
 
 // Agents connected per hybrid connection, for the resource's connectivityStatus.

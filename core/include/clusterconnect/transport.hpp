@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "clusterconnect/result.hpp"
@@ -93,6 +94,11 @@ struct ListenOptions {
   // key the relay's registry pins for the cluster.
   std::string identity_cert_file;
   std::string identity_key_file;
+  // Extra headers for each control channel's listen handshake (the agent's
+  // report of itself and its cluster); called before every handshake on an
+  // io thread: must not block or throw. Hybrid Connections peers ignore
+  // headers they do not know.
+  std::function<std::vector<std::pair<std::string, std::string>>()> handshake_headers;
 };
 
 struct ListenerStatus {

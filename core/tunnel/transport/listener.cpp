@@ -130,6 +130,8 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
       }
       token = std::move(t.value());
     }
+    std::vector<std::pair<std::string, std::string>> headers;
+    if (options_.handshake_headers) headers = options_.handshake_headers();
     slot.connecting = true;
     async_open_control_channel(io_, *target_, relay_tls_, token, logger_,
                                [weak = weak_from_this(), &slot, token](error_code ec, std::shared_ptr<ControlChannel> c,
@@ -143,7 +145,8 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
                                                                 token = std::move(token)]() mutable {
                                    self->on_channel(slot, ec, std::move(c), std::move(reason), std::move(token));
                                  });
-                               });
+                               },
+                               std::chrono::seconds(10), std::move(headers));
   }
 
   void on_channel(Slot& slot, error_code ec, std::shared_ptr<ControlChannel> channel, std::string reason, std::string token) {

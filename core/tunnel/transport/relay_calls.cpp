@@ -106,7 +106,8 @@ class WsControlChannel final : public ControlChannel, public std::enable_shared_
 class OpenControl : public std::enable_shared_from_this<OpenControl> {
  public:
   OpenControl(asio::io_context& io, RelayTarget target, std::shared_ptr<asio::ssl::context> tls, std::string token,
-              std::shared_ptr<spdlog::logger> logger, ControlHandler handler, std::chrono::milliseconds timeout)
+              std::shared_ptr<spdlog::logger> logger, ControlHandler handler, std::chrono::milliseconds timeout,
+              std::vector<std::pair<std::string, std::string>> headers)
       : strand_(asio::make_strand(io)),
         resolver_(strand_),
         tls_(std::move(tls)),
@@ -115,7 +116,8 @@ class OpenControl : public std::enable_shared_from_this<OpenControl> {
         token_(std::move(token)),
         logger_(std::move(logger)),
         handler_(std::move(handler)),
-        timeout_(timeout) {}
+        timeout_(timeout),
+        headers_(std::move(headers)) {}
 
   void run() {
     asio::dispatch(strand_, [self = shared_from_this()] {
@@ -137,8 +139,9 @@ class OpenControl : public std::enable_shared_from_this<OpenControl> {
     t.keep_alive_pings = true;
     ws_.set_option(t);
     ws_.read_message_max(tunnel::rendezvous::max_control_message);
-    ws_.set_option(websocket::stream_base::decorator([token = token_](websocket::request_type& req) {
+    ws_.set_option(websocket::stream_base::decorator([token = token_, headers = headers_](websocket::request_type& req) {
       req.set(http::field::user_agent, std::string("clusterconnect-transport/") + CLUSTERCONNECT_VERSION);
+      for (const auto& [name, value] : headers) req.set(name, value);
       req.set("ServiceBusAuthorization", token);
     }));
     token_.clear();
@@ -169,6 +172,7 @@ class OpenControl : public std::enable_shared_from_this<OpenControl> {
   std::shared_ptr<spdlog::logger> logger_;
   ControlHandler handler_;
   std::chrono::milliseconds timeout_;
+  std::vector<std::pair<std::string, std::string>> headers_;
   websocket::response_type res_;
 };
 
@@ -300,9 +304,9 @@ Result<RendezvousOffer> parse_rendezvous_address(const std::string& address) {
 
 void async_open_control_channel(asio::io_context& io, RelayTarget target, std::shared_ptr<asio::ssl::context> tls,
                                 std::string token, std::shared_ptr<spdlog::logger> logger, ControlHandler handler,
-                                std::chrono::milliseconds timeout) {
+                                std::chrono::milliseconds timeout, std::vector<std::pair<std::string, std::string>> headers) {
   std::make_shared<OpenControl>(io, std::move(target), std::move(tls), std::move(token), std::move(logger),
-                                std::move(handler), timeout)
+                                std::move(handler), timeout, std::move(headers))
       ->run();
 }
 

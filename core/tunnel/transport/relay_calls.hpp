@@ -8,6 +8,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <spdlog/fwd.h>
 
@@ -53,9 +55,11 @@ using ControlHandler = UniqueFunction<void(error_code, std::shared_ptr<ControlCh
 
 // wss://RELAY/$hc/PATH?sb-hc-action=listen with the listen token, no
 // subprotocol. access_denied when the relay refused the token (401).
+// `headers` go on the handshake as they are.
 void async_open_control_channel(asio::io_context& io, RelayTarget target, std::shared_ptr<asio::ssl::context> tls,
                                 std::string token, std::shared_ptr<spdlog::logger> logger, ControlHandler handler,
-                                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+                                std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                                std::vector<std::pair<std::string, std::string>> headers = {});
 
 struct RendezvousOffer {
   std::string host;  // where to dial the leg

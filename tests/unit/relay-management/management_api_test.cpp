@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <regex>
+
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
@@ -391,4 +393,136 @@ TEST_CASE("management API: each call reads the registry as it is then (a removed
   auto refused = list();
   CHECK(refused.status == 403);
   CHECK_THAT(refused.body, Catch::Contains("AuthorizationFailed"));
+}
+
+namespace {
+
+// The demo cluster with what ARM records at PUT, and its agents' status as
+// the front end would report it.
+ManagementResponse get_with_status(AgentStatus status, nlohmann::json raw = nlohmann::json::object(),
+                                   std::string tenant = "") {
+  auto config = std::make_shared<RelayConfig>();
+  ClusterEntry demo;
+  demo.subscription = sub;
+  demo.resource_group = "sandbox";
+  demo.name = "demo";
+  demo.hybrid_connection = "clusters/demo";
+  demo.keys = {RelayKey{"connect", {"connect"}, "s3cret-key", {}}};
+  demo.role_assignments = {{"oid-alice", "Reader"}};
+  demo.raw = std::move(raw);
+  ClusterEntry other = demo;
+  other.name = "other";
+  other.hybrid_connection = "clusters/other";
+  config->clusters = {demo, other};
+  ManagementOptions options;
+  options.public_host = "relay.example:8443";
+  options.tenant = std::move(tenant);
+  options.agent_status = [status, identity = demo.identity()](const std::string& id) {
+    return id == identity ? status : AgentStatus{};
+  };
+  auto management = make_management_api(config, options, std::make_shared<TableAuthenticator>(), nullptr,
+                                         spdlog::default_logger());
+  ManagementRequest r{"GET", cluster_path("demo"), {{"authorization", "Bearer alice"}}, ""};
+  std::optional<ManagementResponse> out;
+  management->handle(std::move(r), [&](ManagementResponse resp) { out = std::move(resp); });
+  REQUIRE(out.has_value());
+  return *out;
+}
+
+}  // namespace
+
+TEST_CASE("GET reports what the agents said on their control channels, in ARM's fields", "[relay][management][arm]") {
+  AgentStatus status;
+  status.control_channels = 2;
+  status.last_connected = std::chrono::system_clock::now();
+  status.report.agent_version = "0.9.1";
+  status.report.kubernetes_version = "v1.32.2+k3s1";
+  status.report.node_count = 3;
+  status.report.core_count = 12;
+  status.report.distribution = "k3s";
+  status.report.infrastructure = "generic";
+  auto r = get_with_status(status);
+  REQUIRE(r.status == 200);
+  auto p = nlohmann::json::parse(r.body)["properties"];
+  CHECK(p["connectivityStatus"] == "Connected");
+  CHECK(p["provisioningState"] == "Succeeded");
+  CHECK(p["kubernetesVersion"] == "1.32.2+k3s1");
+  CHECK(p["agentVersion"] == "0.9.1");
+  CHECK(p["totalNodeCount"] == 3);
+  CHECK(p["totalCoreCount"] == 12);
+  CHECK(p["distribution"] == "k3s");
+  CHECK(p["infrastructure"] == "generic");
+  // ISO 8601 in UTC, as ARM's date-time.
+  CHECK(std::regex_match(p["lastConnectivityTime"].get<std::string>(),
+                         std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)")));
+}
+
+TEST_CASE("connectivityStatus follows ARM: Connecting before any agent, Offline after, Expired after 90 days",
+          "[relay][management][arm]") {
+  auto status_of = [](AgentStatus s) {
+    return nlohmann::json::parse(get_with_status(s).body)["properties"]["connectivityStatus"].get<std::string>();
+  };
+  AgentStatus never;
+  CHECK(status_of(never) == "Connecting");
+  CHECK_FALSE(nlohmann::json::parse(get_with_status(never).body)["properties"].contains("lastConnectivityTime"));
+  AgentStatus gone;
+  gone.last_connected = std::chrono::system_clock::now() - std::chrono::minutes(5);
+  CHECK(status_of(gone) == "Offline");
+  AgentStatus long_gone;
+  long_gone.last_connected = std::chrono::system_clock::now() - std::chrono::hours(24 * 91);
+  CHECK(status_of(long_gone) == "Expired");
+}
+
+TEST_CASE("identity and systemData come from the registry record; unknown facts are left out", "[relay][management][arm]") {
+  nlohmann::json raw{{"identity", {{"principalId", "d8cd1fd9-154f-4da7-b348-595f283c13a3"},
+                                   {"tenantId", "72f988bf-86f1-41af-91ab-2d7cd011db47"}}},
+                     {"system_data", {{"createdAt", "2026-12-01T10:00:00Z"}, {"createdByType", "User"}}},
+                     {"agent_public_key_certificate", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"},
+                     {"distribution", "aks_edge_k3s"}};
+  auto j = nlohmann::json::parse(get_with_status(AgentStatus{}, raw).body);
+  CHECK(j["identity"]["type"] == "SystemAssigned");
+  CHECK(j["identity"]["principalId"] == "d8cd1fd9-154f-4da7-b348-595f283c13a3");
+  CHECK(j["identity"]["tenantId"] == "72f988bf-86f1-41af-91ab-2d7cd011db47");
+  CHECK(j["systemData"] == nlohmann::json{{"createdAt", "2026-12-01T10:00:00Z"}, {"createdByType", "User"}});
+  CHECK(j["properties"]["agentPublicKeyCertificate"] == "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA");
+  CHECK(j["properties"]["distribution"] == "aks_edge_k3s");
+  CHECK_FALSE(j["properties"].contains("kubernetesVersion"));
+  CHECK_FALSE(j["properties"].contains("totalNodeCount"));
+  CHECK(j["tags"] == nlohmann::json::object());
+
+  // Without a record: a stable GUID per cluster, the management tenant, no systemData.
+  auto a = nlohmann::json::parse(get_with_status(AgentStatus{}, {}, "11111111-2222-3333-4444-555555555555").body);
+  auto b = nlohmann::json::parse(get_with_status(AgentStatus{}, {}, "11111111-2222-3333-4444-555555555555").body);
+  CHECK(a["identity"]["principalId"] == b["identity"]["principalId"]);
+  CHECK(std::regex_match(a["identity"]["principalId"].get<std::string>(),
+                         std::regex("[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")));
+  CHECK(a["identity"]["tenantId"] == "11111111-2222-3333-4444-555555555555");
+  CHECK_FALSE(a.contains("systemData"));
+  CHECK_FALSE(a["properties"].contains("agentPublicKeyCertificate"));
+}
+
+TEST_CASE("listClusterUserCredential: authenticationMethod and clientProxy with ARM's semantics", "[relay][management][arm]") {
+  auto ok = [](const std::string& body) { return call("POST", credential_path("resourceGroups", "demo"), "alice", body); };
+  auto token_mode = ok(R"({"authenticationMethod":"Token","clientProxy":true})");
+  REQUIRE(token_mode.status == 200);
+  auto j = nlohmann::json::parse(token_mode.body);
+  CHECK(j["hybridConnectionConfig"]["token"].get<std::string>().rfind("SharedAccessSignature ", 0) == 0);
+  CHECK(j["kubeconfigs"].size() == 1);
+  // No direct kubeconfig exists for a cluster behind the relay.
+  for (const char* body : {R"({"authenticationMethod":"AAD","clientProxy":false})",
+                           R"({"authenticationMethod":"Token","clientProxy":false})"}) {
+    auto r = ok(body);
+    CHECK(r.status == 400);
+    CHECK(error_code_of(r) == "BadRequest");
+    CHECK_THAT(r.body, Catch::Contains("clientProxy true"));
+  }
+  for (const char* body : {R"({"authenticationMethod":"AAD","clientProxy":"yes"})", R"({"authenticationMethod":1})",
+                           R"([1,2])", R"({"authenticationMethod":"Basic","clientProxy":true})"}) {
+    auto r = ok(body);
+    CHECK(r.status == 400);
+    CHECK(error_code_of(r) == "InvalidRequestContent");
+  }
+  // The CLI's defaults when a property is absent.
+  CHECK(ok("{}").status == 200);
+  CHECK(ok("").status == 200);
 }
