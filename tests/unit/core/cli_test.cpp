@@ -40,7 +40,7 @@ TEST_CASE("connectedk8s --version prints the version", "[cli]") {
   CHECK_THAT(cli("--version"), Catch::StartsWith("connectedk8s 0."));
 }
 
-TEST_CASE("plugin list shows the six modules, as a table and as JSON", "[cli]") {
+TEST_CASE("plugin list shows the seven modules, as a table and as JSON", "[cli]") {
   Cli cli;
   auto table = cli("plugin list");
   for (auto name : {"proxy", "kubeconfig", "auth-entra", "auth-oidc", "tunnel-tls", "tunnel-ws"})
@@ -50,7 +50,7 @@ TEST_CASE("plugin list shows the six modules, as a table and as JSON", "[cli]") 
   CHECK_THAT(table, Catch::Contains("authenticator:oidc"));
   CHECK_THAT(table, Catch::Contains("authenticator:entra"));
   auto j = nlohmann::json::parse(cli("plugin list -o json"));
-  CHECK(j["modules"].size() == 6);
+  CHECK(j["modules"].size() == 7);
   CHECK(j["refused"].empty());
   auto info = nlohmann::json::parse(cli("plugin info tunnel-ws -o json"));
   CHECK(info["capabilities"] == nlohmann::json::array({"transport:ws"}));

@@ -29,14 +29,14 @@ std::string reason_for(const host::PluginLoader& l, const fs::path& p) {
 
 }  // namespace
 
-TEST_CASE("the six real modules load and register their capabilities", "[loader]") {
+TEST_CASE("the seven real modules load and register their capabilities", "[loader]") {
   host::Runtime rt(spdlog::default_logger(), 1);
   rt.loader().load_directory(real_plugins(), rt);
   CHECK(rt.loader().rejections().empty());
   std::vector<std::string> names;
   for (const auto& m : rt.loader().modules()) names.push_back(m.name);
   std::sort(names.begin(), names.end());
-  CHECK(names == std::vector<std::string>{"auth-entra", "auth-oidc", "kubeconfig", "proxy", "tunnel-tls", "tunnel-ws"});
+  CHECK(names == std::vector<std::string>{"auth-entra", "auth-oidc", "kubeconfig", "onboarding", "proxy", "tunnel-tls", "tunnel-ws"});
   CHECK(rt.capabilities().provider("transport:ws") != nullptr);
   CHECK(rt.capabilities().provider("transport:tls") != nullptr);
   CHECK(rt.capabilities().provider("command:proxy") != nullptr);

@@ -128,12 +128,12 @@ TEST_CASE("manifest objects become the JSON the API server takes, at their REST 
   AgentInstall install;
   install.relay_url = "wss://r/$hc/x";
   install.tenant = "00000000-0000-0000-0000-000000000000";
-  std::map<std::string, std::string> paths;
+  std::map<std::string, std::string> paths;  // by kind/name
   for (const auto& o : agent_objects(install, true)) {
     auto j = object_json(o);
     auto path = object_path(j);
     REQUIRE(path);
-    paths[j["kind"].get<std::string>()] = path.value();
+    paths[j["kind"].get<std::string>() + "/" + j["metadata"]["name"].get<std::string>()] = path.value();
     if (j["kind"] == "Deployment") {
       CHECK(j["spec"]["replicas"] == 2);
       // YAML 1.1 as kubectl reads it: 0440 is octal.
@@ -143,13 +143,17 @@ TEST_CASE("manifest objects become the JSON the API server takes, at their REST 
         if (e["name"] == "TENANT_ID") CHECK(e["value"].is_string());
     }
   }
-  CHECK(paths["Namespace"] == "/api/v1/namespaces/clusterconnect");
-  CHECK(paths["ServiceAccount"] == "/api/v1/namespaces/clusterconnect/serviceaccounts/clusterconnect-agent");
-  CHECK(paths["Secret"].rfind("/api/v1/namespaces/clusterconnect/secrets/", 0) == 0);
-  CHECK(paths["ClusterRole"] == "/apis/rbac.authorization.k8s.io/v1/clusterroles/clusterconnect-agent-impersonator");
-  CHECK(paths["ClusterRoleBinding"] ==
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/clusterconnect-agent-impersonator");
-  CHECK(paths["Deployment"] == "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
+  CHECK(paths["Namespace/clusterconnect"] == "/api/v1/namespaces/clusterconnect");
+  CHECK(paths["ServiceAccount/clusterconnect-agent"] ==
+        "/api/v1/namespaces/clusterconnect/serviceaccounts/clusterconnect-agent");
+  CHECK(paths["Secret/agent-identity"] == "/api/v1/namespaces/clusterconnect/secrets/agent-identity");
+  for (const char* role : {"clusterconnect-agent-impersonator", "clusterconnect-agent-node-reader"}) {
+    CHECK(paths[std::string("ClusterRole/") + role] == std::string("/apis/rbac.authorization.k8s.io/v1/clusterroles/") + role);
+    CHECK(paths[std::string("ClusterRoleBinding/") + role] ==
+          std::string("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/") + role);
+  }
+  CHECK(paths["Deployment/clusterconnect-agent"] ==
+        "/apis/apps/v1/namespaces/clusterconnect/deployments/clusterconnect-agent");
   CHECK_FALSE(object_path(nlohmann::json{{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", {{"name", "p"}}}}));
 }
 
