@@ -93,7 +93,7 @@ TEST_CASE("connect applies its objects with the kubeconfig's credentials; applyi
   install.agent_cert_pem = id->cert_pem;
   install.agent_key_pem = id->key_pem;
   auto objects = installable(install);
-  REQUIRE(objects.size() == 8);
+  REQUIRE(objects.size() == 10);
   for (const auto& o : objects) {
     auto applied = apply_object(target.value(), o);
     INFO(o["kind"].get<std::string>());
