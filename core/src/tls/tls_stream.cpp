@@ -86,8 +86,11 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
       // The whole buffer, its records gathered into few socket writes.
       self->ssl_.next_layer().begin_batch();
       asio::async_write(self->ssl_, out, [self, h = std::move(h)](error_code ec, std::size_t n) mutable {
-        self->ssl_.next_layer().async_flush([h = std::move(h), n](error_code fec) mutable { h(fec, fec ? 0 : n); });
-        (void)ec;  // a failed record write fails the flush too
+        // The batch ends either way; the write's own error comes first.
+        self->ssl_.next_layer().async_flush([h = std::move(h), ec, n](error_code fec) mutable {
+          if (!ec) ec = fec;
+          h(ec, ec ? 0 : n);
+        });
       });
     });
   }

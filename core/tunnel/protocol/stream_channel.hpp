@@ -42,8 +42,8 @@ class StreamChannel final : public MessageChannel {
       // TLS over a batching layer: the message's records leave in few writes.
       stream.next_layer().begin_batch();
       asio::async_write(stream, message, [core = core_, h = std::move(handler)](error_code ec, std::size_t) mutable {
-        if (ec) return h(ec);
-        core->stream.next_layer().async_flush([h = std::move(h)](error_code ec) mutable { h(ec); });
+        // The batch ends either way; the write's own error comes first.
+        core->stream.next_layer().async_flush([h = std::move(h), ec](error_code fec) mutable { h(ec ? ec : fec); });
       });
     } else {
       asio::async_write(stream, message, [h = std::move(handler)](error_code ec, std::size_t) mutable { h(ec); });
