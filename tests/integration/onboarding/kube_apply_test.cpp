@@ -77,7 +77,7 @@ std::vector<nlohmann::json> installable(const AgentInstall& install) {
 
 }  // namespace
 
-TEST_CASE("connect applies its objects with the kubeconfig's credentials; applying again updates them",
+TEST_CASE("connect applies its objects with the kubeconfig's credentials, applying again updates them",
           "[onboarding][integration]") {
   if (run("node --version >/dev/null 2>&1").status != 0) CLUSTERCONNECT_SKIP("node is not installed");
   StandInApiServer api;

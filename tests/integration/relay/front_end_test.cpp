@@ -30,7 +30,7 @@ std::string status_of(const std::string& curl_output) { return curl_output.subst
 
 }  // namespace
 
-TEST_CASE("the public port does not serve /metrics; the metrics listener does", "[relay][security]") {
+TEST_CASE("the public port does not serve /metrics, the metrics listener does", "[relay][security]") {
   require_curl();
   RelayProcess relay;
   CHECK(status_of(curl(relay, "https://" + relay.host() + "/metrics")) == "404");
@@ -42,7 +42,7 @@ TEST_CASE("the public port does not serve /metrics; the metrics listener does", 
   CHECK_THAT(run("curl -sS --max-time 20 -X POST " + quote(relay.metrics_url())).output, Catch::Contains("GET only"));
 }
 
-TEST_CASE("a tunnel handshake with a body is refused before the body is read; management bodies are bounded",
+TEST_CASE("a tunnel handshake with a body is refused before the body is read, management bodies are bounded",
           "[relay][security]") {
   require_curl();
   RelayProcess relay;

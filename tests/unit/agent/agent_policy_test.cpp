@@ -140,7 +140,7 @@ TEST_CASE("token mode: the request goes to the API server exactly as sent", "[ag
   for (std::size_t i = 0; i < before.size(); ++i) CHECK(head.headers[i].value == before[i].value);
 }
 
-TEST_CASE("audit notes: oid and tid of an Entra caller; a passed-through token's claimed user, never the token", "[agent][policy][audit]") {
+TEST_CASE("audit notes: oid and tid of an Entra caller, a passed-through token's claimed user, never the token", "[agent][policy][audit]") {
   Fixture f;
   auto head = with_token("good");
   auto d = decide(*f.policy(AuthMode::entra), head);

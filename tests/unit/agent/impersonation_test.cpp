@@ -45,7 +45,7 @@ TEST_CASE("Authorization is replaced and the identity becomes impersonation head
   for (const auto& h : head.headers) CHECK(h.value.find("user-entra-token") == std::string::npos);
 }
 
-TEST_CASE("extra keys are escaped like client-go does; non-ASCII values are carried as UTF-8", "[agent][impersonation]") {
+TEST_CASE("extra keys are escaped like client-go does, non-ASCII values are carried as UTF-8", "[agent][impersonation]") {
   CHECK(escape_extra_key("oid") == "oid");
   CHECK(escape_extra_key("example.com/scopes") == "example.com%2Fscopes");
   CHECK(escape_extra_key("a b%c") == "a%20b%25c");

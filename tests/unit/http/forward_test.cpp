@@ -474,7 +474,7 @@ TEST_CASE("upgrade: 101, then bytes both ways and half-close", "[http]") {
   CHECK(records[0].bytes_in == 4);
 }
 
-TEST_CASE("SPDY upgrade requests keep their Upgrade header; other upgrades are dropped", "[http]") {
+TEST_CASE("SPDY upgrade requests keep their Upgrade header, other upgrades are dropped", "[http]") {
   std::mutex mu;
   std::vector<Message> seen;
   test::ScriptedUpstream up([&](Conn& c, int) {

@@ -157,7 +157,7 @@ TEST_CASE("manifest objects become the JSON the API server takes, at their REST 
   CHECK_FALSE(object_path(nlohmann::json{{"apiVersion", "v1"}, {"kind", "Pod"}, {"metadata", {{"name", "p"}}}}));
 }
 
-TEST_CASE("the kubeconfig's context gives the server, CA and credentials; what connect cannot use is refused",
+TEST_CASE("the kubeconfig's context gives the server, CA and credentials, what connect cannot use is refused",
           "[onboarding]") {
   TempDir dir;
   std::ofstream(dir.path() / "ca.crt") << "CA-PEM";

@@ -110,7 +110,7 @@ TEST_CASE("listClusterUserCredential returns a connect token for the cluster, in
   CHECK_THAT(yaml, Catch::Contains("name: demo"));
 }
 
-TEST_CASE("a group role assignment grants access; other principals get 403 in ARM's error shape", "[relay][management]") {
+TEST_CASE("a group role assignment grants access, other principals get 403 in ARM's error shape", "[relay][management]") {
   CHECK(call("POST", credential_path("resourceGroups", "team"), "bob").status == 200);
   auto r = call("POST", credential_path("resourceGroups", "demo"), "carol");
   CHECK(r.status == 403);
@@ -308,7 +308,7 @@ TEST_CASE("every answer carries ARM's request ids, and a 401 its challenge", "[r
   CHECK_THAT(header_of(expired, "WWW-Authenticate"), Catch::Contains("expired"));
 }
 
-TEST_CASE("unknown subscriptions and resource groups get ARM's codes; names come back as registered",
+TEST_CASE("unknown subscriptions and resource groups get ARM's codes, names come back as registered",
           "[relay][management][arm]") {
   auto no_sub = call("GET", "/subscriptions/99999999-0000-0000-0000-000000000000/resourceGroups/sandbox/providers/"
                             "Microsoft.Kubernetes/connectedClusters/demo?api-version=2021-10-01",
@@ -473,7 +473,7 @@ TEST_CASE("connectivityStatus follows ARM: Connecting before any agent, Offline 
   CHECK(status_of(long_gone) == "Expired");
 }
 
-TEST_CASE("identity and systemData come from the registry record; unknown facts are left out", "[relay][management][arm]") {
+TEST_CASE("identity and systemData come from the registry record, unknown facts are left out", "[relay][management][arm]") {
   nlohmann::json raw{{"identity", {{"principalId", "d8cd1fd9-154f-4da7-b348-595f283c13a3"},
                                    {"tenantId", "72f988bf-86f1-41af-91ab-2d7cd011db47"}}},
                      {"system_data", {{"createdAt", "2026-12-01T10:00:00Z"}, {"createdByType", "User"}}},

@@ -124,7 +124,7 @@ std::string error_code_of(const ManagementResponse& r) { return nlohmann::json::
 
 }  // namespace
 
-TEST_CASE("PUT creates a cluster with its keys and agent pin; the same PUT again updates it",
+TEST_CASE("PUT creates a cluster with its keys and agent pin, the same PUT again updates it",
           "[relay][management][onboarding]") {
   Relay relay;
   const std::string spki = new_agent_spki();
