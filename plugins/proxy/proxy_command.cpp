@@ -697,6 +697,9 @@ int ProxyCommand::run_proxy() {
     for (const auto& l : links) ready_text += " context " + l.served.context + " on " + l.server_url + ";";
     ready_text.pop_back();
   }
+  // Signals are watched before anyone is told the proxy is ready: a stop
+  // asked for at once must be a clean stop, not the default end of the process.
+  auto signals = SignalWatch::start(io);
   progress.event("ready", ready_text,
                  {{"server", first.server_url}, {"context", first.served.context}, {"kubeconfig", where}, {"clusters", served}});
   if (!opts_.ready_file.empty()) {
@@ -710,7 +713,6 @@ int ProxyCommand::run_proxy() {
 
   // 6. Serve until a signal, or run the command.
   int rc = 0;
-  auto signals = SignalWatch::start(io);
   if (ci_mode) {
     std::vector<std::string> secrets{forwarded->get(), management_token->token};
     for (const auto& l : links) secrets.push_back(l.relay_token->get());
