@@ -63,13 +63,15 @@ void set_https_options(CURL* c, const std::string& ca_file, char* err) {
   }
 }
 
-Result<Response> post_once(const std::string& url, const std::string& body, const std::string& token,
+// One request to the management endpoint: a POST of `body` when there is one,
+// else a GET.
+Result<Response> send_once(const std::string& url, const std::string* body, const std::string& token,
                            const std::string& ca_file) {
   std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
   if (!curl) return fail("cannot initialise libcurl");
   Response r;
   curl_slist* headers = nullptr;
-  headers = curl_slist_append(headers, "Content-Type: application/json");
+  if (body) headers = curl_slist_append(headers, "Content-Type: application/json");
   headers = curl_slist_append(headers, "Accept: application/json");
   std::string auth = "Authorization: Bearer " + token;
   headers = curl_slist_append(headers, auth.c_str());
@@ -77,34 +79,11 @@ Result<Response> post_once(const std::string& url, const std::string& body, cons
   char err[CURL_ERROR_SIZE] = {};
   CURL* c = curl.get();
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(c, CURLOPT_POST, 1L);
-  curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
-  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-  set_https_options(c, ca_file, err);
-  CURLcode rc = curl_easy_perform(c);
-  if (rc != CURLE_OK)
-    return fail("cannot reach the management endpoint: " + std::string(err[0] ? err : curl_easy_strerror(rc)));
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-  return r;
-}
-
-Result<Response> get_once(const std::string& url, const std::string& token, const std::string& ca_file) {
-  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> curl(curl_easy_init(), curl_easy_cleanup);
-  if (!curl) return fail("cannot initialise libcurl");
-  Response r;
-  curl_slist* headers = nullptr;
-  headers = curl_slist_append(headers, "Accept: application/json");
-  std::string auth = "Authorization: Bearer " + token;
-  headers = curl_slist_append(headers, auth.c_str());
-  std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> header_guard(headers, curl_slist_free_all);
-  char err[CURL_ERROR_SIZE] = {};
-  CURL* c = curl.get();
-  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  if (body) {
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body->c_str());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(body->size()));
+  }
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
@@ -143,7 +122,7 @@ Result<ClusterCredential> list_cluster_user_credential(const ManagementClientOpt
 
   Response r;
   for (int attempt = 0;; ++attempt) {
-    auto sent = post_once(url, body, access_token, o.ca_file);
+    auto sent = send_once(url, &body, access_token, o.ca_file);
     if (!sent) {
       if (attempt >= 3) return fail(sent.error());
       std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));
@@ -227,7 +206,7 @@ Result<std::vector<ClusterRef>> list_connected_clusters(const ManagementClientOp
     if (page >= max_pages) return fail("the list of clusters in " + scope + " has more than 100 pages; name the clusters with -n");
     Response r;
     for (int attempt = 0;; ++attempt) {
-      auto sent = get_once(url, access_token, o.ca_file);
+      auto sent = send_once(url, nullptr, access_token, o.ca_file);
       if (!sent) {
         if (attempt >= 3) return fail(sent.error());
         std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));
