@@ -84,7 +84,7 @@ struct AgentOptions {
   std::string health_listen = "0.0.0.0:8081";
   std::string ready_file;
   std::string audit_log = "-";
-  unsigned threads = 2;
+  unsigned threads = 1;
   std::string distribution;    // empty: guessed from the API server
   std::string infrastructure;  // empty: guessed from the nodes
 };

@@ -220,7 +220,7 @@ int main(int argc, char** argv) try {
   app.add_option("--replica-id", replica_id, "With --store etcd: this replica's id (default: random)");
   app.add_option("--replica-ttl", replica_ttl, "With --store etcd: seconds this replica's records outlive it (default 10)")
       ->check(CLI::Range(2u, 300u));
-  unsigned threads = 2;
+  unsigned threads = 1;
   app.add_option("--threads", threads, "I/O threads")->check(CLI::Range(1u, 256u));
   StoreFlags store_flags;
   add_store_options(app, store_flags);

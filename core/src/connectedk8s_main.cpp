@@ -47,7 +47,7 @@ int main(int argc, char** argv) try {
   host::prescan_logging_flags(argc, argv, verbosity, format);
   auto logger = host::make_logger("connectedk8s", verbosity, format);
 
-  host::Runtime runtime(logger, 2);
+  host::Runtime runtime(logger, 1);
   runtime.load_plugins(host::PluginSearch::user_dirs);  // the CLI also loads user-installed modules
 
   CLI::App app{"connectedk8s: kubectl access to clusters that accept no inbound connection", "connectedk8s"};

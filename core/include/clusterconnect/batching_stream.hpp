@@ -107,6 +107,7 @@ class BatchingStream {
   struct State {
     std::vector<std::uint8_t> pending;    // taken in, not yet handed below
     std::vector<std::uint8_t> in_flight;  // being written below
+    boost::asio::const_buffer direct;      // or this, the caller's own record
     bool batching = false;
     bool writing = false;
     error_code failed;         // the first write error; every later write gets it
@@ -123,6 +124,17 @@ class BatchingStream {
   void start_write(Waiter w, const ConstBuffers& buffers) {
     auto& s = *state_;
     if (s.failed) return complete_later(std::move(w), s.failed, 0);
+    if (!s.batching && !s.writing && s.pending.empty() && single_buffer(buffers)) {
+      // A record outside a batch with nothing queued (a small response, a
+      // handshake message) goes straight from the caller's buffer, which
+      // stays valid until its handler runs: no copy, no extra hop.
+      const boost::asio::const_buffer b(*boost::asio::buffer_sequence_begin(buffers));
+      s.write_waiter = std::move(w);
+      s.write_waiter_bytes = b.size();
+      s.writing = true;
+      s.direct = b;
+      return write_direct(0);
+    }
     std::size_t n = 0;
     for (auto it = boost::asio::buffer_sequence_begin(buffers); it != boost::asio::buffer_sequence_end(buffers); ++it) {
       const boost::asio::const_buffer b(*it);
@@ -137,6 +149,22 @@ class BatchingStream {
     s.write_waiter = std::move(w);
     s.write_waiter_bytes = n;
     if (!s.writing) write_pending();
+  }
+
+  template <typename ConstBuffers>
+  static bool single_buffer(const ConstBuffers& buffers) {
+    auto it = boost::asio::buffer_sequence_begin(buffers);
+    const auto end = boost::asio::buffer_sequence_end(buffers);
+    return it != end && ++it == end;
+  }
+
+  void write_direct(std::size_t done) {
+    auto& s = *state_;
+    next_.async_write_some(boost::asio::buffer(s.direct + done), [this, keep = state_, done](error_code ec, std::size_t n) {
+      if (!ec && done + n < keep->direct.size()) return write_direct(done + n);
+      keep->direct = {};
+      after_write(ec);
+    });
   }
 
   void start_flush(Waiter w) {

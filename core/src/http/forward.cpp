@@ -42,10 +42,11 @@ using Clock = std::chrono::steady_clock;
 // as it (or this much of it) is read.
 constexpr std::size_t kPumpBuffer = 16 * 1024;
 // A direction whose read fills its buffer is a transfer in bulk: its buffer
-// (and its read buffer) grow to this, so it moves in fewer, larger pieces
-// (one DATA frame, one run of TLS records, one wake-up per hop per piece).
-// Quiet connections and watches keep the small size.
-constexpr std::size_t kPumpBufferBulk = 64 * 1024;
+// (and its read buffer) grow fourfold per filled read up to this, so it moves
+// in fewer, larger pieces (one run of DATA frames and TLS records, one write,
+// one wake-up per hop per piece). Quiet connections and watches keep the
+// small size.
+constexpr std::size_t kPumpBufferBulk = 256 * 1024;
 // Read-buffer capacity reserved up front: Beast reads at most
 // max(512, capacity - size) bytes per call, so an empty buffer would move
 // bodies in 512-byte pieces, each becoming its own write downstream.
@@ -406,7 +407,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_request_body(UpstreamPtr up, bool with_head) {
     auto& body = req_->get().body();
-    if (a_.grow) in_buf_.reserve(kPumpBufferBulk);
+    if (a_.grow) in_buf_.reserve(a_.next_size());
     body.data = a_.for_read();
     body.size = a_.size;
     in_reading_ = true;
@@ -572,7 +573,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_response_body(UpstreamPtr up, bool with_head) {
     auto& body = up->parser->get().body();
-    if (b_.grow) up->buffer.reserve(kPumpBufferBulk);
+    if (b_.grow) up->buffer.reserve(b_.next_size());
     body.data = b_.for_read();
     body.size = b_.size;
     auto& io = up->io;
@@ -999,9 +1000,10 @@ class Session : public std::enable_shared_from_this<Session> {
     std::size_t size = 0;
     bool grow = false;
     // Where the next read goes (growing first if the last read filled it).
+    std::size_t next_size() const { return bytes ? std::min(size * 4, kPumpBufferBulk) : kPumpBuffer; }
     char* for_read() {
       if (!bytes || grow) {
-        size = bytes ? kPumpBufferBulk : kPumpBuffer;
+        size = next_size();
         bytes.reset(new char[size]);
         grow = false;
       }

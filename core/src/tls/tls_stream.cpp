@@ -126,13 +126,18 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
                            if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
                            const std::size_t total = got + n;
                            if (ec) return total > 0 ? h(error_code{}, total) : h(ec, 0);
-                           if (total < buffer.size() && self->more_ready()) return self->read_more(buffer, total, std::move(h));
+                           if (total < buffer.size() && self->more_ready(n)) return self->read_more(buffer, total, std::move(h));
                            h(error_code{}, total);
                          });
   }
 
-  bool more_ready() {
+  // `last`: plaintext bytes the last read gave. Only a full record is taken
+  // as a sign of more on the way; after a short one (the tail of a message,
+  // a small response) the socket is not asked, which saves a syscall on
+  // every small request.
+  bool more_ready(std::size_t last) {
     if (SSL_pending(ssl_.native_handle()) > 0) return true;
+    if (last < kFullRecord) return false;
     error_code ec;
     const std::size_t waiting = ssl_.lowest_layer().available(ec);
     return !ec && waiting >= kReadOnAtLeast;
@@ -141,6 +146,7 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   // A whole record's worth on the socket: less is more likely the tail of a
   // response than the next piece of a transfer.
   static constexpr std::size_t kReadOnAtLeast = 4 * 1024;
+  static constexpr std::size_t kFullRecord = 16 * 1024;  // TLS's largest plaintext record
 
   // Sends close_notify, then a TCP FIN, keeping the read side open. Asio's
   // async_shutdown cannot be used: it waits for the peer's close_notify by

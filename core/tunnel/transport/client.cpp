@@ -189,6 +189,7 @@ class RendezvousClient final : public TunnelClient, public std::enable_shared_fr
     tunnel::SessionOptions o;
     o.role = tunnel::Role::dialer;
     o.name = "session with the agent of " + target_->hybrid_connection;
+    o.stream_window = tunnel::bulk_stream_window;
     return o;
   }
 

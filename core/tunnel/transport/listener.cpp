@@ -273,6 +273,7 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     ++pending_;
     tunnel::SessionOptions session;
     session.role = tunnel::Role::acceptor;
+    session.stream_window = tunnel::bulk_stream_window;
     session.name = "session with a proxy" + (accept->remote_endpoint ? " at " + accept->remote_endpoint->address : std::string());
     LegHandler done = [weak = weak_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
       auto self = weak.lock();

@@ -155,8 +155,8 @@ TEST_CASE("a stalled reader does not slow other streams", "[relay][tunnel]") {
   // are full (client stream window + relay's agent-side window + one relay
   // pump buffer + what is in flight), not grow without bound. At least the
   // agent-side stream window is always written.
-  constexpr std::uint64_t bound = 768 * 1024;
-  constexpr std::uint64_t stream_window = 256 * 1024;  // the protocol's default (docs/tunnel-protocol.md)
+  constexpr std::uint64_t stream_window = 1024 * 1024;  // what the client grants each stream (bulk_stream_window)
+  constexpr std::uint64_t bound = stream_window + 512 * 1024;
   REQUIRE(wait_until([&] { return agent.source_bytes.load() >= stream_window; }, 60s));
   CHECK(agent.source_bytes.load() <= bound);
   auto o = open_stream(*client);
