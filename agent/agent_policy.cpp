@@ -109,8 +109,11 @@ namespace {
 class ConnectionPolicy final : public http::ForwardPolicy {
  public:
   using Decide = std::function<void(http::RequestHead&, UniqueFunction<void(http::Decision)>)>;
-  ConnectionPolicy(std::shared_ptr<AgentPolicy> shared, Decide decide) : shared_(std::move(shared)), decide_(std::move(decide)) {}
-  void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override { decide_(head, std::move(done)); }
+  ConnectionPolicy(std::shared_ptr<AgentPolicy> shared, Decide decide)
+      : shared_(std::move(shared)), decide_(std::move(decide)) {}
+  void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override {
+    decide_(head, std::move(done));
+  }
   void on_complete(const http::ExchangeRecord& record) noexcept override { shared_->on_complete(record); }
 
  private:
@@ -173,7 +176,8 @@ std::shared_ptr<http::ForwardPolicy> AgentPolicy::for_connection() {
       });
 }
 
-void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& caller, std::chrono::system_clock::time_point expiry,
+void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& caller,
+                              std::chrono::system_clock::time_point expiry,
                               UniqueFunction<void(http::Decision)>& done) {
   const Identity& id = caller.identity;
   if (has_caller_impersonation(head)) {
@@ -191,7 +195,8 @@ void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& cal
     logger_->info("request refused: {}", caller.refused);
     http::Decision d;
     d.forward = false;
-    d.reply = http::status_reply(403, "Forbidden", "the cluster connection does not impersonate this identity: " + caller.refused);
+    d.reply = http::status_reply(403, "Forbidden",
+                                 "the cluster connection does not impersonate this identity: " + caller.refused);
     return done(std::move(d));
   }
   auto agent_token = api_->token().get();
@@ -244,7 +249,8 @@ void AgentPolicy::decide(http::RequestHead& head, UniqueFunction<void(http::Deci
   }
   const TokenTimes times = token_times(token);
   // Only a token with an exp is remembered, and never a single-use one.
-  std::shared_ptr<TokenMemo> keep = times.signed_request || times.expiry == std::chrono::system_clock::time_point{} ? nullptr : memo;
+  std::shared_ptr<TokenMemo> keep =
+      times.signed_request || times.expiry == std::chrono::system_clock::time_point{} ? nullptr : memo;
   std::string remembered = keep ? token : std::string();
   // `head` lives until `done` is called (the forwarding engine owns it).
   authenticator_->async_authenticate(

@@ -28,7 +28,7 @@ enum class AuthMode { entra, token, both };
 // worked out once: whether it may be impersonated and the headers that do it.
 struct VerifiedCaller {
   Identity identity;
-  std::string refused;  // refused_identity(), empty when it may be impersonated
+  std::string refused;                          // refused_identity(), empty when it may be impersonated
   std::optional<ImpersonationHeaders> headers;  // empty: a claim cannot be carried
 };
 
@@ -58,7 +58,8 @@ class AgentPolicy final : public http::ForwardPolicy, public std::enable_shared_
   struct TokenMemo;
 
  private:
-  void decide(http::RequestHead& head, UniqueFunction<void(http::Decision)> done, const std::shared_ptr<TokenMemo>& memo);
+  void decide(http::RequestHead& head, UniqueFunction<void(http::Decision)> done,
+              const std::shared_ptr<TokenMemo>& memo);
   void reject(AuthFailure failure, const std::string& why, UniqueFunction<void(http::Decision)>& done);
   void impersonate(http::RequestHead& head, const VerifiedCaller& caller, std::chrono::system_clock::time_point expiry,
                    UniqueFunction<void(http::Decision)>& done);

@@ -740,7 +740,8 @@ void Session::do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::
 // leaves when its write is done, it is reset, or its credit runs out (a
 // WINDOW brings it back).
 void Session::schedule(const std::shared_ptr<StreamState>& s) {
-  if (s->ready || !s->write_handler || s->reset_ec || s->phase != StreamState::Phase::open || s->send_credit <= 0) return;
+  if (s->ready || !s->write_handler || s->reset_ec || s->phase != StreamState::Phase::open || s->send_credit <= 0)
+    return;
   s->ready = true;
   s->in_turn = false;
   s->deficit = 0;
@@ -754,7 +755,8 @@ void Session::schedule(const std::shared_ptr<StreamState>& s) {
 void Session::fill_data(std::vector<std::uint8_t>& message) {
   auto& m = *impl_;
   const std::size_t quantum = std::clamp<std::size_t>(options_.send_quantum, 1, max_data_payload);
-  const std::size_t budget = std::max<std::size_t>(1, std::min(options_.data_message_budget, options_.send_queue_limit));
+  const std::size_t budget =
+      std::max<std::size_t>(1, std::min(options_.data_message_budget, options_.send_queue_limit));
   std::size_t data = 0;
   // The DATA frame that ends `message`, which the same stream's next turn
   // extends (a stream alone in the ring sends frames of up to 64 KiB).
@@ -770,9 +772,9 @@ void Session::fill_data(std::vector<std::uint8_t>& message) {
     }
     if (!s->in_turn) s->deficit = quantum;
     s->in_turn = false;
-    const auto n = static_cast<std::size_t>(std::min<std::int64_t>({static_cast<std::int64_t>(s->deficit),
-                                                                    static_cast<std::int64_t>(s->write_left), s->send_credit,
-                                                                    m.tunnel_send_credit}));
+    const auto n = static_cast<std::size_t>(
+        std::min<std::int64_t>({static_cast<std::int64_t>(s->deficit), static_cast<std::int64_t>(s->write_left),
+                                s->send_credit, m.tunnel_send_credit}));
     if (tail_stream == s->id && message.size() - tail_header - frame_header_size + n <= max_data_payload) {
       std::vector<std::uint8_t> header;
       header.reserve(frame_header_size);

@@ -265,7 +265,8 @@ class CountingAuthenticator final : public Authenticator {
           unsigned buffer = 0;
           int bits = 0;
           for (char c : seg) {
-            const auto v = static_cast<unsigned>(std::string_view("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_").find(c));
+            const auto v = static_cast<unsigned>(
+                std::string_view("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_").find(c));
             buffer = (buffer << 6) | v;
             bits += 6;
             if (bits >= 8) {
@@ -276,7 +277,8 @@ class CountingAuthenticator final : public Authenticator {
           return out;
         }(),
         nullptr, false);
-    if (!payload.is_object() || !payload.contains("upn")) return handler(AuthOutcome{AuthFailure::malformed, "not ours", {}});
+    if (!payload.is_object() || !payload.contains("upn"))
+      return handler(AuthOutcome{AuthFailure::malformed, "not ours", {}});
     AuthOutcome ok;
     const std::string user = payload["upn"].get<std::string>();
     ok.identity = {user, "uid-" + user, {"devs", "ops"}, {{"oid", {"oid-" + user}}, {"tid", {"tid-1"}}}};
@@ -288,8 +290,8 @@ class CountingAuthenticator final : public Authenticator {
 
 struct MemoFixture : Fixture {
   std::shared_ptr<CountingAuthenticator> auth = std::make_shared<CountingAuthenticator>();
-  std::shared_ptr<AgentPolicy> shared = std::make_shared<AgentPolicy>(AuthMode::entra, auth, api, nullptr,
-                                                                      std::make_shared<AgentMetrics>(), spdlog::default_logger());
+  std::shared_ptr<AgentPolicy> shared = std::make_shared<AgentPolicy>(
+      AuthMode::entra, auth, api, nullptr, std::make_shared<AgentMetrics>(), spdlog::default_logger());
   std::chrono::system_clock::time_point now{std::chrono::seconds(1'900'000'000)};
   MemoFixture() {
     shared->set_clock([this] { return now; });
@@ -305,7 +307,8 @@ http::Decision decide(http::ForwardPolicy& p, http::RequestHead& head) {
 
 }  // namespace
 
-TEST_CASE("connection memo: the same token on a connection is verified once and impersonated alike", "[agent][policy][memo]") {
+TEST_CASE("connection memo: the same token on a connection is verified once and impersonated alike",
+          "[agent][policy][memo]") {
   MemoFixture f;
   auto conn = f.shared->for_connection();
   const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
@@ -332,7 +335,8 @@ TEST_CASE("connection memo: the same token on a connection is verified once and 
   CHECK(f.auth->calls == 3);
 }
 
-TEST_CASE("connection memo: an expired token is refused although it was verified on the connection before", "[agent][policy][memo]") {
+TEST_CASE("connection memo: an expired token is refused although it was verified on the connection before",
+          "[agent][policy][memo]") {
   MemoFixture f;
   auto conn = f.shared->for_connection();
   const std::string alice = jwt_for("alice@contoso.example", 1'900'000'010);
@@ -388,7 +392,8 @@ TEST_CASE("connection memo: a different token on the same connection is verified
   CHECK(f.auth->calls == 3);
 }
 
-TEST_CASE("connection memo: a caller's own Impersonate-* headers are refused on a remembered token too", "[agent][policy][memo]") {
+TEST_CASE("connection memo: a caller's own Impersonate-* headers are refused on a remembered token too",
+          "[agent][policy][memo]") {
   MemoFixture f;
   auto conn = f.shared->for_connection();
   const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
@@ -410,7 +415,9 @@ TEST_CASE("connection memo: a proof-of-possession token is verified on every req
   MemoFixture f;
   auto conn = f.shared->for_connection();
   const std::string inner = jwt_for("alice@contoso.example", 1'900'003'600);
-  const std::string pop = "eyJ0eXAiOiJwb3AiLCJhbGciOiJSUzI1NiJ9." + b64url(nlohmann::json{{"at", inner}, {"ts", 1}, {"upn", "alice@contoso.example"}}.dump()) + ".c2ln";
+  const std::string pop = "eyJ0eXAiOiJwb3AiLCJhbGciOiJSUzI1NiJ9." +
+                          b64url(nlohmann::json{{"at", inner}, {"ts", 1}, {"upn", "alice@contoso.example"}}.dump()) +
+                          ".c2ln";
   auto first = with_token(pop);
   REQUIRE(decide(*conn, first).forward);
   auto replay = with_token(pop);

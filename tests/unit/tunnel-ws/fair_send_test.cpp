@@ -50,8 +50,10 @@ class HeldChannel final : public MessageChannel {
   void close(std::uint16_t, std::string) noexcept override {
     if (s_->closed) return;
     s_->closed = true;
-    if (auto h = std::move(s_->pending_read)) asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, {}); });
-    if (auto h = std::move(s_->held_write)) asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted); });
+    if (auto h = std::move(s_->pending_read))
+      asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, {}); });
+    if (auto h = std::move(s_->held_write))
+      asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted); });
   }
   static void pump(const std::shared_ptr<ChannelState>& s) {
     if (!s->pending_read || s->inbox.empty()) return;
