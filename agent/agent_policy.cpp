@@ -1,5 +1,8 @@
 #include "agent_policy.hpp"
 
+#include <algorithm>
+#include <mutex>
+
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -43,17 +46,37 @@ nlohmann::json jwt_payload(const std::string& token) {
 // authenticator has verified this very token. Zero when there is none. For a
 // proof-of-possession token (a signed request whose `at` is the access
 // token), the `exp` of the access token inside.
-std::chrono::system_clock::time_point token_expiry(const std::string& token) {
+struct TokenTimes {
+  std::chrono::system_clock::time_point expiry;
+  bool signed_request = false;  // proof-of-possession: single-use, never remembered
+};
+
+TokenTimes token_times(const std::string& token) {
+  TokenTimes t;
   auto payload = jwt_payload(token);
   if (payload.is_object()) {
-    if (auto at = payload.find("at"); at != payload.end() && at->is_string() && !payload.contains("exp"))
+    if (auto at = payload.find("at"); at != payload.end() && at->is_string() && !payload.contains("exp")) {
+      t.signed_request = true;
       payload = jwt_payload(at->get<std::string>());
+    }
   }
   auto exp = payload.is_object() ? payload.find("exp") : payload.end();
-  if (!payload.is_object() || exp == payload.end() || !exp->is_number()) return {};
+  if (!payload.is_object() || exp == payload.end() || !exp->is_number()) return t;
   const double seconds = exp->get<double>();
-  if (!(seconds > 0 && seconds < 1e11)) return {};
-  return std::chrono::system_clock::time_point(std::chrono::seconds(static_cast<long long>(seconds)));
+  if (!(seconds > 0 && seconds < 1e11)) return t;
+  t.expiry = std::chrono::system_clock::time_point(std::chrono::seconds(static_cast<long long>(seconds)));
+  return t;
+}
+
+std::chrono::system_clock::time_point token_expiry(const std::string& token) { return token_times(token).expiry; }
+
+// Equal-length tokens are compared without an early exit, so the time taken
+// says nothing about how much of a guess matched.
+bool same_token(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
 }
 
 // The `sub` a JWT names, read without verifying it (the API server does
@@ -66,6 +89,44 @@ std::string unverified_subject(const std::string& token) {
   std::string s = sub->get<std::string>();
   if (s.size() > 256 || !header_safe(s)) return {};
   return s;
+}
+
+}  // namespace
+
+// The last token verified on one connection. A connection's requests come one
+// at a time, so the lock is uncontended; it is there because `done` may run
+// on another thread.
+struct AgentPolicy::TokenMemo {
+  std::mutex mu;
+  std::string token;
+  std::chrono::system_clock::time_point expiry;       // the token's exp
+  std::chrono::system_clock::time_point valid_until;  // min(exp, verified + memo_max_age)
+  std::shared_ptr<const VerifiedCaller> caller;
+};
+
+namespace {
+
+class ConnectionPolicy final : public http::ForwardPolicy {
+ public:
+  using Decide = std::function<void(http::RequestHead&, UniqueFunction<void(http::Decision)>)>;
+  ConnectionPolicy(std::shared_ptr<AgentPolicy> shared, Decide decide)
+      : shared_(std::move(shared)), decide_(std::move(decide)) {}
+  void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override {
+    decide_(head, std::move(done));
+  }
+  void on_complete(const http::ExchangeRecord& record) noexcept override { shared_->on_complete(record); }
+
+ private:
+  std::shared_ptr<AgentPolicy> shared_;
+  Decide decide_;
+};
+
+std::shared_ptr<const VerifiedCaller> make_caller(Identity identity) {
+  auto c = std::make_shared<VerifiedCaller>();
+  c->refused = refused_identity(identity);
+  c->headers = impersonation_headers(identity);
+  c->identity = std::move(identity);
+  return c;
 }
 
 }  // namespace
@@ -107,8 +168,18 @@ void AgentPolicy::pass_through(const http::RequestHead& head, UniqueFunction<voi
   done(std::move(d));
 }
 
-void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, std::chrono::system_clock::time_point expiry,
+std::shared_ptr<http::ForwardPolicy> AgentPolicy::for_connection() {
+  auto memo = std::make_shared<TokenMemo>();
+  return std::make_shared<ConnectionPolicy>(
+      shared_from_this(), [this, memo](http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
+        decide(head, std::move(done), memo);
+      });
+}
+
+void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& caller,
+                              std::chrono::system_clock::time_point expiry,
                               UniqueFunction<void(http::Decision)>& done) {
+  const Identity& id = caller.identity;
   if (has_caller_impersonation(head)) {
     metrics_->auth_failure("impersonation_refused");
     logger_->info("request from {} refused: it carries its own Impersonate-* headers", id.user);
@@ -119,12 +190,13 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, std::
     d.reply = http::status_reply(403, "Forbidden", "impersonation through the cluster connection is not permitted");
     return done(std::move(d));
   }
-  if (auto why = refused_identity(id); !why.empty()) {
+  if (!caller.refused.empty()) {
     metrics_->auth_failure("identity_refused");
-    logger_->info("request refused: {}", why);
+    logger_->info("request refused: {}", caller.refused);
     http::Decision d;
     d.forward = false;
-    d.reply = http::status_reply(403, "Forbidden", "the cluster connection does not impersonate this identity: " + why);
+    d.reply = http::status_reply(403, "Forbidden",
+                                 "the cluster connection does not impersonate this identity: " + caller.refused);
     return done(std::move(d));
   }
   auto agent_token = api_->token().get();
@@ -135,8 +207,9 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, std::
     d.reply = http::status_reply(503, "ServiceUnavailable", "the cluster connection agent has no API server credential");
     return done(std::move(d));
   }
-  if (!apply_impersonation(head, id, agent_token.value()))
+  if (!caller.headers)
     return reject(AuthFailure::malformed, "identity claims contain characters that cannot be carried in HTTP headers", done);
+  apply_impersonation(head, *caller.headers, agent_token.value());
   http::Decision d;
   d.forward = true;
   d.user = id.user;
@@ -151,17 +224,50 @@ void AgentPolicy::impersonate(http::RequestHead& head, const Identity& id, std::
 }
 
 void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
+  decide(head, std::move(done), nullptr);
+}
+
+void AgentPolicy::decide(http::RequestHead& head, UniqueFunction<void(http::Decision)> done,
+                         const std::shared_ptr<TokenMemo>& memo) {
   if (mode_ == AuthMode::token) return pass_through(head, done);
   std::string token = bearer_token(head);
   if (token.empty()) {
     if (mode_ == AuthMode::both) return pass_through(head, done);
     return reject(AuthFailure::malformed, "no bearer token in the request", done);
   }
-  const auto expiry = token_expiry(token);
+  if (memo) {
+    std::shared_ptr<const VerifiedCaller> caller;
+    std::chrono::system_clock::time_point expiry;
+    {
+      std::lock_guard lock(memo->mu);
+      if (memo->caller && same_token(token, memo->token) && now_() < memo->valid_until) {
+        caller = memo->caller;
+        expiry = memo->expiry;
+      }
+    }
+    if (caller) return impersonate(head, *caller, expiry, done);
+  }
+  const TokenTimes times = token_times(token);
+  // Only a token with an exp is remembered, and never a single-use one.
+  std::shared_ptr<TokenMemo> keep =
+      times.signed_request || times.expiry == std::chrono::system_clock::time_point{} ? nullptr : memo;
+  std::string remembered = keep ? token : std::string();
   // `head` lives until `done` is called (the forwarding engine owns it).
   authenticator_->async_authenticate(
-      std::move(token), [this, &head, expiry, done = std::move(done)](AuthOutcome outcome) mutable {
-        if (outcome.ok()) return impersonate(head, outcome.identity, expiry, done);
+      std::move(token), [this, &head, expiry = times.expiry, keep = std::move(keep), remembered = std::move(remembered),
+                         done = std::move(done)](AuthOutcome outcome) mutable {
+        if (outcome.ok()) {
+          auto caller = make_caller(std::move(outcome.identity));
+          if (keep) {
+            const auto until = std::min(expiry, now_() + memo_max_age);
+            std::lock_guard lock(keep->mu);
+            keep->token = std::move(remembered);
+            keep->expiry = expiry;
+            keep->valid_until = until;
+            keep->caller = caller;
+          }
+          return impersonate(head, *caller, expiry, done);
+        }
         // In `both` mode a token that is not this backend's token for this cluster
         // (a service-account JWT has another issuer) goes to the API server
         // unchanged, which authenticates it itself.

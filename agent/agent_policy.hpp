@@ -4,7 +4,9 @@
 // the caller's own token unchanged (token), or either (both).
 
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent_metrics.hpp"
@@ -12,6 +14,7 @@
 #include "audit_log.hpp"
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/http/forward.hpp"
+#include "impersonation.hpp"
 
 namespace spdlog {
 class logger;
@@ -21,18 +24,44 @@ namespace clusterconnect::agent {
 
 enum class AuthMode { entra, token, both };
 
-class AgentPolicy final : public http::ForwardPolicy {
+// A caller the authenticator accepted, with what the agent does with it
+// worked out once: whether it may be impersonated and the headers that do it.
+struct VerifiedCaller {
+  Identity identity;
+  std::string refused;                          // refused_identity(), empty when it may be impersonated
+  std::optional<ImpersonationHeaders> headers;  // empty: a claim cannot be carried
+};
+
+class AgentPolicy final : public http::ForwardPolicy, public std::enable_shared_from_this<AgentPolicy> {
  public:
   AgentPolicy(AuthMode mode, std::shared_ptr<Authenticator> authenticator, std::shared_ptr<ApiServer> api,
               std::shared_ptr<AuditLog> audit, std::shared_ptr<AgentMetrics> metrics,
               std::shared_ptr<spdlog::logger> logger, std::string backend = "entra");
 
+  // Every request verified by the authenticator.
   void on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) override;
   void on_complete(const http::ExchangeRecord& record) noexcept override;
 
+  // The policy for one connection (one tunnel stream): kubectl sends the same
+  // token on every request of a connection, so the last token verified on it
+  // is remembered (compared in constant time) with its caller, until the
+  // token's exp or for at most memo_max_age, whichever comes first; a request
+  // with that token skips the authenticator. The cap keeps a signing key
+  // rotated out from being honoured for long on a connection that stays open.
+  // Proof-of-possession tokens are single-use and always verified.
+  std::shared_ptr<http::ForwardPolicy> for_connection();
+  static constexpr std::chrono::seconds memo_max_age{30};
+
+  // The wall clock token expiry is compared with (tests move it).
+  void set_clock(std::function<std::chrono::system_clock::time_point()> now) { now_ = std::move(now); }
+
+  struct TokenMemo;
+
  private:
+  void decide(http::RequestHead& head, UniqueFunction<void(http::Decision)> done,
+              const std::shared_ptr<TokenMemo>& memo);
   void reject(AuthFailure failure, const std::string& why, UniqueFunction<void(http::Decision)>& done);
-  void impersonate(http::RequestHead& head, const Identity& id, std::chrono::system_clock::time_point expiry,
+  void impersonate(http::RequestHead& head, const VerifiedCaller& caller, std::chrono::system_clock::time_point expiry,
                    UniqueFunction<void(http::Decision)>& done);
   static void pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done);
 
@@ -43,6 +72,7 @@ class AgentPolicy final : public http::ForwardPolicy {
   std::shared_ptr<AgentMetrics> metrics_;
   std::shared_ptr<spdlog::logger> logger_;
   std::string backend_;  // the authenticator's name ("entra", "oidc"): in messages and the audit log
+  std::function<std::chrono::system_clock::time_point()> now_ = [] { return std::chrono::system_clock::now(); };
 };
 
 }  // namespace clusterconnect::agent

@@ -75,24 +75,39 @@ std::string refused_identity(const Identity& id) {
   return {};
 }
 
-bool apply_impersonation(http::RequestHead& head, const Identity& id, const std::string& agent_token) {
-  if (id.user.empty() || !header_safe(id.user) || !header_safe(id.uid)) return false;
+std::optional<ImpersonationHeaders> impersonation_headers(const Identity& id) {
+  if (id.user.empty() || !header_safe(id.user) || !header_safe(id.uid)) return std::nullopt;
   for (const auto& g : id.groups)
-    if (!header_safe(g)) return false;
+    if (!header_safe(g)) return std::nullopt;
   for (const auto& [k, values] : id.extra)
     for (const auto& v : values)
-      if (!header_safe(v) || k.empty()) return false;
+      if (!header_safe(v) || k.empty()) return std::nullopt;
 
-  head.remove("authorization");
-  head.remove_prefix("impersonate-");
-  head.set("Authorization", "Bearer " + agent_token);
-  head.set("Impersonate-User", id.user);
-  if (!id.uid.empty()) head.set("Impersonate-Uid", id.uid);
+  ImpersonationHeaders block;
+  block.headers.push_back({"Impersonate-User", id.user});
+  if (!id.uid.empty()) block.headers.push_back({"Impersonate-Uid", id.uid});
   // One header per group: a group name may contain a comma, so the values
   // must never be folded into one comma-separated list.
-  for (const auto& g : id.groups) head.add("Impersonate-Group", g);
-  for (const auto& [k, values] : id.extra)
-    for (const auto& v : values) head.add("Impersonate-Extra-" + escape_extra_key(k), v);
+  for (const auto& g : id.groups) block.headers.push_back({"Impersonate-Group", g});
+  for (const auto& [k, values] : id.extra) {
+    const std::string name = "Impersonate-Extra-" + escape_extra_key(k);
+    for (const auto& v : values) block.headers.push_back({name, v});
+  }
+  return block;
+}
+
+void apply_impersonation(http::RequestHead& head, const ImpersonationHeaders& block, const std::string& agent_token) {
+  head.remove("authorization");
+  head.remove_prefix("impersonate-");
+  head.headers.reserve(head.headers.size() + 1 + block.headers.size());
+  head.headers.push_back({"Authorization", "Bearer " + agent_token});
+  head.headers.insert(head.headers.end(), block.headers.begin(), block.headers.end());
+}
+
+bool apply_impersonation(http::RequestHead& head, const Identity& id, const std::string& agent_token) {
+  auto block = impersonation_headers(id);
+  if (!block) return false;
+  apply_impersonation(head, *block, agent_token);
   return true;
 }
 

@@ -2,8 +2,10 @@
 // How the agent turns an authenticated caller into Kubernetes impersonation
 // headers on the request it forwards with its own credential.
 
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "clusterconnect/authenticator.hpp"
 #include "clusterconnect/http/forward.hpp"
@@ -30,10 +32,22 @@ bool header_safe(std::string_view value);
 // tokens already; this holds for any authenticator.
 std::string refused_identity(const Identity& identity);
 
-// Replaces the caller's credential with the agent's service-account token and
-// adds Impersonate-User, -Uid, one -Group per group and -Extra-<key> per extra
-// value. Returns false (and leaves `head` unchanged) when a claim cannot be
-// carried in a header.
+// The Impersonate-User, -Uid, one -Group per group and -Extra-<key> per extra
+// value of one identity: built once per verified caller and added to each of
+// its requests.
+struct ImpersonationHeaders {
+  std::vector<http::Header> headers;
+};
+
+// Empty when a claim cannot be carried in a header.
+std::optional<ImpersonationHeaders> impersonation_headers(const Identity& identity);
+
+// Replaces the caller's credential and any Impersonate-* header it sent with
+// the agent's service-account token and `block`.
+void apply_impersonation(http::RequestHead& head, const ImpersonationHeaders& block, const std::string& agent_token);
+
+// Both steps at once. Returns false (and leaves `head` unchanged) when a claim
+// cannot be carried in a header.
 bool apply_impersonation(http::RequestHead& head, const Identity& identity, const std::string& agent_token);
 
 }  // namespace clusterconnect::agent

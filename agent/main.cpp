@@ -387,10 +387,12 @@ int main(int argc, char** argv) try {
   listen_options.handshake_headers = [report] { return tunnel::rendezvous::to_headers(report->latest()); };
   http::Limits limits;
   auto connector = api.value()->connector(io);
-  const std::shared_ptr<TunnelListener> listener =
-      transport->listen(listen_options, [&io, policy, connector, limits, logger, metrics](
-                                            StreamPtr stream, const std::map<std::string, std::string>&) {
-        http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy, connector, limits, logger);
+  const std::shared_ptr<TunnelListener> listener = transport->listen(
+      listen_options,
+      [&io, policy, connector, limits, logger, metrics](StreamPtr stream, const std::map<std::string, std::string>&) {
+        // One policy per stream: it remembers the token last verified there.
+        http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy->for_connection(),
+                    connector, limits, logger);
       });
   if (!listener) {
     std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");

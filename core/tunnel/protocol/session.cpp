@@ -70,7 +70,12 @@ struct StreamState {
   bool remote_fin = false;
   bool local_fin = false;
   error_code reset_ec;
-  bool waiting = false;  // in the session's list of writers waiting for credit
+  // Sending: the writer's buffers are held until the scheduler takes them.
+  bool ready = false;    // in the session's ring of streams with bytes to send
+  bool in_turn = false;  // its turn was cut short by the tunnel's credit
+  std::size_t deficit = 0;
+  std::size_t write_left = 0;   // bytes of write_bufs not yet taken
+  std::size_t write_taken = 0;  // bytes of the pending write already sent
 
   asio::mutable_buffer read_buf;
   IoHandler read_handler;
@@ -97,7 +102,8 @@ struct Session::Impl {
   std::size_t queued_bytes = 0;
   std::vector<std::uint8_t> write_buf;
   bool writing = false;
-  std::vector<std::shared_ptr<StreamState>> waiting;
+  // Streams with bytes to send and credit, in round-robin order.
+  std::deque<std::shared_ptr<StreamState>> ready;
 
   // Dialler: the RENEW awaiting its ACK (at most one).
   RenewCallback renew_cb;
@@ -487,8 +493,7 @@ bool Session::on_window(const Frame& f) {
   if (f.stream == 0) {
     if (m.tunnel_send_credit + inc > max_window) return protocol_error("WINDOW overflow on the tunnel");
     m.tunnel_send_credit += inc;
-    wake_writers();
-    return true;
+    return true;  // the streams waiting for it are still in the ready ring
   }
   auto it = m.streams.find(f.stream);
   if (it == m.streams.end()) {
@@ -499,7 +504,7 @@ bool Session::on_window(const Frame& f) {
   auto s = it->second;
   if (s->send_credit + inc > max_window) return protocol_error("WINDOW overflow on stream " + std::to_string(f.stream));
   s->send_credit += inc;
-  try_write(s);
+  schedule(s);
   return true;
 }
 
@@ -717,79 +722,119 @@ void Session::do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::
     asio::post(strand_, [h = std::move(handler), ec]() mutable { h(ec, 0); });
     return;
   }
-  s->write_bufs = std::move(buffers);
-  s->write_handler = std::move(handler);
-  try_write(s);
-}
-
-void Session::try_write(const std::shared_ptr<StreamState>& s) {
-  auto& m = *impl_;
-  if (!s->write_handler) return;
-  if (s->reset_ec) {
-    asio::post(strand_, [h = std::move(s->write_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
+  std::size_t total = 0;
+  for (const auto& b : buffers) total += b.size();
+  if (total == 0) {
+    asio::post(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
     return;
   }
-  if (s->phase != StreamState::Phase::open) return;  // waits for accept()
-  std::size_t written = 0;
-  auto& bufs = s->write_bufs;
-  std::size_t bi = 0;
-  while (bi < bufs.size()) {
-    if (bufs[bi].size() == 0) {
-      ++bi;
+  s->write_bufs = std::move(buffers);
+  s->write_handler = std::move(handler);
+  s->write_left = total;
+  s->write_taken = 0;
+  schedule(s);
+  flush();
+}
+
+// A stream joins the ring when it has bytes, is open and has credit; it
+// leaves when its write is done, it is reset, or its credit runs out (a
+// WINDOW brings it back).
+void Session::schedule(const std::shared_ptr<StreamState>& s) {
+  if (s->ready || !s->write_handler || s->reset_ec || s->phase != StreamState::Phase::open || s->send_credit <= 0)
+    return;
+  s->ready = true;
+  s->in_turn = false;
+  s->deficit = 0;
+  impl_->ready.push_back(s);
+}
+
+// Deficit round-robin over the ready streams, appending DATA to `message`.
+// A stream's turn is send_quantum bytes (bytes are divisible, so the deficit
+// carries over only when the tunnel's credit cuts a turn short); the budget is
+// checked between turns, so no turn is split across messages by it.
+void Session::fill_data(std::vector<std::uint8_t>& message) {
+  auto& m = *impl_;
+  const std::size_t quantum = std::clamp<std::size_t>(options_.send_quantum, 1, max_data_payload);
+  const std::size_t budget =
+      std::max<std::size_t>(1, std::min(options_.data_message_budget, options_.send_queue_limit));
+  std::size_t data = 0;
+  // The DATA frame that ends `message`, which the same stream's next turn
+  // extends (a stream alone in the ring sends frames of up to 64 KiB).
+  std::size_t tail_header = message.size();
+  StreamId tail_stream = 0;
+  while (!m.ready.empty() && data < budget && m.tunnel_send_credit > 0 &&
+         message.size() + 2 * (frame_header_size + quantum) <= max_message_size) {
+    auto s = std::move(m.ready.front());
+    m.ready.pop_front();
+    if (!s->write_handler || s->reset_ec || s->phase != StreamState::Phase::open || s->send_credit <= 0) {
+      s->ready = false;
       continue;
     }
-    std::size_t remaining = 0;
-    for (std::size_t j = bi; j < bufs.size(); ++j) remaining += bufs[j].size();
-    const auto n = static_cast<std::size_t>(std::min<std::int64_t>(
-        {static_cast<std::int64_t>(remaining), s->send_credit, m.tunnel_send_credit, static_cast<std::int64_t>(max_data_payload)}));
-    if (n == 0 || m.queued_bytes >= options_.send_queue_limit) break;
-    auto& out = out_for(frame_header_size + n);
-    encode_header(out, FrameType::data, 0, s->id, static_cast<std::uint32_t>(n));
+    if (!s->in_turn) s->deficit = quantum;
+    s->in_turn = false;
+    const auto n = static_cast<std::size_t>(
+        std::min<std::int64_t>({static_cast<std::int64_t>(s->deficit), static_cast<std::int64_t>(s->write_left),
+                                s->send_credit, m.tunnel_send_credit}));
+    if (tail_stream == s->id && message.size() - tail_header - frame_header_size + n <= max_data_payload) {
+      std::vector<std::uint8_t> header;
+      header.reserve(frame_header_size);
+      encode_header(header, FrameType::data, 0, s->id,
+                    static_cast<std::uint32_t>(message.size() - tail_header - frame_header_size + n));
+      std::memcpy(message.data() + tail_header, header.data(), frame_header_size);
+    } else {
+      tail_header = message.size();
+      tail_stream = s->id;
+      encode_header(message, FrameType::data, 0, s->id, static_cast<std::uint32_t>(n));
+    }
     std::size_t copied = 0;
+    auto& bufs = s->write_bufs;
+    std::size_t bi = 0;
     while (copied < n) {
       auto& b = bufs[bi];
-      std::size_t k = std::min(n - copied, b.size());
+      const std::size_t k = std::min(n - copied, b.size());
       const auto* p = static_cast<const std::uint8_t*>(b.data());
-      out.insert(out.end(), p, p + k);
+      message.insert(message.end(), p, p + k);
       b += k;
       copied += k;
       if (b.size() == 0) ++bi;
     }
+    bufs.erase(bufs.begin(), bufs.begin() + static_cast<std::ptrdiff_t>(bi));
+    s->deficit -= n;
+    s->write_left -= n;
+    s->write_taken += n;
     s->send_credit -= static_cast<std::int64_t>(n);
     m.tunnel_send_credit -= static_cast<std::int64_t>(n);
-    written += n;
-  }
-  if (written == 0) {
-    if (!s->waiting) {
-      s->waiting = true;
-      m.waiting.push_back(s);
+    data += n;
+    if (s->write_left == 0 || s->send_credit == 0) {
+      s->ready = false;
+      complete_write(s);
+      tail_stream = 0;  // a FIN may follow in the control queue
+    } else if (s->deficit > 0) {
+      s->in_turn = true;  // cut short by the tunnel's credit: it goes on first
+      m.ready.push_front(std::move(s));
+    } else {
+      m.ready.push_back(std::move(s));
     }
-    return;
   }
+}
+
+// The pending write took all the bytes it will take (its buffers, or what the
+// peer's credit allowed); a FIN asked for meanwhile follows the data.
+void Session::complete_write(const std::shared_ptr<StreamState>& s) {
+  const std::size_t written = s->write_taken;
+  s->write_taken = 0;
+  s->write_left = 0;
   s->write_bufs.clear();
   asio::post(strand_, [h = std::move(s->write_handler), written]() mutable { h({}, written); });
+  s->write_handler = nullptr;
   if (s->shutdown_handler) {
+    // Into the control queue: a later message than this stream's data, and it
+    // keeps the queue non-empty so a drained tunnel closes only after it.
     encode_fin(out_for(frame_header_size), s->id);
     s->local_fin = true;
     asio::post(strand_, [h = std::move(s->shutdown_handler)]() mutable { h({}); });
+    s->shutdown_handler = nullptr;
     if (s->remote_fin) finish_stream(s);
-  }
-  flush();
-}
-
-void Session::wake_writers() {
-  auto& m = *impl_;
-  if (m.waiting.empty()) return;
-  auto list = std::move(m.waiting);
-  m.waiting.clear();
-  for (auto& s : list) {
-    s->waiting = false;
-    if (m.tunnel_send_credit > 0 && m.queued_bytes < options_.send_queue_limit) {
-      try_write(s);
-    } else if (s->write_handler) {
-      s->waiting = true;
-      m.waiting.push_back(s);
-    }
   }
 }
 
@@ -821,7 +866,7 @@ void Session::do_accept(const std::shared_ptr<StreamState>& s) {
     s->recv_allowed += extra;
   }
   if (s->write_handler) {
-    try_write(s);
+    schedule(s);
   } else if (s->shutdown_handler) {
     auto h = std::move(s->shutdown_handler);
     do_shutdown(s, std::move(h));
@@ -896,9 +941,30 @@ std::vector<std::uint8_t>& Session::out_for(std::size_t frame_size) {
 
 void Session::flush() {
   auto& m = *impl_;
-  if (m.writing || m.queue.empty() || m.closed) return;
-  m.write_buf = std::move(m.queue.front());
-  m.queue.pop_front();
+  if (m.writing || m.closed) return;
+  std::vector<std::uint8_t> message;
+  if (!m.queue.empty()) {
+    message = std::move(m.queue.front());
+    m.queue.pop_front();
+  } else {
+    message = std::move(m.write_buf);  // keeps its capacity
+    message.clear();
+  }
+  // Every control frame goes before DATA not yet taken: DATA joins only the
+  // last queued message, or one of its own.
+  if (m.queue.empty() && !m.ready.empty()) {
+    const bool own = message.empty();
+    if (own) ++m.messages_queued;
+    const std::size_t before = message.size();
+    fill_data(message);
+    m.queued_bytes += message.size() - before;
+    if (own && message.empty()) --m.messages_queued;
+  }
+  if (message.empty()) {
+    m.write_buf = std::move(message);
+    return;
+  }
+  m.write_buf = std::move(message);
   m.writing = true;
   channel_->async_write_message(asio::buffer(m.write_buf), [self = shared_from_this()](error_code ec) { self->on_write(ec); });
 }
@@ -936,7 +1002,6 @@ void Session::on_write(error_code ec) {
     fail("transport: " + ec.message(), false);
     return;
   }
-  wake_writers();
   flush();
   if (m.close_when_flushed && !m.writing && m.queue.empty()) fail("drained after GOAWAY", false);
 }
@@ -1006,7 +1071,8 @@ void Session::fail(std::string reason, bool protocol) {
     }
     s->phase = StreamState::Phase::done;
   }
-  m.waiting.clear();
+  for (auto& s : m.ready) s->ready = false;
+  m.ready.clear();
   if (auto cb = std::move(m.renew_cb)) {
     m.renew_cb = nullptr;
     asio::post(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable { cb(asio::error::not_connected, std::move(r)); });

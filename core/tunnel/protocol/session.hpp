@@ -76,6 +76,13 @@ struct SessionOptions {
   // RST, WINDOW, RENEW|ACK). A peer that sends while never reading would
   // grow the queue without bound: past this the tunnel is closed.
   std::size_t control_queue_limit = 256 * 1024;
+  // Fair sending: streams with bytes to send take turns of send_quantum bytes
+  // (deficit round-robin). A message is built only when the transport is
+  // free, with every queued control frame first and then DATA up to about
+  // data_message_budget (at most send_queue_limit), so a small request waits
+  // behind at most one turn of a bulk stream, not behind its backlog.
+  std::size_t send_quantum = 16 * 1024;
+  std::size_t data_message_budget = 128 * 1024;
   std::chrono::milliseconds ping_interval{15000};
   std::chrono::milliseconds idle_timeout{45000};
   std::chrono::milliseconds open_timeout{15000};
@@ -206,8 +213,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_write(error_code ec);
   void write_final_message();
   void close_channel();
-  void try_write(const std::shared_ptr<StreamState>& s);
-  void wake_writers();
+  void schedule(const std::shared_ptr<StreamState>& s);
+  void fill_data(std::vector<std::uint8_t>& message);
+  void complete_write(const std::shared_ptr<StreamState>& s);
 
   // Lifecycle.
   void on_ping_timer(error_code ec);

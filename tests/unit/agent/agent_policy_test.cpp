@@ -224,3 +224,203 @@ TEST_CASE("an upgraded connection opened with a proof-of-possession token ends w
   REQUIRE(d.forward);
   CHECK(d.pipe_deadline == std::chrono::system_clock::time_point(std::chrono::seconds(2000000000)));
 }
+
+namespace {
+
+// base64url without padding.
+std::string b64url(const std::string& in) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  unsigned buffer = 0;
+  int bits = 0;
+  for (unsigned char c : in) {
+    buffer = (buffer << 8) | c;
+    bits += 8;
+    while (bits >= 6) {
+      bits -= 6;
+      out += alphabet[(buffer >> bits) & 63];
+    }
+  }
+  if (bits > 0) out += alphabet[(buffer << (6 - bits)) & 63];
+  return out;
+}
+
+// A JWT-shaped token for `user` that expires at `exp` (seconds).
+std::string jwt_for(const std::string& user, long long exp) {
+  return "eyJhbGciOiJSUzI1NiJ9." + b64url(nlohmann::json{{"exp", exp}, {"upn", user}}.dump()) + ".c2ln";
+}
+
+// Accepts the tokens of jwt_for (the user is read from them) until told that
+// time has passed their exp; counts how often it is asked.
+class CountingAuthenticator final : public Authenticator {
+ public:
+  void async_authenticate(std::string token, UniqueFunction<void(AuthOutcome)> handler) noexcept override {
+    ++calls;
+    if (expired) return handler(AuthOutcome{AuthFailure::expired, "the token expired", {}});
+    const auto dot = token.find('.');
+    const auto payload = nlohmann::json::parse(
+        [&] {
+          std::string seg = token.substr(dot + 1, token.find('.', dot + 1) - dot - 1);
+          std::string out;
+          unsigned buffer = 0;
+          int bits = 0;
+          for (char c : seg) {
+            const auto v = static_cast<unsigned>(
+                std::string_view("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_").find(c));
+            buffer = (buffer << 6) | v;
+            bits += 6;
+            if (bits >= 8) {
+              bits -= 8;
+              out += static_cast<char>((buffer >> bits) & 0xff);
+            }
+          }
+          return out;
+        }(),
+        nullptr, false);
+    if (!payload.is_object() || !payload.contains("upn"))
+      return handler(AuthOutcome{AuthFailure::malformed, "not ours", {}});
+    AuthOutcome ok;
+    const std::string user = payload["upn"].get<std::string>();
+    ok.identity = {user, "uid-" + user, {"devs", "ops"}, {{"oid", {"oid-" + user}}, {"tid", {"tid-1"}}}};
+    handler(ok);
+  }
+  int calls = 0;
+  bool expired = false;
+};
+
+struct MemoFixture : Fixture {
+  std::shared_ptr<CountingAuthenticator> auth = std::make_shared<CountingAuthenticator>();
+  std::shared_ptr<AgentPolicy> shared = std::make_shared<AgentPolicy>(
+      AuthMode::entra, auth, api, nullptr, std::make_shared<AgentMetrics>(), spdlog::default_logger());
+  std::chrono::system_clock::time_point now{std::chrono::seconds(1'900'000'000)};
+  MemoFixture() {
+    shared->set_clock([this] { return now; });
+  }
+};
+
+http::Decision decide(http::ForwardPolicy& p, http::RequestHead& head) {
+  std::optional<http::Decision> out;
+  p.on_request(head, [&](http::Decision d) { out = std::move(d); });
+  REQUIRE(out.has_value());
+  return std::move(*out);
+}
+
+}  // namespace
+
+TEST_CASE("connection memo: the same token on a connection is verified once and impersonated alike",
+          "[agent][policy][memo]") {
+  MemoFixture f;
+  auto conn = f.shared->for_connection();
+  const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
+  auto first = with_token(alice);
+  auto d1 = decide(*conn, first);
+  REQUIRE(d1.forward);
+  auto second = with_token(alice);
+  auto d2 = decide(*conn, second);
+  REQUIRE(d2.forward);
+  CHECK(f.auth->calls == 1);
+  CHECK(d2.user == "alice@contoso.example");
+  CHECK(d2.pipe_deadline == std::chrono::system_clock::time_point(std::chrono::seconds(1'900'003'600)));
+  CHECK(second.all("authorization") == std::vector<std::string>{"Bearer agent-sa-token"});
+  CHECK(second.all("impersonate-user") == std::vector<std::string>{"alice@contoso.example"});
+  CHECK(second.all("impersonate-group") == std::vector<std::string>{"devs", "ops"});
+  CHECK(second.all("impersonate-extra-oid") == std::vector<std::string>{"oid-alice@contoso.example"});
+  CHECK(first.headers.size() == second.headers.size());
+  // Another connection has its own memo; the shared policy keeps none.
+  auto other = with_token(alice);
+  REQUIRE(decide(*f.shared->for_connection(), other).forward);
+  CHECK(f.auth->calls == 2);
+  auto plain = with_token(alice);
+  REQUIRE(decide(*f.shared, plain).forward);
+  CHECK(f.auth->calls == 3);
+}
+
+TEST_CASE("connection memo: an expired token is refused although it was verified on the connection before",
+          "[agent][policy][memo]") {
+  MemoFixture f;
+  auto conn = f.shared->for_connection();
+  const std::string alice = jwt_for("alice@contoso.example", 1'900'000'010);
+  auto first = with_token(alice);
+  REQUIRE(decide(*conn, first).forward);
+  f.now += std::chrono::seconds(5);
+  auto still = with_token(alice);
+  REQUIRE(decide(*conn, still).forward);
+  CHECK(f.auth->calls == 1);
+  // Past its exp the token goes to the authenticator again, which refuses it.
+  f.now += std::chrono::seconds(5);
+  f.auth->expired = true;
+  auto late = with_token(alice);
+  auto d = decide(*conn, late);
+  CHECK_FALSE(d.forward);
+  CHECK(d.reply.status == 401);
+  CHECK(f.auth->calls == 2);
+  CHECK(late.all("impersonate-user").empty());
+}
+
+TEST_CASE("connection memo: a token is verified again after the memo's maximum age", "[agent][policy][memo]") {
+  MemoFixture f;
+  auto conn = f.shared->for_connection();
+  const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
+  auto first = with_token(alice);
+  REQUIRE(decide(*conn, first).forward);
+  f.now += AgentPolicy::memo_max_age;
+  f.auth->expired = true;  // e.g. its signing key was rotated out meanwhile
+  auto again = with_token(alice);
+  CHECK(decide(*conn, again).reply.status == 401);
+  CHECK(f.auth->calls == 2);
+}
+
+TEST_CASE("connection memo: a different token on the same connection is verified afresh", "[agent][policy][memo]") {
+  MemoFixture f;
+  auto conn = f.shared->for_connection();
+  const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
+  const std::string bob = jwt_for("bob@contoso.example", 1'900'003'600);
+  auto a = with_token(alice);
+  REQUIRE(decide(*conn, a).forward);
+  auto b = with_token(bob);
+  auto db = decide(*conn, b);
+  REQUIRE(db.forward);
+  CHECK(f.auth->calls == 2);
+  CHECK(db.user == "bob@contoso.example");
+  CHECK(b.all("impersonate-user") == std::vector<std::string>{"bob@contoso.example"});
+  // A token differing from the remembered one in its last byte only.
+  std::string forged = bob;
+  forged.back() = forged.back() == 'n' ? 'm' : 'n';
+  f.auth->expired = true;
+  auto x = with_token(forged);
+  CHECK_FALSE(decide(*conn, x).forward);
+  CHECK(f.auth->calls == 3);
+}
+
+TEST_CASE("connection memo: a caller's own Impersonate-* headers are refused on a remembered token too",
+          "[agent][policy][memo]") {
+  MemoFixture f;
+  auto conn = f.shared->for_connection();
+  const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
+  auto first = with_token(alice);
+  REQUIRE(decide(*conn, first).forward);
+  auto sneaky = with_token(alice, {{"Impersonate-User", "system:admin"}, {"impersonate-group", "system:masters"}});
+  auto d = decide(*conn, sneaky);
+  CHECK(f.auth->calls == 1);
+  CHECK_FALSE(d.forward);
+  CHECK(d.reply.status == 403);
+  // The remembered caller's own headers are unchanged by that request.
+  auto next = with_token(alice);
+  REQUIRE(decide(*conn, next).forward);
+  CHECK(next.all("impersonate-user") == std::vector<std::string>{"alice@contoso.example"});
+  CHECK(next.all("impersonate-group") == std::vector<std::string>{"devs", "ops"});
+}
+
+TEST_CASE("connection memo: a proof-of-possession token is verified on every request", "[agent][policy][memo][pop]") {
+  MemoFixture f;
+  auto conn = f.shared->for_connection();
+  const std::string inner = jwt_for("alice@contoso.example", 1'900'003'600);
+  const std::string pop = "eyJ0eXAiOiJwb3AiLCJhbGciOiJSUzI1NiJ9." +
+                          b64url(nlohmann::json{{"at", inner}, {"ts", 1}, {"upn", "alice@contoso.example"}}.dump()) +
+                          ".c2ln";
+  auto first = with_token(pop);
+  REQUIRE(decide(*conn, first).forward);
+  auto replay = with_token(pop);
+  decide(*conn, replay);
+  CHECK(f.auth->calls == 2);  // the authenticator decides about replays, every time
+}
