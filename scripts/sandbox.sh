@@ -274,8 +274,10 @@ JSON
     # The balancer's address is what tokens name; each replica advertises its own.
     relay_port="$(free_port)"
     local backends="" i port
+    replica_ports=()
     for i in $(seq 0 $((replicas - 1))); do
       port="$(free_port)"
+      replica_ports+=("$port")
       # One development CA for all (kept in relay-tls); each replica its own key.
       start "relay-$i" "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" --replica-id "r$i" \
         --listen "127.0.0.1:$port" --advertise-url "https://127.0.0.1:$port" --public-host "127.0.0.1:$relay_port" \
@@ -376,6 +378,19 @@ KUBE
     "${connect_env[@]}" "$bin/connectedk8s" "${connect_args[@]}" --timeout 60 >>"$dir/logs/connect.log" 2>&1 ||
       die_with_log connect "connectedk8s connect (again) failed"
     log "connectedk8s connect: demo is Connected"
+    if [ "$replicas" -gt 1 ]; then
+      # The management API through each replica directly: every one answers
+      # for all replicas' control channels and the agent's last report (the
+      # replicas' records in etcd), not only its own.
+      local i show
+      for i in "${!replica_ports[@]}"; do
+        show="$("${connect_env[@]}" "$bin/connectedk8s" show -n demo -g sandbox --endpoint "https://127.0.0.1:${replica_ports[$i]}" \
+          --ca-file "$relay_ca" --allow-http-loopback-authority -o json 2>>"$dir/logs/connect.log")" ||
+          die_with_log connect "connectedk8s show through replica r$i failed"
+        log "replica r$i answers for demo: $(printf '%s' "$show" | node -e 'let d="";process.stdin.on("data",c=>d+=c).on("end",()=>{
+          const p=JSON.parse(d).properties; console.log(`${p.connectivityStatus}, ${p.agentTunnels} agent tunnels, kubernetes ${p.kubernetesVersion}, ${p.totalNodeCount} nodes`)})')"
+      done
+    fi
   fi
   if [ -n "${SANDBOX_SECOND_CLUSTER:-}" ]; then
     start agent2 "$bin/clusterconnect-agent" \

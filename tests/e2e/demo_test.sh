@@ -28,6 +28,9 @@ if [ "$replicas" -gt 1 ]; then
   spread="$(printf '%s\n' "$out" | grep 'agent control channels by replica:')"
   for i in $(seq 0 $((replicas - 1))); do
     [[ "$spread" == *"r$i: 1"* ]] || { echo "FAIL: replica r$i does not hold one control channel ($spread)"; failed=1; }
+    # Each replica answers the management API for all replicas' channels.
+    [[ "$out" == *"replica r$i answers for demo: Connected, $replicas agent tunnels, kubernetes "* ]] ||
+      { echo "FAIL: replica r$i does not answer Connected with $replicas agent tunnels"; failed=1; }
   done
 else
   [[ "$out" == *"(transport tls, one relay)"* ]] || { echo "FAIL: the tour did not print: (transport tls, one relay)"; failed=1; }
