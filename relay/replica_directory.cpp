@@ -100,7 +100,8 @@ AgentStatus parse_channel_record(const nlohmann::json& j) {
   if (a == j.end() || !a->is_object()) return s;
   auto text = [&](const char* name) {
     auto v = a->find(name);
-    if (v == a->end() || !v->is_string() || v->get_ref<const std::string&>().size() > tunnel::rendezvous::max_agent_report_value)
+    if (v == a->end() || !v->is_string() ||
+        v->get_ref<const std::string&>().size() > tunnel::rendezvous::max_agent_report_value)
       return std::string();
     return v->get<std::string>();
   };
@@ -150,7 +151,8 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
     }
     secret_ = current->front().value;
     if (std::string why; !register_all(why))
-      throw std::runtime_error("replicas: cannot register this replica in etcd (" + etcd_.endpoints_text() + "): " + why);
+      throw std::runtime_error("replicas: cannot register this replica in etcd (" + etcd_.endpoints_text() +
+                               "): " + why);
     {
       auto loaded = etcd_.range_prefix(prefix_);
       if (!loaded) throw std::runtime_error("replicas: " + loaded.error());

@@ -129,9 +129,10 @@ class EtcdServer {
         auto t = run("curl -sS --max-time 5 -X POST " + url_ + "/v3/lease/timetolive -d " +
                      quote(nlohmann::json{{"ID", lease}}.dump()));
         auto tj = nlohmann::json::parse(t.output, nullptr, false);
-        ttl = tj.is_object() && tj.contains("TTL") ? std::stol(tj["TTL"].is_string() ? tj["TTL"].get<std::string>()
-                                                                                      : std::to_string(tj["TTL"].get<long>()))
-                                                    : -1;
+        ttl = tj.is_object() && tj.contains("TTL")
+                  ? std::stol(tj["TTL"].is_string() ? tj["TTL"].get<std::string>()
+                                                    : std::to_string(tj["TTL"].get<long>()))
+                  : -1;
       }
       out[key] = ttl;
     }

@@ -303,8 +303,10 @@ class RequestLoop {
           why = "open: " + o.ec.message() + " " + o.reason;
         } else {
           auto x = exchange(o.stream, 4096, seed, 20s);
-          if (x.ec) why = x.what + ": " + x.ec.message();
-          else if (x.received_sha != x.sent_sha) why = "the echo differs";
+          if (x.ec)
+            why = x.what + ": " + x.ec.message();
+          else if (x.received_sha != x.sent_sha)
+            why = "the echo differs";
         }
         if (why.empty()) {
           ++ok_;
@@ -575,13 +577,15 @@ TEST_CASE("replicas: etcd stopped and started again under load: sessions go on a
     for (auto& r : rs.relays) {
       const auto log = r->log();
       std::size_t n = 0;
-      for (auto at = log.find("etcd is away for"); at != std::string::npos; at = log.find("etcd is away for", at + 1)) ++n;
+      for (auto at = log.find("etcd is away for"); at != std::string::npos; at = log.find("etcd is away for", at + 1))
+        ++n;
       CHECK(n <= 3);  // the registry watch, the replicas' view, the lease (once each)
     }
 
     rs.etcd.start();
     for (auto& r : rs.relays)
-      REQUIRE(wait_until([&] { return r->log().find("etcd is back for the registry watch") != std::string::npos; }, 20s));
+      REQUIRE(
+          wait_until([&] { return r->log().find("etcd is back for the registry watch") != std::string::npos; }, 20s));
 
     // A registry change made now reaches both replicas within 1 s.
     auto added = run(relay_bin() + " cluster add -s 00000000-0000-0000-0000-0000000000bb -g team -n beta --store " +
@@ -628,8 +632,7 @@ TEST_CASE("replicas: etcd stopped and started again under load: sessions go on a
     second->close();
     const auto record_of = [&](const std::string& replica) {
       for (const auto& [key, ttl] : rs.etcd.lease_ttls(channels))
-        if (key.find("/connectedclusters/demo/" + replica) != std::string::npos)
-          return rs.etcd.get_json(key);
+        if (key.find("/connectedclusters/demo/" + replica) != std::string::npos) return rs.etcd.get_json(key);
       return nlohmann::json();
     };
     CHECK(wait_until([&] { return record_of("r1").value("count", -1) == 0; }, 20s));
