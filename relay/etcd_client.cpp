@@ -5,6 +5,8 @@
 
 #include <memory>
 
+#include <spdlog/spdlog.h>
+
 #include "registry_store.hpp"
 
 namespace clusterconnect::relay {
@@ -89,6 +91,32 @@ std::string prefix_end(std::string prefix) {
     prefix.pop_back();
   }
   return std::string(1, '\0');  // every key
+}
+
+std::chrono::milliseconds EtcdOutage::failed(const std::string& why) {
+  ++attempts_;
+  if (!away_) {
+    away_ = true;
+    since_ = std::chrono::steady_clock::now();
+    next_ = first_retry;
+    logger_->warn("etcd is away for {} ({}); {}; retrying every {} ms at most", what_, why, consequence_,
+                  max_retry.count());
+  } else {
+    logger_->debug("etcd still away for {} ({})", what_, why);
+  }
+  const auto wait = next_;
+  next_ = std::min(next_ * 2, max_retry);
+  return wait;
+}
+
+void EtcdOutage::recovered(const std::string& how) {
+  if (!away_) return;
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since_).count();
+  logger_->info("etcd is back for {} after {} ms and {} attempts: {}", what_, ms, attempts_, how);
+  away_ = false;
+  attempts_ = 0;
+  next_ = first_retry;
 }
 
 EtcdClient::EtcdClient(const EtcdOptions& options)
@@ -230,7 +258,8 @@ Result<void> EtcdClient::put(const std::string& key, const std::string& value) c
 
 EtcdClient::WatchEnd EtcdClient::watch_prefix(
     const std::string& prefix, std::int64_t start_revision, const std::atomic<bool>& stop,
-    const std::function<void(const std::vector<EtcdEvent>&, std::int64_t revision)>& on_events) const {
+    const std::function<void(const std::vector<EtcdEvent>&, std::int64_t revision)>& on_events,
+    const std::function<void()>& on_created) const {
   WatchEnd end;
   const std::string payload = nlohmann::json{{"create_request",
                                               {{"key", base64_encode(prefix)},
@@ -255,6 +284,7 @@ EtcdClient::WatchEnd EtcdClient::watch_prefix(
         return false;
       }
       const auto& r = j.contains("result") ? j["result"] : j;
+      if (r.value("created", false) && on_created) on_created();
       if (r.value("canceled", false)) {
         cancelled = true;
         end.compacted = r.contains("compact_revision") && as_int64(r["compact_revision"]) > 0;

@@ -8,12 +8,17 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "clusterconnect/result.hpp"
+
+namespace spdlog {
+class logger;
+}
 
 namespace clusterconnect::relay {
 
@@ -53,14 +58,43 @@ class EtcdClient {
     std::string error;
     bool compacted = false;
   };
+  // `on_created` runs once etcd has accepted the watch (it is live from then on).
   WatchEnd watch_prefix(const std::string& prefix, std::int64_t start_revision, const std::atomic<bool>& stop,
-                        const std::function<void(const std::vector<EtcdEvent>&, std::int64_t revision)>& on_events) const;
+                        const std::function<void(const std::vector<EtcdEvent>&, std::int64_t revision)>& on_events,
+                        const std::function<void()>& on_created = {}) const;
 
   std::string endpoints_text() const;
 
  private:
   std::vector<std::string> endpoints_;
   std::string ca_file_, cert_file_, key_file_;
+};
+
+// How a loop that talks to etcd (a watch, a lease's keepalive) waits while
+// etcd is away: retries doubling from 100 ms to 1 s (bounded, never a busy
+// loop, and soon back once etcd is), one warning when etcd goes away and one
+// line when it answers again, not one per attempt. One loop's own.
+class EtcdOutage {
+ public:
+  static constexpr std::chrono::milliseconds first_retry{100};
+  static constexpr std::chrono::milliseconds max_retry{1000};
+
+  EtcdOutage(std::shared_ptr<spdlog::logger> logger, std::string what, std::string consequence)
+      : logger_(std::move(logger)), what_(std::move(what)), consequence_(std::move(consequence)) {}
+  // An attempt failed: how long to wait before the next one.
+  std::chrono::milliseconds failed(const std::string& why);
+  // An attempt succeeded; `how` says what the loop did to catch up (logged
+  // only when etcd had been away).
+  void recovered(const std::string& how);
+  bool away() const noexcept { return away_; }
+
+ private:
+  std::shared_ptr<spdlog::logger> logger_;
+  std::string what_, consequence_;
+  bool away_ = false;
+  std::chrono::steady_clock::time_point since_;
+  std::chrono::milliseconds next_ = first_retry;
+  unsigned attempts_ = 0;
 };
 
 std::string base64_encode(const std::string& in);

@@ -295,9 +295,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     rendezvous_address_ = "tls://" + advertise;
   }
   void set_replicas(std::shared_ptr<ReplicaPeers> peers) override {
-    listeners_.on_count_change([weak = std::weak_ptr<ReplicaPeers>(peers)](const std::string& identity, std::size_t n) {
-      if (auto p = weak.lock()) p->channels_changed(identity, n);
-    });
+    listeners_.on_count_change(
+        [weak = std::weak_ptr<ReplicaPeers>(peers)](const std::string& identity, const AgentStatus& here) {
+          if (auto p = weak.lock()) p->channels_changed(identity, here);
+        });
     std::lock_guard lock(mutex_);
     replicas_ = std::move(peers);
   }
@@ -542,7 +543,23 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     auto it = counts.find(hybrid_connection);
     return it == counts.end() ? 0u : static_cast<unsigned>(it->second);
   }
-  AgentStatus agent_status(const std::string& identity) const override { return listeners_.status(identity); }
+  // This replica's agents and what the others published of theirs: the
+  // management API answers the same whichever replica serves it.
+  AgentStatus agent_status(const std::string& identity) const override {
+    AgentStatus here = listeners_.status(identity);
+    auto peers = replicas();
+    if (!peers) return here;
+    AgentStatus there = peers->remote_status(identity);
+    const bool there_newer =
+        there.last_connected && (!here.last_connected || (here.control_channels == 0 && *there.last_connected > *here.last_connected));
+    if (there_newer || here.report.empty()) {
+      if (!there.report.empty()) here.report = there.report;
+    }
+    if (there.last_connected && (!here.last_connected || *there.last_connected > *here.last_connected))
+      here.last_connected = there.last_connected;
+    here.control_channels += there.control_channels;
+    return here;
+  }
   RelayMetrics& metrics() { return metrics_; }
   spdlog::logger& log() { return *logger_; }
   const std::shared_ptr<spdlog::logger>& logger() { return logger_; }
@@ -610,6 +627,9 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     out += "# HELP clusterconnect_relay_registry_records_refused_total Registry records refused (malformed or colliding), each counted once per revision.\n"
            "# TYPE clusterconnect_relay_registry_records_refused_total counter\n"
            "clusterconnect_relay_registry_records_refused_total " + std::to_string(metrics_.registry_records_refused_total.load()) + "\n"
+           "# HELP clusterconnect_relay_store_writes_total Requests this relay made that changed etcd (puts, deletes, transactions, lease grants and revocations; keepalives not counted).\n"
+           "# TYPE clusterconnect_relay_store_writes_total counter\n"
+           "clusterconnect_relay_store_writes_total " + std::to_string(metrics_.store_writes_total.load()) + "\n"
            "# HELP clusterconnect_relay_registry_records_refused Registry records refused now.\n"
            "# TYPE clusterconnect_relay_registry_records_refused gauge\n"
            "clusterconnect_relay_registry_records_refused " + std::to_string(metrics_.registry_records_refused.load()) + "\n";

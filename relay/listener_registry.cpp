@@ -11,11 +11,6 @@ void ListenerRegistry::on_count_change(CountObserver observer) {
   observer_ = std::move(observer);
 }
 
-std::size_t ListenerRegistry::count_locked(const std::string& identity) const {
-  return static_cast<std::size_t>(
-      std::count_if(listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity; }));
-}
-
 std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, std::weak_ptr<ControlChannelSink> sink,
                                                    tunnel::rendezvous::AgentReport report) {
   std::lock_guard lock(mutex_);
@@ -27,7 +22,7 @@ std::optional<std::uint64_t> ListenerRegistry::add(const ClusterEntry* cluster, 
   auto& seen = seen_[identity];
   seen.last_connected = std::chrono::system_clock::now();
   if (!report.empty()) seen.report = std::move(report);
-  if (observer_) observer_(identity, static_cast<std::size_t>(n) + 1);
+  if (observer_) observer_(identity, status_locked(identity));
   return next_id_++;
 }
 
@@ -38,11 +33,15 @@ void ListenerRegistry::remove(std::uint64_t id) {
   const std::string identity = it->identity;
   seen_[identity].last_connected = std::chrono::system_clock::now();
   listeners_.erase(it);
-  if (observer_) observer_(identity, count_locked(identity));
+  if (observer_) observer_(identity, status_locked(identity));
 }
 
 AgentStatus ListenerRegistry::status(const std::string& identity) const {
   std::lock_guard lock(mutex_);
+  return status_locked(identity);
+}
+
+AgentStatus ListenerRegistry::status_locked(const std::string& identity) const {
   AgentStatus out;
   out.control_channels = static_cast<std::size_t>(std::count_if(
       listeners_.begin(), listeners_.end(), [&](const Listener& l) { return l.identity == identity && !l.sink.expired(); }));

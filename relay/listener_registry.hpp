@@ -47,10 +47,10 @@ class ListenerRegistry {
  public:
   explicit ListenerRegistry(std::size_t max_per_cluster) : max_per_cluster_(max_per_cluster) {}
 
-  // Told (under the registry's lock, so in order) how many listeners a
-  // cluster has after each add and remove: replicas publish it. It must not
-  // call back into the registry. Set before the first listener.
-  using CountObserver = std::function<void(const std::string& identity, std::size_t count)>;
+  // Told (under the registry's lock, so in order) the cluster's status after
+  // each add and remove: replicas publish it. It must not call back into the
+  // registry. Set before the first listener.
+  using CountObserver = std::function<void(const std::string& identity, const AgentStatus& status)>;
   void on_count_change(CountObserver observer);
 
   // A new listener for `cluster`: its id, or nothing when the cluster has
@@ -84,7 +84,7 @@ class ListenerRegistry {
     std::weak_ptr<ControlChannelSink> sink;
     std::uint64_t last_used;  // 0: never
   };
-  std::size_t count_locked(const std::string& identity) const;
+  AgentStatus status_locked(const std::string& identity) const;
   std::size_t max_per_cluster_;
   CountObserver observer_;
   mutable std::mutex mutex_;

@@ -303,6 +303,7 @@ int main(int argc, char** argv) try {
     if (!pin) throw std::runtime_error("replicas: the pin of this relay's certificate: " + pin.error());
     ro.key_pin = pin.value();
     ro.ttl = std::chrono::seconds(replica_ttl);
+    ro.metrics = &metrics;
     replicas = ReplicaDirectory::start(etcd_options(store_flags), std::move(ro), logger);
     front.value()->set_replicas(replicas);
   }

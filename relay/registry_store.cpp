@@ -283,6 +283,7 @@ class EtcdStore final : public RegistryStore {
         text = next.dump();
       }
       auto done = client_.put_if(key, next.is_null() ? nullptr : &text, revision);
+      if (metrics_) metrics_->store_writes_total.fetch_add(1);
       if (!done) throw std::runtime_error(done.error());
       if (done.value()) return;
     }
@@ -343,36 +344,44 @@ class EtcdStore final : public RegistryStore {
   }
 
   void run() {
-    std::chrono::milliseconds backoff(100);
+    // While etcd is away the relay serves from the last registry it read:
+    // control channels, rendezvous and tokens keep working; changes wait.
+    EtcdOutage outage(logger_, "the registry watch on " + describe(),
+                      "serving the registry as last read (changes apply once it is back)");
     while (!stopping()) {
-      auto end = client_.watch_prefix(options_.prefix, revision_ + 1, stop_flag_,
-                                      [this](const std::vector<EtcdEvent>& events, std::int64_t revision) {
-                                        for (const auto& e : events) {
-                                          if (e.deleted) records_.erase(e.kv.key);
-                                          else records_[e.kv.key] = e.kv;
-                                          revision_ = std::max(revision_, e.kv.mod_revision);
-                                        }
-                                        revision_ = std::max(revision_, revision);
-                                        rebuild();
-                                        backoff_reset_ = true;
-                                      });
+      bool live = false;
+      auto end = client_.watch_prefix(
+          options_.prefix, revision_ + 1, stop_flag_,
+          [this](const std::vector<EtcdEvent>& events, std::int64_t revision) {
+            for (const auto& e : events) {
+              if (e.deleted) records_.erase(e.kv.key);
+              else records_[e.kv.key] = e.kv;
+              revision_ = std::max(revision_, e.kv.mod_revision);
+            }
+            revision_ = std::max(revision_, revision);
+            rebuild();
+          },
+          [&] {
+            live = true;
+            outage.recovered("registry watch resumed from revision " + std::to_string(revision_ + 1));
+          });
       if (stopping()) return;
-      if (backoff_reset_) {
-        backoff = std::chrono::milliseconds(100);
-        backoff_reset_ = false;
-      }
-      logger_->warn("registry watch on {} ended ({}); resuming from revision {}", describe(), end.error, revision_ + 1);
       if (end.compacted) {
         // The changes since our revision are gone: read everything again.
+        logger_->warn("registry watch on {}: {}; reading the whole registry again", describe(), end.error);
         try {
           load_all();
+          continue;
         } catch (const std::exception& e) {
-          logger_->warn("{}", e.what());
+          end.error = e.what();
         }
       }
+      // A watch that was live and ended is retried at once the first time
+      // (etcd may have closed it for its own reasons); then with backoff.
+      const auto wait = outage.failed(end.error);
+      if (live && wait == EtcdOutage::first_retry) continue;
       std::unique_lock lock(stop_mutex_);
-      if (stop_cv_.wait_for(lock, backoff, [this] { return stopping_; })) return;
-      backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+      if (stop_cv_.wait_for(lock, wait, [this] { return stopping_; })) return;
     }
   }
 
@@ -389,7 +398,6 @@ class EtcdStore final : public RegistryStore {
   std::map<std::string, EtcdKeyValue> records_;  // the store thread's (and the constructor's)
   std::map<std::string, std::int64_t> reported_;  // refused records already logged, at their revision
   std::int64_t revision_ = 0;
-  bool backoff_reset_ = false;
   std::thread thread_;
   std::mutex stop_mutex_;
   std::condition_variable stop_cv_;

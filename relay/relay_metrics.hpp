@@ -15,6 +15,9 @@ class RelayMetrics {
   // Registry records the store refused (malformed, or colliding with another).
   std::atomic<std::uint64_t> registry_records_refused_total{0};
   std::atomic<std::int64_t> registry_records_refused{0};  // refused now
+  // Requests that changed etcd (puts, deletes, transactions, lease grants and
+  // revocations; not lease keepalives), from this process.
+  std::atomic<std::uint64_t> store_writes_total{0};
 
   void handshake_failure(const std::string& reason) { bump(handshake_failures_, reason); }
   void open_failure(const std::string& reason) { bump(open_failures_, reason); }

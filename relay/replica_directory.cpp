@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "etcd_client.hpp"
+#include "relay_metrics.hpp"
 
 namespace clusterconnect::relay {
 
@@ -28,7 +29,6 @@ constexpr std::size_t max_owners_tried = 2;
 constexpr std::size_t max_reply = 64 * 1024;
 constexpr long connect_timeout_ms = 1000;
 constexpr long call_timeout_ms = 2000;
-constexpr auto retry_delay = std::chrono::seconds(1);
 
 std::string random_hex(std::size_t bytes) {
   std::string raw(bytes, '\0');
@@ -67,6 +67,58 @@ std::string host_of(const std::string& url) {
   return rest.substr(0, rest.find('/'));
 }
 
+std::int64_t unix_seconds(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+
+// A channels record's value: the count, when the agent was last seen, and
+// what it last reported (only the facts it gave).
+std::string channel_record(const AgentStatus& s) {
+  nlohmann::json j{{"count", s.control_channels}};
+  if (s.last_connected) j["last_seen"] = unix_seconds(*s.last_connected);
+  const auto& r = s.report;
+  nlohmann::json agent = nlohmann::json::object();
+  if (!r.agent_version.empty()) agent["agent_version"] = r.agent_version;
+  if (!r.kubernetes_version.empty()) agent["kubernetes_version"] = r.kubernetes_version;
+  if (r.node_count) agent["node_count"] = *r.node_count;
+  if (r.core_count) agent["core_count"] = *r.core_count;
+  if (!r.distribution.empty()) agent["distribution"] = r.distribution;
+  if (!r.infrastructure.empty()) agent["infrastructure"] = r.infrastructure;
+  if (!agent.empty()) j["agent"] = std::move(agent);
+  return j.dump();
+}
+
+// The record another replica wrote; fields that are missing or malformed
+// are left out (the same limits as the listen handshake's headers).
+AgentStatus parse_channel_record(const nlohmann::json& j) {
+  AgentStatus s;
+  if (!j.is_object()) return s;
+  if (auto c = j.find("count"); c != j.end() && c->is_number_unsigned()) s.control_channels = c->get<std::size_t>();
+  if (auto t = j.find("last_seen"); t != j.end() && t->is_number_integer())
+    s.last_connected = std::chrono::system_clock::time_point(std::chrono::seconds(t->get<std::int64_t>()));
+  auto a = j.find("agent");
+  if (a == j.end() || !a->is_object()) return s;
+  auto text = [&](const char* name) {
+    auto v = a->find(name);
+    if (v == a->end() || !v->is_string() ||
+        v->get_ref<const std::string&>().size() > tunnel::rendezvous::max_agent_report_value)
+      return std::string();
+    return v->get<std::string>();
+  };
+  auto number = [&](const char* name) -> std::optional<std::uint32_t> {
+    auto v = a->find(name);
+    if (v == a->end() || !v->is_number_unsigned() || v->get<std::uint64_t>() > UINT32_MAX) return std::nullopt;
+    return static_cast<std::uint32_t>(v->get<std::uint64_t>());
+  };
+  s.report.agent_version = text("agent_version");
+  s.report.kubernetes_version = text("kubernetes_version");
+  s.report.node_count = number("node_count");
+  s.report.core_count = number("core_count");
+  s.report.distribution = text("distribution");
+  s.report.infrastructure = text("infrastructure");
+  return s;
+}
+
 size_t collect(char* data, size_t size, size_t n, void* user) {
   auto* out = static_cast<std::string*>(user);
   if (out->size() + size * n > max_reply) return 0;
@@ -91,14 +143,16 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
     if (current->empty()) {
       const std::string fresh = random_hex(32);
       auto created = etcd_.put_if(secret_key, &fresh, 0);
+      count_write();
       if (!created) throw std::runtime_error("replicas: " + created.error());
       current = etcd_.get(secret_key);
       if (!current || current->empty())
         throw std::runtime_error("replicas: cannot read the replica secret at " + secret_key);
     }
     secret_ = current->front().value;
-    if (!register_all())
-      throw std::runtime_error("replicas: cannot register this replica in etcd (" + etcd_.endpoints_text() + ")");
+    if (std::string why; !register_all(why))
+      throw std::runtime_error("replicas: cannot register this replica in etcd (" + etcd_.endpoints_text() +
+                               "): " + why);
     {
       auto loaded = etcd_.range_prefix(prefix_);
       if (!loaded) throw std::runtime_error("replicas: " + loaded.error());
@@ -134,11 +188,31 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
            CRYPTO_memcmp(secret.data(), secret_.data(), secret_.size()) == 0;
   }
 
-  void channels_changed(const std::string& identity, std::size_t count) override {
+  void channels_changed(const std::string& identity, const AgentStatus& here) override {
     std::lock_guard lock(mutex_);
-    local_counts_[identity] = count;
+    local_[identity] = here;
     dirty_.insert(identity);
     cv_.notify_all();
+  }
+
+  AgentStatus remote_status(const std::string& identity) const override {
+    AgentStatus out;
+    std::optional<std::chrono::system_clock::time_point> report_time;
+    std::lock_guard lock(view_mutex_);
+    auto it = published_.find(identity);
+    if (it == published_.end()) return out;
+    for (const auto& [id, s] : it->second) {
+      if (id == options_.id || !members_.count(id)) continue;
+      out.control_channels += s.control_channels;
+      if (s.last_connected && (!out.last_connected || *s.last_connected > *out.last_connected))
+        out.last_connected = s.last_connected;
+      if (!s.report.empty() && (!report_time || (s.last_connected && *s.last_connected > *report_time))) {
+        out.report = s.report;
+        report_time = s.last_connected.value_or(std::chrono::system_clock::time_point{});
+      }
+    }
+    if (out.control_channels > 0) out.last_connected = std::chrono::system_clock::now();
+    return out;
   }
 
   void withdraw() noexcept override {
@@ -152,6 +226,7 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
     // Every record of this replica goes at once: the others stop routing here.
     if (lease_ != 0) {
       auto revoked = etcd_.call("/v3/lease/revoke", {{"ID", std::to_string(lease_)}});
+      count_write();
       if (!revoked)
         logger_->warn("replica {}: could not revoke its lease ({}); its records lapse with it", options_.id,
                       revoked.error());
@@ -190,67 +265,81 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
     return prefix_ + "channels/" + identity + "/" + options_.id;
   }
 
-  bool put_leased(const std::string& key, const std::string& value) {
+  void count_write() {
+    if (options_.metrics) options_.metrics->store_writes_total.fetch_add(1);
+  }
+
+  bool put_leased(const std::string& key, const std::string& value, std::string& why) {
     auto r =
         etcd_.call("/v3/kv/put",
                    {{"key", base64_encode(key)}, {"value", base64_encode(value)}, {"lease", std::to_string(lease_)}});
-    if (!r) logger_->warn("replica {}: cannot write {}: {}", options_.id, key, r.error());
-    return r.ok();
-  }
-  bool put_channel(const std::string& identity, std::size_t count) {
-    if (count > 0) return put_leased(channel_key(identity), nlohmann::json{{"count", count}}.dump());
-    auto r = etcd_.call("/v3/kv/deleterange", {{"key", base64_encode(channel_key(identity))}});
-    if (!r) logger_->warn("replica {}: cannot remove {}: {}", options_.id, channel_key(identity), r.error());
+    count_write();
+    if (!r) why = "cannot write " + key + ": " + r.error();
     return r.ok();
   }
 
-  // A new lease with this replica's member record and every control channel
-  // it holds now.
-  bool register_all() {
+  // A new lease with this replica's member record and the record of every
+  // cluster whose control channels it held (how many records in `written`).
+  bool register_all(std::string& why, std::size_t* written = nullptr) {
     auto grant = etcd_.call("/v3/lease/grant", {{"TTL", options_.ttl.count()}});
+    count_write();
     if (!grant) {
-      logger_->warn("replica {}: no lease from etcd: {}", options_.id, grant.error());
+      why = "no lease: " + grant.error();
       return false;
     }
     lease_ = as_int64(grant->value("ID", nlohmann::json()));
-    if (lease_ == 0) return false;
-    if (!put_leased(member_key(options_.id),
-                    nlohmann::json{{"url", options_.advertise_url}, {"pin", options_.key_pin}}.dump()))
+    if (lease_ == 0) {
+      why = "etcd granted no lease id";
       return false;
-    std::map<std::string, std::size_t> counts;
+    }
+    if (!put_leased(member_key(options_.id),
+                    nlohmann::json{{"url", options_.advertise_url}, {"pin", options_.key_pin}}.dump(), why))
+      return false;
+    std::map<std::string, AgentStatus> all;
     {
       std::lock_guard lock(mutex_);
-      counts = local_counts_;
+      all = local_;
       dirty_.clear();
     }
-    for (const auto& [identity, n] : counts)
-      if (n > 0 && !put_channel(identity, n)) return false;
+    for (const auto& [identity, status] : all)
+      if (!put_leased(channel_key(identity), channel_record(status), why)) return false;
+    if (written) *written = 1 + all.size();
     return true;
   }
 
   void lease_loop() {
     using Clock = std::chrono::steady_clock;
+    EtcdOutage outage(logger_, "replica " + options_.id + "'s lease and records",
+                      "rendezvous go on from what this replica knows; its records are written again once etcd is back");
     auto next_keepalive = Clock::now() + options_.ttl / 3;
     for (;;) {
-      std::map<std::string, std::size_t> changes;
+      std::map<std::string, AgentStatus> changes;
       {
         std::unique_lock lock(mutex_);
-        cv_.wait_until(lock, next_keepalive, [&] { return stopping_ || !dirty_.empty(); });
+        // Without a lease, changes wait for the next attempt (the backoff's
+        // time), not for every channel that comes and goes.
+        cv_.wait_until(lock, next_keepalive, [&] { return stopping_ || (lease_ != 0 && !dirty_.empty()); });
         if (stopping_) return;
-        for (const auto& identity : dirty_) changes[identity] = local_counts_[identity];
-        dirty_.clear();
+        if (lease_ != 0) {
+          for (const auto& identity : dirty_) changes[identity] = local_[identity];
+          dirty_.clear();
+        }
       }
       bool ok = true;
+      std::string why;
       if (lease_ == 0) {
-        ok = register_all();
-        if (ok) logger_->info("replica {}: registered again under a new lease", options_.id);
+        std::size_t written = 0;
+        ok = register_all(why, &written);
+        if (ok)
+          outage.recovered("registered again under a new lease (" + std::to_string(written) + " records written)");
       } else {
-        for (const auto& [identity, n] : changes) ok = put_channel(identity, n) && ok;
+        for (const auto& [identity, status] : changes)
+          ok = ok && put_leased(channel_key(identity), channel_record(status), why);
       }
       if (ok && Clock::now() >= next_keepalive) {
         auto kept = etcd_.call("/v3/lease/keepalive", {{"ID", std::to_string(lease_)}});
         if (!kept) {
-          logger_->warn("replica {}: lease keepalive failed: {}", options_.id, kept.error());
+          why = "keepalive: " + kept.error();
           ok = false;
         } else {
           const auto& result = kept->contains("result") ? (*kept)["result"] : *kept;
@@ -265,10 +354,13 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
         }
       }
       if (!ok) {
-        // Write everything again once etcd answers (a failed put may have
-        // left a record stale).
-        lease_ = 0;
-        next_keepalive = Clock::now() + retry_delay;
+        // Everything is written again, under a new lease, once etcd answers
+        // (a failed put may have left a record stale).
+        {
+          std::lock_guard lock(mutex_);
+          lease_ = 0;
+        }
+        next_keepalive = Clock::now() + outage.failed(why);
       } else if (Clock::now() >= next_keepalive) {
         next_keepalive = Clock::now() + options_.ttl / 3;
       }
@@ -278,7 +370,7 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
   void load(const std::vector<EtcdKeyValue>& kvs) {
     std::lock_guard lock(view_mutex_);
     members_.clear();
-    holders_.clear();
+    published_.clear();
     for (const auto& kv : kvs) apply_locked(false, kv);
   }
 
@@ -302,13 +394,11 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
       const auto slash = tail.rfind('/');
       if (slash == std::string::npos) return;
       const std::string identity = tail.substr(0, slash), id = tail.substr(slash + 1);
-      auto j = nlohmann::json::parse(kv.value, nullptr, false);
-      const bool present = !deleted && j.is_object() && j.value("count", 0) > 0;
-      if (present) {
-        holders_[identity].insert(id);
-      } else if (auto it = holders_.find(identity); it != holders_.end()) {
+      if (!deleted) {
+        published_[identity][id] = parse_channel_record(nlohmann::json::parse(kv.value, nullptr, false));
+      } else if (auto it = published_.find(identity); it != published_.end()) {
         it->second.erase(id);
-        if (it->second.empty()) holders_.erase(it);
+        if (it->second.empty()) published_.erase(it);
       }
     }
   }
@@ -320,28 +410,34 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
   }
 
   void watch_loop() {
+    EtcdOutage outage(logger_, "replica " + options_.id + "'s view of the replicas",
+                      "connects are forwarded to the replicas as last seen");
     std::int64_t from = watch_from_;
     while (!stop_watch_) {
+      std::string why;
       if (from == 0) {
         auto loaded = etcd_.range_prefix(prefix_);
-        if (!loaded) {
-          logger_->warn("replica {}: cannot read the replicas: {}", options_.id, loaded.error());
-          if (!sleep_unless_stopping(retry_delay)) return;
-          continue;
+        if (loaded) {
+          load(loaded->first);
+          from = loaded->second + 1;
+        } else {
+          why = loaded.error();
         }
-        load(loaded->first);
-        from = loaded->second + 1;
       }
-      auto end = etcd_.watch_prefix(prefix_, from, stop_watch_,
-                                    [&](const std::vector<EtcdEvent>& events, std::int64_t revision) {
-                                      std::lock_guard lock(view_mutex_);
-                                      for (const auto& e : events) apply_locked(e.deleted, e.kv);
-                                      if (revision > 0) from = revision + 1;
-                                    });
-      if (stop_watch_) return;
-      logger_->warn("replica {}: watching the replicas ended ({}); reading them again", options_.id, end.error);
-      from = 0;
-      if (!sleep_unless_stopping(retry_delay)) return;
+      if (from != 0) {
+        auto end = etcd_.watch_prefix(
+            prefix_, from, stop_watch_,
+            [&](const std::vector<EtcdEvent>& events, std::int64_t revision) {
+              std::lock_guard lock(view_mutex_);
+              for (const auto& e : events) apply_locked(e.deleted, e.kv);
+              if (revision > 0) from = revision + 1;
+            },
+            [&] { outage.recovered("replicas read again and watched"); });
+        if (stop_watch_) return;
+        why = end.error;
+        from = 0;  // read them all again: changes may have been missed
+      }
+      if (!sleep_unless_stopping(outage.failed(why))) return;
     }
   }
 
@@ -350,10 +446,10 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
   std::vector<std::pair<std::string, Member>> owners(const std::string& identity) const {
     std::vector<std::pair<std::string, Member>> out;
     std::lock_guard lock(view_mutex_);
-    auto it = holders_.find(identity);
-    if (it == holders_.end()) return out;
-    for (const auto& id : it->second) {
-      if (id == options_.id) continue;
+    auto it = published_.find(identity);
+    if (it == published_.end()) return out;
+    for (const auto& [id, status] : it->second) {
+      if (id == options_.id || status.control_channels == 0) continue;
       if (auto m = members_.find(id); m != members_.end()) out.emplace_back(id, m->second);
     }
     return out;
@@ -452,14 +548,15 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::int64_t lease_ = 0;
-  std::map<std::string, std::size_t> local_counts_;
+  std::map<std::string, AgentStatus> local_;  // by cluster identity: this replica's channels
   std::set<std::string> dirty_;
   std::thread lease_thread_;
 
   // Every replica's records, as watched.
   mutable std::mutex view_mutex_;
   std::map<std::string, Member> members_;
-  std::map<std::string, std::set<std::string>> holders_;  // cluster identity -> replica ids
+  // cluster identity -> replica id -> what that replica published
+  std::map<std::string, std::map<std::string, AgentStatus>> published_;
   std::int64_t watch_from_ = 0;
   std::atomic<bool> stop_watch_{false};
   std::thread watch_thread_;

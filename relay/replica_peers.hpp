@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "listener_registry.hpp"
+
 namespace clusterconnect::relay {
 
 class ReplicaPeers {
@@ -25,9 +27,14 @@ class ReplicaPeers {
   // queue); `done` runs on a thread of the directory's, once.
   using Done = std::function<void(bool sent, std::string why)>;
   virtual void forward_accept(const std::string& identity, std::string message, Done done) = 0;
-  // This replica now holds `count` control channels of the cluster (from
+  // This replica's control channels of the cluster changed: how many it
+  // holds now, when one was last open and the agent's latest report (from
   // any thread; published to the other replicas).
-  virtual void channels_changed(const std::string& identity, std::size_t count) = 0;
+  virtual void channels_changed(const std::string& identity, const AgentStatus& here) = 0;
+  // What the other live replicas published of the cluster's agents: their
+  // control channels summed, the latest time one was open and the latest
+  // report. For the management API, which any replica may serve.
+  virtual AgentStatus remote_status(const std::string& identity) const = 0;
   // Whether `secret` is the replicas' shared secret (constant time).
   virtual bool authentic(std::string_view secret) const = 0;
 };

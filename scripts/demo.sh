@@ -8,22 +8,31 @@
 #   scripts/demo.sh --down           stop a sandbox left running by --keep
 #   scripts/demo.sh --transport ws   the tour over Hybrid Connections WebSocket rendezvous
 #                                    instead of end-to-end TLS (tls, the default)
+#   scripts/demo.sh --replicas 3     three relay replicas on etcd behind one address (HAProxy,
+#                                    TCP mode), the agent's channels one per replica, instead
+#                                    of one relay with a file registry (1, the default)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 sandbox="${CLUSTERCONNECT_SANDBOX:-$root/sandbox}"
 mode=""
 export SANDBOX_TRANSPORT="${SANDBOX_TRANSPORT:-tls}"
+export SANDBOX_REPLICAS="${SANDBOX_REPLICAS:-1}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep|--down) mode="$1" ;;
     --transport) SANDBOX_TRANSPORT="${2:?--transport needs tls or ws}"; shift ;;
     --transport=*) SANDBOX_TRANSPORT="${1#--transport=}" ;;
-    *) echo "usage: $0 [--keep|--down] [--transport tls|ws]" >&2; exit 2 ;;
+    --replicas) SANDBOX_REPLICAS="${2:?--replicas needs a number}"; shift ;;
+    --replicas=*) SANDBOX_REPLICAS="${1#--replicas=}" ;;
+    *) echo "usage: $0 [--keep|--down] [--transport tls|ws] [--replicas N]" >&2; exit 2 ;;
   esac
   shift
 done
 case "$SANDBOX_TRANSPORT" in tls|ws) ;; *) echo "--transport must be tls or ws" >&2; exit 2 ;; esac
+case "$SANDBOX_REPLICAS" in [1-9]) ;; *) echo "--replicas must be 1 to 9" >&2; exit 2 ;; esac
+relays="one relay"
+[ "$SANDBOX_REPLICAS" -gt 1 ] && relays="$SANDBOX_REPLICAS relay replicas on etcd behind HAProxy"
 
 if [ "$mode" = "--down" ]; then
   scripts/sandbox.sh down "$sandbox"
@@ -57,7 +66,7 @@ else
   echo "== [2/4] using the binaries in $bin ==" >&2
 fi
 
-echo "== [3/4] starting the sandbox in $sandbox (transport $SANDBOX_TRANSPORT) ==" >&2
+echo "== [3/4] starting the sandbox in $sandbox (transport $SANDBOX_TRANSPORT, $relays) ==" >&2
 scripts/sandbox.sh up "$sandbox" "$bin"
 if [ "$mode" != "--keep" ]; then trap 'scripts/sandbox.sh down "$sandbox"' EXIT; fi
 # shellcheck disable=SC1091
@@ -70,9 +79,10 @@ status=0
 
 if [ $status -ne 0 ]; then
   echo "the tour failed (exit $status); logs are in $sandbox/logs" >&2
-  for c in relay agent apiserver idp; do
-    echo "---- last lines of $c.log ----" >&2
-    tail -n 15 "$sandbox/logs/$c.log" >&2 || true
+  for f in "$sandbox"/logs/relay*.log "$sandbox"/logs/{agent,apiserver,idp,etcd,lb}.log; do
+    [ -f "$f" ] || continue
+    echo "---- last lines of $(basename "$f") ----" >&2
+    tail -n 15 "$f" >&2 || true
   done
   exit $status
 fi

@@ -20,6 +20,12 @@
 # SANDBOX_TRANSPORT=ws makes the proxy's rendezvous leg a WebSocket in Azure
 # Relay Hybrid Connections' shape instead of a raw TCP leg (tls, the default);
 # either way TLS and the mux run end to end between proxy and agent.
+# SANDBOX_REPLICAS=N (N > 1) runs N relay replicas on one etcd instead of one
+# relay with a file registry: each replica on its own port with its own
+# --advertise-url, all behind one address (HAProxy in TCP mode, as a cloud
+# network load balancer would be), and the agent with one control channel per
+# replica. Everyone else (proxy, connect, the agent) is given the balancer's
+# address only.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,6 +39,8 @@ bin="${3:-$root/build/release/stage/bin}"
 fixtures="$root/tests/fixtures"
 transport="${SANDBOX_TRANSPORT:-tls}"
 case "$transport" in tls|ws) ;; *) echo "SANDBOX_TRANSPORT must be tls or ws" >&2; exit 2 ;; esac
+replicas="${SANDBOX_REPLICAS:-1}"
+case "$replicas" in [1-9]) ;; *) echo "SANDBOX_REPLICAS must be 1 to 9" >&2; exit 2 ;; esac
 
 tenant="72f988bf-86f1-41af-91ab-2d7cd011db47"
 subscription="00000000-0000-0000-0000-00000000c0de"
@@ -70,6 +78,21 @@ wait_ready() {
     sleep 0.1
   done
   die_with_log "$name" "$name was not ready within ${limit}s"
+}
+
+# A free loopback port (a port the kernel just handed out and released).
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+
+# wait_tcp NAME PORT: waits until 127.0.0.1:PORT accepts while NAME is alive.
+wait_tcp() {
+  local name="$1" port="$2" pid
+  pid="$(cat "$dir/pids/$name.pid")"
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || die_with_log "$name" "$name exited before it was ready"
+    sleep 0.1
+  done
+  die_with_log "$name" "$name did not listen on port $port within 10s"
 }
 
 json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); const p=process.argv[2].split("."); let x=v; for (const k of p) x=x[k]; console.log(x)' "$1" "$2"; }
@@ -220,12 +243,68 @@ JSON
                 "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600},
                 "role_assignments": $scoped}}
 JSON
-  start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
-    --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
-  wait_ready relay "$s/relay.ready"
-  local relay_port relay_ca
-  relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
-  log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
+  local relay_port relay_ca etcd_port=""
+  if [ "$replicas" -eq 1 ]; then
+    start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
+      --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
+    wait_ready relay "$s/relay.ready"
+    relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
+    log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
+  else
+    # etcd: one member on loopback, its data under state/.
+    command -v etcd >/dev/null || { log "SANDBOX_REPLICAS needs etcd (scripts/setup.sh installs etcd-server)"; exit 1; }
+    command -v haproxy >/dev/null || { log "SANDBOX_REPLICAS needs haproxy (scripts/setup.sh installs it)"; exit 1; }
+    local etcd_peer
+    etcd_port="$(free_port)"; etcd_peer="$(free_port)"
+    start etcd etcd --name sandbox --data-dir "$s/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
+      --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" --initial-cluster "sandbox=http://127.0.0.1:$etcd_peer"
+    local healthy=0
+    for _ in $(seq 1 200); do
+      curl -s --max-time 1 "http://127.0.0.1:$etcd_port/health" 2>/dev/null | grep -q '"true"' && { healthy=1; break; }
+      kill -0 "$(cat "$dir/pids/etcd.pid")" 2>/dev/null || die_with_log etcd "etcd exited before it was ready"
+      sleep 0.1
+    done
+    [ $healthy = 1 ] || die_with_log etcd "etcd was not healthy within 20s"
+    local store="etcd://127.0.0.1:$etcd_port"
+    # The registry (what relay.json lists, maybe nothing yet) goes into etcd;
+    # the replicas read settings (management) from relay.json, clusters from etcd.
+    "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" import >>"$dir/logs/etcd-import.log" 2>&1 ||
+      die_with_log etcd-import "importing the registry into etcd failed"
+    # The balancer's address is what tokens name; each replica advertises its own.
+    relay_port="$(free_port)"
+    local backends="" i port
+    replica_ports=()
+    for i in $(seq 0 $((replicas - 1))); do
+      port="$(free_port)"
+      replica_ports+=("$port")
+      # One development CA for all (kept in relay-tls); each replica its own key.
+      start "relay-$i" "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" --replica-id "r$i" \
+        --listen "127.0.0.1:$port" --advertise-url "https://127.0.0.1:$port" --public-host "127.0.0.1:$relay_port" \
+        --dev-tls "$s/relay-tls" --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay-$i.ready"
+      wait_ready "relay-$i" "$s/relay-$i.ready"
+      backends="$backends
+  server r$i 127.0.0.1:$port"
+    done
+    relay_ca="$(json "$s/relay-0.ready" ca_file)"
+    cat >"$s/haproxy.cfg" <<CFG
+global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+frontend relays
+  bind 127.0.0.1:$relay_port
+  default_backend replicas
+backend replicas
+  balance roundrobin$backends
+CFG
+    start lb haproxy -db -f "$s/haproxy.cfg"
+    wait_tcp lb "$relay_port"
+    log "relays: $replicas replicas on etcd $store, behind https://127.0.0.1:$relay_port (HAProxy, TCP) (CA $relay_ca)"
+  fi
 
   local sp_client sp_secret
   sp_client="$(json "$s/idp/state.json" clients.secret.client_id)"
@@ -271,7 +350,7 @@ KUBE
   # 4. Agent: two tunnels, Entra mode, impersonating through the stand-in.
   start agent "$bin/clusterconnect-agent" \
     --relay-url "wss://127.0.0.1:$relay_port/\$hc/clusters/$subscription/sandbox/demo" --relay-ca-file "$relay_ca" \
-    --listen-key-name listen --listen-key-file "$s/listen.key" --tunnels 2 --mode both \
+    --listen-key-name listen --listen-key-file "$s/listen.key" --tunnels "$((replicas > 2 ? replicas : 2))" --mode both \
     --transport "$transport" --identity-cert-file "$s/agent-identity.crt" --identity-key-file "$s/agent-identity.key" \
     --tenant "$tenant" --authority "$authority" --allow-http-loopback-authority \
     --apiserver-url "${SANDBOX_UPSTREAM_URL:-https://127.0.0.1:$api_port}" \
@@ -280,11 +359,38 @@ KUBE
     --audit-log "$dir/logs/agent-audit.jsonl" ${SANDBOX_AGENT_ARGS:-}
   wait_ready agent "$s/agent.ready"
   log "agent: connected over $transport (health on port $(json "$s/agent.ready" health_port))"
+  if [ "$replicas" -gt 1 ]; then
+    # Where the agent's control channels landed: the replicas' records in etcd.
+    local spread="" range
+    range="{\"key\":\"$(printf '/clusterconnect/replicas/channels/' | base64 -w0)\",\"range_end\":\"$(printf '/clusterconnect/replicas/channels0' | base64 -w0)\"}"
+    for _ in $(seq 1 50); do
+      spread="$(curl -s --max-time 2 -X POST "http://127.0.0.1:$etcd_port/v3/kv/range" -d "$range" |
+        node -e 'let d="";process.stdin.on("data",c=>d+=c).on("end",()=>{const kvs=JSON.parse(d||"{}").kvs||[];
+          console.log(kvs.map(kv=>{const k=Buffer.from(kv.key,"base64").toString();const v=JSON.parse(Buffer.from(kv.value,"base64").toString());
+          return [k.slice(k.lastIndexOf("/")+1), v.count]}).filter(x=>x[1]>0).map(x=>x[0]+": "+x[1]).join(", "))})' 2>/dev/null)"
+      [ "$(printf '%s' "$spread" | tr ',' '\n' | grep -c ': ')" -ge "$replicas" ] && break
+      sleep 0.2
+    done
+    log "agent control channels by replica: ${spread:-none recorded}"
+  fi
   if [ "$onboard" = connect ]; then
     # connect again: idempotent (keeps the agent's key), and waits for Connected.
     "${connect_env[@]}" "$bin/connectedk8s" "${connect_args[@]}" --timeout 60 >>"$dir/logs/connect.log" 2>&1 ||
       die_with_log connect "connectedk8s connect (again) failed"
     log "connectedk8s connect: demo is Connected"
+    if [ "$replicas" -gt 1 ]; then
+      # The management API through each replica directly: every one answers
+      # for all replicas' control channels and the agent's last report (the
+      # replicas' records in etcd), not only its own.
+      local i show
+      for i in "${!replica_ports[@]}"; do
+        show="$("${connect_env[@]}" "$bin/connectedk8s" show -n demo -g sandbox --endpoint "https://127.0.0.1:${replica_ports[$i]}" \
+          --ca-file "$relay_ca" --allow-http-loopback-authority -o json 2>>"$dir/logs/connect.log")" ||
+          die_with_log connect "connectedk8s show through replica r$i failed"
+        log "replica r$i answers for demo: $(printf '%s' "$show" | node -e 'let d="";process.stdin.on("data",c=>d+=c).on("end",()=>{
+          const p=JSON.parse(d).properties; console.log(`${p.connectivityStatus}, ${p.agentTunnels} agent tunnels, kubernetes ${p.kubernetesVersion}, ${p.totalNodeCount} nodes`)})')"
+      done
+    fi
   fi
   if [ -n "${SANDBOX_SECOND_CLUSTER:-}" ]; then
     start agent2 "$bin/clusterconnect-agent" \

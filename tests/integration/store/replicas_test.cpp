@@ -13,7 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "etcd_fixture.hpp"
+#include "hc_clients.hpp"
 #include "relay_fixture.hpp"
+#include "rendezvous/agent_report.hpp"
 #include "test_env.hpp"
 
 using namespace clusterconnect;
@@ -162,8 +164,17 @@ struct Replicas {
 
   void write(const std::string& name, const std::string& content) { std::ofstream(dir.path() / name) << content; }
 
-  // The agent's control channels, all on relay `i`.
-  std::shared_ptr<TunnelListener> listen(ModuleHost& host, Agent& agent, unsigned i, unsigned n = 1) {
+  // The agent's control channels, all on relay `i`, published in etcd.
+  std::shared_ptr<TunnelListener> listen(ModuleHost& host, Agent& agent, unsigned i, unsigned n = 1,
+                                         const tunnel::rendezvous::AgentReport& report = {}) {
+    auto l = listen_unpublished(host, agent, i, n, report);
+    // Published: the channel's record is in etcd.
+    REQUIRE(wait_until([&] { return etcd.count(channels) == 1; }, 20s));
+    return l;
+  }
+  // The same, up on the relay (etcd may be away).
+  std::shared_ptr<TunnelListener> listen_unpublished(ModuleHost& host, Agent& agent, unsigned i, unsigned n = 1,
+                                                     const tunnel::rendezvous::AgentReport& report = {}) {
     ListenOptions o;
     o.endpoint = relays[i]->endpoint();
     o.endpoint.ca_file = ca_bundle.string();  // the ws form's accept address may name another replica
@@ -173,11 +184,10 @@ struct Replicas {
     o.backoff_max = 500ms;
     o.identity_cert_file = (dir.path() / "agent.crt").string();
     o.identity_key_file = (dir.path() / "agent.key").string();
+    o.handshake_headers = [report] { return tunnel::rendezvous::to_headers(report); };
     auto l = host.transport().listen(std::move(o), agent.handler());
     REQUIRE(l);
     REQUIRE(wait_until([&] { return l->status().tunnels_up == n && relays[i]->listeners() == n; }, 20s));
-    // Published: the channel's record is in etcd.
-    REQUIRE(wait_until([&] { return etcd.count(channels) == 1; }, 20s));
     return l;
   }
 
@@ -239,6 +249,107 @@ void reach_agent(TunnelClient& client, std::uint64_t size) {
   CHECK_FALSE(x.ec);
   CHECK(x.received_sha == x.sent_sha);
 }
+
+// The client side of a long-running stream: reads what the agent sends
+// ("source" mode) until the stream is reset; counts the bytes and keeps the
+// first error.
+class Drain : public std::enable_shared_from_this<Drain> {
+ public:
+  explicit Drain(StreamPtr s) : s_(std::move(s)) {}
+  void start() { read(); }
+  std::uint64_t bytes() const { return bytes_; }
+  std::string error() const {
+    std::lock_guard lock(mutex_);
+    return error_;
+  }
+  // Ends the stream from this side (not an error).
+  void stop() {
+    stopped_ = true;
+    s_->reset("test done");
+  }
+
+ private:
+  void read() {
+    s_->async_read_some(asio::buffer(buf_), [self = shared_from_this()](error_code ec, std::size_t n) {
+      if (ec) {
+        if (!self->stopped_) {
+          std::lock_guard lock(self->mutex_);
+          self->error_ = ec.message();
+        }
+        return;
+      }
+      self->bytes_ += n;
+      self->read();
+    });
+  }
+  StreamPtr s_;
+  std::array<std::uint8_t, 64 * 1024> buf_{};
+  std::atomic<std::uint64_t> bytes_{0};
+  std::atomic<bool> stopped_{false};
+  mutable std::mutex mutex_;
+  std::string error_;
+};
+
+// Requests in a loop on one session (one rendezvous, then a stream each):
+// each echoes 4 KiB; counts the ones that worked and keeps the first failure.
+class RequestLoop {
+ public:
+  explicit RequestLoop(std::shared_ptr<TunnelClient> client) : client_(std::move(client)) {
+    thread_ = std::thread([this] {
+      for (std::uint64_t seed = 1; !stop_; ++seed) {
+        auto o = open_stream(*client_, {}, 20s);
+        std::string why;
+        if (o.ec) {
+          why = "open: " + o.ec.message() + " " + o.reason;
+        } else {
+          auto x = exchange(o.stream, 4096, seed, 20s);
+          if (x.ec)
+            why = x.what + ": " + x.ec.message();
+          else if (x.received_sha != x.sent_sha)
+            why = "the echo differs";
+        }
+        if (why.empty()) {
+          ++ok_;
+        } else {
+          std::lock_guard lock(mutex_);
+          if (failure_.empty()) failure_ = why;
+          ++failed_;
+        }
+      }
+    });
+  }
+  ~RequestLoop() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  unsigned ok() const { return ok_; }
+  unsigned failed() const { return failed_; }
+  std::string failure() const {
+    std::lock_guard lock(mutex_);
+    return failure_;
+  }
+
+ private:
+  std::shared_ptr<TunnelClient> client_;
+  std::atomic<bool> stop_{false};
+  std::atomic<unsigned> ok_{0}, failed_{0};
+  mutable std::mutex mutex_;
+  std::string failure_;
+  std::thread thread_;
+};
+
+// The keys of the replicas' records, each with its lease's remaining TTL.
+std::string describe(const std::map<std::string, long>& ttls) {
+  std::string out;
+  for (const auto& [k, ttl] : ttls) out += k + " ttl " + std::to_string(ttl) + "\n";
+  return out;
+}
+bool all_leased(const std::map<std::string, long>& ttls, std::size_t n) {
+  return ttls.size() == n && std::all_of(ttls.begin(), ttls.end(), [](const auto& kv) { return kv.second > 0; });
+}
+
+std::string relay_bin() { return (stage_dir() / "bin" / "clusterconnect-relay").string(); }
 
 }  // namespace
 
@@ -414,5 +525,176 @@ TEST_CASE("replicas: on SIGTERM a replica's control channels move to another rep
                                              [&] { return rs.balanced_token("connect", "connect-secret"); });
   reach_agent(*client, 4096);
   client->close();
+  listener->close();
+}
+
+TEST_CASE("replicas: etcd stopped and started again under load: sessions go on and every record comes back",
+          "[relay][replicas][etcd]") {
+  if (!have_etcd()) return;
+  const int sig = GENERATE(SIGTERM, SIGKILL);
+  INFO("etcd stopped with signal " << sig);
+  Replicas rs(2, 3);
+  ModuleHost agent_host{"tls"}, client_host{"tls"};
+  Agent agent;
+  auto listener = rs.listen(agent_host, agent, 0);
+
+  // One long-running stream, through replica 1 (its accept goes through replica 0).
+  auto streaming = rs.dial(client_host, 1);
+  OpenResult o;
+  REQUIRE(wait_until(
+      [&] {
+        o = open_stream(*streaming, {{"mode", "source"}});
+        return !o.ec;
+      },
+      20s));
+  auto drain = std::make_shared<Drain>(o.stream);
+  drain->start();
+  // A loop of requests through a rendezvous on replica 0.
+  RequestLoop loop(rs.dial(client_host, 0));
+  REQUIRE(wait_until([&] { return loop.ok() >= 3 && drain->bytes() > (1u << 20); }, 20s));
+
+  rs.etcd.stop(sig);
+  // Each replica says once that etcd is away.
+  for (auto& r : rs.relays)
+    REQUIRE(wait_until([&] { return r->log().find("etcd is away for the registry watch") != std::string::npos; }, 20s));
+  {
+    // Sessions go on, and new rendezvous through either replica reach the agent.
+    const unsigned ok_before = loop.ok();
+    const std::uint64_t bytes_before = drain->bytes();
+    for (unsigned i = 0; i < 2; ++i) {
+      INFO("a new rendezvous through replica " << i << " while etcd is away");
+      auto client = rs.dial(client_host, i);
+      REQUIRE(client);
+      reach_agent(*client, 64 * 1024);
+      client->close();
+    }
+    // A second control channel comes up meanwhile, on replica 1: its record waits for etcd.
+    auto second = rs.listen_unpublished(agent_host, agent, 1);
+    REQUIRE(wait_until([&] { return loop.ok() >= ok_before + 3 && drain->bytes() > bytes_before + (1u << 20); }, 20s));
+    CHECK(loop.failed() == 0);
+    // No busy loop: retries back off to one a second at most, and are not
+    // logged each time.
+    for (auto& r : rs.relays) {
+      const auto log = r->log();
+      std::size_t n = 0;
+      for (auto at = log.find("etcd is away for"); at != std::string::npos; at = log.find("etcd is away for", at + 1))
+        ++n;
+      CHECK(n <= 3);  // the registry watch, the replicas' view, the lease (once each)
+    }
+
+    rs.etcd.start();
+    for (auto& r : rs.relays)
+      REQUIRE(
+          wait_until([&] { return r->log().find("etcd is back for the registry watch") != std::string::npos; }, 20s));
+
+    // A registry change made now reaches both replicas within 1 s.
+    auto added = run(relay_bin() + " cluster add -s 00000000-0000-0000-0000-0000000000bb -g team -n beta --store " +
+                     rs.etcd.store() + " --show-secrets -o json");
+    INFO(added.output);
+    REQUIRE(added.status == 0);
+    std::string listen_secret;
+    const auto added_json = nlohmann::json::parse(added.output.substr(added.output.find('{')));
+    for (const auto& k : added_json["keys"])
+      if (k["name"] == "listen") listen_secret = k.value("secret", std::string());
+    REQUIRE_FALSE(listen_secret.empty());
+    const std::string beta = "clusters/00000000-0000-0000-0000-0000000000bb/team/beta";
+    for (auto& r : rs.relays) {
+      const std::string token = r->token("listen", listen_secret, beta);
+      CHECK(wait_until(
+          [&] {
+            try {
+              ControlClient c(*r, beta, token);
+              return true;
+            } catch (const std::exception&) {
+              return false;
+            }
+          },
+          1000ms));
+    }
+
+    // Every replica and control-channel record is back, each under a live lease.
+    std::map<std::string, long> members_now, channels_now;
+    const bool back = wait_until(
+        [&] {
+          members_now = rs.etcd.lease_ttls(members);
+          channels_now = rs.etcd.lease_ttls(channels);
+          // demo's on r0 and r1 (beta's, from the checks above, too).
+          return all_leased(members_now, 2) && all_leased(channels_now, 4) &&
+                 std::count_if(channels_now.begin(), channels_now.end(), [](const auto& kv) {
+                   return kv.first.find("/connectedclusters/demo/") != std::string::npos;
+                 }) == 2;
+        },
+        20s);
+    INFO(describe(members_now) << describe(channels_now));
+    CHECK(back);
+    // And the replicas write under their leases again: the second channel
+    // closes, and its record says so.
+    second->close();
+    const auto record_of = [&](const std::string& replica) {
+      for (const auto& [key, ttl] : rs.etcd.lease_ttls(channels))
+        if (key.find("/connectedclusters/demo/" + replica) != std::string::npos) return rs.etcd.get_json(key);
+      return nlohmann::json();
+    };
+    CHECK(wait_until([&] { return record_of("r1").value("count", -1) == 0; }, 20s));
+  }
+
+  // The sessions went on throughout, without an error.
+  const std::uint64_t bytes_before = drain->bytes();
+  const unsigned ok_before = loop.ok();
+  REQUIRE(wait_until([&] { return loop.ok() >= ok_before + 3 && drain->bytes() > bytes_before + (1u << 20); }, 20s));
+  loop.stop();
+  INFO(loop.failure());
+  CHECK(loop.failed() == 0);
+  CHECK(drain->error().empty());
+  drain->stop();
+  streaming->close();
+  listener->close();
+}
+
+TEST_CASE("replicas: a replica publishes its agents' last report under its lease with at most two writes per reconnect",
+          "[relay][replicas][etcd]") {
+  if (!have_etcd()) return;
+  Replicas rs(2, 60);
+  ModuleHost agent_host{"tls"};
+  Agent agent;
+  tunnel::rendezvous::AgentReport report;
+  report.agent_version = "0.9.0";
+  report.kubernetes_version = "v1.32.2";
+  report.node_count = 3;
+  report.core_count = 12;
+  const auto before_listen = std::chrono::system_clock::now();
+  auto listener = rs.listen(agent_host, agent, 0, 1, report);
+  std::string key;
+  for (const auto& [k, ttl] : rs.etcd.lease_ttls(channels)) {
+    key = k;
+    CHECK(ttl > 0);  // under the replica's lease
+  }
+  REQUIRE(key.size() > 3);
+  CHECK(key.substr(key.size() - 3) == "/r0");
+  auto record = rs.etcd.get_json(key);
+  INFO(record.dump());
+  CHECK(record["count"] == 1);
+  CHECK(record["agent"]["agent_version"] == "0.9.0");
+  CHECK(record["agent"]["kubernetes_version"] == "v1.32.2");
+  CHECK(record["agent"]["node_count"] == 3);
+  CHECK(record["agent"]["core_count"] == 12);
+  const auto unix_now = [](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+  };
+  CHECK(record["last_seen"].get<std::int64_t>() >= unix_now(before_listen) - 1);
+
+  // The agent reconnects: at most two writes (closed, open again; one when
+  // they come close together), whatever else the replica does meanwhile.
+  const unsigned writes_before = rs.relays[0]->gauge("clusterconnect_relay_store_writes_total");
+  CHECK(writes_before >= 3);  // the lease, the member record, the channel record
+  listener->close();
+  REQUIRE(wait_until([&] { return rs.etcd.get_json(key).value("count", -1) == 0; }, 20s));
+  // Closed: the record stays (for when the agent was last seen) with the report.
+  CHECK(rs.etcd.get_json(key)["agent"]["node_count"] == 3);
+  listener = rs.listen_unpublished(agent_host, agent, 0, 1, report);
+  REQUIRE(wait_until([&] { return rs.etcd.get_json(key).value("count", -1) == 1; }, 20s));
+  const unsigned writes = rs.relays[0]->gauge("clusterconnect_relay_store_writes_total") - writes_before;
+  CHECK(writes >= 1);
+  CHECK(writes <= 2);
   listener->close();
 }
