@@ -20,6 +20,10 @@
 # SANDBOX_TRANSPORT=ws makes the proxy's rendezvous leg a WebSocket in Azure
 # Relay Hybrid Connections' shape instead of a raw TCP leg (tls, the default);
 # either way TLS and the mux run end to end between proxy and agent.
+# SANDBOX_REPLICAS=N runs N relay replicas on one etcd (etcd-server) behind a
+# round-robin TCP balancer (the address proxies and agents are given); replica
+# i logs to logs/relay-ri.log, its ready file is state/relay-ri.ready and its
+# PID file pids/relay-ri.pid. Cluster demo is then registered by hand.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -90,6 +94,53 @@ down() {
     sleep 0.1
   done
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+
+free_ports() {
+  node -e '
+    const net = require("net"); const n = Number(process.argv[1]); const servers = [];
+    (function next() {
+      if (servers.length === n) { console.log(servers.map(s => s.address().port).join(" ")); servers.forEach(s => s.close()); return; }
+      const s = net.createServer(); s.listen(0, "127.0.0.1", () => { servers.push(s); next(); });
+    })()' "$1"
+}
+
+# start_replicas N: etcd, the registry imported into it, N relay replicas on
+# it and the balancer in front of them (state/balancer.ready).
+start_replicas() {
+  local n="$1" s="$dir/state"
+  command -v etcd >/dev/null || { log "SANDBOX_REPLICAS needs etcd (apt-get install etcd-server)"; exit 1; }
+  local ports; read -r -a ports <<<"$(free_ports $((n + 2)))"
+  local etcd_url="http://127.0.0.1:${ports[0]}" peer_url="http://127.0.0.1:${ports[1]}"
+  start etcd etcd --name sandbox --data-dir "$s/etcd" --listen-client-urls "$etcd_url" \
+    --advertise-client-urls "$etcd_url" --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
+    --initial-cluster "sandbox=$peer_url"
+  local healthy=0
+  for _ in $(seq 1 300); do
+    curl -sf "$etcd_url/health" 2>/dev/null | grep -q '"true"' && { healthy=1; break; }
+    kill -0 "$(cat "$dir/pids/etcd.pid")" 2>/dev/null || die_with_log etcd "etcd exited"
+    sleep 0.1
+  done
+  [ $healthy = 1 ] || die_with_log etcd "etcd was not healthy within 30s"
+  local store="etcd://127.0.0.1:${ports[0]}"
+  "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" import >>"$dir/logs/relay-import.log" 2>&1 ||
+    die_with_log relay-import "importing the registry into etcd failed"
+  local backends=() i
+  for ((i = 0; i < n; i++)); do backends+=(--backend "127.0.0.1:${ports[$((i + 2))]}"); done
+  start balancer node "$root/tests/fixtures/balancer/balancer.js" --listen 127.0.0.1:0 "${backends[@]}" \
+    --ready-file "$s/balancer.ready"
+  wait_ready balancer "$s/balancer.ready"
+  local lb_port; lb_port="$(json "$s/balancer.ready" port)"
+  : >"$s/relay-ca-bundle.pem"
+  for ((i = 0; i < n; i++)); do
+    local port="${ports[$((i + 2))]}"
+    start "relay-r$i" "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" --replica-id "r$i" \
+      --replica-ttl 2 --listen "127.0.0.1:$port" --dev-tls "$s/relay-tls-r$i" --rendezvous-listen 127.0.0.1:0 \
+      --metrics-listen 127.0.0.1:0 --public-host "127.0.0.1:$lb_port" --advertise-url "https://127.0.0.1:$port" \
+      --ready-file "$s/relay-r$i.ready"
+    wait_ready "relay-r$i" "$s/relay-r$i.ready"
+    cat "$(json "$s/relay-r$i.ready" ca_file)" >>"$s/relay-ca-bundle.pem"
+  done
 }
 
 up() {
@@ -195,6 +246,7 @@ JSON
   # SANDBOX_REGISTERED_AGENT_CERT) writes the registry by hand instead.
   local onboard="${SANDBOX_ONBOARD:-connect}"
   [ -n "${SANDBOX_REGISTERED_AGENT_CERT:-}" ] && onboard=manual
+  [ "${SANDBOX_REPLICAS:-0}" -gt 0 ] && onboard=manual
   local demo_cluster="" scoped="[]"
   if [ "$onboard" = manual ]; then
     demo_cluster="{\"subscription\": \"$subscription\", \"resource_group\": \"sandbox\", \"name\": \"demo\",
@@ -220,12 +272,18 @@ JSON
                 "allow_http_loopback": true, "token_lifetime_seconds": ${SANDBOX_CONNECT_TOKEN_SECONDS:-3600},
                 "role_assignments": $scoped}}
 JSON
-  start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
-    --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
-  wait_ready relay "$s/relay.ready"
   local relay_port relay_ca
-  relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
-  log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
+  if [ "${SANDBOX_REPLICAS:-0}" -gt 0 ]; then
+    start_replicas "$SANDBOX_REPLICAS"
+    relay_port="$(json "$s/balancer.ready" port)"; relay_ca="$s/relay-ca-bundle.pem"
+    log "relay: $SANDBOX_REPLICAS replicas behind https://127.0.0.1:$relay_port (CAs $relay_ca)"
+  else
+    start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
+      --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
+    wait_ready relay "$s/relay.ready"
+    relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
+    log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
+  fi
 
   local sp_client sp_secret
   sp_client="$(json "$s/idp/state.json" clients.secret.client_id)"

@@ -766,6 +766,14 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void resume_connect() {
+    // The deadline also bounds a connect or a response head that never comes.
+    resume_timer_.expires_at(resume_deadline_);
+    resume_timer_.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
+      if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
+      if (self->log_) self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_,
+                                       self->head_.target.substr(0, self->head_.target.find('?')));
+      self->end_watch();
+    });
     connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
       asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason), attempt]() mutable {
         self->on_resume_upstream(ec, std::move(stream), std::move(reason), attempt);
@@ -822,6 +830,7 @@ class Session : public std::enable_shared_from_this<Session> {
         is_json_watch_body(field_value(p.get(), bhttp::field::content_type),
                            field_value(p.get(), bhttp::field::content_encoding))) {
       resuming_ = false;
+      resume_timer_.cancel();
       up_keep_alive_ = p.keep_alive();
       if (log_) log_->info("http {}: watch {} resumed", peer_, head_.target.substr(0, head_.target.find('?')));
       if (p.is_done()) return write_response(std::move(up), false, watch_->feed({}, true), true);
@@ -856,6 +865,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void end_watch_with_error(unsigned status) {
+    resume_timer_.cancel();
     if (up_) {
       up_->io.stream()->reset("watch ended");
       up_.reset();
@@ -873,6 +883,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void end_watch() {
     resuming_ = false;
     watch_live_ = false;
+    ++attempt_;  // a connect or read still out for the resume stops here
+    if (up_) {
+      up_->io.stream()->reset("watch ended");
+      up_.reset();
+    }
     write_response(nullptr, false, {}, true);
   }
 

@@ -28,6 +28,13 @@ void for_each_param(std::string_view query, Fn fn) {
   }
 }
 
+// The object member `name` of `j`, or null.
+const nlohmann::json* member_object(const nlohmann::json& j, const char* name) {
+  if (!j.is_object()) return nullptr;
+  auto it = j.find(name);
+  return it != j.end() && it->is_object() ? &*it : nullptr;
+}
+
 std::string_view query_of(std::string_view target) {
   auto q = target.find('?');
   return q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
@@ -137,9 +144,22 @@ void WatchEventLines::on_line(std::string_view line) {
   auto object = j.find("object");
   if (type == j.end() || !type->is_string() || object == j.end() || !object->is_object()) return;
   ++events_;
-  auto metadata = object->find("metadata");
-  if (metadata == object->end() || !metadata->is_object()) return;
+  const nlohmann::json* metadata = member_object(*object, "metadata");
+  if (!metadata) return;
   auto rv = metadata->find("resourceVersion");
+  if ((rv == metadata->end() || !rv->is_string()) && object->value("kind", "") == "Table") {
+    // A Table event (kubectl's default output) may name the version only in
+    // its row's object (PartialObjectMetadata).
+    auto rows = object->find("rows");
+    if (rows != object->end() && rows->is_array() && rows->size() == 1) {
+      const nlohmann::json* row_object = member_object((*rows)[0], "object");
+      const nlohmann::json* row_metadata = row_object ? member_object(*row_object, "metadata") : nullptr;
+      if (row_metadata) {
+        metadata = row_metadata;
+        rv = metadata->find("resourceVersion");
+      }
+    }
+  }
   if (rv == metadata->end() || !rv->is_string() || rv->get_ref<const std::string&>().empty()) return;
   if (!points_valid_ && awaits_initial_end_ && type->get_ref<const std::string&>() == "BOOKMARK") {
     auto annotations = metadata->find("annotations");

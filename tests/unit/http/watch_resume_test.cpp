@@ -49,6 +49,16 @@ TEST_CASE("watch lines: BOOKMARK events move the resume point", "[http][watch]")
   CHECK(w.resource_version() == "42");
 }
 
+TEST_CASE("watch lines: a Table event names its version in its row's object", "[http][watch]") {
+  WatchEventLines w(kTarget);
+  const std::string table =
+      R"({"type":"ADDED","object":{"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":{},"columnDefinitions":[],)"
+      R"("rows":[{"cells":["a"],"object":{"kind":"PartialObjectMetadata","metadata":{"name":"a","resourceVersion":"17"}}}]}})"
+      "\n";
+  CHECK(w.feed(table) == table);
+  CHECK(w.resource_version() == "17");
+}
+
 TEST_CASE("watch lines: a line that is not a JSON event passes but names no resourceVersion", "[http][watch]") {
   WatchEventLines w(kTarget);
   w.feed(event("ADDED", "6"));
