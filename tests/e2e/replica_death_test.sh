@@ -47,7 +47,8 @@ wait_line() {
 wait_count() {
   local deadline=$((SECONDS + ${4:-60}))
   while [ $SECONDS -lt $deadline ]; do
-    [ "$(grep -cE -- "$2" "$1" 2>/dev/null)" -ge "$3" ] && return 0
+    local c; c="$(grep -cE -- "$2" "$1" 2>/dev/null)"
+    [ "${c:-0}" -ge "$3" ] && return 0
     sleep 0.1
   done
   return 1
