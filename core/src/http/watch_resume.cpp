@@ -201,9 +201,11 @@ std::string watch_error_event(unsigned status, std::string_view body) {
     std::string message = "resuming the watch failed: the cluster answered HTTP " + std::to_string(status);
     std::string_view text = body.substr(0, 512);
     if (!text.empty()) message += ": " + std::string(text);
-    object = {{"kind", "Status"},         {"apiVersion", "v1"},
+    object = {{"kind", "Status"},
+              {"apiVersion", "v1"},
               {"metadata", nlohmann::json::object()},
-              {"status", "Failure"},      {"message", std::move(message)},
+              {"status", "Failure"},
+              {"message", std::move(message)},
               {"reason", status == 410 ? "Expired" : "InternalError"},
               {"code", status}};
   }

@@ -97,8 +97,7 @@ TEST_CASE("a watch whose upstream breaks continues from the last delivered event
     }
     c.send(kWatchHead + chunk(event("ADDED", 8) + event("BOOKMARK", 9)) + chunk(event("DELETED", 10)) + "0\r\n\r\n");
     // The client's next request reuses the new upstream.
-    if (auto next = test::read_message(c))
-      c.send("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext");
+    if (auto next = test::read_message(c)) c.send("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext");
   });
   ResumeRig rig(up.port());
   auto client = rig.client();
@@ -112,8 +111,8 @@ TEST_CASE("a watch whose upstream breaks continues from the last delivered event
   bool clean = false;
   auto body = read_watch_body(client, clean);
   CHECK(clean);
-  CHECK(body == event("ADDED", 6) + event("MODIFIED", 7) + event("ADDED", 8) + event("BOOKMARK", 9) +
-                    event("DELETED", 10));
+  CHECK(body ==
+        event("ADDED", 6) + event("MODIFIED", 7) + event("ADDED", 8) + event("BOOKMARK", 9) + event("DELETED", 10));
   {
     std::lock_guard lock(mu);
     REQUIRE(targets.size() == 2);
@@ -218,8 +217,9 @@ TEST_CASE("a POST whose upstream dies before answering gets a 502 Status and is 
   });
   ResumeRig rig(up.port());
   auto client = rig.client();
-  client.send("POST /api/v1/namespaces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-              "2\r\n\r\n{}");
+  client.send(
+      "POST /api/v1/namespaces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+      "2\r\n\r\n{}");
   auto res = test::read_message(client);
   REQUIRE(res);
   CHECK(res->status() == 502);
@@ -245,4 +245,44 @@ TEST_CASE("without Recovery a broken watch is reset as before", "[http][watch]")
   read_watch_body(client, clean);
   CHECK_FALSE(clean);
   CHECK(up.connections() == 1);
+}
+
+TEST_CASE("a resume whose connect never completes ends the watch at its deadline", "[http][watch]") {
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send(kWatchHead + chunk(event("ADDED", 6)));
+    c.close();
+  });
+  // Connects after the first are left waiting, as for a relay that never
+  // answers; they are released before the engine stops.
+  std::mutex mu;
+  std::vector<http::ConnectHandler> parked;
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  std::optional<http::UpstreamConnector> tcp;
+  auto recovery = quick_recovery();
+  recovery.resume_for = std::chrono::milliseconds(300);
+  {
+    ResumeRig rig(
+        [&](http::ConnectHandler done) {
+          if ((*calls)++ == 0) return (*tcp)(std::move(done));
+          std::lock_guard lock(mu);
+          parked.push_back(std::move(done));
+        },
+        recovery);
+    auto tcp_calls = std::make_shared<std::atomic<int>>(0);
+    tcp = test::tcp_connector(rig.threads.io, up.port(), tcp_calls);
+    auto client = rig.client();
+    client.send("GET /api/v1/namespaces?watch=1&resourceVersion=5 HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto head = test::read_head(client);
+    REQUIRE(head);
+    bool clean = false;
+    auto body = read_watch_body(client, clean);
+    CHECK(clean);
+    CHECK(body == event("ADDED", 6));
+    CHECK(calls->load() == 2);  // one connect for the resume, never answered
+    client.close();
+    // Released while the engine's io_context still runs.
+    std::lock_guard lock(mu);
+    parked.clear();
+  }
 }

@@ -43,8 +43,9 @@ TEST_CASE("watch lines: a partial line at a break is dropped and the resumed wat
 TEST_CASE("watch lines: BOOKMARK events move the resume point", "[http][watch]") {
   WatchEventLines w(kTarget);
   w.feed(event("ADDED", "6"));
-  const std::string bookmark = R"({"type":"BOOKMARK","object":{"kind":"Namespace","metadata":{"resourceVersion":"42"}}})"
-                               "\n";
+  const std::string bookmark =
+      R"({"type":"BOOKMARK","object":{"kind":"Namespace","metadata":{"resourceVersion":"42"}}})"
+      "\n";
   CHECK(w.feed(bookmark) == bookmark);
   CHECK(w.resource_version() == "42");
 }
@@ -64,9 +65,11 @@ TEST_CASE("watch lines: a line that is not a JSON event passes but names no reso
   w.feed(event("ADDED", "6"));
   const std::string junk = "this is not json {\"resourceVersion\":\"99\"}\n";
   CHECK(w.feed(junk) == junk);
-  const std::string no_object = R"({"type":"ADDED","object":"x","metadata":{"resourceVersion":"98"}})" "\n";
+  const std::string no_object = R"({"type":"ADDED","object":"x","metadata":{"resourceVersion":"98"}})"
+                                "\n";
   CHECK(w.feed(no_object) == no_object);
-  const std::string numeric = R"({"type":"ADDED","object":{"metadata":{"resourceVersion":97}}})" "\n";
+  const std::string numeric = R"({"type":"ADDED","object":{"metadata":{"resourceVersion":97}}})"
+                              "\n";
   CHECK(w.feed(numeric) == numeric);
   CHECK(w.feed("\n") == "\n");
   CHECK(w.resource_version() == "6");
@@ -105,8 +108,9 @@ TEST_CASE("watch lines: with sendInitialEvents the resume point starts at the in
       "/api/v1/namespaces?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true");
   w.feed(event("ADDED", "30"));
   CHECK_FALSE(w.resumable());
-  w.feed(R"({"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"50","annotations":{"k8s.io/initial-events-end":"true"}}}})"
-         "\n");
+  w.feed(
+      R"({"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"50","annotations":{"k8s.io/initial-events-end":"true"}}}})"
+      "\n");
   CHECK(w.resource_version() == "50");
   w.feed(event("MODIFIED", "51"));
   CHECK(w.resource_version() == "51");
@@ -127,8 +131,9 @@ TEST_CASE("resume targets replace the resourceVersion and drop what only starts 
   CHECK(resume_target("/api/v1/pods?watch=true&resourceVersion=5&timeoutSeconds=300", "12") ==
         "/api/v1/pods?watch=true&timeoutSeconds=300&resourceVersion=12");
   CHECK(resume_target("/api/v1/watch/pods", "12") == "/api/v1/watch/pods?resourceVersion=12");
-  CHECK(resume_target("/api/v1/pods?resourceVersionMatch=NotOlderThan&sendInitialEvents=true&watch=1&labelSelector=a%3Db",
-                      "7") == "/api/v1/pods?watch=1&labelSelector=a%3Db&resourceVersion=7");
+  CHECK(resume_target(
+            "/api/v1/pods?resourceVersionMatch=NotOlderThan&sendInitialEvents=true&watch=1&labelSelector=a%3Db", "7") ==
+        "/api/v1/pods?watch=1&labelSelector=a%3Db&resourceVersion=7");
   CHECK(resume_target("/x?watch=1", "a/b c") == "/x?watch=1&resourceVersion=a%2Fb%20c");
 }
 
