@@ -25,7 +25,9 @@
 # --advertise-url, all behind one address (HAProxy in TCP mode, as a cloud
 # network load balancer would be), and the agent with one control channel per
 # replica. Everyone else (proxy, connect, the agent) is given the balancer's
-# address only.
+# address only. Replica i logs to logs/relay-i.log; its ready file (with its
+# metrics port) is state/relay-i.ready, its PID file pids/relay-i.pid.
+# SANDBOX_REPLICA_TTL sets the replicas' lease TTL in seconds (default 10).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -280,8 +282,9 @@ JSON
       replica_ports+=("$port")
       # One development CA for all (kept in relay-tls); each replica its own key.
       start "relay-$i" "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" --replica-id "r$i" \
-        --listen "127.0.0.1:$port" --advertise-url "https://127.0.0.1:$port" --public-host "127.0.0.1:$relay_port" \
-        --dev-tls "$s/relay-tls" --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay-$i.ready"
+        --replica-ttl "${SANDBOX_REPLICA_TTL:-10}" --listen "127.0.0.1:$port" --advertise-url "https://127.0.0.1:$port" \
+        --public-host "127.0.0.1:$relay_port" --dev-tls "$s/relay-tls" --rendezvous-listen 127.0.0.1:0 \
+        --metrics-listen 127.0.0.1:0 --ready-file "$s/relay-$i.ready"
       wait_ready "relay-$i" "$s/relay-$i.ready"
       backends="$backends
   server r$i 127.0.0.1:$port"

@@ -612,8 +612,14 @@ int ProxyCommand::run_proxy() {
                                          weak_refresher = std::weak_ptr<Refresher>(link.refresher)](http::ConnectHandler done) {
       open_stream(io, client, weak_refresher, std::move(done), false);
     };
-    auto serve = [&io, policy = link.policy, connector, limits, logger](StreamPtr s) {
-      http::serve(io, std::move(s), policy, connector, limits, logger);
+    // A relay replica that dies takes the tunnel session with it; the next
+    // stream opens on a new session. Reads in flight are sent again there,
+    // and watches continue from the last event kubectl received.
+    http::Recovery recovery;
+    recovery.retry_safe = true;
+    recovery.resume_watches = true;
+    auto serve = [&io, policy = link.policy, connector, limits, logger, recovery](StreamPtr s) {
+      http::serve(io, std::move(s), policy, connector, limits, logger, recovery);
     };
     // Later clusters skip busy ports; after 100 busy ones, any free port.
     for (int attempt = 0;; ++attempt) {

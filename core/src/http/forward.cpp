@@ -9,6 +9,7 @@
 // 100-continue) without waiting for the whole request body.
 #include "clusterconnect/http/forward.hpp"
 #include "clusterconnect/ascii.hpp"
+#include "clusterconnect/http/watch_resume.hpp"
 
 #include <algorithm>
 #include <array>
@@ -55,6 +56,8 @@ constexpr std::size_t kReadReserve = 16 * 1024;
 // does not turn our close into a reset that destroys the response in flight.
 constexpr std::size_t kLingerBytes = 1024 * 1024;
 constexpr auto kLingerTime = std::chrono::seconds(2);
+// The body of a non-200 answer to a resumed watch, kept for its ERROR event.
+constexpr std::size_t kResumeErrorBody = 64 * 1024;
 
 using clusterconnect::ascii_iequals;
 using clusterconnect::ascii_istarts_with;
@@ -185,14 +188,16 @@ using UpstreamPtr = std::shared_ptr<Upstream>;
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-          Limits limits, std::shared_ptr<spdlog::logger> logger)
+          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery)
       : strand_(asio::make_strand(io)),
         in_(std::move(inbound), strand_),
         policy_(std::move(policy)),
         connector_(std::move(connector)),
         limits_(limits),
         log_(std::move(logger)),
-        timer_(strand_) {
+        recovery_(recovery),
+        timer_(strand_),
+        resume_timer_(strand_) {
     peer_ = in_.stream()->describe();
   }
 
@@ -328,6 +333,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!d.forward) return reply_and_continue(std::move(d.reply));
     if (!build_request_wire())
       return reply_and_continue(status_reply(500, "InternalError", "request headers could not be forwarded"));
+    watch_.reset();
+    watch_live_ = resuming_ = false;
+    if (recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target))
+      watch_.emplace(head_.target);
     attempt_request();
   }
 
@@ -503,6 +512,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_response_head(error_code ec, UpstreamPtr up, unsigned attempt) {
     if (aborting_ || attempt != attempt_) return;
+    if (resuming_) return on_resumed_head(ec, std::move(up));
     if (ec) return upstream_failed(ec, std::move(up));
     auto& p = *up->parser;
     auto& m = p.get();
@@ -538,7 +548,7 @@ class Session : public std::enable_shared_from_this<Session> {
       res_wire_.append("\r\n");
       upgrade_ = true;
       rec_.upgraded = true;
-      return write_response(std::move(up), true, 0, true);
+      return write_response(std::move(up), true, {}, true);
     }
     interim_ = false;
     if (status >= 100 && status < 200) {
@@ -546,7 +556,7 @@ class Session : public std::enable_shared_from_this<Session> {
       // wait for the final one.
       res_wire_.append("\r\n");
       interim_ = true;
-      return write_response(std::move(up), true, 0, false);
+      return write_response(std::move(up), true, {}, false);
     }
     up_keep_alive_ = p.keep_alive();
     if (!bodiless) {
@@ -564,11 +574,16 @@ class Session : public std::enable_shared_from_this<Session> {
     if (close_after_) append_header(res_wire_, "Connection", "close");
     else if (head_.version == 10) append_header(res_wire_, "Connection", "keep-alive");
     res_wire_.append("\r\n");
+    // A watch's events are followed line by line only in a chunked JSON
+    // response: that is what can continue from another upstream.
+    watch_live_ = watch_ && status == 200 && res_chunked_ &&
+                  is_json_watch_body(field_value(m, bhttp::field::content_type),
+                                     field_value(m, bhttp::field::content_encoding));
 
-    if (p.is_done()) return write_response(std::move(up), true, 0, true);
+    if (p.is_done()) return write_response(std::move(up), true, {}, true);
     if (up->buffer.size() > 0) return read_response_body(std::move(up), true);
     // Nothing of the body is here yet (a watch): the head goes now.
-    write_response(std::move(up), true, 0, false);
+    write_response(std::move(up), true, {}, false);
   }
 
   void read_response_body(UpstreamPtr up, bool with_head) {
@@ -585,6 +600,8 @@ class Session : public std::enable_shared_from_this<Session> {
                              if (self->aborting_ || attempt != self->attempt_) return;
                              if (ec == bhttp::error::need_buffer) ec = {};
                              if (ec) {
+                               // A watch continues from another upstream.
+                               if (self->watch_live_) return self->start_resume(std::move(up), ec);
                                // The response is under way: the client can
                                // only learn of the truncation by a reset.
                                self->log_failure(ec, "read response body");
@@ -592,24 +609,29 @@ class Session : public std::enable_shared_from_this<Session> {
                              }
                              std::size_t n = self->b_.size - up->parser->get().body().size;
                              self->b_.read(n);
-                             self->rec_.bytes_out += n;
-                             self->write_response(std::move(up), with_head, n, up->parser->is_done());
+                             const bool last = up->parser->is_done();
+                             std::string_view body(self->b_buf(), n);
+                             // Only whole event lines go to a watch's client.
+                             if (self->watch_live_) body = self->watch_->feed(body, last);
+                             self->rec_.bytes_out += body.size();
+                             self->write_response(std::move(up), with_head, body, last);
                            });
   }
 
-  void write_response(UpstreamPtr up, bool with_head, std::size_t n, bool last) {
+  // `body` is in b_ or in watch_: it stays put until the write completes.
+  void write_response(UpstreamPtr up, bool with_head, std::string_view body, bool last) {
     if (with_head) response_started_ = true;
     std::size_t k = 0;
     b_out_.fill(asio::const_buffer());
     if (with_head) b_out_[k++] = asio::buffer(res_wire_);
-    if (n > 0) {
+    if (!body.empty()) {
       if (res_chunked_) {
-        int len = std::snprintf(b_chunk_, sizeof b_chunk_, "%zx\r\n", n);
+        int len = std::snprintf(b_chunk_, sizeof b_chunk_, "%zx\r\n", body.size());
         b_out_[k++] = asio::buffer(b_chunk_, static_cast<std::size_t>(len));
-        b_out_[k++] = asio::buffer(b_buf(), n);
+        b_out_[k++] = asio::buffer(body.data(), body.size());
         b_out_[k++] = asio::buffer("\r\n", 2);
       } else {
-        b_out_[k++] = asio::buffer(b_buf(), n);
+        b_out_[k++] = asio::buffer(body.data(), body.size());
       }
     }
     if (last && res_chunked_ && !interim_) b_out_[k++] = asio::buffer("0\r\n\r\n", 5);
@@ -656,6 +678,22 @@ class Session : public std::enable_shared_from_this<Session> {
       return finish_with_reply(gateway_reply("upstream response header exceeds the limit"));
     if (is_malformed(ec))
       return finish_with_reply(gateway_reply("upstream sent an invalid response: " + ec.message()));
+    if (recovery_.retry_safe) {
+      // The upstream went away (a lost tunnel session) before answering. A
+      // read is sent once more on a new upstream; anything else may have
+      // been applied, so the client decides.
+      if (is_safe_method() && !retried_ && !req_has_body_ && !response_started_) {
+        retried_ = true;
+        if (log_) log_->info("http {}: upstream lost before the response to {} {}: sending it again", peer_,
+                             head_.method, head_.target.substr(0, head_.target.find('?')));
+        return attempt_request();
+      }
+      if (!is_safe_method())
+        return finish_with_reply(status_reply(
+            502, "ServiceUnavailable",
+            "the session to the cluster was lost before the cluster answered this " + head_.method +
+                " request; it was not sent again because it may have been applied: check its effect, then retry"));
+    }
     finish_with_reply(gateway_reply("upstream closed the connection before responding"));
   }
 
@@ -682,6 +720,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // gets `reply` (if any) and a close; after, a reset.
   void abort_exchange(std::optional<Reply> reply) {
     aborting_ = true;
+    resume_timer_.cancel();
     if (up_) {
       up_->io.stream()->reset("exchange aborted");
       up_.reset();
@@ -690,6 +729,167 @@ class Session : public std::enable_shared_from_this<Session> {
     rec_.status = rec_.status ? rec_.status : 499;
     complete_record();
     in_.stream()->reset("exchange aborted");
+  }
+
+  // ---- resuming a watch whose upstream broke -----------------------------------
+
+  bool is_safe_method() const { return head_.method == "GET" || head_.method == "HEAD"; }
+
+  template <class Fields>
+  static std::string_view field_value(const Fields& m, bhttp::field f) {
+    auto it = m.find(f);
+    if (it == m.end()) return {};
+    auto v = it->value();
+    return {v.data(), v.size()};
+  }
+
+  // The watch's upstream broke mid-response. The client has every whole
+  // event line up to the break; the watch is asked again from there.
+  void start_resume(UpstreamPtr up, error_code ec) {
+    log_failure(ec, "watch upstream broke");
+    up->io.stream()->reset("watch upstream broke");
+    if (up_ == up) up_.reset();
+    ++attempt_;  // the broken upstream's operations stop here
+    watch_->discard_partial();
+    if (!watch_->resumable()) {
+      if (log_) log_->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
+                           peer_, head_.target.substr(0, head_.target.find('?')));
+      return end_watch();
+    }
+    resuming_ = true;
+    resume_deadline_ = Clock::now() + recovery_.resume_for;
+    backoff_ = recovery_.first_backoff;
+    if (log_)
+      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_,
+                 head_.target.substr(0, head_.target.find('?')), ec.message(),
+                 watch_->resource_version().empty() ? std::string("as first asked") : watch_->resource_version());
+    resume_connect();
+  }
+
+  void resume_connect() {
+    // The deadline also bounds a connect or a response head that never comes.
+    resume_timer_.expires_at(resume_deadline_);
+    resume_timer_.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
+      if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
+      if (self->log_) self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_,
+                                       self->head_.target.substr(0, self->head_.target.find('?')));
+      self->end_watch();
+    });
+    connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
+      asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason), attempt]() mutable {
+        self->on_resume_upstream(ec, std::move(stream), std::move(reason), attempt);
+      });
+    });
+  }
+
+  void on_resume_upstream(error_code ec, StreamPtr stream, std::string reason, unsigned attempt) {
+    if (aborting_ || closing_ || attempt != attempt_) {
+      if (stream) stream->reset("exchange ended");
+      return;
+    }
+    if (ec || !stream) return retry_resume(reason.empty() ? "no upstream" : reason);
+    auto up = std::make_shared<Upstream>(std::move(stream), strand_);
+    up_ = up;
+    ++up->requests;
+    resume_wire_ = req_wire_;
+    // Same head, new target: req_wire_ starts "METHOD TARGET HTTP/1.1".
+    const std::size_t start = head_.method.size() + 1;
+    resume_wire_.replace(start, head_.target.size(), watch_->resume_target());
+    asio::async_write(up->io, asio::buffer(resume_wire_),
+                      [self = shared_from_this(), up, attempt = attempt_](error_code ec, std::size_t) mutable {
+                        if (self->aborting_ || attempt != self->attempt_) return;
+                        if (ec) return self->retry_resume("write: " + ec.message());
+                        self->read_response_head(std::move(up));
+                      });
+  }
+
+  void retry_resume(const std::string& why) {
+    log_failure({}, "resuming the watch: " + why);
+    if (up_) {
+      up_->io.stream()->reset("watch resume failed");
+      up_.reset();
+    }
+    ++attempt_;
+    if (Clock::now() + backoff_ >= resume_deadline_) {
+      if (log_) log_->info("http {}: watch {} could not resume ({}): ending it", peer_,
+                           head_.target.substr(0, head_.target.find('?')), why);
+      return end_watch();
+    }
+    resume_timer_.expires_after(backoff_);
+    backoff_ = std::min(backoff_ * 2, recovery_.max_backoff);
+    resume_timer_.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
+      if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_) return;
+      self->resume_connect();
+    });
+  }
+
+  void on_resumed_head(error_code ec, UpstreamPtr up) {
+    if (ec) return retry_resume("response head: " + ec.message());
+    auto& p = *up->parser;
+    const unsigned status = p.get().result_int();
+    if (status == 200 && p.chunked() &&
+        is_json_watch_body(field_value(p.get(), bhttp::field::content_type),
+                           field_value(p.get(), bhttp::field::content_encoding))) {
+      resuming_ = false;
+      resume_timer_.cancel();
+      up_keep_alive_ = p.keep_alive();
+      if (log_) log_->info("http {}: watch {} resumed", peer_, head_.target.substr(0, head_.target.find('?')));
+      if (p.is_done()) return write_response(std::move(up), false, watch_->feed({}, true), true);
+      return read_response_body(std::move(up), false);
+    }
+    // An upstream that cannot answer now may answer on the next attempt.
+    if (status < 200 || status == 200 || status == 502 || status == 503 || status == 504)
+      return retry_resume("answered HTTP " + std::to_string(status));
+    // Anything else (410 Gone: the version was compacted) ends the watch
+    // with an ERROR event carrying the answer, as an API server would.
+    resume_body_.clear();
+    read_resume_error(std::move(up), status);
+  }
+
+  void read_resume_error(UpstreamPtr up, unsigned status) {
+    auto& p = *up->parser;
+    if (p.is_done() || resume_body_.size() >= kResumeErrorBody) return end_watch_with_error(status);
+    auto& body = p.get().body();
+    body.data = b_.for_read();
+    body.size = b_.size;
+    auto& io = up->io;
+    auto& buffer = up->buffer;
+    bhttp::async_read_some(io, buffer, p, [self = shared_from_this(), up, status, attempt = attempt_](
+                                              error_code ec, std::size_t) mutable {
+      if (self->aborting_ || attempt != self->attempt_) return;
+      if (ec == bhttp::error::need_buffer) ec = {};
+      const std::size_t n = self->b_.size - up->parser->get().body().size;
+      self->resume_body_.append(self->b_buf(), n);
+      if (ec) return self->end_watch_with_error(status);
+      self->read_resume_error(std::move(up), status);
+    });
+  }
+
+  void end_watch_with_error(unsigned status) {
+    resume_timer_.cancel();
+    if (up_) {
+      up_->io.stream()->reset("watch ended");
+      up_.reset();
+    }
+    if (log_) log_->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer_,
+                         head_.target.substr(0, head_.target.find('?')), status);
+    resuming_ = false;
+    error_event_ = watch_error_event(status, resume_body_);
+    rec_.bytes_out += error_event_.size();
+    write_response(nullptr, false, error_event_, true);
+  }
+
+  // Ends the chunked response cleanly, as an API server ends a watch at its
+  // timeout: the client watches again (or, kubectl get -w, exits).
+  void end_watch() {
+    resuming_ = false;
+    watch_live_ = false;
+    ++attempt_;  // a connect or read still out for the resume stops here
+    if (up_) {
+      up_->io.stream()->reset("watch ended");
+      up_.reset();
+    }
+    write_response(nullptr, false, {}, true);
   }
 
   // ---- end of an exchange ---------------------------------------------------
@@ -853,6 +1053,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (closing_) return;
     closing_ = true;
     cancel_timer();
+    resume_timer_.cancel();
     release_upstream();
     auto self = shared_from_this();
     in_.stream()->async_shutdown_send([self](error_code ec) {
@@ -1045,8 +1246,18 @@ class Session : public std::enable_shared_from_this<Session> {
   UpstreamConnector connector_;
   Limits limits_;
   std::shared_ptr<spdlog::logger> log_;
+  Recovery recovery_;
   asio::steady_timer timer_;
+  asio::steady_timer resume_timer_;  // backoff between attempts to resume a watch
   std::string peer_;
+
+  // The current request's watch, when it is one and watches resume.
+  std::optional<WatchEventLines> watch_;
+  bool watch_live_ = false;  // its response is followed line by line
+  bool resuming_ = false;    // between a break and the resumed response's head
+  Clock::time_point resume_deadline_;
+  std::chrono::milliseconds backoff_{};
+  std::string resume_wire_, resume_body_, error_event_;
 
   beast::flat_buffer in_buf_;
   std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
@@ -1080,12 +1291,13 @@ class Session : public std::enable_shared_from_this<Session> {
 }  // namespace
 
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-           Limits limits, std::shared_ptr<spdlog::logger> logger) {
+           Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery) {
   if (!inbound || !policy || !connector) {
     if (inbound) inbound->reset("forwarding engine misconfigured");
     return;
   }
-  std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger))
+  std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
+                            recovery)
       ->start();
 }
 

@@ -122,9 +122,9 @@ inline std::shared_ptr<spdlog::logger> debug_logger() {
 class Front {
  public:
   Front(asio::io_context& io, std::shared_ptr<http::ForwardPolicy> policy, http::UpstreamConnector connector,
-        http::Limits limits = {})
+        http::Limits limits = {}, http::Recovery recovery = {})
       : io_(io), acceptor_(io, {asio::ip::make_address("127.0.0.1"), 0}), policy_(std::move(policy)),
-        connector_(std::move(connector)), limits_(limits) {
+        connector_(std::move(connector)), limits_(limits), recovery_(recovery) {
     accept();
   }
   ~Front() {
@@ -147,7 +147,7 @@ class Front {
     acceptor_.async_accept(asio::make_strand(io_), [this](error_code ec, tcp::socket s) {
       if (ec) return;
       http::serve(io_, std::make_shared<TcpStream>(std::move(s), inbound_writes, inbound_reads), policy_, connector_, limits_,
-                  debug_logger());
+                  debug_logger(), recovery_);
       accept();
     });
   }
@@ -156,6 +156,7 @@ class Front {
   std::shared_ptr<http::ForwardPolicy> policy_;
   http::UpstreamConnector connector_;
   http::Limits limits_;
+  http::Recovery recovery_;
 };
 
 // A plain TCP connector to 127.0.0.1:port that counts its calls.

@@ -114,10 +114,30 @@ struct Limits {
   std::chrono::seconds first_byte_timeout{30};
 };
 
+// What an exchange does when its upstream breaks (the local proxy: the
+// tunnel session went away with a relay replica; the connector opens the
+// next stream on a new session). Off by default: the agent's upstream is the
+// API server itself.
+struct Recovery {
+  // A GET or HEAD whose upstream failed before a byte of the response went
+  // to the client is sent once more on a new upstream. Other methods get a
+  // 502 Status saying the upstream was lost, since they may have been applied.
+  bool retry_safe = false;
+  // A Kubernetes watch (JSON events) whose upstream broke mid-response is
+  // re-issued from the resourceVersion of the last event delivered, and its
+  // events continue in the same response (see watch_resume.hpp).
+  bool resume_watches = false;
+  // How long one break may be retried (with backoff) before the response is
+  // ended cleanly, as an API server ends a watch at its timeout.
+  std::chrono::milliseconds resume_for{30000};
+  std::chrono::milliseconds first_backoff{100}, max_backoff{5000};
+};
+
 // Serves HTTP/1.1 on `inbound` until it closes; runs on its own strand of `io`.
 // One upstream connection per inbound connection, opened on the first
 // forwarded request and reopened when it closed.
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
-           UpstreamConnector connector, Limits limits, std::shared_ptr<spdlog::logger> logger);
+           UpstreamConnector connector, Limits limits, std::shared_ptr<spdlog::logger> logger,
+           Recovery recovery = {});
 
 }  // namespace clusterconnect::http

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# A relay replica killed with -9 under a running kubectl: three replicas on a
+# real etcd behind one balanced address, the proxy's session on one of them.
+# kubectl get -w keeps its watch (every object created after the kill arrives
+# exactly once, none twice) and a loop of kubectl get ns across the kill has
+# no failed command. Usage: replica_death_test.sh BIN_DIR
+set -uo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="${1:?usage: replica_death_test.sh BIN_DIR}"
+command -v etcd >/dev/null || { echo "SKIP  etcd is not installed (apt-get install etcd-server)"; exit 77; }
+command -v haproxy >/dev/null || { echo "SKIP  haproxy is not installed (scripts/setup.sh installs it)"; exit 77; }
+work="$(mktemp -d /tmp/cc-replica-death.XXXXXX)"
+sandbox="$work/sandbox"
+pids=()
+failures=0
+
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
+  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
+}
+trap cleanup EXIT
+
+pass() { printf 'PASS  %s\n' "$1"; }
+fail() {
+  printf 'FAIL  %s\n' "$1"; shift
+  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -30
+  failures=$((failures + 1))
+}
+check() {
+  local name="$1" want="$2"; shift 2
+  local out rc
+  out="$(timeout 30 "$@" 2>&1)"; rc=$?
+  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
+}
+wait_file() {
+  for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done
+  return 1
+}
+# wait_line FILE TEXT [SECONDS]: waits until FILE contains TEXT.
+wait_line() {
+  local deadline=$((SECONDS + ${3:-60}))
+  while [ $SECONDS -lt $deadline ]; do grep -qsF -- "$2" "$1" && return 0; sleep 0.1; done
+  return 1
+}
+# wait_count FILE PATTERN N [SECONDS]: waits until N lines of FILE match PATTERN.
+wait_count() {
+  local deadline=$((SECONDS + ${4:-60}))
+  while [ $SECONDS -lt $deadline ]; do
+    local c; c="$(grep -cE -- "$2" "$1" 2>/dev/null)"
+    [ "${c:-0}" -ge "$3" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); console.log(v[process.argv[2]])' "$1" "$2"; }
+
+SANDBOX_REPLICAS=3 SANDBOX_REPLICA_TTL=2 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
+# shellcheck disable=SC1091
+source "$sandbox/env.sh"
+state="$sandbox/state"
+
+# Objects are created straight at the stand-in API server, as its admin: they
+# do not depend on the chain under test.
+admin_token="$(node -e 'const t=JSON.parse(require("fs").readFileSync(process.argv[1])).tokens.find(t=>t.user==="sandbox-admin"); console.log(t.token)' "$state/apiserver-tokens.json")"
+admin=(kubectl --server "https://127.0.0.1:$(json "$state/apiserver.ready" port)"
+  --certificate-authority "$state/apiserver-ca.crt" --token "$admin_token")
+check "the stand-in API server answers its admin directly" "default" "${admin[@]}" get ns
+
+kc="$work/kubeconfig"
+"$bin/connectedk8s" proxy -n demo -g sandbox -f "$kc" --port 0 --ready-file "$work/proxy.ready" \
+  >"$work/proxy.out" 2>"$work/proxy.err" &
+pids+=($!)
+if wait_file "$work/proxy.ready"; then pass "proxy starts against three replicas"; else
+  fail "proxy starts against three replicas" "$(cat "$work/proxy.err")"; exit 1; fi
+export KUBECONFIG="$kc"
+check "kubectl get ns through the balanced replicas" "default" kubectl get ns
+
+# The replica that carries the proxy's session is the one that paired its
+# rendezvous (the proxy holds one session).
+paired() {
+  curl -s --max-time 10 "http://127.0.0.1:$(json "$state/relay-$1.ready" metrics_port)/metrics" |
+    awk '$1 == "clusterconnect_relay_rendezvous_total{outcome=\"paired\"}" { print $2 + 0; found = 1 } END { if (!found) print 0 }'
+}
+victim=-1 total=0 before=()
+for i in 0 1 2; do
+  before[$i]="$(paired $i)"
+  total=$((total + before[i]))
+  [ "${before[$i]}" -gt 0 ] && victim=$i
+done
+if [ "$total" -eq 1 ] && [ "$victim" -ge 0 ]; then pass "one replica (r$victim) carries the proxy's session"; else
+  fail "one replica carries the proxy's session" "paired per replica: ${before[*]}"; exit 1; fi
+
+# A watch, established (an object created now reaches it) before the kill.
+timeout 300 kubectl get ns -w -o jsonpath='{.metadata.name} {.metadata.resourceVersion}{"\n"}' \
+  >"$work/watch.out" 2>"$work/watch.err" &
+watch_pid=$!
+pids+=($watch_pid)
+wait_line "$work/watch.out" "default " || fail "the watch lists the namespaces" "$(cat "$work/watch.err")"
+"${admin[@]}" create ns before-kill >/dev/null
+if wait_line "$work/watch.out" "before-kill "; then pass "the watch is open before the kill"; else
+  fail "the watch is open before the kill" "$(cat "$work/watch.out" "$work/watch.err")"; fi
+
+# kubectl get ns in a loop across the kill: each iteration notes whether it
+# started after the kill. Bounded in count; stopped by a file.
+(
+  for i in $(seq 1 400); do
+    [ -e "$work/stop-loop" ] && break
+    after=0; [ -e "$work/killed" ] && after=1
+    if timeout 60 kubectl get ns >/dev/null 2>>"$work/loop.err"; then echo "ok $after" >>"$work/loop.out"
+    else echo "FAIL $after $i" >>"$work/loop.out"; fi
+  done
+) &
+loop_pid=$!
+pids+=($loop_pid)
+wait_count "$work/loop.out" '^ok 0' 2 || fail "the kubectl loop runs before the kill" "$(cat "$work/loop.err")"
+
+kill -KILL "$(cat "$sandbox/pids/relay-$victim.pid")"
+touch "$work/killed"
+for n in 1 2 3 4 5; do "${admin[@]}" create ns "after-kill-$n" >/dev/null; done
+"${admin[@]}" create ns last-one >/dev/null
+if wait_line "$work/watch.out" "last-one " 90; then pass "the watch delivers objects created after the kill"; else
+  fail "the watch delivers objects created after the kill" "$(cat "$work/watch.out" "$work/watch.err")"; fi
+kill -0 "$watch_pid" 2>/dev/null && pass "kubectl get -w is still running" ||
+  fail "kubectl get -w is still running" "$(cat "$work/watch.err")"
+missing=() twice=()
+for n in after-kill-1 after-kill-2 after-kill-3 after-kill-4 after-kill-5 last-one; do
+  c="$(grep -c "^$n " "$work/watch.out")"
+  [ "$c" -eq 0 ] && missing+=("$n")
+  [ "$c" -gt 1 ] && twice+=("$n")
+done
+dups="$(sort "$work/watch.out" | uniq -d)"
+if [ ${#missing[@]} -eq 0 ] && [ ${#twice[@]} -eq 0 ] && [ -z "$dups" ]; then
+  pass "every object created after the kill arrived exactly once, no event twice"
+else fail "every object created after the kill arrived exactly once, no event twice" \
+  "missing: ${missing[*]}" "more than once: ${twice[*]}" "duplicate lines: $dups" "$(cat "$work/watch.out")"; fi
+if grep -q "resumed" "$work/proxy.err"; then pass "the proxy resumed the watch on a new session"; else
+  fail "the proxy resumed the watch on a new session" "$(tail -20 "$work/proxy.err")"; fi
+
+wait_count "$work/loop.out" '^ok 1' 3 90 || true
+touch "$work/stop-loop"
+wait "$loop_pid" 2>/dev/null
+after_kill="$(grep -c ' 1' "$work/loop.out")"
+failed="$(grep -c '^FAIL' "$work/loop.out")"
+if [ "$failed" -eq 0 ] && [ "$after_kill" -ge 3 ]; then
+  pass "kubectl get ns across the kill: $(wc -l <"$work/loop.out") runs, $after_kill after it, none failed"
+else fail "kubectl get ns across the kill has no failed run" "$failed failed, $after_kill after the kill" \
+  "$(cat "$work/loop.out" | tr '\n' ' ')" "$(tail -5 "$work/loop.err")"; fi
+
+survivors=0
+for i in 0 1 2; do [ "$i" -ne "$victim" ] && survivors=$((survivors + $(paired $i))); done
+[ "$survivors" -ge 1 ] && pass "the new session is on a surviving replica" ||
+  fail "the new session is on a surviving replica" "paired on survivors: $survivors"
+
+[ "$failures" -eq 0 ] || { echo "$failures check(s) failed"; exit 1; }
+echo "all checks passed"
