@@ -10,46 +10,11 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: multi_cluster_test.sh BIN_DIR}"
-work="$(mktemp -d /tmp/cc-multi.XXXXXX)"
-sandbox="$work/sandbox"
-pids=()
-failures=0
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
+e2e_begin multi
+cmd_timeout=60
 
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
-  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
-}
-trap cleanup EXIT
-
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"; shift
-  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -20
-  failures=$((failures + 1))
-}
-check() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 60 "$@" 2>&1)"; rc=$?
-  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-check_fails() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 60 "$@" 2>&1)"; rc=$?
-  if [ $rc -ne 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-# wait_file FILE PID: waits (at most 60 s) for FILE while PID is alive.
-wait_file() {
-  for _ in $(seq 1 600); do
-    [ -s "$1" ] && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 # wait_gone PID: waits (at most 30 s) until PID has exited; its status.
 wait_gone() {
   for _ in $(seq 1 300); do

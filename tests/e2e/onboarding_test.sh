@@ -18,29 +18,11 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: onboarding_test.sh BIN_DIR}"
-work="$(mktemp -d /tmp/cc-onboarding.XXXXXX)"
-sandbox="$work/sandbox"
-failures=0
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
+e2e_begin onboarding
+cmd_timeout=60
 
-cleanup() {
-  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
-  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
-}
-trap cleanup EXIT
-
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"; shift
-  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -30
-  failures=$((failures + 1))
-}
-# check NAME WANT CMD...: CMD exits 0 and its output holds WANT.
-check() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 60 "$@" 2>&1)"; rc=$?
-  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
 # check_exit NAME CODE WANT CMD...: CMD exits CODE and its output holds WANT.
 check_exit() {
   local name="$1" code="$2" want="$3"; shift 3

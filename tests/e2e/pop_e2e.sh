@@ -6,41 +6,9 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: pop_e2e.sh BIN_DIR}"
-work="$(mktemp -d /tmp/cc-pop-e2e.XXXXXX)"
-sandbox="$work/sandbox"
-pids=()
-failures=0
-
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
-  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
-}
-trap cleanup EXIT
-
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"; shift
-  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -20
-  failures=$((failures + 1))
-}
-check() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 30 "$@" 2>&1)"; rc=$?
-  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-check_fails() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 30 "$@" 2>&1)"; rc=$?
-  if [ $rc -ne 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-wait_file() {
-  for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done
-  return 1
-}
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
+e2e_begin pop-e2e
 
 # The sandbox's cluster is demo in resource group sandbox of scripts/sandbox.sh's
 # subscription; the agent is told its resource ID in another letter case, as

@@ -17,46 +17,10 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal|foreign-agent}"
 mode="${2:?usage: proxy_client_test.sh BIN_DIR lifecycle|renewal|foreign-agent}"
-work="$(mktemp -d /tmp/cc-proxy.XXXXXX)"
-sandbox="$work/sandbox"
-pids=()
-failures=0
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
+e2e_begin proxy
 
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
-  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
-}
-trap cleanup EXIT
-
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"; shift
-  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -20
-  failures=$((failures + 1))
-}
-check() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 30 "$@" 2>&1)"; rc=$?
-  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-check_fails() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 30 "$@" 2>&1)"; rc=$?
-  if [ $rc -ne 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-# wait_file FILE PID: waits (at most 30 s) for FILE while PID is alive.
-wait_file() {
-  for _ in $(seq 1 300); do
-    [ -s "$1" ] && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 # wait_exit PID: the exit status of PID, killing it after 30 s (status 999).
 wait_exit() {
   for _ in $(seq 1 300); do

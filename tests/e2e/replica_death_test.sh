@@ -9,51 +9,10 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: replica_death_test.sh BIN_DIR}"
 command -v etcd >/dev/null || { echo "SKIP  etcd is not installed (apt-get install etcd-server)"; exit 77; }
 command -v haproxy >/dev/null || { echo "SKIP  haproxy is not installed (scripts/setup.sh installs it)"; exit 77; }
-work="$(mktemp -d /tmp/cc-replica-death.XXXXXX)"
-sandbox="$work/sandbox"
-pids=()
-failures=0
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
+e2e_begin replica-death
 
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
-  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
-}
-trap cleanup EXIT
-
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"; shift
-  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -30
-  failures=$((failures + 1))
-}
-check() {
-  local name="$1" want="$2"; shift 2
-  local out rc
-  out="$(timeout 30 "$@" 2>&1)"; rc=$?
-  if [ $rc -eq 0 ] && [[ "$out" == *"$want"* ]]; then pass "$name"; else fail "$name" "exit $rc" "$out"; fi
-}
-wait_file() {
-  for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done
-  return 1
-}
-# wait_line FILE TEXT [SECONDS]: waits until FILE contains TEXT.
-wait_line() {
-  local deadline=$((SECONDS + ${3:-60}))
-  while [ $SECONDS -lt $deadline ]; do grep -qsF -- "$2" "$1" && return 0; sleep 0.1; done
-  return 1
-}
-# wait_count FILE PATTERN N [SECONDS]: waits until N lines of FILE match PATTERN.
-wait_count() {
-  local deadline=$((SECONDS + ${4:-60}))
-  while [ $SECONDS -lt $deadline ]; do
-    local c; c="$(grep -cE -- "$2" "$1" 2>/dev/null)"
-    [ "${c:-0}" -ge "$3" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
 json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); console.log(v[process.argv[2]])' "$1" "$2"; }
 
 SANDBOX_REPLICAS=3 SANDBOX_REPLICA_TTL=2 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
@@ -85,7 +44,7 @@ paired() {
 }
 victim=-1 total=0 before=()
 for i in 0 1 2; do
-  before[$i]="$(paired $i)"
+  before[i]="$(paired "$i")"
   total=$((total + before[i]))
   [ "${before[$i]}" -gt 0 ] && victim=$i
 done
@@ -96,7 +55,7 @@ if [ "$total" -eq 1 ] && [ "$victim" -ge 0 ]; then pass "one replica (r$victim) 
 timeout 300 kubectl get ns -w -o jsonpath='{.metadata.name} {.metadata.resourceVersion}{"\n"}' \
   >"$work/watch.out" 2>"$work/watch.err" &
 watch_pid=$!
-pids+=($watch_pid)
+pids+=("$watch_pid")
 wait_line "$work/watch.out" "default " || fail "the watch lists the namespaces" "$(cat "$work/watch.err")"
 "${admin[@]}" create ns before-kill >/dev/null
 if wait_line "$work/watch.out" "before-kill "; then pass "the watch is open before the kill"; else
@@ -113,7 +72,7 @@ if wait_line "$work/watch.out" "before-kill "; then pass "the watch is open befo
   done
 ) &
 loop_pid=$!
-pids+=($loop_pid)
+pids+=("$loop_pid")
 wait_count "$work/loop.out" '^ok 0' 2 || fail "the kubectl loop runs before the kill" "$(cat "$work/loop.err")"
 
 kill -KILL "$(cat "$sandbox/pids/relay-$victim.pid")"
