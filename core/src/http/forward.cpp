@@ -685,7 +685,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (is_safe_method() && !retried_ && !req_has_body_ && !response_started_) {
         retried_ = true;
         if (log_) log_->info("http {}: upstream lost before the response to {} {}: sending it again", peer_,
-                             head_.method, head_.target.substr(0, head_.target.find('?')));
+                             head_.method, target_path());
         return attempt_request();
       }
       if (!is_safe_method())
@@ -721,10 +721,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void abort_exchange(std::optional<Reply> reply) {
     aborting_ = true;
     resume_timer_.cancel();
-    if (up_) {
-      up_->io.stream()->reset("exchange aborted");
-      up_.reset();
-    }
+    drop_upstream("exchange aborted");
     if (reply && !response_started_) return reply_and_close(std::move(*reply));
     rec_.status = rec_.status ? rec_.status : 499;
     complete_record();
@@ -734,6 +731,16 @@ class Session : public std::enable_shared_from_this<Session> {
   // ---- resuming a watch whose upstream broke -----------------------------------
 
   bool is_safe_method() const { return head_.method == "GET" || head_.method == "HEAD"; }
+
+  // The request's path without its query, for log lines.
+  std::string_view target_path() const { return std::string_view(head_.target).substr(0, head_.target.find('?')); }
+
+  // Resets the current upstream, if any, and lets go of it.
+  void drop_upstream(const char* why) {
+    if (!up_) return;
+    up_->io.stream()->reset(why);
+    up_.reset();
+  }
 
   template <class Fields>
   static std::string_view field_value(const Fields& m, bhttp::field f) {
@@ -753,7 +760,7 @@ class Session : public std::enable_shared_from_this<Session> {
     watch_->discard_partial();
     if (!watch_->resumable()) {
       if (log_) log_->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
-                           peer_, head_.target.substr(0, head_.target.find('?')));
+                           peer_, target_path());
       return end_watch();
     }
     resuming_ = true;
@@ -761,7 +768,7 @@ class Session : public std::enable_shared_from_this<Session> {
     backoff_ = recovery_.first_backoff;
     if (log_)
       log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_,
-                 head_.target.substr(0, head_.target.find('?')), ec.message(),
+                 target_path(), ec.message(),
                  watch_->resource_version().empty() ? std::string("as first asked") : watch_->resource_version());
     resume_connect();
   }
@@ -772,7 +779,7 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_timer_.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
       if (self->log_) self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_,
-                                       self->head_.target.substr(0, self->head_.target.find('?')));
+                                       self->target_path());
       self->end_watch();
     });
     connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
@@ -805,14 +812,11 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void retry_resume(const std::string& why) {
     log_failure({}, "resuming the watch: " + why);
-    if (up_) {
-      up_->io.stream()->reset("watch resume failed");
-      up_.reset();
-    }
+    drop_upstream("watch resume failed");
     ++attempt_;
     if (Clock::now() + backoff_ >= resume_deadline_) {
       if (log_) log_->info("http {}: watch {} could not resume ({}): ending it", peer_,
-                           head_.target.substr(0, head_.target.find('?')), why);
+                           target_path(), why);
       return end_watch();
     }
     resume_timer_.expires_after(backoff_);
@@ -833,12 +837,12 @@ class Session : public std::enable_shared_from_this<Session> {
       resuming_ = false;
       resume_timer_.cancel();
       up_keep_alive_ = p.keep_alive();
-      if (log_) log_->info("http {}: watch {} resumed", peer_, head_.target.substr(0, head_.target.find('?')));
+      if (log_) log_->info("http {}: watch {} resumed", peer_, target_path());
       if (p.is_done()) return write_response(std::move(up), false, watch_->feed({}, true), true);
       return read_response_body(std::move(up), false);
     }
     // An upstream that cannot answer now may answer on the next attempt.
-    if (status < 200 || status == 200 || status == 502 || status == 503 || status == 504)
+    if (status <= 200 || status == 502 || status == 503 || status == 504)
       return retry_resume("answered HTTP " + std::to_string(status));
     // Anything else (410 Gone: the version was compacted) ends the watch
     // with an ERROR event carrying the answer, as an API server would.
@@ -867,12 +871,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void end_watch_with_error(unsigned status) {
     resume_timer_.cancel();
-    if (up_) {
-      up_->io.stream()->reset("watch ended");
-      up_.reset();
-    }
+    drop_upstream("watch ended");
     if (log_) log_->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer_,
-                         head_.target.substr(0, head_.target.find('?')), status);
+                         target_path(), status);
     resuming_ = false;
     error_event_ = watch_error_event(status, resume_body_);
     rec_.bytes_out += error_event_.size();
@@ -885,10 +886,7 @@ class Session : public std::enable_shared_from_this<Session> {
     resuming_ = false;
     watch_live_ = false;
     ++attempt_;  // a connect or read still out for the resume stops here
-    if (up_) {
-      up_->io.stream()->reset("watch ended");
-      up_.reset();
-    }
+    drop_upstream("watch ended");
     write_response(nullptr, false, {}, true);
   }
 

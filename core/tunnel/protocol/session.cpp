@@ -776,11 +776,10 @@ void Session::fill_data(std::vector<std::uint8_t>& message) {
         std::min<std::int64_t>({static_cast<std::int64_t>(s->deficit), static_cast<std::int64_t>(s->write_left),
                                 s->send_credit, m.tunnel_send_credit}));
     if (tail_stream == s->id && message.size() - tail_header - frame_header_size + n <= max_data_payload) {
-      std::vector<std::uint8_t> header;
-      header.reserve(frame_header_size);
-      encode_header(header, FrameType::data, 0, s->id,
-                    static_cast<std::uint32_t>(message.size() - tail_header - frame_header_size + n));
-      std::memcpy(message.data() + tail_header, header.data(), frame_header_size);
+      // Only the length changes: the header's last four bytes, big-endian.
+      const auto length = static_cast<std::uint32_t>(message.size() - tail_header - frame_header_size + n);
+      auto* field = message.data() + tail_header + frame_header_size - 4;
+      for (int i = 0; i < 4; ++i) field[i] = static_cast<std::uint8_t>(length >> (24 - 8 * i));
     } else {
       tail_header = message.size();
       tail_stream = s->id;
