@@ -23,7 +23,15 @@
 #   scripts/bench.sh [--quick] [--rounds N] [--duration S] [--only LIST]
 #                    [--no-scale] [--no-kubectl] [--no-install] [--no-build]
 #                    [--no-doc] [--keep] [--held N] [--watches N] [--agents N] [--profile DIR]
-#                    [--baseline BIN_DIR]
+#                    [--baseline BIN_DIR] [--quiet-max PCT]
+#
+# Every column runs on one TLS suite (TLS 1.3, TLS_AES_128_GCM_SHA256, X25519),
+# pinned for every OpenSSL-based program through OPENSSL_CONF and checked at each
+# server. Before each column's round the machine must be quiet (at most PCT %,
+# default 10, of all CPUs busy over a second); a round after which it is not
+# (other work ran beside it) is repeated, at most twice. report.py pairs the
+# columns round by round: per figure the median ratio of clusterconnect to
+# haproxy-2hop (and to the baseline) with its distribution-free 95 % interval.
 #
 # --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws
 # (direct is always measured: every ratio needs it). --baseline BIN_DIR adds the
@@ -48,7 +56,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 here="$root/scripts/bench"
 bin="$root/build/release/stage/bin"
 
-rounds=3
+rounds=6
 duration=5
 quick=0
 only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws"
@@ -58,6 +66,7 @@ install=1
 build=1
 write_doc=1
 keep=0
+quiet_max=10
 held=1000
 first_get_n=20
 kubectl_n=10
@@ -79,6 +88,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0 ;;
     --no-doc) write_doc=0 ;;
     --keep) keep=1 ;;
+    --quiet-max) quiet_max="$2"; shift ;;
     --watches) watches_opt="$2"; shift ;;
     --agents) agents_opt="$2"; shift ;;
     --held) held_opt="$2"; shift ;;
@@ -166,6 +176,24 @@ mkdir -p "$work/logs"
 chmod 711 "$work"  # nginx workers run as nobody and read the files under www/
 results="$work/results.tsv"
 : >"$results"
+
+# One cipher on every TLS hop of every column: each OpenSSL-based program here
+# (nginx, HAProxy, wrk, curl, Python and clusterconnect's binaries) reads this
+# file at start, so every server offers, and every client asks for, TLS 1.3 with
+# AES-128-GCM and X25519 only. check_pinned_tls below proves it at each server.
+pinned_suite="TLS_AES_128_GCM_SHA256"
+cat >"$work/openssl.cnf" <<EOF
+openssl_conf = bench_init
+[bench_init]
+ssl_conf = bench_ssl
+[bench_ssl]
+system_default = bench_tls
+[bench_tls]
+MinProtocol = TLSv1.3
+Ciphersuites = $pinned_suite
+Groups = X25519
+EOF
+export OPENSSL_CONF="$work/openssl.cnf"
 declare -A PID
 started=()
 sandboxes=()
@@ -224,12 +252,42 @@ wait_file() {
 fail_log() { log "$1"; tail -n 20 "$work/logs/$2.log" >&2 || true; exit 1; }
 # The same without exiting: clusterconnect's parts are optional, the others' figures still count.
 warn_log() { log "$1"; tail -n 20 "$work/logs/$2.log" >&2 || true; return 1; }
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
+# record COLUMN FIGURE VALUE: one measurement. Inside the load rounds it carries
+# the round's tag, so report.py can pair the columns' figures round by round (and
+# a repeated round replaces the one it repeats).
+round_tag=""
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$round_tag" >>"$results"; }
 rss() { python3 "$here/procstat.py" rss "$@"; }
 cpu() { python3 "$here/procstat.py" cpu "$@"; }
 csw() { python3 "$here/procstat.py" csw "$@"; }
 jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); print(v.get(sys.argv[2], "") if v.get(sys.argv[2]) is not None else "")' "$1" "$2"; }
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v) if v else "")' "$@"; }
+# busy_pct: the share of all CPUs busy over one second, in whole percent.
+busy_pct() {
+  python3 - <<'PY'
+import time
+def sample():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f[:8]) - idle, sum(f[:8])
+b0, t0 = sample(); time.sleep(1); b1, t1 = sample()
+print(round(100 * (b1 - b0) / max(1, t1 - t0)))
+PY
+}
+# quiet_wait: waits, at most 60 s, for a quiet machine; 1 if it never came.
+quiet_wait() {
+  local i b
+  for i in $(seq 1 30); do
+    b="$(busy_pct)"
+    [ "$b" -le "$quiet_max" ] && return 0
+    [ "$i" = 1 ] && log "waiting for a quiet machine ($b % busy)"
+    sleep 1
+  done
+  log "the machine stayed busy ($b %): measuring anyway"
+  return 1
+}
+noisy_rounds=0
+repeated_rounds=0
 
 # ---------------------------------------------------------------- backend
 certs="$work/certs"
@@ -409,6 +467,26 @@ check_column() {
 }
 
 for c in "${columns[@]}"; do check_column "$c"; done
+
+# The suite each TLS server picks for a client offering OpenSSL's defaults (AES-256
+# first): only the pinned one may come back. The chains' inner hops run between
+# the same programs under the same configuration.
+check_pinned_tls() {  # NAME PORT
+  local got
+  got="$(env -u OPENSSL_CONF openssl s_client -connect "127.0.0.1:$2" -servername localhost </dev/null 2>/dev/null |
+    awk '/Cipher is/ {print $NF; exit}')"
+  [ "$got" = "$pinned_suite" ] || die "$1 (port $2) negotiated '${got:-nothing}', not the pinned $pinned_suite"
+  tls_servers+=("$1")
+}
+tls_servers=()
+check_pinned_tls nginx "$nginx_port"
+if [ -n "${hp1:-}" ]; then check_pinned_tls "haproxy hop 1" "$hp1"; check_pinned_tls "haproxy hop 2" "$hp2"; fi
+for c in clusterconnect clusterconnect-baseline clusterconnect-ws; do
+  [[ " ${columns[*]} " == *" $c "* ]] || continue
+  port="${URL[$c]##*:}"; check_pinned_tls "$c proxy" "${port%%/*}"
+done
+tls_note="TLS 1.3, $pinned_suite, X25519 on every hop (checked at: $(IFS=,; echo "${tls_servers[*]}" | sed 's/,/, /g'))"
+log "$tls_note"
 log "every path answers; warming up"
 for c in "${columns[@]}"; do wrk_run "$c" "$work/logs/warm-$c.txt" -t1 -c4 -d1s; done
 : >"$results"  # warm-up errors do not count
@@ -467,72 +545,87 @@ log "load: $rounds round(s) of ${duration}s runs, interleaved over: ${columns[*]
 hol_urls=()
 for ((r = 1; r <= rounds; r++)); do
   for c in "${columns[@]}"; do
-    log "round $r: $c"
-    o="$work/logs/r$r-$c"
-    # 1. small GET latency on one connection
-    wrk_run "$c" "$o-lat.txt" -t1 -c1 -d"${duration}s" --latency
-    record "$c" p50_ms "$(wrk_ms "$o-lat.txt" 50)"
-    record "$c" p99_ms "$(wrk_ms "$o-lat.txt" 99)"
-    # 2. throughput at 64 connections
-    wrk_run "$c" "$o-rps.txt" -t2 -c64 -d"${duration}s"
-    record "$c" rps "$(awk '/Requests\/sec/{print $2}' "$o-rps.txt")"
-    # 3. bulk, with the intermediaries' CPU time around it
-    # shellcheck disable=SC2086
-    [ -n "${IPIDS[$c]}" ] && cpu0="$(cpu ${IPIDS[$c]})"
-    declare -A part_cpu0=() part_csw0=() part_pids=()
-    if [ -n "${CC_SB[$c]:-}" ]; then
-      part_pids=([relay]="$(cat "${CC_SB[$c]}/pids/relay.pid")" [agent]="$(cat "${CC_SB[$c]}/pids/agent.pid")"
-                 [proxy]="${PID[${CC_PROXY[$c]}]}")
-      for part in relay agent proxy; do
-        part_cpu0[$part]="$(cpu "${part_pids[$part]}")"; part_csw0[$part]="$(csw "${part_pids[$part]}")"
-      done
-    fi
-    read -r speed size code < <(curl_c "$c" -o /dev/null --max-time 120 -w '%{speed_download} %{size_download} %{http_code}\n' \
-      "${URL[$c]}$bulk_path" || echo "0 0 000")
-    if [ "$code" = 200 ] && [ "$size" = "$bulk_bytes" ]; then
-      record "$c" bulk_mbps "$(python3 -c "print(round($speed/1e6, 1))")"
-      if [ -n "${IPIDS[$c]}" ]; then
-        # shellcheck disable=SC2086
-        record "$c" cpu_s_per_gib "$(python3 -c "print(round(($(cpu ${IPIDS[$c]})-$cpu0)/($size/2**30), 2))")"
+    for attempt in 1 2 3; do
+      quiet_wait || true
+      round_tag="$r"
+      log "round $r: $c"
+      o="$work/logs/r$r-$c"
+      # 1. small GET latency on one connection
+      wrk_run "$c" "$o-lat.txt" -t1 -c1 -d"${duration}s" --latency
+      record "$c" p50_ms "$(wrk_ms "$o-lat.txt" 50)"
+      record "$c" p99_ms "$(wrk_ms "$o-lat.txt" 99)"
+      # 2. throughput at 64 connections
+      wrk_run "$c" "$o-rps.txt" -t2 -c64 -d"${duration}s"
+      record "$c" rps "$(awk '/Requests\/sec/{print $2}' "$o-rps.txt")"
+      # 3. bulk, with the intermediaries' CPU time around it
+      # shellcheck disable=SC2086
+      [ -n "${IPIDS[$c]}" ] && cpu0="$(cpu ${IPIDS[$c]})"
+      declare -A part_cpu0=() part_csw0=() part_pids=()
+      if [ -n "${CC_SB[$c]:-}" ]; then
+        part_pids=([relay]="$(cat "${CC_SB[$c]}/pids/relay.pid")" [agent]="$(cat "${CC_SB[$c]}/pids/agent.pid")"
+                   [proxy]="${PID[${CC_PROXY[$c]}]}")
+        for part in relay agent proxy; do
+          part_cpu0[$part]="$(cpu "${part_pids[$part]}")"; part_csw0[$part]="$(csw "${part_pids[$part]}")"
+        done
       fi
-      # Per component: CPU and context switches (sleeps and wake-ups) per GiB.
-      for part in "${!part_pids[@]}"; do
-        record "$c" "detail_${part}_cpu_s_per_gib" \
-          "$(python3 -c "print(round(($(cpu "${part_pids[$part]}")-${part_cpu0[$part]})/($size/2**30), 3))")"
-        record "$c" "detail_${part}_csw_per_gib" \
-          "$(python3 -c "print(round(($(csw "${part_pids[$part]}")-${part_csw0[$part]})/($size/2**30)))")"
+      read -r speed size code < <(curl_c "$c" -o /dev/null --max-time 120 -w '%{speed_download} %{size_download} %{http_code}\n' \
+        "${URL[$c]}$bulk_path" || echo "0 0 000")
+      if [ "$code" = 200 ] && [ "$size" = "$bulk_bytes" ]; then
+        record "$c" bulk_mbps "$(python3 -c "print(round($speed/1e6, 1))")"
+        if [ -n "${IPIDS[$c]}" ]; then
+          # shellcheck disable=SC2086
+          record "$c" cpu_s_per_gib "$(python3 -c "print(round(($(cpu ${IPIDS[$c]})-$cpu0)/($size/2**30), 2))")"
+        fi
+        # Per component: CPU and context switches (sleeps and wake-ups) per GiB.
+        for part in "${!part_pids[@]}"; do
+          record "$c" "detail_${part}_cpu_s_per_gib" \
+            "$(python3 -c "print(round(($(cpu "${part_pids[$part]}")-${part_cpu0[$part]})/($size/2**30), 3))")"
+          record "$c" "detail_${part}_csw_per_gib" \
+            "$(python3 -c "print(round(($(csw "${part_pids[$part]}")-${part_csw0[$part]})/($size/2**30)))")"
+        done
+      else
+        log "$c: bulk transfer failed (HTTP $code, $size bytes)"
+      fi
+      # 4. first GET on a new client connection (TCP + TLS handshake + request)
+      times=()
+      for i in $(seq 1 "$first_get_n"); do
+        times+=("$(curl_c "$c" -o /dev/null --max-time 10 -w '%{time_total}' "${URL[$c]}$small_path" || echo 10)")
       done
-    else
-      log "$c: bulk transfer failed (HTTP $code, $size bytes)"
-    fi
-    # 4. first GET on a new client connection (TCP + TLS handshake + request)
-    times=()
-    for i in $(seq 1 "$first_get_n"); do
-      times+=("$(curl_c "$c" -o /dev/null --max-time 10 -w '%{time_total}' "${URL[$c]}$small_path" || echo 10)")
+      record "$c" first_get_ms "$(python3 -c "import statistics,sys; print(round(1000*statistics.median(map(float, sys.argv[1:])), 3))" "${times[@]}")"
+      # 5. small-request latency while a bulk transfer runs on another connection
+      #    (for ssh-R and clusterconnect: another stream of the same tunnel)
+      hol_urls=()
+      for i in $(seq 1 64); do hol_urls+=(-o /dev/null "${URL[$c]}$bulk_path"); done
+      curl_exec "$c" --max-time $((duration + 20)) "${hol_urls[@]}" >/dev/null 2>&1 &
+      bulk_pid=$!; started+=("$bulk_pid")
+      sleep 0.5
+      wrk_run "$c" "$o-hol.txt" -t1 -c1 -d"${duration}s" --latency
+      kill -0 "$bulk_pid" 2>/dev/null || log "$c: the background bulk ended before the latency run did"
+      stop_pid "$bulk_pid"
+      record "$c" hol_p50_ms "$(wrk_ms "$o-hol.txt" 50)"
+      record "$c" hol_p99_ms "$(wrk_ms "$o-hol.txt" 99)"
+      # 6. the same with the bulk reader throttled to 50 MB/s: the bulk's bytes now
+      #    queue in every buffer and window along the path, and CPU is left over, so
+      #    what shows is whether a small response must wait behind them.
+      curl_exec "$c" --limit-rate 50M --max-time $((duration + 20)) "${hol_urls[@]}" >/dev/null 2>&1 &
+      bulk_pid=$!; started+=("$bulk_pid")
+      sleep 0.5
+      wrk_run "$c" "$o-hol-slow.txt" -t1 -c1 -d"${duration}s" --latency
+      stop_pid "$bulk_pid"
+      record "$c" holslow_p50_ms "$(wrk_ms "$o-hol-slow.txt" 50)"
+      record "$c" holslow_p99_ms "$(wrk_ms "$o-hol-slow.txt" 99)"
+      round_tag=""
+      # Work that still runs once the round is over most likely ran beside it.
+      b="$(busy_pct)"
+      [ "$b" -le "$quiet_max" ] && break
+      noisy_rounds=$((noisy_rounds + 1))
+      if [ "$attempt" -lt 3 ]; then
+        repeated_rounds=$((repeated_rounds + 1))
+        log "round $r: $c ran beside other work ($b % busy after it): repeating it"
+      else
+        log "round $r: $c ran beside other work ($b % busy after it) three times: keeping the last"
+      fi
     done
-    record "$c" first_get_ms "$(python3 -c "import statistics,sys; print(round(1000*statistics.median(map(float, sys.argv[1:])), 3))" "${times[@]}")"
-    # 5. small-request latency while a bulk transfer runs on another connection
-    #    (for ssh-R and clusterconnect: another stream of the same tunnel)
-    hol_urls=()
-    for i in $(seq 1 64); do hol_urls+=(-o /dev/null "${URL[$c]}$bulk_path"); done
-    curl_exec "$c" --max-time $((duration + 20)) "${hol_urls[@]}" >/dev/null 2>&1 &
-    bulk_pid=$!; started+=("$bulk_pid")
-    sleep 0.5
-    wrk_run "$c" "$o-hol.txt" -t1 -c1 -d"${duration}s" --latency
-    kill -0 "$bulk_pid" 2>/dev/null || log "$c: the background bulk ended before the latency run did"
-    stop_pid "$bulk_pid"
-    record "$c" hol_p50_ms "$(wrk_ms "$o-hol.txt" 50)"
-    record "$c" hol_p99_ms "$(wrk_ms "$o-hol.txt" 99)"
-    # 6. the same with the bulk reader throttled to 50 MB/s: the bulk's bytes now
-    #    queue in every buffer and window along the path, and CPU is left over, so
-    #    what shows is whether a small response must wait behind them.
-    curl_exec "$c" --limit-rate 50M --max-time $((duration + 20)) "${hol_urls[@]}" >/dev/null 2>&1 &
-    bulk_pid=$!; started+=("$bulk_pid")
-    sleep 0.5
-    wrk_run "$c" "$o-hol-slow.txt" -t1 -c1 -d"${duration}s" --latency
-    stop_pid "$bulk_pid"
-    record "$c" holslow_p50_ms "$(wrk_ms "$o-hol-slow.txt" 50)"
-    record "$c" holslow_p99_ms "$(wrk_ms "$o-hol-slow.txt" 99)"
   done
 done
 
@@ -761,6 +854,10 @@ meta="$work/meta.tsv"
   [ "$need_cc" = 1 ] && printf 'clusterconnect\t%s (%s)\n' "$("$bin/connectedk8s" --version 2>/dev/null | head -1)" \
     "$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- core plugins agent relay 2>/dev/null || echo ', with uncommitted changes')"
   printf 'rounds\t%s\n' "$rounds"
+  printf 'repeated_rounds\t%s\n' "$repeated_rounds"
+  printf 'noisy_rounds\t%s\n' "$noisy_rounds"
+  printf 'quiet_max\t%s\n' "$quiet_max"
+  printf 'tls\t%s\n' "${tls_note:-}"
   printf 'duration\t%s\n' "$duration"
   printf 'held\t%s\n' "$held"
   printf 'columns\t%s\n' "${columns[*]}"

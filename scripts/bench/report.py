@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Turns bench.sh's raw results into the table: medians per column, ratio to direct.
+"""Turns bench.sh's raw results into tables: medians per column with the ratio to direct,
+and clusterconnect paired round by round with haproxy-2hop and the baseline.
 
   report.py --results results.tsv --meta meta.tsv [--doc docs/benchmarks.md]
 
-results.tsv has one line per measurement: column, figure, value. The table goes to
+results.tsv has one line per measurement: column, figure, value and, from the load
+rounds, the round's tag. The tables go to
 stdout; with --doc the part of the document between the bench markers is replaced
 (the hand-written rest of the document stays).
 """
 import argparse
 import collections
+import math
 import os
 import statistics
 
@@ -37,17 +40,94 @@ ROWS = [
 
 
 def load(path):
-    data = collections.defaultdict(list)
+    """(column, figure) -> values, and (column, figure) -> {round: value}.
+
+    A line is column, figure, value and, from the load rounds, the round's tag; a
+    repeated round's figures replace the earlier attempt's.
+    """
+    untagged = collections.defaultdict(list)
+    by_round = collections.defaultdict(dict)
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3 or parts[2] == "":
+            if len(parts) not in (3, 4) or parts[2] == "":
                 continue
             try:
-                data[(parts[0], parts[1])].append(float(parts[2]))
+                value = float(parts[2])
             except ValueError:
-                pass
-    return data
+                continue
+            key = (parts[0], parts[1])
+            if len(parts) == 4 and parts[3]:
+                by_round[key][parts[3]] = value
+            else:
+                untagged[key].append(value)
+    data = collections.defaultdict(list)
+    for key in set(untagged) | set(by_round):
+        data[key] = list(by_round.get(key, {}).values()) + untagged.get(key, [])
+    return data, by_round
+
+
+def binom_cdf(k, n):
+    """P(X <= k) for X ~ Binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(0, k + 1)) / 2 ** n
+
+
+def median_interval(values, level=0.95):
+    """The median of `values` and a distribution-free interval for it.
+
+    The interval is [x(k), x(n+1-k)] of the sorted values, with k the largest rank
+    whose coverage 1 - 2 P(X <= k-1), X ~ Binomial(n, 1/2), is still at least
+    `level`; with too few values for that, the whole range and its (lower)
+    coverage. Returns (median, low, high, coverage).
+    """
+    v = sorted(values)
+    n = len(v)
+    k = 1
+    while k + 1 <= (n + 1) // 2 and 1 - 2 * binom_cdf(k, n) >= level:
+        k += 1
+    coverage = 1 - 2 * binom_cdf(k - 1, n)
+    return statistics.median(v), v[k - 1], v[n - k], coverage
+
+
+def paired_ratios(by_round, col, ref, fig):
+    """clusterconnect's figure over the reference's, round by round."""
+    a, b = by_round.get((col, fig), {}), by_round.get((ref, fig), {})
+    return [a[r] / b[r] for r in sorted(set(a) & set(b)) if b[r] > 0]
+
+
+def verdict(low, high, higher_is_better):
+    """'beats' only when the whole interval lies on the better side of 1."""
+    if (low > 1 if higher_is_better else high < 1):
+        return "beats"
+    if (high < 1 if higher_is_better else low > 1):
+        return "behind"
+    return "not resolved (the interval holds 1)"
+
+
+# The figures measured in every round, for the paired comparisons.
+PAIRED = ["p50_ms", "p99_ms", "rps", "bulk_mbps", "cpu_s_per_gib", "hol_p50_ms", "hol_p99_ms",
+          "holslow_p50_ms", "holslow_p99_ms", "first_get_ms"]
+HIGHER_IS_BETTER = {"rps", "bulk_mbps"}
+
+
+def comparison(data, by_round, col, ref, title):
+    labels = {fig: label for fig, label, _, _ in ROWS}
+    out = []
+    for fig in PAIRED:
+        ratios = paired_ratios(by_round, col, ref, fig)
+        if not ratios:
+            continue
+        m, lo, hi, cov = median_interval(ratios)
+        judged = verdict(lo, hi, fig in HIGHER_IS_BETTER) if cov >= 0.95 else "too few rounds for 95 %"
+        out.append(f"| {labels[fig]} | {m:.2f} | {lo:.2f} – {hi:.2f} ({100 * cov:.0f} %) | {len(ratios)} | {judged} |")
+    held = [(data.get((col, "kb_per_conn")) or [None])[0], (data.get((ref, "kb_per_conn")) or [None])[0]]
+    if held[0] is not None and held[1]:
+        r = held[0] / held[1]
+        out.append(f"| {labels['kb_per_conn']} | {r:.2f} | one hold, no interval | 1 | "
+                   f"{'beats' if r < 1 else 'behind'} |")
+    if not out:
+        return []
+    return ["", f"| {title} | median ratio | interval | rounds | verdict |", "|---|---|---|---|---|"] + out
 
 
 def fmt(v, decimals):
@@ -64,7 +144,7 @@ def main():
     ap.add_argument("--meta", required=True)
     ap.add_argument("--doc")
     a = ap.parse_args()
-    data = load(a.results)
+    data, by_round = load(a.results)
     meta = {}
     with open(a.meta) as f:
         for line in f:
@@ -139,6 +219,8 @@ def main():
         out.append("| scale (clusterconnect) | value |")
         out.append("|---|---|")
         out.extend(scale)
+    out.extend(comparison(data, by_round, "clusterconnect", "haproxy-2hop", "clusterconnect / haproxy-2hop"))
+    out.extend(comparison(data, by_round, "clusterconnect", "clusterconnect-baseline", "clusterconnect / baseline"))
     if notes:
         out.append("")
         out.extend(f"- {n}" for n in notes)
@@ -151,8 +233,15 @@ def main():
         f"wrk {meta.get('wrk', '?')}, curl {meta.get('curl', '?')}, kubectl {meta.get('kubectl', '?')}"
         + (f", clusterconnect {meta['clusterconnect']}" if meta.get("clusterconnect") else "") + ".",
         f"{meta.get('rounds', '?')} interleaved round(s) of {meta.get('duration', '?')} s load runs, medians; "
-        f"memory from one hold of {meta.get('held', '?')} connections. Ratios are to direct.",
+        f"memory from one hold of {meta.get('held', '?')} connections. Ratios in the first table are to direct; "
+        "the paired tables take each round's ratio and give the median with a distribution-free interval "
+        "(order statistics of the rounds, coverage in brackets).",
     ]
+    if meta.get("tls"):
+        header.append(meta["tls"] + ".")
+    if meta.get("repeated_rounds") not in (None, "", "0"):
+        header.append(f"{meta['repeated_rounds']} column round(s) repeated because other work ran beside them "
+                      f"(more than {meta.get('quiet_max', '?')} % of the CPUs busy after the round).")
     print(table)
     if a.doc:
         block = "\n".join([BEGIN, "", "\n".join(header), "", table, "", END])
