@@ -5,9 +5,8 @@ and clusterconnect paired round by round with haproxy-2hop and the baseline.
   report.py --results results.tsv --meta meta.tsv [--doc docs/benchmarks.md]
 
 results.tsv has one line per measurement: column, figure, value and, from the load
-rounds, the round's tag. The tables go to
-stdout; with --doc the part of the document between the bench markers is replaced
-(the hand-written rest of the document stays).
+rounds, the round's tag. The tables go to stdout; with --doc the part of the document
+between the bench markers is replaced (the hand-written rest of the document stays).
 """
 import argparse
 import collections
