@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks: one HTTPS backend (nginx) reached five ways on loopback, measured
+# Benchmarks: one HTTPS backend (nginx) reached in several ways on loopback, measured
 # interleaved round by round, medians reported with their ratio to direct:
 #
 #   direct          client -> nginx
@@ -7,6 +7,8 @@
 #   ssh-R-tuned     the same with a pty session (sets TCP_NODELAY on both ends)
 #                   and aes128-gcm@openssh.com: the peer at its best
 #   haproxy-2hop    client -> HAProxy -> HAProxy -> nginx, each hop TLS, nbthread 1
+#   tcp-splice      client -> HAProxy in TCP mode with splice(2) -> nginx: the floor
+#                   for a relay that moves bytes it does not read (clusterconnect-relay)
 #   clusterconnect  client -> connectedk8s proxy -> relay -> agent -> nginx, with the
 #                   Entra token checked and impersonation added on every request;
 #                   TLS and the mux end to end, the relay splicing (tls transport)
@@ -33,7 +35,7 @@
 # columns round by round: per figure the median ratio of clusterconnect to
 # haproxy-2hop (and to the baseline) with its distribution-free 95 % interval.
 #
-# --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws
+# --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,tcp-splice,clusterconnect,clusterconnect-ws
 # (direct is always measured: every ratio needs it). --baseline BIN_DIR adds the
 # column clusterconnect-baseline: the tls chain from another build's binaries
 # (its stage/bin), measured in the same interleaved rounds, for before/after. --profile DIR only profiles
@@ -59,7 +61,7 @@ bin="$root/build/release/stage/bin"
 rounds=6
 duration=5
 quick=0
-only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,clusterconnect,clusterconnect-ws"
+only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,tcp-splice,clusterconnect,clusterconnect-ws"
 scale=1
 kubectl_figs=1
 install=1
@@ -113,7 +115,7 @@ if [ -n "$profile_dir" ]; then
   mkdir -p "$profile_dir"; profile_dir="$(cd "$profile_dir" && pwd)"
 fi
 columns=()
-for c in direct ssh-R ssh-R-tuned haproxy-2hop clusterconnect clusterconnect-ws; do
+for c in direct ssh-R ssh-R-tuned haproxy-2hop tcp-splice clusterconnect clusterconnect-ws; do
   [[ ",$only," == *",$c,"* || $c == direct ]] && columns+=("$c")
   [ "$c" = clusterconnect ] && [ -n "${baseline_bin:-}" ] && columns+=(clusterconnect-baseline)
 done
@@ -356,10 +358,10 @@ if [[ " ${columns[*]} " == *" ssh-R-tuned "* ]]; then
   start_ssh ssh-R-tuned -tt -c aes128-gcm@openssh.com -- sleep 86400 </dev/null
 fi
 
-# ---------------------------------------------------------------- haproxy-2hop
+# ---------------------------------------------------------------- haproxy-2hop, tcp-splice
+mkdir -p "$work/haproxy"
 if [[ " ${columns[*]} " == *" haproxy-2hop "* ]]; then
   log "starting haproxy-2hop"
-  mkdir -p "$work/haproxy"
   hp2="$(free_port)"; hp1="$(free_port)"
   for hop in 2 1; do
     port_var="hp$hop"; next="$nginx_port"; [ "$hop" = 1 ] && next="$hp2"
@@ -370,6 +372,15 @@ if [[ " ${columns[*]} " == *" haproxy-2hop "* ]]; then
   done
   URL[haproxy-2hop]="https://127.0.0.1:$hp1"; TOKEN[haproxy-2hop]=""; CA[haproxy-2hop]="$certs/ca.crt"
   IPIDS[haproxy-2hop]="${PID[haproxy1]} ${PID[haproxy2]}"
+fi
+if [[ " ${columns[*]} " == *" tcp-splice "* ]]; then
+  log "starting tcp-splice"
+  ts_port="$(free_port)"
+  sed -e "s#@PORT@#$ts_port#g" -e "s#@NEXT@#$nginx_port#g" "$here/haproxy-tcp.cfg.in" >"$work/haproxy/tcp.cfg"
+  spawn haproxy-tcp haproxy -db -f "$work/haproxy/tcp.cfg"
+  wait_port "$ts_port" 10 "${PID[haproxy-tcp]}" || fail_log "haproxy (tcp-splice) did not start" haproxy-tcp
+  URL[tcp-splice]="https://127.0.0.1:$ts_port"; TOKEN[tcp-splice]=""; CA[tcp-splice]="$certs/ca.crt"
+  IPIDS[tcp-splice]="${PID[haproxy-tcp]}"
 fi
 
 # ---------------------------------------------------------------- clusterconnect
