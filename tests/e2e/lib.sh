@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # What the end-to-end scripts share, sourced after they set `root`:
 #   e2e_begin NAME  a work directory /tmp/cc-NAME.XXXXXX with $sandbox in it;
-#                   on exit, the PIDs in `pids` are stopped, the sandbox is
-#                   taken down and the work directory removed (kept on failure)
+#                   on exit, the PIDs in `pids` are stopped, the sandbox (and
+#                   those listed in `sandboxes`) taken down and the work
+#                   directory removed (kept on failure)
 #   pass, fail      PASS/FAIL lines; `failures` counts the failures
 #   check, check_fails NAME WANT CMD...  CMD (bounded by $cmd_timeout seconds)
 #                   succeeds / fails and its output holds WANT
@@ -13,6 +14,7 @@
 : "${root:?set root before sourcing lib.sh}"
 cmd_timeout=30
 pids=()
+sandboxes=()
 failures=0
 
 e2e_begin() {
@@ -25,7 +27,7 @@ e2e_cleanup() {
   local p
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  "$root/scripts/sandbox.sh" down "$sandbox" >/dev/null 2>&1
+  for p in "$sandbox" "${sandboxes[@]}"; do "$root/scripts/sandbox.sh" down "$p" >/dev/null 2>&1; done
   if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
 }
 

@@ -9,29 +9,11 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${1:?usage: relay_blind_test.sh BIN_DIR}"
-work="$(mktemp -d /tmp/cc-blind.XXXXXX)"
-pids=()
-failures=0
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
+e2e_begin blind
+sandboxes=("$work/sandbox-tls" "$work/sandbox-ws")
 
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  "$root/scripts/sandbox.sh" down "$work/sandbox-tls" >/dev/null 2>&1
-  "$root/scripts/sandbox.sh" down "$work/sandbox-ws" >/dev/null 2>&1
-  if [ "$failures" -eq 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
-}
-trap cleanup EXIT
-
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"; shift
-  [ $# -gt 0 ] && printf '      %s\n' "$@" | head -20
-  failures=$((failures + 1))
-}
-wait_file() {
-  for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.1; done
-  return 1
-}
 count() {  # JSON NEEDLE
   python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
