@@ -172,6 +172,25 @@ int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   return t->stop && t->stop->load() ? 1 : 0;
 }
 
+// A JSON POST to etcd's gateway: the body, the reply into `t`, TLS when the
+// endpoint is https (with a client certificate when one is configured).
+void post_json(CURL* curl, const std::string& url, curl_slist* headers, const std::string& payload, Transfer& t,
+               char* errbuf, const std::string& ca_file, const std::string& cert_file, const std::string& key_file) {
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, payload.c_str());
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(payload.size()));
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (!ca_file.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, ca_file.c_str());
+  if (!cert_file.empty()) curl_easy_setopt(curl, CURLOPT_SSLCERT, cert_file.c_str());
+  if (!key_file.empty()) curl_easy_setopt(curl, CURLOPT_SSLKEY, key_file.c_str());
+}
+
 }  // namespace
 
 Result<nlohmann::json> EtcdClient::call(const std::string& path, const nlohmann::json& body) const {
@@ -184,20 +203,8 @@ Result<nlohmann::json> EtcdClient::call(const std::string& path, const nlohmann:
     HeaderList headers(curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
     const std::string url = endpoint + path;
     char errbuf[CURL_ERROR_SIZE] = {};
-    curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
-    curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers.get());
-    curl_easy_setopt(curl.get(), CURLOPT_POSTFIELDS, payload.c_str());
-    curl_easy_setopt(curl.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(payload.size()));
-    curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &t);
-    curl_easy_setopt(curl.get(), CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    post_json(curl.get(), url, headers.get(), payload, t, errbuf, ca_file_, cert_file_, key_file_);
     curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
-    if (!ca_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, ca_file_.c_str());
-    if (!cert_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_SSLCERT, cert_file_.c_str());
-    if (!key_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_SSLKEY, key_file_.c_str());
     CURLcode rc = curl_easy_perform(curl.get());
     if (rc != CURLE_OK) {
       errors += (errors.empty() ? "" : "; ") + endpoint + ": " + (errbuf[0] ? errbuf : curl_easy_strerror(rc));
@@ -308,27 +315,15 @@ EtcdClient::WatchEnd EtcdClient::watch_prefix(
     HeaderList headers(curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
     const std::string url = endpoint + "/v3/watch";
     char errbuf[CURL_ERROR_SIZE] = {};
-    curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
-    curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers.get());
-    curl_easy_setopt(curl.get(), CURLOPT_POSTFIELDS, payload.c_str());
-    curl_easy_setopt(curl.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(payload.size()));
-    curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &t);
+    post_json(curl.get(), url, headers.get(), payload, t, errbuf, ca_file_, cert_file_, key_file_);
     curl_easy_setopt(curl.get(), CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(curl.get(), CURLOPT_XFERINFODATA, &t);
     curl_easy_setopt(curl.get(), CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(curl.get(), CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     // A watch is idle for as long as the registry does not change: TCP
     // keepalive finds a peer that went away.
     curl_easy_setopt(curl.get(), CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(curl.get(), CURLOPT_TCP_KEEPIDLE, 5L);
     curl_easy_setopt(curl.get(), CURLOPT_TCP_KEEPINTVL, 2L);
-    curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
-    if (!ca_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, ca_file_.c_str());
-    if (!cert_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_SSLCERT, cert_file_.c_str());
-    if (!key_file_.empty()) curl_easy_setopt(curl.get(), CURLOPT_SSLKEY, key_file_.c_str());
     CURLcode rc = curl_easy_perform(curl.get());
     if (stop || cancelled || !end.error.empty()) return end;
     if (rc == CURLE_OK) {
