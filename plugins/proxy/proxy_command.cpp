@@ -289,9 +289,11 @@ struct PrivateDir {
 // Stops every refresher before the state its renewals use goes away,
 // whoever holds the last reference.
 struct StopRefreshers {
+  std::shared_ptr<RefreshPool> pool;
   std::vector<std::shared_ptr<Refresher>> all;
   ~StopRefreshers() {
     for (auto& r : all) r->stop();
+    if (pool) pool->shutdown();
   }
 };
 
@@ -490,7 +492,11 @@ int ProxyCommand::run_proxy() {
   // lifetime of a shorter-lived one), whatever --refresh-interval says, and a
   // cluster's relay token at once when the relay refused it.
   using namespace std::chrono_literals;
+  // One pool of renewal threads for every refresher: a few, so that one
+  // cluster's slow renewal does not hold up the others.
+  auto refresh_pool = std::make_shared<RefreshPool>(static_cast<unsigned>(std::min<std::size_t>(4, links.size() + 1)));
   StopRefreshers stop_refreshers;
+  stop_refreshers.pool = refresh_pool;
   if (!token_mode) {
     auto forwarded_issued = std::chrono::system_clock::now();
     stop_refreshers.all.push_back(std::make_shared<Refresher>(
@@ -510,7 +516,8 @@ int ProxyCommand::run_proxy() {
           }
           auto next = renew_at(forwarded_issued, forwarded_expiry, 5min);
           return next <= now ? now + 2s : next;  // failed: try again shortly
-        }));
+        },
+        refresh_pool));
   }
   for (auto& link : links) {
     link.refresher = std::make_shared<Refresher>(
@@ -541,7 +548,8 @@ int ProxyCommand::run_proxy() {
           }
           auto next = renew_at(relay_issued, details->expires_on, 10min);
           return next <= now ? now + 2s : next;
-        });
+        },
+        refresh_pool);
     stop_refreshers.all.push_back(link.refresher);
   }
 

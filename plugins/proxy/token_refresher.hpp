@@ -1,7 +1,9 @@
 #pragma once
 // Keeps the proxy's tokens fresh: the access token it forwards to the cluster
-// and the relay connect token its tunnel presents. Renewals block on HTTP, so
-// they run on the refresher's own thread, never on an I/O thread.
+// and the relay connect token each served cluster's tunnel presents. Renewals
+// block on HTTP, so they run on a small pool of threads of their own, never on
+// an I/O thread; a proxy serving many clusters (--all) shares one pool among
+// all its refreshers instead of a thread per cluster.
 
 #include <chrono>
 #include <condition_variable>
@@ -21,6 +23,44 @@ using SystemTime = std::chrono::system_clock::time_point;
 // was issued, a one-hour one 10 minutes before it expires).
 SystemTime renew_at(SystemTime issued, SystemTime expires, std::chrono::seconds ahead);
 
+// The threads that run refreshers' ticks: each tick when it is due, the
+// earliest first, one tick of a refresher at a time.
+class RefreshPool {
+ public:
+  explicit RefreshPool(unsigned threads);
+  ~RefreshPool();
+  RefreshPool(const RefreshPool&) = delete;
+  RefreshPool& operator=(const RefreshPool&) = delete;
+
+  // Stops the threads once the ticks that run have returned. Idempotent.
+  void shutdown();
+
+ private:
+  friend class Refresher;
+  using Tick = std::function<SystemTime(bool forced)>;
+  struct Entry {
+    Tick tick;
+    std::chrono::seconds max_interval;
+    SystemTime next;
+    bool forced = false;
+    bool running = false;
+    bool stopped = false;
+    std::thread::id runner;
+    std::vector<std::function<void()>> waiting;
+  };
+
+  void add(const std::shared_ptr<Entry>& e);
+  void renew_now(const std::shared_ptr<Entry>& e, std::function<void()> done);
+  void stop(const std::shared_ptr<Entry>& e);
+  void run();
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<Entry>> entries_;
+  bool shutdown_ = false;
+  std::vector<std::thread> threads_;
+};
+
 class Refresher {
  public:
   // `tick(forced)` renews what is due (everything when `forced`) and returns
@@ -29,32 +69,26 @@ class Refresher {
   // once on renew_now().
   using Tick = std::function<SystemTime(bool forced)>;
 
-  Refresher(std::chrono::seconds max_interval, Tick tick);
+  // On `pool`'s threads, or on a thread of its own without one.
+  Refresher(std::chrono::seconds max_interval, Tick tick, std::shared_ptr<RefreshPool> pool = nullptr);
   ~Refresher();
   Refresher(const Refresher&) = delete;
   Refresher& operator=(const Refresher&) = delete;
 
   // Asks for a renewal now, because a token was refused; never blocks.
-  // `done` (may be empty) runs on the refresher's thread after the renewal,
-  // or at once when the refresher has stopped. Requests that arrive while one
-  // renewal runs are answered by the next one.
+  // `done` (may be empty) runs on a pool thread after the renewal, or at once
+  // when the refresher has stopped. Requests that arrive while one renewal
+  // runs are answered by the next one.
   void renew_now(std::function<void()> done);
 
-  // Stops the thread (waits for a running renewal) and answers pending
+  // Waits for a running renewal (unless called from it), answers pending
   // requests; no tick runs afterwards. Idempotent.
   void stop();
 
  private:
-  void run();
-
-  std::chrono::seconds max_interval_;
-  Tick tick_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  bool forced_ = false;
-  std::vector<std::function<void()>> waiting_;
-  std::thread thread_;
+  bool own_pool_;
+  std::shared_ptr<RefreshPool> pool_;
+  std::shared_ptr<RefreshPool::Entry> entry_;
 };
 
 }  // namespace clusterconnect::proxy

@@ -91,3 +91,75 @@ TEST_CASE("refresher: after stop no tick runs and requests are answered at once"
   CHECK(ticks == before);
   r.stop();  // idempotent
 }
+
+TEST_CASE("refresher: many refreshers share a pool of two threads and each is renewed", "[proxy][refresh]") {
+  auto pool = std::make_shared<RefreshPool>(2);
+  constexpr int n = 50;
+  std::atomic<int> first_ticks{0};
+  std::atomic<int> forced_ticks{0};
+  std::atomic<int> running{0};
+  std::atomic<int> most_running{0};
+  std::promise<void> all_started;
+  std::vector<std::unique_ptr<Refresher>> refreshers;
+  for (int i = 0; i < n; ++i)
+    refreshers.push_back(std::make_unique<Refresher>(
+        3600s,
+        [&](bool forced) {
+          const int now_running = ++running;
+          int seen = most_running;
+          while (now_running > seen && !most_running.compare_exchange_weak(seen, now_running)) {
+          }
+          if (forced) ++forced_ticks;
+          else if (++first_ticks == n) all_started.set_value();
+          --running;
+          return std::chrono::system_clock::now() + 1h;
+        },
+        pool));
+  REQUIRE(all_started.get_future().wait_for(30s) == std::future_status::ready);
+  std::atomic<int> answered{0};
+  std::promise<void> all_answered;
+  for (auto& r : refreshers)
+    r->renew_now([&] {
+      if (++answered == n) all_answered.set_value();
+    });
+  REQUIRE(all_answered.get_future().wait_for(30s) == std::future_status::ready);
+  CHECK(forced_ticks == n);
+  CHECK(most_running <= 2);
+  for (auto& r : refreshers) r->stop();
+  pool->shutdown();
+}
+
+TEST_CASE("refresher: stop waits for its running tick while the pool serves the others", "[proxy][refresh]") {
+  auto pool = std::make_shared<RefreshPool>(2);
+  std::promise<void> slow_entered;
+  std::promise<void> release;
+  auto release_f = release.get_future().share();
+  std::atomic<bool> slow_returned{false};
+  Refresher slow(
+      3600s,
+      [&](bool) {
+        slow_entered.set_value();
+        release_f.wait();
+        slow_returned = true;
+        return std::chrono::system_clock::now() + 1h;
+      },
+      pool);
+  REQUIRE(slow_entered.get_future().wait_for(30s) == std::future_status::ready);
+  // The other thread still runs another refresher's tick.
+  std::promise<void> other_ticked;
+  Refresher other(
+      3600s,
+      [&](bool) {
+        other_ticked.set_value();
+        return std::chrono::system_clock::now() + 1h;
+      },
+      pool);
+  REQUIRE(other_ticked.get_future().wait_for(30s) == std::future_status::ready);
+  auto stopped = std::async(std::launch::async, [&] { slow.stop(); });
+  CHECK(stopped.wait_for(50ms) == std::future_status::timeout);  // still inside the tick
+  release.set_value();
+  REQUIRE(stopped.wait_for(30s) == std::future_status::ready);
+  CHECK(slow_returned);
+  other.stop();
+  pool->shutdown();
+}
