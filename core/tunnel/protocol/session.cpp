@@ -71,7 +71,7 @@ struct StreamState {
   bool local_fin = false;
   error_code reset_ec;
   // Sending: the writer's buffers are held until the scheduler takes them.
-  bool ready = false;    // in the session's ring of streams with bytes to send
+  bool ready = false;    // in one of the session's rings of streams with bytes to send
   bool in_turn = false;  // its turn was cut short by the tunnel's credit
   std::size_t deficit = 0;
   std::size_t write_left = 0;   // bytes of write_bufs not yet taken
@@ -102,7 +102,12 @@ struct Session::Impl {
   std::size_t queued_bytes = 0;
   std::vector<std::uint8_t> write_buf;
   bool writing = false;
-  // Streams with bytes to send and credit, in round-robin order.
+  // Streams with bytes to send and credit, in round-robin order. A write
+  // that fits in one turn (a small response, a request, the tail of a
+  // transfer) waits in `brief`, served before the others: it is sent whole in
+  // the next message, however many transfers share the tunnel. Each takes at
+  // most one turn per message, so the transfers keep the rest of it.
+  std::deque<std::shared_ptr<StreamState>> brief;
   std::deque<std::shared_ptr<StreamState>> ready;
 
   // Dialler: the RENEW awaiting its ACK (at most one).
@@ -493,7 +498,7 @@ bool Session::on_window(const Frame& f) {
   if (f.stream == 0) {
     if (m.tunnel_send_credit + inc > max_window) return protocol_error("WINDOW overflow on the tunnel");
     m.tunnel_send_credit += inc;
-    return true;  // the streams waiting for it are still in the ready ring
+    return true;  // the streams waiting for it are still in their rings
   }
   auto it = m.streams.find(f.stream);
   if (it == m.streams.end()) {
@@ -745,10 +750,12 @@ void Session::schedule(const std::shared_ptr<StreamState>& s) {
   s->ready = true;
   s->in_turn = false;
   s->deficit = 0;
-  impl_->ready.push_back(s);
+  const bool fits = s->write_left <= std::clamp<std::size_t>(options_.send_quantum, 1, max_data_payload);
+  (fits ? impl_->brief : impl_->ready).push_back(s);
 }
 
-// Deficit round-robin over the ready streams, appending DATA to `message`.
+// The brief writes first, then deficit round-robin over the other ready
+// streams, appending DATA to `message`.
 // A stream's turn is send_quantum bytes (bytes are divisible, so the deficit
 // carries over only when the tunnel's credit cuts a turn short); the budget is
 // checked between turns, so no turn is split across messages by it.
@@ -762,10 +769,11 @@ void Session::fill_data(std::vector<std::uint8_t>& message) {
   // extends (a stream alone in the ring sends frames of up to 64 KiB).
   std::size_t tail_header = message.size();
   StreamId tail_stream = 0;
-  while (!m.ready.empty() && data < budget && m.tunnel_send_credit > 0 &&
+  while ((!m.brief.empty() || !m.ready.empty()) && data < budget && m.tunnel_send_credit > 0 &&
          message.size() + 2 * (frame_header_size + quantum) <= max_message_size) {
-    auto s = std::move(m.ready.front());
-    m.ready.pop_front();
+    auto& ring = m.brief.empty() ? m.ready : m.brief;
+    auto s = std::move(ring.front());
+    ring.pop_front();
     if (!s->write_handler || s->reset_ec || s->phase != StreamState::Phase::open || s->send_credit <= 0) {
       s->ready = false;
       continue;
@@ -810,7 +818,7 @@ void Session::fill_data(std::vector<std::uint8_t>& message) {
       tail_stream = 0;  // a FIN may follow in the control queue
     } else if (s->deficit > 0) {
       s->in_turn = true;  // cut short by the tunnel's credit: it goes on first
-      m.ready.push_front(std::move(s));
+      ring.push_front(std::move(s));
     } else {
       m.ready.push_back(std::move(s));
     }
@@ -951,7 +959,7 @@ void Session::flush() {
   }
   // Every control frame goes before DATA not yet taken: DATA joins only the
   // last queued message, or one of its own.
-  if (m.queue.empty() && !m.ready.empty()) {
+  if (m.queue.empty() && (!m.brief.empty() || !m.ready.empty())) {
     const bool own = message.empty();
     if (own) ++m.messages_queued;
     const std::size_t before = message.size();
@@ -1070,8 +1078,10 @@ void Session::fail(std::string reason, bool protocol) {
     }
     s->phase = StreamState::Phase::done;
   }
-  for (auto& s : m.ready) s->ready = false;
-  m.ready.clear();
+  for (auto* ring : {&m.brief, &m.ready}) {
+    for (auto& s : *ring) s->ready = false;
+    ring->clear();
+  }
   if (auto cb = std::move(m.renew_cb)) {
     m.renew_cb = nullptr;
     asio::post(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable { cb(asio::error::not_connected, std::move(r)); });

@@ -76,11 +76,12 @@ struct SessionOptions {
   // RST, WINDOW, RENEW|ACK). A peer that sends while never reading would
   // grow the queue without bound: past this the tunnel is closed.
   std::size_t control_queue_limit = 256 * 1024;
-  // Fair sending: streams with bytes to send take turns of send_quantum bytes
-  // (deficit round-robin). A message is built only when the transport is
-  // free, with every queued control frame first and then DATA up to about
+  // Fair sending: a write that fits in one turn of send_quantum bytes goes
+  // whole before the others, which take turns of send_quantum bytes (deficit
+  // round-robin). A message is built only when the transport is free, with
+  // every queued control frame first and then DATA up to about
   // data_message_budget (at most send_queue_limit), so a small request waits
-  // behind at most one turn of a bulk stream, not behind its backlog.
+  // behind no bulk stream's turn or backlog, only the message in flight.
   std::size_t send_quantum = 16 * 1024;
   std::size_t data_message_budget = 128 * 1024;
   std::chrono::milliseconds ping_interval{15000};

@@ -343,3 +343,67 @@ TEST_CASE("fair send: every stream stays within its credit and the tunnel's", "[
     CHECK(rig.data_of(a->id()) + rig.data_of(b->id()) == default_tunnel_window + 1 * MiB);
   }
 }
+
+TEST_CASE("fair send: a small write goes before the turns of many bulk streams", "[session][fair]") {
+  SessionOptions o;
+  Rig rig(o);
+  constexpr int transfers = 12;
+  std::vector<TunnelStreamPtr> bulk;
+  std::vector<std::shared_ptr<WriteResult>> writes;
+  for (int i = 0; i < transfers; ++i) {
+    bulk.push_back(rig.open());
+    rig.grant(bulk.back()->id(), 8 * MiB);
+  }
+  auto small = rig.open();
+  for (auto& b : bulk) writes.push_back(rig.write(*b, 1 * MiB));
+  REQUIRE(rig.st->held_write);
+  // Every transfer has a backlog; two messages on, each has had turns.
+  rig.release();
+  rig.release();
+  REQUIRE(rig.st->held_write);
+  const std::size_t mark = rig.st->written.size();  // the message after the one in flight
+
+  auto tiny = rig.write(*small, 300);
+  REQUIRE(rig.release());
+  // The next message opens with the small write, whole: no bulk turn before it,
+  // though twelve transfers (192 KiB of turns per round) are waiting.
+  std::vector<Sent> next;
+  for (const auto& f : rig.sent())
+    if (f.message == mark && f.type == FrameType::data) next.push_back(f);
+  REQUIRE_FALSE(next.empty());
+  CHECK(next.front().stream == small->id());
+  CHECK(next.front().length == 300);
+  CHECK(tiny->done);
+  // The transfers fill the rest of that message and all finish.
+  CHECK(next.size() > 1);
+  rig.drain();
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    CHECK(writes[i]->done);
+    CHECK(writes[i]->n == 1 * MiB);
+  }
+}
+
+TEST_CASE("fair send: brief writes take one turn each per message and leave the rest to transfers", "[session][fair]") {
+  SessionOptions o;
+  Rig rig(o);
+  auto bulk = rig.open();
+  rig.grant(bulk->id(), 8 * MiB);
+  std::vector<TunnelStreamPtr> chatty;
+  for (int i = 0; i < 4; ++i) chatty.push_back(rig.open());
+  auto big = rig.write(*bulk, 2 * MiB);
+  REQUIRE(rig.st->held_write);
+  const std::size_t mark = rig.st->written.size();
+  std::vector<std::shared_ptr<WriteResult>> small;
+  for (auto& c : chatty) small.push_back(rig.write(*c, 8 * KiB));
+  REQUIRE(rig.release());
+  std::size_t small_bytes = 0, bulk_bytes = 0;
+  for (const auto& f : rig.sent()) {
+    if (f.message != mark || f.type != FrameType::data) continue;
+    (f.stream == bulk->id() ? bulk_bytes : small_bytes) += f.length;
+  }
+  CHECK(small_bytes == 4 * 8 * KiB);
+  CHECK(bulk_bytes > 0);  // the transfer still moves in the same message
+  for (auto& w : small) CHECK(w->done);
+  rig.drain();
+  CHECK(big->done);
+}
