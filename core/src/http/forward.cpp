@@ -463,6 +463,11 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string().swap(res_wire_);
     std::vector<Header>().swap(head_.headers);
     std::vector<std::string_view>().swap(tokens_);
+    watch_.reset();
+    watch_live_ = false;
+    std::string().swap(resume_wire_);
+    std::string().swap(resume_body_);
+    std::string().swap(error_event_);
   }
 
   std::chrono::seconds wait_timeout() const {
