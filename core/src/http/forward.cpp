@@ -54,8 +54,10 @@ constexpr std::size_t kPumpBufferBulk = 256 * 1024;
 // max(512, capacity - size) bytes per call, so an empty buffer would move
 // bodies in 512-byte pieces, each becoming its own write downstream.
 constexpr std::size_t kReadReserve = 16 * 1024;
-// The read that waits for a held connection's next request: small, since it
-// is held for as long as the client keeps the connection open.
+// The read that waits for a held connection's next request (or watches the
+// client during a response) goes into a small buffer of the session's own,
+// so that the read buffer can be released while the client keeps its
+// connection open between requests.
 constexpr std::size_t kIdleRead = 1024;
 // Bytes read and dropped while closing, so a client's unread pipelined data
 // does not turn our close into a reset that destroys the response in flight.
@@ -422,6 +424,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (in_reading_) {
       // The read that watched the client during the last response is still
       // out; it becomes this request's first read (see on_client_read).
+      shed_buffers();
       waiting_request_ = true;
       arm_timer(in_buf_.size() > 0 ? limits_.header_timeout : wait_timeout());
       return;
@@ -438,23 +441,23 @@ class Session : public std::enable_shared_from_this<Session> {
     shed_buffers();
     arm_timer(wait_timeout());
     in_reading_ = true;
-    in_.async_read_some(in_buf_.prepare(kIdleRead), [self = shared_from_this()](error_code ec, std::size_t n) {
+    in_.async_read_some(asio::buffer(peek_), [self = shared_from_this()](error_code ec, std::size_t n) {
       self->in_reading_ = false;
-      self->in_buf_.commit(n);
       if (ec) {
         self->cancel_timer();
         if (ec != asio::error::eof) self->log_failure(ec, "read request");
         return self->close_session();
       }
       self->in_buf_.reserve(kReadReserve);
+      self->take_peeked(n);
       self->arm_timer(self->limits_.header_timeout);
       self->read_request_head();
     });
   }
 
   // A connection held open between requests (kubectl keeps its connections)
-  // keeps no body buffers, heads or large read buffer while it waits: with a
-  // pool it holds nothing else either.
+  // keeps no body buffers, heads or read buffer while it waits: with a pool
+  // it holds nothing else either. Only the read into peek_ may be out.
   void shed_buffers() {
     a_ = PumpBuffer{};
     b_ = PumpBuffer{};
@@ -468,6 +471,11 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string().swap(resume_wire_);
     std::string().swap(resume_body_);
     std::string().swap(error_event_);
+  }
+
+  // Bytes the small read between requests brought, to the read buffer.
+  void take_peeked(std::size_t n) {
+    in_buf_.commit(asio::buffer_copy(in_buf_.prepare(n), asio::buffer(peek_.data(), n)));
   }
 
   std::chrono::seconds wait_timeout() const {
@@ -1164,9 +1172,9 @@ class Session : public std::enable_shared_from_this<Session> {
     // more would wait for bytes the client only sends after our response.
     if (in_buf_.size() > 0) return;
     in_reading_ = true;
-    in_.async_read_some(in_buf_.prepare(4096), [self = shared_from_this()](error_code ec, std::size_t n) {
+    in_.async_read_some(asio::buffer(peek_), [self = shared_from_this()](error_code ec, std::size_t n) {
       self->in_reading_ = false;
-      self->in_buf_.commit(n);
+      self->take_peeked(n);
       self->on_client_read(ec, n);
     });
   }
@@ -1189,6 +1197,7 @@ class Session : public std::enable_shared_from_this<Session> {
         cancel_timer();
         return close_session();
       }
+      in_buf_.reserve(kReadReserve);
       arm_timer(limits_.header_timeout);
       return read_request_head();
     }
@@ -1520,6 +1529,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string resume_wire_, resume_body_, error_event_;
 
   beast::flat_buffer in_buf_;
+  std::array<char, kIdleRead> peek_{};
   std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
   RequestHead head_;
   std::vector<std::string_view> tokens_;
