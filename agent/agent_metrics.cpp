@@ -24,7 +24,7 @@ void AgentMetrics::auth_failure(const std::string& reason) {
   ++auth_failures_[reason];
 }
 
-std::string AgentMetrics::render(unsigned tunnels_up) const {
+std::string AgentMetrics::render(unsigned tunnels_up, const UpstreamCounts& upstream) const {
   std::ostringstream out;
   std::lock_guard lock(mutex_);
   out << "# HELP clusterconnect_agent_requests_total Requests forwarded or answered, by HTTP status code.\n"
@@ -46,7 +46,19 @@ std::string AgentMetrics::render(unsigned tunnels_up) const {
       << "clusterconnect_agent_upgrades_total " << upgrades_ << "\n"
       << "# HELP clusterconnect_agent_tunnels_up Tunnels to the relay that are connected.\n"
          "# TYPE clusterconnect_agent_tunnels_up gauge\n"
-      << "clusterconnect_agent_tunnels_up " << tunnels_up << "\n"
+      << "clusterconnect_agent_tunnels_up " << tunnels_up << "\n";
+  if (upstream.pooled)
+    out << "# HELP clusterconnect_agent_upstream_connections_opened_total Connections opened to the API server.\n"
+           "# TYPE clusterconnect_agent_upstream_connections_opened_total counter\n"
+        << "clusterconnect_agent_upstream_connections_opened_total " << upstream.opened << "\n"
+        << "# HELP clusterconnect_agent_upstream_connections_reused_total Requests sent on an idle API server "
+           "connection taken from the pool.\n"
+           "# TYPE clusterconnect_agent_upstream_connections_reused_total counter\n"
+        << "clusterconnect_agent_upstream_connections_reused_total " << upstream.reused << "\n"
+        << "# HELP clusterconnect_agent_upstream_connections_idle Idle API server connections in the pool.\n"
+           "# TYPE clusterconnect_agent_upstream_connections_idle gauge\n"
+        << "clusterconnect_agent_upstream_connections_idle " << upstream.idle << "\n";
+  out
       << "# HELP clusterconnect_agent_request_duration_seconds Time to the end of the response.\n"
          "# TYPE clusterconnect_agent_request_duration_seconds histogram\n";
   std::uint64_t cumulative = 0;

@@ -12,6 +12,13 @@
 
 namespace clusterconnect::agent {
 
+// The shared pool of API server connections, when there is one.
+struct UpstreamCounts {
+  bool pooled = false;
+  std::uint64_t opened = 0, reused = 0;
+  std::size_t idle = 0;
+};
+
 class AgentMetrics {
  public:
   void request_done(unsigned code, std::chrono::microseconds duration, bool upgraded);
@@ -20,7 +27,7 @@ class AgentMetrics {
   void stream_opened() { streams_active_.fetch_add(1, std::memory_order_relaxed); }
   void stream_closed() { streams_active_.fetch_sub(1, std::memory_order_relaxed); }
   // Prometheus text exposition format; `tunnels_up` comes from the transport.
-  std::string render(unsigned tunnels_up) const;
+  std::string render(unsigned tunnels_up, const UpstreamCounts& upstream = {}) const;
 
  private:
   static constexpr std::array<double, 11> bounds_{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5};

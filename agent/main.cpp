@@ -85,6 +85,8 @@ struct AgentOptions {
   std::string ready_file;
   std::string audit_log = "-";
   unsigned threads = 1;
+  unsigned upstream_idle_max = 32;
+  unsigned upstream_idle_timeout = 90;
   std::string distribution;    // empty: guessed from the API server
   std::string infrastructure;  // empty: guessed from the nodes
 };
@@ -191,6 +193,13 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_option("--audit-log", o.audit_log, "Audit log file, one JSON line per request ('-' = stdout, '' = off)")
       ->capture_default_str();
   app.add_option("--threads", o.threads, "I/O threads")->check(CLI::Range(1, 64))->capture_default_str();
+  app.add_option("--upstream-idle-max", o.upstream_idle_max,
+                 "Idle connections to the API server kept for reuse, shared by all streams: a kubectl connection "
+                 "held open between requests holds none. 0: one API server connection per stream, held for its life")
+      ->check(CLI::Range(0, 4096))->envname("CLUSTERCONNECT_UPSTREAM_IDLE_MAX")->capture_default_str();
+  app.add_option("--upstream-idle-timeout", o.upstream_idle_timeout,
+                 "Seconds an idle API server connection is kept before it is closed")
+      ->check(CLI::Range(1, 3600))->capture_default_str();
 }
 
 // authenticator:entra's options from the flags.
@@ -387,12 +396,20 @@ int main(int argc, char** argv) try {
   listen_options.handshake_headers = [report] { return tunnel::rendezvous::to_headers(report->latest()); };
   http::Limits limits;
   auto connector = api.value()->connector(io);
+  // One pool: every connection to the API server is interchangeable (one
+  // endpoint, one TLS context, no client certificate); the credential and
+  // the impersonation headers travel in each request.
+  std::shared_ptr<http::UpstreamPool> upstream_pool;
+  if (o.upstream_idle_max > 0)
+    upstream_pool = http::UpstreamPool::create(
+        io, connector, {o.upstream_idle_max, std::chrono::seconds(o.upstream_idle_timeout)}, logger);
   const std::shared_ptr<TunnelListener> listener = transport->listen(
-      listen_options,
-      [&io, policy, connector, limits, logger, metrics](StreamPtr stream, const std::map<std::string, std::string>&) {
+      listen_options, [&io, policy, connector, upstream_pool, limits, logger, metrics](
+                          StreamPtr stream, const std::map<std::string, std::string>&) {
         // One policy per stream: it remembers the token last verified there.
-        http::serve(io, std::make_shared<CountedStream>(std::move(stream), metrics), policy->for_connection(),
-                    connector, limits, logger);
+        auto counted = std::make_shared<CountedStream>(std::move(stream), metrics);
+        if (upstream_pool) http::serve(io, std::move(counted), policy->for_connection(), upstream_pool, limits, logger);
+        else http::serve(io, std::move(counted), policy->for_connection(), connector, limits, logger);
       });
   if (!listener) {
     std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");
@@ -400,7 +417,8 @@ int main(int argc, char** argv) try {
   }
 
   std::atomic<bool> api_reachable{false};
-  auto health = HealthServer::listen(io, o.health_listen, [&listener, &api_reachable, metrics](const std::string& path) -> HealthReply {
+  auto health = HealthServer::listen(io, o.health_listen, [&listener, &api_reachable, metrics, upstream_pool](
+                                                              const std::string& path) -> HealthReply {
     if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
     if (path == "/readyz") {
       unsigned up = listener->status().tunnels_up;
@@ -408,8 +426,14 @@ int main(int argc, char** argv) try {
       return {503, "text/plain; charset=utf-8",
               std::string(up ? "" : "no tunnel to the relay\n") + (api_reachable ? "" : "API server not reachable\n")};
     }
-    if (path == "/metrics")
-      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up)};
+    if (path == "/metrics") {
+      UpstreamCounts upstream;
+      if (upstream_pool) {
+        auto s = upstream_pool->stats();
+        upstream = {true, s.opened, s.reused, s.idle};
+      }
+      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up, upstream)};
+    }
     return {404, "text/plain; charset=utf-8", "not found\n"};
   });
   if (!health) {
@@ -474,6 +498,7 @@ int main(int argc, char** argv) try {
 
   int rc = stop.get_future().get();
   listener->close();
+  if (upstream_pool) upstream_pool->close();
   health.value()->close();
   asio::post(probe_strand, [&] {
     stopping = true;

@@ -24,6 +24,9 @@ class StreamAdapter {
 
   executor_type get_executor() const noexcept { return executor_; }
   const StreamPtr& stream() const noexcept { return stream_; }
+  // A new owner's executor (a stream handed from one session to another);
+  // only while no operation started through this adapter is outstanding.
+  void rebind(executor_type executor) { executor_ = std::move(executor); }
 
   template <class MutableBufferSequence, class Token>
   auto async_read_some(const MutableBufferSequence& buffers, Token&& token) {

@@ -15,7 +15,9 @@
 #include <array>
 #include <cstdio>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <vector>
 
 #include "clusterconnect/stream_adapter.hpp"
 
@@ -52,6 +54,11 @@ constexpr std::size_t kPumpBufferBulk = 256 * 1024;
 // max(512, capacity - size) bytes per call, so an empty buffer would move
 // bodies in 512-byte pieces, each becoming its own write downstream.
 constexpr std::size_t kReadReserve = 16 * 1024;
+// The read that waits for a held connection's next request (or watches the
+// client during a response) goes into a small buffer of the session's own,
+// so that the read buffer can be released while the client keeps its
+// connection open between requests.
+constexpr std::size_t kIdleRead = 1024;
 // Bytes read and dropped while closing, so a client's unread pipelined data
 // does not turn our close into a reset that destroys the response in flight.
 constexpr std::size_t kLingerBytes = 1024 * 1024;
@@ -182,17 +189,216 @@ struct Upstream {
   bool idle_reading = false;      // watch_upstream's read is out
   bool response_waiting = false;  // pump B waits for that read to finish
   unsigned waiting_attempt = 0;
+  bool taken_from_pool = false;   // the pool's read may still be out (the taker's to finish)
+  // Guarded by the pool's mutex: the read the pool keeps on an idle
+  // connection, which the session that takes the connection inherits.
+  bool in_pool = false;
+  bool pool_reading = false;
+  bool pool_read_done = false;  // it finished after the connection was taken
+  error_code pool_read_ec;
+  UniqueFunction<void(error_code)> pool_read_waiter;
 };
 using UpstreamPtr = std::shared_ptr<Upstream>;
+
+class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool> {
+ public:
+  Pool(asio::io_context& io, UpstreamConnector connector, PoolOptions options, std::shared_ptr<spdlog::logger> logger)
+      : connector_(std::move(connector)), options_(options), log_(std::move(logger)), timer_strand_(asio::make_strand(io)),
+        timer_(timer_strand_) {}
+
+  PoolStats stats() const override {
+    std::lock_guard lock(mu_);
+    return {opened_, reused_, idle_.size()};
+  }
+
+  // Opens a new connection (counted).
+  void connect(ConnectHandler done) {
+    {
+      std::lock_guard lock(mu_);
+      ++opened_;
+    }
+    connector_(std::move(done));
+  }
+
+  // The most recently used idle connection, or null. Its idle read may still
+  // be out: the taker finishes it with await_read.
+  UpstreamPtr take() {
+    std::lock_guard lock(mu_);
+    if (idle_.empty()) return nullptr;
+    auto up = std::move(idle_.back().up);
+    idle_.pop_back();
+    up->in_pool = false;
+    up->taken_from_pool = true;
+    ++reused_;
+    return up;
+  }
+
+  // Calls `then` (on any thread) when the read the pool left on a taken
+  // connection finishes: with an error if the upstream closed it meanwhile,
+  // with no error when the response's first bytes are in its buffer.
+  void await_read(const UpstreamPtr& up, UniqueFunction<void(error_code)> then) {
+    error_code ec;
+    {
+      std::lock_guard lock(mu_);
+      if (up->pool_reading) {
+        up->pool_read_waiter = std::move(then);
+        return;
+      }
+      ec = up->pool_read_done ? up->pool_read_ec : error_code{};
+      up->pool_read_done = false;
+    }
+    then(ec);
+  }
+
+  // Takes back a connection whose exchange completed cleanly with nothing
+  // left unread; the caller has checked that it is reusable.
+  void give(UpstreamPtr up) {
+    up->parser.reset();
+    up->taken_from_pool = false;
+    up->pool_reading = true;
+    up->pool_read_done = false;
+    auto& stream = up->io.stream();
+    // The read starts before the connection can be taken, so a taker never
+    // writes a request into a connection that nobody reads.
+    stream->async_read_some(up->buffer.prepare(4096), [weak = weak_from_this(), up](error_code ec, std::size_t n) mutable {
+      auto self = weak.lock();
+      if (!self) return up->io.stream()->reset("upstream pool gone");
+      self->on_idle_read(std::move(up), ec, n);
+    });
+    std::vector<UpstreamPtr> evicted;
+    bool arm = false;
+    {
+      std::lock_guard lock(mu_);
+      if (up->pool_read_done || closed_) {
+        evicted.push_back(std::move(up));
+      } else {
+        while (idle_.size() >= options_.max_idle && !idle_.empty()) {
+          evicted.push_back(std::move(idle_.front().up));
+          evicted.back()->in_pool = false;
+          idle_.erase(idle_.begin());
+        }
+        if (options_.max_idle > 0) {
+          up->in_pool = true;
+          idle_.push_back({std::move(up), Clock::now()});
+          arm = !timer_armed_;
+          timer_armed_ = true;
+        } else {
+          evicted.push_back(std::move(up));
+        }
+      }
+    }
+    for (auto& e : evicted) e->io.stream()->reset("upstream pool full");
+    if (arm) arm_timer();
+  }
+
+  void close_expired(Clock::time_point now) override {
+    std::vector<UpstreamPtr> expired;
+    {
+      std::lock_guard lock(mu_);
+      while (!idle_.empty() && now - idle_.front().since >= options_.idle_timeout) {
+        expired.push_back(std::move(idle_.front().up));
+        expired.back()->in_pool = false;
+        idle_.erase(idle_.begin());
+      }
+    }
+    if (!expired.empty() && log_ && log_->should_log(spdlog::level::debug))
+      log_->debug("upstream pool: closing {} idle connection(s) unused for {} s", expired.size(),
+                  options_.idle_timeout.count());
+    for (auto& e : expired) e->io.stream()->reset("idle upstream connection expired");
+  }
+
+  void close() override {
+    std::vector<Entry> all;
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+      all.swap(idle_);
+      for (auto& e : all) e.up->in_pool = false;
+    }
+    for (auto& e : all) e.up->io.stream()->reset("upstream pool closed");
+    asio::dispatch(timer_strand_, [self = shared_from_this()] { self->timer_.cancel(); });
+  }
+
+ private:
+  struct Entry {
+    UpstreamPtr up;
+    Clock::time_point since;
+  };
+
+  void on_idle_read(UpstreamPtr up, error_code ec, std::size_t n) {
+    UniqueFunction<void(error_code)> waiter;
+    bool drop = false;
+    {
+      std::lock_guard lock(mu_);
+      up->pool_reading = false;
+      up->buffer.commit(n);
+      if (up->in_pool) {
+        up->in_pool = false;
+        auto it = std::find_if(idle_.begin(), idle_.end(), [&](const Entry& e) { return e.up == up; });
+        if (it != idle_.end()) idle_.erase(it);
+        drop = true;
+      } else if (up->pool_read_waiter) {
+        waiter = std::move(up->pool_read_waiter);
+        up->pool_read_waiter = nullptr;
+      } else {
+        up->pool_read_done = true;
+        up->pool_read_ec = ec;
+      }
+    }
+    if (drop) {
+      // Closed (an API server's idle timeout), failed, or bytes nobody asked for.
+      if (log_ && log_->should_log(spdlog::level::debug)) {
+        if (ec) log_->debug("upstream pool: idle connection ended: {}", ec.message());
+        else log_->debug("upstream pool: idle connection sent unsolicited bytes");
+      }
+      up->io.stream()->reset("idle upstream connection not reusable");
+      return;
+    }
+    if (waiter) waiter(ec);
+  }
+
+  // One timer for the whole pool, set for the oldest idle connection.
+  void arm_timer() {
+    asio::dispatch(timer_strand_, [self = shared_from_this()] {
+      Clock::time_point next;
+      {
+        std::lock_guard lock(self->mu_);
+        if (self->idle_.empty() || self->closed_) {
+          self->timer_armed_ = false;
+          return;
+        }
+        next = self->idle_.front().since + self->options_.idle_timeout;
+      }
+      self->timer_.expires_at(next);
+      self->timer_.async_wait([weak = self->weak_from_this()](error_code ec) {
+        auto self = weak.lock();
+        if (!self || ec) return;
+        self->close_expired(Clock::now());
+        self->arm_timer();
+      });
+    });
+  }
+
+  UpstreamConnector connector_;
+  PoolOptions options_;
+  std::shared_ptr<spdlog::logger> log_;
+  Strand timer_strand_;
+  asio::steady_timer timer_;
+  mutable std::mutex mu_;
+  std::vector<Entry> idle_;  // oldest first
+  std::uint64_t opened_ = 0, reused_ = 0;
+  bool timer_armed_ = false, closed_ = false;
+};
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery)
+          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery, std::shared_ptr<Pool> pool = nullptr)
       : strand_(asio::make_strand(io)),
         in_(std::move(inbound), strand_),
         policy_(std::move(policy)),
         connector_(std::move(connector)),
+        pool_(std::move(pool)),
         limits_(limits),
         log_(std::move(logger)),
         recovery_(recovery),
@@ -218,6 +424,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (in_reading_) {
       // The read that watched the client during the last response is still
       // out; it becomes this request's first read (see on_client_read).
+      shed_buffers();
       waiting_request_ = true;
       arm_timer(in_buf_.size() > 0 ? limits_.header_timeout : wait_timeout());
       return;
@@ -231,19 +438,44 @@ class Session : public std::enable_shared_from_this<Session> {
     // Wait for the first byte with the idle timeout (the first-byte timeout
     // before the connection's first request); the header timeout starts with
     // it, so a slow sender cannot hold the connection for long.
+    shed_buffers();
     arm_timer(wait_timeout());
     in_reading_ = true;
-    in_.async_read_some(in_buf_.prepare(16 * 1024), [self = shared_from_this()](error_code ec, std::size_t n) {
+    in_.async_read_some(asio::buffer(peek_), [self = shared_from_this()](error_code ec, std::size_t n) {
       self->in_reading_ = false;
-      self->in_buf_.commit(n);
       if (ec) {
         self->cancel_timer();
         if (ec != asio::error::eof) self->log_failure(ec, "read request");
         return self->close_session();
       }
+      self->in_buf_.reserve(kReadReserve);
+      self->take_peeked(n);
       self->arm_timer(self->limits_.header_timeout);
       self->read_request_head();
     });
+  }
+
+  // A connection held open between requests (kubectl keeps its connections)
+  // keeps no body buffers, heads or read buffer while it waits: with a pool
+  // it holds nothing else either. Only the read into peek_ may be out.
+  void shed_buffers() {
+    a_ = PumpBuffer{};
+    b_ = PumpBuffer{};
+    in_buf_.shrink_to_fit();
+    std::string().swap(req_wire_);
+    std::string().swap(res_wire_);
+    std::vector<Header>().swap(head_.headers);
+    std::vector<std::string_view>().swap(tokens_);
+    watch_.reset();
+    watch_live_ = false;
+    std::string().swap(resume_wire_);
+    std::string().swap(resume_body_);
+    std::string().swap(error_event_);
+  }
+
+  // Bytes the small read between requests brought, to the read buffer.
+  void take_peeked(std::size_t n) {
+    in_buf_.commit(asio::buffer_copy(in_buf_.prepare(n), asio::buffer(peek_.data(), n)));
   }
 
   std::chrono::seconds wait_timeout() const {
@@ -368,6 +600,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void attempt_request() {
     if (up_) return send_request();
+    // A retry goes to a new connection: the others in the pool may have been
+    // closed by the same event.
+    if (pool_ && !retried_) {
+      if (auto up = pool_->take()) {
+        up->io.rebind(strand_);
+        up_ = std::move(up);
+        return send_request();
+      }
+    }
     connector_([self = shared_from_this()](error_code ec, StreamPtr stream, std::string reason) mutable {
       asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason)]() mutable {
         self->on_upstream(ec, std::move(stream), std::move(reason));
@@ -400,6 +641,16 @@ class Session : public std::enable_shared_from_this<Session> {
       // response's first bytes (or the close) will complete it.
       up_->response_waiting = true;
       up_->waiting_attempt = attempt_;
+    } else if (up_->taken_from_pool) {
+      // The same, for the read the pool kept on the connection.
+      up_->taken_from_pool = false;
+      pool_->await_read(up_, [self = shared_from_this(), up = up_, attempt = attempt_](error_code ec) mutable {
+        asio::dispatch(self->strand_, [self, up = std::move(up), ec, attempt]() mutable {
+          if (self->aborting_ || attempt != self->attempt_) return;
+          if (ec) return self->upstream_failed(ec, std::move(up));
+          self->read_response_head(std::move(up));
+        });
+      });
     } else {
       read_response_head(up_);
     }
@@ -668,12 +919,17 @@ class Session : public std::enable_shared_from_this<Session> {
     // retry once on a new connection when nothing of the request could have
     // been acted on twice (no body, and not the connection's first request).
     const bool reused = up->requests > 1;
-    if (reused && !retried_ && !req_has_body_ && !response_started_ &&
-        (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-         ec == asio::error::broken_pipe)) {
+    const bool closed = ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+                        ec == asio::error::connection_reset || ec == asio::error::broken_pipe;
+    if (reused && closed && !retried_ && !req_has_body_ && !response_started_) {
       retried_ = true;
       return attempt_request();
     }
+    if (reused && closed && req_has_body_ && !response_started_ && !recovery_.retry_safe)
+      return finish_with_reply(gateway_reply(
+          "upstream closed a reused connection before responding; the " + head_.method +
+          " request was not sent again because its body had been sent and may have been acted on: check its "
+          "effect, then retry"));
     if (ec == bhttp::error::header_limit)
       return finish_with_reply(gateway_reply("upstream response header exceeds the limit"));
     if (is_malformed(ec))
@@ -899,6 +1155,7 @@ class Session : public std::enable_shared_from_this<Session> {
     complete_record();
     if (request_failed_) close_after_ = true;
     if (!up_keep_alive_ || request_failed_) release_upstream();
+    else if (up_ && pool_ && (close_after_ || in_buf_.size() == 0)) return_to_pool();
     else if (up_) watch_upstream(up_);
     if (close_after_) return close_session();
     wait_request();
@@ -915,9 +1172,9 @@ class Session : public std::enable_shared_from_this<Session> {
     // more would wait for bytes the client only sends after our response.
     if (in_buf_.size() > 0) return;
     in_reading_ = true;
-    in_.async_read_some(in_buf_.prepare(4096), [self = shared_from_this()](error_code ec, std::size_t n) {
+    in_.async_read_some(asio::buffer(peek_), [self = shared_from_this()](error_code ec, std::size_t n) {
       self->in_reading_ = false;
-      self->in_buf_.commit(n);
+      self->take_peeked(n);
       self->on_client_read(ec, n);
     });
   }
@@ -940,6 +1197,7 @@ class Session : public std::enable_shared_from_this<Session> {
         cancel_timer();
         return close_session();
       }
+      in_buf_.reserve(kReadReserve);
       arm_timer(limits_.header_timeout);
       return read_request_head();
     }
@@ -986,6 +1244,18 @@ class Session : public std::enable_shared_from_this<Session> {
       policy_->on_complete(rec_);
     } catch (...) {
     }
+  }
+
+  // Between requests the connection goes back to the pool when nothing of
+  // this exchange can follow it there: the response ended cleanly and by its
+  // own framing, nothing unread, no upgrade asked for, no read out.
+  void return_to_pool() {
+    auto& p = up_->parser;
+    const bool reusable = p && p->is_done() && !p->need_eof() && up_->buffer.size() == 0 && !up_->idle_reading &&
+                          !up_->taken_from_pool && !head_.upgrade && !upgrade_ && !resuming_;
+    if (!reusable) return release_upstream();
+    pool_->give(std::move(up_));
+    up_.reset();
   }
 
   void release_upstream() {
@@ -1242,6 +1512,7 @@ class Session : public std::enable_shared_from_this<Session> {
   StreamAdapter in_;
   std::shared_ptr<ForwardPolicy> policy_;
   UpstreamConnector connector_;
+  std::shared_ptr<Pool> pool_;  // null: one upstream connection held per inbound connection
   Limits limits_;
   std::shared_ptr<spdlog::logger> log_;
   Recovery recovery_;
@@ -1258,6 +1529,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string resume_wire_, resume_body_, error_event_;
 
   beast::flat_buffer in_buf_;
+  std::array<char, kIdleRead> peek_{};
   std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
   RequestHead head_;
   std::vector<std::string_view> tokens_;
@@ -1296,6 +1568,28 @@ void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolic
   }
   std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
                             recovery)
+      ->start();
+}
+
+std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, UpstreamConnector connector,
+                                                   PoolOptions options, std::shared_ptr<spdlog::logger> logger) {
+  if (!connector) return nullptr;
+  return std::make_shared<Pool>(io, std::move(connector), options, std::move(logger));
+}
+
+void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
+           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger) {
+  auto p = std::static_pointer_cast<Pool>(pool);
+  if (!inbound || !policy || !p) {
+    if (inbound) inbound->reset("forwarding engine misconfigured");
+    return;
+  }
+  UpstreamConnector connector = [weak = std::weak_ptr<Pool>(p)](ConnectHandler done) {
+    if (auto pool = weak.lock()) return pool->connect(std::move(done));
+    done(asio::error::operation_aborted, nullptr, "the upstream pool is closed");
+  };
+  std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
+                            Recovery{}, std::move(p))
       ->start();
 }
 

@@ -127,6 +127,13 @@ class Front {
         connector_(std::move(connector)), limits_(limits), recovery_(recovery) {
     accept();
   }
+  // Serves with upstream connections from `pool`.
+  Front(asio::io_context& io, std::shared_ptr<http::ForwardPolicy> policy, std::shared_ptr<http::UpstreamPool> pool,
+        http::Limits limits = {})
+      : io_(io), acceptor_(io, {asio::ip::make_address("127.0.0.1"), 0}), policy_(std::move(policy)),
+        pool_(std::move(pool)), limits_(limits) {
+    accept();
+  }
   ~Front() {
     std::promise<void> done;
     asio::post(acceptor_.get_executor(), [&] {
@@ -146,8 +153,9 @@ class Front {
   void accept() {
     acceptor_.async_accept(asio::make_strand(io_), [this](error_code ec, tcp::socket s) {
       if (ec) return;
-      http::serve(io_, std::make_shared<TcpStream>(std::move(s), inbound_writes, inbound_reads), policy_, connector_, limits_,
-                  debug_logger(), recovery_);
+      auto stream = std::make_shared<TcpStream>(std::move(s), inbound_writes, inbound_reads);
+      if (pool_) http::serve(io_, std::move(stream), policy_, pool_, limits_, debug_logger());
+      else http::serve(io_, std::move(stream), policy_, connector_, limits_, debug_logger(), recovery_);
       accept();
     });
   }
@@ -155,6 +163,7 @@ class Front {
   tcp::acceptor acceptor_;
   std::shared_ptr<http::ForwardPolicy> policy_;
   http::UpstreamConnector connector_;
+  std::shared_ptr<http::UpstreamPool> pool_;
   http::Limits limits_;
   http::Recovery recovery_;
 };

@@ -140,4 +140,46 @@ void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolic
            UpstreamConnector connector, Limits limits, std::shared_ptr<spdlog::logger> logger,
            Recovery recovery = {});
 
+struct PoolOptions {
+  std::size_t max_idle = 32;               // idle connections kept; the oldest is closed beyond
+  std::chrono::seconds idle_timeout{90};   // an idle connection unused this long is closed (Go's transport: 90 s)
+};
+
+struct PoolStats {
+  std::uint64_t opened = 0;  // connections opened through the pool's connector
+  std::uint64_t reused = 0;  // requests sent on a connection taken from the pool
+  std::size_t idle = 0;      // connections in the pool now
+};
+
+// Idle upstream connections shared by every inbound connection of a process,
+// so that a client holding its connection open between requests holds no
+// upstream connection. One pool per upstream: the connections one connector
+// opens (one endpoint, one TLS context) are interchangeable, and they carry
+// no identity (credentials travel per request, in the request head).
+//
+// A connection goes back only after a response that ended cleanly, with no
+// byte unread, no `Connection: close`, no upgrade, no error. The pool keeps
+// a read on each idle connection and drops one that the upstream closes (or
+// that sends anything); the next request takes the most recently used one.
+// A request that finds a reused connection closed before any byte of the
+// response is sent once more on a new connection when it has no body.
+// Thread-safe.
+class UpstreamPool {
+ public:
+  static std::shared_ptr<UpstreamPool> create(asio::io_context& io, UpstreamConnector connector, PoolOptions options,
+                                              std::shared_ptr<spdlog::logger> logger = nullptr);
+  virtual ~UpstreamPool() = default;
+  virtual PoolStats stats() const = 0;
+  // Closes the idle connections unused since before `now - idle_timeout`.
+  // The pool's timer calls it; tests may call it with a time of their own.
+  virtual void close_expired(std::chrono::steady_clock::time_point now) = 0;
+  // Closes every idle connection and keeps none from now on (shutdown).
+  virtual void close() = 0;
+};
+
+// As above, with upstream connections taken from and returned to `pool`
+// between requests instead of one held per inbound connection.
+void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
+           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger);
+
 }  // namespace clusterconnect::http

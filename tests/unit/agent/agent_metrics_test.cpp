@@ -1,0 +1,21 @@
+// The agent's metrics text: the upstream pool's counters appear with a pool.
+
+#include <catch2/catch.hpp>
+
+#include "agent_metrics.hpp"
+
+using namespace clusterconnect::agent;
+
+TEST_CASE("metrics: the upstream pool's connections opened reused and idle", "[agent][metrics]") {
+  AgentMetrics metrics;
+  const std::string pooled = metrics.render(1, UpstreamCounts{true, 3, 17, 2});
+  CHECK_THAT(pooled, Catch::Contains("\nclusterconnect_agent_upstream_connections_opened_total 3\n"));
+  CHECK_THAT(pooled, Catch::Contains("\nclusterconnect_agent_upstream_connections_reused_total 17\n"));
+  CHECK_THAT(pooled, Catch::Contains("\nclusterconnect_agent_upstream_connections_idle 2\n"));
+  CHECK_THAT(pooled, Catch::Contains("# TYPE clusterconnect_agent_upstream_connections_idle gauge\n"));
+  CHECK_THAT(pooled, Catch::Contains("\nclusterconnect_agent_tunnels_up 1\n"));
+  // Without a pool (--upstream-idle-max 0) there is nothing to report.
+  const std::string unpooled = metrics.render(1);
+  CHECK_THAT(unpooled, !Catch::Contains("upstream_connections"));
+  CHECK_THAT(unpooled, Catch::Contains("clusterconnect_agent_request_duration_seconds_count 0\n"));
+}
