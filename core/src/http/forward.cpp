@@ -468,6 +468,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::vector<std::string_view>().swap(tokens_);
     watch_.reset();
     watch_live_ = false;
+    client_head_.reset();
+    resume_head_ = RequestHead{};
     std::string().swap(resume_wire_);
     std::string().swap(resume_body_);
     std::string().swap(error_event_);
@@ -546,6 +548,12 @@ class Session : public std::enable_shared_from_this<Session> {
     started_ = Clock::now();
     retried_ = false;
 
+    // A watch that may have to be resumed keeps the client's head as it came:
+    // a resumed watch goes through the policy again (the proxy's current
+    // token, not the one the watch began with).
+    client_head_.reset();
+    if (recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target))
+      client_head_ = head_;
     try {
       policy_->on_request(head_, [self = shared_from_this()](Decision d) mutable {
         asio::dispatch(self->strand_, [self, d = std::move(d)]() mutable { self->on_decision(std::move(d)); });
@@ -573,26 +581,27 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // The request head as sent upstream: always HTTP/1.1, framing re-derived.
-  bool build_request_wire() {
-    if (!valid_name(head_.method) || !valid_target(head_.target)) return false;
-    req_wire_.clear();
-    req_wire_.append(head_.method);
-    req_wire_.push_back(' ');
-    req_wire_.append(head_.target);
-    req_wire_.append(" HTTP/1.1\r\n");
-    for (const auto& h : head_.headers) {
+  bool build_request_wire() { return build_wire(head_, req_wire_); }
+  bool build_wire(const RequestHead& head, std::string& wire) {
+    if (!valid_name(head.method) || !valid_target(head.target)) return false;
+    wire.clear();
+    wire.append(head.method);
+    wire.push_back(' ');
+    wire.append(head.target);
+    wire.append(" HTTP/1.1\r\n");
+    for (const auto& h : head.headers) {
       if (!valid_name(h.name) || !valid_value(h.value)) return false;
       // A policy must not reintroduce framing or hop-by-hop headers.
       if (is_hop_by_hop(h.name) || iequals(h.name, "content-length")) continue;
-      append_header(req_wire_, h.name, h.value);
+      append_header(wire, h.name, h.value);
     }
-    if (req_chunked_) append_header(req_wire_, "Transfer-Encoding", "chunked");
-    else if (req_has_body_ || req_->content_length()) append_header(req_wire_, "Content-Length", std::to_string(req_length_));
-    if (head_.upgrade) {
-      append_header(req_wire_, "Connection", "Upgrade");
-      append_header(req_wire_, "Upgrade", head_.upgrade_protocol);
+    if (req_chunked_) append_header(wire, "Transfer-Encoding", "chunked");
+    else if (req_has_body_ || req_->content_length()) append_header(wire, "Content-Length", std::to_string(req_length_));
+    if (head.upgrade) {
+      append_header(wire, "Connection", "Upgrade");
+      append_header(wire, "Upgrade", head.upgrade_protocol);
     }
-    req_wire_.append("\r\n");
+    wire.append("\r\n");
     return true;
   }
 
@@ -1054,10 +1063,38 @@ class Session : public std::enable_shared_from_this<Session> {
     auto up = std::make_shared<Upstream>(std::move(stream), strand_);
     up_ = up;
     ++up->requests;
-    resume_wire_ = req_wire_;
-    // Same head, new target: req_wire_ starts "METHOD TARGET HTTP/1.1".
-    const std::size_t start = head_.method.size() + 1;
-    resume_wire_.replace(start, head_.target.size(), watch_->resume_target());
+    if (!client_head_) {
+      // Same head, new target: req_wire_ starts "METHOD TARGET HTTP/1.1".
+      resume_wire_ = req_wire_;
+      const std::size_t start = head_.method.size() + 1;
+      resume_wire_.replace(start, head_.target.size(), watch_->resume_target());
+      return send_resume(std::move(up));
+    }
+    // The client's request again, with the new target, through the policy:
+    // what it adds (the proxy's access token) is what holds now.
+    resume_head_ = *client_head_;
+    resume_head_.target = watch_->resume_target();
+    try {
+      policy_->on_request(resume_head_, [self = shared_from_this(), up, attempt = attempt_](Decision d) mutable {
+        asio::dispatch(self->strand_, [self, up = std::move(up), d = std::move(d), attempt]() mutable {
+          if (self->aborting_ || self->closing_ || attempt != self->attempt_) return;
+          if (!d.forward) {
+            if (self->log_)
+              self->log_->info("http {}: watch {} could not resume: the request was refused ({}): ending it",
+                               self->peer_, self->target_path(), d.reply.status);
+            return self->end_watch();
+          }
+          if (!self->build_wire(self->resume_head_, self->resume_wire_)) return self->end_watch();
+          self->send_resume(std::move(up));
+        });
+      });
+    } catch (const std::exception& e) {
+      log_failure({}, std::string("policy threw: ") + e.what());
+      end_watch();
+    }
+  }
+
+  void send_resume(UpstreamPtr up) {
     asio::async_write(up->io, asio::buffer(resume_wire_),
                       [self = shared_from_this(), up, attempt = attempt_](error_code ec, std::size_t) mutable {
                         if (self->aborting_ || attempt != self->attempt_) return;
@@ -1532,6 +1569,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::array<char, kIdleRead> peek_{};
   std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
   RequestHead head_;
+  std::optional<RequestHead> client_head_;  // a watch's head before the policy, for its resumption
+  RequestHead resume_head_;
   std::vector<std::string_view> tokens_;
   std::string req_wire_, res_wire_;
   // Allocated on first use: most requests have no body, and a connection

@@ -286,3 +286,63 @@ TEST_CASE("a resume whose connect never completes ends the watch at its deadline
     parked.clear();
   }
 }
+
+TEST_CASE("a resumed watch goes through the policy again and carries the token of the moment", "[http][watch]") {
+  std::mutex mu;
+  std::vector<std::string> seen;  // Authorization of each upstream request
+  test::ScriptedUpstream up([&](Conn& c, int index) {
+    auto req = test::read_message(c);
+    if (!req) return;
+    {
+      std::lock_guard lock(mu);
+      const auto* auth = req->header("authorization");
+      seen.push_back(auth ? *auth : std::string("(none)"));
+    }
+    if (index == 0) {
+      c.send(kWatchHead + chunk(event("ADDED", 6)));
+      c.close();
+      return;
+    }
+    c.send(kWatchHead + chunk(event("MODIFIED", 7)) + "0\r\n\r\n");
+  });
+  // The proxy's policy: the client's local secret is swapped for the access
+  // token it holds now, which has been renewed by the time of the resume.
+  auto issued = std::make_shared<std::atomic<int>>(0);
+  ResumeRig rig(up.port());
+  rig.policy = std::make_shared<test::TestPolicy>([issued](http::RequestHead& head) {
+    http::Decision d;
+    bool local = false;
+    for (auto it = head.headers.begin(); it != head.headers.end();) {
+      if (it->name == "Authorization") {
+        local = it->value == "Bearer local-secret";
+        it = head.headers.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!local) {
+      d.forward = false;
+      d.reply = http::status_reply(401, "Unauthorized", "no local secret");
+      return d;
+    }
+    head.headers.push_back({"Authorization", "Bearer access-" + std::to_string(++*issued)});
+    return d;
+  });
+  rig.front.reset();
+  rig.front.emplace(rig.threads.io, rig.policy, test::tcp_connector(rig.threads.io, up.port(), rig.calls), http::Limits{},
+                    quick_recovery());
+  auto client = rig.client();
+  client.send("GET /api/v1/namespaces?watch=true&resourceVersion=5 HTTP/1.1\r\nHost: x\r\n"
+              "Authorization: Bearer local-secret\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  CHECK(head->status() == 200);
+  bool clean = false;
+  auto body = read_watch_body(client, clean);
+  CHECK(clean);
+  CHECK(body == event("ADDED", 6) + event("MODIFIED", 7));
+  std::lock_guard lock(mu);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0] == "Bearer access-1");
+  CHECK(seen[1] == "Bearer access-2");
+}
