@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Hold N watch streams open and check that one event reaches every one of them.
 
-  watch.py --target URL|TOKEN|CAFILE [--target ...] -n N --expect NAME
+  watch.py --target URL|TOKEN|CAFILE [--target ...] [--targets-file F] -n N --expect NAME
            --ready-file F --trigger-file T --result-file R [--timeout S] [--deliver-timeout S]
 
-Streams are spread round-robin over the targets (several local proxies when one
+--targets-file holds more targets, one URL|TOKEN|CAFILE a line (thousands do
+not fit on a command line). Streams are spread round-robin over the targets (several local proxies when one
 proxy's tunnel cannot carry them all). Once every stream has its response head
 (or --timeout passed) it writes {"established", "failed", "seconds"} to the ready
 file; the caller then measures memory, creates an object named NAME and touches
@@ -66,7 +67,8 @@ async def run_watch(target, expect, sem, w, writers):
 
 async def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--target", action="append", required=True)
+    ap.add_argument("--target", action="append", default=[])
+    ap.add_argument("--targets-file")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--expect", required=True)
     ap.add_argument("--ready-file", required=True)
@@ -77,7 +79,12 @@ async def main():
     ap.add_argument("--concurrency", type=int, default=128)
     a = ap.parse_args()
 
-    targets = [tuple((t.split("|") + ["", ""])[:3]) for t in a.target]
+    lines = list(a.target)
+    if a.targets_file:
+        lines += [line.strip() for line in open(a.targets_file) if line.strip()]
+    if not lines:
+        ap.error("give --target or --targets-file")
+    targets = [tuple((t.split("|") + ["", ""])[:3]) for t in lines]
     sem = asyncio.Semaphore(a.concurrency)
     watches = [Watch() for _ in range(a.n)]
     writers = []
