@@ -978,6 +978,7 @@ PY
     [ "$code" = 201 ] || log "replicas: creating the configmap answered $code"
     if wait_file "$rep_dir/watch-result.json" 90 "${PID[rwatchers]}"; then
       record clusterconnect replica_watch_delivered "$(jget "$rep_dir/watch-result.json" delivered)"
+      record clusterconnect replica_watch_delivered_of "$(jget "$rep_dir/watch-result.json" of)"
       record clusterconnect replica_watch_deliver_s "$(jget "$rep_dir/watch-result.json" seconds)"
     fi
   else

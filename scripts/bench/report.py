@@ -153,7 +153,7 @@ def main():
         rep.append(f"| watch streams over {fmt(w('replica_watch_clusters'), 0)} clusters through {fmt(w('replica_watch_proxies'), 0)} proxies | "
                    f"{fmt(w('replica_watch_established'), 0)} of {fmt(w('replica_watch_streams'), 0)} established in "
                    f"{fmt(w('replica_watch_setup_s'), 1)} s; one event delivered to {fmt(w('replica_watch_delivered'), 0)} "
-                   f"in {fmt(w('replica_watch_deliver_s'), 2)} s |")
+                   f"of {fmt(w('replica_watch_delivered_of'), 0)} open then in {fmt(w('replica_watch_deliver_s'), 2)} s |")
         rep.append(f"| KB per watch stream: relays / agents / proxies | {fmt(w('replica_watch_kb_relay'), 2)} / "
                    f"{fmt(w('replica_watch_kb_agent'), 2)} / {fmt(w('replica_watch_kb_proxy'), 2)} |")
         rep.append(f"| memory of the whole run with every agent and watch up (PSS of etcd, relays, HAProxy, stand-ins, "
