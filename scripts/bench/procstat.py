@@ -2,6 +2,8 @@
 """Memory and CPU of process trees, read from /proc.
 
   procstat.py rss PID...   sum of VmRSS in KiB over each PID and its descendants
+  procstat.py pss PID...   sum of Pss in KiB over the same (shared pages divided among their users:
+                           what many copies of one program cost together)
   procstat.py cpu PID...   sum of utime+stime in seconds over the same processes
   procstat.py csw PID...   sum of context switches (voluntary and not) over their threads:
                            how often they slept and woke, the cost that follows write sizes
@@ -58,6 +60,17 @@ def rss_kib(pid):
     return 0
 
 
+def pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_seconds(pid):
     try:
         fields = stat_fields(pid)
@@ -85,11 +98,13 @@ def context_switches(pid):
 
 
 def main():
-    if len(sys.argv) < 3 or sys.argv[1] not in ("rss", "cpu", "csw"):
-        sys.exit("usage: procstat.py rss|cpu|csw PID...")
+    if len(sys.argv) < 3 or sys.argv[1] not in ("rss", "pss", "cpu", "csw"):
+        sys.exit("usage: procstat.py rss|pss|cpu|csw PID...")
     pids = tree(int(p) for p in sys.argv[2:])
     if sys.argv[1] == "rss":
         print(sum(rss_kib(p) for p in pids))
+    elif sys.argv[1] == "pss":
+        print(sum(pss_kib(p) for p in pids))
     elif sys.argv[1] == "csw":
         print(sum(context_switches(p) for p in pids))
     else:

@@ -222,6 +222,40 @@ def main():
         out.extend(scale)
     out.extend(comparison(data, by_round, "clusterconnect", "haproxy-2hop", "clusterconnect / haproxy-2hop"))
     out.extend(comparison(data, by_round, "clusterconnect", "clusterconnect-baseline", "clusterconnect / baseline"))
+
+    # Relay replicas on etcd: many agents of distinct clusters, watches over them.
+    rep = []
+    if w("replica_agents") is not None:
+        rep.append(f"| agents (one cluster and one control channel each) connected over {fmt(w('replica_count'), 0)} replicas | "
+                   f"{fmt(w('replica_agents'), 0)} of {fmt(w('replica_agents_wanted'), 0)} in {fmt(w('replica_agents_start_s'), 1)} s "
+                   f"(batches of 50); {fmt(w('replica_channels_min'), 0)} to {fmt(w('replica_channels_max'), 0)} per replica |")
+        rep.append(f"| MB per agent process (idle, 1 control channel): RSS / PSS | "
+                   f"{fmt(w('replica_agent_rss_mb'), 1)} / {fmt(w('replica_agent_pss_mb'), 1)} |")
+        rep.append(f"| KB per control channel at the relays | {fmt(w('replica_channel_kb_relay'), 1)} |")
+    if w("replica_watch_streams") is not None:
+        rep.append(f"| watch streams over {fmt(w('replica_watch_clusters'), 0)} clusters through {fmt(w('replica_watch_proxies'), 0)} proxies | "
+                   f"{fmt(w('replica_watch_established'), 0)} of {fmt(w('replica_watch_streams'), 0)} established in "
+                   f"{fmt(w('replica_watch_setup_s'), 1)} s; one event delivered to {fmt(w('replica_watch_delivered'), 0)} "
+                   f"of {fmt(w('replica_watch_delivered_of'), 0)} open then in {fmt(w('replica_watch_deliver_s'), 2)} s |")
+        rep.append(f"| KB per watch stream: relays / agents / proxies | {fmt(w('replica_watch_kb_relay'), 2)} / "
+                   f"{fmt(w('replica_watch_kb_agent'), 2)} / {fmt(w('replica_watch_kb_proxy'), 2)} |")
+        rep.append(f"| memory of the whole run with every agent and watch up (PSS of etcd, relays, HAProxy, stand-ins, "
+                   f"agents, proxies, watch client), GB | {fmt(w('replica_pss_gb'), 2)} |")
+    if w("replica_connect_owner_p50_ms") is not None:
+        rep.append(f"| rendezvous to end-to-end TLS, ms p50 / p99: through the owning replica | "
+                   f"{fmt(w('replica_connect_owner_p50_ms'), 2)} / {fmt(w('replica_connect_owner_p99_ms'), 2)} "
+                   f"({fmt(w('replica_connect_tries'), 0)} tries) |")
+        rep.append(f"| the same through another replica (accept forwarded) | "
+                   f"{fmt(w('replica_connect_other_p50_ms'), 2)} / {fmt(w('replica_connect_other_p99_ms'), 2)} "
+                   f"({fmt(w('replica_connect_failures'), 0)} failed) |")
+    if w("replica_writes_per_reconnect") is not None:
+        rep.append(f"| etcd writes per agent reconnect (all replicas) | {fmt(w('replica_writes_per_reconnect'), 2)} "
+                   f"({fmt(w('replica_reconnects'), 0)} agents restarted) |")
+    if rep:
+        out.append("")
+        out.append("| scale on relay replicas (clusterconnect, etcd) | value |")
+        out.append("|---|---|")
+        out.extend(rep)
     if notes:
         out.append("")
         out.extend(f"- {n}" for n in notes)
