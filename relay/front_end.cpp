@@ -412,10 +412,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     return true;
   }
   // The request pending under `id` for `cluster`, taken (its id is spent).
-  std::optional<HttpPending> http_take(const std::string& id, const ClusterEntry* cluster) {
+  std::optional<HttpPending> http_take(const std::string& id, const std::string& cluster_identity) {
     std::lock_guard lock(http_mutex_);
     auto it = http_pending_.find(id);
-    if (it == http_pending_.end() || it->second.cluster != cluster->identity()) return std::nullopt;
+    if (it == http_pending_.end() || it->second.cluster != cluster_identity) return std::nullopt;
     HttpPending out = std::move(it->second);
     http_pending_.erase(it);
     if (--http_per_cluster_[out.cluster] == 0) http_per_cluster_.erase(out.cluster);
@@ -627,6 +627,9 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     out += "# HELP clusterconnect_relay_registry_records_refused_total Registry records refused (malformed or colliding), each counted once per revision.\n"
            "# TYPE clusterconnect_relay_registry_records_refused_total counter\n"
            "clusterconnect_relay_registry_records_refused_total " + std::to_string(metrics_.registry_records_refused_total.load()) + "\n"
+           "# HELP clusterconnect_relay_registry_snapshots_total Registries built from the store's records (one per change to clusters or roles).\n"
+           "# TYPE clusterconnect_relay_registry_snapshots_total counter\n"
+           "clusterconnect_relay_registry_snapshots_total " + std::to_string(metrics_.registry_snapshots_total.load()) + "\n"
            "# HELP clusterconnect_relay_store_writes_total Requests this relay made that changed etcd (puts, deletes, transactions, lease grants and revocations; keepalives not counted).\n"
            "# TYPE clusterconnect_relay_store_writes_total counter\n"
            "clusterconnect_relay_store_writes_total " + std::to_string(metrics_.store_writes_total.load()) + "\n"
@@ -713,12 +716,12 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   // Messages queued and not yet written; beyond it the channel takes no more.
   static constexpr std::size_t queue_limit = 256;
 
-  ControlChannel(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, std::shared_ptr<const Registry> registry,
-                 const ClusterEntry* cluster, std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer)
+  ControlChannel(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, const ClusterEntry& cluster,
+                 std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer)
       : ws_(std::move(ws)),
         front_(std::move(front)),
-        registry_(std::move(registry)),
-        cluster_(cluster),
+        identity_(cluster.identity()),
+        resource_id_(cluster.resource_id()),
         expiry_(expiry),
         verify_(std::move(verify)),
         peer_(std::move(peer)),
@@ -727,7 +730,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
 
   void start(std::uint64_t id) {
     id_ = id;
-    front_->log().info("control channel for cluster {} is up ({})", cluster_->resource_id(), peer_);
+    front_->log().info("control channel for cluster {} is up ({})", resource_id_, peer_);
     arm_expiry();
     do_read();
   }
@@ -800,7 +803,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   // An HTTP-mode response to the sender that waits for it; one to no
   // pending request of this cluster (it timed out, or never was) is dropped.
   void pass_response(tunnel::rendezvous::ResponseMessage response, std::string body) {
-    auto pending = front_->http_take(response.request_id, cluster_);
+    auto pending = front_->http_take(response.request_id, identity_);
     auto sender = pending ? pending->sender.lock() : nullptr;
     if (!sender) return front_->log().debug("control channel {}: a response to no pending request", peer_);
     const std::string id = response.request_id;
@@ -835,7 +838,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
     if (closing_) return;
     closing_ = true;
     mark_closed();
-    front_->log().info("control channel for cluster {} ({}): closing ({}): {}", cluster_->resource_id(), peer_, code, reason);
+    front_->log().info("control channel for cluster {} ({}): closing ({}): {}", resource_id_, peer_, code, reason);
     beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
     ws_.async_close(websocket::close_reason(static_cast<websocket::close_code>(code), reason), [self = shared_from_this()](error_code) { self->finish("closed"); });
   }
@@ -847,7 +850,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
     timer_.cancel();
     front_->listeners().remove(id_);
     front_->http_listener_gone(id_);
-    front_->log().debug("control channel for cluster {} ({}) ended: {}", cluster_->resource_id(), peer_, why);
+    front_->log().debug("control channel for cluster {} ({}) ended: {}", resource_id_, peer_, why);
     error_code ignored;
     beast::get_lowest_layer(ws_).socket().close(ignored);
   }
@@ -859,8 +862,10 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
 
   tunnel::WsStream ws_;
   std::shared_ptr<FrontEndImpl> front_;
-  std::shared_ptr<const Registry> registry_;  // holds cluster_ (the entry as the channel was accepted)
-  const ClusterEntry* cluster_;
+  // Its cluster, by name only: a channel holds no registry snapshot (with
+  // many clusters each snapshot is large, and registry changes make new ones).
+  std::string identity_;
+  std::string resource_id_;
   std::chrono::system_clock::time_point expiry_;
   TokenVerifier verify_;
   std::string peer_;
@@ -1074,7 +1079,7 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
       self->front_->log().info("WebSocket upgrade from {} failed: {}", self->peer_, ec.message());
       return;
     }
-    auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, self->registry_, cluster, expiry,
+    auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, *cluster, expiry,
                                                     std::move(verify), self->peer_);
     self->ws_.reset();
     // What the agent says of itself and its cluster (headers of its listen
@@ -1526,7 +1531,7 @@ void HttpConnection::handle_hc_request(const ClusterEntry* cluster) {
                                : front_->listeners().send_to_one(cluster, tunnel::rendezvous::to_json(announced));
   if (sent) front_->http_sent_to(request.id, *sent);
   if (!sent) {
-    front_->http_take(request.id, cluster);
+    front_->http_take(request.id, cluster->identity());
     return refuse(404, "no_agent", "no listener of hybrid connection " + hc + " took the request; retry");
   }
   // Authenticated and waiting: nothing is read until the response.
@@ -1539,7 +1544,7 @@ void HttpConnection::handle_hc_request(const ClusterEntry* cluster) {
   hc_timer_.emplace(stream_.get_executor());
   hc_timer_->expires_after(config.limits.http_response_timeout);
   hc_timer_->async_wait([self = shared_from_this(), id = request.id, cluster](error_code ec) {
-    if (ec || !self->front_->http_take(id, cluster)) return;
+    if (ec || !self->front_->http_take(id, cluster->identity())) return;
     self->hc_fail(id, 504, "the listener did not respond within " +
                                std::to_string(self->front_->config().limits.http_response_timeout.count() / 1000) + " s");
   });
@@ -1597,7 +1602,7 @@ void HttpConnection::handle_listener_request(const ClusterEntry* cluster, std::m
   const std::string id = query.count("sb-hc-id") ? query["sb-hc-id"] : std::string{};
   if (!tunnel::rendezvous::is_ticket(id)) return refuse(404, "unknown_request", "no request is pending under this id");
   if (!websocket::is_upgrade(req_)) return refuse(400, "not_websocket", "a request rendezvous is a WebSocket upgrade");
-  auto pending = front_->http_take(id, cluster);
+  auto pending = front_->http_take(id, cluster->identity());
   auto sender = pending ? pending->sender.lock() : nullptr;
   if (!sender) return refuse(404, "unknown_request", "no request is pending under this id (answered, expired or gone)");
   beast::get_lowest_layer(stream_).expires_never();

@@ -240,6 +240,14 @@ Registry build_registry(const std::map<std::string, EtcdKeyValue>& records, cons
 }
 
 
+// The registry is the records under clusters/ and roles/; the rest of the
+// prefix (replicas/: members, control channels, agent reports) changes with
+// every agent that connects and is none of the registry's business.
+bool registry_key(const std::string& key, const std::string& prefix) {
+  return key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
+         (key.compare(prefix.size(), 9, "clusters/") == 0 || key.compare(prefix.size(), 6, "roles/") == 0);
+}
+
 class EtcdStore final : public RegistryStore {
  public:
   EtcdStore(EtcdOptions options, std::shared_ptr<spdlog::logger> logger, RelayMetrics* metrics)
@@ -314,7 +322,8 @@ class EtcdStore final : public RegistryStore {
     auto r = client_.range_prefix(options_.prefix);
     if (!r) throw std::runtime_error("registry store " + describe() + ": " + r.error());
     records_.clear();
-    for (auto& kv : r->first) records_[kv.key] = std::move(kv);
+    for (auto& kv : r->first)
+      if (registry_key(kv.key, options_.prefix)) records_[kv.key] = std::move(kv);
     revision_ = r->second;
     rebuild();
   }
@@ -339,7 +348,10 @@ class EtcdStore final : public RegistryStore {
       if (metrics_) metrics_->registry_records_refused_total.fetch_add(1);
     }
     std::erase_if(reported_, [&](const auto& kv) { return !refused.count(kv.first); });
-    if (metrics_) metrics_->registry_records_refused.store(static_cast<std::int64_t>(refused.size()));
+    if (metrics_) {
+      metrics_->registry_records_refused.store(static_cast<std::int64_t>(refused.size()));
+      metrics_->registry_snapshots_total.fetch_add(1);
+    }
     publish(std::move(reg));
   }
 
@@ -353,13 +365,16 @@ class EtcdStore final : public RegistryStore {
       auto end = client_.watch_prefix(
           options_.prefix, revision_ + 1, stop_flag_,
           [this](const std::vector<EtcdEvent>& events, std::int64_t revision) {
+            bool changed = false;
             for (const auto& e : events) {
+              revision_ = std::max(revision_, e.kv.mod_revision);
+              if (!registry_key(e.kv.key, options_.prefix)) continue;
+              changed = true;
               if (e.deleted) records_.erase(e.kv.key);
               else records_[e.kv.key] = e.kv;
-              revision_ = std::max(revision_, e.kv.mod_revision);
             }
             revision_ = std::max(revision_, revision);
-            rebuild();
+            if (changed) rebuild();
           },
           [&] {
             live = true;

@@ -14,6 +14,7 @@ class RelayMetrics {
   std::atomic<std::int64_t> connections_active{0};
   // Registry records the store refused (malformed, or colliding with another).
   std::atomic<std::uint64_t> registry_records_refused_total{0};
+  std::atomic<std::uint64_t> registry_snapshots_total{0};  // registries built from the store
   std::atomic<std::int64_t> registry_records_refused{0};  // refused now
   // Requests that changed etcd (puts, deletes, transactions, lease grants and
   // revocations; not lease keepalives), from this process.

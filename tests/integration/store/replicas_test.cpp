@@ -651,7 +651,7 @@ TEST_CASE("replicas: etcd stopped and started again under load: sessions go on a
   listener->close();
 }
 
-TEST_CASE("replicas: a replica publishes its agents' last report under its lease with at most two writes per reconnect",
+TEST_CASE("replicas: a replica publishes its agents' last report under its lease with at most two writes per reconnect and no registry rebuild",
           "[relay][replicas][etcd]") {
   if (!have_etcd()) return;
   Replicas rs(2, 60);
@@ -662,6 +662,14 @@ TEST_CASE("replicas: a replica publishes its agents' last report under its lease
   report.kubernetes_version = "v1.32.2";
   report.node_count = 3;
   report.core_count = 12;
+  // The replicas' records (channels, reports) are not the registry: writing
+  // them makes no new registry snapshot on any replica.
+  const auto snapshots = [&] {
+    return std::vector<unsigned>{rs.relays[0]->gauge("clusterconnect_relay_registry_snapshots_total"),
+                                 rs.relays[1]->gauge("clusterconnect_relay_registry_snapshots_total")};
+  };
+  const auto snapshots_before = snapshots();
+  CHECK(snapshots_before[0] >= 1);
   const auto before_listen = std::chrono::system_clock::now();
   auto listener = rs.listen(agent_host, agent, 0, 1, report);
   std::string key;
@@ -696,5 +704,18 @@ TEST_CASE("replicas: a replica publishes its agents' last report under its lease
   const unsigned writes = rs.relays[0]->gauge("clusterconnect_relay_store_writes_total") - writes_before;
   CHECK(writes >= 1);
   CHECK(writes <= 2);
+  // A registry change after them: once both replicas have it, they have seen
+  // every channel record before it (a watch delivers in revision order), and
+  // that one change is the only new snapshot.
+  auto added = run(relay_bin() + " cluster add -s 00000000-0000-0000-0000-0000000000bb -g team -n gamma --store " +
+                   rs.etcd.store());
+  INFO(added.output);
+  REQUIRE(added.status == 0);
+  const std::vector<unsigned> one_more{snapshots_before[0] + 1, snapshots_before[1] + 1};
+  REQUIRE(wait_until([&] {
+    const auto now = snapshots();
+    return now[0] >= one_more[0] && now[1] >= one_more[1];
+  }, 20s));
+  CHECK(snapshots() == one_more);
   listener->close();
 }
