@@ -13,7 +13,8 @@
 // write are outstanding; the handshake takes the place of both. Handlers run
 // from the executor, never inline from the initiating call. Pending operations
 // keep the connection's state alive: closing the socket (or destroying this
-// object) completes them with operation_aborted.
+// object) completes them with operation_aborted. A moved-from TlsSocket may
+// only be destroyed or assigned to.
 //
 // Errors: a close_notify from the peer reads as asio::error::eof; a TCP end
 // without one as asio::ssl::error::stream_truncated; TLS failures are errors

@@ -71,17 +71,20 @@ class TcpLeg : public LegBase {
   std::string where() const { return offer_.host + ":" + offer_.port; }
 
   void close_socket() override {
+    if (handed_over_) return;  // the session owns the connection now
     error_code ignored;
     tls_.lowest_layer().close(ignored);
   }
 
   void succeed(tunnel::SessionOptions options) {
+    handed_over_ = true;
     LegBase::succeed(std::make_unique<tunnel::StreamChannel<TlsSocket>>(std::move(tls_)), std::move(options));
   }
 
   RendezvousOffer offer_;
   std::shared_ptr<asio::ssl::context> ctx_;
   TlsSocket tls_;
+  bool handed_over_ = false;  // tls_ was moved into the session
 
  private:
   void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
