@@ -1,6 +1,6 @@
 #pragma once
 // TLS connections as clusterconnect::Stream: an outbound connector and a
-// listener. Light on purpose: the Asio SSL stream lives in core/src/tls only.
+// listener. Light on purpose: the TLS stream (TlsSocket) lives in core/src/tls.
 //
 // Half-close: async_shutdown_send sends a TLS close_notify and then a TCP FIN;
 // the peer reads eof (Go's tls.Conn.CloseWrite and OpenSSL behave the same),

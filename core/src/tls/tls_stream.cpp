@@ -1,10 +1,9 @@
-// The only translation unit that instantiates Asio's SSL stream.
+// TLS connections as Stream, on TlsSocket (OpenSSL straight on the socket).
 #include "clusterconnect/tls.hpp"
 
 #include "clusterconnect/tls_context.hpp"
-#include "clusterconnect/batching_stream.hpp"
+#include "clusterconnect/tls_socket.hpp"
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -17,7 +16,6 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/error.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
@@ -32,22 +30,23 @@ using tcp = asio::ip::tcp;
 // its payload) are coalesced into one TLS record instead of one per buffer.
 constexpr std::size_t kGatherLimit = 16 * 1024;
 
-// TLS over a layer that sends the records of one write together: a 64 KiB
-// write leaves in one socket write, not four.
-using SslStream = asio::ssl::stream<BatchingStream<tcp::socket>>;
-
 class TlsStream final : public Stream, public std::enable_shared_from_this<TlsStream> {
  public:
   TlsStream(tcp::socket socket, std::shared_ptr<asio::ssl::context> context, std::string peer)
-      : context_(std::move(context)), ssl_(std::move(socket), *context_), peer_(std::move(peer)) {}
+      : ssl_(std::move(socket), std::move(context)), peer_(std::move(peer)) {}
 
-  SslStream& ssl() noexcept { return ssl_; }
+  TlsSocket& ssl() noexcept { return ssl_; }
 
   asio::any_io_executor get_executor() override { return ssl_.get_executor(); }
 
   void async_read_some(asio::mutable_buffer buffer, IoHandler handler) override {
     asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
-      self->read_more(buffer, 0, std::move(h));
+      // TlsSocket reads on while records have arrived and the buffer has room.
+      self->ssl_.async_read_some(asio::buffer(buffer), [h = std::move(h)](error_code ec, std::size_t n) mutable {
+        // A peer that closes TCP without close_notify: see tls.hpp.
+        if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
+        h(ec, ec ? 0 : n);
+      });
     });
   }
 
@@ -83,14 +82,9 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
         asio::post(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(asio::error::shut_down, 0); });
         return;
       }
-      // The whole buffer, its records gathered into few socket writes.
-      self->ssl_.next_layer().begin_batch();
+      // The whole buffer; each TlsSocket write sends its records together.
       asio::async_write(self->ssl_, out, [self, h = std::move(h)](error_code ec, std::size_t n) mutable {
-        // The batch ends either way; the write's own error comes first.
-        self->ssl_.next_layer().async_flush([h = std::move(h), ec, n](error_code fec) mutable {
-          if (!ec) ec = fec;
-          h(ec, ec ? 0 : n);
-        });
+        h(ec, ec ? 0 : n);
       });
     });
   }
@@ -115,81 +109,20 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   std::string describe() const override { return peer_; }
 
  private:
-  // One TLS record per read is what asio's stream gives; while more has
-  // already arrived (decrypted and waiting, or on the socket) and the buffer
-  // has room, read on, so a bulk transfer moves in large pieces and every
-  // hop after this one is woken once per piece rather than per record.
-  void read_more(asio::mutable_buffer buffer, std::size_t got, IoHandler h) {
-    ssl_.async_read_some(asio::buffer(buffer + got),
-                         [self = shared_from_this(), buffer, got, h = std::move(h)](error_code ec, std::size_t n) mutable {
-                           // A peer that closes TCP without close_notify: see tls.hpp.
-                           if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
-                           const std::size_t total = got + n;
-                           if (ec) return total > 0 ? h(error_code{}, total) : h(ec, 0);
-                           if (total < buffer.size() && self->more_ready(n)) return self->read_more(buffer, total, std::move(h));
-                           h(error_code{}, total);
-                         });
-  }
-
-  // `last`: plaintext bytes the last read gave. Only a full record is taken
-  // as a sign of more on the way; after a short one (the tail of a message,
-  // a small response) the socket is not asked, which saves a syscall on
-  // every small request.
-  bool more_ready(std::size_t last) {
-    if (SSL_pending(ssl_.native_handle()) > 0) return true;
-    if (last < kFullRecord) return false;
-    error_code ec;
-    const std::size_t waiting = ssl_.lowest_layer().available(ec);
-    return !ec && waiting >= kReadOnAtLeast;
-  }
-
-  // A whole record's worth on the socket: less is more likely the tail of a
-  // response than the next piece of a transfer.
-  static constexpr std::size_t kReadOnAtLeast = 4 * 1024;
-  static constexpr std::size_t kFullRecord = 16 * 1024;  // TLS's largest plaintext record
-
-  // Sends close_notify, then a TCP FIN, keeping the read side open. Asio's
-  // async_shutdown cannot be used: it waits for the peer's close_notify by
-  // reading, which would race the stream's own outstanding read. So the alert
-  // is produced by SSL_shutdown into a temporary memory BIO (swapped in for
-  // the engine's BIO for the duration of the call) and written to the socket
-  // directly. No SSL write is outstanding (the Stream contract), so the record
-  // sequence stays in order.
+  // close_notify, then a TCP FIN, keeping the read side open (the peer's
+  // close_notify is not waited for: that would race the stream's own read).
   void do_shutdown_send(DoneHandler handler) {
     if (shutdown_sent_) {
       asio::post(ssl_.get_executor(), [h = std::move(handler)]() mutable { h(error_code{}); });
       return;
     }
     shutdown_sent_ = true;
-    SSL* ssl = ssl_.native_handle();
-    BIO* engine_bio = SSL_get_wbio(ssl);
-    BIO* mem = BIO_new(BIO_s_mem());
-    if (engine_bio != nullptr && mem != nullptr) {
-      BIO_up_ref(engine_bio);
-      SSL_set0_wbio(ssl, mem);  // drops the engine's wbio reference; ours keeps it alive
-      ERR_clear_error();
-      SSL_shutdown(ssl);
-      ERR_clear_error();
-      char* data = nullptr;
-      long n = BIO_get_mem_data(mem, &data);
-      if (n > 0) alert_.assign(data, data + n);
-      SSL_set0_wbio(ssl, engine_bio);  // frees mem, hands our reference back
-    } else if (mem != nullptr) {
-      BIO_free(mem);
-    }
-    asio::async_write(ssl_.next_layer(), asio::buffer(alert_),
-                      [self = shared_from_this(), h = std::move(handler)](error_code ec, std::size_t) mutable {
-                        error_code ignored;
-                        self->ssl_.lowest_layer().shutdown(tcp::socket::shutdown_send, ignored);
-                        h(ec);
-                      });
+    ssl_.async_shutdown_send([self = shared_from_this(), h = std::move(handler)](error_code ec) mutable { h(ec); });
   }
 
-  std::shared_ptr<asio::ssl::context> context_;  // outlives ssl_
-  SslStream ssl_;
+  TlsSocket ssl_;
   std::string peer_;
   std::vector<char> gather_;
-  std::vector<char> alert_;
   bool shutdown_sent_ = false;
 };
 
@@ -258,7 +191,7 @@ class ConnectOp : public std::enable_shared_from_this<ConnectOp> {
     stream_ = std::make_shared<TlsStream>(std::move(socket_), context_, where() + " (" + endpoint_text(ep) + ")");
     if (!set_client_host(stream_->ssl().native_handle(), host_))
       return finish(asio::error::invalid_argument, "cannot verify TLS host name " + host_);
-    stream_->ssl().async_handshake(asio::ssl::stream_base::client,
+    stream_->ssl().async_handshake(TlsSocket::handshake_type::client,
                                    [self = shared_from_this()](error_code ec) { self->on_handshake(ec); });
   }
 
@@ -383,7 +316,7 @@ class TlsServerImpl final : public TlsServer, public std::enable_shared_from_thi
       }
     });
     asio::dispatch(ex, [self = shared_from_this(), stream, timer]() mutable {
-      stream->ssl().async_handshake(asio::ssl::stream_base::server, [self, stream, timer](error_code ec) mutable {
+      stream->ssl().async_handshake(TlsSocket::handshake_type::server, [self, stream, timer](error_code ec) mutable {
         timer->cancel();
         self->on_handshake(ec, std::move(stream));
       });

@@ -4,7 +4,9 @@
 // self-delimiting, so a "message" read is the run of whole frames received
 // so far (a partial frame waits for its rest); what the session writes is
 // whole frames and goes out as it is. Header-only, for any Asio stream
-// (asio::ssl::stream<tcp::socket>, or a plain socket in tests); no Beast.
+// (tls::TlsSocket, asio::ssl::stream<tcp::socket>, or a plain socket in
+// tests); no Beast. A TlsSocket sends the records of each write_some (up to
+// 256 KiB of a message) in one socket write.
 
 #include <cstring>
 #include <memory>
@@ -37,17 +39,7 @@ class StreamChannel final : public MessageChannel {
   }
 
   void async_write_message(asio::const_buffer message, DoneHandler handler) override {
-    auto& stream = core_->stream;
-    if constexpr (requires { stream.next_layer().begin_batch(); }) {
-      // TLS over a batching layer: the message's records leave in few writes.
-      stream.next_layer().begin_batch();
-      asio::async_write(stream, message, [core = core_, h = std::move(handler)](error_code ec, std::size_t) mutable {
-        // The batch ends either way; the write's own error comes first.
-        core->stream.next_layer().async_flush([h = std::move(h), ec](error_code fec) mutable { h(ec ? ec : fec); });
-      });
-    } else {
-      asio::async_write(stream, message, [h = std::move(handler)](error_code ec, std::size_t) mutable { h(ec); });
-    }
+    asio::async_write(core_->stream, message, [h = std::move(handler)](error_code ec, std::size_t) mutable { h(ec); });
   }
 
   void close(std::uint16_t, std::string) noexcept override {

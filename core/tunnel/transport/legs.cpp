@@ -6,7 +6,7 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
-#include <boost/asio/ssl.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/write.hpp>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -14,8 +14,8 @@
 
 #include "clusterconnect/certificates.hpp"
 #include "clusterconnect/tls_context.hpp"
+#include "clusterconnect/tls_socket.hpp"
 #include "leg_base.hpp"
-#include "clusterconnect/batching_stream.hpp"
 #include "protocol/stream_channel.hpp"
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous/preamble.hpp"
@@ -23,8 +23,8 @@
 namespace clusterconnect::tunnel::transport {
 
 using tcp = asio::ip::tcp;
-// TLS over a layer that writes a message's records in few socket writes.
-using TlsSocket = asio::ssl::stream<BatchingStream<tcp::socket>>;
+// OpenSSL straight on the socket: a message's records leave in one write.
+using TlsSocket = tls::TlsSocket;
 namespace rv = tunnel::rendezvous;
 
 namespace {
@@ -63,7 +63,7 @@ class TcpLeg : public LegBase {
       : LegBase(io, std::move(logger), std::move(handler), timeout),
         offer_(std::move(offer)),
         ctx_(std::move(ctx)),
-        tls_(strand_, *ctx_) {}
+        tls_(strand_, ctx_) {}
 
   // The TCP connection is up (TCP_NODELAY set).
   virtual void on_connected() = 0;
@@ -71,17 +71,20 @@ class TcpLeg : public LegBase {
   std::string where() const { return offer_.host + ":" + offer_.port; }
 
   void close_socket() override {
+    if (handed_over_) return;  // the session owns the connection now
     error_code ignored;
     tls_.lowest_layer().close(ignored);
   }
 
   void succeed(tunnel::SessionOptions options) {
+    handed_over_ = true;
     LegBase::succeed(std::make_unique<tunnel::StreamChannel<TlsSocket>>(std::move(tls_)), std::move(options));
   }
 
   RendezvousOffer offer_;
   std::shared_ptr<asio::ssl::context> ctx_;
   TlsSocket tls_;
+  bool handed_over_ = false;  // tls_ was moved into the session
 
  private:
   void on_resolve(error_code ec, const tcp::resolver::results_type& results) {
@@ -109,7 +112,7 @@ class AgentDial final : public TcpLeg {
     const auto name = rv::ticket_server_name(offer_.ticket, offer_.host);
     if (!SSL_set_tlsext_host_name(tls_.native_handle(), name.c_str()))
       return fail(asio::error::invalid_argument, "TLS refused the rendezvous server name");
-    tls_.async_handshake(asio::ssl::stream_base::client,
+    tls_.async_handshake(TlsSocket::handshake_type::client,
                          [self = self_as<AgentDial>()](error_code ec) { self->on_tls(ec); });
   }
 
@@ -152,7 +155,7 @@ class ProxyDial final : public TcpLeg {
       if (r.status != 200)
         return self->fail(r.status == 504 ? asio::error::timed_out : asio::error::connection_refused,
                           "the relay refused the rendezvous: " + std::to_string(r.status) + " " + r.reason);
-      self->tls_.async_handshake(asio::ssl::stream_base::server, [self](error_code ec) { self->on_tls(ec); });
+      self->tls_.async_handshake(TlsSocket::handshake_type::server, [self](error_code ec) { self->on_tls(ec); });
     });
   }
 
