@@ -85,7 +85,7 @@ struct AgentOptions {
   std::string ready_file;
   std::string audit_log = "-";
   unsigned threads = 1;
-  unsigned upstream_idle_max = 32;
+  unsigned upstream_idle_max = 256;
   unsigned upstream_idle_timeout = 90;
   std::string distribution;    // empty: guessed from the API server
   std::string infrastructure;  // empty: guessed from the nodes

@@ -141,7 +141,7 @@ void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolic
            Recovery recovery = {});
 
 struct PoolOptions {
-  std::size_t max_idle = 32;               // idle connections kept; the oldest is closed beyond
+  std::size_t max_idle = 256;              // idle connections kept; the oldest is closed beyond
   std::chrono::seconds idle_timeout{90};   // an idle connection unused this long is closed (Go's transport: 90 s)
 };
 
