@@ -744,6 +744,19 @@ YAML
 fi
 
 # ---------------------------------------------------------------- scale (ours)
+# trigger_watch_event DIR STATE API_PORT NAME: stamps DIR/watch-trigger with the
+# time (watch.py counts delivery from it), then creates configmap NAME at the
+# stand-in API server whose files are in STATE, as the agent would; prints the
+# HTTP status.
+trigger_watch_event() {
+  local dir="$1" st="$2" port="$3" name="$4"
+  python3 -c 'import time; print(time.time())' >"$dir/watch-trigger.tmp" && mv "$dir/watch-trigger.tmp" "$dir/watch-trigger"
+  curl -s --cacert "$st/apiserver-ca.crt" -o /dev/null -w '%{http_code}' --max-time 10 \
+    -H "Authorization: Bearer $(cat "$st/agent-sa.token")" -H "Impersonate-User: bench" -H "Impersonate-Group: system:masters" \
+    -H 'Content-Type: application/json' -X POST "https://127.0.0.1:$port/api/v1/namespaces/default/configmaps" \
+    -d "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"$name\"},\"data\":{\"k\":\"v\"}}"
+}
+
 # clone_args PID KEY=VALUE...: a running process's command line with some options'
 # values replaced (or appended), NUL-separated, so a second relay or agent starts
 # exactly as scripts/sandbox.sh started the first one.
@@ -841,11 +854,7 @@ run_scale() {
     [ "$est" != "$watches" ] && log "watch: $est of $watches established: $(cat "$work/watch-ready.json")"
     # One object created behind the agent must reach every stream; delivery time
     # counts from just before the create.
-    python3 -c 'import time; print(time.time())' >"$work/watch-trigger.tmp" && mv "$work/watch-trigger.tmp" "$work/watch-trigger"
-    code="$(curl -s --cacert "$s/apiserver-ca.crt" -o /dev/null -w '%{http_code}' --max-time 10 \
-      -H "Authorization: Bearer $(cat "$s/agent-sa.token")" -H "Impersonate-User: bench" -H "Impersonate-Group: system:masters" \
-      -H 'Content-Type: application/json' -X POST "https://127.0.0.1:$api_port/api/v1/namespaces/default/configmaps" \
-      -d "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"$name\"},\"data\":{\"k\":\"v\"}}")"
+    code="$(trigger_watch_event "$work" "$s" "$api_port" "$name")"
     [ "$code" = 201 ] || log "watch: creating the configmap answered $code"
     if wait_file "$work/watch-result.json" 90 "${PID[watchers]}"; then
       record clusterconnect watch_delivered "$(jget "$work/watch-result.json" delivered)"
@@ -1073,12 +1082,8 @@ PY
       record clusterconnect replica_watch_kb_proxy "$(python3 -c "print(round(($p1-$p0)/$est, 2))")"
     fi
     [ "$est" != "$replica_watches" ] && log "replicas: $est of $replica_watches watches established: $(cat "$rep_dir/watch-ready.json")"
-    python3 -c 'import time; print(time.time())' >"$rep_dir/watch-trigger.tmp" && mv "$rep_dir/watch-trigger.tmp" "$rep_dir/watch-trigger"
     api_port="$(jget "$st/apiserver.ready" port)"
-    code="$(curl -s --cacert "$st/apiserver-ca.crt" -o /dev/null -w '%{http_code}' --max-time 10 \
-      -H "Authorization: Bearer $(cat "$st/agent-sa.token")" -H "Impersonate-User: bench" -H "Impersonate-Group: system:masters" \
-      -H 'Content-Type: application/json' -X POST "https://127.0.0.1:$api_port/api/v1/namespaces/default/configmaps" \
-      -d "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"$name\"},\"data\":{\"k\":\"v\"}}")"
+    code="$(trigger_watch_event "$rep_dir" "$st" "$api_port" "$name")"
     [ "$code" = 201 ] || log "replicas: creating the configmap answered $code"
     if wait_file "$rep_dir/watch-result.json" 90 "${PID[rwatchers]}"; then
       record clusterconnect replica_watch_delivered "$(jget "$rep_dir/watch-result.json" delivered)"
