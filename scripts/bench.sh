@@ -757,6 +757,15 @@ trigger_watch_event() {
     -d "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"$name\"},\"data\":{\"k\":\"v\"}}"
 }
 
+# record_watch_kb PREFIX: KB per established watch stream at relay, agent and
+# proxy, from the RSS before (r0 a0 p0) and with the streams up (r1 a1 p1).
+record_watch_kb() {
+  [ "${est:-0}" -gt 0 ] || return 0
+  record clusterconnect "$1_kb_relay" "$(python3 -c "print(round(($r1-$r0)/$est, 2))")"
+  record clusterconnect "$1_kb_agent" "$(python3 -c "print(round(($a1-$a0)/$est, 2))")"
+  record clusterconnect "$1_kb_proxy" "$(python3 -c "print(round(($p1-$p0)/$est, 2))")"
+}
+
 # clone_args PID KEY=VALUE...: a running process's command line with some options'
 # values replaced (or appended), NUL-separated, so a second relay or agent starts
 # exactly as scripts/sandbox.sh started the first one.
@@ -846,11 +855,7 @@ run_scale() {
     record clusterconnect watch_streams "$watches"
     record clusterconnect watch_established "$est"
     record clusterconnect watch_setup_s "$(jget "$work/watch-ready.json" seconds)"
-    if [ "${est:-0}" -gt 0 ]; then
-      record clusterconnect watch_kb_relay "$(python3 -c "print(round(($r1-$r0)/$est, 2))")"
-      record clusterconnect watch_kb_agent "$(python3 -c "print(round(($a1-$a0)/$est, 2))")"
-      record clusterconnect watch_kb_proxy "$(python3 -c "print(round(($p1-$p0)/$est, 2))")"
-    fi
+    record_watch_kb watch
     [ "$est" != "$watches" ] && log "watch: $est of $watches established: $(cat "$work/watch-ready.json")"
     # One object created behind the agent must reach every stream; delivery time
     # counts from just before the create.
@@ -1076,11 +1081,7 @@ PY
     record clusterconnect replica_watch_proxies "$nprox"
     record clusterconnect replica_watch_established "$est"
     record clusterconnect replica_watch_setup_s "$(jget "$rep_dir/watch-ready.json" seconds)"
-    if [ "${est:-0}" -gt 0 ]; then
-      record clusterconnect replica_watch_kb_relay "$(python3 -c "print(round(($r1-$r0)/$est, 2))")"
-      record clusterconnect replica_watch_kb_agent "$(python3 -c "print(round(($a1-$a0)/$est, 2))")"
-      record clusterconnect replica_watch_kb_proxy "$(python3 -c "print(round(($p1-$p0)/$est, 2))")"
-    fi
+    record_watch_kb replica_watch
     [ "$est" != "$replica_watches" ] && log "replicas: $est of $replica_watches watches established: $(cat "$rep_dir/watch-ready.json")"
     api_port="$(jget "$st/apiserver.ready" port)"
     code="$(trigger_watch_event "$rep_dir" "$st" "$api_port" "$name")"
