@@ -600,6 +600,7 @@ int ProxyCommand::run_proxy() {
   if (!leaf) return fail_with("local certificate: " + leaf.error());
   auto server_ctx = tls::make_server_context_pem(leaf->cert, leaf->key);
   if (!server_ctx) return fail_with("local TLS: " + server_ctx.error());
+  tls::disable_session_tickets(*server_ctx.value());
   auto close_servers = [&] {
     for (auto& l : links)
       if (l.server) l.server->close();

@@ -30,6 +30,11 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_context_files(const std:
 Result<std::shared_ptr<asio::ssl::context>> make_server_context_pem(const std::string& cert_pem,
                                                                    const std::string& key_pem);
 
+// A server whose clients never resume sessions (kubectl, client-go and curl
+// processes start afresh): no TLS 1.3 session tickets, so a handshake neither
+// computes nor sends them and a connection keeps no resumable session.
+void disable_session_tickets(asio::ssl::context& ctx);
+
 // Prepares a client connection to `host` before its handshake: SNI (DNS names
 // only) and verification of the certificate's DNS or IP subjectAltName.
 // `host` may be an IPv6 literal with or without brackets. Returns false if

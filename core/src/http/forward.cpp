@@ -185,6 +185,20 @@ struct Upstream {
   StreamAdapter io;
   beast::flat_buffer buffer;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
+  // Between exchanges the read that watches the connection goes here, so the
+  // read buffer and the last response's parser can be released meanwhile.
+  std::array<char, kIdleRead> idle_bytes{};
+  asio::mutable_buffer idle_read() {
+    parser.reset();
+    if (buffer.size() == 0) buffer.shrink_to_fit();
+    return asio::buffer(idle_bytes);
+  }
+  // The idle read brought `n` bytes (the next response's first): to the read buffer.
+  void take_idle(std::size_t n) {
+    if (n == 0) return;
+    buffer.reserve(kReadReserve);
+    buffer.commit(asio::buffer_copy(buffer.prepare(n), asio::buffer(idle_bytes.data(), n)));
+  }
   unsigned requests = 0;  // requests sent on it, for the retry rule
   bool idle_reading = false;      // watch_upstream's read is out
   bool response_waiting = false;  // pump B waits for that read to finish
@@ -253,14 +267,13 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
   // Takes back a connection whose exchange completed cleanly with nothing
   // left unread; the caller has checked that it is reusable.
   void give(UpstreamPtr up) {
-    up->parser.reset();
     up->taken_from_pool = false;
     up->pool_reading = true;
     up->pool_read_done = false;
     auto& stream = up->io.stream();
     // The read starts before the connection can be taken, so a taker never
     // writes a request into a connection that nobody reads.
-    stream->async_read_some(up->buffer.prepare(4096), [weak = weak_from_this(), up](error_code ec, std::size_t n) mutable {
+    stream->async_read_some(up->idle_read(), [weak = weak_from_this(), up](error_code ec, std::size_t n) mutable {
       auto self = weak.lock();
       if (!self) return up->io.stream()->reset("upstream pool gone");
       self->on_idle_read(std::move(up), ec, n);
@@ -331,7 +344,7 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
     {
       std::lock_guard lock(mu_);
       up->pool_reading = false;
-      up->buffer.commit(n);
+      up->take_idle(n);
       if (up->in_pool) {
         up->in_pool = false;
         auto it = std::find_if(idle_.begin(), idle_.end(), [&](const Entry& e) { return e.up == up; });
@@ -1253,9 +1266,9 @@ class Session : public std::enable_shared_from_this<Session> {
     if (up->idle_reading || closing_) return;
     up->idle_reading = true;
     auto& io = up->io;
-    io.async_read_some(up->buffer.prepare(4096), [self = shared_from_this(), up](error_code ec, std::size_t n) mutable {
+    io.async_read_some(up->idle_read(), [self = shared_from_this(), up](error_code ec, std::size_t n) mutable {
       up->idle_reading = false;
-      up->buffer.commit(n);
+      up->take_idle(n);
       self->on_upstream_idle_read(ec, std::move(up));
     });
   }

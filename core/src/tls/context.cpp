@@ -108,6 +108,12 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_context_pem(const std::s
   return ctx;
 }
 
+void disable_session_tickets(asio::ssl::context& ctx) {
+  SSL_CTX_set_num_tickets(ctx.native_handle(), 0);
+  SSL_CTX_set_options(ctx.native_handle(), SSL_OP_NO_TICKET);
+  SSL_CTX_set_session_cache_mode(ctx.native_handle(), SSL_SESS_CACHE_OFF);
+}
+
 bool set_client_host(SSL* ssl, const std::string& host) {
   std::string name = host;
   if (name.size() >= 2 && name.front() == '[' && name.back() == ']') name = name.substr(1, name.size() - 2);

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -40,10 +41,42 @@ using tcp = asio::ip::tcp;
 constexpr std::size_t kReadBufferLen = 64 * 1024;
 // TLS's largest plaintext record: a full one hints that more is on the way.
 constexpr std::size_t kFullRecord = 16 * 1024;
-// Output buffer capacity kept between writes; a larger one is freed once sent.
+// Output buffer capacity kept for reuse between writes; a larger one is freed once sent.
 constexpr std::size_t kKeepOut = 16 * 1024;
 
 BIO_METHOD* socket_bio_method();
+
+// Output buffers between writes: a connection that is not writing holds
+// none; the thread's last few are reused by the next writer instead.
+class OutBuffers {
+ public:
+  using Buffer = std::vector<unsigned char>;
+  Buffer take() {
+    if (free_.empty()) return {};
+    Buffer b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void give(Buffer& b) noexcept {
+    b.clear();
+    if (b.capacity() != 0 && b.capacity() <= kKeepOut && free_.size() < kKeep) {
+      try {
+        free_.push_back(std::move(b));
+      } catch (...) {
+      }
+    }
+    Buffer().swap(b);
+  }
+
+ private:
+  static constexpr std::size_t kKeep = 8;
+  std::vector<Buffer> free_;
+};
+
+OutBuffers& out_buffers() {
+  thread_local OutBuffers buffers;
+  return buffers;
+}
 
 }  // namespace
 
@@ -166,9 +199,8 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
       }
       return fail_output(r < 0 ? error_code(errno, boost::system::system_category()) : asio::error::connection_reset);
     }
-    out.clear();
     sent = 0;
-    if (out.capacity() > kKeepOut) std::vector<unsigned char>().swap(out);
+    out_buffers().give(out);
     notify_drained({});
   }
 
@@ -276,6 +308,7 @@ int bio_write(BIO* bio, const char* data, int len) {
   auto* core = static_cast<TlsSocket::Core*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);
   if (len <= 0) return 0;
+  if (core->out.capacity() == 0) core->out = out_buffers().take();
   core->out.insert(core->out.end(), data, data + len);
   return len;
 }
@@ -393,12 +426,30 @@ void TlsSocket::start_write(const Pieces& pieces, Completion done) {
   if (c.shutdown_sent) return c.later([done = std::move(done)]() mutable { done(asio::error::shut_down, 0); });
   if (c.write_failed) return c.later([done = std::move(done), ec = c.write_failed]() mutable { done(ec, 0); });
   Initiation scope(c);
+  // Consecutive pieces that fit in one record together (an HTTP head and a
+  // short body, a chunk's size line, data and CRLF) are encrypted as one
+  // record: they are copied to a scratch area first, which OpenSSL has
+  // encrypted into `out` by the time SSL_write_ex returns.
+  thread_local unsigned char scratch[kFullRecord];
   std::size_t total = 0;
-  for (std::size_t i = 0; i < pieces.count && total < max_write; ++i) {
-    const std::size_t n = std::min(pieces.at[i].size(), max_write - total);
+  for (std::size_t i = 0; i < pieces.count && total < max_write;) {
+    std::size_t run = 0, k = i;
+    while (k < pieces.count && run + pieces.at[k].size() <= kFullRecord && total + run + pieces.at[k].size() <= max_write)
+      run += pieces.at[k++].size();
+    const void* data = pieces.at[i].data();
+    std::size_t n = std::min(pieces.at[i].size(), max_write - total);
+    if (k - i >= 2) {
+      for (std::size_t j = i, at = 0; j < k; at += pieces.at[j].size(), ++j)
+        std::memcpy(scratch + at, pieces.at[j].data(), pieces.at[j].size());
+      data = scratch;
+      n = run;
+      i = k;
+    } else {
+      ++i;
+    }
     c.before_ssl_call();
     std::size_t written = 0;
-    const int r = SSL_write_ex(c.ssl, pieces.at[i].data(), n, &written);
+    const int r = SSL_write_ex(c.ssl, data, n, &written);
     if (r != 1) {
       const error_code failed = c.failure(SSL_get_error(c.ssl, r));
       if (total > 0) break;  // what was taken goes out; the error comes again next time

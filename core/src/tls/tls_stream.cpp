@@ -8,6 +8,7 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <vector>
 
@@ -25,10 +26,6 @@ namespace clusterconnect::tls {
 namespace {
 
 using tcp = asio::ip::tcp;
-
-// Small writes (an HTTP head and a short body, a WebSocket frame header and
-// its payload) are coalesced into one TLS record instead of one per buffer.
-constexpr std::size_t kGatherLimit = 16 * 1024;
 
 class TlsStream final : public Stream, public std::enable_shared_from_this<TlsStream> {
  public:
@@ -51,30 +48,18 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   }
 
   void async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) override {
-    asio::const_buffer out;
-    std::size_t nonempty = 0;
-    for (const auto& b : buffers) nonempty += b.size() > 0 ? 1 : 0;
-    if (nonempty <= 1 || buffers.front().size() >= kGatherLimit) {
-      for (const auto& b : buffers) {
-        if (b.size() > 0) {
-          out = b;
-          break;
-        }
-      }
-    } else {
-      // Safe without the strand: only one write is outstanding, and the
-      // previous one completed before this call.
-      gather_.clear();
-      for (const auto& b : buffers) {
-        std::size_t take = std::min(b.size(), kGatherLimit - gather_.size());
-        const char* p = static_cast<const char*>(b.data());
-        gather_.insert(gather_.end(), p, p + take);
-        if (gather_.size() == kGatherLimit) break;
-      }
-      out = asio::buffer(gather_);
+    // The caller's list lives only for this call: its buffers are kept here.
+    // TlsSocket puts small neighbours into one record.
+    std::array<asio::const_buffer, 16> out;
+    std::size_t n = 0, bytes = 0;
+    for (const auto& b : buffers) {
+      if (b.size() == 0) continue;
+      if (n == out.size()) break;
+      out[n++] = b;
+      bytes += b.size();
     }
-    asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), out, h = std::move(handler)]() mutable {
-      if (out.size() == 0) {
+    asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), out, bytes, h = std::move(handler)]() mutable {
+      if (bytes == 0) {
         asio::post(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(error_code{}, 0); });
         return;
       }
@@ -82,7 +67,7 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
         asio::post(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(asio::error::shut_down, 0); });
         return;
       }
-      // The whole buffer; each TlsSocket write sends its records together.
+      // The whole buffers; each TlsSocket write sends its records together.
       asio::async_write(self->ssl_, out, [self, h = std::move(h)](error_code ec, std::size_t n) mutable {
         h(ec, ec ? 0 : n);
       });
@@ -122,7 +107,6 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
 
   TlsSocket ssl_;
   std::string peer_;
-  std::vector<char> gather_;
   bool shutdown_sent_ = false;
 };
 
