@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -432,4 +433,39 @@ TEST_CASE("TlsSocket sends the records of one write together", "[tls][tls-socket
   (void)mss_after;
   // One send: as many segments as the MSS needs, and perhaps one pure ACK.
   CHECK(after - before <= one_send + 1);
+}
+
+TEST_CASE("TlsSocket puts small neighbouring pieces in one record and keeps no output buffer once sent",
+          "[tls][tls-socket]") {
+  Pair p;
+  p.handshake();
+  // Records the server receives, counted by OpenSSL's message callback (one
+  // SSL3_RT_HEADER call per record).
+  static int records = 0;
+  records = 0;
+  SSL_set_msg_callback(p.server->native_handle(), [](int write_p, int, int content_type, const void*, size_t, SSL*, void*) {
+    if (!write_p && content_type == SSL3_RT_HEADER) ++records;
+  });
+  const std::string head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string size_line = "1f4\r\n", body = pattern(500, 9), crlf = "\r\n";
+  const std::array<asio::const_buffer, 4> pieces{asio::buffer(head), asio::buffer(size_line), asio::buffer(body),
+                                                 asio::buffer(crlf)};
+  const std::string expected = head + size_line + body + crlf;
+  std::optional<error_code> wrote;
+  std::size_t written = 0;
+  p.client->async_write_some(pieces, [&](error_code ec, std::size_t n) {
+    wrote = ec;
+    written = n;
+    if (!ec) p.client->async_shutdown_send([](error_code) {});
+  });
+  Reader reader(*p.server);
+  reader.start();
+  p.run();
+  REQUIRE(wrote);
+  CHECK_FALSE(*wrote);
+  CHECK(written == expected.size());
+  CHECK(reader.got == expected);
+  // The four pieces in one record, then close_notify in another.
+  CHECK(records == 2);
+  CHECK(p.client->buffered_bytes() == 0);
 }
