@@ -1,7 +1,11 @@
 #include "agent_policy.hpp"
 
 #include <algorithm>
+#include <array>
 #include <mutex>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -70,15 +74,6 @@ TokenTimes token_times(const std::string& token) {
 
 std::chrono::system_clock::time_point token_expiry(const std::string& token) { return token_times(token).expiry; }
 
-// Equal-length tokens are compared without an early exit, so the time taken
-// says nothing about how much of a guess matched.
-bool same_token(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 // The `sub` a JWT names, read without verifying it (the API server does
 // that): for the audit record only, and marked as unverified there.
 std::string unverified_subject(const std::string& token) {
@@ -93,12 +88,21 @@ std::string unverified_subject(const std::string& token) {
 
 }  // namespace
 
-// The last token verified on one connection. A connection's requests come one
-// at a time, so the lock is uncontended; it is there because `done` may run
-// on another thread.
+using TokenDigest = std::array<unsigned char, SHA256_DIGEST_LENGTH>;
+
+static TokenDigest token_digest(std::string_view token) {
+  TokenDigest d{};
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), d.data());
+  return d;
+}
+
+// The last token verified on one connection, by its SHA-256: a held
+// connection keeps 32 bytes instead of a ~1 KB JWT, and no copy of the
+// credential. A connection's requests come one at a time, so the lock is
+// uncontended; it is there because `done` may run on another thread.
 struct AgentPolicy::TokenMemo {
   std::mutex mu;
-  std::string token;
+  TokenDigest token{};
   std::chrono::system_clock::time_point expiry;       // the token's exp
   std::chrono::system_clock::time_point valid_until;  // min(exp, verified + memo_max_age)
   std::shared_ptr<const VerifiedCaller> caller;
@@ -235,12 +239,14 @@ void AgentPolicy::decide(http::RequestHead& head, UniqueFunction<void(http::Deci
     if (mode_ == AuthMode::both) return pass_through(head, done);
     return reject(AuthFailure::malformed, "no bearer token in the request", done);
   }
+  const TokenDigest digest = memo ? token_digest(token) : TokenDigest{};
   if (memo) {
     std::shared_ptr<const VerifiedCaller> caller;
     std::chrono::system_clock::time_point expiry;
     {
       std::lock_guard lock(memo->mu);
-      if (memo->caller && same_token(token, memo->token) && now_() < memo->valid_until) {
+      if (memo->caller && CRYPTO_memcmp(digest.data(), memo->token.data(), digest.size()) == 0 &&
+          now_() < memo->valid_until) {
         caller = memo->caller;
         expiry = memo->expiry;
       }
@@ -251,17 +257,15 @@ void AgentPolicy::decide(http::RequestHead& head, UniqueFunction<void(http::Deci
   // Only a token with an exp is remembered, and never a single-use one.
   std::shared_ptr<TokenMemo> keep =
       times.signed_request || times.expiry == std::chrono::system_clock::time_point{} ? nullptr : memo;
-  std::string remembered = keep ? token : std::string();
   // `head` lives until `done` is called (the forwarding engine owns it).
   authenticator_->async_authenticate(
-      std::move(token), [this, &head, expiry = times.expiry, keep = std::move(keep), remembered = std::move(remembered),
-                         done = std::move(done)](AuthOutcome outcome) mutable {
+      std::move(token), [this, &head, expiry = times.expiry, keep = std::move(keep), digest, done = std::move(done)](AuthOutcome outcome) mutable {
         if (outcome.ok()) {
           auto caller = make_caller(std::move(outcome.identity));
           if (keep) {
             const auto until = std::min(expiry, now_() + memo_max_age);
             std::lock_guard lock(keep->mu);
-            keep->token = std::move(remembered);
+            keep->token = digest;
             keep->expiry = expiry;
             keep->valid_until = until;
             keep->caller = caller;

@@ -44,7 +44,7 @@ class AgentPolicy final : public http::ForwardPolicy, public std::enable_shared_
 
   // The policy for one connection (one tunnel stream): kubectl sends the same
   // token on every request of a connection, so the last token verified on it
-  // is remembered (compared in constant time) with its caller, until the
+  // is remembered (its SHA-256, compared in constant time) with its caller, until the
   // token's exp or for at most memo_max_age, whichever comes first; a request
   // with that token skips the authenticator. The cap keeps a signing key
   // rotated out from being honoured for long on a connection that stays open.
