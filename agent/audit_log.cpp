@@ -3,13 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <chrono>
+#include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <string_view>
 #include <ctime>
-
-#include <nlohmann/json.hpp>
 
 namespace clusterconnect::agent {
 
@@ -93,15 +92,91 @@ AuditLog::~AuditLog() {
 
 void AuditLog::drain() {
   std::unique_lock lock(mutex_);
+  std::deque<std::string> batch;
   for (;;) {
+    idle_ = true;
     ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    idle_ = false;
     if (queue_.empty()) return;  // stopping, and everything is written
-    std::deque<std::string> batch;
+    // What arrives within the batch window goes with this record: under load
+    // the writer wakes ~1/batch_window times a second, not once per request
+    // (each wake-up is a futex call and two context switches on the data path).
+    if (!stopping_) ready_.wait_for(lock, batch_window, [this] { return stopping_; });
     batch.swap(queue_);
     lock.unlock();
     for (const auto& line : batch) std::fputs(line.c_str(), file_);
     std::fflush(file_);
+    batch.clear();
     lock.lock();
+  }
+}
+
+namespace {
+
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  json_escape(out, s);
+  out += '"';
+}
+
+void append_key(std::string& out, std::string_view key) {
+  if (out.size() > 1) out += ',';
+  append_json_string(out, key);
+  out += ':';
+}
+
+}  // namespace
+
+void json_escape(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\b': out += "\\b"; break;
+        case '\f': out += "\\f"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+          if (c < 0x20) {
+            out += "\\u00";
+            out += hex[c >> 4];
+            out += hex[c & 0xf];
+          } else {
+            out += static_cast<char>(c);
+          }
+      }
+      ++i;
+      continue;
+    }
+    // A well-formed UTF-8 sequence is copied; anything else becomes U+FFFD.
+    std::size_t len = 0;
+    unsigned lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c == 0xe0) len = 3, lo = 0xa0;
+    else if (c >= 0xe1 && c <= 0xec) len = 3;
+    else if (c == 0xed) len = 3, hi = 0x9f;
+    else if (c >= 0xee && c <= 0xef) len = 3;
+    else if (c == 0xf0) len = 4, lo = 0x90;
+    else if (c >= 0xf1 && c <= 0xf3) len = 4;
+    else if (c == 0xf4) len = 4, hi = 0x8f;
+    bool ok = len > 0 && i + len <= n;
+    for (std::size_t k = 1; ok && k < len; ++k) {
+      const unsigned char b = p[i + k];
+      ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xbf);
+    }
+    if (ok) {
+      out.append(s.data() + i, len);
+      i += len;
+    } else {
+      out += "\xef\xbf\xbd";
+      ++i;
+    }
   }
 }
 
@@ -115,22 +190,53 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                 static_cast<int>(duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000));
-  auto q = r.target.find('?');
-  nlohmann::json line{{"time", stamp},
-                      {"auth", auth_method},
-                      {"user", r.user},
-                      {"groups", r.groups},
-                      {"method", r.method},
-                      {"path", r.target.substr(0, q)},
-                      {"query", audit_query(r.target)},
-                      {"status", r.status},
-                      {"bytes_in", r.bytes_in},
-                      {"bytes_out", r.bytes_out},
-                      {"duration_ms", static_cast<double>(r.duration.count()) / 1000.0},
-                      {"upgrade", r.upgraded}};
-  for (const auto& note : r.notes) line[note.name] = note.value;
-  auto text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  text += '\n';
+  const auto q = r.target.find('?');
+  const std::string_view path = std::string_view(r.target).substr(0, q);
+  char number[64];
+  // One JSON object per line, written straight into its string (no tree).
+  std::string text;
+  text.reserve(256 + r.target.size() + r.user.size());
+  text += '{';
+  append_key(text, "time");
+  append_json_string(text, stamp);
+  append_key(text, "auth");
+  append_json_string(text, auth_method);
+  append_key(text, "user");
+  append_json_string(text, r.user);
+  append_key(text, "groups");
+  text += '[';
+  for (std::size_t i = 0; i < r.groups.size(); ++i) {
+    if (i > 0) text += ',';
+    append_json_string(text, r.groups[i]);
+  }
+  text += ']';
+  append_key(text, "method");
+  append_json_string(text, r.method);
+  append_key(text, "path");
+  append_json_string(text, path);
+  append_key(text, "query");
+  append_json_string(text, audit_query(r.target));
+  append_key(text, "status");
+  text += std::to_string(r.status);
+  append_key(text, "bytes_in");
+  text += std::to_string(r.bytes_in);
+  append_key(text, "bytes_out");
+  text += std::to_string(r.bytes_out);
+  append_key(text, "duration_ms");
+  std::snprintf(number, sizeof number, "%.3f", static_cast<double>(r.duration.count()) / 1000.0);
+  text += number;
+  append_key(text, "upgrade");
+  text += r.upgraded ? "true" : "false";
+  // Notes add fields; they never replace one of the fields above.
+  static constexpr std::string_view fixed[] = {"time", "auth", "user", "groups", "method", "path", "query",
+                                               "status", "bytes_in", "bytes_out", "duration_ms", "upgrade"};
+  for (const auto& note : r.notes) {
+    if (std::find(std::begin(fixed), std::end(fixed), note.name) != std::end(fixed)) continue;
+    append_key(text, note.name);
+    append_json_string(text, note.value);
+  }
+  text += "}\n";
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
     if (queue_.size() >= max_queued_) {
@@ -138,8 +244,12 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
       return false;
     }
     queue_.push_back(std::move(text));
+    // Only a writer waiting for work needs waking; one in its batch window
+    // takes this record with the others.
+    wake = idle_;
+    idle_ = false;
   }
-  ready_.notify_one();
+  if (wake) ready_.notify_one();
   return true;
 }
 

@@ -7,6 +7,7 @@
 // the queue is full a record is dropped and counted, never waited for.
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +26,10 @@ namespace clusterconnect::agent {
 // sig, code, secret, password, ...) replaced by "[redacted]".
 std::string audit_query(std::string_view target);
 
+// Appends `s` as the inside of a JSON string: quotes, backslashes and
+// control characters escaped, invalid UTF-8 replaced by U+FFFD.
+void json_escape(std::string& out, std::string_view s);
+
 class AuditLog {
  public:
   // "-" writes to stdout; "" disables the log.
@@ -34,6 +39,8 @@ class AuditLog {
   // Never blocks: false when the record was dropped because the queue is full.
   bool write(const http::ExchangeRecord& record, const std::string& auth_method);
   std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  // How long the writer gathers records after the first one before writing them.
+  static constexpr std::chrono::milliseconds batch_window{10};
 
  private:
   AuditLog(std::FILE* f, bool owned, std::size_t max_queued);
@@ -45,6 +52,7 @@ class AuditLog {
   std::condition_variable ready_;
   std::deque<std::string> queue_;
   bool stopping_ = false;
+  bool idle_ = false;  // the writer waits for a record (and must be woken for one)
   std::FILE* file_;
   bool owned_;
   std::thread writer_;

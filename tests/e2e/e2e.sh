@@ -97,6 +97,8 @@ fi
 kill "$pf" 2>/dev/null
 
 audit="$sandbox/logs/agent-audit.jsonl"
+# The agent's audit writer gathers records for a few milliseconds: wait for the line.
+for _ in $(seq 1 100); do grep -qs "\"user\":\"$sp_oid\"" "$audit" && break; sleep 0.1; done
 check "the agent audits each request with the caller" "\"user\":\"$sp_oid\"" tail -n 1 "$audit"
 # No credential in any log: JWTs (eyJ...), SAS tokens, and the proxy's local
 # session secret (the token in the kubeconfig it wrote).

@@ -113,3 +113,45 @@ TEST_CASE("agent audit: a full queue drops and counts, never blocks the writer",
   ::close(reader);
   CHECK(done);
 }
+
+TEST_CASE("agent audit: strings are escaped as JSON and invalid UTF-8 is replaced", "[agent][audit]") {
+  std::string out;
+  json_escape(out, "a\"b\\c\nd\te\x01 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x91");
+  CHECK(out == "a\\\"b\\\\c\\nd\\te\\u0001 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x91");
+  out.clear();
+  // A lone continuation byte, a truncated sequence, an overlong form, a surrogate.
+  json_escape(out, "x\x80y\xc3z\xc0\xafw\xed\xa0\x80v");
+  CHECK(out == "x\xef\xbf\xbdy\xef\xbf\xbdz\xef\xbf\xbd\xef\xbf\xbdw\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdv");
+}
+
+TEST_CASE("agent audit: a record with awkward names is one valid JSON line, written while the log stays open",
+          "[agent][audit]") {
+  test::TempDir dir;
+  const auto file = dir.path() / "audit.log";
+  auto log = AuditLog::open(file.string());
+  REQUIRE(log);
+  auto r = exec_record();
+  r.user = "eve\"\n{\"user\":\"admin\"}\xff";
+  r.groups = {"a\\b", ""};
+  r.notes.push_back({"user", "not a second user field"});
+  r.duration = std::chrono::microseconds(1500);
+  CHECK(log.value()->write(r, "entra"));
+  // The writer writes within its batch window; wait for the line (bounded).
+  std::vector<nlohmann::json> lines;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (lines.empty() && std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(file);
+    std::string line;
+    if (std::getline(in, line) && in.good()) lines.push_back(nlohmann::json::parse(line));
+    else std::this_thread::yield();
+  }
+  REQUIRE(lines.size() == 1);
+  const auto& l = lines[0];
+  CHECK(l["user"] == "eve\"\n{\"user\":\"admin\"}\xef\xbf\xbd");
+  CHECK(l["groups"] == nlohmann::json::array({"a\\b", ""}));
+  CHECK(l["status"] == 101);
+  CHECK(l["upgrade"] == true);
+  CHECK(l["duration_ms"] == 1.5);
+  CHECK(l["oid"] == "oid-1");
+  CHECK(l.size() == 14);  // the twelve fields, oid and tid: the note named user was not added
+}
