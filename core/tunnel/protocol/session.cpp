@@ -42,7 +42,7 @@ constexpr std::size_t coalesce_below = 4 * 1024;
 constexpr std::size_t coalesce_limit = 16 * 1024;
 // Emptied chunk buffers a session keeps for the next frames (a bulk stream
 // whose reader lags a little buffers a frame and frees it, over and over).
-// Kept only while used: the ping timer drops them after an idle interval.
+// Kept only while DATA flows: the ping timer drops them after an idle interval.
 constexpr std::size_t max_spare_chunks = 4;
 
 std::shared_ptr<SessionClock> steady_session_clock() {
@@ -119,9 +119,12 @@ struct Session::Impl {
   std::deque<std::shared_ptr<StreamState>> brief;
   std::deque<std::shared_ptr<StreamState>> ready;
 
-  // Chunk buffers emptied by reads, for the next frames to be buffered.
+  // Chunk buffers emptied by reads, for the next frames to be buffered, and
+  // the storage of the last message written, for the next one queued (WINDOW
+  // answers to a bulk stream would otherwise allocate a message each).
   std::vector<std::vector<std::uint8_t>> spare_chunks;
-  bool spare_used = false;  // since the last ping tick
+  std::vector<std::uint8_t> spare_message;
+  bool data_since_tick = false;  // DATA received or sent since the last ping tick
 
   // Dialler: the RENEW awaiting its ACK (at most one).
   RenewCallback renew_cb;
@@ -488,6 +491,7 @@ bool Session::on_data(const Frame& f) {
     return protocol_error("DATA beyond the credit of stream " + std::to_string(f.stream));
   m.tunnel_recv_allowed -= static_cast<std::int64_t>(n);
   s->recv_allowed -= static_cast<std::int64_t>(n);
+  m.data_since_tick = true;
   // Nothing buffered ahead of these bytes: a waiting read takes them as they
   // are, and only what it has no room for is buffered.
   const std::span<const std::uint8_t> rest = s->buffered == 0 ? deliver_direct(s, f.payload) : f.payload;
@@ -550,7 +554,6 @@ std::vector<std::uint8_t> Session::take_chunk(std::size_t n) {
     if (it->capacity() >= n && it->capacity() <= 2 * n) {
       auto out = std::move(*it);
       spare.erase(it);
-      impl_->spare_used = true;
       return out;
     }
   }
@@ -894,6 +897,7 @@ void Session::fill_data(std::vector<std::uint8_t>& message) {
     s->send_credit -= static_cast<std::int64_t>(n);
     m.tunnel_send_credit -= static_cast<std::int64_t>(n);
     data += n;
+    m.data_since_tick = true;
     if (s->write_left == 0 || s->send_credit == 0) {
       s->ready = false;
       complete_write(s);
@@ -1022,9 +1026,15 @@ void Session::maybe_close_drained() {
 std::vector<std::uint8_t>& Session::out_for(std::size_t frame_size) {
   auto& m = *impl_;
   if (m.queue.empty() || m.queue.back().size() + frame_size > max_message_size) {
-    m.queue.emplace_back();
+    const std::size_t reserve = std::min<std::size_t>(std::max<std::size_t>(frame_size, 16 * 1024), max_message_size);
+    if (m.spare_message.capacity() >= reserve) {
+      m.queue.push_back(std::move(m.spare_message));
+      m.spare_message = std::vector<std::uint8_t>();
+    } else {
+      m.queue.emplace_back();
+      m.queue.back().reserve(reserve);
+    }
     ++m.messages_queued;
-    m.queue.back().reserve(std::min<std::size_t>(std::max<std::size_t>(frame_size, 16 * 1024), max_message_size));
   }
   m.queued_bytes += frame_size;
   return m.queue.back();
@@ -1037,6 +1047,10 @@ void Session::flush() {
   if (!m.queue.empty()) {
     message = std::move(m.queue.front());
     m.queue.pop_front();
+    if (m.spare_message.capacity() == 0) {
+      m.spare_message = std::move(m.write_buf);  // not in flight: flush runs only when idle
+      m.spare_message.clear();
+    }
   } else {
     message = std::move(m.write_buf);  // keeps its capacity
     message.clear();
@@ -1100,8 +1114,11 @@ void Session::on_write(error_code ec) {
 void Session::on_ping_timer(error_code ec) {
   auto& m = *impl_;
   if (ec || m.closed) return;
-  if (!m.spare_used) m.spare_chunks.clear();
-  m.spare_used = false;
+  if (!m.data_since_tick) {
+    m.spare_chunks.clear();
+    m.spare_message = std::vector<std::uint8_t>();
+  }
+  m.data_since_tick = false;
   auto idle = options_.clock->now() - m.last_rx;
   if (idle > options_.idle_timeout) {
     encode_goaway(out_for(frame_header_size + 4 + 32), GoawayCode::keepalive_timeout, "keepalive timeout");
@@ -1136,6 +1153,7 @@ void Session::fail(std::string reason, bool protocol) {
   m.ping_timer->cancel();
   m.queue.clear();
   m.spare_chunks.clear();
+  m.spare_message = std::vector<std::uint8_t>();
   m.queued_bytes = m.writing ? m.write_buf.size() : 0;
   if (protocol) {
     encode_goaway(m.final_message, GoawayCode::protocol_error, reason);
