@@ -1009,6 +1009,12 @@ std::size_t Session::received_memory() const {
   return total;
 }
 
+std::size_t Session::spare_memory() const {
+  std::size_t total = impl_->spare_message.capacity();
+  for (const auto& c : impl_->spare_chunks) total += c.capacity();
+  return total;
+}
+
 void Session::maybe_close_drained() {
   auto& m = *impl_;
   if (m.closed || !(m.goaway_sent || m.peer_goaway) || !m.streams.empty()) return;
@@ -1117,6 +1123,7 @@ void Session::on_ping_timer(error_code ec) {
   if (!m.data_since_tick) {
     m.spare_chunks.clear();
     m.spare_message = std::vector<std::uint8_t>();
+    if (!m.writing) m.write_buf = std::vector<std::uint8_t>();  // else it would become the spare
   }
   m.data_since_tick = false;
   auto idle = options_.clock->now() - m.last_rx;

@@ -184,6 +184,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // On the strand: the memory holding received bytes not yet read, over all
   // streams (allocations and their bookkeeping, not only the payload).
   std::size_t received_memory() const;
+  // On the strand: buffers kept empty for reuse while DATA flows (dropped at
+  // the first ping tick of an idle tunnel).
+  std::size_t spare_memory() const;
 
  private:
   friend class TunnelStream;

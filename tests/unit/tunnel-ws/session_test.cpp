@@ -836,7 +836,7 @@ struct Receiver {
   Env& env;
   Victim v;
   TunnelStreamPtr stream;
-  explicit Receiver(Env& e) : env(e), v(e, Role::dialer, {}, false, /*keep_streams=*/true) {
+  explicit Receiver(Env& e, SessionOptions o = {}) : env(e), v(e, Role::dialer, std::move(o), false, /*keep_streams=*/true) {
     std::vector<std::uint8_t> m;
     encode_open(m, 2, "{}");
     v.inject(m);
@@ -870,6 +870,7 @@ struct Receiver {
     v.inject(m);
   }
   std::size_t held() { return on_strand([&] { return v.session->received_memory(); }); }
+  std::size_t spare() { return on_strand([&] { return v.session->spare_memory(); }); }
   // The sum of the WINDOW increments sent for `stream` so far.
   std::uint64_t credit_returned(StreamId id) {
     return on_strand([&] {
@@ -985,4 +986,30 @@ TEST_CASE("credit comes back exactly for bytes read directly and from the buffer
   }
   r.inject_data(frames);
   CHECK_THAT(r.v.wait_closed(), Catch::Contains("DATA beyond the credit of stream 2"));
+}
+
+TEST_CASE("buffers kept for reuse go once the tunnel is idle for a ping interval", "[session][direct]") {
+  Env env;
+  auto clock = std::make_shared<ManualClock>();
+  SessionOptions o;
+  o.clock = clock;
+  o.ping_interval = 15s;
+  o.idle_timeout = 3600s;
+  Receiver r(env, o);
+  // 10 KiB into a 1 KiB read: the rest is buffered, then read, and its chunk
+  // is kept for the next frames.
+  auto f = r.start_read(1024);
+  r.inject_data({run_of('p', 10 * 1024)});
+  CHECK(Receiver::get(std::move(f)).second.size() == 1024);
+  CHECK(Receiver::get(r.start_read(64 * 1024)).second == run_of('p', 9 * 1024));
+  CHECK(r.held() == 0);
+  CHECK(r.spare() > 0);
+  // A tick after DATA keeps them; the next, with none since, drops them.
+  REQUIRE(tick(*clock, o.ping_interval));
+  REQUIRE(wait_for([&] { return clock->armed() > 0; }));
+  CHECK(r.spare() > 0);
+  REQUIRE(tick(*clock, o.ping_interval));
+  REQUIRE(wait_for([&] { return clock->armed() > 0; }));
+  CHECK(r.spare() == 0);
+  CHECK_FALSE(r.v.session->closed());
 }
