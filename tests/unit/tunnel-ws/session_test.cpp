@@ -893,7 +893,7 @@ std::string run_of(char c, std::size_t n) { return std::string(n, c); }
 
 }  // namespace
 
-TEST_CASE("a waiting read takes DATA straight into its buffer and nothing is held", "[session][direct]") {
+TEST_CASE("session: a waiting read takes DATA straight into its buffer and nothing is held", "[session][direct]") {
   Env env;
   Receiver r(env);
   // Larger than the frame: the frame's bytes, and no buffer is left behind.
@@ -915,7 +915,7 @@ TEST_CASE("a waiting read takes DATA straight into its buffer and nothing is hel
   CHECK(r.held() == 0);
 }
 
-TEST_CASE("a read smaller than a frame takes it in pieces and later DATA queues behind the rest", "[session][direct]") {
+TEST_CASE("session: a read smaller than a frame takes it in pieces and later DATA queues behind the rest", "[session][direct]") {
   Env env;
   Receiver r(env);
   std::string frame1;
@@ -940,7 +940,7 @@ TEST_CASE("a read smaller than a frame takes it in pieces and later DATA queues 
   CHECK(Receiver::get(r.start_read(1000)).first == asio::error::eof);
 }
 
-TEST_CASE("credit comes back exactly for bytes read directly and from the buffer", "[session][direct]") {
+TEST_CASE("session: credit comes back exactly for bytes read directly and from the buffer", "[session][direct]") {
   Env env;
   Receiver r(env);
   // The whole window (256 KiB) in 64 KiB frames, taken by reads of 50,000
@@ -988,7 +988,7 @@ TEST_CASE("credit comes back exactly for bytes read directly and from the buffer
   CHECK_THAT(r.v.wait_closed(), Catch::Contains("DATA beyond the credit of stream 2"));
 }
 
-TEST_CASE("buffers kept for reuse go once the tunnel is idle for a ping interval", "[session][direct]") {
+TEST_CASE("session: buffers kept for reuse go once the tunnel is idle for a ping interval", "[session][direct]") {
   Env env;
   auto clock = std::make_shared<ManualClock>();
   SessionOptions o;
