@@ -210,7 +210,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool on_data(const Frame& f);
   // Received bytes into a waiting read (none buffered before them); returns
   // those it had no room for.
-  std::span<const std::uint8_t> deliver_direct(const std::shared_ptr<StreamState>& s, std::span<const std::uint8_t> bytes);
+  std::span<const std::uint8_t> deliver_direct(const std::shared_ptr<StreamState>& s,
+                                               std::span<const std::uint8_t> bytes);
   void finish_direct_read(const std::shared_ptr<StreamState>& s);
   std::vector<std::uint8_t> take_chunk(std::size_t n);
   void recycle_chunk(std::vector<std::uint8_t>&& chunk);

@@ -16,10 +16,10 @@
 #include <new>
 #include <thread>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
-#include <spdlog/spdlog.h>
 
 #include "protocol/session.hpp"
 
@@ -90,12 +90,14 @@ class PooledChannel final : public MessageChannel {
   void close(std::uint16_t, std::string) noexcept override {
     if (s_->closed) return;
     s_->closed = true;
-    if (auto p = std::move(s_->peer)) asio::post(p->ex, [p] {
+    if (auto p = std::move(s_->peer))
+      asio::post(p->ex, [p] {
         p->closed = true;
         p->peer.reset();
         if (auto h = std::move(p->pending)) h(asio::error::eof, {});
       });
-    if (auto h = std::move(s_->pending)) asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, {}); });
+    if (auto h = std::move(s_->pending))
+      asio::post(s_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, {}); });
   }
 
  private:
@@ -346,7 +348,8 @@ TEST_CASE("session bulk stream: small reads and chunk reads stay within a bound 
 TEST_CASE("session small exchanges: allocations per request and response", "[session][alloc]") {
   auto r = exchanges(1010);
   REQUIRE(r.finished);
-  std::printf("small exchange: %.1f allocations each\n", static_cast<double>(r.allocations) / static_cast<double>(r.exchanges));
+  std::printf("small exchange: %.1f allocations each\n",
+              static_cast<double>(r.allocations) / static_cast<double>(r.exchanges));
 }
 
 // CPU per GiB of the harness; run by hand (hidden from ctest).

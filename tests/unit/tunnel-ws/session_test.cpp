@@ -836,7 +836,8 @@ struct Receiver {
   Env& env;
   Victim v;
   TunnelStreamPtr stream;
-  explicit Receiver(Env& e, SessionOptions o = {}) : env(e), v(e, Role::dialer, std::move(o), false, /*keep_streams=*/true) {
+  explicit Receiver(Env& e, SessionOptions o = {})
+      : env(e), v(e, Role::dialer, std::move(o), false, /*keep_streams=*/true) {
     std::vector<std::uint8_t> m;
     encode_open(m, 2, "{}");
     v.inject(m);
@@ -855,7 +856,9 @@ struct Receiver {
   std::future<ReadResult> start_read(std::size_t size) {
     auto p = std::make_shared<std::promise<ReadResult>>();
     auto buf = std::make_shared<std::string>(size, '\0');
-    stream->async_read_some(asio::buffer(*buf), [p, buf](error_code ec, std::size_t n) { p->set_value({ec, buf->substr(0, n)}); });
+    stream->async_read_some(asio::buffer(*buf), [p, buf](error_code ec, std::size_t n) {
+      p->set_value({ec, buf->substr(0, n)});
+    });
     return p->get_future();
   }
   static ReadResult get(std::future<ReadResult> f) {
@@ -869,8 +872,12 @@ struct Receiver {
       encode_data(m, 2, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(p.data()), p.size()));
     v.inject(m);
   }
-  std::size_t held() { return on_strand([&] { return v.session->received_memory(); }); }
-  std::size_t spare() { return on_strand([&] { return v.session->spare_memory(); }); }
+  std::size_t held() {
+    return on_strand([&] { return v.session->received_memory(); });
+  }
+  std::size_t spare() {
+    return on_strand([&] { return v.session->spare_memory(); });
+  }
   // The sum of the WINDOW increments sent for `stream` so far.
   std::uint64_t credit_returned(StreamId id) {
     return on_strand([&] {
@@ -915,7 +922,8 @@ TEST_CASE("session: a waiting read takes DATA straight into its buffer and nothi
   CHECK(r.held() == 0);
 }
 
-TEST_CASE("session: a read smaller than a frame takes it in pieces and later DATA queues behind the rest", "[session][direct]") {
+TEST_CASE("session: a read smaller than a frame takes it in pieces and later DATA queues behind the rest",
+          "[session][direct]") {
   Env env;
   Receiver r(env);
   std::string frame1;
