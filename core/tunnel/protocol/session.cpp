@@ -40,6 +40,10 @@ class SteadyClock final : public SessionClock {
 // while it stays within coalesce_limit.
 constexpr std::size_t coalesce_below = 4 * 1024;
 constexpr std::size_t coalesce_limit = 16 * 1024;
+// Emptied chunk buffers a session keeps for the next frames (a bulk stream
+// whose reader lags a little buffers a frame and frees it, over and over).
+// Kept only while DATA flows: the ping timer drops them after an idle interval.
+constexpr std::size_t max_spare_chunks = 4;
 
 std::shared_ptr<SessionClock> steady_session_clock() {
   static const auto clock = std::make_shared<SteadyClock>();
@@ -79,6 +83,11 @@ struct StreamState {
 
   asio::mutable_buffer read_buf;
   IoHandler read_handler;
+  // Bytes copied straight into read_buf by DATA that found the read waiting;
+  // the read completes from a posted handler, so later frames of the same
+  // message join it while it has room.
+  std::size_t read_filled = 0;
+  bool read_posted = false;
   std::size_t chunk_max = 0;
   TunnelStream::ChunkHandler chunk_handler;  // a read in the async_read_chunk form
   std::vector<asio::const_buffer> write_bufs;
@@ -109,6 +118,13 @@ struct Session::Impl {
   // most one turn per message, so the transfers keep the rest of it.
   std::deque<std::shared_ptr<StreamState>> brief;
   std::deque<std::shared_ptr<StreamState>> ready;
+
+  // Chunk buffers emptied by reads, for the next frames to be buffered, and
+  // the storage of the last message written, for the next one queued (WINDOW
+  // answers to a bulk stream would otherwise allocate a message each).
+  std::vector<std::vector<std::uint8_t>> spare_chunks;
+  std::vector<std::uint8_t> spare_message;
+  bool data_since_tick = false;  // DATA received or sent since the last ping tick
 
   // Dialler: the RENEW awaiting its ACK (at most one).
   RenewCallback renew_cb;
@@ -159,10 +175,11 @@ void TunnelStream::async_read_some(asio::mutable_buffer buffer, IoHandler handle
   });
 }
 
-void TunnelStream::async_read_chunk(std::size_t max, ChunkHandler handler) {
-  asio::dispatch(session_->strand_, [self = shared_from_this(), max, h = std::move(handler)]() mutable {
-    self->session_->do_read_chunk(self->state_, max, std::move(h));
-  });
+void TunnelStream::async_read_chunk(std::size_t max, ChunkHandler handler, std::vector<std::uint8_t> spent) {
+  asio::dispatch(session_->strand_,
+                 [self = shared_from_this(), max, h = std::move(handler), spent = std::move(spent)]() mutable {
+                   self->session_->do_read_chunk(self->state_, max, std::move(h), std::move(spent));
+                 });
 }
 
 void TunnelStream::async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) {
@@ -474,22 +491,84 @@ bool Session::on_data(const Frame& f) {
     return protocol_error("DATA beyond the credit of stream " + std::to_string(f.stream));
   m.tunnel_recv_allowed -= static_cast<std::int64_t>(n);
   s->recv_allowed -= static_cast<std::int64_t>(n);
+  m.data_since_tick = true;
+  // Nothing buffered ahead of these bytes: a waiting read takes them as they
+  // are, and only what it has no room for is buffered.
+  const std::span<const std::uint8_t> rest = s->buffered == 0 ? deliver_direct(s, f.payload) : f.payload;
+  const std::size_t r = rest.size();
+  if (r == 0) return true;
   // Small frames are gathered into one allocation (grown geometrically, at
   // most coalesce_limit), so the memory held stays within about twice the
   // bytes held whatever the peer's framing; a large frame keeps its own.
-  if (n < coalesce_below && !s->chunks.empty() && s->chunks.back().size() + n <= coalesce_limit) {
+  if (r < coalesce_below && !s->chunks.empty() && s->chunks.back().size() + r <= coalesce_limit) {
     auto& back = s->chunks.back();
-    back.insert(back.end(), f.payload.begin(), f.payload.end());
-  } else if (n < coalesce_below) {
-    auto& chunk = s->chunks.emplace_back();
-    chunk.reserve(std::max<std::size_t>(n, 256));
-    chunk.assign(f.payload.begin(), f.payload.end());
+    back.insert(back.end(), rest.begin(), rest.end());
   } else {
-    s->chunks.emplace_back(f.payload.begin(), f.payload.end());
+    auto& chunk = s->chunks.emplace_back(take_chunk(r < coalesce_below ? std::max<std::size_t>(r, 256) : r));
+    chunk.assign(rest.begin(), rest.end());
   }
-  s->buffered += n;
+  s->buffered += r;
   if (s->read_handler || s->chunk_handler) complete_read(s);
   return true;
+}
+
+std::span<const std::uint8_t> Session::deliver_direct(const std::shared_ptr<StreamState>& s,
+                                                      std::span<const std::uint8_t> bytes) {
+  std::size_t k = 0;
+  if (s->read_handler) {
+    k = std::min(s->read_buf.size() - s->read_filled, bytes.size());
+    if (k == 0) return bytes;
+    std::memcpy(static_cast<std::uint8_t*>(s->read_buf.data()) + s->read_filled, bytes.data(), k);
+    s->read_filled += k;
+    if (!s->read_posted) {
+      s->read_posted = true;
+      asio::post(strand_, [self = shared_from_this(), s] { self->finish_direct_read(s); });
+    }
+  } else if (s->chunk_handler) {
+    k = std::min(s->chunk_max, bytes.size());
+    auto out = take_chunk(k);
+    out.assign(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(k));
+    asio::post(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
+    s->chunk_handler = nullptr;
+  } else {
+    return bytes;
+  }
+  consumed(s, k);
+  return bytes.subspan(k);
+}
+
+void Session::finish_direct_read(const std::shared_ptr<StreamState>& s) {
+  const std::size_t n = s->read_filled;
+  s->read_filled = 0;
+  s->read_posted = false;
+  auto h = std::move(s->read_handler);
+  s->read_handler = nullptr;
+  if (h) h({}, n);
+}
+
+std::vector<std::uint8_t> Session::take_chunk(std::size_t n) {
+  auto& spare = impl_->spare_chunks;
+  // Within twice the bytes, so what a stream holds stays within about twice
+  // what it buffers.
+  for (auto it = spare.begin(); it != spare.end(); ++it) {
+    if (it->capacity() >= n && it->capacity() <= 2 * n) {
+      auto out = std::move(*it);
+      spare.erase(it);
+      return out;
+    }
+  }
+  std::vector<std::uint8_t> out;
+  out.reserve(n);
+  return out;
+}
+
+void Session::recycle_chunk(std::vector<std::uint8_t>&& chunk) {
+  auto& spare = impl_->spare_chunks;
+  if (impl_->closed || chunk.capacity() < coalesce_below || chunk.capacity() > max_data_payload ||
+      spare.size() >= max_spare_chunks)
+    return;
+  chunk.clear();
+  spare.push_back(std::move(chunk));
 }
 
 bool Session::on_window(const Frame& f) {
@@ -596,7 +675,9 @@ bool Session::on_renew(const Frame& f) {
 
 void Session::complete_read(const std::shared_ptr<StreamState>& s) {
   if (s->chunk_handler) return complete_chunk_read(s);
-  if (!s->read_handler) return;
+  // A read being filled straight from DATA completes as posted; what comes
+  // after waits for the next read.
+  if (!s->read_handler || s->read_posted) return;
   if (s->buffered > 0) {
     auto* dst = static_cast<std::uint8_t*>(s->read_buf.data());
     std::size_t want = std::min(s->read_buf.size(), s->buffered), got = 0;
@@ -607,6 +688,7 @@ void Session::complete_read(const std::shared_ptr<StreamState>& s) {
       got += k;
       s->front_offset += k;
       if (s->front_offset == front.size()) {
+        recycle_chunk(std::move(front));
         s->chunks.pop_front();
         s->front_offset = 0;
       }
@@ -634,7 +716,7 @@ void Session::complete_chunk_read(const std::shared_ptr<StreamState>& s) {
       out = std::move(front);
       s->chunks.pop_front();
     } else {
-      out.reserve(std::min(s->chunk_max, s->buffered));
+      out = take_chunk(std::min(s->chunk_max, s->buffered));
       while (out.size() < s->chunk_max && !s->chunks.empty()) {
         auto& f = s->chunks.front();
         std::size_t k = std::min(s->chunk_max - out.size(), f.size() - s->front_offset);
@@ -642,6 +724,7 @@ void Session::complete_chunk_read(const std::shared_ptr<StreamState>& s) {
                    f.begin() + static_cast<std::ptrdiff_t>(s->front_offset + k));
         s->front_offset += k;
         if (s->front_offset == f.size()) {
+          recycle_chunk(std::move(f));
           s->chunks.pop_front();
           s->front_offset = 0;
         }
@@ -691,7 +774,9 @@ void Session::discard_buffer(const std::shared_ptr<StreamState>& s) {
   flush();
 }
 
-void Session::do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler) {
+void Session::do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler,
+                            std::vector<std::uint8_t> spent) {
+  if (spent.capacity() > 0) recycle_chunk(std::move(spent));
   if (s->read_handler || s->chunk_handler) {
     asio::post(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, {}); });
     return;
@@ -812,6 +897,7 @@ void Session::fill_data(std::vector<std::uint8_t>& message) {
     s->send_credit -= static_cast<std::int64_t>(n);
     m.tunnel_send_credit -= static_cast<std::int64_t>(n);
     data += n;
+    m.data_since_tick = true;
     if (s->write_left == 0 || s->send_credit == 0) {
       s->ready = false;
       complete_write(s);
@@ -897,7 +983,9 @@ void Session::do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std:
 }
 
 void Session::fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec) {
-  if (s->read_handler) asio::post(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
+  // A read already filled completes with its bytes; the next one fails.
+  if (s->read_handler && !s->read_posted)
+    asio::post(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
   if (s->chunk_handler) asio::post(strand_, [h = std::move(s->chunk_handler), ec]() mutable { h(ec, {}); });
   if (s->write_handler) asio::post(strand_, [h = std::move(s->write_handler), ec]() mutable { h(ec, 0); });
   if (s->shutdown_handler) asio::post(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
@@ -921,6 +1009,12 @@ std::size_t Session::received_memory() const {
   return total;
 }
 
+std::size_t Session::spare_memory() const {
+  std::size_t total = impl_->spare_message.capacity();
+  for (const auto& c : impl_->spare_chunks) total += c.capacity();
+  return total;
+}
+
 void Session::maybe_close_drained() {
   auto& m = *impl_;
   if (m.closed || !(m.goaway_sent || m.peer_goaway) || !m.streams.empty()) return;
@@ -938,9 +1032,15 @@ void Session::maybe_close_drained() {
 std::vector<std::uint8_t>& Session::out_for(std::size_t frame_size) {
   auto& m = *impl_;
   if (m.queue.empty() || m.queue.back().size() + frame_size > max_message_size) {
-    m.queue.emplace_back();
+    const std::size_t reserve = std::min<std::size_t>(std::max<std::size_t>(frame_size, 16 * 1024), max_message_size);
+    if (m.spare_message.capacity() >= reserve) {
+      m.queue.push_back(std::move(m.spare_message));
+      m.spare_message = std::vector<std::uint8_t>();
+    } else {
+      m.queue.emplace_back();
+      m.queue.back().reserve(reserve);
+    }
     ++m.messages_queued;
-    m.queue.back().reserve(std::min<std::size_t>(std::max<std::size_t>(frame_size, 16 * 1024), max_message_size));
   }
   m.queued_bytes += frame_size;
   return m.queue.back();
@@ -953,6 +1053,10 @@ void Session::flush() {
   if (!m.queue.empty()) {
     message = std::move(m.queue.front());
     m.queue.pop_front();
+    if (m.spare_message.capacity() == 0) {
+      m.spare_message = std::move(m.write_buf);  // not in flight: flush runs only when idle
+      m.spare_message.clear();
+    }
   } else {
     message = std::move(m.write_buf);  // keeps its capacity
     message.clear();
@@ -1016,6 +1120,12 @@ void Session::on_write(error_code ec) {
 void Session::on_ping_timer(error_code ec) {
   auto& m = *impl_;
   if (ec || m.closed) return;
+  if (!m.data_since_tick) {
+    m.spare_chunks.clear();
+    m.spare_message = std::vector<std::uint8_t>();
+    if (!m.writing) m.write_buf = std::vector<std::uint8_t>();  // else it would become the spare
+  }
+  m.data_since_tick = false;
   auto idle = options_.clock->now() - m.last_rx;
   if (idle > options_.idle_timeout) {
     encode_goaway(out_for(frame_header_size + 4 + 32), GoawayCode::keepalive_timeout, "keepalive timeout");
@@ -1049,6 +1159,8 @@ void Session::fail(std::string reason, bool protocol) {
   update_usable();
   m.ping_timer->cancel();
   m.queue.clear();
+  m.spare_chunks.clear();
+  m.spare_message = std::vector<std::uint8_t>();
   m.queued_bytes = m.writing ? m.write_buf.size() : 0;
   if (protocol) {
     encode_goaway(m.final_message, GoawayCode::protocol_error, reason);

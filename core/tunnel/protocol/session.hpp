@@ -121,9 +121,11 @@ class TunnelStream final : public Stream, public std::enable_shared_from_this<Tu
   // Like async_read_some, but hands over up to `max` received bytes as they
   // are held (moved, not copied, when a whole received frame fits): a caller
   // that forwards them needs no buffer of its own while the stream is idle.
-  // Credit is returned as the bytes are taken, as for a read.
+  // Credit is returned as the bytes are taken, as for a read. `spent` gives
+  // back a chunk an earlier read handed over, once its bytes are used: its
+  // storage carries later ones, so a forwarder costs no allocation per chunk.
   using ChunkHandler = UniqueFunction<void(error_code, std::vector<std::uint8_t>)>;
-  void async_read_chunk(std::size_t max, ChunkHandler handler);
+  void async_read_chunk(std::size_t max, ChunkHandler handler, std::vector<std::uint8_t> spent = {});
 
   // For a stream the peer opened: answer OPEN|ACK. Until then the peer waits.
   void accept() noexcept;
@@ -182,6 +184,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // On the strand: the memory holding received bytes not yet read, over all
   // streams (allocations and their bookkeeping, not only the payload).
   std::size_t received_memory() const;
+  // On the strand: buffers kept empty for reuse while DATA flows (dropped at
+  // the first ping tick of an idle tunnel).
+  std::size_t spare_memory() const;
 
  private:
   friend class TunnelStream;
@@ -190,7 +195,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Stream operations, on the strand.
   void do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler);
-  void do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler);
+  void do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler,
+                     std::vector<std::uint8_t> spent);
   void do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler);
   void do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler handler);
   void do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std::string reason, bool abandoned);
@@ -202,6 +208,13 @@ class Session : public std::enable_shared_from_this<Session> {
   bool on_frame(const Frame& f);  // false: protocol error already handled
   bool on_open(const Frame& f);
   bool on_data(const Frame& f);
+  // Received bytes into a waiting read (none buffered before them); returns
+  // those it had no room for.
+  std::span<const std::uint8_t> deliver_direct(const std::shared_ptr<StreamState>& s,
+                                               std::span<const std::uint8_t> bytes);
+  void finish_direct_read(const std::shared_ptr<StreamState>& s);
+  std::vector<std::uint8_t> take_chunk(std::size_t n);
+  void recycle_chunk(std::vector<std::uint8_t>&& chunk);
   bool on_window(const Frame& f);
   bool on_fin(const Frame& f);
   bool on_rst(const Frame& f);

@@ -827,3 +827,197 @@ TEST_CASE("tiny DATA frames are held in few allocations, not one each", "[sessio
   CHECK(held() <= 2 * total + 4096);
   CHECK(v.session->active_streams() == 1);
 }
+
+namespace {
+
+// A victim that accepted the stream the peer opened (id 2), with helpers to
+// start reads before DATA arrives and to see the credit it gave back.
+struct Receiver {
+  Env& env;
+  Victim v;
+  TunnelStreamPtr stream;
+  explicit Receiver(Env& e, SessionOptions o = {})
+      : env(e), v(e, Role::dialer, std::move(o), false, /*keep_streams=*/true) {
+    std::vector<std::uint8_t> m;
+    encode_open(m, 2, "{}");
+    v.inject(m);
+    REQUIRE(wait_for([&] { return on_strand([&] { return v.kept->size(); }) == 1; }));
+    stream = on_strand([&] { return v.kept->front(); });
+  }
+  template <class F>
+  auto on_strand(F f) -> decltype(f()) {
+    std::promise<decltype(f())> p;
+    asio::post(v.state->ex, [&] { p.set_value(f()); });
+    return p.get_future().get();
+  }
+  using ReadResult = std::pair<error_code, std::string>;
+  // A read that waits for bytes to come; registered on the strand before
+  // anything injected afterwards.
+  std::future<ReadResult> start_read(std::size_t size) {
+    auto p = std::make_shared<std::promise<ReadResult>>();
+    auto buf = std::make_shared<std::string>(size, '\0');
+    stream->async_read_some(asio::buffer(*buf), [p, buf](error_code ec, std::size_t n) {
+      p->set_value({ec, buf->substr(0, n)});
+    });
+    return p->get_future();
+  }
+  static ReadResult get(std::future<ReadResult> f) {
+    if (f.wait_for(2s) != std::future_status::ready) return {asio::error::timed_out, {}};
+    return f.get();
+  }
+  // DATA frames for stream 2, all in one message.
+  void inject_data(const std::vector<std::string>& payloads) {
+    std::vector<std::uint8_t> m;
+    for (const auto& p : payloads)
+      encode_data(m, 2, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(p.data()), p.size()));
+    v.inject(m);
+  }
+  std::size_t held() {
+    return on_strand([&] { return v.session->received_memory(); });
+  }
+  std::size_t spare() {
+    return on_strand([&] { return v.session->spare_memory(); });
+  }
+  // The sum of the WINDOW increments sent for `stream` so far.
+  std::uint64_t credit_returned(StreamId id) {
+    return on_strand([&] {
+      std::uint64_t sum = 0;
+      for (const auto& msg : v.state->captured) {
+        std::span<const std::uint8_t> rest(msg);
+        while (!rest.empty()) {
+          auto r = decode_frame(rest);
+          if (r.error != DecodeError::none) break;
+          if (r.frame.type == FrameType::window && r.frame.stream == id) sum += window_increment(r.frame);
+          rest = rest.subspan(r.consumed);
+        }
+      }
+      return sum;
+    });
+  }
+};
+
+std::string run_of(char c, std::size_t n) { return std::string(n, c); }
+
+}  // namespace
+
+TEST_CASE("session: a waiting read takes DATA straight into its buffer and nothing is held", "[session][direct]") {
+  Env env;
+  Receiver r(env);
+  // Larger than the frame: the frame's bytes, and no buffer is left behind.
+  auto f = r.start_read(1000);
+  r.inject_data({run_of('a', 100)});
+  auto got = Receiver::get(std::move(f));
+  CHECK_FALSE(got.first);
+  CHECK(got.second == run_of('a', 100));
+  CHECK(r.held() == 0);
+  // Frames of one message fill the waiting read up to its size, in order;
+  // what it has no room for is held for the next read.
+  f = r.start_read(100);
+  r.inject_data({run_of('b', 60), run_of('c', 70), run_of('d', 30)});
+  got = Receiver::get(std::move(f));
+  CHECK(got.second == run_of('b', 60) + run_of('c', 40));
+  CHECK(r.held() > 0);
+  got = Receiver::get(r.start_read(1000));
+  CHECK(got.second == run_of('c', 30) + run_of('d', 30));
+  CHECK(r.held() == 0);
+}
+
+TEST_CASE("session: a read smaller than a frame takes it in pieces and later DATA queues behind the rest",
+          "[session][direct]") {
+  Env env;
+  Receiver r(env);
+  std::string frame1;
+  for (int i = 0; i < 50; ++i) frame1 += static_cast<char>('A' + i % 26);
+  auto f = r.start_read(10);
+  r.inject_data({frame1});
+  CHECK(Receiver::get(std::move(f)).second == frame1.substr(0, 10));
+  // 40 bytes held and no read waiting: the next frame goes behind them, and
+  // a read waiting when buffered bytes remain takes those first.
+  r.inject_data({run_of('z', 50)});
+  CHECK(Receiver::get(r.start_read(15)).second == frame1.substr(10, 15));
+  CHECK(Receiver::get(r.start_read(1000)).second == frame1.substr(25) + run_of('z', 50));
+  CHECK(r.held() == 0);
+  // FIN after bytes a read was filled with: the bytes, then eof.
+  f = r.start_read(1000);
+  std::vector<std::uint8_t> m;
+  const std::string tail = "tail";
+  encode_data(m, 2, std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(tail.data()), tail.size()));
+  encode_fin(m, 2);
+  r.v.inject(m);
+  CHECK(Receiver::get(std::move(f)).second == "tail");
+  CHECK(Receiver::get(r.start_read(1000)).first == asio::error::eof);
+}
+
+TEST_CASE("session: credit comes back exactly for bytes read directly and from the buffer", "[session][direct]") {
+  Env env;
+  Receiver r(env);
+  // The whole window (256 KiB) in 64 KiB frames, taken by reads of 50,000
+  // bytes: some wait for the frames, some find them buffered.
+  const std::size_t window = default_stream_window, read_size = 50000;
+  std::string all;
+  for (std::size_t i = 0; i < window; ++i) all += static_cast<char>('a' + (i * 7) % 26);
+  std::string got;
+  auto f = r.start_read(read_size);
+  r.inject_data({all.substr(0, 64 * 1024), all.substr(64 * 1024, 64 * 1024)});
+  got += Receiver::get(std::move(f)).second;
+  r.inject_data({all.substr(128 * 1024, 64 * 1024), all.substr(192 * 1024)});
+  for (int i = 0; i < 20 && got.size() < window; ++i) {
+    auto rr = Receiver::get(r.start_read(read_size));
+    REQUIRE_FALSE(rr.first);
+    got += rr.second;
+  }
+  CHECK(got == all);
+  // A WINDOW goes once a quarter of the window is unreturned, carrying all
+  // of it.
+  const std::uint64_t returned = r.credit_returned(2);
+  CHECK(returned > window - window / 4);
+  CHECK(returned <= window);
+  // Exactly that much may come now; one byte more is beyond the credit.
+  std::vector<std::string> frames;
+  for (std::uint64_t left = returned; left > 0;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, max_data_payload));
+    frames.push_back(run_of('x', n));
+    left -= n;
+  }
+  r.inject_data(frames);
+  std::size_t more = 0;
+  for (int i = 0; i < 40 && more < returned; ++i) more += Receiver::get(r.start_read(64 * 1024)).second.size();
+  CHECK(more == returned);
+  CHECK_FALSE(r.v.session->closed());
+  // What the peer may still send is what came back since; one byte more is
+  // refused.
+  frames.clear();
+  for (std::uint64_t left = r.credit_returned(2) - returned + 1; left > 0;) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, max_data_payload));
+    frames.push_back(run_of('y', n));
+    left -= n;
+  }
+  r.inject_data(frames);
+  CHECK_THAT(r.v.wait_closed(), Catch::Contains("DATA beyond the credit of stream 2"));
+}
+
+TEST_CASE("session: buffers kept for reuse go once the tunnel is idle for a ping interval", "[session][direct]") {
+  Env env;
+  auto clock = std::make_shared<ManualClock>();
+  SessionOptions o;
+  o.clock = clock;
+  o.ping_interval = 15s;
+  o.idle_timeout = 3600s;
+  Receiver r(env, o);
+  // 10 KiB into a 1 KiB read: the rest is buffered, then read, and its chunk
+  // is kept for the next frames.
+  auto f = r.start_read(1024);
+  r.inject_data({run_of('p', 10 * 1024)});
+  CHECK(Receiver::get(std::move(f)).second.size() == 1024);
+  CHECK(Receiver::get(r.start_read(64 * 1024)).second == run_of('p', 9 * 1024));
+  CHECK(r.held() == 0);
+  CHECK(r.spare() > 0);
+  // A tick after DATA keeps them; the next, with none since, drops them.
+  REQUIRE(tick(*clock, o.ping_interval));
+  REQUIRE(wait_for([&] { return clock->armed() > 0; }));
+  CHECK(r.spare() > 0);
+  REQUIRE(tick(*clock, o.ping_interval));
+  REQUIRE(wait_for([&] { return clock->armed() > 0; }));
+  CHECK(r.spare() == 0);
+  CHECK_FALSE(r.v.session->closed());
+}
