@@ -316,8 +316,8 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
       s.session->goaway(drain.reason.empty() ? "the relay replica is draining" : drain.reason);
       ++n;
     }
-    logger_->info("control channel: relay replica {} is draining{}; GOAWAY on {} session(s)", drain.address,
-                  drain.reason.empty() ? std::string() : " (" + drain.reason + ")", n);
+    logger_->info("control channel: relay replica {} is draining; GOAWAY on {} session(s){}", drain.address, n,
+                  drain.reason.empty() ? std::string() : " (" + drain.reason + ")");
   }
 
   void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason, std::string address) {
