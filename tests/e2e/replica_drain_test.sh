@@ -110,8 +110,8 @@ else fail "kubectl get ns across the SIGTERM has no failed run" "$failed failed,
 
 survivors=0
 for i in 0 1 2; do [ "$i" -ne "$victim" ] && survivors=$((survivors + $(paired $i))); done
-[ "$survivors" -ge 1 ] && pass "new sessions are on surviving replicas" ||
-  fail "new sessions are on surviving replicas" "paired on survivors: $survivors"
+if [ "$survivors" -ge 1 ]; then pass "new sessions are on surviving replicas"; else
+  fail "new sessions are on surviving replicas" "paired on survivors: $survivors"; fi
 # The watch's session is still spliced: the draining replica waits for it.
 if kill -0 "$victim_pid" 2>/dev/null && kill -0 "$watch_pid" 2>/dev/null; then
   pass "the draining replica keeps splicing the session the watch is on"
