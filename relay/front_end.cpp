@@ -2,6 +2,7 @@
 
 #include "protocol/ws_stream.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -337,7 +338,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     if (!ws_host.empty() && ws_host.find(':') != std::string::npos)
       notices.push_back(rv::to_json(rv::DrainMessage{"wss://" + ws_host, reason}));
     std::size_t here = 0;
-    for (const auto& n : notices) here += listeners_.send_to_drain_takers(n);
+    for (const auto& n : notices) here = std::max(here, listeners_.send_to_drain_takers(n));
     if (!peers || !port) return here;
     // Clusters spliced here whose agents hold control channels elsewhere.
     struct Answers {

@@ -402,7 +402,9 @@ TEST_CASE("rendezvous transport: a relay stopped with SIGTERM drains: the stream
   REQUIRE_FALSE(held.ec);
   // stop() waits for the relay to exit: it does once the session ended.
   auto stopped = std::async(std::launch::async, [&] { return r.relay.stop(SIGTERM, std::chrono::seconds(60)); });
-  REQUIRE(wait_until([&] { return r.relay.log().find("drain: notice on 2 control channel(s) here") != std::string::npos; }, 20s));
+  const bool told = wait_until([&] { return r.relay.log().find("drain: notice on 2 control channel(s) here") != std::string::npos; }, 20s);
+  INFO(r.relay.log());
+  REQUIRE(told);
   // The stream opened before the SIGTERM runs to its end through the draining relay.
   auto x = exchange(held.stream, 256 * 1024, 7, 30s);
   INFO(x.what << ": " << x.ec.message());
