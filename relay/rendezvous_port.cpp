@@ -343,7 +343,9 @@ void RendezvousPort::close() {
     for (auto& w : splices_)
       if (auto s = w.splice.lock()) splices.push_back(std::move(s));
     splices_.clear();
-    counters_.cut.fetch_add(splices.size());
+    // Those still splicing (a splice that just ended may still be held here;
+    // one being set up is closed as soon as it starts).
+    counters_.cut.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, counters_.splices_active.load())));
     waiting = book_.expire(RendezvousBook<std::shared_ptr<Leg>>::Clock::time_point::max());
   }
   asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
