@@ -372,6 +372,8 @@ int main(int argc, char** argv) try {
   const auto drain_deadline = std::chrono::steady_clock::now() + config.limits.drain_timeout;
   front.value()->set_ready(false);
   front.value()->stop_accepting();
+  // From here a session that ends counts as drained.
+  if (rendezvous) rendezvous->begin_drain();
   const std::size_t told = front.value()->announce_drain(
       "relay is shutting down",
       std::min(drain_deadline, std::chrono::steady_clock::now() + std::chrono::seconds(3)));

@@ -319,6 +319,11 @@ void RendezvousPort::refuse(const std::shared_ptr<Leg>& leg, LegSide side, unsig
   });
 }
 
+void RendezvousPort::begin_drain() {
+  std::lock_guard lock(mutex_);
+  draining_ = true;
+}
+
 bool RendezvousPort::drain(std::chrono::steady_clock::time_point deadline) {
   std::unique_lock lock(mutex_);
   draining_ = true;

@@ -70,7 +70,9 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
   void cancel(const std::string& ticket);
 
   // Shutdown, first: splices go on, and each that ends from now on counts as
-  // drained. Blocks until none is left (true) or `deadline` (false).
+  // drained.
+  void begin_drain();
+  // begin_drain(), then blocks until no splice is left (true) or `deadline` (false).
   bool drain(std::chrono::steady_clock::time_point deadline);
   // The clusters (as open() named them) with a splice here now.
   std::vector<std::string> spliced_clusters();
