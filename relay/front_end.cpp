@@ -2,6 +2,7 @@
 
 #include "protocol/ws_stream.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -313,6 +314,62 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     } catch (...) {
     }
   }
+  void close_listeners(const std::string& reason) noexcept override {
+    try {
+      listeners_.close_all(1001, reason);
+    } catch (...) {
+    }
+  }
+  void close_paired_websockets(const std::string& reason) noexcept override {
+    try {
+      close_ws_rendezvous(reason);
+    } catch (...) {
+    }
+  }
+  std::size_t announce_drain(const std::string& reason, std::chrono::steady_clock::time_point deadline) override {
+    namespace rv = tunnel::rendezvous;
+    auto [port, address] = rendezvous();
+    auto peers = replicas();
+    // The addresses accepts from here began with: the rendezvous port's
+    // (tls form) and this replica's accept URLs (ws form) when they name a port.
+    std::vector<std::string> notices;
+    if (port) notices.push_back(rv::to_json(rv::DrainMessage{address, reason}));
+    const std::string ws_host = peers ? peers->advertise_host() : config_.public_host;
+    if (!ws_host.empty() && ws_host.find(':') != std::string::npos)
+      notices.push_back(rv::to_json(rv::DrainMessage{"wss://" + ws_host, reason}));
+    std::size_t here = 0;
+    for (const auto& n : notices) here = std::max(here, listeners_.send_to_drain_takers(n));
+    if (!peers || !port) return here;
+    // Clusters spliced here whose agents hold control channels elsewhere.
+    struct Answers {
+      std::mutex mutex;
+      std::condition_variable cv;
+      std::size_t waiting = 0, passed = 0;
+    };
+    auto answers = std::make_shared<Answers>();
+    const auto registry = store_->snapshot();
+    for (const auto& rid : port->spliced_clusters()) {
+      const ClusterEntry* cluster = registry->cluster_by_identity(rid);
+      if (!cluster || !peers->remote_channel(cluster->identity())) continue;
+      for (const auto& n : notices) {
+        {
+          std::lock_guard lock(answers->mutex);
+          ++answers->waiting;
+        }
+        peers->forward_accept(cluster->identity(), n, [answers](bool sent, std::string) {
+          std::lock_guard lock(answers->mutex);
+          --answers->waiting;
+          answers->passed += sent ? 1 : 0;
+          answers->cv.notify_all();
+        });
+      }
+    }
+    std::unique_lock lock(answers->mutex);
+    if (!answers->cv.wait_until(lock, deadline, [&] { return answers->waiting == 0; }))
+      logger_->info("drain: {} notice(s) to other replicas still unanswered", answers->waiting);
+    if (answers->passed) logger_->info("drain: {} notice(s) passed on by other replicas", answers->passed);
+    return here;
+  }
   // A cluster gone from the registry loses its control channels (Hybrid
   // Connections' 1001 for a path that is gone). Its keys, roles and pins are
   // read from the current snapshot at each check: nothing else to do.
@@ -605,6 +662,9 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            {{"", n(c.unpaired)}});
     family("clusterconnect_relay_rendezvous_spliced", "gauge", "Paired rendezvous whose bytes the relay moves now.",
            {{"", n(c.splices_active)}});
+    family("clusterconnect_relay_rendezvous_shutdown_total", "counter",
+           "Rendezvous spliced at shutdown, by how they ended: drained (their session closed after GOAWAY) or cut.",
+           {{"{outcome=\"drained\"}", n(c.drained)}, {"{outcome=\"cut\"}", n(c.cut)}});
     family("clusterconnect_relay_rendezvous_bytes_total", "counter", "Bytes spliced between ended rendezvous legs, by direction.",
            {{"{direction=\"proxy_to_agent\"}", n(c.bytes_proxy_to_agent)},
             {"{direction=\"agent_to_proxy\"}", n(c.bytes_agent_to_proxy)}});
@@ -717,7 +777,7 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   static constexpr std::size_t queue_limit = 256;
 
   ControlChannel(tunnel::WsStream ws, std::shared_ptr<FrontEndImpl> front, const ClusterEntry& cluster,
-                 std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer)
+                 std::chrono::system_clock::time_point expiry, TokenVerifier verify, std::string peer, bool takes_drain)
       : ws_(std::move(ws)),
         front_(std::move(front)),
         identity_(cluster.identity()),
@@ -726,7 +786,10 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
         verify_(std::move(verify)),
         peer_(std::move(peer)),
         timer_(ws_.get_executor()),
-        lease_(front_->connection_lease()) {}
+        lease_(front_->connection_lease()),
+        takes_drain_(takes_drain) {}
+
+  bool takes_drain() const override { return takes_drain_; }
 
   void start(std::uint64_t id) {
     id_ = id;
@@ -822,6 +885,11 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
         --self->queued_;
       }
       if (ec) return self->finish("transport: " + ec.message());
+      if (self->queue_.empty() && self->close_after_queue_) {
+        auto [code, reason] = std::move(*self->close_after_queue_);
+        self->close_after_queue_.reset();
+        return self->do_close(code, std::move(reason));
+      }
       self->flush();
     });
   }
@@ -836,8 +904,14 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
 
   void do_close(std::uint16_t code, std::string reason) {
     if (closing_) return;
-    closing_ = true;
     mark_closed();
+    // What was queued before the close (a drain notice) goes first; flush()
+    // closes after the last of it.
+    if (writing_ || !queue_.empty()) {
+      if (!close_after_queue_) close_after_queue_ = std::make_pair(code, std::move(reason));
+      return;
+    }
+    closing_ = true;
     front_->log().info("control channel for cluster {} ({}): closing ({}): {}", resource_id_, peer_, code, reason);
     beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
     ws_.async_close(websocket::close_reason(static_cast<websocket::close_code>(code), reason), [self = shared_from_this()](error_code) { self->finish("closed"); });
@@ -878,6 +952,8 @@ class ControlChannel final : public ControlChannelSink, public std::enable_share
   };
   std::deque<Outgoing> queue_;
   std::optional<tunnel::rendezvous::ResponseMessage> response_;  // its body is the next message
+  std::optional<std::pair<std::uint16_t, std::string>> close_after_queue_;
+  bool takes_drain_ = false;
   std::uint64_t id_ = 0;
   bool writing_ = false, closing_ = false, finished_ = false;
   std::mutex mutex_;
@@ -1079,8 +1155,10 @@ void HttpConnection::accept_control_channel(const ClusterEntry* cluster, std::ch
       self->front_->log().info("WebSocket upgrade from {} failed: {}", self->peer_, ec.message());
       return;
     }
+    const bool takes_drain = self->req_[beast::string_view(tunnel::rendezvous::drain_header.data(),
+                                                           tunnel::rendezvous::drain_header.size())] == "1";
     auto channel = std::make_shared<ControlChannel>(std::move(*self->ws_), self->front_, *cluster, expiry,
-                                                    std::move(verify), self->peer_);
+                                                    std::move(verify), self->peer_, takes_drain);
     self->ws_.reset();
     // What the agent says of itself and its cluster (headers of its listen
     // handshake; none from other Hybrid Connections listeners).
@@ -1160,11 +1238,25 @@ void HttpConnection::handle_replica_accept() {
       !body["message"].is_string())
     return refuse(400, "bad_request", "expected {\"cluster\": identity, \"message\": accept}");
   const std::string message = body["message"].get<std::string>();
-  auto parsed = nlohmann::json::parse(message, nullptr, false);
-  if (!parsed.is_object() || !parsed.contains("accept")) return refuse(400, "bad_request", "the message is not an accept");
+  auto parsed = tunnel::rendezvous::parse_control_message(message);
+  const bool accept = parsed.state == tunnel::rendezvous::ControlParse::State::ok &&
+                      std::holds_alternative<tunnel::rendezvous::AcceptMessage>(parsed.message);
+  const bool drain = parsed.state == tunnel::rendezvous::ControlParse::State::ok &&
+                     std::holds_alternative<tunnel::rendezvous::DrainMessage>(parsed.message);
+  if (!accept && !drain) return refuse(400, "bad_request", "the message is not an accept or a drain notice");
   registry_ = front_->registry();
   const ClusterEntry* cluster = registry_->cluster_by_identity(body["cluster"].get<std::string>());
   if (!cluster) return refuse(404, "not_found", "no such cluster in the registry");
+  if (drain) {
+    // Another replica drains: the cluster's agents here that take drain
+    // notices pass it on to their sessions through that replica.
+    const auto identity = cluster->identity();
+    const auto n = front_->listeners().send_to_drain_takers(
+        message, [&](const std::string& of) { return of == identity; });
+    front_->log().info("drain notice for cluster {} from another replica: passed to {} control channel(s)",
+                       cluster->resource_id(), n);
+    return respond(200, "application/json", "{}");
+  }
   if (!front_->listeners().send_to_one(cluster, message))
     return refuse(404, "no_agent", "no control channel of the cluster here took the rendezvous");
   respond(200, "application/json", "{}");

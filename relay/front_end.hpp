@@ -51,6 +51,17 @@ class FrontEnd {
   virtual void set_replicas(std::shared_ptr<ReplicaPeers> peers) = 0;
   // Closes every agent control channel and paired WebSocket (1001) with `reason`.
   virtual void close_control_channels(const std::string& reason) noexcept = 0;
+  // Shutdown, in steps: the agent control channels only (what was queued on
+  // them is written first), then the paired WebSockets.
+  virtual void close_listeners(const std::string& reason) noexcept = 0;
+  virtual void close_paired_websockets(const std::string& reason) noexcept = 0;
+  // Drain (docs/tunnel-protocol.md, "Drain"): a `drain` notice naming this
+  // relay's rendezvous addresses on each of its control channels whose
+  // listener takes them, and, through the replica that holds a control
+  // channel of each other cluster spliced here, on that one's. Blocks
+  // (shutdown only) until the other replicas answered or `deadline`; how
+  // many control channels here took a notice.
+  virtual std::size_t announce_drain(const std::string& reason, std::chrono::steady_clock::time_point deadline) = 0;
   // Stops accepting connections and refuses handshakes still being read
   // (503, draining); thread-safe, idempotent.
   virtual void stop_accepting() noexcept = 0;

@@ -106,6 +106,20 @@ void ListenerRegistry::close_all(std::uint16_t code, const std::string& reason) 
   for (auto& s : sinks) s->close(code, reason);
 }
 
+std::size_t ListenerRegistry::send_to_drain_takers(const std::string& text,
+                                                  const std::function<bool(const std::string& identity)>& of) {
+  std::vector<std::shared_ptr<ControlChannelSink>> sinks;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& l : listeners_)
+      if (!of || of(l.identity))
+        if (auto s = l.sink.lock(); s && s->takes_drain()) sinks.push_back(std::move(s));
+  }
+  std::size_t sent = 0;
+  for (auto& s : sinks) sent += s->send(text) ? 1 : 0;
+  return sent;
+}
+
 std::size_t ListenerRegistry::close_unless(const std::function<bool(const std::string& identity)>& keep, std::uint16_t code,
                                            const std::string& reason) {
   std::vector<std::shared_ptr<ControlChannelSink>> sinks;

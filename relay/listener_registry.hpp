@@ -39,8 +39,11 @@ class ControlChannelSink {
   // channel is closed or its queue is full (a listener that does not read
   // gets no more rendezvous).
   virtual bool send(std::string text, std::optional<std::string> binary = std::nullopt) = 0;
-  // WebSocket close code and reason (1001 going away, 1008 policy).
+  // WebSocket close code and reason (1001 going away, 1008 policy). Messages
+  // already queued are written first.
   virtual void close(std::uint16_t code, std::string reason) = 0;
+  // Whether the listener announced that it takes drain notices.
+  virtual bool takes_drain() const { return false; }
 };
 
 class ListenerRegistry {
@@ -71,6 +74,10 @@ class ListenerRegistry {
   // The cluster's (by ClusterEntry::identity()).
   AgentStatus status(const std::string& identity) const;
   void close_all(std::uint16_t code, const std::string& reason);
+  // Sends `text` (a drain notice) to every listener that takes them, of the
+  // clusters `of` accepts (all without it); how many took it.
+  std::size_t send_to_drain_takers(const std::string& text,
+                                   const std::function<bool(const std::string& identity)>& of = nullptr);
   // Closes the listeners of clusters (by ClusterEntry::identity()) that
   // `keep` rejects; how many.
   std::size_t close_unless(const std::function<bool(const std::string& identity)>& keep, std::uint16_t code,

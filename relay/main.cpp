@@ -210,7 +210,7 @@ int main(int argc, char** argv) try {
   app.add_option("--max-tunnels-per-cluster", max_tunnels, "Agents' control channels per cluster (default 25)");
   app.add_option("--max-connections", max_connections, "Open TLS connections not yet authenticated");
   app.add_option("--drain-timeout", drain_timeout,
-                 "Seconds after SIGTERM for control channels and paired WebSockets to finish closing (default 30)");
+                 "Seconds after SIGTERM for spliced sessions to end after GOAWAY (then they are cut) and connections to finish closing (default 30)");
   app.add_option("--idle-timeout", idle_timeout, "Seconds a control channel may leave a ping unanswered (default 45)");
   std::string advertise_url, replica_id;
   unsigned replica_ttl = 10;
@@ -365,13 +365,31 @@ int main(int argc, char** argv) try {
     std::unique_lock lock(mutex);
     cv.wait(lock, [&] { return stop_requested; });
   }
+  // Drain (docs/operations.md): no new connects or control channels here;
+  // the agents whose sessions this relay splices send GOAWAY on them, so
+  // their proxies open new rendezvous elsewhere and these end once their
+  // streams are done; what is left at --drain-timeout is cut.
+  const auto drain_deadline = std::chrono::steady_clock::now() + config.limits.drain_timeout;
   front.value()->set_ready(false);
   front.value()->stop_accepting();
-  // Gone from etcd first: the other replicas stop routing here, and agents
-  // that reconnect through the load balancer land elsewhere.
+  // From here a session that ends counts as drained.
+  if (rendezvous) rendezvous->begin_drain();
+  const std::size_t told = front.value()->announce_drain(
+      "relay is shutting down",
+      std::min(drain_deadline, std::chrono::steady_clock::now() + std::chrono::seconds(3)));
+  logger->info("drain: notice on {} control channel(s) here", told);
+  // Gone from etcd: the other replicas stop routing here, and agents that
+  // reconnect through the load balancer land elsewhere.
   if (replicas) replicas->withdraw();
-  front.value()->close_control_channels("relay is shutting down");
-  if (rendezvous) rendezvous->close();
+  front.value()->close_listeners("relay is shutting down");
+  if (rendezvous) {
+    const auto& c = rendezvous->counters();
+    const bool all = rendezvous->drain(drain_deadline);
+    rendezvous->close();
+    logger->info("drain: {} rendezvous ended by themselves, {} cut{}", c.drained.load(), c.cut.load(),
+                 all ? "" : " at the drain timeout");
+  }
+  front.value()->close_paired_websockets("relay is shutting down");
   // Every control channel and paired WebSocket got a close frame; each ends
   // when its peer answers it, or its WebSocket's close timeout passes.
   if (!front.value()->wait_closed(std::chrono::steady_clock::now() +

@@ -217,7 +217,7 @@ void RendezvousPort::arm_sweep() {
       if (self->closed_) return;
       gone = self->book_.expire(RendezvousBook<std::shared_ptr<Leg>>::Clock::now());
       self->splices_.erase(std::remove_if(self->splices_.begin(), self->splices_.end(),
-                                          [](const auto& w) { return w.expired(); }),
+                                          [](const Spliced& w) { return w.splice.expired(); }),
                            self->splices_.end());
       self->arm_sweep();
     }
@@ -270,7 +270,12 @@ void RendezvousPort::pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent
                       auto done = [weak, cluster, hello_bytes](const rv::SpliceResult& r) {
                         auto port = weak.lock();
                         if (!port) return;
-                        port->counters_.splices_active.fetch_sub(1);
+                        {
+                          std::lock_guard lock(port->mutex_);
+                          port->counters_.splices_active.fetch_sub(1);
+                          if (port->draining_ && !port->closed_) port->counters_.drained.fetch_add(1);
+                        }
+                        port->splice_ended_.notify_all();
                         port->counters_.bytes_proxy_to_agent.fetch_add(r.a_to_b);
                         port->counters_.bytes_agent_to_proxy.fetch_add(r.b_to_a + hello_bytes);
                         port->logger_->debug("rendezvous for {} ended ({}): {} bytes to the agent, {} to the proxy",
@@ -290,7 +295,7 @@ void RendezvousPort::pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent
                       }
                       std::lock_guard lock(self->mutex_);
                       if (self->closed_) splice->close("the relay is shutting down");
-                      else self->splices_.push_back(splice);
+                      else self->splices_.push_back(Spliced{splice, cluster});
                     });
 }
 
@@ -314,6 +319,25 @@ void RendezvousPort::refuse(const std::shared_ptr<Leg>& leg, LegSide side, unsig
   });
 }
 
+void RendezvousPort::begin_drain() {
+  std::lock_guard lock(mutex_);
+  draining_ = true;
+}
+
+bool RendezvousPort::drain(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mutex_);
+  draining_ = true;
+  return splice_ended_.wait_until(lock, deadline, [&] { return closed_ || counters_.splices_active.load() <= 0; });
+}
+
+std::vector<std::string> RendezvousPort::spliced_clusters() {
+  std::vector<std::string> out;
+  std::lock_guard lock(mutex_);
+  for (const auto& s : splices_)
+    if (!s.splice.expired() && std::find(out.begin(), out.end(), s.cluster) == out.end()) out.push_back(s.cluster);
+  return out;
+}
+
 void RendezvousPort::close() {
   std::vector<std::shared_ptr<tunnel::rendezvous::SocketSplice>> splices;
   std::vector<RendezvousBook<std::shared_ptr<Leg>>::Expired> waiting;
@@ -322,8 +346,11 @@ void RendezvousPort::close() {
     if (closed_) return;
     closed_ = true;
     for (auto& w : splices_)
-      if (auto s = w.lock()) splices.push_back(std::move(s));
+      if (auto s = w.splice.lock()) splices.push_back(std::move(s));
     splices_.clear();
+    // Those still splicing (a splice that just ended may still be held here;
+    // one being set up is closed as soon as it starts).
+    counters_.cut.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, counters_.splices_active.load())));
     waiting = book_.expire(RendezvousBook<std::shared_ptr<Leg>>::Clock::time_point::max());
   }
   asio::post(acceptor_.get_executor(), [self = shared_from_this()] {

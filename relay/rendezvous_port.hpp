@@ -9,10 +9,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -45,6 +47,10 @@ struct RendezvousCounters {
   std::atomic<std::int64_t> splices_active{0};
   std::atomic<std::uint64_t> bytes_proxy_to_agent{0};
   std::atomic<std::uint64_t> bytes_agent_to_proxy{0};
+  // At shutdown: splices that ended by themselves while the relay drained
+  // (their session closed after GOAWAY), and those it had to close.
+  std::atomic<std::uint64_t> drained{0};
+  std::atomic<std::uint64_t> cut{0};
 };
 
 class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
@@ -63,7 +69,16 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
   // Withdraws a rendezvous whose connect went away; a leg that waits is closed.
   void cancel(const std::string& ticket);
 
-  // Stops accepting and closes every leg and splice.
+  // Shutdown, first: splices go on, and each that ends from now on counts as
+  // drained.
+  void begin_drain();
+  // begin_drain(), then blocks until no splice is left (true) or `deadline` (false).
+  bool drain(std::chrono::steady_clock::time_point deadline);
+  // The clusters (as open() named them) with a splice here now.
+  std::vector<std::string> spliced_clusters();
+
+  // Stops accepting and closes every leg and splice (those still splicing
+  // count as cut).
   void close();
 
   const RendezvousCounters& counters() const { return counters_; }
@@ -92,7 +107,13 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
 
   std::mutex mutex_;  // the book and the splice set
   RendezvousBook<std::shared_ptr<Leg>> book_;
-  std::vector<std::weak_ptr<tunnel::rendezvous::SocketSplice>> splices_;
+  struct Spliced {
+    std::weak_ptr<tunnel::rendezvous::SocketSplice> splice;
+    std::string cluster;
+  };
+  std::vector<Spliced> splices_;
+  std::condition_variable splice_ended_;
+  bool draining_ = false;
   bool closed_ = false;
 };
 

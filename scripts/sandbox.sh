@@ -28,6 +28,7 @@
 # address only. Replica i logs to logs/relay-i.log; its ready file (with its
 # metrics port) is state/relay-i.ready, its PID file pids/relay-i.pid.
 # SANDBOX_REPLICA_TTL sets the replicas' lease TTL in seconds (default 10).
+# SANDBOX_RELAY_ARGS adds relay flags (to every replica).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -248,7 +249,7 @@ JSON
   local relay_port relay_ca etcd_port=""
   if [ "$replicas" -eq 1 ]; then
     start relay "$bin/clusterconnect-relay" --config "$s/relay.json" --listen 127.0.0.1:0 --dev-tls "$s/relay-tls" \
-      --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready"
+      --rendezvous-listen 127.0.0.1:0 --ready-file "$s/relay.ready" ${SANDBOX_RELAY_ARGS:-}
     wait_ready relay "$s/relay.ready"
     relay_port="$(json "$s/relay.ready" port)"; relay_ca="$(json "$s/relay.ready" ca_file)"
     log "relay: https://127.0.0.1:$relay_port (CA $relay_ca)"
@@ -284,7 +285,7 @@ JSON
       start "relay-$i" "$bin/clusterconnect-relay" --config "$s/relay.json" --store "$store" --replica-id "r$i" \
         --replica-ttl "${SANDBOX_REPLICA_TTL:-10}" --listen "127.0.0.1:$port" --advertise-url "https://127.0.0.1:$port" \
         --public-host "127.0.0.1:$relay_port" --dev-tls "$s/relay-tls" --rendezvous-listen 127.0.0.1:0 \
-        --metrics-listen 127.0.0.1:0 --ready-file "$s/relay-$i.ready"
+        --metrics-listen 127.0.0.1:0 --ready-file "$s/relay-$i.ready" ${SANDBOX_RELAY_ARGS:-}
       wait_ready "relay-$i" "$s/relay-$i.ready"
       backends="$backends
   server r$i 127.0.0.1:$port"

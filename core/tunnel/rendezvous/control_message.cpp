@@ -158,7 +158,42 @@ ControlParse parse_renew(const json& body) {
   return out;
 }
 
+// scheme://authority: what a drain names. No user info, path, query or
+// fragment; a host and a port.
+bool drain_origin(std::string_view a) {
+  const auto sep = a.find("://");
+  if (sep == std::string_view::npos || sep == 0) return false;
+  const auto authority = a.substr(sep + 3);
+  if (authority.empty() || authority.find_first_of("/?#@ ") != std::string_view::npos) return false;
+  const auto colon = authority.rfind(':');
+  return colon != std::string_view::npos && colon > 0 && colon + 1 < authority.size();
+}
+
+ControlParse parse_drain(const json& body) {
+  if (!body.is_object()) return invalid("'drain' is not an object");
+  DrainMessage m;
+  if (!string_member(body, "address", m.address, true, 512) || !drain_origin(m.address))
+    return invalid("'drain' has no valid 'address' (scheme://HOST:PORT)");
+  if (!string_member(body, "reason", m.reason, false, 512)) return invalid("'drain.reason' is not a string");
+  for (char c : m.reason)
+    if (static_cast<unsigned char>(c) < 0x20) return invalid("'drain.reason' holds a control character");
+  return ok(std::move(m));
+}
+
 }  // namespace
+
+bool rendezvous_through(std::string_view accept_address, std::string_view drain_address) {
+  if (drain_address.empty() || accept_address.size() < drain_address.size()) return false;
+  for (std::size_t i = 0; i < drain_address.size(); ++i) {
+    char a = accept_address[i], b = drain_address[i];
+    if (a >= 'A' && a <= 'Z') a = static_cast<char>(a - 'A' + 'a');
+    if (b >= 'A' && b <= 'Z') b = static_cast<char>(b - 'A' + 'a');
+    if (a != b) return false;
+  }
+  if (accept_address.size() == drain_address.size()) return true;
+  const char next = accept_address[drain_address.size()];
+  return next == '/' || next == '?';
+}
 
 ControlParse parse_control_message(std::string_view text) {
   if (text.size() > max_control_message) return invalid("a control message larger than 64 KiB");
@@ -172,6 +207,7 @@ ControlParse parse_control_message(std::string_view text) {
   if (kind == "renewToken") return parse_renew(body);
   if (kind == "request") return parse_request(body);
   if (kind == "response") return parse_response(body);
+  if (kind == "drain") return parse_drain(body);
   ControlParse p;
   p.state = ControlParse::State::unknown_kind;
   p.kind = kind.size() <= 64 ? kind : kind.substr(0, 64);
@@ -207,6 +243,12 @@ std::string to_json(const ResponseMessage& m) {
 
 std::string to_json(const RenewTokenMessage& m) {
   return json{{"renewToken", {{"token", m.token}}}}.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string to_json(const DrainMessage& m) {
+  json body{{"address", m.address}};
+  if (!m.reason.empty()) body["reason"] = m.reason;
+  return json{{"drain", std::move(body)}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 }  // namespace clusterconnect::tunnel::rendezvous

@@ -16,6 +16,14 @@
 //                                  "statusDescription":"OK",
 //                                  "responseHeaders":{…},"body":true}}
 //
+// Our extension (docs/tunnel-protocol.md, "Drain"), sent only on a control
+// channel whose listen handshake carried `drain_header`:
+//
+//   relay -> agent  {"drain":{"address":"tls://HOST:PORT","reason":"…"}}
+//
+// The relay replica whose rendezvous address is `address` is shutting down:
+// the agent sends GOAWAY on each session whose rendezvous went through it.
+//
 // A request too large for the control channel is announced with its address
 // and id only; the listener dials the address and gets it there. A message of
 // a kind this side does not handle is reported as such, not as malformed.
@@ -37,6 +45,10 @@ inline constexpr std::string_view proxy_key_pin_header = "x-clusterconnect-proxy
 // the control channel (absent without replicas). An agent spreads its
 // control channels over distinct replicas with it.
 inline constexpr std::string_view replica_header = "x-clusterconnect-replica";
+
+// In a listen handshake: the listener understands `drain` messages. A
+// Hybrid Connections listener that does not send it is never sent one.
+inline constexpr std::string_view drain_header = "x-clusterconnect-drain";
 
 // Azure Relay's limit for a control-channel message.
 inline constexpr std::size_t max_control_message = 64 * 1024;
@@ -77,7 +89,19 @@ struct ResponseMessage {
   bool body = false;
 };
 
-using ControlMessage = std::variant<AcceptMessage, RenewTokenMessage, RequestMessage, ResponseMessage>;
+// The replica whose rendezvous address is `address` (scheme://HOST:PORT, as
+// the accept addresses it hands out begin) drains.
+struct DrainMessage {
+  std::string address;
+  std::string reason;
+};
+
+// Whether a rendezvous dialed at `accept_address` went through the replica
+// that a drain names by `drain_address`: the same scheme and authority
+// (case-insensitive), whatever path or query the accept address carries.
+bool rendezvous_through(std::string_view accept_address, std::string_view drain_address);
+
+using ControlMessage = std::variant<AcceptMessage, RenewTokenMessage, RequestMessage, ResponseMessage, DrainMessage>;
 
 struct ControlParse {
   enum class State { ok, unknown_kind, invalid };
@@ -92,5 +116,6 @@ std::string to_json(const AcceptMessage& m);
 std::string to_json(const RenewTokenMessage& m);
 std::string to_json(const RequestMessage& m);
 std::string to_json(const ResponseMessage& m);
+std::string to_json(const DrainMessage& m);
 
 }  // namespace clusterconnect::tunnel::rendezvous

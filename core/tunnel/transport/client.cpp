@@ -72,7 +72,12 @@ class RendezvousClient final : public TunnelClient, public std::enable_shared_fr
   struct OpenWaiter {
     tunnel::Metadata metadata;
     OpenHandler handler;
+    unsigned moved = 0;  // times it was refused by a draining session and opened again
   };
+  // A draining session (the agent's GOAWAY, e.g. its relay replica shuts
+  // down) refuses an open that crossed the GOAWAY; it is opened again on
+  // another session, a few times at most.
+  static constexpr unsigned max_moves = 3;
   using Waiter = std::variant<OpenWaiter, DoneHandler>;
 
   // A session and the opens it has been given that it has not answered yet
@@ -102,9 +107,18 @@ class RendezvousClient final : public TunnelClient, public std::enable_shared_fr
   void run(const std::shared_ptr<Live>& l, Waiter w) {
     if (auto* o = std::get_if<OpenWaiter>(&w)) {
       ++l->opening;
-      l->session->async_open(std::move(o->metadata), [l, h = std::move(o->handler)](error_code ec, tunnel::TunnelStreamPtr s,
-                                                                                  std::string reason) mutable {
+      const unsigned moved = o->moved;
+      tunnel::Metadata again = o->metadata;
+      l->session->async_open(std::move(o->metadata), [self = shared_from_this(), l, h = std::move(o->handler), moved,
+                                                      again = std::move(again)](error_code ec, tunnel::TunnelStreamPtr s,
+                                                                                std::string reason) mutable {
         --l->opening;
+        if (ec == asio::error::connection_refused && !l->session->usable() && moved < max_moves) {
+          self->logger_->debug("a stream refused by a draining session ({}): opening it on another", reason);
+          return asio::dispatch(self->strand_, [self, w = OpenWaiter{std::move(again), std::move(h), moved + 1}]() mutable {
+            self->enqueue(std::move(w));
+          });
+        }
         h(ec, std::move(s), std::move(reason));
       });
     } else {

@@ -59,7 +59,7 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
   ~RendezvousListener() override {
     for (auto& slot : slots_)
       if (slot->channel) slot->channel->close();
-    for (auto& [_, s] : sessions_) s->close("listener closed");
+    for (auto& [_, s] : sessions_) s.session->close("listener closed");
   }
 
   Result<void> prepare() {
@@ -98,7 +98,7 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
         }
         auto sessions = std::move(self->sessions_);
         self->sessions_.clear();
-        for (auto& [_, s] : sessions) s->close("listener closed");
+        for (auto& [_, s] : sessions) s.session->close("listener closed");
         self->up_ = 0;
       });
     } catch (...) {
@@ -132,6 +132,8 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     }
     std::vector<std::pair<std::string, std::string>> headers;
     if (options_.handshake_headers) headers = options_.handshake_headers();
+    // This listener takes the relay's drain notices (GOAWAY at the rendezvous level).
+    headers.emplace_back(std::string(rv::drain_header), "1");
     slot.connecting = true;
     async_open_control_channel(io_, *target_, relay_tls_, token, logger_,
                                [weak = weak_from_this(), &slot, token](error_code ec, std::shared_ptr<ControlChannel> c,
@@ -254,6 +256,7 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     if (m.state == rv::ControlParse::State::unknown_kind) return logger_->debug("control channel: ignored a {} message", m.kind);
     if (m.state != rv::ControlParse::State::ok) return logger_->warn("control channel: a malformed message: {}", m.error);
     if (auto* request = std::get_if<rv::RequestMessage>(&m.message)) return refuse_request(*request, which);
+    if (auto* drain = std::get_if<rv::DrainMessage>(&m.message)) return on_drain(*drain);
     auto* accept = std::get_if<rv::AcceptMessage>(&m.message);
     if (!accept) return;
     // Header names in connectHeaders are matched without regard to case.
@@ -275,14 +278,15 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     session.role = tunnel::Role::acceptor;
     session.stream_window = tunnel::bulk_stream_window;
     session.name = "session with a proxy" + (accept->remote_endpoint ? " at " + accept->remote_endpoint->address : std::string());
-    LegHandler done = [weak = weak_from_this()](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
+    LegHandler done = [weak = weak_from_this(), address = accept->address](error_code ec, std::shared_ptr<tunnel::Session> s,
+                                                                            std::string reason) mutable {
       auto self = weak.lock();
       if (!self) {
         if (s) s->close("listener closed");
         return;
       }
-      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason)]() mutable {
-        self->on_leg(ec, std::move(s), reason);
+      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason), address = std::move(address)]() mutable {
+        self->on_leg(ec, std::move(s), reason, std::move(address));
       });
     };
     if (ws) {
@@ -300,7 +304,23 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     async_agent_leg(io_, identity_, std::move(leg), logger_, std::move(done));
   }
 
-  void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason) {
+  // The relay replica at `drain.address` is shutting down: every session
+  // whose rendezvous it splices gets GOAWAY, so the proxy opens its next
+  // streams on a new rendezvous (elsewhere) and this one ends once its
+  // streams are done, before the replica cuts it. A session that came up
+  // after an earlier notice gets it too: the notice is idempotent.
+  void on_drain(const rv::DrainMessage& drain) {
+    std::size_t n = 0;
+    for (auto& [_, s] : sessions_) {
+      if (!rv::rendezvous_through(s.address, drain.address)) continue;
+      s.session->goaway(drain.reason.empty() ? "the relay replica is draining" : drain.reason);
+      ++n;
+    }
+    logger_->info("control channel: relay replica {} is draining; GOAWAY on {} session(s){}", drain.address, n,
+                  drain.reason.empty() ? std::string() : " (" + drain.reason + ")");
+  }
+
+  void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason, std::string address) {
     --pending_;
     if (closed_) {
       if (session) session->close("listener closed");
@@ -320,7 +340,7 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
           self->sessions_.erase(key);
         });
     });
-    sessions_.emplace(key, session);
+    sessions_.emplace(key, Live{session, std::move(address)});
     logger_->debug("a session with a proxy is up ({} open)", sessions_.size());
     session->start();
   }
@@ -345,7 +365,13 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
   std::shared_ptr<asio::ssl::context> relay_tls_;
   std::shared_ptr<asio::ssl::context> identity_;
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::map<tunnel::Session*, std::shared_ptr<tunnel::Session>> sessions_;
+  // A session, and the accept address its rendezvous was dialed at (which
+  // replica splices it, for drain notices).
+  struct Live {
+    std::shared_ptr<tunnel::Session> session;
+    std::string address;
+  };
+  std::map<tunnel::Session*, Live> sessions_;
   std::size_t pending_ = 0;
   std::atomic<unsigned> up_{0};
   bool closed_ = false;

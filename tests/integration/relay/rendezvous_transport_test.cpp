@@ -391,3 +391,31 @@ TEST_CASE("rendezvous transport: the proxy's ws form reaches a hyco-ws listener 
   CHECK_THAT(hyco.log(), Catch::Contains("TLS up with the proxy, TLSv1.3"));
   client->close();
 }
+
+TEST_CASE("rendezvous transport: a relay stopped with SIGTERM drains: the stream open goes on and the session ends by itself",
+          "[relay][transport][drain]") {
+  ListeningAgent rig("tls");
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
+  auto client = r.dial(client_host, {r.agent_key.pin});
+  REQUIRE(client);
+  auto held = open_stream(*client);
+  REQUIRE_FALSE(held.ec);
+  // stop() waits for the relay to exit: it does once the session ended.
+  auto stopped = std::async(std::launch::async, [&] { return r.relay.stop(SIGTERM, std::chrono::seconds(60)); });
+  const bool told = wait_until([&] { return r.relay.log().find("drain: notice on 2 control channel(s) here") != std::string::npos; }, 20s);
+  INFO(r.relay.log());
+  REQUIRE(told);
+  // The stream opened before the SIGTERM runs to its end through the draining relay.
+  auto x = exchange(held.stream, 256 * 1024, 7, 30s);
+  INFO(x.what << ": " << x.ec.message());
+  CHECK_FALSE(x.ec);
+  CHECK(x.received_sha == x.sent_sha);
+  // Its session, told GOAWAY by the agent, closes once its stream is done:
+  // the relay counts it drained, not cut, and exits long before its 30 s.
+  CHECK(stopped.get() == 0);
+  const auto log = r.relay.log();
+  INFO(log);
+  CHECK(log.find("drain: 1 rendezvous ended by themselves, 0 cut") != std::string::npos);
+  client->close();
+  listener->close();
+}

@@ -719,3 +719,37 @@ TEST_CASE("replicas: a replica publishes its agents' last report under its lease
   CHECK(snapshots() == one_more);
   listener->close();
 }
+
+TEST_CASE("replicas: a replica stopped with SIGTERM has the replica holding the agent's channel pass its drain notice on",
+          "[relay][replicas][etcd][drain]") {
+  if (!have_etcd()) return;
+  Replicas rs(2);
+  ModuleHost agent_host{"tls"}, client_host{"tls"};
+  Agent agent;
+  // The agent's only control channel is on replica 0; the session is spliced on replica 1.
+  auto listener = rs.listen(agent_host, agent, 0);
+  auto client = rs.dial(client_host, 1);
+  OpenResult held;
+  REQUIRE(wait_until(
+      [&] {
+        held = open_stream(*client);
+        return !held.ec;
+      },
+      20s));
+  REQUIRE(rs.paired(1, "tls") == 1);
+  auto stopped = std::async(std::launch::async, [&] { return rs.relays[1]->stop(SIGTERM, std::chrono::seconds(60)); });
+  const bool passed = wait_until([&] { return rs.relays[1]->log().find("notice(s) passed on by other replicas") != std::string::npos; }, 20s);
+  INFO(rs.relays[1]->log());
+  INFO(rs.relays[0]->log());
+  REQUIRE(passed);
+  CHECK(rs.relays[1]->log().find("drain: notice on 0 control channel(s) here") != std::string::npos);
+  // The stream goes on through the draining replica, then its session ends by itself.
+  auto x = exchange(held.stream, 64 * 1024, 3, 30s);
+  CHECK_FALSE(x.ec);
+  CHECK(x.received_sha == x.sent_sha);
+  CHECK(stopped.get() == 0);
+  CHECK(rs.relays[1]->log().find("drain: 1 rendezvous ended by themselves, 0 cut") != std::string::npos);
+  CHECK(rs.relays[0]->log().find("drain notice for cluster") != std::string::npos);
+  client->close();
+  listener->close();
+}

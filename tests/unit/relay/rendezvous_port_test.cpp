@@ -5,7 +5,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <future>
 #include <thread>
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
 
 #include "rendezvous/client_hello.hpp"
 #include "rendezvous_legs.hpp"
@@ -60,7 +64,80 @@ struct Relay {
   }
 };
 
+// What an OpenSSL client sends first, its ticket in SNI.
+std::string client_hello(const std::string& server_name) {
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  REQUIRE(ctx);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+  BIO* in = BIO_new(BIO_s_mem());
+  BIO* out = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl.get(), in, out);
+  REQUIRE(SSL_set_tlsext_host_name(ssl.get(), server_name.c_str()) == 1);
+  SSL_set_connect_state(ssl.get());
+  REQUIRE(SSL_do_handshake(ssl.get()) == -1);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(out, &data);
+  REQUIRE(n > 0);
+  return std::string(data, static_cast<std::size_t>(n));
+}
+
+// A rendezvous paired and spliced, held open by its two raw legs.
+struct HeldSplice {
+  std::unique_ptr<Fd> proxy, agent;
+  explicit HeldSplice(Relay& relay) {
+    const auto ticket = relay.ticket();
+    agent = std::make_unique<Fd>(relay.port->port());
+    agent->send(client_hello(tunnel::rendezvous::ticket_server_name(ticket, relay_host)));
+    proxy = std::make_unique<Fd>(relay.port->port());
+    proxy->send(tunnel::rendezvous::make_preamble(ticket));
+    REQUIRE(proxy->line() == "CLUSTERCONNECT-RENDEZVOUS/1 200 paired\r\n");
+  }
+  void end() {
+    proxy.reset();
+    agent.reset();
+  }
+};
+
 }  // namespace
+
+TEST_CASE("a draining port splices on until its rendezvous end and counts them drained", "[relay][rendezvous]") {
+  Relay relay;
+  HeldSplice first(relay), second(relay);
+  REQUIRE(wait_until([&] { return relay.port->counters().splices_active.load() == 2; }));
+  CHECK(relay.port->spliced_clusters() == std::vector<std::string>{cluster});
+  // The drain begins (its deadline passed at once: two splices are left)…
+  CHECK_FALSE(relay.port->drain(std::chrono::steady_clock::now()));
+  // …and goes on until they end.
+  auto drained = std::async(std::launch::async, [&] { return relay.port->drain(std::chrono::steady_clock::now() + 60s); });
+  first.end();
+  REQUIRE(wait_until([&] { return relay.port->counters().drained.load() == 1; }));
+  // Still splicing the other: bytes pass, the drain goes on.
+  second.agent->send("still here");
+  char buf[64];
+  std::string got;
+  for (int i = 0; i < 1000 && got.find("still here") == std::string::npos; ++i) {
+    const auto n = ::recv(second.proxy->fd, buf, sizeof buf, 0);
+    REQUIRE(n > 0);
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  CHECK(got.find("still here") != std::string::npos);
+  second.end();
+  CHECK(drained.get());
+  CHECK(relay.port->counters().drained.load() == 2);
+  CHECK(relay.port->counters().cut.load() == 0);
+  CHECK(relay.port->spliced_clusters().empty());
+}
+
+TEST_CASE("what still splices when the drain times out is cut", "[relay][rendezvous]") {
+  Relay relay;
+  HeldSplice held(relay);
+  REQUIRE(wait_until([&] { return relay.port->counters().splices_active.load() == 1; }));
+  CHECK_FALSE(relay.port->drain(std::chrono::steady_clock::now()));  // the deadline has passed
+  relay.port->close();
+  CHECK(held.proxy->closed_by_peer());
+  CHECK(relay.port->counters().cut.load() == 1);
+  CHECK(relay.port->counters().drained.load() == 0);
+}
 
 TEST_CASE("legs that name one ticket run mutual TLS end to end through the port, in either order", "[relay][rendezvous]") {
   Relay relay;

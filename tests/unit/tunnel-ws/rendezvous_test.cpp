@@ -444,3 +444,58 @@ TEST_CASE("a malformed control message is refused and never echoes a token", "[r
     CHECK(p.error.find("secret") == std::string::npos);
   }
 }
+
+TEST_CASE("a drain notice names the replica's rendezvous address", "[rendezvous]") {
+  auto p = parse_control_message(R"({"drain":{"address":"tls://relay-b.example.net:7443","reason":"relay is shutting down"}})");
+  REQUIRE(p.state == ControlParse::State::ok);
+  const auto& d = std::get<DrainMessage>(p.message);
+  CHECK(d.address == "tls://relay-b.example.net:7443");
+  CHECK(d.reason == "relay is shutting down");
+  // What the relay sends parses back to the same notice; the reason may be left out.
+  auto again = parse_control_message(to_json(d));
+  REQUIRE(again.state == ControlParse::State::ok);
+  CHECK(std::get<DrainMessage>(again.message).address == d.address);
+  auto bare = parse_control_message(to_json(DrainMessage{"wss://relay-b:443", ""}));
+  REQUIRE(bare.state == ControlParse::State::ok);
+  CHECK(std::get<DrainMessage>(bare.message).reason.empty());
+
+  struct Case {
+    std::string json, why;
+  };
+  const std::vector<Case> malformed{
+      {R"({"drain":"tls://relay:7443"})", "not an object"},
+      {R"({"drain":{}})", "'address'"},
+      {R"({"drain":{"address":""}})", "'address'"},
+      {R"({"drain":{"address":7}})", "'address'"},
+      {R"({"drain":{"address":"relay:7443"}})", "'address'"},
+      {R"({"drain":{"address":"tls://relay"}})", "'address'"},
+      {R"({"drain":{"address":"tls://relay:"}})", "'address'"},
+      {R"({"drain":{"address":"tls://relay:7443/path"}})", "'address'"},
+      {R"({"drain":{"address":"tls://user@relay:7443"}})", "'address'"},
+      {R"({"drain":{"address":"tls://)" + std::string(600, 'a') + R"(:1"}})", "'address'"},
+      {R"({"drain":{"address":"tls://relay:7443","reason":["x"]}})", "'drain.reason'"},
+      {R"({"drain":{"address":"tls://relay:7443","reason":"a\nb"}})", "control character"},
+  };
+  for (const auto& c : malformed) {
+    INFO(c.json);
+    auto m = parse_control_message(c.json);
+    CHECK(m.state == ControlParse::State::invalid);
+    CHECK_THAT(m.error, Catch::Contains(c.why));
+  }
+}
+
+TEST_CASE("an agent drains the sessions whose rendezvous went through the named replica", "[rendezvous]") {
+  // tls form: the accept address is the replica's rendezvous port itself.
+  CHECK(rendezvous_through("tls://relay-b.example.net:7443", "tls://relay-b.example.net:7443"));
+  CHECK(rendezvous_through("TLS://Relay-B.example.net:7443", "tls://relay-b.example.net:7443"));
+  // ws form: the replica's accept URL, with its path and query.
+  CHECK(rendezvous_through("wss://relay-b:443/$hc/clusters/s/g/n?sb-hc-action=accept&sb-hc-id=4cb5", "wss://relay-b:443"));
+  // Another replica, another port of the same host, another form, a longer host name.
+  CHECK_FALSE(rendezvous_through("tls://relay-a.example.net:7443", "tls://relay-b.example.net:7443"));
+  CHECK_FALSE(rendezvous_through("tls://relay-b.example.net:7444", "tls://relay-b.example.net:7443"));
+  CHECK_FALSE(rendezvous_through("tls://relay-b.example.net:74430", "tls://relay-b.example.net:7443"));
+  CHECK_FALSE(rendezvous_through("wss://relay-b.example.net:7443/$hc/x", "tls://relay-b.example.net:7443"));
+  CHECK_FALSE(rendezvous_through("tls://relay-b.example.net.evil:7443", "tls://relay-b.example.net"));
+  CHECK_FALSE(rendezvous_through("tls://relay-b:7443", ""));
+  CHECK_FALSE(rendezvous_through("", "tls://relay-b:7443"));
+}
