@@ -4,7 +4,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "clusterconnect/tls.hpp"
+#include "clusterconnect/tls_alpn.hpp"
 #include "clusterconnect/tls_context.hpp"
 
 namespace fs = std::filesystem;

@@ -13,7 +13,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "clusterconnect/asio_fwd.hpp"
 #include "clusterconnect/result.hpp"
@@ -39,16 +38,6 @@ using ConnectHandler = UniqueFunction<void(error_code, StreamPtr, std::string /*
 void async_connect(asio::io_context& io, std::string host, std::string port,
                    std::shared_ptr<asio::ssl::context> context, ConnectHandler handler,
                    std::chrono::milliseconds timeout = std::chrono::seconds(10));
-
-// As above, offering the ALPN protocols `alpn` in order of preference
-// ({"h2", "http/1.1"}); alpn_protocol() tells which one the server chose.
-void async_connect(asio::io_context& io, std::string host, std::string port,
-                   std::shared_ptr<asio::ssl::context> context, std::vector<std::string> alpn,
-                   ConnectHandler handler, std::chrono::milliseconds timeout = std::chrono::seconds(10));
-
-// The ALPN protocol negotiated on a TLS stream made here ("h2", "http/1.1"),
-// or empty (none, or not such a stream).
-std::string alpn_protocol(const Stream& stream);
 
 struct ServerLimits {
   std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);

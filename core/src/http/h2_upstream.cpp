@@ -255,6 +255,8 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   void fail_request(std::string message);
   void deliver();
   void maybe_idle();
+  void to_idle();
+  void detach_stream();
   void complete_write();
   void finish_http1_write(error_code ec);
 
@@ -763,6 +765,13 @@ void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t 
   }
   std::string_view body_rest;
   std::string joined;
+  if (mode_ == Mode::h2 && body_complete_ && head_emitted_ && out_pos_ == out_.size()) {
+    // The engine read the whole response by its framing (Content-Length)
+    // before END_STREAM came in a frame of its own: this is the next
+    // request. The old stream finishes unread (its window is given back).
+    detach_stream();
+    to_idle();
+  }
   if (mode_ == Mode::idle) {
     mode_ = Mode::head;
     head_text_.clear();
@@ -1000,6 +1009,13 @@ void Virtual::on_http1(StreamPtr stream) {
 }
 
 void Virtual::finish_http1_write(error_code ec) {
+  // The engine's read may have started before the request head said where
+  // it goes.
+  if (!http1_pending_read_ && read_handler_) {
+    http1_pending_read_ = std::move(read_handler_);
+    read_handler_ = nullptr;
+    http1_pending_buffer_ = read_buffer_;
+  }
   if (http1_pending_write_) {
     auto h = std::move(http1_pending_write_);
     http1_pending_write_ = nullptr;
@@ -1180,6 +1196,21 @@ void Virtual::deliver() {
 // Between requests a virtual connection holds nothing.
 void Virtual::maybe_idle() {
   if (mode_ != Mode::h2 || !response_done_ || !stream_closed_ || out_pos_ != out_.size() || !body_complete_) return;
+  to_idle();
+}
+
+void Virtual::detach_stream() {
+  if (conn_ && stream_id_ > 0) {
+    conn_->forget(stream_id_);
+    owner_->count([](H2Stats& st) {
+      if (st.active_streams) --st.active_streams;
+    });
+  }
+  conn_.reset();
+  stream_id_ = -1;
+}
+
+void Virtual::to_idle() {
   mode_ = Mode::idle;
   head_ = ParsedHead{};
   std::string().swap(head_text_);

@@ -1,5 +1,6 @@
 // TLS connections as Stream, on TlsSocket (OpenSSL straight on the socket).
 #include "clusterconnect/tls.hpp"
+#include "clusterconnect/tls_alpn.hpp"
 
 #include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/tls_socket.hpp"
