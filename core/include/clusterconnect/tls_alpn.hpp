@@ -14,8 +14,8 @@ namespace clusterconnect::tls {
 // preference ({"h2", "http/1.1"}); alpn_protocol() tells which one the server
 // chose.
 void async_connect(asio::io_context& io, std::string host, std::string port,
-                   std::shared_ptr<asio::ssl::context> context, std::vector<std::string> alpn,
-                   ConnectHandler handler, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+                   std::shared_ptr<asio::ssl::context> context, std::vector<std::string> alpn, ConnectHandler handler,
+                   std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 // The ALPN protocol negotiated on a TLS stream made by async_connect ("h2",
 // "http/1.1"), or empty (none, or not such a stream).

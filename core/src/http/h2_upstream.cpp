@@ -9,19 +9,19 @@
 #include <nghttp2/nghttp2.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
-#include <array>
 #include <unordered_map>
 #include <vector>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
-#include <spdlog/spdlog.h>
 
 #include "clusterconnect/ascii.hpp"
 
@@ -50,38 +50,63 @@ std::string lower(std::string_view s) {
 // RFC 9113 8.2.2: connection-specific fields are not sent in HTTP/2.
 bool connection_specific(std::string_view name) {
   return iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "proxy-connection") ||
-         iequals(name, "transfer-encoding") || iequals(name, "upgrade") || iequals(name, "te") ||
-         iequals(name, "host");
+         iequals(name, "transfer-encoding") || iequals(name, "upgrade") || iequals(name, "te") || iequals(name, "host");
 }
 
 std::string_view reason_phrase(unsigned code) {
   switch (code) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+    case 100:
+      return "Continue";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 206:
+      return "Partial Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 406:
+      return "Not Acceptable";
+    case 409:
+      return "Conflict";
+    case 410:
+      return "Gone";
+    case 413:
+      return "Payload Too Large";
+    case 415:
+      return "Unsupported Media Type";
+    case 422:
+      return "Unprocessable Entity";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Status";
   }
 }
 
@@ -163,8 +188,10 @@ class ChunkDecoder {
             state_ = remaining_ == 0 ? State::trailer : State::data;
             line_ = 0;
           } else if (!in_ext_) {
-            int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-                    : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+            int d = (c >= '0' && c <= '9')   ? c - '0'
+                    : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                    : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                             : -1;
             if (d >= 0) {
               if (remaining_ > (1ull << 40)) return false;
               remaining_ = remaining_ * 16 + static_cast<std::uint64_t>(d);
@@ -233,9 +260,9 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   std::string describe() const override { return "HTTP/2 upstream stream"; }
 
   // From the connection (on the strand).
-  void on_connection(std::shared_ptr<Conn> conn);      // a connection to submit on
-  void on_no_connection(std::string reason);           // none could be opened
-  void on_http1(StreamPtr stream);                     // use HTTP/1.1 on this stream
+  void on_connection(std::shared_ptr<Conn> conn);  // a connection to submit on
+  void on_no_connection(std::string reason);       // none could be opened
+  void on_http1(StreamPtr stream);                 // use HTTP/1.1 on this stream
   void on_response_header(std::string_view name, std::string_view value);
   void on_headers_end(bool end_stream);
   void on_data(const std::uint8_t* data, std::size_t len);
@@ -263,7 +290,7 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   std::shared_ptr<Impl> owner_;
   Strand strand_;
   Mode mode_ = Mode::idle;
-  StreamPtr http1_;  // after an upgrade or without h2: a real connection
+  StreamPtr http1_;            // after an upgrade or without h2: a real connection
   std::string http1_pending_;  // bytes written before that connection was there
   IoHandler http1_pending_write_;
   std::size_t http1_pending_count_ = 0;
@@ -305,9 +332,14 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
 
 class Conn final : public std::enable_shared_from_this<Conn> {
  public:
-  Conn(std::weak_ptr<Impl> owner, Strand strand, StreamPtr tls, std::shared_ptr<spdlog::logger> log, std::uint32_t window,
-       std::uint64_t id)
-      : owner_(std::move(owner)), strand_(strand), tls_(std::move(tls)), log_(std::move(log)), window_(window), id_(id) {}
+  Conn(std::weak_ptr<Impl> owner, Strand strand, StreamPtr tls, std::shared_ptr<spdlog::logger> log,
+       std::uint32_t window, std::uint64_t id)
+      : owner_(std::move(owner)),
+        strand_(strand),
+        tls_(std::move(tls)),
+        log_(std::move(log)),
+        window_(window),
+        id_(id) {}
   ~Conn() {
     if (session_) nghttp2_session_del(session_);
   }
@@ -347,7 +379,8 @@ class Conn final : public std::enable_shared_from_this<Conn> {
                        const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     if (auto v = of(user).stream(frame->hd.stream_id))
-      v->on_response_header({reinterpret_cast<const char*>(name), namelen}, {reinterpret_cast<const char*>(value), valuelen});
+      v->on_response_header({reinterpret_cast<const char*>(name), namelen},
+                            {reinterpret_cast<const char*>(value), valuelen});
     return 0;
   }
   static int on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void* user) {
@@ -371,8 +404,10 @@ class Conn final : public std::enable_shared_from_this<Conn> {
   static int on_data_chunk(nghttp2_session*, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len,
                            void* user) {
     auto& c = of(user);
-    if (auto v = c.stream(id)) v->on_data(data, len);
-    else nghttp2_session_consume(c.session_, id, len);  // nobody reads it: give the window back
+    if (auto v = c.stream(id))
+      v->on_data(data, len);
+    else
+      nghttp2_session_consume(c.session_, id, len);  // nobody reads it: give the window back
     return 0;
   }
   static int on_stream_close(nghttp2_session*, std::int32_t id, std::uint32_t error_code, void* user) {
@@ -409,7 +444,10 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
  public:
   Impl(asio::io_context& io, H2Connector h2, UpstreamConnector http1, H2Options options,
        std::shared_ptr<spdlog::logger> log)
-      : strand_(asio::make_strand(io)), h2_(std::move(h2)), http1_(std::move(http1)), options_(options),
+      : strand_(asio::make_strand(io)),
+        h2_(std::move(h2)),
+        http1_(std::move(http1)),
+        options_(options),
         log_(std::move(log)) {}
 
   UpstreamConnector connector() override {
@@ -504,15 +542,17 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
   void open_h2() {
     if (conns_.size() + connecting_ >= options_.max_connections) return;
     ++connecting_;
-    h2_([weak = weak_from_this(), strand = strand_](error_code ec, StreamPtr s, std::string alpn, std::string reason) mutable {
-      asio::dispatch(strand, [weak, ec, s = std::move(s), alpn = std::move(alpn), reason = std::move(reason)]() mutable {
-        auto self = weak.lock();
-        if (!self) {
-          if (s) s->reset("HTTP/2 upstream closed");
-          return;
-        }
-        self->on_h2_connect(ec, std::move(s), alpn, reason);
-      });
+    h2_([weak = weak_from_this(), strand = strand_](error_code ec, StreamPtr s, std::string alpn,
+                                                    std::string reason) mutable {
+      asio::dispatch(strand,
+                     [weak, ec, s = std::move(s), alpn = std::move(alpn), reason = std::move(reason)]() mutable {
+                       auto self = weak.lock();
+                       if (!self) {
+                         if (s) s->reset("HTTP/2 upstream closed");
+                         return;
+                       }
+                       self->on_h2_connect(ec, std::move(s), alpn, reason);
+                     });
     });
   }
 
@@ -528,8 +568,9 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
     if (alpn != "h2") {
       // The server speaks HTTP/1.1 only: this connection is one, and for a
       // while every request gets one.
-      if (log_) log_->info("API server did not choose HTTP/2 (ALPN: {}): using HTTP/1.1 connections",
-                           alpn.empty() ? "none" : alpn);
+      if (log_)
+        log_->info("API server did not choose HTTP/2 (ALPN: {}): using HTTP/1.1 connections",
+                   alpn.empty() ? "none" : alpn);
       http1_until_ = Clock::now() + options_.recheck_after;
       auto waiting = std::move(waiting_);
       waiting_.clear();
@@ -569,8 +610,10 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
     std::vector<std::shared_ptr<Conn>> spare;
     for (auto& c : conns_) {
       if (c->active() > 0 || !c->usable()) continue;
-      if (!kept) kept = true;
-      else spare.push_back(c);
+      if (!kept)
+        kept = true;
+      else
+        spare.push_back(c);
     }
     for (auto& c : spare) c->close("spare HTTP/2 connection");
   }
@@ -649,11 +692,13 @@ void Conn::read() {
 void Conn::on_read(error_code ec, std::size_t n) {
   reading_ = false;
   if (dead_) return;
-  if (ec) return fail(ec == asio::error::eof ? std::string("the API server closed the HTTP/2 connection")
-                                             : "HTTP/2 connection to the API server failed: " + ec.message());
+  if (ec)
+    return fail(ec == asio::error::eof ? std::string("the API server closed the HTTP/2 connection")
+                                       : "HTTP/2 connection to the API server failed: " + ec.message());
   auto keep = shared_from_this();
   auto rv = nghttp2_session_mem_recv(session_, rbuf_.get(), n);
-  if (rv < 0) return fail(std::string("HTTP/2 protocol error from the API server: ") + nghttp2_strerror(static_cast<int>(rv)));
+  if (rv < 0)
+    return fail(std::string("HTTP/2 protocol error from the API server: ") + nghttp2_strerror(static_cast<int>(rv)));
   flush();
   if (dead_) return;
   if (auto owner = owner_.lock()) owner->serve_waiting();
@@ -733,8 +778,8 @@ Virtual::~Virtual() = default;
 asio::any_io_executor Virtual::get_executor() { return strand_; }
 
 void Virtual::async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) {
-  // Copied now: the caller's buffers are valid until completion, and the
-  // pieces are small (a head) or queued anyway (body).
+  // Views only: the caller's buffers stay valid until the write completes,
+  // and the bytes are taken (parsed or queued) on the strand before that.
   std::vector<std::string_view> pieces;
   std::size_t total = 0;
   for (auto& b : buffers) {
@@ -742,9 +787,10 @@ void Virtual::async_write_some(std::span<const asio::const_buffer> buffers, IoHa
     pieces.emplace_back(static_cast<const char*>(b.data()), b.size());
     total += b.size();
   }
-  asio::dispatch(strand_, [self = shared_from_this(), pieces = std::move(pieces), total, h = std::move(handler)]() mutable {
-    self->write_on_strand(std::move(pieces), total, std::move(h));
-  });
+  asio::dispatch(strand_,
+                 [self = shared_from_this(), pieces = std::move(pieces), total, h = std::move(handler)]() mutable {
+                   self->write_on_strand(std::move(pieces), total, std::move(h));
+                 });
 }
 
 void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t total, IoHandler handler) {
@@ -810,8 +856,10 @@ void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t 
     chunks_.reset();
     body_left_ = 0;
     body_expected_ = head_.chunked || (head_.has_length && head_.length > 0);
-    if (head_.chunked) chunks_.emplace();
-    else body_left_ = head_.length;
+    if (head_.chunked)
+      chunks_.emplace();
+    else
+      body_left_ = head_.length;
     body_complete_ = !body_expected_;
     body_sent_any_ = false;
     body_.clear();
@@ -939,7 +987,9 @@ void Virtual::on_no_connection(std::string reason) {
 
 // The engine reads a 502 with `message` in place of the response.
 void Virtual::fail_request(std::string message) {
-  if (owner_->log()) owner_->log()->info("API server request {} {}: {}", head_.method, head_.target.substr(0, head_.target.find('?')), message);
+  if (owner_->log())
+    owner_->log()->info("API server request {} {}: {}", head_.method, head_.target.substr(0, head_.target.find('?')),
+                        message);
   if (head_emitted_) {
     error_ = asio::error::connection_reset;
     mode_ = Mode::failed;
@@ -1067,7 +1117,8 @@ void Virtual::on_headers_end(bool end_stream) {
   head += response_head_;
   std::string().swap(response_head_);
   if (!bodiless && !has_length_) {
-    if (end_stream) head += "Content-Length: 0\r\n";
+    if (end_stream)
+      head += "Content-Length: 0\r\n";
     else {
       head += "Transfer-Encoding: chunked\r\n";
       chunked_ = true;
@@ -1123,10 +1174,10 @@ void Virtual::on_stream_close(std::uint32_t error_code) {
     owner_->acquire(shared_from_this());
     return;
   }
-  std::string what = error_code == NGHTTP2_NO_ERROR
-                         ? std::string("the API server ended the HTTP/2 stream before the response was complete")
-                         : std::string("the API server reset the HTTP/2 stream (") +
-                               nghttp2_http2_strerror(error_code) + ")";
+  std::string what =
+      error_code == NGHTTP2_NO_ERROR
+          ? std::string("the API server ended the HTTP/2 stream before the response was complete")
+          : std::string("the API server reset the HTTP/2 stream (") + nghttp2_http2_strerror(error_code) + ")";
   if (head_emitted_ && owner_->log()) owner_->log()->info("API server request {}: {}", head_.method, what);
   fail_request(what + (head_emitted_ ? "" : " before responding"));
 }

@@ -5,8 +5,8 @@
 
 #include <poll.h>
 
-#include <catch2/catch.hpp>
 #include <nghttp2/nghttp2.h>
+#include <catch2/catch.hpp>
 
 #include <deque>
 
@@ -61,7 +61,9 @@ class H2Server {
       nghttp2_session_resume_data(s_, id);
     }
     void rst(std::int32_t id, std::uint32_t code) { nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, id, code); }
-    void goaway(std::int32_t last_id) { nghttp2_submit_goaway(s_, NGHTTP2_FLAG_NONE, last_id, NGHTTP2_NO_ERROR, nullptr, 0); }
+    void goaway(std::int32_t last_id) {
+      nghttp2_submit_goaway(s_, NGHTTP2_FLAG_NONE, last_id, NGHTTP2_NO_ERROR, nullptr, 0);
+    }
     std::size_t sent_body(std::int32_t id) { return out_[id].sent; }
 
     void serve(tcp::socket socket);
@@ -72,15 +74,17 @@ class H2Server {
       std::size_t sent = 0;
       bool eof = false;
     };
-    static ssize_t read_data(nghttp2_session*, std::int32_t id, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
-                             nghttp2_data_source* src, void*) {
+    static ssize_t read_data(nghttp2_session*, std::int32_t id, std::uint8_t* buf, std::size_t len,
+                             std::uint32_t* flags, nghttp2_data_source* src, void*) {
       auto& self = *static_cast<Session*>(src->ptr);
       auto& out = self.out_[id];
       std::size_t n = std::min(len, out.data.size() - out.sent);
       std::memcpy(buf, out.data.data() + out.sent, n);
       out.sent += n;
-      if (out.sent == out.data.size() && out.eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
-      else if (n == 0) return NGHTTP2_ERR_DEFERRED;
+      if (out.sent == out.data.size() && out.eof)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+      else if (n == 0)
+        return NGHTTP2_ERR_DEFERRED;
       return static_cast<ssize_t>(n);
     }
     H2Server& server_;
@@ -92,7 +96,9 @@ class H2Server {
   };
 
   explicit H2Server(Handler handler, std::uint32_t max_streams = 100)
-      : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}), handler_(std::move(handler)), max_streams_(max_streams) {
+      : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}),
+        handler_(std::move(handler)),
+        max_streams_(max_streams) {
     thread_ = std::thread([this] {
       for (;;) {
         error_code ec;
@@ -156,10 +162,14 @@ void H2Server::Session::serve(tcp::socket socket) {
               std::size_t vl, std::uint8_t, void* u) {
         auto& r = static_cast<Session*>(u)->requests_[f->hd.stream_id];
         std::string name(reinterpret_cast<const char*>(n), nl), value(reinterpret_cast<const char*>(v), vl);
-        if (name == ":method") r.method = value;
-        else if (name == ":path") r.path = value;
-        else if (name == ":authority") r.authority = value;
-        else if (name[0] != ':') r.headers.emplace_back(name, value);
+        if (name == ":method")
+          r.method = value;
+        else if (name == ":path")
+          r.path = value;
+        else if (name == ":authority")
+          r.authority = value;
+        else if (name[0] != ':')
+          r.headers.emplace_back(name, value);
         return 0;
       });
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
@@ -253,7 +263,8 @@ TEST_CASE("h2 upstream: a GET goes as a stream and comes back as HTTP/1.1", "[ht
   auto http1 = no_http1();
   H2Rig rig(server.port(), http1.port());
   auto c = rig.client();
-  c.send("GET /api/v1/pods?limit=1 HTTP/1.1\r\nHost: kube\r\nAuthorization: Bearer t\r\nImpersonate-User: alice\r\n\r\n");
+  c.send(
+      "GET /api/v1/pods?limit=1 HTTP/1.1\r\nHost: kube\r\nAuthorization: Bearer t\r\nImpersonate-User: alice\r\n\r\n");
   auto res = test::read_message(c);
   REQUIRE(res);
   CHECK(res->status() == 200);
@@ -273,8 +284,8 @@ TEST_CASE("h2 upstream: a POST body goes as DATA (length and chunked)", "[http][
   H2Rig rig(server.port(), http1.port());
   auto c = rig.client();
   const std::string body(100000, 'x');
-  c.send("POST /api/v1/namespaces/a/configmaps HTTP/1.1\r\nHost: kube\r\nContent-Length: " + std::to_string(body.size()) +
-         "\r\n\r\n" + body);
+  c.send("POST /api/v1/namespaces/a/configmaps HTTP/1.1\r\nHost: kube\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body);
   auto res = test::read_message(c);
   REQUIRE(res);
   CHECK(res->status() == 200);
@@ -353,7 +364,10 @@ TEST_CASE("h2 upstream: MAX_CONCURRENT_STREAMS opens another connection when ful
         held[s.index()].push_back(r.id);
         if (++total == 4)
           for (auto& [index, ids] : held)
-            for (auto id : ids) server.run(index, [id](H2Server::Session& t) { t.respond(id, 200, {{"content-length", "2"}}, std::string("ok")); });
+            for (auto id : ids)
+              server.run(index, [id](H2Server::Session& t) {
+                t.respond(id, 200, {{"content-length", "2"}}, std::string("ok"));
+              });
       },
       2);
   auto http1 = no_http1();
@@ -413,8 +427,10 @@ TEST_CASE("h2 upstream: after GOAWAY refused requests are sent again on a new co
 
 TEST_CASE("h2 upstream: RST_STREAM before the response is a 502 that says so", "[http][h2]") {
   H2Server server([&](H2Server::Session& s, const H2Server::Request& r) {
-    if (r.path == "/reset") s.rst(r.id, NGHTTP2_INTERNAL_ERROR);
-    else echo(s, r);
+    if (r.path == "/reset")
+      s.rst(r.id, NGHTTP2_INTERNAL_ERROR);
+    else
+      echo(s, r);
   });
   auto http1 = no_http1();
   H2Rig rig(server.port(), http1.port());
@@ -506,8 +522,9 @@ TEST_CASE("h2 upstream: an upgrade goes over its own HTTP/1.1 connection", "[htt
   });
   H2Rig rig(server.port(), http1.port());
   auto c = rig.client();
-  c.send("GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: kube\r\nConnection: Upgrade\r\n"
-         "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+  c.send(
+      "GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: kube\r\nConnection: Upgrade\r\n"
+      "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
   auto head = test::read_head(c);
   REQUIRE(head);
   CHECK(head->status() == 101);
