@@ -58,6 +58,25 @@ std::string AgentMetrics::render(unsigned tunnels_up, const UpstreamCounts& upst
         << "# HELP clusterconnect_agent_upstream_connections_idle Idle API server connections in the pool.\n"
            "# TYPE clusterconnect_agent_upstream_connections_idle gauge\n"
         << "clusterconnect_agent_upstream_connections_idle " << upstream.idle << "\n";
+  if (upstream.http2)
+    out << "# HELP clusterconnect_agent_upstream_h2_connections_opened_total HTTP/2 connections opened to the API server.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_connections_opened_total counter\n"
+        << "clusterconnect_agent_upstream_h2_connections_opened_total " << upstream.h2_connections_opened << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_connections HTTP/2 connections to the API server open now.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_connections gauge\n"
+        << "clusterconnect_agent_upstream_h2_connections " << upstream.h2_connections << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_streams_total Requests sent to the API server as HTTP/2 streams.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_streams_total counter\n"
+        << "clusterconnect_agent_upstream_h2_streams_total " << upstream.h2_streams_opened << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_streams_active HTTP/2 streams to the API server open now.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_streams_active gauge\n"
+        << "clusterconnect_agent_upstream_h2_streams_active " << upstream.h2_streams_active << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_streams_reset_total HTTP/2 streams reset by the API server.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_streams_reset_total counter\n"
+        << "clusterconnect_agent_upstream_h2_streams_reset_total " << upstream.h2_streams_reset << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_streams_retried_total Requests sent again after a GOAWAY refused them.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_streams_retried_total counter\n"
+        << "clusterconnect_agent_upstream_h2_streams_retried_total " << upstream.h2_streams_retried << "\n";
   out
       << "# HELP clusterconnect_agent_request_duration_seconds Time to the end of the response.\n"
          "# TYPE clusterconnect_agent_request_duration_seconds histogram\n";

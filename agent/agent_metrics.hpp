@@ -17,6 +17,10 @@ struct UpstreamCounts {
   bool pooled = false;
   std::uint64_t opened = 0, reused = 0;
   std::size_t idle = 0;
+  // HTTP/2 to the API server (--upstream-http2 auto).
+  bool http2 = false;
+  std::uint64_t h2_connections_opened = 0, h2_streams_opened = 0, h2_streams_reset = 0, h2_streams_retried = 0;
+  std::size_t h2_connections = 0, h2_streams_active = 0;
 };
 
 class AgentMetrics {

@@ -4,7 +4,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "clusterconnect/tls.hpp"
+#include "clusterconnect/tls_alpn.hpp"
 #include "clusterconnect/tls_context.hpp"
 
 namespace fs = std::filesystem;
@@ -69,7 +69,17 @@ Result<std::shared_ptr<ApiServer>> ApiServer::create(const ApiServerOptions& o) 
 
 http::UpstreamConnector ApiServer::connector(asio::io_context& io) {
   return [&io, host = url_.host, port = url_.port, ctx = tls_](http::ConnectHandler done) {
-    tls::async_connect(io, host, port, ctx, std::move(done));
+    tls::async_connect(io, host, port, ctx, {"http/1.1"}, std::move(done));
+  };
+}
+
+http::H2Connector ApiServer::h2_connector(asio::io_context& io) {
+  return [&io, host = url_.host, port = url_.port, ctx = tls_](http::H2ConnectHandler done) {
+    tls::async_connect(io, host, port, ctx, {"h2", "http/1.1"},
+                       [done = std::move(done)](error_code ec, StreamPtr s, std::string reason) mutable {
+                         std::string alpn = s ? tls::alpn_protocol(*s) : std::string();
+                         done(ec, std::move(s), std::move(alpn), std::move(reason));
+                       });
   };
 }
 

@@ -12,6 +12,7 @@
 
 #include "clusterconnect/asio_fwd.hpp"
 #include "clusterconnect/http/forward.hpp"
+#include "clusterconnect/http/h2_upstream.hpp"
 #include "clusterconnect/result.hpp"
 #include "clusterconnect/url.hpp"
 
@@ -48,8 +49,10 @@ class ApiServer {
 
   const Url& url() const { return url_; }
   ServiceAccountToken& token() { return *token_; }
-  // Opens a verified TLS connection to the API server.
+  // Opens a verified TLS connection to the API server (ALPN http/1.1).
   http::UpstreamConnector connector(asio::io_context& io);
+  // The same, offering h2 first: for HTTP/2 (h2_upstream.hpp).
+  http::H2Connector h2_connector(asio::io_context& io);
 
  private:
   Url url_;

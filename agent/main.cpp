@@ -87,6 +87,7 @@ struct AgentOptions {
   unsigned threads = 1;
   unsigned upstream_idle_max = 256;
   unsigned upstream_idle_timeout = 90;
+  std::string upstream_http2 = "auto";
   std::string distribution;    // empty: guessed from the API server
   std::string infrastructure;  // empty: guessed from the nodes
 };
@@ -200,6 +201,11 @@ void add_options(CLI::App& app, AgentOptions& o) {
   app.add_option("--upstream-idle-timeout", o.upstream_idle_timeout,
                  "Seconds an idle API server connection is kept before it is closed")
       ->check(CLI::Range(1, 3600))->capture_default_str();
+  app.add_option("--upstream-http2", o.upstream_http2,
+                 "auto: requests other than exec/attach/port-forward go as HTTP/2 streams on shared connections "
+                 "when the API server picks h2 by ALPN (a watch then holds a stream, not a connection); "
+                 "off: HTTP/1.1 connections only")
+      ->check(CLI::IsMember({"auto", "off"}))->envname("CLUSTERCONNECT_UPSTREAM_HTTP2")->capture_default_str();
 }
 
 // authenticator:entra's options from the flags.
@@ -396,20 +402,30 @@ int main(int argc, char** argv) try {
   listen_options.handshake_headers = [report] { return tunnel::rendezvous::to_headers(report->latest()); };
   http::Limits limits;
   auto connector = api.value()->connector(io);
+  // With HTTP/2 the engine's connections are virtual (see h2_upstream.hpp):
+  // the pool keeps those, and the TLS connections are the H2Upstream's.
+  // The readiness probe and the cluster report keep `connector`: a real
+  // TLS connection each.
+  std::shared_ptr<http::H2Upstream> h2;
+  http::UpstreamConnector engine_connector = connector;
+  if (o.upstream_http2 == "auto") {
+    h2 = http::H2Upstream::create(io, api.value()->h2_connector(io), connector, {}, logger);
+    engine_connector = h2->connector();
+  }
   // One pool: every connection to the API server is interchangeable (one
   // endpoint, one TLS context, no client certificate); the credential and
   // the impersonation headers travel in each request.
   std::shared_ptr<http::UpstreamPool> upstream_pool;
   if (o.upstream_idle_max > 0)
     upstream_pool = http::UpstreamPool::create(
-        io, connector, {o.upstream_idle_max, std::chrono::seconds(o.upstream_idle_timeout)}, logger);
+        io, engine_connector, {o.upstream_idle_max, std::chrono::seconds(o.upstream_idle_timeout)}, logger);
   const std::shared_ptr<TunnelListener> listener = transport->listen(
-      listen_options, [&io, policy, connector, upstream_pool, limits, logger, metrics](
+      listen_options, [&io, policy, engine_connector, upstream_pool, limits, logger, metrics](
                           StreamPtr stream, const std::map<std::string, std::string>&) {
         // One policy per stream: it remembers the token last verified there.
         auto counted = std::make_shared<CountedStream>(std::move(stream), metrics);
         if (upstream_pool) http::serve(io, std::move(counted), policy->for_connection(), upstream_pool, limits, logger);
-        else http::serve(io, std::move(counted), policy->for_connection(), connector, limits, logger);
+        else http::serve(io, std::move(counted), policy->for_connection(), engine_connector, limits, logger);
       });
   if (!listener) {
     std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");
@@ -417,7 +433,7 @@ int main(int argc, char** argv) try {
   }
 
   std::atomic<bool> api_reachable{false};
-  auto health = HealthServer::listen(io, o.health_listen, [&listener, &api_reachable, metrics, upstream_pool](
+  auto health = HealthServer::listen(io, o.health_listen, [&listener, &api_reachable, metrics, upstream_pool, h2](
                                                               const std::string& path) -> HealthReply {
     if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
     if (path == "/readyz") {
@@ -431,6 +447,16 @@ int main(int argc, char** argv) try {
       if (upstream_pool) {
         auto s = upstream_pool->stats();
         upstream = {true, s.opened, s.reused, s.idle};
+      }
+      if (h2) {
+        auto s = h2->stats();
+        upstream.http2 = true;
+        upstream.h2_connections_opened = s.connections_opened;
+        upstream.h2_connections = s.connections;
+        upstream.h2_streams_opened = s.streams_opened;
+        upstream.h2_streams_active = s.active_streams;
+        upstream.h2_streams_reset = s.streams_reset;
+        upstream.h2_streams_retried = s.streams_retried;
       }
       return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up, upstream)};
     }
@@ -499,6 +525,7 @@ int main(int argc, char** argv) try {
   int rc = stop.get_future().get();
   listener->close();
   if (upstream_pool) upstream_pool->close();
+  if (h2) h2->close();
   health.value()->close();
   asio::post(probe_strand, [&] {
     stopping = true;

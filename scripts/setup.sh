@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build ccache pkg-config
-  libboost-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libcurl4-openssl-dev libssl-dev
+  libboost-dev libcli11-dev libspdlog-dev nlohmann-json3-dev libcurl4-openssl-dev libssl-dev libnghttp2-dev
   catch2 libyaml-cpp-dev clang libclang-rt-14-dev openssl curl etcd-server haproxy nodejs npm)
 
 missing=()

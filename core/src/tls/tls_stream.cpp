@@ -1,5 +1,6 @@
 // TLS connections as Stream, on TlsSocket (OpenSSL straight on the socket).
 #include "clusterconnect/tls.hpp"
+#include "clusterconnect/tls_alpn.hpp"
 
 #include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/tls_socket.hpp"
@@ -137,6 +138,8 @@ class ConnectOp : public std::enable_shared_from_this<ConnectOp> {
         context_(std::move(context)),
         handler_(std::move(handler)) {}
 
+  std::vector<std::string> alpn_;  // offered, in order; none when empty
+
   void start(std::chrono::milliseconds timeout) {
     asio::dispatch(strand_, [self = shared_from_this(), timeout] {
       self->timer_.expires_after(timeout);
@@ -175,6 +178,17 @@ class ConnectOp : public std::enable_shared_from_this<ConnectOp> {
     stream_ = std::make_shared<TlsStream>(std::move(socket_), context_, where() + " (" + endpoint_text(ep) + ")");
     if (!set_client_host(stream_->ssl().native_handle(), host_))
       return finish(asio::error::invalid_argument, "cannot verify TLS host name " + host_);
+    if (!alpn_.empty()) {
+      std::string wire;
+      for (const auto& p : alpn_) {
+        wire.push_back(static_cast<char>(p.size()));
+        wire.append(p);
+      }
+      // SSL_set_alpn_protos returns 0 on success.
+      if (SSL_set_alpn_protos(stream_->ssl().native_handle(), reinterpret_cast<const unsigned char*>(wire.data()),
+                              static_cast<unsigned>(wire.size())) != 0)
+        return finish(asio::error::invalid_argument, "cannot offer ALPN protocols");
+    }
     stream_->ssl().async_handshake(TlsSocket::handshake_type::client,
                                    [self = shared_from_this()](error_code ec) { self->on_handshake(ec); });
   }
@@ -338,6 +352,23 @@ void async_connect(asio::io_context& io, std::string host, std::string port,
                    std::chrono::milliseconds timeout) {
   auto op = std::make_shared<ConnectOp>(io, std::move(host), std::move(port), std::move(context), std::move(handler));
   op->start(timeout);
+}
+
+void async_connect(asio::io_context& io, std::string host, std::string port,
+                   std::shared_ptr<asio::ssl::context> context, std::vector<std::string> alpn,
+                   ConnectHandler handler, std::chrono::milliseconds timeout) {
+  auto op = std::make_shared<ConnectOp>(io, std::move(host), std::move(port), std::move(context), std::move(handler));
+  op->alpn_ = std::move(alpn);
+  op->start(timeout);
+}
+
+std::string alpn_protocol(const Stream& stream) {
+  auto* tls = dynamic_cast<const TlsStream*>(&stream);
+  if (!tls) return {};
+  const unsigned char* data = nullptr;
+  unsigned len = 0;
+  SSL_get0_alpn_selected(const_cast<TlsStream*>(tls)->ssl().native_handle(), &data, &len);
+  return data ? std::string(reinterpret_cast<const char*>(data), len) : std::string();
 }
 
 Result<std::shared_ptr<TlsServer>> TlsServer::listen(asio::io_context& io, std::string address, unsigned short port,

@@ -19,3 +19,23 @@ TEST_CASE("metrics: the upstream pool's connections opened reused and idle", "[a
   CHECK_THAT(unpooled, !Catch::Contains("upstream_connections"));
   CHECK_THAT(unpooled, Catch::Contains("clusterconnect_agent_request_duration_seconds_count 0\n"));
 }
+
+TEST_CASE("metrics: HTTP/2 connections and streams to the API server", "[agent][metrics]") {
+  AgentMetrics metrics;
+  UpstreamCounts counts{true, 3, 17, 2};
+  counts.http2 = true;
+  counts.h2_connections_opened = 1;
+  counts.h2_connections = 1;
+  counts.h2_streams_opened = 40;
+  counts.h2_streams_active = 5;
+  counts.h2_streams_reset = 2;
+  counts.h2_streams_retried = 3;
+  const std::string text = metrics.render(1, counts);
+  CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_connections_opened_total 1\n"));
+  CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_total 40\n"));
+  CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_active 5\n"));
+  CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_reset_total 2\n"));
+  CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_retried_total 3\n"));
+  // --upstream-http2 off: none of them.
+  CHECK_THAT(metrics.render(1, UpstreamCounts{true, 3, 17, 2}), !Catch::Contains("upstream_h2_"));
+}
