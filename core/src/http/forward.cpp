@@ -44,6 +44,11 @@ using Clock = std::chrono::steady_clock;
 // granularity of chunk re-encoding: a chunk that arrives is forwarded as soon
 // as it (or this much of it) is read.
 constexpr std::size_t kPumpBuffer = 16 * 1024;
+// A response of unknown length (a watch, `logs -f`, a chunked list) starts
+// reading in pieces this small and grows only while reads come full: a held
+// watch waits on 1 KiB instead of 16, and a transfer reaches the bulk size
+// within a few reads.
+constexpr std::size_t kQuietPumpBuffer = 1024;
 // A direction whose read fills its buffer is a transfer in bulk: its buffer
 // (and its read buffer) grow fourfold per filled read up to this, so it moves
 // in fewer, larger pieces (one run of DATA frames and TLS records, one write,
@@ -854,6 +859,7 @@ class Session : public std::enable_shared_from_this<Session> {
                                      field_value(m, bhttp::field::content_encoding));
 
     if (p.is_done()) return write_response(std::move(up), true, {}, true);
+    if (!p.content_length() && !bodiless) b_.first = kQuietPumpBuffer;
     if (up->buffer.size() > 0) return read_response_body(std::move(up), true);
     // Nothing of the body is here yet (a watch): the head goes now.
     write_response(std::move(up), true, {}, false);
@@ -861,17 +867,28 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_response_body(UpstreamPtr up, bool with_head) {
     auto& body = up->parser->get().body();
-    if (b_.grow) up->buffer.reserve(b_.next_size());
+    const bool grow = b_.grow;
     body.data = b_.for_read();
     body.size = b_.size;
+    // The upstream read buffer follows the pump's size: grown with it, and
+    // for a response of unknown length no larger than it.
+    if (grow) {
+      up->buffer.reserve(b_.size);
+    } else if (b_.first == kQuietPumpBuffer && up->buffer.size() == 0 && up->buffer.capacity() > 2 * b_.size) {
+      up->buffer.shrink_to_fit();
+      up->buffer.reserve(b_.size);
+    }
     auto& io = up->io;
     auto& buffer = up->buffer;
     auto& parser = *up->parser;
     bhttp::async_read_some(io, buffer, parser,
                            [self = shared_from_this(), up = std::move(up), with_head, attempt = attempt_](
-                               error_code ec, std::size_t) mutable {
+                               error_code ec, std::size_t consumed) mutable {
                              if (self->aborting_ || attempt != self->attempt_) return;
                              if (ec == bhttp::error::need_buffer) ec = {};
+                             // Framing included: a read that took most of the room
+                             // means more is coming, so the next one gets more room.
+                             if (consumed >= self->b_.size - self->b_.size / 4) self->b_.read(self->b_.size);
                              if (ec) {
                                // A watch continues from another upstream.
                                if (self->watch_live_) return self->start_resume(std::move(up), ec);
@@ -1221,6 +1238,7 @@ class Session : public std::enable_shared_from_this<Session> {
     // Pipelined bytes already here prove the client is alive, and a read for
     // more would wait for bytes the client only sends after our response.
     if (in_buf_.size() > 0) return;
+    in_buf_.shrink_to_fit();  // the request is read: a long response holds no read buffer
     in_reading_ = true;
     in_.async_read_some(asio::buffer(peek_), [self = shared_from_this()](error_code ec, std::size_t n) {
       self->in_reading_ = false;
@@ -1519,7 +1537,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::size_t size = 0;
     bool grow = false;
     // Where the next read goes (growing first if the last read filled it).
-    std::size_t next_size() const { return bytes ? std::min(size * 4, kPumpBufferBulk) : kPumpBuffer; }
+    std::size_t first = kPumpBuffer;
+    std::size_t next_size() const { return bytes ? std::min(size * 4, kPumpBufferBulk) : first; }
     char* for_read() {
       if (!bytes || grow) {
         size = next_size();

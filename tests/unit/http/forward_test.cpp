@@ -281,6 +281,42 @@ TEST_CASE("chunked responses are relayed chunk by chunk as they arrive", "[http]
   CHECK(records[0].bytes_out == std::string("{\"type\":\"ADDED\"}\n{\"type\":\"MODIFIED\"}\n").size());
 }
 
+TEST_CASE("a response of unknown length waits on a small read and grows while reads come full", "[http]") {
+  test::Latch idle_seen;
+  const std::string event = "{\"type\":\"ADDED\"}\n";
+  const std::string bulk(256 * 1024, 'b');
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    c.send(chunk(event));
+    if (!idle_seen.wait()) return;
+    for (int i = 0; i < 16; ++i) c.send(chunk(bulk));
+    c.send("0\r\n\r\n");
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  REQUIRE(head->chunked);
+  bool failed = false;
+  auto first = test::read_chunk(client, failed);
+  REQUIRE(first);
+  CHECK(*first == event);
+  // The watch is quiet now: the read waiting for its next event offers 1 KiB.
+  REQUIRE(test::wait_until([&] {
+    const auto asked = rig.upstream_reads->last_asked.load();
+    return asked > 0 && asked <= 1024;
+  }));
+  idle_seen.set();
+  std::size_t got = 0;
+  while (auto c = test::read_chunk(client, failed)) got += c->size();
+  CHECK_FALSE(failed);
+  CHECK(got == 16 * bulk.size());
+  // A transfer grows the reads to the bulk size.
+  CHECK(rig.upstream_reads->largest_asked.load() >= 64 * 1024);
+}
+
 TEST_CASE("a client leaving during a watch releases the upstream connection", "[http]") {
   test::Latch streaming;
   std::atomic<bool> upstream_released{false};

@@ -38,6 +38,8 @@ using tcp = asio::ip::tcp;
 struct ReadCounters {
   std::atomic<std::size_t> bytes{0};
   std::atomic<int> ends{0};
+  std::atomic<std::size_t> last_asked{0};     // the room the latest read offered
+  std::atomic<std::size_t> largest_asked{0};  // the most room any read offered
 };
 
 // A clusterconnect::Stream over a TCP socket, on its own strand.
@@ -53,6 +55,8 @@ class TcpStream final : public Stream, public std::enable_shared_from_this<TcpSt
   void async_read_some(asio::mutable_buffer b, IoHandler h) override {
     asio::dispatch(socket_.get_executor(), [self = shared_from_this(), b, h = std::move(h)]() mutable {
       if (!self->reads_) return self->socket_.async_read_some(b, std::move(h));
+      self->reads_->last_asked = b.size();
+      if (b.size() > self->reads_->largest_asked) self->reads_->largest_asked = b.size();
       self->socket_.async_read_some(b, [reads = self->reads_, h = std::move(h)](error_code ec, std::size_t n) mutable {
         reads->bytes += n;
         if (ec) ++reads->ends;
