@@ -83,6 +83,19 @@ wait_ready() {
   die_with_log "$name" "$name was not ready within ${limit}s"
 }
 
+# ready_within NAME FILE SECONDS: true once FILE is there while NAME is alive;
+# false when the time passes (NAME exiting is fatal, as in wait_ready).
+ready_within() {
+  local name="$1" file="$2" limit="$3" pid
+  pid="$(cat "$dir/pids/$name.pid")"
+  for _ in $(seq 1 $((limit * 10))); do
+    [ -s "$file" ] && return 0
+    kill -0 "$pid" 2>/dev/null || die_with_log "$name" "$name exited before it was ready"
+    sleep 0.1
+  done
+  return 1
+}
+
 # A free loopback port (a port the kernel just handed out and released).
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
@@ -137,10 +150,24 @@ up() {
     -days 2 -out "$s/apiserver.crt" \
     -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n') 2>/dev/null
 
-  # 1. Identity provider.
-  start idp node "$fixtures/idp/server.js" --port 0 --tenant "$tenant" --ready-file "$s/idp.ready" \
-    --state-dir "$s/idp" --admin
-  # Node and oidc-provider start slowly on a loaded machine (key generation).
+  # 1. Identity provider. Node and oidc-provider start in 1-2 s, slower on a
+  # loaded machine (key generation). A start that has not finished within 45 s
+  # has been seen to never finish (it stopped after writing its keys); its
+  # Node diagnostic report (JavaScript stack) goes to logs/, and it is
+  # started once more.
+  local attempt
+  for attempt in 1 2; do
+    rm -rf "$s/idp" "$s/idp.ready"
+    start idp node --report-on-signal --report-directory="$dir/logs" "$fixtures/idp/server.js" --port 0 \
+      --tenant "$tenant" --ready-file "$s/idp.ready" --state-dir "$s/idp" --admin
+    [ "$attempt" -eq 2 ] && break
+    ready_within idp "$s/idp.ready" 45 && break
+    log "identity provider not ready within 45 s; its report is in $dir/logs; starting it again"
+    kill -USR2 "$(cat "$dir/pids/idp.pid")" 2>/dev/null
+    sleep 1  # the report is written by the signal handler
+    kill -KILL "$(cat "$dir/pids/idp.pid")" 2>/dev/null
+    mv "$dir/logs/idp.log" "$dir/logs/idp-hung.log" 2>/dev/null
+  done
   wait_ready idp "$s/idp.ready" 90
   local authority; authority="$(json "$s/idp.ready" authority)"
   log "identity provider: $authority (tenant $tenant)"

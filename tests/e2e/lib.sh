@@ -9,6 +9,13 @@
 #                   succeeds / fails and its output holds WANT
 #   wait_file FILE [PID]   FILE is non-empty (at most 60 s; gives up when PID exits)
 #   wait_line FILE TEXT [SECONDS], wait_count FILE PATTERN N [SECONDS]
+#   replicas_up [VAR=VALUE...]  three relay replicas on etcd (the sandbox with
+#                   SANDBOX_REPLICAS=3 and the given settings), `admin` (kubectl
+#                   straight at the stand-in API server as its admin), a proxy
+#                   on them with KUBECONFIG pointing at it, and `victim`: the
+#                   replica that carries the proxy's one session
+#   paired I        rendezvous replica I has paired (from its metrics)
+#   json FILE KEY   a top-level value of a JSON file
 # Waits poll for a file's content, which is the event itself; each is bounded.
 
 : "${root:?set root before sourcing lib.sh}"
@@ -70,4 +77,47 @@ wait_count() {
     sleep 0.1
   done
   return 1
+}
+
+json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); console.log(v[process.argv[2]])' "$1" "$2"; }
+
+paired() {
+  curl -s --max-time 10 "http://127.0.0.1:$(json "$state/relay-$1.ready" metrics_port)/metrics" |
+    awk '$1 == "clusterconnect_relay_rendezvous_total{outcome=\"paired\"}" { print $2 + 0; found = 1 } END { if (!found) print 0 }'
+}
+
+replicas_up() {
+  env SANDBOX_REPLICAS=3 SANDBOX_REPLICA_TTL=2 "$@" "$root/scripts/sandbox.sh" up "$sandbox" "$bin" ||
+    { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
+  # shellcheck disable=SC1091
+  source "$sandbox/env.sh"
+  state="$sandbox/state"
+  # Objects are created straight at the stand-in API server, as its admin:
+  # they do not depend on the chain under test.
+  local admin_token
+  admin_token="$(node -e 'const t=JSON.parse(require("fs").readFileSync(process.argv[1])).tokens.find(t=>t.user==="sandbox-admin"); console.log(t.token)' "$state/apiserver-tokens.json")"
+  admin=(kubectl --server "https://127.0.0.1:$(json "$state/apiserver.ready" port)"
+    --certificate-authority "$state/apiserver-ca.crt" --token "$admin_token")
+  check "the stand-in API server answers its admin directly" "default" "${admin[@]}" get ns
+
+  local kc="$work/kubeconfig"
+  "$bin/connectedk8s" proxy -n demo -g sandbox -f "$kc" --port 0 --ready-file "$work/proxy.ready" \
+    >"$work/proxy.out" 2>"$work/proxy.err" &
+  pids+=($!)
+  if wait_file "$work/proxy.ready"; then pass "proxy starts against three replicas"; else
+    fail "proxy starts against three replicas" "$(cat "$work/proxy.err")"; exit 1; fi
+  export KUBECONFIG="$kc"
+  check "kubectl get ns through the balanced replicas" "default" kubectl get ns
+
+  # The replica that carries the proxy's session is the one that paired its
+  # rendezvous (the proxy holds one session).
+  local i total=0
+  victim=-1 before=()
+  for i in 0 1 2; do
+    before[i]="$(paired "$i")"
+    total=$((total + before[i]))
+    [ "${before[$i]}" -gt 0 ] && victim=$i
+  done
+  if [ "$total" -eq 1 ] && [ "$victim" -ge 0 ]; then pass "one replica (r$victim) carries the proxy's session"; else
+    fail "one replica carries the proxy's session" "paired per replica: ${before[*]}"; exit 1; fi
 }

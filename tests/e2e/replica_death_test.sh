@@ -13,43 +13,7 @@ command -v haproxy >/dev/null || { echo "SKIP  haproxy is not installed (scripts
 source "$root/tests/e2e/lib.sh"
 e2e_begin replica-death
 
-json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); console.log(v[process.argv[2]])' "$1" "$2"; }
-
-SANDBOX_REPLICAS=3 SANDBOX_REPLICA_TTL=2 "$root/scripts/sandbox.sh" up "$sandbox" "$bin" || { failures=1; echo "FAIL  sandbox did not start"; exit 1; }
-# shellcheck disable=SC1091
-source "$sandbox/env.sh"
-state="$sandbox/state"
-
-# Objects are created straight at the stand-in API server, as its admin: they
-# do not depend on the chain under test.
-admin_token="$(node -e 'const t=JSON.parse(require("fs").readFileSync(process.argv[1])).tokens.find(t=>t.user==="sandbox-admin"); console.log(t.token)' "$state/apiserver-tokens.json")"
-admin=(kubectl --server "https://127.0.0.1:$(json "$state/apiserver.ready" port)"
-  --certificate-authority "$state/apiserver-ca.crt" --token "$admin_token")
-check "the stand-in API server answers its admin directly" "default" "${admin[@]}" get ns
-
-kc="$work/kubeconfig"
-"$bin/connectedk8s" proxy -n demo -g sandbox -f "$kc" --port 0 --ready-file "$work/proxy.ready" \
-  >"$work/proxy.out" 2>"$work/proxy.err" &
-pids+=($!)
-if wait_file "$work/proxy.ready"; then pass "proxy starts against three replicas"; else
-  fail "proxy starts against three replicas" "$(cat "$work/proxy.err")"; exit 1; fi
-export KUBECONFIG="$kc"
-check "kubectl get ns through the balanced replicas" "default" kubectl get ns
-
-# The replica that carries the proxy's session is the one that paired its
-# rendezvous (the proxy holds one session).
-paired() {
-  curl -s --max-time 10 "http://127.0.0.1:$(json "$state/relay-$1.ready" metrics_port)/metrics" |
-    awk '$1 == "clusterconnect_relay_rendezvous_total{outcome=\"paired\"}" { print $2 + 0; found = 1 } END { if (!found) print 0 }'
-}
-victim=-1 total=0 before=()
-for i in 0 1 2; do
-  before[i]="$(paired "$i")"
-  total=$((total + before[i]))
-  [ "${before[$i]}" -gt 0 ] && victim=$i
-done
-if [ "$total" -eq 1 ] && [ "$victim" -ge 0 ]; then pass "one replica (r$victim) carries the proxy's session"; else
-  fail "one replica carries the proxy's session" "paired per replica: ${before[*]}"; exit 1; fi
+replicas_up
 
 # A watch, established (an object created now reaches it) before the kill.
 timeout 300 kubectl get ns -w -o jsonpath='{.metadata.name} {.metadata.resourceVersion}{"\n"}' \
