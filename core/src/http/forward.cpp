@@ -874,7 +874,8 @@ class Session : public std::enable_shared_from_this<Session> {
     // for a response of unknown length no larger than it.
     if (grow) {
       up->buffer.reserve(b_.size);
-    } else if (b_.first == kQuietPumpBuffer && up->buffer.size() == 0 && up->buffer.capacity() > 2 * b_.size) {
+    } else if (b_.first == kQuietPumpBuffer && up->buffer.size() < b_.size && up->buffer.capacity() > 2 * b_.size) {
+      // What is left unparsed (a chunk's CRLF) moves along.
       up->buffer.shrink_to_fit();
       up->buffer.reserve(b_.size);
     }

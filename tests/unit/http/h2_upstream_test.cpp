@@ -238,6 +238,10 @@ struct H2Rig {
     front.reset();
     pool->close();
     h2->close();
+    // Connections close on the upstream's strand: that must run before the
+    // io threads stop, or a connection and the streams it holds (which hold
+    // the upstream) outlive the test.
+    (void)test::wait_until([&] { return h2->stats().connections == 0; }, std::chrono::seconds(10));
   }
   Conn client() { return Conn(threads.io, front->port()); }
 };
