@@ -73,14 +73,8 @@ start() {
 
 # wait_ready NAME FILE [SECONDS]: waits for FILE while NAME is alive.
 wait_ready() {
-  local name="$1" file="$2" limit="${3:-30}" pid
-  pid="$(cat "$dir/pids/$name.pid")"
-  for _ in $(seq 1 $((limit * 10))); do
-    [ -s "$file" ] && return 0
-    kill -0 "$pid" 2>/dev/null || die_with_log "$name" "$name exited before it was ready"
-    sleep 0.1
-  done
-  die_with_log "$name" "$name was not ready within ${limit}s"
+  local limit="${3:-30}"
+  ready_within "$1" "$2" "$limit" || die_with_log "$1" "$1 was not ready within ${limit}s"
 }
 
 # ready_within NAME FILE SECONDS: true once FILE is there while NAME is alive;

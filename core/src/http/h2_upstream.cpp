@@ -22,6 +22,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/beast/http/status.hpp>
 
 #include "clusterconnect/ascii.hpp"
 
@@ -53,61 +54,10 @@ bool connection_specific(std::string_view name) {
          iequals(name, "transfer-encoding") || iequals(name, "upgrade") || iequals(name, "te") || iequals(name, "host");
 }
 
+// The reason phrase HTTP/2 does not carry, as the forwarding engine names it.
 std::string_view reason_phrase(unsigned code) {
-  switch (code) {
-    case 100:
-      return "Continue";
-    case 200:
-      return "OK";
-    case 201:
-      return "Created";
-    case 202:
-      return "Accepted";
-    case 204:
-      return "No Content";
-    case 206:
-      return "Partial Content";
-    case 301:
-      return "Moved Permanently";
-    case 302:
-      return "Found";
-    case 304:
-      return "Not Modified";
-    case 400:
-      return "Bad Request";
-    case 401:
-      return "Unauthorized";
-    case 403:
-      return "Forbidden";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 406:
-      return "Not Acceptable";
-    case 409:
-      return "Conflict";
-    case 410:
-      return "Gone";
-    case 413:
-      return "Payload Too Large";
-    case 415:
-      return "Unsupported Media Type";
-    case 422:
-      return "Unprocessable Entity";
-    case 429:
-      return "Too Many Requests";
-    case 500:
-      return "Internal Server Error";
-    case 502:
-      return "Bad Gateway";
-    case 503:
-      return "Service Unavailable";
-    case 504:
-      return "Gateway Timeout";
-    default:
-      return "Status";
-  }
+  auto r = boost::beast::http::obsolete_reason(boost::beast::http::int_to_status(code));
+  return r.empty() ? std::string_view("Unknown") : std::string_view(r.data(), r.size());
 }
 
 // A text/plain 502 in HTTP/1.1, for the engine to relay as the upstream's answer.
