@@ -27,6 +27,9 @@ failures=0
 e2e_begin() {
   work="$(mktemp -d "/tmp/cc-$1.XXXXXX")"
   sandbox="$work/sandbox"
+  # kubectl's discovery cache is keyed by host:port; a port reused from an
+  # earlier test would otherwise answer discovery from that test's cache.
+  export KUBECACHEDIR="$work/kube-cache"
   trap e2e_cleanup EXIT
 }
 
