@@ -247,6 +247,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   std::string address_;
   std::optional<asio::steady_timer> park_timer_;
   std::string hc_id_;  // the HTTP-mode request waiting for its response
+  std::string ws_cluster_;  // a parked sender's cluster (its identity)
   bool hc_head_ = false;
   std::optional<asio::steady_timer> hc_timer_;
   bool released_ = false;  // authenticated: out of its address's pre-authentication budget
@@ -339,8 +340,12 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
       notices.push_back(rv::to_json(rv::DrainMessage{"wss://" + ws_host, reason}));
     std::size_t here = 0;
     for (const auto& n : notices) here = std::max(here, listeners_.send_to_drain_takers(n));
-    if (!peers || !port) return here;
-    // Clusters spliced here whose agents hold control channels elsewhere.
+    if (!peers) return here;
+    // Clusters spliced here (either form) whose agents hold control channels elsewhere.
+    std::vector<std::string> spliced = ws_paired_clusters();
+    if (port)
+      for (auto& c : port->spliced_clusters())
+        if (std::find(spliced.begin(), spliced.end(), ascii_lowered(c)) == spliced.end()) spliced.push_back(ascii_lowered(c));
     struct Answers {
       std::mutex mutex;
       std::condition_variable cv;
@@ -348,7 +353,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     };
     auto answers = std::make_shared<Answers>();
     const auto registry = store_->snapshot();
-    for (const auto& rid : port->spliced_clusters()) {
+    for (const auto& rid : spliced) {
       const ClusterEntry* cluster = registry->cluster_by_identity(rid);
       if (!cluster || !peers->remote_channel(cluster->identity())) continue;
       for (const auto& n : notices) {
@@ -424,18 +429,45 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     }
   }
   std::chrono::milliseconds ws_ttl() const { return ws_limits_.ttl; }
-  void ws_paired(tunnel::WsStream sender, tunnel::WsStream listener) {
+  void ws_paired(tunnel::WsStream sender, tunnel::WsStream listener, std::string cluster) {
     // The pair's two connections count as open until the pump lets them go.
     metrics_.connections_active.fetch_add(2);
-    std::shared_ptr<void> lease(nullptr, [m = &metrics_, held = connection_lease()](void*) mutable {
-      m->connections_active.fetch_sub(2);
+    {
+      std::lock_guard lock(ws_mutex_);
+      ++ws_live_;
+    }
+    // `held` keeps this front end alive until the lease is let go.
+    std::shared_ptr<void> lease(nullptr, [this, held = connection_lease()](void*) mutable {
+      metrics_.connections_active.fetch_sub(2);
+      {
+        std::lock_guard lock(ws_mutex_);
+        --ws_live_;
+        if (draining_ && !ws_cutting_) ws_drained_.fetch_add(1);
+      }
+      ws_ended_.notify_all();
       held.reset();
     });
     auto pump = start_ws_pump(std::move(sender), std::move(listener), ws_counters_, std::move(lease));
     ws_counters_.paired.fetch_add(1);
     std::lock_guard lock(ws_mutex_);
-    std::erase_if(ws_pumps_, [](const std::weak_ptr<WsPump>& w) { return w.expired(); });
-    ws_pumps_.push_back(pump);
+    std::erase_if(ws_pumps_, [](const WsPair& w) { return w.pump.expired(); });
+    ws_pumps_.push_back(WsPair{pump, std::move(cluster)});
+  }
+  bool drain_paired_websockets(std::chrono::steady_clock::time_point deadline) override {
+    std::unique_lock lock(ws_mutex_);
+    return ws_ended_.wait_until(lock, deadline, [this] { return ws_live_ == 0; });
+  }
+  std::pair<std::uint64_t, std::uint64_t> drain_outcome() const override {
+    auto [port, address] = rendezvous();
+    return {(port ? port->counters().drained.load() : 0) + ws_drained_.load(), (port ? port->counters().cut.load() : 0) + ws_cut_.load()};
+  }
+  // The clusters of the WebSocket pairs open now (identities, once each).
+  std::vector<std::string> ws_paired_clusters() {
+    std::vector<std::string> out;
+    std::lock_guard lock(ws_mutex_);
+    for (const auto& w : ws_pumps_)
+      if (!w.pump.expired() && std::find(out.begin(), out.end(), w.cluster) == out.end()) out.push_back(w.cluster);
+    return out;
   }
   WsRendezvousCounters& ws_counters() { return ws_counters_; }
 
@@ -507,13 +539,15 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   };
   HttpCounters& http_counters() { return http_counters_; }
   void close_ws_rendezvous(const std::string& reason) {
-    std::vector<std::weak_ptr<WsPump>> pumps;
+    std::vector<WsPair> pumps;
     {
       std::lock_guard lock(ws_mutex_);
       pumps.swap(ws_pumps_);
+      if (draining_ && !ws_cutting_) ws_cut_.fetch_add(ws_live_);
+      ws_cutting_ = draining_.load();
     }
     for (auto& w : pumps)
-      if (auto p = w.lock()) p->close(reason);
+      if (auto p = w.pump.lock()) p->close(reason);
   }
 
   void stop_accepting() noexcept override {
@@ -654,6 +688,10 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            "HTTP-mode requests or responses too large for the control channel, carried on a rendezvous WebSocket.",
            {{"", n(h.over_rendezvous)}});
     auto [port, address] = rendezvous();
+    const auto [drained, cut] = drain_outcome();
+    family("clusterconnect_relay_rendezvous_shutdown_total", "counter",
+           "Rendezvous (either form) open at shutdown, by how they ended: drained (their session closed after GOAWAY) or cut.",
+           {{"{outcome=\"drained\"}", static_cast<std::int64_t>(drained)}, {"{outcome=\"cut\"}", static_cast<std::int64_t>(cut)}});
     if (!port) return out;
     const auto& c = port->counters();
     family("clusterconnect_relay_rendezvous_total", "counter", "Rendezvous legs, by outcome.",
@@ -662,9 +700,6 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            {{"", n(c.unpaired)}});
     family("clusterconnect_relay_rendezvous_spliced", "gauge", "Paired rendezvous whose bytes the relay moves now.",
            {{"", n(c.splices_active)}});
-    family("clusterconnect_relay_rendezvous_shutdown_total", "counter",
-           "Rendezvous spliced at shutdown, by how they ended: drained (their session closed after GOAWAY) or cut.",
-           {{"{outcome=\"drained\"}", n(c.drained)}, {"{outcome=\"cut\"}", n(c.cut)}});
     family("clusterconnect_relay_rendezvous_bytes_total", "counter", "Bytes spliced between ended rendezvous legs, by direction.",
            {{"{direction=\"proxy_to_agent\"}", n(c.bytes_proxy_to_agent)},
             {"{direction=\"agent_to_proxy\"}", n(c.bytes_agent_to_proxy)}});
@@ -750,7 +785,15 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   std::mutex ws_mutex_;
   RendezvousBook<std::shared_ptr<HttpConnection>> ws_book_{ws_limits_};
   WsRendezvousCounters ws_counters_;
-  std::vector<std::weak_ptr<WsPump>> ws_pumps_;
+  struct WsPair {
+    std::weak_ptr<WsPump> pump;
+    std::string cluster;  // its identity
+  };
+  std::vector<WsPair> ws_pumps_;
+  std::size_t ws_live_ = 0;  // pairs whose pump has not let its lease go
+  std::condition_variable ws_ended_;
+  bool ws_cutting_ = false;  // draining, and the pairs left were closed
+  std::atomic<std::uint64_t> ws_drained_{0}, ws_cut_{0};  // pairs that ended while draining, by how
   std::mutex http_mutex_;
   std::map<std::string, HttpPending> http_pending_;
   std::map<std::string, std::size_t> http_per_cluster_;  // by cluster identity
@@ -1296,6 +1339,7 @@ void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string&
   auto sas = parse_sas_token(token);
   if (!front_->ws_open(accept.id, *cluster, sas ? sas->signature : token, shared_from_this(), why))
     return refuse(503, "rendezvous_limit", why);
+  ws_cluster_ = cluster->identity();
   if (!local) {
     // The agents are on another replica: it announces the rendezvous, whose
     // address is this replica, where the sender is parked.
@@ -1339,7 +1383,7 @@ void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subp
         });
         return;
       }
-      self->front_->ws_paired(std::move(*self->ws_), std::move(*held));
+      self->front_->ws_paired(std::move(*self->ws_), std::move(*held), self->ws_cluster_);
       self->ws_.reset();
     });
   });

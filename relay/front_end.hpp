@@ -4,6 +4,8 @@
 // front_end.cpp only.
 
 #include <chrono>
+#include <cstdint>
+#include <utility>
 #include <memory>
 #include <string>
 
@@ -55,6 +57,13 @@ class FrontEnd {
   // them is written first), then the paired WebSockets.
   virtual void close_listeners(const std::string& reason) noexcept = 0;
   virtual void close_paired_websockets(const std::string& reason) noexcept = 0;
+  // Drain, ws form: blocks (shutdown only) until every paired WebSocket has
+  // ended by itself (its session closed after GOAWAY), or `deadline`; true
+  // when all have. What is left is cut by close_paired_websockets.
+  virtual bool drain_paired_websockets(std::chrono::steady_clock::time_point deadline) = 0;
+  // Rendezvous of either form open when the drain began: how many ended by
+  // themselves, how many were cut.
+  virtual std::pair<std::uint64_t, std::uint64_t> drain_outcome() const = 0;
   // Drain (docs/tunnel-protocol.md, "Drain"): a `drain` notice naming this
   // relay's rendezvous addresses on each of its control channels whose
   // listener takes them, and, through the replica that holds a control

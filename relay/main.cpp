@@ -382,14 +382,14 @@ int main(int argc, char** argv) try {
   // reconnect through the load balancer land elsewhere.
   if (replicas) replicas->withdraw();
   front.value()->close_listeners("relay is shutting down");
-  if (rendezvous) {
-    const auto& c = rendezvous->counters();
-    const bool all = rendezvous->drain(drain_deadline);
-    rendezvous->close();
-    logger->info("drain: {} rendezvous ended by themselves, {} cut{}", c.drained.load(), c.cut.load(),
-                 all ? "" : " at the drain timeout");
-  }
+  // Both forms' rendezvous end by themselves once the agents' GOAWAY has
+  // emptied their sessions; what is left at the drain timeout is cut.
+  bool all = rendezvous ? rendezvous->drain(drain_deadline) : true;
+  all = front.value()->drain_paired_websockets(drain_deadline) && all;
+  if (rendezvous) rendezvous->close();
   front.value()->close_paired_websockets("relay is shutting down");
+  const auto [drained, cut] = front.value()->drain_outcome();
+  logger->info("drain: {} rendezvous ended by themselves, {} cut{}", drained, cut, all ? "" : " at the drain timeout");
   // Every control channel and paired WebSocket got a close frame; each ends
   // when its peer answers it, or its WebSocket's close timeout passes.
   if (!front.value()->wait_closed(std::chrono::steady_clock::now() +

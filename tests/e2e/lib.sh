@@ -84,9 +84,10 @@ wait_count() {
 
 json() { node -e 'const v=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")); console.log(v[process.argv[2]])' "$1" "$2"; }
 
-paired() {
+paired() {  # rendezvous paired by replica $1, either form
   curl -s --max-time 10 "http://127.0.0.1:$(json "$state/relay-$1.ready" metrics_port)/metrics" |
-    awk '$1 == "clusterconnect_relay_rendezvous_total{outcome=\"paired\"}" { print $2 + 0; found = 1 } END { if (!found) print 0 }'
+    awk '$1 == "clusterconnect_relay_rendezvous_total{outcome=\"paired\"}" || $1 == "clusterconnect_relay_ws_rendezvous_total{outcome=\"paired\"}" { n += $2 }
+         END { print n + 0 }'
 }
 
 replicas_up() {

@@ -7,19 +7,21 @@
 # command, while the replica keeps splicing the old session for the watch
 # open on it: every object created after the SIGTERM reaches the watch exactly
 # once. When the watch ends, the old session closes by itself and the replica
-# stops, counting it drained, not cut. Usage: replica_drain_test.sh BIN_DIR
+# stops, counting it drained, not cut. TRANSPORT is the rendezvous form, tls
+# (spliced sockets) or ws (paired WebSockets). Usage: replica_drain_test.sh BIN_DIR [TRANSPORT]
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-bin="${1:?usage: replica_drain_test.sh BIN_DIR}"
+bin="${1:?usage: replica_drain_test.sh BIN_DIR [tls|ws]}"
+transport="${2:-tls}"
 command -v etcd >/dev/null || { echo "SKIP  etcd is not installed (apt-get install etcd-server)"; exit 77; }
 command -v haproxy >/dev/null || { echo "SKIP  haproxy is not installed (scripts/setup.sh installs it)"; exit 77; }
 # shellcheck source=tests/e2e/lib.sh
 source "$root/tests/e2e/lib.sh"
-e2e_begin replica-drain
+e2e_begin "replica-drain-$transport"
 
 # A drain timeout far longer than the test: the old session must end by
 # itself (after GOAWAY), never by the timeout.
-replicas_up SANDBOX_RELAY_ARGS="--drain-timeout 240"
+replicas_up SANDBOX_RELAY_ARGS="--drain-timeout 240" SANDBOX_TRANSPORT="$transport"
 victim_log="$sandbox/logs/relay-$victim.log"
 victim_pid="$(cat "$sandbox/pids/relay-$victim.pid")"
 
