@@ -125,3 +125,72 @@ replicas_up() {
   if [ "$total" -eq 1 ] && [ "$victim" -ge 0 ]; then pass "one replica (r$victim) carries the proxy's session"; else
     fail "one replica carries the proxy's session" "paired per replica: ${before[*]}"; exit 1; fi
 }
+
+# A replica is lost under a running kubectl (replica_*_test.sh): a watch on
+# namespaces and a loop of kubectl get ns run across EVENT, a word for the
+# loss ("kill", "term") that names the objects made around it; LABEL says it
+# in the checks ("the kill").
+replica_watch_start() {  # EVENT LABEL
+  timeout 300 kubectl get ns -w -o jsonpath='{.metadata.name} {.metadata.resourceVersion}{"\n"}' \
+    >"$work/watch.out" 2>"$work/watch.err" &
+  watch_pid=$!
+  pids+=("$watch_pid")
+  wait_line "$work/watch.out" "default " || fail "the watch lists the namespaces" "$(cat "$work/watch.err")"
+  "${admin[@]}" create ns "before-$1" >/dev/null
+  if wait_line "$work/watch.out" "before-$1 "; then pass "the watch is open before $2"; else
+    fail "the watch is open before $2" "$(cat "$work/watch.out" "$work/watch.err")"; fi
+
+  # Each run notes whether it started after the loss (the file "$work/lost").
+  # Bounded in count; stopped by a file.
+  (
+    for i in $(seq 1 400); do
+      [ -e "$work/stop-loop" ] && break
+      after=0; [ -e "$work/lost" ] && after=1
+      if timeout 60 kubectl get ns >/dev/null 2>>"$work/loop.err"; then echo "ok $after" >>"$work/loop.out"
+      else echo "FAIL $after $i" >>"$work/loop.out"; fi
+    done
+  ) &
+  loop_pid=$!
+  pids+=("$loop_pid")
+  wait_count "$work/loop.out" '^ok 0' 2 || fail "the kubectl loop runs before $2" "$(cat "$work/loop.err")"
+}
+
+# After the loss: objects made now reach the watch, each exactly once.
+replica_watch_check() {  # EVENT LABEL
+  local n c
+  for n in 1 2 3 4 5; do "${admin[@]}" create ns "after-$1-$n" >/dev/null; done
+  "${admin[@]}" create ns last-one >/dev/null
+  if wait_line "$work/watch.out" "last-one " 90; then pass "the watch delivers objects created after $2"; else
+    fail "the watch delivers objects created after $2" "$(cat "$work/watch.out" "$work/watch.err")"; fi
+  local missing=() twice=()
+  for n in "after-$1-1" "after-$1-2" "after-$1-3" "after-$1-4" "after-$1-5" last-one; do
+    c="$(grep -c "^$n " "$work/watch.out")"
+    [ "$c" -eq 0 ] && missing+=("$n")
+    [ "$c" -gt 1 ] && twice+=("$n")
+  done
+  local dups
+  dups="$(sort "$work/watch.out" | uniq -d)"
+  if [ ${#missing[@]} -eq 0 ] && [ ${#twice[@]} -eq 0 ] && [ -z "$dups" ]; then
+    pass "every object created after $2 arrived exactly once, no event twice"
+  else fail "every object created after $2 arrived exactly once, no event twice" \
+    "missing: ${missing[*]}" "more than once: ${twice[*]}" "duplicate lines: $dups" "$(cat "$work/watch.out")"; fi
+}
+
+# The loop is stopped (after at least three runs that began after the loss):
+# no run failed; and new sessions were paired by the other replicas.
+replica_loop_check() {  # LABEL
+  wait_count "$work/loop.out" '^ok 1' 3 90 || true
+  touch "$work/stop-loop"
+  wait "$loop_pid" 2>/dev/null
+  local after failed
+  after="$(grep -c ' 1' "$work/loop.out")"
+  failed="$(grep -c '^FAIL' "$work/loop.out")"
+  if [ "$failed" -eq 0 ] && [ "$after" -ge 3 ]; then
+    pass "kubectl get ns across $1: $(wc -l <"$work/loop.out") runs, $after after it, none failed"
+  else fail "kubectl get ns across $1 has no failed run" "$failed failed, $after after $1" \
+    "$(tr '\n' ' ' <"$work/loop.out")" "$(tail -5 "$work/loop.err")"; fi
+  local i survivors=0
+  for i in 0 1 2; do [ "$i" -ne "$victim" ] && survivors=$((survivors + $(paired "$i"))); done
+  if [ "$survivors" -ge 1 ]; then pass "new sessions are on surviving replicas"; else
+    fail "new sessions are on surviving replicas" "paired on survivors: $survivors"; fi
+}
