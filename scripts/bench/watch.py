@@ -7,13 +7,14 @@
 --targets-file holds more targets, one URL|TOKEN|CAFILE a line (thousands do
 not fit on a command line). Streams are spread round-robin over the targets (several local proxies when one
 proxy's tunnel cannot carry them all). Once every stream has its response head
-(or --timeout passed) it writes {"established", "failed", "seconds"} to the ready
-file; the caller then measures memory, creates an object named NAME and touches
+(or --timeout passed) it writes {"established", "failed", "seconds", "errors" (each
+kind of failure with its count), "not_established_in_time"} to the ready file; the caller then measures memory, creates an object named NAME and touches
 the trigger file (containing the time.time() of the create); the result file gets {"delivered", "of", "seconds"}, where
 seconds runs from the trigger to the last delivery.
 """
 import argparse
 import asyncio
+import collections
 import json
 import os
 import ssl
@@ -99,9 +100,14 @@ async def main():
             break
         await asyncio.sleep(0.1)
     established = sum(1 for w in watches if w.established)
-    errors = sorted({repr(t.exception())[:120] for t in tasks if t.done() and not t.cancelled() and t.exception()})
+    # Each kind of failure with how many watches it ended (most first).
+    kinds = collections.Counter(repr(t.exception())[:120] for t in tasks
+                                if t.done() and not t.cancelled() and t.exception())
+    not_yet = sum(1 for w, t in zip(watches, tasks) if not w.established and not t.done())
     write_json(a.ready_file, {"established": established, "failed": a.n - established,
-                              "seconds": round(time.monotonic() - start, 2), "errors": errors[:3]})
+                              "seconds": round(time.monotonic() - start, 2),
+                              "errors": [f"{n} {kind}" for kind, n in kinds.most_common(6)],
+                              "not_established_in_time": not_yet})
 
     # Wait for the caller to create the object (bounded by the timeouts).
     wait_until = time.monotonic() + a.timeout
