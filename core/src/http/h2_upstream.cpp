@@ -710,7 +710,8 @@ void Conn::schedule() {
     next = ping_sent_ + ping_timeout_;
   else if (pinging)
     next = last_read_ + ping_after_;
-  if (streams_.empty() && reserved_ == 0 && idle_timeout_.count() > 0) next = std::min(next, idle_since_ + idle_timeout_);
+  if (streams_.empty() && reserved_ == 0 && idle_timeout_.count() > 0)
+    next = std::min(next, idle_since_ + idle_timeout_);
   if (next == Clock::time_point::max()) return;
   if (timer_armed_ && timer_at_ <= next) return;
   timer_armed_ = true;

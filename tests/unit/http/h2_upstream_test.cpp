@@ -549,9 +549,8 @@ TEST_CASE("h2 upstream: a slow reader is not buffered for beyond the stream wind
   // loopback's buffers, a few MB), not the whole body: it is held by flow
   // control before that (never held, it sends it all and this fails).
   auto held = std::make_shared<std::promise<std::size_t>>();
-  server.run(0, [&, held](H2Server::Session& s) {
-    s.on_window_exhausted(id, [held](std::size_t n) { held->set_value(n); });
-  });
+  server.run(
+      0, [&, held](H2Server::Session& s) { s.on_window_exhausted(id, [held](std::size_t n) { held->set_value(n); }); });
   auto when_held = held->get_future();
   REQUIRE(when_held.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   sent = when_held.get();
@@ -632,8 +631,7 @@ TEST_CASE("h2 upstream: the next request may follow a body complete by its lengt
   CHECK(open.size() == 2);
 }
 
-TEST_CASE("h2 upstream: a server that stops answering is found by PING and the request is sent again",
-          "[http][h2]") {
+TEST_CASE("h2 upstream: a server that stops answering is found by PING and the request is sent again", "[http][h2]") {
   H2Server server([&](H2Server::Session& s, const H2Server::Request& r) {
     if (s.index() == 0) return s.go_silent();  // the host vanished with the request
     echo(s, r);
@@ -656,8 +654,7 @@ TEST_CASE("h2 upstream: a server that stops answering is found by PING and the r
   CHECK(stats.streams_retried >= 1);
 }
 
-TEST_CASE("h2 upstream: a request with a body on a connection found dead by PING is a 502 that says so",
-          "[http][h2]") {
+TEST_CASE("h2 upstream: a request with a body on a connection found dead by PING is a 502 that says so", "[http][h2]") {
   H2Server server([&](H2Server::Session& s, const H2Server::Request& r) {
     if (s.index() == 0) return s.go_silent();
     echo(s, r);
