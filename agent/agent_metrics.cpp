@@ -74,9 +74,14 @@ std::string AgentMetrics::render(unsigned tunnels_up, const UpstreamCounts& upst
         << "# HELP clusterconnect_agent_upstream_h2_streams_reset_total HTTP/2 streams reset by the API server.\n"
            "# TYPE clusterconnect_agent_upstream_h2_streams_reset_total counter\n"
         << "clusterconnect_agent_upstream_h2_streams_reset_total " << upstream.h2_streams_reset << "\n"
-        << "# HELP clusterconnect_agent_upstream_h2_streams_retried_total Requests sent again after a GOAWAY refused them.\n"
+        << "# HELP clusterconnect_agent_upstream_h2_streams_retried_total Requests sent again after a GOAWAY refused "
+           "them or their connection was lost.\n"
            "# TYPE clusterconnect_agent_upstream_h2_streams_retried_total counter\n"
-        << "clusterconnect_agent_upstream_h2_streams_retried_total " << upstream.h2_streams_retried << "\n";
+        << "clusterconnect_agent_upstream_h2_streams_retried_total " << upstream.h2_streams_retried << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_ping_timeouts_total HTTP/2 connections to the API server closed "
+           "because a PING got no answer.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_ping_timeouts_total counter\n"
+        << "clusterconnect_agent_upstream_h2_ping_timeouts_total " << upstream.h2_ping_timeouts << "\n";
   out
       << "# HELP clusterconnect_agent_request_duration_seconds Time to the end of the response.\n"
          "# TYPE clusterconnect_agent_request_duration_seconds histogram\n";

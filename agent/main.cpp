@@ -88,6 +88,8 @@ struct AgentOptions {
   unsigned upstream_idle_max = 256;
   unsigned upstream_idle_timeout = 90;
   std::string upstream_http2 = "auto";
+  unsigned upstream_http2_ping_after = 30;
+  unsigned upstream_http2_ping_timeout = 15;
   std::string distribution;    // empty: guessed from the API server
   std::string infrastructure;  // empty: guessed from the nodes
 };
@@ -206,6 +208,14 @@ void add_options(CLI::App& app, AgentOptions& o) {
                  "when the API server picks h2 by ALPN (a watch then holds a stream, not a connection); "
                  "off: HTTP/1.1 connections only")
       ->check(CLI::IsMember({"auto", "off"}))->envname("CLUSTERCONNECT_UPSTREAM_HTTP2")->capture_default_str();
+  app.add_option("--upstream-http2-ping-after", o.upstream_http2_ping_after,
+                 "Seconds without a frame from the API server on an HTTP/2 connection before a PING checks it is "
+                 "still there (a peer gone without a FIN, such as a dropped NAT entry). 0: no PING")
+      ->check(CLI::Range(0, 3600))->capture_default_str();
+  app.add_option("--upstream-http2-ping-timeout", o.upstream_http2_ping_timeout,
+                 "Seconds the API server has to answer that PING; without an answer the connection is closed, "
+                 "requests not yet answered are sent again on a new one or get a 502")
+      ->check(CLI::Range(1, 3600))->capture_default_str();
 }
 
 // authenticator:entra's options from the flags.
@@ -409,7 +419,12 @@ int main(int argc, char** argv) try {
   std::shared_ptr<http::H2Upstream> h2;
   http::UpstreamConnector engine_connector = connector;
   if (o.upstream_http2 == "auto") {
-    h2 = http::H2Upstream::create(io, api.value()->h2_connector(io), connector, {}, logger);
+    http::H2Options h2_options;
+    h2_options.ping_after = std::chrono::seconds(o.upstream_http2_ping_after);
+    h2_options.ping_timeout = std::chrono::seconds(o.upstream_http2_ping_timeout);
+    // An HTTP/2 connection without streams is an idle connection.
+    h2_options.idle_timeout = std::chrono::seconds(o.upstream_idle_timeout);
+    h2 = http::H2Upstream::create(io, api.value()->h2_connector(io), connector, h2_options, logger);
     engine_connector = h2->connector();
   }
   // One pool: every connection to the API server is interchangeable (one
@@ -457,6 +472,7 @@ int main(int argc, char** argv) try {
         upstream.h2_streams_active = s.active_streams;
         upstream.h2_streams_reset = s.streams_reset;
         upstream.h2_streams_retried = s.streams_retried;
+        upstream.h2_ping_timeouts = s.ping_timeouts;
       }
       return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up, upstream)};
     }

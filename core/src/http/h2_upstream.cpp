@@ -4,6 +4,18 @@
 // Everything (every HTTP/2 connection, every virtual connection) runs on one
 // strand: a request is a few callbacks, and one TLS connection is serial
 // anyway. The TLS streams complete on their own executors and come back here.
+//
+// Who owns whom (no cycle, so dropping the upstream, the engine's
+// connections and the io_context frees everything):
+//   the engine (or its pool) -> Virtual -> Impl -> Conn -> the TLS stream
+//   Virtual -> the Conn its stream is on
+// and the other way only observers: a Conn knows its streams' Virtuals by
+// weak_ptr (a Virtual dropped with its stream open resets that stream), the
+// Impl knows waiting Virtuals by weak_ptr, Conn knows the Impl by weak_ptr.
+// A handler the engine left with a Virtual (a read waiting for the response)
+// holds the engine's session, which holds the Virtual: when the io_context is
+// destroyed first, its shutdown destroys those handlers as it destroys a
+// socket's pending operations (Registry below).
 #include "clusterconnect/http/h2_upstream.hpp"
 
 #include <nghttp2/nghttp2.h>
@@ -16,11 +28,14 @@
 #include <mutex>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/http/status.hpp>
 
@@ -195,6 +210,29 @@ class ChunkDecoder {
   bool in_ext_ = false, done_ = false;
 };
 
+// ---- every virtual connection on one io_context --------------------------------
+
+class Virtual;
+
+struct VirtualSet {
+  std::mutex mu;
+  std::unordered_set<Virtual*> all;
+};
+
+// An io_context service: its shutdown (the io_context is being destroyed,
+// its threads have stopped) abandons what the virtual connections still
+// hold, so the engine's handlers they keep go with the io_context's own.
+class Registry final : public asio::execution_context::service {
+ public:
+  static inline asio::execution_context::id id;
+  explicit Registry(asio::execution_context& context) : asio::execution_context::service(context) {}
+  const std::shared_ptr<VirtualSet>& virtuals() const { return virtuals_; }
+
+ private:
+  void shutdown() override;
+  std::shared_ptr<VirtualSet> virtuals_ = std::make_shared<VirtualSet>();
+};
+
 // ---- one virtual HTTP/1.1 connection ----------------------------------------
 
 class Virtual final : public Stream, public std::enable_shared_from_this<Virtual> {
@@ -220,6 +258,9 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   void on_stream_close(std::uint32_t error_code);
   void on_connection_lost(const std::string& why);
   ssize_t read_body(std::uint8_t* buf, std::size_t length, std::uint32_t* flags);
+  // The io_context is being destroyed: the handlers kept here are destroyed
+  // without being called, as its pending operations are.
+  void abandon() noexcept;
 
  private:
   enum class Mode { idle, head, h2, http1, failed };
@@ -238,6 +279,7 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   void finish_http1_write(error_code ec);
 
   std::shared_ptr<Impl> owner_;
+  std::shared_ptr<VirtualSet> virtuals_;
   Strand strand_;
   Mode mode_ = Mode::idle;
   StreamPtr http1_;            // after an upgrade or without h2: a real connection
@@ -283,13 +325,17 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
 class Conn final : public std::enable_shared_from_this<Conn> {
  public:
   Conn(std::weak_ptr<Impl> owner, Strand strand, StreamPtr tls, std::shared_ptr<spdlog::logger> log,
-       std::uint32_t window, std::uint64_t id)
+       const H2Options& options, std::uint64_t id)
       : owner_(std::move(owner)),
         strand_(strand),
         tls_(std::move(tls)),
         log_(std::move(log)),
-        window_(window),
-        id_(id) {}
+        window_(options.stream_window),
+        ping_after_(options.ping_after),
+        ping_timeout_(options.ping_timeout),
+        idle_timeout_(options.idle_timeout),
+        id_(id),
+        timer_(strand) {}
   ~Conn() {
     if (session_) nghttp2_session_del(session_);
   }
@@ -308,7 +354,10 @@ class Conn final : public std::enable_shared_from_this<Conn> {
   }
   nghttp2_session* session() { return session_; }
   std::int32_t submit(const std::vector<nghttp2_nv>& nva, bool with_body, std::shared_ptr<Virtual> v);
-  void forget(std::int32_t id) { streams_.erase(id); }
+  // The stream's Virtual no longer follows it.
+  void forget(std::int32_t id) { erase_stream(id); }
+  // The stream's Virtual is gone: the server stops sending it.
+  void cancel(std::int32_t id);
   void flush();
   void close(const std::string& why);
   std::uint64_t id() const { return id_; }
@@ -317,8 +366,13 @@ class Conn final : public std::enable_shared_from_this<Conn> {
   static Conn& of(void* user) { return *static_cast<Conn*>(user); }
   std::shared_ptr<Virtual> stream(std::int32_t id) {
     auto it = streams_.find(id);
-    return it == streams_.end() ? nullptr : it->second;
+    return it == streams_.end() ? nullptr : it->second.lock();
   }
+  void erase_stream(std::int32_t id);
+  // Liveness (H2Options::ping_after, ping_timeout, idle_timeout): one timer,
+  // armed for the earliest deadline and re-armed when it fires.
+  void schedule();
+  void on_timer();
   void read();
   void on_read(error_code ec, std::size_t n);
   void on_write(error_code ec, std::size_t n);
@@ -346,6 +400,9 @@ class Conn final : public std::enable_shared_from_this<Conn> {
       case NGHTTP2_GOAWAY:
         c.on_goaway(frame->goaway.last_stream_id, frame->goaway.error_code);
         break;
+      case NGHTTP2_PING:
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK) c.ping_outstanding_ = false;
+        break;
       default:
         break;
     }
@@ -363,7 +420,7 @@ class Conn final : public std::enable_shared_from_this<Conn> {
   static int on_stream_close(nghttp2_session*, std::int32_t id, std::uint32_t error_code, void* user) {
     auto& c = of(user);
     auto v = c.stream(id);
-    c.streams_.erase(id);
+    c.erase_stream(id);
     if (error_code != NGHTTP2_NO_ERROR && error_code != NGHTTP2_REFUSED_STREAM) ++c.resets_;
     if (v) v->on_stream_close(error_code);
     return 0;
@@ -379,9 +436,14 @@ class Conn final : public std::enable_shared_from_this<Conn> {
   StreamPtr tls_;
   std::shared_ptr<spdlog::logger> log_;
   std::uint32_t window_;
+  std::chrono::milliseconds ping_after_, ping_timeout_, idle_timeout_;
   std::uint64_t id_;
+  asio::steady_timer timer_;
+  Clock::time_point timer_at_{}, last_read_{}, idle_since_{}, ping_sent_{};
+  std::uint64_t timer_generation_ = 0;
+  bool timer_armed_ = false, ping_outstanding_ = false;
   nghttp2_session* session_ = nullptr;
-  std::unordered_map<std::int32_t, std::shared_ptr<Virtual>> streams_;
+  std::unordered_map<std::int32_t, std::weak_ptr<Virtual>> streams_;
   std::size_t reserved_ = 0;
   std::unique_ptr<std::uint8_t[]> rbuf_;
   std::string wbuf_, writing_buf_;
@@ -398,7 +460,8 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
         h2_(std::move(h2)),
         http1_(std::move(http1)),
         options_(options),
-        log_(std::move(log)) {}
+        log_(std::move(log)),
+        virtuals_(asio::use_service<Registry>(static_cast<asio::execution_context&>(io)).virtuals()) {}
 
   UpstreamConnector connector() override {
     return [weak = weak_from_this()](ConnectHandler done) {
@@ -424,6 +487,7 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
 
   const H2Options& options() const { return options_; }
   std::shared_ptr<spdlog::logger> log() const { return log_; }
+  const std::shared_ptr<VirtualSet>& virtuals() const { return virtuals_; }
 
   // A virtual connection wants to send a request (on the strand).
   void acquire(const std::shared_ptr<Virtual>& v) {
@@ -539,7 +603,7 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
       if (first) s->reset("not needed");
       return;
     }
-    auto c = std::make_shared<Conn>(weak_from_this(), strand_, std::move(s), log_, options_.stream_window, ++next_id_);
+    auto c = std::make_shared<Conn>(weak_from_this(), strand_, std::move(s), log_, options_, ++next_id_);
     if (!c->start()) {
       c->close("HTTP/2 session could not start");
       return serve_waiting();
@@ -579,6 +643,7 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
   std::uint64_t next_id_ = 0;
   Clock::time_point http1_until_{};
   bool closed_ = false;
+  std::shared_ptr<VirtualSet> virtuals_;
   mutable std::mutex mu_;  // stats_ only
   H2Stats stats_;
 };
@@ -610,22 +675,102 @@ bool Conn::start() {
   if (nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, 2) != 0) return false;
   nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
   rbuf_.reset(new std::uint8_t[kReadBuffer]);
+  last_read_ = idle_since_ = Clock::now();
   read();
   flush();
+  schedule();
   return true;
+}
+
+void Conn::erase_stream(std::int32_t id) {
+  if (streams_.erase(id) == 0) return;
+  if (auto owner = owner_.lock())
+    owner->count([](H2Stats& s) {
+      if (s.active_streams) --s.active_streams;
+    });
+  if (streams_.empty()) {
+    idle_since_ = Clock::now();
+    schedule();
+  }
+}
+
+void Conn::cancel(std::int32_t id) {
+  auto it = streams_.find(id);
+  if (dead_ || it == streams_.end() || !it->second.expired()) return;
+  erase_stream(id);
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+  flush();
+}
+
+void Conn::schedule() {
+  if (dead_) return;
+  const bool pinging = ping_after_.count() > 0 && ping_timeout_.count() > 0;
+  auto next = Clock::time_point::max();
+  if (ping_outstanding_)
+    next = ping_sent_ + ping_timeout_;
+  else if (pinging)
+    next = last_read_ + ping_after_;
+  if (streams_.empty() && reserved_ == 0 && idle_timeout_.count() > 0)
+    next = std::min(next, idle_since_ + idle_timeout_);
+  if (next == Clock::time_point::max()) return;
+  if (timer_armed_ && timer_at_ <= next) return;
+  timer_armed_ = true;
+  timer_at_ = next;
+  const auto generation = ++timer_generation_;
+  timer_.expires_at(next);
+  // Weak: a waiting timer does not keep a connection.
+  timer_.async_wait([weak = weak_from_this(), generation](error_code) {
+    auto self = weak.lock();
+    if (!self || self->timer_generation_ != generation) return;
+    self->timer_armed_ = false;
+    self->on_timer();
+  });
+}
+
+void Conn::on_timer() {
+  if (dead_) return;
+  const auto now = Clock::now();
+  if (ping_outstanding_ && now >= ping_sent_ + ping_timeout_) {
+    if (auto owner = owner_.lock()) owner->count([](H2Stats& s) { ++s.ping_timeouts; });
+    return fail("the API server did not answer a PING within " + std::to_string(ping_timeout_.count()) +
+                " ms: the HTTP/2 connection is taken as dead");
+  }
+  if (streams_.empty() && reserved_ == 0 && idle_timeout_.count() > 0 && now >= idle_since_ + idle_timeout_) {
+    if (auto owner = owner_.lock()) owner->count([](H2Stats& s) { ++s.idle_closed; });
+    if (log_ && log_->should_log(spdlog::level::debug))
+      log_->debug("API server: HTTP/2 connection {} idle for {} ms: closed", id_, idle_timeout_.count());
+    return close("idle HTTP/2 connection closed");
+  }
+  if (!ping_outstanding_ && ping_after_.count() > 0 && ping_timeout_.count() > 0 && now >= last_read_ + ping_after_) {
+    // Nothing heard for a while: is the server still there?
+    if (nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, nullptr) == 0) {
+      ping_outstanding_ = true;
+      ping_sent_ = now;
+      flush();
+      if (dead_) return;
+    }
+  }
+  schedule();
 }
 
 std::int32_t Conn::submit(const std::vector<nghttp2_nv>& nva, bool with_body, std::shared_ptr<Virtual> v) {
   unreserve();
   nghttp2_data_provider provider{};
-  provider.read_callback = [](nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length,
-                              std::uint32_t* flags, nghttp2_data_source* source, void*) -> ssize_t {
-    return static_cast<Virtual*>(source->ptr)->read_body(buf, length, flags);
+  // By stream id: the Virtual may be gone (then the stream is reset).
+  provider.read_callback = [](nghttp2_session*, std::int32_t id, std::uint8_t* buf, std::size_t length,
+                              std::uint32_t* flags, nghttp2_data_source*, void* user) -> ssize_t {
+    auto v = of(user).stream(id);
+    if (!v) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return v->read_body(buf, length, flags);
   };
-  provider.source.ptr = v.get();
   auto id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(), with_body ? &provider : nullptr, nullptr);
   if (id < 0) return id;
-  streams_[id] = std::move(v);
+  streams_[id] = v;
+  if (auto owner = owner_.lock())
+    owner->count([](H2Stats& s) {
+      ++s.streams_opened;
+      ++s.active_streams;
+    });
   flush();
   return id;
 }
@@ -646,6 +791,7 @@ void Conn::on_read(error_code ec, std::size_t n) {
     return fail(ec == asio::error::eof ? std::string("the API server closed the HTTP/2 connection")
                                        : "HTTP/2 connection to the API server failed: " + ec.message());
   auto keep = shared_from_this();
+  last_read_ = Clock::now();
   auto rv = nghttp2_session_mem_recv(session_, rbuf_.get(), n);
   if (rv < 0)
     return fail(std::string("HTTP/2 protocol error from the API server: ") + nghttp2_strerror(static_cast<int>(rv)));
@@ -712,18 +858,59 @@ void Conn::fail(const std::string& why) {
 void Conn::close(const std::string& why) {
   if (dead_) return;
   dead_ = true;
+  timer_.cancel();
   auto streams = std::move(streams_);
   streams_.clear();
-  for (auto& [id, v] : streams) v->on_connection_lost(why);
+  if (auto owner = owner_.lock())
+    owner->count([&](H2Stats& s) { s.active_streams -= std::min(s.active_streams, streams.size()); });
+  for (auto& [id, w] : streams)
+    if (auto v = w.lock()) v->on_connection_lost(why);
   tls_->reset(why);
   if (auto owner = owner_.lock()) owner->connection_ended(this);
 }
 
 // ---- Virtual -------------------------------------------------------------------
 
-Virtual::Virtual(std::shared_ptr<Impl> owner, Strand strand) : owner_(std::move(owner)), strand_(strand) {}
+Virtual::Virtual(std::shared_ptr<Impl> owner, Strand strand)
+    : owner_(std::move(owner)), virtuals_(owner_->virtuals()), strand_(strand) {
+  std::lock_guard lock(virtuals_->mu);
+  virtuals_->all.insert(this);
+}
 
-Virtual::~Virtual() = default;
+Virtual::~Virtual() {
+  {
+    std::lock_guard lock(virtuals_->mu);
+    virtuals_->all.erase(this);
+  }
+  // Dropped by the engine with its stream open (the engine resets a stream
+  // it gives up; this is for one that did not): the server stops sending it.
+  if (conn_ && stream_id_ > 0) asio::post(strand_, [conn = std::move(conn_), id = stream_id_] { conn->cancel(id); });
+}
+
+void Virtual::abandon() noexcept {
+  stream_id_ = -1;
+  conn_.reset();
+  auto read = std::move(read_handler_);
+  auto write = std::move(write_waiting_);
+  auto http1_write = std::move(http1_pending_write_);
+  auto http1_read = std::move(http1_pending_read_);
+  auto http1 = std::move(http1_);
+  read_handler_ = nullptr;
+  write_waiting_ = nullptr;
+  http1_pending_write_ = nullptr;
+  http1_pending_read_ = nullptr;
+  mode_ = Mode::failed;
+}
+
+void Registry::shutdown() {
+  std::vector<std::shared_ptr<Virtual>> alive;
+  {
+    std::lock_guard lock(virtuals_->mu);
+    for (auto* v : virtuals_->all)
+      if (auto p = v->weak_from_this().lock()) alive.push_back(std::move(p));
+  }
+  for (auto& v : alive) v->abandon();
+}
 
 asio::any_io_executor Virtual::get_executor() { return strand_; }
 
@@ -920,10 +1107,6 @@ void Virtual::submit() {
     return fail_request(std::string("could not send the request on HTTP/2: ") + nghttp2_strerror(id));
   }
   stream_id_ = id;
-  owner_->count([](H2Stats& s) {
-    ++s.streams_opened;
-    ++s.active_streams;
-  });
 }
 
 void Virtual::on_no_connection(std::string reason) {
@@ -1109,7 +1292,6 @@ void Virtual::on_stream_close(std::uint32_t error_code) {
   conn_.reset();
   stream_id_ = -1;
   owner_->count([&](H2Stats& s) {
-    if (s.active_streams) --s.active_streams;
     if (error_code != NGHTTP2_NO_ERROR && error_code != NGHTTP2_REFUSED_STREAM) ++s.streams_reset;
   });
   if (response_done_ || mode_ != Mode::h2) {
@@ -1135,9 +1317,6 @@ void Virtual::on_stream_close(std::uint32_t error_code) {
 void Virtual::on_connection_lost(const std::string& why) {
   conn_.reset();
   stream_id_ = -1;
-  owner_->count([](H2Stats& s) {
-    if (s.active_streams) --s.active_streams;
-  });
   if (response_done_) return maybe_idle();
   if (!head_emitted_ && !body_sent_any_ && !body_expected_ && tries_ < 3 && why != "HTTP/2 upstream closed") {
     ++tries_;
@@ -1201,12 +1380,7 @@ void Virtual::maybe_idle() {
 }
 
 void Virtual::detach_stream() {
-  if (conn_ && stream_id_ > 0) {
-    conn_->forget(stream_id_);
-    owner_->count([](H2Stats& st) {
-      if (st.active_streams) --st.active_streams;
-    });
-  }
+  if (conn_ && stream_id_ > 0) conn_->forget(stream_id_);
   conn_.reset();
   stream_id_ = -1;
 }

@@ -15,9 +15,11 @@
 // connection opens when every one is full); after a GOAWAY new requests go
 // to a new connection and the refused streams of bodiless requests are sent
 // again; a stream reset before its response head reads as a 502 that says
-// so, after it as a reset of the engine's upstream. Free of Beast and
+// so, after it as a reset of the engine's upstream. An idle connection is
+// checked with PING (H2Options). Free of Beast and
 // nghttp2: the session lives in core/src/http/h2_upstream.cpp.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -43,6 +45,16 @@ struct H2Options {
   // After a server answered with http/1.1 (no h2), how long requests use
   // HTTP/1.1 connections before h2 is offered again.
   std::chrono::seconds recheck_after{60};
+  // Liveness, as Go's http2 Transport (ReadIdleTimeout, PingTimeout,
+  // IdleConnTimeout): a peer that vanished without a FIN (a dropped NAT
+  // entry, a dead host) is noticed in seconds, not when TCP gives up.
+  // After `ping_after` with no frame received a PING is sent; without its ACK
+  // within `ping_timeout` the connection is closed and its streams are
+  // retried or failed as after a GOAWAY. A connection without streams for
+  // `idle_timeout` is closed. Zero turns each off.
+  std::chrono::milliseconds ping_after{std::chrono::seconds(30)};
+  std::chrono::milliseconds ping_timeout{std::chrono::seconds(15)};
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds(90)};
 };
 
 struct H2Stats {
@@ -51,6 +63,8 @@ struct H2Stats {
   std::uint64_t streams_retried = 0;     // refused by a GOAWAY and sent again
   std::uint64_t streams_reset = 0;       // reset by the server
   std::uint64_t http1_connections = 0;   // handed out as HTTP/1.1 (upgrades, no h2)
+  std::uint64_t ping_timeouts = 0;       // connections closed for a PING without ACK
+  std::uint64_t idle_closed = 0;         // connections closed after idle_timeout without streams
   std::size_t connections = 0;           // HTTP/2 connections open now
   std::size_t active_streams = 0;        // streams open now
 };
