@@ -1066,6 +1066,10 @@ void Virtual::on_headers_end(bool end_stream) {
   const bool bodiless = head_.method == "HEAD" || status_ == 204 || status_ == 304;
   head += response_head_;
   std::string().swap(response_head_);
+  // The final head came: the request is not submitted again, and a long
+  // response (a watch) keeps only its method and target (for logs).
+  std::vector<std::pair<std::string, std::string>>().swap(head_.headers);
+  std::string().swap(head_.authority);
   if (!bodiless && !has_length_) {
     if (end_stream)
       head += "Content-Length: 0\r\n";
