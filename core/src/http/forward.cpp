@@ -444,9 +444,7 @@ class Session : public std::enable_shared_from_this<Session> {
     rec_ = ExchangeRecord{};
     head_.method.clear();
     aborting_ = false;
-    req_.emplace();
-    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
-    req_->body_limit(limits_.body_limit);
+    req_.reset();
     if (in_reading_) {
       // The read that watched the client during the last response is still
       // out; it becomes this request's first read (see on_client_read).
@@ -506,6 +504,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_request_head() {
+    // The parser exists from a request's first byte until it was read.
+    req_ = std::make_unique<bhttp::request_parser<bhttp::buffer_body>>();
+    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
+    req_->body_limit(limits_.body_limit);
     in_reading_ = true;
     bhttp::async_read_header(in_, in_buf_, *req_, [self = shared_from_this()](error_code ec, std::size_t) {
       self->in_reading_ = false;
@@ -1728,7 +1730,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   beast::flat_buffer in_buf_;
   std::array<char, kIdleRead> peek_{};
-  std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
+  std::unique_ptr<bhttp::request_parser<bhttp::buffer_body>> req_;
   RequestHead head_;
   std::vector<std::string_view> tokens_;
   std::string req_wire_, res_wire_;
