@@ -1180,9 +1180,10 @@ void Virtual::deliver() {
   std::memcpy(read_buffer_.data(), out_.data() + out_pos_, n);
   out_pos_ += n;
   if (out_pos_ == out_.size()) {
-    out_.clear();
+    // Drained: a quiet response (a watch between events) holds no copy of
+    // what it delivered last.
+    std::string().swap(out_);
     out_pos_ = 0;
-    if (out_.capacity() > 4096) std::string().swap(out_);
   }
   // The window opens as the engine reads; framing bytes count as body here
   // (a few bytes per frame): the bound stays one window and a little.
