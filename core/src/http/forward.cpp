@@ -420,7 +420,8 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery, std::shared_ptr<Pool> pool = nullptr)
+          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery,
+          std::shared_ptr<Pool> pool = nullptr)
       : strand_(asio::make_strand(io)),
         in_(std::move(inbound), strand_),
         policy_(std::move(policy)),
@@ -612,8 +613,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   bool may_resume() const {
-    return recovery_.resume_watches && !head_.upgrade && !req_has_body_ &&
-           is_watch_request(head_.method, head_.target);
+    return recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target);
   }
 
   // The request head as sent upstream: always HTTP/1.1, framing re-derived.
@@ -632,7 +632,8 @@ class Session : public std::enable_shared_from_this<Session> {
       append_header(wire, h.name, h.value);
     }
     if (req_chunked_) append_header(wire, "Transfer-Encoding", "chunked");
-    else if (req_has_body_ || req_declared_length_) append_header(wire, "Content-Length", std::to_string(req_length_));
+    else if (req_has_body_ || req_declared_length_)
+      append_header(wire, "Content-Length", std::to_string(req_length_));
     if (head.upgrade) {
       append_header(wire, "Connection", "Upgrade");
       append_header(wire, "Upgrade", head.upgrade_protocol);
@@ -874,9 +875,9 @@ class Session : public std::enable_shared_from_this<Session> {
     res_wire_.append("\r\n");
     // A watch's events are followed line by line only in a chunked JSON
     // response: that is what can continue from another upstream.
-    watch_live_ = resume_ && resume_->lines && status == 200 && res_chunked_ &&
-                  is_json_watch_body(field_value(m, bhttp::field::content_type),
-                                     field_value(m, bhttp::field::content_encoding));
+    watch_live_ =
+        resume_ && resume_->lines && status == 200 && res_chunked_ &&
+        is_json_watch_body(field_value(m, bhttp::field::content_type), field_value(m, bhttp::field::content_encoding));
 
     if (p.is_done()) return write_response(std::move(up), true, {}, true);
     if (!p.content_length() && !bodiless) b_.first = kQuietPumpBuffer;
@@ -949,11 +950,16 @@ class Session : public std::enable_shared_from_this<Session> {
       error_code ec;
       const std::size_t used = p.put(up->buffer.data(), ec);
       up->buffer.consume(used);
-      if (ec == bhttp::error::need_more) need_more = true;
-      else if (ec == bhttp::error::need_buffer || (!ec && used == 0)) break;
-      else if (ec) return response_body_failed(std::move(up), ec);
-      else if (p.is_done()) return end_response_body(std::move(up));
-      else need_more = up->buffer.size() == 0;
+      if (ec == bhttp::error::need_more)
+        need_more = true;
+      else if (ec == bhttp::error::need_buffer || (!ec && used == 0))
+        break;
+      else if (ec)
+        return response_body_failed(std::move(up), ec);
+      else if (p.is_done())
+        return end_response_body(std::move(up));
+      else
+        need_more = up->buffer.size() == 0;
     }
     const std::uint64_t chunk_left = up->chunk_bytes_announced - up->body_bytes_delivered;
     if (!need_more) {
@@ -1163,9 +1169,9 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_->deadline = Clock::now() + recovery_.resume_for;
     resume_->backoff = recovery_.first_backoff;
     if (log_)
-      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_,
-                 target_path(), ec.message(),
-                 resume_->lines->resource_version().empty() ? std::string("as first asked") : resume_->lines->resource_version());
+      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_, target_path(), ec.message(),
+                 resume_->lines->resource_version().empty() ? std::string("as first asked")
+                                                            : resume_->lines->resource_version());
     resume_connect();
   }
 
@@ -1174,8 +1180,8 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_->timer.expires_at(resume_->deadline);
     resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
-      if (self->log_) self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_,
-                                       self->target_path());
+      if (self->log_)
+        self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_, self->target_path());
       self->end_watch();
     });
     connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
