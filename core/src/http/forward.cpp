@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -59,11 +60,13 @@ constexpr std::size_t kPumpBufferBulk = 256 * 1024;
 // max(512, capacity - size) bytes per call, so an empty buffer would move
 // bodies in 512-byte pieces, each becoming its own write downstream.
 constexpr std::size_t kReadReserve = 16 * 1024;
-// The read that waits for a held connection's next request (or watches the
-// client during a response) goes into a small buffer of the session's own,
-// so that the read buffer can be released while the client keeps its
-// connection open between requests.
-constexpr std::size_t kIdleRead = 1024;
+// The reads that only wait for a peer to send (a held connection's next
+// request, the client during a response, an idle upstream connection, a quiet
+// response's next event) go into a few bytes of the session's own: they
+// stand in for a readiness wait, so that no read buffer is held while
+// nothing comes. What they bring moves to the read buffer, and the parser
+// reads the rest from there.
+constexpr std::size_t kIdleRead = 64;
 // Bytes read and dropped while closing, so a client's unread pipelined data
 // does not turn our close into a reset that destroys the response in flight.
 constexpr std::size_t kLingerBytes = 1024 * 1024;
@@ -198,13 +201,19 @@ struct Upstream {
     if (buffer.size() == 0) buffer.shrink_to_fit();
     return asio::buffer(idle_bytes);
   }
-  // The idle read brought `n` bytes (the next response's first): to the read buffer.
-  void take_idle(std::size_t n) {
+  // The idle read brought `n` bytes (the next response's first): to the read
+  // buffer, made room for `reserve` bytes.
+  void take_idle(std::size_t n, std::size_t reserve = kReadReserve) {
     if (n == 0) return;
-    buffer.reserve(kReadReserve);
+    buffer.reserve(reserve);
     buffer.commit(asio::buffer_copy(buffer.prepare(n), asio::buffer(idle_bytes.data(), n)));
   }
   unsigned requests = 0;  // requests sent on it, for the retry rule
+  // A chunked response's bytes announced by its chunk headers and delivered
+  // so far: while they differ, the rest of a chunk is on its way.
+  std::uint64_t chunk_bytes_announced = 0, body_bytes_delivered = 0;
+  std::function<void(std::uint64_t, std::string_view, error_code&)> on_chunk_header =
+      [this](std::uint64_t size, std::string_view, error_code&) { chunk_bytes_announced += size; };
   bool idle_reading = false;      // watch_upstream's read is out
   bool response_waiting = false;  // pump B waits for that read to finish
   unsigned waiting_attempt = 0;
@@ -411,7 +420,8 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery, std::shared_ptr<Pool> pool = nullptr)
+          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery,
+          std::shared_ptr<Pool> pool = nullptr)
       : strand_(asio::make_strand(io)),
         in_(std::move(inbound), strand_),
         policy_(std::move(policy)),
@@ -420,8 +430,7 @@ class Session : public std::enable_shared_from_this<Session> {
         limits_(limits),
         log_(std::move(logger)),
         recovery_(recovery),
-        timer_(strand_),
-        resume_timer_(strand_) {
+        timer_(strand_) {
     peer_ = in_.stream()->describe();
   }
 
@@ -436,9 +445,7 @@ class Session : public std::enable_shared_from_this<Session> {
     rec_ = ExchangeRecord{};
     head_.method.clear();
     aborting_ = false;
-    req_.emplace();
-    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
-    req_->body_limit(limits_.body_limit);
+    req_.reset();
     if (in_reading_) {
       // The read that watched the client during the last response is still
       // out; it becomes this request's first read (see on_client_read).
@@ -484,13 +491,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string().swap(res_wire_);
     std::vector<Header>().swap(head_.headers);
     std::vector<std::string_view>().swap(tokens_);
-    watch_.reset();
+    resume_.reset();
     watch_live_ = false;
-    client_head_.reset();
-    resume_head_ = RequestHead{};
-    std::string().swap(resume_wire_);
-    std::string().swap(resume_body_);
-    std::string().swap(error_event_);
   }
 
   // Bytes the small read between requests brought, to the read buffer.
@@ -503,6 +505,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_request_head() {
+    // The parser exists from a request's first byte until it was read.
+    req_ = std::make_unique<bhttp::request_parser<bhttp::buffer_body>>();
+    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
+    req_->body_limit(limits_.body_limit);
     in_reading_ = true;
     bhttp::async_read_header(in_, in_buf_, *req_, [self = shared_from_this()](error_code ec, std::size_t) {
       self->in_reading_ = false;
@@ -558,6 +564,7 @@ class Session : public std::enable_shared_from_this<Session> {
     req_chunked_ = req_->chunked();
     req_length_ = req_->content_length() ? *req_->content_length() : 0;
     req_has_body_ = !req_->is_done();
+    req_declared_length_ = req_->content_length().has_value();
     client_keep_alive_ = req_->keep_alive();
 
     rec_ = ExchangeRecord{};
@@ -569,9 +576,11 @@ class Session : public std::enable_shared_from_this<Session> {
     // A watch that may have to be resumed keeps the client's head as it came:
     // a resumed watch goes through the policy again (the proxy's current
     // token, not the one the watch began with).
-    client_head_.reset();
-    if (recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target))
-      client_head_ = head_;
+    resume_.reset();
+    if (may_resume()) {
+      resume_ = std::make_shared<ResumableWatch>(strand_);
+      resume_->client_head = head_;
+    }
     try {
       policy_->on_request(head_, [self = shared_from_this()](Decision d) mutable {
         asio::dispatch(self->strand_, [self, d = std::move(d)]() mutable { self->on_decision(std::move(d)); });
@@ -591,11 +600,20 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!d.forward) return reply_and_continue(std::move(d.reply));
     if (!build_request_wire())
       return reply_and_continue(status_reply(500, "InternalError", "request headers could not be forwarded"));
-    watch_.reset();
+    // The wire form is what goes upstream, retries included.
+    std::vector<Header>().swap(head_.headers);
     watch_live_ = resuming_ = false;
-    if (recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target))
-      watch_.emplace(head_.target);
+    if (may_resume()) {
+      if (!resume_) resume_ = std::make_shared<ResumableWatch>(strand_);
+      resume_->lines.emplace(head_.target);
+    } else {
+      resume_.reset();
+    }
     attempt_request();
+  }
+
+  bool may_resume() const {
+    return recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target);
   }
 
   // The request head as sent upstream: always HTTP/1.1, framing re-derived.
@@ -614,7 +632,8 @@ class Session : public std::enable_shared_from_this<Session> {
       append_header(wire, h.name, h.value);
     }
     if (req_chunked_) append_header(wire, "Transfer-Encoding", "chunked");
-    else if (req_has_body_ || req_->content_length()) append_header(wire, "Content-Length", std::to_string(req_length_));
+    else if (req_has_body_ || req_declared_length_)
+      append_header(wire, "Content-Length", std::to_string(req_length_));
     if (head.upgrade) {
       append_header(wire, "Connection", "Upgrade");
       append_header(wire, "Upgrade", head.upgrade_protocol);
@@ -773,6 +792,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_response_head(UpstreamPtr up) {
     up->parser.emplace();
+    up->chunk_bytes_announced = up->body_bytes_delivered = 0;
+    up->parser->on_chunk_header(up->on_chunk_header);
     up->parser->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
     // Watches and logs never end. Not boost::none: Beast 1.74 compares a
     // Content-Length against an empty optional as "over the limit".
@@ -854,9 +875,9 @@ class Session : public std::enable_shared_from_this<Session> {
     res_wire_.append("\r\n");
     // A watch's events are followed line by line only in a chunked JSON
     // response: that is what can continue from another upstream.
-    watch_live_ = watch_ && status == 200 && res_chunked_ &&
-                  is_json_watch_body(field_value(m, bhttp::field::content_type),
-                                     field_value(m, bhttp::field::content_encoding));
+    watch_live_ =
+        resume_ && resume_->lines && status == 200 && res_chunked_ &&
+        is_json_watch_body(field_value(m, bhttp::field::content_type), field_value(m, bhttp::field::content_encoding));
 
     if (p.is_done()) return write_response(std::move(up), true, {}, true);
     if (!p.content_length() && !bodiless) b_.first = kQuietPumpBuffer;
@@ -890,26 +911,108 @@ class Session : public std::enable_shared_from_this<Session> {
                              // Framing included: a read that took most of the room
                              // means more is coming, so the next one gets more room.
                              if (consumed >= self->b_.size - self->b_.size / 4) self->b_.read(self->b_.size);
-                             if (ec) {
-                               // A watch continues from another upstream.
-                               if (self->watch_live_) return self->start_resume(std::move(up), ec);
-                               // The response is under way: the client can
-                               // only learn of the truncation by a reset.
-                               self->log_failure(ec, "read response body");
-                               return self->abort_exchange(std::nullopt);
-                             }
+                             if (ec) return self->response_body_failed(std::move(up), ec);
                              std::size_t n = self->b_.size - up->parser->get().body().size;
+                             up->body_bytes_delivered += n;
                              self->b_.read(n);
                              const bool last = up->parser->is_done();
                              std::string_view body(self->b_buf(), n);
                              // Only whole event lines go to a watch's client.
-                             if (self->watch_live_) body = self->watch_->feed(body, last);
+                             if (self->watch_live_) body = self->resume_->lines->feed(body, last);
                              self->rec_.bytes_out += body.size();
                              self->write_response(std::move(up), with_head, body, last);
                            });
   }
 
-  // `body` is in b_ or in watch_: it stays put until the write completes.
+  void response_body_failed(UpstreamPtr up, error_code ec) {
+    // A watch continues from another upstream.
+    if (watch_live_) return start_resume(std::move(up), ec);
+    // The response is under way: the client can only learn of the
+    // truncation by a reset.
+    log_failure(ec, "read response body");
+    abort_exchange(std::nullopt);
+  }
+
+  // The next piece of a response body. A chunked response of unknown length
+  // that has stayed quiet (a watch between events, a quiet `logs -f`) holds
+  // no body or read buffer between chunks: a read of a few bytes waits for
+  // the upstream to send, then the parser reads on from there.
+  void next_response_body(UpstreamPtr up) {
+    auto& p = *up->parser;
+    if (b_.first != kQuietPumpBuffer || b_.grow || b_.size > kQuietPumpBuffer || !p.chunked())
+      return read_response_body(std::move(up), false);
+    // Framing here unparsed (the CRLF that ends a chunk, the next chunk's
+    // header) is parsed first, with no body buffer.
+    p.get().body().data = nullptr;
+    p.get().body().size = 0;
+    bool need_more = up->buffer.size() == 0;
+    for (int i = 0; i < 8 && !need_more; ++i) {
+      error_code ec;
+      const std::size_t used = p.put(up->buffer.data(), ec);
+      up->buffer.consume(used);
+      if (ec == bhttp::error::need_more)
+        need_more = true;
+      else if (ec == bhttp::error::need_buffer || (!ec && used == 0))
+        break;
+      else if (ec)
+        return response_body_failed(std::move(up), ec);
+      else if (p.is_done())
+        return end_response_body(std::move(up));
+      else
+        need_more = up->buffer.size() == 0;
+    }
+    const std::uint64_t chunk_left = up->chunk_bytes_announced - up->body_bytes_delivered;
+    if (!need_more) {
+      // Body bytes are here. When they are the start of a chunk that goes
+      // on, the rest is read to them first, so that the chunk is not
+      // forwarded in a small piece and the rest.
+      if (chunk_left > up->buffer.size() && up->buffer.size() < kQuietPumpBuffer)
+        return top_up_chunk(std::move(up), std::min<std::uint64_t>(chunk_left, kQuietPumpBuffer) - up->buffer.size());
+      return read_response_body(std::move(up), false);
+    }
+    // The upstream is in the middle of sending a chunk.
+    if (chunk_left > 0) return read_response_body(std::move(up), false);
+    b_.release();
+    up->buffer.shrink_to_fit();
+    auto& io = up->io;
+    auto bytes = asio::buffer(up->idle_bytes);
+    io.async_read_some(bytes, [self = shared_from_this(), up = std::move(up), attempt = attempt_](
+                                  error_code ec, std::size_t n) mutable {
+      if (self->aborting_ || attempt != self->attempt_) return;
+      up->take_idle(n, kQuietPumpBuffer);
+      if (ec && n == 0) {
+        // An upstream that ended mid-response.
+        if (ec == asio::error::eof) ec = bhttp::error::partial_message;
+        return self->response_body_failed(std::move(up), ec);
+      }
+      self->next_response_body(std::move(up));
+    });
+  }
+
+  // Reads up to `more` bytes of a chunk under way into the read buffer.
+  void top_up_chunk(UpstreamPtr up, std::size_t more) {
+    auto& io = up->io;
+    auto room = up->buffer.prepare(more);
+    io.async_read_some(room, [self = shared_from_this(), up = std::move(up), attempt = attempt_](
+                                 error_code ec, std::size_t n) mutable {
+      if (self->aborting_ || attempt != self->attempt_) return;
+      up->buffer.commit(n);
+      if (ec && n == 0) {
+        if (ec == asio::error::eof) ec = bhttp::error::partial_message;
+        return self->response_body_failed(std::move(up), ec);
+      }
+      self->read_response_body(std::move(up), false);
+    });
+  }
+
+  // The body ended while no body buffer was out.
+  void end_response_body(UpstreamPtr up) {
+    const std::string_view tail = watch_live_ ? resume_->lines->feed({}, true) : std::string_view();
+    rec_.bytes_out += tail.size();
+    write_response(std::move(up), false, tail, true);
+  }
+
+  // `body` is in b_ or in resume_: it stays put until the write completes.
   void write_response(UpstreamPtr up, bool with_head, std::string_view body, bool last) {
     if (with_head) response_started_ = true;
     std::size_t k = 0;
@@ -928,7 +1031,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (last && res_chunked_ && !interim_) b_out_[k++] = asio::buffer("0\r\n\r\n", 5);
     if (k == 0) {
       // Only framing was parsed, or a close-delimited body just ended.
-      if (!last) return read_response_body(std::move(up), false);
+      if (!last) return next_response_body(std::move(up));
       res_done_ = true;
       return maybe_finish();
     }
@@ -944,7 +1047,10 @@ class Session : public std::enable_shared_from_this<Session> {
                           self->interim_ = false;
                           return self->read_response_head(std::move(up));
                         }
-                        if (!last) return self->read_response_body(std::move(up), false);
+                        if (!last) {
+                          self->release_request(true);
+                          return self->next_response_body(std::move(up));
+                        }
                         self->res_done_ = true;
                         self->maybe_finish();
                       });
@@ -1016,7 +1122,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // gets `reply` (if any) and a close; after, a reset.
   void abort_exchange(std::optional<Reply> reply) {
     aborting_ = true;
-    resume_timer_.cancel();
+    if (resume_) resume_->timer.cancel();
     drop_upstream("exchange aborted");
     if (reply && !response_started_) return reply_and_close(std::move(*reply));
     rec_.status = rec_.status ? rec_.status : 499;
@@ -1053,29 +1159,29 @@ class Session : public std::enable_shared_from_this<Session> {
     up->io.stream()->reset("watch upstream broke");
     if (up_ == up) up_.reset();
     ++attempt_;  // the broken upstream's operations stop here
-    watch_->discard_partial();
-    if (!watch_->resumable()) {
+    resume_->lines->discard_partial();
+    if (!resume_->lines->resumable()) {
       if (log_) log_->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
                            peer_, target_path());
       return end_watch();
     }
     resuming_ = true;
-    resume_deadline_ = Clock::now() + recovery_.resume_for;
-    backoff_ = recovery_.first_backoff;
+    resume_->deadline = Clock::now() + recovery_.resume_for;
+    resume_->backoff = recovery_.first_backoff;
     if (log_)
-      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_,
-                 target_path(), ec.message(),
-                 watch_->resource_version().empty() ? std::string("as first asked") : watch_->resource_version());
+      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_, target_path(), ec.message(),
+                 resume_->lines->resource_version().empty() ? std::string("as first asked")
+                                                            : resume_->lines->resource_version());
     resume_connect();
   }
 
   void resume_connect() {
     // The deadline also bounds a connect or a response head that never comes.
-    resume_timer_.expires_at(resume_deadline_);
-    resume_timer_.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
+    resume_->timer.expires_at(resume_->deadline);
+    resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
-      if (self->log_) self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_,
-                                       self->target_path());
+      if (self->log_)
+        self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_, self->target_path());
       self->end_watch();
     });
     connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
@@ -1094,28 +1200,29 @@ class Session : public std::enable_shared_from_this<Session> {
     auto up = std::make_shared<Upstream>(std::move(stream), strand_);
     up_ = up;
     ++up->requests;
-    if (!client_head_) {
+    if (!resume_->client_head) {
       // Same head, new target: req_wire_ starts "METHOD TARGET HTTP/1.1".
-      resume_wire_ = req_wire_;
+      resume_->wire = req_wire_;
       const std::size_t start = head_.method.size() + 1;
-      resume_wire_.replace(start, head_.target.size(), watch_->resume_target());
+      resume_->wire.replace(start, head_.target.size(), resume_->lines->resume_target());
       return send_resume(std::move(up));
     }
     // The client's request again, with the new target, through the policy:
     // what it adds (the proxy's access token) is what holds now.
-    resume_head_ = *client_head_;
-    resume_head_.target = watch_->resume_target();
+    resume_->head = *resume_->client_head;
+    resume_->head.target = resume_->lines->resume_target();
     try {
-      policy_->on_request(resume_head_, [self = shared_from_this(), up, attempt = attempt_](Decision d) mutable {
-        asio::dispatch(self->strand_, [self, up = std::move(up), d = std::move(d), attempt]() mutable {
-          if (self->aborting_ || self->closing_ || attempt != self->attempt_) return;
+      policy_->on_request(resume_->head, [self = shared_from_this(), up, attempt = attempt_,
+                                          state = resume_](Decision d) mutable {
+        asio::dispatch(self->strand_, [self, up = std::move(up), d = std::move(d), attempt, state]() mutable {
+          if (self->aborting_ || self->closing_ || attempt != self->attempt_ || self->resume_ != state) return;
           if (!d.forward) {
             if (self->log_)
               self->log_->info("http {}: watch {} could not resume: the request was refused ({}): ending it",
                                self->peer_, self->target_path(), d.reply.status);
             return self->end_watch();
           }
-          if (!self->build_wire(self->resume_head_, self->resume_wire_)) return self->end_watch();
+          if (!self->build_wire(self->resume_->head, self->resume_->wire)) return self->end_watch();
           self->send_resume(std::move(up));
         });
       });
@@ -1126,7 +1233,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void send_resume(UpstreamPtr up) {
-    asio::async_write(up->io, asio::buffer(resume_wire_),
+    asio::async_write(up->io, asio::buffer(resume_->wire),
                       [self = shared_from_this(), up, attempt = attempt_](error_code ec, std::size_t) mutable {
                         if (self->aborting_ || attempt != self->attempt_) return;
                         if (ec) return self->retry_resume("write: " + ec.message());
@@ -1138,15 +1245,15 @@ class Session : public std::enable_shared_from_this<Session> {
     log_failure({}, "resuming the watch: " + why);
     drop_upstream("watch resume failed");
     ++attempt_;
-    if (Clock::now() + backoff_ >= resume_deadline_) {
+    if (Clock::now() + resume_->backoff >= resume_->deadline) {
       if (log_) log_->info("http {}: watch {} could not resume ({}): ending it", peer_,
                            target_path(), why);
       return end_watch();
     }
-    resume_timer_.expires_after(backoff_);
-    backoff_ = std::min(backoff_ * 2, recovery_.max_backoff);
-    resume_timer_.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
-      if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_) return;
+    resume_->timer.expires_after(resume_->backoff);
+    resume_->backoff = std::min(resume_->backoff * 2, recovery_.max_backoff);
+    resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
+      if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resume_) return;
       self->resume_connect();
     });
   }
@@ -1159,10 +1266,10 @@ class Session : public std::enable_shared_from_this<Session> {
         is_json_watch_body(field_value(p.get(), bhttp::field::content_type),
                            field_value(p.get(), bhttp::field::content_encoding))) {
       resuming_ = false;
-      resume_timer_.cancel();
+      resume_->timer.cancel();
       up_keep_alive_ = p.keep_alive();
       if (log_) log_->info("http {}: watch {} resumed", peer_, target_path());
-      if (p.is_done()) return write_response(std::move(up), false, watch_->feed({}, true), true);
+      if (p.is_done()) return write_response(std::move(up), false, resume_->lines->feed({}, true), true);
       return read_response_body(std::move(up), false);
     }
     // An upstream that cannot answer now may answer on the next attempt.
@@ -1170,13 +1277,13 @@ class Session : public std::enable_shared_from_this<Session> {
       return retry_resume("answered HTTP " + std::to_string(status));
     // Anything else (410 Gone: the version was compacted) ends the watch
     // with an ERROR event carrying the answer, as an API server would.
-    resume_body_.clear();
+    resume_->error_body.clear();
     read_resume_error(std::move(up), status);
   }
 
   void read_resume_error(UpstreamPtr up, unsigned status) {
     auto& p = *up->parser;
-    if (p.is_done() || resume_body_.size() >= kResumeErrorBody) return end_watch_with_error(status);
+    if (p.is_done() || resume_->error_body.size() >= kResumeErrorBody) return end_watch_with_error(status);
     auto& body = p.get().body();
     body.data = b_.for_read();
     body.size = b_.size;
@@ -1187,21 +1294,21 @@ class Session : public std::enable_shared_from_this<Session> {
       if (self->aborting_ || attempt != self->attempt_) return;
       if (ec == bhttp::error::need_buffer) ec = {};
       const std::size_t n = self->b_.size - up->parser->get().body().size;
-      self->resume_body_.append(self->b_buf(), n);
+      self->resume_->error_body.append(self->b_buf(), n);
       if (ec) return self->end_watch_with_error(status);
       self->read_resume_error(std::move(up), status);
     });
   }
 
   void end_watch_with_error(unsigned status) {
-    resume_timer_.cancel();
+    resume_->timer.cancel();
     drop_upstream("watch ended");
     if (log_) log_->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer_,
                          target_path(), status);
     resuming_ = false;
-    error_event_ = watch_error_event(status, resume_body_);
-    rec_.bytes_out += error_event_.size();
-    write_response(nullptr, false, error_event_, true);
+    resume_->error_event = watch_error_event(status, resume_->error_body);
+    rec_.bytes_out += resume_->error_event.size();
+    write_response(nullptr, false, resume_->error_event, true);
   }
 
   // Ends the chunked response cleanly, as an API server ends a watch at its
@@ -1217,7 +1324,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // ---- end of an exchange ---------------------------------------------------
 
   void maybe_finish() {
-    if (req_done_ && !res_done_) return watch_client();
+    if (req_done_ && !res_done_) {
+      release_request(false);
+      return watch_client();
+    }
     if (!req_done_ || !res_done_) return;
     if (upgrade_) return start_pipes();
     complete_record();
@@ -1227,6 +1337,19 @@ class Session : public std::enable_shared_from_this<Session> {
     else if (up_) watch_upstream(up_);
     if (close_after_) return close_session();
     wait_request();
+  }
+
+  // Once the request is read and forwarded and the response under way, a
+  // long response (a watch) keeps none of the request: no parser, no wire
+  // form (a retry can no longer happen), no response head once it is
+  // written (`head_written`).
+  void release_request(bool head_written) {
+    if (!req_done_ || !response_started_ || upgrade_ || head_.upgrade) return;
+    if (req_ && req_->is_done()) req_.reset();
+    std::vector<std::string_view>().swap(tokens_);
+    // A watch resumed without the client's head is the same request again.
+    if (!resume_ || resume_->client_head) std::string().swap(req_wire_);
+    if (head_written && !interim_) std::string().swap(res_wire_);
   }
 
   // While a response streams (a watch, `logs -f`) and the request is
@@ -1356,7 +1479,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // was read completely; otherwise the unread body forces a close.
   void reply_and_continue(Reply reply) {
     // A read still out here is watch_client's (the body was read completely).
-    const bool keep = client_keep_alive_ && req_->is_done() && !aborting_;
+    const bool keep = client_keep_alive_ && (!req_ || req_->is_done()) && !aborting_;
     if (!keep) return reply_and_close(std::move(reply));
     rec_.status = reply.status;
     serialize_reply(reply, false);
@@ -1390,7 +1513,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (closing_) return;
     closing_ = true;
     cancel_timer();
-    resume_timer_.cancel();
+    if (resume_) resume_->timer.cancel();
     release_upstream();
     auto self = shared_from_this();
     in_.stream()->async_shutdown_send([self](error_code ec) {
@@ -1549,6 +1672,12 @@ class Session : public std::enable_shared_from_this<Session> {
       return bytes.get();
     }
     char* data() { return bytes.get(); }
+    // Lets go of the bytes; the next read starts again at `first`.
+    void release() {
+      bytes.reset();
+      size = 0;
+      grow = false;
+    }
     void read(std::size_t n) {
       if (n == size && size < kPumpBufferBulk) grow = true;
     }
@@ -1587,23 +1716,28 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<spdlog::logger> log_;
   Recovery recovery_;
   asio::steady_timer timer_;
-  asio::steady_timer resume_timer_;  // backoff between attempts to resume a watch
   std::string peer_;
 
-  // The current request's watch, when it is one and watches resume.
-  std::optional<WatchEventLines> watch_;
+  // What a watch that may be resumed keeps; only such a watch has one.
+  struct ResumableWatch {
+    explicit ResumableWatch(const Strand& strand) : timer(strand) {}
+    std::optional<RequestHead> client_head;  // its head before the policy
+    std::optional<WatchEventLines> lines;    // once forwarded: its events, line by line
+    asio::steady_timer timer;                // backoff between attempts to resume
+    Clock::time_point deadline;
+    std::chrono::milliseconds backoff{};
+    RequestHead head;  // the resumed request, through the policy
+    std::string wire, error_body, error_event;
+  };
+  // Shared with a policy call for a resumed request, which holds its head.
+  std::shared_ptr<ResumableWatch> resume_;
   bool watch_live_ = false;  // its response is followed line by line
   bool resuming_ = false;    // between a break and the resumed response's head
-  Clock::time_point resume_deadline_;
-  std::chrono::milliseconds backoff_{};
-  std::string resume_wire_, resume_body_, error_event_;
 
   beast::flat_buffer in_buf_;
   std::array<char, kIdleRead> peek_{};
-  std::optional<bhttp::request_parser<bhttp::buffer_body>> req_;
+  std::unique_ptr<bhttp::request_parser<bhttp::buffer_body>> req_;
   RequestHead head_;
-  std::optional<RequestHead> client_head_;  // a watch's head before the policy, for its resumption
-  RequestHead resume_head_;
   std::vector<std::string_view> tokens_;
   std::string req_wire_, res_wire_;
   // Allocated on first use: most requests have no body, and a connection
@@ -1623,7 +1757,7 @@ class Session : public std::enable_shared_from_this<Session> {
   unsigned timer_gen_ = 0;
   std::uint64_t heads_read_ = 0;  // request heads read on this connection
   int pipes_open_ = 0;
-  bool req_chunked_ = false, req_has_body_ = false, client_keep_alive_ = true;
+  bool req_chunked_ = false, req_has_body_ = false, req_declared_length_ = false, client_keep_alive_ = true;
   bool req_done_ = false, res_done_ = false, res_chunked_ = false, interim_ = false;
   bool response_started_ = false, upgrade_ = false, up_keep_alive_ = true, close_after_ = false;
   bool request_failed_ = false, retried_ = false, aborting_ = false, closing_ = false;

@@ -1249,6 +1249,10 @@ void Virtual::on_headers_end(bool end_stream) {
   const bool bodiless = head_.method == "HEAD" || status_ == 204 || status_ == 304;
   head += response_head_;
   std::string().swap(response_head_);
+  // The final head came: the request is not submitted again, and a long
+  // response (a watch) keeps only its method and target (for logs).
+  std::vector<std::pair<std::string, std::string>>().swap(head_.headers);
+  std::string().swap(head_.authority);
   if (!bodiless && !has_length_) {
     if (end_stream)
       head += "Content-Length: 0\r\n";
@@ -1355,9 +1359,10 @@ void Virtual::deliver() {
   std::memcpy(read_buffer_.data(), out_.data() + out_pos_, n);
   out_pos_ += n;
   if (out_pos_ == out_.size()) {
-    out_.clear();
+    // Drained: a quiet response (a watch between events) holds no copy of
+    // what it delivered last.
+    std::string().swap(out_);
     out_pos_ = 0;
-    if (out_.capacity() > 4096) std::string().swap(out_);
   }
   // The window opens as the engine reads; framing bytes count as body here
   // (a few bytes per frame): the bound stays one window and a little.

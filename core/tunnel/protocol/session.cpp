@@ -50,6 +50,43 @@ std::shared_ptr<SessionClock> steady_session_clock() {
   return clock;
 }
 
+// A stream's received chunks, oldest first. A vector and a read position:
+// an empty queue holds no memory (std::deque allocates a 512-byte block on
+// construction, which every stream, idle ones included, would carry).
+class ChunkQueue {
+ public:
+  using Chunk = std::vector<std::uint8_t>;
+  bool empty() const { return head_ == items_.size(); }
+  std::size_t size() const { return items_.size() - head_; }
+  Chunk& front() { return items_[head_]; }
+  Chunk& back() { return items_.back(); }
+  Chunk& emplace_back(Chunk chunk) {
+    // Slots already read go before the vector grows.
+    if (head_ > 0 && items_.size() == items_.capacity()) {
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
+    }
+    return items_.emplace_back(std::move(chunk));
+  }
+  void pop_front() {
+    Chunk().swap(items_[head_]);
+    if (++head_ == items_.size()) {
+      items_.clear();
+      head_ = 0;
+    }
+  }
+  void clear() {
+    std::vector<Chunk>().swap(items_);
+    head_ = 0;
+  }
+  auto begin() const { return items_.begin() + static_cast<std::ptrdiff_t>(head_); }
+  auto end() const { return items_.end(); }
+
+ private:
+  std::vector<Chunk> items_;
+  std::size_t head_ = 0;
+};
+
 struct StreamState {
   enum class Phase { opening, pending_accept, open, done };
 
@@ -67,7 +104,7 @@ struct StreamState {
   std::size_t recv_unacked = 0;                         // read but not yet returned
 
   // Received bytes not yet read: at most the stream window.
-  std::deque<std::vector<std::uint8_t>> chunks;
+  ChunkQueue chunks;
   std::size_t front_offset = 0;
   std::size_t buffered = 0;
 

@@ -960,3 +960,51 @@ TEST_CASE("a policy may decide later, on another thread", "[http]") {
   // connection: it lets go while the I/O threads still run.
   policy->join();
 }
+
+TEST_CASE("a quiet watch waits with reads of a few bytes and no body buffer", "[http]") {
+  test::Latch quiet_seen, more_sent;
+  const std::string first = "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"resourceVersion\":\"1\"}}}\n";
+  const std::string second = "{\"type\":\"MODIFIED\",\"object\":{\"data\":\"" + std::string(3000, 'm') + "\"}}\n";
+  test::ScriptedUpstream up([&](Conn& c, int) {
+    if (!test::read_message(c)) return;
+    c.send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    c.send(chunk(first));
+    if (!quiet_seen.wait()) return;
+    // The next event in pieces: its chunk header alone, then the rest.
+    const std::string next = chunk(second);
+    c.send(next.substr(0, 3));
+    c.send(next.substr(3));
+    if (!more_sent.wait()) return;
+    c.send("0\r\n\r\n");
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /api/v1/configmaps?watch=true HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  REQUIRE(head->chunked);
+  bool failed = false;
+  CHECK(test::read_chunk(client, failed) == std::optional<std::string>(first));
+  // Between events the engine's reads on both sides only wait for bytes: a
+  // read buffer of the size of an event would be held for the whole watch.
+  REQUIRE(test::wait_until([&] {
+    const auto upstream = rig.upstream_reads->last_asked.load();
+    const auto client_side = rig.front->inbound_reads->last_asked.load();
+    return upstream > 0 && upstream <= 64 && client_side > 0 && client_side <= 64;
+  }));
+  quiet_seen.set();
+  std::string got;
+  while (got.size() < second.size()) {
+    auto c = test::read_chunk(client, failed);
+    if (!c) break;
+    got += *c;
+  }
+  CHECK(got == second);
+  more_sent.set();
+  CHECK_FALSE(test::read_chunk(client, failed));
+  CHECK_FALSE(failed);
+  auto records = rig.policy->records(1);
+  REQUIRE(records.size() == 1);
+  CHECK(records[0].status == 200);
+  CHECK(records[0].bytes_out == first.size() + second.size());
+}

@@ -365,3 +365,35 @@ TEST_CASE("session bulk stream CPU per GiB", "[.][session][cpu]") {
   report("read_some 256 KiB, 1 GiB", bulk(1025u << 20, 64 * 1024, 256 * 1024, false));
   report("read_some 16 KiB, 1 GiB", bulk(1025u << 20, 64 * 1024, 16 * 1024, false));
 }
+
+TEST_CASE("session idle streams: an open stream that received nothing holds no receive buffer", "[session][alloc]") {
+  // Bytes allocated (both sides) to open streams that then stay quiet, as
+  // held watches do: a queue for received bytes that allocates up front
+  // would add a block per stream on each side.
+  Rig rig;
+  constexpr int count = 200;
+  std::vector<TunnelStreamPtr> opened, accepted;
+  rig.on_accepted = [&](TunnelStreamPtr s) { accepted.push_back(std::move(s)); };
+  std::atomic<bool> done{false};
+  // The first stream pays for what a session allocates once.
+  std::atomic<bool> first{false};
+  rig.dialer->async_open({}, [&](error_code ec, TunnelStreamPtr s, std::string) {
+    if (!ec) opened.push_back(std::move(s));
+    first = true;
+  });
+  REQUIRE(rig.run(first));
+  const std::uint64_t mark = g_allocated_bytes.load();
+  int open_done = 0;
+  for (int i = 0; i < count; ++i)
+    rig.dialer->async_open({}, [&](error_code ec, TunnelStreamPtr s, std::string) {
+      if (!ec) opened.push_back(std::move(s));
+      if (++open_done == count) done = true;
+    });
+  REQUIRE(rig.run(done));
+  for (int i = 0; i < 100 && accepted.size() < count + 1; ++i) rig.io.run_for(10ms);
+  REQUIRE(accepted.size() == count + 1);
+  REQUIRE(opened.size() == count + 1);
+  const double per_stream = static_cast<double>(g_allocated_bytes.load() - mark) / count;
+  std::printf("idle stream: %.0f bytes allocated per stream (both sides)\n", per_stream);
+  CHECK(per_stream < 3200);
+}
