@@ -6,6 +6,7 @@
 #include <array>
 #include <memory>
 
+#include "clusterconnect/executor_dispatch.hpp"
 #include "clusterconnect/stream.hpp"
 
 #include <boost/asio/associated_executor.hpp>
@@ -41,7 +42,7 @@ class StreamAdapter {
           }
           if (first.size() == 0) {
             auto ex = asio::get_associated_executor(handler, executor_);
-            asio::post(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
+            post_on(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
             return;
           }
           stream_->async_read_some(first, wrap(std::move(handler)));
@@ -60,7 +61,7 @@ class StreamAdapter {
           }
           if (n == 0) {
             auto ex = asio::get_associated_executor(handler, executor_);
-            asio::post(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
+            post_on(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
             return;
           }
           stream_->async_write_some(std::span<const asio::const_buffer>(list.data(), n), wrap(std::move(handler)));
@@ -73,7 +74,7 @@ class StreamAdapter {
   IoHandler wrap(Handler handler) {
     auto ex = asio::get_associated_executor(handler, executor_);
     return [h = std::move(handler), ex](error_code ec, std::size_t n) mutable {
-      asio::dispatch(ex, [h = std::move(h), ec, n]() mutable { h(ec, n); });
+      dispatch_on(ex, [h = std::move(h), ec, n]() mutable { h(ec, n); });
     };
   }
 

@@ -3,19 +3,15 @@
 // move, call and destroy their callable exactly once.
 #include "clusterconnect/unique_function.hpp"
 
+#include "alloc_counter.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <array>
-#include <atomic>
-#include <cstdlib>
 #include <memory>
-#include <new>
 #include <string>
 
 namespace {
-
-// Heap allocations made by this test binary's operator new (all threads).
-std::atomic<long> g_allocations{0};
 
 struct Counts {
   int alive = 0;
@@ -48,26 +44,6 @@ using ThrowingMove = Probe<8, false>;
 
 }  // namespace
 
-// Every plain form is replaced so that each allocation pairs with its own
-// release (sanitizers check the pairing).
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  ++g_allocations;
-  return std::malloc(n == 0 ? 1 : n);
-}
-void* operator new[](std::size_t n, const std::nothrow_t& tag) noexcept { return operator new(n, tag); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-
 TEST_CASE("UniqueFunction holds a small callable inline and a large one on the heap", "[unique_function]") {
   STATIC_REQUIRE(Fn::stores_inline<Small>);
   STATIC_REQUIRE_FALSE(Fn::stores_inline<Large>);
@@ -77,13 +53,13 @@ TEST_CASE("UniqueFunction holds a small callable inline and a large one on the h
 
   Counts small_counts, large_counts;
   {
-    const long before = g_allocations.load();
+    const long before = allocations();
     Fn small{Small(&small_counts)};
-    CHECK(g_allocations.load() == before);  // no allocation for the inline callable
+    CHECK(allocations() == before);  // no allocation for the inline callable
     CHECK(small(1) == 17);
 
     Fn large{Large(&large_counts)};
-    CHECK(g_allocations.load() == before + 1);  // one for the heap callable
+    CHECK(allocations() == before + 1);  // one for the heap callable
     CHECK(large(1) == 201);
     CHECK(small_counts.alive == 1);
     CHECK(large_counts.alive == 1);
@@ -103,11 +79,11 @@ TEST_CASE("UniqueFunction moves its callable without copying or leaking it", "[u
     Fn c{ThrowingMove(&throwing_counts)};
     large_temporaries = large_counts.destroyed;
 
-    const long before = g_allocations.load();
+    const long before = allocations();
     Fn a2 = std::move(a);
     Fn b2 = std::move(b);
     Fn c2 = std::move(c);
-    CHECK(g_allocations.load() == before);  // moves never allocate
+    CHECK(allocations() == before);  // moves never allocate
     CHECK_FALSE(a);
     CHECK_FALSE(b);
     CHECK_FALSE(c);
