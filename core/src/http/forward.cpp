@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -148,6 +149,16 @@ bool valid_target(std::string_view t) {
   for (char c : t)
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
   return true;
+}
+
+// What a head's fields take on the wire ("Name: value\r\n" each), plus room
+// for the start line and the framing headers added here: a head is built in
+// one allocation (its buffer is shed while the connection waits).
+template <class Fields>
+std::size_t wire_size(const Fields& fields, std::size_t start_line) {
+  std::size_t n = start_line + 64;
+  for (const auto& f : fields) n += f.name_string().size() + f.value().size() + 4;
+  return n;
 }
 
 void append_header(std::string& out, std::string_view name, std::string_view value) {
@@ -536,6 +547,7 @@ class Session : public std::enable_shared_from_this<Session> {
     head_.target.assign(m.target());
     head_.version = m.version();
     head_.headers.clear();
+    head_.headers.reserve(static_cast<std::size_t>(std::distance(m.begin(), m.end())));
     head_.upgrade = false;
     head_.upgrade_protocol.clear();
     connection_tokens(m, tokens_);
@@ -603,6 +615,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool build_wire(const RequestHead& head, std::string& wire) {
     if (!valid_name(head.method) || !valid_target(head.target)) return false;
     wire.clear();
+    std::size_t size = head.method.size() + head.target.size() + 64 + head.upgrade_protocol.size();
+    for (const auto& h : head.headers) size += h.name.size() + h.value.size() + 4;
+    wire.reserve(size);
     wire.append(head.method);
     wire.push_back(' ');
     wire.append(head.target);
@@ -800,6 +815,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
     res_wire_.clear();
     std::string_view reason = m.reason();
+    res_wire_.reserve(wire_size(m, reason.size() + 16));
     append_status_line(res_wire_, status, reason.empty() || !valid_value(reason) ? reason_phrase(status) : reason);
     connection_tokens(m, tokens_);
     const bool bodiless = (status >= 100 && status < 200) || status == 204 || status == 304 || head_.method == "HEAD";
