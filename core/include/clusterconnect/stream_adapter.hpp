@@ -18,7 +18,10 @@ namespace clusterconnect {
 
 class StreamAdapter {
  public:
-  using executor_type = asio::any_io_executor;
+  // A concrete strand, not an any_io_executor: Asio's and Beast's composed
+  // operations take work on it once per step, which through the type-erased
+  // executor is a heap allocation each time.
+  using executor_type = IoStrand;
 
   StreamAdapter(StreamPtr stream, executor_type executor)
       : stream_(std::move(stream)), executor_(std::move(executor)) {}

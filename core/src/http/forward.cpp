@@ -39,6 +39,8 @@ namespace {
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using Strand = asio::strand<asio::io_context::executor_type>;
+// On the concrete strand: a timer on an any_io_executor allocates per wait.
+using StrandTimer = asio::basic_waitable_timer<std::chrono::steady_clock, asio::wait_traits<std::chrono::steady_clock>, Strand>;
 using Clock = std::chrono::steady_clock;
 
 // Body bytes moved per read: one TLS record's worth at first. Also the
@@ -197,7 +199,7 @@ Reply gateway_reply(std::string message) {
 // parser. Shared with pending operations so a retried or abandoned connection
 // never has its buffers reused underneath an operation still in flight.
 struct Upstream {
-  Upstream(StreamPtr s, asio::any_io_executor ex) : io(std::move(s), std::move(ex)) { buffer.reserve(kReadReserve); }
+  Upstream(StreamPtr s, Strand ex) : io(std::move(s), std::move(ex)) { buffer.reserve(kReadReserve); }
   StreamAdapter io;
   beast::flat_buffer buffer;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
@@ -412,7 +414,7 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
   PoolOptions options_;
   std::shared_ptr<spdlog::logger> log_;
   Strand timer_strand_;
-  asio::steady_timer timer_;
+  StrandTimer timer_;
   mutable std::mutex mu_;
   std::vector<Entry> idle_;  // oldest first
   std::uint64_t opened_ = 0, reused_ = 0;
@@ -1602,8 +1604,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Limits limits_;
   std::shared_ptr<spdlog::logger> log_;
   Recovery recovery_;
-  asio::steady_timer timer_;
-  asio::steady_timer resume_timer_;  // backoff between attempts to resume a watch
+  StrandTimer timer_;
+  StrandTimer resume_timer_;  // backoff between attempts to resume a watch
   std::string peer_;
 
   // The current request's watch, when it is one and watches resume.
