@@ -185,9 +185,16 @@ void TunnelStream::async_read_chunk(std::size_t max, ChunkHandler handler, std::
 }
 
 void TunnelStream::async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) {
-  std::vector<asio::const_buffer> copy(buffers.begin(), buffers.end());
-  dispatch_on(session_->strand_, [self = shared_from_this(), bufs = std::move(copy), h = std::move(handler)]() mutable {
-    self->session_->do_write(self->state_, std::move(bufs), std::move(h));
+  // The caller's list lives only for this call: kept here, without an
+  // allocation. A write_some may take fewer buffers than it was given.
+  std::array<asio::const_buffer, 16> copy;
+  std::size_t n = 0;
+  for (const auto& b : buffers) {
+    if (n == copy.size()) break;
+    copy[n++] = b;
+  }
+  dispatch_on(session_->strand_, [self = shared_from_this(), copy, n, h = std::move(handler)]() mutable {
+    self->session_->do_write(self->state_, std::span<const asio::const_buffer>(copy.data(), n), std::move(h));
   });
 }
 
@@ -806,7 +813,7 @@ void Session::do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffe
   complete_read(s);
 }
 
-void Session::do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler) {
+void Session::do_write(const std::shared_ptr<StreamState>& s, std::span<const asio::const_buffer> buffers, IoHandler handler) {
   error_code ec = s->reset_ec;
   if (!ec && s->local_fin) ec = asio::error::shut_down;
   if (!ec && s->write_handler) ec = asio::error::in_progress;
@@ -820,7 +827,7 @@ void Session::do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::
     post_on(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
     return;
   }
-  s->write_bufs = std::move(buffers);
+  s->write_bufs.assign(buffers.begin(), buffers.end());  // the list's storage serves the stream's next writes
   s->write_handler = std::move(handler);
   s->write_left = total;
   s->write_taken = 0;
