@@ -40,7 +40,8 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using Strand = asio::strand<asio::io_context::executor_type>;
 // On the concrete strand: a timer on an any_io_executor allocates per wait.
-using StrandTimer = asio::basic_waitable_timer<std::chrono::steady_clock, asio::wait_traits<std::chrono::steady_clock>, Strand>;
+using StrandTimer =
+    asio::basic_waitable_timer<std::chrono::steady_clock, asio::wait_traits<std::chrono::steady_clock>, Strand>;
 using Clock = std::chrono::steady_clock;
 
 // Body bytes moved per read: one TLS record's worth at first. Also the

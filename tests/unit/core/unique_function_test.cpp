@@ -115,7 +115,8 @@ TEST_CASE("UniqueFunction moves its callable without copying or leaking it", "[u
   CHECK(large_counts.destroyed == large_temporaries + 1);  // the heap callable itself was never moved
 }
 
-TEST_CASE("UniqueFunction takes move-only captures and passes arguments by value and by reference", "[unique_function]") {
+TEST_CASE("UniqueFunction takes move-only captures and passes arguments by value and by reference",
+          "[unique_function]") {
   auto owned = std::make_unique<int>(41);
   int* seen = owned.get();
   clusterconnect::UniqueFunction<int(std::unique_ptr<int>, std::string&)> f =
