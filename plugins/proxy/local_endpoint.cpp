@@ -63,7 +63,7 @@ void LocalPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::
     }
     head.set("Authorization", "Bearer " + signed_request.value());
   } else {
-    head.set("Authorization", "Bearer " + token_->get());
+    head.set("Authorization", token_->bearer());
   }
   d.forward = true;
   done(std::move(d));
@@ -85,8 +85,9 @@ void LocalPolicy::on_complete(const http::ExchangeRecord& r) noexcept {
     if (--in_flight_ == 0) idle_.notify_all();
   }
   try {
-    logger_->debug("{} {} -> {} ({} bytes, {} us)", r.method, r.target.substr(0, r.target.find('?')), r.status,
-                   r.bytes_out, r.duration.count());
+    // A view of the target: no copy per request when debug logging is off.
+    logger_->debug("{} {} -> {} ({} bytes, {} us)", r.method, std::string_view(r.target).substr(0, r.target.find('?')),
+                   r.status, r.bytes_out, r.duration.count());
   } catch (...) {
   }
 }

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "clusterconnect/credential.hpp"
 #include "clusterconnect/http/forward.hpp"
@@ -27,6 +28,15 @@ class ForwardedToken {
   std::string get() const {
     std::lock_guard lock(mutex_);
     return token_;
+  }
+  // "Bearer <token>", built in one allocation (once per forwarded request).
+  std::string bearer() const {
+    static constexpr std::string_view scheme = "Bearer ";
+    std::string out;
+    std::lock_guard lock(mutex_);
+    out.reserve(scheme.size() + token_.size());
+    out.append(scheme).append(token_);
+    return out;
   }
 
  private:

@@ -6,6 +6,7 @@
 #include <array>
 #include <memory>
 
+#include "clusterconnect/executor_dispatch.hpp"
 #include "clusterconnect/stream.hpp"
 
 #include <boost/asio/associated_executor.hpp>
@@ -17,7 +18,10 @@ namespace clusterconnect {
 
 class StreamAdapter {
  public:
-  using executor_type = asio::any_io_executor;
+  // A concrete strand, not an any_io_executor: Asio's and Beast's composed
+  // operations take work on it once per step, which through the type-erased
+  // executor is a heap allocation each time.
+  using executor_type = IoStrand;
 
   StreamAdapter(StreamPtr stream, executor_type executor)
       : stream_(std::move(stream)), executor_(std::move(executor)) {}
@@ -41,7 +45,7 @@ class StreamAdapter {
           }
           if (first.size() == 0) {
             auto ex = asio::get_associated_executor(handler, executor_);
-            asio::post(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
+            post_on(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
             return;
           }
           stream_->async_read_some(first, wrap(std::move(handler)));
@@ -60,7 +64,7 @@ class StreamAdapter {
           }
           if (n == 0) {
             auto ex = asio::get_associated_executor(handler, executor_);
-            asio::post(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
+            post_on(ex, [h = std::move(handler)]() mutable { h(error_code{}, 0); });
             return;
           }
           stream_->async_write_some(std::span<const asio::const_buffer>(list.data(), n), wrap(std::move(handler)));
@@ -73,7 +77,7 @@ class StreamAdapter {
   IoHandler wrap(Handler handler) {
     auto ex = asio::get_associated_executor(handler, executor_);
     return [h = std::move(handler), ex](error_code ec, std::size_t n) mutable {
-      asio::dispatch(ex, [h = std::move(h), ec, n]() mutable { h(ec, n); });
+      dispatch_on(ex, [h = std::move(h), ec, n]() mutable { h(ec, n); });
     };
   }
 

@@ -32,6 +32,7 @@
 #include <boost/asio/ssl/stream_base.hpp>
 
 #include "clusterconnect/asio_fwd.hpp"
+#include "clusterconnect/executor_dispatch.hpp"
 #include "clusterconnect/unique_function.hpp"
 
 namespace boost::asio::ssl {
@@ -68,7 +69,7 @@ class TlsSocket {
   template <typename Handler>
   auto async_handshake(handshake_type type, Handler&& handler) {
     return asio::async_initiate<Handler, void(error_code)>(
-        [this](auto h, handshake_type t) { start_handshake(t, bind_handler(std::move(h))); }, handler, type);
+        [this](auto h, handshake_type t) { start_handshake(t, bind_handler<void(error_code)>(std::move(h))); }, handler, type);
   }
 
   // Reads into the first non-empty buffer: whole records already received,
@@ -82,7 +83,7 @@ class TlsSocket {
             first = asio::mutable_buffer(*it);
             if (first.size() > 0) break;
           }
-          start_read(first, bind_handler(std::move(h)));
+          start_read(first, bind_handler<void(error_code, std::size_t)>(std::move(h)));
         },
         handler, buffers);
   }
@@ -100,7 +101,7 @@ class TlsSocket {
             if (pieces.count == Pieces::capacity) break;
             pieces.at[pieces.count++] = one;
           }
-          start_write(pieces, bind_handler(std::move(h)));
+          start_write(pieces, bind_handler<void(error_code, std::size_t)>(std::move(h)));
         },
         handler, buffers);
   }
@@ -110,7 +111,7 @@ class TlsSocket {
   template <typename Handler>
   auto async_shutdown_send(Handler&& handler) {
     return asio::async_initiate<Handler, void(error_code)>(
-        [this](auto h) { start_shutdown_send(bind_handler(std::move(h))); }, handler);
+        [this](auto h) { start_shutdown_send(bind_handler<void(error_code)>(std::move(h))); }, handler);
   }
 
   // Plaintext bytes of records received and decrypted but not read yet.
@@ -130,14 +131,15 @@ class TlsSocket {
   };
 
   // A completion that runs the handler on its own executor, or directly
-  // when that is the socket's (the common case: no extra hop).
-  template <typename H>
-  auto bind_handler(H h) {
+  // when that is the socket's (the common case: no extra hop, and the
+  // handler alone is what the completion holds).
+  template <typename Signature, typename H>
+  UniqueFunction<Signature> bind_handler(H h) {
     auto ex = asio::get_associated_executor(h, get_executor());
-    return [h = std::move(h), ex, mine = get_executor()](auto... args) mutable {
-      if (ex == mine) return h(args...);
-      asio::dispatch(ex, [h = std::move(h), args...]() mutable { h(args...); });
-    };
+    if (same_executor(ex, get_executor())) return UniqueFunction<Signature>(std::move(h));
+    return UniqueFunction<Signature>([h = std::move(h), ex](auto... args) mutable {
+      dispatch_on(ex, [h = std::move(h), args...]() mutable { h(args...); });
+    });
   }
 
   void start_handshake(handshake_type type, UniqueFunction<void(error_code)> done);

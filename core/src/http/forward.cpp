@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdio>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -39,6 +40,9 @@ namespace {
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using Strand = asio::strand<asio::io_context::executor_type>;
+// On the concrete strand: a timer on an any_io_executor allocates per wait.
+using StrandTimer =
+    asio::basic_waitable_timer<std::chrono::steady_clock, asio::wait_traits<std::chrono::steady_clock>, Strand>;
 using Clock = std::chrono::steady_clock;
 
 // Body bytes moved per read: one TLS record's worth at first. Also the
@@ -153,6 +157,16 @@ bool valid_target(std::string_view t) {
   return true;
 }
 
+// What a head's fields take on the wire ("Name: value\r\n" each), plus room
+// for the start line and the framing headers added here: a head is built in
+// one allocation (its buffer is shed while the connection waits).
+template <class Fields>
+std::size_t wire_size(const Fields& fields, std::size_t start_line) {
+  std::size_t n = start_line + 64;
+  for (const auto& f : fields) n += f.name_string().size() + f.value().size() + 4;
+  return n;
+}
+
 void append_header(std::string& out, std::string_view name, std::string_view value) {
   out.append(name);
   out.append(": ");
@@ -189,7 +203,7 @@ Reply gateway_reply(std::string message) {
 // parser. Shared with pending operations so a retried or abandoned connection
 // never has its buffers reused underneath an operation still in flight.
 struct Upstream {
-  Upstream(StreamPtr s, asio::any_io_executor ex) : io(std::move(s), std::move(ex)) { buffer.reserve(kReadReserve); }
+  Upstream(StreamPtr s, Strand ex) : io(std::move(s), std::move(ex)) { buffer.reserve(kReadReserve); }
   StreamAdapter io;
   beast::flat_buffer buffer;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
@@ -410,7 +424,7 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
   PoolOptions options_;
   std::shared_ptr<spdlog::logger> log_;
   Strand timer_strand_;
-  asio::steady_timer timer_;
+  StrandTimer timer_;
   mutable std::mutex mu_;
   std::vector<Entry> idle_;  // oldest first
   std::uint64_t opened_ = 0, reused_ = 0;
@@ -542,6 +556,7 @@ class Session : public std::enable_shared_from_this<Session> {
     head_.target.assign(m.target());
     head_.version = m.version();
     head_.headers.clear();
+    head_.headers.reserve(static_cast<std::size_t>(std::distance(m.begin(), m.end())));
     head_.upgrade = false;
     head_.upgrade_protocol.clear();
     connection_tokens(m, tokens_);
@@ -621,6 +636,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool build_wire(const RequestHead& head, std::string& wire) {
     if (!valid_name(head.method) || !valid_target(head.target)) return false;
     wire.clear();
+    std::size_t size = head.method.size() + head.target.size() + 64 + head.upgrade_protocol.size();
+    for (const auto& h : head.headers) size += h.name.size() + h.value.size() + 4;
+    wire.reserve(size);
     wire.append(head.method);
     wire.push_back(' ');
     wire.append(head.target);
@@ -821,6 +839,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
     res_wire_.clear();
     std::string_view reason = m.reason();
+    res_wire_.reserve(wire_size(m, reason.size() + 16));
     append_status_line(res_wire_, status, reason.empty() || !valid_value(reason) ? reason_phrase(status) : reason);
     connection_tokens(m, tokens_);
     const bool bodiless = (status >= 100 && status < 200) || status == 204 || status == 304 || head_.method == "HEAD";
@@ -1715,7 +1734,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Limits limits_;
   std::shared_ptr<spdlog::logger> log_;
   Recovery recovery_;
-  asio::steady_timer timer_;
+  StrandTimer timer_;
   std::string peer_;
 
   // What a watch that may be resumed keeps; only such a watch has one.
@@ -1723,7 +1742,7 @@ class Session : public std::enable_shared_from_this<Session> {
     explicit ResumableWatch(const Strand& strand) : timer(strand) {}
     std::optional<RequestHead> client_head;  // its head before the policy
     std::optional<WatchEventLines> lines;    // once forwarded: its events, line by line
-    asio::steady_timer timer;                // backoff between attempts to resume
+    StrandTimer timer;                       // backoff between attempts to resume
     Clock::time_point deadline;
     std::chrono::milliseconds backoff{};
     RequestHead head;  // the resumed request, through the policy

@@ -129,7 +129,7 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
 
   template <typename F>
   void later(F f) {
-    asio::post(socket.get_executor(), std::move(f));
+    post_on(socket.get_executor(), std::move(f));
   }
 
   // Runs a completion now if we are in a handler of our own, else from the executor.
@@ -176,6 +176,12 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
     auto waiters = std::move(on_drained);
     on_drained.clear();
     for (auto& w : waiters) complete([w = std::move(w), ec]() mutable { w(ec); });
+    // The list's storage serves the next write (one waiter each, usually)
+    // unless a waiter that ran meanwhile queued another.
+    if (on_drained.empty()) {
+      waiters.clear();
+      on_drained.swap(waiters);
+    }
   }
 
   // Sends what is buffered; runs the drain waiters once all of it is gone.

@@ -38,7 +38,7 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   asio::any_io_executor get_executor() override { return ssl_.get_executor(); }
 
   void async_read_some(asio::mutable_buffer buffer, IoHandler handler) override {
-    asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
+    dispatch_on(ssl_.get_executor(), [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
       // TlsSocket reads on while records have arrived and the buffer has room.
       self->ssl_.async_read_some(asio::buffer(buffer), [h = std::move(h)](error_code ec, std::size_t n) mutable {
         // A peer that closes TCP without close_notify: see tls.hpp.
@@ -59,13 +59,13 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
       out[n++] = b;
       bytes += b.size();
     }
-    asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), out, bytes, h = std::move(handler)]() mutable {
+    dispatch_on(ssl_.get_executor(), [self = shared_from_this(), out, bytes, h = std::move(handler)]() mutable {
       if (bytes == 0) {
-        asio::post(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(error_code{}, 0); });
+        post_on(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(error_code{}, 0); });
         return;
       }
       if (self->shutdown_sent_) {
-        asio::post(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(asio::error::shut_down, 0); });
+        post_on(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(asio::error::shut_down, 0); });
         return;
       }
       // The whole buffers; each TlsSocket write sends its records together.
@@ -76,14 +76,14 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   }
 
   void async_shutdown_send(DoneHandler handler) override {
-    asio::dispatch(ssl_.get_executor(), [self = shared_from_this(), h = std::move(handler)]() mutable {
+    dispatch_on(ssl_.get_executor(), [self = shared_from_this(), h = std::move(handler)]() mutable {
       self->do_shutdown_send(std::move(h));
     });
   }
 
   void reset(std::string_view) noexcept override {
     try {
-      asio::dispatch(ssl_.get_executor(), [self = shared_from_this()] {
+      dispatch_on(ssl_.get_executor(), [self = shared_from_this()] {
         error_code ignored;
         self->ssl_.lowest_layer().close(ignored);
       });
@@ -99,7 +99,7 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   // close_notify is not waited for: that would race the stream's own read).
   void do_shutdown_send(DoneHandler handler) {
     if (shutdown_sent_) {
-      asio::post(ssl_.get_executor(), [h = std::move(handler)]() mutable { h(error_code{}); });
+      post_on(ssl_.get_executor(), [h = std::move(handler)]() mutable { h(error_code{}); });
       return;
     }
     shutdown_sent_ = true;

@@ -1,5 +1,7 @@
 #include "session.hpp"
 
+#include "clusterconnect/executor_dispatch.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -197,7 +199,7 @@ TunnelStream::TunnelStream(std::shared_ptr<Session> session, std::shared_ptr<Str
 
 TunnelStream::~TunnelStream() {
   try {
-    asio::post(session_->strand_, [session = session_, state = state_] {
+    post_on(session_->strand_, [session = session_, state = state_] {
       session->do_reset(state, RstCode::cancel, "stream abandoned", true);
     });
   } catch (...) {
@@ -207,27 +209,34 @@ TunnelStream::~TunnelStream() {
 asio::any_io_executor TunnelStream::get_executor() { return session_->strand_; }
 
 void TunnelStream::async_read_some(asio::mutable_buffer buffer, IoHandler handler) {
-  asio::dispatch(session_->strand_, [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
+  dispatch_on(session_->strand_, [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
     self->session_->do_read(self->state_, buffer, std::move(h));
   });
 }
 
 void TunnelStream::async_read_chunk(std::size_t max, ChunkHandler handler, std::vector<std::uint8_t> spent) {
-  asio::dispatch(session_->strand_,
+  dispatch_on(session_->strand_,
                  [self = shared_from_this(), max, h = std::move(handler), spent = std::move(spent)]() mutable {
                    self->session_->do_read_chunk(self->state_, max, std::move(h), std::move(spent));
                  });
 }
 
 void TunnelStream::async_write_some(std::span<const asio::const_buffer> buffers, IoHandler handler) {
-  std::vector<asio::const_buffer> copy(buffers.begin(), buffers.end());
-  asio::dispatch(session_->strand_, [self = shared_from_this(), bufs = std::move(copy), h = std::move(handler)]() mutable {
-    self->session_->do_write(self->state_, std::move(bufs), std::move(h));
+  // The caller's list lives only for this call: kept here, without an
+  // allocation. A write_some may take fewer buffers than it was given.
+  std::array<asio::const_buffer, 16> copy;
+  std::size_t n = 0;
+  for (const auto& b : buffers) {
+    if (n == copy.size()) break;
+    copy[n++] = b;
+  }
+  dispatch_on(session_->strand_, [self = shared_from_this(), copy, n, h = std::move(handler)]() mutable {
+    self->session_->do_write(self->state_, std::span<const asio::const_buffer>(copy.data(), n), std::move(h));
   });
 }
 
 void TunnelStream::async_shutdown_send(DoneHandler handler) {
-  asio::dispatch(session_->strand_, [self = shared_from_this(), h = std::move(handler)]() mutable {
+  dispatch_on(session_->strand_, [self = shared_from_this(), h = std::move(handler)]() mutable {
     self->session_->do_shutdown(self->state_, std::move(h));
   });
 }
@@ -236,7 +245,7 @@ void TunnelStream::reset(std::string_view reason) noexcept { reset(RstCode::canc
 
 void TunnelStream::reset(RstCode code, std::string_view reason) noexcept {
   try {
-    asio::dispatch(session_->strand_, [session = session_, state = state_, code, r = std::string(reason)]() mutable {
+    dispatch_on(session_->strand_, [session = session_, state = state_, code, r = std::string(reason)]() mutable {
       session->do_reset(state, code, std::move(r), false);
     });
   } catch (...) {
@@ -245,7 +254,7 @@ void TunnelStream::reset(RstCode code, std::string_view reason) noexcept {
 
 void TunnelStream::accept() noexcept {
   try {
-    asio::dispatch(session_->strand_, [session = session_, state = state_] { session->do_accept(state); });
+    dispatch_on(session_->strand_, [session = session_, state = state_] { session->do_accept(state); });
   } catch (...) {
   }
 }
@@ -281,7 +290,7 @@ Session::~Session() = default;
 void Session::start() {
   // Usable at once: opens issued after start() queue behind it on the strand.
   usable_.store(true, std::memory_order_relaxed);
-  asio::dispatch(strand_, [self = shared_from_this()] {
+  dispatch_on(strand_, [self = shared_from_this()] {
     auto& m = *self->impl_;
     if (m.started || m.closed) return;
     m.started = true;
@@ -309,10 +318,10 @@ bool Session::is_peer_id(StreamId id) const noexcept {
 }
 
 void Session::async_open(Metadata metadata, OpenCallback callback) {
-  asio::dispatch(strand_, [self = shared_from_this(), md = std::move(metadata), cb = std::move(callback)]() mutable {
+  dispatch_on(strand_, [self = shared_from_this(), md = std::move(metadata), cb = std::move(callback)]() mutable {
     auto& m = *self->impl_;
     auto refuse = [&](error_code ec, std::string reason) {
-      asio::post(self->strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, nullptr, std::move(reason)); });
+      post_on(self->strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, nullptr, std::move(reason)); });
     };
     if (m.closed) return refuse(asio::error::not_connected, "tunnel closed: " + m.close_reason);
     if (m.goaway_sent || m.peer_goaway || m.ids_exhausted) return refuse(asio::error::connection_refused, "tunnel is draining");
@@ -352,17 +361,17 @@ void Session::async_open(Metadata metadata, OpenCallback callback) {
       s->pending_handle.reset();
       self->finish_stream(s);
       self->flush();
-      asio::post(self->strand_, [cb = std::move(cb)]() mutable { cb(asio::error::timed_out, nullptr, "open timed out"); });
+      post_on(self->strand_, [cb = std::move(cb)]() mutable { cb(asio::error::timed_out, nullptr, "open timed out"); });
     });
     self->flush();
   });
 }
 
 void Session::async_renew(std::string token, RenewCallback callback) {
-  asio::dispatch(strand_, [self = shared_from_this(), token = std::move(token), cb = std::move(callback)]() mutable {
+  dispatch_on(strand_, [self = shared_from_this(), token = std::move(token), cb = std::move(callback)]() mutable {
     auto& m = *self->impl_;
     auto refuse = [&](error_code ec, std::string reason) {
-      asio::post(self->strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, std::move(reason)); });
+      post_on(self->strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, std::move(reason)); });
     };
     if (m.closed) return refuse(asio::error::not_connected, "tunnel closed: " + m.close_reason);
     if (self->options_.role != Role::dialer || !self->options_.peer_accepts_renew)
@@ -377,7 +386,7 @@ void Session::async_renew(std::string token, RenewCallback callback) {
 }
 
 void Session::goaway(std::string reason) {
-  asio::dispatch(strand_, [self = shared_from_this(), reason = std::move(reason)] {
+  dispatch_on(strand_, [self = shared_from_this(), reason = std::move(reason)] {
     auto& m = *self->impl_;
     if (m.closed || m.goaway_sent) return;
     m.goaway_sent = true;
@@ -389,7 +398,7 @@ void Session::goaway(std::string reason) {
 }
 
 void Session::close(std::string reason) {
-  asio::dispatch(strand_, [self = shared_from_this(), reason = std::move(reason)]() mutable { self->fail(std::move(reason), false); });
+  dispatch_on(strand_, [self = shared_from_this(), reason = std::move(reason)]() mutable { self->fail(std::move(reason), false); });
 }
 
 // ---------------------------------------------------------------------------
@@ -477,7 +486,7 @@ bool Session::on_open(const Frame& f) {
       if (s->open_timer) s->open_timer->cancel();
       auto handle = std::move(s->pending_handle);
       auto cb = std::move(s->open_cb);
-      asio::post(strand_, [cb = std::move(cb), handle = std::move(handle)]() mutable { cb({}, std::move(handle), {}); });
+      post_on(strand_, [cb = std::move(cb), handle = std::move(handle)]() mutable { cb({}, std::move(handle), {}); });
       return true;
     }
     // An ACK racing our own RST (open timeout) is harmless.
@@ -559,13 +568,13 @@ std::span<const std::uint8_t> Session::deliver_direct(const std::shared_ptr<Stre
     s->read_filled += k;
     if (!s->read_posted) {
       s->read_posted = true;
-      asio::post(strand_, [self = shared_from_this(), s] { self->finish_direct_read(s); });
+      post_on(strand_, [self = shared_from_this(), s] { self->finish_direct_read(s); });
     }
   } else if (s->chunk_handler) {
     k = std::min(s->chunk_max, bytes.size());
     auto out = take_chunk(k);
     out.assign(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(k));
-    asio::post(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
+    post_on(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
     s->chunk_handler = nullptr;
   } else {
     return bytes;
@@ -656,7 +665,7 @@ bool Session::on_rst(const Frame& f) {
     auto cb = std::move(s->open_cb);
     s->pending_handle.reset();
     finish_stream(s);
-    asio::post(strand_, [cb = std::move(cb), reason = std::move(cr.reason)]() mutable {
+    post_on(strand_, [cb = std::move(cb), reason = std::move(cr.reason)]() mutable {
       cb(asio::error::connection_refused, nullptr, reason.empty() ? "stream refused by the peer" : std::move(reason));
     });
     return true;
@@ -683,7 +692,7 @@ bool Session::on_renew(const Frame& f) {
     }
     if (auto cb = std::move(m.renew_cb)) {
       m.renew_cb = nullptr;
-      asio::post(strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, std::move(reason)); });
+      post_on(strand_, [cb = std::move(cb), ec, reason = std::move(reason)]() mutable { cb(ec, std::move(reason)); });
     }
     return true;
   }
@@ -731,15 +740,15 @@ void Session::complete_read(const std::shared_ptr<StreamState>& s) {
       }
     }
     s->buffered -= got;
-    asio::post(strand_, [h = std::move(s->read_handler), got]() mutable { h({}, got); });
+    post_on(strand_, [h = std::move(s->read_handler), got]() mutable { h({}, got); });
     consumed(s, got);
     flush();
     return;
   }
   if (s->reset_ec) {
-    asio::post(strand_, [h = std::move(s->read_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
+    post_on(strand_, [h = std::move(s->read_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
   } else if (s->remote_fin) {
-    asio::post(strand_, [h = std::move(s->read_handler)]() mutable { h(asio::error::eof, 0); });
+    post_on(strand_, [h = std::move(s->read_handler)]() mutable { h(asio::error::eof, 0); });
   }
 }
 
@@ -769,15 +778,15 @@ void Session::complete_chunk_read(const std::shared_ptr<StreamState>& s) {
     }
     const std::size_t got = out.size();
     s->buffered -= got;
-    asio::post(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
+    post_on(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
     consumed(s, got);
     flush();
     return;
   }
   if (s->reset_ec) {
-    asio::post(strand_, [h = std::move(s->chunk_handler), ec = s->reset_ec]() mutable { h(ec, {}); });
+    post_on(strand_, [h = std::move(s->chunk_handler), ec = s->reset_ec]() mutable { h(ec, {}); });
   } else if (s->remote_fin) {
-    asio::post(strand_, [h = std::move(s->chunk_handler)]() mutable { h(asio::error::eof, {}); });
+    post_on(strand_, [h = std::move(s->chunk_handler)]() mutable { h(asio::error::eof, {}); });
   }
 }
 
@@ -815,11 +824,11 @@ void Session::do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t m
                             std::vector<std::uint8_t> spent) {
   if (spent.capacity() > 0) recycle_chunk(std::move(spent));
   if (s->read_handler || s->chunk_handler) {
-    asio::post(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, {}); });
+    post_on(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, {}); });
     return;
   }
   if (max == 0) {
-    asio::post(strand_, [h = std::move(handler)]() mutable { h({}, {}); });
+    post_on(strand_, [h = std::move(handler)]() mutable { h({}, {}); });
     return;
   }
   s->chunk_max = max;
@@ -829,11 +838,11 @@ void Session::do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t m
 
 void Session::do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler) {
   if (s->read_handler || s->chunk_handler) {
-    asio::post(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, 0); });
+    post_on(strand_, [h = std::move(handler)]() mutable { h(asio::error::in_progress, 0); });
     return;
   }
   if (buffer.size() == 0) {
-    asio::post(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
+    post_on(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
     return;
   }
   s->read_buf = buffer;
@@ -841,21 +850,21 @@ void Session::do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffe
   complete_read(s);
 }
 
-void Session::do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler) {
+void Session::do_write(const std::shared_ptr<StreamState>& s, std::span<const asio::const_buffer> buffers, IoHandler handler) {
   error_code ec = s->reset_ec;
   if (!ec && s->local_fin) ec = asio::error::shut_down;
   if (!ec && s->write_handler) ec = asio::error::in_progress;
   if (ec) {
-    asio::post(strand_, [h = std::move(handler), ec]() mutable { h(ec, 0); });
+    post_on(strand_, [h = std::move(handler), ec]() mutable { h(ec, 0); });
     return;
   }
   std::size_t total = 0;
   for (const auto& b : buffers) total += b.size();
   if (total == 0) {
-    asio::post(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
+    post_on(strand_, [h = std::move(handler)]() mutable { h({}, 0); });
     return;
   }
-  s->write_bufs = std::move(buffers);
+  s->write_bufs.assign(buffers.begin(), buffers.end());  // the list's storage serves the stream's next writes
   s->write_handler = std::move(handler);
   s->write_left = total;
   s->write_taken = 0;
@@ -955,14 +964,14 @@ void Session::complete_write(const std::shared_ptr<StreamState>& s) {
   s->write_taken = 0;
   s->write_left = 0;
   s->write_bufs.clear();
-  asio::post(strand_, [h = std::move(s->write_handler), written]() mutable { h({}, written); });
+  post_on(strand_, [h = std::move(s->write_handler), written]() mutable { h({}, written); });
   s->write_handler = nullptr;
   if (s->shutdown_handler) {
     // Into the control queue: a later message than this stream's data, and it
     // keeps the queue non-empty so a drained tunnel closes only after it.
     encode_fin(out_for(frame_header_size), s->id);
     s->local_fin = true;
-    asio::post(strand_, [h = std::move(s->shutdown_handler)]() mutable { h({}); });
+    post_on(strand_, [h = std::move(s->shutdown_handler)]() mutable { h({}); });
     s->shutdown_handler = nullptr;
     if (s->remote_fin) finish_stream(s);
   }
@@ -972,7 +981,7 @@ void Session::do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler han
   error_code ec = s->reset_ec;
   if (!ec && s->shutdown_handler) ec = asio::error::in_progress;
   if (ec || s->local_fin) {
-    asio::post(strand_, [h = std::move(handler), ec]() mutable { h(ec); });
+    post_on(strand_, [h = std::move(handler), ec]() mutable { h(ec); });
     return;
   }
   if (s->write_handler || s->phase != StreamState::Phase::open) {
@@ -981,7 +990,7 @@ void Session::do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler han
   }
   encode_fin(out_for(frame_header_size), s->id);
   s->local_fin = true;
-  asio::post(strand_, [h = std::move(handler)]() mutable { h({}); });
+  post_on(strand_, [h = std::move(handler)]() mutable { h({}); });
   if (s->remote_fin) finish_stream(s);
   flush();
 }
@@ -1022,10 +1031,10 @@ void Session::do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std:
 void Session::fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec) {
   // A read already filled completes with its bytes; the next one fails.
   if (s->read_handler && !s->read_posted)
-    asio::post(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
-  if (s->chunk_handler) asio::post(strand_, [h = std::move(s->chunk_handler), ec]() mutable { h(ec, {}); });
-  if (s->write_handler) asio::post(strand_, [h = std::move(s->write_handler), ec]() mutable { h(ec, 0); });
-  if (s->shutdown_handler) asio::post(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
+    post_on(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
+  if (s->chunk_handler) post_on(strand_, [h = std::move(s->chunk_handler), ec]() mutable { h(ec, {}); });
+  if (s->write_handler) post_on(strand_, [h = std::move(s->write_handler), ec]() mutable { h(ec, 0); });
+  if (s->shutdown_handler) post_on(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
   s->write_bufs.clear();
 }
 
@@ -1218,7 +1227,7 @@ void Session::fail(std::string reason, bool protocol) {
     if (s->phase == StreamState::Phase::opening) {
       auto cb = std::move(s->open_cb);
       s->pending_handle.reset();
-      asio::post(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable {
+      post_on(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable {
         cb(asio::error::connection_aborted, nullptr, std::move(r));
       });
     } else {
@@ -1233,7 +1242,7 @@ void Session::fail(std::string reason, bool protocol) {
   }
   if (auto cb = std::move(m.renew_cb)) {
     m.renew_cb = nullptr;
-    asio::post(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable { cb(asio::error::not_connected, std::move(r)); });
+    post_on(strand_, [cb = std::move(cb), r = "tunnel closed: " + reason]() mutable { cb(asio::error::not_connected, std::move(r)); });
   }
   if (auto h = std::move(closed_handler_)) {
     closed_handler_ = nullptr;

@@ -197,7 +197,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void do_read(const std::shared_ptr<StreamState>& s, asio::mutable_buffer buffer, IoHandler handler);
   void do_read_chunk(const std::shared_ptr<StreamState>& s, std::size_t max, TunnelStream::ChunkHandler handler,
                      std::vector<std::uint8_t> spent);
-  void do_write(const std::shared_ptr<StreamState>& s, std::vector<asio::const_buffer> buffers, IoHandler handler);
+  void do_write(const std::shared_ptr<StreamState>& s, std::span<const asio::const_buffer> buffers, IoHandler handler);
   void do_shutdown(const std::shared_ptr<StreamState>& s, DoneHandler handler);
   void do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std::string reason, bool abandoned);
   void do_accept(const std::shared_ptr<StreamState>& s);
