@@ -631,16 +631,28 @@ TEST_CASE("h2 upstream: the next request may follow a body complete by its lengt
   CHECK(open.size() == 2);
 }
 
-TEST_CASE("h2 upstream: a server that stops answering is found by PING and the request is sent again", "[http][h2]") {
-  H2Server server([&](H2Server::Session& s, const H2Server::Request& r) {
-    if (s.index() == 0) return s.go_silent();  // the host vanished with the request
-    echo(s, r);
-  });
-  auto http1 = no_http1();
+namespace {
+
+// The first connection's host vanishes with what it was sent (no answer,
+// no close); later ones echo.
+void silent_first(H2Server::Session& s, const H2Server::Request& r) {
+  if (s.index() == 0) return s.go_silent();
+  echo(s, r);
+}
+
+http::H2Options quick_ping() {
   http::H2Options options;
   options.ping_after = std::chrono::milliseconds(50);
   options.ping_timeout = std::chrono::milliseconds(300);
-  H2Rig rig(server.port(), http1.port(), "h2", options);
+  return options;
+}
+
+}  // namespace
+
+TEST_CASE("h2 upstream: a server that stops answering is found by PING and the request is sent again", "[http][h2]") {
+  H2Server server(silent_first);
+  auto http1 = no_http1();
+  H2Rig rig(server.port(), http1.port(), "h2", quick_ping());
   auto c = rig.client();
   c.send("GET /api/v1/pods HTTP/1.1\r\nHost: kube\r\n\r\n");
   auto res = test::read_message(c);
@@ -655,15 +667,9 @@ TEST_CASE("h2 upstream: a server that stops answering is found by PING and the r
 }
 
 TEST_CASE("h2 upstream: a request with a body on a connection found dead by PING is a 502 that says so", "[http][h2]") {
-  H2Server server([&](H2Server::Session& s, const H2Server::Request& r) {
-    if (s.index() == 0) return s.go_silent();
-    echo(s, r);
-  });
+  H2Server server(silent_first);
   auto http1 = no_http1();
-  http::H2Options options;
-  options.ping_after = std::chrono::milliseconds(50);
-  options.ping_timeout = std::chrono::milliseconds(300);
-  H2Rig rig(server.port(), http1.port(), "h2", options);
+  H2Rig rig(server.port(), http1.port(), "h2", quick_ping());
   auto c = rig.client();
   c.send("POST /api/v1/namespaces/a/configmaps HTTP/1.1\r\nHost: kube\r\nContent-Length: 2\r\n\r\n{}");
   auto res = test::read_message(c);
