@@ -111,6 +111,11 @@ elif leaked="$(grep -l -F -e 'eyJ' -e 'SharedAccessSignature' -e 'sig=' -e "$ses
 else pass "no token, SAS token or session secret appears in the audit log or any log"; fi
 check "agent /readyz is ready" "ok" curl -sf "$SANDBOX_AGENT_HEALTH/readyz"
 check "agent /metrics counts requests" "clusterconnect_agent_requests_total{code=\"200\"}" curl -sf "$SANDBOX_AGENT_HEALTH/metrics"
+# The stand-in API server offers h2 by ALPN, as kube-apiserver does: the
+# agent's requests above went as HTTP/2 streams on a shared connection.
+h2_streams="$(curl -sf "$SANDBOX_AGENT_HEALTH/metrics" | awk '$1 == "clusterconnect_agent_upstream_h2_streams_total" { print $2 + 0 }')"
+if [ "${h2_streams:-0}" -gt 0 ]; then pass "the agent reached the API server over HTTP/2 ($h2_streams streams)"; else
+  fail "the agent reached the API server over HTTP/2" "h2 streams: ${h2_streams:-none}"; fi
 
 check_fails "a caller's own impersonation is refused" "impersonation through the cluster connection is not permitted" \
   kubectl get ns --as=someone-else
