@@ -150,6 +150,13 @@ class RendezvousBook {
     auto it = per_cluster_.find(cluster);
     return it == per_cluster_.end() ? 0 : it->second;
   }
+  // The clusters with a rendezvous pending.
+  std::vector<std::string> pending_clusters() const {
+    std::vector<std::string> out;
+    out.reserve(per_cluster_.size());
+    for (const auto& [c, _] : per_cluster_) out.push_back(c);
+    return out;
+  }
   // When the oldest rendezvous expires, for the caller's timer.
   std::optional<Clock::time_point> next_expiry() const {
     if (by_expiry_.empty()) return std::nullopt;

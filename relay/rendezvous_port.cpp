@@ -202,6 +202,7 @@ void RendezvousPort::cancel(const std::string& ticket) {
     std::lock_guard lock(mutex_);
     waiting = book_.cancel(ticket);
   }
+  splice_ended_.notify_all();
   if (waiting) refuse(waiting->leg, waiting->side, 410, "the connect that opened this rendezvous went away");
 }
 
@@ -221,6 +222,7 @@ void RendezvousPort::arm_sweep() {
                            self->splices_.end());
       self->arm_sweep();
     }
+    if (!gone.empty()) self->splice_ended_.notify_all();
     for (auto& e : gone) {
       self->counters_.expired.fetch_add(1);
       const long ttl = static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(self->options_.book.ttl).count());
@@ -240,7 +242,9 @@ void RendezvousPort::present(const std::string& ticket, LegSide side, std::share
     closed = closed_;
     if (closed) r = Book::Refused{std::move(leg), "the relay is shutting down"};
     else r = book_.present(ticket, side, std::move(leg), Book::Clock::now());
+    if (std::holds_alternative<Book::Paired>(r)) ++pairing_;
   }
+  splice_ended_.notify_all();
   if (auto* p = std::get_if<Book::Paired>(&r)) return pair(std::move(p->proxy), std::move(p->agent), p->cluster);
   if (auto* f = std::get_if<Book::Refused>(&r)) {
     logger_->info("rendezvous leg from {} refused: {}", f->leg->peer, f->reason);
@@ -262,6 +266,7 @@ void RendezvousPort::pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent
                         error_code ignored;
                         agent->socket.close(ignored);
                         proxy->socket.close(ignored);
+                        self->pairing_done();
                         return;
                       }
                       const std::uint64_t hello_bytes = agent->first_bytes.size();
@@ -291,12 +296,23 @@ void RendezvousPort::pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent
                       if (!splice) {
                         self->counters_.splices_active.fetch_sub(1);
                         self->logger_->error("rendezvous for {}: cannot splice: {}", cluster, sec.message());
-                        return;
+                        return self->pairing_done();
                       }
-                      std::lock_guard lock(self->mutex_);
-                      if (self->closed_) splice->close("the relay is shutting down");
-                      else self->splices_.push_back(Spliced{splice, cluster});
+                      {
+                        std::lock_guard lock(self->mutex_);
+                        if (self->closed_) splice->close("the relay is shutting down");
+                        else self->splices_.push_back(Spliced{splice, cluster});
+                      }
+                      self->pairing_done();
                     });
+}
+
+void RendezvousPort::pairing_done() {
+  {
+    std::lock_guard lock(mutex_);
+    --pairing_;
+  }
+  splice_ended_.notify_all();
 }
 
 void RendezvousPort::refuse(const std::shared_ptr<Leg>& leg, LegSide side, unsigned status, const std::string& reason) {
@@ -327,7 +343,13 @@ void RendezvousPort::begin_drain() {
 bool RendezvousPort::drain(std::chrono::steady_clock::time_point deadline) {
   std::unique_lock lock(mutex_);
   draining_ = true;
-  return splice_ended_.wait_until(lock, deadline, [&] { return closed_ || counters_.splices_active.load() <= 0; });
+  // A rendezvous announced before the drain has its legs on their way: it
+  // pairs, and its agent, told of the drain, sends GOAWAY on its session as
+  // soon as it is up, so it ends like the others instead of failing here.
+  const auto pending_until = std::min(deadline, std::chrono::steady_clock::now() + options_.drain_pending);
+  splice_ended_.wait_until(lock, pending_until, [&] { return closed_ || (book_.pending() == 0 && pairing_ == 0); });
+  return splice_ended_.wait_until(lock, deadline,
+                                  [&] { return closed_ || (counters_.splices_active.load() <= 0 && pairing_ == 0); });
 }
 
 std::vector<std::string> RendezvousPort::spliced_clusters() {
@@ -335,6 +357,8 @@ std::vector<std::string> RendezvousPort::spliced_clusters() {
   std::lock_guard lock(mutex_);
   for (const auto& s : splices_)
     if (!s.splice.expired() && std::find(out.begin(), out.end(), s.cluster) == out.end()) out.push_back(s.cluster);
+  for (auto& c : book_.pending_clusters())
+    if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));
   return out;
 }
 

@@ -35,6 +35,9 @@ struct RendezvousPortOptions {
   // Connections not yet paired: being identified or waiting for their other leg.
   std::size_t max_unpaired = 1024;
   RendezvousLimits book;
+  // At shutdown, how long a rendezvous already announced (its legs on their
+  // way) may still take to pair; it is then spliced and drained like the others.
+  std::chrono::milliseconds drain_pending{std::chrono::seconds(10)};
   // Without a pipe pool here the port makes one: 1 MiB pipes, 16 kept.
   tunnel::rendezvous::SpliceOptions splice;
 };
@@ -72,9 +75,12 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
   // Shutdown, first: splices go on, and each that ends from now on counts as
   // drained.
   void begin_drain();
-  // begin_drain(), then blocks until no splice is left (true) or `deadline` (false).
+  // begin_drain(), then blocks until no splice is left (true) or `deadline`
+  // (false). Rendezvous pending when it is called pair meanwhile, for
+  // `drain_pending` at most: they are not cut but drained as well.
   bool drain(std::chrono::steady_clock::time_point deadline);
-  // The clusters (as open() named them) with a splice here now.
+  // The clusters (as open() named them) with a splice here now, or a
+  // rendezvous pending (which a drain lets pair).
   std::vector<std::string> spliced_clusters();
 
   // Stops accepting and closes every leg and splice (those still splicing
@@ -95,6 +101,7 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
   void present(const std::string& ticket, LegSide side, std::shared_ptr<Leg> leg);
   void pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent, const std::string& cluster);
   void refuse(const std::shared_ptr<Leg>& leg, LegSide side, unsigned status, const std::string& reason);
+  void pairing_done();
 
   boost::asio::io_context& io_;
   boost::asio::strand<boost::asio::io_context::executor_type> strand_;  // the acceptor and the sweep
@@ -112,7 +119,8 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
     std::string cluster;
   };
   std::vector<Spliced> splices_;
-  std::condition_variable splice_ended_;
+  std::size_t pairing_ = 0;  // paired, their splice not yet started
+  std::condition_variable splice_ended_;  // also: a pending rendezvous paired, expired or was withdrawn
   bool draining_ = false;
   bool closed_ = false;
 };

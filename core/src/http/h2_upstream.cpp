@@ -250,6 +250,13 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   // From the connection (on the strand).
   void on_connection(std::shared_ptr<Conn> conn);  // a connection to submit on
   void on_no_connection(std::string reason);       // none could be opened
+  // Whether the request may wait for one more connection after one failed
+  // to open: once per request (nothing of it reached the API server).
+  bool retry_connect() {
+    if (connect_retried_) return false;
+    connect_retried_ = true;
+    return true;
+  }
   void on_http1(StreamPtr stream);                 // use HTTP/1.1 on this stream
   void on_response_header(std::string_view name, std::string_view value);
   void on_headers_end(bool end_stream);
@@ -297,6 +304,7 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   std::uint64_t body_left_ = 0;
   bool body_expected_ = false, body_complete_ = false, body_sent_any_ = false;
   std::string body_;  // queued for DATA
+  bool connect_retried_ = false;
   std::size_t body_pos_ = 0;
   IoHandler write_waiting_;
   std::size_t write_waiting_count_ = 0;
@@ -573,10 +581,23 @@ class Impl final : public H2Upstream, public std::enable_shared_from_this<Impl> 
   void on_h2_connect(error_code ec, StreamPtr s, const std::string& alpn, const std::string& reason) {
     --connecting_;
     if (ec || !s) {
+      // The requests that waited for it were not sent: each waits for one
+      // more connection (a refused connect or a handshake timeout may not
+      // happen twice), then fails.
+      const std::string why = reason.empty() ? "cannot connect to the API server" : reason;
       auto waiting = std::move(waiting_);
       waiting_.clear();
-      for (auto& w : waiting)
-        if (auto v = w.lock()) v->on_no_connection(reason.empty() ? "cannot connect to the API server" : reason);
+      for (auto& w : waiting) {
+        auto v = w.lock();
+        if (!v) continue;
+        if (!closed_ && v->retry_connect()) waiting_.push_back(std::move(w));
+        else v->on_no_connection(why);
+      }
+      if (!waiting_.empty()) {
+        count([](H2Stats& st) { ++st.connects_retried; });
+        if (log_) log_->info("API server: {}; trying a new connection for {} waiting request(s)", why, waiting_.size());
+        if (connecting_ == 0) open_h2();
+      }
       return;
     }
     if (alpn != "h2") {
@@ -1071,7 +1092,7 @@ void Virtual::start_request() {
   mode_ = Mode::h2;
   status_ = 0;
   response_head_.clear();
-  head_emitted_ = chunked_ = response_done_ = stream_closed_ = has_length_ = false;
+  head_emitted_ = chunked_ = response_done_ = stream_closed_ = has_length_ = connect_retried_ = false;
   error_ = {};
   owed_ = 0;
   owner_->acquire(shared_from_this());

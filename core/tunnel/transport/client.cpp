@@ -76,7 +76,10 @@ class RendezvousClient final : public TunnelClient, public std::enable_shared_fr
   };
   // A draining session (the agent's GOAWAY, e.g. its relay replica shuts
   // down) refuses an open that crossed the GOAWAY; it is opened again on
-  // another session, a few times at most.
+  // another session, a few times at most. So is an open that the session's
+  // close overtook before the agent answered it (an agent closes a session
+  // with no stream left right after its GOAWAY): no byte of the stream was
+  // sent, as nothing is before the agent's ACK.
   static constexpr unsigned max_moves = 3;
   using Waiter = std::variant<OpenWaiter, DoneHandler>;
 
@@ -113,7 +116,9 @@ class RendezvousClient final : public TunnelClient, public std::enable_shared_fr
                                                       again = std::move(again)](error_code ec, tunnel::TunnelStreamPtr s,
                                                                                 std::string reason) mutable {
         --l->opening;
-        if (ec == asio::error::connection_refused && !l->session->usable() && moved < max_moves) {
+        const bool unseen = (ec == asio::error::connection_refused && !l->session->usable()) ||
+                            ec == asio::error::connection_aborted || ec == asio::error::not_connected;
+        if (unseen && moved < max_moves) {
           self->logger_->debug("a stream refused by a draining session ({}): opening it on another", reason);
           return asio::dispatch(self->strand_, [self, w = OpenWaiter{std::move(again), std::move(h), moved + 1}]() mutable {
             self->enqueue(std::move(w));

@@ -35,6 +35,13 @@ constexpr std::size_t max_pending_legs = 256;
 // Reconnects of one control channel in a row to land on a replica none of
 // the others holds; after them it stays where it is.
 constexpr unsigned max_spread_tries = 8;
+// Relay replicas that announced draining, remembered so that a session that
+// comes up through one a little later (an accept passed on by another
+// replica just before the notice) gets GOAWAY too. The draining replica
+// opens no rendezvous after its notice, so what is announced later than this
+// names a new replica at the same address.
+constexpr auto draining_memory = std::chrono::seconds(10);
+constexpr std::size_t max_draining = 64;
 
 std::optional<std::chrono::system_clock::time_point> token_expiry(const std::string& token) {
   auto t = parse_sas_token(token);
@@ -180,6 +187,10 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
       }
       slot.spread_tries = 0;
     }
+    // A relay that is not one of several replicas and drains takes no new
+    // control channel: one that comes up is a relay started since, which may
+    // answer at the draining one's address.
+    if (channel->replica().empty()) draining_.clear();
     logger_->info("control channel {} to {} is up{}", slot.index, options_.endpoint.url,
                   channel->replica().empty() ? std::string() : " (replica " + channel->replica() + ")");
     slot.failures = 0;
@@ -272,21 +283,26 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
       offer = std::move(parsed.value());
       offer->ticket = accept->id;
     }
-    if (pending_ >= max_pending_legs) return logger_->warn("control channel: {} rendezvous already being dialed; not answered", pending_);
-    ++pending_;
+    if (dialing_.size() >= max_pending_legs)
+      return logger_->warn("control channel: {} rendezvous already being dialed; not answered", dialing_.size());
+    // An accept through a replica that drains is dialed all the same: a tls
+    // accept has no refusal (its proxy would wait for the relay to time the
+    // rendezvous out) and a ws rejection would go through that replica. Its
+    // session is told GOAWAY as soon as it is up.
+    const std::uint64_t leg_id = ++last_leg_;
+    dialing_.emplace(leg_id, Dialing{accept->address, draining_reason(accept->address)});
     tunnel::SessionOptions session;
     session.role = tunnel::Role::acceptor;
     session.stream_window = tunnel::bulk_stream_window;
     session.name = "session with a proxy" + (accept->remote_endpoint ? " at " + accept->remote_endpoint->address : std::string());
-    LegHandler done = [weak = weak_from_this(), address = accept->address](error_code ec, std::shared_ptr<tunnel::Session> s,
-                                                                            std::string reason) mutable {
+    LegHandler done = [weak = weak_from_this(), leg_id](error_code ec, std::shared_ptr<tunnel::Session> s, std::string reason) mutable {
       auto self = weak.lock();
       if (!self) {
         if (s) s->close("listener closed");
         return;
       }
-      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason), address = std::move(address)]() mutable {
-        self->on_leg(ec, std::move(s), reason, std::move(address));
+      asio::dispatch(self->strand_, [self, ec, s = std::move(s), reason = std::move(reason), leg_id]() mutable {
+        self->on_leg(ec, std::move(s), reason, leg_id);
       });
     };
     if (ws) {
@@ -304,24 +320,63 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     async_agent_leg(io_, identity_, std::move(leg), logger_, std::move(done));
   }
 
+  // The reason to give a session through `address` because its replica
+  // drains, if it does.
+  std::optional<std::string> draining_reason(const std::string& address) {
+    const auto now = std::chrono::steady_clock::now();
+    std::erase_if(draining_, [&](const Draining& d) { return d.until <= now; });
+    for (const auto& d : draining_)
+      if (rv::rendezvous_through(address, d.address)) return d.reason;
+    return std::nullopt;
+  }
+
   // The relay replica at `drain.address` is shutting down: every session
   // whose rendezvous it splices gets GOAWAY, so the proxy opens its next
   // streams on a new rendezvous (elsewhere) and this one ends once its
   // streams are done, before the replica cuts it. A session that came up
-  // after an earlier notice gets it too: the notice is idempotent.
+  // after an earlier notice gets it too: the notice is idempotent. So does
+  // one still being dialed through it, or announced a little later, as soon
+  // as it is up.
   void on_drain(const rv::DrainMessage& drain) {
+    const std::string reason = drain.reason.empty() ? "the relay replica is draining" : drain.reason;
+    const auto until = std::chrono::steady_clock::now() + draining_memory;
+    auto known = std::find_if(draining_.begin(), draining_.end(),
+                              [&](const Draining& d) { return ascii_iequals(d.address, drain.address); });
+    if (known != draining_.end()) {
+      known->until = until;
+      known->reason = reason;
+    } else {
+      if (draining_.size() >= max_draining)
+        draining_.erase(std::min_element(draining_.begin(), draining_.end(),
+                                         [](const Draining& a, const Draining& b) { return a.until < b.until; }));
+      draining_.push_back(Draining{drain.address, reason, until});
+    }
+    std::size_t dialing = 0;
+    for (auto& [_, d] : dialing_) {
+      if (!rv::rendezvous_through(d.address, drain.address)) continue;
+      d.drain_reason = reason;
+      ++dialing;
+    }
     std::size_t n = 0;
     for (auto& [_, s] : sessions_) {
       if (!rv::rendezvous_through(s.address, drain.address)) continue;
-      s.session->goaway(drain.reason.empty() ? "the relay replica is draining" : drain.reason);
+      s.session->goaway(reason);
       ++n;
     }
-    logger_->info("control channel: relay replica {} is draining; GOAWAY on {} session(s){}", drain.address, n,
+    logger_->info("control channel: relay replica {} is draining; GOAWAY on {} session(s){}{}", drain.address, n,
+                  dialing ? ", and on " + std::to_string(dialing) + " being dialed once up" : std::string(),
                   drain.reason.empty() ? std::string() : " (" + drain.reason + ")");
   }
 
-  void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason, std::string address) {
-    --pending_;
+  void on_leg(error_code ec, std::shared_ptr<tunnel::Session> session, const std::string& reason, std::uint64_t leg_id) {
+    auto dialed = dialing_.extract(leg_id);
+    if (dialed.empty()) {
+      if (session) session->close("listener closed");
+      return;
+    }
+    std::string address = std::move(dialed.mapped().address);
+    std::optional<std::string> drain_reason = std::move(dialed.mapped().drain_reason);
+    if (!drain_reason) drain_reason = draining_reason(address);
     if (closed_) {
       if (session) session->close("listener closed");
       return;
@@ -340,9 +395,16 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
           self->sessions_.erase(key);
         });
     });
-    sessions_.emplace(key, Live{session, std::move(address)});
+    sessions_.emplace(key, Live{session, address});
     logger_->debug("a session with a proxy is up ({} open)", sessions_.size());
     session->start();
+    if (drain_reason) {
+      // Its proxy opens no stream on it but moves to a new rendezvous; an
+      // open already on its way is refused (or, if the session has closed,
+      // never seen), and opened again there.
+      logger_->info("rendezvous: a session through {} came up while that relay replica drains; GOAWAY", address);
+      session->goaway(*drain_reason);
+    }
   }
 
   void retry_later(Slot& slot) {
@@ -372,7 +434,20 @@ class RendezvousListener final : public TunnelListener, public std::enable_share
     std::string address;
   };
   std::map<tunnel::Session*, Live> sessions_;
-  std::size_t pending_ = 0;
+  // Rendezvous being dialed: the accept address, and the GOAWAY reason its
+  // session gets once up when its replica announced draining.
+  struct Dialing {
+    std::string address;
+    std::optional<std::string> drain_reason;
+  };
+  std::map<std::uint64_t, Dialing> dialing_;
+  std::uint64_t last_leg_ = 0;
+  struct Draining {
+    std::string address;
+    std::string reason;
+    std::chrono::steady_clock::time_point until;
+  };
+  std::vector<Draining> draining_;  // at most max_draining
   std::atomic<unsigned> up_{0};
   bool closed_ = false;
   std::mt19937 rng_;

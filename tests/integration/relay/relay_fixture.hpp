@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/certificates.hpp"
@@ -240,7 +241,9 @@ inline RelayProcess same_named_clusters(nlohmann::json limits = {{"max_tunnels_p
 // tunnel-tls) loaded from the build's stage.
 class ModuleHost {
  public:
-  explicit ModuleHost(const std::string& transport = "ws") : runtime_(make_logger(), 2) {
+  // `record`: the host's log lines of level info and above are kept for log().
+  explicit ModuleHost(const std::string& transport = "ws", bool record = false)
+      : ring_(record ? std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000) : nullptr), runtime_(make_logger(ring_), 2) {
     auto so = stage_dir() / "lib" / "connectedk8s" / "plugins" / ("tunnel-" + transport + ".so");
     if (!runtime_.loader().load_file(so, runtime_)) {
       std::string why = runtime_.loader().rejections().empty() ? "?" : runtime_.loader().rejections().back().reason;
@@ -253,13 +256,28 @@ class ModuleHost {
   ~ModuleHost() { runtime_.stop(); }
   TransportCapability& transport() { return *transport_; }
   asio::io_context& io() { return runtime_.io_context(); }
+  std::string log() const {
+    std::string out;
+    if (ring_)
+      for (auto& line : ring_->last_formatted()) out += line;
+    return out;
+  }
 
  private:
-  static std::shared_ptr<spdlog::logger> make_logger() {
+  static std::shared_ptr<spdlog::logger> make_logger(const std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt>& ring) {
     auto l = host::make_logger("test", 0, host::LogFormat::text);
     l->set_level(spdlog::level::warn);
+    if (ring) {
+      // stderr keeps warnings only; the ring takes info too.
+      for (auto& sink : l->sinks()) sink->set_level(spdlog::level::warn);
+      ring->set_level(spdlog::level::info);
+      ring->set_pattern("%l %v");
+      l->sinks().push_back(ring);
+      l->set_level(spdlog::level::info);
+    }
     return l;
   }
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> ring_;
   host::Runtime runtime_;
   std::shared_ptr<TransportCapability> transport_;
 };

@@ -12,8 +12,10 @@
 #include <unistd.h>
 
 #include "clusterconnect/certificates.hpp"
+#include "protocol/frame.hpp"
 #include "protocol/session.hpp"
 #include "relay_fixture.hpp"
+#include "rendezvous_legs.hpp"
 
 using namespace clusterconnect;
 using namespace clusterconnect::test;
@@ -84,7 +86,8 @@ struct ListeningAgent {
   PinnedRelay r;
   Agent agent;
   std::shared_ptr<TunnelListener> listener = r.listen(agent_host, agent);
-  explicit ListeningAgent(std::string f) : form(std::move(f)) {}
+  explicit ListeningAgent(std::string f, bool record_agent_log = false)
+      : form(std::move(f)), agent_host(form, record_agent_log) {}
 };
 
 // A client pinned to the agent's key, after one stream has gone through it.
@@ -417,5 +420,81 @@ TEST_CASE("rendezvous transport: a relay stopped with SIGTERM drains: the stream
   INFO(log);
   CHECK(log.find("drain: 1 rendezvous ended by themselves, 0 cut") != std::string::npos);
   client->close();
+  listener->close();
+}
+
+namespace {
+
+// The mux frame types the agent sends on a session, read as the proxy's end
+// of it (a TLS server over a raw leg) until a GOAWAY, the end of the session
+// or `limit`.
+std::vector<unsigned> frames_until_goaway(SSL* ssl, int fd, std::chrono::seconds limit) {
+  timeval tv{static_cast<time_t>(limit.count()), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::vector<unsigned> types;
+  std::string in;
+  char buf[16384];
+  for (;;) {
+    while (in.size() >= tunnel::frame_header_size) {
+      const auto* h = reinterpret_cast<const unsigned char*>(in.data());
+      const std::size_t length = (std::size_t{h[6]} << 24) | (std::size_t{h[7]} << 16) | (std::size_t{h[8]} << 8) | h[9];
+      if (in.size() < tunnel::frame_header_size + length) break;
+      types.push_back(h[0]);
+      if (h[0] == static_cast<unsigned>(tunnel::FrameType::goaway)) return types;
+      in.erase(0, tunnel::frame_header_size + length);
+    }
+    const int n = SSL_read(ssl, buf, sizeof buf);
+    if (n <= 0) return types;
+    in.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("rendezvous transport: a rendezvous under way when the relay drains pairs and its session gets GOAWAY at once",
+          "[relay][transport][drain]") {
+  ListeningAgent rig("tls", true);
+  auto& [form, agent_host, client_host, r, agent, listener] = rig;
+  // The proxy's part by hand, to hold its leg back: the connect, with the
+  // pin of the key its TLS server end will show.
+  const Identity proxy_id("proxy");
+  const auto pin = tls::public_key_pin(proxy_id.pem.cert);
+  REQUIRE(pin);
+  const auto answer = run("curl -sS --max-time 20 --cacert " + quote(r.relay.ca_file()) + " -X POST -H " +
+                          quote("ServiceBusAuthorization: " + r.relay.connect_token()) + " -H " +
+                          quote(std::string("x-clusterconnect-proxy-key-pin: ") + pin.value()) + " " +
+                          quote("https://" + r.relay.host() + "/$hc/" + demo_path + "?sb-hc-action=connect"));
+  const auto body = nlohmann::json::parse(answer.output, nullptr, false);
+  INFO(answer.output);
+  REQUIRE(body.contains("rendezvous"));
+  const std::string ticket = body["rendezvous"]["ticket"].get<std::string>();
+  // The agent's leg waits at the rendezvous port for the proxy's.
+  REQUIRE(wait_until([&] { return r.relay.gauge("clusterconnect_relay_rendezvous_unpaired") == 1; }, 20s));
+  auto stopped = std::async(std::launch::async, [&] { return r.relay.stop(SIGTERM, std::chrono::seconds(60)); });
+  // The agent hears of the drain while that leg is still being dialed.
+  const bool told = wait_until([&] { return agent_host.log().find("and on 1 being dialed once up") != std::string::npos; }, 20s);
+  INFO(agent_host.log());
+  INFO(r.relay.log());
+  REQUIRE(told);
+  // The proxy's leg arrives now: the draining relay pairs it…
+  Fd proxy(r.relay.rendezvous_port());
+  proxy.send(tunnel::rendezvous::make_preamble(ticket));
+  CHECK(proxy.line() == "CLUSTERCONNECT-RENDEZVOUS/1 200 paired\r\n");
+  auto ctx = context(TLS_server_method(), proxy_id);
+  Ssl ssl(SSL_new(ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), proxy.fd);
+  REQUIRE(SSL_accept(ssl.get()) == 1);
+  // …and the agent sends GOAWAY on the session as soon as it is up, so the
+  // proxy opens nothing on it and it ends long before the drain timeout.
+  const auto types = frames_until_goaway(ssl.get(), proxy.fd, 20s);
+  REQUIRE_FALSE(types.empty());
+  CHECK(types.back() == static_cast<unsigned>(tunnel::FrameType::goaway));
+  CHECK_THAT(agent_host.log(), Catch::Contains("came up while that relay replica drains; GOAWAY"));
+  SSL_shutdown(ssl.get());
+  ::shutdown(proxy.fd, SHUT_RDWR);
+  CHECK(stopped.get() == 0);
+  const auto log = r.relay.log();
+  INFO(log);
+  CHECK(log.find("drain: 1 rendezvous ended by themselves, 0 cut") != std::string::npos);
   listener->close();
 }

@@ -275,9 +275,16 @@ struct H2Rig {
   std::shared_ptr<http::UpstreamPool> pool;
   std::optional<test::Front> front;
 
-  H2Rig(unsigned short h2_port, unsigned short http1_port, std::string alpn = "h2", http::H2Options options = {}) {
+  // `refused`: that many first HTTP/2 connects fail as a refused connection would.
+  H2Rig(unsigned short h2_port, unsigned short http1_port, std::string alpn = "h2", http::H2Options options = {},
+        int refused = 0) {
     auto tcp = test::tcp_connector(threads.io, h2_port, h2_calls);
-    http::H2Connector h2c = [tcp, alpn](http::H2ConnectHandler done) {
+    auto attempts = std::make_shared<std::atomic<int>>(0);
+    http::H2Connector h2c = [tcp, alpn, attempts, refused, &io = threads.io](http::H2ConnectHandler done) {
+      if (attempts->fetch_add(1) < refused)
+        return asio::post(io, [done = std::move(done)]() mutable {
+          done(asio::error::connection_refused, nullptr, "", "connect to the API server: Connection refused");
+        });
       tcp([done = std::move(done), alpn](error_code ec, StreamPtr s, std::string reason) mutable {
         done(ec, std::move(s), alpn, std::move(reason));
       });
@@ -480,6 +487,40 @@ TEST_CASE("h2 upstream: after GOAWAY refused requests are sent again on a new co
   CHECK(server.connections() == 2);
   CHECK(first_connection_requests == 1);
   CHECK(rig.h2->stats().streams_retried >= 1);
+}
+
+TEST_CASE("h2 upstream: a request whose connection failed to open is sent on the next one", "[http][h2]") {
+  H2Server server(echo);
+  auto http1 = no_http1();
+  H2Rig rig(server.port(), http1.port(), "h2", {}, 1);
+  auto c = rig.client();
+  // Any method: the API server never saw it.
+  c.send("POST /api/v1/namespaces HTTP/1.1\r\nHost: kube\r\nContent-Length: 4\r\n\r\nbody");
+  auto res = test::read_message(c);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "POST /api/v1/namespaces body");
+  CHECK(server.connections() == 1);
+  CHECK(rig.h2->stats().connects_retried == 1);
+}
+
+TEST_CASE("h2 upstream: a request whose connection failed to open twice is a 502 that says why", "[http][h2]") {
+  H2Server server(echo);
+  auto http1 = no_http1();
+  H2Rig rig(server.port(), http1.port(), "h2", {}, 2);
+  auto c = rig.client();
+  c.send("GET /api/v1/pods HTTP/1.1\r\nHost: kube\r\n\r\n");
+  auto res = test::read_message(c);
+  REQUIRE(res);
+  CHECK(res->status() == 502);
+  CHECK_THAT(res->body, Catch::Contains("Connection refused"));
+  CHECK(server.connections() == 0);
+  // The next request tries a connection of its own.
+  auto c2 = rig.client();
+  c2.send("GET /api/v1/pods HTTP/1.1\r\nHost: kube\r\n\r\n");
+  auto again = test::read_message(c2);
+  REQUIRE(again);
+  CHECK(again->status() == 200);
 }
 
 TEST_CASE("h2 upstream: RST_STREAM before the response is a 502 that says so", "[http][h2]") {

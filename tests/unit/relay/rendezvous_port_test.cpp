@@ -139,6 +139,45 @@ TEST_CASE("what still splices when the drain times out is cut", "[relay][rendezv
   CHECK(relay.port->counters().drained.load() == 0);
 }
 
+TEST_CASE("a rendezvous pending when the drain begins pairs and is drained instead of refused", "[relay][rendezvous][drain]") {
+  Relay relay;
+  const auto ticket = relay.ticket();
+  // The agent's leg is parked; the proxy's is on its way.
+  Fd agent(relay.port->port());
+  agent.send(client_hello(tunnel::rendezvous::ticket_server_name(ticket, relay_host)));
+  REQUIRE(wait_until([&] { return relay.port->counters().unpaired.load() == 1; }));
+  // Told to drain other replicas' agents of it, like a cluster spliced here.
+  CHECK(relay.port->spliced_clusters() == std::vector<std::string>{cluster});
+  relay.port->begin_drain();
+  auto drained = std::async(std::launch::async, [&] { return relay.port->drain(std::chrono::steady_clock::now() + 60s); });
+  Fd proxy(relay.port->port());
+  proxy.send(tunnel::rendezvous::make_preamble(ticket));
+  CHECK(proxy.line() == "CLUSTERCONNECT-RENDEZVOUS/1 200 paired\r\n");
+  REQUIRE(wait_until([&] { return relay.port->counters().splices_active.load() == 1; }));
+  // The drain waits for the splice it let pair…
+  CHECK(drained.wait_for(0s) == std::future_status::timeout);
+  ::shutdown(proxy.fd, SHUT_RDWR);
+  ::shutdown(agent.fd, SHUT_RDWR);
+  // …which ends by itself: drained, not cut.
+  CHECK(drained.get());
+  CHECK(relay.port->counters().drained.load() == 1);
+  CHECK(relay.port->counters().cut.load() == 0);
+}
+
+TEST_CASE("a draining port waits for a pending rendezvous no longer than its grace", "[relay][rendezvous][drain]") {
+  RendezvousPortOptions o;
+  o.drain_pending = 200ms;
+  Relay relay(o);
+  Fd waiting(relay.port->port());
+  waiting.send(tunnel::rendezvous::make_preamble(relay.ticket()));  // no agent comes
+  REQUIRE(wait_until([&] { return relay.port->counters().unpaired.load() == 1; }));
+  // Nothing splices: the drain ends after the grace, far before its deadline.
+  CHECK(relay.port->drain(std::chrono::steady_clock::now() + 60s));
+  CHECK(relay.port->counters().expired.load() == 0);  // long before the rendezvous' own 30 s
+  relay.port->close();
+  CHECK(waiting.line() == "CLUSTERCONNECT-RENDEZVOUS/1 503 the relay is shutting down\r\n");
+}
+
 TEST_CASE("legs that name one ticket run mutual TLS end to end through the port, in either order", "[relay][rendezvous]") {
   Relay relay;
   const Identity agent_id("agent"), proxy_id("proxy");

@@ -12,7 +12,8 @@
 // h2 by ALPN get real HTTP/1.1 connections from `http1`. Response DATA is
 // acknowledged (WINDOW_UPDATE) only as the engine reads it, so a slow reader
 // holds at most one stream window. MAX_CONCURRENT_STREAMS is honoured (another
-// connection opens when every one is full); after a GOAWAY new requests go
+// connection opens when every one is full); requests waiting for a
+// connection that fails to open wait for one more, then fail; after a GOAWAY new requests go
 // to a new connection and the refused streams of bodiless requests are sent
 // again; a stream reset before its response head reads as a 502 that says
 // so, after it as a reset of the engine's upstream. An idle connection is
@@ -61,6 +62,7 @@ struct H2Stats {
   std::uint64_t connections_opened = 0;  // TLS connections that negotiated h2
   std::uint64_t streams_opened = 0;      // requests sent as HTTP/2 streams
   std::uint64_t streams_retried = 0;     // refused by a GOAWAY and sent again
+  std::uint64_t connects_retried = 0;    // connections that failed to open, tried again for the requests waiting
   std::uint64_t streams_reset = 0;       // reset by the server
   std::uint64_t http1_connections = 0;   // handed out as HTTP/1.1 (upgrades, no h2)
   std::uint64_t ping_timeouts = 0;       // connections closed for a PING without ACK
