@@ -14,7 +14,6 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/socket_base.hpp>
-#include <boost/asio/write.hpp>
 
 #include "clusterconnect/executor_dispatch.hpp"
 #include "clusterconnect/handler_slot.hpp"
@@ -43,7 +42,7 @@ class StreamChannel final : public MessageChannel {
   void async_write_message(asio::const_buffer message, DoneHandler handler) override {
     // The handler waits in the core (see handler_slot.hpp).
     core_->write_done = std::move(handler);
-    asio::async_write(core_->stream, message, WriteDone{HandlerSlot<Core, &Core::write_done>(core_)});
+    write_more(WriteSlot(core_), message);
   }
 
   void close(std::uint16_t, std::string) noexcept override {
@@ -95,15 +94,19 @@ class StreamChannel final : public MessageChannel {
     }
   };
 
-  // A write's completion: the handler waits in the core.
-  struct WriteDone {
-    HandlerSlot<Core, &Core::write_done> slot;
-    void operator()(error_code ec, std::size_t) {
-      auto [core, h] = slot.take();
-      h(ec);
-    }
-  };
+  using WriteSlot = HandlerSlot<Core, &Core::write_done>;
   using ReadSlot = HandlerSlot<Core, &Core::read_done>;
+
+  // write_some until all of `rest` is written (asio::async_write's operation
+  // is not nothrow-movable: a UniqueFunction would keep it on the heap).
+  static void write_more(WriteSlot slot, asio::const_buffer rest) {
+    auto& core = slot.owner();
+    core.stream.async_write_some(rest, [slot = std::move(slot), rest](error_code ec, std::size_t n) mutable {
+      if (!ec && n < rest.size()) return write_more(std::move(slot), rest + n);
+      auto [c, h] = slot.take();
+      h(ec);
+    });
+  }
 
   static void read_more(std::shared_ptr<Core> core, ReadHandler handler) {
     if (const std::size_t n = core->whole_frames(); n > 0) {
