@@ -130,6 +130,9 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
   bool write_waiting = false;  // an async_wait for writability is outstanding
   error_code write_failed;     // every later write gets it
   std::vector<UniqueFunction<void(error_code)>> on_drained;
+  // The one write's completion and the plaintext bytes it took.
+  UniqueFunction<void(error_code, std::size_t)> write_done;
+  std::size_t write_total = 0;
 
   // What the BIO saw on its last recv.
   bool eof = false;
@@ -488,7 +491,15 @@ void TlsSocket::start_write(const Pieces& pieces, Completion done) {
     }
     total += written;
   }
-  c.drain([done = std::move(done), total](error_code e) mutable { done(e, e ? 0 : total); });
+  // The completion waits in the core: a wrapper holding it and the count
+  // would not fit a UniqueFunction's inline room.
+  c.write_done = std::move(done);
+  c.write_total = total;
+  c.drain([self = core_](error_code e) {
+    auto d = std::move(self->write_done);
+    self->write_done = nullptr;
+    d(e, e ? 0 : self->write_total);
+  });
 }
 
 void TlsSocket::start_shutdown_send(UniqueFunction<void(error_code)> done) {
