@@ -256,7 +256,8 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
 
   template <typename F>
   void when_readable(F next) {
-    wait(tcp::socket::wait_read, [self = shared_from_this(), next = std::move(next)](error_code ec) mutable { next(ec); });
+    wait(tcp::socket::wait_read,
+         [self = shared_from_this(), next = std::move(next)](error_code ec) mutable { next(ec); });
   }
 
   // --- handshake -----------------------------------------------------------

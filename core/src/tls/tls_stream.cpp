@@ -2,8 +2,8 @@
 #include "clusterconnect/tls.hpp"
 #include "clusterconnect/tls_alpn.hpp"
 
-#include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/handler_slot.hpp"
+#include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/tls_socket.hpp"
 
 #include <openssl/ssl.h>
@@ -43,13 +43,13 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
       // The handler waits here (see handler_slot.hpp).
       self->read_done_ = std::move(h);
       // TlsSocket reads on while records have arrived and the buffer has room.
-      self->ssl_.async_read_some(asio::buffer(buffer), [slot = ReadSlot(std::move(self))](error_code ec,
-                                                                                            std::size_t n) mutable {
-        auto [me, h] = slot.take();
-        // A peer that closes TCP without close_notify: see tls.hpp.
-        if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
-        h(ec, ec ? 0 : n);
-      });
+      self->ssl_.async_read_some(asio::buffer(buffer),
+                                 [slot = ReadSlot(std::move(self))](error_code ec, std::size_t n) mutable {
+                                   auto [me, h] = slot.take();
+                                   // A peer that closes TCP without close_notify: see tls.hpp.
+                                   if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
+                                   h(ec, ec ? 0 : n);
+                                 });
     });
   }
 

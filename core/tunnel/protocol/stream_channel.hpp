@@ -125,13 +125,12 @@ class StreamChannel final : public MessageChannel {
     auto* at = core->buf.data() + core->filled;
     const std::size_t room = core->buf.size() - core->filled;
     core->read_done = std::move(handler);
-    core->stream.async_read_some(asio::buffer(at, room),
-                                 [p = ReadSlot(core)](error_code ec, std::size_t got) mutable {
-                                   auto [c, h] = p.take();
-                                   if (ec) return h(ec, {});
-                                   c->filled += got;
-                                   read_more(std::move(c), std::move(h));
-                                 });
+    core->stream.async_read_some(asio::buffer(at, room), [p = ReadSlot(core)](error_code ec, std::size_t got) mutable {
+      auto [c, h] = p.take();
+      if (ec) return h(ec, {});
+      c->filled += got;
+      read_more(std::move(c), std::move(h));
+    });
   }
 
   std::shared_ptr<Core> core_;

@@ -104,7 +104,8 @@ TEST_CASE("TlsSocket on a strand allocates per wait only the strand's own operat
   const Contexts ctx;
   constexpr int rounds = 200;
   const long plain = allocations_for_round_trips(ctx, rounds, [](asio::io_context& io) { return io.get_executor(); });
-  const long strand = allocations_for_round_trips(ctx, rounds, [](asio::io_context& io) { return asio::make_strand(io); });
+  const long strand =
+      allocations_for_round_trips(ctx, rounds, [](asio::io_context& io) { return asio::make_strand(io); });
   INFO(plain << " allocations on the io_context's executor, " << strand << " on a strand, for " << rounds
              << " round trips (a wait for each read)");
   const long waits = 2 * rounds;
