@@ -1481,7 +1481,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void serialize_reply(const Reply& r, bool close) {
     res_wire_.clear();
     append_status_line(res_wire_, r.status, reason_phrase(r.status));
-    if (!r.content_type.empty() && valid_value(r.content_type)) append_header(res_wire_, "Content-Type", r.content_type);
+    const std::string_view content_type =
+        r.content_type.empty() ? std::string_view("application/json") : std::string_view(r.content_type);
+    if (valid_value(content_type)) append_header(res_wire_, "Content-Type", content_type);
     append_header(res_wire_, "Content-Length", std::to_string(r.body.size()));
     for (const auto& h : r.headers) {
       if (!valid_name(h.name) || !valid_value(h.value) || is_hop_by_hop(h.name) || iequals(h.name, "content-length") ||

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -45,6 +46,20 @@ constexpr std::size_t kFullRecord = 16 * 1024;
 constexpr std::size_t kKeepOut = 16 * 1024;
 
 BIO_METHOD* socket_bio_method();
+
+// The TCP socket, able to wait for readiness with completions on a concrete
+// executor: through the socket's any_io_executor, every async_wait takes
+// work on a strand held by the type-erased executor (Boost 1.74 builds a new
+// heap copy of it per prefer()), and then dispatches through another.
+class WaitSocket : public tcp::socket {
+ public:
+  explicit WaitSocket(tcp::socket s) : tcp::socket(std::move(s)) {}
+
+  template <typename Executor, typename Handler>
+  void async_wait_on(const Executor& ex, wait_type w, Handler handler) {
+    impl_.get_service().async_wait(impl_.get_implementation(), w, handler, ex);
+  }
+};
 
 // Output buffers between writes: a connection that is not writing holds
 // none; the thread's last few are reused by the next writer instead.
@@ -83,6 +98,7 @@ OutBuffers& out_buffers() {
 struct TlsSocket::Core : std::enable_shared_from_this<Core> {
   Core(tcp::socket s, std::shared_ptr<asio::ssl::context> c) : socket(std::move(s)), context(std::move(c)) {
     if (!context) throw std::invalid_argument("TLS connection without a TLS context");
+    if (const auto* held = held_executor<IoStrand>(socket.get_executor())) strand = *held;
     ssl = SSL_new(context->native_handle());
     BIO* bio = ssl ? BIO_new(socket_bio_method()) : nullptr;
     if (!bio) {
@@ -100,7 +116,10 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
   Core(const Core&) = delete;
   Core& operator=(const Core&) = delete;
 
-  tcp::socket socket;
+  WaitSocket socket;
+  // The socket's executor when it is a strand of an io_context (the data
+  // path's case): readiness waits complete on it directly.
+  std::optional<IoStrand> strand;
   std::shared_ptr<asio::ssl::context> context;
   SSL* ssl = nullptr;
   int non_blocking_fd = -1;
@@ -111,6 +130,9 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
   bool write_waiting = false;  // an async_wait for writability is outstanding
   error_code write_failed;     // every later write gets it
   std::vector<UniqueFunction<void(error_code)>> on_drained;
+  // The one write's completion and the plaintext bytes it took.
+  UniqueFunction<void(error_code, std::size_t)> write_done;
+  std::size_t write_total = 0;
 
   // What the BIO saw on its last recv.
   bool eof = false;
@@ -126,6 +148,12 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
   bool initiating = false;
 
   // --- helpers ---------------------------------------------------------
+
+  template <typename F>
+  void wait(tcp::socket::wait_type w, F f) {
+    if (strand) return socket.async_wait_on(*strand, w, std::move(f));
+    socket.async_wait(w, std::move(f));
+  }
 
   template <typename F>
   void later(F f) {
@@ -196,7 +224,7 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         write_waiting = true;
-        socket.async_wait(tcp::socket::wait_write, [self = shared_from_this()](error_code ec) {
+        wait(tcp::socket::wait_write, [self = shared_from_this()](error_code ec) {
           self->write_waiting = false;
           if (ec) return self->fail_output(ec);
           self->pump();
@@ -228,8 +256,8 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
 
   template <typename F>
   void when_readable(F next) {
-    socket.async_wait(tcp::socket::wait_read,
-                      [self = shared_from_this(), next = std::move(next)](error_code ec) mutable { next(ec); });
+    wait(tcp::socket::wait_read,
+         [self = shared_from_this(), next = std::move(next)](error_code ec) mutable { next(ec); });
   }
 
   // --- handshake -----------------------------------------------------------
@@ -467,7 +495,15 @@ void TlsSocket::start_write(const Pieces& pieces, Completion done) {
     }
     total += written;
   }
-  c.drain([done = std::move(done), total](error_code e) mutable { done(e, e ? 0 : total); });
+  // The completion waits in the core: a wrapper holding it and the count
+  // would not fit a UniqueFunction's inline room.
+  c.write_done = std::move(done);
+  c.write_total = total;
+  c.drain([self = core_](error_code e) {
+    auto d = std::move(self->write_done);
+    self->write_done = nullptr;
+    d(e, e ? 0 : self->write_total);
+  });
 }
 
 void TlsSocket::start_shutdown_send(UniqueFunction<void(error_code)> done) {

@@ -2,6 +2,7 @@
 #include "clusterconnect/tls.hpp"
 #include "clusterconnect/tls_alpn.hpp"
 
+#include "clusterconnect/handler_slot.hpp"
 #include "clusterconnect/tls_context.hpp"
 #include "clusterconnect/tls_socket.hpp"
 
@@ -39,12 +40,16 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
 
   void async_read_some(asio::mutable_buffer buffer, IoHandler handler) override {
     dispatch_on(ssl_.get_executor(), [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
+      // The handler waits here (see handler_slot.hpp).
+      self->read_done_ = std::move(h);
       // TlsSocket reads on while records have arrived and the buffer has room.
-      self->ssl_.async_read_some(asio::buffer(buffer), [h = std::move(h)](error_code ec, std::size_t n) mutable {
-        // A peer that closes TCP without close_notify: see tls.hpp.
-        if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
-        h(ec, ec ? 0 : n);
-      });
+      self->ssl_.async_read_some(asio::buffer(buffer),
+                                 [slot = ReadSlot(std::move(self))](error_code ec, std::size_t n) mutable {
+                                   auto [me, h] = slot.take();
+                                   // A peer that closes TCP without close_notify: see tls.hpp.
+                                   if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
+                                   h(ec, ec ? 0 : n);
+                                 });
     });
   }
 
@@ -59,7 +64,7 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
       out[n++] = b;
       bytes += b.size();
     }
-    dispatch_on(ssl_.get_executor(), [self = shared_from_this(), out, bytes, h = std::move(handler)]() mutable {
+    dispatch_on(ssl_.get_executor(), [self = shared_from_this(), out, n, bytes, h = std::move(handler)]() mutable {
       if (bytes == 0) {
         post_on(self->ssl_.get_executor(), [h = std::move(h)]() mutable { h(error_code{}, 0); });
         return;
@@ -69,9 +74,13 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
         return;
       }
       // The whole buffers; each TlsSocket write sends its records together.
-      asio::async_write(self->ssl_, out, [self, h = std::move(h)](error_code ec, std::size_t n) mutable {
-        h(ec, ec ? 0 : n);
-      });
+      // The buffers and the handler wait here (see handler_slot.hpp).
+      self->write_bufs_ = out;
+      self->write_first_ = 0;
+      self->write_count_ = n;
+      self->write_sent_ = 0;
+      self->write_done_ = std::move(h);
+      write_more(WriteSlot(std::move(self)));
     });
   }
 
@@ -95,6 +104,41 @@ class TlsStream final : public Stream, public std::enable_shared_from_this<TlsSt
   std::string describe() const override { return peer_; }
 
  private:
+  // The outstanding read's and write's handlers, and what the write has left.
+  IoHandler read_done_, write_done_;
+  std::array<asio::const_buffer, 16> write_bufs_;
+  std::size_t write_first_ = 0, write_count_ = 0, write_sent_ = 0;
+  using ReadSlot = HandlerSlot<TlsStream, &TlsStream::read_done_>;
+  using WriteSlot = HandlerSlot<TlsStream, &TlsStream::write_done_>;
+
+  // Writes the rest of write_bufs_; then the handler gets every byte's count.
+  static void write_more(WriteSlot slot) {
+    auto& me = slot.owner();
+    const std::span<const asio::const_buffer> rest(me.write_bufs_.data() + me.write_first_,
+                                                   me.write_count_ - me.write_first_);
+    me.ssl_.async_write_some(rest, [slot = std::move(slot)](error_code ec, std::size_t n) mutable {
+      auto& me = slot.owner();
+      me.write_sent_ += n;
+      if (!ec && me.consume(n)) return write_more(std::move(slot));
+      auto [self, h] = slot.take();
+      h(ec, ec ? 0 : self->write_sent_);
+    });
+  }
+
+  // Drops `n` written bytes from the front of write_bufs_; whether any remain.
+  bool consume(std::size_t n) {
+    while (n > 0 && write_first_ < write_count_) {
+      auto& b = write_bufs_[write_first_];
+      if (n < b.size()) {
+        b += n;
+        break;
+      }
+      n -= b.size();
+      ++write_first_;
+    }
+    return write_first_ < write_count_;
+  }
+
   // close_notify, then a TCP FIN, keeping the read side open (the peer's
   // close_notify is not waited for: that would race the stream's own read).
   void do_shutdown_send(DoneHandler handler) {

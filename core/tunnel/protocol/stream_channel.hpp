@@ -14,8 +14,9 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/socket_base.hpp>
-#include <boost/asio/write.hpp>
 
+#include "clusterconnect/executor_dispatch.hpp"
+#include "clusterconnect/handler_slot.hpp"
 #include "frame.hpp"
 #include "session.hpp"
 
@@ -39,7 +40,9 @@ class StreamChannel final : public MessageChannel {
   }
 
   void async_write_message(asio::const_buffer message, DoneHandler handler) override {
-    asio::async_write(core_->stream, message, [h = std::move(handler)](error_code ec, std::size_t) mutable { h(ec); });
+    // The handler waits in the core (see handler_slot.hpp).
+    core_->write_done = std::move(handler);
+    write_more(WriteSlot(core_), message);
   }
 
   void close(std::uint16_t, std::string) noexcept override {
@@ -63,6 +66,9 @@ class StreamChannel final : public MessageChannel {
     std::size_t filled = 0;     // bytes received into buf
     std::size_t delivered = 0;  // of which handed to the session last time
     bool closing = false;
+    // The outstanding read's and write's handlers (one each at most).
+    ReadHandler read_done;
+    DoneHandler write_done;
 
     void drop_delivered() {
       if (delivered == 0) return;
@@ -88,13 +94,29 @@ class StreamChannel final : public MessageChannel {
     }
   };
 
+  using WriteSlot = HandlerSlot<Core, &Core::write_done>;
+  using ReadSlot = HandlerSlot<Core, &Core::read_done>;
+
+  // write_some until all of `rest` is written (asio::async_write's operation
+  // is not nothrow-movable: a UniqueFunction would keep it on the heap).
+  static void write_more(WriteSlot slot, asio::const_buffer rest) {
+    auto& core = slot.owner();
+    core.stream.async_write_some(rest, [slot = std::move(slot), rest](error_code ec, std::size_t n) mutable {
+      if (!ec && n < rest.size()) return write_more(std::move(slot), rest + n);
+      auto [c, h] = slot.take();
+      h(ec);
+    });
+  }
+
   static void read_more(std::shared_ptr<Core> core, ReadHandler handler) {
     if (const std::size_t n = core->whole_frames(); n > 0) {
       // Delivered from the executor, never from inside this call: the
       // session asks for the next message from its handler.
       core->delivered = n;
-      asio::post(core->stream.get_executor(), [core, h = std::move(handler), n]() mutable {
-        h(error_code{}, std::span<const std::uint8_t>(core->buf.data(), n));
+      core->read_done = std::move(handler);
+      post_on(core->stream.get_executor(), [p = ReadSlot(core), n]() mutable {
+        auto [c, h] = p.take();
+        h(error_code{}, std::span<const std::uint8_t>(c->buf.data(), n));
       });
       return;
     }
@@ -102,12 +124,13 @@ class StreamChannel final : public MessageChannel {
     if (core->buf.size() < read_buffer_size) core->buf.resize(read_buffer_size);
     auto* at = core->buf.data() + core->filled;
     const std::size_t room = core->buf.size() - core->filled;
-    core->stream.async_read_some(asio::buffer(at, room),
-                                 [core, h = std::move(handler)](error_code ec, std::size_t got) mutable {
-                                   if (ec) return h(ec, {});
-                                   core->filled += got;
-                                   read_more(std::move(core), std::move(h));
-                                 });
+    core->read_done = std::move(handler);
+    core->stream.async_read_some(asio::buffer(at, room), [p = ReadSlot(core)](error_code ec, std::size_t got) mutable {
+      auto [c, h] = p.take();
+      if (ec) return h(ec, {});
+      c->filled += got;
+      read_more(std::move(c), std::move(h));
+    });
   }
 
   std::shared_ptr<Core> core_;

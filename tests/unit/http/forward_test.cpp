@@ -121,6 +121,26 @@ TEST_CASE("policy rewrites reach the upstream and hop-by-hop headers do not", "[
   CHECK(records[0].bytes_out == 2);
 }
 
+TEST_CASE("a policy reply that names no content type is sent as application/json", "[http]") {
+  test::ScriptedUpstream up(echo_targets);
+  Rig rig(up.port(), [](http::RequestHead&) {
+    http::Decision d;
+    d.forward = false;
+    d.reply.status = 403;
+    d.reply.body = "{}";
+    return d;
+  });
+  auto client = rig.client();
+  client.send("GET /api HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 403);
+  REQUIRE(res->header("content-type"));
+  CHECK(*res->header("content-type") == "application/json");
+  CHECK(res->body == "{}");
+  CHECK(*rig.calls == 0);
+}
+
 TEST_CASE("a policy reply is sent instead of forwarding, as a Kubernetes Status", "[http]") {
   test::ScriptedUpstream up(echo_targets);
   Rig rig(up.port(), [](http::RequestHead& h) {
