@@ -99,7 +99,10 @@ Result<std::string> read_token_file(const std::string& path) {
 // The handler runs on an I/O thread and the state it touches is shared with
 // it, so nothing it reaches lives on the stack of run_proxy(); stop() returns
 // only after the signal set was cancelled on the I/O context, so no handler
-// runs once the command has returned.
+// runs once the command has returned. The signals stay caught until the watch
+// is gone: a second one during the shutdown (`timeout` and service managers
+// signal the process and then its whole group) must not end the process by
+// the default action, with 143 in place of the clean stop's 0.
 class SignalWatch : public std::enable_shared_from_this<SignalWatch> {
  public:
   static std::shared_ptr<SignalWatch> start(asio::io_context& io) {
@@ -122,8 +125,7 @@ class SignalWatch : public std::enable_shared_from_this<SignalWatch> {
     auto finished = done->get_future();
     asio::post(io_, [self = shared_from_this(), done] {
       error_code ignored;
-      self->signals_.cancel(ignored);
-      self->signals_.clear(ignored);
+      self->signals_.cancel(ignored);  // later signals are queued in the set, and dropped with it
       done->set_value();
     });
     // The host's I/O threads run until the command returns; the bound only
@@ -748,6 +750,9 @@ int ProxyCommand::run_proxy() {
   // requests finish briefly (5 s for all clusters together).
   signals->stop();
   close_servers();
+  int in_flight = 0;
+  for (const auto& l : links) in_flight += l.policy->in_flight();
+  if (in_flight > 0) logger->info("stopping: {} request(s) in flight may finish within 5 s", in_flight);
   const auto idle_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (const auto& l : links) {
     auto left = idle_deadline - std::chrono::steady_clock::now();

@@ -146,6 +146,25 @@ node -e 'for (const l of require("fs").readFileSync(process.argv[1],"utf8").spli
   "$work/print.err" && pass "-o json with --log-format json: every stderr line is JSON" || fail "-o json with --log-format json: every stderr line is JSON" "$(cat "$work/print.err")"
 [ $rc -eq 0 ] && pass "SIGTERM stops the proxy with exit code 0" || fail "SIGTERM stops the proxy with exit code 0" "got $rc"
 
+# --- a second SIGTERM during the shutdown (`timeout` and service managers signal
+# the process, then its whole group) still ends in the clean stop's 0: a watch
+# in flight keeps the shutdown waiting while the second one comes
+"$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/kubeconfig-stop" --port 0 --ready-file "$work/stop.ready" \
+  >/dev/null 2>"$work/stop.err" &
+stop_pid=$!
+if wait_file "$work/stop.ready" "$stop_pid"; then
+  timeout 60 kubectl --kubeconfig "$work/kubeconfig-stop" get cm e2e-settings -w -o name >"$work/stop-watch.out" 2>&1 &
+  stop_watch=$!
+  wait_line "$work/stop-watch.out" "configmap/e2e-settings"
+  kill -TERM "$stop_pid"
+  stopping=0; wait_line "$work/stop.err" "request(s) in flight may finish" && stopping=1
+  kill -TERM "$stop_pid" 2>/dev/null
+  wait "$stop_pid"; rc=$?
+  kill "$stop_watch" 2>/dev/null; wait "$stop_watch" 2>/dev/null
+  [ $stopping -eq 1 ] && [ $rc -eq 0 ] && pass "a second SIGTERM during the shutdown still stops the proxy with exit code 0" ||
+    fail "a second SIGTERM during the shutdown still stops the proxy with exit code 0" "got $rc; the shutdown's line seen: $stopping" "$(tail -3 "$work/stop.err")"
+else fail "the proxy for the second-signal check starts" "$(cat "$work/stop.err")"; fi
+
 # --- service-account token mode
 "$bin/connectedk8s" proxy -n demo -g sandbox -f "$work/kubeconfig-sa" --port 0 --token "$SANDBOX_CI_TOKEN" \
   --kube-context demo-sa --ready-file "$work/proxy-sa.ready" >/dev/null 2>"$work/proxy-sa.err" &
