@@ -303,8 +303,8 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   std::optional<ChunkDecoder> chunks_;
   std::uint64_t body_left_ = 0;
   bool body_expected_ = false, body_complete_ = false, body_sent_any_ = false;
+  bool connect_retried_ = false;  // waited once for a new connection after one failed to open
   std::string body_;  // queued for DATA
-  bool connect_retried_ = false;
   std::size_t body_pos_ = 0;
   IoHandler write_waiting_;
   std::size_t write_waiting_count_ = 0;
