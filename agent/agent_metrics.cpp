@@ -81,7 +81,11 @@ std::string AgentMetrics::render(unsigned tunnels_up, const UpstreamCounts& upst
         << "# HELP clusterconnect_agent_upstream_h2_ping_timeouts_total HTTP/2 connections to the API server closed "
            "because a PING got no answer.\n"
            "# TYPE clusterconnect_agent_upstream_h2_ping_timeouts_total counter\n"
-        << "clusterconnect_agent_upstream_h2_ping_timeouts_total " << upstream.h2_ping_timeouts << "\n";
+        << "clusterconnect_agent_upstream_h2_ping_timeouts_total " << upstream.h2_ping_timeouts << "\n"
+        << "# HELP clusterconnect_agent_upstream_h2_connects_retried_total HTTP/2 connections to the API server that "
+           "failed to open, tried again for the requests waiting on them.\n"
+           "# TYPE clusterconnect_agent_upstream_h2_connects_retried_total counter\n"
+        << "clusterconnect_agent_upstream_h2_connects_retried_total " << upstream.h2_connects_retried << "\n";
   out
       << "# HELP clusterconnect_agent_request_duration_seconds Time to the end of the response.\n"
          "# TYPE clusterconnect_agent_request_duration_seconds histogram\n";

@@ -21,7 +21,7 @@ struct UpstreamCounts {
   bool http2 = false;
   std::uint64_t h2_connections_opened = 0, h2_streams_opened = 0, h2_streams_reset = 0, h2_streams_retried = 0;
   std::size_t h2_connections = 0, h2_streams_active = 0;
-  std::uint64_t h2_ping_timeouts = 0;
+  std::uint64_t h2_ping_timeouts = 0, h2_connects_retried = 0;
 };
 
 class AgentMetrics {

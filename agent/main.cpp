@@ -473,6 +473,7 @@ int main(int argc, char** argv) try {
         upstream.h2_streams_reset = s.streams_reset;
         upstream.h2_streams_retried = s.streams_retried;
         upstream.h2_ping_timeouts = s.ping_timeouts;
+        upstream.h2_connects_retried = s.connects_retried;
       }
       return {200, "text/plain; version=0.0.4; charset=utf-8", metrics->render(listener->status().tunnels_up, upstream)};
     }

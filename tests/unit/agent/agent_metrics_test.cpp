@@ -31,6 +31,7 @@ TEST_CASE("metrics: HTTP/2 connections and streams to the API server", "[agent][
   counts.h2_streams_reset = 2;
   counts.h2_streams_retried = 3;
   counts.h2_ping_timeouts = 4;
+  counts.h2_connects_retried = 6;
   const std::string text = metrics.render(1, counts);
   CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_connections_opened_total 1\n"));
   CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_total 40\n"));
@@ -38,6 +39,7 @@ TEST_CASE("metrics: HTTP/2 connections and streams to the API server", "[agent][
   CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_reset_total 2\n"));
   CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_streams_retried_total 3\n"));
   CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_ping_timeouts_total 4\n"));
+  CHECK_THAT(text, Catch::Contains("\nclusterconnect_agent_upstream_h2_connects_retried_total 6\n"));
   // --upstream-http2 off: none of them.
   CHECK_THAT(metrics.render(1, UpstreamCounts{true, 3, 17, 2}), !Catch::Contains("upstream_h2_"));
 }
