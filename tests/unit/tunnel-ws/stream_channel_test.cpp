@@ -145,8 +145,14 @@ void echo_inside_tls() {
   client_ctx->set_verify_mode(asio::ssl::verify_peer);
   Tls proxy_tls = make_tls<Tls>(std::move(a), server_ctx), agent_tls = make_tls<Tls>(std::move(b), client_ctx);
   std::promise<error_code> hs_proxy, hs_agent;
-  proxy_tls.async_handshake(asio::ssl::stream_base::server, [&](error_code ec) { hs_proxy.set_value(ec); });
-  agent_tls.async_handshake(asio::ssl::stream_base::client, [&](error_code ec) { hs_agent.set_value(ec); });
+  // Started on the sockets' own executors: an I/O object is not to be used
+  // from the test's thread while its io threads run its completions.
+  asio::post(proxy_tls.get_executor(), [&] {
+    proxy_tls.async_handshake(asio::ssl::stream_base::server, [&](error_code ec) { hs_proxy.set_value(ec); });
+  });
+  asio::post(agent_tls.get_executor(), [&] {
+    agent_tls.async_handshake(asio::ssl::stream_base::client, [&](error_code ec) { hs_agent.set_value(ec); });
+  });
   auto fp = hs_proxy.get_future(), fa = hs_agent.get_future();
   REQUIRE_FALSE(wait(fp));
   REQUIRE_FALSE(wait(fa));
