@@ -84,6 +84,30 @@ print(f"{sys.argv[3]}: {len(sizes)} socket writes for {n} requests ({len(sizes)/
 for b in sorted(buckets):
     print(f"  <= {b:>7} bytes: {buckets[b]}")
 PY
+
+  # Which syscalls, per request (strace -c over one second of load).
+  timeout 5 strace -c -f -qq -p "$pid" -o "$out/syscalls-$name.txt" &
+  st_pid=$!
+  sleep 0.5
+  timeout 10 wrk "${hdr[@]}" -t1 -c1 -d1s "$url" >"$out/wrk-syscalls-$name.txt" 2>&1 || true
+  kill -INT "$st_pid" 2>/dev/null || true
+  wait "$st_pid" 2>/dev/null || true
+  python3 - "$out/syscalls-$name.txt" "$(requests_of "$out/wrk-syscalls-$name.txt")" "$name" >>"$out/syscall-mix.txt" <<'PY'
+import re, sys
+n = max(1, int(sys.argv[2] or 1))
+rows = []
+for line in open(sys.argv[1]):
+    f = line.split()
+    # % time, seconds, usecs/call, calls, [errors,] syscall
+    if len(f) >= 5 and re.fullmatch(r"[0-9.]+", f[0]) and f[-1] != "total":
+        calls = int(f[3])
+        errors = int(f[4]) if len(f) == 6 else 0
+        rows.append((calls, errors, f[-1]))
+rows.sort(reverse=True)
+print(f"{sys.argv[3]}: syscalls per request ({n} requests under strace), errors in brackets")
+for calls, errors, name in rows:
+    print(f"  {name:<16} {calls / n:6.2f}" + (f"  ({errors / n:.2f})" if errors else ""))
+PY
 done
 
 # Where the CPU goes at 64 connections, all processes of the chain together.
