@@ -58,7 +58,7 @@ TEST_CASE("a quiet watch holds none of its response head and its record stays wh
     if (!test::read_message(c)) return;
     c.send(head);
     c.send(event_chunk);
-    if (!release.wait()) return;
+    if (!release.wait(std::chrono::seconds(30))) return;
     c.send("0\r\n\r\n");
   });
   auto policy = std::make_shared<test::TestPolicy>();
@@ -87,12 +87,16 @@ TEST_CASE("a quiet watch holds none of its response head and its record stays wh
     const auto client_side = front->inbound_reads->last_asked.load();
     return upstream > 0 && upstream <= 64 && client_side > 0 && client_side <= 64;
   }));
-  // The engine, both streams and their sockets: a few KB, not the 48 KB head.
+  // The engine, both streams and their sockets: a few KB, not the 48 KB head
+  // (by now the head is written and the engine waits; the watch is alive
+  // until `release`, so what it holds cannot have gone with it).
   long held = 0;
-  CHECK(test::wait_until([&] {
-    held = live_bytes() - before;
-    return held < 20 * 1024;
-  }));
+  CHECK(test::wait_until(
+      [&] {
+        held = live_bytes() - before;
+        return held < 20 * 1024;
+      },
+      std::chrono::seconds(3)));
   INFO("held while quiet: " << held << " bytes");
 
   release.set();
