@@ -227,6 +227,25 @@ void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& cal
   done(std::move(d));
 }
 
+namespace {
+
+bool same_identity(const Identity& a, const Identity& b) {
+  return a.user == b.user && a.uid == b.uid && a.groups == b.groups && a.extra == b.extra;
+}
+
+}  // namespace
+
+std::shared_ptr<const VerifiedCaller> AgentPolicy::caller_for(Identity identity) {
+  {
+    std::lock_guard lock(callers_mu_);
+    if (auto last = last_caller_.lock(); last && same_identity(last->identity, identity)) return last;
+  }
+  auto caller = make_caller(std::move(identity));
+  std::lock_guard lock(callers_mu_);
+  last_caller_ = caller;
+  return caller;
+}
+
 void AgentPolicy::on_request(http::RequestHead& head, UniqueFunction<void(http::Decision)> done) {
   decide(head, std::move(done), nullptr);
 }
@@ -261,7 +280,7 @@ void AgentPolicy::decide(http::RequestHead& head, UniqueFunction<void(http::Deci
   authenticator_->async_authenticate(
       std::move(token), [this, &head, expiry = times.expiry, keep = std::move(keep), digest, done = std::move(done)](AuthOutcome outcome) mutable {
         if (outcome.ok()) {
-          auto caller = make_caller(std::move(outcome.identity));
+          auto caller = caller_for(std::move(outcome.identity));
           if (keep) {
             const auto until = std::min(expiry, now_() + memo_max_age);
             std::lock_guard lock(keep->mu);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -64,6 +65,10 @@ class AgentPolicy final : public http::ForwardPolicy, public std::enable_shared_
   void impersonate(http::RequestHead& head, const VerifiedCaller& caller, std::chrono::system_clock::time_point expiry,
                    UniqueFunction<void(http::Decision)>& done);
   static void pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done);
+  // The caller for a verified identity: the one already built when it is the
+  // same identity as the last one (many connections of one user, e.g. its
+  // watches, then share one instead of holding a copy each).
+  std::shared_ptr<const VerifiedCaller> caller_for(Identity identity);
 
   AuthMode mode_;
   std::shared_ptr<Authenticator> authenticator_;
@@ -73,6 +78,8 @@ class AgentPolicy final : public http::ForwardPolicy, public std::enable_shared_
   std::shared_ptr<spdlog::logger> logger_;
   std::string backend_;  // the authenticator's name ("entra", "oidc"): in messages and the audit log
   std::function<std::chrono::system_clock::time_point()> now_ = [] { return std::chrono::system_clock::now(); };
+  std::mutex callers_mu_;
+  std::weak_ptr<const VerifiedCaller> last_caller_;
 };
 
 }  // namespace clusterconnect::agent

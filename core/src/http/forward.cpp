@@ -226,8 +226,12 @@ struct Upstream {
   // A chunked response's bytes announced by its chunk headers and delivered
   // so far: while they differ, the rest of a chunk is on its way.
   std::uint64_t chunk_bytes_announced = 0, body_bytes_delivered = 0;
-  std::function<void(std::uint64_t, std::string_view, error_code&)> on_chunk_header =
-      [this](std::uint64_t size, std::string_view, error_code&) { chunk_bytes_announced += size; };
+  // What the parser calls per chunk header (by reference: a pointer here,
+  // not a std::function).
+  struct ChunkCounter {
+    std::uint64_t* announced;
+    void operator()(std::uint64_t size, std::string_view, error_code&) const { *announced += size; }
+  } on_chunk_header{&chunk_bytes_announced};
   bool idle_reading = false;      // watch_upstream's read is out
   bool response_waiting = false;  // pump B waits for that read to finish
   unsigned waiting_attempt = 0;
@@ -444,9 +448,7 @@ class Session : public std::enable_shared_from_this<Session> {
         limits_(limits),
         log_(std::move(logger)),
         recovery_(recovery),
-        timer_(strand_) {
-    peer_ = in_.stream()->describe();
-  }
+        timer_(strand_) {}
 
   void start() {
     asio::dispatch(strand_, [self = shared_from_this()] { self->wait_request(); });
@@ -611,7 +613,10 @@ class Session : public std::enable_shared_from_this<Session> {
     rec_.groups = std::move(d.groups);
     rec_.notes = std::move(d.notes);
     pipe_deadline_ = d.pipe_deadline;
-    pipe_deadline_reason_ = std::move(d.pipe_deadline_reason);
+    // Only an upgraded connection is closed at the deadline: any other
+    // request (a watch held for long) keeps no copy of the reason.
+    if (head_.upgrade) pipe_deadline_reason_ = std::move(d.pipe_deadline_reason);
+    else std::string().swap(pipe_deadline_reason_);
     if (!d.forward) return reply_and_continue(std::move(d.reply));
     if (!build_request_wire())
       return reply_and_continue(status_reply(500, "InternalError", "request headers could not be forwarded"));
@@ -623,6 +628,8 @@ class Session : public std::enable_shared_from_this<Session> {
       resume_->lines.emplace(head_.target);
     } else {
       resume_.reset();
+      // The record keeps the target as asked (for it and for log lines).
+      std::string().swap(head_.target);
     }
     attempt_request();
   }
@@ -764,26 +771,27 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void write_request(UpstreamPtr up, bool with_head, std::size_t n, bool last) {
     std::size_t k = 0;
-    a_out_.fill(asio::const_buffer());
-    if (with_head) a_out_[k++] = asio::buffer(req_wire_);
+    // Copied into the write operation: the session keeps no buffer list.
+    std::array<asio::const_buffer, 5> a_out{};
+    if (with_head) a_out[k++] = asio::buffer(req_wire_);
     if (n > 0) {
       if (req_chunked_) {
         int len = std::snprintf(a_chunk_, sizeof a_chunk_, "%zx\r\n", n);
-        a_out_[k++] = asio::buffer(a_chunk_, static_cast<std::size_t>(len));
-        a_out_[k++] = asio::buffer(a_buf(), n);
-        a_out_[k++] = asio::buffer("\r\n", 2);
+        a_out[k++] = asio::buffer(a_chunk_, static_cast<std::size_t>(len));
+        a_out[k++] = asio::buffer(a_buf(), n);
+        a_out[k++] = asio::buffer("\r\n", 2);
       } else {
-        a_out_[k++] = asio::buffer(a_buf(), n);
+        a_out[k++] = asio::buffer(a_buf(), n);
       }
     }
-    if (last && req_chunked_) a_out_[k++] = asio::buffer("0\r\n\r\n", 5);
+    if (last && req_chunked_) a_out[k++] = asio::buffer("0\r\n\r\n", 5);
     if (k == 0) {
       if (!last) return read_request_body(std::move(up), false);  // only chunk framing was parsed
       req_done_ = true;
       return maybe_finish();
     }
     auto& io = up->io;
-    asio::async_write(io, a_out_,
+    asio::async_write(io, a_out,
                       [self = shared_from_this(), up = std::move(up), last, attempt = attempt_](error_code ec,
                                                                                                 std::size_t) mutable {
                         if (self->aborting_ || attempt != self->attempt_) return;
@@ -897,6 +905,7 @@ class Session : public std::enable_shared_from_this<Session> {
     watch_live_ =
         resume_ && resume_->lines && status == 200 && res_chunked_ &&
         is_json_watch_body(field_value(m, bhttp::field::content_type), field_value(m, bhttp::field::content_encoding));
+    shed_response_fields(p);
 
     if (p.is_done()) return write_response(std::move(up), true, {}, true);
     if (!p.content_length() && !bodiless) b_.first = kQuietPumpBuffer;
@@ -1035,26 +1044,26 @@ class Session : public std::enable_shared_from_this<Session> {
   void write_response(UpstreamPtr up, bool with_head, std::string_view body, bool last) {
     if (with_head) response_started_ = true;
     std::size_t k = 0;
-    b_out_.fill(asio::const_buffer());
-    if (with_head) b_out_[k++] = asio::buffer(res_wire_);
+    std::array<asio::const_buffer, 5> b_out{};
+    if (with_head) b_out[k++] = asio::buffer(res_wire_);
     if (!body.empty()) {
       if (res_chunked_) {
         int len = std::snprintf(b_chunk_, sizeof b_chunk_, "%zx\r\n", body.size());
-        b_out_[k++] = asio::buffer(b_chunk_, static_cast<std::size_t>(len));
-        b_out_[k++] = asio::buffer(body.data(), body.size());
-        b_out_[k++] = asio::buffer("\r\n", 2);
+        b_out[k++] = asio::buffer(b_chunk_, static_cast<std::size_t>(len));
+        b_out[k++] = asio::buffer(body.data(), body.size());
+        b_out[k++] = asio::buffer("\r\n", 2);
       } else {
-        b_out_[k++] = asio::buffer(body.data(), body.size());
+        b_out[k++] = asio::buffer(body.data(), body.size());
       }
     }
-    if (last && res_chunked_ && !interim_) b_out_[k++] = asio::buffer("0\r\n\r\n", 5);
+    if (last && res_chunked_ && !interim_) b_out[k++] = asio::buffer("0\r\n\r\n", 5);
     if (k == 0) {
       // Only framing was parsed, or a close-delimited body just ended.
       if (!last) return next_response_body(std::move(up));
       res_done_ = true;
       return maybe_finish();
     }
-    asio::async_write(in_, b_out_,
+    asio::async_write(in_, b_out,
                       [self = shared_from_this(), up = std::move(up), last, attempt = attempt_](error_code ec,
                                                                                                 std::size_t) mutable {
                         if (self->aborting_ || attempt != self->attempt_) return;
@@ -1105,7 +1114,7 @@ class Session : public std::enable_shared_from_this<Session> {
       // been applied, so the client decides.
       if (is_safe_method() && !retried_ && !req_has_body_ && !response_started_) {
         retried_ = true;
-        if (log_) log_->info("http {}: upstream lost before the response to {} {}: sending it again", peer_,
+        if (log_) log_->info("http {}: upstream lost before the response to {} {}: sending it again", peer(),
                              head_.method, target_path());
         return attempt_request();
       }
@@ -1154,13 +1163,25 @@ class Session : public std::enable_shared_from_this<Session> {
   bool is_safe_method() const { return head_.method == "GET" || head_.method == "HEAD"; }
 
   // The request's path without its query, for log lines.
-  std::string_view target_path() const { return std::string_view(head_.target).substr(0, head_.target.find('?')); }
+  std::string_view target_path() const {
+    const std::string& t = head_.target.empty() ? rec_.target : head_.target;
+    return std::string_view(t).substr(0, t.find('?'));
+  }
 
   // Resets the current upstream, if any, and lets go of it.
   void drop_upstream(const char* why) {
     if (!up_) return;
     up_->io.stream()->reset(why);
     up_.reset();
+  }
+
+  // Once the final response head is read and its wire form built, only the
+  // parser's framing state is needed: the fields (a node per header) and the
+  // reason go, so a long response (a watch) holds none of its head.
+  template <class Parser>
+  static void shed_response_fields(Parser& p) {
+    p.get().clear();
+    p.get().reason({});
   }
 
   template <class Fields>
@@ -1181,14 +1202,14 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_->lines->discard_partial();
     if (!resume_->lines->resumable()) {
       if (log_) log_->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
-                           peer_, target_path());
+                           peer(), target_path());
       return end_watch();
     }
     resuming_ = true;
     resume_->deadline = Clock::now() + recovery_.resume_for;
     resume_->backoff = recovery_.first_backoff;
     if (log_)
-      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer_, target_path(), ec.message(),
+      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer(), target_path(), ec.message(),
                  resume_->lines->resource_version().empty() ? std::string("as first asked")
                                                             : resume_->lines->resource_version());
     resume_connect();
@@ -1200,7 +1221,7 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
       if (self->log_)
-        self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer_, self->target_path());
+        self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer(), self->target_path());
       self->end_watch();
     });
     connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
@@ -1238,7 +1259,7 @@ class Session : public std::enable_shared_from_this<Session> {
           if (!d.forward) {
             if (self->log_)
               self->log_->info("http {}: watch {} could not resume: the request was refused ({}): ending it",
-                               self->peer_, self->target_path(), d.reply.status);
+                               self->peer(), self->target_path(), d.reply.status);
             return self->end_watch();
           }
           if (!self->build_wire(self->resume_->head, self->resume_->wire)) return self->end_watch();
@@ -1265,7 +1286,7 @@ class Session : public std::enable_shared_from_this<Session> {
     drop_upstream("watch resume failed");
     ++attempt_;
     if (Clock::now() + resume_->backoff >= resume_->deadline) {
-      if (log_) log_->info("http {}: watch {} could not resume ({}): ending it", peer_,
+      if (log_) log_->info("http {}: watch {} could not resume ({}): ending it", peer(),
                            target_path(), why);
       return end_watch();
     }
@@ -1287,7 +1308,8 @@ class Session : public std::enable_shared_from_this<Session> {
       resuming_ = false;
       resume_->timer.cancel();
       up_keep_alive_ = p.keep_alive();
-      if (log_) log_->info("http {}: watch {} resumed", peer_, target_path());
+      shed_response_fields(p);
+      if (log_) log_->info("http {}: watch {} resumed", peer(), target_path());
       if (p.is_done()) return write_response(std::move(up), false, resume_->lines->feed({}, true), true);
       return read_response_body(std::move(up), false);
     }
@@ -1322,7 +1344,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void end_watch_with_error(unsigned status) {
     resume_->timer.cancel();
     drop_upstream("watch ended");
-    if (log_) log_->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer_,
+    if (log_) log_->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer(),
                          target_path(), status);
     resuming_ = false;
     resume_->error_event = watch_error_event(status, resume_->error_body);
@@ -1597,7 +1619,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void close_at_deadline(const UpstreamPtr& up) {
     pipes_open_ = 0;
     const std::string reason = pipe_deadline_reason_.empty() ? "connection deadline reached" : pipe_deadline_reason_;
-    if (log_) log_->info("http {}: upgraded connection closed: {}", peer_, reason);
+    if (log_) log_->info("http {}: upgraded connection closed: {}", peer(), reason);
     rec_.notes.push_back({"closed", reason});
     up->io.stream()->reset(reason);
     in_.stream()->reset(reason);
@@ -1722,10 +1744,13 @@ class Session : public std::enable_shared_from_this<Session> {
     timer_.cancel();
   }
 
+  // For log lines only: built when one is written, not kept.
+  std::string peer() const { return in_.stream()->describe(); }
+
   void log_failure(error_code ec, std::string_view what) {
     if (!log_ || !log_->should_log(spdlog::level::debug)) return;
-    if (ec) log_->debug("http {}: {}: {}", peer_, what, ec.message());
-    else log_->debug("http {}: {}", peer_, what);
+    if (ec) log_->debug("http {}: {}: {}", peer(), what, ec.message());
+    else log_->debug("http {}: {}", peer(), what);
   }
 
   Strand strand_;
@@ -1737,7 +1762,6 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<spdlog::logger> log_;
   Recovery recovery_;
   StrandTimer timer_;
-  std::string peer_;
 
   // What a watch that may be resumed keeps; only such a watch has one.
   struct ResumableWatch {
@@ -1764,7 +1788,6 @@ class Session : public std::enable_shared_from_this<Session> {
   // Allocated on first use: most requests have no body, and a connection
   // that is only held open needs neither.
   PumpBuffer a_, b_;  // a: inbound -> upstream, b: upstream -> inbound
-  std::array<asio::const_buffer, 5> a_out_, b_out_;
   char a_chunk_[24] = {}, b_chunk_[24] = {};
 
   UpstreamPtr up_;

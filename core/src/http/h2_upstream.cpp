@@ -290,11 +290,10 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   Strand strand_;
   Mode mode_ = Mode::idle;
   StreamPtr http1_;            // after an upgrade or without h2: a real connection
-  std::string http1_pending_;  // bytes written before that connection was there
-  IoHandler http1_pending_write_;
-  std::size_t http1_pending_count_ = 0;
-  IoHandler http1_pending_read_;
-  asio::mutable_buffer http1_pending_buffer_;
+  // Bytes written before that connection was there; the write that brought
+  // them waits in write_waiting_, and a read in read_handler_ (one of each
+  // at a time in either mode: a stream holds two handlers, not four).
+  std::string http1_pending_;
 
   // The request.
   std::string head_text_;
@@ -306,6 +305,7 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   bool connect_retried_ = false;  // waited once for a new connection after one failed to open
   std::string body_;  // queued for DATA
   std::size_t body_pos_ = 0;
+  // A write waiting for the queue to drain (h2) or for the connection (http1).
   IoHandler write_waiting_;
   std::size_t write_waiting_count_ = 0;
   bool deferred_ = false;
@@ -913,13 +913,9 @@ void Virtual::abandon() noexcept {
   conn_.reset();
   auto read = std::move(read_handler_);
   auto write = std::move(write_waiting_);
-  auto http1_write = std::move(http1_pending_write_);
-  auto http1_read = std::move(http1_pending_read_);
   auto http1 = std::move(http1_);
   read_handler_ = nullptr;
   write_waiting_ = nullptr;
-  http1_pending_write_ = nullptr;
-  http1_pending_read_ = nullptr;
   mode_ = Mode::failed;
 }
 
@@ -963,8 +959,8 @@ void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t 
       return http1_->async_write_some(bufs, std::move(handler));
     }
     for (auto p : pieces) http1_pending_.append(p);
-    http1_pending_write_ = std::move(handler);
-    http1_pending_count_ = total;
+    write_waiting_ = std::move(handler);
+    write_waiting_count_ = total;
     return;
   }
   std::string_view body_rest;
@@ -1003,8 +999,8 @@ void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t 
     if (head_.upgrade) {
       // exec, attach, port-forward: an HTTP/1.1 connection of its own.
       http1_pending_ = head_text_;
-      http1_pending_write_ = std::move(handler);
-      http1_pending_count_ = total;
+      write_waiting_ = std::move(handler);
+      write_waiting_count_ = total;
       head_text_.clear();
       go_http1();
       return;
@@ -1141,9 +1137,13 @@ void Virtual::on_no_connection(std::string reason) {
 
 // The engine reads a 502 with `message` in place of the response.
 void Virtual::fail_request(std::string message) {
-  if (owner_->log())
-    owner_->log()->info("API server request {} {}: {}", head_.method, head_.target.substr(0, head_.target.find('?')),
-                        message);
+  if (owner_->log()) {
+    // After the response head the target is no longer kept.
+    if (head_.target.empty()) owner_->log()->info("API server request {}: {}", head_.method, message);
+    else
+      owner_->log()->info("API server request {} {}: {}", head_.method,
+                          std::string_view(head_.target).substr(0, head_.target.find('?')), message);
+  }
   if (head_emitted_) {
     error_ = asio::error::connection_reset;
     mode_ = Mode::failed;
@@ -1154,11 +1154,6 @@ void Virtual::fail_request(std::string message) {
     body_complete_ = true;
   }
   if (write_waiting_) complete_write();
-  if (http1_pending_write_) {
-    auto h = std::move(http1_pending_write_);
-    http1_pending_write_ = nullptr;
-    asio::post(strand_, [h = std::move(h), n = http1_pending_count_]() mutable { h({}, n); });
-  }
   deliver();
 }
 
@@ -1180,11 +1175,7 @@ void Virtual::on_http1(StreamPtr stream) {
     fallback_wire_.clear();
     body_.clear();
     body_pos_ = 0;
-    if (write_waiting_) {
-      http1_pending_write_ = std::move(write_waiting_);
-      write_waiting_ = nullptr;
-      http1_pending_count_ = write_waiting_count_;
-    }
+    // A write waiting for the body queue now waits for the connection.
   }
   http1_ = std::move(stream);
   auto pending = std::make_shared<std::string>(std::move(http1_pending_));
@@ -1214,22 +1205,16 @@ void Virtual::on_http1(StreamPtr stream) {
 
 void Virtual::finish_http1_write(error_code ec) {
   // The engine's read may have started before the request head said where
-  // it goes.
-  if (!http1_pending_read_ && read_handler_) {
-    http1_pending_read_ = std::move(read_handler_);
-    read_handler_ = nullptr;
-    http1_pending_buffer_ = read_buffer_;
+  // it goes (or before the connection was there).
+  auto read = std::move(read_handler_);
+  read_handler_ = nullptr;
+  const auto read_buffer = read_buffer_;
+  if (write_waiting_) {
+    auto h = std::move(write_waiting_);
+    write_waiting_ = nullptr;
+    h(ec, ec ? 0 : write_waiting_count_);
   }
-  if (http1_pending_write_) {
-    auto h = std::move(http1_pending_write_);
-    http1_pending_write_ = nullptr;
-    h(ec, ec ? 0 : http1_pending_count_);
-  }
-  if (http1_pending_read_) {
-    auto h = std::move(http1_pending_read_);
-    http1_pending_read_ = nullptr;
-    http1_->async_read_some(http1_pending_buffer_, std::move(h));
-  }
+  if (read) http1_->async_read_some(read_buffer, std::move(read));
 }
 
 void Virtual::on_response_header(std::string_view name, std::string_view value) {
@@ -1271,9 +1256,10 @@ void Virtual::on_headers_end(bool end_stream) {
   head += response_head_;
   std::string().swap(response_head_);
   // The final head came: the request is not submitted again, and a long
-  // response (a watch) keeps only its method and target (for logs).
+  // response (a watch) keeps only its method (for logs).
   std::vector<std::pair<std::string, std::string>>().swap(head_.headers);
   std::string().swap(head_.authority);
+  std::string().swap(head_.target);
   if (!bodiless && !has_length_) {
     if (end_stream)
       head += "Content-Length: 0\r\n";
@@ -1355,9 +1341,9 @@ void Virtual::on_connection_lost(const std::string& why) {
 void Virtual::async_read_some(asio::mutable_buffer buffer, IoHandler handler) {
   asio::dispatch(strand_, [self = shared_from_this(), buffer, h = std::move(handler)]() mutable {
     if (self->mode_ == Mode::http1) {
-      if (self->http1_ && !self->http1_pending_write_) return self->http1_->async_read_some(buffer, std::move(h));
-      self->http1_pending_read_ = std::move(h);
-      self->http1_pending_buffer_ = buffer;
+      if (self->http1_ && !self->write_waiting_) return self->http1_->async_read_some(buffer, std::move(h));
+      self->read_handler_ = std::move(h);
+      self->read_buffer_ = buffer;
       return;
     }
     self->read_handler_ = std::move(h);
@@ -1444,16 +1430,6 @@ void Virtual::reset(std::string_view reason) noexcept {
     if (self->write_waiting_) {
       auto h = std::move(self->write_waiting_);
       self->write_waiting_ = nullptr;
-      asio::post(self->strand_, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, 0); });
-    }
-    if (self->http1_pending_write_) {
-      auto h = std::move(self->http1_pending_write_);
-      self->http1_pending_write_ = nullptr;
-      asio::post(self->strand_, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, 0); });
-    }
-    if (self->http1_pending_read_) {
-      auto h = std::move(self->http1_pending_read_);
-      self->http1_pending_read_ = nullptr;
       asio::post(self->strand_, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, 0); });
     }
   });

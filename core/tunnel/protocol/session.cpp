@@ -89,6 +89,40 @@ class ChunkQueue {
   std::size_t head_ = 0;
 };
 
+// A handler that most streams never hold, kept out of line: empty, it costs a
+// pointer instead of a handler's inline storage (streams held open by the
+// thousand, each idle watch one, carry none of these).
+template <class Fn>
+class RareHandler;
+template <class R, class... Args>
+class RareHandler<UniqueFunction<R(Args...)>> {
+  using Fn = UniqueFunction<R(Args...)>;
+
+ public:
+  RareHandler() noexcept = default;
+  RareHandler& operator=(std::nullptr_t) noexcept {
+    fn_.reset();
+    return *this;
+  }
+  RareHandler& operator=(Fn fn) {
+    if (fn) fn_ = std::make_unique<Fn>(std::move(fn));
+    else fn_.reset();
+    return *this;
+  }
+  explicit operator bool() const noexcept { return fn_ && *fn_; }
+  R operator()(Args... args) { return (*fn_)(std::forward<Args>(args)...); }
+  // The handler itself; this one is left empty.
+  Fn take() noexcept {
+    Fn out;
+    if (fn_) out = std::move(*fn_);
+    fn_.reset();
+    return out;
+  }
+
+ private:
+  std::unique_ptr<Fn> fn_;
+};
+
 struct StreamState {
   enum class Phase { opening, pending_accept, open, done };
 
@@ -97,7 +131,7 @@ struct StreamState {
   Phase phase = Phase::open;
 
   // Opening (local): completes on ACK or RST; the handle is handed out then.
-  Session::OpenCallback open_cb;
+  RareHandler<Session::OpenCallback> open_cb;
   TunnelStreamPtr pending_handle;
   std::unique_ptr<SessionClock::Timer> open_timer;
 
@@ -128,10 +162,10 @@ struct StreamState {
   std::size_t read_filled = 0;
   bool read_posted = false;
   std::size_t chunk_max = 0;
-  TunnelStream::ChunkHandler chunk_handler;  // a read in the async_read_chunk form
+  RareHandler<TunnelStream::ChunkHandler> chunk_handler;  // a read in the async_read_chunk form
   std::vector<asio::const_buffer> write_bufs;
   IoHandler write_handler;
-  DoneHandler shutdown_handler;
+  RareHandler<DoneHandler> shutdown_handler;
 };
 
 struct Session::Impl {
@@ -1007,8 +1041,7 @@ void Session::do_accept(const std::shared_ptr<StreamState>& s) {
   if (s->write_handler) {
     schedule(s);
   } else if (s->shutdown_handler) {
-    auto h = std::move(s->shutdown_handler);
-    do_shutdown(s, std::move(h));
+    do_shutdown(s, s->shutdown_handler.take());
   }
   flush();
 }

@@ -392,6 +392,27 @@ TEST_CASE("connection memo: a different token on the same connection is verified
   CHECK(f.auth->calls == 3);
 }
 
+TEST_CASE("connections of one identity share its impersonation and another identity never gets it",
+          "[agent][policy][memo]") {
+  MemoFixture f;
+  const std::string alice = jwt_for("alice@contoso.example", 1'900'003'600);
+  const std::string bob = jwt_for("bob@contoso.example", 1'900'003'600);
+  // Alice, Bob, Alice again, each on a connection of its own (as watches
+  // are): every one verified, every one impersonated as its own caller.
+  for (const auto* token : {&alice, &bob, &alice, &alice, &bob}) {
+    const std::string user = token == &alice ? "alice@contoso.example" : "bob@contoso.example";
+    auto head = with_token(*token);
+    auto d = decide(*f.shared->for_connection(), head);
+    REQUIRE(d.forward);
+    CHECK(d.user == user);
+    CHECK(head.all("impersonate-user") == std::vector<std::string>{user});
+    CHECK(head.all("impersonate-uid") == std::vector<std::string>{"uid-" + user});
+    CHECK(head.all("impersonate-extra-oid") == std::vector<std::string>{"oid-" + user});
+    CHECK(head.all("impersonate-group") == std::vector<std::string>{"devs", "ops"});
+  }
+  CHECK(f.auth->calls == 5);
+}
+
 TEST_CASE("connection memo: a caller's own Impersonate-* headers are refused on a remembered token too",
           "[agent][policy][memo]") {
   MemoFixture f;
