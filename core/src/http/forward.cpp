@@ -1805,7 +1805,8 @@ std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, Upstrea
 }
 
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
-           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger) {
+           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger,
+           Recovery recovery) {
   auto p = std::static_pointer_cast<Pool>(pool);
   if (!inbound || !policy || !p) {
     if (inbound) inbound->reset("forwarding engine misconfigured");
@@ -1816,7 +1817,7 @@ void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolic
     done(asio::error::operation_aborted, nullptr, "the upstream pool is closed");
   };
   std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
-                            Recovery{}, std::move(p))
+                            recovery, std::move(p))
       ->start();
 }
 
