@@ -265,13 +265,30 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
   // The most recently used idle connection, or null. Its idle read may still
   // be out: the taker finishes it with await_read.
   UpstreamPtr take() {
-    std::lock_guard lock(mu_);
-    if (idle_.empty()) return nullptr;
-    auto up = std::move(idle_.back().up);
-    idle_.pop_back();
-    up->in_pool = false;
-    up->taken_from_pool = true;
-    ++reused_;
+    UpstreamPtr up;
+    std::vector<UpstreamPtr> stale;
+    {
+      std::lock_guard lock(mu_);
+      // Connections that may carry no new exchange (a draining tunnel's
+      // streams) are closed rather than kept: they would keep it alive.
+      for (auto it = idle_.begin(); it != idle_.end();) {
+        if (it->up->io.stream()->reusable()) {
+          ++it;
+          continue;
+        }
+        it->up->in_pool = false;
+        stale.push_back(std::move(it->up));
+        it = idle_.erase(it);
+      }
+      if (!idle_.empty()) {
+        up = std::move(idle_.back().up);
+        idle_.pop_back();
+        up->in_pool = false;
+        up->taken_from_pool = true;
+        ++reused_;
+      }
+    }
+    for (auto& s : stale) s->io.stream()->reset("upstream connection no longer reusable");
     return up;
   }
 
@@ -310,7 +327,7 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
     bool arm = false;
     {
       std::lock_guard lock(mu_);
-      if (up->pool_read_done || closed_) {
+      if (up->pool_read_done || closed_ || !stream->reusable()) {
         evicted.push_back(std::move(up));
       } else {
         while (idle_.size() >= options_.max_idle && !idle_.empty()) {
