@@ -49,6 +49,11 @@ namespace fs = std::filesystem;
 namespace clusterconnect::proxy {
 namespace {
 
+// Idle tunnel streams kept per cluster for the next requests (client-go keeps
+// up to 25 idle connections per host); one held open costs a stream's state
+// here and at the agent.
+constexpr std::size_t kIdleTunnelStreams = 32;
+
 fs::path default_kubeconfig() {
   if (const char* k = std::getenv("KUBECONFIG"); k && *k) {
     std::string first(k);
@@ -267,6 +272,8 @@ struct ClusterLink {
   std::shared_ptr<TunnelClient> client;
   std::shared_ptr<LocalPolicy> policy;
   std::shared_ptr<tls::TlsServer> server;
+  // Idle tunnel streams shared by the local endpoint's connections.
+  std::shared_ptr<http::UpstreamPool> upstreams;
   std::string server_url;
   std::string secret;  // the local credential its kubeconfig user holds
 };
@@ -629,8 +636,15 @@ int ProxyCommand::run_proxy() {
     http::Recovery recovery;
     recovery.retry_safe = true;
     recovery.resume_watches = true;
-    auto serve = [&io, policy = link.policy, connector, limits, logger, recovery](StreamPtr s) {
-      http::serve(io, std::move(s), policy, connector, limits, logger, recovery);
+    // A kubectl connection held open between requests holds no tunnel stream
+    // (nor, at the agent, the stream's forwarding state): streams go back to
+    // a pool after each clean exchange and serve the next request of any
+    // connection. They carry no identity: the token travels per request.
+    http::PoolOptions pool_options;
+    pool_options.max_idle = kIdleTunnelStreams;
+    link.upstreams = http::UpstreamPool::create(io, connector, pool_options, logger);
+    auto serve = [&io, policy = link.policy, upstreams = link.upstreams, limits, logger, recovery](StreamPtr s) {
+      http::serve(io, std::move(s), policy, upstreams, limits, logger, recovery);
     };
     // Later clusters skip busy ports; after 100 busy ones, any free port.
     for (int attempt = 0;; ++attempt) {
@@ -759,6 +773,8 @@ int ProxyCommand::run_proxy() {
     if (!l.policy->wait_idle(std::max<std::chrono::steady_clock::duration>(left, std::chrono::steady_clock::duration::zero())))
       logger->info("stopping with {} request(s) to {} still in flight", l.policy->in_flight(), display_name(l.served.ref));
   }
+  for (auto& l : links)
+    if (l.upstreams) l.upstreams->close();
   close_clients();
   return rc;
 }

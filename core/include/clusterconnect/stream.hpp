@@ -44,6 +44,10 @@ class Stream {
 
   // A short description of the far end for logs (never a credential).
   virtual std::string describe() const { return {}; }
+  // Whether a new exchange may start on this open stream (an idle connection
+  // pool asks before reusing it): false for a tunnel stream once its tunnel
+  // is draining, which it would otherwise keep alive.
+  virtual bool reusable() const noexcept { return true; }
 };
 
 using StreamPtr = std::shared_ptr<Stream>;

@@ -269,13 +269,30 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
   // The most recently used idle connection, or null. Its idle read may still
   // be out: the taker finishes it with await_read.
   UpstreamPtr take() {
-    std::lock_guard lock(mu_);
-    if (idle_.empty()) return nullptr;
-    auto up = std::move(idle_.back().up);
-    idle_.pop_back();
-    up->in_pool = false;
-    up->taken_from_pool = true;
-    ++reused_;
+    UpstreamPtr up;
+    std::vector<UpstreamPtr> stale;
+    {
+      std::lock_guard lock(mu_);
+      // Connections that may carry no new exchange (a draining tunnel's
+      // streams) are closed rather than kept: they would keep it alive.
+      for (auto it = idle_.begin(); it != idle_.end();) {
+        if (it->up->io.stream()->reusable()) {
+          ++it;
+          continue;
+        }
+        it->up->in_pool = false;
+        stale.push_back(std::move(it->up));
+        it = idle_.erase(it);
+      }
+      if (!idle_.empty()) {
+        up = std::move(idle_.back().up);
+        idle_.pop_back();
+        up->in_pool = false;
+        up->taken_from_pool = true;
+        ++reused_;
+      }
+    }
+    for (auto& s : stale) s->io.stream()->reset("upstream connection no longer reusable");
     return up;
   }
 
@@ -314,7 +331,7 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
     bool arm = false;
     {
       std::lock_guard lock(mu_);
-      if (up->pool_read_done || closed_) {
+      if (up->pool_read_done || closed_ || !stream->reusable()) {
         evicted.push_back(std::move(up));
       } else {
         while (idle_.size() >= options_.max_idle && !idle_.empty()) {
@@ -1828,7 +1845,8 @@ std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, Upstrea
 }
 
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
-           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger) {
+           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger,
+           Recovery recovery) {
   auto p = std::static_pointer_cast<Pool>(pool);
   if (!inbound || !policy || !p) {
     if (inbound) inbound->reset("forwarding engine misconfigured");
@@ -1839,7 +1857,7 @@ void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolic
     done(asio::error::operation_aborted, nullptr, "the upstream pool is closed");
   };
   std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
-                            Recovery{}, std::move(p))
+                            recovery, std::move(p))
       ->start();
 }
 

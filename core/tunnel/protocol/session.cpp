@@ -296,6 +296,7 @@ void TunnelStream::accept() noexcept {
 StreamId TunnelStream::id() const noexcept { return state_->id; }
 
 std::string TunnelStream::describe() const { return "stream " + std::to_string(state_->id) + " on " + session_->name(); }
+bool TunnelStream::reusable() const noexcept { return session_->usable(); }
 
 // ---------------------------------------------------------------------------
 // Session

@@ -117,6 +117,8 @@ class TunnelStream final : public Stream, public std::enable_shared_from_this<Tu
   void async_shutdown_send(DoneHandler handler) override;
   void reset(std::string_view reason) noexcept override;
   std::string describe() const override;
+  // Not once the session may open no more streams (GOAWAY either way, closed).
+  bool reusable() const noexcept override;
 
   // Like async_read_some, but hands over up to `max` received bytes as they
   // are held (moved, not copied, when a whole received frame fits): a caller

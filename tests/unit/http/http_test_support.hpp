@@ -133,9 +133,9 @@ class Front {
   }
   // Serves with upstream connections from `pool`.
   Front(asio::io_context& io, std::shared_ptr<http::ForwardPolicy> policy, std::shared_ptr<http::UpstreamPool> pool,
-        http::Limits limits = {})
+        http::Limits limits = {}, http::Recovery recovery = {})
       : io_(io), acceptor_(io, {asio::ip::make_address("127.0.0.1"), 0}), policy_(std::move(policy)),
-        pool_(std::move(pool)), limits_(limits) {
+        pool_(std::move(pool)), limits_(limits), recovery_(recovery) {
     accept();
   }
   ~Front() {
@@ -158,7 +158,7 @@ class Front {
     acceptor_.async_accept(asio::make_strand(io_), [this](error_code ec, tcp::socket s) {
       if (ec) return;
       auto stream = std::make_shared<TcpStream>(std::move(s), inbound_writes, inbound_reads);
-      if (pool_) http::serve(io_, std::move(stream), policy_, pool_, limits_, debug_logger());
+      if (pool_) http::serve(io_, std::move(stream), policy_, pool_, limits_, debug_logger(), recovery_);
       else http::serve(io_, std::move(stream), policy_, connector_, limits_, debug_logger(), recovery_);
       accept();
     });

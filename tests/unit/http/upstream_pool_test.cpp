@@ -330,3 +330,81 @@ TEST_CASE("the pool keeps at most max_idle connections and closes those idle pas
   CHECK(res->body == "/next");
   CHECK(up.connections() == 4);
 }
+
+namespace {
+
+// A connection that says whether it may be reused, as a tunnel stream does
+// once its tunnel drains: the connections numbered below `*first_usable` may not.
+class Numbered final : public Stream {
+ public:
+  Numbered(StreamPtr inner, int number, std::shared_ptr<std::atomic<int>> first_usable)
+      : inner_(std::move(inner)), number_(number), first_usable_(std::move(first_usable)) {}
+  asio::any_io_executor get_executor() override { return inner_->get_executor(); }
+  void async_read_some(asio::mutable_buffer b, IoHandler h) override { inner_->async_read_some(b, std::move(h)); }
+  void async_write_some(std::span<const asio::const_buffer> b, IoHandler h) override {
+    inner_->async_write_some(b, std::move(h));
+  }
+  void async_shutdown_send(DoneHandler h) override { inner_->async_shutdown_send(std::move(h)); }
+  void reset(std::string_view reason) noexcept override { inner_->reset(reason); }
+  bool reusable() const noexcept override { return number_ >= *first_usable_; }
+
+ private:
+  StreamPtr inner_;
+  int number_;
+  std::shared_ptr<std::atomic<int>> first_usable_;
+};
+
+}  // namespace
+
+TEST_CASE("a pooled connection that may no longer be reused is closed and the next request opens another",
+          "[http][pool]") {
+  auto first_usable = std::make_shared<std::atomic<int>>(0);
+  // On "/three" the connection's tunnel starts draining while the exchange runs.
+  test::ScriptedUpstream up([first_usable](Conn& c, int) {
+    while (auto req = test::read_message(c)) {
+      if (target_of(*req) == "/three") *first_usable = 2;
+      c.send(ok(target_of(*req)));
+    }
+  });
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  auto opened = std::make_shared<std::atomic<int>>(0);
+  test::IoThreads threads;
+  auto tcp = test::tcp_connector(threads.io, up.port(), calls);
+  http::UpstreamConnector connector = [tcp, first_usable, opened](http::ConnectHandler done) {
+    tcp([first_usable, number = (*opened)++, done = std::move(done)](error_code ec, StreamPtr s,
+                                                                       std::string reason) mutable {
+      if (s) s = std::make_shared<Numbered>(std::move(s), number, first_usable);
+      done(ec, std::move(s), std::move(reason));
+    });
+  };
+  auto policy = std::make_shared<test::TestPolicy>();
+  auto pool = http::UpstreamPool::create(threads.io, connector, {}, test::debug_logger());
+  std::optional<test::Front> front;
+  front.emplace(threads.io, policy, pool);
+  auto idle_becomes = [&](std::size_t n) {
+    return test::wait_until([&] { return pool->stats().idle == n; }, std::chrono::seconds(10));
+  };
+  Conn a(threads.io, front->port());
+  auto res = get(a, "/one");
+  REQUIRE(res);
+  CHECK(res->body == "/one");
+  REQUIRE(idle_becomes(1));
+  // The idle connection's tunnel drains: it is not handed out again.
+  *first_usable = 1;
+  Conn b(threads.io, front->port());
+  res = get(b, "/two");
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->body == "/two");
+  CHECK(up.connections() == 2);
+  CHECK(pool->stats().reused == 0);
+  REQUIRE(idle_becomes(1));
+  // A connection that may no longer be reused is not taken back either.
+  res = get(b, "/three");
+  REQUIRE(res);
+  CHECK(res->body == "/three");
+  CHECK(pool->stats().reused == 1);
+  REQUIRE(idle_becomes(0));
+  front.reset();
+  pool->close();
+}

@@ -346,3 +346,55 @@ TEST_CASE("a resumed watch goes through the policy again and carries the token o
   CHECK(seen[0] == "Bearer access-1");
   CHECK(seen[1] == "Bearer access-2");
 }
+
+TEST_CASE("with a pool a broken watch resumes on a new upstream that then goes back to the pool", "[http][watch][pool]") {
+  std::mutex mu;
+  std::vector<std::string> targets;
+  test::ScriptedUpstream up([&](Conn& c, int index) {
+    while (auto req = test::read_message(c)) {
+      {
+        std::lock_guard lock(mu);
+        targets.push_back(target_of(*req));
+      }
+      if (target_of(*req) == "/next") {
+        c.send("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext");
+        continue;
+      }
+      if (index == 0) {
+        c.send(kWatchHead + chunk(event("ADDED", 6)));
+        return c.close();
+      }
+      c.send(kWatchHead + chunk(event("MODIFIED", 7)) + "0\r\n\r\n");
+    }
+  });
+  auto policy = std::make_shared<test::TestPolicy>();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  test::IoThreads threads;
+  auto pool = http::UpstreamPool::create(threads.io, test::tcp_connector(threads.io, up.port(), calls), {},
+                                         test::debug_logger());
+  std::optional<test::Front> front;
+  front.emplace(threads.io, policy, pool, http::Limits{}, quick_recovery());
+  Conn client(threads.io, front->port());
+  client.send("GET /api/v1/namespaces?watch=true&resourceVersion=5 HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto head = test::read_head(client);
+  REQUIRE(head);
+  CHECK(head->status() == 200);
+  bool clean = false;
+  CHECK(read_watch_body(client, clean) == event("ADDED", 6) + event("MODIFIED", 7));
+  CHECK(clean);
+  {
+    std::lock_guard lock(mu);
+    REQUIRE(targets.size() == 2);
+    CHECK(targets[1] == "/api/v1/namespaces?watch=true&resourceVersion=6");
+  }
+  // The upstream the watch resumed on is idle in the pool; the next request takes it.
+  REQUIRE(test::wait_until([&] { return pool->stats().idle == 1; }, std::chrono::seconds(10)));
+  client.send("GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto next = test::read_message(client);
+  REQUIRE(next);
+  CHECK(next->body == "next");
+  CHECK(up.connections() == 2);
+  CHECK(pool->stats().reused == 1);
+  front.reset();
+  pool->close();
+}

@@ -180,8 +180,10 @@ class UpstreamPool {
 };
 
 // As above, with upstream connections taken from and returned to `pool`
-// between requests instead of one held per inbound connection.
+// between requests instead of one held per inbound connection. A retried or
+// resumed request opens its new upstream through the pool's connector.
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
-           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger);
+           std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger,
+           Recovery recovery = {});
 
 }  // namespace clusterconnect::http
