@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "clusterconnect/delegating_stream.hpp"
 #include "clusterconnect/http/forward.hpp"
 #include "http_test_support.hpp"
 
@@ -335,21 +336,13 @@ namespace {
 
 // A connection that says whether it may be reused, as a tunnel stream does
 // once its tunnel drains: the connections numbered below `*first_usable` may not.
-class Numbered final : public Stream {
+class Numbered final : public DelegatingStream {
  public:
   Numbered(StreamPtr inner, int number, std::shared_ptr<std::atomic<int>> first_usable)
-      : inner_(std::move(inner)), number_(number), first_usable_(std::move(first_usable)) {}
-  asio::any_io_executor get_executor() override { return inner_->get_executor(); }
-  void async_read_some(asio::mutable_buffer b, IoHandler h) override { inner_->async_read_some(b, std::move(h)); }
-  void async_write_some(std::span<const asio::const_buffer> b, IoHandler h) override {
-    inner_->async_write_some(b, std::move(h));
-  }
-  void async_shutdown_send(DoneHandler h) override { inner_->async_shutdown_send(std::move(h)); }
-  void reset(std::string_view reason) noexcept override { inner_->reset(reason); }
+      : DelegatingStream(std::move(inner)), number_(number), first_usable_(std::move(first_usable)) {}
   bool reusable() const noexcept override { return number_ >= *first_usable_; }
 
  private:
-  StreamPtr inner_;
   int number_;
   std::shared_ptr<std::atomic<int>> first_usable_;
 };
