@@ -217,9 +217,6 @@ void RendezvousPort::arm_sweep() {
       std::lock_guard lock(self->mutex_);
       if (self->closed_) return;
       gone = self->book_.expire(RendezvousBook<std::shared_ptr<Leg>>::Clock::now());
-      self->splices_.erase(std::remove_if(self->splices_.begin(), self->splices_.end(),
-                                          [](const Spliced& w) { return w.splice.expired(); }),
-                           self->splices_.end());
       self->arm_sweep();
     }
     if (!gone.empty()) self->splice_ended_.notify_all();
@@ -270,13 +267,22 @@ void RendezvousPort::pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent
                         return;
                       }
                       const std::uint64_t hello_bytes = agent->first_bytes.size();
-                      self->counters_.splices_active.fetch_add(1);
+                      std::uint64_t id = 0;
+                      {
+                        // Counted and listed together, so that what spliced_clusters()
+                        // says agrees with splices_active at every moment.
+                        std::lock_guard lock(self->mutex_);
+                        id = self->next_splice_++;
+                        self->splices_.emplace(id, Spliced{{}, cluster});
+                        self->counters_.splices_active.fetch_add(1);
+                      }
                       std::weak_ptr<RendezvousPort> weak = self;
-                      auto done = [weak, cluster, hello_bytes](const rv::SpliceResult& r) {
+                      auto done = [weak, id, cluster, hello_bytes](const rv::SpliceResult& r) {
                         auto port = weak.lock();
                         if (!port) return;
                         {
                           std::lock_guard lock(port->mutex_);
+                          port->splices_.erase(id);
                           port->counters_.splices_active.fetch_sub(1);
                           if (port->draining_ && !port->closed_) port->counters_.drained.fetch_add(1);
                         }
@@ -294,14 +300,21 @@ void RendezvousPort::pair(std::shared_ptr<Leg> proxy, std::shared_ptr<Leg> agent
                       agent->unpaired_lease.reset();
                       agent->first_bytes = {};
                       if (!splice) {
-                        self->counters_.splices_active.fetch_sub(1);
+                        {
+                          std::lock_guard lock(self->mutex_);
+                          self->splices_.erase(id);
+                          self->counters_.splices_active.fetch_sub(1);
+                        }
                         self->logger_->error("rendezvous for {}: cannot splice: {}", cluster, sec.message());
                         return self->pairing_done();
                       }
                       {
                         std::lock_guard lock(self->mutex_);
-                        if (self->closed_) splice->close("the relay is shutting down");
-                        else self->splices_.push_back(Spliced{splice, cluster});
+                        if (self->closed_) {
+                          splice->close("the relay is shutting down");
+                        } else if (auto it = self->splices_.find(id); it != self->splices_.end()) {
+                          it->second.splice = splice;  // (gone already if it ended at once)
+                        }
                       }
                       self->pairing_done();
                     });
@@ -355,8 +368,8 @@ bool RendezvousPort::drain(std::chrono::steady_clock::time_point deadline) {
 std::vector<std::string> RendezvousPort::spliced_clusters() {
   std::vector<std::string> out;
   std::lock_guard lock(mutex_);
-  for (const auto& s : splices_)
-    if (!s.splice.expired() && std::find(out.begin(), out.end(), s.cluster) == out.end()) out.push_back(s.cluster);
+  for (const auto& [id, s] : splices_)
+    if (std::find(out.begin(), out.end(), s.cluster) == out.end()) out.push_back(s.cluster);
   for (auto& c : book_.pending_clusters())
     if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));
   return out;
@@ -369,7 +382,7 @@ void RendezvousPort::close() {
     std::lock_guard lock(mutex_);
     if (closed_) return;
     closed_ = true;
-    for (auto& w : splices_)
+    for (auto& [id, w] : splices_)
       if (auto s = w.splice.lock()) splices.push_back(std::move(s));
     splices_.clear();
     // Those still splicing (a splice that just ended may still be held here;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -115,10 +116,12 @@ class RendezvousPort : public std::enable_shared_from_this<RendezvousPort> {
   std::mutex mutex_;  // the book and the splice set
   RendezvousBook<std::shared_ptr<Leg>> book_;
   struct Spliced {
-    std::weak_ptr<tunnel::rendezvous::SocketSplice> splice;
+    std::weak_ptr<tunnel::rendezvous::SocketSplice> splice;  // empty while it starts
     std::string cluster;
   };
-  std::vector<Spliced> splices_;
+  // Each splice from the moment it is counted active to the moment it ends.
+  std::map<std::uint64_t, Spliced> splices_;
+  std::uint64_t next_splice_ = 0;
   std::size_t pairing_ = 0;  // paired, their splice not yet started
   std::condition_variable splice_ended_;  // also: a pending rendezvous paired, expired or was withdrawn
   bool draining_ = false;

@@ -90,8 +90,20 @@ ready_within() {
   return 1
 }
 
-# A free loopback port (a port the kernel just handed out and released).
-free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+# A free loopback port below the kernel's ephemeral range (32768 and up): one
+# the kernel hands out for bind(0) or a connect's source may be taken by any
+# other process before the service here binds it.
+free_port() {
+  node -e '
+    const net = require("net");
+    const pick = () => {
+      const port = 20000 + Math.floor(Math.random() * 12000);
+      const s = net.createServer();
+      s.once("error", pick);
+      s.listen(port, "127.0.0.1", () => { console.log(port); s.close(); });
+    };
+    pick();'
+}
 
 # wait_tcp NAME PORT: waits until 127.0.0.1:PORT accepts while NAME is alive.
 wait_tcp() {
