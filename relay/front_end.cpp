@@ -191,7 +191,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   // A parked Hybrid Connections sender (ws form), from any thread: the
   // listener's accept WebSocket is up (`subprotocol`: what it chose), it
   // rejected the rendezvous, or none came in time.
-  void sender_accepted(tunnel::WsStream listener, std::string subprotocol);
+  // `forming` (from ws_take) is let go once the pair is up or failed.
+  void sender_accepted(tunnel::WsStream listener, std::string subprotocol, std::shared_ptr<void> forming);
   // `rejected`: the listener's own rejection (its statusDescription).
   void sender_refused(unsigned status, std::string description, bool rejected = false);
 
@@ -400,22 +401,54 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
                std::shared_ptr<HttpConnection> sender, std::string& why) {
     ws_expire();
     std::lock_guard lock(ws_mutex_);
+    if (draining_) {
+      // Checked with the book under one lock: what stop_accepting saw
+      // pending is all a listener may still accept here.
+      why = "the relay is shutting down; retry";
+      return false;
+    }
     const auto now = RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now();
     if (!ws_book_.open(id, cluster.resource_id(), client, now, why)) return false;
     ws_book_.present(id, LegSide::proxy, std::move(sender), now);
     return true;
   }
   // The sender parked under `id`, taken (the id is spent); null when none is.
-  std::shared_ptr<HttpConnection> ws_take(const std::string& id, std::shared_ptr<HttpConnection> listener) {
-    std::lock_guard lock(ws_mutex_);
-    auto r = ws_book_.present(id, LegSide::agent, std::move(listener), RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now());
-    if (auto* paired = std::get_if<RendezvousBook<std::shared_ptr<HttpConnection>>::Paired>(&r)) return std::move(paired->proxy);
-    return nullptr;
+  // With it, a lease that counts the pair as forming until ws_paired took it
+  // or its upgrades failed: a drain waits for it like for a paired one.
+  // (Each change to what is pending wakes drain_pending_websockets.)
+  std::pair<std::shared_ptr<HttpConnection>, std::shared_ptr<void>> ws_take(const std::string& id,
+                                                                             std::shared_ptr<HttpConnection> listener) {
+    std::shared_ptr<HttpConnection> sender;
+    {
+      std::lock_guard lock(ws_mutex_);
+      auto r = ws_book_.present(id, LegSide::agent, std::move(listener), RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now());
+      if (auto* paired = std::get_if<RendezvousBook<std::shared_ptr<HttpConnection>>::Paired>(&r)) {
+        sender = std::move(paired->proxy);
+        ++ws_forming_;
+      }
+    }
+    if (!sender) return {};
+    ws_ended_.notify_all();
+    std::shared_ptr<void> forming(nullptr, [weak = weak_from_this()](void*) {
+      auto self = weak.lock();
+      if (!self) return;
+      {
+        std::lock_guard lock(self->ws_mutex_);
+        --self->ws_forming_;
+      }
+      self->ws_ended_.notify_all();
+    });
+    return {std::move(sender), std::move(forming)};
   }
   // True when the sender was still waiting (it is the caller's to answer).
   bool ws_cancel(const std::string& id) {
-    std::lock_guard lock(ws_mutex_);
-    return ws_book_.cancel(id).has_value();
+    bool waiting = false;
+    {
+      std::lock_guard lock(ws_mutex_);
+      waiting = ws_book_.cancel(id).has_value();
+    }
+    if (waiting) ws_ended_.notify_all();
+    return waiting;
   }
   void ws_expire() {
     std::vector<RendezvousBook<std::shared_ptr<HttpConnection>>::Expired> gone;
@@ -423,6 +456,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
       std::lock_guard lock(ws_mutex_);
       gone = ws_book_.expire(RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now());
     }
+    if (!gone.empty()) ws_ended_.notify_all();
     for (auto& e : gone) {
       ws_counters_.expired.fetch_add(1);
       e.leg->sender_refused(504, "no agent answered within " + std::to_string(ws_limits_.ttl.count() / 1000) + " s");
@@ -455,7 +489,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   }
   bool drain_paired_websockets(std::chrono::steady_clock::time_point deadline) override {
     std::unique_lock lock(ws_mutex_);
-    return ws_ended_.wait_until(lock, deadline, [this] { return ws_live_ == 0; });
+    return ws_ended_.wait_until(lock, deadline, [this] { return ws_live_ == 0 && ws_forming_ == 0; });
   }
   std::pair<std::uint64_t, std::uint64_t> drain_outcome() const override {
     auto [port, address] = rendezvous();
@@ -551,13 +585,35 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   }
 
   void stop_accepting() noexcept override {
-    draining_ = true;
+    bool pending = false;
+    {
+      std::lock_guard lock(ws_mutex_);
+      draining_ = true;
+      pending = ws_book_.pending() > 0;
+    }
+    // A ws-form rendezvous announced before the drain has its listener's
+    // accept on the way to this address: it may still connect, until
+    // drain_pending_websockets lets go. (The tls form's legs go to the
+    // rendezvous port, which drains on its own.)
+    if (!pending) close_acceptor();
+    // The metrics listener stays up while the relay drains: /readyz says so.
+  }
+  bool drain_pending_websockets(std::chrono::steady_clock::time_point until) override {
+    ws_expire();
+    bool none = false;
+    {
+      std::unique_lock lock(ws_mutex_);
+      none = ws_ended_.wait_until(lock, until, [this] { return ws_book_.pending() == 0; });
+    }
+    close_acceptor();
+    return none;
+  }
+  void close_acceptor() noexcept {
     try {
       asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
         error_code ignored;
         self->acceptor_.close(ignored);
       });
-      // The metrics listener stays up while the relay drains: /readyz says so.
     } catch (...) {
     }
   }
@@ -791,6 +847,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   };
   std::vector<WsPair> ws_pumps_;
   std::size_t ws_live_ = 0;  // pairs whose pump has not let its lease go
+  std::size_t ws_forming_ = 0;  // taken from the book, their upgrades not yet done
   std::condition_variable ws_ended_;
   bool ws_cutting_ = false;  // draining, and the pairs left were closed
   std::atomic<std::uint64_t> ws_drained_{0}, ws_cut_{0};  // pairs that ended while draining, by how
@@ -1135,11 +1192,12 @@ void HttpConnection::handle_tunnel() {
   hc = cluster->hybrid_connection;
   if (action != "listen" && action != "connect" && action != "accept" && action != "request")
     return refuse(400, "bad_action", "sb-hc-action must be 'listen', 'connect', 'accept' or 'request'");
-  if (front_->draining()) return refuse(503, "draining", "the relay is shutting down; retry");
   // A listener's answer to an accept, or its rendezvous for an HTTP-mode
   // request: the id is the credential (random, single-use), as the address
-  // the relay sent names it.
+  // the relay sent names it. An accept is taken while the relay drains: its
+  // sender waits here (stop_accepting).
   if (action == "accept") return handle_listener_accept(query);
+  if (front_->draining()) return refuse(503, "draining", "the relay is shutting down; retry");
   if (action == "request") return handle_listener_request(cluster, query);
 
   std::string token(req_["ServiceBusAuthorization"]);
@@ -1338,7 +1396,7 @@ void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string&
   std::string why;
   auto sas = parse_sas_token(token);
   if (!front_->ws_open(accept.id, *cluster, sas ? sas->signature : token, shared_from_this(), why))
-    return refuse(503, "rendezvous_limit", why);
+    return refuse(503, front_->draining() ? "draining" : "rendezvous_limit", why);
   ws_cluster_ = cluster->identity();
   if (!local) {
     // The agents are on another replica: it announces the rendezvous, whose
@@ -1366,16 +1424,17 @@ void HttpConnection::park_sender(const ClusterEntry* cluster, const std::string&
   });
 }
 
-void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subprotocol) {
+void HttpConnection::sender_accepted(tunnel::WsStream listener, std::string subprotocol, std::shared_ptr<void> forming) {
   auto held = std::make_shared<tunnel::WsStream>(std::move(listener));
-  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), held, subprotocol = std::move(subprotocol)]() mutable {
+  asio::dispatch(stream_.get_executor(), [self = shared_from_this(), held, subprotocol = std::move(subprotocol),
+                                          forming = std::move(forming)]() mutable {
     if (self->park_timer_) self->park_timer_->cancel();
     // The listener's choice of subprotocol, if the sender offered it.
     const std::string chosen =
         offers_subprotocol(self->req_[http::field::sec_websocket_protocol], subprotocol) ? subprotocol : std::string();
     self->ws_.emplace(std::move(self->stream_));
     configure_upgrade(*self->ws_, chosen);
-    self->ws_->async_accept(self->req_, [self, held](error_code ec) {
+    self->ws_->async_accept(self->req_, [self, held, forming = std::move(forming)](error_code ec) {
       if (ec) {
         front_log_upgrade_failure(*self->front_, self->peer_, ec);
         asio::dispatch(held->get_executor(), [held] {
@@ -1425,7 +1484,7 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
   const auto status_text = param("statusCode");
   const bool upgrade = websocket::is_upgrade(req_);
   if (!status_text && !upgrade) return refuse(400, "not_websocket", "an accept is a WebSocket upgrade, or a rejection with a statusCode");
-  auto sender = front_->ws_take(id, shared_from_this());
+  auto [sender, forming] = front_->ws_take(id, shared_from_this());
   if (!sender) return refuse(404, "unknown_rendezvous", "no rendezvous is pending under this id (expired or already answered)");
   if (status_text) {
     unsigned status = 0;
@@ -1447,12 +1506,12 @@ void HttpConnection::handle_listener_accept(std::map<std::string, std::string>& 
   beast::get_lowest_layer(stream_).expires_never();
   ws_.emplace(std::move(stream_));
   configure_upgrade(*ws_, subprotocol);
-  ws_->async_accept(req_, [self = shared_from_this(), sender, subprotocol](error_code ec) {
+  ws_->async_accept(req_, [self = shared_from_this(), sender, subprotocol, forming](error_code ec) {
     if (ec) {
       front_log_upgrade_failure(*self->front_, self->peer_, ec);
       return sender->sender_refused(502, "the listener's accept WebSocket failed: " + ec.message());
     }
-    sender->sender_accepted(std::move(*self->ws_), subprotocol);
+    sender->sender_accepted(std::move(*self->ws_), subprotocol, forming);
     self->ws_.reset();
   });
 }

@@ -71,9 +71,15 @@ class FrontEnd {
   // (shutdown only) until the other replicas answered or `deadline`; how
   // many control channels here took a notice.
   virtual std::size_t announce_drain(const std::string& reason, std::chrono::steady_clock::time_point deadline) = 0;
-  // Stops accepting connections and refuses handshakes still being read
-  // (503, draining); thread-safe, idempotent.
+  // Drain: refuses every handshake from now on (503, draining) except a
+  // listener's accept of a ws-form rendezvous still pending here, and stops
+  // accepting connections, at once when none is pending, else once
+  // drain_pending_websockets lets go; thread-safe, idempotent.
   virtual void stop_accepting() noexcept = 0;
+  // Drain, ws form: blocks (shutdown only) until no sender waits here for
+  // its listener's accept (each paired, was answered or expired), or
+  // `until`, then stops accepting connections; true when none waits.
+  virtual bool drain_pending_websockets(std::chrono::steady_clock::time_point until) = 0;
   // Blocks (shutdown only) until every control channel and paired WebSocket
   // has closed, or the deadline; true when all have.
   virtual bool wait_closed(std::chrono::steady_clock::time_point deadline) = 0;

@@ -382,6 +382,12 @@ int main(int argc, char** argv) try {
   // reconnect through the load balancer land elsewhere.
   if (replicas) replicas->withdraw();
   front.value()->close_listeners("relay is shutting down");
+  // A ws-form rendezvous announced before the drain pairs when its listener's
+  // accept arrives (the grace the rendezvous port gives the tls form's legs);
+  // then no connection is accepted here any more.
+  if (!front.value()->drain_pending_websockets(
+          std::min(drain_deadline, std::chrono::steady_clock::now() + RendezvousPortOptions{}.drain_pending)))
+    logger->info("drain: a ws rendezvous announced before the drain was not accepted in time");
   // Both forms' rendezvous end by themselves once the agents' GOAWAY has
   // emptied their sessions; what is left at the drain timeout is cut.
   bool all = rendezvous ? rendezvous->drain(drain_deadline) : true;

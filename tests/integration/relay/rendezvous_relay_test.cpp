@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <future>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
@@ -222,6 +224,47 @@ TEST_CASE("ws form: a sender's upgrade waits for the listener's accept, then mes
   CHECK(listener.reason().code == 4000);
   CHECK(std::string(listener.reason().reason.c_str()) == "done here");
   CHECK(relay.gauge("clusterconnect_relay_ws_rendezvous_total{outcome=\"paired\"}") == 1);
+}
+
+TEST_CASE("ws form: a rendezvous announced before the relay drains pairs when its listener accepts, and ends drained",
+          "[relay][rendezvous][ws][drain]") {
+  auto relay = rendezvous_relay();
+  ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
+  const std::string token = relay.token("connect", "a-connect", path_a);
+  RawWs sender(relay);
+  beast::error_code sender_ec = asio::error::would_block;
+  std::thread connecting([&] {
+    sender_ec = sender.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect", {{"ServiceBusAuthorization", token}});
+  });
+  const auto accept = next_accept(agent);
+  // The relay drains before the listener's accept arrives.
+  auto stopped = std::async(std::launch::async, [&] { return relay.stop(SIGTERM, std::chrono::seconds(60)); });
+  const bool told = wait_until([&] { return relay.log().find("drain: notice on") != std::string::npos; }, 20s);
+  INFO(relay.log());
+  REQUIRE(told);
+  // The control channel is closed (this listener answers the close)…
+  CHECK_FALSE(agent.next());
+  CHECK(agent.close_code() == 1001);
+  // …and a new connect is refused…
+  CHECK(connect_json(relay, path_a, token).first == 503);
+  // …while the accept still reaches its sender: the pair forms and carries.
+  RawWs listener(relay);
+  REQUIRE_FALSE(listener.upgrade(relay.host(), target_of(accept.address), {}));
+  connecting.join();
+  REQUIRE_FALSE(sender_ec);
+  sender.write(true, "after the drain began");
+  auto got = listener.read();
+  REQUIRE(got);
+  CHECK(got->second == "after the drain began");
+  // Its end is the pair's own: drained, not cut, and the relay exits long
+  // before its drain timeout.
+  sender.close(1000, "done");
+  CHECK_FALSE(listener.read());
+  CHECK(stopped.get() == 0);
+  const auto log = relay.log();
+  INFO(log);
+  CHECK(log.find("drain: 1 rendezvous ended by themselves, 0 cut") != std::string::npos);
+  CHECK(log.find("was not accepted in time") == std::string::npos);
 }
 
 namespace {
