@@ -419,22 +419,25 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   std::pair<std::shared_ptr<HttpConnection>, std::shared_ptr<void>> ws_take(const std::string& id,
                                                                              std::shared_ptr<HttpConnection> listener) {
     std::shared_ptr<HttpConnection> sender;
+    std::string cluster;
     {
       std::lock_guard lock(ws_mutex_);
       auto r = ws_book_.present(id, LegSide::agent, std::move(listener), RendezvousBook<std::shared_ptr<HttpConnection>>::Clock::now());
       if (auto* paired = std::get_if<RendezvousBook<std::shared_ptr<HttpConnection>>::Paired>(&r)) {
         sender = std::move(paired->proxy);
-        ++ws_forming_;
+        cluster = ascii_lowered(paired->cluster);
+        ws_forming_.push_back(cluster);
       }
     }
     if (!sender) return {};
     ws_ended_.notify_all();
-    std::shared_ptr<void> forming(nullptr, [weak = weak_from_this()](void*) {
+    std::shared_ptr<void> forming(nullptr, [weak = weak_from_this(), cluster](void*) {
       auto self = weak.lock();
       if (!self) return;
       {
         std::lock_guard lock(self->ws_mutex_);
-        --self->ws_forming_;
+        if (auto it = std::find(self->ws_forming_.begin(), self->ws_forming_.end(), cluster); it != self->ws_forming_.end())
+          self->ws_forming_.erase(it);
       }
       self->ws_ended_.notify_all();
     });
@@ -489,18 +492,24 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   }
   bool drain_paired_websockets(std::chrono::steady_clock::time_point deadline) override {
     std::unique_lock lock(ws_mutex_);
-    return ws_ended_.wait_until(lock, deadline, [this] { return ws_live_ == 0 && ws_forming_ == 0; });
+    return ws_ended_.wait_until(lock, deadline, [this] { return ws_live_ == 0 && ws_forming_.empty(); });
   }
   std::pair<std::uint64_t, std::uint64_t> drain_outcome() const override {
     auto [port, address] = rendezvous();
     return {(port ? port->counters().drained.load() : 0) + ws_drained_.load(), (port ? port->counters().cut.load() : 0) + ws_cut_.load()};
   }
-  // The clusters of the WebSocket pairs open now (identities, once each).
+  // The clusters of the WebSocket pairs open now, forming or still waiting
+  // for their listener's accept (identities, once each).
   std::vector<std::string> ws_paired_clusters() {
     std::vector<std::string> out;
+    auto add = [&out](std::string c) {
+      if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));
+    };
     std::lock_guard lock(ws_mutex_);
     for (const auto& w : ws_pumps_)
-      if (!w.pump.expired() && std::find(out.begin(), out.end(), w.cluster) == out.end()) out.push_back(w.cluster);
+      if (!w.pump.expired()) add(w.cluster);
+    for (const auto& c : ws_forming_) add(c);
+    for (auto& c : ws_book_.pending_clusters()) add(ascii_lowered(c));
     return out;
   }
   WsRendezvousCounters& ws_counters() { return ws_counters_; }
@@ -847,7 +856,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   };
   std::vector<WsPair> ws_pumps_;
   std::size_t ws_live_ = 0;  // pairs whose pump has not let its lease go
-  std::size_t ws_forming_ = 0;  // taken from the book, their upgrades not yet done
+  std::vector<std::string> ws_forming_;  // taken from the book, their upgrades not yet done: their clusters
   std::condition_variable ws_ended_;
   bool ws_cutting_ = false;  // draining, and the pairs left were closed
   std::atomic<std::uint64_t> ws_drained_{0}, ws_cut_{0};  // pairs that ended while draining, by how

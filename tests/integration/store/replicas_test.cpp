@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <thread>
+#include <future>
 
 #include <nlohmann/json.hpp>
 
@@ -752,4 +754,41 @@ TEST_CASE("replicas: a replica stopped with SIGTERM has the replica holding the 
   CHECK(rs.relays[0]->log().find("drain notice for cluster") != std::string::npos);
   client->close();
   listener->close();
+}
+
+TEST_CASE("replicas: a ws rendezvous waiting at a replica when it drains is named in its drain notice and still pairs",
+          "[relay][replicas][etcd][drain][ws]") {
+  if (!have_etcd()) return;
+  Replicas rs(2);
+  // The cluster's listener on replica 0; a sender parked on replica 1, its
+  // accept passed to replica 0's control channel.
+  ControlClient agent(*rs.relays[0], demo_path, rs.relays[0]->listen_token());
+  REQUIRE(wait_until([&] { return rs.etcd.count(channels) == 1; }, 20s));
+  RawWs sender(*rs.relays[1]);
+  // (A future, so that a failed REQUIRE still waits for the upgrade to end.)
+  auto connecting = std::async(std::launch::async, [&] {
+    return sender.upgrade(rs.relays[1]->host(), "/$hc/" + demo_path + "?sb-hc-action=connect",
+                          {{"ServiceBusAuthorization", rs.relays[1]->connect_token()}});
+  });
+  const auto accept = next_accept(agent);
+  auto stopped = std::async(std::launch::async, [&] { return rs.relays[1]->stop(SIGTERM, std::chrono::seconds(60)); });
+  // Replica 1 splices nothing yet; the rendezvous waiting there is reason
+  // enough to have replica 0 pass its drain notice to the cluster's agents.
+  const bool passed =
+      wait_until([&] { return rs.relays[0]->log().find("drain notice for cluster") != std::string::npos; }, 20s);
+  INFO(rs.relays[1]->log());
+  INFO(rs.relays[0]->log());
+  REQUIRE(passed);
+  // The listener's accept reaches the draining replica and pairs.
+  RawWs listener(*rs.relays[1]);
+  REQUIRE_FALSE(listener.upgrade(rs.relays[1]->host(), target_of(accept.address), {}));
+  REQUIRE_FALSE(connecting.get());
+  sender.write(true, "through a draining replica");
+  auto got = listener.read();
+  REQUIRE(got);
+  CHECK(got->second == "through a draining replica");
+  sender.close(1000, "done");
+  CHECK_FALSE(listener.read());
+  CHECK(stopped.get() == 0);
+  CHECK(rs.relays[1]->log().find("drain: 1 rendezvous ended by themselves, 0 cut") != std::string::npos);
 }
