@@ -90,20 +90,8 @@ ready_within() {
   return 1
 }
 
-# A free loopback port below the kernel's ephemeral range (32768 and up): one
-# the kernel hands out for bind(0) or a connect's source may be taken by any
-# other process before the service here binds it.
-free_port() {
-  node -e '
-    const net = require("net");
-    const pick = () => {
-      const port = 20000 + Math.floor(Math.random() * 12000);
-      const s = net.createServer();
-      s.once("error", pick);
-      s.listen(port, "127.0.0.1", () => { console.log(port); s.close(); });
-    };
-    pick();'
-}
+# A free loopback port below the kernel's ephemeral range (free-port.js says why).
+free_port() { node "$fixtures/free-port.js"; }
 
 # wait_tcp NAME PORT: waits until 127.0.0.1:PORT accepts while NAME is alive.
 wait_tcp() {
