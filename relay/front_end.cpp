@@ -793,6 +793,9 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
            "# HELP clusterconnect_relay_store_writes_total Requests this relay made that changed etcd (puts, deletes, transactions, lease grants and revocations; keepalives not counted).\n"
            "# TYPE clusterconnect_relay_store_writes_total counter\n"
            "clusterconnect_relay_store_writes_total " + std::to_string(metrics_.store_writes_total.load()) + "\n"
+           "# HELP clusterconnect_relay_store_lease_keepalives_total Keepalives of this replica's etcd lease (three per --replica-ttl).\n"
+           "# TYPE clusterconnect_relay_store_lease_keepalives_total counter\n"
+           "clusterconnect_relay_store_lease_keepalives_total " + std::to_string(metrics_.store_keepalives_total.load()) + "\n"
            "# HELP clusterconnect_relay_registry_records_refused Registry records refused now.\n"
            "# TYPE clusterconnect_relay_registry_records_refused gauge\n"
            "clusterconnect_relay_registry_records_refused " + std::to_string(metrics_.registry_records_refused.load()) + "\n";

@@ -19,6 +19,7 @@ class RelayMetrics {
   // Requests that changed etcd (puts, deletes, transactions, lease grants and
   // revocations; not lease keepalives), from this process.
   std::atomic<std::uint64_t> store_writes_total{0};
+  std::atomic<std::uint64_t> store_keepalives_total{0};  // the replica lease's keepalives
 
   void handshake_failure(const std::string& reason) { bump(handshake_failures_, reason); }
   void open_failure(const std::string& reason) { bump(open_failures_, reason); }

@@ -311,7 +311,10 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
     using Clock = std::chrono::steady_clock;
     EtcdOutage outage(logger_, "replica " + options_.id + "'s lease and records",
                       "rendezvous go on from what this replica knows; its records are written again once etcd is back");
-    auto next_keepalive = Clock::now() + options_.ttl / 3;
+    // Three keepalives per TTL (in milliseconds: a TTL of 2 s is 666 ms apart,
+    // not 0 s apart).
+    const auto keepalive_every = std::chrono::duration_cast<std::chrono::milliseconds>(options_.ttl) / 3;
+    auto next_keepalive = Clock::now() + keepalive_every;
     for (;;) {
       std::map<std::string, AgentStatus> changes;
       {
@@ -337,6 +340,7 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
           ok = ok && put_leased(channel_key(identity), channel_record(status), why);
       }
       if (ok && Clock::now() >= next_keepalive) {
+        if (options_.metrics) options_.metrics->store_keepalives_total.fetch_add(1);
         auto kept = etcd_.call("/v3/lease/keepalive", {{"ID", std::to_string(lease_)}});
         if (!kept) {
           why = "keepalive: " + kept.error();
@@ -362,7 +366,7 @@ class EtcdReplicaDirectory final : public ReplicaDirectory {
         }
         next_keepalive = Clock::now() + outage.failed(why);
       } else if (Clock::now() >= next_keepalive) {
-        next_keepalive = Clock::now() + options_.ttl / 3;
+        next_keepalive = Clock::now() + keepalive_every;
       }
     }
   }

@@ -452,6 +452,24 @@ TEST_CASE("replicas: SIGTERM removes a replica's records before its lease would 
   listener->close();
 }
 
+TEST_CASE("replicas: a replica keeps its lease alive three times per TTL, even at the shortest TTL",
+          "[relay][replicas][etcd]") {
+  if (!have_etcd()) return;
+  Replicas rs(1, 2);  // --replica-ttl 2, the least the relay takes: 666 ms apart
+  auto& relay = *rs.relays[0];
+  const std::string series = "clusterconnect_relay_store_lease_keepalives_total";
+  REQUIRE(wait_until([&] { return relay.gauge(series) >= 1; }, 20s));
+  const auto first = relay.gauge(series);
+  const auto since = std::chrono::steady_clock::now();
+  REQUIRE(wait_until([&] { return relay.gauge(series) >= first + 3; }, 20s));
+  // Three more take at least two intervals (a busy loop took microseconds).
+  const auto took = std::chrono::steady_clock::now() - since;
+  INFO(std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms for 3 keepalives");
+  CHECK(took >= 1000ms);
+  // And the lease holds: the member's record is still there.
+  CHECK(rs.etcd.count(members) == 1);
+}
+
 TEST_CASE(
     "replicas: an agent behind one balanced address puts its control channels on distinct replicas and re-homes "
     "when one is killed",
