@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,6 +47,13 @@ struct AgentKey {
     pin = pin_or.value();
   }
 };
+
+// In a child just forked by the test's main thread: it dies with the test,
+// so that a test that aborts leaves no relay or etcd running (and busy).
+inline void die_with_parent(pid_t parent) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(127);
+}
 
 // The default relay: clusters demo and other, demo's agent key (agent.crt,
 // agent.key beside the configuration) pinned, a rendezvous port.
@@ -98,8 +106,10 @@ class RelayProcess {
                                      "--ready-file", ready_file().string(),
                                      "--metrics-listen", "127.0.0.1:0"};
     args.insert(args.end(), extra_.begin(), extra_.end());
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      die_with_parent(parent);
       int fd = ::open((dir_.path() / "relay.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fd, 1);
       ::dup2(fd, 2);

@@ -329,8 +329,10 @@ class HycoEchoAgent {
                                      "--key", (dir / "agent.key").string(),
                                      "--ready-file", ready_.string()};
     const std::string ca = "NODE_EXTRA_CA_CERTS=" + r.relay.ca_file();
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      die_with_parent(parent);
       int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fd, 1);
       ::dup2(fd, 2);

@@ -74,8 +74,10 @@ class EtcdServer {
                                      peer_,
                                      "--initial-cluster",
                                      "t=" + peer_};
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      die_with_parent(parent);
       int fd = ::open((dir_.path() / "etcd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
