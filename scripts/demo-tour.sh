@@ -3,7 +3,7 @@
 # `connectedk8s proxy ... -- scripts/demo-tour.sh`). Exits non-zero on the
 # first step that fails.
 set -euo pipefail
-path="kubectl -> proxy (local secret checked, Entra token attached) -> relay (stream switched onto an agent tunnel) -> agent (token validated, caller impersonated) -> API server"
+path="kubectl -> proxy (local secret checked, Entra token attached) -> relay (passes on the TLS that runs end to end between proxy and agent; reads none of it) -> agent (token validated, caller impersonated) -> API server"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 via() { printf '  handled by: %s\n' "$1"; }
