@@ -343,7 +343,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
     for (const auto& n : notices) here = std::max(here, listeners_.send_to_drain_takers(n));
     if (!peers) return here;
     // Clusters spliced here (either form) whose agents hold control channels elsewhere.
-    std::vector<std::string> spliced = ws_paired_clusters();
+    std::vector<std::string> spliced = ws_rendezvous_clusters();
     if (port)
       for (auto& c : port->spliced_clusters())
         if (std::find(spliced.begin(), spliced.end(), ascii_lowered(c)) == spliced.end()) spliced.push_back(ascii_lowered(c));
@@ -500,7 +500,7 @@ class FrontEndImpl final : public FrontEnd, public std::enable_shared_from_this<
   }
   // The clusters of the WebSocket pairs open now, forming or still waiting
   // for their listener's accept (identities, once each).
-  std::vector<std::string> ws_paired_clusters() {
+  std::vector<std::string> ws_rendezvous_clusters() {
     std::vector<std::string> out;
     auto add = [&out](std::string c) {
       if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <future>
 #include <map>
 #include <optional>
 #include <string>
@@ -164,6 +165,28 @@ inline rv::AcceptMessage next_accept(ControlClient& agent) {
 inline std::string target_of(const std::string& url) {
   const auto slash = url.find('/', url.find("://") + 3);
   return url.substr(slash);
+}
+
+// A sender's upgrade to connect on `path` at `relay`, parked until its
+// listener answers. (A future, so that a failed REQUIRE still waits for the
+// upgrade to end.)
+inline std::future<beast::error_code> park_sender(RawWs& sender, const RelayProcess& relay, const std::string& path,
+                                                  const std::string& token) {
+  return std::async(std::launch::async, [&sender, host = relay.host(), path, token] {
+    return sender.upgrade(host, "/$hc/" + path + "?sb-hc-action=connect", {{"ServiceBusAuthorization", token}});
+  });
+}
+
+// The listener's accept at `relay` pairs it with the parked sender, and one
+// text message passes from the sender to the listener.
+inline void pair_and_pass(RawWs& listener, const RelayProcess& relay, const rv::AcceptMessage& accept,
+                          std::future<beast::error_code>& parked, RawWs& sender, const std::string& text) {
+  REQUIRE_FALSE(listener.upgrade(relay.host(), target_of(accept.address), {}));
+  REQUIRE_FALSE(parked.get());
+  sender.write(true, text);
+  auto got = listener.read();
+  REQUIRE(got);
+  CHECK(got->second == text);
 }
 
 }  // namespace clusterconnect::test

@@ -232,10 +232,7 @@ TEST_CASE("ws form: a rendezvous announced before the relay drains pairs when it
   ControlClient agent(relay, path_a, relay.token("listen", "a-listen", path_a));
   const std::string token = relay.token("connect", "a-connect", path_a);
   RawWs sender(relay);
-  // (A future, so that a failed REQUIRE still waits for the upgrade to end.)
-  auto connecting = std::async(std::launch::async, [&] {
-    return sender.upgrade(relay.host(), "/$hc/" + path_a + "?sb-hc-action=connect", {{"ServiceBusAuthorization", token}});
-  });
+  auto connecting = park_sender(sender, relay, path_a, token);
   const auto accept = next_accept(agent);
   // The relay drains before the listener's accept arrives.
   auto stopped = std::async(std::launch::async, [&] { return relay.stop(SIGTERM, std::chrono::seconds(60)); });
@@ -249,12 +246,7 @@ TEST_CASE("ws form: a rendezvous announced before the relay drains pairs when it
   CHECK(connect_json(relay, path_a, token).first == 503);
   // …while the accept still reaches its sender: the pair forms and carries.
   RawWs listener(relay);
-  REQUIRE_FALSE(listener.upgrade(relay.host(), target_of(accept.address), {}));
-  REQUIRE_FALSE(connecting.get());
-  sender.write(true, "after the drain began");
-  auto got = listener.read();
-  REQUIRE(got);
-  CHECK(got->second == "after the drain began");
+  pair_and_pass(listener, relay, accept, connecting, sender, "after the drain began");
   // Its end is the pair's own: drained, not cut, and the relay exits long
   // before its drain timeout.
   sender.close(1000, "done");

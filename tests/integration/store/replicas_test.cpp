@@ -783,11 +783,7 @@ TEST_CASE("replicas: a ws rendezvous waiting at a replica when it drains is name
   ControlClient agent(*rs.relays[0], demo_path, rs.relays[0]->listen_token());
   REQUIRE(wait_until([&] { return rs.etcd.count(channels) == 1; }, 20s));
   RawWs sender(*rs.relays[1]);
-  // (A future, so that a failed REQUIRE still waits for the upgrade to end.)
-  auto connecting = std::async(std::launch::async, [&] {
-    return sender.upgrade(rs.relays[1]->host(), "/$hc/" + demo_path + "?sb-hc-action=connect",
-                          {{"ServiceBusAuthorization", rs.relays[1]->connect_token()}});
-  });
+  auto connecting = park_sender(sender, *rs.relays[1], demo_path, rs.relays[1]->connect_token());
   const auto accept = next_accept(agent);
   auto stopped = std::async(std::launch::async, [&] { return rs.relays[1]->stop(SIGTERM, std::chrono::seconds(60)); });
   // Replica 1 splices nothing yet; the rendezvous waiting there is reason
@@ -799,12 +795,7 @@ TEST_CASE("replicas: a ws rendezvous waiting at a replica when it drains is name
   REQUIRE(passed);
   // The listener's accept reaches the draining replica and pairs.
   RawWs listener(*rs.relays[1]);
-  REQUIRE_FALSE(listener.upgrade(rs.relays[1]->host(), target_of(accept.address), {}));
-  REQUIRE_FALSE(connecting.get());
-  sender.write(true, "through a draining replica");
-  auto got = listener.read();
-  REQUIRE(got);
-  CHECK(got->second == "through a draining replica");
+  pair_and_pass(listener, *rs.relays[1], accept, connecting, sender, "through a draining replica");
   sender.close(1000, "done");
   CHECK_FALSE(listener.read());
   CHECK(stopped.get() == 0);
