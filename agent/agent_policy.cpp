@@ -129,6 +129,13 @@ std::shared_ptr<const VerifiedCaller> make_caller(Identity identity) {
   auto c = std::make_shared<VerifiedCaller>();
   c->refused = refused_identity(identity);
   c->headers = impersonation_headers(identity);
+  auto subject = std::make_shared<http::Subject>();
+  subject->user = identity.user;
+  subject->groups = identity.groups;
+  for (const char* key : {"oid", "tid"})
+    if (auto it = identity.extra.find(key); it != identity.extra.end() && !it->second.empty())
+      subject->notes.push_back({key, it->second.front()});
+  c->subject = std::move(subject);
   c->identity = std::move(identity);
   return c;
 }
@@ -158,12 +165,13 @@ void AgentPolicy::reject(AuthFailure failure, const std::string& why, UniqueFunc
 void AgentPolicy::pass_through(const http::RequestHead& head, UniqueFunction<void(http::Decision)>& done) {
   http::Decision d;
   d.forward = true;
-  d.user = "";
   // The caller's own credential goes to the API server unchanged; the audit
   // record says so, with the user a JWT names (unverified), never the token.
-  d.notes.push_back({"identity", "passed through to the API server (unverified here)"});
+  auto subject = std::make_shared<http::Subject>();
+  subject->notes.push_back({"identity", "passed through to the API server (unverified here)"});
   const std::string token = bearer_token(head);
-  if (auto sub = unverified_subject(token); !sub.empty()) d.notes.push_back({"claimed_user", sub});
+  if (auto sub = unverified_subject(token); !sub.empty()) subject->notes.push_back({"claimed_user", sub});
+  d.subject = std::move(subject);
   // The API server checks a JWT's exp when the connection opens; the agent
   // ends an upgraded connection there (a forged exp only harms its sender,
   // and a token the API server refuses opens nothing).
@@ -189,8 +197,7 @@ void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& cal
     logger_->info("request from {} refused: it carries its own Impersonate-* headers", id.user);
     http::Decision d;
     d.forward = false;
-    d.user = id.user;
-    d.groups = id.groups;
+    d.subject = caller.subject;
     d.reply = http::status_reply(403, "Forbidden", "impersonation through the cluster connection is not permitted");
     return done(std::move(d));
   }
@@ -216,10 +223,7 @@ void AgentPolicy::impersonate(http::RequestHead& head, const VerifiedCaller& cal
   apply_impersonation(head, *caller.headers, agent_token.value());
   http::Decision d;
   d.forward = true;
-  d.user = id.user;
-  d.groups = id.groups;
-  for (const char* key : {"oid", "tid"})
-    if (auto it = id.extra.find(key); it != id.extra.end() && !it->second.empty()) d.notes.push_back({key, it->second.front()});
+  d.subject = caller.subject;
   // An exec, attach or port-forward lives no longer than the token that
   // opened it: the engine closes the upgraded connection at its expiry.
   d.pipe_deadline = expiry;
@@ -307,7 +311,7 @@ void AgentPolicy::on_complete(const http::ExchangeRecord& record) noexcept {
     metrics_->request_done(record.status, record.duration, record.upgraded);
     // A request answered 401/403 here never reached the API server with an
     // identity; one forwarded without a user was a pass-through token.
-    const char* method = !record.user.empty() ? backend_.c_str() : record.status == 401 ? "rejected" : "token";
+    const char* method = record.subject && !record.subject->user.empty() ? backend_.c_str() : record.status == 401 ? "rejected" : "token";
     if (audit_ && !audit_->write(record, method)) metrics_->audit_dropped();
   } catch (...) {
     // Auditing must never take the data path down.

@@ -31,6 +31,7 @@ struct VerifiedCaller {
   Identity identity;
   std::string refused;                          // refused_identity(), empty when it may be impersonated
   std::optional<ImpersonationHeaders> headers;  // empty: a claim cannot be carried
+  std::shared_ptr<const http::Subject> subject;  // for the records of its requests
 };
 
 class AgentPolicy final : public http::ForwardPolicy, public std::enable_shared_from_this<AgentPolicy> {

@@ -194,20 +194,22 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   const std::string_view path = std::string_view(r.target).substr(0, q);
   char number[64];
   // One JSON object per line, written straight into its string (no tree).
+  static const http::Subject no_subject;
+  const http::Subject& who = r.subject ? *r.subject : no_subject;
   std::string text;
-  text.reserve(256 + r.target.size() + r.user.size());
+  text.reserve(256 + r.target.size() + who.user.size());
   text += '{';
   append_key(text, "time");
   append_json_string(text, stamp);
   append_key(text, "auth");
   append_json_string(text, auth_method);
   append_key(text, "user");
-  append_json_string(text, r.user);
+  append_json_string(text, who.user);
   append_key(text, "groups");
   text += '[';
-  for (std::size_t i = 0; i < r.groups.size(); ++i) {
+  for (std::size_t i = 0; i < who.groups.size(); ++i) {
     if (i > 0) text += ',';
-    append_json_string(text, r.groups[i]);
+    append_json_string(text, who.groups[i]);
   }
   text += ']';
   append_key(text, "method");
@@ -230,11 +232,12 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   // Notes add fields; they never replace one of the fields above.
   static constexpr std::string_view fixed[] = {"time", "auth", "user", "groups", "method", "path", "query",
                                                "status", "bytes_in", "bytes_out", "duration_ms", "upgrade"};
-  for (const auto& note : r.notes) {
-    if (std::find(std::begin(fixed), std::end(fixed), note.name) != std::end(fixed)) continue;
-    append_key(text, note.name);
-    append_json_string(text, note.value);
-  }
+  for (const auto* notes : {&who.notes, &r.notes})
+    for (const auto& note : *notes) {
+      if (std::find(std::begin(fixed), std::end(fixed), note.name) != std::end(fixed)) continue;
+      append_key(text, note.name);
+      append_json_string(text, note.value);
+    }
   text += "}\n";
   bool wake = false;
   {

@@ -626,9 +626,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_decision(Decision d) {
-    rec_.user = std::move(d.user);
-    rec_.groups = std::move(d.groups);
-    rec_.notes = std::move(d.notes);
+    rec_.subject = std::move(d.subject);
     pipe_deadline_ = d.pipe_deadline;
     // Only an upgraded connection is closed at the deadline: any other
     // request (a watch held for long) keeps no copy of the reason.

@@ -79,7 +79,9 @@ TEST_CASE("entra mode: a valid token is forwarded as the agent, impersonating th
   auto head = with_token("good");
   auto d = decide(*f.policy(AuthMode::entra), head);
   REQUIRE(d.forward);
-  CHECK(d.user == "alice@contoso.example");
+  REQUIRE(d.subject);
+  CHECK(d.subject->user == "alice@contoso.example");
+  CHECK(d.subject->groups == std::vector<std::string>{"devs"});
   CHECK(head.all("authorization") == std::vector<std::string>{"Bearer agent-sa-token"});
   CHECK(head.all("impersonate-user") == std::vector<std::string>{"alice@contoso.example"});
   CHECK(head.all("impersonate-group") == std::vector<std::string>{"devs"});
@@ -146,7 +148,8 @@ TEST_CASE("audit notes: oid and tid of an Entra caller, a passed-through token's
   auto d = decide(*f.policy(AuthMode::entra), head);
   REQUIRE(d.forward);
   auto note = [](const http::Decision& d, const std::string& name) {
-    for (const auto& n : d.notes)
+    REQUIRE(d.subject);
+    for (const auto& n : d.subject->notes)
       if (n.name == name) return n.value;
     return std::string();
   };
@@ -161,7 +164,8 @@ TEST_CASE("audit notes: oid and tid of an Entra caller, a passed-through token's
   REQUIRE(passed.forward);
   CHECK(note(passed, "claimed_user") == "system:serviceaccount:default:builder");
   CHECK_THAT(note(passed, "identity"), Catch::Contains("passed through"));
-  for (const auto& n : passed.notes) CHECK(n.value.find(sa) == std::string::npos);
+  CHECK(passed.subject->user.empty());
+  for (const auto& n : passed.subject->notes) CHECK(n.value.find(sa) == std::string::npos);
 }
 
 TEST_CASE("entra mode: a reserved or look-alike identity is refused with 403, whatever the authenticator said", "[agent][policy]") {
@@ -319,7 +323,9 @@ TEST_CASE("connection memo: the same token on a connection is verified once and 
   auto d2 = decide(*conn, second);
   REQUIRE(d2.forward);
   CHECK(f.auth->calls == 1);
-  CHECK(d2.user == "alice@contoso.example");
+  REQUIRE(d2.subject);
+  CHECK(d2.subject->user == "alice@contoso.example");
+  CHECK(d2.subject == d1.subject);  // one record subject per identity, not a copy per request
   CHECK(d2.pipe_deadline == std::chrono::system_clock::time_point(std::chrono::seconds(1'900'003'600)));
   CHECK(second.all("authorization") == std::vector<std::string>{"Bearer agent-sa-token"});
   CHECK(second.all("impersonate-user") == std::vector<std::string>{"alice@contoso.example"});
@@ -381,7 +387,8 @@ TEST_CASE("connection memo: a different token on the same connection is verified
   auto db = decide(*conn, b);
   REQUIRE(db.forward);
   CHECK(f.auth->calls == 2);
-  CHECK(db.user == "bob@contoso.example");
+  REQUIRE(db.subject);
+  CHECK(db.subject->user == "bob@contoso.example");
   CHECK(b.all("impersonate-user") == std::vector<std::string>{"bob@contoso.example"});
   // A token differing from the remembered one in its last byte only.
   std::string forged = bob;
@@ -404,7 +411,8 @@ TEST_CASE("connections of one identity share its impersonation and another ident
     auto head = with_token(*token);
     auto d = decide(*f.shared->for_connection(), head);
     REQUIRE(d.forward);
-    CHECK(d.user == user);
+    REQUIRE(d.subject);
+    CHECK(d.subject->user == user);
     CHECK(head.all("impersonate-user") == std::vector<std::string>{user});
     CHECK(head.all("impersonate-uid") == std::vector<std::string>{"uid-" + user});
     CHECK(head.all("impersonate-extra-oid") == std::vector<std::string>{"oid-" + user});

@@ -25,11 +25,10 @@ http::ExchangeRecord exec_record() {
   r.method = "POST";
   r.target =
       "/api/v1/namespaces/default/pods/web/exec?command=cat&command=%2Fetc%2Fshadow&stdout=true&access_token=eyJsecret";
-  r.user = "alice@contoso.example";
-  r.groups = {"devs"};
+  r.subject = std::make_shared<http::Subject>(
+      http::Subject{"alice@contoso.example", {"devs"}, {{"oid", "oid-1"}, {"tid", "tid-1"}}});
   r.status = 101;
   r.upgraded = true;
-  r.notes = {{"oid", "oid-1"}, {"tid", "tid-1"}};
   return r;
 }
 
@@ -71,6 +70,26 @@ TEST_CASE("agent audit: a record names oid, tid and the query, never a token", "
   struct stat st {};
   REQUIRE(::stat(file.c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
+}
+
+TEST_CASE("agent audit: a record that names no caller has an empty user and no groups", "[agent][audit]") {
+  test::TempDir dir;
+  const auto file = dir.path() / "audit.log";
+  {
+    auto log = AuditLog::open(file.string());
+    REQUIRE(log);
+    http::ExchangeRecord r;
+    r.method = "GET";
+    r.target = "/api/v1/pods";
+    r.status = 401;
+    CHECK(log.value()->write(r, "rejected"));
+  }
+  auto lines = read_lines(file);
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0]["user"] == "");
+  CHECK(lines[0]["groups"] == nlohmann::json::array());
+  CHECK(lines[0]["auth"] == "rejected");
+  CHECK(lines[0].size() == 12);
 }
 
 TEST_CASE("agent audit: a full queue drops and counts, never blocks the writer", "[agent][audit]") {
@@ -131,9 +150,9 @@ TEST_CASE("agent audit: a record with awkward names is one valid JSON line, writ
   auto log = AuditLog::open(file.string());
   REQUIRE(log);
   auto r = exec_record();
-  r.user = "eve\"\n{\"user\":\"admin\"}\xff";
-  r.groups = {"a\\b", ""};
-  r.notes.push_back({"user", "not a second user field"});
+  r.subject = std::make_shared<http::Subject>(http::Subject{
+      "eve\"\n{\"user\":\"admin\"}\xff", {"a\\b", ""}, {{"oid", "oid-1"}, {"user", "not a second user field"}}});
+  r.notes.push_back({"closed", "by \"the\" deadline"});
   r.duration = std::chrono::microseconds(1500);
   CHECK(log.value()->write(r, "entra"));
   // The writer writes within its batch window; wait for the line (bounded).
@@ -153,5 +172,6 @@ TEST_CASE("agent audit: a record with awkward names is one valid JSON line, writ
   CHECK(l["upgrade"] == true);
   CHECK(l["duration_ms"] == 1.5);
   CHECK(l["oid"] == "oid-1");
-  CHECK(l.size() == 14);  // the twelve fields, oid and tid: the note named user was not added
+  CHECK(l["closed"] == "by \"the\" deadline");
+  CHECK(l.size() == 14);  // the twelve fields, the caller's oid and the exchange's note: the note named user was not added
 }

@@ -78,8 +78,7 @@ TEST_CASE("policy rewrites reach the upstream and hop-by-hop headers do not", "[
     h.set("Impersonate-User", "alice");
     h.add("Impersonate-Group", "g1");
     h.add("Impersonate-Group", "g2");
-    d.user = "alice";
-    d.groups = {"g1", "g2"};
+    d.subject = std::make_shared<http::Subject>(http::Subject{"alice", {"g1", "g2"}, {}});
     return d;
   });
 
@@ -113,8 +112,9 @@ TEST_CASE("policy rewrites reach the upstream and hop-by-hop headers do not", "[
 
   auto records = rig.policy->records(1);
   REQUIRE(records.size() == 1);
-  CHECK(records[0].user == "alice");
-  CHECK(records[0].groups == std::vector<std::string>{"g1", "g2"});
+  REQUIRE(records[0].subject);
+  CHECK(records[0].subject->user == "alice");
+  CHECK(records[0].subject->groups == std::vector<std::string>{"g1", "g2"});
   CHECK(records[0].status == 200);
   CHECK(records[0].method == "GET");
   CHECK(records[0].target == "/api/v1/pods?limit=1");

@@ -62,24 +62,31 @@ struct Reply {
 //  "message":message,"reason":reason,"code":code}
 Reply status_reply(unsigned code, std::string reason, std::string message);
 
+// Who made a request, for its ExchangeRecord. A policy builds one per
+// verified identity and shares it between that identity's requests: a
+// connection held open (a watch) carries a pointer, not a copy.
+struct Subject {
+  std::string user;  // empty: not verified here
+  std::vector<std::string> groups;
+  std::vector<Header> notes;  // facts about the caller (an audit log's fields)
+};
+
 // What happened to one request, for audit logs and metrics. bytes_in/out are
 // body bytes (request/response), or piped bytes after an upgrade.
 struct ExchangeRecord {
-  std::string method, target, user;
-  std::vector<std::string> groups;
+  std::string method, target;
+  std::shared_ptr<const Subject> subject;  // the Decision's (null: none was named)
   unsigned status = 0;
   std::uint64_t bytes_in = 0, bytes_out = 0;
   std::chrono::microseconds duration{};
   bool upgraded = false;
-  std::vector<Header> notes;  // the Decision's notes
+  std::vector<Header> notes;  // the exchange's own facts (why an upgraded one was closed)
 };
 
 struct Decision {
   bool forward = true;  // false: `reply` is sent instead
   Reply reply;
-  std::string user;  // for the ExchangeRecord only
-  std::vector<std::string> groups;
-  std::vector<Header> notes;  // more facts for the ExchangeRecord (an audit log's fields)
+  std::shared_ptr<const Subject> subject;  // for the ExchangeRecord only
   // When set and the request is upgraded (exec, attach, port-forward), the
   // pipe is closed at this time: both streams are reset with
   // `pipe_deadline_reason` and the record gets the note {"closed", reason}.
