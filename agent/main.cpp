@@ -434,13 +434,13 @@ int main(int argc, char** argv) try {
   if (o.upstream_idle_max > 0)
     upstream_pool = http::UpstreamPool::create(
         io, engine_connector, {o.upstream_idle_max, std::chrono::seconds(o.upstream_idle_timeout)}, logger);
+  const std::shared_ptr<const http::Server> server =
+      upstream_pool ? http::Server::create(io, upstream_pool, limits, logger)
+                    : http::Server::create(io, engine_connector, limits, logger);
   const std::shared_ptr<TunnelListener> listener = transport->listen(
-      listen_options, [&io, policy, engine_connector, upstream_pool, limits, logger, metrics](
-                          StreamPtr stream, const std::map<std::string, std::string>&) {
+      listen_options, [policy, server, metrics](StreamPtr stream, const std::map<std::string, std::string>&) {
         // One policy per stream: it remembers the token last verified there.
-        auto counted = std::make_shared<CountedStream>(std::move(stream), metrics);
-        if (upstream_pool) http::serve(io, std::move(counted), policy->for_connection(), upstream_pool, limits, logger);
-        else http::serve(io, std::move(counted), policy->for_connection(), engine_connector, limits, logger);
+        server->serve(std::make_shared<CountedStream>(std::move(stream), metrics), policy->for_connection());
       });
   if (!listener) {
     std::fprintf(stderr, "clusterconnect-agent: the transport could not start listening\n");

@@ -643,9 +643,8 @@ int ProxyCommand::run_proxy() {
     http::PoolOptions pool_options;
     pool_options.max_idle = kIdleTunnelStreams;
     link.upstreams = http::UpstreamPool::create(io, connector, pool_options, logger);
-    auto serve = [&io, policy = link.policy, upstreams = link.upstreams, limits, logger, recovery](StreamPtr s) {
-      http::serve(io, std::move(s), policy, upstreams, limits, logger, recovery);
-    };
+    auto serve = [policy = link.policy, engine = http::Server::create(io, link.upstreams, limits, logger, recovery)](
+                     StreamPtr s) { engine->serve(std::move(s), policy); };
     // Later clusters skip busy ports; after 100 busy ones, any free port.
     for (int attempt = 0;; ++attempt) {
       const unsigned port = next_port > 65535 ? 0 : next_port;

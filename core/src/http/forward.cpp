@@ -452,19 +452,35 @@ class Pool final : public UpstreamPool, public std::enable_shared_from_this<Pool
   bool timer_armed_ = false, closed_ = false;
 };
 
+// A server's settings, which its sessions share (each keeps a pointer, not a
+// copy of every setting: thousands of watches are thousands of sessions).
+class Settings final : public Server, public std::enable_shared_from_this<Settings> {
+ public:
+  Settings(asio::io_context& io, UpstreamConnector connector, std::shared_ptr<Pool> pool, Limits limits,
+           std::shared_ptr<spdlog::logger> log, Recovery recovery)
+      : io(io),
+        connector(std::move(connector)),
+        pool(std::move(pool)),
+        limits(limits),
+        log(std::move(log)),
+        recovery(recovery) {}
+  void serve(StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy) const override;
+
+  asio::io_context& io;
+  const UpstreamConnector connector;
+  const std::shared_ptr<Pool> pool;  // null: one upstream connection held per inbound connection
+  const Limits limits;
+  const std::shared_ptr<spdlog::logger> log;
+  const Recovery recovery;
+};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-          Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery,
-          std::shared_ptr<Pool> pool = nullptr)
-      : strand_(asio::make_strand(io)),
+  Session(StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, std::shared_ptr<const Settings> settings)
+      : strand_(asio::make_strand(settings->io)),
         in_(std::move(inbound), strand_),
         policy_(std::move(policy)),
-        connector_(std::move(connector)),
-        pool_(std::move(pool)),
-        limits_(limits),
-        log_(std::move(logger)),
-        recovery_(recovery),
+        cfg_(std::move(settings)),
         timer_(strand_) {}
 
   void start() {
@@ -484,12 +500,12 @@ class Session : public std::enable_shared_from_this<Session> {
       // out; it becomes this request's first read (see on_client_read).
       shed_buffers();
       waiting_request_ = true;
-      arm_timer(in_buf_.size() > 0 ? limits_.header_timeout : wait_timeout());
+      arm_timer(in_buf_.size() > 0 ? cfg_->limits.header_timeout : wait_timeout());
       return;
     }
     if (in_buf_.size() > 0) {
       // A pipelined request is already here.
-      arm_timer(limits_.header_timeout);
+      arm_timer(cfg_->limits.header_timeout);
       read_request_head();
       return;
     }
@@ -508,7 +524,7 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       self->in_buf_.reserve(kReadReserve);
       self->take_peeked(n);
-      self->arm_timer(self->limits_.header_timeout);
+      self->arm_timer(self->cfg_->limits.header_timeout);
       self->read_request_head();
     });
   }
@@ -534,14 +550,14 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   std::chrono::seconds wait_timeout() const {
-    return heads_read_ == 0 ? std::min(limits_.first_byte_timeout, limits_.idle_timeout) : limits_.idle_timeout;
+    return heads_read_ == 0 ? std::min(cfg_->limits.first_byte_timeout, cfg_->limits.idle_timeout) : cfg_->limits.idle_timeout;
   }
 
   void read_request_head() {
     // The parser exists from a request's first byte until it was read.
     req_ = std::make_unique<bhttp::request_parser<bhttp::buffer_body>>();
-    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
-    req_->body_limit(limits_.body_limit);
+    req_->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_->limits.header_limit, UINT32_MAX)));
+    req_->body_limit(cfg_->limits.body_limit);
     in_reading_ = true;
     bhttp::async_read_header(in_, in_buf_, *req_, [self = shared_from_this()](error_code ec, std::size_t) {
       self->in_reading_ = false;
@@ -555,11 +571,11 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec == bhttp::error::header_limit)
         return reply_and_close(status_reply(431, "RequestHeaderFieldsTooLarge",
                                             "request header exceeds the limit of " +
-                                                std::to_string(limits_.header_limit) + " bytes"));
+                                                std::to_string(cfg_->limits.header_limit) + " bytes"));
       if (ec == bhttp::error::body_limit)
         return reply_and_close(status_reply(
             413, "RequestEntityTooLarge",
-            "request body exceeds the limit of " + std::to_string(limits_.body_limit) + " bytes"));
+            "request body exceeds the limit of " + std::to_string(cfg_->limits.body_limit) + " bytes"));
       if (is_malformed(ec))
         return reply_and_close(status_reply(400, "BadRequest", "malformed HTTP request: " + ec.message()));
       if (timed_out_) log_failure(ec, "request head timed out");
@@ -650,7 +666,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   bool may_resume() const {
-    return recovery_.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target);
+    return cfg_->recovery.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target);
   }
 
   // The request head as sent upstream: always HTTP/1.1, framing re-derived.
@@ -688,14 +704,14 @@ class Session : public std::enable_shared_from_this<Session> {
     if (up_) return send_request();
     // A retry goes to a new connection: the others in the pool may have been
     // closed by the same event.
-    if (pool_ && !retried_) {
-      if (auto up = pool_->take()) {
+    if (cfg_->pool && !retried_) {
+      if (auto up = cfg_->pool->take()) {
         up->io.rebind(strand_);
         up_ = std::move(up);
         return send_request();
       }
     }
-    connector_([self = shared_from_this()](error_code ec, StreamPtr stream, std::string reason) mutable {
+    cfg_->connector([self = shared_from_this()](error_code ec, StreamPtr stream, std::string reason) mutable {
       asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason)]() mutable {
         self->on_upstream(ec, std::move(stream), std::move(reason));
       });
@@ -730,7 +746,7 @@ class Session : public std::enable_shared_from_this<Session> {
     } else if (up_->taken_from_pool) {
       // The same, for the read the pool kept on the connection.
       up_->taken_from_pool = false;
-      pool_->await_read(up_, [self = shared_from_this(), up = up_, attempt = attempt_](error_code ec) mutable {
+      cfg_->pool->await_read(up_, [self = shared_from_this(), up = up_, attempt = attempt_](error_code ec) mutable {
         asio::dispatch(self->strand_, [self, up = std::move(up), ec, attempt]() mutable {
           if (self->aborting_ || attempt != self->attempt_) return;
           if (ec) return self->upstream_failed(ec, std::move(up));
@@ -771,7 +787,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec) {
       if (ec == bhttp::error::body_limit)
         return abort_exchange(status_reply(413, "RequestEntityTooLarge",
-                                           "request body exceeds the limit of " + std::to_string(limits_.body_limit) +
+                                           "request body exceeds the limit of " + std::to_string(cfg_->limits.body_limit) +
                                                " bytes"));
       if (is_malformed(ec))
         return abort_exchange(status_reply(400, "BadRequest", "malformed request body: " + ec.message()));
@@ -835,7 +851,7 @@ class Session : public std::enable_shared_from_this<Session> {
     up->parser.emplace();
     up->chunk_bytes_announced = up->body_bytes_delivered = 0;
     up->parser->on_chunk_header(up->on_chunk_header);
-    up->parser->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(limits_.header_limit, UINT32_MAX)));
+    up->parser->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(cfg_->limits.header_limit, UINT32_MAX)));
     // Watches and logs never end. Not boost::none: Beast 1.74 compares a
     // Content-Length against an empty optional as "over the limit".
     up->parser->body_limit(std::numeric_limits<std::uint64_t>::max());
@@ -1114,7 +1130,7 @@ class Session : public std::enable_shared_from_this<Session> {
       retried_ = true;
       return attempt_request();
     }
-    if (reused && closed && req_has_body_ && !response_started_ && !recovery_.retry_safe)
+    if (reused && closed && req_has_body_ && !response_started_ && !cfg_->recovery.retry_safe)
       return finish_with_reply(gateway_reply(
           "upstream closed a reused connection before responding; the " + head_.method +
           " request was not sent again because its body had been sent and may have been acted on: check its "
@@ -1123,13 +1139,13 @@ class Session : public std::enable_shared_from_this<Session> {
       return finish_with_reply(gateway_reply("upstream response header exceeds the limit"));
     if (is_malformed(ec))
       return finish_with_reply(gateway_reply("upstream sent an invalid response: " + ec.message()));
-    if (recovery_.retry_safe) {
+    if (cfg_->recovery.retry_safe) {
       // The upstream went away (a lost tunnel session) before answering. A
       // read is sent once more on a new upstream; anything else may have
       // been applied, so the client decides.
       if (is_safe_method() && !retried_ && !req_has_body_ && !response_started_) {
         retried_ = true;
-        if (log_) log_->info("http {}: upstream lost before the response to {} {}: sending it again", peer(),
+        if (cfg_->log) cfg_->log->info("http {}: upstream lost before the response to {} {}: sending it again", peer(),
                              head_.method, target_path());
         return attempt_request();
       }
@@ -1216,15 +1232,15 @@ class Session : public std::enable_shared_from_this<Session> {
     ++attempt_;  // the broken upstream's operations stop here
     resume_->lines->discard_partial();
     if (!resume_->lines->resumable()) {
-      if (log_) log_->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
+      if (cfg_->log) cfg_->log->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
                            peer(), target_path());
       return end_watch();
     }
     resuming_ = true;
-    resume_->deadline = Clock::now() + recovery_.resume_for;
-    resume_->backoff = recovery_.first_backoff;
-    if (log_)
-      log_->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer(), target_path(), ec.message(),
+    resume_->deadline = Clock::now() + cfg_->recovery.resume_for;
+    resume_->backoff = cfg_->recovery.first_backoff;
+    if (cfg_->log)
+      cfg_->log->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer(), target_path(), ec.message(),
                  resume_->lines->resource_version().empty() ? std::string("as first asked")
                                                             : resume_->lines->resource_version());
     resume_connect();
@@ -1235,11 +1251,11 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_->timer.expires_at(resume_->deadline);
     resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
-      if (self->log_)
-        self->log_->info("http {}: watch {} could not resume in time: ending it", self->peer(), self->target_path());
+      if (self->cfg_->log)
+        self->cfg_->log->info("http {}: watch {} could not resume in time: ending it", self->peer(), self->target_path());
       self->end_watch();
     });
-    connector_([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
+    cfg_->connector([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
       asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason), attempt]() mutable {
         self->on_resume_upstream(ec, std::move(stream), std::move(reason), attempt);
       });
@@ -1272,8 +1288,8 @@ class Session : public std::enable_shared_from_this<Session> {
         asio::dispatch(self->strand_, [self, up = std::move(up), d = std::move(d), attempt, state]() mutable {
           if (self->aborting_ || self->closing_ || attempt != self->attempt_ || self->resume_ != state) return;
           if (!d.forward) {
-            if (self->log_)
-              self->log_->info("http {}: watch {} could not resume: the request was refused ({}): ending it",
+            if (self->cfg_->log)
+              self->cfg_->log->info("http {}: watch {} could not resume: the request was refused ({}): ending it",
                                self->peer(), self->target_path(), d.reply.status);
             return self->end_watch();
           }
@@ -1301,12 +1317,12 @@ class Session : public std::enable_shared_from_this<Session> {
     drop_upstream("watch resume failed");
     ++attempt_;
     if (Clock::now() + resume_->backoff >= resume_->deadline) {
-      if (log_) log_->info("http {}: watch {} could not resume ({}): ending it", peer(),
+      if (cfg_->log) cfg_->log->info("http {}: watch {} could not resume ({}): ending it", peer(),
                            target_path(), why);
       return end_watch();
     }
     resume_->timer.expires_after(resume_->backoff);
-    resume_->backoff = std::min(resume_->backoff * 2, recovery_.max_backoff);
+    resume_->backoff = std::min(resume_->backoff * 2, cfg_->recovery.max_backoff);
     resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resume_) return;
       self->resume_connect();
@@ -1324,7 +1340,7 @@ class Session : public std::enable_shared_from_this<Session> {
       resume_->timer.cancel();
       up_keep_alive_ = p.keep_alive();
       shed_response_fields(p);
-      if (log_) log_->info("http {}: watch {} resumed", peer(), target_path());
+      if (cfg_->log) cfg_->log->info("http {}: watch {} resumed", peer(), target_path());
       if (p.is_done()) return write_response(std::move(up), false, resume_->lines->feed({}, true), true);
       return read_response_body(std::move(up), false);
     }
@@ -1359,7 +1375,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void end_watch_with_error(unsigned status) {
     resume_->timer.cancel();
     drop_upstream("watch ended");
-    if (log_) log_->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer(),
+    if (cfg_->log) cfg_->log->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer(),
                          target_path(), status);
     resuming_ = false;
     resume_->error_event = watch_error_event(status, resume_->error_body);
@@ -1389,7 +1405,7 @@ class Session : public std::enable_shared_from_this<Session> {
     complete_record();
     if (request_failed_) close_after_ = true;
     if (!up_keep_alive_ || request_failed_) release_upstream();
-    else if (up_ && pool_ && (close_after_ || in_buf_.size() == 0)) return_to_pool();
+    else if (up_ && cfg_->pool && (close_after_ || in_buf_.size() == 0)) return_to_pool();
     else if (up_) watch_upstream(up_);
     if (close_after_) return close_session();
     wait_request();
@@ -1446,7 +1462,7 @@ class Session : public std::enable_shared_from_this<Session> {
         return close_session();
       }
       in_buf_.reserve(kReadReserve);
-      arm_timer(limits_.header_timeout);
+      arm_timer(cfg_->limits.header_timeout);
       return read_request_head();
     }
     if (ec) {
@@ -1502,7 +1518,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const bool reusable = p && p->is_done() && !p->need_eof() && up_->buffer.size() == 0 && !up_->idle_reading &&
                           !up_->taken_from_pool && !head_.upgrade && !upgrade_ && !resuming_;
     if (!reusable) return release_upstream();
-    pool_->give(std::move(up_));
+    cfg_->pool->give(std::move(up_));
     up_.reset();
   }
 
@@ -1634,7 +1650,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void close_at_deadline(const UpstreamPtr& up) {
     pipes_open_ = 0;
     const std::string reason = pipe_deadline_reason_.empty() ? "connection deadline reached" : pipe_deadline_reason_;
-    if (log_) log_->info("http {}: upgraded connection closed: {}", peer(), reason);
+    if (cfg_->log) cfg_->log->info("http {}: upgraded connection closed: {}", peer(), reason);
     rec_.notes.push_back({"closed", reason});
     up->io.stream()->reset(reason);
     in_.stream()->reset(reason);
@@ -1763,19 +1779,15 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string peer() const { return in_.stream()->describe(); }
 
   void log_failure(error_code ec, std::string_view what) {
-    if (!log_ || !log_->should_log(spdlog::level::debug)) return;
-    if (ec) log_->debug("http {}: {}: {}", peer(), what, ec.message());
-    else log_->debug("http {}: {}", peer(), what);
+    if (!cfg_->log || !cfg_->log->should_log(spdlog::level::debug)) return;
+    if (ec) cfg_->log->debug("http {}: {}: {}", peer(), what, ec.message());
+    else cfg_->log->debug("http {}: {}", peer(), what);
   }
 
   Strand strand_;
   StreamAdapter in_;
   std::shared_ptr<ForwardPolicy> policy_;
-  UpstreamConnector connector_;
-  std::shared_ptr<Pool> pool_;  // null: one upstream connection held per inbound connection
-  Limits limits_;
-  std::shared_ptr<spdlog::logger> log_;
-  Recovery recovery_;
+  std::shared_ptr<const Settings> cfg_;
   StrandTimer timer_;
 
   // What a watch that may be resumed keeps; only such a watch has one.
@@ -1825,15 +1837,34 @@ class Session : public std::enable_shared_from_this<Session> {
 
 }  // namespace
 
-void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
-           Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery) {
+void Settings::serve(StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy) const {
   if (!inbound || !policy || !connector) {
     if (inbound) inbound->reset("forwarding engine misconfigured");
     return;
   }
-  std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
-                            recovery)
-      ->start();
+  std::make_shared<Session>(std::move(inbound), std::move(policy), shared_from_this())->start();
+}
+
+std::shared_ptr<const Server> Server::create(asio::io_context& io, UpstreamConnector connector, Limits limits,
+                                             std::shared_ptr<spdlog::logger> logger, Recovery recovery) {
+  return std::make_shared<Settings>(io, std::move(connector), nullptr, limits, std::move(logger), recovery);
+}
+
+std::shared_ptr<const Server> Server::create(asio::io_context& io, std::shared_ptr<UpstreamPool> pool, Limits limits,
+                                             std::shared_ptr<spdlog::logger> logger, Recovery recovery) {
+  auto p = std::static_pointer_cast<Pool>(std::move(pool));
+  UpstreamConnector connector;
+  if (p)
+    connector = [weak = std::weak_ptr<Pool>(p)](ConnectHandler done) {
+      if (auto pool = weak.lock()) return pool->connect(std::move(done));
+      done(asio::error::operation_aborted, nullptr, "the upstream pool is closed");
+    };
+  return std::make_shared<Settings>(io, std::move(connector), std::move(p), limits, std::move(logger), recovery);
+}
+
+void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
+           Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery) {
+  Server::create(io, std::move(connector), limits, std::move(logger), recovery)->serve(std::move(inbound), std::move(policy));
 }
 
 std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, UpstreamConnector connector,
@@ -1845,18 +1876,7 @@ std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, Upstrea
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
            std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger,
            Recovery recovery) {
-  auto p = std::static_pointer_cast<Pool>(pool);
-  if (!inbound || !policy || !p) {
-    if (inbound) inbound->reset("forwarding engine misconfigured");
-    return;
-  }
-  UpstreamConnector connector = [weak = std::weak_ptr<Pool>(p)](ConnectHandler done) {
-    if (auto pool = weak.lock()) return pool->connect(std::move(done));
-    done(asio::error::operation_aborted, nullptr, "the upstream pool is closed");
-  };
-  std::make_shared<Session>(io, std::move(inbound), std::move(policy), std::move(connector), limits, std::move(logger),
-                            recovery, std::move(p))
-      ->start();
+  Server::create(io, std::move(pool), limits, std::move(logger), recovery)->serve(std::move(inbound), std::move(policy));
 }
 
 }  // namespace clusterconnect::http

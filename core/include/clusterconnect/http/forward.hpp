@@ -193,4 +193,21 @@ void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolic
            std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger,
            Recovery recovery = {});
 
+// The forwarding engine's settings, made once per server and shared by every
+// connection it serves (each keeps a pointer, not a copy). serve() above is
+// the same for a server of one connection.
+class Server {
+ public:
+  // One upstream connection per inbound connection.
+  static std::shared_ptr<const Server> create(asio::io_context& io, UpstreamConnector connector, Limits limits,
+                                              std::shared_ptr<spdlog::logger> logger, Recovery recovery = {});
+  // Upstream connections taken from and returned to `pool`.
+  static std::shared_ptr<const Server> create(asio::io_context& io, std::shared_ptr<UpstreamPool> pool, Limits limits,
+                                              std::shared_ptr<spdlog::logger> logger, Recovery recovery = {});
+  virtual ~Server() = default;
+  // Serves HTTP/1.1 on `inbound` until it closes, on its own strand. Without
+  // an inbound stream, a policy, or a connector (or pool), `inbound` is reset.
+  virtual void serve(StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy) const = 0;
+};
+
 }  // namespace clusterconnect::http
