@@ -295,16 +295,23 @@ class Virtual final : public Stream, public std::enable_shared_from_this<Virtual
   // at a time in either mode: a stream holds two handlers, not four).
   std::string http1_pending_;
 
-  // The request.
-  std::string head_text_;
-  std::string fallback_wire_;  // the request as written, until it is submitted on HTTP/2
-  ParsedHead head_;
-  std::optional<ChunkDecoder> chunks_;
-  std::uint64_t body_left_ = 0;
+  // The request: its head and body until it needs them no more. A request
+  // without a body lets go of them at the response head, so a response that
+  // streams (a watch) holds only its method.
+  struct Pending {
+    std::string head_text;
+    std::string fallback_wire;  // the request as written, until it is submitted on HTTP/2
+    ParsedHead head;
+    std::optional<ChunkDecoder> chunks;
+    std::uint64_t body_left = 0;
+    std::string body;  // queued for DATA
+    std::size_t body_pos = 0;
+    std::size_t queued() const { return body.size() - body_pos; }
+  };
+  std::unique_ptr<Pending> req_;
+  std::string method_;  // for logs, and for HEAD's bodiless response
   bool body_expected_ = false, body_complete_ = false, body_sent_any_ = false;
   bool connect_retried_ = false;  // waited once for a new connection after one failed to open
-  std::string body_;  // queued for DATA
-  std::size_t body_pos_ = 0;
   // A write waiting for the queue to drain (h2) or for the connection (http1).
   IoHandler write_waiting_;
   std::size_t write_waiting_count_ = 0;
@@ -974,61 +981,59 @@ void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t 
   }
   if (mode_ == Mode::idle) {
     mode_ = Mode::head;
-    head_text_.clear();
-    head_ = ParsedHead{};
+    req_ = std::make_unique<Pending>();
+    method_.clear();
   }
   for (auto p : pieces) joined.append(p);
   std::string_view in(joined);
-  if (mode_ == Mode::head && head_.method.empty()) {
-    auto before = head_text_.size();
-    head_text_.append(in);
-    auto end = head_text_.find("\r\n\r\n");
+  if (mode_ == Mode::head) {
+    auto& r = *req_;
+    auto before = r.head_text.size();
+    r.head_text.append(in);
+    auto end = r.head_text.find("\r\n\r\n");
     const auto limit = owner_->options().header_limit;
     if (end == std::string::npos) {
-      if (head_text_.size() > limit) {
+      if (r.head_text.size() > limit) {
         mode_ = Mode::failed;
         return complete(std::move(handler), asio::error::message_size, 0);
       }
       return complete(std::move(handler), {}, total);
     }
-    if (!parse_head(std::string_view(head_text_).substr(0, end + 4), head_) || head_.method.empty()) {
+    if (!parse_head(std::string_view(r.head_text).substr(0, end + 4), r.head) || r.head.method.empty()) {
       mode_ = Mode::failed;
       return complete(std::move(handler), asio::error::invalid_argument, 0);
     }
+    method_ = r.head.method;
     body_rest = in.substr(end + 4 - before);
-    if (head_.upgrade) {
+    if (r.head.upgrade) {
       // exec, attach, port-forward: an HTTP/1.1 connection of its own.
-      http1_pending_ = head_text_;
+      http1_pending_ = std::move(r.head_text);
       write_waiting_ = std::move(handler);
       write_waiting_count_ = total;
-      head_text_.clear();
+      req_.reset();
       go_http1();
       return;
     }
-    fallback_wire_ = std::move(head_text_);
-    head_text_.clear();
-    chunks_.reset();
-    body_left_ = 0;
-    body_expected_ = head_.chunked || (head_.has_length && head_.length > 0);
-    if (head_.chunked)
-      chunks_.emplace();
+    r.fallback_wire = std::move(r.head_text);
+    r.head_text.clear();
+    body_expected_ = r.head.chunked || (r.head.has_length && r.head.length > 0);
+    if (r.head.chunked)
+      r.chunks.emplace();
     else
-      body_left_ = head_.length;
+      r.body_left = r.head.length;
     body_complete_ = !body_expected_;
     body_sent_any_ = false;
-    body_.clear();
-    body_pos_ = 0;
     tries_ = 0;
     start_request();
   } else {
     body_rest = in;
-    if (stream_id_ < 0 && !conn_) fallback_wire_.append(in);
+    if (req_ && stream_id_ < 0 && !conn_) req_->fallback_wire.append(in);
   }
   if (!body_rest.empty() && !feed_body(body_rest)) {
     mode_ = Mode::failed;
     return complete(std::move(handler), asio::error::invalid_argument, 0);
   }
-  if (body_.size() - body_pos_ > kBodyQueue && mode_ != Mode::failed) {
+  if (req_ && req_->queued() > kBodyQueue && mode_ != Mode::failed) {
     write_waiting_ = std::move(handler);
     write_waiting_count_ = total;
     return;
@@ -1037,15 +1042,17 @@ void Virtual::write_on_strand(std::vector<std::string_view> pieces, std::size_t 
 }
 
 bool Virtual::feed_body(std::string_view bytes) {
-  if (body_complete_) return true;  // bytes after the body: the engine never sends them
-  if (chunks_) {
-    if (!chunks_->feed(bytes, body_)) return false;
-    if (chunks_->done()) body_complete_ = true;
+  // Bytes after the body: the engine never sends them.
+  if (body_complete_ || !req_) return true;
+  auto& r = *req_;
+  if (r.chunks) {
+    if (!r.chunks->feed(bytes, r.body)) return false;
+    if (r.chunks->done()) body_complete_ = true;
   } else {
-    auto n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), body_left_));
-    body_.append(bytes.substr(0, n));
-    body_left_ -= n;
-    if (body_left_ == 0) body_complete_ = true;
+    auto n = static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), r.body_left));
+    r.body.append(bytes.substr(0, n));
+    r.body_left -= n;
+    if (r.body_left == 0) body_complete_ = true;
   }
   if (deferred_ && conn_ && stream_id_ > 0) {
     deferred_ = false;
@@ -1056,18 +1063,20 @@ bool Virtual::feed_body(std::string_view bytes) {
 }
 
 ssize_t Virtual::read_body(std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
-  std::size_t n = std::min(length, body_.size() - body_pos_);
+  static Pending none;  // (a request without a body has no data to read)
+  auto& r = req_ ? *req_ : none;
+  std::size_t n = std::min(length, r.queued());
   if (n > 0) {
-    std::memcpy(buf, body_.data() + body_pos_, n);
-    body_pos_ += n;
+    std::memcpy(buf, r.body.data() + r.body_pos, n);
+    r.body_pos += n;
     body_sent_any_ = true;
-    if (body_pos_ == body_.size()) {
-      body_.clear();
-      body_pos_ = 0;
+    if (r.body_pos == r.body.size()) {
+      r.body.clear();
+      r.body_pos = 0;
     }
-    if (write_waiting_ && body_.size() - body_pos_ <= kBodyQueue) complete_write();
+    if (write_waiting_ && r.queued() <= kBodyQueue) complete_write();
   }
-  if (body_complete_ && body_.size() == body_pos_) {
+  if ((body_complete_ || !req_) && r.queued() == 0) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     return static_cast<ssize_t>(n);
   }
@@ -1110,14 +1119,20 @@ void Virtual::submit() {
                    reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
                    NGHTTP2_NV_FLAG_NONE});
   };
+  if (!req_) {
+    conn_->unreserve();
+    conn_.reset();
+    return fail_request("the request was no longer there to send");
+  }
+  const auto& head = req_->head;
   static const std::string scheme = "https";
-  nv(":method", head_.method);
+  nv(":method", head.method);
   nv(":scheme", scheme);
-  nv(":authority", head_.authority);
-  nv(":path", head_.target);
-  for (auto& [name, value] : head_.headers) nv(name, value);
+  nv(":authority", head.authority);
+  nv(":path", head.target);
+  for (auto& [name, value] : head.headers) nv(name, value);
   deferred_ = false;
-  std::string().swap(fallback_wire_);
+  std::string().swap(req_->fallback_wire);
   auto id = conn_->submit(nva, body_expected_, shared_from_this());
   if (id < 0) {
     conn_.reset();
@@ -1139,10 +1154,10 @@ void Virtual::on_no_connection(std::string reason) {
 void Virtual::fail_request(std::string message) {
   if (owner_->log()) {
     // After the response head the target is no longer kept.
-    if (head_.target.empty()) owner_->log()->info("API server request {}: {}", head_.method, message);
+    if (!req_ || req_->head.target.empty()) owner_->log()->info("API server request {}: {}", method_, message);
     else
-      owner_->log()->info("API server request {} {}: {}", head_.method,
-                          std::string_view(head_.target).substr(0, head_.target.find('?')), message);
+      owner_->log()->info("API server request {} {}: {}", method_,
+                          std::string_view(req_->head.target).substr(0, req_->head.target.find('?')), message);
   }
   if (head_emitted_) {
     error_ = asio::error::connection_reset;
@@ -1171,10 +1186,12 @@ void Virtual::on_http1(StreamPtr stream) {
     // The server did not pick h2: this request goes over HTTP/1.1 as the
     // engine wrote it.
     mode_ = Mode::http1;
-    http1_pending_ = std::move(fallback_wire_) + http1_pending_;
-    fallback_wire_.clear();
-    body_.clear();
-    body_pos_ = 0;
+    if (req_) {
+      http1_pending_ = std::move(req_->fallback_wire) + http1_pending_;
+      req_->fallback_wire.clear();
+      req_->body.clear();
+      req_->body_pos = 0;
+    }
     // A write waiting for the body queue now waits for the connection.
   }
   http1_ = std::move(stream);
@@ -1252,14 +1269,19 @@ void Virtual::on_headers_end(bool end_stream) {
     deliver();
     return;
   }
-  const bool bodiless = head_.method == "HEAD" || status_ == 204 || status_ == 304;
+  const bool bodiless = method_ == "HEAD" || status_ == 204 || status_ == 304;
   head += response_head_;
   std::string().swap(response_head_);
   // The final head came: the request is not submitted again, and a long
-  // response (a watch) keeps only its method (for logs).
-  std::vector<std::pair<std::string, std::string>>().swap(head_.headers);
-  std::string().swap(head_.authority);
-  std::string().swap(head_.target);
+  // response (a watch) keeps only its method (for logs). A body still on
+  // its way keeps its queue.
+  if (!body_expected_) {
+    req_.reset();
+  } else if (req_) {
+    std::vector<std::pair<std::string, std::string>>().swap(req_->head.headers);
+    std::string().swap(req_->head.authority);
+    std::string().swap(req_->head.target);
+  }
   if (!bodiless && !has_length_) {
     if (end_stream)
       head += "Content-Length: 0\r\n";
@@ -1321,7 +1343,7 @@ void Virtual::on_stream_close(std::uint32_t error_code) {
       error_code == NGHTTP2_NO_ERROR
           ? std::string("the API server ended the HTTP/2 stream before the response was complete")
           : std::string("the API server reset the HTTP/2 stream (") + nghttp2_http2_strerror(error_code) + ")";
-  if (head_emitted_ && owner_->log()) owner_->log()->info("API server request {}: {}", head_.method, what);
+  if (head_emitted_ && owner_->log()) owner_->log()->info("API server request {}: {}", method_, what);
   fail_request(what + (head_emitted_ ? "" : " before responding"));
 }
 
@@ -1399,13 +1421,11 @@ void Virtual::detach_stream() {
 
 void Virtual::to_idle() {
   mode_ = Mode::idle;
-  head_ = ParsedHead{};
-  std::string().swap(head_text_);
-  std::string().swap(body_);
+  req_.reset();
+  method_.clear();
   std::string().swap(out_);
   out_pos_ = 0;
   owed_ = 0;
-  chunks_.reset();
 }
 
 void Virtual::async_shutdown_send(DoneHandler handler) {
