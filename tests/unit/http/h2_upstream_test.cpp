@@ -361,6 +361,37 @@ TEST_CASE("h2 upstream: a POST body goes as DATA (length and chunked)", "[http][
   CHECK(server.connections() == 1);
 }
 
+TEST_CASE("h2 upstream: a HEAD's response keeps the length it names, gains none, and the next request follows",
+          "[http][h2]") {
+  H2Server server([](H2Server::Session& s, const H2Server::Request& r) {
+    if (r.method != "HEAD") return echo(s, r);
+    if (r.path == "/sized") return s.respond(r.id, 200, {{"content-length", "1234"}}, std::nullopt);
+    s.respond(r.id, 200, {{"content-type", "application/json"}}, std::nullopt);
+  });
+  auto http1 = no_http1();
+  H2Rig rig(server.port(), http1.port());
+  auto c = rig.client();
+  c.send("HEAD /sized HTTP/1.1\r\nHost: kube\r\n\r\n");
+  auto res = test::read_message(c, true);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  REQUIRE(res->header("content-length"));
+  CHECK(*res->header("content-length") == "1234");
+  // Without a length the response says none (Content-Length: 0 would
+  // describe the resource, wrongly).
+  c.send("HEAD /unsized HTTP/1.1\r\nHost: kube\r\n\r\n");
+  res = test::read_message(c, true);
+  REQUIRE(res);
+  CHECK(res->status() == 200);
+  CHECK(res->header("content-length") == nullptr);
+  CHECK(res->header("transfer-encoding") == nullptr);
+  c.send("POST /two HTTP/1.1\r\nHost: kube\r\nContent-Length: 3\r\n\r\nabc");
+  res = test::read_message(c);
+  REQUIRE(res);
+  CHECK(res->body == "POST /two abc");
+  CHECK(server.connections() == 1);
+}
+
 TEST_CASE("h2 upstream: a watch streams each event as it is sent", "[http][h2]") {
   std::atomic<std::int32_t> watch_id{0};
   H2Server server([&](H2Server::Session& s, const H2Server::Request& r) {
