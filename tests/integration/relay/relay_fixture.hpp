@@ -5,8 +5,10 @@
 // what comes back.
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,7 +17,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <future>
+#include <random>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -47,6 +51,28 @@ struct AgentKey {
     pin = pin_or.value();
   }
 };
+
+// A loopback port nothing listens on, taken below the kernel's ephemeral
+// range (32768 and up): a port the kernel hands out for bind(0) or for a
+// connect's source may be taken again by any other process before the caller
+// binds it; one below that range is taken only by another such pick.
+inline unsigned short free_port() {
+  static std::mt19937 pick{std::random_device{}()};
+  std::uniform_int_distribution<int> range(20000, 32000);
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const auto port = static_cast<unsigned short>(range(pick));
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) break;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (free) return port;
+  }
+  throw std::runtime_error("no free loopback port between 20000 and 32000");
+}
 
 // In a child just forked by the test's main thread: it dies with the test,
 // so that a test that aborts leaves no relay or etcd running (and busy).
@@ -88,12 +114,14 @@ class RelayProcess {
   }
   // A relay with the caller's registry; `files` (name -> content, e.g. key
   // files) are written beside the configuration.
+  // `port` 0: one the kernel picks (a relay that is restarted at its port
+  // should be given one from free_port()).
   RelayProcess(const nlohmann::json& config, const std::map<std::string, std::string>& files,
-               std::vector<std::string> extra_args = {})
+               std::vector<std::string> extra_args = {}, unsigned short port = 0)
       : extra_(std::move(extra_args)) {
     for (const auto& [name, content] : files) write_file(dir_.path() / name, content);
     write_file(dir_.path() / "relay.json", config.dump(2));
-    start(0);
+    start(port);
   }
   ~RelayProcess() { stop(SIGTERM); }
 

@@ -211,7 +211,9 @@ TEST_CASE("agent tunnel lost mid-transfer: the client stream is reset, a new tun
 }
 
 TEST_CASE("relay restarted: agents reconnect", "[relay][tunnel]") {
-  auto relay = std::make_unique<RelayProcess>();
+  // Restarted at its port: one below the ephemeral range, which no
+  // connection's source port takes while the relay is down.
+  auto relay = std::make_unique<RelayProcess>(std::vector<std::string>{}, free_port());
   const unsigned short port = relay->port();
   ModuleHost host;
   Agent agent;

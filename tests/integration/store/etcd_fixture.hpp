@@ -3,15 +3,12 @@
 // ports, a temporary data directory, started and stopped by the test.
 
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <map>
-#include <random>
 #include <stdexcept>
 
 #include <openssl/evp.h>
@@ -22,28 +19,6 @@
 #include "test_env.hpp"
 
 namespace clusterconnect::test {
-
-// A loopback port nothing listens on, taken below the kernel's ephemeral
-// range (32768 and up): a port the kernel hands out for bind(0) or for a
-// connect's source may be taken again by any other process before the caller
-// binds it; one below that range is taken only by another such pick.
-inline unsigned short free_port() {
-  static std::mt19937 pick{std::random_device{}()};
-  std::uniform_int_distribution<int> range(20000, 32000);
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    const auto port = static_cast<unsigned short>(range(pick));
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) break;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    if (free) return port;
-  }
-  throw std::runtime_error("no free loopback port between 20000 and 32000");
-}
 
 // One etcd member on loopback, ready (its /health answers true) or the test fails.
 class EtcdServer {
