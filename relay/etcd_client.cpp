@@ -3,7 +3,9 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <memory>
+#include <mutex>
 
 #include <spdlog/spdlog.h>
 
@@ -119,10 +121,40 @@ void EtcdOutage::recovered(const std::string& how) {
   next_ = first_retry;
 }
 
+struct EtcdClient::Handles {
+  static constexpr std::size_t max_idle = 4;  // calls at once: the store thread, the lease's and an admin command's
+  std::mutex mu;
+  std::vector<CurlPtr> idle;
+  std::atomic<std::uint64_t> opened{0};
+
+  CurlPtr take() {
+    {
+      std::lock_guard lock(mu);
+      if (!idle.empty()) {
+        CurlPtr h = std::move(idle.back());
+        idle.pop_back();
+        curl_easy_reset(h.get());  // options go; its connections stay
+        return h;
+      }
+    }
+    return CurlPtr(curl_easy_init(), curl_easy_cleanup);
+  }
+  void give(CurlPtr h) {
+    std::lock_guard lock(mu);
+    if (idle.size() < max_idle) idle.push_back(std::move(h));
+  }
+};
+
 EtcdClient::EtcdClient(const EtcdOptions& options)
-    : endpoints_(options.endpoints), ca_file_(options.ca_file), cert_file_(options.cert_file), key_file_(options.key_file) {
+    : endpoints_(options.endpoints),
+      ca_file_(options.ca_file),
+      cert_file_(options.cert_file),
+      key_file_(options.key_file),
+      handles_(std::make_shared<Handles>()) {
   curl_init_once();
 }
+
+std::uint64_t EtcdClient::connections_opened() const { return handles_->opened.load(); }
 
 std::string EtcdClient::endpoints_text() const {
   std::string out;
@@ -197,7 +229,7 @@ Result<nlohmann::json> EtcdClient::call(const std::string& path, const nlohmann:
   std::string errors;
   const std::string payload = body.dump();
   for (const auto& endpoint : endpoints_) {
-    CurlPtr curl(curl_easy_init(), curl_easy_cleanup);
+    CurlPtr curl = handles_->take();
     if (!curl) return fail("etcd: cannot create an HTTP handle");
     Transfer t;
     HeaderList headers(curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
@@ -206,12 +238,18 @@ Result<nlohmann::json> EtcdClient::call(const std::string& path, const nlohmann:
     post_json(curl.get(), url, headers.get(), payload, t, errbuf, ca_file_, cert_file_, key_file_);
     curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, 10000L);
     CURLcode rc = curl_easy_perform(curl.get());
+    long connects = 0;
+    curl_easy_getinfo(curl.get(), CURLINFO_NUM_CONNECTS, &connects);
+    handles_->opened += static_cast<std::uint64_t>(std::max(0L, connects));
     if (rc != CURLE_OK) {
       errors += (errors.empty() ? "" : "; ") + endpoint + ": " + (errbuf[0] ? errbuf : curl_easy_strerror(rc));
       continue;
     }
     long status = 0;
     curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
+    // Its connection is kept for the next call (the handle's options are
+    // reset then); a failed transfer's handle goes with its connection.
+    handles_->give(std::move(curl));
     auto reply = nlohmann::json::parse(t.body, nullptr, false);
     if (status != 200) {
       std::string message = reply.is_object() && reply.contains("message") && reply["message"].is_string()

@@ -78,6 +78,7 @@ class EtcdServer {
 
   // etcd://127.0.0.1:PORT
   std::string store() const { return "etcd://" + url_.substr(7); }
+  const std::string& url() const { return url_; }
   // How many keys start with `prefix` (-1 when etcd does not answer).
   long count(const std::string& prefix) const {
     std::string end = prefix;

@@ -10,8 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "etcd_client.hpp"
 #include "etcd_fixture.hpp"
 #include "hc_clients.hpp"
+#include "registry_store.hpp"
 #include "relay_fixture.hpp"
 #include "test_env.hpp"
 
@@ -116,6 +118,28 @@ TEST_CASE("etcd store: a malformed record is refused with its key and the rest o
   CHECK_THAT(log, Catch::Contains("/clusterconnect/clusters/" + sub_id + "/team/notjson"));
   CHECK_THAT(log, !Catch::Contains("garbage"));
   CHECK_THAT(log, !Catch::Contains(secrets["listen"]));
+}
+
+TEST_CASE("etcd client: calls go over the connection of the calls before them, and past its end",
+          "[relay][store][etcd]") {
+  EtcdServer etcd;
+  relay::EtcdOptions options;
+  options.endpoints = {etcd.url()};
+  relay::EtcdClient client(options);
+  for (int i = 0; i < 20; ++i) REQUIRE(client.put("/reuse/k" + std::to_string(i), "v"));
+  auto all = client.range_prefix("/reuse/");
+  REQUIRE(all);
+  CHECK(all->first.size() == 20);
+  CHECK(client.connections_opened() == 1);
+  // etcd restarts: the kept connection is closed, and the next call opens
+  // a new one instead of failing on the old.
+  etcd.stop(SIGTERM);
+  etcd.start();
+  auto after = client.get("/reuse/k7");
+  REQUIRE(after);
+  REQUIRE(after->size() == 1);
+  CHECK((*after)[0].value == "v");
+  CHECK(client.connections_opened() == 2);
 }
 
 TEST_CASE("etcd store: an unreachable store at start is an error naming the endpoint", "[relay][store]") {
