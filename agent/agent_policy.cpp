@@ -311,7 +311,9 @@ void AgentPolicy::on_complete(const http::ExchangeRecord& record) noexcept {
     metrics_->request_done(record.status, record.duration, record.upgraded);
     // A request answered 401/403 here never reached the API server with an
     // identity; one forwarded without a user was a pass-through token.
-    const char* method = record.subject && !record.subject->user.empty() ? backend_.c_str() : record.status == 401 ? "rejected" : "token";
+    const char* method = record.subject && !record.subject->user.empty() ? backend_.c_str()
+                         : record.status == 401                          ? "rejected"
+                                                                         : "token";
     if (audit_ && !audit_->write(record, method)) metrics_->audit_dropped();
   } catch (...) {
     // Auditing must never take the data path down.

@@ -434,9 +434,8 @@ int main(int argc, char** argv) try {
   if (o.upstream_idle_max > 0)
     upstream_pool = http::UpstreamPool::create(
         io, engine_connector, {o.upstream_idle_max, std::chrono::seconds(o.upstream_idle_timeout)}, logger);
-  const std::shared_ptr<const http::Server> server =
-      upstream_pool ? http::Server::create(io, upstream_pool, limits, logger)
-                    : http::Server::create(io, engine_connector, limits, logger);
+  const auto server = upstream_pool ? http::Server::create(io, upstream_pool, limits, logger)
+                                    : http::Server::create(io, engine_connector, limits, logger);
   const std::shared_ptr<TunnelListener> listener = transport->listen(
       listen_options, [policy, server, metrics](StreamPtr stream, const std::map<std::string, std::string>&) {
         // One policy per stream: it remembers the token last verified there.

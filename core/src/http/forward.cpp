@@ -550,7 +550,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   std::chrono::seconds wait_timeout() const {
-    return heads_read_ == 0 ? std::min(cfg_->limits.first_byte_timeout, cfg_->limits.idle_timeout) : cfg_->limits.idle_timeout;
+    return heads_read_ == 0 ? std::min(cfg_->limits.first_byte_timeout, cfg_->limits.idle_timeout)
+                            : cfg_->limits.idle_timeout;
   }
 
   void read_request_head() {
@@ -569,13 +570,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_request_head(error_code ec) {
     if (ec) {
       if (ec == bhttp::error::header_limit)
-        return reply_and_close(status_reply(431, "RequestHeaderFieldsTooLarge",
-                                            "request header exceeds the limit of " +
-                                                std::to_string(cfg_->limits.header_limit) + " bytes"));
-      if (ec == bhttp::error::body_limit)
         return reply_and_close(status_reply(
-            413, "RequestEntityTooLarge",
-            "request body exceeds the limit of " + std::to_string(cfg_->limits.body_limit) + " bytes"));
+            431, "RequestHeaderFieldsTooLarge",
+            "request header exceeds the limit of " + std::to_string(cfg_->limits.header_limit) + " bytes"));
+      if (ec == bhttp::error::body_limit)
+        return reply_and_close(
+            status_reply(413, "RequestEntityTooLarge",
+                         "request body exceeds the limit of " + std::to_string(cfg_->limits.body_limit) + " bytes"));
       if (is_malformed(ec))
         return reply_and_close(status_reply(400, "BadRequest", "malformed HTTP request: " + ec.message()));
       if (timed_out_) log_failure(ec, "request head timed out");
@@ -666,7 +667,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   bool may_resume() const {
-    return cfg_->recovery.resume_watches && !head_.upgrade && !req_has_body_ && is_watch_request(head_.method, head_.target);
+    return cfg_->recovery.resume_watches && !head_.upgrade && !req_has_body_ &&
+           is_watch_request(head_.method, head_.target);
   }
 
   // The request head as sent upstream: always HTTP/1.1, framing re-derived.
@@ -786,9 +788,9 @@ class Session : public std::enable_shared_from_this<Session> {
     if (aborting_ || attempt != attempt_) return;
     if (ec) {
       if (ec == bhttp::error::body_limit)
-        return abort_exchange(status_reply(413, "RequestEntityTooLarge",
-                                           "request body exceeds the limit of " + std::to_string(cfg_->limits.body_limit) +
-                                               " bytes"));
+        return abort_exchange(
+            status_reply(413, "RequestEntityTooLarge",
+                         "request body exceeds the limit of " + std::to_string(cfg_->limits.body_limit) + " bytes"));
       if (is_malformed(ec))
         return abort_exchange(status_reply(400, "BadRequest", "malformed request body: " + ec.message()));
       log_failure(ec, "read request body");
@@ -1145,8 +1147,9 @@ class Session : public std::enable_shared_from_this<Session> {
       // been applied, so the client decides.
       if (is_safe_method() && !retried_ && !req_has_body_ && !response_started_) {
         retried_ = true;
-        if (cfg_->log) cfg_->log->info("http {}: upstream lost before the response to {} {}: sending it again", peer(),
-                             head_.method, target_path());
+        if (cfg_->log)
+          cfg_->log->info("http {}: upstream lost before the response to {} {}: sending it again", peer(), head_.method,
+                          target_path());
         return attempt_request();
       }
       if (!is_safe_method())
@@ -1232,17 +1235,19 @@ class Session : public std::enable_shared_from_this<Session> {
     ++attempt_;  // the broken upstream's operations stop here
     resume_->lines->discard_partial();
     if (!resume_->lines->resumable()) {
-      if (cfg_->log) cfg_->log->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
-                           peer(), target_path());
+      if (cfg_->log)
+        cfg_->log->info("http {}: watch {} broke and cannot resume (no resourceVersion to resume from): ending it",
+                        peer(), target_path());
       return end_watch();
     }
     resuming_ = true;
     resume_->deadline = Clock::now() + cfg_->recovery.resume_for;
     resume_->backoff = cfg_->recovery.first_backoff;
     if (cfg_->log)
-      cfg_->log->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer(), target_path(), ec.message(),
-                 resume_->lines->resource_version().empty() ? std::string("as first asked")
-                                                            : resume_->lines->resource_version());
+      cfg_->log->info("http {}: watch {} broke ({}): resuming from resourceVersion {}", peer(), target_path(),
+                      ec.message(),
+                      resume_->lines->resource_version().empty() ? std::string("as first asked")
+                                                                 : resume_->lines->resource_version());
     resume_connect();
   }
 
@@ -1252,10 +1257,12 @@ class Session : public std::enable_shared_from_this<Session> {
     resume_->timer.async_wait([self = shared_from_this(), attempt = attempt_](error_code ec) {
       if (ec || self->aborting_ || self->closing_ || attempt != self->attempt_ || !self->resuming_) return;
       if (self->cfg_->log)
-        self->cfg_->log->info("http {}: watch {} could not resume in time: ending it", self->peer(), self->target_path());
+        self->cfg_->log->info("http {}: watch {} could not resume in time: ending it", self->peer(),
+                              self->target_path());
       self->end_watch();
     });
-    cfg_->connector([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream, std::string reason) mutable {
+    cfg_->connector([self = shared_from_this(), attempt = attempt_](error_code ec, StreamPtr stream,
+                                                                    std::string reason) mutable {
       asio::dispatch(self->strand_, [self, ec, stream = std::move(stream), reason = std::move(reason), attempt]() mutable {
         self->on_resume_upstream(ec, std::move(stream), std::move(reason), attempt);
       });
@@ -1290,7 +1297,7 @@ class Session : public std::enable_shared_from_this<Session> {
           if (!d.forward) {
             if (self->cfg_->log)
               self->cfg_->log->info("http {}: watch {} could not resume: the request was refused ({}): ending it",
-                               self->peer(), self->target_path(), d.reply.status);
+                                    self->peer(), self->target_path(), d.reply.status);
             return self->end_watch();
           }
           if (!self->build_wire(self->resume_->head, self->resume_->wire)) return self->end_watch();
@@ -1317,8 +1324,7 @@ class Session : public std::enable_shared_from_this<Session> {
     drop_upstream("watch resume failed");
     ++attempt_;
     if (Clock::now() + resume_->backoff >= resume_->deadline) {
-      if (cfg_->log) cfg_->log->info("http {}: watch {} could not resume ({}): ending it", peer(),
-                           target_path(), why);
+      if (cfg_->log) cfg_->log->info("http {}: watch {} could not resume ({}): ending it", peer(), target_path(), why);
       return end_watch();
     }
     resume_->timer.expires_after(resume_->backoff);
@@ -1375,8 +1381,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void end_watch_with_error(unsigned status) {
     resume_->timer.cancel();
     drop_upstream("watch ended");
-    if (cfg_->log) cfg_->log->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer(),
-                         target_path(), status);
+    if (cfg_->log)
+      cfg_->log->info("http {}: watch {} could not resume: the cluster answered HTTP {}", peer(), target_path(),
+                      status);
     resuming_ = false;
     resume_->error_event = watch_error_event(status, resume_->error_body);
     rec_.bytes_out += resume_->error_event.size();
@@ -1405,7 +1412,8 @@ class Session : public std::enable_shared_from_this<Session> {
     complete_record();
     if (request_failed_) close_after_ = true;
     if (!up_keep_alive_ || request_failed_) release_upstream();
-    else if (up_ && cfg_->pool && (close_after_ || in_buf_.size() == 0)) return_to_pool();
+    else if (up_ && cfg_->pool && (close_after_ || in_buf_.size() == 0))
+      return_to_pool();
     else if (up_) watch_upstream(up_);
     if (close_after_) return close_session();
     wait_request();
@@ -1780,8 +1788,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void log_failure(error_code ec, std::string_view what) {
     if (!cfg_->log || !cfg_->log->should_log(spdlog::level::debug)) return;
-    if (ec) cfg_->log->debug("http {}: {}: {}", peer(), what, ec.message());
-    else cfg_->log->debug("http {}: {}", peer(), what);
+    if (ec)
+      cfg_->log->debug("http {}: {}: {}", peer(), what, ec.message());
+    else
+      cfg_->log->debug("http {}: {}", peer(), what);
   }
 
   Strand strand_;
@@ -1864,7 +1874,8 @@ std::shared_ptr<const Server> Server::create(asio::io_context& io, std::shared_p
 
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy, UpstreamConnector connector,
            Limits limits, std::shared_ptr<spdlog::logger> logger, Recovery recovery) {
-  Server::create(io, std::move(connector), limits, std::move(logger), recovery)->serve(std::move(inbound), std::move(policy));
+  Server::create(io, std::move(connector), limits, std::move(logger), recovery)
+      ->serve(std::move(inbound), std::move(policy));
 }
 
 std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, UpstreamConnector connector,
@@ -1876,7 +1887,8 @@ std::shared_ptr<UpstreamPool> UpstreamPool::create(asio::io_context& io, Upstrea
 void serve(asio::io_context& io, StreamPtr inbound, std::shared_ptr<ForwardPolicy> policy,
            std::shared_ptr<UpstreamPool> pool, Limits limits, std::shared_ptr<spdlog::logger> logger,
            Recovery recovery) {
-  Server::create(io, std::move(pool), limits, std::move(logger), recovery)->serve(std::move(inbound), std::move(policy));
+  Server::create(io, std::move(pool), limits, std::move(logger), recovery)
+      ->serve(std::move(inbound), std::move(policy));
 }
 
 }  // namespace clusterconnect::http

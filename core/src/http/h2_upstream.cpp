@@ -1154,7 +1154,8 @@ void Virtual::on_no_connection(std::string reason) {
 void Virtual::fail_request(std::string message) {
   if (owner_->log()) {
     // After the response head the target is no longer kept.
-    if (!req_ || req_->head.target.empty()) owner_->log()->info("API server request {}: {}", method_, message);
+    if (!req_ || req_->head.target.empty())
+      owner_->log()->info("API server request {}: {}", method_, message);
     else
       owner_->log()->info("API server request {} {}: {}", method_,
                           std::string_view(req_->head.target).substr(0, req_->head.target.find('?')), message);

@@ -173,5 +173,6 @@ TEST_CASE("agent audit: a record with awkward names is one valid JSON line, writ
   CHECK(l["duration_ms"] == 1.5);
   CHECK(l["oid"] == "oid-1");
   CHECK(l["closed"] == "by \"the\" deadline");
-  CHECK(l.size() == 14);  // the twelve fields, the caller's oid and the exchange's note: the note named user was not added
+  CHECK(l.size() ==
+        14);  // the twelve fields, the caller's oid and the exchange's note: the note named user was not added
 }
