@@ -1063,8 +1063,12 @@ bool Virtual::feed_body(std::string_view bytes) {
 }
 
 ssize_t Virtual::read_body(std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
-  static Pending none;  // (a request without a body has no data to read)
-  auto& r = req_ ? *req_ : none;
+  // A request without a body keeps no queue once answered: nothing to send.
+  if (!req_) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return 0;
+  }
+  auto& r = *req_;
   std::size_t n = std::min(length, r.queued());
   if (n > 0) {
     std::memcpy(buf, r.body.data() + r.body_pos, n);
@@ -1076,7 +1080,7 @@ ssize_t Virtual::read_body(std::uint8_t* buf, std::size_t length, std::uint32_t*
     }
     if (write_waiting_ && r.queued() <= kBodyQueue) complete_write();
   }
-  if ((body_complete_ || !req_) && r.queued() == 0) {
+  if (body_complete_ && r.queued() == 0) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     return static_cast<ssize_t>(n);
   }
