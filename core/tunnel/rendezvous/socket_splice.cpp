@@ -14,6 +14,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "clusterconnect/executor_dispatch.hpp"
+
 namespace clusterconnect::tunnel::rendezvous {
 
 namespace asio = boost::asio;
@@ -25,6 +27,28 @@ namespace {
 constexpr std::uint64_t turn_bytes = 1 << 20;
 constexpr std::size_t splice_chunk = 1 << 20;
 
+asio::io_context& context_of(tcp::socket& s) {
+  return static_cast<asio::io_context&>(asio::query(s.get_executor(), asio::execution::context));
+}
+
+// The socket on its io_context's own executor. A socket handed over on a
+// strand (the relay accepts on one) would copy that strand, type-erased and
+// so allocated, for every wait; the splice's handlers run on its own
+// concrete strand instead. Unchanged when the socket cannot be moved.
+tcp::socket on_plain_executor(tcp::socket s) {
+  if (!s.is_open()) return s;
+  boost::system::error_code ec;
+  const auto protocol = s.local_endpoint(ec).protocol();
+  if (ec) return s;
+  auto& io = context_of(s);
+  const auto fd = s.release(ec);
+  if (ec) return s;
+  tcp::socket out(io);
+  out.assign(protocol, fd, ec);
+  if (ec) ::close(fd);  // (out stays closed: the splice fails on it and says so)
+  return out;
+}
+
 void close_fds(PipePool::Fds& f) noexcept {
   if (f.read >= 0) ::close(f.read);
   if (f.write >= 0) ::close(f.write);
@@ -34,9 +58,9 @@ void close_fds(PipePool::Fds& f) noexcept {
 class Splice final : public SocketSplice, public std::enable_shared_from_this<Splice> {
  public:
   Splice(tcp::socket a, tcp::socket b, SpliceOptions options, Done done)
-      : strand_(asio::make_strand(a.get_executor())),
-        a_(std::move(a)),
-        b_(std::move(b)),
+      : strand_(asio::make_strand(context_of(a))),
+        a_(on_plain_executor(std::move(a))),
+        b_(on_plain_executor(std::move(b))),
         idle_(strand_),
         options_(options),
         done_(std::move(done)),
@@ -187,9 +211,9 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
     if (auto done = std::move(done_)) done(r);
   }
 
-  asio::strand<asio::any_io_executor> strand_;
+  IoStrand strand_;
   tcp::socket a_, b_;
-  asio::steady_timer idle_;
+  asio::basic_waitable_timer<std::chrono::steady_clock, asio::wait_traits<std::chrono::steady_clock>, IoStrand> idle_;
   SpliceOptions options_;
   Done done_;
   Direction ab_, ba_;
