@@ -31,32 +31,51 @@ requests_of() { awk '/requests in/{print $1; exit}' "$1"; }
 
 summary="$out/summary.md"
 {
-  echo "| process | malloc / request | syscalls / request | write+writev+sendmsg / request | read+recvmsg / request |"
-  echo "|---|---|---|---|---|"
+  echo "| process | malloc / request | syscalls / request | write+writev+sendmsg / request | read+recvmsg / request | context switches / request | CPU µs / request |"
+  echo "|---|---|---|---|---|---|---|"
 } >"$summary"
 
 for np in "$@"; do
   name="${np%%=*}" pid="${np#*=}"
   events=raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_recvmsg
   [ "$have_probe" = 1 ] && events="probe_libc:malloc,$events"
+  # CPU time and context switches first, without the malloc uprobe (each probe
+  # hit traps into the kernel and would count as the process's CPU time).
+  perf stat -x, -e task-clock,context-switches -p "$pid" -o "$out/cpu-$name.csv" -- sleep 4 &
+  stat_pid=$!
+  sleep 0.3
+  timeout 20 wrk "${hdr[@]}" -t1 -c1 -d3s "$url" >"$out/wrk-cpu-$name.txt" 2>&1 || true
+  wait "$stat_pid" || true
+  sed -i "s/^/$(requests_of "$out/wrk-cpu-$name.txt"),/" "$out/cpu-$name.csv"
   perf stat -x, -e "$events" -p "$pid" -o "$out/stat-$name.csv" -- sleep 4 &
   stat_pid=$!
   sleep 0.3
   timeout 20 wrk "${hdr[@]}" -t1 -c1 -d3s "$url" >"$out/wrk-$name.txt" 2>&1 || true
   wait "$stat_pid" || true
   n="$(requests_of "$out/wrk-$name.txt")"
-  python3 - "$out/stat-$name.csv" "${n:-0}" "$name" >>"$summary" <<'PY'
+  python3 - "$out/stat-$name.csv" "${n:-0}" "$name" "$out/cpu-$name.csv" >>"$summary" <<'PY'
 import sys
-counts = {}
-for line in open(sys.argv[1]):
-    parts = line.strip().split(",")
-    if len(parts) > 2 and parts[0].replace(".", "").isdigit():
-        counts[parts[2]] = float(parts[0])
+def read(path, skip=0):
+    counts = {}
+    for line in open(path):
+        parts = line.strip().split(",")[skip:]
+        if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+            counts[parts[2]] = float(parts[0])
+    return counts
+counts = read(sys.argv[1])
 n = max(1.0, float(sys.argv[2]))
 g = lambda *ks: sum(counts.get(k, 0) for k in ks) / n
+cpu_n = 1.0
+for line in open(sys.argv[4]):
+    head = line.split(",", 1)[0]
+    if head.isdigit():
+        cpu_n = max(1.0, float(head))
+        break
+cpu = read(sys.argv[4], 1)
 print(f"| {sys.argv[3]} | {g('probe_libc:malloc'):.1f} | {g('raw_syscalls:sys_enter'):.1f} | "
       f"{g('syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_sendmsg', 'syscalls:sys_enter_sendto'):.1f} | "
-      f"{g('syscalls:sys_enter_read', 'syscalls:sys_enter_recvfrom', 'syscalls:sys_enter_recvmsg'):.1f} |")
+      f"{g('syscalls:sys_enter_read', 'syscalls:sys_enter_recvfrom', 'syscalls:sys_enter_recvmsg'):.1f} | "
+      f"{cpu.get('context-switches', 0) / cpu_n:.2f} | {cpu.get('task-clock', 0) * 1000 / cpu_n:.1f} |")
 PY
 
   # Sizes of what the process writes to sockets during one second of load.
@@ -125,6 +144,22 @@ report() { perf report -i "$1" --no-children -g none --stdio "${@:2}" 2>/dev/nul
   echo; echo "## by thread and library"; report "$out/perf.data" --sort pid,dso | head -40
   echo; echo "## top symbols"; report "$out/perf.data" --sort pid,dso,symbol | head -80
 } >"$out/perf-report.txt" || true
+
+# Where each process's CPU goes with one request at a time (the latency case):
+# flat symbols, by process, user and kernel together.
+for np in "$@"; do
+  name="${np%%=*}" pid="${np#*=}"
+  perf record -q -e cpu-clock -F 4999 -g -p "$pid" -o "$out/perf-c1-$name.data" -- sleep 4 2>/dev/null &
+  rec_pid=$!
+  sleep 0.3
+  timeout 20 wrk "${hdr[@]}" -t1 -c1 -d3s "$url" >"$out/wrk-c1-$name.txt" 2>&1 || true
+  wait "$rec_pid" || true
+  {
+    echo "requests/s while sampling: $(awk '/Requests\/sec/{print $2}' "$out/wrk-c1-$name.txt")"
+    echo; echo "## by library"; report "$out/perf-c1-$name.data" --sort dso | head -20
+    echo; echo "## top symbols"; report "$out/perf-c1-$name.data" --sort dso,symbol | head -70
+  } >"$out/perf-c1-$name.txt" || true
+done
 
 # Call chains (DWARF unwinding: the binaries have no frame pointers) of the agent
 # and the proxy, where identity and token handling run.

@@ -59,6 +59,17 @@ class WaitSocket : public tcp::socket {
   void async_wait_on(const Executor& ex, wait_type w, Handler handler) {
     impl_.get_service().async_wait(impl_.get_implementation(), w, handler, ex);
   }
+
+  // Registers the descriptor with the reactor anew, for reading only. Asio
+  // keeps a connected socket registered for writability (its connect waited
+  // for it), and re-arms every registered event on each readiness wait: each
+  // wait for reading then returned at once, woken by writability. A write
+  // that has to wait adds writability again.
+  void register_for_reading(error_code& ec) {
+    const auto protocol = impl_.get_implementation().protocol_;
+    const auto fd = release(ec);
+    if (!ec) assign(protocol, fd, ec);
+  }
 };
 
 // Output buffers between writes: a connection that is not writing holds
@@ -137,6 +148,11 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
   // What the BIO saw on its last recv.
   bool eof = false;
   int recv_errno = 0;
+  // The last recv left the socket empty (it returned less than it asked
+  // for, or nothing). A read then waits for readiness without asking the
+  // socket first: the wait re-arms the descriptor, which reports data that
+  // came meanwhile. Cleared by every readiness wake.
+  bool drained = false;
 
   // The one reading operation (a read, or the handshake).
   asio::mutable_buffer read_buffer;
@@ -252,12 +268,36 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
     pump();
   }
 
+  // Room in `out` for the records of a write of `plain` bytes in `pieces`
+  // pieces, so that OpenSSL's records are appended without the buffer moving
+  // to a larger one midway (for a 256 KiB write, five moves, each copying
+  // again what the buffer held).
+  void reserve_output(std::size_t plain, std::size_t pieces) {
+    // Per record: header, content type and tag (TLS 1.3), or header,
+    // explicit nonce and tag (TLS 1.2 with AES-GCM); 32 covers both.
+    constexpr std::size_t kRecordOverhead = 32;
+    const std::size_t need = out.size() + plain + (plain / kFullRecord + pieces + 1) * kRecordOverhead;
+    if (need <= out.capacity()) return;
+    if (out.capacity() == 0) out = out_buffers().take();
+    out.reserve(need);
+  }
+
   // --- waiting for input -------------------------------------------------
 
   template <typename F>
   void when_readable(F next) {
-    wait(tcp::socket::wait_read,
-         [self = shared_from_this(), next = std::move(next)](error_code ec) mutable { next(ec); });
+    wait(tcp::socket::wait_read, [self = shared_from_this(), next = std::move(next)](error_code ec) mutable {
+      self->drained = false;
+      next(ec);
+    });
+  }
+
+  void wait_to_read() {
+    if (!out.empty()) pump();  // a KeyUpdate answer or the like
+    when_readable([self = shared_from_this()](error_code e) {
+      if (e) return self->finish_read(e, 0);
+      self->read_step();
+    });
   }
 
   // --- handshake -----------------------------------------------------------
@@ -297,6 +337,9 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
     const std::size_t size = read_buffer.size();
     std::size_t total = 0;
     error_code ec;
+    // Nothing buffered and nothing in the socket at its last recv: asking it
+    // again would only return EAGAIN.
+    if (drained && !SSL_has_pending(ssl)) return wait_to_read();
     // Whole records already received, then what the socket has, while the
     // buffer has room. After a short record the socket is not asked again:
     // that saves a syscall on every small response.
@@ -314,13 +357,7 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
         ERR_clear_error();  // whatever it was, it comes again on the next read
         break;
       }
-      if (err == SSL_ERROR_WANT_READ) {
-        if (!out.empty()) pump();  // a KeyUpdate answer or the like
-        return when_readable([self = shared_from_this()](error_code e) {
-          if (e) return self->finish_read(e, 0);
-          self->read_step();
-        });
-      }
+      if (err == SSL_ERROR_WANT_READ) return wait_to_read();
       ec = failure(err);
       break;
     }
@@ -356,13 +393,17 @@ int bio_read(BIO* bio, char* data, int len) {
   if (len <= 0) return 0;
   for (;;) {
     const ssize_t r = ::recv(core->socket.native_handle(), data, static_cast<std::size_t>(len), 0);
-    if (r > 0) return static_cast<int>(r);
+    if (r > 0) {
+      core->drained = r < len;
+      return static_cast<int>(r);
+    }
     if (r == 0) {
       core->eof = true;
       return 0;
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      core->drained = true;
       BIO_set_retry_read(bio);
       return -1;
     }
@@ -436,6 +477,8 @@ void TlsSocket::start_handshake(handshake_type type, UniqueFunction<void(error_c
   auto& c = *core_;
   error_code ec;
   if (!c.ready_for_io(ec)) return c.later([done = std::move(done), ec]() mutable { done(ec); });
+  c.socket.register_for_reading(ec);
+  if (ec) return c.later([done = std::move(done), ec]() mutable { done(ec); });
   if (type == asio::ssl::stream_base::client)
     SSL_set_connect_state(c.ssl);
   else
@@ -468,6 +511,9 @@ void TlsSocket::start_write(const Pieces& pieces, Completion done) {
   // record: they are copied to a scratch area first, which OpenSSL has
   // encrypted into `out` by the time SSL_write_ex returns.
   thread_local unsigned char scratch[kFullRecord];
+  std::size_t plain = 0;
+  for (std::size_t i = 0; i < pieces.count && plain < max_write; ++i) plain += pieces.at[i].size();
+  c.reserve_output(std::min(plain, max_write), pieces.count);
   std::size_t total = 0;
   for (std::size_t i = 0; i < pieces.count && total < max_write;) {
     std::size_t run = 0, k = i;

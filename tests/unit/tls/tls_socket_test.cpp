@@ -234,6 +234,35 @@ TEST_CASE("TlsSocket carries many small writes in order", "[tls][tls-socket]") {
   CHECK(reader.got == expected);
 }
 
+// A read that finds the socket empty waits without asking it again: what
+// arrived while no read was pending must still wake it.
+TEST_CASE("TlsSocket reads what arrived while no read was pending, after the socket ran empty", "[tls][tls-socket]") {
+  Pair p;
+  p.handshake();
+  std::array<char, 4096> buf{};
+  const auto exchange = [&](const std::string& message) {
+    std::optional<error_code> wrote;
+    asio::async_write(*p.client, asio::buffer(message), [&](error_code ec, std::size_t) { wrote = ec; });
+    p.run();  // the bytes are in the server's socket; no read is pending
+    REQUIRE(wrote);
+    REQUIRE_FALSE(*wrote);
+    std::optional<error_code> read;
+    std::string got;
+    p.server->async_read_some(asio::buffer(buf), [&](error_code ec, std::size_t n) {
+      read = ec;
+      got.assign(buf.data(), n);
+    });
+    p.run();
+    REQUIRE(read);
+    REQUIRE_FALSE(*read);
+    return got;
+  };
+  // Each read takes less than it asked for, so the socket was empty after it.
+  CHECK(exchange("first") == "first");
+  CHECK(exchange("second, sent once the first was read") == "second, sent once the first was read");
+  CHECK(exchange(pattern(3000, 9)) == pattern(3000, 9));
+}
+
 TEST_CASE("TlsSocket reads close_notify as eof and a bare TCP end as truncation", "[tls][tls-socket]") {
   Pair p;
   p.handshake();
