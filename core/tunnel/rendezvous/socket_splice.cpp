@@ -26,6 +26,12 @@ namespace {
 // Bytes one pump moves before it lets other work on the thread run.
 constexpr std::uint64_t turn_bytes = 1 << 20;
 constexpr std::size_t splice_chunk = 1 << 20;
+// A read from a leg that took less than this most likely emptied its socket
+// (a pipe that stops a read early has filled its slots, which takes many
+// small segments): the next turn waits for the leg instead of asking it again
+// for an EAGAIN. A wrong guess costs one wake-up: the wait re-arms the
+// socket, which reports bytes already there.
+constexpr std::size_t drained_below = 16 * 1024;
 
 asio::io_context& context_of(tcp::socket& s) {
   return static_cast<asio::io_context&>(asio::query(s.get_executor(), asio::execution::context));
@@ -104,6 +110,7 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
     PipePool::Fds pipe;  // held only while bytes are in flight
     std::size_t in_pipe = 0;
     std::uint64_t moved = 0;
+    bool drained = false;  // the last read most likely emptied `from`
     bool eof = false;
     bool done = false;
   };
@@ -142,6 +149,11 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
         if (ab_.done && ba_.done) finish({}, "both legs finished");
         return;
       }
+      if (d.drained) {
+        d.drained = false;
+        release(d);
+        return wait(d, d.from, tcp::socket::wait_read);
+      }
       if (d.pipe.read < 0) {
         boost::system::error_code ec;
         if (!options_.pipes->take(d.pipe, ec)) return finish(ec, "no pipe to splice through");
@@ -151,6 +163,7 @@ class Splice final : public SocketSplice, public std::enable_shared_from_this<Sp
                                  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         d.in_pipe = static_cast<std::size_t>(n);
+        d.drained = d.in_pipe < drained_below;
         continue;
       }
       if (n == 0) {

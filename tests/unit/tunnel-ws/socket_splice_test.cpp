@@ -161,6 +161,50 @@ TEST_CASE("a splice moves every byte both ways at once", "[rendezvous][splice]")
   CHECK(r.b_to_a == backward);
 }
 
+// After a small read the splice waits for the leg instead of reading it again
+// (see drained_below): bytes that are already there, or that come while it
+// waits, must still wake it.
+TEST_CASE("a splice passes on small messages one at a time and segments queued before it starts",
+          "[rendezvous][splice]") {
+  IoThreads relay;
+  asio::io_context test_io;
+  Leg a = make_leg(relay.io, test_io), b = make_leg(relay.io, test_io);
+  a.peer.set_option(tcp::no_delay(true));
+  b.peer.set_option(tcp::no_delay(true));
+  // 64 segments of 8 bytes, all in the relay's socket before the splice starts.
+  std::string queued;
+  for (int i = 0; i < 64; ++i) {
+    const std::string segment = "seg" + std::to_string(1000 + i) + "|";
+    asio::write(a.peer, asio::buffer(segment));
+    queued += segment;
+  }
+  while (a.relay_end.available() < queued.size()) std::this_thread::yield();
+  auto result = std::make_shared<std::promise<SpliceResult>>();
+  auto future = result->get_future();
+  boost::system::error_code ec;
+  auto splice = start_splice(std::move(a.relay_end), std::move(b.relay_end), {},
+                             [result](const SpliceResult& r) { result->set_value(r); }, ec);
+  REQUIRE_FALSE(ec);
+  std::string got(queued.size(), '\0');
+  asio::read(b.peer, asio::buffer(got));
+  CHECK(got == queued);
+  // Request and answer, each sent only once the other side has read the last.
+  for (std::size_t i = 1; i <= 200; ++i) {
+    const std::string request(i * 37 % 3000 + 1, static_cast<char>('a' + i % 26));
+    asio::write(a.peer, asio::buffer(request));
+    std::string seen(request.size(), '\0');
+    asio::read(b.peer, asio::buffer(seen));
+    REQUIRE(seen == request);
+    const std::string answer(i * 53 % 5000 + 1, static_cast<char>('A' + i % 26));
+    asio::write(b.peer, asio::buffer(answer));
+    std::string back(answer.size(), '\0');
+    asio::read(a.peer, asio::buffer(back));
+    REQUIRE(back == answer);
+  }
+  splice->close("test done");
+  REQUIRE(future.wait_for(120s) == std::future_status::ready);
+}
+
 TEST_CASE("a splice passes a half-close on and keeps the other direction open", "[rendezvous][splice]") {
   Rig rig;
   rig.a.peer.shutdown(tcp::socket::shutdown_send);  // a has nothing to say
