@@ -182,8 +182,9 @@ TEST_CASE("a splice passes on small messages one at a time and segments queued b
   auto result = std::make_shared<std::promise<SpliceResult>>();
   auto future = result->get_future();
   boost::system::error_code ec;
-  auto splice = start_splice(std::move(a.relay_end), std::move(b.relay_end), {},
-                             [result](const SpliceResult& r) { result->set_value(r); }, ec);
+  auto splice = start_splice(
+      std::move(a.relay_end), std::move(b.relay_end), {}, [result](const SpliceResult& r) { result->set_value(r); },
+      ec);
   REQUIRE_FALSE(ec);
   std::string got(queued.size(), '\0');
   asio::read(b.peer, asio::buffer(got));
