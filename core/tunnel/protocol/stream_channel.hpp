@@ -108,11 +108,15 @@ class StreamChannel final : public MessageChannel {
     });
   }
 
-  static void read_more(std::shared_ptr<Core> core, ReadHandler handler) {
+  // `initiating`: called from async_read_message, not from a read's completion.
+  static void read_more(std::shared_ptr<Core> core, ReadHandler handler, bool initiating = true) {
     if (const std::size_t n = core->whole_frames(); n > 0) {
-      // Delivered from the executor, never from inside this call: the
-      // session asks for the next message from its handler.
       core->delivered = n;
+      // In a read's completion the message is delivered at once: this is
+      // already the executor, and a post would cost a turn of the event loop.
+      if (!initiating) return handler(error_code{}, std::span<const std::uint8_t>(core->buf.data(), n));
+      // From async_read_message, delivered from the executor, never from
+      // inside that call: the session asks for the next message from its handler.
       core->read_done = std::move(handler);
       post_on(core->stream.get_executor(), [p = ReadSlot(core), n]() mutable {
         auto [c, h] = p.take();
@@ -129,7 +133,7 @@ class StreamChannel final : public MessageChannel {
       auto [c, h] = p.take();
       if (ec) return h(ec, {});
       c->filled += got;
-      read_more(std::move(c), std::move(h));
+      read_more(std::move(c), std::move(h), false);
     });
   }
 
