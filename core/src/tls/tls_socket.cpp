@@ -278,7 +278,9 @@ struct TlsSocket::Core : std::enable_shared_from_this<Core> {
     constexpr std::size_t kRecordOverhead = 32;
     const std::size_t need = out.size() + plain + (plain / kFullRecord + pieces + 1) * kRecordOverhead;
     if (need <= out.capacity()) return;
-    if (out.capacity() == 0) out = out_buffers().take();
+    // A pooled buffer only when it is large enough: taking one only to free
+    // it in reserve() would empty the pool for the small writes after.
+    if (out.capacity() == 0 && need <= kKeepOut) out = out_buffers().take();
     out.reserve(need);
   }
 
