@@ -168,6 +168,32 @@ struct StreamState {
   RareHandler<DoneHandler> shutdown_handler;
 };
 
+// A stream operation's completion made while the session handles an event of
+// its transport (a message read, a message written): it runs once that event
+// is handled, from the same handler, instead of from a posted one (a turn of
+// the event loop each). Such an event never runs inside a user's call, so
+// no completion runs inside the call that started its operation.
+struct Completion {
+  std::shared_ptr<StreamState> direct;  // a read filled straight from DATA
+  IoHandler io;
+  RareHandler<TunnelStream::ChunkHandler> chunk;
+  std::vector<std::uint8_t> bytes;  // the chunk's
+  error_code ec;
+  std::size_t n = 0;
+};
+
+// Marks the handling of a transport event (see Completion).
+class EventScope {
+ public:
+  explicit EventScope(int& depth) noexcept : depth_(depth) { ++depth_; }
+  ~EventScope() { --depth_; }
+  EventScope(const EventScope&) = delete;
+  EventScope& operator=(const EventScope&) = delete;
+
+ private:
+  int& depth_;
+};
+
 struct Session::Impl {
   Impl(const asio::any_io_executor& ex, SessionClock& clock) : ping_timer(clock.make_timer(ex)), last_rx(clock.now()) {}
 
@@ -223,6 +249,11 @@ struct Session::Impl {
   // write in flight (if any) completes, then the channel is closed.
   std::vector<std::uint8_t> final_message;
   bool channel_closed = false;
+
+  // Completions waiting for the end of the transport event being handled.
+  std::vector<Completion> completions;
+  int event_depth = 0;
+  bool running_completions = false;
 };
 
 // ---------------------------------------------------------------------------
@@ -445,6 +476,14 @@ void Session::do_read_message() {
 }
 
 void Session::on_message(error_code ec, std::span<const std::uint8_t> bytes) {
+  {
+    EventScope event(impl_->event_depth);
+    handle_message(ec, bytes);
+  }
+  run_completions();
+}
+
+void Session::handle_message(error_code ec, std::span<const std::uint8_t> bytes) {
   auto& m = *impl_;
   if (m.closed) return;
   if (ec == text_message_error()) {
@@ -603,14 +642,13 @@ std::span<const std::uint8_t> Session::deliver_direct(const std::shared_ptr<Stre
     s->read_filled += k;
     if (!s->read_posted) {
       s->read_posted = true;
-      post_on(strand_, [self = shared_from_this(), s] { self->finish_direct_read(s); });
+      complete_direct_read(s);
     }
   } else if (s->chunk_handler) {
     k = std::min(s->chunk_max, bytes.size());
     auto out = take_chunk(k);
     out.assign(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(k));
-    post_on(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
-    s->chunk_handler = nullptr;
+    complete_chunk(s, {}, std::move(out));
   } else {
     return bytes;
   }
@@ -625,6 +663,61 @@ void Session::finish_direct_read(const std::shared_ptr<StreamState>& s) {
   auto h = std::move(s->read_handler);
   s->read_handler = nullptr;
   if (h) h({}, n);
+}
+
+void Session::complete_direct_read(const std::shared_ptr<StreamState>& s) {
+  auto& m = *impl_;
+  if (m.event_depth > 0) {
+    m.completions.emplace_back().direct = s;
+    return;
+  }
+  post_on(strand_, [self = shared_from_this(), s] { self->finish_direct_read(s); });
+}
+
+void Session::complete_io(IoHandler& handler, error_code ec, std::size_t n) {
+  auto& m = *impl_;
+  auto h = std::move(handler);
+  handler = nullptr;
+  if (m.event_depth > 0) {
+    auto& c = m.completions.emplace_back();
+    c.io = std::move(h);
+    c.ec = ec;
+    c.n = n;
+    return;
+  }
+  post_on(strand_, [h = std::move(h), ec, n]() mutable { h(ec, n); });
+}
+
+void Session::complete_chunk(const std::shared_ptr<StreamState>& s, error_code ec, std::vector<std::uint8_t> bytes) {
+  auto& m = *impl_;
+  if (m.event_depth > 0) {
+    auto& c = m.completions.emplace_back();
+    c.chunk = std::move(s->chunk_handler);
+    c.bytes = std::move(bytes);
+    c.ec = ec;
+    return;
+  }
+  post_on(strand_, [h = std::move(s->chunk_handler), ec, out = std::move(bytes)]() mutable { h(ec, std::move(out)); });
+}
+
+void Session::run_completions() {
+  auto& m = *impl_;
+  // A transport event handled inside a completion (none is today) leaves
+  // its completions to this loop.
+  if (m.event_depth > 0 || m.running_completions) return;
+  m.running_completions = true;
+  struct Done {
+    Impl& m;
+    ~Done() { m.running_completions = false; }
+  } done{m};
+  // By index: a completion may queue more (they run in this loop).
+  for (std::size_t i = 0; i < m.completions.size(); ++i) {
+    Completion c = std::move(m.completions[i]);
+    if (c.direct) finish_direct_read(c.direct);
+    else if (c.io) c.io(c.ec, c.n);
+    else if (c.chunk) c.chunk(c.ec, std::move(c.bytes));
+  }
+  m.completions.clear();
 }
 
 std::vector<std::uint8_t> Session::take_chunk(std::size_t n) {
@@ -775,15 +868,15 @@ void Session::complete_read(const std::shared_ptr<StreamState>& s) {
       }
     }
     s->buffered -= got;
-    post_on(strand_, [h = std::move(s->read_handler), got]() mutable { h({}, got); });
+    complete_io(s->read_handler, {}, got);
     consumed(s, got);
     flush();
     return;
   }
   if (s->reset_ec) {
-    post_on(strand_, [h = std::move(s->read_handler), ec = s->reset_ec]() mutable { h(ec, 0); });
+    complete_io(s->read_handler, s->reset_ec, 0);
   } else if (s->remote_fin) {
-    post_on(strand_, [h = std::move(s->read_handler)]() mutable { h(asio::error::eof, 0); });
+    complete_io(s->read_handler, asio::error::eof, 0);
   }
 }
 
@@ -813,15 +906,15 @@ void Session::complete_chunk_read(const std::shared_ptr<StreamState>& s) {
     }
     const std::size_t got = out.size();
     s->buffered -= got;
-    post_on(strand_, [h = std::move(s->chunk_handler), out = std::move(out)]() mutable { h({}, std::move(out)); });
+    complete_chunk(s, {}, std::move(out));
     consumed(s, got);
     flush();
     return;
   }
   if (s->reset_ec) {
-    post_on(strand_, [h = std::move(s->chunk_handler), ec = s->reset_ec]() mutable { h(ec, {}); });
+    complete_chunk(s, s->reset_ec, {});
   } else if (s->remote_fin) {
-    post_on(strand_, [h = std::move(s->chunk_handler)]() mutable { h(asio::error::eof, {}); });
+    complete_chunk(s, asio::error::eof, {});
   }
 }
 
@@ -999,8 +1092,7 @@ void Session::complete_write(const std::shared_ptr<StreamState>& s) {
   s->write_taken = 0;
   s->write_left = 0;
   s->write_bufs.clear();
-  post_on(strand_, [h = std::move(s->write_handler), written]() mutable { h({}, written); });
-  s->write_handler = nullptr;
+  complete_io(s->write_handler, {}, written);
   if (s->shutdown_handler) {
     // Into the control queue: a later message than this stream's data, and it
     // keeps the queue non-empty so a drained tunnel closes only after it.
@@ -1065,9 +1157,9 @@ void Session::do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std:
 void Session::fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec) {
   // A read already filled completes with its bytes; the next one fails.
   if (s->read_handler && !s->read_posted)
-    post_on(strand_, [h = std::move(s->read_handler), ec]() mutable { h(ec, 0); });
-  if (s->chunk_handler) post_on(strand_, [h = std::move(s->chunk_handler), ec]() mutable { h(ec, {}); });
-  if (s->write_handler) post_on(strand_, [h = std::move(s->write_handler), ec]() mutable { h(ec, 0); });
+    complete_io(s->read_handler, ec, 0);
+  if (s->chunk_handler) complete_chunk(s, ec, {});
+  if (s->write_handler) complete_io(s->write_handler, ec, 0);
   if (s->shutdown_handler) post_on(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
   s->write_bufs.clear();
 }
@@ -1180,6 +1272,14 @@ void Session::close_channel() {
 }
 
 void Session::on_write(error_code ec) {
+  {
+    EventScope event(impl_->event_depth);
+    handle_written(ec);
+  }
+  run_completions();
+}
+
+void Session::handle_written(error_code ec) {
   auto& m = *impl_;
   m.writing = false;
   ++m.messages_written;

@@ -207,6 +207,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Inbound.
   void do_read_message();
   void on_message(error_code ec, std::span<const std::uint8_t> bytes);
+  void handle_message(error_code ec, std::span<const std::uint8_t> bytes);
   bool on_frame(const Frame& f);  // false: protocol error already handled
   bool on_open(const Frame& f);
   bool on_data(const Frame& f);
@@ -215,6 +216,14 @@ class Session : public std::enable_shared_from_this<Session> {
   std::span<const std::uint8_t> deliver_direct(const std::shared_ptr<StreamState>& s,
                                                std::span<const std::uint8_t> bytes);
   void finish_direct_read(const std::shared_ptr<StreamState>& s);
+  // A stream operation's completion: run at the end of the transport event
+  // being handled (a message read or written), else posted. complete_io
+  // takes the handler out of `handler`; complete_chunk the stream's chunk
+  // handler.
+  void complete_direct_read(const std::shared_ptr<StreamState>& s);
+  void complete_io(IoHandler& handler, error_code ec, std::size_t n);
+  void complete_chunk(const std::shared_ptr<StreamState>& s, error_code ec, std::vector<std::uint8_t> bytes);
+  void run_completions();
   std::vector<std::uint8_t> take_chunk(std::size_t n);
   void recycle_chunk(std::vector<std::uint8_t>&& chunk);
   bool on_window(const Frame& f);
@@ -227,6 +236,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<std::uint8_t>& out_for(std::size_t frame_size);
   void flush();
   void on_write(error_code ec);
+  void handle_written(error_code ec);
   void write_final_message();
   void close_channel();
   void schedule(const std::shared_ptr<StreamState>& s);
