@@ -67,7 +67,7 @@ fuzz() {
   command -v clang++ >/dev/null || { echo "test.sh: clang++ is missing (scripts/setup.sh installs it)" >&2; return 1; }
   phase "fuzz: configure" cmake -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
     -DCMAKE_BUILD_TYPE=Debug -DCLUSTERCONNECT_FUZZ=ON -DCLUSTERCONNECT_BUILD_TESTS=ON -DCMAKE_COMPILE_WARNING_AS_ERROR=ON >/dev/null
-  phase "fuzz: build" cmake --build build/fuzz --target frame_decoder_fuzz client_hello_fuzz rendezvous_line_fuzz session_fuzz
+  phase "fuzz: build" cmake --build build/fuzz --target frame_decoder_fuzz client_hello_fuzz rendezvous_line_fuzz session_fuzz forward_fuzz
   phase "fuzz: run" ctest --test-dir build/fuzz -R '_fuzz_smoke$' --output-on-failure
 }
 

@@ -875,6 +875,9 @@ class Session : public std::enable_shared_from_this<Session> {
     auto& p = *up->parser;
     auto& m = p.get();
     const unsigned status = m.result_int();
+    // The parser takes any three digits ("021" too); a status under 100
+    // cannot be passed on as one (clients refuse "HTTP/1.1 21").
+    if (status < 100) return upstream_protocol_error(std::move(up), "upstream answered with status " + std::to_string(status));
     rec_.status = status;
     res_chunked_ = false;
 
@@ -1027,8 +1030,11 @@ class Session : public std::enable_shared_from_this<Session> {
       // Body bytes are here. When they are the start of a chunk that goes
       // on, the rest is read to them first, so that the chunk is not
       // forwarded in a small piece and the rest.
-      if (chunk_left > up->buffer.size() && up->buffer.size() < kQuietPumpBuffer)
-        return top_up_chunk(std::move(up), std::min<std::uint64_t>(chunk_left, kQuietPumpBuffer) - up->buffer.size());
+      if (chunk_left > up->buffer.size() && up->buffer.size() < kQuietPumpBuffer) {
+        // Before `up` moves into the call (the order of arguments is unspecified).
+        const std::size_t more = std::min<std::uint64_t>(chunk_left, kQuietPumpBuffer) - up->buffer.size();
+        return top_up_chunk(std::move(up), more);
+      }
       return read_response_body(std::move(up), false);
     }
     // The upstream is in the middle of sending a chunk.

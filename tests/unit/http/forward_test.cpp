@@ -704,6 +704,22 @@ TEST_CASE("an upstream that dies before answering is a 502", "[http]") {
   CHECK_THAT(res->body, Catch::Contains("before responding"));
 }
 
+TEST_CASE("an upstream status under 100 is a 502, not a status line no client reads", "[http]") {
+  // The parser takes any three digits; "021" is 21, which "HTTP/1.1 21"
+  // would carry on (found by forward_fuzz).
+  test::ScriptedUpstream up([](Conn& c, int) {
+    test::read_message(c);
+    c.send("HTTP/1.1 021 Created\r\nContent-Length: 2\r\n\r\n{}");
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 502);
+  CHECK_THAT(res->body, Catch::Contains("status 21"));
+}
+
 TEST_CASE("idle connections are closed after the idle timeout", "[http]") {
   test::ScriptedUpstream up(echo_targets);
   http::Limits limits;
