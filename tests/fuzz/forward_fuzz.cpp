@@ -31,6 +31,7 @@
 #include <spdlog/spdlog.h>
 
 #include "clusterconnect/http/forward.hpp"
+#include "fuzz_input.hpp"
 
 using namespace clusterconnect;
 namespace bhttp = boost::beast::http;
@@ -43,24 +44,6 @@ namespace {
   std::abort();
 }
 
-class Script {
- public:
-  Script(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
-  bool done() const { return at_ >= size_; }
-  std::uint8_t byte() { return at_ < size_ ? data_[at_++] : 0; }
-  std::uint16_t u16() { return static_cast<std::uint16_t>(byte() << 8 | byte()); }
-  std::string bytes(std::size_t n) {
-    n = std::min(n, size_ - std::min(at_, size_));
-    std::string out(reinterpret_cast<const char*>(data_ + at_), n);
-    at_ += n;
-    return out;
-  }
-
- private:
-  const std::uint8_t* data_;
-  std::size_t size_;
-  std::size_t at_ = 0;
-};
 
 // One side of a connection: reads hand out the scripted chunks, then end of
 // stream (or wait for good, when `stays_open`); writes are kept.
@@ -177,17 +160,17 @@ void check_messages(const std::string& bytes, const char* what) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  Script in(data, size);
+  fuzz::Input in(data, size);
   asio::io_context io(1);
   auto logger = std::make_shared<spdlog::logger>("forward-fuzz", std::make_shared<spdlog::sinks::null_sink_st>());
 
   const std::uint8_t flags = in.byte();
   std::deque<std::string> client_chunks;
-  for (int n = 1 + in.byte() % 16; n > 0 && !in.done(); --n) client_chunks.push_back(in.bytes(in.u16() % 8192));
+  for (int n = 1 + in.byte() % 16; n > 0 && !in.done(); --n) client_chunks.push_back(in.text(in.u16() % 8192));
   std::deque<std::deque<std::string>> upstream_scripts;
   for (int n = in.byte() % 8; n > 0 && !in.done(); --n) {
     std::deque<std::string> chunks;
-    for (int k = 1 + in.byte() % 8; k > 0 && !in.done(); --k) chunks.push_back(in.bytes(in.u16() % 8192));
+    for (int k = 1 + in.byte() % 8; k > 0 && !in.done(); --k) chunks.push_back(in.text(in.u16() % 8192));
     upstream_scripts.push_back(std::move(chunks));
   }
   bool client_sent_head = false;

@@ -23,6 +23,7 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "fuzz_input.hpp"
 #include "protocol/session.hpp"
 
 using namespace clusterconnect;
@@ -34,27 +35,6 @@ namespace {
   std::fprintf(stderr, "session_fuzz: invariant broken: %s\n", what);
   std::abort();
 }
-
-// The input, read front to back; past its end every read is zero.
-class Script {
- public:
-  Script(const std::uint8_t* data, std::size_t size) : data_(data), size_(size) {}
-  bool done() const { return at_ >= size_; }
-  std::uint8_t byte() { return at_ < size_ ? data_[at_++] : 0; }
-  std::uint16_t u16() { return static_cast<std::uint16_t>(byte() << 8 | byte()); }
-  std::uint32_t u32() { return static_cast<std::uint32_t>(u16()) << 16 | u16(); }
-  std::span<const std::uint8_t> bytes(std::size_t n) {
-    n = std::min(n, size_ - std::min(at_, size_));
-    std::span<const std::uint8_t> out(data_ + at_, n);
-    at_ += n;
-    return out;
-  }
-
- private:
-  const std::uint8_t* data_;
-  std::size_t size_;
-  std::size_t at_ = 0;
-};
 
 // What the user side has asked of the session and not yet been answered.
 struct Ledger {
@@ -197,7 +177,7 @@ struct Handle {
 constexpr std::uint32_t stream_window = 64 * 1024;
 constexpr std::uint32_t tunnel_window = 256 * 1024;
 
-std::vector<std::uint8_t> peer_frame(Script& in) {
+std::vector<std::uint8_t> peer_frame(fuzz::Input& in) {
   std::vector<std::uint8_t> out;
   const std::uint8_t kind = in.byte() % 10;
   const StreamId id = in.byte() % 16;
@@ -228,7 +208,7 @@ std::vector<std::uint8_t> peer_frame(Script& in) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  Script in(data, size);
+  fuzz::Input in(data, size);
   asio::io_context io(1);
   auto strand = asio::make_strand(io);
   auto channel = std::make_shared<Channel>();
