@@ -193,6 +193,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   limits.body_limit = 1024 * 1024;
   http::Recovery recovery;
   recovery.retry_safe = (flags & 2) != 0;
+  recovery.resume_watches = (flags & 16) != 0;
   http::serve(io, client, std::make_shared<FuzzPolicy>((flags & 1) != 0), connector, limits, logger, recovery);
 
   for (int i = 0; i < 200000 && io.poll() > 0; ++i) {
