@@ -12,8 +12,8 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <span>
@@ -21,14 +21,14 @@
 #include <string_view>
 #include <vector>
 
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
 #include "clusterconnect/http/forward.hpp"
 #include "fuzz_input.hpp"
@@ -43,7 +43,6 @@ namespace {
                static_cast<int>(std::min<std::size_t>(bytes.size(), 4096)), bytes.data());
   std::abort();
 }
-
 
 // One side of a connection: reads hand out the scripted chunks, then end of
 // stream (or wait for good, when `stays_open`); writes are kept.
@@ -92,7 +91,8 @@ class MemStream final : public Stream, public std::enable_shared_from_this<MemSt
 
   void reset(std::string_view) noexcept override {
     reset_ = true;
-    if (auto h = std::move(parked_)) asio::post(ex_, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, 0); });
+    if (auto h = std::move(parked_))
+      asio::post(ex_, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, 0); });
   }
 
   const std::string& written() const { return written_; }
@@ -215,6 +215,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::fprintf(stderr, "--- client got:\n%s\n", client->written().c_str());
   }
   for (const auto& up : upstreams) check_messages<true>(up->written(), "the engine wrote a malformed request upstream");
-  if (!client_sent_head) check_messages<false>(client->written(), "the engine wrote a malformed response to the client");
+  if (!client_sent_head)
+    check_messages<false>(client->written(), "the engine wrote a malformed response to the client");
   return 0;
 }

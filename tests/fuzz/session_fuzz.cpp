@@ -17,11 +17,11 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
 #include "fuzz_input.hpp"
 #include "protocol/session.hpp"
@@ -141,7 +141,8 @@ class FuzzClock final : public SessionClock, public std::enable_shared_from_this
   };
   class FuzzTimer final : public Timer {
    public:
-    FuzzTimer(std::shared_ptr<FuzzClock> clock, asio::any_io_executor ex) : clock_(std::move(clock)), ex_(std::move(ex)) {}
+    FuzzTimer(std::shared_ptr<FuzzClock> clock, asio::any_io_executor ex)
+        : clock_(std::move(clock)), ex_(std::move(ex)) {}
     ~FuzzTimer() override { clock_->waits_.erase(this); }
     void async_wait_for(duration d, WaitHandler handler) override {
       cancel();
@@ -182,25 +183,41 @@ std::vector<std::uint8_t> peer_frame(fuzz::Input& in) {
   const std::uint8_t kind = in.byte() % 10;
   const StreamId id = in.byte() % 16;
   switch (kind) {
-    case 0: encode_open(out, id, R"({"cluster":"c"})"); break;
-    case 1: encode_open_ack(out, id); break;
+    case 0:
+      encode_open(out, id, R"({"cluster":"c"})");
+      break;
+    case 1:
+      encode_open_ack(out, id);
+      break;
     case 2: {
       const std::size_t n = 1 + in.u16() % 8192;
       std::vector<std::uint8_t> payload(n, 0x5a);
       encode_data(out, id, payload);
       break;
     }
-    case 3: encode_window(out, id, 1 + in.u32() % max_window); break;
-    case 4: encode_fin(out, id); break;
-    case 5: encode_rst(out, id, static_cast<RstCode>(1 + in.byte() % 7), "r"); break;
+    case 3:
+      encode_window(out, id, 1 + in.u32() % max_window);
+      break;
+    case 4:
+      encode_fin(out, id);
+      break;
+    case 5:
+      encode_rst(out, id, static_cast<RstCode>(1 + in.byte() % 7), "r");
+      break;
     case 6: {
       const std::array<std::uint8_t, 8> opaque{1, 2, 3, 4, 5, 6, 7, in.byte()};
       encode_ping(out, in.byte() % 2 ? FrameType::ping : FrameType::pong, opaque);
       break;
     }
-    case 7: encode_goaway(out, static_cast<GoawayCode>(in.byte() % 3), "g"); break;
-    case 8: encode_renew(out, std::string(1 + in.byte() % 64, 't')); break;
-    default: encode_renew_ack(out, in.byte() % 2, "a"); break;
+    case 7:
+      encode_goaway(out, static_cast<GoawayCode>(in.byte() % 3), "g");
+      break;
+    case 8:
+      encode_renew(out, std::string(1 + in.byte() % 64, 't'));
+      break;
+    default:
+      encode_renew_ack(out, in.byte() % 2, "a");
+      break;
   }
   return out;
 }
@@ -285,7 +302,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           asio::post(channel->ex, [h = std::move(h)]() mutable { h({}); });
         }
         break;
-      case 3: clock->advance(std::chrono::seconds(in.byte() % 64)); break;
+      case 3:
+        clock->advance(std::chrono::seconds(in.byte() % 64));
+        break;
       case 4: {
         ++ledger.issued;
         session->async_open({{"cluster", "c"}}, [&](error_code ec, TunnelStreamPtr s, std::string) {
@@ -353,14 +372,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case 10:  // the user lets go of a stream (its operations still answer)
         if (!handles.empty()) handles.erase(handles.begin() + in.byte() % handles.size());
         break;
-      case 11: session->goaway("fuzz"); break;
+      case 11:
+        session->goaway("fuzz");
+        break;
       case 12:
         if (options.role == Role::dialer) {
           ++ledger.issued;
           session->async_renew(std::string(1 + in.byte() % 32, 'x'), [&](error_code, std::string) { ledger.answer(); });
         }
         break;
-      default: session->close("fuzz"); break;
+      default:
+        session->close("fuzz");
+        break;
     }
     settle();
     if (session->received_memory() > 4 * static_cast<std::size_t>(tunnel_window) + 64 * 1024)

@@ -877,7 +877,8 @@ class Session : public std::enable_shared_from_this<Session> {
     const unsigned status = m.result_int();
     // The parser takes any three digits ("021" too); a status under 100
     // cannot be passed on as one (clients refuse "HTTP/1.1 21").
-    if (status < 100) return upstream_protocol_error(std::move(up), "upstream answered with status " + std::to_string(status));
+    if (status < 100)
+      return upstream_protocol_error(std::move(up), "upstream answered with status " + std::to_string(status));
     rec_.status = status;
     res_chunked_ = false;
 

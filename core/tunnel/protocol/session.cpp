@@ -713,9 +713,12 @@ void Session::run_completions() {
   // By index: a completion may queue more (they run in this loop).
   for (std::size_t i = 0; i < m.completions.size(); ++i) {
     Completion c = std::move(m.completions[i]);
-    if (c.direct) finish_direct_read(c.direct);
-    else if (c.io) c.io(c.ec, c.n);
-    else if (c.chunk) c.chunk(c.ec, std::move(c.bytes));
+    if (c.direct)
+      finish_direct_read(c.direct);
+    else if (c.io)
+      c.io(c.ec, c.n);
+    else if (c.chunk)
+      c.chunk(c.ec, std::move(c.bytes));
   }
   m.completions.clear();
 }
@@ -1156,8 +1159,7 @@ void Session::do_reset(const std::shared_ptr<StreamState>& s, RstCode code, std:
 
 void Session::fail_stream_ops(const std::shared_ptr<StreamState>& s, error_code ec) {
   // A read already filled completes with its bytes; the next one fails.
-  if (s->read_handler && !s->read_posted)
-    complete_io(s->read_handler, ec, 0);
+  if (s->read_handler && !s->read_posted) complete_io(s->read_handler, ec, 0);
   if (s->chunk_handler) complete_chunk(s, ec, {});
   if (s->write_handler) complete_io(s->write_handler, ec, 0);
   if (s->shutdown_handler) post_on(strand_, [h = std::move(s->shutdown_handler), ec]() mutable { h(ec); });
