@@ -990,6 +990,10 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void response_body_failed(UpstreamPtr up, error_code ec) {
+    // Nothing has reached the client yet (the head goes with the first body
+    // bytes): as if the head had failed, a 502 or a retry. A watch resumed
+    // here would send its client a body without a head.
+    if (!response_started_) return upstream_failed(ec, std::move(up));
     // A watch continues from another upstream.
     if (watch_live_) return start_resume(std::move(up), ec);
     // The response is under way: the client can only learn of the

@@ -720,6 +720,23 @@ TEST_CASE("an upstream status under 100 is a 502, not a status line no client re
   CHECK_THAT(res->body, Catch::Contains("status 21"));
 }
 
+TEST_CASE("a body that breaks before any of the response reached the client is a 502", "[http]") {
+  // The head goes out with the first body bytes; a malformed chunk before
+  // then left the client with nothing, and a resumed watch with a body
+  // without its head (found by forward_fuzz).
+  test::ScriptedUpstream up([](Conn& c, int) {
+    test::read_message(c);
+    c.send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6f\xf3\xf5garbage");
+    c.close();
+  });
+  Rig rig(up.port());
+  auto client = rig.client();
+  client.send("GET /api/v1/configmaps HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto res = test::read_message(client);
+  REQUIRE(res);
+  CHECK(res->status() == 502);
+}
+
 TEST_CASE("idle connections are closed after the idle timeout", "[http]") {
   test::ScriptedUpstream up(echo_targets);
   http::Limits limits;
