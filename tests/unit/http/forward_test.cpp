@@ -690,15 +690,26 @@ TEST_CASE("an unreachable upstream is a 502 carrying the connector's reason", "[
   }
 }
 
-TEST_CASE("an upstream that dies before answering is a 502", "[http]") {
-  test::ScriptedUpstream up([](Conn& c, int) {
+namespace {
+
+// What a client gets for a GET of `target` when the upstream reads the
+// request, sends `answer` (maybe nothing) and closes.
+std::optional<test::Message> answer_through_engine(const std::string& target, std::string answer) {
+  test::ScriptedUpstream up([answer](Conn& c, int) {
     test::read_message(c);
+    if (!answer.empty()) c.send(answer);
     c.close();
   });
   Rig rig(up.port());
   auto client = rig.client();
-  client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
-  auto res = test::read_message(client);
+  client.send("GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  return test::read_message(client);
+}
+
+}  // namespace
+
+TEST_CASE("an upstream that dies before answering is a 502", "[http]") {
+  auto res = answer_through_engine("/x", "");
   REQUIRE(res);
   CHECK(res->status() == 502);
   CHECK_THAT(res->body, Catch::Contains("before responding"));
@@ -707,14 +718,7 @@ TEST_CASE("an upstream that dies before answering is a 502", "[http]") {
 TEST_CASE("an upstream status under 100 is a 502, not a status line no client reads", "[http]") {
   // The parser takes any three digits; "021" is 21, which "HTTP/1.1 21"
   // would carry on (found by forward_fuzz).
-  test::ScriptedUpstream up([](Conn& c, int) {
-    test::read_message(c);
-    c.send("HTTP/1.1 021 Created\r\nContent-Length: 2\r\n\r\n{}");
-  });
-  Rig rig(up.port());
-  auto client = rig.client();
-  client.send("GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
-  auto res = test::read_message(client);
+  auto res = answer_through_engine("/x", "HTTP/1.1 021 Created\r\nContent-Length: 2\r\n\r\n{}");
   REQUIRE(res);
   CHECK(res->status() == 502);
   CHECK_THAT(res->body, Catch::Contains("status 21"));
@@ -724,15 +728,9 @@ TEST_CASE("a body that breaks before any of the response reached the client is a
   // The head goes out with the first body bytes; a malformed chunk before
   // then left the client with nothing, and a resumed watch with a body
   // without its head (found by forward_fuzz).
-  test::ScriptedUpstream up([](Conn& c, int) {
-    test::read_message(c);
-    c.send("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6f\xf3\xf5garbage");
-    c.close();
-  });
-  Rig rig(up.port());
-  auto client = rig.client();
-  client.send("GET /api/v1/configmaps HTTP/1.1\r\nHost: x\r\n\r\n");
-  auto res = test::read_message(client);
+  auto res = answer_through_engine(
+      "/api/v1/configmaps",
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6f\xf3\xf5garbage");
   REQUIRE(res);
   CHECK(res->status() == 502);
 }
