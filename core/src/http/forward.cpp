@@ -993,7 +993,7 @@ class Session : public std::enable_shared_from_this<Session> {
     // Nothing has reached the client yet (the head goes with the first body
     // bytes): as if the head had failed, a 502 or a retry. A watch resumed
     // here would send its client a body without a head.
-    if (!response_started_) return upstream_failed(ec, std::move(up));
+    if (!response_started_) return upstream_failed(ec, std::move(up), true);
     // A watch continues from another upstream.
     if (watch_live_) return start_resume(std::move(up), ec);
     // The response is under way: the client can only learn of the
@@ -1128,9 +1128,10 @@ class Session : public std::enable_shared_from_this<Session> {
                       });
   }
 
-  // Before any response byte reached the client.
-  void upstream_failed(error_code ec, UpstreamPtr up) {
-    log_failure(ec, "read response head");
+  // Before any response byte reached the client. `head_read`: the upstream's
+  // head came, its body broke.
+  void upstream_failed(error_code ec, UpstreamPtr up, bool head_read = false) {
+    log_failure(ec, head_read ? "read response body" : "read response head");
     up->io.stream()->reset("upstream failed");
     if (up_ == up) up_.reset();
     // A kept-alive upstream may have closed just as the request went out:
@@ -1169,7 +1170,8 @@ class Session : public std::enable_shared_from_this<Session> {
             "the session to the cluster was lost before the cluster answered this " + head_.method +
                 " request; it was not sent again because it may have been applied: check its effect, then retry"));
     }
-    finish_with_reply(gateway_reply("upstream closed the connection before responding"));
+    finish_with_reply(gateway_reply(head_read ? "upstream response broke before any of it reached the client"
+                                              : "upstream closed the connection before responding"));
   }
 
   void upstream_protocol_error(UpstreamPtr up, std::string what) {

@@ -733,6 +733,7 @@ TEST_CASE("a body that breaks before any of the response reached the client is a
       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6f\xf3\xf5garbage");
   REQUIRE(res);
   CHECK(res->status() == 502);
+  CHECK_THAT(res->body, Catch::Contains("broke before any of it reached the client"));
 }
 
 TEST_CASE("idle connections are closed after the idle timeout", "[http]") {
