@@ -52,6 +52,13 @@ struct Channel {
   std::deque<DoneHandler> pending_writes;
   bool closed = false;
   std::size_t written = 0;
+
+  // The peer takes (or, with an error, drops) the oldest message in flight.
+  void finish_write(error_code ec) {
+    if (pending_writes.empty()) return;
+    asio::post(ex, [h = std::move(pending_writes.front()), ec]() mutable { h(ec); });
+    pending_writes.pop_front();
+  }
 };
 
 void check_written(std::span<const std::uint8_t> message) {
@@ -95,10 +102,7 @@ class FuzzChannel final : public MessageChannel {
     c_->closed = true;
     if (auto h = std::move(c_->pending_read))
       asio::post(c_->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted, {}); });
-    while (!c_->pending_writes.empty()) {
-      asio::post(c_->ex, [h = std::move(c_->pending_writes.front())]() mutable { h(asio::error::operation_aborted); });
-      c_->pending_writes.pop_front();
-    }
+    while (!c_->pending_writes.empty()) c_->finish_write(asio::error::operation_aborted);
   }
 
   // Hands the oldest received message to the waiting read, on the strand.
@@ -296,11 +300,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         break;
       }
       case 2:  // the peer takes the message in flight
-        if (!channel->pending_writes.empty()) {
-          auto h = std::move(channel->pending_writes.front());
-          channel->pending_writes.pop_front();
-          asio::post(channel->ex, [h = std::move(h)]() mutable { h({}); });
-        }
+        channel->finish_write({});
         break;
       case 3:
         clock->advance(std::chrono::seconds(in.byte() % 64));
@@ -396,9 +396,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   handles.clear();
   settle();
   for (int i = 0; i < 8 && !channel->pending_writes.empty(); ++i) {
-    auto h = std::move(channel->pending_writes.front());
-    channel->pending_writes.pop_front();
-    asio::post(channel->ex, [h = std::move(h)]() mutable { h(asio::error::operation_aborted); });
+    channel->finish_write(asio::error::operation_aborted);
     settle();
   }
   if (ledger.answered != ledger.issued) broken("a handler given to the session never ran");
