@@ -157,10 +157,10 @@ struct StreamState {
   asio::mutable_buffer read_buf;
   IoHandler read_handler;
   // Bytes copied straight into read_buf by DATA that found the read waiting;
-  // the read completes from a posted handler, so later frames of the same
-  // message join it while it has room.
+  // the read completes once the message is handled (see Completion), so
+  // later frames of the same message join it while it has room.
   std::size_t read_filled = 0;
-  bool read_posted = false;
+  bool read_posted = false;  // that completion is on its way
   std::size_t chunk_max = 0;
   RareHandler<TunnelStream::ChunkHandler> chunk_handler;  // a read in the async_read_chunk form
   std::vector<asio::const_buffer> write_bufs;
