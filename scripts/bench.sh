@@ -7,6 +7,9 @@
 #   ssh-R-tuned     the same with a pty session (sets TCP_NODELAY on both ends)
 #                   and aes128-gcm@openssh.com: the peer at its best
 #   haproxy-2hop    client -> HAProxy -> HAProxy -> nginx, each hop TLS, nbthread 1
+#   haproxy-3hop    client -> HAProxy -> HAProxy in TCP mode with splice(2) -> HAProxy
+#                   -> nginx: haproxy-2hop with a splicing relay between its hops,
+#                   the clusterconnect chain's own shape
 #   tcp-splice      client -> HAProxy in TCP mode with splice(2) -> nginx: the floor
 #                   for a relay that moves bytes it does not read (clusterconnect-relay)
 #   clusterconnect  client -> connectedk8s proxy -> relay -> agent -> nginx, with the
@@ -45,9 +48,10 @@
 # default 10, of all CPUs busy over a second); a round after which it is not
 # (other work ran beside it) is repeated, at most twice. report.py pairs the
 # columns round by round: per figure the median ratio of clusterconnect to
-# haproxy-2hop (and to the baseline) with its distribution-free 95 % interval.
+# haproxy-2hop, to haproxy-3hop (and to the baseline) with its distribution-free
+# 95 % interval.
 #
-# --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,tcp-splice,clusterconnect,clusterconnect-ws
+# --only takes a comma-separated subset of: direct,ssh-R,ssh-R-tuned,haproxy-2hop,haproxy-3hop,tcp-splice,clusterconnect,clusterconnect-ws
 # (direct is always measured: every ratio needs it). --baseline BIN_DIR adds the
 # column clusterconnect-baseline: the tls chain from another build's binaries
 # (its stage/bin), measured in the same interleaved rounds, for before/after. --profile DIR only profiles
@@ -73,7 +77,7 @@ bin="$root/build/release/stage/bin"
 rounds=6
 duration=5
 quick=0
-only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,tcp-splice,clusterconnect,clusterconnect-ws"
+only="direct,ssh-R,ssh-R-tuned,haproxy-2hop,haproxy-3hop,tcp-splice,clusterconnect,clusterconnect-ws"
 scale=1
 kubectl_figs=1
 install=1
@@ -141,7 +145,7 @@ if [ -n "$profile_dir" ]; then
   mkdir -p "$profile_dir"; profile_dir="$(cd "$profile_dir" && pwd)"
 fi
 columns=()
-for c in direct ssh-R ssh-R-tuned haproxy-2hop tcp-splice clusterconnect clusterconnect-ws; do
+for c in direct ssh-R ssh-R-tuned haproxy-2hop haproxy-3hop tcp-splice clusterconnect clusterconnect-ws; do
   [[ ",$only," == *",$c,"* || $c == direct ]] && columns+=("$c")
   [ "$c" = clusterconnect ] && [ -n "${baseline_bin:-}" ] && columns+=(clusterconnect-baseline)
 done
@@ -411,6 +415,27 @@ if [[ " ${columns[*]} " == *" haproxy-2hop "* ]]; then
   URL[haproxy-2hop]="https://127.0.0.1:$hp1"; TOKEN[haproxy-2hop]=""; CA[haproxy-2hop]="$certs/ca.crt"
   IPIDS[haproxy-2hop]="${PID[haproxy1]} ${PID[haproxy2]}"
 fi
+if [[ " ${columns[*]} " == *" haproxy-3hop "* ]]; then
+  # From nginx outwards: the TLS hop next to nginx, the splicing relay, the
+  # client's TLS hop (which verifies the far hop's certificate through the relay).
+  log "starting haproxy-3hop"
+  h3far="$(free_port)"
+  sed -e "s#@PORT@#$h3far#g" -e "s#@NEXT@#$nginx_port#g" -e "s#@CERTS@#$certs#g" \
+    "$here/haproxy.cfg.in" >"$work/haproxy/hop3-far.cfg"
+  spawn haproxy3-far haproxy -db -f "$work/haproxy/hop3-far.cfg"
+  wait_port "$h3far" 10 "${PID[haproxy3-far]}" || fail_log "haproxy-3hop: the far hop did not start" haproxy3-far
+  h3relay="$(free_port)"
+  sed -e "s#@PORT@#$h3relay#g" -e "s#@NEXT@#$h3far#g" "$here/haproxy-tcp.cfg.in" >"$work/haproxy/hop3-relay.cfg"
+  spawn haproxy3-relay haproxy -db -f "$work/haproxy/hop3-relay.cfg"
+  wait_port "$h3relay" 10 "${PID[haproxy3-relay]}" || fail_log "haproxy-3hop: the relay did not start" haproxy3-relay
+  h3near="$(free_port)"
+  sed -e "s#@PORT@#$h3near#g" -e "s#@NEXT@#$h3relay#g" -e "s#@CERTS@#$certs#g" \
+    "$here/haproxy.cfg.in" >"$work/haproxy/hop3-near.cfg"
+  spawn haproxy3-near haproxy -db -f "$work/haproxy/hop3-near.cfg"
+  wait_port "$h3near" 10 "${PID[haproxy3-near]}" || fail_log "haproxy-3hop: the near hop did not start" haproxy3-near
+  URL[haproxy-3hop]="https://127.0.0.1:$h3near"; TOKEN[haproxy-3hop]=""; CA[haproxy-3hop]="$certs/ca.crt"
+  IPIDS[haproxy-3hop]="${PID[haproxy3-near]} ${PID[haproxy3-relay]} ${PID[haproxy3-far]}"
+fi
 if [[ " ${columns[*]} " == *" tcp-splice "* ]]; then
   log "starting tcp-splice"
   ts_port="$(free_port)"
@@ -530,6 +555,7 @@ check_pinned_tls() {  # NAME PORT
 tls_servers=()
 check_pinned_tls nginx "$nginx_port"
 if [ -n "${hp1:-}" ]; then check_pinned_tls "haproxy hop 1" "$hp1"; check_pinned_tls "haproxy hop 2" "$hp2"; fi
+if [ -n "${h3near:-}" ]; then check_pinned_tls "haproxy-3hop near hop" "$h3near"; check_pinned_tls "haproxy-3hop far hop" "$h3far"; fi
 for c in clusterconnect clusterconnect-baseline clusterconnect-ws; do
   [[ " ${columns[*]} " == *" $c "* ]] || continue
   port="${URL[$c]##*:}"; check_pinned_tls "$c proxy" "${port%%/*}"
