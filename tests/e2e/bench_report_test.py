@@ -81,6 +81,20 @@ class Report(unittest.TestCase):
         # 0.92 ... 1.02: the interval holds 1.
         self.assertIn("not resolved", rps)
 
+    def test_pairs_with_each_haproxy_column_separately(self):
+        rows = []
+        for r in range(1, 7):
+            rows += [("direct", "p50_ms", 0.1, r), ("haproxy-2hop", "p50_ms", 0.2, r),
+                     ("haproxy-3hop", "p50_ms", 0.4, r), ("clusterconnect", "p50_ms", 0.3, r)]
+        out = self.run_report(rows)
+        self.assertIn("| small GET p50 ms (1 conn) | 1.50 | 1.50 – 1.50 (97 %) | 6 | behind |",
+                      self.table(out, "| clusterconnect / haproxy-2hop |"))
+        self.assertIn("| small GET p50 ms (1 conn) | 0.75 | 0.75 – 0.75 (97 %) | 6 | beats |",
+                      self.table(out, "| clusterconnect / haproxy-3hop (the same shape) |"))
+        # The column sits between haproxy-2hop and tcp-splice in the figures table.
+        header = next(line for line in out.splitlines() if line.startswith("| figure |"))
+        self.assertIn("| haproxy-2hop | haproxy-3hop | clusterconnect |", header)
+
     def test_no_verdict_below_95_percent(self):
         rows = []
         for r in range(1, 6):
