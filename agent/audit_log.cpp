@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string_view>
 #include <ctime>
@@ -25,6 +27,40 @@ bool credential_parameter(std::string_view name) {
   for (const char* word : {"token", "secret", "password", "passwd", "credential", "assertion", "sig", "key"})
     if (n.find(word) != std::string::npos) return true;
   return n == "code" || n == "auth" || n == "authorization";
+}
+
+// Appends `v` zero-padded to `width` digits.
+void append_digits(std::string& out, std::uint64_t v, int width) {
+  char digits[20];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  for (int i = n; i < width; ++i) out += '0';
+  while (n > 0) out += digits[--n];
+}
+
+// "2026-12-04T10:11:12.345Z" with its quotes. The part up to the second is
+// formatted once per second and thread: a record costs no formatting call.
+void append_timestamp(std::string& out, std::chrono::system_clock::time_point now) {
+  using namespace std::chrono;
+  const auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count();
+  const auto sec = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  thread_local std::time_t cached_sec = -1;
+  thread_local char cached[80];  // room for any int the format can print (-Wformat-truncation)
+  if (sec != cached_sec) {
+    std::tm tm{};
+    gmtime_r(&sec, &tm);
+    std::snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec);
+    cached_sec = sec;
+  }
+  out += '"';
+  out += cached;
+  out += '.';
+  append_digits(out, static_cast<std::uint64_t>(ms - static_cast<std::int64_t>(sec) * 1000), 3);
+  out += "Z\"";
 }
 
 }  // namespace
@@ -181,18 +217,8 @@ void json_escape(std::string& out, std::string_view s) {
 }
 
 bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_method) {
-  using namespace std::chrono;
-  auto now = system_clock::now();
-  auto t = system_clock::to_time_t(now);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char stamp[96];  // room for any int the format can print (-Wformat-truncation)
-  std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000));
   const auto q = r.target.find('?');
   const std::string_view path = std::string_view(r.target).substr(0, q);
-  char number[64];
   // One JSON object per line, written straight into its string (no tree).
   static const http::Subject no_subject;
   const http::Subject& who = r.subject ? *r.subject : no_subject;
@@ -200,7 +226,7 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   text.reserve(256 + r.target.size() + who.user.size());
   text += '{';
   append_key(text, "time");
-  append_json_string(text, stamp);
+  append_timestamp(text, std::chrono::system_clock::now());
   append_key(text, "auth");
   append_json_string(text, auth_method);
   append_key(text, "user");
@@ -225,8 +251,11 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   append_key(text, "bytes_out");
   text += std::to_string(r.bytes_out);
   append_key(text, "duration_ms");
-  std::snprintf(number, sizeof number, "%.3f", static_cast<double>(r.duration.count()) / 1000.0);
-  text += number;
+  // Milliseconds with three decimals, from whole microseconds.
+  const auto us = static_cast<std::uint64_t>(std::max<std::int64_t>(r.duration.count(), 0));
+  append_digits(text, us / 1000, 1);
+  text += '.';
+  append_digits(text, us % 1000, 3);
   append_key(text, "upgrade");
   text += r.upgraded ? "true" : "false";
   // Notes add fields; they never replace one of the fields above.

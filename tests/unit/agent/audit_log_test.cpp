@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <regex>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -175,4 +176,48 @@ TEST_CASE("agent audit: a record with awkward names is one valid JSON line, writ
   CHECK(l["closed"] == "by \"the\" deadline");
   CHECK(l.size() ==
         14);  // the twelve fields, the caller's oid and the exchange's note: the note named user was not added
+}
+
+TEST_CASE("agent audit: time is UTC to the millisecond and durations are milliseconds with three decimals",
+          "[agent][audit]") {
+  test::TempDir dir;
+  const auto file = dir.path() / "audit.log";
+  auto log = AuditLog::open(file.string());
+  REQUIRE(log);
+  const auto before = std::chrono::system_clock::now();
+  const std::chrono::microseconds durations[] = {std::chrono::microseconds(0), std::chrono::microseconds(7),
+                                                 std::chrono::microseconds(1234567), std::chrono::microseconds(-5)};
+  for (auto d : durations) {
+    auto r = exec_record();
+    r.duration = d;
+    CHECK(log.value()->write(r, "entra"));
+  }
+  std::vector<std::string> lines;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (lines.size() < 4 && std::chrono::steady_clock::now() < deadline) {
+    lines.clear();
+    std::ifstream in(file);
+    std::string line;
+    while (std::getline(in, line) && in.good()) lines.push_back(line);
+    if (lines.size() < 4) std::this_thread::yield();
+  }
+  const auto after = std::chrono::system_clock::now();
+  REQUIRE(lines.size() == 4);
+  // The number as written, not only as a JSON reader rounds it.
+  CHECK(lines[0].find("\"duration_ms\":0.000,") != std::string::npos);
+  CHECK(lines[1].find("\"duration_ms\":0.007,") != std::string::npos);
+  CHECK(lines[2].find("\"duration_ms\":1234.567,") != std::string::npos);
+  CHECK(lines[3].find("\"duration_ms\":0.000,") != std::string::npos);
+  const std::regex stamp(R"(^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$)");
+  for (const auto& line : lines) {
+    const auto l = nlohmann::json::parse(line);
+    const std::string t = l["time"];
+    REQUIRE(std::regex_match(t, stamp));
+    std::tm tm{};
+    REQUIRE(strptime(t.c_str(), "%Y-%m-%dT%H:%M:%S", &tm) != nullptr);
+    const auto at = std::chrono::system_clock::from_time_t(timegm(&tm)) +
+                    std::chrono::milliseconds(std::stoi(t.substr(20, 3)));
+    CHECK(at >= std::chrono::time_point_cast<std::chrono::milliseconds>(before));
+    CHECK(at <= after);
+  }
 }
