@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <string_view>
 #include <ctime>
+#include <string_view>
 
 namespace clusterconnect::agent {
 

@@ -6,8 +6,8 @@
 
 #include <chrono>
 #include <fstream>
-#include <regex>
 #include <future>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -215,8 +215,8 @@ TEST_CASE("agent audit: time is UTC to the millisecond and durations are millise
     REQUIRE(std::regex_match(t, stamp));
     std::tm tm{};
     REQUIRE(strptime(t.c_str(), "%Y-%m-%dT%H:%M:%S", &tm) != nullptr);
-    const auto at = std::chrono::system_clock::from_time_t(timegm(&tm)) +
-                    std::chrono::milliseconds(std::stoi(t.substr(20, 3)));
+    const auto at =
+        std::chrono::system_clock::from_time_t(timegm(&tm)) + std::chrono::milliseconds(std::stoi(t.substr(20, 3)));
     CHECK(at >= std::chrono::time_point_cast<std::chrono::milliseconds>(before));
     CHECK(at <= after);
   }
