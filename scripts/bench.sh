@@ -55,7 +55,10 @@
 # (direct is always measured: every ratio needs it). --baseline BIN_DIR adds the
 # column clusterconnect-baseline: the tls chain from another build's binaries
 # (its stage/bin), measured in the same interleaved rounds, for before/after. --profile DIR only profiles
-# the clusterconnect chain under load (scripts/bench/profile.sh) into DIR.
+# the clusterconnect chain under load (scripts/bench/profile.sh) into DIR, then
+# splits the CPU per request of every process of clusterconnect, haproxy-2hop
+# and haproxy-3hop into user and system time (scripts/bench/cpu_split.py,
+# DIR/cpu-split.md): hop against hop.
 # Runs as root (sshd needs it).
 set -euo pipefail
 
@@ -140,8 +143,9 @@ case "$scale_replicas" in 0|[2-9]) ;; *) echo "bench: --scale-replicas takes 0 (
 [ -n "${agents_opt:-}" ] && agents="$agents_opt"
 profile_dir="${profile_dir:-}"
 if [ -n "$profile_dir" ]; then
-  # Profiling only: the chain under load, no figures.
-  only=clusterconnect; kubectl_figs=0; scale=0; write_doc=0
+  # Profiling only: the chain under load, and the HAProxy paths its hops are
+  # set against; no figures.
+  only=haproxy-2hop,haproxy-3hop,clusterconnect; kubectl_figs=0; scale=0; write_doc=0
   mkdir -p "$profile_dir"; profile_dir="$(cd "$profile_dir" && pwd)"
 fi
 columns=()
@@ -572,6 +576,16 @@ if [ -n "$profile_dir" ]; then
   PROFILE_BULK_URL="${URL[clusterconnect]}$bulk_path" PROFILE_CA="${CA[clusterconnect]}" \
     "$here/profile.sh" "$profile_dir" "${URL[clusterconnect]}$small_path" "${TOKEN[clusterconnect]}" \
     proxy="${PID[cc-proxy]}" relay="$(cat "$work/sb-nginx/pids/relay.pid")" agent="$(cat "$work/sb-nginx/pids/agent.pid")"
+  split=()
+  [ -n "${URL[haproxy-2hop]:-}" ] &&
+    split+=(--path haproxy-2hop "${URL[haproxy-2hop]}$small_path" "" "hop1=${PID[haproxy1]},hop2=${PID[haproxy2]}")
+  [ -n "${URL[haproxy-3hop]:-}" ] &&
+    split+=(--path haproxy-3hop "${URL[haproxy-3hop]}$small_path" "" \
+      "near=${PID[haproxy3-near]},relay=${PID[haproxy3-relay]},far=${PID[haproxy3-far]}")
+  split+=(--path clusterconnect "${URL[clusterconnect]}$small_path" "${TOKEN[clusterconnect]}" \
+    "proxy=${PID[cc-proxy]},relay=$(cat "$work/sb-nginx/pids/relay.pid"),agent=$(cat "$work/sb-nginx/pids/agent.pid")")
+  "$here/cpu_split.py" --rounds 5 --duration 3 "${split[@]}" >"$profile_dir/cpu-split.md" ||
+    log "the CPU split did not finish (see above)"
   exit 0
 fi
 
