@@ -40,6 +40,21 @@ std::vector<nlohmann::json> read_lines(const std::filesystem::path& file) {
   return out;
 }
 
+// The writer writes within its batch window: waits (bounded) until `count`
+// whole lines are in the file and returns them.
+std::vector<std::string> wait_for_lines(const std::filesystem::path& file, std::size_t count) {
+  std::vector<std::string> lines;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (lines.size() < count && std::chrono::steady_clock::now() < deadline) {
+    lines.clear();
+    std::ifstream in(file);
+    // A line counts once its newline is written.
+    for (std::string line; std::getline(in, line) && in.good();) lines.push_back(line);
+    if (lines.size() < count) std::this_thread::yield();
+  }
+  return lines;
+}
+
 }  // namespace
 
 TEST_CASE("agent audit: credential-bearing query parameters are redacted", "[agent][audit]") {
@@ -156,17 +171,9 @@ TEST_CASE("agent audit: a record with awkward names is one valid JSON line, writ
   r.notes.push_back({"closed", "by \"the\" deadline"});
   r.duration = std::chrono::microseconds(1500);
   CHECK(log.value()->write(r, "entra"));
-  // The writer writes within its batch window; wait for the line (bounded).
-  std::vector<nlohmann::json> lines;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (lines.empty() && std::chrono::steady_clock::now() < deadline) {
-    std::ifstream in(file);
-    std::string line;
-    if (std::getline(in, line) && in.good()) lines.push_back(nlohmann::json::parse(line));
-    else std::this_thread::yield();
-  }
+  const auto lines = wait_for_lines(file, 1);
   REQUIRE(lines.size() == 1);
-  const auto& l = lines[0];
+  const auto l = nlohmann::json::parse(lines[0]);
   CHECK(l["user"] == "eve\"\n{\"user\":\"admin\"}\xef\xbf\xbd");
   CHECK(l["groups"] == nlohmann::json::array({"a\\b", ""}));
   CHECK(l["status"] == 101);
@@ -192,15 +199,7 @@ TEST_CASE("agent audit: time is UTC to the millisecond and durations are millise
     r.duration = d;
     CHECK(log.value()->write(r, "entra"));
   }
-  std::vector<std::string> lines;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (lines.size() < 4 && std::chrono::steady_clock::now() < deadline) {
-    lines.clear();
-    std::ifstream in(file);
-    std::string line;
-    while (std::getline(in, line) && in.good()) lines.push_back(line);
-    if (lines.size() < 4) std::this_thread::yield();
-  }
+  const auto lines = wait_for_lines(file, 4);
   const auto after = std::chrono::system_clock::now();
   REQUIRE(lines.size() == 4);
   // The number as written, not only as a JSON reader rounds it.
