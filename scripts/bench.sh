@@ -404,18 +404,25 @@ if [[ " ${columns[*]} " == *" ssh-R-tuned "* ]]; then
   start_ssh ssh-R-tuned -tt -c aes128-gcm@openssh.com -- sleep 86400 </dev/null
 fi
 
-# ---------------------------------------------------------------- haproxy-2hop, tcp-splice
+# ---------------------------------------------------------------- haproxy-2hop, haproxy-3hop, tcp-splice
 mkdir -p "$work/haproxy"
+# start_haproxy NAME TEMPLATE NEXT_PORT: one HAProxy configured from
+# scripts/bench/TEMPLATE on a free port, forwarding to 127.0.0.1:NEXT_PORT;
+# its port goes to HAPROXY_PORT[NAME].
+declare -A HAPROXY_PORT=()
+start_haproxy() {
+  local name="$1" template="$2" next="$3" port
+  port="$(free_port)"
+  sed -e "s#@PORT@#$port#g" -e "s#@NEXT@#$next#g" -e "s#@CERTS@#$certs#g" "$here/$template" >"$work/haproxy/$name.cfg"
+  spawn "$name" haproxy -db -f "$work/haproxy/$name.cfg"
+  wait_port "$port" 10 "${PID[$name]}" || fail_log "$name did not start" "$name"
+  HAPROXY_PORT[$name]="$port"
+}
 if [[ " ${columns[*]} " == *" haproxy-2hop "* ]]; then
   log "starting haproxy-2hop"
-  hp2="$(free_port)"; hp1="$(free_port)"
-  for hop in 2 1; do
-    port_var="hp$hop"; next="$nginx_port"; [ "$hop" = 1 ] && next="$hp2"
-    sed -e "s#@PORT@#${!port_var}#g" -e "s#@NEXT@#$next#g" -e "s#@CERTS@#$certs#g" \
-      "$here/haproxy.cfg.in" >"$work/haproxy/hop$hop.cfg"
-    spawn "haproxy$hop" haproxy -db -f "$work/haproxy/hop$hop.cfg"
-    wait_port "${!port_var}" 10 "${PID[haproxy$hop]}" || fail_log "haproxy hop $hop did not start" "haproxy$hop"
-  done
+  start_haproxy haproxy2 haproxy.cfg.in "$nginx_port"
+  start_haproxy haproxy1 haproxy.cfg.in "${HAPROXY_PORT[haproxy2]}"
+  hp1="${HAPROXY_PORT[haproxy1]}" hp2="${HAPROXY_PORT[haproxy2]}"
   URL[haproxy-2hop]="https://127.0.0.1:$hp1"; TOKEN[haproxy-2hop]=""; CA[haproxy-2hop]="$certs/ca.crt"
   IPIDS[haproxy-2hop]="${PID[haproxy1]} ${PID[haproxy2]}"
 fi
@@ -423,30 +430,17 @@ if [[ " ${columns[*]} " == *" haproxy-3hop "* ]]; then
   # From nginx outwards: the TLS hop next to nginx, the splicing relay, the
   # client's TLS hop (which verifies the far hop's certificate through the relay).
   log "starting haproxy-3hop"
-  h3far="$(free_port)"
-  sed -e "s#@PORT@#$h3far#g" -e "s#@NEXT@#$nginx_port#g" -e "s#@CERTS@#$certs#g" \
-    "$here/haproxy.cfg.in" >"$work/haproxy/hop3-far.cfg"
-  spawn haproxy3-far haproxy -db -f "$work/haproxy/hop3-far.cfg"
-  wait_port "$h3far" 10 "${PID[haproxy3-far]}" || fail_log "haproxy-3hop: the far hop did not start" haproxy3-far
-  h3relay="$(free_port)"
-  sed -e "s#@PORT@#$h3relay#g" -e "s#@NEXT@#$h3far#g" "$here/haproxy-tcp.cfg.in" >"$work/haproxy/hop3-relay.cfg"
-  spawn haproxy3-relay haproxy -db -f "$work/haproxy/hop3-relay.cfg"
-  wait_port "$h3relay" 10 "${PID[haproxy3-relay]}" || fail_log "haproxy-3hop: the relay did not start" haproxy3-relay
-  h3near="$(free_port)"
-  sed -e "s#@PORT@#$h3near#g" -e "s#@NEXT@#$h3relay#g" -e "s#@CERTS@#$certs#g" \
-    "$here/haproxy.cfg.in" >"$work/haproxy/hop3-near.cfg"
-  spawn haproxy3-near haproxy -db -f "$work/haproxy/hop3-near.cfg"
-  wait_port "$h3near" 10 "${PID[haproxy3-near]}" || fail_log "haproxy-3hop: the near hop did not start" haproxy3-near
+  start_haproxy haproxy3-far haproxy.cfg.in "$nginx_port"
+  start_haproxy haproxy3-relay haproxy-tcp.cfg.in "${HAPROXY_PORT[haproxy3-far]}"
+  start_haproxy haproxy3-near haproxy.cfg.in "${HAPROXY_PORT[haproxy3-relay]}"
+  h3near="${HAPROXY_PORT[haproxy3-near]}" h3far="${HAPROXY_PORT[haproxy3-far]}"
   URL[haproxy-3hop]="https://127.0.0.1:$h3near"; TOKEN[haproxy-3hop]=""; CA[haproxy-3hop]="$certs/ca.crt"
   IPIDS[haproxy-3hop]="${PID[haproxy3-near]} ${PID[haproxy3-relay]} ${PID[haproxy3-far]}"
 fi
 if [[ " ${columns[*]} " == *" tcp-splice "* ]]; then
   log "starting tcp-splice"
-  ts_port="$(free_port)"
-  sed -e "s#@PORT@#$ts_port#g" -e "s#@NEXT@#$nginx_port#g" "$here/haproxy-tcp.cfg.in" >"$work/haproxy/tcp.cfg"
-  spawn haproxy-tcp haproxy -db -f "$work/haproxy/tcp.cfg"
-  wait_port "$ts_port" 10 "${PID[haproxy-tcp]}" || fail_log "haproxy (tcp-splice) did not start" haproxy-tcp
-  URL[tcp-splice]="https://127.0.0.1:$ts_port"; TOKEN[tcp-splice]=""; CA[tcp-splice]="$certs/ca.crt"
+  start_haproxy haproxy-tcp haproxy-tcp.cfg.in "$nginx_port"
+  URL[tcp-splice]="https://127.0.0.1:${HAPROXY_PORT[haproxy-tcp]}"; TOKEN[tcp-splice]=""; CA[tcp-splice]="$certs/ca.crt"
   IPIDS[tcp-splice]="${PID[haproxy-tcp]}"
 fi
 
