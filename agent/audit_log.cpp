@@ -9,8 +9,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <string_view>
+
+#include "clusterconnect/timestamp.hpp"
 
 namespace clusterconnect::agent {
 
@@ -39,28 +40,6 @@ void append_digits(std::string& out, std::uint64_t v, int width) {
   } while (v != 0);
   for (int i = n; i < width; ++i) out += '0';
   while (n > 0) out += digits[--n];
-}
-
-// "2026-12-04T10:11:12.345Z" with its quotes. The part up to the second is
-// formatted once per second and thread: a record costs no formatting call.
-void append_timestamp(std::string& out, std::chrono::system_clock::time_point now) {
-  using namespace std::chrono;
-  const auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count();
-  const auto sec = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-  thread_local std::time_t cached_sec = -1;
-  thread_local char cached[80];  // room for any int the format can print (-Wformat-truncation)
-  if (sec != cached_sec) {
-    std::tm tm{};
-    gmtime_r(&sec, &tm);
-    std::snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec);
-    cached_sec = sec;
-  }
-  out += '"';
-  out += cached;
-  out += '.';
-  append_digits(out, static_cast<std::uint64_t>(ms - static_cast<std::int64_t>(sec) * 1000), 3);
-  out += "Z\"";
 }
 
 }  // namespace
@@ -226,7 +205,9 @@ bool AuditLog::write(const http::ExchangeRecord& r, const std::string& auth_meth
   text.reserve(256 + r.target.size() + who.user.size());
   text += '{';
   append_key(text, "time");
-  append_timestamp(text, std::chrono::system_clock::now());
+  text += '"';
+  append_utc_timestamp(text, std::chrono::system_clock::now());
+  text += '"';
   append_key(text, "auth");
   append_json_string(text, auth_method);
   append_key(text, "user");

@@ -1,22 +1,17 @@
 #include "json_log_formatter.hpp"
 
-#include <chrono>
-#include <ctime>
+#include <string>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/common.h>
 
+#include "clusterconnect/timestamp.hpp"
+
 namespace clusterconnect::host {
 
 void JsonLogFormatter::format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) {
-  using namespace std::chrono;
-  auto t = system_clock::to_time_t(msg.time);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char stamp[96];  // room for any int the format can print (-Wformat-truncation)
-  auto ms = duration_cast<milliseconds>(msg.time.time_since_epoch()).count() % 1000;
-  std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  std::string stamp;
+  append_utc_timestamp(stamp, msg.time);
   nlohmann::json line{{"time", stamp},
                       {"level", std::string(spdlog::level::to_string_view(msg.level).data(),
                                             spdlog::level::to_string_view(msg.level).size())},

@@ -69,7 +69,7 @@ def main():
                 us, ss = per.setdefault((label, name), ([], []))
                 us.append(u)
                 ss.append(s)
-    print(f"| path | process | user µs / request | system µs / request | total µs / request |")
+    print("| path | process | user µs / request | system µs / request | total µs / request |")
     print("|---|---|---|---|---|")
     for label, _, _, procs in paths:
         tu = ts = 0.0
@@ -78,9 +78,8 @@ def main():
             u, s = statistics.median(us), statistics.median(ss)
             tu, ts = tu + u, ts + s
             print(f"| {label} | {name} | {u:.1f} | {s:.1f} | {u + s:.1f} |")
-        p50 = statistics.median(p50s[label]) if label in p50s else None
-        print(f"| {label} | all (p50 {p50:.3f} ms) | {tu:.1f} | {ts:.1f} | {tu + ts:.1f} |" if p50 is not None else
-              f"| {label} | all | {tu:.1f} | {ts:.1f} | {tu + ts:.1f} |")
+        what = f"all (p50 {statistics.median(p50s[label]):.3f} ms)" if label in p50s else "all"
+        print(f"| {label} | {what} | {tu:.1f} | {ts:.1f} | {tu + ts:.1f} |")
     print(f"\n{args.rounds} interleaved round(s) of {args.duration} s `wrk -t1 -c1` per path; medians of the rounds; "
           f"utime and stime from /proc at {TICK} ticks per second.")
 
